@@ -1,0 +1,328 @@
+"""How a host's PostgreSQL is reached: native tools, or ``<engine> exec -i`` into a container.
+
+The access is a command prefix on top of a runner (DESIGN.md practice 3), so the
+same code serves the four modes of CONTRACTS.md section 3: local native, local
+container, SSH native, SSH container. Passwords never appear in argv, Fabric
+``env=``, logs or manifests:
+
+* native: a private 0600 pgpass file (``PGPASSFILE``) in a private temp folder on
+  the host that runs the tool, removed in ``close()``;
+* container: ``<engine> exec -e PGPASSWORD`` passes the variable by NAME; its
+  value lives only in the environment of the engine client process (locally the
+  subprocess env; remotely read from a 0600 file by the remote shell).
+
+The library's own SQL goes through psql via this same access (:class:`Sql`), so
+it works in a container with no published port and over SSH alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Iterable
+
+from psycopg import sql as pgsql
+
+from .errors import BigskiesError, CommandError, PostgresError
+from .inventory import Host
+from .pgtools import PgVersion, conn_args, parse_tool_version, psql_args
+from .runners import Process, Result, Runner, redact_argv, runner_for, tail
+
+TOOLS = ("pg_dump", "pg_restore", "psql", "pg_isready", "pg_dumpall")
+
+
+def pgpass_escape(value: str) -> str:
+    """Escape ``:`` and ``\\`` as libpq requires in a pgpass field (libpq docs 34.16)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def classify_pg_error(stderr: str, host: Host) -> str | None:
+    """Turn libpq/psql/engine stderr into a one-line reason a user can act on."""
+    s = stderr
+    pg = host.postgres
+    where = f"{pg.host or pg.socket_dir or 'default socket'}:{pg.port}"
+    if "password authentication failed" in s or "no password supplied" in s:
+        return f"authentication failed for user {pg.user!r} at {where} (check {pg.password_env or 'the passfile'})"
+    if re.search(r"does not exist", s) and "database" in s and "FATAL" in s:
+        m = re.search(r'database "([^"]+)" does not exist', s)
+        return f"database {m.group(1) if m else pg.database!r} does not exist on {host.name}"
+    if ("Connection refused" in s or "No such file or directory" in s and "connection to server" in s
+            or "could not connect" in s or "timeout expired" in s):
+        return f"PostgreSQL on {host.name} is unreachable at {where}"
+    if host.container:
+        c = host.container.name
+        if re.search(r"no such container|no container with name or ID", s, re.I):
+            return f"container {c!r} does not exist on {host.name}"
+        if re.search(r"is not running|container state improper|can only exec", s, re.I):
+            return f"container {c!r} is not running on {host.name}"
+    if "has group or world access" in s:
+        return (f"{s.strip().splitlines()[0]}  (fix: chmod 0600 the file, or run `inv db.pgpass --host {host.name}`)")
+    return None
+
+
+class PostgresAccess:
+    """Runs PostgreSQL tools and SQL for one host. Use as a context manager:
+    ``with PostgresAccess(host) as pg: ...`` (it owns the runner unless one is given)."""
+
+    def __init__(self, host: Host, runner: Runner | None = None):
+        self.host = host
+        self.runner = runner or runner_for(host)
+        self._own_runner = runner is None
+        self._secret_dir: str | None = None
+        self._secret_env: dict[str, str] | None = None
+        self._bindir: str | None = None
+        self._versions: dict[str, PgVersion] = {}
+
+    # -------------------------------------------------------------- lifecycle
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._secret_dir:
+            try:
+                self.runner.remove_tree(self._secret_dir)
+            finally:
+                self._secret_dir = None
+        if self._own_runner:
+            self.runner.close()
+
+    # -------------------------------------------------------------- secrets
+    def _password(self) -> str | None:
+        name = self.host.postgres.password_env
+        if not name:
+            return None
+        if name not in os.environ:
+            raise BigskiesError(f"hosts.{self.host.name}.postgres.password_env: environment variable "
+                                f"{name} is not set", exit_code=2)
+        return os.environ[name]
+
+    def env(self) -> dict[str, str]:
+        """Environment for the process that runs a tool (or the engine client).
+
+        Native: ``PGPASSFILE`` pointing at a private 0600 file (or the inventory's
+        passfile). Container: the password itself, which only ever lives in the
+        engine client's environment and is handed over by name (``-e PGPASSWORD``).
+        """
+        if self._secret_env is not None:
+            return self._secret_env
+        pw = self._password()
+        env: dict[str, str] = {"PGCONNECT_TIMEOUT": str(self.host.postgres.connect_timeout)}
+        if pw is not None:
+            if self.host.container:
+                env["PGPASSWORD"] = pw
+            else:
+                self._secret_dir = self.runner.make_private_dir()
+                path = self._secret_dir.rstrip("/") + "/pgpass"
+                self.runner.write_atomic(path, f"*:*:*:*:{pgpass_escape(pw)}\n".encode(), mode=0o600)
+                env["PGPASSFILE"] = path
+        elif self.host.postgres.passfile and not self.host.container:
+            env["PGPASSFILE"] = self.host.postgres.passfile
+        self._secret_env = env
+        return env
+
+    # -------------------------------------------------------------- tool argv
+    def bindir(self) -> str | None:
+        """Where the tools live: ``postgres.bindir``, then ``pg_config --bindir``, then PATH (None).
+
+        Debian's ``/usr/bin/pg_dump`` is a version-selecting wrapper; pg_config names
+        the real binaries. Inside a container we use the container's PATH unless
+        ``postgres.bindir`` says otherwise.
+        """
+        if self._bindir is not None:
+            return self._bindir or None
+        b = self.host.postgres.bindir
+        if not b and not self.host.container:
+            r = self.runner.run(["pg_config", "--bindir"], check=False) if self._has_pg_config() else None
+            if r is not None and r.ok and r.text.strip():
+                b = r.text.strip()
+        self._bindir = b or ""
+        return b or None
+
+    def _has_pg_config(self) -> bool:
+        try:
+            r = self.runner.run(["sh", "-c", "command -v pg_config"], check=False)
+        except CommandError:
+            return False
+        return r.ok and bool(r.text.strip())
+
+    def tool_path(self, tool: str) -> str:
+        b = self.bindir()
+        return f"{b.rstrip('/')}/{tool}" if b else tool
+
+    def conn_args(self) -> list[str]:
+        pg = self.host.postgres
+        h = pg.socket_dir or pg.host
+        if self.host.container and not h:
+            return conn_args(host=None, port=None, user=pg.user)
+        return conn_args(host=h, port=pg.port, user=pg.user)
+
+    def tool_argv(self, tool: str, args: Iterable[str], *, stdin: bool = False) -> list[str]:
+        """Full argv for a PostgreSQL tool in this host's access mode.
+
+        Container mode never asks for a TTY (``-i`` only: a TTY would mangle binary
+        streams and merge stderr into the dump).
+        """
+        inner = [self.tool_path(tool), *self.conn_args(), *args]
+        if not self.host.container:
+            return inner
+        c = self.host.container
+        argv = [*c.engine_argv, "exec", "-i"]
+        env = self.env()
+        if "PGPASSWORD" in env:
+            argv += ["-e", "PGPASSWORD"]
+        argv += ["-e", f"PGCONNECT_TIMEOUT={self.host.postgres.connect_timeout}"]
+        if c.exec_user:
+            argv += ["--user", c.exec_user]
+        return argv + [c.name, *inner]
+
+    def run_tool(self, tool: str, args: Iterable[str], *, input: bytes | None = None, check: bool = True,
+                 timeout: float | None = None) -> Result:
+        argv = self.tool_argv(tool, args)
+        r = self.runner.run(argv, input=input, env=self.env(), check=False, timeout=timeout)
+        if check and r.returncode != 0:
+            raise self.error_for(r.argv, r.returncode, r.stderr, tool)
+        return r
+
+    def popen_tool(self, tool: str, args: Iterable[str], *, stdin: bool = False) -> Process:
+        return self.runner.popen(self.tool_argv(tool, args), env=self.env(), stdin=stdin)
+
+    def error_for(self, argv: list[str], returncode: int, stderr: str, tool: str) -> PostgresError:
+        reason = classify_pg_error(stderr, self.host) or f"{tool} failed (exit {returncode}): {tail(stderr, 600)}"
+        return PostgresError(reason, argv=redact_argv(argv), returncode=returncode, stderr=tail(stderr))
+
+    def tool_version(self, tool: str) -> PgVersion:
+        """Version of the tool that will actually run (recorded in manifests)."""
+        if tool not in self._versions:
+            r = self.runner.run(self._version_argv(tool), env=self.env(), check=False)
+            if r.returncode != 0:
+                raise self.error_for(r.argv, r.returncode, r.stderr + r.text, tool)
+            self._versions[tool] = parse_tool_version(r.text)
+        return self._versions[tool]
+
+    def _version_argv(self, tool: str) -> list[str]:
+        inner = [self.tool_path(tool), "--version"]
+        if not self.host.container:
+            return inner
+        c = self.host.container
+        return [*c.engine_argv, "exec", "-i", *(["--user", c.exec_user] if c.exec_user else []), c.name, *inner]
+
+    # -------------------------------------------------------------- SQL
+    def sql(self, database: str | None = None) -> "Sql":
+        return Sql(self, database or self.host.postgres.database)
+
+
+Query = str | pgsql.Composable
+
+
+def render(q: Query) -> str:
+    return q.as_string() if isinstance(q, pgsql.Composable) else q
+
+
+class Sql:
+    """The library's one SQL interface (status, swap, counts, locks, migrations).
+
+    Each call runs psql with ``ON_ERROR_STOP`` and returns rows decoded from JSON,
+    so values round-trip exactly whatever the access mode. Every identifier is
+    composed with ``psycopg.sql.Identifier`` and every value with ``psycopg.sql.Literal``.
+    """
+
+    def __init__(self, access: PostgresAccess, database: str):
+        self.access = access
+        self.database = database
+
+    def query(self, q: Query, *, timeout: float | None = None) -> list[dict]:
+        """Run one SELECT; return its rows as dicts.
+
+        Raises:
+            PostgresError: connection or SQL error (reason classified, stderr tail kept).
+        """
+        wrapped = f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
+        r = self.access.run_tool("psql", psql_args(self.database, tuples_only=True), input=wrapped.encode(),
+                                 timeout=timeout)
+        out = r.text.strip()
+        return json.loads(out) if out else []
+
+    def value(self, q: Query):
+        rows = self.query(q)
+        if not rows:
+            return None
+        return next(iter(rows[0].values()))
+
+    def execute(self, script: Query, *, single_transaction: bool = False, timeout: float | None = None) -> str:
+        """Run statements (no result rows expected); return psql's stdout."""
+        r = self.access.run_tool("psql", psql_args(self.database, single_transaction=single_transaction),
+                                 input=(render(script).rstrip() + "\n").encode(), timeout=timeout)
+        return r.text
+
+    def session(self) -> "SqlSession":
+        return SqlSession(self)
+
+
+class SqlSession:
+    """One long-lived psql session (a real transaction held open across calls), used to
+    export a snapshot for pg_dump and count rows inside that same snapshot."""
+
+    MARK = "__bigskies_ops_end__"
+
+    def __init__(self, sql: Sql):
+        self.sql = sql
+        self.proc = sql.access.popen_tool("psql", psql_args(sql.database, tuples_only=True), stdin=True)
+
+    def query(self, q: Query) -> list[dict]:
+        text = (f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
+                f"\\echo {self.MARK}\n")
+        return json.loads(self._send(text) or "[]")
+
+    def execute(self, q: Query) -> None:
+        self._send(render(q).rstrip().rstrip(";") + ";\n" + f"\\echo {self.MARK}\n")
+
+    def _send(self, text: str) -> str:
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail()
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self._fail()
+            s = line.decode("utf-8", "replace").rstrip("\n")
+            if s == self.MARK:
+                return "\n".join(lines).strip()
+            lines.append(s)
+
+    def _fail(self):
+        rc = self.proc.wait(10)
+        raise self.sql.access.error_for(self.proc.argv, rc, self.proc.stderr_text(), "psql")
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.write(b"COMMIT;\n\\q\n")
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def ident(*names: str) -> pgsql.Identifier:
+    return pgsql.Identifier(*names)
+
+
+def lit(value) -> pgsql.Literal:
+    return pgsql.Literal(value)

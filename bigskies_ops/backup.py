@@ -1,0 +1,360 @@
+"""``db.backup``: dump one database into a new archive with its manifest.
+
+Sequence (CONTRACTS.md section 2):
+
+1. take the (host, database) lock; pick a name that never overwrites (``_N``);
+2. write the manifest as STARTED;
+3. open a REPEATABLE READ, READ ONLY transaction, export its snapshot, read the
+   table list and the schema_migrations head in it;
+4. run ``pg_dump --snapshot`` and stream its stdout through the compressor and
+   sha256 into ``<archive>.partial`` (the dump never sits in memory), while the
+   same transaction counts every table's rows exactly, in the dump's snapshot;
+5. check pg_dump's exit status, that a plain dump ends with its completion
+   trailer, fsync, publish under the final name without replacing anything, and
+   write the manifest as DONE (or FAILED with phase and stderr tail; the
+   ``.partial`` is removed and nothing appears under the final name).
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import socket
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from . import __version__
+from .access import PostgresAccess, Sql, SqlSession, ident, lit
+from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, utcnow, write_manifest)
+from .errors import BigskiesError, CommandError, PostgresError, StorageError
+from .inventory import Host
+from .locks import host_lock
+from .pgtools import PLAIN_TRAILER, parse_server_version_num, pg_dump_args, plain_tail_complete, parse_plain_header
+from .runners import redact_argv, tail
+from psycopg import sql as pgsql
+
+CHUNK = 1 << 20  # bytes read from pg_dump per iteration
+
+TABLES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+MIGRATION_HEAD_SQL = """
+SELECT to_regclass('public.schema_migrations') IS NOT NULL AS present
+"""
+
+COPY_RE = re.compile(rb'^COPY ((?:"(?:[^"]|"")*"|[^".\s(]+)\.(?:"(?:[^"]|"")*"|[^".\s(]+)) ', re.M)
+IDENT_RE = re.compile(r'"((?:[^"]|"")*)"|([^".\s(]+)')
+
+
+def split_qualified(q: str) -> tuple[str, str]:
+    """``"My Schema"."T"`` -> ``("My Schema", "T")``; ``public.users`` -> ``("public", "users")``."""
+    parts = [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
+             for m in IDENT_RE.finditer(q)]
+    if len(parts) != 2:
+        raise ValueError(q)
+    return parts[0], parts[1]
+
+
+@dataclass
+class BackupResult:
+    backup: Backup
+    manifest: dict
+    raw_bytes: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def migration_head(session_or_sql) -> dict | None:
+    """The newest row of ``schema_migrations`` (version, name) or None when absent."""
+    if not session_or_sql.query(MIGRATION_HEAD_SQL)[0]["present"]:
+        return None
+    cols = {r["column_name"] for r in session_or_sql.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = 'schema_migrations'")}
+    name_col = "name" if "name" in cols else None
+    rows = session_or_sql.query(
+        "SELECT version::text AS version" + (", name" if name_col else ", NULL::text AS name")
+        + " FROM public.schema_migrations ORDER BY version DESC LIMIT 1")
+    if not rows:
+        return {"version": None, "name": None, "count": 0}
+    cnt = session_or_sql.query("SELECT count(*) AS n FROM public.schema_migrations")[0]["n"]
+    return {"version": rows[0]["version"], "name": rows[0]["name"], "count": cnt}
+
+
+def count_rows_sql(tables: list[dict]) -> pgsql.Composable:
+    """One query counting every table exactly: ``SELECT 0 AS i, count(*) FROM s.t UNION ALL ...``."""
+    parts = [pgsql.SQL("SELECT {} AS i, count(*) AS n FROM {}").format(lit(i), ident(t["schema"], t["name"]))
+             for i, t in enumerate(tables)]
+    return pgsql.SQL(" UNION ALL ").join(parts)
+
+
+class _Sink:
+    """Compress (plain: gzip container, zlib level N) + sha256 + write, chunk by chunk."""
+
+    def __init__(self, f, fmt: str, level: int):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.out_bytes = 0
+        self.raw_bytes = 0
+        self.comp = zlib.compressobj(level, zlib.DEFLATED, 31) if fmt == "plain" else None
+        self.tail = b""
+        self.copy_tables: set[tuple[str, str]] = set()
+        self._carry = b""
+
+    def _emit(self, data: bytes):
+        if data:
+            self.sha.update(data)
+            self.f.write(data)
+            self.out_bytes += len(data)
+
+    def write(self, chunk: bytes):
+        self.raw_bytes += len(chunk)
+        if self.comp is not None:
+            # remember which tables have data in the dump (pg_dump's own --exclude-table-data semantics)
+            buf = self._carry + chunk
+            for m in COPY_RE.finditer(buf):
+                try:
+                    self.copy_tables.add(split_qualified(m.group(1).decode("utf-8")))
+                except (ValueError, UnicodeDecodeError):
+                    pass
+            nl = buf.rfind(b"\n")
+            self._carry = buf[nl:][-4096:] if nl >= 0 else buf[-4096:]
+            self.tail = (self.tail + chunk)[-8192:]
+            self._emit(self.comp.compress(chunk))
+        else:
+            self._emit(chunk)
+
+    def finish(self):
+        if self.comp is not None:
+            self._emit(self.comp.flush())
+
+
+def _custom_data_tables(access: PostgresAccess, path: str, tables: list[dict]) -> set[tuple[str, str]] | None:
+    """Tables that have a TABLE DATA entry in a custom archive's TOC (``pg_restore -l``)."""
+    from .restore import toc_listing
+    try:
+        text = toc_listing(access, path)
+    except BigskiesError:
+        return None
+    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in text}
+
+
+def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
+           exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
+           progress=None, notify=print, task: str = "db.backup") -> BackupResult:
+    """Back up one database of ``host`` into its ``backup.dir``.
+
+    Args:
+        host: inventory host (local; SSH hosts stream through the same code).
+        fmt: ``plain`` (``.sql.gz``) or ``custom`` (``.dump``); default ``host.backup.format``.
+        label: free text stored in the manifest.
+        kind: manifest kind (``manual``, ``scheduled``, ``pre-restore``, ...).
+        exclude_table_data: pg_dump ``--exclude-table-data`` patterns.
+        schema_only: pg_dump ``--schema-only``.
+        database: override ``postgres.database``.
+        progress: optional callable ``(raw_bytes_read, bytes_written)`` called per chunk.
+        notify: callable for one-line messages (stale lock removed, warnings).
+
+    Returns:
+        :class:`BackupResult` with the published archive and its DONE manifest.
+
+    Raises:
+        PostgresError: unreachable server, bad credentials, pg_dump failure (manifest FAILED).
+        StorageError: the backup folder cannot be written (full disk; manifest FAILED).
+        LockBusyError: another task holds the (host, database) lock.
+    """
+    if host.is_remote:
+        from .ssh import remote_backup  # implemented by the SSH layer
+        return remote_backup(host, fmt=fmt, label=label, kind=kind, exclude_table_data=exclude_table_data,
+                             schema_only=schema_only, database=database, progress=progress, notify=notify, task=task)
+    fmt = fmt or host.backup.format
+    if fmt not in ("plain", "custom"):
+        raise BigskiesError(f"--format: expected plain or custom, got {fmt!r}", exit_code=2)
+    db = database or host.postgres.database
+    level = host.backup.compress_level
+    with PostgresAccess(host) as access:
+        runner = access.runner
+        bdir = host.backup.dir
+        runner.makedirs(bdir)
+        with host_lock(runner, bdir, host.name, db, task, notify=notify):
+            return _backup_locked(access, host, bdir, db, fmt, level, label, kind, tuple(exclude_table_data),
+                                  schema_only, progress, notify)
+
+
+def _pick_name(runner, bdir: str, db: str, fmt: str, when) -> str:
+    names = set(runner.listdir(bdir))
+    n = 0
+    while True:
+        name = archive_name(db, when, fmt, n)
+        if not ({name, name + ".manifest.json", name + PARTIAL_SUFFIX} & names):
+            return name
+        n += 1
+
+
+def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema_only, progress, notify):
+    runner = access.runner
+    started = utcnow()
+    t0 = time.monotonic()
+    name = _pick_name(runner, bdir, db, fmt, started)
+    final = posixpath.join(bdir, name)
+    partial = final + PARTIAL_SUFFIX
+    manifest = {
+        "schema_version": 1, "tool": f"bigskies-ops {__version__}", "status": "STARTED", "phase": "connect",
+        "kind": kind, "label": label, "origin_host": host.name, "control_host": socket.gethostname(),
+        "database": db, "archive": name, "format": fmt,
+        "compressor": "gzip (zlib)" if fmt == "plain" else "pg_dump custom (zlib)",
+        "compress_level": level, "access_mode": host.access_mode,
+        "container": host.container.name if host.container else None,
+        "started_at": iso(started), "finished_at": None, "duration_s": None,
+        "excluded_table_data": list(excl), "schema_only": schema_only,
+        "verifications": [], "offsite": [], "pulled_from": None, "pulled_at": None,
+    }
+    write_manifest(runner, final, manifest)  # STARTED, before pg_dump starts
+    session: SqlSession | None = None
+    proc = None
+    try:
+        sql = access.sql(db)
+        session = sql.session()
+        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
+        manifest["server_version"] = str(parse_server_version_num(snap["v"]))
+        manifest["snapshot"] = snap["s"]
+        tables = session.query(TABLES_SQL)
+        manifest["schema_migrations_head"] = migration_head(session)
+        manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
+        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"],
+                            exclude_table_data=excl, schema_only=schema_only)
+        argv = access.tool_argv("pg_dump", args)
+        manifest["argv"] = redact_argv(argv)
+        manifest["phase"] = "dump"
+        counts: dict[int, int] = {}
+        count_err: list[BaseException] = []
+
+        def do_counts():
+            try:
+                if tables and not schema_only:
+                    for r in session.query(count_rows_sql(tables)):
+                        counts[r["i"]] = r["n"]
+            except BaseException as e:  # reported after the dump
+                count_err.append(e)
+
+        proc = access.popen_tool("pg_dump", args)
+        counter = threading.Thread(target=do_counts, daemon=True)
+        counter.start()
+        try:
+            f = runner.open_write(partial)
+        except OSError as e:
+            raise StorageError(f"cannot write {partial}: {e.strerror}") from e
+        sink = _Sink(f, fmt, level)
+        try:
+            with f:
+                while True:
+                    chunk = proc.stdout.read(CHUNK)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    if progress:
+                        progress(sink.raw_bytes, sink.out_bytes)
+                sink.finish()
+                f.flush()
+                _fsync(f)
+        except OSError as e:
+            manifest["phase"] = "write"
+            proc.kill()
+            raise StorageError(f"writing {partial} failed: {e.strerror or e}"
+                               f"{' (file system full)' if getattr(e, 'errno', 0) == 28 else ''}") from e
+        rc = proc.wait()
+        if rc != 0:
+            manifest["stderr_tail"] = tail(proc.stderr_text())
+            raise access.error_for(proc.argv, rc, proc.stderr_text(), "pg_dump")
+        counter.join()
+        if count_err:
+            manifest["phase"] = "count"
+            raise count_err[0]
+        session.close()
+        session = None
+        manifest["phase"] = "finalize"
+        if fmt == "plain":
+            try:
+                header = parse_plain_header(_head_of(runner, partial))
+            except ValueError as e:
+                raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
+            if not plain_tail_complete(sink.tail, header.restrict_key):
+                raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
+            data_tables = sink.copy_tables
+        else:
+            data_tables = _custom_data_tables(access, partial, tables)
+        manifest["tables"] = [
+            {"schema": t["schema"], "name": t["name"],
+             "rows": (counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables) else None)}
+            for i, t in enumerate(tables)]
+        if not runner.link_noreplace(partial, final):
+            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+        finished = utcnow()
+        manifest.update({
+            "status": "DONE", "phase": None, "sha256": sink.sha.hexdigest(), "bytes": sink.out_bytes,
+            "raw_bytes": sink.raw_bytes if fmt == "plain" else None,
+            "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
+            "stderr_tail": tail(proc.stderr_text()) or None,
+        })
+        write_manifest(runner, final, manifest)
+        return BackupResult(Backup(bdir, name, manifest, sink.out_bytes), manifest, sink.raw_bytes,
+                            time.monotonic() - t0)
+    except BaseException as e:
+        if proc is not None:
+            proc.kill()
+        if session is not None:
+            try:
+                session.proc.kill()
+            except Exception:
+                pass
+        runner.remove(partial)
+        manifest.update({"status": "FAILED", "error": str(e) or type(e).__name__,
+                         "finished_at": iso(utcnow()), "duration_s": round(time.monotonic() - t0, 3)})
+        if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
+            manifest["stderr_tail"] = e.stderr
+        try:
+            write_manifest(runner, final, manifest)
+        except BigskiesError as e2:
+            notify(f"warning: could not record the FAILED manifest: {e2}")
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        if isinstance(e, BigskiesError):
+            raise
+        if isinstance(e, OSError):
+            raise StorageError(f"backup failed: {e}") from e
+        raise
+
+
+def _fsync(f) -> None:
+    import os
+    try:
+        os.fsync(f.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _head_of(runner, path: str) -> bytes:
+    """First 4 KiB of the decompressed dump."""
+    with runner.open_read(path) as f:
+        d = zlib.decompressobj(31)
+        out = b""
+        while len(out) < 4096:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            out += d.decompress(chunk)
+        return out[:65536]
+
+
+def recent_backups(host: Host, runner, n: int = 5) -> list[Backup]:
+    return list_backups(runner, host.backup.dir)[:n]

@@ -1,0 +1,312 @@
+"""``db.*`` tasks: back up, list, inspect, restore, run SQL. A thin shell over the library."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from invoke import Collection, task
+
+from .. import output
+from ..access import PostgresAccess
+from ..backup import backup as run_backup
+from ..catalog import human_age, human_bytes, iso, list_backups
+from ..errors import UsageError
+from ..restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
+from ..runners import LocalRunner, runner_for
+from ..safety import check_destructive, confirm_or_refuse, is_tty
+from ..status import status as run_status
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+
+
+def _restore_command(host, path: str) -> str:
+    inv = os.environ.get("BIGSKIES_INVENTORY")
+    rel = os.path.relpath(path) if not path.startswith("..") else path
+    return f"inv db.restore {shlex.quote(rel)} --host {host.name}"
+
+
+@task(iterable=["exclude_table_data"], help={
+    "host": HOST_HELP, "inventory": INVENTORY_HELP,
+    "format": "plain (.sql.gz, the guide's format) or custom (.dump, parallel restore); default: the host's backup.format",
+    "label": "free text stored in the manifest",
+    "exclude_table_data": "pg_dump --exclude-table-data PATTERN (repeatable)",
+    "schema_only": "dump the schema without data",
+    "json": JSON_HELP})
+@handles_errors
+def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
+           json=False):
+    """Back up a host's database into a new archive with its manifest."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if format not in (None, "plain", "custom"):
+        raise UsageError(f"--format: expected plain or custom, got {format!r}")
+    db = h.postgres.database
+    if not json:
+        output.heading("BIG SKIES Framework - Database Backup")
+        output.say(f"Backing up database: {db}")
+        output.say(f"Host: {h.name} ({h.access_mode})")
+        if h.container:
+            output.say(f"Container: {h.container.name}")
+        output.say(f"Output folder: {h.backup.dir}")
+        output.say()
+    with output.transfer_progress(f"pg_dump {db}") as cb:
+        res = run_backup(h, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
+                         schema_only=schema_only, progress=cb, notify=output.note)
+    m = res.manifest
+    if json:
+        output.emit_json({"result": "changed", "host": h.name, **res.backup.to_json(), "manifest": m})
+        return
+    rows = sum(t["rows"] or 0 for t in m.get("tables", []))
+    output.say("Backup completed successfully")
+    output.say(f"   File: {res.backup.name}")
+    if m.get("raw_bytes"):
+        output.say(f"   Size: {human_bytes(m['raw_bytes'])} (SQL)")
+    output.say(f"   Compressed: {human_bytes(m['bytes'])} ({m['compressor']}, level {m['compress_level']})")
+    output.say(f"   Path: {res.backup.path}")
+    output.say(f"   sha256: {m['sha256']}")
+    head = m.get("schema_migrations_head") or {}
+    output.say(f"   Tables: {len(m.get('tables', []))}, rows: {rows:,}; migration head: {head.get('version') or '-'}"
+               f" {head.get('name') or ''}".rstrip())
+    output.say(f"   Took: {m['duration_s']:.1f} s (pg_dump {m['pg_dump_version']}, server {m['server_version']})")
+    output.say()
+    output.say("Recent backups:")
+    output.print_table(output.backups_table(list_backups(LocalRunner(), h.backup.dir)[:5]) if not h.is_remote
+                       else output.backups_table(list_backups(runner_for(h), h.backup.dir)[:5]))
+    output.say()
+    output.say("To restore this backup:")
+    output.say(f"  {_restore_command(h, res.backup.path)}")
+    output.result_line("changed", h.name, f"backup {res.backup.name} written")
+
+
+@task(name="list", help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+                         "origin": "list backups pulled from this host (the <origin>/ sub-folder)",
+                         "all": "list the host's own and all pulled backups",
+                         "pre_restore": "list the pre-restore copies kept in the server instead"})
+@handles_errors
+def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=None, json=False):
+    """List backups newest first: UTC time, age, size, format, kind, status, verified."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if origin and all:
+        raise UsageError("pass either --origin HOST or --all, not both")
+    if pre_restore:
+        with PostgresAccess(h) as access:
+            copies = pre_restore_copies(access.sql(h.postgres.maintenance_db), h.postgres.database)
+        if json:
+            output.emit_json({"host": h.name, "pre_restore_copies": copies})
+            return
+        if not copies:
+            output.say(f"no pre-restore copies of {h.postgres.database!r} on {h.name}")
+        for cpy in copies:
+            output.say(f"{cpy['name']}  taken {cpy['at']}  {human_bytes(cpy['bytes'])}  replaced by {cpy['replaced_by']}")
+        return
+    runner = runner_for(h)
+    with runner:
+        backups = list_backups(runner, h.backup.dir, origin=origin, include_all=all)
+    if json:
+        output.emit_json({"host": h.name, "dir": h.backup.dir, "backups": [b.to_json() for b in backups]})
+        return
+    if not backups:
+        output.say(f"no backups in {h.backup.dir}" + (f" from {origin}" if origin else ""))
+        return
+    output.print_table(output.backups_table(backups))
+    if any(b.legacy for b in backups):
+        output.say("? legacy file without a manifest: time zone unknown, not verified")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@handles_errors
+def status(c, host=None, inventory=None, json=False):
+    """Show server state, connection info, database size, tables and the migration head."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    st = run_status(h)
+    if json:
+        output.emit_json(st)
+        return
+    output.heading("Database Status")
+    if st["container"]:
+        ctr = st["container"]
+        output.say(f"Container: {ctr['name']}")
+        output.say(f"  Status: {ctr['status']} since {ctr['started_at']}")
+    output.say(f"Server: PostgreSQL {st['server']['version']}, up {human_age_s(st['server']['uptime_s'])} "
+               f"(since {st['server']['started_at']})")
+    output.say()
+    output.say("Connection Info:")
+    for k in ("host", "port", "database", "user", "password_from"):
+        output.say(f"  {k.replace('_', ' ').capitalize()}: {st['connection'][k]}")
+    output.say()
+    output.say(f"Database Size:\n  Total: {human_bytes(st['database']['size_bytes'])}")
+    output.say()
+    from rich.table import Table
+    from rich import box
+    t = Table(title="Tables", box=box.SIMPLE_HEAD, show_edge=False)
+    for col in ("schema", "name", "rows (estimate)", "size"):
+        t.add_column(col, justify="right" if col in ("rows (estimate)", "size") else "left")
+    for r in st["tables"]:
+        t.add_row(r["schema"], r["name"], f"{r['rows_estimate']:,}", human_bytes(r["bytes"]))
+    output.print_table(t)
+    head = st["schema_migrations_head"]
+    output.say(f"Schema migrations: {'none (no schema_migrations table)' if head is None else str(head['count']) + ' applied, head ' + str(head['version']) + ' ' + (head['name'] or '')}")
+
+
+def human_age_s(seconds: int) -> str:
+    from datetime import timedelta
+    return str(timedelta(seconds=int(seconds)))
+
+
+@task(positional=["file"], help={"file": "archive path, or 'latest' (default on no TTY: you must name one)",
+            "host": HOST_HELP, "inventory": INVENTORY_HELP,
+            "origin": "restore from backups pulled from this host (sub-folder <origin>/)",
+            "target_db": "restore into this NEW database and leave the original alone",
+            "yes": "do not ask for confirmation",
+            "terminate_sessions": "terminate sessions still connected when the names are swapped",
+            "keep_owners": "keep OWNER/GRANT statements (fails if those roles do not exist here)",
+            "undo": "swap the newest pre-restore copy back in",
+            "jobs": "pg_restore parallel jobs for custom archives (default 2)",
+            "force_protected": "allow this on a protected host (with --confirm DBNAME)",
+            "confirm": "the database name, repeated, for protected hosts",
+            "json": JSON_HELP})
+@handles_errors
+def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, terminate_sessions=False,
+            keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
+            json=False):
+    """Restore a backup into a side database, check it, then swap it in (old one kept)."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    db = h.postgres.database
+    if undo:
+        check_destructive(h, "restore --undo", database=db, force_protected=force_protected, confirm=confirm)
+        confirm_or_refuse(f"Swap the newest pre-restore copy of {db!r} on {h.name} back in?", yes=yes)
+        res = run_undo(h, terminate_sessions=terminate_sessions, notify=output.note)
+        if json:
+            output.emit_json({"result": "changed", "host": h.name, **res})
+        else:
+            output.result_line("changed", h.name, f"{db!r} is back to {res['restored_from']!r}; "
+                                                  f"the undone copy is kept as {res['previous_kept_as']!r}")
+        return
+    if target_db is None:
+        check_destructive(h, "restore", database=db, force_protected=force_protected, confirm=confirm)
+    if file is None:
+        if not (is_tty(sys.stdin) and is_tty(sys.stdout)):
+            raise UsageError("no archive given and no terminal to choose on; pass FILE or 'latest'")
+        file = _pick_interactively(h, origin)
+    path = resolve_archive(h, file, origin=origin)
+    if not json:
+        output.heading("BIG SKIES Framework - Database Restore")
+        output.say(f"Backup file: {path}")
+        output.say(f"Database: {target_db or db}" + (" (new database)" if target_db else ""))
+        output.say(f"Host: {h.name} ({h.access_mode})" + (f", container {h.container.name}" if h.container else ""))
+        if h.coordinators:
+            output.say(f"Coordinators to pause: {', '.join(h.coordinators)}")
+        output.say()
+    if target_db is None:
+        confirm_or_refuse(f"WARNING: this will replace database {db!r} on {h.name} "
+                          f"(the current one is kept as a pre-restore copy).", yes=yes)
+    with output.transfer_progress("restoring") as cb:
+        res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions,
+                          keep_owners=keep_owners, jobs=int(jobs) if jobs else None, notify=output.note,
+                          progress=cb)
+    if json:
+        output.emit_json({"result": "changed", "host": h.name, "database": res.database, "archive": res.archive,
+                          "pre_restore_copy": res.pre_restore_copy, "coordinators_restarted": res.coordinators,
+                          "checked_tables": res.checked_tables, "seconds": round(res.seconds, 3),
+                          "dropped_pre_restore_copies": res.dropped_copies})
+        return
+    output.say(f"Database restored successfully in {res.seconds:.1f} s "
+               f"({res.checked_tables} tables checked against the manifest)")
+    if res.pre_restore_copy:
+        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: inv db.restore --undo --host {h.name})")
+    if res.coordinators:
+        output.say(f"   Coordinators restarted: {', '.join(res.coordinators)}")
+    output.say()
+    output.say("Verify with:")
+    output.say(f"  inv db.status --host {h.name}")
+    if h.compose:
+        output.say(f"  {' '.join(h.compose.command_argv)} ps")
+    output.result_line("changed", h.name, f"{res.database!r} restored from {os.path.basename(res.archive)}")
+
+
+def _pick_interactively(h, origin) -> str:
+    backups = [b for b in list_backups(LocalRunner(), h.backup.dir, origin=origin)
+               if b.status in ("DONE", "LEGACY")]
+    if not backups:
+        raise UsageError(f"no backups to restore in {h.backup.dir}")
+    output.say("Available backups:")
+    output.print_table(output.backups_table(backups))
+    choice = input("Restore which backup? Number (1 = newest): ").strip()
+    try:
+        idx = int(choice)
+        return backups[idx - 1].path
+    except (ValueError, IndexError):
+        raise UsageError(f"no backup number {choice!r}")
+
+
+@task(help={"sql": "SQL text to run", "file": "SQL file to run", "host": HOST_HELP, "inventory": INVENTORY_HELP,
+            "write": "allow writes on a protected host (needs --force-protected --confirm DBNAME)",
+            "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
+@handles_errors
+def exec(c, sql=None, file=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
+    """Run SQL (--sql or --file) with psql; read-only on protected hosts unless --write."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if bool(sql) == bool(file):
+        raise UsageError("pass exactly one of --sql TEXT or --file PATH")
+    text = sql if sql else _read(file)
+    read_only = h.protected and not write
+    if h.protected and write:
+        check_destructive(h, "exec --write", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+    if read_only:
+        text = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;\n" + text
+    from ..pgtools import PSQL_BASE
+    with PostgresAccess(h) as access:
+        r = access.run_tool("psql", [*[a for a in PSQL_BASE if a != "-q"], "--dbname", h.postgres.database],
+                            input=text.encode(), check=False)
+    sys.stdout.write(r.text)
+    if r.returncode != 0:
+        from ..errors import PostgresError
+        raise PostgresError(f"psql failed (exit {r.returncode}): {r.stderr.strip()[-600:]}")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"--file {path}: {e.strerror}")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP,
+            "write": "allow writes on a protected host (needs --force-protected --confirm DBNAME)",
+            "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
+@handles_errors
+def psql(c, host=None, write=False, force_protected=False, confirm=None, inventory=None):
+    """Open an interactive psql shell (the only task that gets a real TTY)."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if h.protected and write:
+        check_destructive(h, "psql --write", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+    read_only = h.protected and not write
+    with PostgresAccess(h) as access:
+        argv = access.tool_argv("psql", ["--dbname", h.postgres.database])
+        env = dict(os.environ, **access.env())
+        if read_only:
+            env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+        if h.container:
+            i = argv.index("exec")
+            argv[i + 1:i + 2] = ["-it"] + (["-e", "PGOPTIONS"] if read_only else [])
+        if h.is_remote:
+            access.runner.interactive(argv, env=env)
+            return
+        import subprocess
+        rc = subprocess.call(argv, env=env)
+    if rc != 0:
+        from invoke import Exit
+        raise Exit(code=rc)
+
+
+ns = Collection("db")
+for t in (backup, list_, status, restore, exec, psql):
+    ns.add_task(t)

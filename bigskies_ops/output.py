@@ -1,0 +1,97 @@
+"""The only place that formats for humans (rich tables, progress) or JSON.
+
+Human output and ``--json`` carry the same facts (CONTRACTS.md section 5): UTC
+ISO-8601 times, sizes in bytes in JSON. Progress bars appear only when stderr is a
+terminal; otherwise output is line-oriented for cron logs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+from rich import box
+
+from .catalog import Backup, human_age, human_bytes, iso, utcnow
+
+_out = None
+_err = None
+
+
+def out() -> Console:
+    global _out
+    if _out is None or _out.file is not sys.stdout:
+        _out = Console(file=sys.stdout, highlight=False, soft_wrap=True,
+                       width=None if sys.stdout.isatty() else 160)
+    return _out
+
+
+def err() -> Console:
+    global _err
+    if _err is None or _err.file is not sys.stderr:
+        _err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return _err
+
+
+def say(msg: str = "") -> None:
+    """One line of human output on stdout (no markup interpretation)."""
+    out().print(msg, markup=False)
+
+
+def note(msg: str) -> None:
+    """A progress/notice line on stderr."""
+    err().print(msg, markup=False)
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def result_line(word: str, host: str, reason: str) -> None:
+    """Ansible-like result word: ``ok``, ``changed``, ``failed``, ``skipped`` with a reason."""
+    say(f"{word}: [{host}] {reason}")
+
+
+def heading(title: str) -> None:
+    say(title)
+    say("=" * len(title))
+    say()
+
+
+@contextmanager
+def transfer_progress(description: str, total: int | None = None):
+    """Yield a callback ``(done_bytes, written_bytes=None)``; draws a bar with bytes, rate
+    and ETA on a terminal, does nothing otherwise."""
+    if not err().is_terminal:
+        yield None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err(), transient=True) as p:
+        tid = p.add_task(description, total=total)
+
+        def cb(done, written=None):
+            p.update(tid, completed=done)
+        yield cb
+
+
+def backups_table(backups: list[Backup], now: datetime | None = None) -> Table:
+    now = now or utcnow()
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("#", "started (UTC)", "age", "size", "format", "kind", "status", "verified", "file"):
+        t.add_column(col, no_wrap=col != "file", justify="right" if col in ("#", "size") else "left")
+    for i, b in enumerate(backups, 1):
+        started = b.started_at
+        when = (started.strftime("%Y-%m-%d %H:%M:%S") if started else "-") + ("?" if b.legacy else "")
+        t.add_row(str(i), when, human_age(started, now), human_bytes(b.size), b.format or "-", b.kind,
+                  b.status.lower() if b.status != "LEGACY" else "legacy",
+                  "yes" if b.verified else "no", (f"{b.origin_dir}/" if b.origin_dir else "") + b.name)
+    return t
+
+
+def print_table(t: Table) -> None:
+    out().print(t)

@@ -1,0 +1,636 @@
+"""``db.restore``: replace a database from an archive without ever losing the old one.
+
+1. Before anything is touched the archive is checked: it exists, its manifest (if
+   any) says DONE and its sha256 matches; without a manifest it is read end to end
+   (gzip stream + completion trailer, or ``pg_restore`` of every data block); the
+   local tools must be able to read it (a custom archive from a newer pg_dump, or a
+   plain dump with ``\\restrict`` lines for an older psql, is refused naming both
+   versions).
+2. It is restored into a side database created from template0 with the old
+   database's owner, encoding, collation and settings, with stop-on-error.
+3. The side database is checked: every table of the manifest is present with its
+   recorded row count; schema_migrations is present.
+4. The running coordinators are stopped, connected sessions listed (terminated
+   only with ``--terminate-sessions``), and the names are swapped in ONE
+   transaction: the old database becomes a pre-restore copy (comment records
+   what it is), the side database takes its name. Coordinators start again.
+
+Any failure before step 4 drops the side database; the old database was never
+touched. ``--undo`` swaps the newest pre-restore copy back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from psycopg import sql as pgsql
+
+from .access import PostgresAccess, Sql, ident, lit
+from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_iso,
+                      read_manifest, utcnow)
+from .compose import coordinators_paused
+from .errors import ArchiveError, BigskiesError, PostgresError, SafetyError, StorageError, UsageError
+from .inventory import Host
+from .locks import host_lock
+from .pgtools import (PgVersion, parse_custom_header, parse_plain_header, pg_restore_args, plain_tail_complete,
+                      psql_args)
+from .runners import tail
+
+CHUNK = 1 << 20
+MAX_DBNAME = 63  # NAMEDATALEN - 1 bytes (PostgreSQL docs 4.1.1: longer identifiers are truncated)
+PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
+
+
+# ------------------------------------------------------------------ names
+def _fit(prefix: str, suffix: str) -> str:
+    """``prefix + suffix`` cut to 63 bytes on a character boundary; when cut, a short
+    hash of the full prefix keeps names of different databases apart."""
+    full = prefix + suffix
+    if len(full.encode()) <= MAX_DBNAME:
+        return full
+    h = hashlib.sha256(prefix.encode()).hexdigest()[:6]
+    room = MAX_DBNAME - len(suffix.encode()) - 7
+    cut = prefix.encode()[:room].decode("utf-8", "ignore")
+    return f"{cut}~{h}{suffix}"
+
+
+def side_db_name(database: str, when) -> str:
+    return _fit(database, "_restoring_" + when.strftime("%Y%m%d%H%M%S"))
+
+
+def pre_restore_name(database: str, when) -> str:
+    return _fit(database, "_pre_" + when.strftime("%Y%m%d%H%M%S"))
+
+
+# ------------------------------------------------------------------ archive checks
+@dataclass
+class ArchiveInfo:
+    path: str
+    format: str                     # plain | custom | plain-sql (uncompressed legacy)
+    manifest: dict | None
+    dump_version: PgVersion | None
+    tool_version: PgVersion | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _sniff(runner, path: str) -> bytes:
+    with runner.open_read(path) as f:
+        return f.read(65536)
+
+
+def _sha256(runner, path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with runner.open_read(path) as f:
+        while True:
+            b = f.read(CHUNK)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n
+
+
+def _gzip_full_check(runner, path: str) -> bytes:
+    """Decompress the whole file; return the last 8 KiB of the SQL. Raises ArchiveError."""
+    d = zlib.decompressobj(31)
+    tail_b = b""
+    with runner.open_read(path) as f:
+        while True:
+            b = f.read(CHUNK)
+            if not b:
+                break
+            try:
+                out = d.decompress(b)
+            except zlib.error as e:
+                raise ArchiveError(f"{path}: corrupt gzip data ({e})")
+            tail_b = (tail_b + out)[-8192:]
+            while d.unused_data:  # concatenated gzip members
+                rest = d.unused_data
+                d = zlib.decompressobj(31)
+                out = d.decompress(rest)
+                tail_b = (tail_b + out)[-8192:]
+    if not d.eof:
+        raise ArchiveError(f"{path}: truncated gzip file (unexpected end of data)")
+    return tail_b
+
+
+def toc_listing(access: PostgresAccess, path: str) -> str:
+    """``pg_restore -l`` of a custom archive on the control machine, run where the
+    host's tools are (natively with the path, or in the container via stdin).
+
+    Raises:
+        ArchiveError: pg_restore cannot read the archive (message names both versions
+            when it is from a newer pg_dump).
+    """
+    r = _run_pg_restore_on(access, ["--list"], path)
+    return r
+
+
+def _run_pg_restore_on(access: PostgresAccess, args: list[str], path: str) -> str:
+    if access.host.container or access.host.is_remote:
+        res = feed_file(access, "pg_restore", args, path, decompress=False, capture=True)
+        rc, out, err = res
+    else:
+        r = access.run_tool("pg_restore", [*args, path], check=False)
+        rc, out, err = r.returncode, r.text, r.stderr
+    if rc != 0:
+        m = re.search(r"unsupported version \(([\d.]+)\) in file header", err)
+        if m:
+            raise ArchiveError(f"{path}: archive format {m.group(1)} is from a newer pg_dump than "
+                               f"pg_restore {access.tool_version('pg_restore')} can read")
+        raise ArchiveError(f"{path}: pg_restore cannot read the archive: {tail(err, 400)}")
+    return out
+
+
+def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None) -> ArchiveInfo:
+    """Prove ``path`` is a complete dump the host's tools can restore. Touches no database.
+
+    Args:
+        access: the target host's PostgreSQL access (its tools read the archive).
+        path: archive on the control machine.
+        full: force (True) or skip (False) the end-to-end read; default: only when
+            there is no manifest sha256 to compare against.
+
+    Raises:
+        ArchiveError: missing, in-progress, FAILED, checksum mismatch, truncated,
+            not a dump, or too new for the local tools.
+    """
+    from .runners import LocalRunner
+    lr = LocalRunner()
+    if path.endswith(PARTIAL_SUFFIX):
+        raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
+    if not lr.exists(path):
+        raise ArchiveError(f"{path}: no such file")
+    man = read_manifest(lr, path)
+    warnings: list[str] = []
+    if man is not None:
+        if man.get("status") != "DONE":
+            raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
+                               f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
+        digest, size = _sha256(lr, path)
+        if man.get("bytes") is not None and size != man["bytes"]:
+            raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
+                               f"(truncated or changed)")
+        if man.get("sha256") and digest != man["sha256"]:
+            raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    if full is None:
+        full = man is None or not man.get("sha256")
+    head = _sniff(lr, path)
+    if head.startswith(b"\x1f\x8b"):
+        fmt = "plain"
+        try:
+            d = zlib.decompressobj(31)
+            sql_head = d.decompress(head)
+        except zlib.error as e:
+            raise ArchiveError(f"{path}: corrupt gzip data ({e})")
+        try:
+            ph = parse_plain_header(sql_head)
+        except ValueError as e:
+            raise ArchiveError(f"{path}: {e}")
+        if full:
+            t = _gzip_full_check(lr, path)
+            if not plain_tail_complete(t, ph.restrict_key):
+                extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
+                raise ArchiveError(f"{path}: truncated dump (no '-- PostgreSQL database dump complete' "
+                                   f"trailer{extra})")
+        psql_v = access.tool_version("psql")
+        if ph.restrict_key and not psql_v.understands_restrict():
+            raise ArchiveError(f"{path}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
+                               f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
+        if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
+            warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
+        return ArchiveInfo(path, fmt, man, ph.pg_dump_version, psql_v, warnings)
+    if head.startswith(b"PGDMP"):
+        try:
+            hdr = parse_custom_header(head)
+        except ValueError as e:
+            raise ArchiveError(f"{path}: {e}")
+        pr_v = access.tool_version("pg_restore")
+        try:
+            _run_pg_restore_on(access, ["--list"], path)
+        except ArchiveError as e:
+            if "newer pg_dump" in str(e):
+                raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by pg_dump "
+                                   f"{hdr.pg_dump_version} is newer than pg_restore {pr_v} can read; "
+                                   f"use pg_restore {hdr.pg_dump_version} or newer") from None
+            raise
+        if full:
+            _run_pg_restore_on(access, ["--file", "/dev/null"], path)
+        try:
+            dv = PgVersion(*[int(x) for x in hdr.pg_dump_version.split(".")[:2]])
+        except ValueError:
+            dv = None
+        return ArchiveInfo(path, "custom", man, dv, pr_v, warnings)
+    if head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
+        raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
+    raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+
+
+# ------------------------------------------------------------------ streaming into tools
+class OwnerAclFilter:
+    """Drop ``ALTER ... OWNER TO`` and ``GRANT``/``REVOKE`` statements from a plain dump
+    stream (``--no-owner --no-acl`` semantics for psql), never inside COPY data or
+    dollar-quoted bodies, so roles that do not exist locally cannot break a restore."""
+
+    OWNER_RE = re.compile(rb"^ALTER [A-Z ]+ .* OWNER TO .*;\n?$")
+    ACL_RE = re.compile(rb"^(GRANT|REVOKE) .*;\n?$")
+    ACL_DEFAULT_RE = re.compile(rb"^ALTER DEFAULT PRIVILEGES .*;\n?$")
+    COPY_START = re.compile(rb"^COPY .* FROM stdin;\n?$")
+    DOLLAR = re.compile(rb"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+
+    def __init__(self):
+        self.buf = b""
+        self.in_copy = False
+        self.dollar: bytes | None = None
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        nl = self.buf.rfind(b"\n")
+        if nl < 0:
+            return b""
+        lines, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
+        return b"".join(self._line(l) for l in lines.splitlines(keepends=True))
+
+    def flush(self) -> bytes:
+        rest, self.buf = self.buf, b""
+        return self._line(rest) if rest else b""
+
+    def _line(self, line: bytes) -> bytes:
+        if self.in_copy:
+            if line in (b"\\.\n", b"\\."):
+                self.in_copy = False
+            return line
+        if self.dollar is None:
+            if self.COPY_START.match(line):
+                self.in_copy = True
+                return line
+            if self.OWNER_RE.match(line) or self.ACL_RE.match(line) or self.ACL_DEFAULT_RE.match(line):
+                self.dropped += 1
+                return b""
+        for m in self.DOLLAR.finditer(line):
+            tag = m.group(0)
+            if self.dollar is None:
+                self.dollar = tag
+            elif tag == self.dollar:
+                self.dollar = None
+        return line
+
+
+def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
+              capture: bool = False, line_filter=None, progress=None):
+    """Stream a local file into ``tool``'s stdin on the host (optionally gunzipping and
+    filtering on the way). Returns ``(returncode, stdout_text, stderr_text)``.
+
+    The file is read in 1 MiB chunks; nothing is held in memory whole.
+    """
+    from .runners import LocalRunner
+    proc = access.popen_tool(tool, args, stdin=True)
+    out_chunks: list[bytes] = []
+
+    def drain():
+        for chunk in iter(lambda: proc.stdout.read(65536), b""):
+            if capture:
+                out_chunks.append(chunk)
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    d = zlib.decompressobj(31) if decompress else None
+    sent = 0
+    broken = False
+    try:
+        with LocalRunner().open_read(path) as f:
+            while True:
+                b = f.read(CHUNK)
+                if not b:
+                    break
+                sent += len(b)
+                if d is not None:
+                    out = d.decompress(b)
+                    while d.unused_data:
+                        rest = d.unused_data
+                        d = zlib.decompressobj(31)
+                        out += d.decompress(rest)
+                    b = out
+                if line_filter is not None:
+                    b = line_filter.feed(b)
+                try:
+                    proc.stdin.write(b)
+                except (BrokenPipeError, OSError):
+                    broken = True
+                    break
+                if progress:
+                    progress(sent)
+            if not broken and line_filter is not None:
+                try:
+                    proc.stdin.write(line_filter.flush())
+                except (BrokenPipeError, OSError):
+                    broken = True
+        try:
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+    except BaseException:
+        proc.kill()
+        raise
+    rc = proc.wait()
+    t.join(10)
+    return rc, b"".join(out_chunks).decode("utf-8", "replace"), proc.stderr_text()
+
+
+# ------------------------------------------------------------------ database facts
+def db_info(sql: Sql, name: str) -> dict | None:
+    rows = sql.query(pgsql.SQL(
+        "SELECT d.oid::int AS oid, pg_catalog.pg_get_userbyid(d.datdba) AS owner, "
+        "pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype, "
+        "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale, "
+        "pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
+        "(SELECT array_agg(c) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c "
+        " WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings "
+        "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(lit(name)))
+    return rows[0] if rows else None
+
+
+def sessions_on(sql: Sql, name: str) -> list[dict]:
+    return sql.query(pgsql.SQL(
+        "SELECT pid, usename AS user, application_name AS application, client_addr::text AS client, state, "
+        "to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since "
+        "FROM pg_catalog.pg_stat_activity WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
+        "ORDER BY pid").format(lit(name)))
+
+
+def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
+    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, encoding, collation
+    and per-database settings (so the restored copy behaves like the old one)."""
+    parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
+    if like:
+        can_own = sql.value(pgsql.SQL(
+            "SELECT pg_catalog.pg_has_role(current_user, {}, 'MEMBER') "
+            "OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)").format(lit(like["owner"])))
+        if can_own:
+            parts.append(pgsql.SQL("OWNER {}").format(ident(like["owner"])))
+        else:
+            notify(f"note: cannot make {like['owner']!r} the owner (not a member of that role); "
+                   f"the restored database is owned by the restoring user")
+        parts.append(pgsql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            lit(like["encoding"]), lit(like["collate"]), lit(like["ctype"])))
+        if like.get("provider") == "i" and like.get("icu_locale"):
+            parts.append(pgsql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(lit(like["icu_locale"])))
+    sql.execute(pgsql.SQL(" ").join(parts))
+    for setting in (like or {}).get("settings") or []:
+        k, _, v = setting.partition("=")
+        sql.execute(pgsql.SQL("ALTER DATABASE {} SET {} TO {}").format(ident(new), ident(k), lit(v)))
+
+
+def drop_db(sql: Sql, name: str) -> None:
+    sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
+
+
+def table_counts(sql: Sql, tables: list[dict]) -> dict[tuple[str, str], int | None]:
+    """Exact row counts of ``tables`` in ``sql``'s database; None for a missing table."""
+    present = {(r["schema"], r["name"]) for r in sql.query(
+        "SELECT n.nspname AS schema, c.relname AS name FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p')")}
+    want = [t for t in tables if (t["schema"], t["name"]) in present]
+    out: dict[tuple[str, str], int | None] = {(t["schema"], t["name"]): None for t in tables}
+    if want:
+        from .backup import count_rows_sql
+        for r in sql.query(count_rows_sql(want)):
+            t = want[r["i"]]
+            out[(t["schema"], t["name"])] = r["n"]
+    return out
+
+
+# ------------------------------------------------------------------ the job
+@dataclass
+class RestoreResult:
+    database: str
+    archive: str
+    pre_restore_copy: str | None
+    coordinators: list[str]
+    seconds: float
+    checked_tables: int
+    warnings: list[str] = field(default_factory=list)
+    dropped_copies: list[str] = field(default_factory=list)
+
+
+def resolve_archive(host: Host, spec: str | None, origin: str | None = None, database: str | None = None) -> str:
+    """``latest`` or a path (relative to the host's backup dir if not found as given)."""
+    from .runners import LocalRunner
+    lr = LocalRunner()
+    bdir = host.backup.dir if origin is None else posixpath.join(host.backup.dir, origin)
+    db = database or host.postgres.database
+    if spec in (None, "", "latest"):
+        backups = list_backups(lr, host.backup.dir, origin=origin) if origin else list_backups(lr, bdir)
+        b = latest(backups, database=db, origin_host=origin or host.name)
+        if b is None:
+            raise ArchiveError(f"no DONE backup of {db!r} from {origin or host.name} in {bdir}")
+        return b.path
+    import os
+    if os.path.exists(spec):
+        return spec
+    cand = posixpath.join(bdir, spec)
+    if os.path.exists(cand):
+        return cand
+    raise ArchiveError(f"{spec}: no such file (looked here and in {bdir})")
+
+
+def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
+            keep_owners: bool = False, jobs: int | None = None, notify=print, progress=None,
+            confirmed: bool = True, task: str = "db.restore") -> RestoreResult:
+    """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
+
+    The caller has already applied the safety policy and the confirmation.
+
+    Args:
+        archive: path of the archive on the control machine.
+        target_db: restore into this NEW database and leave the original alone.
+        terminate_sessions: terminate sessions still connected at swap time; without
+            it, connected sessions stop the restore before anything changes.
+        keep_owners: keep ``OWNER``/``GRANT`` statements (fails if their roles are missing).
+        jobs: pg_restore parallel jobs (custom archives restored natively; default 2).
+
+    Returns:
+        :class:`RestoreResult`.
+
+    Raises:
+        ArchiveError: the archive failed a check (nothing touched).
+        PostgresError: the restore into the side database failed (side database dropped,
+            old database untouched), or the swap was refused by the server.
+        SafetyError: sessions still connected and ``terminate_sessions`` not given.
+        LockBusyError: another task holds the (host, database) lock.
+    """
+    t0 = time.monotonic()
+    db = host.postgres.database
+    with PostgresAccess(host) as access:
+        info = check_archive(access, archive)
+        for w in info.warnings:
+            notify(f"warning: {w}")
+        maint = access.sql(host.postgres.maintenance_db)
+        if target_db is not None and db_info(maint, target_db) is not None:
+            raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
+        with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task, notify=notify):
+            return _restore_locked(access, host, info, db, target_db, terminate_sessions, keep_owners, jobs,
+                                   notify, progress, t0)
+
+
+def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, jobs, notify, progress, t0):
+    maint = access.sql(host.postgres.maintenance_db)
+    now = utcnow()
+    old = db_info(maint, db)
+    side = side_db_name(target_db or db, now)
+    notify(f"Restoring into side database {side!r} (the current database is not touched yet)")
+    create_like(maint, side, old, notify)
+    swapped = False
+    try:
+        rc, out, err = _load(access, info, side, keep_owners, jobs, progress)
+        if rc != 0:
+            raise PostgresError(f"restore into the side database failed (exit {rc}): {tail(err, 800)}",
+                                returncode=rc, stderr=tail(err))
+        checked = _verify_side(access.sql(side), info, notify)
+        if target_db is not None:
+            maint.execute(pgsql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(side), ident(target_db)))
+            swapped = True
+            return RestoreResult(target_db, info.path, None, [], time.monotonic() - t0, checked)
+        if old is None:
+            maint.execute(pgsql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(side), ident(db)))
+            swapped = True
+            return RestoreResult(db, info.path, None, [], time.monotonic() - t0, checked)
+        pre = pre_restore_name(db, now)
+        with coordinators_paused(access.runner, host, notify) as stopped:
+            _swap(maint, db, side, pre, terminate, info.path, notify)
+            swapped = True
+        dropped = prune_pre_restore(maint, db, host.backup.keep_pre_restore, notify)
+        return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
+                             dropped_copies=dropped)
+    finally:
+        if not swapped:
+            try:
+                drop_db(maint, side)
+            except BigskiesError as e:
+                notify(f"warning: could not drop side database {side!r}: {e}")
+
+
+def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | None, progress):
+    if info.format == "plain":
+        flt = None if keep_owners else OwnerAclFilter()
+        return feed_file(access, "psql", psql_args(side, single_transaction=True), info.path, decompress=True,
+                         line_filter=flt, progress=progress)
+    native_local = not access.host.container and not access.host.is_remote
+    if native_local:
+        j = jobs if jobs is not None else 2
+        r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=not keep_owners,
+                                                          from_file=info.path), check=False)
+        return r.returncode, r.text, r.stderr
+    return feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=not keep_owners),
+                     info.path, decompress=False, progress=progress)
+
+
+def _verify_side(sql: Sql, info: ArchiveInfo, notify) -> int:
+    """Every table of the manifest present with its recorded row count; schema_migrations present."""
+    man = info.manifest or {}
+    tables = man.get("tables") or []
+    if tables:
+        counts = table_counts(sql, tables)
+        bad = []
+        for t in tables:
+            got = counts[(t["schema"], t["name"])]
+            if got is None:
+                bad.append(f"{t['schema']}.{t['name']} missing")
+            elif t.get("rows") is not None and got != t["rows"]:
+                bad.append(f"{t['schema']}.{t['name']} has {got} rows, manifest says {t['rows']}")
+        if bad:
+            raise PostgresError("restored copy does not match the manifest: " + "; ".join(bad[:10]))
+    has_sm = sql.value("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
+    if man.get("schema_migrations_head") and not has_sm:
+        raise PostgresError("restored copy has no schema_migrations table, but the backup recorded one")
+    if not has_sm:
+        notify("warning: the restored database has no schema_migrations table")
+    return len(tables)
+
+
+def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str, notify) -> None:
+    sess = sessions_on(maint, db)
+    if sess:
+        listing = "; ".join(f"pid {s['pid']} {s['user']}@{s['client'] or 'local'} {s['application'] or ''}".strip()
+                            for s in sess)
+        if not terminate:
+            raise SafetyError(f"{len(sess)} session(s) still connected to {db!r}: {listing}. Nothing was "
+                              f"changed; stop them or pass --terminate-sessions")
+        notify(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
+        maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(db)))
+        maint.query(pgsql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                              "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid()").format(lit(db)))
+        deadline = time.monotonic() + 15
+        while sessions_on(maint, db) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    comment = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
+    try:
+        maint.execute(pgsql.SQL(
+            "BEGIN; ALTER DATABASE {old} RENAME TO {pre}; ALTER DATABASE {side} RENAME TO {old}; "
+            "COMMENT ON DATABASE {pre} IS {c}; COMMIT;").format(
+            old=ident(db), pre=ident(pre), side=ident(side), c=lit(comment)))
+    finally:
+        if terminate:
+            for name in (db, pre):
+                try:
+                    maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
+                except BigskiesError:
+                    pass
+    notify(f"Swapped: {db!r} is the restored copy; the previous database is kept as {pre!r}")
+
+
+def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
+    """Pre-restore copies of ``db``, newest first (found by their comment, not their name)."""
+    rows = maint.query(
+        "SELECT d.datname AS name, pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
+        "pg_catalog.pg_database_size(d.oid) AS bytes FROM pg_catalog.pg_database d")
+    out = []
+    for r in rows:
+        try:
+            c = json.loads(r["comment"] or "")
+        except ValueError:
+            continue
+        if isinstance(c, dict) and c.get("tag") == PRE_RESTORE_TAG and c.get("of") == db:
+            out.append({"name": r["name"], "of": db, "at": c.get("at"), "replaced_by": c.get("replaced_by"),
+                        "bytes": r["bytes"]})
+    out.sort(key=lambda r: r["at"] or "", reverse=True)
+    return out
+
+
+def prune_pre_restore(maint: Sql, db: str, keep: int, notify=print) -> list[str]:
+    dropped = []
+    for c in pre_restore_copies(maint, db)[keep:]:
+        drop_db(maint, c["name"])
+        notify(f"Dropped old pre-restore copy {c['name']!r} (keep_pre_restore = {keep})")
+        dropped.append(c["name"])
+    return dropped
+
+
+def undo(host: Host, *, terminate_sessions: bool = False, notify=print, task: str = "db.restore --undo") -> dict:
+    """Swap the newest pre-restore copy back in; the current database becomes a
+    pre-restore copy itself (so the undo can be undone).
+
+    Raises:
+        StorageError: there is no pre-restore copy.
+    """
+    db = host.postgres.database
+    with PostgresAccess(host) as access:
+        maint = access.sql(host.postgres.maintenance_db)
+        with host_lock(access.runner, host.backup.dir, host.name, db, task, notify=notify):
+            copies = pre_restore_copies(maint, db)
+            if not copies:
+                raise StorageError(f"no pre-restore copy of {db!r} on {host.name}")
+            src = copies[0]["name"]
+            now = utcnow()
+            pre = pre_restore_name(db, now)
+            with coordinators_paused(access.runner, host, notify) as stopped:
+                _swap(maint, db, src, pre, terminate_sessions, f"undo: {src}", notify)
+            maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(db)))
+            return {"database": db, "restored_from": src, "previous_kept_as": pre, "coordinators": stopped}

@@ -1,0 +1,68 @@
+"""The safety policy: one function decides, one table documents it (docs/safety.md).
+
+CONTRACTS.md section 4. A destructive action (restore, purge, prune, migrate,
+pull --to, exec/psql writes) on a ``protected`` host needs
+``--force-protected --confirm DBNAME``; destructive tasks refuse a group that
+contains a protected host; confirmations are prompted only on a TTY, otherwise
+they are an error naming the flag to pass. All refusals exit 3.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from .errors import SafetyError
+from .inventory import Host
+
+DESTRUCTIVE = ("restore", "restore --undo", "purge", "prune", "migrate", "pull --to", "exec --write",
+               "psql --write")
+
+
+def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | None = None,
+                      force_protected: bool = False, confirm: str | None = None) -> None:
+    """Refuse ``action`` unless the policy allows it.
+
+    Args:
+        hosts: the host (or hosts) the action would change.
+        action: a name from :data:`DESTRUCTIVE` (used in the message).
+        database: the database that would change (what ``--confirm`` must repeat).
+        force_protected, confirm: the ``--force-protected`` and ``--confirm`` flags.
+
+    Raises:
+        SafetyError: (exit 3) a protected host without both flags, or a group holding one.
+    """
+    hosts = [hosts] if isinstance(hosts, Host) else list(hosts)
+    protected = [h for h in hosts if h.protected]
+    if not protected:
+        return
+    if len(hosts) > 1:
+        raise SafetyError(f"refused: {action} on a group containing protected host(s) "
+                          f"{', '.join(h.name for h in protected)}; run it on one host at a time")
+    h = protected[0]
+    db = database or h.postgres.database
+    if not force_protected or confirm != db:
+        raise SafetyError(f"refused: {h.name} is protected; {action} needs --force-protected --confirm {db}")
+
+
+def is_tty(stream: TextIO | None = None) -> bool:
+    s = stream or sys.stdin
+    try:
+        return s.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def confirm_or_refuse(question: str, *, yes: bool, flag: str = "--yes",
+                      ask: Callable[[str], str] | None = None) -> None:
+    """Ask the user to type ``yes`` (only on a TTY); ``yes=True`` skips the question.
+
+    Raises:
+        SafetyError: no TTY and no ``flag`` given, or the answer was not ``yes``.
+    """
+    if yes:
+        return
+    if not (is_tty(sys.stdin) and is_tty(sys.stdout)):
+        raise SafetyError(f"refused: confirmation needed and no terminal to ask on; pass {flag}")
+    answer = (ask or input)(f"{question} Type 'yes' to proceed: ")
+    if answer.strip() != "yes":
+        raise SafetyError("aborted: you did not type 'yes'; nothing was changed")
