@@ -1,12 +1,13 @@
-"""The Invoke Collection: one module per namespace (db, inventory, ...).
+"""The Invoke Collection: one module per namespace (db, inventory, docker, scenario).
 
 The repo-root ``tasks.py`` re-exports :data:`ns`; the console script
 ``bigskies-ops`` runs the same Collection through ``invoke.Program``.
 """
 from invoke import Collection
 
-from . import db, inventory
+from . import db, docker, inventory, scenario
 
 ns = Collection()
-ns.add_collection(db.ns)
-ns.add_collection(inventory.ns)
+for _sub in (db.ns, inventory.ns, docker.ns, scenario.ns):
+    if _sub.tasks or _sub.collections:
+        ns.add_collection(_sub)

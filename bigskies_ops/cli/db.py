@@ -310,3 +310,10 @@ def psql(c, host=None, write=False, force_protected=False, confirm=None, invento
 ns = Collection("db")
 for t in (backup, list_, status, restore, exec, psql):
     ns.add_task(t)
+
+# Tasks of the other feature areas live in their own modules and join the same ``db`` namespace.
+from . import db_migrations, db_policy, db_remote, db_stack  # noqa: E402
+
+for _mod in (db_remote, db_stack, db_migrations, db_policy):
+    for _t in _mod.TASKS:
+        ns.add_task(_t)

@@ -1,0 +1,4 @@
+"""``python -m bigskies_ops ...`` == ``bigskies-ops ...``."""
+from .cli.program import main
+
+main()

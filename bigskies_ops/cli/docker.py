@@ -1,0 +1,4 @@
+"""``docker.*`` tasks (the compose stack feature)."""
+from invoke import Collection
+
+ns = Collection("docker")

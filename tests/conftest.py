@@ -1,0 +1,138 @@
+"""Shared fixtures: real PostgreSQL clusters, a template database with BIG SKIES data,
+inventories written per test, and a CLI runner that invokes the real console script.
+
+Everything is started here and stopped by process id at session end. Test
+traffic stays on 127.0.0.1 and unix sockets inside the run folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bigskies_ops.sandbox import Cluster, free_port
+from tests.pgcheck import native_sql
+
+pytest_plugins = ["tests.infra.fixtures"]
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "s3cr:et\\ p@ss#w rd"      # has : \ @ # and a space on purpose (libpq escaping)
+PASSWORD_ENV = "BIGSKIES_TEST_PGPASSWORD"
+TEMPLATE_DB = "bigskies_tpl"
+
+
+@pytest.fixture(scope="session")
+def run_root():
+    """A folder for this test run that the ``postgres`` OS user can traverse."""
+    d = Path(tempfile.mkdtemp(prefix="bigskies-tests-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def load_bigskies(run_sql_input, database: str) -> None:
+    """Apply configs/sql (recorded in schema_migrations) and the sample data."""
+    from bigskies_ops.sampledata import bootstrap_sql, sample_data_sql
+    run_sql_input(bootstrap_sql(REPO / "configs" / "sql"), database)
+    run_sql_input(sample_data_sql(1), database)
+    run_sql_input("SELECT lo_from_bytea(0, convert_to('bigskies large object ' || repeat('x', 5000), 'UTF8'));",
+                  database)
+
+
+@pytest.fixture(scope="session")
+def pg(run_root):
+    """A native PostgreSQL 15 cluster: socket trust, TCP scram with :data:`PASSWORD`,
+    and a template database holding the BIG SKIES schema and sample data."""
+    c = Cluster(base=run_root / "pg", port=free_port(), password=PASSWORD).init().start()
+    try:
+        c.psql("-c", f'CREATE DATABASE "{TEMPLATE_DB}"')
+        load_bigskies(lambda sql, db: c.psql(database=db, input=sql), TEMPLATE_DB)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_sql(pg):
+    return native_sql(str(pg.socket_dir), pg.port)
+
+
+def new_db_from_template(pg, name: str) -> None:
+    pg.psql("-c", f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+
+
+def drop_db_and_copies(pg, name: str) -> None:
+    """Drop ``name`` and every database derived from it (pre-restore copies, side databases)."""
+    like = name.replace('"', '""')
+    rows = pg.psql("-A", "-t", "-c",
+                   "SELECT datname FROM pg_database WHERE datname = $$%s$$ OR left(datname, 20) = left($$%s$$, 20)"
+                   % (like, like)).splitlines()
+    for r in rows:
+        if r.strip():
+            pg.psql("-c", 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % r.replace('"', '""'))
+
+
+@pytest.fixture
+def dbname(pg):
+    """A fresh copy of the BIG SKIES template database, dropped (with its copies) afterwards."""
+    name = f"bs_{uuid.uuid4().hex[:10]}"
+    new_db_from_template(pg, name)
+    yield name
+    drop_db_and_copies(pg, name)
+
+
+def write_inventory(path: Path, hosts: dict, *, defaults: dict | None = None, groups: dict | None = None) -> Path:
+    doc: dict = {}
+    if defaults:
+        doc["defaults"] = defaults
+    if groups:
+        doc["groups"] = groups
+    doc["hosts"] = hosts
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def native_host(pg, database: str, backup_dir: str | Path, **extra) -> dict:
+    """Inventory entry for a local host whose PostgreSQL is the test cluster over TCP + scram."""
+    h = {"connection": "local",
+         "postgres": {"host": "127.0.0.1", "port": pg.port, "database": database, "user": "bigskies",
+                      "password_env": PASSWORD_ENV, "bindir": "/usr/lib/postgresql/15/bin"},
+         "backup": {"dir": str(backup_dir)}}
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(h.get(k), dict):
+            h[k] = {**h[k], **v}
+        else:
+            h[k] = v
+    return h
+
+
+@pytest.fixture
+def cli_env():
+    env = dict(os.environ)
+    env[PASSWORD_ENV] = PASSWORD
+    env.pop("BIGSKIES_INVENTORY", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["COLUMNS"] = "200"
+    return env
+
+
+def cli(*args: str, env: dict, cwd: str | Path | None = None, input: str | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real console entry point ``python -m bigskies_ops ARGS`` (same Collection as ``inv``)."""
+    return subprocess.run([sys.executable, "-m", "bigskies_ops", *args], env=env, cwd=cwd or REPO,
+                          input=input, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def local_inv(tmp_path, pg, dbname):
+    """(inventory path, backup dir) for one local native host ``dev`` on the test cluster."""
+    bdir = tmp_path / "backups"
+    inv = write_inventory(tmp_path / "inventory.yaml", {"dev": native_host(pg, dbname, bdir)})
+    return inv, bdir
