@@ -414,6 +414,6 @@ def test_sample_data_refuses_a_database_that_already_has_data(cluster, loaded):
 
 
 def test_bootstrap_on_a_migrated_database_fails_and_changes_nothing(cluster, loaded):
-    with pytest.raises(CommandError, match='relation "roles" already exists'):
+    with pytest.raises(CommandError, match='function "set_updated_at" already exists'):
         cluster.psql(database=DB, input=sampledata.bootstrap_sql(SQL_DIR))
     assert value(cluster, "SELECT count(*) FROM schema_migrations") == 5
