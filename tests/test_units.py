@@ -1,0 +1,208 @@
+"""Pure unit tests (table-driven): argv builders, names, headers, filters, inventory rules.
+
+Each sits next to a real integration test elsewhere; none replaces one.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops import catalog, inventory, pgtools
+from bigskies_ops.errors import InventoryError
+from bigskies_ops.restore import OwnerAclFilter, pre_restore_name, side_db_name
+from bigskies_ops.backup import split_qualified
+from bigskies_ops.access import pgpass_escape
+from bigskies_ops.runners import redact_argv
+
+
+def test_pg_dump_args_plain_and_custom():
+    assert pgtools.pg_dump_args("bigskies", fmt="plain", snapshot="0003-1") == [
+        "--format", "p", "--snapshot", "0003-1", "--dbname", "bigskies"]
+    assert pgtools.pg_dump_args("My DB", fmt="custom", compress_level=1, exclude_table_data=("audit*",),
+                                schema_only=True) == [
+        "--format", "c", "--compress", "1", "--exclude-table-data", "audit*", "--schema-only", "--dbname", "My DB"]
+
+
+def test_pg_restore_args_serial_is_one_transaction_parallel_is_not():
+    assert pgtools.pg_restore_args("x", jobs=1) == ["--dbname", "x", "--exit-on-error", "--single-transaction",
+                                                    "--no-owner", "--no-acl"]
+    assert pgtools.pg_restore_args("x", jobs=2, no_owner=False, from_file="/b/a.dump") == [
+        "--dbname", "x", "--exit-on-error", "--jobs", "2", "/b/a.dump"]
+
+
+def test_conn_args_never_prompt_and_carry_no_password():
+    assert pgtools.conn_args(host="127.0.0.1", port=5432, user="bigskies") == [
+        "-h", "127.0.0.1", "-p", "5432", "-U", "bigskies", "-w"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", (15, 18)),
+    ("psql (PostgreSQL) 16.4", (16, 4)),
+    ("pg_restore (PostgreSQL) 17beta1", (17, 0)),
+])
+def test_parse_tool_version(text, expected):
+    v = pgtools.parse_tool_version(text)
+    assert (v.major, v.minor) == expected
+
+
+@pytest.mark.parametrize("version,ok", [((15, 13), False), ((15, 14), True), ((16, 9), False), ((16, 10), True),
+                                        ((14, 19), True), ((12, 22), False), ((18, 0), True)])
+def test_psql_restrict_support_by_minor_release(version, ok):
+    assert pgtools.PgVersion(*version).understands_restrict() is ok
+
+
+def test_plain_tail_complete_needs_trailer_and_matching_unrestrict():
+    body = b"...\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict AbC123\n\n"
+    assert pgtools.plain_tail_complete(body, "AbC123")
+    assert not pgtools.plain_tail_complete(body, "Other9")
+    assert not pgtools.plain_tail_complete(body[:-20], "AbC123")
+    assert pgtools.plain_tail_complete(b"--\n-- PostgreSQL database dump complete\n--\n\n", None)
+    assert not pgtools.plain_tail_complete(b"COPY x FROM stdin;\n1\n", None)
+
+
+def test_custom_header_bump_is_detected():
+    # a minimal header as pg_dump 15 writes it: magic, 1.14.0, intsize 4, offsize 8, format 1 (custom)
+    def i(n):
+        return bytes([0]) + n.to_bytes(4, "little")
+
+    def s(t):
+        return i(len(t)) + t.encode()
+    head = b"PGDMP" + bytes([1, 14, 0, 4, 8, 1]) + i(6) + b"".join(i(x) for x in (1, 2, 3, 4, 5, 126, 0)) \
+        + s("bigskies") + s("15.18") + s("15.18")
+    h = pgtools.parse_custom_header(head)
+    assert (h.archive_version, h.database, h.pg_dump_version, h.compression) == ((1, 14, 0), "bigskies", "15.18", 6)
+    assert pgtools.parse_custom_header(pgtools.bump_custom_header_minor(head)).archive_version_str == "1.15"
+    with pytest.raises(ValueError):
+        pgtools.parse_custom_header(b"not a dump")
+
+
+@pytest.mark.parametrize("name,encoded", [
+    ("bigskies", "bigskies"), ("BigSkies", "%42ig%53kies"), ("big skies", "big%20skies"),
+    ("big-skies", "big-skies"), ("bïg", "b%C3%AFg"), ("a.b/c", "a%2Eb%2Fc"),
+])
+def test_database_names_are_encoded_reversibly_in_archive_names(name, encoded):
+    assert catalog.encode_dbname(name) == encoded
+    assert catalog.decode_dbname(encoded) == name
+    when = datetime(2026, 11, 29, 8, 52, 0, tzinfo=timezone.utc)
+    arch = catalog.archive_name(name, when, "plain", n=2)
+    assert arch == f"{encoded}_backup_20261129_085200_2.sql.gz"
+    p = catalog.parse_archive_name(arch)
+    assert (p.database, p.n, p.ext) == (name, 2, "sql.gz")
+
+
+def test_guide_era_names_parse_as_legacy_candidates():
+    p = catalog.parse_archive_name("bigskies_backup_20260116_224500.sql.gz")
+    assert p.database == "bigskies" and p.stamp.hour == 22
+    assert catalog.parse_archive_name("bigskies_backup_20260116_224500.sql.gz.partial") is None
+    assert catalog.parse_archive_name("notes.txt") is None
+
+
+def test_side_and_pre_restore_names_fit_63_bytes_and_stay_distinct():
+    when = datetime(2026, 11, 29, 8, 52, 0, tzinfo=timezone.utc)
+    long_a = "a" * 60
+    long_b = "a" * 59 + "b"
+    names = {pre_restore_name(long_a, when), pre_restore_name(long_b, when), side_db_name(long_a, when)}
+    assert len(names) == 3
+    assert all(len(n.encode()) <= 63 for n in names)
+    assert pre_restore_name("bigskies", when) == "bigskies_pre_20261129085200"
+    uni = pre_restore_name("ü" * 40, when)  # 80 bytes of name: cut on a character boundary
+    assert len(uni.encode()) <= 63 and uni.encode().decode() == uni
+
+
+def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
+    dump = (b"CREATE TABLE public.t (x text);\n"
+            b"ALTER TABLE public.t OWNER TO someone;\n"
+            b"CREATE FUNCTION public.f() RETURNS void AS $$\n"
+            b"GRANT SELECT ON t TO x;\n"
+            b"$$ LANGUAGE sql;\n"
+            b"COPY public.t (x) FROM stdin;\n"
+            b"GRANT ALL ON t TO y;\n"
+            b"ALTER TABLE public.t OWNER TO z;\n"
+            b"\\.\n"
+            b"GRANT SELECT ON TABLE public.t TO reporting;\n"
+            b"REVOKE ALL ON SCHEMA public FROM PUBLIC;\n")
+    f = OwnerAclFilter()
+    out = b"".join(f.feed(dump[i:i + 7]) for i in range(0, len(dump), 7)) + f.flush()
+    assert out == (b"CREATE TABLE public.t (x text);\n"
+                   b"CREATE FUNCTION public.f() RETURNS void AS $$\n"
+                   b"GRANT SELECT ON t TO x;\n"
+                   b"$$ LANGUAGE sql;\n"
+                   b"COPY public.t (x) FROM stdin;\n"
+                   b"GRANT ALL ON t TO y;\n"
+                   b"ALTER TABLE public.t OWNER TO z;\n"
+                   b"\\.\n")
+    assert f.dropped == 3
+
+
+@pytest.mark.parametrize("q,expected", [
+    ("public.users", ("public", "users")),
+    ('"My Schema"."We ""ird"', ("My Schema", 'We "ird')),
+    ('public."Ünï"', ("public", "Ünï")),
+])
+def test_split_qualified_names_from_copy_lines(q, expected):
+    assert split_qualified(q) == expected
+
+
+def test_pgpass_escaping_and_argv_redaction():
+    assert pgpass_escape("a:b\\c") == "a\\:b\\\\c"
+    assert redact_argv(["psql", "postgresql://u:topsecret@h/db", "password=hunter2"]) == [
+        "psql", "postgresql://u:****@h/db", "password=****"]
+
+
+# ---------------------------------------------------------------- inventory rules
+def _inv(doc, tmp_path=Path("/tmp/x")):
+    return inventory.parse(doc, tmp_path / "inventory.yaml")
+
+
+def test_precedence_defaults_then_group_vars_then_host():
+    inv = _inv({"defaults": {"backup": {"format": "custom", "compress_level": 3}, "protected": False},
+                "groups": {"prod": {"hosts": ["a"], "vars": {"backup": {"compress_level": 5}, "protected": True}}},
+                "hosts": {"a": {"backup": {"keep_pre_restore": 9}}, "b": {}}})
+    a, b = inv.hosts["a"], inv.hosts["b"]
+    assert (a.backup.format, a.backup.compress_level, a.backup.keep_pre_restore, a.protected) == ("custom", 5, 9, True)
+    assert (b.backup.format, b.backup.compress_level, b.backup.keep_pre_restore, b.protected) == ("custom", 3, 2, False)
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"hosts": {"dev": {"postgres": {"prot": 1}}}}, "hosts.dev.postgres.prot: unknown key (did you mean 'port'?)"),
+    ({"hosts": {"prod": {"connection": "ssh", "project_dir": "/srv", "ssh": {"host": "h", "port": "22x"}}}},
+     "hosts.prod.ssh.port: expected an integer"),
+    ({"hosts": {"dev": {"postgres": {"password": "hunter2"}}}}, "hosts.dev.postgres.password: literal secrets"),
+    ({"hosts": {"dev": {"postgres": {"password_env": "hunter2 !"}}}}, "expected the NAME of an environment variable"),
+    ({"hosts": {"dev": {"backup": {"format": "tar"}}}}, "hosts.dev.backup.format: expected one of plain, custom"),
+    ({"hosts": {"dev": {}}, "groups": {"g": ["nope"]}}, "groups.g: unknown host 'nope'"),
+    ({"hosts": {"dev": {}}, "groups": {"dev": ["dev"]}}, "hosts and groups share one namespace"),
+    ({"hosts": {"all": {}}}, "'all' is reserved"),
+    ({"hosts": {"p": {"connection": "ssh", "ssh": {"host": "h"}}}}, "hosts.p.project_dir: required"),
+    ({"hosts": {"d": {"coordinators": ["bootstrap"]}}}, "hosts.d.coordinators: coordinators are compose services"),
+    ({"hostz": {}}, "hostz: unknown top-level key (did you mean 'hosts'?)"),
+])
+def test_inventory_faults_name_the_path(doc, message):
+    with pytest.raises(InventoryError) as e:
+        _inv(doc)
+    assert message in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_host_selection_rules():
+    inv = _inv({"groups": {"prod": ["a", "b"]}, "hosts": {"a": {}, "b": {}, "c": {}}})
+    assert [h.name for h in inv.resolve("prod")] == ["a", "b"]
+    assert [h.name for h in inv.resolve("c,prod")] == ["c", "a", "b"]
+    assert [h.name for h in inv.resolve("all")] == ["a", "b", "c"]
+    with pytest.raises(InventoryError, match="several hosts .* pass --host"):
+        inv.resolve(None)
+    with pytest.raises(InventoryError, match="unknown host or group 'prd' \\(did you mean 'prod'\\?\\)"):
+        inv.resolve("prd")
+    one = _inv({"defaults": {"host": "b"}, "hosts": {"a": {}, "b": {}}})
+    assert one.host(None).name == "b"
+
+
+def test_relative_paths_resolve_against_inventory_folder_or_project_dir(tmp_path):
+    inv = _inv({"hosts": {"dev": {"backup": {"dir": "bk"}, "ssh": {"key_filename": "keys/id"}},
+                          "prod": {"connection": "ssh", "project_dir": "/srv/bs", "ssh": {"host": "p"},
+                                   "backup": {"dir": "bk"}}}}, tmp_path)
+    assert inv.hosts["dev"].backup.dir == str(tmp_path / "bk")
+    assert inv.hosts["dev"].ssh.key_filename == str(tmp_path / "keys/id")
+    assert inv.hosts["prod"].backup.dir == "/srv/bs/bk"
