@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import queue
 import re
 import socket
 import threading
@@ -45,6 +46,12 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1, 2
+"""
+
+READABLE_SQL = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
 """
 
 MIGRATION_HEAD_SQL = """
@@ -98,7 +105,12 @@ def count_rows_sql(tables: list[dict]) -> pgsql.Composable:
 
 
 class _Sink:
-    """Compress (plain: gzip container, zlib level N) + sha256 + write, chunk by chunk."""
+    """Compress (plain: gzip container, zlib level N) + sha256 + write, chunk by chunk.
+
+    For plain dumps it also notes which tables have a ``COPY ... FROM stdin`` block
+    (pg_dump's own ``--exclude-table-data`` semantics), keeps the first 64 KiB (the
+    header) and the last 8 KiB (the completion trailer) of the SQL.
+    """
 
     def __init__(self, f, fmt: str, level: int):
         self.f = f
@@ -106,9 +118,10 @@ class _Sink:
         self.out_bytes = 0
         self.raw_bytes = 0
         self.comp = zlib.compressobj(level, zlib.DEFLATED, 31) if fmt == "plain" else None
+        self.head = b""
         self.tail = b""
         self.copy_tables: set[tuple[str, str]] = set()
-        self._carry = b""
+        self._carry = b"\n"
 
     def _emit(self, data: bytes):
         if data:
@@ -116,19 +129,33 @@ class _Sink:
             self.f.write(data)
             self.out_bytes += len(data)
 
-    def write(self, chunk: bytes):
-        self.raw_bytes += len(chunk)
-        if self.comp is not None:
-            # remember which tables have data in the dump (pg_dump's own --exclude-table-data semantics)
-            buf = self._carry + chunk
-            for m in COPY_RE.finditer(buf):
+    def _scan_copy(self, chunk: bytes) -> None:
+        buf = self._carry + chunk
+        pos = 0
+        while True:
+            i = buf.find(b"\nCOPY ", pos)
+            if i < 0:
+                break
+            j = buf.find(b"\n", i + 1)
+            if j < 0:
+                break
+            m = COPY_RE.match(buf, i + 1, j + 1)
+            if m:
                 try:
                     self.copy_tables.add(split_qualified(m.group(1).decode("utf-8")))
                 except (ValueError, UnicodeDecodeError):
                     pass
-            nl = buf.rfind(b"\n")
-            self._carry = buf[nl:][-4096:] if nl >= 0 else buf[-4096:]
-            self.tail = (self.tail + chunk)[-8192:]
+            pos = j
+        nl = buf.rfind(b"\n")
+        self._carry = buf[nl:][-4096:]
+
+    def write(self, chunk: bytes):
+        self.raw_bytes += len(chunk)
+        if self.comp is not None:
+            if len(self.head) < 65536:
+                self.head += chunk[:65536 - len(self.head)]
+            self._scan_copy(chunk)
+            self.tail = (self.tail + chunk[-8192:])[-8192:]
             self._emit(self.comp.compress(chunk))
         else:
             self._emit(chunk)
@@ -136,6 +163,19 @@ class _Sink:
     def finish(self):
         if self.comp is not None:
             self._emit(self.comp.flush())
+
+
+def _pump(stream, q: "queue.Queue") -> None:
+    """Reader thread: move pg_dump's stdout into a bounded queue so pg_dump never waits
+    while we compress (zlib and pipe reads release the GIL: the two overlap)."""
+    try:
+        while True:
+            b = stream.read(CHUNK)
+            q.put(b)
+            if not b:
+                return
+    except BaseException as e:  # delivered to the consumer
+        q.put(e)
 
 
 def _custom_data_tables(access: PostgresAccess, path: str, tables: list[dict]) -> set[tuple[str, str]] | None:
@@ -218,9 +258,9 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         "excluded_table_data": list(excl), "schema_only": schema_only,
         "verifications": [], "offsite": [], "pulled_from": None, "pulled_at": None,
     }
-    write_manifest(runner, final, manifest)  # STARTED, before pg_dump starts
     session: SqlSession | None = None
     proc = None
+    recorded = False  # STARTED manifest written (only once connected: s.7 "nothing harmed")
     try:
         sql = access.sql(db)
         session = sql.session()
@@ -236,14 +276,21 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         argv = access.tool_argv("pg_dump", args)
         manifest["argv"] = redact_argv(argv)
         manifest["phase"] = "dump"
+        write_manifest(runner, final, manifest)  # STARTED, before pg_dump starts
+        recorded = True
         counts: dict[int, int] = {}
         count_err: list[BaseException] = []
 
         def do_counts():
             try:
                 if tables and not schema_only:
-                    for r in session.query(count_rows_sql(tables)):
-                        counts[r["i"]] = r["n"]
+                    # count only tables we may read: a failing count would abort the transaction
+                    # and invalidate the snapshot under pg_dump, hiding pg_dump's real error
+                    can = {(r["schema"], r["name"]) for r in session.query(READABLE_SQL)}
+                    idx = [i for i, t in enumerate(tables) if (t["schema"], t["name"]) in can]
+                    if idx:
+                        for r in session.query(count_rows_sql([tables[i] for i in idx])):
+                            counts[idx[r["i"]]] = r["n"]
             except BaseException as e:  # reported after the dump
                 count_err.append(e)
 
@@ -255,10 +302,14 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         except OSError as e:
             raise StorageError(f"cannot write {partial}: {e.strerror}") from e
         sink = _Sink(f, fmt, level)
+        q: queue.Queue = queue.Queue(maxsize=16)
+        threading.Thread(target=_pump, args=(proc.stdout, q), daemon=True).start()
         try:
             with f:
                 while True:
-                    chunk = proc.stdout.read(CHUNK)
+                    chunk = q.get()
+                    if isinstance(chunk, BaseException):
+                        raise chunk
                     if not chunk:
                         break
                     sink.write(chunk)
@@ -285,7 +336,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         manifest["phase"] = "finalize"
         if fmt == "plain":
             try:
-                header = parse_plain_header(_head_of(runner, partial))
+                header = parse_plain_header(sink.head)
             except ValueError as e:
                 raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
             if not plain_tail_complete(sink.tail, header.restrict_key):
@@ -297,8 +348,16 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             {"schema": t["schema"], "name": t["name"],
              "rows": (counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables) else None)}
             for i, t in enumerate(tables)]
+        roles_data = None
+        if host.backup.roles:  # backup.roles: true -> <archive>.roles.sql beside it (bigskies_ops.roles)
+            from .roles import dump_roles
+            manifest["phase"] = "roles"
+            roles_data = dump_roles(access)
         if not runner.link_noreplace(partial, final):
             raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+        if roles_data is not None:
+            from .roles import write_roles
+            write_roles(runner, final, roles_data, manifest)
         finished = utcnow()
         manifest.update({
             "status": "DONE", "phase": None, "sha256": sink.sha.hexdigest(), "bytes": sink.out_bytes,
@@ -323,7 +382,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
             manifest["stderr_tail"] = e.stderr
         try:
-            write_manifest(runner, final, manifest)
+            if recorded:  # could not even connect: leave the backup folder as it was
+                write_manifest(runner, final, manifest)
         except BigskiesError as e2:
             notify(f"warning: could not record the FAILED manifest: {e2}")
         if isinstance(e, KeyboardInterrupt):
@@ -341,19 +401,6 @@ def _fsync(f) -> None:
         os.fsync(f.fileno())
     except (OSError, AttributeError, ValueError):
         pass
-
-
-def _head_of(runner, path: str) -> bytes:
-    """First 4 KiB of the decompressed dump."""
-    with runner.open_read(path) as f:
-        d = zlib.decompressobj(31)
-        out = b""
-        while len(out) < 4096:
-            chunk = f.read(65536)
-            if not chunk:
-                break
-            out += d.decompress(chunk)
-        return out[:65536]
 
 
 def recent_backups(host: Host, runner, n: int = 5) -> list[Backup]:

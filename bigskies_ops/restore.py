@@ -217,9 +217,11 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
             _run_pg_restore_on(access, ["--list"], path)
         except ArchiveError as e:
             if "newer pg_dump" in str(e):
-                raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by pg_dump "
-                                   f"{hdr.pg_dump_version} is newer than pg_restore {pr_v} can read; "
-                                   f"use pg_restore {hdr.pg_dump_version} or newer") from None
+                # the rest of a header in an unknown format may not decode: name the version only if sane
+                dv = hdr.pg_dump_version if re.fullmatch(r"\d+(\.\d+)*", hdr.pg_dump_version or "") else None
+                raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by "
+                                   f"{'pg_dump ' + dv if dv else 'a newer pg_dump'} is newer than pg_restore "
+                                   f"{pr_v} can read; use pg_restore {dv or 'of that release'} or newer") from None
             raise
         if full:
             _run_pg_restore_on(access, ["--file", "/dev/null"], path)
@@ -252,12 +254,35 @@ class OwnerAclFilter:
         self.dropped = 0
 
     def feed(self, data: bytes) -> bytes:
-        self.buf += data
-        nl = self.buf.rfind(b"\n")
-        if nl < 0:
-            return b""
-        lines, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
-        return b"".join(self._line(l) for l in lines.splitlines(keepends=True))
+        buf = self.buf + data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            if self.in_copy:
+                # COPY data passes through untouched, block-wise, up to the "\\." line
+                if buf.startswith(b"\\.\n", pos):
+                    k = pos - 1
+                else:
+                    k = buf.find(b"\n\\.\n", pos)
+                if k < 0:
+                    last = buf.rfind(b"\n", pos)
+                    if last < 0:
+                        break
+                    out.append(buf[pos:last + 1])
+                    pos = last + 1
+                    break
+                out.append(buf[pos:k + 4])
+                pos = k + 4
+                self.in_copy = False
+                continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            out.append(self._line(buf[pos:nl + 1]))
+            pos = nl + 1
+        self.buf = buf[pos:]
+        return b"".join(out)
 
     def flush(self) -> bytes:
         rest, self.buf = self.buf, b""
@@ -284,6 +309,39 @@ class OwnerAclFilter:
         return line
 
 
+def _raw_chunks(f):
+    done = 0
+    while True:
+        b = f.read(CHUNK)
+        if not b:
+            return
+        done += len(b)
+        yield done, b
+
+
+def _gunzip_chunks(f, max_out: int = 4 * CHUNK):
+    """Decompress a (possibly multi-member) gzip file, yielding (compressed bytes read,
+    at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio."""
+    d = zlib.decompressobj(31)
+    done = 0
+    for done, b in _raw_chunks(f):
+        data = b
+        while data:
+            out = d.decompress(data, max_out)
+            if out:
+                yield done, out
+            if d.unconsumed_tail:
+                data = d.unconsumed_tail
+            elif d.eof and d.unused_data:
+                data = d.unused_data
+                d = zlib.decompressobj(31)
+            else:
+                data = b""
+    rest = d.flush()
+    if rest:
+        yield done, rest
+
+
 def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
               capture: bool = False, line_filter=None, progress=None):
     """Stream a local file into ``tool``'s stdin on the host (optionally gunzipping and
@@ -301,23 +359,12 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
                 out_chunks.append(chunk)
     t = threading.Thread(target=drain, daemon=True)
     t.start()
-    d = zlib.decompressobj(31) if decompress else None
     sent = 0
     broken = False
     try:
         with LocalRunner().open_read(path) as f:
-            while True:
-                b = f.read(CHUNK)
-                if not b:
-                    break
-                sent += len(b)
-                if d is not None:
-                    out = d.decompress(b)
-                    while d.unused_data:
-                        rest = d.unused_data
-                        d = zlib.decompressobj(31)
-                        out += d.decompress(rest)
-                    b = out
+            for raw_done, b in (_gunzip_chunks(f) if decompress else _raw_chunks(f)):
+                sent = raw_done
                 if line_filter is not None:
                     b = line_filter.feed(b)
                 try:
@@ -362,6 +409,8 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
         "SELECT pid, usename AS user, application_name AS application, client_addr::text AS client, state, "
         "to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since "
         "FROM pg_catalog.pg_stat_activity WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
+        # autovacuum workers are cancelled by the server itself on RENAME/DROP (CountOtherDBBackends)
+        "AND backend_type IS DISTINCT FROM 'autovacuum worker' "
         "ORDER BY pid").format(lit(name)))
 
 
@@ -443,7 +492,7 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
 
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
             keep_owners: bool = False, jobs: int | None = None, notify=print, progress=None,
-            confirmed: bool = True, task: str = "db.restore") -> RestoreResult:
+            confirmed: bool = True, task: str = "db.restore", roles: bool = False) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
 
     The caller has already applied the safety policy and the confirmation.
@@ -455,6 +504,8 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
             it, connected sessions stop the restore before anything changes.
         keep_owners: keep ``OWNER``/``GRANT`` statements (fails if their roles are missing).
         jobs: pg_restore parallel jobs (custom archives restored natively; default 2).
+        roles: first create the roles of ``<archive>.roles.sql`` missing on the cluster
+            (existing roles are never altered; bigskies_ops.roles); implies ``keep_owners``.
 
     Returns:
         :class:`RestoreResult`.
@@ -475,6 +526,13 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         maint = access.sql(host.postgres.maintenance_db)
         if target_db is not None and db_info(maint, target_db) is not None:
             raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
+        if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
+            from .compose import coordinators_preflight
+            coordinators_preflight(access.runner, host)
+        if roles:
+            from .roles import create_missing_roles
+            create_missing_roles(access, info.path, notify)
+            keep_owners = True
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task, notify=notify):
             return _restore_locked(access, host, info, db, target_db, terminate_sessions, keep_owners, jobs,
                                    notify, progress, t0)

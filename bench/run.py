@@ -1,0 +1,404 @@
+"""`make bench`: bigskies-ops side by side with what a user would otherwise type.
+
+Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
+observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
+then measures on the same data, interleaving the contenders (ABAB...) and taking
+the median of `--runs` (>= 3) with the spread (min-max) printed:
+
+* backup: `pg_dump > /dev/null` (the floor), the guide's `pg_dump | gzip`, and
+  `db.backup` in each format;
+* restore: the guide's `gunzip -c | psql` into a fresh database, and `db.restore`
+  (all safety steps: checks, side database, manifest counts, swap) per format;
+* scenario 4: the guide's manual sequence (dump on the remote host, scp back,
+  restore) against `db.pull --from prod --to dev --restore`, over a real sshd on
+  loopback; and the pull rows (an existing archive of >= 700 MB against
+  `ssh host cat`, a streamed dump against the same dump run on prod).
+
+Every output is checked in the same run (integrity, restored row counts). Wall
+and CPU time (the client processes, via wait4), bytes written and the peak RSS of
+the Python process (ru_maxrss, reported by the process itself) are written to
+bench/results/latest.json and bench/results/latest.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bigskies_ops.sampledata import bootstrap_sql, sample_data_sql  # noqa: E402
+from bigskies_ops.sandbox import Cluster, free_port  # noqa: E402
+
+BIN = "/usr/lib/postgresql/15/bin"
+RESULTS = REPO / "bench" / "results"
+RSS_WRAPPER = (
+    "import resource, runpy, sys\n"
+    "out = sys.argv.pop(1)\n"
+    "sys.argv = ['bigskies-ops'] + sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_module('bigskies_ops', run_name='__main__')\n"
+    "finally:\n"
+    "    open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+
+MKJSON = """
+CREATE TABLE observations_bench (id int PRIMARY KEY, doc jsonb NOT NULL);
+INSERT INTO observations_bench
+SELECT i, jsonb_build_object(
+  'id', i, 'observer', 'user_' || (random()*100000)::int,
+  'ts', now() - random() * interval '3650 days',
+  'ra', random()*360, 'dec', random()*180-90, 'mag', random()*20,
+  'instrument', (ARRAY['refractor','reflector','dobsonian','binoculars','naked-eye'])[1+(random()*4)::int],
+  'samples', (SELECT jsonb_agg(jsonb_build_object('t', random(), 'flux', random()*1e6, 'err', random()))
+              FROM generate_series(1,8) g WHERE g > i*0),
+  'note', (SELECT string_agg(md5(random()::text || g), ' ') FROM generate_series(1,10) g WHERE g > i*0))
+FROM generate_series(1, {rows}) i;
+"""
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.base = Path(tempfile.mkdtemp(prefix="bigskies-bench-", dir=args.workdir))
+        os.chmod(self.base, 0o755)
+        self.cluster = Cluster(base=self.base / "pg", port=free_port())
+        self.ssh = None
+        self.results: dict[str, list[dict]] = {}
+        self.checks: list[str] = []
+        self.env = dict(os.environ, PGHOST=str(self.cluster.socket_dir), PGPORT=str(self.cluster.port),
+                        PGUSER="bigskies", PATH=f"{BIN}:{os.environ['PATH']}", COLUMNS="150")
+        self.inventory = self.base / "inventory.yaml"
+        self.env["BIGSKIES_INVENTORY"] = str(self.inventory)
+
+    # ------------------------------------------------------------ setup
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def sh(self, cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=self.env, capture_output=True, text=True, **kw)
+        if check and r.returncode != 0:
+            raise SystemExit(f"bench setup failed: {cmd}\n{r.stderr[-2000:]}")
+        return r
+
+    def psql(self, sql: str, db: str = "bigskies") -> str:
+        return self.sh(f"psql -X -A -t -q -v ON_ERROR_STOP=1 -d {shlex.quote(db)} -c {shlex.quote(sql)}").stdout.strip()
+
+    def setup(self) -> None:
+        a = self.args
+        scale, rows = (2, 10_000) if a.quick else (50 * a.scale, 200_000 * a.scale)
+        need = int((1.1e9 if not a.quick else 5e7) * (a.scale if not a.quick else 1) * 6)
+        free = shutil.disk_usage(self.base).free
+        if free < need:
+            raise SystemExit(f"bench: not enough free disk in {self.base}: {free / 1e9:.1f} GB free, "
+                             f"{need / 1e9:.1f} GB needed (data, archives, restored copies)")
+        self.log(f"cluster in {self.base} (fsync on, default shared_buffers); pgbench scale {scale}, {rows} JSON rows")
+        self.cluster.init().start(settings={"fsync": "on", "shared_buffers": "128MB", "max_wal_size": "1GB"})
+        self.psql("CREATE DATABASE bigskies", "postgres")
+        self.cluster.psql(database="bigskies", input=bootstrap_sql(REPO / "configs" / "sql"))
+        self.cluster.psql(database="bigskies", input=sample_data_sql(1))
+        self.sh(f"pgbench -i -q -s {scale} bigskies")
+        self.cluster.psql(database="bigskies", input=MKJSON.format(rows=rows))
+        self.psql("VACUUM (ANALYZE, FREEZE)")
+        self.psql("CHECKPOINT")
+        self.db_bytes = int(self.psql("SELECT pg_database_size('bigskies')"))
+        self.source_counts = self.counts("bigskies")
+        self.log(f"database bigskies: {self.db_bytes:,} bytes; {self.source_counts}")
+        self.write_inventory()
+
+    def counts(self, db: str) -> dict:
+        q = ("SELECT (SELECT count(*) FROM pgbench_accounts) || ' ' || (SELECT count(*) FROM observations_bench)"
+             " || ' ' || (SELECT count(*) FROM users)")
+        return dict(zip(("pgbench_accounts", "observations_bench", "users"), map(int, self.psql(q, db).split())))
+
+    def write_inventory(self, ssh: dict | None = None) -> None:
+        pg = {"socket_dir": str(self.cluster.socket_dir), "port": self.cluster.port, "user": "bigskies",
+              "bindir": BIN}
+        hosts = {
+            "dev": {"postgres": {**pg, "database": "bigskies"}, "backup": {"dir": str(self.base / "ours")}},
+            "restore_plain": {"postgres": {**pg, "database": "restored_plain"},
+                              "backup": {"dir": str(self.base / "ours"), "keep_pre_restore": 1}},
+            "restore_custom": {"postgres": {**pg, "database": "restored_custom"},
+                               "backup": {"dir": str(self.base / "ours"), "keep_pre_restore": 1}},
+            "laptop": {"postgres": {**pg, "database": "bigskies_dev"},
+                       "backup": {"dir": str(self.base / "laptop"), "keep_pre_restore": 1}},
+        }
+        if ssh:
+            hosts["prod"] = {"connection": "ssh", "project_dir": str(self.base / "prod"), "ssh": ssh,
+                             "postgres": {**pg, "database": "bigskies"},
+                             "backup": {"dir": str(self.base / "prod" / "backups")}}
+            hosts["prod_raw"] = {"connection": "ssh", "project_dir": str(self.base / "prod"), "ssh": ssh,
+                                 "postgres": {**pg, "database": "bigskies"},
+                                 "backup": {"dir": str(self.base / "prod" / "raw"), "format": "custom",
+                                            "compress_level": 0}}
+        import yaml
+        self.inventory.write_text(yaml.safe_dump({"hosts": hosts}, sort_keys=False))
+
+    # ------------------------------------------------------------ measuring
+    def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False) -> dict:
+        if prepare:
+            prepare()
+        self._child_rusage_delta()  # CPU of the preparation is not the contender's
+        rss_file = self.base / "rss.txt"
+        if ours:
+            argv = [sys.executable, "-c", RSS_WRAPPER, str(rss_file), *argv]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = p.communicate()  # small outputs only (archives go to files)
+        wall = time.perf_counter() - t0
+        # rusage of this child and the descendants it waited for
+        ru = self._child_rusage_delta()
+        if p.returncode != 0:
+            raise SystemExit(f"bench: {name} failed (exit {p.returncode}): {' '.join(argv)[-300:]}\n"
+                             f"{err.decode(errors='replace')[-2000:]}")
+        rec = {"wall_s": round(wall, 3), "cpu_s": round(ru, 3)}
+        if ours and rss_file.exists():
+            rec["python_rss_mb"] = round(int(rss_file.read_text()) / 1024, 1)
+        self.results.setdefault(name, []).append(rec)
+        self.log(f"{name:28s} {wall:7.2f} s  cpu {ru:6.2f} s" +
+                 (f"  rss {rec['python_rss_mb']} MB" if "python_rss_mb" in rec else ""))
+        return rec
+
+    _last_ru = None
+
+    def _child_rusage_delta(self) -> float:
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = ru.ru_utime + ru.ru_stime
+        prev = self._last_ru if self._last_ru is not None else 0.0
+        self._last_ru = total
+        return total - prev
+
+    def shell(self, cmd: str) -> list[str]:
+        return ["bash", "-o", "pipefail", "-c", cmd]
+
+    def ours(self, *args: str) -> list[str]:
+        return list(args)
+
+    def newest(self, folder: Path, ext: str) -> Path:
+        files = sorted(p for p in folder.glob(f"*{ext}") if not p.name.endswith(".partial"))
+        if not files:
+            raise SystemExit(f"bench: no {ext} archive in {folder}")
+        return files[-1]
+
+    def prune_folder(self, folder: Path, keep: int = 1) -> None:
+        for ext in (".sql.gz", ".dump"):
+            files = sorted(folder.glob(f"*{ext}"))
+            for f in files[:-keep]:
+                f.unlink()
+                Path(str(f) + ".manifest.json").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ the rows
+    def run_backup_and_restore(self) -> None:
+        w = self.base / "guide"
+        w.mkdir(exist_ok=True)
+        self._child_rusage_delta()
+        contenders = [
+            ("backup floor: pg_dump > /dev/null", lambda: self.shell("pg_dump -d bigskies > /dev/null"), False),
+            ("backup guide: pg_dump | gzip", lambda: self.shell(f"pg_dump -d bigskies | gzip > {w}/guide.sql.gz"), False),
+            ("backup ours: plain .sql.gz", lambda: self.ours("db.backup", "--host", "dev", "--format", "plain"), True),
+            ("backup ours: custom .dump", lambda: self.ours("db.backup", "--host", "dev", "--format", "custom"), True),
+        ]
+        for i in range(self.args.runs):
+            for name, argv, ours in contenders:
+                self.timed(name, argv(), ours=ours, prepare=lambda: self.prune_folder(self.base / "ours"))
+        self.record_size("backup guide: pg_dump | gzip", w / "guide.sql.gz")
+        plain = self.newest(self.base / "ours", ".sql.gz")
+        custom = self.newest(self.base / "ours", ".dump")
+        self.record_size("backup ours: plain .sql.gz", plain)
+        self.record_size("backup ours: custom .dump", custom)
+        self.check(self.sh(f"gzip -t {plain} && gzip -t {w}/guide.sql.gz", check=False).returncode == 0,
+                   "backup outputs pass gzip -t")
+
+        def fresh(db):
+            return lambda: self.sh(f"dropdb --if-exists -f {db} && createdb {db}")
+        rcontenders = [
+            ("restore guide: gunzip | psql", self.shell(
+                f"gunzip -c {w}/guide.sql.gz | psql -X -q -v ON_ERROR_STOP=1 -d guide_restore > /dev/null"),
+             fresh("guide_restore"), False, "guide_restore"),
+            ("restore ours: plain .sql.gz", self.ours("db.restore", str(plain), "--host", "restore_plain", "--yes"),
+             None, True, "restored_plain"),
+            ("restore ours: custom .dump", self.ours("db.restore", str(custom), "--host", "restore_custom", "--yes"),
+             None, True, "restored_custom"),
+        ]
+        for i in range(self.args.runs):
+            for name, argv, prep, ours, db in rcontenders:
+                self.timed(name, argv, prepare=prep, ours=ours)
+                self.check(self.counts(db) == self.source_counts, f"{name}: restored row counts equal the source")
+
+    def record_size(self, name: str, path: Path) -> None:
+        for rec in self.results.get(name, []):
+            rec["bytes_written"] = path.stat().st_size
+
+    def check(self, ok: bool, what: str) -> None:
+        self.checks.append(("ok   " if ok else "FAIL ") + what)
+        if not ok:
+            self.log(f"CHECK FAILED: {what}")
+
+    def start_sshd(self) -> dict:
+        from tests.infra.sshd import SSHServer
+        self.ssh = SSHServer(self.base / "ssh", free_port(), alias="benchprod").start()
+        (self.base / "prod" / "backups").mkdir(parents=True, exist_ok=True)
+        return {"host": "127.0.0.1", "port": self.ssh.port, "user": "root", "key_filename": str(self.ssh.client_key),
+                "known_hosts_file": str(self.ssh.known_hosts)}
+
+    def run_scenario4(self) -> None:
+        ssh = self.start_sshd()
+        self.write_inventory(ssh)
+        listed = subprocess.run([sys.executable, "-m", "bigskies_ops", "--list"], env=self.env, capture_output=True,
+                                text=True).stdout
+        if "db.pull" not in listed:
+            self.log("db.pull is not available: scenario 4 and pull rows skipped")
+            self.checks.append("n/a  scenario 4 / pull rows: db.pull not available in this build")
+            return
+        cfg = shlex.quote(str(self.ssh.ssh_config))
+        remote = self.base / "prod" / "manual.sql.gz"
+        local = self.base / "laptop_manual.sql.gz"
+        env_remote = f"PGHOST={self.cluster.socket_dir} PGPORT={self.cluster.port} PGUSER=bigskies"
+        guide = self.shell(
+            f"ssh -F {cfg} benchprod {shlex.quote(f'{env_remote} {BIN}/pg_dump -d bigskies | gzip > {remote}')} && "
+            f"scp -q -F {cfg} benchprod:{remote} {local} && "
+            f"createdb bigskies_dev_guide && gunzip -c {local} | psql -X -q -v ON_ERROR_STOP=1 -d bigskies_dev_guide > /dev/null")
+        contenders = [
+            ("scenario 4 guide: ssh dump, scp, restore", guide,
+             lambda: self.sh(f"dropdb --if-exists -f bigskies_dev_guide; rm -f {remote} {local}"), False,
+             "bigskies_dev_guide"),
+            ("scenario 4 ours: db.pull --to --restore",
+             self.ours("db.pull", "--from", "prod", "--to", "laptop", "--restore", "--yes"),
+             lambda: self.prune_folder(self.base / "laptop" / "prod"), True, "bigskies_dev"),
+        ]
+        self._child_rusage_delta()
+        for i in range(self.args.runs):
+            for name, argv, prep, ours, db in contenders:
+                self.timed(name, argv, prepare=prep, ours=ours)
+                self.check(self.counts(db) == self.source_counts, f"{name}: restored row counts equal the source")
+        # pull rows: an existing large archive, and a streamed dump vs the same dump on prod
+        self.timed("prod: make a -Z0 custom archive", self.ours("db.backup", "--host", "prod_raw"), ours=True)
+        raw = self.newest(self.base / "prod" / "raw", ".dump")
+        self.log(f"existing archive for the pull rows: {raw.stat().st_size:,} bytes")
+        pulled_dir = self.base / "laptop" / "prod"
+        cat_dest = self.base / "cat_copy.dump"
+        pull_contenders = [
+            ("pull existing: ssh cat FILE > FILE", self.shell(f"ssh -F {cfg} benchprod cat {raw} > {cat_dest}"),
+             lambda: cat_dest.unlink(missing_ok=True), False),
+            ("pull existing: db.pull --existing", self.ours("db.pull", "--from", "prod_raw", "--to", "laptop",
+                                                           "--existing", raw.name),
+             lambda: shutil.rmtree(self.base / "laptop" / "prod_raw", ignore_errors=True), True),
+            ("stream: db.backup on prod (local dump)", self.ours("db.backup", "--host", "prod", "--format", "custom"),
+             lambda: self.prune_folder(self.base / "prod" / "backups"), True),
+            ("stream: db.pull --from prod (streamed)", self.ours("db.pull", "--from", "prod", "--to", "laptop",
+                                                                "--format", "custom"),
+             lambda: self.prune_folder(pulled_dir), True),
+        ]
+        for i in range(self.args.runs):
+            for name, argv, prep, ours in pull_contenders:
+                self.timed(name, argv, prepare=prep, ours=ours)
+        self.record_size("pull existing: ssh cat FILE > FILE", cat_dest)
+
+    def run_rss_only(self) -> None:
+        self._child_rusage_delta()
+        self.timed("rss: db.backup custom", self.ours("db.backup", "--host", "dev", "--format", "custom"), ours=True)
+        custom = self.newest(self.base / "ours", ".dump")
+        self.timed("rss: db.restore custom", self.ours("db.restore", str(custom), "--host", "restore_custom", "--yes"),
+                   ours=True)
+        ssh = self.start_sshd()
+        self.write_inventory(ssh)
+        self.timed("rss: db.pull --from prod", self.ours("db.pull", "--from", "prod", "--to", "laptop",
+                                                       "--format", "custom"), ours=True)
+
+    # ------------------------------------------------------------ report
+    def summary(self) -> dict:
+        rows = {}
+        for name, recs in self.results.items():
+            walls = [r["wall_s"] for r in recs]
+            rows[name] = {
+                "runs": len(recs), "wall_median_s": round(statistics.median(walls), 3),
+                "wall_min_s": min(walls), "wall_max_s": max(walls),
+                "cpu_median_s": round(statistics.median(r["cpu_s"] for r in recs), 3),
+                "bytes_written": recs[-1].get("bytes_written"),
+                "python_rss_mb_max": max((r.get("python_rss_mb", 0) for r in recs), default=None) or None,
+            }
+        def ratio(a, b):
+            if a in rows and b in rows:
+                return round(rows[a]["wall_median_s"] / rows[b]["wall_median_s"], 2)
+            return None
+        ratios = {
+            "backup plain / guide pg_dump|gzip (target <= 0.5)": ratio("backup ours: plain .sql.gz", "backup guide: pg_dump | gzip"),
+            "backup custom / floor (target <= 1.4)": ratio("backup ours: custom .dump", "backup floor: pg_dump > /dev/null"),
+            "backup plain / floor": ratio("backup ours: plain .sql.gz", "backup floor: pg_dump > /dev/null"),
+            "restore custom / guide gunzip|psql (target <= 0.75)": ratio("restore ours: custom .dump", "restore guide: gunzip | psql"),
+            "restore plain / guide gunzip|psql (target <= 1.0)": ratio("restore ours: plain .sql.gz", "restore guide: gunzip | psql"),
+            "scenario 4 ours / guide (target <= 0.6)": ratio("scenario 4 ours: db.pull --to --restore", "scenario 4 guide: ssh dump, scp, restore"),
+            "pull existing: ssh cat / db.pull (throughput ratio, target >= 0.8)": ratio("pull existing: ssh cat FILE > FILE", "pull existing: db.pull --existing"),
+            "streamed pull / dump on prod (target <= 1.2)": ratio("stream: db.pull --from prod (streamed)", "stream: db.backup on prod (local dump)"),
+        }
+        return {"when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "db_bytes": getattr(self, "db_bytes", None),
+                "quick": self.args.quick, "scale": self.args.scale, "runs": self.args.runs, "cores": os.cpu_count(),
+                "rows": rows, "ratios": ratios, "checks": self.checks}
+
+    def report(self) -> None:
+        s = self.summary()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tag = "rss" if self.args.only == "rss" else "latest"
+        (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
+        lines = [f"Database: {s['db_bytes']:,} bytes; {s['runs']} interleaved runs each; {s['cores']} cores; {s['when_utc']}",
+                 "", "| contender | median wall s | min-max s | client CPU s | bytes written | Python RSS MB |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for name, r in s["rows"].items():
+            lines.append(f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
+                         f"{r['cpu_median_s']:.2f} | {r['bytes_written'] or '-':,} | {r['python_rss_mb_max'] or '-'} |"
+                         if isinstance(r['bytes_written'], int) else
+                         f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
+                         f"{r['cpu_median_s']:.2f} | - | {r['python_rss_mb_max'] or '-'} |")
+        lines += ["", "| ratio (medians) | value |", "|---|---:|"]
+        lines += [f"| {k} | {v if v is not None else 'n/a'} |" for k, v in s["ratios"].items()]
+        lines += ["", "Checks:"] + [f"- {c}" for c in s["checks"]]
+        md = "\n".join(lines) + "\n"
+        (RESULTS / f"{tag}.md").write_text(md)
+        print("\n" + md)
+
+    def close(self) -> None:
+        if self.ssh:
+            self.ssh.stop()
+        self.cluster.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small data set: a smoke run of every row")
+    ap.add_argument("--scale", type=int, default=1, help="data set multiplier (1 = ~1 GB)")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs per contender (>= 3 for the medians)")
+    ap.add_argument("--only", choices=("all", "backup", "scenario4", "rss"), default="all")
+    ap.add_argument("--workdir", default=None, help="folder for the data (default: the system temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
+    args = ap.parse_args()
+    if args.runs < 3 and not args.quick:
+        ap.error("--runs must be >= 3 for a median with a spread")
+    b = Bench(args)
+    try:
+        b.setup()
+        if args.only == "rss":
+            b.run_rss_only()
+        else:
+            if args.only in ("all", "backup"):
+                b.run_backup_and_restore()
+            if args.only in ("all", "scenario4"):
+                b.run_scenario4()
+        b.report()
+        return 0 if not any(c.startswith("FAIL") for c in b.checks) else 1
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
