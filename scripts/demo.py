@@ -32,9 +32,9 @@ def banner(text: str) -> None:
 
 def step(args: list[str], env: dict, expect: int = 0) -> subprocess.CompletedProcess:
     print(f"$ inv {shlex.join(args)}", flush=True)
-    r = subprocess.run([INV, *args], cwd=REPO, env=env, text=True, capture_output=True)
+    r = subprocess.run([INV, *args], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
     sys.stdout.write(r.stdout)
-    sys.stdout.write(r.stderr)
     sys.stdout.flush()
     if r.returncode != expect:
         raise SystemExit(f"demo step failed: inv {shlex.join(args)} exited {r.returncode} (expected {expect})")
@@ -65,6 +65,8 @@ hosts:
     backup:
       dir: {backups}
       format: plain
+    migrations:
+      dir: {REPO / "configs" / "sql"}
 """)
     env = dict(os.environ, BIGSKIES_INVENTORY=str(inventory), BIGSKIES_DEMO_PGPASSWORD=password, COLUMNS="120")
     try:
