@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import signal
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -43,6 +44,9 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
     s = stderr
     pg = host.postgres
     where = f"{pg.host or pg.socket_dir or 'default socket'}:{pg.port}"
+    m = re.search(r'password file "[^"]*" has group or world access[^\n]*', s)
+    if m:  # libpq ignored the file; say so before the auth failure it causes
+        return f"{m.group(0)} (libpq ignored it). Fix: inv db.pgpass --host {host.name}"
     if "password authentication failed" in s or "no password supplied" in s:
         return f"authentication failed for user {pg.user!r} at {where} (check {pg.password_env or 'the passfile'})"
     if re.search(r"does not exist", s) and "database" in s and "FATAL" in s:
@@ -121,7 +125,13 @@ class PostgresAccess:
                 self.runner.write_atomic(path, f"*:*:*:*:{pgpass_escape(pw)}\n".encode(), mode=0o600)
                 env["PGPASSFILE"] = path
         elif self.host.postgres.passfile and not self.host.container:
+            from .pgpass import check_mode  # libpq only WARNS and ignores a too-open file: refuse it
+            check_mode(self.runner, self.host.postgres.passfile, self.host.name)
             env["PGPASSFILE"] = self.host.postgres.passfile
+        elif not self.host.container and not self.runner.is_remote:
+            from .pgpass import check_mode
+            check_mode(self.runner, os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass"),
+                       self.host.name)
         self._secret_env = env
         return env
 
@@ -192,7 +202,15 @@ class PostgresAccess:
         return self.runner.popen(self.tool_argv(tool, args), env=self.env(), stdin=stdin)
 
     def error_for(self, argv: list[str], returncode: int, stderr: str, tool: str) -> PostgresError:
-        reason = classify_pg_error(stderr, self.host) or f"{tool} failed (exit {returncode}): {tail(stderr, 600)}"
+        if returncode < 0:  # killed: say by what, there may be no stderr at all
+            try:
+                how = f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+            except ValueError:
+                how = f"killed by signal {-returncode}"
+        else:
+            how = f"exit {returncode}"
+        one_line = " | ".join(l.strip() for l in tail(stderr, 600).splitlines() if l.strip())  # one-line errors
+        reason = classify_pg_error(stderr, self.host) or f"{tool} failed ({how}){': ' + one_line if one_line else ''}"
         return PostgresError(reason, argv=redact_argv(argv), returncode=returncode, stderr=tail(stderr))
 
     def tool_version(self, tool: str) -> PgVersion:

@@ -190,7 +190,7 @@ def _custom_data_tables(access: PostgresAccess, path: str, tables: list[dict]) -
 
 def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
            exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
-           progress=None, notify=print, task: str = "db.backup") -> BackupResult:
+           progress=None, notify=print, task: str = "db.backup", verbose: bool = False) -> BackupResult:
     """Back up one database of ``host`` into its ``backup.dir``.
 
     Args:
@@ -203,6 +203,8 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         database: override ``postgres.database``.
         progress: optional callable ``(raw_bytes_read, bytes_written)`` called per chunk.
         notify: callable for one-line messages (stale lock removed, warnings).
+        verbose: pg_dump ``--verbose`` (its messages go to stderr and the manifest's
+            stderr_tail, never into the archive).
 
     Returns:
         :class:`BackupResult` with the published archive and its DONE manifest.
@@ -214,8 +216,11 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
     """
     if host.is_remote:
         from .ssh import remote_backup  # implemented by the SSH layer
-        return remote_backup(host, fmt=fmt, label=label, kind=kind, exclude_table_data=exclude_table_data,
-                             schema_only=schema_only, database=database, progress=progress, notify=notify, task=task)
+        res = remote_backup(host, fmt=fmt, label=label, kind=kind, exclude_table_data=exclude_table_data,
+                            schema_only=schema_only, database=database, progress=progress, notify=notify, task=task,
+                            **({"verbose": True} if verbose else {}))
+        _size_alert(host, res, notify)
+        return res
     fmt = fmt or host.backup.format
     if fmt not in ("plain", "custom"):
         raise BigskiesError(f"--format: expected plain or custom, got {fmt!r}", exit_code=2)
@@ -226,8 +231,24 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         bdir = host.backup.dir
         runner.makedirs(bdir)
         with host_lock(runner, bdir, host.name, db, task, notify=notify):
-            return _backup_locked(access, host, bdir, db, fmt, level, label, kind, tuple(exclude_table_data),
-                                  schema_only, progress, notify)
+            res = _backup_locked(access, host, bdir, db, fmt, level, label, kind, tuple(exclude_table_data),
+                                 schema_only, progress, notify, verbose=verbose)
+        _size_alert(host, res, notify, runner)
+        return res
+
+
+def _size_alert(host: Host, res: BackupResult, notify, runner=None) -> None:
+    """Warn (and post to the ``alerts.webhook_env`` webhook) when the new archive's size is more
+    than ``alerts.size_change_pct`` away from the median of the recent ones (health.py).
+    Never fails the backup: a problem here is itself only a warning."""
+    from .health import size_alert_after_backup
+    try:
+        w = size_alert_after_backup(host, res.backup, notify=notify, runner=runner)
+    except Exception as e:  # noqa: BLE001 - an alert must never turn a good backup into a failure
+        notify(f"warning: size check skipped: {e}")
+        return
+    if w:
+        res.warnings.append(w)
 
 
 def _pick_name(runner, bdir: str, db: str, fmt: str, when) -> str:
@@ -240,7 +261,8 @@ def _pick_name(runner, bdir: str, db: str, fmt: str, when) -> str:
         n += 1
 
 
-def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema_only, progress, notify):
+def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema_only, progress, notify,
+                   verbose=False):
     runner = access.runner
     started = utcnow()
     t0 = time.monotonic()
@@ -272,7 +294,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         manifest["schema_migrations_head"] = migration_head(session)
         manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"],
-                            exclude_table_data=excl, schema_only=schema_only)
+                            exclude_table_data=excl, schema_only=schema_only, verbose=verbose)
         argv = access.tool_argv("pg_dump", args)
         manifest["argv"] = redact_argv(argv)
         manifest["phase"] = "dump"

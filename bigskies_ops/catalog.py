@@ -207,7 +207,10 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
         subs = [origin] if origin and not include_all else [
             d for d in runner.listdir(backup_dir) if not d.startswith(".") and "." not in d]
         for sub in subs:
-            found += scan_dir(runner, posixpath.join(backup_dir, sub), origin_dir=sub)
+            try:
+                found += scan_dir(runner, posixpath.join(backup_dir, sub), origin_dir=sub)
+            except NotADirectoryError:  # an unrelated file without a dot in its name (README)
+                continue
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     found.sort(key=lambda b: (b.started_at or epoch, b.name), reverse=True)
     return found

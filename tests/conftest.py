@@ -72,7 +72,7 @@ def drop_db_and_copies(pg, name: str) -> None:
     """Drop ``name`` and every database derived from it (pre-restore copies, side databases)."""
     like = name.replace('"', '""')
     rows = pg.psql("-A", "-t", "-c",
-                   "SELECT datname FROM pg_database WHERE datname = $$%s$$ OR left(datname, 20) = left($$%s$$, 20)"
+                   "SELECT datname FROM pg_database WHERE datname = $$%s$$ OR starts_with(datname, left($$%s$$, 20))"
                    % (like, like)).splitlines()
     for r in rows:
         if r.strip():

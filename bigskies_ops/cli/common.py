@@ -19,6 +19,34 @@ def load_inventory(path: str | None) -> Inventory:
     return load(path)
 
 
+# Invoke has no optional positional arguments: a positional whose default is None is
+# required, and one with another default is never consumed. ``db.restore [FILE]`` needs
+# one (``--undo`` and the interactive pick take no FILE), so when a listed task's
+# context ends without it we fill in "" (the task treats "" as "not given").
+OPTIONAL_POSITIONALS: dict[str, set[str]] = {}
+
+
+def optional_positional(context_name: str, *arg_names: str) -> None:
+    """Let ``context_name`` (``db.restore``) be called without the positional ``arg_names``."""
+    OPTIONAL_POSITIONALS.setdefault(context_name, set()).update(arg_names)
+    from invoke.parser.parser import ParseMachine
+    if getattr(ParseMachine.complete_context, "_bigskies_optional", False):
+        return
+    orig = ParseMachine.complete_context
+
+    def complete_context(self):
+        ctx = self.context
+        if ctx is not None:
+            names = set().union(*(OPTIONAL_POSITIONALS.get(n, set()) for n in (ctx.name, *ctx.aliases)))
+            for arg in ctx.missing_positional_args:
+                if arg.name in names:
+                    arg.value = ""
+        return orig(self)
+
+    complete_context._bigskies_optional = True
+    ParseMachine.complete_context = complete_context
+
+
 def handles_errors(fn):
     """Turn library errors into ``invoke.Exit(message, code)`` (CONTRACTS.md section 5):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
@@ -27,7 +55,8 @@ def handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except BigskiesError as e:
-            raise Exit(f"error: {e}", code=e.exit_code)
+            one_line = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())  # tool stderr tails
+            raise Exit(f"error: {one_line}", code=e.exit_code)
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130)
         except BaseException as e:

@@ -16,7 +16,7 @@ from ..restore import pre_restore_copies, resolve_archive, restore as run_restor
 from ..runners import LocalRunner, runner_for
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional
 
 
 def _restore_command(host, path: str) -> str:
@@ -31,13 +31,22 @@ def _restore_command(host, path: str) -> str:
     "label": "free text stored in the manifest",
     "exclude_table_data": "pg_dump --exclude-table-data PATTERN (repeatable)",
     "schema_only": "dump the schema without data",
+    "pull": "SSH hosts: also copy the archive and its manifest to the local backup dir under <host>/",
+    "verbose": "run pg_dump --verbose (its messages land in the manifest's stderr_tail, never in the dump)",
     "json": JSON_HELP})
 @handles_errors
 def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
-           json=False):
+           json=False, pull=False, verbose=False):
     """Back up a host's database into a new archive with its manifest."""
     inv = load_inventory(inventory)
-    h = inv.host(host)
+    hosts = inv.resolve(host)
+    if len(hosts) > 1:  # a group or a comma list: hosts in parallel, recap per host (cli/db_remote.py)
+        from .db_remote import fleet_backup
+        return fleet_backup(inv, hosts, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
+                            schema_only=schema_only, pull=pull, json=json)
+    h = hosts[0]
+    if pull and not h.is_remote:
+        raise UsageError(f"--pull: {h.name} is a local host; its backup is already here")
     if format not in (None, "plain", "custom"):
         raise UsageError(f"--format: expected plain or custom, got {format!r}")
     db = h.postgres.database
@@ -51,10 +60,14 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
         output.say()
     with output.transfer_progress(f"pg_dump {db}") as cb:
         res = run_backup(h, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
-                         schema_only=schema_only, progress=cb, notify=output.note)
+                         schema_only=schema_only, progress=cb, notify=output.note, verbose=verbose)
     m = res.manifest
+    if pull:
+        from .db_remote import pull_after_backup
+        m = dict(m, pulled_copy=pull_after_backup(inv, h, res, json=json))
     if json:
-        output.emit_json({"result": "changed", "host": h.name, **res.backup.to_json(), "manifest": m})
+        output.emit_json({"result": "changed", "host": h.name, **res.backup.to_json(), "manifest": m,
+                          "warnings": res.warnings})
         return
     rows = sum(t["rows"] or 0 for t in m.get("tables", []))
     output.say("Backup completed successfully")
@@ -81,12 +94,20 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
 @task(name="list", help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
                          "origin": "list backups pulled from this host (the <origin>/ sub-folder)",
                          "all": "list the host's own and all pulled backups",
-                         "pre_restore": "list the pre-restore copies kept in the server instead"})
+                         "pre_restore": "list the pre-restore copies kept in the server instead",
+                         "offsite": "list what this offsite target (its name in the inventory) holds instead"})
 @handles_errors
-def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=None, json=False):
+def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=None, json=False, offsite=None):
     """List backups newest first: UTC time, age, size, format, kind, status, verified."""
     inv = load_inventory(inventory)
+    hosts = inv.resolve(host)
+    if len(hosts) > 1 and not pre_restore:
+        from .db_remote import fleet_list
+        return fleet_list(hosts, origin=origin, all=all, json=json)
     h = inv.host(host)
+    if offsite:  # what an offsite target holds (cli/db_policy.py)
+        from .db_policy import list_offsite
+        return list_offsite(h, offsite, json, inv)
     if origin and all:
         raise UsageError("pass either --origin HOST or --all, not both")
     if pre_restore:
@@ -119,7 +140,11 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
 def status(c, host=None, inventory=None, json=False):
     """Show server state, connection info, database size, tables and the migration head."""
     inv = load_inventory(inventory)
-    h = inv.host(host)
+    hosts = inv.resolve(host)
+    if len(hosts) > 1:
+        from .db_remote import fleet_status
+        return fleet_status(hosts, json=json)
+    h = hosts[0]
     st = run_status(h)
     if json:
         output.emit_json(st)
@@ -162,15 +187,19 @@ def human_age_s(seconds: int) -> str:
             "yes": "do not ask for confirmation",
             "terminate_sessions": "terminate sessions still connected when the names are swapped",
             "keep_owners": "keep OWNER/GRANT statements (fails if those roles do not exist here)",
+            "roles": "first create the backup's roles missing here (<archive>.roles.sql; existing roles are "
+                     "never altered); implies --keep-owners",
             "undo": "swap the newest pre-restore copy back in",
             "jobs": "pg_restore parallel jobs for custom archives (default 2)",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
             "confirm": "the database name, repeated, for protected hosts",
+            "from_offsite": "fetch FILE (or 'latest') from this offsite target first (to a .partial, checked)",
+            "migrate": "afterwards apply the migrations the restored database lacks (docs/migrations.md)",
             "json": JSON_HELP})
 @handles_errors
 def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, terminate_sessions=False,
             keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
-            json=False):
+            json=False, roles=False, from_offsite=None, migrate=False):
     """Restore a backup into a side database, check it, then swap it in (old one kept)."""
     inv = load_inventory(inventory)
     h = inv.host(host)
@@ -187,11 +216,15 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
         return
     if target_db is None:
         check_destructive(h, "restore", database=db, force_protected=force_protected, confirm=confirm)
-    if file is None:
+    if not file:  # "" when omitted (see common.optional_positional)
         if not (is_tty(sys.stdin) and is_tty(sys.stdout)):
             raise UsageError("no archive given and no terminal to choose on; pass FILE or 'latest'")
         file = _pick_interactively(h, origin)
-    path = resolve_archive(h, file, origin=origin)
+    if from_offsite:  # fetched into the backup folder, sha256-checked, then restored as usual
+        from ..offsite import fetch
+        path = fetch(h, from_offsite, file, notify=output.note, inv=inv)
+    else:
+        path = resolve_archive(h, file, origin=origin)
     if not json:
         output.heading("BIG SKIES Framework - Database Restore")
         output.say(f"Backup file: {path}")
@@ -204,11 +237,14 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
         confirm_or_refuse(f"WARNING: this will replace database {db!r} on {h.name} "
                           f"(the current one is kept as a pre-restore copy).", yes=yes)
     with output.transfer_progress("restoring") as cb:
-        res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions,
+        res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions, roles=roles,
                           keep_owners=keep_owners, jobs=int(jobs) if jobs else None, notify=output.note,
                           progress=cb)
+    from .db_migrations import after_restore_report  # restored head vs the migrations folder
+    mig = after_restore_report(h, res.database, apply=migrate)
     if json:
         output.emit_json({"result": "changed", "host": h.name, "database": res.database, "archive": res.archive,
+                          "migrations": mig,
                           "pre_restore_copy": res.pre_restore_copy, "coordinators_restarted": res.coordinators,
                           "checked_tables": res.checked_tables, "seconds": round(res.seconds, 3),
                           "dropped_pre_restore_copies": res.dropped_copies})
@@ -219,6 +255,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
         output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: inv db.restore --undo --host {h.name})")
     if res.coordinators:
         output.say(f"   Coordinators restarted: {', '.join(res.coordinators)}")
+    output.say(f"   {mig['message']}")
     output.say()
     output.say("Verify with:")
     output.say(f"  inv db.status --host {h.name}")
@@ -308,6 +345,7 @@ def psql(c, host=None, write=False, force_protected=False, confirm=None, invento
 
 
 ns = Collection("db")
+optional_positional("db.restore", "file")  # db.restore --undo / interactive pick take no FILE
 for t in (backup, list_, status, restore, exec, psql):
     ns.add_task(t)
 

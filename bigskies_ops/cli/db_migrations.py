@@ -1,2 +1,155 @@
-"""``db.*`` tasks contributed by the migrations feature (registered into the db namespace by cli/db.py)."""
-TASKS: list = []
+"""``db.migrate``, ``db.migrations``, ``db.pgpass``: schema migrations and credential files.
+
+Registered into the ``db`` namespace by cli/db.py. The library is
+bigskies_ops.migrations and bigskies_ops.pgpass; docs/migrations.md and
+docs/credentials.md describe the behaviour.
+"""
+from __future__ import annotations
+
+from invoke import task
+
+from .. import output
+from ..errors import SafetyError, UsageError
+from ..migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
+from ..pgpass import converge
+from ..safety import check_destructive
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+
+
+def _int(flag: str, value) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: expected a migration version number, got {value!r}")
+
+
+@task(help={
+    "host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+    "to": "apply up to and including this version only",
+    "check": "dry run: show what would be applied, change nothing, exit 0",
+    "fail_if_pending": "change nothing; exit 1 when any migration is pending (deploy gate)",
+    "no_backup": "skip the pre-migrate backup (refused on protected hosts)",
+    "baseline": "adopt an existing database: record migrations up to VERSION as applied without running them",
+    "lock_timeout": f"seconds to wait for the migration lock (default {DEFAULT_LOCK_TIMEOUT:g})",
+    "force_protected": "allow this on a protected host (with --confirm DBNAME)",
+    "confirm": "the database name, repeated, for protected hosts"})
+@handles_errors
+def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=False, no_backup=False, baseline=None,
+            lock_timeout=None, force_protected=False, confirm=None, json=False):
+    """Apply pending schema migrations (pre-migrate backup first); 'ok (up to date)' when none."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    to_v, base_v = _int("--to", to), _int("--baseline", baseline)
+    if check and fail_if_pending:
+        raise UsageError("pass either --check (always exits 0) or --fail-if-pending, not both")
+    try:
+        timeout = float(lock_timeout) if lock_timeout not in (None, "") else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise UsageError(f"--lock-timeout: expected seconds, got {lock_timeout!r}")
+    read_only = check or fail_if_pending
+    if not read_only:
+        check_destructive(h, "migrate", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+        if no_backup and h.protected:
+            raise SafetyError(f"refused: {h.name} is protected; --no-backup is not allowed there "
+                              f"(a pre-migrate backup is always taken)")
+    res = run_migrate(h, to=to_v, check=check, fail_if_pending=fail_if_pending, take_backup=not no_backup,
+                      baseline=base_v, lock_timeout=timeout, notify=output.note)
+    if json:
+        output.emit_json(res.to_json())
+        return
+    waited = f" (waited {res.waited_s:.1f} s for the migration lock)" if res.waited_s else ""
+    if read_only:
+        for m in res.pending:
+            output.say(f"pending: {m['file']}" + ("" if m["transactional"] else " (non-transactional)"))
+        if res.baselined:
+            output.say(f"would record as applied (baseline): {', '.join(str(v) for v in res.baselined)}")
+        what = f"{len(res.pending)} migration(s) would be applied" if res.pending else "up to date"
+        output.result_line("ok", h.name, f"{'--check' if check else '--fail-if-pending'}: {what} "
+                                         f"(head {res.head if res.head is not None else '-'}); nothing changed")
+        return
+    if res.backup:
+        output.say(f"pre-migrate backup: {res.backup}")
+    for m in res.applied:
+        output.say(f"applied: {m['file']} ({m['seconds'] * 1000:.0f} ms)")
+    if res.applied:
+        output.result_line("changed", h.name, f"applied {len(res.applied)} migration(s), head {res.head}{waited}")
+    elif res.baselined:
+        output.result_line("changed", h.name, f"baseline recorded {len(res.baselined)} migration(s); "
+                                              f"up to date (head {res.head}){waited}")
+    else:
+        output.result_line("ok", h.name, f"up to date (head {res.head if res.head is not None else '-'}){waited}")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@handles_errors
+def migrations(c, host=None, inventory=None, json=False):
+    """Show applied, pending and changed migrations of a host's database."""
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    st = run_status(h)
+    if json:
+        output.emit_json(st)
+        return
+    from rich import box
+    from rich.table import Table
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("version", "file", "state", "applied at (UTC)", "ms", "checksum"):
+        t.add_column(col, justify="right" if col in ("version", "ms") else "left")
+    for m in st["migrations"]:
+        state = m["state"]
+        if m.get("statements_applied"):
+            state += f" (statements {','.join(map(str, m['statements_applied']))} applied)"
+        if m["transactional"] is False:
+            state += " [no-transaction]"
+        cs = (m["checksum"] or m["recorded_checksum"] or "")[:12]
+        if m["state"] == "changed":
+            cs = f"file {m['checksum'][:12]} != recorded {(m['recorded_checksum'] or '')[:12]}"
+        t.add_row(str(m["version"]), m["file"] or (m["name"] or "-"), state, str(m["applied_at"] or "-"),
+                  "-" if m["duration_ms"] is None else str(m["duration_ms"]), cs)
+    output.say(f"Migrations of {st['database']!r} on {st['host']} (folder {st['folder']})")
+    output.print_table(t)
+    if st["adoption_problem"]:
+        output.say(st["adoption_problem"])
+    c_ = st["counts"]
+    output.say(f"{c_['applied']} applied, {c_['pending']} pending, {c_['changed']} changed, "
+               f"{c_['unknown']} unknown; head {st['head'] if st['head'] is not None else '-'}")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "path": "pgpass file to converge (default: postgres.passfile, else $PGPASSFILE, else ~/.pgpass)"})
+@handles_errors
+def pgpass(c, host=None, inventory=None, path=None, json=False):
+    """Converge a pgpass file (mode 0600) from the inventory and the password variable it names."""
+    inv = load_inventory(inventory)
+    hosts = inv.resolve(host)
+    results = [converge(h, path=path) for h in hosts]
+    if json:
+        output.emit_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
+        return
+    for r in results:
+        reason = "; ".join(r.changes) if r.changes else "no change"
+        output.result_line(r.word, r.host, f"{r.path}: {reason}")
+
+
+def after_restore_report(h, database: str, *, apply: bool = False) -> dict:
+    """For ``db.restore``: the restored migration head against the folder (and ``--migrate``).
+
+    Without ``apply`` a failure to compare is reported, not raised (the restore itself
+    succeeded). With ``apply`` a failing migration fails the task (exit 1), saying
+    that the restore is done.
+    """
+    from ..errors import BigskiesError
+    from ..migrations import after_restore
+    try:
+        return after_restore(h, database, apply=apply, notify=output.note)
+    except BigskiesError as e:
+        if apply:
+            raise type(e)(f"the restore succeeded, but migrating it failed: {e}", exit_code=e.exit_code) from e
+        return {"message": f"migrations: could not compare with {h.migrations.dir}: {e}", "error": str(e),
+                "pending": [], "ahead": [], "applied": [], "head": None}
+
+
+TASKS = [migrate, migrations, pgpass]

@@ -1,2 +1,277 @@
-"""``db.*`` tasks contributed by the policy feature (registered into the db namespace by cli/db.py)."""
-TASKS: list = []
+"""``db.*`` tasks contributed by the policy feature (registered into the db namespace by cli/db.py):
+verify, prune, offsite, health, schedule (and the run that cron starts). Thin: the
+library modules verify, retention, offsite, health and schedule do the work."""
+from __future__ import annotations
+
+import sys
+
+from invoke import Exit, task
+
+from .. import output
+from ..catalog import human_age, human_bytes, iso
+from ..errors import BigskiesError, UsageError
+from ..safety import check_destructive
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional
+
+PROTECT_HELP = {"force_protected": "allow this on a protected host (with --confirm DBNAME)",
+                "confirm": "the database name, repeated, for protected hosts"}
+
+
+def _plan_lines(p) -> None:
+    for d in p.decisions:
+        e = d.entry
+        where = "" if e.origin_host is None else f"[{e.origin_host}] "
+        output.say(f"{d.action:<5} {where}{e.name}  ({'; '.join(d.reasons)})")
+
+
+# ------------------------------------------------------------------ db.prune
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "dry_run": "print the plan (keep/prune with reasons) and change nothing",
+            "failed": "also prune FAILED runs, unfinished runs and .partial files",
+            "include_legacy": "let seed-era files without a manifest take part in retention",
+            **PROTECT_HELP})
+@handles_errors
+def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_legacy=False, force_protected=False,
+          confirm=None, json=False):
+    """Apply GFS retention (daily/weekly/monthly) to a host's backups; --dry-run shows the plan."""
+    from ..retention import PruneRefused, prune as run_prune
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if not dry_run:
+        check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+    try:
+        res = run_prune(h, dry_run=dry_run, include_failed=failed, include_legacy=include_legacy,
+                        notify=output.note)
+        p, deleted, refused = res.plan, res.deleted, None
+    except PruneRefused as e:
+        p, deleted, refused = e.plan, e.deleted, e
+    if json:
+        output.emit_json({"host": h.name, "dry_run": dry_run, "retention": vars(h.retention),
+                          "decisions": [d.to_json() for d in p.decisions], "deleted": deleted,
+                          "refused": [{"origin_host": g[0], "database": g[1], "reason": r}
+                                      for g, r in p.refused.items()]})
+    else:
+        r = h.retention
+        output.say(f"Retention for {h.name}: daily {r.daily}, weekly {r.weekly}, monthly {r.monthly}; "
+                   f"safety backups {h.backup.keep_safety_days} days")
+        _plan_lines(p)
+        if dry_run:
+            output.result_line("ok", h.name, f"dry run: would prune {len(p.prune)}, keep {len(p.keep)}")
+        elif deleted:
+            output.result_line("changed", h.name, f"pruned {len(p.prune)} backup(s) ({len(deleted)} files), "
+                                                  f"kept {len(p.keep)}")
+        elif refused is None:
+            output.result_line("ok", h.name, f"nothing to prune, kept {len(p.keep)}")
+    if refused is not None:
+        raise Exit(f"error: {refused}", code=refused.exit_code)
+
+
+# ------------------------------------------------------------------ db.verify
+@task(positional=["file"], help={
+    "file": "'latest' (default), or an archive (path or name in the backup folder)",
+    "all": "verify every DONE and legacy backup of the folder (and of pulled sub-folders)",
+    "host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+    "restore_test": "also restore into a throwaway database and compare row counts with the manifest",
+    "offsite": "verify the copy held by this offsite target instead (sha256 of the object)",
+    "adopt": "write a manifest for a seed-era file (no manifest) once it passes its checks"})
+@handles_errors
+def verify(c, file=None, host=None, inventory=None, all=False, restore_test=False, offsite=None, adopt=False,
+           json=False):
+    """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
+    from ..runners import LocalRunner
+    from ..verify import select, verify_backup
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    if offsite:
+        if restore_test or adopt:
+            raise UsageError("--offsite checks the remote copy; it cannot be combined with --restore-test or --adopt")
+        from ..offsite import verify_remote
+        results = verify_remote(h, offsite, file or None, all, notify=output.note, inv=inv)
+    else:
+        if h.is_remote:
+            raise UsageError(f"{h.name} is an SSH host: db.verify reads archives on this machine; "
+                             f"pull the backup first (db.pull) and verify it there")
+        backups = select(h, LocalRunner(), file or None, all)
+        if not backups:
+            raise UsageError(f"no backups to verify in {h.backup.dir}")
+        results = []
+        for b in backups:
+            results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt, notify=output.note))
+    failed = [r for r in results if not r.ok]
+    if json:
+        output.emit_json({"host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
+                          "ok": not failed})
+    else:
+        for r in results:
+            if r.ok:
+                rt = r.restore_test
+                extra = f"; restore test: {rt['tables_checked']} tables match the manifest" if rt else ""
+                output.result_line("ok", h.name, f"{r.name} verified ({', '.join(r.checks)}){extra}"
+                                   + (" - recorded in its manifest" if r.recorded else ""))
+            else:
+                output.result_line("failed", h.name, f"{r.name}: {r.error}")
+            for n in r.notes:
+                output.say(f"   note: {n}")
+    if failed:
+        raise Exit(f"error: {len(failed)} of {len(results)} backup(s) failed verification", code=1)
+
+
+# ------------------------------------------------------------------ db.offsite
+def report_offsite(h, results, json: bool) -> int:
+    """Print offsite results; return the exit code (0, or the first failure's)."""
+    if json:
+        output.emit_json({"host": h.name, "targets": [r.to_json() for r in results]})
+    for r in results:
+        if json:
+            break
+        for s in r.skipped:
+            output.say(f"   skipped: {s}")
+        if r.error:
+            output.result_line("failed", h.name, f"offsite {r.target}: {r.error} (retried on the next run)")
+        elif r.uploaded or r.pruned:
+            output.result_line("changed", h.name, f"offsite {r.target}: copied and verified {len(r.uploaded)}"
+                               f"{' (' + ', '.join(r.uploaded) + ')' if r.uploaded else ''}, "
+                               f"{r.already} already there, pruned {len(r.pruned)} on the target")
+        else:
+            output.result_line("ok", h.name, f"offsite {r.target}: {r.already} backup(s) already there, "
+                                             f"nothing to prune")
+    codes = [r.exit_code for r in results if r.error]
+    return codes[0] if codes else 0
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "target": "only this offsite target (its name in the inventory); default: all of them"})
+@handles_errors
+def offsite(c, host=None, inventory=None, target=None, json=False):
+    """Copy backups not yet offsite to the host's targets, verify each copy, prune remotely."""
+    from ..offsite import upload
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    results = upload(h, target, notify=output.note, inv=inv)
+    code = report_offsite(h, results, json)
+    if code:
+        raise Exit("error: offsite copy failed for " + ", ".join(r.target for r in results if r.error), code=code)
+
+
+# ------------------------------------------------------------------ db.health
+@task(help={"host": "inventory host, group or 'all' (default: defaults.host, else the only host)",
+            "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@handles_errors
+def health(c, host=None, inventory=None, json=False):
+    """Backup health per host: newest good backup and age, size trend, last verification, offsite lag.
+
+    Exit codes are monitoring ones: 0 ok, 1 warning, 2 critical, 3 unknown."""
+    from ..health import EXIT, host_health, worst
+    try:
+        inv = load_inventory(inventory)
+        hosts = inv.resolve(host)
+    except BigskiesError as e:
+        raise Exit(f"unknown: {e}", code=EXIT["unknown"])
+    reports = [host_health(h) for h in hosts]
+    state = worst(r["state"] for r in reports)
+    if json:
+        output.emit_json({"state": state, "hosts": reports})
+    else:
+        for r in reports:
+            output.say(f"{r['state'].upper()}: [{r['host']}] {r['database']}")
+            for ch in r["checks"]:
+                output.say(f"   {ch['state']:<8} {ch['check']}: {ch['message']}")
+        if len(reports) > 1:
+            output.say("recap: " + ", ".join(f"{r['host']}={r['state']}" for r in reports))
+    if EXIT[state]:
+        raise Exit(code=EXIT[state])
+
+
+# ------------------------------------------------------------------ db.schedule / db.scheduled-run
+@task(help={"host": "inventory host or group (default: defaults.host, else the only host)",
+            "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "remove": "remove the host's managed block from the crontab",
+            "check": "only say whether the crontab would change (dry run, exit 0)",
+            "crontab_file": f"edit this file instead of the user's crontab (also ${'{'}BIGSKIES_CRONTAB_FILE{'}'})",
+            "log": "log file the scheduled runs append to (default: <inventory folder>/logs/bigskies-ops-<host>.log)",
+            **PROTECT_HELP})
+@handles_errors
+def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_file=None, log=None,
+             force_protected=False, confirm=None, json=False):
+    """Converge the crontab block that runs backup, prune, offsite daily and a monthly test restore."""
+    from ..schedule import converge
+    inv = load_inventory(inventory)
+    hosts = inv.resolve(host)
+    results = []
+    for h in hosts:
+        protected_ok = False
+        if h.protected and not remove:
+            # the block prunes on its own every night: that consent is given once, here
+            check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
+                              confirm=confirm)
+            protected_ok = True
+        results.append(converge(inv, h, remove=remove, check=check, crontab_file=crontab_file,
+                                log=log if len(hosts) == 1 else None, protected_ok=protected_ok))
+    if json:
+        output.emit_json({"check": check, "hosts": [{"host": r.host, "result": "changed" if r.changed else "ok",
+                                                     "removed": r.removed, "lines": r.lines, "warnings": r.warnings}
+                                                    for r in results]})
+        return
+    for r in results:
+        for w in r.warnings:
+            output.note(f"warning: {w}")
+        what = "block removed" if r.removed else "backup, prune, offsite daily; restore test monthly"
+        if r.changed:
+            output.result_line("changed", r.host, ("would change the crontab (check mode): " if check else "") + what)
+            for ln in r.lines:
+                output.say(f"   {ln}")
+        else:
+            output.result_line("ok", r.host, "crontab already " + ("has no block" if r.removed else "up to date"))
+
+
+@task(name="scheduled-run", help={
+    "host": HOST_HELP, "inventory": INVENTORY_HELP,
+    "monthly": "run the monthly test restore (db.verify latest --restore-test) instead",
+    "wait": "seconds to wait for a running scheduled run of this host (default: 0 daily, 6 h monthly)",
+    "log": "the log file of the schedule (its folder holds the run lock)",
+    **PROTECT_HELP})
+@handles_errors
+def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=None, force_protected=False,
+                  confirm=None):
+    """What the cron lines run: backup, then prune, then offsite (or --monthly: a test restore)."""
+    from ..schedule import scheduled_run as run
+    inv = load_inventory(inventory)
+    h = inv.host(host)
+    protected_ok = False
+    if h.protected and force_protected:
+        check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+        protected_ok = True
+    steps = run(inv, h, monthly=monthly, wait_s=float(wait) if wait is not None else None, log=log,
+                protected_ok=protected_ok, notify=output.note, say=output.say)
+    failed = [s for s in steps if s.word == "failed"]
+    if failed:
+        raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in failed), code=1)
+
+
+def list_offsite(h, target: str, json: bool, inv=None) -> None:
+    """``db.list --offsite T``: what a target holds, newest first."""
+    from ..offsite import list_remote
+    items = list_remote(h, target, inv)
+    if json:
+        output.emit_json({"host": h.name, "offsite": target, "backups": [r.to_json() for r in items]})
+        return
+    if not items:
+        output.say(f"offsite target {target} holds no backups")
+        return
+    from rich import box
+    from rich.table import Table
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("#", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
+        t.add_column(col, justify="right" if col in ("#", "size") else "left")
+    for i, r in enumerate(items, 1):
+        st = r.started_at
+        t.add_row(str(i), st.strftime("%Y-%m-%d %H:%M:%S") if st else "-", human_age(st), human_bytes(r.size),
+                  r.origin, (r.manifest or {}).get("kind", "-"), r.status.lower(), r.name)
+    output.print_table(t)
+
+
+optional_positional("db.verify", "file")  # db.verify --all takes no FILE
+
+TASKS: list = [prune, verify, offsite, health, schedule, scheduled_run]

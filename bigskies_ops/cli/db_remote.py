@@ -1,2 +1,261 @@
-"""``db.*`` tasks contributed by the remote feature (registered into the db namespace by cli/db.py)."""
-TASKS: list = []
+"""``db.*`` tasks contributed by the remote feature (registered into the db namespace by cli/db.py):
+``db.pull``, plus the multi-host (fleet) forms of ``db.backup``, ``db.list`` and ``db.status``
+and ``db.backup --pull``, which cli/db.py delegates here."""
+from __future__ import annotations
+
+import time
+
+from invoke import Exit, task
+
+from .. import output
+from ..catalog import human_bytes, list_backups
+from ..errors import UsageError
+from ..fleet import exit_code, prefixed, run_on_hosts
+from ..inventory import Host, Inventory
+from ..pull import pull_existing, pull_stream
+from ..safety import check_destructive, confirm_or_refuse
+from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+
+
+class LineProgress:
+    """Progress for cron logs: one line every ``every`` seconds (no bar without a terminal)."""
+
+    def __init__(self, what: str, every: float = 10.0):
+        self.what, self.every = what, every
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, written: int | None = None) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = done / max(now - self.t0, 1e-6)
+            output.note(f"{self.what}: {human_bytes(done)} so far ({human_bytes(int(rate))}/s)")
+
+
+class _progress:
+    """Bar on a terminal, lines otherwise (never both), silent with --json."""
+
+    def __init__(self, what: str, quiet: bool):
+        self.what, self.quiet = what, quiet
+        self._cm = None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        self._cm = output.transfer_progress(self.what)
+        cb = self._cm.__enter__()
+        return cb or LineProgress(self.what)
+
+    def __exit__(self, *exc):
+        if self._cm is not None:
+            return self._cm.__exit__(*exc)
+        return False
+
+
+def local_destination(inv: Inventory, to: str | None) -> Host:
+    """The local host whose ``backup.dir`` receives pulled backups (``<dir>/<origin>/``).
+
+    ``--to HOST`` if given, else ``defaults.host`` when it is local, else the only local host.
+
+    Raises:
+        UsageError: --to names an SSH host, or no single local host can be chosen.
+    """
+    if to:
+        h = inv.host(to)
+        if h.is_remote:
+            raise UsageError(f"--to {to}: must be a local host (connection: local); pulls land on this machine")
+        return h
+    if inv.default_host and not inv.hosts[inv.default_host].is_remote:
+        return inv.hosts[inv.default_host]
+    local = [h for h in inv.hosts.values() if not h.is_remote]
+    if len(local) == 1:
+        return local[0]
+    raise UsageError("pass --to HOST: the local host whose backup.dir receives the pulled backup")
+
+
+def _mbps(n: int, s: float) -> str:
+    return f"{n / max(s, 1e-6) / 1e6:.1f} MB/s"
+
+
+@task(name="pull", optional=["existing"], help={
+    "from": "the SSH host to pull from (e.g. prod)",
+    "to": "local host whose backup.dir receives the copy under <from>/ (default: defaults.host or the only local host)",
+    "restore": "then restore the pulled backup into --to's database (all of db.restore's checks and safety)",
+    "existing": "pull an archive already on the host: 'latest' (default when given without a value) or a file name",
+    "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: the source host's backup.format",
+    "label": "free text stored in the manifest",
+    "yes": "do not ask before replacing --to's database",
+    "terminate_sessions": "terminate sessions still connected when the restored database is swapped in",
+    "keep_owners": "keep OWNER/GRANT statements when restoring",
+    "jobs": "pg_restore parallel jobs for custom archives (default 2)",
+    "force_protected": "allow --to a protected host (with --confirm DBNAME)",
+    "confirm": "the database name of --to, repeated, for protected hosts",
+    "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@handles_errors
+def pull(c, from_=None, to=None, restore=False, existing=None, format=None, label=None, yes=False,
+         terminate_sessions=False, keep_owners=False, jobs=None, force_protected=False, confirm=None,
+         inventory=None, json=False):
+    """Pull a database from an SSH host to this machine (fresh dump streamed, or an existing archive)."""
+    inv = load_inventory(inventory)
+    if not from_:
+        raise UsageError("pass --from HOST (the SSH host to pull from)")
+    src = inv.host(from_)
+    if not src.is_remote:
+        raise UsageError(f"--from {from_}: not an SSH host (connection: local); use db.backup for local hosts")
+    if restore and not to:
+        raise UsageError("--restore needs --to HOST (the local host whose database is replaced)")
+    dest = local_destination(inv, to)
+    if to:
+        check_destructive(dest, "pull --to", database=dest.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+    if restore:
+        confirm_or_refuse(f"WARNING: this will replace database {dest.postgres.database!r} on {dest.name} with "
+                          f"{src.name}'s data (the current one is kept as a pre-restore copy).", yes=yes)
+    spec = None
+    if existing not in (None, False):
+        spec = "latest" if existing is True else existing
+    if not json:
+        output.heading("BIG SKIES Framework - Database Pull")
+        output.say(f"From: {src.name} ({src.access_mode})" + (f", container {src.container.name}" if src.container else ""))
+        output.say(f"What: {'existing archive ' + spec if spec else 'a fresh dump streamed over SSH (nothing written on ' + src.name + ')'}")
+        output.say(f"Into: {dest.backup.dir}/{src.name}/")
+        output.say()
+    with _progress(f"pull from {src.name}", json) as cb:
+        if spec:
+            pr = pull_existing(src, dest, spec, progress=cb, notify=output.note)
+            b, m, secs = pr.backup, pr.manifest, pr.seconds
+        else:
+            if existing is None and format not in (None, "plain", "custom"):
+                raise UsageError(f"--format: expected plain or custom, got {format!r}")
+            res = pull_stream(src, dest, fmt=format, label=label, progress=cb, notify=output.note)
+            b, m, secs, pr = res.backup, res.manifest, res.seconds, None
+    facts = {"result": "changed", "host": src.name, "to": dest.name, "path": b.path, "name": b.name,
+             "bytes": b.size, "sha256": m.get("sha256"), "seconds": round(secs, 3),
+             "mode": "existing" if spec else "stream", "already_present": bool(pr and pr.already_present),
+             "resumed_at": pr.resumed_at if pr else None,
+             "remote_exit_statuses": m.get("remote_exit_statuses")}
+    if not json:
+        if pr and pr.already_present:
+            output.say(f"Already here (same size and sha256): {b.path}")
+        else:
+            output.say("Pull completed successfully")
+            output.say(f"   File: {b.path}")
+            output.say(f"   Size: {human_bytes(b.size)}, {_mbps(b.size or 0, secs)} over {secs:.1f} s")
+            output.say(f"   sha256: {m.get('sha256')} (checked)")
+            if m.get("remote_exit_statuses"):
+                output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
+    if restore:
+        from ..restore import restore as run_restore
+        with _progress(f"restoring into {dest.name}", json) as cb:
+            rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions, keep_owners=keep_owners,
+                             jobs=int(jobs) if jobs else None, notify=output.note, progress=cb, task="db.pull --restore")
+        facts["restore"] = {"database": rr.database, "pre_restore_copy": rr.pre_restore_copy,
+                            "checked_tables": rr.checked_tables, "seconds": round(rr.seconds, 3)}
+        if not json:
+            output.say(f"Restored into {dest.name}:{rr.database} in {rr.seconds:.1f} s "
+                       f"({rr.checked_tables} tables checked against the manifest)")
+            if rr.pre_restore_copy:
+                output.say(f"   Previous database kept as: {rr.pre_restore_copy}  "
+                           f"(undo: inv db.restore --undo --host {dest.name})")
+    if json:
+        output.emit_json(facts)
+        return
+    what = "already present" if pr and pr.already_present else f"pulled {b.name}"
+    output.result_line("ok" if pr and pr.already_present and not restore else "changed", src.name,
+                       what + (f", restored into {dest.name}" if restore else ""))
+
+
+def pull_after_backup(inv: Inventory, h: Host, res, *, json: bool = False) -> dict:
+    """``db.backup --host prod --pull``: copy the archive just written on ``h`` (and its
+    manifest) into the local backup dir under ``<h>/``, size and sha256 checked."""
+    if not h.is_remote:
+        raise UsageError(f"--pull: {h.name} is a local host; its backup is already here")
+    dest = local_destination(inv, None)
+    with _progress(f"pull from {h.name}", json) as cb:
+        pr = pull_existing(h, dest, res.backup.path, progress=cb, notify=output.note)
+    if not json:
+        output.say(f"   Pulled to: {pr.backup.path} (size and sha256 checked, {_mbps(pr.backup.size or 0, pr.seconds)})")
+    return {"path": pr.backup.path, "bytes": pr.backup.size, "sha256": pr.manifest.get("sha256")}
+
+
+# ----------------------------------------------------------------------------- fleet forms
+def _recap(outcomes, json: bool, extra=None) -> None:
+    if json:
+        output.emit_json({"hosts": [dict(o.to_json(), **(extra(o) if extra else {})) for o in outcomes]})
+    else:
+        output.say()
+        output.say("Recap:")
+        for o in outcomes:
+            output.result_line(o.word, o.host, o.reason)
+    code = exit_code(outcomes)
+    if code:
+        failed = [o.host for o in outcomes if o.failed]
+        raise Exit(f"error: {len(failed)} of {len(outcomes)} hosts failed: {', '.join(failed)}", code=code)
+
+
+def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exclude_table_data=(),
+                 schema_only=False, pull=False, json=False) -> None:
+    """``db.backup --host GROUP|a,b``: back up every host in parallel, recap per host."""
+    from ..backup import backup as run_backup
+    if not json:
+        output.heading("BIG SKIES Framework - Database Backup")
+        output.say(f"Hosts: {', '.join(h.name for h in hosts)} (in parallel)")
+        output.say()
+
+    def job(h: Host):
+        note = prefixed(output.note, h.name)
+        res = run_backup(h, fmt=fmt, label=label, exclude_table_data=tuple(exclude_table_data),
+                         schema_only=schema_only, notify=note)
+        reason = f"backup {res.backup.name} written ({human_bytes(res.backup.size)}, {res.seconds:.1f} s)"
+        data = {"path": res.backup.path, "bytes": res.backup.size, "sha256": res.manifest.get("sha256")}
+        if pull and h.is_remote:
+            dest = local_destination(inv, None)
+            pr = pull_existing(h, dest, res.backup.path, notify=note)
+            reason += f"; pulled to {pr.backup.path}"
+            data["pulled_to"] = pr.backup.path
+        return "changed", reason, data
+
+    outcomes = run_on_hosts(hosts, job)
+    _recap(outcomes, json, extra=lambda o: o.data or {})
+
+
+def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None:
+    """``db.list --host GROUP``: list every host's backups (fetched in parallel)."""
+    from ..runners import runner_for
+
+    def job(h: Host):
+        with runner_for(h) as r:
+            bs = list_backups(r, h.backup.dir, origin=origin, include_all=all)
+        done = [b for b in bs if b.status == "DONE"]
+        newest = done[0].started_at.strftime("%Y-%m-%d %H:%M:%SZ") if done and done[0].started_at else "-"
+        return "ok", f"{len(bs)} backups ({len(done)} done), newest done {newest}", bs
+
+    outcomes = run_on_hosts(hosts, job)
+    if not json:
+        for o in outcomes:
+            output.say(f"== {o.host} ==")
+            if o.failed:
+                output.say(f"failed: {o.reason}")
+            elif not o.data:
+                output.say("no backups")
+            else:
+                output.print_table(output.backups_table(o.data))
+            output.say()
+    _recap(outcomes, json, extra=lambda o: {"backups": [b.to_json() for b in (o.data or [])]})
+
+
+def fleet_status(hosts: list[Host], *, json=False) -> None:
+    """``db.status --host GROUP``: server version, uptime and database size of every host."""
+    from ..status import status as run_status
+
+    def job(h: Host):
+        st = run_status(h)
+        return "ok", (f"PostgreSQL {st['server']['version']}, {st['database']['name']} "
+                      f"{human_bytes(st['database']['size_bytes'])}, {len(st['tables'])} tables, "
+                      f"migration head {(st['schema_migrations_head'] or {}).get('version') or '-'}"), st
+
+    outcomes = run_on_hosts(hosts, job)
+    _recap(outcomes, json, extra=lambda o: {"status": o.data} if o.data else {})
+
+
+TASKS: list = [pull]

@@ -1,4 +1,94 @@
-"""``scenario.*`` tasks (the compose stack feature)."""
-from invoke import Collection
+"""``scenario.*`` tasks: the database guide's "Common Scenarios" 1, 2, 3 and 5.
+
+Each prints its steps as it runs them; see docs/stack.md for the mapping.
+"""
+from __future__ import annotations
+
+from invoke import Collection, task
+
+from .. import output, scenarios
+from ..errors import UsageError
+from ..safety import check_destructive, confirm_or_refuse
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+
+
+def _host(inventory, host):
+    h = load_inventory(inventory).host(host)
+    if h.compose is None:
+        raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; scenarios need the compose stack")
+    return h
+
+
+def _finish(h, res, json, what):
+    if json:
+        output.emit_json({"result": "changed", "host": h.name, **res})
+    else:
+        output.result_line("changed", h.name, what)
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "restart": "service to restart as the change (the guide restarts bootstrap)",
+            "label": "label for the backup"})
+@handles_errors
+def before_risky_change(c, host=None, restart=None, label=None, inventory=None, json=False):
+    """Scenario 1: back up, make the change (restart a service), check, say how to go back."""
+    h = _host(inventory, host)
+    say = output.say if not json else (lambda m: None)
+    res = scenarios.before_risky_change(h, restart_service=restart, label=label, say=say, notify=output.note)
+    _finish(h, res, json, f"backup {res['backup']} taken before the change")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "timeout": "seconds to wait for PostgreSQL after up (default 60)"})
+@handles_errors
+def fresh_start(c, host=None, timeout=60, inventory=None, json=False):
+    """Scenario 2: back up, down, build, up, verify the data is intact."""
+    h = _host(inventory, host)
+    say = output.say if not json else (lambda m: None)
+    res = scenarios.fresh_start(h, timeout=float(timeout), say=say, notify=output.note)
+    _finish(h, res, json, f"fresh start done; {res['tables_checked']} tables intact")
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "no_backup": "purge without the pre-purge backup (nothing to restore afterwards)",
+            "no_restore": "leave the new database empty (do not restore the pre-purge backup)",
+            "no_roles": "do not create the backup's missing roles before restoring",
+            "wait_migrations": "after up, wait for the bootstrap migrations",
+            "yes": "do not ask for confirmation",
+            "force_protected": "allow this on a protected host (with --confirm DBNAME)",
+            "confirm": "the database name, repeated, for protected hosts"})
+@handles_errors
+def complete_reset(c, host=None, no_backup=False, no_restore=False, no_roles=False, wait_migrations=False,
+                   yes=False, force_protected=False, confirm=None, inventory=None, json=False):
+    """Scenario 3: purge (backup first), build, up, restore the backup with its roles."""
+    h = _host(inventory, host)
+    check_destructive(h, "purge", force_protected=force_protected, confirm=confirm)
+    confirm_or_refuse(f"Purge the stack of {h.name} (containers and data volume)"
+                      + (" WITHOUT a backup" if no_backup else ", after a backup") + " and start fresh?", yes=yes)
+    say = output.say if not json else (lambda m: None)
+    res = scenarios.complete_reset(h, take_backup=not no_backup, restore_backup=not no_restore,
+                                   roles=not no_roles, wait_migrations=wait_migrations, say=say, notify=output.note)
+    _finish(h, res, json, "complete reset done" + (f"; restored {res['restored']}" if res.get("restored") else ""))
+
+
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
+            "archive": "restore this archive (default: the backup just taken, else the newest good one)",
+            "no_roles": "do not create the backup's missing roles before restoring",
+            "yes": "do not ask for confirmation",
+            "force_protected": "allow this on a protected host (with --confirm DBNAME)",
+            "confirm": "the database name, repeated, for protected hosts"})
+@handles_errors
+def recover_corruption(c, host=None, archive=None, no_roles=False, yes=False, force_protected=False, confirm=None,
+                       inventory=None, json=False):
+    """Scenario 5: stop coordinators, try a backup, recreate the volume, restore the last good backup."""
+    h = _host(inventory, host)
+    check_destructive(h, "purge", force_protected=force_protected, confirm=confirm)
+    confirm_or_refuse(f"Delete the data volume of {h.name} and restore the last good backup?", yes=yes)
+    say = output.say if not json else (lambda m: None)
+    res = scenarios.recover_corruption(h, archive=archive, roles=not no_roles, say=say, notify=output.note)
+    _finish(h, res, json, f"recovered from {res['restored']}")
+
 
 ns = Collection("scenario")
+for _t in (before_risky_change, fresh_start, complete_reset, recover_corruption):
+    ns.add_task(_t)

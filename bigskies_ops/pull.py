@@ -1,0 +1,577 @@
+"""Remote dumps: ``db.backup --host prod [--pull]`` and ``db.pull`` (scenario 4).
+
+Three ways a dump of a ``connection: ssh`` host's database is made, sharing one
+sequence with :mod:`bigskies_ops.backup` (lock, name that never overwrites,
+manifest STARTED -> DONE/FAILED, snapshot exported by our own session so row
+counts and the schema_migrations head are those of the dump):
+
+* :func:`remote_backup` - ``pg_dump | gzip > <archive>.partial`` runs on the host
+  (natively or through ``<engine> exec -i``), every stage reports its own exit
+  status; the archive is hashed there (``sha256sum``), checked (gzip stream and
+  completion trailer), and published in the host's ``backup.dir``.
+* :func:`pull_stream` - the same pipeline without the file: the compressed dump
+  crosses the SSH channel straight into ``<local backup dir>/<host>/...partial``,
+  hashed (and for plain dumps, inflated to check the trailer) while it arrives.
+  Nothing is written on the host's disk. A rerun starts over and removes the old
+  ``.partial``.
+* :func:`pull_existing` - an archive already in the host's ``backup.dir``
+  (``latest`` or a name) is copied; an interrupted copy resumes at the size of its
+  ``.partial`` because the remote manifest's sha256 is known; the whole file is
+  re-hashed at the end before the final rename.
+
+Transfers that deliver nothing for ``backup.stall_timeout`` seconds fail with a
+clear error; memory stays bounded (256 KiB - 1 MiB chunks).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shlex
+import shutil
+import socket
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from . import __version__
+from .access import PostgresAccess
+from .backup import (COPY_RE, TABLES_SQL, BackupResult, _pick_name, count_rows_sql, migration_head,
+                     split_qualified)
+from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
+                      read_manifest, utcnow, write_manifest)
+from .errors import ArchiveError, BigskiesError, CommandError, StorageError, UsageError
+from .inventory import Host
+from .locks import host_lock
+from .pgtools import parse_plain_header, parse_server_version_num, pg_dump_args, plain_tail_complete
+from .runners import LocalRunner, fsync_dir, redact_argv, tail
+
+CHUNK = 1 << 20
+
+
+def _fmt(fmt: str | None, host: Host) -> str:
+    fmt = fmt or host.backup.format
+    if fmt not in ("plain", "custom"):
+        raise UsageError(f"--format: expected plain or custom, got {fmt!r}")
+    return fmt
+
+
+def _ssh_runner(host: Host, notify):
+    from .ssh import SSHRunner
+    if not host.is_remote:
+        raise UsageError(f"{host.name} is not a connection: ssh host")
+    return SSHRunner(host, notify=notify)
+
+
+# ----------------------------------------------------------------------------- entry points
+def remote_backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
+                  exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
+                  progress=None, notify=print, task: str = "db.backup") -> BackupResult:
+    """Back up an SSH host's database into ITS ``backup.dir`` (same contract as
+    :func:`bigskies_ops.backup.backup`; the dump never leaves the host).
+
+    Raises:
+        PostgresError: remote pg_dump or psql failed (manifest FAILED).
+        StorageError: the remote file system is full or not writable (manifest FAILED).
+        SSHError / HostKeyError: connection problems (nothing written).
+        LockBusyError: another task holds the (host, database) lock.
+    """
+    fmt = _fmt(fmt, host)
+    db = database or host.postgres.database
+    with _ssh_runner(host, notify) as runner, PostgresAccess(host, runner) as access:
+        bdir = host.backup.dir
+        runner.makedirs(bdir)
+        with host_lock(runner, bdir, host.name, db, task, notify=notify):
+            return _dump(access, runner, bdir, db=db, fmt=fmt, mode="remote", kind=kind, label=label,
+                         excl=tuple(exclude_table_data), schema_only=schema_only, progress=progress, notify=notify)
+
+
+def local_pull_dir(dest: Host, origin: Host) -> str:
+    """Where backups pulled from ``origin`` land: ``<dest backup.dir>/<origin>/``."""
+    return posixpath.join(dest.backup.dir, origin.name)
+
+
+def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None,
+                database: str | None = None, progress=None, notify=print) -> BackupResult:
+    """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
+    ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
+
+    Raises:
+        PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
+        SSHError: connection refused/lost. StorageError: local disk full.
+    """
+    fmt = _fmt(fmt, src)
+    db = database or src.postgres.database
+    lr = LocalRunner()
+    pdir = local_pull_dir(dest, src)
+    lr.makedirs(pdir)
+    with host_lock(lr, pdir, src.name, db, "db.pull", notify=notify):
+        _remove_old_partials(lr, pdir, db, notify)
+        with _ssh_runner(src, notify) as runner, PostgresAccess(src, runner) as access:
+            return _dump(access, lr, pdir, db=db, fmt=fmt, mode="stream", kind="pulled", label=label,
+                         excl=(), schema_only=False, progress=progress, notify=notify)
+
+
+def _remove_old_partials(lr, pdir: str, db: str, notify) -> None:
+    for n in lr.listdir(pdir):
+        if n.endswith(PARTIAL_SUFFIX):
+            p = parse_archive_name(n[: -len(PARTIAL_SUFFIX)])
+            if p is not None and p.database == db:
+                lr.remove(posixpath.join(pdir, n))
+                notify(f"removed {n} left by an interrupted pull (a streamed pull starts over)")
+
+
+# ----------------------------------------------------------------------------- the dump
+class _StreamSink:
+    """Write already-compressed bytes as they arrive: sha256, byte count, and for plain
+    dumps an inflater that keeps the head, the last 8 KiB and the COPY'd tables."""
+
+    def __init__(self, f, fmt: str):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.out_bytes = 0
+        self.raw_bytes = 0
+        self.inflate = zlib.decompressobj(31) if fmt == "plain" else None
+        self.head = b""
+        self.tail = b""
+        self.copy_tables: set[tuple[str, str]] = set()
+        self._carry = b""
+
+    def write(self, chunk: bytes) -> None:
+        self.f.write(chunk)
+        self.sha.update(chunk)
+        self.out_bytes += len(chunk)
+        if self.inflate is None:
+            return
+        try:
+            raw = self.inflate.decompress(chunk)
+            while self.inflate.unused_data:
+                rest = self.inflate.unused_data
+                self.inflate = zlib.decompressobj(31)
+                raw += self.inflate.decompress(rest)
+        except zlib.error as e:
+            raise StorageError(f"the remote gzip stream is corrupt ({e})") from None
+        self.raw_bytes += len(raw)
+        if len(self.head) < 65536:
+            self.head += raw[: 65536 - len(self.head)]
+        buf = self._carry + raw
+        for m in COPY_RE.finditer(buf):
+            try:
+                self.copy_tables.add(split_qualified(m.group(1).decode("utf-8")))
+            except (ValueError, UnicodeDecodeError):
+                pass
+        nl = buf.rfind(b"\n")
+        self._carry = buf[nl:][-4096:] if nl >= 0 else buf[-4096:]
+        self.tail = (self.tail + raw)[-8192:]
+
+
+def _new_manifest(host: Host, name: str, db: str, fmt: str, level: int, label, kind: str, excl, schema_only,
+                  started, mode: str) -> dict:
+    m = {
+        "schema_version": 1, "tool": f"bigskies-ops {__version__}", "status": "STARTED", "phase": "connect",
+        "kind": kind, "label": label, "origin_host": host.name, "control_host": socket.gethostname(),
+        "database": db, "archive": name, "format": fmt,
+        "compressor": f"gzip -{max(1, level)} (on {host.name})" if fmt == "plain" else "pg_dump custom (zlib)",
+        "compress_level": max(1, level) if fmt == "plain" else level, "access_mode": host.access_mode,
+        "container": host.container.name if host.container else None,
+        "started_at": iso(started), "finished_at": None, "duration_s": None,
+        "excluded_table_data": list(excl), "schema_only": schema_only,
+        "verifications": [], "offsite": [], "pulled_from": None, "pulled_at": None,
+    }
+    if mode == "stream":
+        m.update({"pulled_from": host.name, "pull_mode": "stream"})
+    return m
+
+
+def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode: str, kind: str, label,
+          excl: tuple, schema_only: bool, progress, notify) -> BackupResult:
+    host = access.host
+    runner = access.runner
+    level = host.backup.compress_level
+    started = utcnow()
+    t0 = time.monotonic()
+    name = _pick_name(writer, bdir, db, fmt, started)
+    final = posixpath.join(bdir, name)
+    partial = final + PARTIAL_SUFFIX
+    manifest = _new_manifest(host, name, db, fmt, level, label, kind, excl, schema_only, started, mode)
+    write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
+    session = None
+    proc = None
+    try:
+        session = access.sql(db).session()
+        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
+        manifest["server_version"] = str(parse_server_version_num(snap["v"]))
+        manifest["snapshot"] = snap["s"]
+        tables = session.query(TABLES_SQL)
+        manifest["schema_migrations_head"] = migration_head(session)
+        manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
+        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"], exclude_table_data=excl,
+                            schema_only=schema_only)
+        dump_argv = access.tool_argv("pg_dump", args)
+        stages = [dump_argv]
+        names = ["pg_dump"]
+        if fmt == "plain":
+            stages.append(["gzip", f"-{max(1, level)}", "-n", "-c"])
+            names.append("gzip")
+        manifest["argv"] = redact_argv(dump_argv)
+        manifest["remote_pipeline"] = " | ".join(shlex.join(redact_argv(s)) for s in stages) + (
+            f" > {name}{PARTIAL_SUFFIX}" if mode == "remote" else " (stdout over SSH)")
+        manifest["phase"] = "dump"
+        counts: dict[int, int] = {}
+        count_err: list[BaseException] = []
+
+        def do_counts():
+            try:
+                if tables and not schema_only:
+                    for r in session.query(count_rows_sql(tables)):
+                        counts[r["i"]] = r["n"]
+            except BaseException as e:  # reported after the dump
+                count_err.append(e)
+
+        sink = None
+        if mode == "remote":
+            proc = runner.pipeline(stages, stdout_path=partial, env=access.env())
+            counter = threading.Thread(target=do_counts, daemon=True)
+            counter.start()
+            _watch_remote_file(proc, runner, partial, host, progress)
+        else:
+            proc = runner.pipeline(stages, env=access.env())
+            counter = threading.Thread(target=do_counts, daemon=True)
+            counter.start()
+            try:
+                f = writer.open_write(partial)
+            except OSError as e:
+                raise StorageError(f"cannot write {partial}: {e.strerror}") from e
+            sink = _StreamSink(f, fmt)
+            try:
+                with f:
+                    while True:
+                        chunk = proc.stdout.read(CHUNK)
+                        if not chunk:
+                            break
+                        sink.write(chunk)
+                        if progress:
+                            progress(sink.out_bytes, sink.out_bytes)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                manifest["phase"] = "write"
+                raise StorageError(f"writing {partial} failed: {e.strerror or e}"
+                                   f"{' (file system full)' if getattr(e, 'errno', 0) == 28 else ''}") from e
+        rc = proc.wait()
+        rcs, err = stage_statuses_of(proc, len(stages))
+        manifest["remote_exit_statuses"] = dict(zip(names, rcs))
+        _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest)
+        counter.join()
+        if count_err:
+            manifest["phase"] = "count"
+            raise count_err[0]
+        session.close()
+        session = None
+        manifest["phase"] = "finalize"
+        if mode == "remote":
+            digest, size = runner.sha256(partial)
+            data_tables, raw_bytes = _check_remote_archive(access, partial, fmt, tables, bool(excl or schema_only))
+        else:
+            digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
+            data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
+        manifest["tables"] = [
+            {"schema": t["schema"], "name": t["name"],
+             "rows": (counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables) else None)}
+            for i, t in enumerate(tables)]
+        if not writer.link_noreplace(partial, final):
+            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+        finished = utcnow()
+        manifest.update({
+            "status": "DONE", "phase": None, "sha256": digest, "bytes": size,
+            "raw_bytes": raw_bytes if fmt == "plain" else None,
+            "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
+            "stderr_tail": tail(err) or None,
+        })
+        if mode == "stream":
+            manifest["pulled_at"] = iso(finished)
+        write_manifest(writer, final, manifest)
+        return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
+    except BaseException as e:
+        if proc is not None:
+            proc.kill()
+        if session is not None:
+            try:
+                session.proc.kill()
+            except Exception:
+                pass
+        try:
+            writer.remove(partial)
+        except BigskiesError:
+            pass
+        manifest.update({"status": "FAILED", "error": str(e) or type(e).__name__,
+                         "finished_at": iso(utcnow()), "duration_s": round(time.monotonic() - t0, 3)})
+        if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
+            manifest["stderr_tail"] = e.stderr
+        try:
+            write_manifest(writer, final, manifest)
+        except BigskiesError as e2:
+            notify(f"warning: could not record the FAILED manifest: {e2}")
+        if isinstance(e, (KeyboardInterrupt, BigskiesError)):
+            raise
+        if isinstance(e, OSError):
+            raise StorageError(f"dump failed: {e}") from e
+        raise
+
+
+def _head_of(runner, path: str) -> bytes:
+    """Up to 64 KiB of the decompressed start of a gzip archive on the runner's host."""
+    f = runner.open_read(path)
+    try:
+        d = zlib.decompressobj(31)
+        out = b""
+        while len(out) < 65536:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            try:
+                out += d.decompress(chunk)
+            except zlib.error as e:
+                raise StorageError(f"{path}: corrupt gzip data ({e})") from None
+        return out[:65536]
+    finally:
+        f.close()
+
+
+def stage_statuses_of(proc, n: int):
+    from .ssh import stage_statuses
+    return stage_statuses(proc.stderr_text(), n)
+
+
+def _watch_remote_file(proc, runner, partial: str, host: Host, progress) -> None:
+    """Wait for a remote ``... > partial`` pipeline, reporting the file's size; a file that
+    does not grow for ``stall_timeout`` seconds aborts it (StallError)."""
+    from .ssh import StallError
+    stall = host.backup.stall_timeout or None
+    last_size, last_change = -1, time.monotonic()
+    while not proc.channel.status_event.wait(2.0):
+        try:
+            size = runner.size(partial)
+        except (FileNotFoundError, BigskiesError):
+            size = 0
+        now = time.monotonic()
+        if size != last_size:
+            last_size, last_change = size, now
+            if progress:
+                progress(size, size)
+        elif stall and now - last_change > stall:
+            raise StallError(f"{host.name}: pg_dump wrote nothing to {partial} for {stall:g} s "
+                             f"(backup.stall_timeout); aborted")
+        if not runner.alive():
+            break
+
+
+def _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest) -> None:
+    """Every stage must have run and exited 0; the output side is judged first (a full disk
+    kills gzip, and pg_dump then only reports a broken pipe)."""
+    full = "No space left on device" in err
+    where = f"on {host.name}" if mode == "remote" else "while streaming"
+    if full:
+        manifest["stderr_tail"] = tail(err)
+        raise StorageError(f"{host.name}: file system full {where} "
+                           f"(backup.dir {host.backup.dir}): {tail(err, 300)}", )
+    if fmt == "plain" and rcs[-1] != 0:
+        manifest["stderr_tail"] = tail(err)
+        if rcs[-1] is None:
+            raise StorageError(f"{host.name}: the dump could not be written {where}: "
+                               f"{tail(err, 400) or 'output not opened'}")
+        if rcs[0] == 0:
+            raise CommandError(f"{host.name}: gzip failed (exit {rcs[-1]}) {where}: {tail(err, 400)}",
+                               returncode=rcs[-1], stderr=tail(err))
+    if rcs[0] != 0:
+        manifest["stderr_tail"] = tail(err)
+        if rcs[0] is None and mode == "remote":
+            raise StorageError(f"{host.name}: the dump could not be written {where}: "
+                               f"{tail(err, 400) or 'output not opened'}")
+        raise access.error_for(dump_argv, rcs[0] if rcs[0] is not None else rc, err, "pg_dump")
+    if rc != 0:
+        manifest["stderr_tail"] = tail(err)
+        raise CommandError(f"{host.name}: remote dump pipeline failed (exit {rc}): {tail(err, 400)}",
+                           returncode=rc, stderr=tail(err))
+
+
+def _check_remote_archive(access, partial: str, fmt: str, tables, need_toc: bool):
+    """Prove the archive on the host is complete; returns (tables with data or None, raw bytes)."""
+    runner = access.runner
+    host = access.host
+    if fmt == "plain":
+        try:
+            header = parse_plain_header(_head_of(runner, partial))
+        except ValueError as e:
+            raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
+        r = runner.pipeline([["gzip", "-dc"], ["tail", "-c", "8192"]], stdin_path=partial)
+        t = r.stdout.read()
+        r.wait()
+        rcs, err = stage_statuses_of(r, 2)
+        if rcs != [0, 0]:
+            raise StorageError(f"{host.name}: the written archive does not decompress: {tail(err, 300)}")
+        if not plain_tail_complete(t, header.restrict_key):
+            raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
+        data_tables = None
+        if need_toc:
+            g = runner.pipeline([["gzip", "-dc"], ["grep", "-a", "^COPY "]], stdin_path=partial)
+            text = g.stdout.read()
+            g.wait()
+            data_tables = set()
+            for m in COPY_RE.finditer(text):
+                try:
+                    data_tables.add(split_qualified(m.group(1).decode("utf-8")))
+                except (ValueError, UnicodeDecodeError):
+                    pass
+        return data_tables, None
+    if not need_toc:
+        return None, None
+    r = runner.pipeline([access.tool_argv("pg_restore", ["--list"])], stdin_path=partial, env=access.env())
+    text = r.stdout.read().decode("utf-8", "replace")
+    r.wait()
+    rcs, err = stage_statuses_of(r, 1)
+    if rcs != [0]:
+        raise StorageError(f"{host.name}: pg_restore cannot read the written archive: {tail(err, 300)}")
+    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in text}, None
+
+
+def _check_streamed(sink: _StreamSink, fmt: str, partial: str, tables, need_toc: bool):
+    if fmt == "plain":
+        if sink.inflate is not None and not sink.inflate.eof:
+            raise StorageError("the streamed gzip data ends early (truncated transfer)")
+        try:
+            header = parse_plain_header(sink.head)
+        except ValueError as e:
+            raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
+        if not plain_tail_complete(sink.tail, header.restrict_key):
+            raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
+        return sink.copy_tables
+    with open(partial, "rb") as f:
+        if f.read(5) != b"PGDMP":
+            raise StorageError("pg_dump output is not a custom-format archive")
+    if not need_toc:
+        return None
+    pr = shutil.which("pg_restore")
+    if not pr:
+        return set()  # cannot tell which tables have data: no row checks
+    r = LocalRunner().run([pr, "--list", partial], check=False)
+    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in r.text}
+
+
+# ----------------------------------------------------------------------------- existing archives
+@dataclass
+class PullResult:
+    backup: Backup
+    manifest: dict
+    resumed_at: int
+    seconds: float
+    already_present: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, database: str | None = None,
+                  progress=None, notify=print) -> PullResult:
+    """Copy an archive (and its manifest) from ``src``'s backup.dir to ``<dest backup.dir>/<src>/``.
+
+    ``spec``: ``latest`` (newest DONE of the database), or a file name / absolute
+    path on ``src``. Resumes an interrupted copy at its ``.partial``'s size; the
+    whole file's size and sha256 are checked against the remote manifest (or a
+    sha256 computed on ``src`` for a file without one) before the final rename.
+
+    Raises:
+        ArchiveError: no such archive, or its manifest is not DONE.
+        StorageError: size or sha256 mismatch (the .partial is removed), local disk full.
+        StallError / SSHError: transfer stalled or connection lost (the .partial stays for a resume).
+    """
+    db = database or src.postgres.database
+    t0 = time.monotonic()
+    lr = LocalRunner()
+    with _ssh_runner(src, notify) as runner:
+        rpath = _resolve_remote(runner, src, spec, db)
+        man = read_manifest(runner, rpath)
+        if man is not None and man.get("status") != "DONE":
+            raise ArchiveError(f"{src.name}:{rpath}: its manifest says {man.get('status')}; refusing to pull it")
+        if man is not None and man.get("sha256") and man.get("bytes") is not None:
+            want_sha, want_size = man["sha256"], int(man["bytes"])
+        else:
+            notify(f"{posixpath.basename(rpath)} has no manifest checksum; computing sha256 on {src.name}")
+            want_sha, want_size = runner.sha256(rpath)
+        pdir = local_pull_dir(dest, src)
+        lr.makedirs(pdir)
+        name = posixpath.basename(rpath)
+        final = posixpath.join(pdir, name)
+        partial = final + PARTIAL_SUFFIX
+        lock_db = (man or {}).get("database") or db
+        with host_lock(lr, pdir, src.name, lock_db, "db.pull --existing", notify=notify):
+            if lr.exists(final):
+                have_sha, have_size = _sha256_local(final)
+                if (have_sha, have_size) == (want_sha, want_size):
+                    b = Backup(pdir, name, read_manifest(lr, final), have_size, origin_dir=src.name)
+                    return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
+                raise StorageError(f"{final} exists with different content; refusing to overwrite it")
+            offset = lr.size(partial) if lr.exists(partial) else 0
+            if offset > want_size:
+                notify(f"{name}.partial is larger than the archive; starting over")
+                lr.remove(partial)
+                offset = 0
+            if offset:
+                notify(f"resuming {name} at byte {offset} of {want_size}")
+            _copy(runner, rpath, partial, offset, want_size, progress, src)
+            got_sha, got_size = _sha256_local(partial)
+            if (got_sha, got_size) != (want_sha, want_size):
+                lr.remove(partial)
+                raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
+                                   f"{want_size}, sha256 {'differs' if got_sha != want_sha else 'equal'}); the "
+                                   f"partial file was removed, run the pull again")
+            local_man = dict(man) if man else {
+                "schema_version": 1, "status": "DONE", "kind": "manual", "origin_host": src.name,
+                "database": db, "archive": name, "format": None, "sha256": want_sha, "bytes": want_size,
+                "legacy": True, "verifications": [], "offsite": []}
+            local_man.update({"pulled_from": f"{src.name}:{rpath}", "pulled_at": iso(utcnow()),
+                              "pull_mode": "existing", "pull_resumed_at": offset or None})
+            local_man.setdefault("origin_host", src.name)
+            if not lr.link_noreplace(partial, final):
+                raise StorageError(f"{final} appeared while we were pulling; refusing to overwrite it")
+            if man is not None:
+                write_manifest(lr, final, local_man)
+            b = Backup(pdir, name, local_man if man is not None else None, got_size, origin_dir=src.name)
+            return PullResult(b, local_man, offset, time.monotonic() - t0)
+
+
+def _resolve_remote(runner, src: Host, spec: str | None, db: str) -> str:
+    if spec in (None, "", "latest"):
+        b = latest(list_backups(runner, src.backup.dir), database=db, origin_host=src.name)
+        if b is None:
+            raise ArchiveError(f"no DONE backup of {db!r} in {src.name}:{src.backup.dir}")
+        return b.path
+    path = spec if spec.startswith("/") else posixpath.join(src.backup.dir, spec)
+    if spec.endswith(PARTIAL_SUFFIX) or spec.endswith(MANIFEST_SUFFIX):
+        raise ArchiveError(f"{spec}: not an archive (an in-progress or manifest file)")
+    if not runner.exists(path):
+        raise ArchiveError(f"{src.name}:{path}: no such file")
+    return path
+
+
+def _sha256_local(path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(CHUNK)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n
+
+
+def _copy(runner, rpath: str, partial: str, offset: int, total: int, progress, src: Host) -> None:
+    runner.fetch_to_file(rpath, partial, offset, progress=progress)
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(posixpath.dirname(partial) or ".")

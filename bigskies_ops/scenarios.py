@@ -1,0 +1,184 @@
+"""The guide's "Common Scenarios" 1, 2, 3 and 5, built from the same library calls as
+the tasks (backup, stack lifecycle, restore), each step announced before it runs.
+
+| guide | function | task |
+|---|---|---|
+| Scenario 1: Before Risky Changes | :func:`before_risky_change` | ``scenario.before-risky-change`` |
+| Scenario 2: Fresh Start (Keep Data) | :func:`fresh_start` | ``scenario.fresh-start`` |
+| Scenario 3: Complete Reset | :func:`complete_reset` | ``scenario.complete-reset`` |
+| Scenario 5: Database Corruption | :func:`recover_corruption` | ``scenario.recover-corruption`` |
+
+Scenario 4 (production data on a laptop) is ``db.pull`` + ``db.restore``.
+The callers (tasks) apply the safety policy and confirmations first.
+"""
+from __future__ import annotations
+
+from . import compose as cmp
+from . import stack
+from .backup import backup as run_backup
+from .catalog import latest, list_backups
+from .errors import BigskiesError, StorageError
+from .inventory import Host
+from .restore import restore as run_restore
+from .runners import LocalRunner, runner_for
+
+
+class Steps:
+    """Numbers and announces each step: ``Step 2/5: Stop everything (docker.down)``."""
+
+    def __init__(self, total: int, say=print):
+        self.n, self.total, self.say = 0, total, say
+        self.done: list[str] = []
+
+    def __call__(self, title: str):
+        self.n += 1
+        self.say(f"Step {self.n}/{self.total}: {title}")
+        self.done.append(title)
+
+
+def _counts(manifest: dict) -> dict:
+    return {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("tables", []) if t.get("rows") is not None}
+
+
+def _current_counts(host: Host, tables: list[str]) -> dict:
+    from .access import PostgresAccess
+    from .restore import table_counts
+    want = [{"schema": t.split(".", 1)[0], "name": t.split(".", 1)[1]} for t in tables]
+    with PostgresAccess(host) as access:
+        got = table_counts(access.sql(host.postgres.database), want)
+    return {f"{s}.{n}": v for (s, n), v in got.items()}
+
+
+def before_risky_change(host: Host, *, restart_service: str | None = None, label: str | None = None,
+                        say=print, notify=print) -> dict:
+    """Scenario 1: back up, (optionally) restart a service as "the change", check the
+    server is up again, and say how to go back.
+
+    Raises:
+        UsageError: ``restart_service`` is not a service of the project (exit 2).
+    """
+    steps = Steps(3 if restart_service else 2, say)
+    steps("Back up the database (db.backup)")
+    res = run_backup(host, label=label or "before risky change", notify=notify, task="scenario.before-risky-change")
+    say(f"  backup: {res.backup.path}")
+    if restart_service:
+        steps(f"Make the change: restart service {restart_service!r}")
+        with runner_for(host) as runner:
+            project = cmp.resolved_config(runner, host)
+            if restart_service not in project.services:
+                from .errors import UsageError
+                raise UsageError(f"{restart_service!r} is not a service of compose project {project.name!r}; "
+                                 f"its services: {', '.join(sorted(project.services))}")
+            cmp.run_compose(runner, host, "restart", restart_service)
+    steps("Check PostgreSQL accepts connections")
+    stack.wait_ready(host, timeout=60, notify=notify)
+    say(f"  If something breaks, restore: inv db.restore {res.backup.path} --host {host.name}")
+    return {"backup": res.backup.path, "steps": steps.done}
+
+
+def fresh_start(host: Host, *, timeout: float = 60.0, say=print, notify=print) -> dict:
+    """Scenario 2: back up, down, build, up (the volume persists), verify the data is intact
+    (every table's exact row count equals the backup's manifest).
+
+    Raises:
+        StorageError: the data after the restart differs from the backup (exit 1).
+    """
+    steps = Steps(5, say)
+    steps("Back up the current state (db.backup)")
+    res = run_backup(host, label="scenario fresh-start", notify=notify, task="scenario.fresh-start")
+    say(f"  backup: {res.backup.path}")
+    steps("Stop everything (docker.down)")
+    stack.down(host, notify=notify)
+    steps("Rebuild images (docker.build)")
+    stack.build(host, notify=notify)
+    steps("Start; the database persists in its volume (docker.up)")
+    stack.up(host, timeout=timeout, notify=notify)
+    steps("Verify the data is intact (row counts against the backup's manifest)")
+    want = _counts(res.manifest)
+    got = _current_counts(host, list(want))
+    diff = [f"{t}: {got.get(t)} rows, backup had {n}" for t, n in want.items() if got.get(t) != n]
+    if diff:
+        raise StorageError("data changed across down/build/up: " + "; ".join(diff[:10]) +
+                           f". The backup {res.backup.path} holds the state before.")
+    say(f"  {len(want)} tables intact")
+    return {"backup": res.backup.path, "tables_checked": len(want), "steps": steps.done}
+
+
+def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool = True, roles: bool = True,
+                   timeout: float = 60.0, wait_migrations: bool = False, say=print, notify=print) -> dict:
+    """Scenario 3: purge (after a pre-purge backup), build, up, then restore that backup
+    (with ``roles``: the roles missing in the new cluster are created first).
+
+    Raises:
+        BigskiesError: any step's error; if the pre-purge backup fails nothing is purged.
+    """
+    total = 3 + (1 if restore_backup else 0)
+    steps = Steps(total, say)
+    steps("Purge containers and the data volume (docker.purge" + (", pre-purge backup first)" if take_backup
+                                                                   else ", NO backup)"))
+    pres = stack.purge(host, take_backup=take_backup, notify=notify)
+    if pres["backup"]:
+        say(f"  pre-purge backup: {pres['backup']}")
+    steps("Rebuild images (docker.build)")
+    stack.build(host, notify=notify)
+    steps("Start fresh (docker.up)")
+    stack.up(host, timeout=timeout, wait_for_migrations=wait_migrations, notify=notify)
+    out = {"backup": pres["backup"], "restored": None, "steps": steps.done}
+    if restore_backup:
+        if not pres["backup"]:
+            say("  nothing to restore (no pre-purge backup was taken)")
+        else:
+            steps(f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})")
+            rr = run_restore(host, pres["backup"], roles=roles, terminate_sessions=True, notify=notify)
+            out["restored"] = rr.archive
+            out["coordinators"] = rr.coordinators
+    return out
+
+
+def recover_corruption(host: Host, *, archive: str | None = None, timeout: float = 60.0,
+                       migrations_timeout: float = 120.0, roles: bool = True, say=print, notify=print) -> dict:
+    """Scenario 5: stop coordinators, try a backup (it may fail), recreate the volume
+    (down, delete the volume, up, wait for the migrations), restore the given archive or
+    the newest good backup (the one just taken when it succeeded).
+
+    Raises:
+        StorageError: no good backup to restore from (checked before anything is deleted).
+    """
+    steps = Steps(6, say)
+    steps("Stop the coordinators")
+    with runner_for(host) as runner:
+        project = cmp.resolved_config(runner, host)
+        cmp.check_coordinators(host, project)
+        running = cmp.running_services(runner, host, project, list(host.coordinators))
+        cmp.stop_services(runner, host, [c for c in host.coordinators if c in running], project)
+    steps("Try to back up (may fail on a corrupt database)")
+    fresh = None
+    try:
+        fresh = run_backup(host, label="scenario recover-corruption", notify=notify,
+                           task="scenario.recover-corruption")
+        say(f"  backup: {fresh.backup.path}")
+    except BigskiesError as e:
+        say(f"  backup failed ({e}); restoring from the last known good backup")
+    if archive is None:
+        if fresh is not None:
+            archive = fresh.backup.path
+        else:
+            b = latest(list_backups(runner_for(host) if host.is_remote else LocalRunner(), host.backup.dir),
+                       database=host.postgres.database, origin_host=host.name)
+            if b is None:
+                raise StorageError(f"no good backup of {host.postgres.database!r} in {host.backup.dir}; "
+                                   f"nothing was deleted")
+            archive = b.path
+    say(f"  will restore: {archive}")
+    steps("Delete the data volume (docker.purge --no-backup)")
+    stack.purge(host, take_backup=False, notify=notify)
+    steps("Start fresh (docker.up)")
+    stack.up(host, timeout=timeout, notify=notify)
+    steps("Wait for the bootstrap migrations")
+    try:
+        stack.wait_migrations(host, timeout=migrations_timeout, notify=notify)
+    except BigskiesError as e:
+        say(f"  warning: {e}")
+    steps("Restore (db.restore)")
+    rr = run_restore(host, archive, roles=roles, terminate_sessions=True, notify=notify)
+    return {"backup": fresh.backup.path if fresh else None, "restored": rr.archive, "steps": steps.done}

@@ -1,0 +1,366 @@
+"""Scenario 4 for real: "prod" is PostgreSQL in a podman container with no published port,
+reached over a real sshd on loopback; "dev" is the native test cluster.
+
+Data is compared by the test's own queries (tests/pgcheck.py): prod through
+``podman exec -i ... psql``, dev through its unix socket. Bad inputs: a clear
+message, the documented exit code, nothing harmed.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD_ENV, cli, load_bigskies, native_host, write_inventory
+from tests.infra.podman import PG_BINDIR
+from tests.pgcheck import db_fingerprint, dir_hashes
+from tests.remote_helpers import (PROD_PW, PROD_PW_ENV, PROD_TPL, TableLock, drop_prod_db, kill_ssh_sessions,
+                                  new_prod_db, pg_dump_waiting, prod_host, prod_sql, ssh_block, wait_for)
+
+
+@pytest.fixture(scope="module")
+def prod_template(pg_container):
+    pg_container.exec_psql(f'DROP DATABASE IF EXISTS "{PROD_TPL}"')
+    pg_container.exec_psql(f'CREATE DATABASE "{PROD_TPL}"')
+    load_bigskies(lambda sql, db: pg_container.exec_psql(sql, db), PROD_TPL)
+    yield PROD_TPL
+
+
+@pytest.fixture
+def prod_db(pg_container, prod_template):
+    name = new_prod_db(pg_container)
+    yield name
+    drop_prod_db(pg_container, name)
+
+
+@pytest.fixture
+def env(cli_env):
+    e = dict(cli_env)
+    e[PROD_PW_ENV] = PROD_PW
+    return e
+
+
+@pytest.fixture
+def world(tmp_path, pg, dbname, ssh_server, pg_container, prod_db):
+    """Inventory with prod (ssh-container, protected) and dev (local native); returns a namespace."""
+    class W:
+        pass
+    w = W()
+    w.proj = tmp_path / "prod-project"
+    w.proj.mkdir()
+    w.prod_bdir = w.proj / "backups"
+    w.dev_bdir = tmp_path / "dev-backups"
+    w.prod_db, w.dev_db = prod_db, dbname
+    w.prod_sql = prod_sql(pg_container)
+    w.hosts = {"prod": prod_host(ssh_server, pg_container, w.proj, prod_db),
+               "dev": native_host(pg, dbname, w.dev_bdir)}
+    w.write = lambda: write_inventory(tmp_path / "inventory.yaml", w.hosts, defaults={"host": "dev"},
+                                      groups={"production": ["prod"]})
+    w.inv = w.write()
+    return w
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _archives(d: Path) -> list[Path]:
+    return sorted(p for p in d.glob("*") if p.suffix in (".gz", ".dump") and not p.name.endswith(".partial"))
+
+
+def _change_prod(w):
+    w.prod_sql("DELETE FROM coordinator_config_history; UPDATE users SET email = 'x' || id || '@changed.example';",
+               w.prod_db)
+
+
+# ----------------------------------------------------------------------------- scenario 4
+def test_scenario_4_pull_from_prod_and_restore_on_dev_gives_prods_data(world, pg_sql, env):
+    w = world
+    prod_before = db_fingerprint(w.prod_sql, w.prod_db)
+    dev_before = db_fingerprint(pg_sql, w.dev_db)
+    w.prod_sql("UPDATE users SET email = 'prod-only-' || id || '@example.org' WHERE id % 7 = 0", w.prod_db)
+    prod_before = db_fingerprint(w.prod_sql, w.prod_db)
+    assert prod_before != dev_before and prod_before["tables"]["public.users"].split()[0] != "0"
+
+    stale = w.dev_bdir / "prod" / f"{w.prod_db}_backup_20200101_000000.sql.gz.partial"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an interrupted pull")
+    other = w.dev_bdir / "prod" / "otherdb_backup_20200101_000000.sql.gz.partial"
+    other.write_bytes(b"another database's pull: not ours to remove")
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev", "--restore", "--yes", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert not stale.exists() and other.exists() and "a streamed pull starts over" in r.stderr
+    other.unlink()
+    assert db_fingerprint(pg_sql, w.dev_db) == prod_before          # dev now holds prod's data
+    assert db_fingerprint(w.prod_sql, w.prod_db) == prod_before      # prod untouched
+    assert not w.prod_bdir.exists() or dir_hashes(w.prod_bdir) == {}  # nothing written on prod's disk
+
+    pulled = _archives(w.dev_bdir / "prod")
+    assert len(pulled) == 1 and pulled[0].name.startswith(f"{w.prod_db}_backup_") and pulled[0].name.endswith(".sql.gz")
+    m = json.loads(Path(str(pulled[0]) + ".manifest.json").read_text())
+    assert m["status"] == "DONE" and m["kind"] == "pulled" and m["origin_host"] == "prod"
+    assert m["pulled_from"] == "prod" and m["pulled_at"] and m["pull_mode"] == "stream"
+    assert m["remote_exit_statuses"] == {"pg_dump": 0, "gzip": 0}
+    assert m["sha256"] == _sha(pulled[0]) and m["bytes"] == pulled[0].stat().st_size
+    assert m["access_mode"] == "ssh-container" and m["schema_migrations_head"]["version"] == "5"
+    assert PROD_PW not in pulled[0].with_name(pulled[0].name + ".manifest.json").read_text()
+    assert "Restored into dev" in r.stdout and "changed: [prod]" in r.stdout
+    # the pulled backup is listed as prod's and is `latest` for a later restore
+    lst = json.loads(cli("db.list", "-i", str(w.inv), "--host", "dev", "--origin", "prod", "--json", env=env).stdout)
+    assert [(b["origin_host"], b["kind"], b["status"]) for b in lst["backups"]] == [("prod", "pulled", "DONE")]
+
+
+def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, env):
+    """db.backup --host prod --pull; db.list/status remotely; --existing: already present, resumed
+    from a partial, a corrupt partial refused; db.restore/db.exec --host prod with protected flags."""
+    w = world
+    r = cli("db.backup", "-i", str(w.inv), "--host", "prod", "--format", "custom", "--pull", "--label", "nightly",
+            env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    on_prod = _archives(w.prod_bdir)
+    assert len(on_prod) == 1 and on_prod[0].suffix == ".dump"
+    src = on_prod[0]
+    data = src.read_bytes()
+    m = json.loads(Path(str(src) + ".manifest.json").read_text())
+    assert m["status"] == "DONE" and m["origin_host"] == "prod" and m["label"] == "nightly"
+    assert m["remote_exit_statuses"] == {"pg_dump": 0} and m["sha256"] == _sha(src)
+    rows = {t["name"]: t["rows"] for t in m["tables"]}
+    assert rows["users"] == int(w.prod_sql("SELECT count(*) FROM users", w.prod_db))
+    pdir = w.dev_bdir / "prod"
+    local = pdir / src.name
+    assert local.read_bytes() == data
+    lm = json.loads(Path(str(local) + ".manifest.json").read_text())
+    assert lm["sha256"] == m["sha256"] and lm["pulled_from"] == f"prod:{src}" and lm["origin_host"] == "prod"
+
+    lst = json.loads(cli("db.list", "-i", str(w.inv), "--host", "prod", "--json", env=env).stdout)
+    assert [b["name"] for b in lst["backups"]] == [src.name]
+    st = json.loads(cli("db.status", "-i", str(w.inv), "--host", "prod", "--json", env=env).stdout)
+    assert st["access_mode"] == "ssh-container" and st["container"]["status"] == "running"
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", env=env)
+    assert r.returncode == 0 and "Already here" in r.stdout, r.stderr + r.stdout
+
+    # an interrupted --existing pull resumes at its .partial's size; the whole file is re-hashed
+    local.unlink()
+    Path(str(local) + ".manifest.json").unlink()
+    partial = pdir / (src.name + ".partial")
+    partial.write_bytes(data[: len(data) // 2])
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", "latest", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"resuming {src.name} at byte {len(data) // 2}" in r.stderr
+    assert local.read_bytes() == data and not partial.exists()
+    local.unlink()
+    Path(str(local) + ".manifest.json").unlink()
+    partial.write_bytes(b"\0" * 100)  # wrong bytes: the whole-file re-hash must catch them
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", src.name, env=env)
+    assert r.returncode == 1 and "does not match prod's copy" in r.stderr, r.stderr
+    assert not partial.exists() and not local.exists()
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", src.name, env=env)
+    assert r.returncode == 0 and local.read_bytes() == data
+
+    # restore the pulled archive back into prod (protected): refused without the flags
+    before = db_fingerprint(w.prod_sql, w.prod_db)
+    _change_prod(w)
+    r = cli("db.restore", str(local), "-i", str(w.inv), "--host", "prod", "--yes", env=env)
+    assert r.returncode == 3 and "--force-protected --confirm" in r.stderr
+    r = cli("db.restore", str(local), "-i", str(w.inv), "--host", "prod", "--yes", "--force-protected",
+            "--confirm", w.prod_db, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert db_fingerprint(w.prod_sql, w.prod_db) == before
+    r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "SELECT count(*) AS n FROM users;", env=env)
+    assert r.returncode == 0 and before["tables"]["public.users"].split()[0] in r.stdout, r.stderr
+    r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "DELETE FROM users;", env=env)
+    assert r.returncode == 1 and "read-only" in r.stderr
+    assert db_fingerprint(w.prod_sql, w.prod_db) == before
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_pull_to_a_protected_host_without_flags_is_refused_and_pulls_nothing(world, pg_sql, env):
+    w = world
+    w.hosts["dev"]["protected"] = True
+    inv = w.write()
+    before = db_fingerprint(pg_sql, w.dev_db)
+    r = cli("db.pull", "-i", str(inv), "--from", "prod", "--to", "dev", "--restore", "--yes", env=env)
+    assert r.returncode == 3, r.stderr
+    assert f"dev is protected; pull --to needs --force-protected --confirm {w.dev_db}" in r.stderr
+    assert not w.dev_bdir.exists() and db_fingerprint(pg_sql, w.dev_db) == before
+
+
+def test_remote_container_missing_is_named(world, env):
+    w = world
+    w.hosts["prod"]["container"]["name"] = "no-such-container"
+    inv = w.write()
+    r = cli("db.pull", "-i", str(inv), "--from", "prod", "--to", "dev", env=env)
+    assert r.returncode == 1, r.stderr
+    assert "container 'no-such-container' does not exist on prod" in r.stderr
+    assert _archives(w.dev_bdir / "prod") == [] and not list((w.dev_bdir / "prod").glob("*.partial"))
+
+
+def test_remote_disk_full_fails_cleanly_and_harms_nothing(world, env):
+    w = world
+    w.prod_bdir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(w.prod_bdir)], check=True)
+    try:
+        before_db = db_fingerprint(w.prod_sql, w.prod_db)
+        r = cli("db.backup", "-i", str(w.inv), "--host", "prod", env=env)
+        assert r.returncode == 1, r.stderr + r.stdout
+        assert "prod: file system full on prod" in r.stderr
+        names = os.listdir(w.prod_bdir)
+        assert not [n for n in names if n.endswith(".sql.gz") or n.endswith(".partial")], names
+        mans = [json.loads((w.prod_bdir / n).read_text()) for n in names if n.endswith(".manifest.json")]
+        assert [m["status"] for m in mans] == ["FAILED"] and mans[0]["remote_exit_statuses"]["gzip"] != 0
+        assert db_fingerprint(w.prod_sql, w.prod_db) == before_db
+    finally:
+        subprocess.run(["umount", str(w.prod_bdir)], check=True)
+
+
+def test_remote_pg_dump_failing_in_ssh_native_mode(tmp_path, pg, dbname, pg_sql, ssh_server, env):
+    """ssh-native: the native cluster reached over SSH with a pgpass file; pg_dump dies mid-dump."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for t in ("psql", "pg_restore"):
+        (bindir / t).symlink_to(f"{PG_BINDIR}/{t}")
+    (bindir / "pg_dump").write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) exec {PG_BINDIR}/pg_dump --version;; esac\n'
+        f'{PG_BINDIR}/pg_dump "$@" | head -c 20000\n'
+        'echo "pg_dump: error: simulated failure" >&2; exit 1\n')
+    (bindir / "pg_dump").chmod(0o755)
+    dev_bdir = tmp_path / "dev-backups"
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "prodn": {"connection": "ssh", "project_dir": str(tmp_path / "proj"), "ssh": ssh_block(ssh_server),
+                  "postgres": {"host": "127.0.0.1", "port": pg.port, "database": dbname, "user": "bigskies",
+                               "password_env": PASSWORD_ENV, "bindir": str(bindir)}},
+        "dev": native_host(pg, dbname, dev_bdir)})
+    before = db_fingerprint(pg_sql, dbname)
+    r = cli("db.pull", "-i", str(inv), "--from", "prodn", "--to", "dev", "--restore", "--yes", env=env)
+    assert r.returncode == 1, r.stderr + r.stdout
+    assert "simulated failure" in r.stderr
+    pdir = dev_bdir / "prodn"
+    assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
+    m = [json.loads(p.read_text()) for p in pdir.glob("*.manifest.json")]
+    assert [x["status"] for x in m] == ["FAILED"] and m[0]["remote_exit_statuses"]["pg_dump"] == 1
+    assert db_fingerprint(pg_sql, dbname) == before
+    # the same host without the broken pg_dump: ssh-native backup on the host works
+    txt = Path(inv).read_text().replace(str(bindir), PG_BINDIR)
+    Path(inv).write_text(txt)
+    r = cli("db.backup", "-i", str(inv), "--host", "prodn", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert len(_archives(tmp_path / "proj" / "backups/database")) == 1
+
+
+def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_container, ssh_server, env):
+    w = world
+    dev_before = db_fingerprint(pg_sql, w.dev_db)
+    with TableLock(pg_container, w.prod_db):
+        p = subprocess.Popen(
+            [os.sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev",
+             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[1]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: pg_dump_waiting(pg_container, w.prod_db), 60, "pg_dump blocked on the lock")
+            # CONTRACTS s.3: while pg_dump is held, no command line on either end carries the password
+            # (both ends are this machine; the remote one is sshd's child tree and the container's)
+            assert not _cmdlines_with(PROD_PW)
+            assert kill_ssh_sessions(ssh_server)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert p.returncode == 1, err + out
+    assert "SSH connection was lost" in err or "connection" in err.lower(), err
+    pdir = w.dev_bdir / "prod"
+    assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
+    assert db_fingerprint(pg_sql, w.dev_db) == dev_before
+
+
+def _cmdlines_with(secret: str) -> list[str]:
+    hits = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if secret.encode() in cmd:
+                hits.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
+    return hits
+
+
+def test_stalled_transfer_times_out_with_a_clear_error(world, pg_container, env):
+    w = world
+    w.hosts["prod"]["backup"] = {"dir": "backups", "stall_timeout": 3}
+    inv = w.write()
+    with TableLock(pg_container, w.prod_db):
+        t0 = time.monotonic()
+        r = cli("db.pull", "-i", str(inv), "--from", "prod", "--to", "dev", env=env, timeout=120)
+        took = time.monotonic() - t0
+    assert r.returncode == 1, r.stderr
+    assert "for 3 s (backup.stall_timeout)" in r.stderr and took < 60
+    assert _archives(w.dev_bdir / "prod") == [] and not list((w.dev_bdir / "prod").glob("*.partial"))
+
+
+def test_file_name_with_shell_metacharacters_stays_literal_on_both_sides(world, env):
+    w = world
+    w.prod_bdir.mkdir()
+    name = "x; rm -rf y.sql.gz"
+    payload = gzip.compress(b"-- not really a dump\n" * 1000)
+    (w.prod_bdir / name).write_bytes(payload)
+    (w.prod_bdir / "y.sql.gz").write_bytes(b"remote canary")
+    local = w.dev_bdir / "prod"
+    local.mkdir(parents=True)
+    (local / "y.sql.gz").write_bytes(b"local canary")
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", name, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (local / name).read_bytes() == payload
+    assert (w.prod_bdir / "y.sql.gz").read_bytes() == b"remote canary"
+    assert (local / "y.sql.gz").read_bytes() == b"local canary"
+    assert (w.prod_bdir / name).read_bytes() == payload
+
+
+def test_psql_on_prod_gets_a_real_terminal_and_is_read_only(world, env):
+    import pty
+    import select
+    w = world
+    master, slave = pty.openpty()
+    p = subprocess.Popen([os.sys.executable, "-m", "bigskies_ops", "db.psql", "-i", str(w.inv), "--host", "prod"],
+                         stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    os.close(slave)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and b"=#" in out:
+                os.write(master, b"\\pset pager off\nSELECT 6 * 7 AS the_answer;\nDELETE FROM users;\n\\q\n")
+                sent = True
+            if p.poll() is not None:
+                break
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert sent, text
+    assert "the_answer" in text and "42" in text, text
+    assert "read-only transaction" in text, text
+    assert p.returncode == 0, text

@@ -1,0 +1,189 @@
+"""The SSH runner against a real OpenSSH server on loopback (tests/infra/sshd.py).
+
+Host keys are checked against the test's own known_hosts; every bad connection
+input gives a clear message, the documented exit code, and harms nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops.errors import BigskiesError
+from bigskies_ops.inventory import parse
+from bigskies_ops.ssh import (ENV_MARK, HostKeyError, SSHError, SSHRunner, pipeline_script, stage_statuses)
+from tests.conftest import cli, write_inventory
+from tests.pgcheck import dir_hashes
+from tests.remote_helpers import ssh_block
+
+pytestmark = pytest.mark.usefixtures("ssh_server")
+
+
+def _host(srv, tmp_path, name="prod", **ssh):
+    doc = {"hosts": {name: {"connection": "ssh", "project_dir": str(tmp_path / "proj"),
+                            "ssh": ssh_block(srv, **ssh), "backup": {"dir": "backups", "stall_timeout": 20}}}}
+    return parse(doc, tmp_path / "inv.yaml").hosts[name]
+
+
+# ----------------------------------------------------------------------------- pure
+def test_command_line_quotes_every_word_and_keeps_secrets_off_it(tmp_path, ssh_server, monkeypatch):
+    h = _host(ssh_server, tmp_path, become=True, become_password_env="BIGSKIES_TEST_SUDO_PW")
+    monkeypatch.setenv("BIGSKIES_TEST_SUDO_PW", "sudo-pw; $(reboot)")
+    r = SSHRunner(h)
+    line, prefix = r.command_line(["pg_dump", "x; rm -rf y.sql.gz"], env={"PGPASSWORD": "pw'\" $HOME"})
+    assert shlex.split(line)[:5] == ["sudo", "-S", "-p", "", "--"]
+    assert shlex.split(line)[-2:] == ["pg_dump", "x; rm -rf y.sql.gz"]
+    assert "pw'" not in line and "sudo-pw" not in line and "PGPASSWORD" not in line
+    assert prefix == b"sudo-pw; $(reboot)\n" + ENV_MARK.encode() + b"\nPGPASSWORD=pw'\" $HOME\n\n"
+    plain = SSHRunner(_host(ssh_server, tmp_path))
+    assert plain.command_line(["ls", "a b"]) == ("ls 'a b'", b"")
+
+
+def test_pipeline_script_reports_each_stage_and_quotes_paths():
+    s = pipeline_script([["pg_dump", "--dbname", "my db"], ["gzip", "-1"]], stdout_path="/b/x; rm -rf y.partial")
+    assert "{ pg_dump --dbname 'my db'; echo \"@@bigskies_rc 0 $?\" >&2; }" in s
+    assert s.endswith("> '/b/x; rm -rf y.partial'")
+    rcs, rest = stage_statuses("boom\n@@bigskies_pgid 77\n@@bigskies_rc 1 0\n@@bigskies_rc 0 1\n", 2)
+    assert rcs == [1, 0] and rest == "boom"
+
+
+# ----------------------------------------------------------------------------- real sshd
+def test_runner_commands_env_and_files_with_shell_metacharacters(tmp_path, ssh_server):
+    h = _host(ssh_server, tmp_path)
+    d = tmp_path / "remote dir"
+    canary = d / "y.sql.gz"
+    name = "x; rm -rf y.sql.gz"
+    with SSHRunner(h) as r:
+        r.makedirs(str(d))
+        canary.write_bytes(b"canary")
+        assert r.run(["echo", name]).text == name + "\n"
+        out = r.run(["sh", "-c", 'printf %s "$SECRET"'], env={"SECRET": "a b'c\"$x`id`"}).text
+        assert out == "a b'c\"$x`id`"
+        big = os.urandom(3_000_000)
+        assert r.run(["cat"], input=big, env={"A": "1"}).stdout == big  # stdin after the env preamble intact
+        r.write_atomic(str(d / name), b"payload\n", mode=0o600)
+        assert (d / name).read_bytes() == b"payload\n" and oct((d / name).stat().st_mode & 0o777) == "0o600"
+        assert name in r.listdir(str(d)) and r.exists(str(d / name)) and r.size(str(d / name)) == 8
+        with r.open_read(str(d / name), 3) as f:
+            assert f.read(100) == b"load\n"
+        assert r.create_exclusive(str(d / "lock"), b"1") is True
+        assert r.create_exclusive(str(d / "lock"), b"2") is False
+        assert r.link_noreplace(str(d / "lock"), str(d / name)) is False
+        assert r.sha256(str(d / name))[1] == 8
+        r.remove(str(d / name))
+        rc = r.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+        assert (rc.returncode, rc.text, rc.stderr) == (3, "out\n", "err\n")
+    assert canary.read_bytes() == b"canary" and not (d / name).exists()
+
+
+def test_become_runs_under_sudo_n_and_sudo_s_without_leaking_the_password(tmp_path, ssh_server, monkeypatch):
+    with SSHRunner(_host(ssh_server, tmp_path, become=True)) as r:
+        out = r.run(["sh", "-c", 'echo "$SUDO_COMMAND|$SUDO_USER"']).text
+        assert out.startswith("/usr/bin/sh -c") or out.startswith("/bin/sh -c"), out
+        assert out.strip().endswith("|root")
+    monkeypatch.setenv("BIGSKIES_TEST_SUDO_PW", "the-sudo-password")
+    h = _host(ssh_server, tmp_path, become=True, become_password_env="BIGSKIES_TEST_SUDO_PW")
+    with SSHRunner(h) as r:
+        # root needs no password, so sudo -S leaves the line unread: the preamble must drop it
+        assert r.run(["cat"], input=b"only this").stdout == b"only this"
+        assert "the-sudo-password" not in r.run(["sh", "-c", "env; cat /proc/$$/cmdline"]).text
+        assert r.run(["id", "-u"]).text.strip() == "0"
+
+
+def test_ssh_config_alias_and_jump_host_use_the_same_host_key_policy(tmp_path, ssh_server):
+    doc = {"hosts": {"viaconf": {"connection": "ssh", "project_dir": "/tmp",
+                                 "ssh": {"config_alias": ssh_server.alias, "config_file": str(ssh_server.ssh_config)}},
+                     "viajump": {"connection": "ssh", "project_dir": "/tmp",
+                                 "ssh": ssh_block(ssh_server, gateway=f"root@127.0.0.1:{ssh_server.port}")}}}
+    inv = parse(doc, tmp_path / "inv.yaml")
+    with SSHRunner(inv.hosts["viaconf"]) as r:   # known_hosts from the config's UserKnownHostsFile
+        assert r.run(["echo", "ok"]).text == "ok\n"
+    src = tmp_path / "bulk source"
+    src.write_bytes(os.urandom(2_000_000))
+    dst = tmp_path / "bulk copy"
+    dst.write_bytes(b"head:")
+    with SSHRunner(inv.hosts["viajump"]) as r:
+        assert r.run(["echo", "ok"]).text == "ok\n"
+        # bulk bytes through OpenSSH: same known_hosts, strict checking, and the jump host too
+        argv = r.openssh_argv("true")
+        assert f"UserKnownHostsFile={ssh_server.known_hosts}" in argv and "StrictHostKeyChecking=yes" in argv
+        proxy = [a for a in argv if a.startswith("ProxyCommand=")]
+        assert proxy and "StrictHostKeyChecking=yes" in proxy[0] and "-W" in proxy[0]
+        assert r.fetch_to_file(str(src), str(dst), offset=5) == 2_000_000 - 5
+    assert dst.read_bytes() == b"head:" + src.read_bytes()[5:]
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    doc["hosts"]["viajump"]["ssh"]["known_hosts_file"] = str(empty)
+    with pytest.raises(HostKeyError, match="unknown"):
+        with SSHRunner(parse(doc, tmp_path / "inv.yaml").hosts["viajump"]) as r:
+            r.run(["true"])
+
+
+# ----------------------------------------------------------------------------- bad inputs (CLI)
+@pytest.fixture
+def remote_inv(tmp_path, ssh_server):
+    """An inventory with one SSH host 'prod' (no PostgreSQL needed for db.list) and a canary backup dir."""
+    proj = tmp_path / "proj"
+    bdir = proj / "backups"
+    bdir.mkdir(parents=True)
+    (bdir / "keep.sql.gz").write_bytes(b"precious")
+
+    def make(**ssh):
+        return write_inventory(tmp_path / "inv.yaml", {"prod": {
+            "connection": "ssh", "project_dir": str(proj), "ssh": ssh_block(ssh_server, **ssh)}})
+    return make, bdir
+
+
+def _assert_unharmed(bdir, before):
+    assert dir_hashes(bdir) == before
+
+
+@pytest.mark.parametrize("case,code,message", [
+    ("unknown", 3, "host key of [127.0.0.1]:{port} is unknown"),
+    ("changed", 3, "host key CHANGED"),
+    ("auth", 1, "authentication refused"),
+    ("not_listening", 1, "connection refused (is sshd listening"),
+])
+def test_bad_connections_are_refused_with_a_clear_message(remote_inv, ssh_server, cli_env, tmp_path, case, code,
+                                                          message):
+    make, bdir = remote_inv
+    before = dir_hashes(bdir)
+    kh = tmp_path / "kh"
+    if case == "unknown":
+        kh.write_text("")
+        inv = make(known_hosts_file=str(kh))
+    elif case == "changed":
+        other = tmp_path / "other_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        kt, b64 = Path(str(other) + ".pub").read_text().split()[:2]
+        kh.write_text(f"[127.0.0.1]:{ssh_server.port} {kt} {b64}\n")
+        inv = make(known_hosts_file=str(kh))
+    elif case == "auth":
+        wrong = tmp_path / "wrong_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+        inv = make(key_filename=str(wrong))
+    else:
+        from tests.infra.sshd import free_port
+        inv = make(port=free_port())
+    r = cli("db.list", "-i", str(inv), "--host", "prod", env=cli_env, timeout=60)
+    assert r.returncode == code, r.stderr + r.stdout
+    assert message.format(port=ssh_server.port) in r.stderr
+    assert "Traceback" not in r.stderr
+    _assert_unharmed(bdir, before)
+
+
+def test_host_key_checking_off_works_and_warns_on_every_run(remote_inv, cli_env, tmp_path):
+    make, bdir = remote_inv
+    kh = tmp_path / "kh"
+    kh.write_text("")
+    inv = make(known_hosts_file=str(kh), host_key_checking=False)
+    for _ in range(2):
+        r = cli("db.list", "-i", str(inv), "--host", "prod", "--json", env=cli_env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "host key checking is OFF for prod" in r.stderr
+        assert json.loads(r.stdout)["backups"] == []
+    assert kh.read_text() == ""  # the accepted key was not written anywhere

@@ -1,0 +1,447 @@
+"""The docker-compose stack on real podman + podman-compose: lifecycle tasks, the data
+volume, coordinators around a restore (also on SIGTERM), roles, scenarios, bad inputs.
+
+One compose project (tests/infra/compose_stack.py) serves the module; every name
+carries a random suffix and everything is removed at teardown (checked). Data is
+compared with the test's own psql (tests/pgcheck.py) through ``podman exec``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli, write_inventory
+from tests.infra import compose_stack as cs
+from tests.infra.podman import PG_BINDIR
+from tests.pgcheck import db_fingerprint, dir_hashes
+
+pytest_plugins = ["tests.infra.fixtures"]
+
+DB = "bigskies"
+
+
+# ------------------------------------------------------------------ helpers
+class Stack:
+    def __init__(self, root: Path, suffix: str, env: dict):
+        self.root, self.suffix, self.env = root, suffix, env
+        self.n = cs.names(suffix)
+        self.backups = root / "backups"
+        self.inv = root / "inventory.yaml"
+
+    def host(self, **over) -> dict:
+        h = {"connection": "local", "project_dir": str(self.root / "project"),
+             "container": {"name": self.n["postgres"], "engine_command": "podman"},
+             "compose": {"command": "podman-compose", "file": "docker-compose.yml", "volume": "postgres_data",
+                         "project_name": self.n["project"]},
+             "coordinators": ["bootstrap", "datastore"],
+             "postgres": {"database": DB, "user": "bigskies", "bindir": PG_BINDIR},
+             "backup": {"dir": str(self.backups), "roles": True},
+             "migrations": {"dir": str(REPO / "configs" / "sql")}}
+        for k, v in over.items():
+            h[k] = {**h[k], **v} if isinstance(v, dict) and isinstance(h.get(k), dict) else v
+        return h
+
+    def inventory(self, name: str = "inventory.yaml", **over) -> Path:
+        return write_inventory(self.root / name, {"stack": self.host(**over)})
+
+    def cli(self, *args, inv: Path | None = None, timeout: float = 300):
+        return cli(*args, "-i", str(inv or self.inv), env=self.env, timeout=timeout)
+
+    def psql(self, sql: str, database: str = DB) -> str:
+        r = cs.podman(self.env, "exec", "-i", self.n["postgres"], f"{PG_BINDIR}/psql", "-X", "-q", "-A", "-t",
+                      "-v", "ON_ERROR_STOP=1", "-U", "bigskies", "-d", database, "-c", sql)
+        if r.returncode != 0:
+            raise AssertionError(f"test psql failed: {r.stderr}")
+        return r.stdout
+
+    def fingerprint(self) -> dict:
+        return db_fingerprint(self.psql, DB)
+
+    def state(self, service: str) -> str:
+        r = cs.podman(self.env, "ps", "-a", "--filter", f"label=com.docker.compose.project={self.n['project']}",
+                      "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Names}}")
+        names = r.stdout.split()
+        if not names:
+            return "absent"
+        return cs.podman(self.env, "inspect", "--format", "{{.State.Status}}", names[0]).stdout.strip()
+
+    def volume_exists(self) -> bool:
+        return cs.podman(self.env, "volume", "inspect", self.n["volume"]).returncode == 0
+
+    def sessions(self) -> set[tuple[str, str]]:
+        out = self.psql("SELECT DISTINCT application_name || '|' || usename FROM pg_stat_activity "
+                        f"WHERE datname = '{DB}' AND application_name IN ('bootstrap', 'datastore')", "postgres")
+        return {tuple(line.split("|")) for line in out.split()}
+
+    def wait_sessions(self, want: set, timeout: float = 40) -> set:
+        deadline = time.monotonic() + timeout
+        got: set = set()
+        while time.monotonic() < deadline:
+            try:
+                got = self.sessions()
+            except AssertionError:
+                got = set()
+            if want <= got:
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"coordinator sessions {want} not in pg_stat_activity of {DB!r}; got {got}")
+
+    def harmless(self):
+        """(fingerprint, backup folder hashes, volume exists, service states) for "nothing harmed"."""
+        return (self.fingerprint(), dir_hashes(self.backups), self.volume_exists(),
+                {s: self.state(s) for s in ("postgres", "bootstrap", "datastore")})
+
+
+COORD_SESSIONS = {("bootstrap", "bigskies"), ("datastore", "bigskies_datastore")}
+
+
+def _setup_data(st: Stack) -> None:
+    from bigskies_ops.sampledata import sample_data_sql
+    r = subprocess.run(["podman", "exec", "-i", st.n["postgres"], f"{PG_BINDIR}/psql", "-X", "-q",
+                        "-v", "ON_ERROR_STOP=1", "-U", "bigskies", "-d", DB],
+                       input=sample_data_sql(1).encode(), env=st.env, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    st.psql("CREATE ROLE bigskies_datastore LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO bigskies_datastore;"
+            " COMMENT ON ROLE bigskies_datastore IS 'datastore coordinator'")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, podman_env, pg_base_image, cli_env_module):
+    suffix = uuid.uuid4().hex[:8]
+    root = tmp_path_factory.mktemp(f"stack{suffix}")
+    os.chmod(root, 0o755)
+    cs.write_project(root / "project", suffix, REPO / "configs" / "sql")
+    env = {**cli_env_module, "CONTAINERS_CONF": podman_env["CONTAINERS_CONF"]}
+    old_conf = os.environ.get("CONTAINERS_CONF")
+    os.environ["CONTAINERS_CONF"] = podman_env["CONTAINERS_CONF"]  # in-process library calls
+    st = Stack(root, suffix, env)
+    st.inventory()
+    try:
+        r = st.cli("docker.up", "--wait-migrations", "--timeout", "90")
+        st.first_up = r
+        assert r.returncode == 0, r.stdout + r.stderr
+        _setup_data(st)
+        st.wait_sessions(COORD_SESSIONS)
+        yield st
+    finally:
+        left = cs.teardown(podman_env, st.n["project"], images=(st.n["image"],))
+        if old_conf is None:
+            os.environ.pop("CONTAINERS_CONF", None)
+        else:
+            os.environ["CONTAINERS_CONF"] = old_conf
+        assert not any(left.values()), f"left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def cli_env_module():
+    env = dict(os.environ)
+    env.pop("BIGSKIES_INVENTORY", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["COLUMNS"] = "200"
+    return env
+
+
+# ------------------------------------------------------------------ lifecycle
+def test_up_waited_for_postgres_and_the_bootstrap_migrations(stack):
+    out = stack.first_up.stdout + stack.first_up.stderr
+    assert "Waiting for PostgreSQL" in out and "schema_migrations at 5 (005_observations.sql)" in out
+    assert stack.psql("SELECT max(version) FROM schema_migrations").strip() == "5"
+    r = stack.cli("docker.ps", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {s["service"]: s for s in json.loads(r.stdout)["services"]}
+    assert {k: v["state"] for k, v in rows.items()} == {"postgres": "running", "bootstrap": "running",
+                                                        "datastore": "running"}
+    assert rows["postgres"]["containers"] == [stack.n["postgres"]]
+    assert rows["bootstrap"]["coordinator"] and not rows["postgres"]["coordinator"]
+
+
+def test_volume_shows_real_name_size_and_creation_time(stack):
+    r = stack.cli("db.volume", "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["name"] == f"bsst{stack.suffix}_postgres_data" and v["exists"] is True
+    assert v["key"] == "postgres_data" and v["project"] == f"bsst{stack.suffix}"
+    assert v["size_bytes"] > 10_000_000 and v["created_at"].endswith("Z")
+    assert v["warnings"] == []
+    human = stack.cli("db.volume")
+    assert f"Name: bsst{stack.suffix}_postgres_data" in human.stdout and "Exists: yes" in human.stdout
+
+
+def test_volume_warns_when_the_data_directory_is_a_bind_mount(stack, tmp_path):
+    from bigskies_ops import compose as cmp, stack as stk
+    from bigskies_ops.inventory import parse
+    inv = parse({"hosts": {"stack": stack.host()}}, stack.inv)
+    project = cmp.Project("p", {"postgres": {"container_name": stack.n["postgres"],
+                                             "volumes": ["./pgdata:/var/lib/postgresql"]}},
+                          {"postgres_data": {"name": "p_postgres_data"}})
+    warnings = stk._data_dir_warnings(stk.runner_for(inv.hosts["stack"]), inv.hosts["stack"], project,
+                                      "postgres_data")
+    assert len(warnings) == 1, warnings
+    assert "/var/lib/postgresql/data" in warnings[0] and "bind mount of ./pgdata" in warnings[0]
+    assert "Volume Not Persisting" in warnings[0]
+
+
+def test_data_survives_down_build_and_up(stack):
+    before = stack.fingerprint()
+    r = stack.cli("docker.down")
+    assert r.returncode == 0, r.stderr
+    assert {s: stack.state(s) for s in ("postgres", "bootstrap", "datastore")} == \
+        {"postgres": "absent", "bootstrap": "absent", "datastore": "absent"}
+    assert stack.volume_exists()
+    r = stack.cli("docker.build")
+    assert r.returncode == 0, r.stderr
+    assert stack.n["image"] in r.stdout
+    label = cs.podman(stack.env, "image", "inspect", "--format", "{{index .Labels \"org.bigskies.role\"}}",
+                      stack.n["image"]).stdout.strip()
+    assert label == "coordinator"
+    r = stack.cli("docker.up")
+    assert r.returncode == 0, r.stderr
+    assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
+    r = stack.cli("docker.restart")
+    assert r.returncode == 0, r.stderr
+    assert stack.fingerprint() == before
+
+
+def test_logs_of_one_service(stack):
+    r = stack.cli("docker.logs", "bootstrap", "--tail", "50")
+    assert r.returncode == 0, r.stderr
+    assert "migrations done" in r.stdout
+
+
+# ------------------------------------------------------------------ coordinators around a restore
+def test_restore_stops_and_restarts_coordinators_and_they_reconnect(stack):
+    r = stack.cli("db.backup", "--label", "before coordinator restore")
+    assert r.returncode == 0, r.stderr
+    archive = sorted(p for p in os.listdir(stack.backups) if p.endswith(".sql.gz"))[-1]
+    before = stack.fingerprint()
+    stack.psql("DELETE FROM coordinator_config_history; UPDATE users SET email = 'x' || id || '@example.org'")
+    assert stack.fingerprint() != before
+    r = stack.cli("db.restore", "--file", archive, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Stopping coordinators: bootstrap, datastore" in r.stderr
+    assert "Starting coordinators again: bootstrap, datastore" in r.stderr
+    assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
+    assert stack.state("bootstrap") == stack.state("datastore") == "running"
+
+
+def test_sigterm_mid_restore_starts_the_coordinators_again(stack):
+    r = stack.cli("db.backup", "--label", "sigterm test")
+    assert r.returncode == 0, r.stderr
+    archive = sorted(p for p in os.listdir(stack.backups) if p.endswith(".sql.gz"))[-1]
+    stack.psql("UPDATE users SET email = 'sigterm' || id || '@example.org'")
+    before = stack.fingerprint()
+    # A test session holds a lock on the database object (COMMENT ON DATABASE takes
+    # ShareUpdateExclusive until commit): new connections still work, but the restore's
+    # rename blocks, exactly while its coordinators are stopped.
+    holder = subprocess.Popen(["podman", "exec", "-i", stack.n["postgres"], f"{PG_BINDIR}/psql", "-X", "-q",
+                               "-U", "bigskies", "-d", "postgres"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=stack.env)
+    holder.stdin.write(f"BEGIN; COMMENT ON DATABASE {DB} IS 'held by the test'; SELECT 1;\n".encode())
+    holder.stdin.flush()
+    proc = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", "--file", archive, "--yes",
+                             "-i", str(stack.inv)], env=stack.env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            waiting = stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND query LIKE 'ALTER DATABASE%RENAME%'", "postgres").strip()
+            if waiting == "1":
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the restore never reached the swap")
+        assert stack.state("bootstrap") == stack.state("datastore") == "exited"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        holder.stdin.write(b"ROLLBACK;\n\\q\n")
+        holder.stdin.close()
+        holder.wait(30)
+    assert proc.returncode == 143, err
+    assert "Starting coordinators again: bootstrap, datastore" in err and "terminated (SIGTERM)" in err
+    assert stack.state("bootstrap") == stack.state("datastore") == "running"
+    stack.wait_sessions(COORD_SESSIONS)
+    assert stack.fingerprint() == before  # the swap never happened
+    left = stack.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'bigskies\\_restoring\\_%'", "postgres")
+    assert left.strip() == "0"
+
+
+# ------------------------------------------------------------------ purge, up, restore (scenario 3)
+def test_purge_takes_a_backup_first_then_the_volume_is_gone_and_restore_brings_data_back(stack):
+    before = stack.fingerprint()
+    r = stack.cli("docker.purge", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "This will be lost:" in r.stdout and stack.n["volume"] in r.stdout
+    assert not stack.volume_exists()
+    assert {s: stack.state(s) for s in ("postgres", "bootstrap", "datastore")} == \
+        {"postgres": "absent", "bootstrap": "absent", "datastore": "absent"}
+    mans = [json.loads((stack.backups / m).read_text()) for m in os.listdir(stack.backups)
+            if m.endswith(".manifest.json")]
+    pre = [m for m in mans if m["kind"] == "pre-purge"]
+    assert len(pre) == 1 and pre[0]["status"] == "DONE" and pre[0]["roles_file"] == pre[0]["archive"] + ".roles.sql"
+    roles = stack.backups / pre[0]["roles_file"]
+    assert oct(roles.stat().st_mode & 0o777) == "0o600"
+    assert "CREATE ROLE bigskies_datastore;" in roles.read_text() and "PASSWORD" not in roles.read_text()
+
+    r = stack.cli("docker.up", "--wait-migrations")
+    assert r.returncode == 0, r.stderr
+    assert stack.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'bigskies_datastore'").strip() == "0"
+    r = stack.cli("db.restore", "--file", pre[0]["archive"], "--roles", "--yes", "--terminate-sessions")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Roles created" in r.stderr and "bigskies_datastore" in r.stderr
+    assert stack.fingerprint() == before
+    assert stack.psql("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles "
+                      "WHERE rolname = 'bigskies_datastore'").strip() == "datastore coordinator"
+    stack.wait_sessions(COORD_SESSIONS)  # datastore logs in as the restored role
+
+
+def test_scenario_complete_reset_prints_steps_and_brings_back_a_working_stack(stack):
+    before = stack.fingerprint()
+    created = cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}", stack.n["volume"]).stdout
+    r = stack.cli("scenario.complete-reset", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for step in ("Step 1/4: Purge", "Step 2/4: Rebuild images", "Step 3/4: Start fresh", "Step 4/4: Restore"):
+        assert step in r.stdout
+    assert cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}",
+                     stack.n["volume"]).stdout != created
+    assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
+
+
+def test_scenario_fresh_start_keeps_the_data(stack):
+    before = stack.fingerprint()
+    r = stack.cli("scenario.fresh-start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Step 5/5: Verify the data is intact" in r.stdout and "tables intact" in r.stdout
+    assert stack.fingerprint() == before
+
+
+# ------------------------------------------------------------------ bad input
+def _bad(stack, args, inv, code, *needles):
+    before = stack.harmless()
+    r = stack.cli(*args, inv=inv)
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    for n in needles:
+        assert n in r.stderr, r.stderr
+    assert stack.harmless() == before
+    return r
+
+
+def test_compose_file_missing_is_exit_2(stack):
+    inv = stack.inventory("inv-nofile.yaml", compose={"file": "nope-compose.yml"})
+    _bad(stack, ["docker.purge", "--yes"], inv, 2, "compose file", "nope-compose.yml", "not found")
+
+
+def test_compose_command_not_installed_is_exit_2(stack):
+    inv = stack.inventory("inv-nocmd.yaml", compose={"command": "podman-compose-not-installed"})
+    _bad(stack, ["docker.down"], inv, 2, "podman-compose-not-installed", "is not installed")
+
+
+def test_coordinator_that_is_not_a_service_is_exit_2_and_nothing_restored(stack):
+    inv = stack.inventory("inv-coord.yaml", coordinators=["bootstrap", "scheduler"])
+    _bad(stack, ["db.restore", "--file", "latest", "--yes"], inv, 2, "scheduler", "is not a service",
+         "bootstrap, datastore, postgres")
+
+
+def test_purge_on_a_protected_host_is_refused(stack):
+    inv = stack.inventory("inv-prot.yaml", protected=True)
+    _bad(stack, ["docker.purge", "--yes"], inv, 3, "protected", "--force-protected --confirm bigskies")
+
+
+def test_purge_without_backup_needs_confirmation_even_with_a_terminal_on_stdout(stack):
+    """stdout/stderr on a pty (a TTY heuristic would fire), stdin not a terminal: refused."""
+    import pty
+    before = stack.harmless()
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "docker.purge", "--no-backup",
+                              "-i", str(stack.inv)], env=stack.env, cwd=REPO, stdin=subprocess.DEVNULL,
+                             stdout=slave, stderr=slave)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+        rc = p.wait(120)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
+    assert rc == 3, out
+    assert "WITHOUT a backup" not in out or "pass --yes" in out
+    assert "pass --yes" in out and "NO backup will be taken" in out
+    assert stack.harmless() == before
+
+
+def test_purge_when_the_pre_purge_backup_fails_purges_nothing(stack, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    inv = stack.inventory("inv-badbackup.yaml", backup={"dir": str(blocker / "backups")})
+    _bad(stack, ["docker.purge", "--yes"], inv, 1, "pre-purge backup failed, nothing was purged")
+
+
+def test_postgres_never_ready_times_out_with_its_last_log_lines(stack, podman_env):
+    suffix = uuid.uuid4().hex[:8]
+    message = f"FATAL: test-{suffix} data directory has wrong ownership"
+    root = stack.root / f"broken{suffix}"
+    cs.write_broken_project(root, suffix, message)
+    inv = write_inventory(stack.root / "inv-broken.yaml", {"broken": {
+        "connection": "local", "project_dir": str(root),
+        "container": {"name": f"bsbr{suffix}-postgres", "engine_command": "podman"},
+        "compose": {"command": "podman-compose", "project_name": f"bsbr{suffix}"},
+        "postgres": {"bindir": PG_BINDIR}, "backup": {"dir": str(root / "b")}}})
+    try:
+        t0 = time.monotonic()
+        r = stack.cli("docker.up", "--timeout", "4", inv=inv)
+        assert r.returncode == 1, r.stderr
+        assert "did not accept connections within 4 s" in r.stderr and message in r.stderr
+        assert time.monotonic() - t0 < 60
+    finally:
+        left = cs.teardown(podman_env, f"bsbr{suffix}")
+    assert not any(left.values()), left
+
+
+# ------------------------------------------------------------------ scenarios 1 and 5
+def test_scenario_before_risky_change_backs_up_restarts_and_says_how_to_go_back(stack):
+    n = len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")])
+    r = stack.cli("scenario.before-risky-change", "--restart", "bootstrap")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Step 1/3: Back up" in r.stdout and "Step 2/3: Make the change: restart service 'bootstrap'" in r.stdout
+    assert "If something breaks, restore: inv db.restore" in r.stdout
+    assert len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")]) == n + 1
+    stack.wait_sessions(COORD_SESSIONS)
+
+
+def test_scenario_recover_corruption_recreates_the_volume_and_restores(stack):
+    before = stack.fingerprint()
+    created = cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}", stack.n["volume"]).stdout
+    r = stack.cli("scenario.recover-corruption", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for step in ("Step 1/6: Stop the coordinators", "Step 2/6: Try to back up", "Step 3/6: Delete the data volume",
+                 "Step 5/6: Wait for the bootstrap migrations", "Step 6/6: Restore"):
+        assert step in r.stdout
+    assert cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}",
+                     stack.n["volume"]).stdout != created
+    assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
