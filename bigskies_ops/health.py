@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .catalog import Backup, human_bytes, iso, list_backups, parse_iso, utcnow
-from .errors import BigskiesError
 from .inventory import Host
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"

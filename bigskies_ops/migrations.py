@@ -653,7 +653,7 @@ def apply_non_transactional(access: PostgresAccess, database: str, f: MigrationF
     if invalid:
         text += (f"INVALID index(es) left behind: {', '.join(invalid)} (drop them with DROP INDEX CONCURRENTLY "
                  f"before rerunning). ")
-    text += f"Fix the file and rerun `inv db.migrate`: it resumes at the first statement not applied."
+    text += "Fix the file and rerun `inv db.migrate`: it resumes at the first statement not applied."
     raise MigrationError(text)
 
 
@@ -669,6 +669,7 @@ class MigrateResult:
     head: int | None = None
     check: bool = False
     baselined: list[int] = field(default_factory=list)
+    would_refuse: str | None = None      # --check: the refusal a real run would hit (exit 0 anyway)
 
     @property
     def word(self) -> str:
@@ -677,7 +678,8 @@ class MigrateResult:
     def to_json(self) -> dict:
         return {"result": self.word, "host": self.host, "database": self.database, "applied": self.applied,
                 "pending": self.pending, "backup": self.backup, "waited_for_lock_s": round(self.waited_s, 3),
-                "head": self.head, "check": self.check, "baselined": self.baselined}
+                "head": self.head, "check": self.check, "baselined": self.baselined,
+                "would_refuse": self.would_refuse}
 
 
 def _desc(f: MigrationFile) -> dict:
@@ -852,6 +854,18 @@ def _refuse_bad(p: Plan, host: Host) -> None:
 
 
 def _dry_run(res, files, state, to, baseline, host, fail_if_pending) -> MigrateResult:
+    """--check (CONTRACTS.md s.5: a dry run always exits 0, so a refusal a real run would hit
+    is reported in ``would_refuse``) and --fail-if-pending (raises on anything not clean)."""
+    try:
+        return _dry_run_inner(res, files, state, to, baseline, host, fail_if_pending)
+    except MigrationError as e:
+        if fail_if_pending or e.exit_code == EXIT_USAGE:
+            raise
+        res.would_refuse = str(e)
+        return res
+
+
+def _dry_run_inner(res, files, state, to, baseline, host, fail_if_pending) -> MigrateResult:
     rows = state.rows
     if baseline is not None:
         rows = {**{f.version: {"checksum": f.checksum} for f in files if f.version <= baseline}, **rows}

@@ -317,7 +317,6 @@ class RunnerStore:
 
 def _ssh_host_for(t: Target, inv) -> tuple[Host, str]:
     """The Host to reach an SSH target through, and the target's root folder there."""
-    from dataclasses import replace
     from .inventory import SSHSettings
     if inv is not None and t.ssh_host in inv.hosts:
         h = inv.hosts[t.ssh_host]
@@ -551,8 +550,6 @@ def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
 def verify_remote(host: Host, target: str, spec: str | None, all_: bool, *, notify=print, inv=None):
     """Read each selected object back and compare its sha256 with the one stored with it and
     with the manifest's (remote and, when present, local). Records the result locally."""
-    from .runners import LocalRunner
-    from .verify import VerifyResult
     [t] = targets(host, target)
     store = store_for(t, inv)
     try:
@@ -648,21 +645,32 @@ def fetch(host: Host, target: str, spec: str | None, *, notify=print, inv=None) 
         ArchiveError: the copy does not match (the ``.partial`` is removed).
         OffsiteError: the target is unreachable or refuses us.
     """
-    from .runners import LocalRunner
     [t] = targets(host, target)
     store = store_for(t, inv)
     try:
-        return _fetch(host, t, store, spec, notify)
+        return _fetch(host, t, store, spec, notify, inv)
     finally:
         store.close()
 
 
-def _fetch(host, t, store, spec, notify) -> str:
+def fetch_dir(host: Host, inv=None) -> str:
+    """Where fetched copies land on the control machine: the host's backup folder for a local
+    host; for an SSH host (whose backup folder is over there, or gone) a local folder
+    ``<inventory folder>/offsite-fetched/<host>``."""
+    if not host.is_remote:
+        return host.backup.dir
+    import tempfile
+    base = str(inv.base_dir) if inv is not None else tempfile.gettempdir()
+    return os.path.join(base, "offsite-fetched", host.name)
+
+
+def _fetch(host, t, store, spec, notify, inv=None) -> str:
     from .runners import LocalRunner
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     [r] = _choose(host, cat, spec, False)
     lr = LocalRunner()
-    d = host.backup.dir if r.origin == host.name else posixpath.join(host.backup.dir, r.origin)
+    base = fetch_dir(host, inv)
+    d = base if r.origin == host.name else posixpath.join(base, r.origin)
     lr.makedirs(d)
     final = posixpath.join(d, r.name)
     want = r.manifest.get("sha256")
@@ -685,7 +693,7 @@ def _fetch(host, t, store, spec, notify) -> str:
         if sha != meta or (want and sha != want):
             raise ArchiveError(f"{r.key}: the downloaded copy's sha256 does not match the one stored with it or "
                                f"the manifest's; not restoring it")
-        with host_lock(lr, host.backup.dir, host.name, r.database or host.postgres.database, "db.restore --from-offsite",
+        with host_lock(lr, base, host.name, r.database or host.postgres.database, "db.restore --from-offsite",
                        notify=notify):
             if not lr.link_noreplace(partial, final):
                 raise ArchiveError(f"{final} appeared while we were downloading; refusing to overwrite it")

@@ -518,8 +518,7 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                 offset = 0
             if offset:
                 notify(f"resuming {name} at byte {offset} of {want_size}")
-            _copy(runner, rpath, partial, offset, want_size, progress, src)
-            got_sha, got_size = _sha256_local(partial)
+            got_sha, got_size = _copy(runner, rpath, partial, offset, want_size, progress, src)
             if (got_sha, got_size) != (want_sha, want_size):
                 lr.remove(partial)
                 raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
@@ -567,11 +566,55 @@ def _sha256_local(path: str) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _copy(runner, rpath: str, partial: str, offset: int, total: int, progress, src: Host) -> None:
-    runner.fetch_to_file(rpath, partial, offset, progress=progress)
-    fd = os.open(partial, os.O_RDONLY)
+class _FollowHash(threading.Thread):
+    """Hash a local file from byte 0 while another process appends to it, then to its end:
+    the whole file as it is on disk is re-hashed, overlapping with the transfer."""
+
+    def __init__(self, path: str):
+        super().__init__(daemon=True)
+        self.path = path
+        self.done = threading.Event()
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                while True:
+                    b = f.read(CHUNK)
+                    if b:
+                        self.sha.update(b)
+                        self.size += len(b)
+                        continue
+                    if self.done.is_set():
+                        b = f.read()  # anything written after the last read
+                        self.sha.update(b)
+                        self.size += len(b)
+                        return
+                    time.sleep(0.05)
+        except BaseException as e:  # reported by the caller
+            self.error = e
+
+
+def _copy(runner, rpath: str, partial: str, offset: int, total: int, progress, src: Host) -> tuple[str, int]:
+    """Append ``rpath`` from ``offset`` to ``partial``; return (sha256, size) of the whole
+    partial file, read back from disk while the transfer runs."""
+    if not os.path.exists(partial):
+        open(partial, "ab").close()
+    hasher = _FollowHash(partial)
+    hasher.start()
     try:
-        os.fsync(fd)
+        runner.fetch_to_file(rpath, partial, offset, progress=progress)
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(posixpath.dirname(partial) or ".")
     finally:
-        os.close(fd)
-    fsync_dir(posixpath.dirname(partial) or ".")
+        hasher.done.set()
+        hasher.join()
+    if hasher.error is not None:
+        raise StorageError(f"re-reading {partial} failed: {hasher.error}")
+    return hasher.sha.hexdigest(), hasher.size

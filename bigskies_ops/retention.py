@@ -30,7 +30,7 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, SAFETY_KINDS, Backup, iso, list_backups,
+from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups,
                       parse_archive_name, utcnow)
 from .errors import SafetyError
 from .inventory import Host, RetentionSettings

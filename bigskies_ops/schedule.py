@@ -302,10 +302,11 @@ def _offsite_steps(inv: Inventory, host: Host, notify) -> list[Step]:
 
 
 def _verify_step(host: Host, notify) -> Step:
-    from .runners import LocalRunner
+    from .runners import runner_for
     from .verify import select, verify_backup
     try:
-        [b] = select(host, LocalRunner(), "latest", False)
+        with runner_for(host) as runner:
+            [b] = select(host, runner, "latest", False)
         r = verify_backup(host, b, restore_test=True, notify=notify, task="db.scheduled-run")
     except BigskiesError as e:
         return Step("verify latest --restore-test", "failed", str(e))

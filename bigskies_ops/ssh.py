@@ -39,9 +39,8 @@ import socket
 import sys
 import threading
 import time
-from typing import IO
 
-from .errors import BigskiesError, CommandError, StorageError, EXIT_FAILED, EXIT_REFUSED
+from .errors import BigskiesError, CommandError, StorageError, EXIT_REFUSED
 from .runners import Process, Result, Runner, redact_argv, tail
 
 READ_CHUNK = 256 * 1024          # bytes per channel recv (perf-baseline: 173 MB/s on loopback)
@@ -682,6 +681,7 @@ class SSHRunner(Runner):
             except ValueError:
                 pass
             i += 2
+        self._cache[("dir", path.rstrip("/") or "/")] = (expires, set(names))
         i += 1
         while i + 1 < len(parts) and parts[i]:
             self._cache[("read", posixpath.join(path, parts[i].decode("utf-8", "surrogateescape")))] = (
@@ -699,6 +699,9 @@ class SSHRunner(Runner):
         self._cache.clear()
 
     def exists(self, path: str) -> bool:
+        listed = self._cached("dir", posixpath.dirname(path.rstrip("/")) or "/")
+        if listed is not None:
+            return posixpath.basename(path.rstrip("/")) in listed
         return self.script('[ -e "$1" ] || [ -L "$1" ]', path, check=False).ok
 
     def size(self, path: str) -> int:

@@ -90,7 +90,7 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
     for b in backups:
         if spec in (b.name, b.path) or os.path.abspath(spec) == os.path.abspath(b.path):
             return [b]
-    if os.path.exists(spec):  # an archive outside the backup folder
+    if not host.is_remote and os.path.exists(spec):  # an archive outside the backup folder
         d, n = os.path.split(os.path.abspath(spec))
         man = read_manifest(runner, spec)
         return [Backup(d, n, man, os.path.getsize(spec))]
@@ -125,35 +125,65 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
     Raises:
         UsageError: ``adopt`` on a file that already has a manifest.
     """
-    from .restore import check_archive
     if adopt and not b.legacy:
         raise UsageError(f"{b.name} already has a manifest; --adopt is for seed-era files without one")
     res = VerifyResult(b.path, b.name, False, [], legacy=b.legacy)
     with PostgresAccess(host) as access:
-        info = None
+        staged = None
         try:
-            info = check_archive(access, b.path, full=True)
-            res.checks = _checks_for(info.format, info.manifest)
-            res.notes += info.warnings
-            if restore_test:
-                with _sigterm_unwinds():
-                    res.restore_test = _restore_test(access, host, info, notify)
-                res.checks.append("restore test")
-            res.ok = True
-        except (ArchiveError, PostgresError) as e:
-            res.error = str(e)
-            if restore_test and info is not None:
-                res.restore_test = {"ok": False, "error": str(e)}
-        entry = {"at": iso(utcnow()), "ok": res.ok, "checks": res.checks, "error": res.error,
-                 "restore_test": res.restore_test, "tool": f"bigskies-ops {__version__}"}
-        if b.manifest is not None:
-            res.recorded = _record(access.runner, host, b, entry, notify, task)
-        elif adopt and res.ok:
-            res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, notify, task)
-        elif b.legacy:
-            res.notes.append("legacy file without a manifest: the result is not recorded (pass --adopt to "
-                             "write a manifest for it)")
+            path = b.path
+            if host.is_remote:  # the checks read a local copy; the host's own tools read it over SSH
+                staged, path = _stage_locally(access.runner, b, notify)
+            _verify_and_record(access, host, b, path, res, restore_test, adopt, notify, task)
+        finally:
+            if staged:
+                import shutil
+                shutil.rmtree(staged, ignore_errors=True)
     return res
+
+
+def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
+    """Copy an archive (and its manifest) from an SSH host into a private local folder."""
+    import json
+    import tempfile
+    d = tempfile.mkdtemp(prefix="bigskies-verify-")
+    local = os.path.join(d, b.name)
+    notify(f"Copying {b.name} from {runner.label if hasattr(runner, 'label') else 'the host'} to check it here")
+    with runner.open_read(b.path) as src, open(local, "wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            dst.write(chunk)
+    if b.manifest is not None:
+        with open(local + MANIFEST_SUFFIX, "w") as f:
+            json.dump(b.manifest, f)
+    return d, local
+
+
+def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
+                       notify, task: str) -> None:
+    from .restore import check_archive
+    info = None
+    try:
+        info = check_archive(access, path, full=True)
+        res.checks = _checks_for(info.format, info.manifest)
+        res.notes += info.warnings
+        if restore_test:
+            with _sigterm_unwinds():
+                res.restore_test = _restore_test(access, host, info, notify)
+            res.checks.append("restore test")
+        res.ok = True
+    except (ArchiveError, PostgresError) as e:
+        res.error = str(e)
+        if restore_test and info is not None:
+            res.restore_test = {"ok": False, "error": str(e)}
+    entry = {"at": iso(utcnow()), "ok": res.ok, "checks": res.checks, "error": res.error,
+             "restore_test": res.restore_test, "tool": f"bigskies-ops {__version__}"}
+    if b.manifest is not None:
+        res.recorded = _record(access.runner, host, b, entry, notify, task)
+    elif adopt and res.ok:
+        res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, notify, task, local_path=path)
+    elif b.legacy:
+        res.notes.append("legacy file without a manifest: the result is not recorded (pass --adopt to "
+                         "write a manifest for it)")
 
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
@@ -206,13 +236,14 @@ def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bo
     return True
 
 
-def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str) -> bool:
+def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, local_path: str | None = None) -> bool:
     from .catalog import SCHEMA_VERSION, parse_archive_name
     from .restore import _sha256
+    from .runners import LocalRunner
     p = parse_archive_name(b.name)
     if p is None:
         return False
-    digest, size = _sha256(runner, b.path)
+    digest, size = _sha256(LocalRunner(), local_path) if local_path else _sha256(runner, b.path)
     rt = entry.get("restore_test") or {}
     man = {
         "schema_version": SCHEMA_VERSION, "tool": f"bigskies-ops {__version__}", "status": "DONE", "phase": None,

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -212,6 +211,9 @@ def test_edited_applied_file_is_refused_with_file_name_and_both_checksums(mig, p
     assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == {}   # not even a backup
     st = json.loads(run("db.migrations", "--json", env=cli_env, inv=inv).stdout)
     assert {m["version"]: m["state"] for m in st["migrations"]}[3] == "changed"
+    r = run("db.migrate", "--check", env=cli_env, inv=inv)          # a dry run exits 0 and says so
+    assert r.returncode == 0 and "would refuse: refused: 003_coordinator_config.sql was changed" in r.stdout
+    assert "a real run would be refused" in r.stdout
 
 
 NOTX_006 = ("-- 006_concurrent_indexes: built without locking writers out\n"

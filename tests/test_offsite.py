@@ -253,3 +253,25 @@ def test_an_ssh_hosts_archives_stream_to_s3_and_the_copy_is_recorded_on_that_hos
     assert m["offsite"][0]["target"] == "vault" and m["offsite"][0]["key"] == "t7/prod/bigskies_backup_20261128_020000.dump"
     r = cli("db.offsite", "-i", str(inv), env=s3env)
     assert r.returncode == 0 and "2 backup(s) already there" in r.stdout
+
+
+def test_restore_from_offsite_onto_an_ssh_host_fetches_to_the_control_machine(tmp_path, pg, pg_sql, dbname, s3,
+                                                                              s3env, ssh_server):
+    from tests.remote_helpers import ssh_block
+    bdir = tmp_path / "b"
+    local = native_host(pg, dbname, bdir, offsite=[_target(s3, "t8")])
+    inv = write_inventory(tmp_path / "inv.yaml", {"box": local})
+    before = db_fingerprint(pg_sql, dbname)
+    assert cli("db.backup", "-i", str(inv), "--format", "plain", env=s3env).returncode == 0
+    assert cli("db.offsite", "-i", str(inv), env=s3env).returncode == 0
+    shutil.rmtree(bdir)
+    # the same name is now an SSH host (native tools over SSH) whose own disk is empty
+    remote = native_host(pg, dbname, "backups", connection="ssh", project_dir=str(tmp_path / "box"),
+                         ssh=ssh_block(ssh_server), offsite=[_target(s3, "t8")])
+    write_inventory(tmp_path / "inv.yaml", {"box": remote})
+    pg_sql("DELETE FROM coordinator_config_history", dbname)
+    r = cli("db.restore", "latest", "--from-offsite", "vault", "-i", str(inv), "--yes", env=s3env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert db_fingerprint(pg_sql, dbname) == before
+    fetched = tmp_path / "offsite-fetched" / "box"
+    assert [n for n in os.listdir(fetched) if n.endswith(".sql.gz")]

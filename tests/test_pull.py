@@ -11,9 +11,7 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 

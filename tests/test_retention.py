@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from datetime import datetime, timezone
-
-import pytest
 
 from bigskies_ops.inventory import RetentionSettings
 from bigskies_ops.retention import Entry, plan

@@ -8,8 +8,8 @@ import socket
 import subprocess
 
 import pytest
+import yaml
 
-from bigskies_ops.inventory import parse
 from bigskies_ops.schedule import monthly_expression, replace_block
 from tests.conftest import PASSWORD, cli, native_host, write_inventory
 from tests.pgcheck import db_fingerprint
@@ -88,9 +88,9 @@ def test_schedule_converges_the_block_ok_when_unchanged_and_removes_it(cron_host
     r = cli("db.schedule", "-i", str(inv), env=dict(cli_env, BIGSKIES_CRONTAB_FILE=str(crontab)))
     assert r.returncode == 0 and r.stdout.startswith("ok: [dev]")
     # a new time in the inventory: changed, still one block
-    raw = json.loads(json.dumps(__import__("yaml").safe_load(inv.read_text())))
+    raw = yaml.safe_load(inv.read_text())
     raw["hosts"]["dev"]["schedule"] = "30 3 * * *"
-    inv.write_text(__import__("yaml").safe_dump(raw))
+    inv.write_text(yaml.safe_dump(raw))
     r = cli("db.schedule", "-i", str(inv), "--crontab-file", str(crontab), env=cli_env)
     assert r.returncode == 0 and r.stdout.startswith("changed: [dev]")
     assert crontab.read_text().count("# BEGIN bigskies-ops dev") == 1 and "30 3 * * *" in crontab.read_text()

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.errors import BigskiesError
 from bigskies_ops.inventory import parse
-from bigskies_ops.ssh import (ENV_MARK, HostKeyError, SSHError, SSHRunner, pipeline_script, stage_statuses)
+from bigskies_ops.ssh import ENV_MARK, HostKeyError, SSHRunner, pipeline_script, stage_statuses
 from tests.conftest import cli, write_inventory
 from tests.pgcheck import dir_hashes
 from tests.remote_helpers import ssh_block

@@ -357,6 +357,16 @@ def test_coordinator_that_is_not_a_service_is_exit_2_and_nothing_restored(stack)
          "bootstrap, datastore, postgres")
 
 
+def test_purge_check_is_a_dry_run(stack):
+    before = stack.harmless()
+    r = stack.cli("docker.purge", "--check", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["dry_run"] is True and plan["volume"] == f"bsst{stack.suffix}_postgres_data"
+    assert plan["volume_exists"] is True and f"bsst{stack.suffix}-postgres" in plan["containers"]
+    assert stack.harmless() == before
+
+
 def test_purge_on_a_protected_host_is_refused(stack):
     inv = stack.inventory("inv-prot.yaml", protected=True)
     _bad(stack, ["docker.purge", "--yes"], inv, 3, "protected", "--force-protected --confirm bigskies")

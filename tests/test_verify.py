@@ -173,3 +173,24 @@ def test_sigterm_during_the_restore_test_still_drops_the_throwaway_database(setu
             p.kill()
     assert p.returncode == 143, err
     assert _throwaway_dbs(pg_sql, dbname) == []
+
+
+def test_verify_with_restore_test_on_an_ssh_host_records_the_result_there(setup, tmp_path, pg, pg_sql, dbname,
+                                                                         cli_env, ssh_server):
+    """An SSH (native) host: its archive is checked here, restore-tested by its own tools over
+    SSH, and the result is written into the manifest on that host."""
+    from tests.remote_helpers import ssh_block
+    inv, bdir = setup
+    good = _backup(inv, bdir, cli_env, "plain")
+    box_dir = tmp_path / "box"
+    (box_dir / "backups").mkdir(parents=True)
+    m = dict(_manifest(good), origin_host="box")
+    (box_dir / "backups" / good.name).write_bytes(good.read_bytes())
+    (box_dir / "backups" / (good.name + ".manifest.json")).write_text(json.dumps(m))
+    box = native_host(pg, dbname, "backups", connection="ssh", project_dir=str(box_dir), ssh=ssh_block(ssh_server))
+    inv2 = write_inventory(tmp_path / "inv2.yaml", {"box": box})
+    r = cli("db.verify", "latest", "--restore-test", "-i", str(inv2), env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    v = _manifest(box_dir / "backups" / good.name)["verifications"]
+    assert [x["ok"] for x in v] == [True] and v[0]["restore_test"]["ok"] is True
+    assert _throwaway_dbs(pg_sql, dbname) == []

@@ -66,7 +66,11 @@ def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=
             output.say(f"pending: {m['file']}" + ("" if m["transactional"] else " (non-transactional)"))
         if res.baselined:
             output.say(f"would record as applied (baseline): {', '.join(str(v) for v in res.baselined)}")
-        what = f"{len(res.pending)} migration(s) would be applied" if res.pending else "up to date"
+        if res.would_refuse:
+            output.say(f"would refuse: {res.would_refuse}")
+        what = (f"{len(res.pending)} migration(s) would be applied" if res.pending else "up to date")
+        if res.would_refuse:
+            what = "a real run would be refused (see above)"
         output.result_line("ok", h.name, f"{'--check' if check else '--fail-if-pending'}: {what} "
                                          f"(head {res.head if res.head is not None else '-'}); nothing changed")
         return

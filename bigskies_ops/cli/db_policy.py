@@ -3,12 +3,10 @@ verify, prune, offsite, health, schedule (and the run that cron starts). Thin: t
 library modules verify, retention, offsite, health and schedule do the work."""
 from __future__ import annotations
 
-import sys
-
 from invoke import Exit, task
 
 from .. import output
-from ..catalog import human_age, human_bytes, iso
+from ..catalog import human_age, human_bytes
 from ..errors import BigskiesError, UsageError
 from ..safety import check_destructive
 from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional
@@ -79,7 +77,7 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
 def verify(c, file=None, host=None, inventory=None, all=False, restore_test=False, offsite=None, adopt=False,
            json=False):
     """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
-    from ..runners import LocalRunner
+    from ..runners import runner_for
     from ..verify import select, verify_backup
     inv = load_inventory(inventory)
     h = inv.host(host)
@@ -89,10 +87,8 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
         from ..offsite import verify_remote
         results = verify_remote(h, offsite, file or None, all, notify=output.note, inv=inv)
     else:
-        if h.is_remote:
-            raise UsageError(f"{h.name} is an SSH host: db.verify reads archives on this machine; "
-                             f"pull the backup first (db.pull) and verify it there")
-        backups = select(h, LocalRunner(), file or None, all)
+        with runner_for(h) as runner:
+            backups = select(h, runner, file or None, all)
         if not backups:
             raise UsageError(f"no backups to verify in {h.backup.dir}")
         results = []

@@ -142,20 +142,33 @@ def logs(c, service=None, follow=False, tail=None, host=None, inventory=None):
             "no_pull": "for a remote host: leave the pre-purge backup there (do not pull it here)",
             "yes": "do not ask for confirmation",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
-            "confirm": "the database name, repeated, for protected hosts"})
+            "confirm": "the database name, repeated, for protected hosts",
+            "check": "dry run: print what would be lost, change nothing, exit 0"})
 @handles_errors
 def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protected=False, confirm=None,
-          inventory=None, json=False):
+          inventory=None, json=False, check=False):
     """Remove the containers AND the data volume, after a pre-purge backup (`make docker-purge`)."""
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
-    check_destructive(hosts, "purge", force_protected=force_protected, confirm=confirm)
+    if not check:
+        check_destructive(hosts, "purge", force_protected=force_protected, confirm=confirm)
     if len(hosts) != 1:
         raise UsageError("docker.purge takes one host")
     h = hosts[0]
     if h.compose is None:
         raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; docker.* tasks need one")
     plan = stack.purge_plan(h)
+    if check:
+        if json:
+            output.emit_json({"result": "skipped", "host": h.name, "dry_run": True, "project": plan.project,
+                              "containers": plan.containers, "volume": plan.volume,
+                              "volume_exists": plan.volume_exists, "other_volumes": plan.other_volumes})
+        else:
+            output.say("This would be lost:")
+            for line in plan.lines():
+                output.say("  " + line)
+            output.result_line("skipped", h.name, "dry run (--check): nothing was purged")
+        return
     if not json:
         output.heading("BIG SKIES Framework - Docker Purge")
         output.say("This will be lost:")
