@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
-from dataclasses import dataclass
 from typing import Iterable
 
 from psycopg import sql as pgsql

@@ -27,12 +27,12 @@ import zlib
 from dataclasses import dataclass, field
 
 from . import __version__
-from .access import PostgresAccess, Sql, SqlSession, ident, lit
+from .access import PostgresAccess, SqlSession, ident, lit
 from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, utcnow, write_manifest)
-from .errors import BigskiesError, CommandError, PostgresError, StorageError
+from .errors import BigskiesError, CommandError, StorageError
 from .inventory import Host
 from .locks import host_lock
-from .pgtools import PLAIN_TRAILER, parse_server_version_num, pg_dump_args, plain_tail_complete, parse_plain_header
+from .pgtools import parse_server_version_num, pg_dump_args, plain_tail_complete, parse_plain_header
 from .runners import redact_argv, tail
 from psycopg import sql as pgsql
 

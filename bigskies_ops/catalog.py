@@ -14,7 +14,7 @@ import json
 import posixpath
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .errors import StorageError
@@ -155,13 +155,30 @@ class Backup:
 
     @property
     def verified(self) -> bool:
-        return bool(self.manifest and any(v.get("ok") for v in self.manifest.get("verifications", [])))
+        """True when the NEWEST verification passed (a later failed one wins over an older pass)."""
+        vs = (self.manifest or {}).get("verifications") or []
+        return bool(vs and vs[-1].get("ok"))
+
+    @property
+    def complete(self) -> bool:
+        """A backup of every table's data (not ``--schema-only``, no ``--exclude-table-data``)."""
+        m = self.manifest or {}
+        return not m.get("schema_only") and not m.get("excluded_table_data")
+
+    @property
+    def contents(self) -> str:
+        m = self.manifest or {}
+        if m.get("schema_only"):
+            return "schema-only"
+        if m.get("excluded_table_data"):
+            return "partial data"
+        return "full"
 
     def to_json(self) -> dict:
         m = self.manifest or {}
         return {"name": self.name, "path": self.path, "database": self.database, "origin_host": self.origin_host,
                 "status": self.status, "kind": self.kind, "label": m.get("label"), "format": self.format,
-                "started_at": iso(self.started_at), "bytes": self.size, "legacy": self.legacy,
+                "started_at": iso(self.started_at), "bytes": self.size, "contents": self.contents, "legacy": self.legacy,
                 "timezone_known": not self.legacy, "verified": self.verified, "sha256": m.get("sha256")}
 
 
@@ -216,9 +233,14 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
     return found
 
 
-def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None) -> Backup | None:
-    """Newest DONE backup (by the manifest's UTC start) of (origin_host, database)."""
-    cands = [b for b in backups if b.status == "DONE"
+def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
+           complete_only: bool = False) -> Backup | None:
+    """Newest DONE backup (by the manifest's UTC start) of (origin_host, database).
+
+    ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
+    ``db.restore latest`` wants (restoring a schema-only dump would empty every table).
+    """
+    cands = [b for b in backups if b.status == "DONE" and (b.complete or not complete_only)
              and (database is None or b.database == database)
              and (origin_host is None or b.origin_host == origin_host)]
     cands.sort(key=lambda b: b.started_at, reverse=True)

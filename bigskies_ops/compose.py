@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import yaml
 
+from .signals import interrupts_unwind
 from .errors import BigskiesError, CommandError, UsageError
 from .inventory import Host
 from .runners import redact_argv, tail
@@ -298,10 +297,6 @@ def start_services(runner, host: Host, services: list[str], project: Project | N
         _wait_states(runner, host, project or resolved_config(runner, host), services, running=True)
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread by our SIGTERM handler so ``finally`` blocks run."""
-
-
 @contextmanager
 def coordinators_paused(runner, host: Host, notify=print):
     """Stop the host's running coordinators for the ``with`` body; start the same ones
@@ -319,29 +314,17 @@ def coordinators_paused(runner, host: Host, notify=print):
     check_coordinators(host, project)
     running = running_services(runner, host, project, list(host.coordinators))
     stopped = [s for s in host.coordinators if s in running]
-    old = None
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        def on_term(signum, frame):
-            raise _Terminated()
-        old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        if stopped:
-            notify(f"Stopping coordinators: {', '.join(stopped)}")
-            stop_services(runner, host, stopped, project)
-            _wait_sessions_gone(runner, host)
-        yield stopped
-    finally:
-        if main:
-            # a second SIGTERM must not interrupt the restart
-            signal.signal(signal.SIGTERM, lambda *a: None)
+    with interrupts_unwind():  # SIGTERM/SIGINT unwind through the finally; a second one cannot cut the restart
         try:
+            if stopped:
+                notify(f"Stopping coordinators: {', '.join(stopped)}")
+                stop_services(runner, host, stopped, project)
+                _wait_sessions_gone(runner, host)
+            yield stopped
+        finally:
             if stopped:
                 notify(f"Starting coordinators again: {', '.join(stopped)}")
                 start_services(runner, host, stopped, project)
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
 def _wait_sessions_gone(runner, host: Host, timeout: float = 10.0) -> None:

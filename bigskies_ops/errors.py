@@ -69,3 +69,17 @@ class LockBusyError(BigskiesError):
 
 class ArchiveError(StorageError):
     """An archive is unreadable, truncated, not a dump, or too new for the local tools."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: raised in the main thread so every ``finally`` (drop the
+    side database, remove the private pgpass file, release the lock, restart
+    coordinators) runs before the process exits 130 / 143."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from .catalog import encode_dbname, iso, utcnow
 from .errors import LockBusyError
+from .runners import pid_alive as _pid_alive
 
 
 def lock_path(backup_dir: str, database: str) -> str:
@@ -61,13 +62,3 @@ def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str,
                 runner.remove(path)
         except (OSError, ValueError):
             pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich import box
 
-from .catalog import Backup, human_age, human_bytes, iso, utcnow
+from .catalog import Backup, human_age, human_bytes, utcnow
 
 _out = None
 _err = None
@@ -87,7 +87,8 @@ def backups_table(backups: list[Backup], now: datetime | None = None) -> Table:
     for i, b in enumerate(backups, 1):
         started = b.started_at
         when = (started.strftime("%Y-%m-%d %H:%M:%S") if started else "-") + ("?" if b.legacy else "")
-        t.add_row(str(i), when, human_age(started, now), human_bytes(b.size), b.format or "-", b.kind,
+        t.add_row(str(i), when, human_age(started, now), human_bytes(b.size), b.format or "-",
+                  b.kind + ("" if b.legacy or b.complete else f" ({b.contents})"),
                   b.status.lower() if b.status != "LEGACY" else "legacy",
                   "yes" if b.verified else "no", (f"{b.origin_dir}/" if b.origin_dir else "") + b.name)
     return t

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
+import socket
 import threading
 import time
 import zlib
@@ -32,8 +34,7 @@ from dataclasses import dataclass, field
 from psycopg import sql as pgsql
 
 from .access import PostgresAccess, Sql, ident, lit
-from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_iso,
-                      read_manifest, utcnow)
+from .catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from .compose import coordinators_paused
 from .errors import ArchiveError, BigskiesError, PostgresError, SafetyError, StorageError, UsageError
 from .inventory import Host
@@ -45,6 +46,7 @@ from .runners import tail
 CHUNK = 1 << 20
 MAX_DBNAME = 63  # NAMEDATALEN - 1 bytes (PostgreSQL docs 4.1.1: longer identifiers are truncated)
 PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
+SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behind only if the process died)
 
 
 # ------------------------------------------------------------------ names
@@ -477,9 +479,10 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
     db = database or host.postgres.database
     if spec in (None, "", "latest"):
         backups = list_backups(lr, host.backup.dir, origin=origin) if origin else list_backups(lr, bdir)
-        b = latest(backups, database=db, origin_host=origin or host.name)
+        b = latest(backups, database=db, origin_host=origin or host.name, complete_only=True)
         if b is None:
-            raise ArchiveError(f"no DONE backup of {db!r} from {origin or host.name} in {bdir}")
+            raise ArchiveError(f"no complete DONE backup of {db!r} from {origin or host.name} in {bdir} "
+                               f"(schema-only and partial-data backups are restored only when named)")
         return b.path
     import os
     if os.path.exists(spec):
@@ -542,22 +545,30 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
     maint = access.sql(host.postgres.maintenance_db)
     now = utcnow()
     old = db_info(maint, db)
+    _drop_leftover_side_dbs(maint, target_db or db, notify)
+    if old is not None and target_db is None and not terminate and not host.coordinators:
+        _refuse_if_sessions(maint, db)  # fail fast, before a long restore (checked again at the swap)
     side = side_db_name(target_db or db, now)
     notify(f"Restoring into side database {side!r} (the current database is not touched yet)")
     create_like(maint, side, old, notify)
     swapped = False
     try:
+        maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(side), lit(json.dumps(
+            {"tag": SIDE_TAG, "of": target_db or db, "pid": os.getpid(), "host": socket.gethostname(),
+             "at": iso(now)}))))
         rc, out, err = _load(access, info, side, keep_owners, jobs, progress)
         if rc != 0:
             raise PostgresError(f"restore into the side database failed (exit {rc}): {tail(err, 800)}",
                                 returncode=rc, stderr=tail(err))
         checked = _verify_side(access.sql(side), info, notify)
         if target_db is not None:
-            maint.execute(pgsql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(side), ident(target_db)))
+            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS NULL").format(
+                ident(side), ident(target_db)))
             swapped = True
             return RestoreResult(target_db, info.path, None, [], time.monotonic() - t0, checked)
         if old is None:
-            maint.execute(pgsql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(side), ident(db)))
+            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS NULL").format(
+                ident(side), ident(db)))
             swapped = True
             return RestoreResult(db, info.path, None, [], time.monotonic() - t0, checked)
         pre = pre_restore_name(db, now)
@@ -613,6 +624,45 @@ def _verify_side(sql: Sql, info: ArchiveInfo, notify) -> int:
     return len(tables)
 
 
+def _refuse_if_sessions(maint: Sql, db: str) -> None:
+    sess = sessions_on(maint, db)
+    if sess:
+        listing = "; ".join(f"pid {s['pid']} {s['user']}@{s['client'] or 'local'} {s['application'] or ''}".strip()
+                            for s in sess)
+        raise SafetyError(f"{len(sess)} session(s) still connected to {db!r}: {listing}. Nothing was "
+                          f"changed; stop them or pass --terminate-sessions")
+
+
+def _drop_leftover_side_dbs(maint: Sql, db: str, notify) -> None:
+    """Drop side databases of ``db`` left by a restore whose process died (same control host,
+    pid gone). We hold the (host, database) lock, so no live restore owns them."""
+    for r in _tagged(maint, SIDE_TAG, db):
+        c = r["tag"]
+        if c.get("host") == socket.gethostname() and isinstance(c.get("pid"), int) and not _pid_alive(c["pid"]):
+            drop_db(maint, r["name"])
+            notify(f"Dropped {r['name']!r}, left by an interrupted restore (pid {c['pid']}, {c.get('at')})")
+
+
+def _pid_alive(pid: int) -> bool:
+    from .runners import pid_alive
+    return pid_alive(pid)
+
+
+def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
+    rows = maint.query(
+        "SELECT d.datname AS name, pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
+        "pg_catalog.pg_database_size(d.oid) AS bytes FROM pg_catalog.pg_database d")
+    out = []
+    for r in rows:
+        try:
+            c = json.loads(r["comment"] or "")
+        except ValueError:
+            continue
+        if isinstance(c, dict) and c.get("tag") == tag and c.get("of") == db:
+            out.append({"name": r["name"], "tag": c, "bytes": r["bytes"]})
+    return out
+
+
 def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str, notify) -> None:
     sess = sessions_on(maint, db)
     if sess:
@@ -632,7 +682,7 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
     try:
         maint.execute(pgsql.SQL(
             "BEGIN; ALTER DATABASE {old} RENAME TO {pre}; ALTER DATABASE {side} RENAME TO {old}; "
-            "COMMENT ON DATABASE {pre} IS {c}; COMMIT;").format(
+            "COMMENT ON DATABASE {pre} IS {c}; COMMENT ON DATABASE {old} IS NULL; COMMIT;").format(
             old=ident(db), pre=ident(pre), side=ident(side), c=lit(comment)))
     finally:
         if terminate:
@@ -646,18 +696,8 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
 
 def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
     """Pre-restore copies of ``db``, newest first (found by their comment, not their name)."""
-    rows = maint.query(
-        "SELECT d.datname AS name, pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
-        "pg_catalog.pg_database_size(d.oid) AS bytes FROM pg_catalog.pg_database d")
-    out = []
-    for r in rows:
-        try:
-            c = json.loads(r["comment"] or "")
-        except ValueError:
-            continue
-        if isinstance(c, dict) and c.get("tag") == PRE_RESTORE_TAG and c.get("of") == db:
-            out.append({"name": r["name"], "of": db, "at": c.get("at"), "replaced_by": c.get("replaced_by"),
-                        "bytes": r["bytes"]})
+    out = [{"name": r["name"], "of": db, "at": r["tag"].get("at"), "replaced_by": r["tag"].get("replaced_by"),
+            "bytes": r["bytes"]} for r in _tagged(maint, PRE_RESTORE_TAG, db)]
     out.sort(key=lambda r: r["at"] or "", reverse=True)
     return out
 

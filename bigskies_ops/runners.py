@@ -213,6 +213,8 @@ class LocalRunner(Runner):
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise StorageError(f"cannot list {path}: {e.strerror}") from e
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
@@ -273,6 +275,8 @@ class LocalRunner(Runner):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             return False
+        except OSError as e:
+            raise StorageError(f"cannot create {path}: {e.strerror}") from e
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
@@ -298,13 +302,18 @@ class LocalRunner(Runner):
         shutil.rmtree(path, ignore_errors=True)
 
     def pid_alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0; EPERM means it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
+    return True
 
 
 def fsync_dir(path: str) -> None:

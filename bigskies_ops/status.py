@@ -1,11 +1,9 @@
 """``db.status``: is the server up, how is it reached, how big is the database, which tables."""
 from __future__ import annotations
 
-from psycopg import sql as pgsql
-
-from .access import PostgresAccess, lit
+from .access import PostgresAccess
 from .backup import migration_head
-from .errors import CommandError, PostgresError
+from .errors import PostgresError
 from .inventory import Host
 
 

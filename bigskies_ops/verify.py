@@ -19,16 +19,14 @@ that passed its checks, so it becomes an ordinary, verifiable backup.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import __version__
 from .access import PostgresAccess
 from .catalog import Backup, MANIFEST_SUFFIX, PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow, \
     write_manifest
+from .signals import interrupts_unwind
 from .errors import ArchiveError, BigskiesError, PostgresError, StorageError, UsageError
 from .inventory import Host
 from .locks import host_lock
@@ -53,22 +51,9 @@ class VerifyResult:
                 "legacy": self.legacy, "notes": self.notes}
 
 
-class _Terminated(BaseException):
-    """SIGTERM during a restore test: unwinds through ``finally`` so the throwaway database is dropped."""
-
-
-@contextmanager
 def _sigterm_unwinds():
-    old = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum, frame):
-            raise _Terminated()
-        old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+    """SIGTERM during a restore test unwinds through ``finally`` so the throwaway database is dropped."""
+    return interrupts_unwind()
 
 
 def select(host: Host, runner, spec: str | None, all_: bool, database: str | None = None) -> list[Backup]:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 from invoke import Exit
 
-from .. import output
-from ..errors import BigskiesError
+from ..errors import BigskiesError, Interrupted
+from ..signals import interrupts_unwind, received
 from ..inventory import Inventory, load
 
 INVENTORY_HELP = "inventory file (default: $BIGSKIES_INVENTORY, else ./inventory.yaml)"
@@ -47,20 +46,30 @@ def optional_positional(context_name: str, *arg_names: str) -> None:
     ParseMachine.complete_context = complete_context
 
 
+def help_if_requested(value: str | None, task_name: str) -> None:
+    """``inv db.restore --help``: Invoke hands ``--help`` to an optional positional as its
+    value; show the task's help instead of looking for a file named ``--help``."""
+    if value in ("--help", "-h"):
+        from .program import program
+        program.run(["bigskies-ops", "--help", task_name])  # prints and exits 0
+
+
 def handles_errors(fn):
     """Turn library errors into ``invoke.Exit(message, code)`` (CONTRACTS.md section 5):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with interrupts_unwind():
+                return fn(*args, **kwargs)
+        except Interrupted as e:
+            raise Exit(f"interrupted by signal {e.signum}; cleanup done", code=e.exit_code)
+        except KeyboardInterrupt:
+            raise Exit("interrupted; cleanup done", code=130)
         except BigskiesError as e:
+            sig = received()
+            if sig is not None:  # Ctrl-C reached pg_dump/psql too and they failed first
+                raise Exit(f"interrupted by signal {sig}; cleanup done ({e})", code=128 + sig)
             one_line = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())  # tool stderr tails
             raise Exit(f"error: {one_line}", code=e.exit_code)
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130)
-        except BaseException as e:
-            if type(e).__name__ == "_Terminated":
-                raise Exit("terminated (SIGTERM)", code=143)
-            raise
     return wrapper

@@ -10,19 +10,23 @@ from invoke import Collection, task
 from .. import output
 from ..access import PostgresAccess
 from ..backup import backup as run_backup
-from ..catalog import human_age, human_bytes, iso, list_backups
+from ..catalog import human_bytes, list_backups
 from ..errors import UsageError
 from ..restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
 from ..runners import LocalRunner, runner_for
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional
 
 
-def _restore_command(host, path: str) -> str:
-    inv = os.environ.get("BIGSKIES_INVENTORY")
+def _inv_flag(inventory: str | None) -> str:
+    """`` -i FILE`` for copy-paste hints when the inventory was named explicitly."""
+    return f" -i {shlex.quote(inventory)}" if inventory else ""
+
+
+def _restore_command(host, path: str, inventory: str | None = None) -> str:
     rel = os.path.relpath(path) if not path.startswith("..") else path
-    return f"inv db.restore {shlex.quote(rel)} --host {host.name}"
+    return f"inv db.restore {shlex.quote(rel)} --host {host.name}{_inv_flag(inventory)}"
 
 
 @task(iterable=["exclude_table_data"], help={
@@ -87,7 +91,7 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
                        else output.backups_table(list_backups(runner_for(h), h.backup.dir)[:5]))
     output.say()
     output.say("To restore this backup:")
-    output.say(f"  {_restore_command(h, res.backup.path)}")
+    output.say(f"  {_restore_command(h, res.backup.path, inventory)}")
     output.result_line("changed", h.name, f"backup {res.backup.name} written")
 
 
@@ -201,9 +205,14 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
             keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
             json=False, roles=False, from_offsite=None, migrate=False):
     """Restore a backup into a side database, check it, then swap it in (old one kept)."""
+    help_if_requested(file, "db.restore")
     inv = load_inventory(inventory)
     h = inv.host(host)
     db = h.postgres.database
+    if undo and file:
+        raise UsageError(f"--undo swaps the newest pre-restore copy back and takes no FILE (got {file!r})")
+    if target_db is not None and (not target_db.strip() or len(target_db.encode()) > 63):
+        raise UsageError(f"--target-db {target_db!r}: expected a database name of 1 to 63 bytes")
     if undo:
         check_destructive(h, "restore --undo", database=db, force_protected=force_protected, confirm=confirm)
         confirm_or_refuse(f"Swap the newest pre-restore copy of {db!r} on {h.name} back in?", yes=yes)
@@ -252,7 +261,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     output.say(f"Database restored successfully in {res.seconds:.1f} s "
                f"({res.checked_tables} tables checked against the manifest)")
     if res.pre_restore_copy:
-        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: inv db.restore --undo --host {h.name})")
+        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: inv db.restore --undo --host {h.name}{_inv_flag(inventory)})")
     if res.coordinators:
         output.say(f"   Coordinators restarted: {', '.join(res.coordinators)}")
     output.say(f"   {mig['message']}")
@@ -269,8 +278,11 @@ def _pick_interactively(h, origin) -> str:
                if b.status in ("DONE", "LEGACY")]
     if not backups:
         raise UsageError(f"no backups to restore in {h.backup.dir}")
-    output.say("Available backups:")
-    output.print_table(output.backups_table(backups))
+    output.say("Available backups (newest first):")
+    for i, b in enumerate(backups, 1):
+        when = b.started_at.strftime("%Y-%m-%d %H:%M:%S UTC") if b.started_at else "time unknown"
+        extra = "" if b.legacy or b.complete else f", {b.contents}"
+        output.say(f"  {i:>3}) {when}  {human_bytes(b.size):>10}  {b.kind}{extra}  {b.name}")
     choice = input("Restore which backup? Number (1 = newest): ").strip()
     try:
         idx = int(choice)

@@ -79,6 +79,8 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
     """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
     from ..runners import runner_for
     from ..verify import select, verify_backup
+    from .common import help_if_requested
+    help_if_requested(file, "db.verify")
     inv = load_inventory(inventory)
     h = inv.host(host)
     if offsite:

@@ -5,7 +5,7 @@ from invoke import Collection, task
 
 from .. import output
 from ..inventory import redacted_view
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
 
 
 @task(help={"host": "host, group or comma list (default: every host)", "inventory": INVENTORY_HELP,

@@ -1,0 +1,50 @@
+"""SIGINT/SIGTERM turn into :class:`~bigskies_ops.errors.Interrupted` so cleanup runs.
+
+Without this, SIGTERM (systemd, docker stop, ``timeout``, a CI runner) kills Python
+without running ``finally`` blocks: the private pgpass file stays on disk, the lock
+stays taken, a side database stays behind. The first signal raises; later ones
+(while the cleanup runs) are only recorded, so a second Ctrl-C cannot cut a
+coordinator restart short. A SIGINT that was ignored when we started (``nohup``,
+a background job of a non-interactive shell) stays ignored, as POSIX tools do.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+from .errors import Interrupted
+
+_received: list[int] = []
+
+
+def received() -> int | None:
+    """The first signal received while :func:`interrupts_unwind` was active, or None."""
+    return _received[0] if _received else None
+
+
+@contextmanager
+def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Install the handlers for the ``with`` body (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+
+    def handler(signum, frame):
+        first = not _received
+        _received.append(signum)
+        if first:
+            raise Interrupted(signum)
+
+    for s in signals:
+        prev = signal.getsignal(s)
+        if s == signal.SIGINT and prev == signal.SIG_IGN:
+            continue
+        old[s] = prev
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, prev in old.items():
+            signal.signal(s, prev if prev is not None else signal.SIG_DFL)

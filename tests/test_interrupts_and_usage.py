@@ -1,0 +1,118 @@
+"""Signals run the cleanup; restore picks only complete backups; usage mistakes exit 2.
+
+Found by a new-user trial: SIGTERM used to skip every ``finally`` (the private
+pgpass file stayed on disk), ``restore latest`` picked a schema-only dump, and
+``--undo FILE`` silently ignored FILE.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, cli
+from tests.pgcheck import db_fingerprint, dir_hashes
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+def _hold_lock(pg, dbname, seconds):
+    """A psql session holding an exclusive lock on users, so pg_dump waits."""
+    return subprocess.Popen([PSQL, "-X", "-q", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                             "-d", dbname, "-c", f"BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE; "
+                                                 f"SELECT pg_sleep({seconds}); COMMIT;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _private_dirs() -> set[str]:
+    import tempfile
+    d = tempfile.gettempdir()
+    return {n for n in os.listdir(d) if n.startswith("bigskies-ops-")}
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_backup_runs_the_cleanup(local_inv, pg, dbname, pg_sql, cli_env, signum, code):
+    inv, bdir = local_inv
+    assert cli("db.backup", "-i", str(inv), env=cli_env).returncode == 0
+    before_files = dir_hashes(bdir)
+    before_db = db_fingerprint(pg_sql, dbname)
+    secrets_before = _private_dirs()
+    holder = _hold_lock(pg, dbname, 20)
+    try:
+        time.sleep(0.5)
+        p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.backup", "-i", str(inv)], env=cli_env,
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _private_dirs() - secrets_before:
+            time.sleep(0.1)
+        time.sleep(1.0)  # pg_dump is now waiting for the lock
+        p.send_signal(signum)
+        out, err = p.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert p.returncode == code, err
+    assert f"interrupted by signal {int(signum)}; cleanup done" in err
+    assert _private_dirs() - secrets_before == set()           # the private pgpass folder is gone
+    after = dir_hashes(bdir)
+    new = set(after) - set(before_files)
+    assert all(n.endswith(".manifest.json") for n in new) and len(new) == 1   # only the FAILED manifest
+    assert {k: after[k] for k in before_files} == before_files                # older backups untouched
+    man = json.loads((bdir / new.pop()).read_text())
+    assert man["status"] == "FAILED" and man["error"] == f"interrupted by signal {int(signum)}"
+    assert not any(n.startswith(".lock") for n in os.listdir(bdir))
+    assert db_fingerprint(pg_sql, dbname) == before_db
+
+
+def test_restore_latest_skips_schema_only_backups_and_list_says_what_they_hold(local_inv, dbname, pg_sql, cli_env):
+    inv, bdir = local_inv
+    assert cli("db.backup", "-i", str(inv), "--label", "full", env=cli_env).returncode == 0
+    assert cli("db.backup", "-i", str(inv), "--schema-only", env=cli_env).returncode == 0
+    lst = json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"]
+    assert [b["contents"] for b in lst] == ["schema-only", "full"]
+    assert "manual (schema-only)" in cli("db.list", "-i", str(inv), env=cli_env).stdout
+    before = db_fingerprint(pg_sql, dbname)
+    r = cli("db.restore", "latest", "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert lst[1]["name"] in r.stdout                      # the full backup, not the newer schema-only one
+    assert db_fingerprint(pg_sql, dbname) == before
+
+
+def test_list_shows_verified_only_when_the_newest_verification_passed(local_inv, cli_env):
+    inv, bdir = local_inv
+    assert cli("db.backup", "-i", str(inv), env=cli_env).returncode == 0
+    assert cli("db.verify", "latest", "-i", str(inv), env=cli_env).returncode == 0
+    assert json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"][0]["verified"] is True
+    arch = next(p for p in bdir.iterdir() if p.name.endswith(".sql.gz"))
+    data = bytearray(arch.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arch.write_bytes(bytes(data))
+    assert cli("db.verify", arch.name, "-i", str(inv), env=cli_env).returncode == 1
+    assert json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"][0]["verified"] is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (["db.restore", "latest", "--undo", "--yes"], "--undo swaps the newest pre-restore copy back and takes no FILE"),
+    (["db.restore", "latest", "--target-db", "", "--yes"], "--target-db '': expected a database name of 1 to 63 bytes"),
+    (["db.restore", "latest", "--target-db", "x" * 64, "--yes"], "expected a database name of 1 to 63 bytes"),
+])
+def test_conflicting_or_empty_restore_flags_are_usage_errors(local_inv, dbname, pg_sql, cli_env, args, message):
+    inv, bdir = local_inv
+    assert cli("db.backup", "-i", str(inv), env=cli_env).returncode == 0
+    before, files = db_fingerprint(pg_sql, dbname), dir_hashes(bdir)
+    r = cli(*args, "-i", str(inv), env=cli_env)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == files
+
+
+@pytest.mark.parametrize("task", ["db.restore", "db.verify"])
+def test_help_after_a_task_with_an_optional_file_shows_help(cli_env, task):
+    r = cli(task, "--help", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert f"Usage: bigskies-ops [--core-opts] {task}" in r.stdout
