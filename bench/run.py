@@ -353,13 +353,14 @@ class Bench:
                  "", "| contender | median wall s | min-max s | client CPU s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, r in s["rows"].items():
+            name = name.replace("|", "\\|")  # a pipe inside a Markdown table cell
             lines.append(f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
                          f"{r['cpu_median_s']:.2f} | {r['bytes_written'] or '-':,} | {r['python_rss_mb_max'] or '-'} |"
                          if isinstance(r['bytes_written'], int) else
                          f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
                          f"{r['cpu_median_s']:.2f} | - | {r['python_rss_mb_max'] or '-'} |")
         lines += ["", "| ratio (medians) | value |", "|---|---:|"]
-        lines += [f"| {k} | {v if v is not None else 'n/a'} |" for k, v in s["ratios"].items()]
+        lines += [f"| {k.replace('|', chr(92) + '|')} | {v if v is not None else 'n/a'} |" for k, v in s["ratios"].items()]
         lines += ["", "Checks:"] + [f"- {c}" for c in s["checks"]]
         md = "\n".join(lines) + "\n"
         (RESULTS / f"{tag}.md").write_text(md)
