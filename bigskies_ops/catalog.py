@@ -219,7 +219,10 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
     ``origin``: the ``<origin>/`` sub-folder of pulled backups; ``include_all``: both."""
     found: list[Backup] = []
     if origin is None or include_all:
-        found += scan_dir(runner, backup_dir)
+        try:
+            found += scan_dir(runner, backup_dir)
+        except NotADirectoryError:
+            raise StorageError(f"backup folder {backup_dir} is not a directory (backup.dir)") from None
     if origin is not None or include_all:
         subs = [origin] if origin and not include_all else [
             d for d in runner.listdir(backup_dir) if not d.startswith(".") and "." not in d]

@@ -213,6 +213,8 @@ class LocalRunner(Runner):
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
+        except NotADirectoryError:
+            raise  # callers tell "a file where a folder should be" apart (catalog.list_backups)
         except OSError as e:
             raise StorageError(f"cannot list {path}: {e.strerror}") from e
 
