@@ -554,16 +554,9 @@ def _resolve_remote(runner, src: Host, spec: str | None, db: str) -> str:
 
 
 def _sha256_local(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(CHUNK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+    """sha256 hex and size of a local file (the one chunked hasher, restore._sha256)."""
+    from .restore import _sha256
+    return _sha256(LocalRunner(), path)
 
 
 class _FollowHash(threading.Thread):
