@@ -3,7 +3,8 @@
 Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
 observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
 then measures on the same data, interleaving the contenders (ABAB...) and taking
-the median of `--runs` (>= 3) with the spread (min-max) printed:
+the median of `--runs` (>= 3) with the spread (min-max) printed. Every contender
+starts from the same state: an untimed CHECKPOINT right before it.
 
 * backup: `pg_dump > /dev/null` (the floor), the guide's `pg_dump | gzip`, and
   `db.backup` in each format;
@@ -146,6 +147,10 @@ class Bench:
     def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False) -> dict:
         if prepare:
             prepare()
+        # Same starting state for every contender: without it, whoever runs right after a
+        # 1 GB restore pays for flushing that restore's dirty pages and WAL (a checkpoint
+        # forced by max_wal_size or by DROP DATABASE) - the previous contender's work.
+        self.psql("CHECKPOINT", "postgres")
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         rss_file = self.base / "rss.txt"
         if ours:
@@ -349,7 +354,7 @@ class Bench:
         RESULTS.mkdir(parents=True, exist_ok=True)
         tag = "rss" if self.args.only == "rss" else "latest"
         (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
-        lines = [f"Database: {s['db_bytes']:,} bytes; {s['runs']} interleaved runs each; {s['cores']} cores; {s['when_utc']}",
+        lines = [f"Database: {s['db_bytes']:,} bytes; {s['runs']} interleaved runs each, each after an untimed CHECKPOINT; {s['cores']} cores; {s['when_utc']}",
                  "", "| contender | median wall s | min-max s | client CPU s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, r in s["rows"].items():

@@ -169,7 +169,8 @@ class PostgresAccess:
             return conn_args(host=None, port=None, user=pg.user)
         return conn_args(host=h, port=pg.port, user=pg.user)
 
-    def tool_argv(self, tool: str, args: Iterable[str], *, stdin: bool = False) -> list[str]:
+    def tool_argv(self, tool: str, args: Iterable[str], *, stdin: bool = False,
+                  pgoptions: str | None = None) -> list[str]:
         """Full argv for a PostgreSQL tool in this host's access mode.
 
         Container mode never asks for a TTY (``-i`` only: a TTY would mangle binary
@@ -184,20 +185,37 @@ class PostgresAccess:
         if "PGPASSWORD" in env:
             argv += ["-e", "PGPASSWORD"]
         argv += ["-e", f"PGCONNECT_TIMEOUT={self.host.postgres.connect_timeout}"]
+        if pgoptions:  # not a secret: server settings for the tool's sessions
+            argv += ["-e", f"PGOPTIONS={pgoptions}"]
         if c.exec_user:
             argv += ["--user", c.exec_user]
         return argv + [c.name, *inner]
 
     def run_tool(self, tool: str, args: Iterable[str], *, input: bytes | None = None, check: bool = True,
-                 timeout: float | None = None) -> Result:
-        argv = self.tool_argv(tool, args)
-        r = self.runner.run(argv, input=input, env=self.env(), check=False, timeout=timeout)
+                 timeout: float | None = None, pgoptions: str | None = None) -> Result:
+        """Run a PostgreSQL tool to completion.
+
+        Args:
+            pgoptions: server settings for every session the tool opens (libpq's
+                ``PGOPTIONS``, e.g. ``-c maintenance_work_mem=256MB``).
+        """
+        argv = self.tool_argv(tool, args, pgoptions=pgoptions)
+        r = self.runner.run(argv, input=input, env=self._tool_env(pgoptions), check=False, timeout=timeout)
         if check and r.returncode != 0:
             raise self.error_for(r.argv, r.returncode, r.stderr, tool)
         return r
 
-    def popen_tool(self, tool: str, args: Iterable[str], *, stdin: bool = False) -> Process:
-        return self.runner.popen(self.tool_argv(tool, args), env=self.env(), stdin=stdin)
+    def popen_tool(self, tool: str, args: Iterable[str], *, stdin: bool = False,
+                   pgoptions: str | None = None) -> Process:
+        """Start a PostgreSQL tool; ``pgoptions`` as for :meth:`run_tool`."""
+        return self.runner.popen(self.tool_argv(tool, args, pgoptions=pgoptions), env=self._tool_env(pgoptions),
+                                 stdin=stdin)
+
+    def _tool_env(self, pgoptions: str | None) -> dict[str, str]:
+        env = self.env()
+        if pgoptions and not self.host.container:  # containers get it by -e (tool_argv)
+            env = {**env, "PGOPTIONS": pgoptions}
+        return env
 
     def error_for(self, argv: list[str], returncode: int, stderr: str, tool: str) -> PostgresError:
         if returncode < 0:  # killed: say by what, there may be no stderr at all

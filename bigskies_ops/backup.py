@@ -17,16 +17,16 @@ Sequence (CONTRACTS.md section 2):
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import queue
 import re
 import socket
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, gz
 from .access import PostgresAccess, SqlSession, ident, lit
 from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, utcnow, write_manifest)
 from .errors import BigskiesError, CommandError, StorageError
@@ -105,7 +105,7 @@ def count_rows_sql(tables: list[dict]) -> pgsql.Composable:
 
 
 class _Sink:
-    """Compress (plain: gzip container, zlib level N) + sha256 + write, chunk by chunk.
+    """Compress (plain: gzip container, ISA-L or zlib level N: bigskies_ops.gz) + sha256 + write, chunk by chunk.
 
     For plain dumps it also notes which tables have a ``COPY ... FROM stdin`` block
     (pg_dump's own ``--exclude-table-data`` semantics), keeps the first 64 KiB (the
@@ -117,7 +117,7 @@ class _Sink:
         self.sha = hashlib.sha256()
         self.out_bytes = 0
         self.raw_bytes = 0
-        self.comp = zlib.compressobj(level, zlib.DEFLATED, 31) if fmt == "plain" else None
+        self.comp = gz.compressobj(level) if fmt == "plain" else None
         self.head = b""
         self.tail = b""
         self.copy_tables: set[tuple[str, str]] = set()
@@ -163,6 +163,16 @@ class _Sink:
     def finish(self):
         if self.comp is not None:
             self._emit(self.comp.flush())
+
+
+class _Digest:
+    """A finished sha256 with hashlib's ``hexdigest()`` (for archives pg_dump wrote itself)."""
+
+    def __init__(self, hexdigest: str):
+        self._hex = hexdigest
+
+    def hexdigest(self) -> str:
+        return self._hex
 
 
 def _pump(stream, q: "queue.Queue") -> None:
@@ -273,7 +283,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         "schema_version": 1, "tool": f"bigskies-ops {__version__}", "status": "STARTED", "phase": "connect",
         "kind": kind, "label": label, "origin_host": host.name, "control_host": socket.gethostname(),
         "database": db, "archive": name, "format": fmt,
-        "compressor": "gzip (zlib)" if fmt == "plain" else "pg_dump custom (zlib)",
+        "compressor": gz.codec_name(level) if fmt == "plain" else "pg_dump custom (zlib)",
         "compress_level": level, "access_mode": host.access_mode,
         "container": host.container.name if host.container else None,
         "started_at": iso(started), "finished_at": None, "duration_s": None,
@@ -295,6 +305,12 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"],
                             exclude_table_data=excl, schema_only=schema_only, verbose=verbose)
+        # A local custom archive is written by pg_dump itself: a seekable file gets the data
+        # offsets in its TOC (pg_restore --jobs and -L then seek instead of scanning), and
+        # pg_dump fsyncs it (pg_dump docs, --no-sync). Streams (container, SSH) go through _Sink.
+        direct = fmt == "custom" and not access.host.container and not access.host.is_remote
+        if direct:
+            args = [*args, "--file", partial]
         argv = access.tool_argv("pg_dump", args)
         manifest["argv"] = redact_argv(argv)
         manifest["phase"] = "dump"
@@ -316,13 +332,16 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             except BaseException as e:  # reported after the dump
                 count_err.append(e)
 
+        try:
+            f = runner.open_write(partial)  # created with our mode (0640) before pg_dump may open it
+        except OSError as e:
+            raise StorageError(f"cannot write {partial}: {e.strerror}") from e
+        if direct:
+            f.close()
+            f = open(os.devnull, "wb")
         proc = access.popen_tool("pg_dump", args)
         counter = threading.Thread(target=do_counts, daemon=True)
         counter.start()
-        try:
-            f = runner.open_write(partial)
-        except OSError as e:
-            raise StorageError(f"cannot write {partial}: {e.strerror}") from e
         sink = _Sink(f, fmt, level)
         q: queue.Queue = queue.Queue(maxsize=16)
         threading.Thread(target=_pump, args=(proc.stdout, q), daemon=True).start()
@@ -339,7 +358,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
                         progress(sink.raw_bytes, sink.out_bytes)
                 sink.finish()
                 f.flush()
-                _fsync(f)
+                if not direct:
+                    _fsync(f)
         except OSError as e:
             manifest["phase"] = "write"
             proc.kill()
@@ -348,7 +368,18 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         rc = proc.wait()
         if rc != 0:
             manifest["stderr_tail"] = tail(proc.stderr_text())
-            raise access.error_for(proc.argv, rc, proc.stderr_text(), "pg_dump")
+            err = access.error_for(proc.argv, rc, proc.stderr_text(), "pg_dump")
+            if direct and "No space left on device" in proc.stderr_text():
+                manifest["phase"] = "write"
+                raise StorageError(f"writing {partial} failed: {tail(proc.stderr_text(), 300)} "
+                                   f"(file system full)") from err
+            raise err
+        if direct:  # one read of the fresh file, from the page cache
+            from .restore import _sha256
+            digest, size = _sha256(runner, partial)
+            sink.sha, sink.out_bytes = _Digest(digest), size
+            if progress:
+                progress(size, size)
         counter.join()
         if count_err:
             manifest["phase"] = "count"

@@ -103,9 +103,14 @@ def pg_restore_args(database: str, *, jobs: int = 1, no_owner: bool = True, from
     return args
 
 
-def psql_args(database: str, *, single_transaction: bool = False, tuples_only: bool = False) -> list[str]:
-    """psql reading SQL from stdin with ``ON_ERROR_STOP`` (restore and library queries)."""
-    args = list(PSQL_BASE)
+def psql_args(database: str, *, single_transaction: bool = False, tuples_only: bool = False,
+              quiet: bool = True) -> list[str]:
+    """psql reading SQL from stdin with ``ON_ERROR_STOP`` (restore and library queries).
+
+    ``quiet=False`` keeps psql's command tags on stdout (``COPY 5000000``: the rows
+    the server inserted), which a plain restore uses instead of counting afterwards.
+    """
+    args = list(PSQL_BASE) if quiet else [a for a in PSQL_BASE if a != "-q"]
     if tuples_only:
         args += ["-A", "-t"]
     if single_transaction:

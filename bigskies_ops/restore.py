@@ -28,12 +28,13 @@ import re
 import socket
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 
 from psycopg import sql as pgsql
 
+from . import gz
 from .access import PostgresAccess, Sql, ident, lit
+from .backup import COPY_RE, split_qualified
 from .catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from .compose import coordinators_paused
 from .errors import ArchiveError, BigskiesError, PostgresError, SafetyError, StorageError, UsageError
@@ -47,6 +48,16 @@ CHUNK = 1 << 20
 MAX_DBNAME = 63  # NAMEDATALEN - 1 bytes (PostgreSQL docs 4.1.1: longer identifiers are truncated)
 PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
 SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behind only if the process died)
+#: Session settings of the tools loading the side database (libpq PGOPTIONS), from the
+#: PostgreSQL 15 docs, 14.4 "Populating a Database": a larger maintenance_work_mem makes
+#: CREATE INDEX / ADD PRIMARY KEY sort in memory (the default 64MB spills a 5M-row key
+#: to disk); synchronous_commit=off spares one WAL flush per pg_restore item. Neither
+#: weakens the result: the swap transaction commits synchronously, and WAL is flushed
+#: in order, so every earlier commit of the load is durable before the swap is.
+#: backend_flush_after=2MB (docs 20.4.5) has the loading backends start the kernel's
+#: writeback as they go, so the checkpoint that DROP DATABASE forces when an old
+#: pre-restore copy is pruned does not have to write the whole new database at once.
+RESTORE_PGOPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off -c backend_flush_after=2MB"
 
 
 # ------------------------------------------------------------------ names
@@ -101,7 +112,7 @@ def _sha256(runner, path: str) -> tuple[str, int]:
 
 def _gzip_full_check(runner, path: str) -> bytes:
     """Decompress the whole file; return the last 8 KiB of the SQL. Raises ArchiveError."""
-    d = zlib.decompressobj(31)
+    d = gz.decompressobj()
     tail_b = b""
     with runner.open_read(path) as f:
         while True:
@@ -110,12 +121,12 @@ def _gzip_full_check(runner, path: str) -> bytes:
                 break
             try:
                 out = d.decompress(b)
-            except zlib.error as e:
+            except gz.ERRORS as e:
                 raise ArchiveError(f"{path}: corrupt gzip data ({e})")
             tail_b = (tail_b + out)[-8192:]
             while d.unused_data:  # concatenated gzip members
                 rest = d.unused_data
-                d = zlib.decompressobj(31)
+                d = gz.decompressobj()
                 out = d.decompress(rest)
                 tail_b = (tail_b + out)[-8192:]
     if not d.eof:
@@ -188,9 +199,9 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
     if head.startswith(b"\x1f\x8b"):
         fmt = "plain"
         try:
-            d = zlib.decompressobj(31)
+            d = gz.decompressobj()
             sql_head = d.decompress(head)
-        except zlib.error as e:
+        except gz.ERRORS as e:
             raise ArchiveError(f"{path}: corrupt gzip data ({e})")
         try:
             ph = parse_plain_header(sql_head)
@@ -241,7 +252,12 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
 class OwnerAclFilter:
     """Drop ``ALTER ... OWNER TO`` and ``GRANT``/``REVOKE`` statements from a plain dump
     stream (``--no-owner --no-acl`` semantics for psql), never inside COPY data or
-    dollar-quoted bodies, so roles that do not exist locally cannot break a restore."""
+    dollar-quoted bodies, so roles that do not exist locally cannot break a restore.
+
+    It also lists the tables of the stream's ``COPY ... FROM stdin`` statements in
+    order (``copy_tables``; None for a name it cannot parse), which :class:`CopyTags`
+    pairs with psql's ``COPY n`` tags. With ``drop=False`` nothing is removed.
+    """
 
     OWNER_RE = re.compile(rb"^ALTER [A-Z ]+ .* OWNER TO .*;\n?$")
     ACL_RE = re.compile(rb"^(GRANT|REVOKE) .*;\n?$")
@@ -249,11 +265,13 @@ class OwnerAclFilter:
     COPY_START = re.compile(rb"^COPY .* FROM stdin;\n?$")
     DOLLAR = re.compile(rb"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
 
-    def __init__(self):
+    def __init__(self, drop: bool = True):
         self.buf = b""
         self.in_copy = False
         self.dollar: bytes | None = None
         self.dropped = 0
+        self.drop = drop
+        self.copy_tables: list[tuple[str, str] | None] = []
 
     def feed(self, data: bytes) -> bytes:
         buf = self.buf + data
@@ -263,19 +281,21 @@ class OwnerAclFilter:
         while pos < n:
             if self.in_copy:
                 # COPY data passes through untouched, block-wise, up to the "\\." line
+                # (a terminator right at pos: an empty COPY, or a chunk that began with it)
                 if buf.startswith(b"\\.\n", pos):
-                    k = pos - 1
+                    end = pos + 3
                 else:
                     k = buf.find(b"\n\\.\n", pos)
-                if k < 0:
+                    end = k + 4 if k >= 0 else -1
+                if end < 0:
                     last = buf.rfind(b"\n", pos)
                     if last < 0:
                         break
                     out.append(buf[pos:last + 1])
                     pos = last + 1
                     break
-                out.append(buf[pos:k + 4])
-                pos = k + 4
+                out.append(buf[pos:end])
+                pos = end
                 self.in_copy = False
                 continue
             nl = buf.find(b"\n", pos)
@@ -298,8 +318,14 @@ class OwnerAclFilter:
         if self.dollar is None:
             if self.COPY_START.match(line):
                 self.in_copy = True
+                m = COPY_RE.match(line)
+                try:
+                    self.copy_tables.append(split_qualified(m.group(1).decode("utf-8")) if m else None)
+                except (ValueError, UnicodeDecodeError):
+                    self.copy_tables.append(None)
                 return line
-            if self.OWNER_RE.match(line) or self.ACL_RE.match(line) or self.ACL_DEFAULT_RE.match(line):
+            if self.drop and (self.OWNER_RE.match(line) or self.ACL_RE.match(line)
+                              or self.ACL_DEFAULT_RE.match(line)):
                 self.dropped += 1
                 return b""
         for m in self.DOLLAR.finditer(line):
@@ -309,6 +335,40 @@ class OwnerAclFilter:
             elif tag == self.dollar:
                 self.dollar = None
         return line
+
+
+class CopyTags:
+    """Collect the ``COPY n`` command tags psql prints (not quiet) while restoring a plain
+    dump: the server's own count of the rows each ``COPY ... FROM stdin`` inserted.
+
+    Only command tags start a line with ``COPY ``: psql's aligned query results start
+    with a space or a border, so a result value can never be taken for a tag.
+    """
+
+    TAG = re.compile(rb"^COPY (\d+)$", re.M)
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self._carry = b""
+
+    def feed(self, data: bytes) -> None:
+        buf = self._carry + data
+        nl = buf.rfind(b"\n")
+        if nl < 0:
+            self._carry = buf[-4096:]
+            return
+        self.rows.extend(int(m.group(1)) for m in self.TAG.finditer(buf, 0, nl))
+        self._carry = buf[nl + 1:][-4096:]
+
+    def by_table(self, tables: list[tuple[str, str] | None]) -> dict[tuple[str, str], int] | None:
+        """Rows per table (summed over its COPY statements), or None when the tags and the
+        statements do not pair up one to one (then every table is counted instead)."""
+        if len(tables) != len(self.rows) or None in tables:
+            return None
+        out: dict[tuple[str, str], int] = {}
+        for t, n in zip(tables, self.rows):
+            out[t] = out.get(t, 0) + n
+        return out
 
 
 def _raw_chunks(f):
@@ -324,7 +384,7 @@ def _raw_chunks(f):
 def _gunzip_chunks(f, max_out: int = 4 * CHUNK):
     """Decompress a (possibly multi-member) gzip file, yielding (compressed bytes read,
     at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio."""
-    d = zlib.decompressobj(31)
+    d = gz.decompressobj()
     done = 0
     for done, b in _raw_chunks(f):
         data = b
@@ -336,7 +396,7 @@ def _gunzip_chunks(f, max_out: int = 4 * CHUNK):
                 data = d.unconsumed_tail
             elif d.eof and d.unused_data:
                 data = d.unused_data
-                d = zlib.decompressobj(31)
+                d = gz.decompressobj()
             else:
                 data = b""
     rest = d.flush()
@@ -345,20 +405,25 @@ def _gunzip_chunks(f, max_out: int = 4 * CHUNK):
 
 
 def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
-              capture: bool = False, line_filter=None, progress=None):
+              capture: bool = False, line_filter=None, progress=None, pgoptions: str | None = None,
+              stdout_sink=None):
     """Stream a local file into ``tool``'s stdin on the host (optionally gunzipping and
     filtering on the way). Returns ``(returncode, stdout_text, stderr_text)``.
 
-    The file is read in 1 MiB chunks; nothing is held in memory whole.
+    The file is read in 1 MiB chunks; nothing is held in memory whole. ``pgoptions``:
+    session settings for the tool (:meth:`PostgresAccess.run_tool`); ``stdout_sink``:
+    called with each chunk of the tool's stdout as it arrives.
     """
     from .runners import LocalRunner
-    proc = access.popen_tool(tool, args, stdin=True)
+    proc = access.popen_tool(tool, args, stdin=True, pgoptions=pgoptions)
     out_chunks: list[bytes] = []
 
     def drain():
         for chunk in iter(lambda: proc.stdout.read(65536), b""):
             if capture:
                 out_chunks.append(chunk)
+            if stdout_sink is not None:
+                stdout_sink(chunk)
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     sent = 0
@@ -443,13 +508,31 @@ def drop_db(sql: Sql, name: str) -> None:
     sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
 
 
-def table_counts(sql: Sql, tables: list[dict]) -> dict[tuple[str, str], int | None]:
-    """Exact row counts of ``tables`` in ``sql``'s database; None for a missing table."""
-    present = {(r["schema"], r["name"]) for r in sql.query(
-        "SELECT n.nspname AS schema, c.relname AS name FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p')")}
-    want = [t for t in tables if (t["schema"], t["name"]) in present]
+def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dict[tuple[str, str], int | None]:
+    """Exact row counts of ``tables`` in ``sql``'s database; None for a missing table.
+
+    Args:
+        known: rows already known per ``(schema, name)`` (from COPY tags of the load);
+            used for present tables without inheritance children (``count(*)`` of a
+            parent includes its children's rows, a COPY tag does not); the rest are counted.
+    """
+    rows = sql.query(
+        "SELECT n.nspname AS schema, c.relname AS name, "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) AS parent "
+        "FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p')")
+    present = {(r["schema"], r["name"]) for r in rows}
+    parents = {(r["schema"], r["name"]) for r in rows if r["parent"]}
     out: dict[tuple[str, str], int | None] = {(t["schema"], t["name"]): None for t in tables}
+    want = []
+    for t in tables:
+        key = (t["schema"], t["name"])
+        if key not in present:
+            continue
+        if known is not None and key in known and key not in parents:
+            out[key] = known[key]
+            continue
+        want.append(t)
     if want:
         from .backup import count_rows_sql
         for r in sql.query(count_rows_sql(want)):
@@ -556,11 +639,11 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
         maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(side), lit(json.dumps(
             {"tag": SIDE_TAG, "of": target_db or db, "pid": os.getpid(), "host": socket.gethostname(),
              "at": iso(now)}))))
-        rc, out, err = _load(access, info, side, keep_owners, jobs, progress)
+        rc, out, err, copied = _load(access, info, side, keep_owners, jobs, progress)
         if rc != 0:
             raise PostgresError(f"restore into the side database failed (exit {rc}): {tail(err, 800)}",
                                 returncode=rc, stderr=tail(err))
-        checked = _verify_side(access.sql(side), info, notify)
+        checked = _verify_side(access.sql(side), info, notify, copied)
         if target_db is not None:
             maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS NULL").format(
                 ident(side), ident(target_db)))
@@ -587,26 +670,66 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
 
 
 def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | None, progress):
+    """Load the archive into ``side``. Returns ``(returncode, stdout, stderr, copied)``;
+    ``copied`` maps tables to the rows the server reported for the load (psql's ``COPY n``
+    tags for plain dumps, :func:`inserted_rows` for custom archives), or None."""
     if info.format == "plain":
-        flt = None if keep_owners else OwnerAclFilter()
-        return feed_file(access, "psql", psql_args(side, single_transaction=True), info.path, decompress=True,
-                         line_filter=flt, progress=progress)
+        flt = OwnerAclFilter(drop=not keep_owners)
+        tags = CopyTags()
+        rc, out, err = feed_file(access, "psql", psql_args(side, single_transaction=True, quiet=False), info.path,
+                                 decompress=True, line_filter=flt, progress=progress, pgoptions=RESTORE_PGOPTIONS,
+                                 stdout_sink=tags.feed)
+        return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
     native_local = not access.host.container and not access.host.is_remote
     if native_local:
         j = jobs if jobs is not None else 2
         r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=not keep_owners,
-                                                          from_file=info.path), check=False)
-        return r.returncode, r.text, r.stderr
-    return feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=not keep_owners),
-                     info.path, decompress=False, progress=progress)
+                                                          from_file=info.path), check=False,
+                            pgoptions=RESTORE_PGOPTIONS)
+        return r.returncode, r.text, r.stderr, (inserted_rows(access.sql(side)) if r.returncode == 0 else None)
+    rc, out, err = feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=not keep_owners),
+                             info.path, decompress=False, progress=progress, pgoptions=RESTORE_PGOPTIONS)
+    return rc, out, err, (inserted_rows(access.sql(side)) if rc == 0 else None)
 
 
-def _verify_side(sql: Sql, info: ArchiveInfo, notify) -> int:
-    """Every table of the manifest present with its recorded row count; schema_migrations present."""
+def inserted_rows(sql: Sql, wait: float = 10.0) -> dict[tuple[str, str], int] | None:
+    """Rows the load inserted per table of ``sql``'s (fresh side) database, from the
+    server's cumulative statistics (``pg_stat_user_tables.n_tup_ins``), or None when
+    they cannot be trusted (``track_counts`` off, loading sessions still there after
+    ``wait`` seconds). Tables with any update or delete are left out.
+
+    A backend flushes its counters when it exits (PostgreSQL 15 docs, 28.2 "The
+    Cumulative Statistics System"), so this waits until the loading sessions are gone.
+    The caller uses these numbers only where they equal the manifest's count and
+    counts every other table with ``count(*)``: a stale or missing counter can cost
+    a scan, never a false pass.
+    """
+    deadline = time.monotonic() + wait
+    while sql.value("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend'"):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    rows = sql.query("SELECT current_setting('track_counts') AS track_counts, schemaname AS schema, relname AS name, "
+                     "n_tup_ins AS ins, n_tup_upd + n_tup_del AS changed FROM pg_catalog.pg_stat_user_tables")
+    if not rows or rows[0]["track_counts"] != "on":
+        return None
+    return {(r["schema"], r["name"]): r["ins"] for r in rows if r["changed"] == 0}
+
+
+def _verify_side(sql: Sql, info: ArchiveInfo, notify, copied: dict | None = None) -> int:
+    """Every table of the manifest present with its recorded row count; schema_migrations present.
+
+    ``copied``: rows per table reported by the server for the load itself (psql's COPY
+    tags for plain dumps, :func:`inserted_rows` for pg_restore). A table whose
+    reported rows equal the manifest's is not scanned again (a ``count(*)`` of a fresh
+    table also rewrites every page to set hint bits); every other table is counted."""
     man = info.manifest or {}
     tables = man.get("tables") or []
     if tables:
-        counts = table_counts(sql, tables)
+        expected = {(t["schema"], t["name"]): t.get("rows") for t in tables}
+        trusted = {k: v for k, v in (copied or {}).items() if expected.get(k) is not None and v == expected[k]}
+        counts = table_counts(sql, tables, known=trusted)
         bad = []
         for t in tables:
             got = counts[(t["schema"], t["name"])]

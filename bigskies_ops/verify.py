@@ -181,7 +181,7 @@ def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
     notify(f"Restore test into throwaway database {name!r}")
     create_like(maint, name, db_info(maint, host.postgres.database), notify)
     try:
-        rc, out, err = _load(access, info, name, False, None, None)
+        rc, out, err, _copied = _load(access, info, name, False, None, None)  # counted independently below
         if rc != 0:
             from .runners import tail
             raise PostgresError(f"restore test: restoring into {name!r} failed (exit {rc}): {tail(err, 600)}")

@@ -11,7 +11,8 @@ import pytest
 
 from bigskies_ops import catalog, inventory, pgtools
 from bigskies_ops.errors import InventoryError
-from bigskies_ops.restore import OwnerAclFilter, pre_restore_name, side_db_name
+from bigskies_ops import gz
+from bigskies_ops.restore import CopyTags, OwnerAclFilter, pre_restore_name, side_db_name
 from bigskies_ops.backup import split_qualified
 from bigskies_ops.access import pgpass_escape
 from bigskies_ops.runners import redact_argv
@@ -134,6 +135,50 @@ def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
                    b"ALTER TABLE public.t OWNER TO z;\n"
                    b"\\.\n")
     assert f.dropped == 3
+
+
+COPY_DUMP = (b"SET x = 1;\nCOPY public.t (x) FROM stdin;\na\nb\n\\.\nCREATE FUNCTION f() AS $$\n"
+             b"COPY public.z (x) FROM stdin;\n$$;\n"
+             b'COPY "Odd"."we""ird" (x) FROM stdin;\n\\.\nGRANT ALL ON t TO y;\n'
+             b"COPY public.t (x) FROM stdin;\nc\n\\.\n")
+
+
+@pytest.mark.parametrize("step", range(1, 40))
+def test_owner_acl_filter_lists_copy_tables_whatever_the_chunking(step):
+    # a chunk that starts with the "\." terminator once kept the filter in COPY mode for the rest
+    f = OwnerAclFilter()
+    out = b"".join(f.feed(COPY_DUMP[i:i + step]) for i in range(0, len(COPY_DUMP), step)) + f.flush()
+    assert out == COPY_DUMP.replace(b"GRANT ALL ON t TO y;\n", b"")
+    assert f.copy_tables == [("public", "t"), ("Odd", 'we"ird'), ("public", "t")]
+    assert not f.in_copy and f.dropped == 1
+    keep = OwnerAclFilter(drop=False)
+    assert keep.feed(COPY_DUMP) + keep.flush() == COPY_DUMP and len(keep.copy_tables) == 3
+
+
+def test_copy_tags_pair_with_copy_statements():
+    psql_out = (b"SET\nCOPY 2\n set_config \n------------\n \n(1 row)\n\nCREATE FUNCTION\nCOPY 0\nCOPY 1\n"
+                b" COPY 7\n")  # a result value (leading space) is never a tag
+    t = CopyTags()
+    for i in range(0, len(psql_out), 3):
+        t.feed(psql_out[i:i + 3])
+    assert t.rows == [2, 0, 1]
+    tables = [("public", "t"), ("Odd", 'we"ird'), ("public", "t")]
+    assert t.by_table(tables) == {("public", "t"): 3, ("Odd", 'we"ird'): 0}
+    assert t.by_table(tables[:2]) is None  # not one to one: everything is counted instead
+    assert t.by_table([("public", "t"), None, ("public", "t")]) is None
+
+
+def test_gz_round_trip_is_plain_gzip(tmp_path):
+    import gzip
+    data = b"COPY public.t (x) FROM stdin;\n" + b"row\tvalue\n" * 50000
+    for level in (0, 1, 3, 6):
+        c = gz.compressobj(level)
+        blob = c.compress(data) + c.flush()
+        assert gzip.decompress(blob) == data  # what `gunzip -c FILE | psql` reads
+        d = gz.decompressobj()
+        assert d.decompress(blob) + d.flush() == data and d.eof
+    with pytest.raises(gz.ERRORS):
+        gz.decompressobj().decompress(b"\x1f\x8b\x08\x00" + b"garbage" * 10)
 
 
 @pytest.mark.parametrize("q,expected", [
