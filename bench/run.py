@@ -354,7 +354,8 @@ class Bench:
         RESULTS.mkdir(parents=True, exist_ok=True)
         tag = "rss" if self.args.only == "rss" else "latest"
         (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
-        lines = [f"Database: {s['db_bytes']:,} bytes; {s['runs']} interleaved runs each, each after an untimed CHECKPOINT; {s['cores']} cores; {s['when_utc']}",
+        runs = "one run each (scale {})".format(s["scale"]) if tag == "rss" else f"{s['runs']} interleaved runs each"
+        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT; {s['cores']} cores; {s['when_utc']}",
                  "", "| contender | median wall s | min-max s | client CPU s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, r in s["rows"].items():
@@ -364,12 +365,38 @@ class Bench:
                          if isinstance(r['bytes_written'], int) else
                          f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
                          f"{r['cpu_median_s']:.2f} | - | {r['python_rss_mb_max'] or '-'} |")
-        lines += ["", "| ratio (medians) | value |", "|---|---:|"]
-        lines += [f"| {k.replace('|', chr(92) + '|')} | {v if v is not None else 'n/a'} |" for k, v in s["ratios"].items()]
+        if tag == "rss":
+            lines += self._rss_vs_1x(s)
+        else:
+            lines += ["", "| ratio (medians) | value |", "|---|---:|"]
+            lines += [f"| {k.replace('|', chr(92) + '|')} | {v if v is not None else 'n/a'} |"
+                      for k, v in s["ratios"].items()]
         lines += ["", "Checks:"] + [f"- {c}" for c in s["checks"]]
         md = "\n".join(lines) + "\n"
         (RESULTS / f"{tag}.md").write_text(md)
         print("\n" + md)
+
+    RSS_PAIRS = {"rss: db.backup custom": "backup ours: custom .dump",
+                 "rss: db.restore custom": "restore ours: custom .dump",
+                 "rss: db.pull --from prod": "stream: db.pull --from prod (streamed)"}
+
+    def _rss_vs_1x(self, s: dict) -> list[str]:
+        """Peak RSS at this scale against the 1x run's figure in latest.json (target: within
+        +10% or +10 MB)."""
+        try:
+            base = json.loads((RESULTS / "latest.json").read_text())
+        except (OSError, ValueError):
+            base = None
+        if not base or base.get("scale") != 1 or base.get("quick"):
+            return ["", "(no 1x figures to compare with: run `make bench` first)"]
+        lines = ["", f"| operation | 1x RSS MB (latest.json, {base['when_utc']}) | {s['scale']}x RSS MB | "
+                     "within +10% or +10 MB |", "|---|---:|---:|---|"]
+        for name, one in self.RSS_PAIRS.items():
+            a = (base["rows"].get(one) or {}).get("python_rss_mb_max")
+            b = (s["rows"].get(name) or {}).get("python_rss_mb_max")
+            ok = "n/a" if not (a and b) else ("yes" if b <= max(a * 1.10, a + 10) else "NO")
+            lines.append(f"| {name[5:]} | {a or '-'} | {b or '-'} | {ok} |")
+        return lines
 
     def close(self) -> None:
         if self.ssh:
