@@ -131,6 +131,14 @@ class Host:
     migrations: MigrationSettings = field(default_factory=MigrationSettings)
     protected: bool = False
     groups: tuple[str, ...] = ()
+    # dotted keys the inventory sets for this host (in defaults, group vars or the host),
+    # e.g. "backup.format": tells an explicit choice from a built-in default
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    def is_set(self, key: str) -> bool:
+        """Whether the inventory sets ``key`` (dotted, e.g. ``"backup.format"``) for this host,
+        rather than leaving it at its built-in default."""
+        return key in self.explicit
 
     @property
     def is_remote(self) -> bool:
@@ -350,7 +358,8 @@ def _resolve_local(base: Path, p: str) -> str:
 
 
 def _build_host(name: str, merged: dict, groups: tuple[str, ...], base: Path, path: str) -> Host:
-    kw: dict[str, Any] = {"name": name, "groups": groups}
+    kw: dict[str, Any] = {"name": name, "groups": groups, "explicit": frozenset(
+        [str(k) for k in merged] + [f"{k}.{kk}" for k, v in merged.items() if isinstance(v, dict) for kk in v])}
     for k, v in merged.items():
         if k in _DATACLASS:
             if k in ("container", "compose") and v is None:
@@ -499,6 +508,7 @@ def redacted_view(host: Host) -> dict:
             return [conv(o) for o in obj]
         return obj
     d = conv(host)
+    d.pop("explicit", None)
     for block, key in (("postgres", "password_env"), ("ssh", "become_password_env"), ("alerts", "webhook_env")):
         name = d.get(block, {}).get(key)
         if name:

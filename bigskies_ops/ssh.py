@@ -51,6 +51,12 @@ ENV_MARK = "__bigskies_ops_env__"
 PREAMBLE = ('while IFS= read -r l; do [ "$l" = %s ] && break; done; '
             'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"') % ENV_MARK
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Bulk copies through OpenSSH prefer AES-GCM: with the AES instructions every x86-64 and
+# ARMv8 server CPU has, it costs both ends about half the CPU of OpenSSH's first choice,
+# chacha20-poly1305 (measured on loopback: ssh cat of 779 MB 5.1-5.9 s vs 8.4-8.9 s on a
+# loaded 2-core machine). Same ciphers as OpenSSH's default set, only the order differs.
+OPENSSH_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                   "aes128-ctr,aes192-ctr,aes256-ctr")
 RC_MARK = "@@bigskies_rc"
 PGID_MARK = "@@bigskies_pgid"
 
@@ -343,6 +349,7 @@ class SSHRunner(Runner):
         self.stall_timeout = host.backup.stall_timeout or None
         self.notify = notify
         self._conn = None
+        self._pending = None  # built by openssh_argv(connect=False) before connect() opens it
         self._transport = None
         self._lock = threading.Lock()
         self._hostname: str | None = None
@@ -359,7 +366,7 @@ class SSHRunner(Runner):
                 msg = (f"warning: host key checking is OFF for {self.host.name} "
                        f"(hosts.{self.host.name}.ssh.host_key_checking: false); the server is not authenticated")
                 (self.notify or (lambda m: print(m, file=sys.stderr)))(msg)
-            conn = build_connection(self.host)
+            conn, self._pending = self._pending or build_connection(self.host), None
             try:
                 conn.open()
             except BaseException as e:  # noqa: BLE001 - mapped to one clear error
@@ -374,6 +381,14 @@ class SSHRunner(Runner):
             self._transport = conn.client.get_transport()
             self._transport.set_keepalive(15)
             return self._transport
+
+    def _unopened(self):
+        """The resolved (ssh_config, user, port, jump host) Fabric connection, not opened:
+        what :meth:`connect` will open next."""
+        with self._lock:
+            if self._pending is None:
+                self._pending = build_connection(self.host)
+            return self._pending
 
     def alive(self) -> bool:
         return self._transport is not None and self._transport.is_active()
@@ -495,7 +510,7 @@ class SSHRunner(Runner):
                           env=env)
 
     # ---- bulk reads through OpenSSH ----------------------------------------------------
-    def openssh_argv(self, remote_command: str) -> list[str] | None:
+    def openssh_argv(self, remote_command: str, *, connect: bool = True) -> list[str] | None:
         """argv of an OpenSSH client running ``remote_command`` on this host with the SAME
         target, user, key, known_hosts, host-key policy, timeout and jump host as the
         paramiko connection (taken from the resolved Fabric connection); None when there
@@ -505,12 +520,15 @@ class SSHRunner(Runner):
         exe = shutil.which("ssh")
         if not exe:
             return None
-        self.connect()
-        return [exe, *self._openssh_opts(self._conn, self.host.ssh), "-T", "--", remote_command]
+        if connect:
+            self.connect()
+        conn = self._conn or self._unopened()
+        return [exe, *self._openssh_opts(conn, self.host.ssh), "-T", "--", remote_command]
 
     def _openssh_opts(self, conn, s) -> list[str]:
         opts = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(s.connect_timeout))}",
-                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR", "-p", str(conn.port), "-l", conn.user]
+                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR", "-o", "Ciphers=" + OPENSSH_CIPHERS,
+                "-p", str(conn.port), "-l", conn.user]
         keys = conn.connect_kwargs.get("key_filename") or []
         for k in ([keys] if isinstance(keys, str) else keys):
             opts += ["-i", k, "-o", "IdentitiesOnly=yes"]
@@ -530,70 +548,33 @@ class SSHRunner(Runner):
         return opts + [conn.host]
 
     def fetch_to_file(self, path: str, local_path: str, offset: int = 0, progress=None) -> int:
-        """Append the remote ``path`` from byte ``offset`` to ``local_path``; return the bytes
-        added. With an OpenSSH client here, ssh writes the file itself (no Python in the
-        data path, like ``ssh host cat FILE > FILE``); else the paramiko channel is used.
-        A local file that stops growing for ``backup.stall_timeout`` seconds aborts it.
+        """Append the remote ``path`` from byte ``offset`` (int, bytes) to ``local_path``;
+        return the bytes added. ``start_fetch(path, local_path).run(offset, progress)``.
 
         Raises:
             StallError, SSHError, StorageError (remote read or local write failed).
         """
-        import subprocess
-        cmd, prefix = self.command_line(["tail", "-c", f"+{int(offset) + 1}", "--", path])
-        argv = self.openssh_argv(cmd) if not prefix else None
-        start = os.path.getsize(local_path) if os.path.exists(local_path) else 0
+        return self.start_fetch(path, local_path).run(offset, progress=progress)
+
+    # The remote side of a fetch: wait for one line giving the first byte (1-based, as
+    # `tail -c +N`), then send the file from there; anything else ends it (exit 3).
+    FETCH_SCRIPT = ('IFS= read -r off || exit 3; case $off in 1) exec cat -- "$1";; '
+                    '""|*[!0-9]*) exit 3;; *) exec tail -c "+$off" -- "$1";; esac')
+
+    def start_fetch(self, path: str, local_path: str) -> "Fetch":
+        """Start copying the remote ``path`` into ``local_path`` (a local file, appended to),
+        without sending anything yet: the OpenSSH client connects (its handshake overlaps
+        whatever the caller does next, e.g. reading the manifest over the paramiko
+        connection) and then waits for :meth:`Fetch.run` to say from which byte to send.
+        With an OpenSSH client here, ssh writes the file itself (no Python in the data path,
+        like ``ssh host cat FILE > FILE``); else (or when ``become`` needs a password on
+        stdin) the paramiko channel is used. Call :meth:`Fetch.cancel` if it is not run.
+        """
+        cmd, prefix = self.command_line(["sh", "-c", self.FETCH_SCRIPT, "sh", path])
+        argv = self.openssh_argv(cmd, connect=False) if not prefix else None
         if argv is None:
-            f = self.open_read(path, offset)
-            try:
-                with open(local_path, "ab") as out:
-                    while True:
-                        chunk = f.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        if progress:
-                            progress(offset + out.tell() - start, None)
-                f.finish()
-            finally:
-                f.close()
-            return os.path.getsize(local_path) - start
-        stall = self.stall_timeout
-        fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.PIPE)
-        finally:
-            os.close(fd)
-        from .runners import _StderrCollector
-        err = _StderrCollector(p.stderr)
-        err.start()
-        last, last_change = -1, time.monotonic()
-        try:
-            while True:
-                try:
-                    rc = p.wait(1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                size = os.path.getsize(local_path)
-                now = time.monotonic()
-                if size != last:
-                    last, last_change = size, now
-                    if progress:
-                        progress(offset + size - start, None)
-                elif stall and now - last_change > stall:
-                    raise StallError(f"{self.host.name}: reading {path} sent no data for {stall:g} s "
-                                     f"(backup.stall_timeout); transfer aborted")
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        err.join(5)
-        text = err.buf.decode("utf-8", "replace")
-        if rc == 255:
-            raise SSHError(f"{self.host.name}: the SSH transfer of {path} failed: {tail(text, 300)}")
-        if rc != 0:
-            raise StorageError(f"{self.host.name}: copying {path} failed: {_reason(text)}")
-        return os.path.getsize(local_path) - start
+            return _ChannelFetch(self, path, local_path)
+        return _OpenSSHFetch(self, path, local_path, argv)
 
     # ---- interactive (db.psql) --------------------------------------------------------
     def interactive(self, argv: list[str], env: dict | None = None) -> int:
@@ -689,6 +670,40 @@ class SSHRunner(Runner):
             i += 2
         return sorted(names)
 
+    PROBE_SCRIPT = ('n=$1; shift; i=0; for f do i=$((i + 1)); '
+                    'if [ -e "$f" ] || [ -L "$f" ]; then s=$(stat -c %s -- "$f" 2>/dev/null) || s=-; '
+                    'printf "1\\0%s\\0" "$s"; if [ "$i" -le "$n" ] && [ -f "$f" ]; then head -c 1048576 -- "$f"; fi; '
+                    'else printf "0\\0-\\0"; fi; printf "\\0"; done')
+
+    def probe(self, paths: list[str], read: int = 0) -> None:
+        """Fetch in ONE round trip whether each of ``paths`` exists and its size, and the
+        contents (up to 1 MiB, no NUL bytes: manifests) of the first ``read`` of them; they
+        then serve :meth:`exists`, :meth:`size` and :meth:`read_bytes` for a few seconds
+        (each remote command costs a session start: ~0.1-0.3 s).
+
+        Raises:
+            StorageError: the remote shell failed.
+        """
+        r = self.script(self.PROBE_SCRIPT, str(int(read)), *paths, check=False)
+        if not r.ok:
+            raise StorageError(f"{self.host.name}: cannot look at {paths[0]}: {tail(r.stderr, 300)}")
+        parts = r.stdout.split(b"\0")
+        if len(parts) != 3 * len(paths) + 1:
+            return  # a NUL inside a read file: nothing cached, callers ask one by one
+        expires = time.monotonic() + 5.0
+        for k, path in enumerate(paths):
+            there, size, content = parts[3 * k: 3 * k + 3]
+            self._cache[("exists", path)] = (expires, there == b"1")
+            if there == b"1" and size.isdigit():
+                self._cache[("size", path)] = (expires, int(size))
+                if k < read and len(content) == int(size):
+                    self._cache[("read", path)] = (expires, content)
+
+    def is_cached(self, path: str) -> bool:
+        """Whether a recent :meth:`listdir` or :meth:`probe` already tells if ``path`` exists."""
+        return (self._cached("exists", path) is not None
+                or self._cached("dir", posixpath.dirname(path.rstrip("/")) or "/") is not None)
+
     def _cached(self, kind: str, path: str):
         hit = self._cache.get((kind, path))
         if hit and hit[0] > time.monotonic():
@@ -699,6 +714,9 @@ class SSHRunner(Runner):
         self._cache.clear()
 
     def exists(self, path: str) -> bool:
+        probed = self._cached("exists", path)
+        if probed is not None:
+            return probed
         listed = self._cached("dir", posixpath.dirname(path.rstrip("/")) or "/")
         if listed is not None:
             return posixpath.basename(path.rstrip("/")) in listed
@@ -826,6 +844,114 @@ class _RemoteFile(ChannelReader):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Fetch:
+    """A copy of a remote file into a local file, started by :meth:`SSHRunner.start_fetch`."""
+
+    def run(self, offset: int = 0, progress=None) -> int:
+        """Send the remote file from byte ``offset`` (int) and append it to the local file;
+        return the bytes added. ``progress(done_bytes, None)`` is called about once a
+        second. A local file that stops growing for ``backup.stall_timeout`` seconds
+        aborts the copy.
+
+        Raises:
+            StallError, SSHError (connection failed or lost), StorageError (remote read or
+            local write failed).
+        """
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop without copying (or stop a copy in progress); nothing more is written."""
+
+
+class _OpenSSHFetch(Fetch):
+    def __init__(self, runner: SSHRunner, path: str, local_path: str, argv: list[str]):
+        import subprocess
+        from .runners import _StderrCollector
+        self.runner, self.path, self.local_path = runner, path, local_path
+        fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.PIPE)
+        finally:
+            os.close(fd)
+        self.err = _StderrCollector(self.proc.stderr)
+        self.err.start()
+
+    def cancel(self) -> None:
+        p = self.proc
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        try:
+            p.stdin.close()
+        except OSError:
+            pass
+        self.err.join(5)
+
+    def run(self, offset: int = 0, progress=None) -> int:
+        import subprocess
+        p, host = self.proc, self.runner.host
+        start = os.path.getsize(self.local_path)
+        try:
+            p.stdin.write(f"{int(offset) + 1}\n".encode())
+            p.stdin.close()
+        except OSError:
+            pass  # ssh already ended (e.g. refused): its exit status and stderr say why
+        stall = self.runner.stall_timeout
+        last, last_change = -1, time.monotonic()
+        try:
+            while True:
+                try:
+                    rc = p.wait(1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                size = os.path.getsize(self.local_path)
+                now = time.monotonic()
+                if size != last:
+                    last, last_change = size, now
+                    if progress:
+                        progress(offset + size - start, None)
+                elif stall and now - last_change > stall:
+                    raise StallError(f"{host.name}: reading {self.path} sent no data for {stall:g} s "
+                                     f"(backup.stall_timeout); transfer aborted")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.err.join(5)
+        text = self.err.buf.decode("utf-8", "replace")
+        if rc == 255:
+            raise SSHError(f"{host.name}: the SSH transfer of {self.path} failed: {tail(text, 300)}")
+        if rc != 0:
+            raise StorageError(f"{host.name}: copying {self.path} failed: {_reason(text)}")
+        return os.path.getsize(self.local_path) - start
+
+
+class _ChannelFetch(Fetch):
+    """The paramiko fallback (no OpenSSH client here, or ``sudo -S`` needs stdin)."""
+
+    def __init__(self, runner: SSHRunner, path: str, local_path: str):
+        self.runner, self.path, self.local_path = runner, path, local_path
+        open(local_path, "ab").close()
+
+    def run(self, offset: int = 0, progress=None) -> int:
+        start = os.path.getsize(self.local_path) if os.path.exists(self.local_path) else 0
+        f = self.runner.open_read(self.path, offset)
+        try:
+            with open(self.local_path, "ab") as out:
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    if progress:
+                        progress(offset + out.tell() - start, None)
+            f.finish()
+        finally:
+            f.close()
+        return os.path.getsize(self.local_path) - start
 
 
 class _RemoteWriteFile:

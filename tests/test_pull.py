@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bigskies_ops.inventory import parse
+from bigskies_ops.pull import pull_format
 from tests.conftest import PASSWORD_ENV, cli, load_bigskies, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint, dir_hashes
@@ -102,11 +104,12 @@ def test_scenario_4_pull_from_prod_and_restore_on_dev_gives_prods_data(world, pg
     assert not w.prod_bdir.exists() or dir_hashes(w.prod_bdir) == {}  # nothing written on prod's disk
 
     pulled = _archives(w.dev_bdir / "prod")
-    assert len(pulled) == 1 and pulled[0].name.startswith(f"{w.prod_db}_backup_") and pulled[0].name.endswith(".sql.gz")
+    # --restore without --format, prod's inventory sets no backup.format: custom (pg_restore -j 2)
+    assert len(pulled) == 1 and pulled[0].name.startswith(f"{w.prod_db}_backup_") and pulled[0].name.endswith(".dump")
     m = json.loads(Path(str(pulled[0]) + ".manifest.json").read_text())
     assert m["status"] == "DONE" and m["kind"] == "pulled" and m["origin_host"] == "prod"
     assert m["pulled_from"] == "prod" and m["pulled_at"] and m["pull_mode"] == "stream"
-    assert m["remote_exit_statuses"] == {"pg_dump": 0, "gzip": 0}
+    assert m["format"] == "custom" and m["remote_exit_statuses"] == {"pg_dump": 0}
     assert m["sha256"] == _sha(pulled[0]) and m["bytes"] == pulled[0].stat().st_size
     assert m["access_mode"] == "ssh-container" and m["schema_migrations_head"]["version"] == "5"
     assert PROD_PW not in pulled[0].with_name(pulled[0].name + ".manifest.json").read_text()
@@ -177,6 +180,93 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "DELETE FROM users;", env=env)
     assert r.returncode == 1 and "read-only" in r.stderr
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
+
+
+def test_restore_pull_defaults_to_custom_unless_the_inventory_sets_backup_format(tmp_path):
+    ssh = {"host": "127.0.0.1"}
+    doc = {"groups": {"fleet": {"hosts": ["bygroup"], "vars": {"backup": {"format": "plain"}}}},
+           "hosts": {"bare": {"connection": "ssh", "project_dir": "/srv", "ssh": ssh},
+                     "byhost": {"connection": "ssh", "project_dir": "/srv", "ssh": ssh, "backup": {"format": "plain"}},
+                     "bygroup": {"connection": "ssh", "project_dir": "/srv", "ssh": ssh}}}
+    h = parse(doc, tmp_path / "inv.yaml").hosts
+    assert h["bare"].backup.format == "plain"                      # the built-in default ...
+    assert pull_format(h["bare"], None, restore=True) == "custom"   # ... gives way to custom for --restore
+    assert pull_format(h["bare"], None, restore=False) == "plain"
+    assert pull_format(h["bare"], "plain", restore=True) == "plain"  # --format wins
+    assert pull_format(h["byhost"], None, restore=True) == "plain"   # set in the inventory: kept
+    assert pull_format(h["bygroup"], None, restore=True) == "plain"
+    doc["defaults"] = {"backup": {"format": "plain"}}
+    assert pull_format(parse(doc, tmp_path / "inv.yaml").hosts["bare"], None, restore=True) == "plain"
+
+
+@pytest.fixture
+def raw_prod(tmp_path, ssh_server):
+    """An SSH host 'prod' (no PostgreSQL needed) with one 3 MB archive and its DONE manifest in
+    its backup dir, and a local host 'laptop'; returns a namespace."""
+    class R:
+        pass
+    r = R()
+    r.bdir = tmp_path / "proj" / "backups"
+    r.bdir.mkdir(parents=True)
+    r.name = "bigskies_backup_20261129_093000.dump"
+    r.data = os.urandom(3_000_000)
+    (r.bdir / r.name).write_bytes(r.data)
+    r.man = {"schema_version": 1, "status": "DONE", "kind": "manual", "origin_host": "prod", "database": "bigskies",
+             "archive": r.name, "format": "custom", "sha256": hashlib.sha256(r.data).hexdigest(),
+             "bytes": len(r.data), "started_at": "2026-11-29T09:30:00Z", "verifications": [], "offsite": []}
+    (r.bdir / (r.name + ".manifest.json")).write_text(json.dumps(r.man))
+    r.local = tmp_path / "laptop-backups"
+    r.pdir = r.local / "prod"
+    r.inv = write_inventory(tmp_path / "inv.yaml", {
+        "prod": {"connection": "ssh", "project_dir": str(tmp_path / "proj"), "ssh": ssh_block(ssh_server),
+                 "postgres": {"database": "bigskies"}, "backup": {"dir": "backups"}},
+        "laptop": {"postgres": {"database": "bigskies"}, "backup": {"dir": str(r.local)}}})
+    return r
+
+
+def test_resumed_existing_pull_rehashes_the_prefix_and_catches_a_corrupted_one(raw_prod, cli_env):
+    r = raw_prod
+    pull = ("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", r.name)
+    local, partial = r.pdir / r.name, r.pdir / (r.name + ".partial")
+    half = len(r.data) // 2
+    r.pdir.mkdir(parents=True)
+    bad = bytearray(r.data[:half])
+    bad[half // 2] ^= 0xFF  # one flipped byte in the middle of what is already here
+    partial.write_bytes(bytes(bad))
+    p = cli(*pull, env=cli_env)
+    assert p.returncode == 1, p.stderr + p.stdout
+    assert f"resuming {r.name} at byte {half}" in p.stderr
+    assert "does not match prod's copy" in p.stderr and "sha256 differs" in p.stderr
+    assert not partial.exists() and not local.exists()
+    assert (r.bdir / r.name).read_bytes() == r.data  # the source is untouched
+    # a sound prefix resumes; only the rest crosses the wire, the whole file is checked
+    partial.write_bytes(r.data[:half])
+    p = cli(*pull, env=cli_env)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert local.read_bytes() == r.data and not partial.exists()
+    m = json.loads((r.pdir / (r.name + ".manifest.json")).read_text())
+    assert m["sha256"] == r.man["sha256"] and m["pull_resumed_at"] == half and m["pull_mode"] == "existing"
+    assert m["pulled_from"] == f"prod:{r.bdir / r.name}"
+    # a .partial larger than the archive starts over
+    local.unlink()
+    (r.pdir / (r.name + ".manifest.json")).unlink()
+    partial.write_bytes(r.data + b"extra")
+    p = cli(*pull, env=cli_env)
+    assert p.returncode == 0 and "larger than the archive; starting over" in p.stderr, p.stderr
+    assert local.read_bytes() == r.data
+
+
+def test_existing_pull_of_a_missing_or_unfinished_archive_leaves_no_trace(raw_prod, cli_env):
+    r = raw_prod
+    before = dir_hashes(r.bdir)
+    p = cli("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", "nope.dump", env=cli_env)
+    assert p.returncode == 1 and f"prod:{r.bdir / 'nope.dump'}: no such file" in p.stderr, p.stderr
+    assert not r.local.exists() and dir_hashes(r.bdir) == before  # no folder, lock or empty .partial left
+    (r.bdir / (r.name + ".manifest.json")).write_text(json.dumps(dict(r.man, status="FAILED")))
+    before = dir_hashes(r.bdir)
+    p = cli("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", r.name, env=cli_env)
+    assert p.returncode == 1 and "its manifest says FAILED; refusing to pull it" in p.stderr, p.stderr
+    assert not r.local.exists() and dir_hashes(r.bdir) == before
 
 
 # ----------------------------------------------------------------------------- bad inputs

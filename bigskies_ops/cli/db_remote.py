@@ -12,7 +12,7 @@ from ..catalog import human_bytes, list_backups
 from ..errors import UsageError
 from ..fleet import exit_code, prefixed, run_on_hosts
 from ..inventory import Host, Inventory
-from ..pull import pull_existing, pull_stream
+from ..pull import pull_existing, pull_format, pull_stream
 from ..safety import check_destructive, confirm_or_refuse
 from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
 
@@ -82,7 +82,9 @@ def _mbps(n: int, s: float) -> str:
     "to": "local host whose backup.dir receives the copy under <from>/ (default: defaults.host or the only local host)",
     "restore": "then restore the pulled backup into --to's database (all of db.restore's checks and safety)",
     "existing": "pull an archive already on the host: 'latest' (default when given without a value) or a file name",
-    "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: the source host's backup.format",
+    "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: custom with --restore (pg_restore "
+              "--jobs 2 loads it much faster than psql reads plain SQL) unless the inventory sets the source "
+              "host's backup.format; otherwise the source host's backup.format",
     "label": "free text stored in the manifest",
     "yes": "do not ask before replacing --to's database",
     "terminate_sessions": "terminate sessions still connected when the restored database is swapped in",
@@ -127,7 +129,8 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
         else:
             if existing is None and format not in (None, "plain", "custom"):
                 raise UsageError(f"--format: expected plain or custom, got {format!r}")
-            res = pull_stream(src, dest, fmt=format, label=label, progress=cb, notify=output.note)
+            res = pull_stream(src, dest, fmt=pull_format(src, format, restore), label=label, progress=cb,
+                              notify=output.note)
             b, m, secs, pr = res.backup, res.manifest, res.seconds, None
     facts = {"result": "changed", "host": src.name, "to": dest.name, "path": b.path, "name": b.name,
              "bytes": b.size, "sha256": m.get("sha256"), "seconds": round(secs, 3),
