@@ -165,6 +165,103 @@ class _Sink:
             self._emit(self.comp.flush())
 
 
+def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) -> tuple[str, list[dict]]:
+    """In ``session`` (not yet in a transaction): open the REPEATABLE READ, READ ONLY
+    transaction whose snapshot pg_dump shares (``pg_dump --snapshot``, PostgreSQL docs
+    9.27.5 "Snapshot Synchronization Functions"), and record in ``manifest`` what
+    describes it: server and pg_dump versions, snapshot id, schema_migrations head.
+
+    Returns:
+        ``(snapshot_id, tables)``: the tables (``TABLES_SQL`` rows) seen by the snapshot.
+    """
+    session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
+    manifest["server_version"] = str(parse_server_version_num(snap["v"]))
+    manifest["snapshot"] = snap["s"]
+    tables = session.query(TABLES_SQL)
+    manifest["schema_migrations_head"] = migration_head(session)
+    manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
+    return snap["s"], tables
+
+
+class RowCounter:
+    """Count every table's rows exactly in the snapshot's own transaction, on a thread,
+    while pg_dump runs (so the counts describe the very snapshot that was dumped).
+
+    Only tables the user may read are counted: a failing count would abort the
+    transaction and invalidate the snapshot under pg_dump, hiding pg_dump's real error.
+    """
+
+    def __init__(self, session: SqlSession, tables: list[dict], schema_only: bool):
+        self.session, self.tables, self.schema_only = session, tables, schema_only
+        self.counts: dict[int, int] = {}
+        self._err: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "RowCounter":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            if self.tables and not self.schema_only:
+                can = {(r["schema"], r["name"]) for r in self.session.query(READABLE_SQL)}
+                idx = [i for i, t in enumerate(self.tables) if (t["schema"], t["name"]) in can]
+                if idx:
+                    for r in self.session.query(count_rows_sql([self.tables[i] for i in idx])):
+                        self.counts[idx[r["i"]]] = r["n"]
+        except BaseException as e:  # reported after the dump, by result()
+            self._err.append(e)
+
+    def result(self, manifest: dict) -> dict[int, int]:
+        """Wait for the counts: ``{table index: rows}``. Raises the counting error (with
+        ``manifest["phase"] = "count"``)."""
+        self._thread.join()
+        if self._err:
+            manifest["phase"] = "count"
+            raise self._err[0]
+        return self.counts
+
+    def manifest_tables(self, data_tables: set | None) -> list[dict]:
+        """The manifest's ``tables``: rows None for a table whose data is not in the archive."""
+        return [{"schema": t["schema"], "name": t["name"],
+                 "rows": (self.counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables)
+                          else None)}
+                for i, t in enumerate(self.tables)]
+
+
+def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: str, partial: str,
+                   proc, session, notify, *, record: bool = True) -> None:
+    """After a failed dump: stop pg_dump and the snapshot session, remove the ``.partial``,
+    write the manifest as FAILED (when ``record``; a failure to write it is a warning),
+    then re-raise ``e`` as the project's error (OSError -> StorageError)."""
+    if proc is not None:
+        proc.kill()
+    if session is not None:
+        try:
+            session.proc.kill()
+        except Exception:
+            pass
+    try:
+        writer.remove(partial)
+    except BigskiesError:
+        pass
+    manifest.update({"status": "FAILED", "error": str(e) or type(e).__name__,
+                     "finished_at": iso(utcnow()), "duration_s": round(time.monotonic() - t0, 3)})
+    if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
+        manifest["stderr_tail"] = e.stderr
+    try:
+        if record:
+            write_manifest(writer, final, manifest)
+    except BigskiesError as e2:
+        notify(f"warning: could not record the FAILED manifest: {e2}")
+    if isinstance(e, (KeyboardInterrupt, BigskiesError)):
+        raise e
+    if isinstance(e, OSError):
+        raise StorageError(f"backup failed: {e}") from e
+    raise e
+
+
 class _Digest:
     """A finished sha256 with hashlib's ``hexdigest()`` (for archives pg_dump wrote itself)."""
 
@@ -294,16 +391,9 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
     proc = None
     recorded = False  # STARTED manifest written (only once connected: s.7 "nothing harmed")
     try:
-        sql = access.sql(db)
-        session = sql.session()
-        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
-        manifest["server_version"] = str(parse_server_version_num(snap["v"]))
-        manifest["snapshot"] = snap["s"]
-        tables = session.query(TABLES_SQL)
-        manifest["schema_migrations_head"] = migration_head(session)
-        manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
-        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"],
+        session = access.sql(db).session()
+        snapshot, tables = snapshot_facts(session, access, manifest)
+        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot,
                             exclude_table_data=excl, schema_only=schema_only, verbose=verbose)
         # A local custom archive is written by pg_dump itself: a seekable file gets the data
         # offsets in its TOC (pg_restore --jobs and -L then seek instead of scanning), and
@@ -316,22 +406,6 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         manifest["phase"] = "dump"
         write_manifest(runner, final, manifest)  # STARTED, before pg_dump starts
         recorded = True
-        counts: dict[int, int] = {}
-        count_err: list[BaseException] = []
-
-        def do_counts():
-            try:
-                if tables and not schema_only:
-                    # count only tables we may read: a failing count would abort the transaction
-                    # and invalidate the snapshot under pg_dump, hiding pg_dump's real error
-                    can = {(r["schema"], r["name"]) for r in session.query(READABLE_SQL)}
-                    idx = [i for i, t in enumerate(tables) if (t["schema"], t["name"]) in can]
-                    if idx:
-                        for r in session.query(count_rows_sql([tables[i] for i in idx])):
-                            counts[idx[r["i"]]] = r["n"]
-            except BaseException as e:  # reported after the dump
-                count_err.append(e)
-
         try:
             f = runner.open_write(partial)  # created with our mode (0640) before pg_dump may open it
         except OSError as e:
@@ -340,8 +414,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             f.close()
             f = open(os.devnull, "wb")
         proc = access.popen_tool("pg_dump", args)
-        counter = threading.Thread(target=do_counts, daemon=True)
-        counter.start()
+        counter = RowCounter(session, tables, schema_only).start()
         sink = _Sink(f, fmt, level)
         q: queue.Queue = queue.Queue(maxsize=16)
         threading.Thread(target=_pump, args=(proc.stdout, q), daemon=True).start()
@@ -380,10 +453,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             sink.sha, sink.out_bytes = _Digest(digest), size
             if progress:
                 progress(size, size)
-        counter.join()
-        if count_err:
-            manifest["phase"] = "count"
-            raise count_err[0]
+        counter.result(manifest)
         session.close()
         session = None
         manifest["phase"] = "finalize"
@@ -397,10 +467,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             data_tables = sink.copy_tables
         else:
             data_tables = _custom_data_tables(access, partial, tables)
-        manifest["tables"] = [
-            {"schema": t["schema"], "name": t["name"],
-             "rows": (counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables) else None)}
-            for i, t in enumerate(tables)]
+        manifest["tables"] = counter.manifest_tables(data_tables)
         roles_data = None
         if host.backup.roles:  # backup.roles: true -> <archive>.roles.sql beside it (bigskies_ops.roles)
             from .roles import dump_roles
@@ -422,30 +489,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         return BackupResult(Backup(bdir, name, manifest, sink.out_bytes), manifest, sink.raw_bytes,
                             time.monotonic() - t0)
     except BaseException as e:
-        if proc is not None:
-            proc.kill()
-        if session is not None:
-            try:
-                session.proc.kill()
-            except Exception:
-                pass
-        runner.remove(partial)
-        manifest.update({"status": "FAILED", "error": str(e) or type(e).__name__,
-                         "finished_at": iso(utcnow()), "duration_s": round(time.monotonic() - t0, 3)})
-        if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
-            manifest["stderr_tail"] = e.stderr
-        try:
-            if recorded:  # could not even connect: leave the backup folder as it was
-                write_manifest(runner, final, manifest)
-        except BigskiesError as e2:
-            notify(f"warning: could not record the FAILED manifest: {e2}")
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        if isinstance(e, BigskiesError):
-            raise
-        if isinstance(e, OSError):
-            raise StorageError(f"backup failed: {e}") from e
-        raise
+        # could not even connect (no STARTED manifest yet): leave the backup folder as it was
+        record_failure(e, manifest, t0, runner, final, partial, proc, session, notify, record=recorded)
 
 
 def _fsync(f) -> None:

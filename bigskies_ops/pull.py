@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess
-from .backup import (COPY_RE, TABLES_SQL, BackupResult, _pick_name, count_rows_sql, migration_head,
+from .backup import (COPY_RE, BackupResult, RowCounter, _pick_name, record_failure, snapshot_facts,
                      split_qualified)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, StorageError, UsageError
 from .inventory import Host
 from .locks import host_lock
-from .pgtools import parse_plain_header, parse_server_version_num, pg_dump_args, plain_tail_complete
+from .pgtools import parse_plain_header, pg_dump_args, plain_tail_complete
 from .runners import LocalRunner, redact_argv, tail
 
 CHUNK = 1 << 20
@@ -216,14 +216,8 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
     proc = None
     try:
         session = access.sql(db).session()
-        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
-        manifest["server_version"] = str(parse_server_version_num(snap["v"]))
-        manifest["snapshot"] = snap["s"]
-        tables = session.query(TABLES_SQL)
-        manifest["schema_migrations_head"] = migration_head(session)
-        manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
-        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snap["s"], exclude_table_data=excl,
+        snapshot, tables = snapshot_facts(session, access, manifest)
+        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot, exclude_table_data=excl,
                             schema_only=schema_only)
         dump_argv = access.tool_argv("pg_dump", args)
         stages = [dump_argv]
@@ -235,27 +229,14 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         manifest["remote_pipeline"] = " | ".join(shlex.join(redact_argv(s)) for s in stages) + (
             f" > {name}{PARTIAL_SUFFIX}" if mode == "remote" else " (stdout over SSH)")
         manifest["phase"] = "dump"
-        counts: dict[int, int] = {}
-        count_err: list[BaseException] = []
-
-        def do_counts():
-            try:
-                if tables and not schema_only:
-                    for r in session.query(count_rows_sql(tables)):
-                        counts[r["i"]] = r["n"]
-            except BaseException as e:  # reported after the dump
-                count_err.append(e)
-
         sink = None
         if mode == "remote":
             proc = runner.pipeline(stages, stdout_path=partial, env=access.env())
-            counter = threading.Thread(target=do_counts, daemon=True)
-            counter.start()
+            counter = RowCounter(session, tables, schema_only).start()
             _watch_remote_file(proc, runner, partial, host, progress)
         else:
             proc = runner.pipeline(stages, env=access.env())
-            counter = threading.Thread(target=do_counts, daemon=True)
-            counter.start()
+            counter = RowCounter(session, tables, schema_only).start()
             try:
                 f = writer.open_write(partial)
             except OSError as e:
@@ -280,10 +261,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         rcs, err = stage_statuses_of(proc, len(stages))
         manifest["remote_exit_statuses"] = dict(zip(names, rcs))
         _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest)
-        counter.join()
-        if count_err:
-            manifest["phase"] = "count"
-            raise count_err[0]
+        counter.result(manifest)
         session.close()
         session = None
         manifest["phase"] = "finalize"
@@ -293,10 +271,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         else:
             digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
             data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
-        manifest["tables"] = [
-            {"schema": t["schema"], "name": t["name"],
-             "rows": (counts.get(i) if (data_tables is None or (t["schema"], t["name"]) in data_tables) else None)}
-            for i, t in enumerate(tables)]
+        manifest["tables"] = counter.manifest_tables(data_tables)
         if not writer.link_noreplace(partial, final):
             raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
         finished = utcnow()
@@ -311,30 +286,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         write_manifest(writer, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
     except BaseException as e:
-        if proc is not None:
-            proc.kill()
-        if session is not None:
-            try:
-                session.proc.kill()
-            except Exception:
-                pass
-        try:
-            writer.remove(partial)
-        except BigskiesError:
-            pass
-        manifest.update({"status": "FAILED", "error": str(e) or type(e).__name__,
-                         "finished_at": iso(utcnow()), "duration_s": round(time.monotonic() - t0, 3)})
-        if isinstance(e, CommandError) and e.stderr and "stderr_tail" not in manifest:
-            manifest["stderr_tail"] = e.stderr
-        try:
-            write_manifest(writer, final, manifest)
-        except BigskiesError as e2:
-            notify(f"warning: could not record the FAILED manifest: {e2}")
-        if isinstance(e, (KeyboardInterrupt, BigskiesError)):
-            raise
-        if isinstance(e, OSError):
-            raise StorageError(f"dump failed: {e}") from e
-        raise
+        record_failure(e, manifest, t0, writer, final, partial, proc, session, notify)
 
 
 def _head_of(runner, path: str) -> bytes:
