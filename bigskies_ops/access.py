@@ -214,7 +214,8 @@ class PostgresAccess:
     def _tool_env(self, pgoptions: str | None) -> dict[str, str]:
         env = self.env()
         if pgoptions and not self.host.container:  # containers get it by -e (tool_argv)
-            env = {**env, "PGOPTIONS": pgoptions}
+            own = os.environ.get("PGOPTIONS", "").strip() if not self.runner.is_remote else ""
+            env = {**env, "PGOPTIONS": f"{own} {pgoptions}" if own else pgoptions}  # ours last: they win
         return env
 
     def error_for(self, argv: list[str], returncode: int, stderr: str, tool: str) -> PostgresError:

@@ -107,12 +107,14 @@ def count_rows_sql(tables: list[dict]) -> pgsql.Composable:
 class _Sink:
     """Compress (plain: gzip container, ISA-L or zlib level N: bigskies_ops.gz) + sha256 + write, chunk by chunk.
 
-    For plain dumps it also notes which tables have a ``COPY ... FROM stdin`` block
-    (pg_dump's own ``--exclude-table-data`` semantics), keeps the first 64 KiB (the
-    header) and the last 8 KiB (the completion trailer) of the SQL.
+    For plain dumps it keeps the first 64 KiB (the header) and the last 8 KiB (the
+    completion trailer) of the SQL, and with ``track_copy`` notes which tables have a
+    ``COPY ... FROM stdin`` block (pg_dump's own ``--exclude-table-data`` semantics),
+    with the same statement lexer as the restore (restore.OwnerAclFilter), so a data
+    row or a function body that looks like a COPY statement is never taken for one.
     """
 
-    def __init__(self, f, fmt: str, level: int):
+    def __init__(self, f, fmt: str, level: int, track_copy: bool = False):
         self.f = f
         self.sha = hashlib.sha256()
         self.out_bytes = 0
@@ -120,8 +122,18 @@ class _Sink:
         self.comp = gz.compressobj(level) if fmt == "plain" else None
         self.head = b""
         self.tail = b""
-        self.copy_tables: set[tuple[str, str]] = set()
-        self._carry = b"\n"
+        self._copy = None
+        if track_copy and fmt == "plain":
+            from .restore import OwnerAclFilter
+            self._copy = OwnerAclFilter(drop=False, emit=False)
+
+    @property
+    def copy_tables(self) -> set[tuple[str, str]] | None:
+        """Tables with a COPY block (None when not tracked: every table has its data)."""
+        if self._copy is None:
+            return None
+        self._copy.flush()
+        return {t for t in self._copy.copy_tables if t is not None}
 
     def _emit(self, data: bytes):
         if data:
@@ -129,32 +141,13 @@ class _Sink:
             self.f.write(data)
             self.out_bytes += len(data)
 
-    def _scan_copy(self, chunk: bytes) -> None:
-        buf = self._carry + chunk
-        pos = 0
-        while True:
-            i = buf.find(b"\nCOPY ", pos)
-            if i < 0:
-                break
-            j = buf.find(b"\n", i + 1)
-            if j < 0:
-                break
-            m = COPY_RE.match(buf, i + 1, j + 1)
-            if m:
-                try:
-                    self.copy_tables.add(split_qualified(m.group(1).decode("utf-8")))
-                except (ValueError, UnicodeDecodeError):
-                    pass
-            pos = j
-        nl = buf.rfind(b"\n")
-        self._carry = buf[nl:][-4096:]
-
     def write(self, chunk: bytes):
         self.raw_bytes += len(chunk)
         if self.comp is not None:
             if len(self.head) < 65536:
                 self.head += chunk[:65536 - len(self.head)]
-            self._scan_copy(chunk)
+            if self._copy is not None:
+                self._copy.feed(chunk)
             self.tail = (self.tail + chunk[-8192:])[-8192:]
             self._emit(self.comp.compress(chunk))
         else:
@@ -415,7 +408,9 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             f = open(os.devnull, "wb")
         proc = access.popen_tool("pg_dump", args)
         counter = RowCounter(session, tables, schema_only).start()
-        sink = _Sink(f, fmt, level)
+        # which tables have data only matters when some data is left out on purpose;
+        # otherwise every table's count is recorded and checked at restore
+        sink = _Sink(f, fmt, level, track_copy=bool(excl or schema_only))
         q: queue.Queue = queue.Queue(maxsize=16)
         threading.Thread(target=_pump, args=(proc.stdout, q), daemon=True).start()
         try:

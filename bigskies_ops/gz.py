@@ -9,7 +9,8 @@ inflates about twice as fast. Both write standard gzip members (RFC 1952), so
 ``gunzip -c FILE | psql`` (the guide's restore) reads our archives unchanged.
 
 ISA-L has compression levels 0-3 only; a ``compress_level`` of 4-9 means the user
-asked for smaller files over speed, so those levels use zlib.
+asked for smaller files over speed, so those levels use zlib, and so does 0, which
+means "stored, not compressed" for gzip and zlib (ISA-L's level 0 still compresses).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _GZIP = 31  # wbits: gzip container (16) + 32 KiB window (15)
 
 def codec_name(level: int) -> str:
     """Human-readable compressor for the manifest, e.g. ``gzip (ISA-L level 1)``."""
-    if _isal is not None and level <= 3:
+    if _isal is not None and 1 <= level <= 3:
         return f"gzip (ISA-L level {level})"
     return f"gzip (zlib level {level})"
 
@@ -37,11 +38,11 @@ def compressobj(level: int):
     """A streaming gzip compressor (``compress(bytes) -> bytes``, ``flush() -> bytes``).
 
     Args:
-        level: 0-9; 0-3 use ISA-L when installed, 4-9 zlib.
+        level: 0-9; 1-3 use ISA-L when installed, 0 and 4-9 zlib.
     """
-    if _isal is not None and level <= 3:
+    if _isal is not None and 1 <= level <= 3:
         return _isal.compressobj(level, _isal.DEFLATED, _GZIP)
-    return zlib.compressobj(level, zlib.DEFLATED, _GZIP)
+    return zlib.compressobj(level, zlib.DEFLATED, _GZIP)  # 0: stored, no compression (as gzip/zlib mean it)
 
 
 def decompressobj():

@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import socket
+import time
 from contextlib import contextmanager
 
 from .catalog import encode_dbname, iso, utcnow
@@ -20,6 +21,19 @@ from .runners import pid_alive as _pid_alive
 
 def lock_path(backup_dir: str, database: str) -> str:
     return posixpath.join(backup_dir, f".lock-{encode_dbname(database)}")
+
+
+def _read_lock(runner, path: str) -> dict | None:
+    """The lock's JSON, {} when it vanished meanwhile, None when empty or not JSON."""
+    try:
+        raw = runner.read_bytes(path)
+    except OSError:
+        return {}
+    try:
+        held = json.loads(raw)
+    except ValueError:
+        return None
+    return held if isinstance(held, dict) else None
 
 
 @contextmanager
@@ -37,10 +51,17 @@ def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str,
     for _ in range(3):
         if runner.create_exclusive(path, data):
             break
-        try:
-            held = json.loads(runner.read_bytes(path) or b"{}")
-        except (OSError, ValueError):
-            held = {}
+        held = _read_lock(runner, path)
+        if held is None:  # empty or unreadable a second later: left by a crash while it was written
+            time.sleep(1.0)
+            held = _read_lock(runner, path)
+            if held is None:
+                if notify:
+                    notify(f"removed unreadable lock file {path} (left by a crash while it was being written)")
+                runner.remove(path)
+                continue
+        if not held:  # released meanwhile: try again
+            continue
         if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) \
                 and not _pid_alive(held["pid"]):
             if notify:

@@ -112,25 +112,10 @@ def _sha256(runner, path: str) -> tuple[str, int]:
 
 def _gzip_full_check(runner, path: str) -> bytes:
     """Decompress the whole file; return the last 8 KiB of the SQL. Raises ArchiveError."""
-    d = gz.decompressobj()
     tail_b = b""
     with runner.open_read(path) as f:
-        while True:
-            b = f.read(CHUNK)
-            if not b:
-                break
-            try:
-                out = d.decompress(b)
-            except gz.ERRORS as e:
-                raise ArchiveError(f"{path}: corrupt gzip data ({e})")
+        for _done, out in _gunzip_chunks(f, path=path):
             tail_b = (tail_b + out)[-8192:]
-            while d.unused_data:  # concatenated gzip members
-                rest = d.unused_data
-                d = gz.decompressobj()
-                out = d.decompress(rest)
-                tail_b = (tail_b + out)[-8192:]
-    if not d.eof:
-        raise ArchiveError(f"{path}: truncated gzip file (unexpected end of data)")
     return tail_b
 
 
@@ -251,90 +236,219 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
 # ------------------------------------------------------------------ streaming into tools
 class OwnerAclFilter:
     """Drop ``ALTER ... OWNER TO`` and ``GRANT``/``REVOKE`` statements from a plain dump
-    stream (``--no-owner --no-acl`` semantics for psql), never inside COPY data or
-    dollar-quoted bodies, so roles that do not exist locally cannot break a restore.
+    stream (``--no-owner --no-acl`` semantics for psql), so roles that do not exist
+    locally cannot break a restore; and list the tables of the stream's ``COPY ...
+    FROM stdin`` statements in order (``copy_tables``; None for a name it cannot parse),
+    which :class:`CopyTags` pairs with psql's ``COPY n`` tags. With ``drop=False``
+    nothing is removed; with ``emit=False`` nothing is returned (tracking only).
 
-    It also lists the tables of the stream's ``COPY ... FROM stdin`` statements in
-    order (``copy_tables``; None for a name it cannot parse), which :class:`CopyTags`
-    pairs with psql's ``COPY n`` tags. With ``drop=False`` nothing is removed.
+    Whole statements are judged, never lines: the SQL between COPY blocks is split the
+    way psql splits it (psqlscan.l: string literals with doubled quotes, ``E''`` strings
+    with backslash escapes, quoted identifiers, dollar-quoted bodies, ``--`` and nested
+    ``/* */`` comments; a backslash meta-command such as ``\\restrict`` at a statement
+    start runs to the end of its line). COPY data passes through untouched, block-wise,
+    up to its ``\\.`` line. So a data row that looks like SQL (``GRANT ...;``), a quoted
+    table name holding a newline, or ``$$`` inside a string literal can never put the
+    filter out of step and cost a row (found by a break-it trial).
     """
 
-    OWNER_RE = re.compile(rb"^ALTER [A-Z ]+ .* OWNER TO .*;\n?$")
-    ACL_RE = re.compile(rb"^(GRANT|REVOKE) .*;\n?$")
-    ACL_DEFAULT_RE = re.compile(rb"^ALTER DEFAULT PRIVILEGES .*;\n?$")
-    COPY_START = re.compile(rb"^COPY .* FROM stdin;\n?$")
-    DOLLAR = re.compile(rb"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+    OWNER_RE = re.compile(rb'\AALTER [A-Z][A-Z ]* .* OWNER TO (?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*);\Z', re.S)
+    ACL_RE = re.compile(rb"\A(?:GRANT|REVOKE) .*;\Z", re.S)
+    ACL_DEFAULT_RE = re.compile(rb"\AALTER DEFAULT PRIVILEGES .*;\Z", re.S)
+    COPY_STMT = re.compile(rb"\ACOPY\s.*\sFROM\s+stdin;\Z", re.S | re.I)
+    LEADING = re.compile(rb"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)  # whitespace/comments before a statement
+    TOKEN = re.compile(rb"""[Ee]'|'|"|\$(?:[A-Za-z_\x80-\xff][A-Za-z_0-9\x80-\xff]*)?\$|--|/\*|;""")
+    NONSPACE = re.compile(rb"\S")
+    IDENT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$" + bytes(range(0x80, 0x100)))
+    E_STRING = re.compile(rb"\\.|'", re.S)
+    COMMENT = re.compile(rb"/\*|\*/")
 
-    def __init__(self, drop: bool = True):
+    def __init__(self, drop: bool = True, emit: bool = True):
         self.buf = b""
         self.in_copy = False
-        self.dollar: bytes | None = None
         self.dropped = 0
         self.drop = drop
+        self.emit = emit
         self.copy_tables: list[tuple[str, str] | None] = []
+        self.stmt = bytearray()  # the statement being read, with the whitespace/comments before it
+        self.mode = "n"  # n(ormal), s(tring), e(scape string), d(ouble-quoted name), $ (dollar body), b(lock comment)
+        self.tag = b""
+        self.depth = 0
+        self.blank = True  # nothing but whitespace/comments in self.stmt so far
+        self.copy_next = False  # a COPY ... FROM stdin; just ended: its data starts on the next line
+        self._out: list[bytes] = []
 
     def feed(self, data: bytes) -> bytes:
         buf = self.buf + data
-        out: list[bytes] = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            if self.in_copy:
-                # COPY data passes through untouched, block-wise, up to the "\\." line
-                # (a terminator right at pos: an empty COPY, or a chunk that began with it)
-                if buf.startswith(b"\\.\n", pos):
-                    end = pos + 3
-                else:
-                    k = buf.find(b"\n\\.\n", pos)
-                    end = k + 4 if k >= 0 else -1
-                if end < 0:
-                    last = buf.rfind(b"\n", pos)
-                    if last < 0:
-                        break
-                    out.append(buf[pos:last + 1])
-                    pos = last + 1
-                    break
-                out.append(buf[pos:end])
-                pos = end
-                self.in_copy = False
-                continue
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                break
-            out.append(self._line(buf[pos:nl + 1]))
-            pos = nl + 1
+        end = buf.rfind(b"\n") + 1  # complete lines only: no token spans a newline
+        pos = self._scan(buf, end) if end else 0
         self.buf = buf[pos:]
-        return b"".join(out)
+        return self._take()
 
     def flush(self) -> bytes:
         rest, self.buf = self.buf, b""
-        return self._line(rest) if rest else b""
+        if rest:
+            self._scan(rest, len(rest))
+        if self.stmt:
+            self._put(bytes(self.stmt))
+            self.stmt = bytearray()
+        return self._take()
 
-    def _line(self, line: bytes) -> bytes:
-        if self.in_copy:
-            if line in (b"\\.\n", b"\\."):
+    def _put(self, b) -> None:
+        if self.emit and b:
+            self._out.append(bytes(b))
+
+    def _take(self) -> bytes:
+        out, self._out = b"".join(self._out), []
+        return out
+
+    def _line_end(self, buf: bytes, i: int, end: int) -> int:
+        nl = buf.find(b"\n", i, end)
+        return end if nl < 0 else nl + 1
+
+    def _scan(self, buf: bytes, end: int) -> int:
+        """Consume ``buf[:end]`` (whole lines, or the stream's last bytes); return where it stopped."""
+        pos = 0
+        while pos < end:
+            if self.in_copy:
+                if buf.startswith(b"\\.\n", pos) or (buf[pos:end] == b"\\." and end == len(buf)):
+                    stop = min(pos + 3, end)
+                else:
+                    k = buf.find(b"\n\\.\n", pos, end)
+                    stop = k + 4 if k >= 0 else -1
+                if stop < 0:  # no terminator yet: pass the data through
+                    self._put(buf[pos:end])
+                    return end
+                self._put(buf[pos:stop])
+                pos = stop
                 self.in_copy = False
-            return line
-        if self.dollar is None:
-            if self.COPY_START.match(line):
+                continue
+            if self.copy_next:  # the rest of the COPY statement's line, then its data
+                nl = self._line_end(buf, pos, end)
+                self._put(buf[pos:nl])
+                pos = nl
+                self.copy_next = False
                 self.in_copy = True
-                m = COPY_RE.match(line)
-                try:
-                    self.copy_tables.append(split_qualified(m.group(1).decode("utf-8")) if m else None)
-                except (ValueError, UnicodeDecodeError):
-                    self.copy_tables.append(None)
-                return line
-            if self.drop and (self.OWNER_RE.match(line) or self.ACL_RE.match(line)
-                              or self.ACL_DEFAULT_RE.match(line)):
-                self.dropped += 1
-                return b""
-        for m in self.DOLLAR.finditer(line):
-            tag = m.group(0)
-            if self.dollar is None:
-                self.dollar = tag
-            elif tag == self.dollar:
-                self.dollar = None
-        return line
+                continue
+            mode = self.mode
+            if mode == "n":
+                if self.blank:
+                    m = self.NONSPACE.search(buf, pos, end)
+                    if m is None:
+                        self.stmt += buf[pos:end]
+                        return end
+                    if buf[m.start()] == 0x5C:  # backslash: a psql meta-command, to the end of its line
+                        nl = self._line_end(buf, m.start(), end)
+                        self.stmt += buf[pos:nl]
+                        self._put(self.stmt)
+                        self.stmt = bytearray()
+                        pos = nl
+                        continue
+                m = self.TOKEN.search(buf, pos, end)
+                if m is None:
+                    seg = buf[pos:end]
+                    if self.blank and seg.strip():
+                        self.blank = False
+                    self.stmt += seg
+                    return end
+                s, e = m.span()
+                tok = m.group()
+                if self.blank and buf[pos:s].strip():
+                    self.blank = False
+                if tok == b";":
+                    self.stmt += buf[pos:e]
+                    pos = e
+                    self._statement_end()
+                    continue
+                if tok == b"--":
+                    nl = self._line_end(buf, e, end)
+                    self.stmt += buf[pos:nl]
+                    pos = nl
+                    continue
+                if tok == b"/*":
+                    self.mode, self.depth = "b", 1
+                    self.stmt += buf[pos:e]
+                    pos = e
+                    continue
+                prev = buf[s - 1] if s > pos else (self.stmt[-1] if self.stmt else 0x0A)
+                self.blank = False
+                if tok[0] == 0x24:  # $
+                    if prev in self.IDENT:  # part of a name like a$b$: not a dollar quote
+                        self.stmt += buf[pos:s + 1]
+                        pos = s + 1
+                        continue
+                    self.mode, self.tag = "$", tok
+                elif tok[0] in b"Ee":
+                    self.mode = "s" if prev in self.IDENT else "e"
+                elif tok == b"'":
+                    self.mode = "s"
+                else:
+                    self.mode = "d"
+                self.stmt += buf[pos:e]
+                pos = e
+            elif mode in ("s", "d"):
+                q = 0x27 if mode == "s" else 0x22
+                k = buf.find(bytes([q]), pos, end)
+                if k < 0:
+                    self.stmt += buf[pos:end]
+                    return end
+                if k + 1 < end and buf[k + 1] == q:  # doubled: still inside
+                    self.stmt += buf[pos:k + 2]
+                    pos = k + 2
+                    continue
+                self.stmt += buf[pos:k + 1]
+                pos = k + 1
+                self.mode = "n"
+            elif mode == "e":
+                m = self.E_STRING.search(buf, pos, end)
+                if m is None:
+                    self.stmt += buf[pos:end]
+                    return end
+                k = m.end()
+                if m.group() == b"'" and not (k < end and buf[k] == 0x27):
+                    self.mode = "n"
+                elif m.group() == b"'":
+                    k += 1  # doubled quote
+                self.stmt += buf[pos:k]
+                pos = k
+            elif mode == "$":
+                k = buf.find(self.tag, pos, end)
+                if k < 0:
+                    self.stmt += buf[pos:end]
+                    return end
+                self.stmt += buf[pos:k + len(self.tag)]
+                pos = k + len(self.tag)
+                self.mode = "n"
+            else:  # block comment (they nest)
+                m = self.COMMENT.search(buf, pos, end)
+                if m is None:
+                    self.stmt += buf[pos:end]
+                    return end
+                self.depth += 1 if m.group() == b"/*" else -1
+                self.stmt += buf[pos:m.end()]
+                pos = m.end()
+                if self.depth == 0:
+                    self.mode = "n"
+        return pos
+
+    def _statement_end(self) -> None:
+        stmt = bytes(self.stmt)
+        self.stmt = bytearray()
+        self.blank = True
+        lead = self.LEADING.match(stmt).end()
+        core = stmt[lead:]
+        if self.COPY_STMT.match(core):
+            m = COPY_RE.match(core)
+            try:
+                self.copy_tables.append(split_qualified(m.group(1).decode("utf-8")) if m else None)
+            except (ValueError, UnicodeDecodeError):
+                self.copy_tables.append(None)
+            self.copy_next = True
+        elif self.drop and (self.OWNER_RE.match(core) or self.ACL_RE.match(core) or self.ACL_DEFAULT_RE.match(core)):
+            self.dropped += 1
+            self._put(stmt[:lead])
+            return
+        self._put(stmt)
 
 
 class CopyTags:
@@ -381,27 +495,53 @@ def _raw_chunks(f):
         yield done, b
 
 
-def _gunzip_chunks(f, max_out: int = 4 * CHUNK):
+def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive"):
     """Decompress a (possibly multi-member) gzip file, yielding (compressed bytes read,
-    at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio."""
+    at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio.
+
+    What follows the last member is judged as GNU gunzip does: zero bytes (padding, e.g.
+    from a tape or a block device) are ignored; anything else is an error.
+
+    Raises:
+        ArchiveError: corrupt data, trailing garbage, or a truncated last member.
+    """
     d = gz.decompressobj()
     done = 0
+    padding = False
     for done, b in _raw_chunks(f):
         data = b
         while data:
-            out = d.decompress(data, max_out)
+            if padding:
+                if data.strip(b"\0"):
+                    raise ArchiveError(f"{path}: trailing garbage after the gzip data")
+                break
+            try:
+                out = d.decompress(data, max_out)
+            except gz.ERRORS as e:
+                raise ArchiveError(f"{path}: corrupt gzip data ({e})") from None
             if out:
                 yield done, out
             if d.unconsumed_tail:
                 data = d.unconsumed_tail
             elif d.eof and d.unused_data:
                 data = d.unused_data
-                d = gz.decompressobj()
+                if not data.strip(b"\0"):
+                    padding = True
+                elif not b"\x1f\x8b".startswith(data[:2]):
+                    raise ArchiveError(f"{path}: trailing garbage after the gzip data")
+                else:
+                    d = gz.decompressobj()  # the next member of a concatenated file
             else:
                 data = b""
-    rest = d.flush()
-    if rest:
-        yield done, rest
+    if not padding:
+        try:
+            rest = d.flush()
+        except gz.ERRORS as e:
+            raise ArchiveError(f"{path}: corrupt gzip data ({e})") from None
+        if rest:
+            yield done, rest
+        if not d.eof:
+            raise ArchiveError(f"{path}: truncated gzip file (unexpected end of data)")
 
 
 def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
@@ -430,7 +570,7 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     broken = False
     try:
         with LocalRunner().open_read(path) as f:
-            for raw_done, b in (_gunzip_chunks(f) if decompress else _raw_chunks(f)):
+            for raw_done, b in (_gunzip_chunks(f, path=path) if decompress else _raw_chunks(f)):
                 sent = raw_done
                 if line_filter is not None:
                     b = line_filter.feed(b)

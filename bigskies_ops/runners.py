@@ -279,8 +279,16 @@ class LocalRunner(Runner):
             return False
         except OSError as e:
             raise StorageError(f"cannot create {path}: {e.strerror}") from e
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:  # e.g. a full disk: never leave an empty lock file behind
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise StorageError(f"cannot write {path}: {e.strerror or e}"
+                               f"{' (file system full)' if e.errno == 28 else ''}") from e
         return True
 
     def remove(self, path: str) -> None:

@@ -924,6 +924,9 @@ class _OpenSSHFetch(Fetch):
         text = self.err.buf.decode("utf-8", "replace")
         if rc == 255:
             raise SSHError(f"{host.name}: the SSH transfer of {self.path} failed: {tail(text, 300)}")
+        if rc < 0:  # the local ssh client was killed: the connection is gone, the .partial stays
+            raise SSHError(f"{host.name}: the SSH transfer of {self.path} was cut off (ssh client killed by "
+                           f"signal {-rc}); run the pull again to resume")
         if rc != 0:
             raise StorageError(f"{host.name}: copying {self.path} failed: {_reason(text)}")
         return os.path.getsize(self.local_path) - start

@@ -12,7 +12,8 @@ import pytest
 from bigskies_ops import catalog, inventory, pgtools
 from bigskies_ops.errors import InventoryError
 from bigskies_ops import gz
-from bigskies_ops.restore import CopyTags, OwnerAclFilter, pre_restore_name, side_db_name
+from bigskies_ops.errors import ArchiveError
+from bigskies_ops.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
 from bigskies_ops.backup import split_qualified
 from bigskies_ops.access import pgpass_escape
 from bigskies_ops.runners import redact_argv
@@ -126,7 +127,8 @@ def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
             b"REVOKE ALL ON SCHEMA public FROM PUBLIC;\n")
     f = OwnerAclFilter()
     out = b"".join(f.feed(dump[i:i + 7]) for i in range(0, len(dump), 7)) + f.flush()
-    assert out == (b"CREATE TABLE public.t (x text);\n"
+    # whole statements are dropped; the newline before a dropped one stays (a blank line)
+    assert _lines(out) == _lines(b"CREATE TABLE public.t (x text);\n"
                    b"CREATE FUNCTION public.f() RETURNS void AS $$\n"
                    b"GRANT SELECT ON t TO x;\n"
                    b"$$ LANGUAGE sql;\n"
@@ -135,6 +137,10 @@ def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
                    b"ALTER TABLE public.t OWNER TO z;\n"
                    b"\\.\n")
     assert f.dropped == 3
+
+
+def _lines(b: bytes) -> list[bytes]:
+    return [line for line in b.split(b"\n") if line]
 
 
 COPY_DUMP = (b"SET x = 1;\nCOPY public.t (x) FROM stdin;\na\nb\n\\.\nCREATE FUNCTION f() AS $$\n"
@@ -148,11 +154,45 @@ def test_owner_acl_filter_lists_copy_tables_whatever_the_chunking(step):
     # a chunk that starts with the "\." terminator once kept the filter in COPY mode for the rest
     f = OwnerAclFilter()
     out = b"".join(f.feed(COPY_DUMP[i:i + step]) for i in range(0, len(COPY_DUMP), step)) + f.flush()
-    assert out == COPY_DUMP.replace(b"GRANT ALL ON t TO y;\n", b"")
+    assert _lines(out) == _lines(COPY_DUMP.replace(b"GRANT ALL ON t TO y;\n", b""))
     assert f.copy_tables == [("public", "t"), ("Odd", 'we"ird'), ("public", "t")]
     assert not f.in_copy and f.dropped == 1
     keep = OwnerAclFilter(drop=False)
     assert keep.feed(COPY_DUMP) + keep.flush() == COPY_DUMP and len(keep.copy_tables) == 3
+
+
+# Found by a break-it trial: each once put the filter out of step, so COPY data was read
+# as SQL and data rows that look like GRANT/REVOKE/OWNER statements were silently dropped.
+TRICKY = [
+    (b'CREATE TABLE public."audit\nlog" (v text);\n'
+     b'COPY public."audit\nlog" (v) FROM stdin;\n'
+     b"GRANT ALL ON public.accounts TO alice;\nREVOKE ALL ON public.accounts FROM bob;\n"
+     b"ALTER TABLE public.accounts OWNER TO carol;\n\\.\n"
+     b"GRANT SELECT ON public.x TO r;\n", [("public", "audit\nlog")], 3),
+    (b"CREATE TABLE public.b (v text);\nCOMMENT ON TABLE public.b IS 'prices in $$';\n"
+     b"COPY public.b (v) FROM stdin;\nclosing $$ here\nGRANT SELECT ON public.b TO PUBLIC;\n\\.\n"
+     b"ALTER TABLE public.b OWNER TO z;\n", [("public", "b")], 2),
+    (b"COMMENT ON TABLE public.c IS E'it\\'s -- not a comment; $$';\n"
+     b'CREATE TABLE "we\'ird$$" (v text);\n/* a /* nested */ comment; $$ */\n'
+     b"-- GRANT ALL ON x TO y; in a comment\n\\restrict abc\n"
+     b"COPY public.c (v) FROM stdin;\nREVOKE ALL ON t FROM u;\n\\.\n"
+     b"CREATE FUNCTION f() RETURNS int AS $f$ SELECT 1; $f$ LANGUAGE sql;\n"
+     b"ALTER FUNCTION public.f() OWNER TO \"some one\";\n", [("public", "c")], 1),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TRICKY)))
+@pytest.mark.parametrize("step", [1, 2, 5, 13, 64, 100000])
+def test_owner_acl_filter_never_drops_copy_data(case, step):
+    dump, tables, rows = TRICKY[case]
+    f = OwnerAclFilter()
+    out = b"".join(f.feed(dump[i:i + step]) for i in range(0, len(dump), step)) + f.flush()
+    assert f.copy_tables == tables
+    copy_at = out.index(b"FROM stdin;\n") + len(b"FROM stdin;\n")
+    block = out[copy_at:out.index(b"\n\\.\n", copy_at) + 1]
+    assert block == dump[dump.index(b"FROM stdin;\n") + 12:dump.index(b"\n\\.\n") + 1]
+    assert block.count(b"\n") == rows
+    assert f.dropped == 1
 
 
 def test_copy_tags_pair_with_copy_statements():
@@ -251,3 +291,36 @@ def test_relative_paths_resolve_against_inventory_folder_or_project_dir(tmp_path
     assert inv.hosts["dev"].backup.dir == str(tmp_path / "bk")
     assert inv.hosts["dev"].ssh.key_filename == str(tmp_path / "keys/id")
     assert inv.hosts["prod"].backup.dir == "/srv/bs/bk"
+
+
+@pytest.mark.parametrize("tail,ok", [(b"", True), (b"\0" * 5000, True), (b"garbage", False),
+                                     (b"\0\0\0junk", False), (b"\x1f", False)])
+def test_gunzip_reads_like_gnu_gunzip(tail, ok):
+    import gzip
+    import io
+    a, b = b"SELECT 1;\n" * 30000, b"SELECT 2;\n" * 10
+    blob = gzip.compress(a) + gzip.compress(b) + tail  # two members, then what follows
+    if ok:
+        for chunk in (CHUNK_SMALL, 1 << 20):
+            got = b"".join(o for _d, o in _gunzip_chunks(_Chunked(blob, chunk), max_out=4096, path="f"))
+            assert got == a + b
+    else:
+        with pytest.raises(ArchiveError, match="trailing garbage|truncated"):
+            list(_gunzip_chunks(_Chunked(blob, 7), path="f"))
+    with pytest.raises(ArchiveError, match="truncated"):
+        list(_gunzip_chunks(_Chunked(gzip.compress(a)[:-9], 1000), path="f"))
+
+
+CHUNK_SMALL = 3
+
+
+class _Chunked:
+    """A file whose read() returns at most ``n`` bytes (member boundaries fall anywhere)."""
+
+    def __init__(self, data: bytes, n: int):
+        self.data, self.n, self.pos = data, n, 0
+
+    def read(self, size: int = -1) -> bytes:
+        out = self.data[self.pos:self.pos + min(self.n, size if size > 0 else self.n)]
+        self.pos += len(out)
+        return out
