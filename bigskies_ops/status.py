@@ -50,7 +50,7 @@ def status(host: Host) -> dict:
             "pg_database_size(current_database()) AS size_bytes, current_user AS user")[0]
         tables = sql.query(
             "SELECT n.nspname AS schema, c.relname AS name, "
-            "GREATEST(c.reltuples, 0)::bigint AS rows_estimate, pg_total_relation_size(c.oid) AS bytes "
+            "CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END AS rows_estimate, pg_total_relation_size(c.oid) AS bytes "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') "
             "AND n.nspname !~ '^pg_toast' ORDER BY 1, 2")

@@ -75,7 +75,7 @@ hosts:
         cluster.init().start()
         cluster.psql("-c", "CREATE DATABASE bigskies")
         cluster.psql(database="bigskies", input=bootstrap_sql(REPO / "configs" / "sql"))
-        cluster.psql(database="bigskies", input=sample_data_sql(1))
+        cluster.psql(database="bigskies", input=sample_data_sql(1) + "\nANALYZE;\n")  # row estimates for db.status
         print(f"BIG SKIES schema (configs/sql, recorded in schema_migrations) and sample data loaded "
               f"in {time.monotonic() - t:.1f} s")
 
@@ -108,7 +108,7 @@ hosts:
 
         banner("Done")
         print(f"Backups are in {backups.relative_to(REPO)}/ ; the sandbox cluster is stopped and removed.")
-        print("Next: copy inventory.yaml, point it at your own stack, run `inv db.backup`.")
+        print("Next: `. .venv/bin/activate`, copy inventory.yaml, point it at your own stack, run `inv db.backup`.")
         return 0
     finally:
         cluster.stop()

@@ -173,7 +173,7 @@ def status(c, host=None, inventory=None, json=False):
     for col in ("schema", "name", "rows (estimate)", "size"):
         t.add_column(col, justify="right" if col in ("rows (estimate)", "size") else "left")
     for r in st["tables"]:
-        t.add_row(r["schema"], r["name"], f"{r['rows_estimate']:,}", human_bytes(r["bytes"]))
+        t.add_row(r["schema"], r["name"], (f"{r['rows_estimate']:,}" if r["rows_estimate"] is not None else "? (not analyzed yet)"), human_bytes(r["bytes"]))
     output.print_table(t)
     head = st["schema_migrations_head"]
     output.say(f"Schema migrations: {'none (no schema_migrations table)' if head is None else str(head['count']) + ' applied, head ' + str(head['version']) + ' ' + (head['name'] or '')}")
