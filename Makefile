@@ -22,7 +22,7 @@ demo: $(STAMP)
 ## make test: install what the suite needs (root + apt), then run the whole suite against real services
 test: $(STAMP)
 	sh scripts/install-test-deps.sh
-	$(BIN)/python -m pytest -p no:cacheprovider -q tests
+	$(BIN)/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)
 	sh scripts/install-test-deps.sh

@@ -45,7 +45,7 @@ def prod_sql(pc):
 
 def new_prod_db(pc) -> str:
     name = f"p_{uuid.uuid4().hex[:10]}"
-    pc.exec_psql(f'CREATE DATABASE "{name}" TEMPLATE "{PROD_TPL}"')
+    pc.exec_psql(f'CREATE DATABASE "{name}" TEMPLATE "{PROD_TPL}" STRATEGY FILE_COPY')
     return name
 
 

@@ -274,7 +274,8 @@ def test_pg_dump_killed_mid_stream_and_second_backup_refused_by_lock(pg, pg_sql,
 def test_pg_dump_cannot_read_a_table(pg, pg_sql, dbname, tmp_path, archives, cli_env):
     role = f"bs_reader_{uuid.uuid4().hex[:6]}"
     esc = PASSWORD.replace("'", "''")
-    pg_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{esc}'", "postgres")
+    # on stdin, not psql -c: test_secrets.py (maybe on another xdist worker) reads every argv on the machine
+    pg.psql(database="postgres", input=f"CREATE ROLE {role} LOGIN PASSWORD '{esc}';")
     try:
         pg_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
                f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}; "

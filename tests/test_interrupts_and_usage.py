@@ -19,6 +19,7 @@ from tests.conftest import REPO, cli
 from tests.pgcheck import db_fingerprint, dir_hashes
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
+HOLDER = "bigskies-test-lock-holder"
 
 
 def _hold_lock(pg, dbname, seconds):
@@ -26,40 +27,57 @@ def _hold_lock(pg, dbname, seconds):
     return subprocess.Popen([PSQL, "-X", "-q", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
                              "-d", dbname, "-c", f"BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE; "
                                                  f"SELECT pg_sleep({seconds}); COMMIT;"],
+                            env=dict(os.environ, PGAPPNAME=HOLDER),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _private_dirs() -> set[str]:
-    import tempfile
-    d = tempfile.gettempdir()
-    return {n for n in os.listdir(d) if n.startswith("bigskies-ops-")}
+def _wait_until(cond, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _private_dirs(tmpdir) -> set[str]:
+    """The product's private folders (tempfile.mkdtemp) in this test's own TMPDIR (not the
+    machine's /tmp, where other test runs or xdist workers make and remove theirs)."""
+    return {n for n in os.listdir(tmpdir) if n.startswith("bigskies-ops-")}
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_during_backup_runs_the_cleanup(local_inv, pg, dbname, pg_sql, cli_env, signum, code):
+def test_a_signal_during_backup_runs_the_cleanup(local_inv, pg, dbname, pg_sql, cli_env, signum, code, tmp_path):
     inv, bdir = local_inv
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    cli_env = dict(cli_env, TMPDIR=str(tmpdir))
     assert cli("db.backup", "-i", str(inv), env=cli_env).returncode == 0
     before_files = dir_hashes(bdir)
     before_db = db_fingerprint(pg_sql, dbname)
-    secrets_before = _private_dirs()
+    secrets_before = _private_dirs(tmpdir)
+    assert secrets_before == set()                              # the first backup removed its folder too
     holder = _hold_lock(pg, dbname, 20)
     try:
-        time.sleep(0.5)
+        _wait_until(lambda: pg_sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = "
+            f"'{HOLDER}' AND l.mode = 'AccessExclusiveLock' AND l.granted", dbname).strip() != "0", "the lock holder")
         p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.backup", "-i", str(inv)], env=cli_env,
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not _private_dirs() - secrets_before:
-            time.sleep(0.1)
-        time.sleep(1.0)  # pg_dump is now waiting for the lock
+        _wait_until(lambda: _private_dirs(tmpdir) - secrets_before, "the private pgpass folder")
+        _wait_until(lambda: pg_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+                                   "AND wait_event_type = 'Lock'", dbname).strip() != "0",
+                    "pg_dump to wait for the lock")
         p.send_signal(signum)
         out, err = p.communicate(timeout=60)
     finally:
         holder.kill()
         holder.wait()
+        # a killed psql's server session sleeps on holding the lock: end it (else every later read waits 20 s)
+        pg_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{HOLDER}'",
+               "postgres")
     assert p.returncode == code, err
     assert f"interrupted by signal {int(signum)}; cleanup done" in err
-    assert _private_dirs() - secrets_before == set()           # the private pgpass folder is gone
+    assert _private_dirs(tmpdir) - secrets_before == set()     # the private pgpass folder is gone
     after = dir_hashes(bdir)
     new = set(after) - set(before_files)
     assert all(n.endswith(".manifest.json") for n in new) and len(new) == 1   # only the FAILED manifest

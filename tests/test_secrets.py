@@ -66,7 +66,7 @@ def secret_target(request, tmp_path, pg, cli_env):
     db = f"sec_{uuid.uuid4().hex[:8]}"
     env = dict(cli_env)
     if mode.endswith("native"):
-        pg.psql("-c", f'CREATE DATABASE "{db}" TEMPLATE bigskies_tpl')
+        pg.psql("-c", f'CREATE DATABASE "{db}" TEMPLATE bigskies_tpl STRATEGY FILE_COPY')
         host = {"postgres": {"host": "127.0.0.1", "port": pg.port, "database": db, "user": "bigskies",
                              "password_env": PASSWORD_ENV, "bindir": PG_BINDIR}}
         locker_argv = [f"{PG_BINDIR}/psql", "-X", "-q", "-h", str(pg.socket_dir), "-p", str(pg.port),
@@ -98,12 +98,12 @@ def secret_target(request, tmp_path, pg, cli_env):
         bdir = tmp_path / "backups"
         host.update({"connection": "local", "backup": {"dir": str(bdir)}})
     inv = write_inventory(tmp_path / "inventory.yaml", {"h": host})
-    yield mode, inv, env, bdir, locker_argv, locker_env, q
+    yield mode, inv, env, bdir, locker_argv, locker_env, q, db
     drop()
 
 
 def test_password_is_in_no_argv_output_or_manifest_while_pg_dump_runs(secret_target, tmp_path):
-    mode, inv, env, bdir, locker_argv, locker_env, q = secret_target
+    mode, inv, env, bdir, locker_argv, locker_env, q, db = secret_target
     needles = {PASSWORD.encode(), escape(PASSWORD).encode()}
     locker = subprocess.Popen(locker_argv, env=locker_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -118,12 +118,14 @@ def test_password_is_in_no_argv_output_or_manifest_while_pg_dump_runs(secret_tar
         _wait(lambda: q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' "
                         "AND wait_event_type = 'Lock'").strip() == "1", "pg_dump to block on the lock")
         cmdlines = all_cmdlines()
-        dumps = [c for c in cmdlines.values() if b"pg_dump" in c and b"--snapshot" in c]
+        # this test's pg_dump (its database name is unique): other xdist workers may be dumping too
+        dumps = [c for c in cmdlines.values() if b"pg_dump" in c and b"--snapshot" in c and db.encode() in c]
         assert dumps, "the sample did not catch pg_dump itself"
         leaks = {pid: c.replace(b"\0", b" ")[:300] for pid, c in cmdlines.items() if any(n in c for n in needles)}
         assert not leaks, f"password in argv of {leaks}"
         if mode == "local-native":   # handed over as a private 0600 passfile named by PGPASSFILE
-            pid = next(p for p, c in cmdlines.items() if c.startswith(f"{PG_BINDIR}/pg_dump".encode()))
+            pid = next(p for p, c in cmdlines.items()
+                       if c.startswith(f"{PG_BINDIR}/pg_dump".encode()) and db.encode() in c)
             environ = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
             passfile = environ[b"PGPASSFILE"].decode()
             assert oct(os.stat(passfile).st_mode & 0o777) == "0o600" and b"PGPASSWORD" not in environ

@@ -95,9 +95,16 @@ class Stack:
         raise AssertionError(f"coordinator sessions {want} not in pg_stat_activity of {DB!r}; got {got}")
 
     def harmless(self):
-        """(fingerprint, backup folder hashes, volume exists, service states) for "nothing harmed"."""
-        return (self.fingerprint(), dir_hashes(self.backups), self.volume_exists(),
-                {s: self.state(s) for s in ("postgres", "bootstrap", "datastore")})
+        """(fingerprint, backup folder hashes, volume exists, service states) for "nothing harmed".
+
+        The independent podman calls run side by side (each waits mostly on podman itself)."""
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(5) as ex:
+            fp = ex.submit(self.fingerprint)
+            vol = ex.submit(self.volume_exists)
+            states = {s: ex.submit(self.state, s) for s in ("postgres", "bootstrap", "datastore")}
+            files = dir_hashes(self.backups)
+            return (fp.result(), files, vol.result(), {s: f.result() for s, f in states.items()})
 
 
 COORD_SESSIONS = {("bootstrap", "bigskies"), ("datastore", "bigskies_datastore")}
