@@ -25,6 +25,9 @@ def _inv_flag(inventory: str | None) -> str:
 
 
 def _restore_command(host, path: str, inventory: str | None = None) -> str:
+    if host.is_remote:  # the archive is on that host; db.restore reads archives on this machine
+        return (f"inv db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}"
+                f"{_inv_flag(inventory)}   # then: inv db.restore latest --origin {host.name} --host HOST")
     rel = os.path.relpath(path) if not path.startswith("..") else path
     return f"inv db.restore {shlex.quote(rel)} --host {host.name}{_inv_flag(inventory)}"
 

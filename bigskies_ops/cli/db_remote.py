@@ -145,7 +145,7 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
             output.say(f"   File: {b.path}")
             output.say(f"   Size: {human_bytes(b.size)}, {_mbps(b.size or 0, secs)} over {secs:.1f} s")
             output.say(f"   sha256: {m.get('sha256')} (checked)")
-            if m.get("remote_exit_statuses"):
+            if m.get("remote_exit_statuses") and m.get("pull_mode") != "existing":  # a dump ran for this pull
                 output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
     if restore:
         from ..restore import restore as run_restore
