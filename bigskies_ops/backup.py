@@ -130,10 +130,7 @@ class _Sink:
     @property
     def copy_tables(self) -> set[tuple[str, str]] | None:
         """Tables with a COPY block (None when not tracked: every table has its data)."""
-        if self._copy is None:
-            return None
-        self._copy.flush()
-        return {t for t in self._copy.copy_tables if t is not None}
+        return None if self._copy is None else self._copy.tables_with_data()
 
     def _emit(self, data: bytes):
         if data:
@@ -253,16 +250,6 @@ def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: s
     if isinstance(e, OSError):
         raise StorageError(f"backup failed: {e}") from e
     raise e
-
-
-class _Digest:
-    """A finished sha256 with hashlib's ``hexdigest()`` (for archives pg_dump wrote itself)."""
-
-    def __init__(self, hexdigest: str):
-        self._hex = hexdigest
-
-    def hexdigest(self) -> str:
-        return self._hex
 
 
 def _pump(stream, q: "queue.Queue") -> None:
@@ -445,9 +432,10 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         if direct:  # one read of the fresh file, from the page cache
             from .restore import _sha256
             digest, size = _sha256(runner, partial)
-            sink.sha, sink.out_bytes = _Digest(digest), size
             if progress:
                 progress(size, size)
+        else:
+            digest, size = sink.sha.hexdigest(), sink.out_bytes
         counter.result(manifest)
         session.close()
         session = None
@@ -475,13 +463,13 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             write_roles(runner, final, roles_data, manifest)
         finished = utcnow()
         manifest.update({
-            "status": "DONE", "phase": None, "sha256": sink.sha.hexdigest(), "bytes": sink.out_bytes,
+            "status": "DONE", "phase": None, "sha256": digest, "bytes": size,
             "raw_bytes": sink.raw_bytes if fmt == "plain" else None,
             "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
             "stderr_tail": tail(proc.stderr_text()) or None,
         })
         write_manifest(runner, final, manifest)
-        return BackupResult(Backup(bdir, name, manifest, sink.out_bytes), manifest, sink.raw_bytes,
+        return BackupResult(Backup(bdir, name, manifest, size), manifest, sink.raw_bytes,
                             time.monotonic() - t0)
     except BaseException as e:
         # could not even connect (no STARTED manifest yet): leave the backup folder as it was

@@ -141,9 +141,10 @@ def _remove_old_partials(lr, pdir: str, db: str, notify) -> None:
 # ----------------------------------------------------------------------------- the dump
 class _StreamSink:
     """Write already-compressed bytes as they arrive: sha256, byte count, and for plain
-    dumps an inflater that keeps the head, the last 8 KiB and the COPY'd tables."""
+    dumps an inflater that keeps the head and the last 8 KiB and, with ``track_copy``,
+    notes the COPY'd tables with the restore's statement lexer (as backup._Sink does)."""
 
-    def __init__(self, f, fmt: str):
+    def __init__(self, f, fmt: str, track_copy: bool = False):
         self.f = f
         self.sha = hashlib.sha256()
         self.out_bytes = 0
@@ -151,8 +152,10 @@ class _StreamSink:
         self.inflate = gz.decompressobj() if fmt == "plain" else None
         self.head = b""
         self.tail = b""
-        self.copy_tables: set[tuple[str, str]] = set()
-        self._carry = b""
+        self.copy = None
+        if track_copy and fmt == "plain":
+            from .restore import OwnerAclFilter
+            self.copy = OwnerAclFilter(drop=False, emit=False)
 
     def write(self, chunk: bytes) -> None:
         self.f.write(chunk)
@@ -171,14 +174,8 @@ class _StreamSink:
         self.raw_bytes += len(raw)
         if len(self.head) < 65536:
             self.head += raw[: 65536 - len(self.head)]
-        buf = self._carry + raw
-        for m in COPY_RE.finditer(buf):
-            try:
-                self.copy_tables.add(split_qualified(m.group(1).decode("utf-8")))
-            except (ValueError, UnicodeDecodeError):
-                pass
-        nl = buf.rfind(b"\n")
-        self._carry = buf[nl:][-4096:] if nl >= 0 else buf[-4096:]
+        if self.copy is not None:
+            self.copy.feed(raw)
         self.tail = (self.tail + raw)[-8192:]
 
 
@@ -241,7 +238,8 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
                 f = writer.open_write(partial)
             except OSError as e:
                 raise StorageError(f"cannot write {partial}: {e.strerror}") from e
-            sink = _StreamSink(f, fmt)
+            # which tables have data only matters when some data is left out on purpose
+            sink = _StreamSink(f, fmt, track_copy=bool(excl or schema_only))
             try:
                 with f:
                     while True:
@@ -415,7 +413,7 @@ def _check_streamed(sink: _StreamSink, fmt: str, partial: str, tables, need_toc:
             raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
         if not plain_tail_complete(sink.tail, header.restrict_key):
             raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
-        return sink.copy_tables
+        return sink.copy.tables_with_data() if sink.copy is not None else None
     with open(partial, "rb") as f:
         if f.read(5) != b"PGDMP":
             raise StorageError("pg_dump output is not a custom-format archive")

@@ -294,6 +294,12 @@ class OwnerAclFilter:
             self.stmt = bytearray()
         return self._take()
 
+    def tables_with_data(self) -> set[tuple[str, str]]:
+        """End the stream; the tables that had a ``COPY ... FROM stdin`` block (for a
+        tracking-only filter: ``emit=False``)."""
+        self.flush()
+        return {t for t in self.copy_tables if t is not None}
+
     def _put(self, b) -> None:
         if self.emit and b:
             self._out.append(bytes(b))
