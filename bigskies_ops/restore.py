@@ -54,10 +54,9 @@ SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behi
 #: to disk); synchronous_commit=off spares one WAL flush per pg_restore item. Neither
 #: weakens the result: the swap transaction commits synchronously, and WAL is flushed
 #: in order, so every earlier commit of the load is durable before the swap is.
-#: backend_flush_after=2MB (docs 20.4.5) has the loading backends start the kernel's
-#: writeback as they go, so the checkpoint that DROP DATABASE forces when an old
-#: pre-restore copy is pruned does not have to write the whole new database at once.
-RESTORE_PGOPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off -c backend_flush_after=2MB"
+#: (backend_flush_after=2MB was tried and dropped: the loading backends' forced
+#: writeback made a 1 GB pg_restore -j 2 about 2.5 s slower on the reference machine.)
+RESTORE_PGOPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
 
 
 # ------------------------------------------------------------------ names
@@ -239,8 +238,15 @@ class OwnerAclFilter:
     stream (``--no-owner --no-acl`` semantics for psql), so roles that do not exist
     locally cannot break a restore; and list the tables of the stream's ``COPY ...
     FROM stdin`` statements in order (``copy_tables``; None for a name it cannot parse),
-    which :class:`CopyTags` pairs with psql's ``COPY n`` tags. With ``drop=False``
+    which :class:`CopyTags` pairs with psql's ``COPY n`` tags, with the data lines of
+    each block (``copy_rows``: COPY's text format writes one row per line, newlines in
+    values escaped as ``\\n``; PostgreSQL docs, COPY "Text Format"). With ``drop=False``
     nothing is removed; with ``emit=False`` nothing is returned (tracking only).
+    :meth:`feed_pieces` returns the output as typed pieces (for the parallel loader,
+    bigskies_ops.parload): ``copy`` (a COPY statement with the rest of its line),
+    ``data``, ``end`` (the ``\\.`` line), ``set`` (a ``SET``/``set_config`` statement),
+    ``meta`` (a backslash meta-command line), ``blank`` (whitespace and comments only)
+    and ``sql`` (any other statement).
 
     Whole statements are judged, never lines: the SQL between COPY blocks is split the
     way psql splits it (psqlscan.l: string literals with doubled quotes, ``E''`` strings
@@ -262,6 +268,8 @@ class OwnerAclFilter:
     IDENT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$" + bytes(range(0x80, 0x100)))
     E_STRING = re.compile(rb"\\.|'", re.S)
     COMMENT = re.compile(rb"/\*|\*/")
+    #: session settings pg_dump writes (``SET x = v;``, ``SELECT pg_catalog.set_config(..., false);``)
+    SET_RE = re.compile(rb"\A(?:SET\s[^;]*;|SELECT pg_catalog\.set_config\('[a-z_]+', '[^']*', false\);)\Z")
 
     def __init__(self, drop: bool = True, emit: bool = True):
         self.buf = b""
@@ -270,29 +278,45 @@ class OwnerAclFilter:
         self.drop = drop
         self.emit = emit
         self.copy_tables: list[tuple[str, str] | None] = []
+        self.copy_rows: list[int] = []
         self.stmt = bytearray()  # the statement being read, with the whitespace/comments before it
         self.mode = "n"  # n(ormal), s(tring), e(scape string), d(ouble-quoted name), $ (dollar body), b(lock comment)
         self.tag = b""
         self.depth = 0
         self.blank = True  # nothing but whitespace/comments in self.stmt so far
         self.copy_next = False  # a COPY ... FROM stdin; just ended: its data starts on the next line
-        self._out: list[bytes] = []
+        self._out: list[tuple[str, bytes]] = []
 
     def feed(self, data: bytes) -> bytes:
-        buf = self.buf + data
-        end = buf.rfind(b"\n") + 1  # complete lines only: no token spans a newline
-        pos = self._scan(buf, end) if end else 0
-        self.buf = buf[pos:]
+        self._feed(data)
         return self._take()
 
     def flush(self) -> bytes:
+        self._flush()
+        return self._take()
+
+    def feed_pieces(self, data: bytes) -> list[tuple[str, bytes]]:
+        """Like :meth:`feed`, as ``(kind, bytes)`` pieces (kinds: see the class docstring)."""
+        self._feed(data)
+        return self._take_pieces()
+
+    def flush_pieces(self) -> list[tuple[str, bytes]]:
+        self._flush()
+        return self._take_pieces()
+
+    def _feed(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        end = buf.rfind(b"\n") + 1  # complete lines only: no token spans a newline
+        pos = self._scan(buf, end) if end else 0
+        self.buf = buf[pos:]
+
+    def _flush(self) -> None:
         rest, self.buf = self.buf, b""
         if rest:
             self._scan(rest, len(rest))
         if self.stmt:
-            self._put(bytes(self.stmt))
+            self._put(bytes(self.stmt), "blank" if self.blank else "sql")
             self.stmt = bytearray()
-        return self._take()
 
     def tables_with_data(self) -> set[tuple[str, str]]:
         """End the stream; the tables that had a ``COPY ... FROM stdin`` block (for a
@@ -300,12 +324,16 @@ class OwnerAclFilter:
         self.flush()
         return {t for t in self.copy_tables if t is not None}
 
-    def _put(self, b) -> None:
+    def _put(self, b, kind: str = "sql") -> None:
         if self.emit and b:
-            self._out.append(bytes(b))
+            self._out.append((kind, bytes(b)))
 
     def _take(self) -> bytes:
-        out, self._out = b"".join(self._out), []
+        out, self._out = b"".join(b for _, b in self._out), []
+        return out
+
+    def _take_pieces(self) -> list[tuple[str, bytes]]:
+        out, self._out = self._out, []
         return out
 
     def _line_end(self, buf: bytes, i: int, end: int) -> int:
@@ -318,20 +346,24 @@ class OwnerAclFilter:
         while pos < end:
             if self.in_copy:
                 if buf.startswith(b"\\.\n", pos) or (buf[pos:end] == b"\\." and end == len(buf)):
-                    stop = min(pos + 3, end)
+                    data_end, stop = pos, min(pos + 3, end)
                 else:
                     k = buf.find(b"\n\\.\n", pos, end)
-                    stop = k + 4 if k >= 0 else -1
+                    stop, data_end = (k + 4, k + 1) if k >= 0 else (-1, end)
+                self.copy_rows[-1] += buf.count(b"\n", pos, data_end)  # one row per line
                 if stop < 0:  # no terminator yet: pass the data through
-                    self._put(buf[pos:end])
+                    if self.emit:
+                        self._put(buf[pos:end], "data")
                     return end
-                self._put(buf[pos:stop])
+                if self.emit:
+                    self._put(buf[pos:data_end], "data")
+                    self._put(buf[data_end:stop], "end")
                 pos = stop
                 self.in_copy = False
                 continue
             if self.copy_next:  # the rest of the COPY statement's line, then its data
                 nl = self._line_end(buf, pos, end)
-                self._put(buf[pos:nl])
+                self._put(buf[pos:nl], "copy")
                 pos = nl
                 self.copy_next = False
                 self.in_copy = True
@@ -346,7 +378,7 @@ class OwnerAclFilter:
                     if buf[m.start()] == 0x5C:  # backslash: a psql meta-command, to the end of its line
                         nl = self._line_end(buf, m.start(), end)
                         self.stmt += buf[pos:nl]
-                        self._put(self.stmt)
+                        self._put(self.stmt, "meta")
                         self.stmt = bytearray()
                         pos = nl
                         continue
@@ -449,12 +481,15 @@ class OwnerAclFilter:
                 self.copy_tables.append(split_qualified(m.group(1).decode("utf-8")) if m else None)
             except (ValueError, UnicodeDecodeError):
                 self.copy_tables.append(None)
+            self.copy_rows.append(0)
             self.copy_next = True
-        elif self.drop and (self.OWNER_RE.match(core) or self.ACL_RE.match(core) or self.ACL_DEFAULT_RE.match(core)):
-            self.dropped += 1
-            self._put(stmt[:lead])
+            self._put(stmt, "copy")
             return
-        self._put(stmt)
+        if self.drop and (self.OWNER_RE.match(core) or self.ACL_RE.match(core) or self.ACL_DEFAULT_RE.match(core)):
+            self.dropped += 1
+            self._put(stmt[:lead], "blank")
+            return
+        self._put(stmt, "set" if self.SET_RE.match(core) else "sql")
 
 
 class CopyTags:
