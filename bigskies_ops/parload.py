@@ -1,0 +1,379 @@
+"""Parallel restore of a plain ``.sql.gz`` dump with several psql sessions.
+
+psql reads a plain dump in one session: one backend parses every COPY row while the
+other cores wait (``pg_restore --jobs`` exists only for custom and directory archives).
+:func:`load_plain_parallel` gives each of ``jobs`` sessions its own reader of the same
+archive (gunzip + the restore's statement lexer, :class:`bigskies_ops.restore.OwnerAclFilter`)
+and splits the work by the dump's own structure:
+
+* SQL outside COPY data (CREATE, ALTER, indexes, constraints, ...) runs in the first
+  session ("the leader"), in file order, exactly as psql would run it;
+* session settings (``SET ...;``, ``SELECT pg_catalog.set_config(...)``) and psql
+  meta-commands (``\\restrict``/``\\unrestrict``) run in every session;
+* COPY data is cut into segments of about :data:`SEGMENT_BYTES` at line ends (COPY's
+  text format has one row per line; PostgreSQL docs, COPY "Text Format"), and each
+  segment is loaded by whichever session reaches it first, as its own ``COPY ... FROM
+  stdin`` with the dump's column list. Segment boundaries depend only on the data, so
+  every reader cuts the stream at the same places whatever its chunking.
+
+Ordering is psql's where it matters: a run of COPY blocks starts only after every SQL
+statement before it has completed in the leader (tables exist), and the SQL after it
+(indexes, constraints, triggers) starts only after every segment of the run has been
+loaded. A session confirms completion with a ``SELECT '<token>'`` whose output it
+waits for (a meta-command such as ``\\echo`` is refused once pg_dump's ``\\restrict``
+has run). A dump that opens a transaction (``BEGIN``) outside its large-object data is
+loaded by the leader alone from there on, so transaction semantics are kept.
+
+Rows therefore land in a table in segment order per session (row order within a
+table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
+every segment are summed per table and compared with the manifest by the caller.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+
+from .access import PostgresAccess
+from .pgtools import psql_args
+
+#: COPY data per segment (bytes of text), cut at the next line end.
+SEGMENT_BYTES = 32 * 1024 * 1024
+
+_TXN_RE = re.compile(rb"\A(?:BEGIN|START\s+TRANSACTION)\b", re.I)
+_TAG_RE = re.compile(rb"^COPY (\d+)$")
+
+
+class _Abort(Exception):
+    """Another session failed (or the load was cancelled): stop quietly."""
+
+
+class _Session:
+    """One psql process fed over stdin; its stdout is read for ``COPY n`` tags and the
+    sync tokens it echoes back."""
+
+    def __init__(self, access: PostgresAccess, database: str, pgoptions: str | None, token: str):
+        self.proc = access.popen_tool("psql", psql_args(database, quiet=False), stdin=True, pgoptions=pgoptions)
+        self.token = token
+        self.tags: list[int] = []
+        self._sent = 0
+        self._seen = 0
+        self._eof = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        carry = b""
+        prefix = self.token.encode() + b"-"
+        try:
+            for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
+                buf = carry + chunk
+                lines = buf.split(b"\n")
+                carry = lines.pop()[-4096:]
+                for line in lines:
+                    m = _TAG_RE.match(line)
+                    if m:
+                        self.tags.append(int(m.group(1)))
+                        continue
+                    s = line.strip()
+                    if s.startswith(prefix) and s[len(prefix):].isdigit():
+                        with self._cond:
+                            self._seen = max(self._seen, int(s[len(prefix):]))
+                            self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError, ValueError):
+            raise _Abort() from None
+
+    def sync(self, abort: threading.Event) -> None:
+        """Wait until psql has executed everything sent so far."""
+        self._sent += 1
+        self.send(f"SELECT '{self.token}-{self._sent}' AS bigskies_sync;\n".encode())
+        try:
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise _Abort() from None
+        with self._cond:
+            while self._seen < self._sent:
+                if self._eof or abort.is_set():
+                    raise _Abort()
+                self._cond.wait(0.2)
+
+    def close(self) -> int:
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        rc = self.proc.wait()
+        self._reader.join(5)
+        return rc
+
+
+class _Shared:
+    """State the sessions share: who loads which segment, and the barriers."""
+
+    def __init__(self, jobs: int):
+        self.cond = threading.Condition()
+        self.claims: dict[tuple[int, int], int] = {}
+        self.run_total: dict[int, int] = {}  # COPY run -> segments (set by the leader once it has passed the run)
+        self.run_done: dict[int, int] = {}  # COPY run -> segments loaded and confirmed
+        self.sql_done: set[int] = set()  # SQL runs completed by the leader
+        self.abort = threading.Event()
+        self.errors: list[BaseException] = []
+        self.jobs = jobs
+
+    def claim(self, key: tuple[int, int], worker: int) -> bool:
+        with self.cond:
+            return self.claims.setdefault(key, worker) == worker
+
+    def wait_for(self, ready) -> None:
+        with self.cond:
+            while not ready():
+                if self.abort.is_set():
+                    raise _Abort()
+                self.cond.wait(0.2)
+
+    def segment_done(self, run: int) -> None:
+        with self.cond:
+            self.run_done[run] = self.run_done.get(run, 0) + 1
+            self.cond.notify_all()
+
+    def fail(self, e: BaseException) -> None:
+        with self.cond:
+            self.errors.append(e)
+            self.abort.set()
+            self.cond.notify_all()
+
+
+class _Worker:
+    """One reader of the archive driving one psql session (worker 0 is the leader)."""
+
+    def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, keep_owners: bool,
+                 progress=None, segment_bytes: int = SEGMENT_BYTES):
+        from .restore import OwnerAclFilter
+        self.wid, self.shared, self.s = wid, shared, session
+        self.chunks = chunks
+        self.flt = OwnerAclFilter(drop=not keep_owners)
+        self.progress = progress if wid == 0 else None
+        self.segment_bytes = segment_bytes
+        self.loaded: list[tuple[str, str] | None] = []  # table of each segment this session loaded, in order
+        # stream position
+        self.run = -1
+        self.run_kind: str | None = None
+        self.segments_in_run = 0
+        self.block = -1
+        self.seg = 0
+        self.copy_stmt = b""
+        self.last_kind: str | None = None
+        self.off = 0
+        self.next_cut = 0
+        self.in_seg = False
+        self.mine = False
+        self.serial = False
+
+    @property
+    def leader(self) -> bool:
+        return self.wid == 0
+
+    def run_all(self) -> None:
+        try:
+            for done, chunk in self.chunks:
+                if self.shared.abort.is_set():
+                    raise _Abort()
+                self._pieces(self.flt.feed_pieces(chunk))
+                if self.progress:
+                    self.progress(done)
+            self._pieces(self.flt.flush_pieces())
+            self._leave_run()
+        except _Abort:
+            self.shared.abort.set()
+        except BaseException as e:  # a reading/lexing error: stop every session
+            self.shared.fail(e)
+
+    # -------------------------------------------------------------- pieces
+    def _pieces(self, pieces) -> None:
+        for kind, data in pieces:
+            if kind in ("set", "meta"):
+                self.s.send(data)
+            elif kind == "blank":
+                if self.leader:
+                    self.s.send(data)
+                continue  # a blank piece does not separate a COPY statement from the rest of its line
+            elif kind == "sql":
+                self._enter_run("sql")
+                lead = self.flt.LEADING.match(data).end()
+                if _TXN_RE.match(data[lead:lead + 32]):
+                    self.serial = True  # transaction semantics: the leader alone from here on
+                if self.leader:
+                    self.s.send(data)
+            elif kind == "copy":
+                self._enter_run("copy")
+                if self.last_kind == "copy":  # the rest of the COPY statement's line
+                    self.copy_stmt += data
+                else:
+                    self.block += 1
+                    self.seg = 0
+                    self.copy_stmt = data
+                    self.off = 0
+                    self.next_cut = self.segment_bytes
+            elif kind == "data":
+                self._data(data)
+            elif kind == "end":
+                if not self.in_seg and self.seg == 0:  # a table without rows: one empty segment
+                    self._start_segment()
+                if self.in_seg:
+                    self._finish_segment()
+            self.last_kind = kind
+
+    def _enter_run(self, kind: str) -> None:
+        if kind == self.run_kind:
+            return
+        self._leave_run()
+        self.run += 1
+        self.run_kind = kind
+        self.segments_in_run = 0
+        if kind == "copy" and self.leader and self.run > 0:
+            self.s.sync(self.shared.abort)  # the SQL before this COPY run has completed
+            with self.shared.cond:
+                self.shared.sql_done.add(self.run - 1)
+                self.shared.cond.notify_all()
+
+    def _leave_run(self) -> None:
+        if self.run_kind == "copy" and self.leader:
+            run, total = self.run, self.segments_in_run
+            with self.shared.cond:
+                self.shared.run_total[run] = total
+                self.shared.cond.notify_all()
+            self.shared.wait_for(lambda: self.shared.run_done.get(run, 0) >= total)
+        self.run_kind = None
+
+    def _data(self, data: bytes) -> None:
+        while data:
+            if not self.in_seg:
+                self._start_segment()
+            rel = self.next_cut - 1 - self.off  # the cut follows the first line end at or after next_cut - 1
+            if rel < len(data):
+                j = data.find(b"\n", max(rel, 0))
+                if j >= 0:
+                    part, data = data[:j + 1], data[j + 1:]
+                    if self.mine:
+                        self.s.send(part)
+                    self.off += len(part)
+                    self._finish_segment()
+                    self.next_cut = self.off + self.segment_bytes
+                    continue
+            if self.mine:
+                self.s.send(data)
+            self.off += len(data)
+            data = b""
+
+    def _start_segment(self) -> None:
+        key = (self.block, self.seg)
+        self.segments_in_run += 1
+        if self.serial:
+            self.mine = self.leader
+        else:
+            self.mine = self.shared.claim(key, self.wid)
+        if self.mine:
+            if not self.leader and self.run > 0:
+                prev = self.run - 1
+                self.shared.wait_for(lambda: prev in self.shared.sql_done)
+            self.s.send(self.copy_stmt)
+        self.in_seg = True
+
+    def _finish_segment(self) -> None:
+        if self.mine:
+            self.s.send(b"\\.\n")
+            self.s.sync(self.shared.abort)
+            self.loaded.append(self.flt.copy_tables[self.block] if self.block < len(self.flt.copy_tables) else None)
+            self.shared.segment_done(self.run)
+        self.in_seg = False
+        self.mine = False
+        self.seg += 1
+
+
+def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, jobs: int, keep_owners: bool,
+                        pgoptions: str | None = None, progress=None, open_chunks=None,
+                        segment_bytes: int = SEGMENT_BYTES, stats: dict | None = None):
+    """Restore the plain dump ``path`` (gzip) into ``database`` with ``jobs`` psql sessions.
+
+    Args:
+        jobs: sessions (>= 1); each reads and gunzips the archive itself.
+        keep_owners: keep ``ALTER ... OWNER TO`` / ``GRANT`` statements.
+        pgoptions: session settings for every psql (libpq ``PGOPTIONS``).
+        progress: called with the compressed bytes read by the leader.
+        open_chunks: ``open_chunks()`` -> iterator of ``(compressed bytes read, SQL bytes)``
+            for one reader (default: the local file through
+            :func:`bigskies_ops.restore._gunzip_chunks`); called once per session.
+        segment_bytes: COPY data per segment.
+        stats: if given, filled with ``segments``: the segments each session loaded.
+
+    Returns:
+        ``(returncode, stdout, stderr, rows)``: psql's exit status (the first failing
+        session's), ``""``, that session's stderr, and the rows the server reported per
+        table (summed ``COPY n`` tags), or None when they cannot be paired with tables.
+
+    Raises:
+        ArchiveError: the archive is corrupt (raised by a reader; every session is stopped).
+    """
+    from .restore import _gunzip_chunks
+    from .runners import LocalRunner
+
+    if open_chunks is None:
+        def open_chunks():
+            f = LocalRunner().open_read(path)
+
+            def gen():
+                with f:
+                    yield from _gunzip_chunks(f, path=path)
+            return gen()
+    shared = _Shared(jobs)
+    token = "bigskies-sync-" + secrets.token_hex(8)
+    sessions: list[_Session] = []
+    workers: list[_Worker] = []
+    try:
+        for wid in range(jobs):
+            s = _Session(access, database, pgoptions, token)
+            sessions.append(s)
+            workers.append(_Worker(wid, shared, s, open_chunks(), keep_owners, progress, segment_bytes))
+        threads = [threading.Thread(target=w.run_all, daemon=True, name=f"parload-{w.wid}") for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except BaseException:
+        shared.abort.set()
+        for s in sessions:
+            s.proc.kill()
+        raise
+    if shared.abort.is_set():
+        for s in sessions:
+            s.proc.kill()
+    rcs = [s.close() for s in sessions]
+    if stats is not None:
+        stats["segments"] = [len(w.loaded) for w in workers]
+    if shared.errors:
+        raise shared.errors[0]
+    bad = next((i for i, rc in enumerate(rcs) if rc != 0), None)
+    if bad is not None or shared.abort.is_set():
+        i = bad if bad is not None else 0
+        # the session that failed first has the server's error; the others were killed
+        failing = [j for j, rc in enumerate(rcs) if rc > 0]
+        i = failing[0] if failing else i
+        return rcs[i] or 1, "", sessions[i].proc.stderr_text(), None
+    rows: dict[tuple[str, str], int] | None = {}
+    for w, s in zip(workers, sessions):
+        if len(w.loaded) != len(s.tags) or None in w.loaded:
+            rows = None
+            break
+        for t, n in zip(w.loaded, s.tags):
+            rows[t] = rows.get(t, 0) + n
+    return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), rows
