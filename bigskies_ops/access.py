@@ -22,14 +22,28 @@ import re
 import signal
 from typing import Iterable
 
-from psycopg import sql as pgsql
-
 from .errors import BigskiesError, CommandError, PostgresError
 from .inventory import Host
 from .pgtools import PgVersion, conn_args, parse_tool_version, psql_args
 from .runners import Process, Result, Runner, redact_argv, runner_for, tail
 
 TOOLS = ("pg_dump", "pg_restore", "psql", "pg_isready", "pg_dumpall")
+
+
+class _LazySql:
+    """``psycopg.sql`` (SQL, Identifier, Literal, Composable, ...), imported on first use:
+    importing psycopg costs ~0.1 s, which a task that composes no SQL (``db.pull
+    --existing``, ``--help``) should not pay. ``from .access import pgsql`` gives the same
+    names as ``from psycopg import sql as pgsql``."""
+
+    def __getattr__(self, name: str):
+        from psycopg import sql
+        value = getattr(sql, name)
+        setattr(self, name, value)  # later lookups are plain attribute reads
+        return value
+
+
+pgsql = _LazySql()
 
 
 def pgpass_escape(value: str) -> str:
@@ -251,10 +265,12 @@ class PostgresAccess:
         return Sql(self, database or self.host.postgres.database)
 
 
-Query = str | pgsql.Composable
+Query = "str | psycopg.sql.Composable"  # (a str: naming it must not import psycopg)
 
 
 def render(q: Query) -> str:
+    if isinstance(q, str):
+        return q
     return q.as_string() if isinstance(q, pgsql.Composable) else q
 
 

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from rich.console import Console
-from rich.table import Table
-from rich import box
 
 from .catalog import Backup, human_age, human_bytes, utcnow
 
@@ -79,7 +77,9 @@ def transfer_progress(description: str, total: int | None = None):
         yield cb
 
 
-def backups_table(backups: list[Backup], now: datetime | None = None) -> Table:
+def backups_table(backups: list[Backup], now: datetime | None = None) -> "Table":
+    from rich import box  # (imported here: a task that prints no table does not pay for it)
+    from rich.table import Table
     now = now or utcnow()
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("#", "started (UTC)", "age", "size", "format", "kind", "status", "verified", "file"):
@@ -94,5 +94,5 @@ def backups_table(backups: list[Backup], now: datetime | None = None) -> Table:
     return t
 
 
-def print_table(t: Table) -> None:
+def print_table(t: "Table") -> None:
     out().print(t)

@@ -561,20 +561,24 @@ class SSHRunner(Runner):
     FETCH_SCRIPT = ('IFS= read -r off || exit 3; case $off in 1) exec cat -- "$1";; '
                     '""|*[!0-9]*) exit 3;; *) exec tail -c "+$off" -- "$1";; esac')
 
-    def start_fetch(self, path: str, local_path: str) -> "Fetch":
-        """Start copying the remote ``path`` into ``local_path`` (a local file, appended to),
-        without sending anything yet: the OpenSSH client connects (its handshake overlaps
-        whatever the caller does next, e.g. reading the manifest over the paramiko
-        connection) and then waits for :meth:`Fetch.run` to say from which byte to send.
+    def start_fetch(self, path: str, local_path: str, offset: int | None = None) -> "Fetch":
+        """Start copying the remote ``path`` into ``local_path`` (a local file, appended to):
+        the OpenSSH client connects at once (its handshake overlaps whatever the caller does
+        next, e.g. reading the manifest over the paramiko connection). Without ``offset`` it
+        then waits for :meth:`Fetch.run` to say from which byte to send; with ``offset``
+        (int, bytes; e.g. 0 for a file not started yet) it is told right away, so the bytes
+        already flow while the caller does its next step (:meth:`Fetch.run` then only
+        watches; :meth:`Fetch.cancel` stops the copy, and the caller removes what arrived).
         With an OpenSSH client here, ssh writes the file itself (no Python in the data path,
         like ``ssh host cat FILE > FILE``); else (or when ``become`` needs a password on
-        stdin) the paramiko channel is used. Call :meth:`Fetch.cancel` if it is not run.
+        stdin) the paramiko channel is used, which starts at :meth:`Fetch.run`. Call
+        :meth:`Fetch.cancel` if it is not run.
         """
         cmd, prefix = self.command_line(["sh", "-c", self.FETCH_SCRIPT, "sh", path])
         argv = self.openssh_argv(cmd, connect=False) if not prefix else None
         if argv is None:
-            return _ChannelFetch(self, path, local_path)
-        return _OpenSSHFetch(self, path, local_path, argv)
+            return _ChannelFetch(self, path, local_path, offset)
+        return _OpenSSHFetch(self, path, local_path, argv, offset)
 
     # ---- interactive (db.psql) --------------------------------------------------------
     def interactive(self, argv: list[str], env: dict | None = None) -> int:
@@ -851,9 +855,10 @@ class Fetch:
 
     def run(self, offset: int = 0, progress=None) -> int:
         """Send the remote file from byte ``offset`` (int) and append it to the local file;
-        return the bytes added. ``progress(done_bytes, None)`` is called about once a
-        second. A local file that stops growing for ``backup.stall_timeout`` seconds
-        aborts the copy.
+        return the bytes added. ``offset`` must be the one given to
+        :meth:`SSHRunner.start_fetch`, if one was. ``progress(done_bytes, None)`` is called
+        about once a second. A local file that stops growing for ``backup.stall_timeout``
+        seconds aborts the copy.
 
         Raises:
             StallError, SSHError (connection failed or lost), StorageError (remote read or
@@ -866,7 +871,8 @@ class Fetch:
 
 
 class _OpenSSHFetch(Fetch):
-    def __init__(self, runner: SSHRunner, path: str, local_path: str, argv: list[str]):
+    def __init__(self, runner: SSHRunner, path: str, local_path: str, argv: list[str],
+                 offset: int | None = None):
         import subprocess
         from .runners import _StderrCollector
         self.runner, self.path, self.local_path = runner, path, local_path
@@ -877,6 +883,19 @@ class _OpenSSHFetch(Fetch):
             os.close(fd)
         self.err = _StderrCollector(self.proc.stderr)
         self.err.start()
+        self.offset: int | None = None  # the first byte asked for, once the remote side was told
+        self.start = 0                  # the local file's size at that moment
+        if offset is not None:
+            self._send_offset(offset)
+
+    def _send_offset(self, offset: int) -> None:
+        self.offset = int(offset)
+        self.start = os.path.getsize(self.local_path)
+        try:
+            self.proc.stdin.write(f"{self.offset + 1}\n".encode())
+            self.proc.stdin.close()
+        except OSError:
+            pass  # ssh already ended (e.g. refused): its exit status and stderr say why
 
     def cancel(self) -> None:
         p = self.proc
@@ -892,12 +911,11 @@ class _OpenSSHFetch(Fetch):
     def run(self, offset: int = 0, progress=None) -> int:
         import subprocess
         p, host = self.proc, self.runner.host
-        start = os.path.getsize(self.local_path)
-        try:
-            p.stdin.write(f"{int(offset) + 1}\n".encode())
-            p.stdin.close()
-        except OSError:
-            pass  # ssh already ended (e.g. refused): its exit status and stderr say why
+        if self.offset is None:
+            self._send_offset(offset)
+        elif int(offset) != self.offset:
+            raise ValueError(f"Fetch.run(offset={offset}) after start_fetch(offset={self.offset})")
+        offset, start = self.offset, self.start
         stall = self.runner.stall_timeout
         last, last_change = -1, time.monotonic()
         try:
@@ -935,11 +953,14 @@ class _OpenSSHFetch(Fetch):
 class _ChannelFetch(Fetch):
     """The paramiko fallback (no OpenSSH client here, or ``sudo -S`` needs stdin)."""
 
-    def __init__(self, runner: SSHRunner, path: str, local_path: str):
+    def __init__(self, runner: SSHRunner, path: str, local_path: str, offset: int | None = None):
         self.runner, self.path, self.local_path = runner, path, local_path
+        self.offset = None if offset is None else int(offset)  # the copy itself starts in run()
         open(local_path, "ab").close()
 
     def run(self, offset: int = 0, progress=None) -> int:
+        if self.offset is not None and int(offset) != self.offset:
+            raise ValueError(f"Fetch.run(offset={offset}) after start_fetch(offset={self.offset})")
         start = os.path.getsize(self.local_path) if os.path.exists(self.local_path) else 0
         f = self.runner.open_read(self.path, offset)
         try:

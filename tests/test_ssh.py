@@ -17,7 +17,7 @@ from bigskies_ops.inventory import parse
 from bigskies_ops.ssh import ENV_MARK, HostKeyError, SSHRunner, pipeline_script, stage_statuses
 from tests.conftest import cli, write_inventory
 from tests.pgcheck import dir_hashes
-from tests.remote_helpers import ssh_block
+from tests.remote_helpers import ssh_block, wait_for
 
 pytestmark = pytest.mark.usefixtures("ssh_server")
 
@@ -120,6 +120,26 @@ def test_ssh_config_alias_and_jump_host_use_the_same_host_key_policy(tmp_path, s
     with pytest.raises(HostKeyError, match="unknown"):
         with SSHRunner(parse(doc, tmp_path / "inv.yaml").hosts["viajump"]) as r:
             r.run(["true"])
+
+
+def test_fetch_told_its_offset_up_front_copies_before_run_and_run_only_watches(tmp_path, ssh_server):
+    """start_fetch(offset=0) (a new file): the bytes flow at once, while the caller does
+    something else; run() then waits for the end and checks the offset is the same."""
+    h = _host(ssh_server, tmp_path)
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3_000_000))
+    dst = tmp_path / "dst.partial"
+    with SSHRunner(h) as r:
+        f = r.start_fetch(str(src), str(dst), offset=0)
+        wait_for(lambda: dst.exists() and dst.stat().st_size == 3_000_000, 30, "the copy to arrive before run()")
+        assert f.run(0) == 3_000_000
+        other = tmp_path / "other.partial"
+        g = r.start_fetch(str(src), str(other), offset=0)
+        with pytest.raises(ValueError, match="offset"):
+            g.run(5)
+        g.cancel()
+    assert dst.read_bytes() == src.read_bytes()
+    assert src.read_bytes().startswith(other.read_bytes())  # a cancelled copy leaves a prefix (the caller removes it)
 
 
 # ----------------------------------------------------------------------------- bad inputs (CLI)
