@@ -35,9 +35,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from psycopg import sql as pgsql
 
-from .access import PostgresAccess, Sql, SqlSession, lit
+from .access import PostgresAccess, Sql, SqlSession, lit, pgsql
 from .errors import BigskiesError, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, LockBusyError, PostgresError
 from .inventory import Host
 from .pgtools import PSQL_BASE

@@ -33,8 +33,10 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import time
 
 from .access import PostgresAccess
+from .errors import ArchiveError
 from .pgtools import psql_args
 
 #: COPY data per segment (bytes of text), cut at the next line end.
@@ -42,6 +44,65 @@ SEGMENT_BYTES = 32 * 1024 * 1024
 
 _TXN_RE = re.compile(rb"\A(?:BEGIN|START\s+TRANSACTION)\b", re.I)
 _TAG_RE = re.compile(rb"^COPY (\d+)$")
+
+
+class GrowingFile:
+    """A file another thread is still writing (a pull in progress): readers follow it.
+
+    The writer calls :meth:`start` once the file exists, :meth:`finish` after its last
+    byte is written (or :meth:`fail`); :meth:`raw_chunks` yields what is there, waits
+    for more at the end, and stops at the real end. A reader never decides that the
+    data is complete or valid: the caller checks the finished archive (size, sha256,
+    manifest) before anything is swapped in.
+    """
+
+    def __init__(self, poll: float = 0.02):
+        self.path: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()  # set by the reading side: the writer should stop
+        self._opened = threading.Event()
+        self._done = threading.Event()
+        self.poll = poll
+
+    def start(self, path: str) -> None:
+        self.path = path
+        self._opened.set()
+
+    def finish(self) -> None:
+        self._done.set()
+
+    def fail(self, e: BaseException) -> None:
+        self.error = e
+        self._done.set()
+        self._opened.set()
+
+    def raw_chunks(self, chunk: int = 1 << 20):
+        """``(bytes read so far, bytes)`` in file order until the writer has finished.
+
+        Raises:
+            the writer's error, if it failed (or never opened the file).
+        """
+        self._opened.wait()
+        if self.path is None:
+            raise self.error or RuntimeError("the writer never started")
+        done = 0
+        with open(self.path, "rb") as f:  # kept open: the writer may rename the file when done
+            while True:
+                b = f.read(chunk)
+                if b:
+                    done += len(b)
+                    yield done, b
+                    continue
+                if self.error is not None:
+                    raise self.error
+                if self._done.is_set():
+                    b = f.read(chunk)  # bytes written between our last read and finish()
+                    if not b:
+                        return
+                    done += len(b)
+                    yield done, b
+                    continue
+                time.sleep(self.poll)
 
 
 class _Abort(Exception):
@@ -191,6 +252,10 @@ class _Worker:
                 if self.progress:
                     self.progress(done)
             self._pieces(self.flt.flush_pieces())
+            if self.in_seg or self.flt.in_copy:
+                # psql would end the COPY at end of input and commit a part of the table
+                raise ArchiveError(f"the dump ends inside the COPY data of table #{self.block + 1}: "
+                                   "it is truncated")
             self._leave_run()
         except _Abort:
             self.shared.abort.set()

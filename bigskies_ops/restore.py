@@ -30,10 +30,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from psycopg import sql as pgsql
 
 from . import gz
-from .access import PostgresAccess, Sql, ident, lit
+from .access import PostgresAccess, Sql, ident, lit, pgsql
 from .backup import COPY_RE, split_qualified
 from .catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from .compose import coordinators_paused
@@ -271,8 +270,9 @@ class OwnerAclFilter:
     #: session settings pg_dump writes (``SET x = v;``, ``SELECT pg_catalog.set_config(..., false);``)
     SET_RE = re.compile(rb"\A(?:SET\s[^;]*;|SELECT pg_catalog\.set_config\('[a-z_]+', '[^']*', false\);)\Z")
 
-    def __init__(self, drop: bool = True, emit: bool = True):
+    def __init__(self, drop: bool = True, emit: bool = True, count_rows: bool = False):
         self.buf = b""
+        self.count_rows = count_rows
         self.in_copy = False
         self.dropped = 0
         self.drop = drop
@@ -336,6 +336,24 @@ class OwnerAclFilter:
         out, self._out = self._out, []
         return out
 
+    @staticmethod
+    def _terminator(buf: bytes, pos: int, end: int) -> int:
+        """Index of the ``\n`` before the first ``\\.\n`` line in ``buf[pos:end]``, or -1.
+
+        Backslashes are rare in COPY text (each one in a value is doubled): a few memchr
+        jumps from one to the next are cheaper than searching for the 4-byte pattern,
+        which scans at every newline; after 16 backslashes in a chunk the pattern search
+        takes over."""
+        i = pos
+        for _ in range(16):
+            k = buf.find(b"\\", i, end)
+            if k < 0:
+                return -1
+            if k > pos and buf[k - 1] == 0x0A and buf.startswith(b".\n", k + 1) and k + 3 <= end:
+                return k - 1
+            i = k + 2 if k + 1 < end and buf[k + 1] == 0x5C else k + 1  # an escaped backslash is one unit
+        return buf.find(b"\n\\.\n", i - 1 if i > pos else pos, end)
+
     def _line_end(self, buf: bytes, i: int, end: int) -> int:
         nl = buf.find(b"\n", i, end)
         return end if nl < 0 else nl + 1
@@ -348,9 +366,10 @@ class OwnerAclFilter:
                 if buf.startswith(b"\\.\n", pos) or (buf[pos:end] == b"\\." and end == len(buf)):
                     data_end, stop = pos, min(pos + 3, end)
                 else:
-                    k = buf.find(b"\n\\.\n", pos, end)
+                    k = self._terminator(buf, pos, end)
                     stop, data_end = (k + 4, k + 1) if k >= 0 else (-1, end)
-                self.copy_rows[-1] += buf.count(b"\n", pos, data_end)  # one row per line
+                if self.count_rows:
+                    self.copy_rows[-1] += buf.count(b"\n", pos, data_end)  # one row per line
                 if stop < 0:  # no terminator yet: pass the data through
                     if self.emit:
                         self._put(buf[pos:end], "data")
@@ -536,12 +555,15 @@ def _raw_chunks(f):
         yield done, b
 
 
-def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive"):
+def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive", raw=None):
     """Decompress a (possibly multi-member) gzip file, yielding (compressed bytes read,
     at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio.
 
     What follows the last member is judged as GNU gunzip does: zero bytes (padding, e.g.
     from a tape or a block device) are ignored; anything else is an error.
+
+    ``raw``: an iterator of ``(bytes read, bytes)`` to read instead of ``f`` (a file
+    still being written: :meth:`bigskies_ops.parload.GrowingFile.raw_chunks`).
 
     Raises:
         ArchiveError: corrupt data, trailing garbage, or a truncated last member.
@@ -549,7 +571,7 @@ def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive"):
     d = gz.decompressobj()
     done = 0
     padding = False
-    for done, b in _raw_chunks(f):
+    for done, b in (raw if raw is not None else _raw_chunks(f)):
         data = b
         while data:
             if padding:
@@ -759,7 +781,8 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
 
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
             keep_owners: bool = False, jobs: int | None = None, notify=print, progress=None,
-            confirmed: bool = True, task: str = "db.restore", roles: bool = False) -> RestoreResult:
+            confirmed: bool = True, task: str = "db.restore", roles: bool = False,
+            follow: "FollowedArchive | None" = None) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
 
     The caller has already applied the safety policy and the confirmation.
@@ -773,6 +796,10 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         jobs: pg_restore parallel jobs (custom archives restored natively; default 2).
         roles: first create the roles of ``<archive>.roles.sql`` missing on the cluster
             (existing roles are never altered; bigskies_ops.roles); implies ``keep_owners``.
+        follow: load a plain archive WHILE it is being written (``db.pull --restore``):
+            ``archive`` is ignored; the load follows ``follow.growing`` and the archive
+            checks (size, sha256, manifest, versions) run on ``follow.result()``'s finished
+            file after the load and before the swap. :class:`FollowedArchive`.
 
     Returns:
         :class:`RestoreResult`.
@@ -787,8 +814,8 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
     t0 = time.monotonic()
     db = host.postgres.database
     with PostgresAccess(host) as access:
-        info = check_archive(access, archive)
-        for w in info.warnings:
+        info = check_archive(access, archive) if follow is None else follow
+        for w in getattr(info, "warnings", ()):
             notify(f"warning: {w}")
         maint = access.sql(host.postgres.maintenance_db)
         if target_db is not None and db_info(maint, target_db) is not None:
@@ -796,7 +823,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
             from .compose import coordinators_preflight
             coordinators_preflight(access.runner, host)
-        if roles:
+        if roles and follow is None:
             from .roles import create_missing_roles
             create_missing_roles(access, info.path, notify)
             keep_owners = True
@@ -820,7 +847,10 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
         maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(side), lit(json.dumps(
             {"tag": SIDE_TAG, "of": target_db or db, "pid": os.getpid(), "host": socket.gethostname(),
              "at": iso(now)}))))
-        rc, out, err, copied = _load(access, info, side, keep_owners, jobs, progress)
+        if isinstance(info, FollowedArchive):
+            info, (rc, err, copied) = _load_followed(access, info, side, keep_owners, jobs, notify)
+        else:
+            rc, out, err, copied = _load(access, info, side, keep_owners, jobs, progress)
         if rc != 0:
             raise PostgresError(f"restore into the side database failed (exit {rc}): {tail(err, 800)}",
                                 returncode=rc, stderr=tail(err))
@@ -848,6 +878,51 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
                 drop_db(maint, side)
             except BigskiesError as e:
                 notify(f"warning: could not drop side database {side!r}: {e}")
+
+
+@dataclass
+class FollowedArchive:
+    """A plain archive restored while it is written (``db.pull --restore``).
+
+    Attributes:
+        growing: the file being written (:class:`bigskies_ops.parload.GrowingFile`).
+        start: called once the side database is ready (the writer starts then, so a
+            refusal - lock busy, sessions connected - costs no transfer).
+        result: waits for the writer; returns the finished archive's path or raises
+            the writer's error.
+    """
+
+    growing: object
+    start: object
+    result: object
+
+
+def _load_followed(access, fa: FollowedArchive, side: str, keep_owners: bool, jobs: int | None, notify):
+    """Load ``fa`` into ``side`` as it arrives, then check the finished archive.
+
+    Returns ``(ArchiveInfo of the finished archive, (rc, stderr, rows))``. Raises the
+    writer's error (after stopping the load), or ArchiveError."""
+    from .parload import load_plain_parallel
+    growing = fa.growing
+    fa.start()
+    try:
+        rc, _, err, rows = load_plain_parallel(
+            access, "(pull in progress)", side, jobs=max(1, jobs if jobs is not None else 2),
+            keep_owners=keep_owners, pgoptions=RESTORE_PGOPTIONS,
+            open_chunks=lambda: _gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
+    except KeyboardInterrupt:
+        growing.cancelled.set()  # the pull stops too (its .partial is removed, manifest FAILED)
+        raise
+    except BaseException:
+        fa.result()  # a failed pull is the cause: its error first; else the pull is kept, and ours raised
+        raise
+    path = fa.result()  # the pull finished: DONE manifest, sha256 computed while receiving
+    info = check_archive(access, path)  # the file on disk: size, sha256 against the manifest, versions
+    for w in info.warnings:
+        notify(f"warning: {w}")
+    if info.format != "plain":
+        raise ArchiveError(f"{path}: expected a plain archive to follow, got {info.format}")
+    return info, (rc, err, rows)
 
 
 def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | None, progress):

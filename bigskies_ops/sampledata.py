@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
+from .access import pgsql as sql
 
 __all__ = [
     "MIGRATION_FILE_RE",

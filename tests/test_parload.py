@@ -203,3 +203,20 @@ def test_db_restore_of_a_plain_backup_in_parallel_and_a_bad_row_keeps_the_old_da
     assert db_fingerprint(pg_sql, dbname) == want
     leftovers = [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d]
     assert leftovers == []
+
+
+def test_a_dump_that_ends_inside_copy_data_is_refused_not_half_loaded(pg, pg_sql, source, tmp_path):
+    # psql would end the COPY at end of input and commit the rows so far: a truncated dump
+    # (e.g. a pull whose pg_dump died) must fail instead
+    archive = _dump(pg, source, tmp_path / "src.sql.gz")
+    sql = gzip.decompress(archive.read_bytes())
+    start = sql.index(b"COPY public.tricky ")
+    cut = tmp_path / "cut_in_copy.sql.gz"
+    cut.write_bytes(gzip.compress(sql[: sql.index(b"\n", start + 5000) + 1], 1))  # a complete gzip stream
+    target = _fresh(pg_sql, source + "_cic")
+    try:
+        with _access(pg, target, tmp_path) as access:
+            with pytest.raises(ArchiveError, match="ends inside the COPY data"):
+                load_plain_parallel(access, str(cut), target, jobs=2, keep_owners=False, segment_bytes=1024)
+    finally:
+        pg_sql(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)', "postgres")

@@ -104,12 +104,12 @@ def test_scenario_4_pull_from_prod_and_restore_on_dev_gives_prods_data(world, pg
     assert not w.prod_bdir.exists() or dir_hashes(w.prod_bdir) == {}  # nothing written on prod's disk
 
     pulled = _archives(w.dev_bdir / "prod")
-    # --restore without --format, prod's inventory sets no backup.format: custom (pg_restore -j 2)
-    assert len(pulled) == 1 and pulled[0].name.startswith(f"{w.prod_db}_backup_") and pulled[0].name.endswith(".dump")
+    # --restore without --format: prod's backup.format (plain), loaded while it arrived
+    assert len(pulled) == 1 and pulled[0].name.startswith(f"{w.prod_db}_backup_") and pulled[0].name.endswith(".sql.gz")
     m = json.loads(Path(str(pulled[0]) + ".manifest.json").read_text())
     assert m["status"] == "DONE" and m["kind"] == "pulled" and m["origin_host"] == "prod"
     assert m["pulled_from"] == "prod" and m["pulled_at"] and m["pull_mode"] == "stream"
-    assert m["format"] == "custom" and m["remote_exit_statuses"] == {"pg_dump": 0}
+    assert m["format"] == "plain" and m["remote_exit_statuses"] == {"pg_dump": 0, "gzip": 0}
     assert m["sha256"] == _sha(pulled[0]) and m["bytes"] == pulled[0].stat().st_size
     assert m["access_mode"] == "ssh-container" and m["schema_migrations_head"]["version"] == "5"
     assert PROD_PW not in pulled[0].with_name(pulled[0].name + ".manifest.json").read_text()
@@ -182,7 +182,7 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
 
 
-def test_restore_pull_defaults_to_custom_unless_the_inventory_sets_backup_format(tmp_path):
+def test_restore_pull_uses_the_source_hosts_backup_format(tmp_path):
     ssh = {"host": "127.0.0.1"}
     doc = {"groups": {"fleet": {"hosts": ["bygroup"], "vars": {"backup": {"format": "plain"}}}},
            "hosts": {"bare": {"connection": "ssh", "project_dir": "/srv", "ssh": ssh},
@@ -190,7 +190,8 @@ def test_restore_pull_defaults_to_custom_unless_the_inventory_sets_backup_format
                      "bygroup": {"connection": "ssh", "project_dir": "/srv", "ssh": ssh}}}
     h = parse(doc, tmp_path / "inv.yaml").hosts
     assert h["bare"].backup.format == "plain"                      # the built-in default ...
-    assert pull_format(h["bare"], None, restore=True) == "custom"   # ... gives way to custom for --restore
+    assert pull_format(h["bare"], None, restore=True) == "plain"    # ... also for --restore (loaded while it arrives)
+    assert pull_format(h["bare"], "custom", restore=True) == "custom"
     assert pull_format(h["bare"], None, restore=False) == "plain"
     assert pull_format(h["bare"], "plain", restore=True) == "plain"  # --format wins
     assert pull_format(h["byhost"], None, restore=True) == "plain"   # set in the inventory: kept
@@ -336,6 +337,8 @@ def test_remote_pg_dump_failing_in_ssh_native_mode(tmp_path, pg, dbname, pg_sql,
     m = [json.loads(p.read_text()) for p in pdir.glob("*.manifest.json")]
     assert [x["status"] for x in m] == ["FAILED"] and m[0]["remote_exit_statuses"]["pg_dump"] == 1
     assert db_fingerprint(pg_sql, dbname) == before
+    # the load that followed the pull was stopped and its side database dropped
+    assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
     # the same host without the broken pg_dump: ssh-native backup on the host works
     txt = Path(inv).read_text().replace(str(bindir), PG_BINDIR)
     Path(inv).write_text(txt)
@@ -368,6 +371,7 @@ def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_
     pdir = w.dev_bdir / "prod"
     assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
     assert db_fingerprint(pg_sql, w.dev_db) == dev_before
+    assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
 
 
 def _cmdlines_with(secret: str) -> list[str]:

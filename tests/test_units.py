@@ -324,3 +324,20 @@ class _Chunked:
         out = self.data[self.pos:self.pos + min(self.n, size if size > 0 else self.n)]
         self.pos += len(out)
         return out
+
+
+def test_copy_terminator_search_agrees_with_the_plain_pattern_search():
+    """OwnerAclFilter._terminator jumps from backslash to backslash (fast: they are rare in
+    COPY text) and falls back to the 4-byte pattern; both must find the same line."""
+    import random
+    from bigskies_ops.restore import OwnerAclFilter
+    rnd = random.Random(7)
+    pieces = [b"plain row\t1", b"a\\\\.b", b"\\\\.", b"\\N", b"x\\\\", b"\\.", b"tab\\there", b"\\\\\\\\.", b""]
+    for trial in range(3000):
+        lines = [rnd.choice(pieces) + (b"" if rnd.random() < 0.5 else rnd.choice(pieces))
+                 for _ in range(rnd.randint(0, 40))]
+        buf = b"\n".join(lines) + b"\n"
+        pos = rnd.choice([0] + [i + 1 for i, c in enumerate(buf) if c == 0x0A][:5])
+        end = rnd.choice([len(buf), max(pos, len(buf) - rnd.randint(0, 6))])
+        want = buf.find(b"\n\\.\n", pos, end)
+        assert OwnerAclFilter._terminator(buf, pos, end) == want, (trial, buf, pos, end)

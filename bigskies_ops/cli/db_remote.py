@@ -12,7 +12,7 @@ from ..catalog import human_bytes, list_backups
 from ..errors import UsageError
 from ..fleet import exit_code, prefixed, run_on_hosts
 from ..inventory import Host, Inventory
-from ..pull import pull_existing, pull_format, pull_stream
+from ..pull import pull_and_restore, pull_existing, pull_format, pull_stream
 from ..safety import check_destructive, confirm_or_refuse
 from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
 
@@ -82,14 +82,14 @@ def _mbps(n: int, s: float) -> str:
     "to": "local host whose backup.dir receives the copy under <from>/ (default: defaults.host or the only local host)",
     "restore": "then restore the pulled backup into --to's database (all of db.restore's checks and safety)",
     "existing": "pull an archive already on the host: 'latest' (default when given without a value) or a file name",
-    "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: custom with --restore (pg_restore "
-              "--jobs 2 loads it much faster than psql reads plain SQL) unless the inventory sets the source "
-              "host's backup.format; otherwise the source host's backup.format",
+    "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: the source host's backup.format. "
+              "With --restore a plain dump is loaded while it arrives (two psql sessions), a custom one "
+              "with pg_restore --jobs once complete",
     "label": "free text stored in the manifest",
     "yes": "do not ask before replacing --to's database",
     "terminate_sessions": "terminate sessions still connected when the restored database is swapped in",
     "keep_owners": "keep OWNER/GRANT statements when restoring",
-    "jobs": "pg_restore parallel jobs for custom archives (default 2)",
+    "jobs": "parallel sessions of the restore (pg_restore --jobs, or psql sessions for plain; default 2)",
     "force_protected": "allow --to a protected host (with --confirm DBNAME)",
     "confirm": "the database name of --to, repeated, for protected hosts",
     "inventory": INVENTORY_HELP, "json": JSON_HELP})
@@ -122,6 +122,7 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
         output.say(f"What: {'existing archive ' + spec if spec else 'a fresh dump streamed over SSH (nothing written on ' + src.name + ')'}")
         output.say(f"Into: {dest.backup.dir}/{src.name}/")
         output.say()
+    rr = None
     with _progress(f"pull from {src.name}", json) as cb:
         if spec:
             pr = pull_existing(src, dest, spec, progress=cb, notify=output.note)
@@ -129,8 +130,13 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
         else:
             if existing is None and format not in (None, "plain", "custom"):
                 raise UsageError(f"--format: expected plain or custom, got {format!r}")
-            res = pull_stream(src, dest, fmt=pull_format(src, format, restore), label=label, progress=cb,
-                              notify=output.note)
+            fmt = pull_format(src, format, restore)
+            if restore and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
+                res, rr = pull_and_restore(src, dest, label=label, progress=cb, notify=output.note,
+                                           terminate_sessions=terminate_sessions, keep_owners=keep_owners,
+                                           jobs=int(jobs) if jobs else None, task="db.pull --restore")
+            else:
+                res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb, notify=output.note)
             b, m, secs, pr = res.backup, res.manifest, res.seconds, None
     facts = {"result": "changed", "host": src.name, "to": dest.name, "path": b.path, "name": b.name,
              "bytes": b.size, "sha256": m.get("sha256"), "seconds": round(secs, 3),
@@ -147,11 +153,12 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
             output.say(f"   sha256: {m.get('sha256')} (checked)")
             if m.get("remote_exit_statuses") and m.get("pull_mode") != "existing":  # a dump ran for this pull
                 output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
-    if restore:
+    if restore and rr is None:
         from ..restore import restore as run_restore
         with _progress(f"restoring into {dest.name}", json) as cb:
             rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions, keep_owners=keep_owners,
                              jobs=int(jobs) if jobs else None, notify=output.note, progress=cb, task="db.pull --restore")
+    if restore:
         facts["restore"] = {"database": rr.database, "pre_restore_copy": rr.pre_restore_copy,
                             "checked_tables": rr.checked_tables, "seconds": round(rr.seconds, 3)}
         if not json:
