@@ -4,7 +4,7 @@ Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
 observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
 then measures on the same data, interleaving the contenders (ABAB...) and taking
 the median of `--runs` (>= 3) with the spread (min-max) printed. Every contender
-starts from the same state: an untimed CHECKPOINT right before it.
+starts from the same state: an untimed CHECKPOINT and sync right before it.
 
 * backup: `pg_dump > /dev/null` (the floor), the guide's `pg_dump | gzip`, and
   `db.backup` in each format;
@@ -154,6 +154,7 @@ class Bench:
         # 1 GB restore pays for flushing that restore's dirty pages and WAL (a checkpoint
         # forced by max_wal_size or by DROP DATABASE) - the previous contender's work.
         self.psql("CHECKPOINT", "postgres")
+        os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         rss_file = self.base / "rss.txt"
         if ours:
@@ -359,7 +360,7 @@ class Bench:
         tag = "rss" if self.args.only == "rss" else "latest"
         (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
         runs = "one run each (scale {})".format(s["scale"]) if tag == "rss" else f"{s['runs']} interleaved runs each"
-        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT; {s['cores']} cores; {s['when_utc']}",
+        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT and sync; {s['cores']} cores; {s['when_utc']}",
                  "", "| contender | median wall s | min-max s | client CPU s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, r in s["rows"].items():
