@@ -9,7 +9,10 @@ and splits the work by the dump's own structure:
 * SQL outside COPY data (CREATE, ALTER, indexes, constraints, ...) runs in the first
   session ("the leader"), in file order, exactly as psql would run it;
 * session settings (``SET ...;``, ``SELECT pg_catalog.set_config(...)``) and psql
-  meta-commands (``\\restrict``/``\\unrestrict``) run in every session;
+  meta-commands (``\\restrict``/``\\unrestrict``) run in every session; a session other
+  than the leader runs them just before its next COPY segment, so a setting that names
+  an object of the dump (``SET default_table_access_method = x``) runs after the
+  leader has created it;
 * COPY data is cut into segments of about :data:`SEGMENT_BYTES` at line ends (COPY's
   text format has one row per line; PostgreSQL docs, COPY "Text Format"), and each
   segment is loaded by whichever session reaches it first, as its own ``COPY ... FROM
@@ -21,8 +24,16 @@ statement before it has completed in the leader (tables exist), and the SQL afte
 (indexes, constraints, triggers) starts only after every segment of the run has been
 loaded. A session confirms completion with a ``SELECT '<token>'`` whose output it
 waits for (a meta-command such as ``\\echo`` is refused once pg_dump's ``\\restrict``
-has run). A dump that opens a transaction (``BEGIN``) outside its large-object data is
-loaded by the leader alone from there on, so transaction semantics are kept.
+has run). From a statement whose effect other sessions cannot share or copy, the
+dump is loaded by the leader alone (the other sessions stop reading), as psql would
+load it (:data:`_SERIAL_RE`, :data:`_BROADCAST_META`): a transaction (``BEGIN``: pg_dump's
+large-object data, or a hand-written dump), session state changed by a statement
+other than pg_dump's ``SET`` forms (``set search_path``, ``RESET``, ``set_config`` in a
+query or ``DO`` block, temporary tables), a ``COPY ... FROM stdin`` with options (CSV
+rows may span lines, and the lexer reads such data as SQL), and any meta-command but
+``\\restrict``/``\\unrestrict`` (``\\i`` would run once per session, ``\\o`` would hide the
+sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Found by a
+break-it trial: each of these loaded different rows with exit 0, failed, or hung.
 
 Rows therefore land in a table in segment order per session (row order within a
 table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
@@ -42,7 +53,17 @@ from .pgtools import psql_args
 #: COPY data per segment (bytes of text), cut at the next line end.
 SEGMENT_BYTES = 32 * 1024 * 1024
 
-_TXN_RE = re.compile(rb"\A(?:BEGIN|START\s+TRANSACTION)\b", re.I)
+#: statements (other than the ``set`` pieces every session runs) after which only the
+#: leader loads: they open a transaction, change session state the other sessions
+#: would miss, or are a COPY from stdin the lexer cannot cut (see the module docstring)
+_SERIAL_RE = re.compile(
+    rb"\A(?:BEGIN|START\s+TRANSACTION|SET|RESET|DISCARD|LOAD)\b"
+    rb"|\A(?:SELECT|DO|CALL)\b.*(?:\bset_config\b|\bSET\s)"
+    rb"|\ACREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
+    rb"|\ACOPY\b.*\bFROM\s+STDIN\b", re.I | re.S)
+#: meta-commands every session runs; any other one makes the load serial
+_BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
+_META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
 _TAG_RE = re.compile(rb"^COPY (\d+)$")
 
 
@@ -107,6 +128,10 @@ class GrowingFile:
 
 class _Abort(Exception):
     """Another session failed (or the load was cancelled): stop quietly."""
+
+
+class _Stop(Exception):
+    """The load went serial: a session other than the leader has nothing left to do."""
 
 
 class _Session:
@@ -238,6 +263,7 @@ class _Worker:
         self.in_seg = False
         self.mine = False
         self.serial = False
+        self.pending: list[bytes] = []  # settings not yet sent (a session other than the leader)
 
     @property
     def leader(self) -> bool:
@@ -252,11 +278,15 @@ class _Worker:
                 if self.progress:
                     self.progress(done)
             self._pieces(self.flt.flush_pieces())
+            if self.serial and not self.leader:
+                return
             if self.in_seg or self.flt.in_copy:
                 # psql would end the COPY at end of input and commit a part of the table
                 raise ArchiveError(f"the dump ends inside the COPY data of table #{self.block + 1}: "
                                    "it is truncated")
             self._leave_run()
+        except _Stop:
+            return
         except _Abort:
             self.shared.abort.set()
         except BaseException as e:  # a reading/lexing error: stop every session
@@ -265,8 +295,15 @@ class _Worker:
     # -------------------------------------------------------------- pieces
     def _pieces(self, pieces) -> None:
         for kind, data in pieces:
+            if kind == "meta" and not self.serial:
+                m = _META_NAME.match(data, self.flt.LEADING.match(data).end())  # after the comments before it
+                if (m.group(1) if m else b"") not in _BROADCAST_META:
+                    self._go_serial()
             if kind in ("set", "meta"):
-                self.s.send(data)
+                if self.leader:
+                    self.s.send(data)
+                else:
+                    self.pending.append(data)  # sent before this session's next segment
             elif kind == "blank":
                 if self.leader:
                     self.s.send(data)
@@ -274,8 +311,8 @@ class _Worker:
             elif kind == "sql":
                 self._enter_run("sql")
                 lead = self.flt.LEADING.match(data).end()
-                if _TXN_RE.match(data[lead:lead + 32]):
-                    self.serial = True  # transaction semantics: the leader alone from here on
+                if not self.serial and _SERIAL_RE.match(data[lead:]):
+                    self._go_serial()
                 if self.leader:
                     self.s.send(data)
             elif kind == "copy":
@@ -297,6 +334,15 @@ class _Worker:
                     self._finish_segment()
             self.last_kind = kind
 
+    def _go_serial(self) -> None:
+        """The leader alone from here on; any other session stops (raises :class:`_Stop`).
+
+        Every reader reaches this at the same place of the stream, after its last
+        segment before it is loaded and confirmed, so no segment is lost or doubled."""
+        self.serial = True
+        if not self.leader:
+            raise _Stop()
+
     def _enter_run(self, kind: str) -> None:
         if kind == self.run_kind:
             return
@@ -304,7 +350,7 @@ class _Worker:
         self.run += 1
         self.run_kind = kind
         self.segments_in_run = 0
-        if kind == "copy" and self.leader and self.run > 0:
+        if kind == "copy" and self.leader and self.run > 0 and not self.serial:
             self.s.sync(self.shared.abort)  # the SQL before this COPY run has completed
             with self.shared.cond:
                 self.shared.sql_done.add(self.run - 1)
@@ -350,13 +396,17 @@ class _Worker:
             if not self.leader and self.run > 0:
                 prev = self.run - 1
                 self.shared.wait_for(lambda: prev in self.shared.sql_done)
+            if self.pending:
+                self.s.send(b"".join(self.pending))
+                self.pending = []
             self.s.send(self.copy_stmt)
         self.in_seg = True
 
     def _finish_segment(self) -> None:
         if self.mine:
             self.s.send(b"\\.\n")
-            self.s.sync(self.shared.abort)
+            if not self.serial:  # serial: nobody waits for it (and a \\o may hide the reply)
+                self.s.sync(self.shared.abort)
             self.loaded.append(self.flt.copy_tables[self.block] if self.block < len(self.flt.copy_tables) else None)
             self.shared.segment_done(self.run)
         self.in_seg = False
