@@ -305,10 +305,21 @@ class OwnerAclFilter:
         return self._take_pieces()
 
     def _feed(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        end = buf.rfind(b"\n") + 1  # complete lines only: no token spans a newline
-        pos = self._scan(buf, end) if end else 0
-        self.buf = buf[pos:]
+        # complete lines only (no token spans a newline); the line left over from the last
+        # chunk is completed and scanned on its own, so a 1 MiB chunk is never copied
+        start = 0
+        if self.buf:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self.buf += data
+                return
+            head, self.buf = self.buf + data[:nl + 1], b""
+            self._scan(head, len(head))
+            start = nl + 1
+        end = data.rfind(b"\n") + 1
+        if end > start:
+            self._scan(data, end, start)
+        self.buf = data[max(end, start):]
 
     def _flush(self) -> None:
         rest, self.buf = self.buf, b""
@@ -358,12 +369,11 @@ class OwnerAclFilter:
         nl = buf.find(b"\n", i, end)
         return end if nl < 0 else nl + 1
 
-    def _scan(self, buf: bytes, end: int) -> int:
-        """Consume ``buf[:end]`` (whole lines, or the stream's last bytes); return where it stopped."""
-        pos = 0
+    def _scan(self, buf: bytes, end: int, pos: int = 0) -> int:
+        """Consume ``buf[pos:end]`` (whole lines, or the stream's last bytes); return ``end``."""
         while pos < end:
             if self.in_copy:
-                if buf.startswith(b"\\.\n", pos) or (buf[pos:end] == b"\\." and end == len(buf)):
+                if buf.startswith(b"\\.\n", pos) or (end - pos == 2 and end == len(buf) and buf.startswith(b"\\.", pos)):
                     data_end, stop = pos, min(pos + 3, end)
                 else:
                     k = self._terminator(buf, pos, end)
