@@ -318,10 +318,16 @@ class Bench:
         custom = self.newest(self.base / "ours", ".dump")
         self.timed("rss: db.restore custom", self.ours("db.restore", str(custom), "--host", "restore_custom", "--yes"),
                    ours=True)
+        self.timed("rss: db.backup plain", self.ours("db.backup", "--host", "dev", "--format", "plain"), ours=True)
+        plain = self.newest(self.base / "ours", ".sql.gz")
+        self.timed("rss: db.restore plain", self.ours("db.restore", str(plain), "--host", "restore_plain", "--yes"),
+                   ours=True)
         ssh = self.start_sshd()
         self.write_inventory(ssh)
         self.timed("rss: db.pull --from prod", self.ours("db.pull", "--from", "prod", "--to", "laptop",
                                                        "--format", "custom"), ours=True)
+        self.timed("rss: db.pull --restore (plain)", self.ours("db.pull", "--from", "prod", "--to", "laptop",
+                                                              "--restore", "--yes"), ours=True)
 
     # ------------------------------------------------------------ report
     def summary(self) -> dict:
@@ -383,7 +389,10 @@ class Bench:
 
     RSS_PAIRS = {"rss: db.backup custom": "backup ours: custom .dump",
                  "rss: db.restore custom": "restore ours: custom .dump",
-                 "rss: db.pull --from prod": "stream: db.pull --from prod (streamed)"}
+                 "rss: db.backup plain": "backup ours: plain .sql.gz",
+                 "rss: db.restore plain": "restore ours: plain .sql.gz",
+                 "rss: db.pull --from prod": "stream: db.pull --from prod (streamed)",
+                 "rss: db.pull --restore (plain)": "scenario 4 ours: db.pull --to --restore"}
 
     def _rss_vs_1x(self, s: dict) -> list[str]:
         """Peak RSS at this scale against the 1x run's figure in latest.json (target: within
