@@ -243,8 +243,11 @@ def test_signal_during_parallel_restore_keeps_old_db_drops_side_and_leaves_no_ps
     archive = _big_plain_backup(local_inv, cli_env, pg_sql, dbname)
     pg_sql("DELETE FROM bulk WHERE id % 3 = 0", dbname)
     want = db_fingerprint(pg_sql, dbname)
+    # SIGINT as a terminal sends it: a background job of a non-interactive shell (nohup make
+    # test &) starts with SIGINT ignored, and the tool keeps an ignored SIGINT ignored
     p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv), "--yes"],
-                         env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     loading = False
     while time.monotonic() < deadline and p.poll() is None:
