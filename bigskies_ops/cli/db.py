@@ -197,7 +197,7 @@ def human_age_s(seconds: int) -> str:
             "roles": "first create the backup's roles missing here (<archive>.roles.sql; existing roles are "
                      "never altered); implies --keep-owners",
             "undo": "swap the newest pre-restore copy back in",
-            "jobs": "pg_restore parallel jobs for custom archives (default 2)",
+            "jobs": "parallel sessions on local hosts: pg_restore --jobs for custom, psql sessions for plain (default 2; 1 = one session, one transaction)",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
             "confirm": "the database name, repeated, for protected hosts",
             "from_offsite": "fetch FILE (or 'latest') from this offsite target first (to a .partial, checked)",
