@@ -162,18 +162,13 @@ class _Sink:
             from .restore import OwnerAclFilter
             self._copy = OwnerAclFilter(drop=False, emit=False, count_rows=True)
 
-    @property
-    def copy_tables(self) -> set[tuple[str, str]] | None:
-        """Tables with a COPY block (None when not tracked: every table has its data)."""
-        return None if self._copy is None else self._copy.tables_with_data()
-
     def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
         """End the stream; the ``COPY ... FROM stdin`` blocks in stream order: their tables
         (``(schema, name)``, None for a name the lexer could not read) and their data lines
         (one row per line in COPY's text format). Raises ValueError when not tracked."""
         if self._copy is None:
             raise ValueError("COPY blocks are tracked only for plain dumps with track_copy")
-        self._copy.tables_with_data()  # flushes the last bytes
+        self._copy.flush()  # the last bytes
         return list(self._copy.copy_tables), list(self._copy.copy_rows)
 
     def _emit(self, data: bytes):

@@ -49,6 +49,8 @@ import time
 from .access import PostgresAccess
 from .errors import ArchiveError
 from .pgtools import psql_args
+from .restore import CopyTags, OwnerAclFilter, _gunzip_chunks
+from .runners import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
 SEGMENT_BYTES = 32 * 1024 * 1024
@@ -64,7 +66,6 @@ _SERIAL_RE = re.compile(
 #: meta-commands every session runs; any other one makes the load serial
 _BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
 _META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
-_TAG_RE = re.compile(rb"^COPY (\d+)$")
 
 
 class GrowingFile:
@@ -141,7 +142,7 @@ class _Session:
     def __init__(self, access: PostgresAccess, database: str, pgoptions: str | None, token: str):
         self.proc = access.popen_tool("psql", psql_args(database, quiet=False), stdin=True, pgoptions=pgoptions)
         self.token = token
-        self.tags: list[int] = []
+        self.tags = CopyTags()  # the server's COPY n tags, one per segment this session loaded
         self._sent = 0
         self._seen = 0
         self._eof = False
@@ -154,14 +155,11 @@ class _Session:
         prefix = self.token.encode() + b"-"
         try:
             for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
+                self.tags.feed(chunk)
                 buf = carry + chunk
                 lines = buf.split(b"\n")
                 carry = lines.pop()[-4096:]
                 for line in lines:
-                    m = _TAG_RE.match(line)
-                    if m:
-                        self.tags.append(int(m.group(1)))
-                        continue
                     s = line.strip()
                     if s.startswith(prefix) and s[len(prefix):].isdigit():
                         with self._cond:
@@ -205,15 +203,13 @@ class _Session:
 class _Shared:
     """State the sessions share: who loads which segment, and the barriers."""
 
-    def __init__(self, jobs: int):
+    def __init__(self):
         self.cond = threading.Condition()
         self.claims: dict[tuple[int, int], int] = {}
-        self.run_total: dict[int, int] = {}  # COPY run -> segments (set by the leader once it has passed the run)
         self.run_done: dict[int, int] = {}  # COPY run -> segments loaded and confirmed
         self.sql_done: set[int] = set()  # SQL runs completed by the leader
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
-        self.jobs = jobs
 
     def claim(self, key: tuple[int, int], worker: int) -> bool:
         with self.cond:
@@ -243,7 +239,6 @@ class _Worker:
 
     def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, keep_owners: bool,
                  progress=None, segment_bytes: int = SEGMENT_BYTES):
-        from .restore import OwnerAclFilter
         self.wid, self.shared, self.s = wid, shared, session
         self.chunks = chunks
         self.flt = OwnerAclFilter(drop=not keep_owners)
@@ -359,9 +354,6 @@ class _Worker:
     def _leave_run(self) -> None:
         if self.run_kind == "copy" and self.leader:
             run, total = self.run, self.segments_in_run
-            with self.shared.cond:
-                self.shared.run_total[run] = total
-                self.shared.cond.notify_all()
             self.shared.wait_for(lambda: self.shared.run_done.get(run, 0) >= total)
         self.run_kind = None
 
@@ -438,9 +430,6 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     Raises:
         ArchiveError: the archive is corrupt (raised by a reader; every session is stopped).
     """
-    from .restore import _gunzip_chunks
-    from .runners import LocalRunner
-
     if open_chunks is None:
         def open_chunks():
             f = LocalRunner().open_read(path)
@@ -449,7 +438,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
                 with f:
                     yield from _gunzip_chunks(f, path=path)
             return gen()
-    shared = _Shared(jobs)
+    shared = _Shared()
     token = "bigskies-sync-" + secrets.token_hex(8)
     sessions: list[_Session] = []
     workers: list[_Worker] = []
@@ -477,18 +466,17 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         stats["segments"] = [len(w.loaded) for w in workers]
     if shared.errors:
         raise shared.errors[0]
-    bad = next((i for i, rc in enumerate(rcs) if rc != 0), None)
-    if bad is not None or shared.abort.is_set():
-        i = bad if bad is not None else 0
-        # the session that failed first has the server's error; the others were killed
-        failing = [j for j, rc in enumerate(rcs) if rc > 0]
-        i = failing[0] if failing else i
+    if shared.abort.is_set() or any(rcs):
+        # the session that exited with an error has the server's message; the others were
+        # killed (negative status); else the first that ended unexpectedly
+        i = next((j for j, rc in enumerate(rcs) if rc > 0), next((j for j, rc in enumerate(rcs) if rc), 0))
         return rcs[i] or 1, "", sessions[i].proc.stderr_text(), None
     rows: dict[tuple[str, str], int] | None = {}
     for w, s in zip(workers, sessions):
-        if len(w.loaded) != len(s.tags) or None in w.loaded:
+        mine = s.tags.by_table(w.loaded)  # None when tags and segments do not pair up
+        if mine is None:
             rows = None
             break
-        for t, n in zip(w.loaded, s.tags):
+        for t, n in mine.items():
             rows[t] = rows.get(t, 0) + n
     return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), rows

@@ -940,10 +940,11 @@ def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | N
     ``copied`` maps tables to the rows the server reported for the load (psql's ``COPY n``
     tags for plain dumps, :func:`inserted_rows` for custom archives), or None."""
     native_local = not access.host.container and not access.host.is_remote
-    if info.format == "plain" and not access.host.is_remote and (jobs if jobs is not None else 2) > 1:
+    j = jobs if jobs is not None else 2  # local hosts only; remote ones load with one session
+    if info.format == "plain" and not access.host.is_remote and j > 1:
         from .parload import load_plain_parallel
-        return load_plain_parallel(access, info.path, side, jobs=jobs if jobs is not None else 2,
-                                   keep_owners=keep_owners, pgoptions=RESTORE_PGOPTIONS, progress=progress)
+        return load_plain_parallel(access, info.path, side, jobs=j, keep_owners=keep_owners,
+                                   pgoptions=RESTORE_PGOPTIONS, progress=progress)
     if info.format == "plain":
         flt = OwnerAclFilter(drop=not keep_owners)
         tags = CopyTags()
@@ -952,7 +953,6 @@ def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | N
                                  stdout_sink=tags.feed)
         return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
     if native_local:
-        j = jobs if jobs is not None else 2
         r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=not keep_owners,
                                                           from_file=info.path), check=False,
                             pgoptions=RESTORE_PGOPTIONS)
