@@ -134,3 +134,42 @@ def test_help_after_a_task_with_an_optional_file_shows_help(cli_env, task):
     r = cli(task, "--help", env=cli_env)
     assert r.returncode == 0, r.stderr
     assert f"Usage: bigskies-ops [--core-opts] {task}" in r.stdout
+
+
+# The console script skips the interpreter's teardown after the task (bigskies_ops.cli.program):
+# what must still happen at exit, and the status rules of sys.exit, are checked here.
+_EXIT_PROBE = """
+import atexit, sys, tempfile, threading, time
+from bigskies_ops.cli.program import _exit_now
+keep = tempfile.TemporaryDirectory(prefix="bigskies-exit-probe-")  # cleaned by its finalizer at exit
+print(keep.name)
+atexit.register(lambda: print("atexit ran"))
+sys.stdout.write("unflushed " * 10000)  # still in the buffer when os._exit comes
+if sys.argv[2] == "thread":  # a non-daemon thread still running: the normal exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done"))).start()
+_exit_now({"none": None, "int": 3, "str": "bad thing"}[sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("code,status", [("none", 0), ("int", 3), ("str", 1)])
+@pytest.mark.parametrize("thread", ["", "thread"])
+def test_fast_exit_keeps_the_status_output_and_exit_handlers(code, status, thread):
+    r = subprocess.run([sys.executable, "-c", _EXIT_PROBE, code, thread], cwd=REPO, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == status, r.stderr
+    tmp = r.stdout.splitlines()[0]
+    assert r.stdout.count("unflushed ") == 10000 and "atexit ran" in r.stdout
+    assert not os.path.exists(tmp), "TemporaryDirectory's finalizer did not run"
+    assert ("thread done" in r.stdout) == bool(thread)
+    assert r.stderr.strip() == ("bad thing" if code == "str" else ""), r.stderr
+
+
+def test_stdout_closed_early_is_not_a_traceback(cli_env):
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write (`| head -0`): every write fails
+    try:
+        p = subprocess.run([sys.executable, "-m", "bigskies_ops", "--list"], cwd=REPO, env=cli_env, stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(w)
+    assert p.returncode == 1 and p.stderr == "", p.stderr
