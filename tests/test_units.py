@@ -378,3 +378,24 @@ def test_restore_pgoptions_reads_this_machine():
     assert mem is not None and mem > 0
     mwm = int(restore_pgoptions(SimpleNamespace(runner=LocalRunner()), 2).split("maintenance_work_mem=")[1].split("MB")[0])
     assert 256 <= mwm <= 1024 and (mwm == 256 or mwm == 1024 or mwm == mem // 8 >> 20)
+
+
+class _TTY(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_human_lines_are_printed_as_is(monkeypatch, tty):
+    """A file or host name is never read as rich markup or an :emoji: code (a name such as
+    ``x:smile:[b]y.sql.gz`` used to come out with an emoji and without ``[b]``)."""
+    import io
+    import sys
+    from bigskies_ops import output
+    o, e = (_TTY(), _TTY()) if tty else (io.StringIO(), io.StringIO())
+    monkeypatch.setattr(sys, "stdout", o)
+    monkeypatch.setattr(sys, "stderr", e)
+    output.say("backup x:smile:[b]y.sql.gz written")
+    output.note("warning: [red]z:thumbs_up:")
+    assert o.getvalue() == "backup x:smile:[b]y.sql.gz written\n"
+    assert e.getvalue() == "warning: [red]z:thumbs_up:\n"
