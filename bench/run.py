@@ -42,14 +42,14 @@ from bigskies_ops.sandbox import Cluster, free_port  # noqa: E402
 
 BIN = "/usr/lib/postgresql/15/bin"
 RESULTS = REPO / "bench" / "results"
+# The console script ends with os._exit after running the atexit callbacks
+# (bigskies_ops.cli.program), so the peak RSS is written from one of them.
 RSS_WRAPPER = (
-    "import resource, runpy, sys\n"
+    "import atexit, resource, runpy, sys\n"
     "out = sys.argv.pop(1)\n"
+    "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
     "sys.argv = ['bigskies-ops'] + sys.argv[1:]\n"
-    "try:\n"
-    "    runpy.run_module('bigskies_ops', run_name='__main__')\n"
-    "finally:\n"
-    "    open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+    "runpy.run_module('bigskies_ops', run_name='__main__')\n")
 
 MKJSON = """
 CREATE TABLE observations_bench (id int PRIMARY KEY, doc jsonb NOT NULL);
