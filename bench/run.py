@@ -157,6 +157,7 @@ class Bench:
         os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         rss_file = self.base / "rss.txt"
+        rss_file.unlink(missing_ok=True)  # never a previous run's figure
         if ours:
             argv = [sys.executable, "-c", RSS_WRAPPER, str(rss_file), *argv]
         t0 = time.perf_counter()
@@ -169,7 +170,9 @@ class Bench:
             raise SystemExit(f"bench: {name} failed (exit {p.returncode}): {' '.join(argv)[-300:]}\n"
                              f"{err.decode(errors='replace')[-2000:]}")
         rec = {"wall_s": round(wall, 3), "cpu_s": round(ru, 3)}
-        if ours and rss_file.exists():
+        if ours and not rss_file.exists():
+            self.check(False, f"{name}: the peak RSS was not recorded")
+        elif ours:
             rec["python_rss_mb"] = round(int(rss_file.read_text()) / 1024, 1)
         self.results.setdefault(name, []).append(rec)
         self.log(f"{name:28s} {wall:7.2f} s  cpu {ru:6.2f} s" +
