@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess
-from .backup import (COPY_RE, BackupResult, RowCounter, _pick_name, record_failure, snapshot_facts,
-                     split_qualified)
+from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name,
+                     plain_manifest_tables, record_failure, snapshot_facts, split_qualified)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, StorageError, UsageError
@@ -209,7 +209,7 @@ class _StreamSink:
     dumps an inflater that keeps the head and the last 8 KiB and, with ``track_copy``,
     notes the COPY'd tables with the restore's statement lexer (as backup._Sink does)."""
 
-    def __init__(self, f, fmt: str, track_copy: bool = False):
+    def __init__(self, f, fmt: str, track_copy: bool = False, count_rows: bool = False):
         self.f = f
         self.sha = hashlib.sha256()
         self.out_bytes = 0
@@ -218,9 +218,15 @@ class _StreamSink:
         self.head = b""
         self.tail = b""
         self.copy = None
-        if track_copy and fmt == "plain":
+        if (track_copy or count_rows) and fmt == "plain":
             from .restore import OwnerAclFilter
-            self.copy = OwnerAclFilter(drop=False, emit=False)
+            self.copy = OwnerAclFilter(drop=False, emit=False, count_rows=count_rows)
+
+    def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
+        """The ``COPY ... FROM stdin`` blocks of the stream: tables and data lines
+        (as ``backup._Sink.copy_blocks``; built with ``count_rows``)."""
+        self.copy.flush()
+        return list(self.copy.copy_tables), list(self.copy.copy_rows)
 
     def write(self, chunk: bytes) -> None:
         self.f.write(chunk)
@@ -297,8 +303,13 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
             counter = RowCounter(session, tables, schema_only).start()
             _watch_remote_file(proc, runner, partial, host, progress)
         else:
+            # plain: rows counted from pg_dump's own COPY data as it arrives (backup.py does the
+            # same locally): prod's tables are read once, by pg_dump, not again by count(*)
+            stream_counts = fmt == "plain"
+            if stream_counts:
+                _keep_session_while_idle(session, manifest)
             proc = runner.pipeline(stages, env=access.env())
-            counter = RowCounter(session, tables, schema_only).start()
+            counter = None if stream_counts else RowCounter(session, tables, schema_only).start()
             try:
                 f = writer.open_write(partial)
             except OSError as e:
@@ -306,7 +317,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
             if growing is not None:
                 growing.start(partial)
             # which tables have data only matters when some data is left out on purpose
-            sink = _StreamSink(f, fmt, track_copy=bool(excl or schema_only))
+            sink = _StreamSink(f, fmt, track_copy=bool(excl or schema_only), count_rows=stream_counts)
             try:
                 with f:
                     while True:
@@ -332,17 +343,31 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         rcs, err = stage_statuses_of(proc, len(stages))
         manifest["remote_exit_statuses"] = dict(zip(names, rcs))
         _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest)
-        counter.result(manifest)
-        session.close()
-        session = None
-        manifest["phase"] = "finalize"
-        if mode == "remote":
-            digest, size = runner.sha256(partial)
-            data_tables, raw_bytes = _check_remote_archive(access, partial, fmt, tables, bool(excl or schema_only))
-        else:
+        if counter is None:  # a streamed plain dump: complete (trailer), then its COPY lines counted
+            manifest["phase"] = "finalize"
             digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
-            data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
-        manifest["tables"] = counter.manifest_tables(data_tables)
+            _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
+            copy_tables, copy_rows = sink.copy_blocks()
+            manifest["phase"] = "count"
+            manifest["tables"] = plain_manifest_tables(session, tables, copy_tables, copy_rows,
+                                                       all_data=not (excl or schema_only),
+                                                       schema_only=schema_only, notify=notify)
+            session.close()
+            session = None
+            manifest["phase"] = "finalize"
+        else:
+            counter.result(manifest)
+            session.close()
+            session = None
+            manifest["phase"] = "finalize"
+            if mode == "remote":
+                digest, size = runner.sha256(partial)
+                data_tables, raw_bytes = _check_remote_archive(access, partial, fmt, tables,
+                                                               bool(excl or schema_only))
+            else:
+                digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
+                data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
+            manifest["tables"] = counter.manifest_tables(data_tables)
         if not writer.link_noreplace(partial, final):
             raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
         finished = utcnow()

@@ -346,3 +346,36 @@ def test_sink_counts_copy_lines_whatever_the_chunking(step):
     assert sink.copy_blocks() == ([("public", "t"), ODD, ("public", "t")], [3, 0, 1])
     with pytest.raises(ValueError):
         _Sink(io.BytesIO(), "plain", 1).copy_blocks()
+
+
+# ------------------------------------------------------------------ a streamed pull over SSH
+def test_streamed_plain_pull_counts_from_the_stream_and_restores_with_its_checks(tmp_path, pg, pg_sql, dbname,
+                                                                                   ssh_server, cli_env):
+    """``db.pull --from prod`` (streamed, plain): the manifest's rows are the COPY lines that
+    arrived, prod's tables are scanned once (by pg_dump), and ``--restore`` checks them."""
+    from tests.conftest import PASSWORD_ENV, native_host, write_inventory
+    from tests.remote_helpers import ssh_block
+    pg_sql(SETUP, dbname)
+    want = _counts(pg_sql, dbname)
+    dev_db = dbname + "_dev"
+    pg_sql(f'CREATE DATABASE "{dev_db}"', "postgres")
+    try:
+        inv = write_inventory(tmp_path / "inv.yaml", {
+            "prodn": {"connection": "ssh", "project_dir": str(tmp_path / "proj"), "ssh": ssh_block(ssh_server),
+                      "postgres": {"host": "127.0.0.1", "port": pg.port, "database": dbname, "user": "bigskies",
+                                   "password_env": PASSWORD_ENV, "bindir": "/usr/lib/postgresql/15/bin"},
+                      "backup": {"format": "plain"}},
+            "dev": native_host(pg, dev_db, tmp_path / "dev-backups")})
+        scans_before = _seq_scans(pg_sql, dbname)
+        r = cli("db.pull", "-i", str(inv), "--from", "prodn", "--to", "dev", "--restore", "--yes", env=cli_env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        [mpath] = (tmp_path / "dev-backups" / "prodn").glob("*.sql.gz.manifest.json")
+        m = json.loads(mpath.read_text())
+        assert m["status"] == "DONE" and m["pull_mode"] == "stream"
+        assert _rows(m) == want
+        scans = _seq_scans(pg_sql, dbname)
+        delta = {k: scans[k] - scans_before.get(k, 0) for k in scans if k != ("public", "schema_migrations")}
+        assert delta and set(delta.values()) == {1}, delta  # pg_dump's COPY only, no count(*)
+        assert _counts(pg_sql, dev_db) == want
+    finally:
+        pg_sql(f'DROP DATABASE IF EXISTS "{dev_db}" WITH (FORCE)', "postgres")
