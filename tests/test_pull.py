@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -456,3 +458,62 @@ def test_psql_on_prod_gets_a_real_terminal_and_is_read_only(world, env):
     assert "the_answer" in text and "42" in text, text
     assert "read-only transaction" in text, text
     assert p.returncode == 0, text
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def test_a_killed_existing_pull_takes_its_ssh_client_along(raw_prod, cli_env):
+    """The OpenSSH client writes the .partial itself: when the tool is SIGKILLed it must not
+    live on and append to a file that a rerun resumes, checks and publishes (break-it trial)."""
+    r = raw_prod
+    big = "bigskies_backup_20261129_094500.dump"
+    data = os.urandom(64 << 20)
+    (r.bdir / big).write_bytes(data)
+    man = dict(r.man, archive=big, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (r.bdir / (big + ".manifest.json")).write_text(json.dumps(man))
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop",
+                          "--existing", big], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ssh = None
+    deadline = time.monotonic() + 30
+    while ssh is None and time.monotonic() < deadline and p.poll() is None:
+        for c in _children(p.pid):
+            try:
+                cmd = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"/ssh") for a in cmd) and b"--pdeathsig" not in cmd:  # exec'd into ssh
+                ssh = c
+                os.kill(c, signal.SIGSTOP)  # a slow link: the copy is still going when we die
+                break
+        time.sleep(0.002)
+    assert ssh is not None, "the ssh client was not seen"
+    p.kill()
+    p.wait()
+    try:
+        wait_for(lambda: not Path(f"/proc/{ssh}").exists() or
+                 Path(f"/proc/{ssh}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 10, "the ssh client to die with the tool")
+    finally:
+        try:
+            os.kill(ssh, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    partial = r.pdir / (big + ".partial")
+    size = partial.stat().st_size if partial.exists() else 0
+    time.sleep(0.5)
+    assert (partial.stat().st_size if partial.exists() else 0) == size  # nobody writes any more
+    # the rerun resumes what is there and publishes exactly the archive
+    p2 = cli("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", big, env=cli_env)
+    assert p2.returncode == 0, p2.stderr + p2.stdout
+    assert hashlib.sha256((r.pdir / big).read_bytes()).hexdigest() == man["sha256"]
