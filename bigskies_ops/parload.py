@@ -82,6 +82,7 @@ class GrowingFile:
         self.path: str | None = None
         self.error: BaseException | None = None
         self.cancelled = threading.Event()  # set by the reading side: the writer should stop
+        self.proc = None  # the writer's source process (kill() stops a read that waits for data)
         self._opened = threading.Event()
         self._done = threading.Event()
         self.poll = poll
@@ -92,6 +93,17 @@ class GrowingFile:
 
     def finish(self) -> None:
         self._done.set()
+
+    def cancel(self) -> None:
+        """The reading side gives up (Ctrl-C, SIGTERM): the writer stops at once, even while
+        its source sends nothing (pg_dump waiting for a lock), and fails."""
+        self.cancelled.set()
+        proc = self.proc
+        if proc is not None:
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
     def fail(self, e: BaseException) -> None:
         self.error = e

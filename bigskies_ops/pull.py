@@ -42,7 +42,7 @@ from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle
                      plain_manifest_tables, record_failure, snapshot_facts, split_qualified)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
-from .errors import ArchiveError, BigskiesError, CommandError, StorageError, UsageError
+from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
 from .inventory import Host
 from .locks import host_lock
 from .pgtools import parse_plain_header, pg_dump_args, plain_tail_complete
@@ -184,8 +184,8 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
 
     try:
         rr = restore(dest, "", follow=FollowedArchive(growing, start, result), notify=notify, **restore_kwargs)
-    except KeyboardInterrupt:
-        growing.cancelled.set()
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C / SIGTERM (errors.Interrupted): stop the pull too
+        growing.cancel()
         raise
     finally:
         if t.ident is not None:
@@ -309,6 +309,8 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
             if stream_counts:
                 _keep_session_while_idle(session, manifest)
             proc = runner.pipeline(stages, env=access.env())
+            if growing is not None:
+                growing.proc = proc
             counter = None if stream_counts else RowCounter(session, tables, schema_only).start()
             try:
                 f = writer.open_write(partial)
@@ -333,6 +335,8 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
                                 raise KeyboardInterrupt("the restore following this pull was interrupted")
                     f.flush()
                     if growing is not None:
+                        if growing.cancelled.is_set():  # the source was killed: its end is not the dump's
+                            raise KeyboardInterrupt("the restore following this pull was interrupted")
                         growing.finish()
                     os.fsync(f.fileno())
             except OSError as e:

@@ -36,7 +36,7 @@ from .access import PostgresAccess, Sql, ident, lit, pgsql
 from .backup import COPY_RE, split_qualified
 from .catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from .compose import coordinators_paused
-from .errors import ArchiveError, BigskiesError, PostgresError, SafetyError, StorageError, UsageError
+from .errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, StorageError, UsageError
 from .inventory import Host
 from .locks import host_lock
 from .pgtools import (PgVersion, parse_custom_header, parse_plain_header, pg_restore_args, plain_tail_complete,
@@ -948,8 +948,8 @@ def _load_followed(access, fa: FollowedArchive, side: str, keep_owners: bool, jo
         rc, _, err, rows = load_plain_parallel(
             access, "(pull in progress)", side, jobs=n, keep_owners=keep_owners, pgoptions=opts,
             open_chunks=lambda: _gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
-    except KeyboardInterrupt:
-        growing.cancelled.set()  # the pull stops too (its .partial is removed, manifest FAILED)
+    except (KeyboardInterrupt, Interrupted):
+        growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
         raise
     except BaseException:
         fa.result()  # a failed pull is the cause: its error first; else the pull is kept, and ours raised

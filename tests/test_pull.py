@@ -517,3 +517,36 @@ def test_a_killed_existing_pull_takes_its_ssh_client_along(raw_prod, cli_env):
     p2 = cli("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", big, env=cli_env)
     assert p2.returncode == 0, p2.stderr + p2.stdout
     assert hashlib.sha256((r.pdir / big).read_bytes()).hexdigest() == man["sha256"]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_pull_restore_at_once_even_while_pg_dump_waits(world, pg_sql, pg_container, env, signum,
+                                                                       code):
+    """Ctrl-C / SIGTERM during ``db.pull --restore`` stop the pull too, at once: before, the
+    tool waited for the whole dump and published it (break-it trial: exit 130 after 13 s
+    with a DONE archive). Here pg_dump waits for a lock and sends nothing at all."""
+    w = world
+    dev_before = db_fingerprint(pg_sql, w.dev_db)
+    with TableLock(pg_container, w.prod_db):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev",
+             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[1]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background make test ignores it
+        try:
+            wait_for(lambda: pg_dump_waiting(pg_container, w.prod_db), 60, "pg_dump blocked on the lock")
+            t0 = time.monotonic()
+            p.send_signal(signum)
+            out, err = p.communicate(timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode == code, err + out
+        assert took < 15, f"took {took:.1f} s to stop"
+    pdir = w.dev_bdir / "prod"
+    assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
+    assert [json.loads(m.read_text())["status"] for m in pdir.glob("*.manifest.json")] == ["FAILED"]
+    assert db_fingerprint(pg_sql, w.dev_db) == dev_before
+    assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
