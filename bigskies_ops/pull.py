@@ -651,9 +651,18 @@ def _missing_dirs(path: str) -> list[str]:
 
 
 def _remote_path(src: Host, spec: str) -> str:
-    """The path on ``src`` for a file name (in its backup.dir) or an absolute path."""
+    """The path on ``src`` for a file name (in its backup.dir) or an absolute path.
+
+    Raises:
+        ArchiveError: an in-progress or manifest file.
+        UsageError: a name that is not an archive's (``*.sql.gz`` or ``*.dump``): ``db.pull
+            --existing`` copies backups, not any file the SSH user can read (a break-it
+            trial pulled ``/etc/shadow``).
+    """
     if spec.endswith(PARTIAL_SUFFIX) or spec.endswith(MANIFEST_SUFFIX):
         raise ArchiveError(f"{spec}: not an archive (an in-progress or manifest file)")
+    if not spec.endswith((".sql.gz", ".dump")):
+        raise UsageError(f"--existing {spec}: not a backup archive (expected a *.sql.gz or *.dump file, or 'latest')")
     return spec if spec.startswith("/") else posixpath.join(src.backup.dir, spec)
 
 

@@ -282,6 +282,22 @@ def test_pull_to_a_protected_host_without_flags_is_refused_and_pulls_nothing(wor
     assert r.returncode == 3, r.stderr
     assert f"dev is protected; pull --to needs --force-protected --confirm {w.dev_db}" in r.stderr
     assert not w.dev_bdir.exists() and db_fingerprint(pg_sql, w.dev_db) == before
+    # --to left out: dev is the default destination, and the same policy applies (break-it trial)
+    r = cli("db.pull", "-i", str(inv), "--from", "prod", env=env)  # (--restore needs --to: exit 2)
+    assert r.returncode == 3 and "dev is protected" in r.stderr, r.stderr
+    assert not w.dev_bdir.exists() and db_fingerprint(pg_sql, w.dev_db) == before
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("/etc/shadow", "--existing /etc/shadow: not a backup archive"),
+    ("../../etc/passwd", "not a backup archive"),
+    ("", "--existing: give 'latest' or an archive's file name"),
+])
+def test_existing_pull_copies_archives_only(raw_prod, cli_env, spec, message):
+    r = raw_prod
+    p = cli("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", spec, env=cli_env)
+    assert p.returncode == 2 and message in p.stderr, p.stderr + p.stdout
+    assert not r.local.exists()
 
 
 def test_remote_container_missing_is_named(world, env):

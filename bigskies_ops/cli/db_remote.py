@@ -107,13 +107,15 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     if restore and not to:
         raise UsageError("--restore needs --to HOST (the local host whose database is replaced)")
     dest = local_destination(inv, to)
-    if to:
-        check_destructive(dest, "pull --to", database=dest.postgres.database, force_protected=force_protected,
-                          confirm=confirm)
+    # --to given or taken from defaults: the same policy (a protected default was skipped before)
+    check_destructive(dest, "pull --to", database=dest.postgres.database, force_protected=force_protected,
+                      confirm=confirm)
     if restore:
         confirm_or_refuse(f"WARNING: this will replace database {dest.postgres.database!r} on {dest.name} with "
                           f"{src.name}'s data (the current one is kept as a pre-restore copy).", yes=yes)
     spec = None
+    if existing == "":
+        raise UsageError("--existing: give 'latest' or an archive's file name (an empty value is neither)")
     if existing not in (None, False):
         spec = "latest" if existing is True else existing
     if not json:
