@@ -90,11 +90,23 @@ def transfer_progress(description: str, total: int | None = None):
         yield cb
 
 
+def literal_table(**kw) -> "Table":
+    """A rich ``Table(**kw)`` whose string cells are shown as is: a table, file or label
+    named ``a[/b]c`` or ``x:smile:`` is neither read as markup (a MarkupError traceback
+    before) nor as an emoji code (break-it trial). Column headers are ours."""
+    from rich.table import Table
+    from rich.text import Text
+
+    class LiteralTable(Table):
+        def add_row(self, *cells, **kwargs):
+            super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+    return LiteralTable(**kw)
+
+
 def backups_table(backups: list[Backup], now: datetime | None = None) -> "Table":
     from rich import box  # (imported here: a task that prints no table does not pay for it)
-    from rich.table import Table
     now = now or utcnow()
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t = literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("#", "started (UTC)", "age", "size", "format", "kind", "status", "verified", "file"):
         t.add_column(col, no_wrap=col != "file", justify="right" if col in ("#", "size") else "left")
     for i, b in enumerate(backups, 1):

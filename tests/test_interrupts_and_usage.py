@@ -173,3 +173,16 @@ def test_stdout_closed_early_is_not_a_traceback(cli_env):
     finally:
         os.close(w)
     assert p.returncode == 1 and p.stderr == "", p.stderr
+
+
+def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
+    """db.status lists a table named ``a[/b]c`` (a rich MarkupError traceback before) and
+    ``t[bold]x:smile:`` (shown as ``tx`` and an emoji) by their names (break-it trial)."""
+    inv, _ = local_inv
+    pg_sql('CREATE TABLE "a[/b]c" (i int); CREATE TABLE "t[bold]x:smile:" (i int)', dbname)
+    try:
+        r = cli("db.status", "-i", str(inv), env=cli_env)
+        assert r.returncode == 0, r.stderr
+        assert "a[/b]c" in r.stdout and "t[bold]x:smile:" in r.stdout, r.stdout
+    finally:
+        pg_sql('DROP TABLE "a[/b]c"; DROP TABLE "t[bold]x:smile:"', dbname)

@@ -170,9 +170,8 @@ def status(c, host=None, inventory=None, json=False):
     output.say()
     output.say(f"Database Size:\n  Total: {human_bytes(st['database']['size_bytes'])}")
     output.say()
-    from rich.table import Table
     from rich import box
-    t = Table(title="Tables", box=box.SIMPLE_HEAD, show_edge=False)
+    t = output.literal_table(title="Tables", box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("schema", "name", "rows (estimate)", "size"):
         t.add_column(col, justify="right" if col in ("rows (estimate)", "size") else "left")
     for r in st["tables"]:

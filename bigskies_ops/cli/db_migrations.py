@@ -98,8 +98,7 @@ def migrations(c, host=None, inventory=None, json=False):
         output.emit_json(st)
         return
     from rich import box
-    from rich.table import Table
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t = output.literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("version", "file", "state", "applied at (UTC)", "ms", "checksum"):
         t.add_column(col, justify="right" if col in ("version", "ms") else "left")
     for m in st["migrations"]:

@@ -259,8 +259,7 @@ def list_offsite(h, target: str, json: bool, inv=None) -> None:
         output.say(f"offsite target {target} holds no backups")
         return
     from rich import box
-    from rich.table import Table
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t = output.literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("#", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
         t.add_column(col, justify="right" if col in ("#", "size") else "left")
     for i, r in enumerate(items, 1):
