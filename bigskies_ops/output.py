@@ -44,7 +44,7 @@ def say(msg: str = "") -> None:
     Through rich on a terminal (it keeps a progress bar below the lines), else written
     directly (rich is not even imported: ~50 ms of every cron run)."""
     if not sys.stdout.isatty():
-        sys.stdout.write(f"{msg}\n")
+        _write(sys.stdout, f"{msg}\n")
         return
     out().print(msg, markup=False, emoji=False)
 
@@ -52,9 +52,22 @@ def say(msg: str = "") -> None:
 def note(msg: str) -> None:
     """A progress/notice line on stderr (as :func:`say`)."""
     if not sys.stderr.isatty():
-        sys.stderr.write(f"{msg}\n")
+        _write(sys.stderr, f"{msg}\n")
         return
     err().print(msg, markup=False, emoji=False)
+
+
+def _write(stream, text: str) -> None:
+    """Write one line; a reader that went away (``| head``, a closed stderr) does not stop
+    the work: the stream is pointed at /dev/null and the task goes on (a pull was failed as
+    "writing the .partial failed: Broken pipe" when its progress line met a closed stderr).
+    Python docs, signal module, "Note on SIGPIPE"."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def emit_json(obj) -> None:

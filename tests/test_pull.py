@@ -566,3 +566,19 @@ def test_a_signal_stops_pull_restore_at_once_even_while_pg_dump_waits(world, pg_
     assert [json.loads(m.read_text())["status"] for m in pdir.glob("*.manifest.json")] == ["FAILED"]
     assert db_fingerprint(pg_sql, w.dev_db) == dev_before
     assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
+
+
+def test_a_reader_gone_from_stderr_or_stdout_does_not_fail_the_pull(raw_prod, cli_env):
+    """Progress and result lines that nobody reads any more (``2>&1 | head -1``, a closed
+    pipe) do not fail the copy: it was failed as "writing the .partial failed: Broken pipe"."""
+    r = raw_prod
+    rd, wr = os.pipe()
+    os.close(rd)  # every write to this pipe fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(r.inv), "--from", "prod",
+                            "--to", "laptop", "--existing", r.name], env=cli_env, stdout=wr, stderr=wr, timeout=120)
+    finally:
+        os.close(wr)
+    assert p.returncode == 0
+    assert (r.pdir / r.name).read_bytes() == r.data
+    assert json.loads((r.pdir / (r.name + ".manifest.json")).read_text())["status"] == "DONE"
