@@ -77,16 +77,20 @@ class StallError(CommandError):
 
 
 # ----------------------------------------------------------------------------- connection
+def _sha256_fingerprint(key) -> str:
+    """``SHA256:<base64>``, the form ``ssh-keygen -l`` and OpenSSH's messages show."""
+    import base64
+    import hashlib
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
 def _host_key_policy(label: str):
     import paramiko
 
     class _Reject(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client, hostname, key):
-            import base64
-            import hashlib
-            fp = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
             raise HostKeyError(
-                f"{label}: host key of {hostname} is unknown ({key.get_name()} SHA256:{fp}); refusing to "
+                f"{label}: host key of {hostname} is unknown ({key.get_name()} {_sha256_fingerprint(key)}); refusing to "
                 f"connect. Verify the fingerprint out of band, then add it to the known_hosts file "
                 f"(e.g. ssh-keyscan) or set ssh.known_hosts_file", exit_code=EXIT_REFUSED)
     return _Reject()
@@ -155,10 +159,12 @@ def _connect_error(host, conn, e: BaseException) -> BigskiesError:
     if isinstance(e, BigskiesError):
         return e
     if isinstance(e, paramiko.BadHostKeyException):
+        entry = f"[{conn.host}]:{conn.port}" if conn.port != 22 else conn.host
+        files = _known_hosts_files(host.ssh, conn)
         return HostKeyError(
-            f"{label}: host key CHANGED (got {e.key.get_name()} {e.key.get_fingerprint().hex()}, known_hosts "
+            f"{label}: host key CHANGED (got {e.key.get_name()} {_sha256_fingerprint(e.key)}, known_hosts "
             f"has another key). Possible man-in-the-middle; refusing to connect. If the change is expected, "
-            f"remove the old entry (ssh-keygen -R '[{conn.host}]:{conn.port}') and add the new one",
+            f"remove the old entry ({shlex.join(['ssh-keygen', '-f', files[0], '-R', entry])}) and add the new one",
             exit_code=EXIT_REFUSED)
     if isinstance(e, paramiko.AuthenticationException):
         return SSHError(f"{label}: authentication refused ({e}); check ssh.user and ssh.key_filename")

@@ -192,6 +192,9 @@ def test_bad_connections_are_refused_with_a_clear_message(remote_inv, ssh_server
     assert r.returncode == code, r.stderr + r.stdout
     assert message.format(port=ssh_server.port) in r.stderr
     assert "Traceback" not in r.stderr
+    if case == "changed":  # OpenSSH's fingerprint form, and the command edits the file in use
+        assert __import__("re").search(r"\(got \S+ SHA256:[A-Za-z0-9+/]{43}, known_hosts has another", r.stderr)
+        assert f"ssh-keygen -f {kh} -R '[127.0.0.1]:{ssh_server.port}'" in r.stderr, r.stderr
     _assert_unharmed(bdir, before)
 
 
