@@ -137,6 +137,8 @@ def build_connection(host):
     cfg = Config(runtime_ssh_path=s.config_file) if s.config_file else Config()
     ck: dict = {}
     if s.key_filename:
+        if not os.path.isfile(os.path.expanduser(s.key_filename)):  # a setting to fix: exit 2, like known_hosts_file
+            raise SSHError(f"hosts.{host.name}: ssh.key_filename {s.key_filename} does not exist", exit_code=2)
         ck = {"key_filename": [s.key_filename], "look_for_keys": False}
     target = s.config_alias or s.host
     kw: dict = {"config": cfg, "connect_timeout": s.connect_timeout, "connect_kwargs": dict(ck)}
@@ -955,7 +957,9 @@ class _OpenSSHFetch(Fetch):
         self.err.join(5)
         text = self.err.buf.decode("utf-8", "replace")
         if rc == 255:
-            raise SSHError(f"{host.name}: the SSH transfer of {self.path} failed: {tail(text, 300)}")
+            why = tail(text, 300) or "ssh exited 255 without a message (connection lost or remote end killed)"
+            raise SSHError(f"{host.name}: the SSH transfer of {self.path} failed: {why}; run the pull again "
+                           f"to resume")
         if rc < 0:  # the local ssh client was killed: the connection is gone, the .partial stays
             raise SSHError(f"{host.name}: the SSH transfer of {self.path} was cut off (ssh client killed by "
                            f"signal {-rc}); run the pull again to resume")

@@ -209,3 +209,14 @@ def test_host_key_checking_off_works_and_warns_on_every_run(remote_inv, cli_env,
         assert "host key checking is OFF for prod" in r.stderr
         assert json.loads(r.stdout)["backups"] == []
     assert kh.read_text() == ""  # the accepted key was not written anywhere
+
+
+def test_a_missing_key_file_is_a_setting_to_fix(remote_inv, cli_env, tmp_path):
+    """Exit 2 and the setting's name, like a missing known_hosts_file (was exit 1, '[Errno 2]')."""
+    make, bdir = remote_inv
+    before = dir_hashes(bdir)
+    inv = make(key_filename=str(tmp_path / "no_such_key"))
+    r = cli("db.list", "-i", str(inv), "--host", "prod", env=cli_env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"hosts.prod: ssh.key_filename {tmp_path / 'no_such_key'} does not exist" in r.stderr
+    _assert_unharmed(bdir, before)
