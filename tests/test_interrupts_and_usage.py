@@ -186,3 +186,14 @@ def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
         assert "a[/b]c" in r.stdout and "t[bold]x:smile:" in r.stdout, r.stdout
     finally:
         pg_sql('DROP TABLE "a[/b]c"; DROP TABLE "t[bold]x:smile:"', dbname)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("db.nosuch",), "No idea what 'db.nosuch' is!"),
+    (("db.backup", "--nosuchflag"), "No idea what '--nosuchflag' is!"),
+    (("db.backup", "--label"), "needed value and was not given one"),
+    (("--nosuchcore",), "No idea what '--nosuchcore' is!"),
+])
+def test_command_lines_that_do_not_parse_are_usage_errors(cli_env, args, message):
+    r = cli(*args, env=cli_env)
+    assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stderr)

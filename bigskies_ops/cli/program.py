@@ -4,12 +4,30 @@ import os
 import sys
 import threading
 
-from invoke import Program
+from invoke import Exit, ParseError, Program
 
 from .. import __version__
 from . import ns
 
-program = Program(namespace=ns, version=__version__, name="bigskies-ops", binary="bigskies-ops")
+
+class _Program(Program):
+    """Invoke's Program, but a command line it cannot parse (unknown task or flag, a flag
+    without its value) exits 2, a usage error (CONTRACTS.md section 5), not Invoke's 1."""
+
+    def parse_core(self, argv):
+        try:
+            return super().parse_core(argv)
+        except ParseError as e:
+            raise Exit(str(e), code=2) from None
+
+    def parse_tasks(self):
+        try:
+            return super().parse_tasks()
+        except ParseError as e:
+            raise Exit(str(e), code=2) from None
+
+
+program = _Program(namespace=ns, version=__version__, name="bigskies-ops", binary="bigskies-ops")
 
 
 def main() -> None:
