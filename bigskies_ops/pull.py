@@ -199,8 +199,17 @@ def _remove_old_partials(lr, pdir: str, db: str, notify) -> None:
         if n.endswith(PARTIAL_SUFFIX):
             p = parse_archive_name(n[: -len(PARTIAL_SUFFIX)])
             if p is not None and p.database == db:
+                arch = posixpath.join(pdir, n[: -len(PARTIAL_SUFFIX)])
                 lr.remove(posixpath.join(pdir, n))
                 notify(f"removed {n} left by an interrupted pull (a streamed pull starts over)")
+                try:  # its STARTED manifest would be listed as 'started' for ever (break-it trial)
+                    m = read_manifest(lr, arch)
+                    if m is not None and m.get("status") == "STARTED":
+                        m.update({"status": "FAILED", "error": "interrupted: the pull ended without finishing; "
+                                  "its .partial was removed by a later pull", "phase": m.get("phase")})
+                        write_manifest(lr, arch, m)
+                except (BigskiesError, ValueError) as e:
+                    notify(f"warning: could not mark the manifest of {n} FAILED: {e}")
 
 
 # ----------------------------------------------------------------------------- the dump
@@ -279,12 +288,14 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
     final = posixpath.join(bdir, name)
     partial = final + PARTIAL_SUFFIX
     manifest = _new_manifest(host, name, db, fmt, level, label, kind, excl, schema_only, started, mode)
-    write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
     session = None
     proc = None
+    recorded = False  # as db.backup: no manifest for a run that could not even connect
     try:
         session = access.sql(db).session()
         snapshot, tables = snapshot_facts(session, access, manifest)
+        write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
+        recorded = True
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot, exclude_table_data=excl,
                             schema_only=schema_only)
         dump_argv = access.tool_argv("pg_dump", args)
@@ -386,7 +397,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         write_manifest(writer, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
     except BaseException as e:
-        record_failure(e, manifest, t0, writer, final, partial, proc, session, notify)
+        record_failure(e, manifest, t0, writer, final, partial, proc, session, notify, record=recorded)
 
 
 def _head_of(runner, path: str) -> bytes:

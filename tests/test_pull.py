@@ -582,3 +582,30 @@ def test_a_reader_gone_from_stderr_or_stdout_does_not_fail_the_pull(raw_prod, cl
     assert p.returncode == 0
     assert (r.pdir / r.name).read_bytes() == r.data
     assert json.loads((r.pdir / (r.name + ".manifest.json")).read_text())["status"] == "DONE"
+
+
+def test_a_rerun_marks_the_interrupted_pulls_manifest_failed(world, env):
+    """A pull killed mid-stream leaves a .partial and a STARTED manifest; the next streamed
+    pull removes the .partial and records that run as FAILED (it was listed as 'started'
+    for ever). A pull that cannot even connect leaves no manifest (as db.backup)."""
+    w = world
+    pdir = w.dev_bdir / "prod"
+    pdir.mkdir(parents=True)
+    old = f"{w.prod_db}_backup_20261129_080000.sql.gz"
+    (pdir / (old + ".partial")).write_bytes(b"\x1f\x8b half a dump")
+    (pdir / (old + ".manifest.json")).write_text(json.dumps({"schema_version": 1, "status": "STARTED",
+                                                            "archive": old, "database": w.prod_db,
+                                                            "phase": "dump", "kind": "manual"}))
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev", env=env)
+    assert r.returncode == 0, r.stderr
+    assert not (pdir / (old + ".partial")).exists()
+    m = json.loads((pdir / (old + ".manifest.json")).read_text())
+    assert m["status"] == "FAILED" and "interrupted" in m["error"]
+    listed = cli("db.list", "-i", str(w.inv), "--host", "dev", "--json", env=env)
+    assert "started" not in {b["status"].lower() for b in json.loads(listed.stdout)["backups"]}
+    # cannot connect (sshd refuses: wrong port): no new manifest at all
+    before = sorted(p.name for p in pdir.iterdir())
+    w.hosts["prod"]["ssh"] = dict(w.hosts["prod"]["ssh"], port=1)
+    r = cli("db.pull", "-i", str(w.write()), "--from", "prod", "--to", "dev", env=env)
+    assert r.returncode == 1, r.stderr
+    assert sorted(p.name for p in pdir.iterdir()) == before
