@@ -73,7 +73,8 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
     if spec.endswith(PARTIAL_SUFFIX):
         raise ArchiveError(f"{spec}: an in-progress (.partial) file is not a backup")
     for b in backups:
-        if spec in (b.name, b.path) or os.path.abspath(spec) == os.path.abspath(b.path):
+        shown = f"{b.origin_dir}/{b.name}" if b.origin_dir else b.name  # as db.list prints it: prod/NAME
+        if spec in (b.name, b.path, shown) or os.path.abspath(spec) == os.path.abspath(b.path):
             return [b]
     if not host.is_remote and os.path.exists(spec):  # an archive outside the backup folder
         d, n = os.path.split(os.path.abspath(spec))

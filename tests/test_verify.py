@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,19 @@ def test_verify_with_restore_test_on_an_ssh_host_records_the_result_there(setup,
     v = _manifest(box_dir / "backups" / good.name)["verifications"]
     assert [x["ok"] for x in v] == [True] and v[0]["restore_test"]["ok"] is True
     assert _throwaway_dbs(pg_sql, dbname) == []
+
+
+def test_verify_takes_a_pulled_backup_by_the_name_db_list_shows(setup, cli_env):
+    """db.list shows a pulled backup as ``prod/NAME``; db.verify accepts that name (it said
+    "no such backup"; break-it trial)."""
+    inv, bdir = setup
+    src = _backup(inv, bdir, cli_env, "plain")
+    pulled = bdir / "prod"
+    pulled.mkdir()
+    for p in (src, Path(str(src) + ".manifest.json")):
+        p.rename(pulled / p.name)
+    r = cli("db.list", "--all", "-i", str(inv), env=cli_env)
+    assert f"prod/{src.name}" in r.stdout, r.stdout
+    r = cli("db.verify", f"prod/{src.name}", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert _manifest(pulled / src.name)["verifications"][-1]["ok"] is True
