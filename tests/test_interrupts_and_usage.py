@@ -129,11 +129,13 @@ def test_conflicting_or_empty_restore_flags_are_usage_errors(local_inv, dbname, 
     assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == files
 
 
-@pytest.mark.parametrize("task", ["db.restore", "db.verify"])
-def test_help_after_a_task_with_an_optional_file_shows_help(cli_env, task):
+@pytest.mark.parametrize("task,option_help", [("db.restore", "do not ask for confirmation"),
+                                              ("db.verify", "also restore into a throwaway database")])
+def test_help_after_a_task_with_an_optional_file_shows_help(cli_env, task, option_help):
     r = cli(task, "--help", env=cli_env)
     assert r.returncode == 0, r.stderr
     assert f"Usage: bigskies-ops [--core-opts] {task}" in r.stdout
+    assert option_help in r.stdout  # each option's help, not only its name (break-it trial)
 
 
 # The console script skips the interpreter's teardown after the task (bigskies_ops.cli.program):

@@ -50,8 +50,14 @@ def help_if_requested(value: str | None, task_name: str) -> None:
     """``inv db.restore --help``: Invoke hands ``--help`` to an optional positional as its
     value; show the task's help instead of looking for a file named ``--help``."""
     if value in ("--help", "-h"):
+        from invoke import Exit
+        from invoke.main import program as inv_program
         from .program import program
-        program.run(["bigskies-ops", "--help", task_name])  # prints and exits 0
+        # the Program that is running (bigskies-ops, or Invoke's own `inv`) has parsed this
+        # command line: its task contexts carry the per-option help (a nested run printed none)
+        running = program if getattr(program, "parser", None) is not None else inv_program
+        running.print_task_help(task_name)
+        raise Exit(code=0)
 
 
 def handles_errors(fn):
