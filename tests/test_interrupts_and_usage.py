@@ -199,3 +199,18 @@ def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
 def test_command_lines_that_do_not_parse_are_usage_errors(cli_env, args, message):
     r = cli(*args, env=cli_env)
     assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stderr)
+
+
+def test_the_restore_hint_works_from_where_the_backup_ran(local_inv, cli_env, tmp_path):
+    """After db.backup the hint names the running command and a path valid from the current
+    folder (``inv`` and a cwd-relative path did not work from outside the repo)."""
+    import shlex
+    inv, bdir = local_inv
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = cli("db.backup", "-i", str(inv), env=cli_env, cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    hint = r.stdout.split("To restore this backup:\n", 1)[1].splitlines()[0].strip()
+    argv = shlex.split(hint)
+    assert argv[:2] == ["bigskies-ops", "db.restore"], hint
+    assert (elsewhere / argv[2]).is_file() and argv[2].startswith("/"), hint

@@ -24,12 +24,21 @@ def _inv_flag(inventory: str | None) -> str:
     return f" -i {shlex.quote(inventory)}" if inventory else ""
 
 
+def _runner_name() -> str:
+    """``bigskies-ops`` when that console script is running (it works from any folder),
+    else ``inv`` (which needs the repo's tasks.py): hints name the command the user ran."""
+    from .program import program
+    return "bigskies-ops" if getattr(program, "parser", None) is not None else "inv"
+
+
 def _restore_command(host, path: str, inventory: str | None = None) -> str:
+    cmd = _runner_name()
     if host.is_remote:  # the archive is on that host; db.restore reads archives on this machine
-        return (f"inv db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}"
-                f"{_inv_flag(inventory)}   # then: inv db.restore latest --origin {host.name} --host HOST")
-    rel = os.path.relpath(path) if not path.startswith("..") else path
-    return f"inv db.restore {shlex.quote(rel)} --host {host.name}{_inv_flag(inventory)}"
+        return (f"{cmd} db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}"
+                f"{_inv_flag(inventory)}   # then: {cmd} db.restore latest --origin {host.name} --host HOST")
+    rel = os.path.relpath(path)
+    shown = path if rel.startswith("..") else rel  # relative to this folder only when inside it
+    return f"{cmd} db.restore {shlex.quote(shown)} --host {host.name}{_inv_flag(inventory)}"
 
 
 @task(iterable=["exclude_table_data"], help={
