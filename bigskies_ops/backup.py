@@ -426,6 +426,18 @@ def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: 
     return [{"schema": t["schema"], "name": t["name"], "rows": rows[i]} for i, t in enumerate(tables)]
 
 
+def stream_manifest_tables(session: SqlSession, sink, tables: list[dict], *, excl, schema_only: bool,
+                           manifest: dict, notify=print) -> list[dict]:
+    """The manifest's ``tables`` of a plain dump that streamed through ``sink`` (this
+    module's ``_Sink`` or ``pull._StreamSink``, built to count rows): its COPY blocks
+    through :func:`plain_manifest_tables` in the snapshot's ``session``; ``manifest``'s
+    phase is ``count`` meanwhile."""
+    copy_tables, copy_rows = sink.copy_blocks()
+    manifest["phase"] = "count"
+    return plain_manifest_tables(session, tables, copy_tables, copy_rows, all_data=not (excl or schema_only),
+                                 schema_only=schema_only, notify=notify)
+
+
 def _names(keys: list[tuple[str, str]], n: int = 5) -> str:
     return ", ".join(f"{s}.{t}" for s, t in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
@@ -662,11 +674,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
                 raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
             if not plain_tail_complete(sink.tail, header.restrict_key):
                 raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
-            copy_tables, copy_rows = sink.copy_blocks()
-            manifest["phase"] = "count"
-            manifest["tables"] = plain_manifest_tables(session, tables, copy_tables, copy_rows,
-                                                       all_data=not (excl or schema_only),
-                                                       schema_only=schema_only, notify=notify)
+            manifest["tables"] = stream_manifest_tables(session, sink, tables, excl=excl,
+                                                        schema_only=schema_only, manifest=manifest, notify=notify)
             session.close()
             session = None
             manifest["phase"] = "finalize"

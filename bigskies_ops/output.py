@@ -66,8 +66,15 @@ def _write(stream, text: str) -> None:
         stream.write(text)
         stream.flush()
     except BrokenPipeError:
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        discard(stream)
+
+
+def discard(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: its reader is gone, and whatever is
+    still written (here, or by a final flush) must not fail. Python docs, signal module,
+    "Note on SIGPIPE"."""
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def emit_json(obj) -> None:

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess
-from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name,
-                     plain_manifest_tables, record_failure, snapshot_facts, split_qualified)
+from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, record_failure,
+                     snapshot_facts, split_qualified, stream_manifest_tables)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
@@ -362,11 +362,8 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
             manifest["phase"] = "finalize"
             digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
             _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
-            copy_tables, copy_rows = sink.copy_blocks()
-            manifest["phase"] = "count"
-            manifest["tables"] = plain_manifest_tables(session, tables, copy_tables, copy_rows,
-                                                       all_data=not (excl or schema_only),
-                                                       schema_only=schema_only, notify=notify)
+            manifest["tables"] = stream_manifest_tables(session, sink, tables, excl=excl,
+                                                        schema_only=schema_only, manifest=manifest, notify=notify)
             session.close()
             session = None
             manifest["phase"] = "finalize"

@@ -51,12 +51,10 @@ def help_if_requested(value: str | None, task_name: str) -> None:
     value; show the task's help instead of looking for a file named ``--help``."""
     if value in ("--help", "-h"):
         from invoke import Exit
-        from invoke.main import program as inv_program
-        from .program import program
-        # the Program that is running (bigskies-ops, or Invoke's own `inv`) has parsed this
-        # command line: its task contexts carry the per-option help (a nested run printed none)
-        running = program if getattr(program, "parser", None) is not None else inv_program
-        running.print_task_help(task_name)
+        from .program import running_program
+        # the running Program has parsed this command line: its task contexts carry the
+        # per-option help (a nested run printed none)
+        running_program().print_task_help(task_name)
         raise Exit(code=0)
 
 

@@ -27,8 +27,8 @@ def _inv_flag(inventory: str | None) -> str:
 def _runner_name() -> str:
     """``bigskies-ops`` when that console script is running (it works from any folder),
     else ``inv`` (which needs the repo's tasks.py): hints name the command the user ran."""
-    from .program import program
-    return "bigskies-ops" if getattr(program, "parser", None) is not None else "inv"
+    from .program import program, running_program
+    return "bigskies-ops" if running_program() is program else "inv"
 
 
 def _restore_command(host, path: str, inventory: str | None = None) -> str:

@@ -6,7 +6,7 @@ import threading
 
 from invoke import Exit, ParseError, Program
 
-from .. import __version__
+from .. import __version__, output
 from . import ns
 
 
@@ -30,6 +30,15 @@ class _Program(Program):
 program = _Program(namespace=ns, version=__version__, name="bigskies-ops", binary="bigskies-ops")
 
 
+def running_program() -> Program:
+    """The Program that parsed this command line: ours when the ``bigskies-ops`` console
+    script runs, else Invoke's own ``inv`` (which runs tasks.py)."""
+    if getattr(program, "parser", None) is not None:
+        return program
+    from invoke.main import program as inv_program
+    return inv_program
+
+
 def main() -> None:
     """Run the task named on the command line, then exit without the interpreter's teardown.
 
@@ -51,9 +60,9 @@ def main() -> None:
     except SystemExit as e:
         code = e.code
     except BrokenPipeError:
-        # stdout closed early (``bigskies-ops db.list | head``): not an error of ours, and no
-        # traceback; Python docs, signal module, "Note on SIGPIPE" (exit status 1 as there)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # stdout closed early while Invoke printed (``--list | head``): no traceback, exit
+        # status 1 as in the Python docs' "Note on SIGPIPE"
+        output.discard(sys.stdout)
         code = 1
     _exit_now(code)
 
