@@ -121,8 +121,11 @@ class PostgresAccess:
         """Environment for the process that runs a tool (or the engine client).
 
         Native: ``PGPASSFILE`` pointing at a private 0600 file (or the inventory's
-        passfile). Container: the password itself, which only ever lives in the
-        engine client's environment and is handed over by name (``-e PGPASSWORD``).
+        passfile); on an SSH host the pgpass line itself, which the remote wrapper writes
+        to such a file for the lifetime of each command (:data:`bigskies_ops.ssh.WRAPPER`:
+        a killed client or a dropped connection leaves no password on the host).
+        Container: the password itself, which only ever lives in the engine client's
+        environment and is handed over by name (``-e PGPASSWORD``).
         """
         if self._secret_env is not None:
             return self._secret_env
@@ -131,6 +134,9 @@ class PostgresAccess:
         if pw is not None:
             if self.host.container:
                 env["PGPASSWORD"] = pw
+            elif self.runner.is_remote:  # a private pgpass file per remote command (ssh.WRAPPER)
+                from .ssh import PGPASS_ENV
+                env[PGPASS_ENV] = f"*:*:*:*:{pgpass_escape(pw)}"
             else:
                 self._secret_dir = self.runner.make_private_dir()
                 path = self._secret_dir.rstrip("/") + "/pgpass"
@@ -188,7 +194,11 @@ class PostgresAccess:
         """Full argv for a PostgreSQL tool in this host's access mode.
 
         Container mode never asks for a TTY (``-i`` only: a TTY would mangle binary
-        streams and merge stderr into the dump).
+        streams and merge stderr into the dump). Nothing of ours runs inside the container
+        but the tool itself: in the official image PostgreSQL is PID 1, so any helper
+        process orphaned there is reaped by the postmaster, and one that died by a signal
+        makes it restart every session as after a crash (seen with an in-container
+        watcher shell; PostgreSQL's postmaster.c, CleanupBackend).
         """
         inner = [self.tool_path(tool), *self.conn_args(), *args]
         if not self.host.container:

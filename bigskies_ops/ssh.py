@@ -15,12 +15,16 @@ plain paramiko exec channels on that one connection:
 * Bytes are never carried by Fabric's ``run``/``get`` (quadratic capture, utf-8
   decoding; see ../shared/research/perf-baseline.md): stdout is read from the
   channel in 256 KiB chunks and handed to the caller as it arrives.
-* Secrets (``PGPASSWORD`` in container mode, the sudo password) are never on a
-  command line or in Fabric ``env=``: they are written into the command's stdin
-  ahead of its own input, and a tiny POSIX-sh preamble reads and exports them
-  before it ``exec``s the real argv. Nothing touches the remote disk. (For the
-  interactive psql, whose stdin is a terminal that would echo, a private 0600
-  file in a ``mktemp -d`` folder is sourced and removed instead.)
+* Secrets (the PostgreSQL password, the sudo password) are never on a command
+  line or in Fabric ``env=``: they are written into the command's stdin ahead of
+  its own input, and a small POSIX-sh wrapper (:data:`WRAPPER`) reads and exports
+  them (a native host's password becomes a private pgpass file that lives as long
+  as that one command). For the interactive psql, whose stdin is a terminal that
+  would echo, private 0600 files in a ``mktemp -d`` folder are used instead.
+* A command that reads no stdin is guarded: the client keeps the channel's stdin
+  open, and when it reaches EOF on the remote side (this process was killed, the
+  connection dropped) the wrapper stops the command's whole process group. A remote
+  ``pg_dump | gzip > file`` never runs on unattended, and no password is left behind.
 * ``become: true`` runs every command and file operation under ``sudo -n``
   (never waits at a prompt), or ``sudo -S`` fed the password from
   ``become_password_env`` on stdin.
@@ -46,11 +50,40 @@ from .runners import Process, Result, Runner, redact_argv, tail
 
 READ_CHUNK = 256 * 1024          # bytes per channel recv (perf-baseline: 173 MB/s on loopback)
 ENV_MARK = "__bigskies_ops_env__"
-# Reads (optional sudo password line, consumed by sudo -S if it asked), then NAME=value lines
-# up to an empty line; exports them and execs the real argv with the rest of stdin untouched.
-# dash/bash `read` consume a pipe byte by byte, so nothing of the command's own input is eaten.
-PREAMBLE = ('while IFS= read -r l; do [ "$l" = %s ] && break; done; '
-            'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"') % ENV_MARK
+#: An env key whose value is a pgpass line: the remote wrapper writes it to a private 0600
+#: file for the lifetime of that one command and points PGPASSFILE at it.
+PGPASS_ENV = "BIGSKIES_PGPASS"
+# The remote side of every command that needs environment values or that runs unattended
+# (``sh -c WRAPPER sh G ARGV...``, G = "g" to guard, "-" not to):
+# 1. skip stdin up to ENV_MARK (an optional sudo password line, consumed by sudo -S if it
+#    asked), then export NAME=value lines up to an empty line (dash/bash `read` consume a
+#    pipe byte by byte, so nothing of the command's own input is eaten). PGPASS_ENV becomes
+#    a private pgpass file in a ``mktemp -d`` folder (secrets never on a command line, and
+#    on the remote disk only while the command runs).
+# 2. Without a file or a guard: exec the argv (stdin untouched).
+# 3. Guarded (the command reads no stdin): the argv runs in the background on /dev/null and
+#    a watcher blocks reading the channel's stdin, which the client never closes. When the
+#    client dies or the connection drops, sshd closes that pipe: the watcher gets EOF and
+#    sends SIGTERM to the whole process group (sshd made the command a session and group
+#    leader), so a ``pg_dump | gzip > file`` stops instead of running on unattended.
+#    The watcher itself is stopped with SIGKILL: a SIGTERM that arrives before the forked
+#    subshell has reset the parent's traps is lost, and it would read on (seen with dash).
+# 4. The folder with the pgpass file is removed on every way out (exit, HUP, TERM, INT, and
+#    PIPE: once sshd is gone the shell's own stderr is a broken pipe, and an untrapped
+#    SIGPIPE would end it without its EXIT trap; measured on OpenSSH 9.2).
+WRAPPER = (
+    'g=$1; shift; d=; trap \'[ -z "$d" ] || rm -rf -- "$d"\' EXIT; '
+    'trap "exit 129" HUP; trap "exit 143" TERM; trap "exit 130" INT; trap "exit 141" PIPE; '
+    'while IFS= read -r l; do [ "$l" = %(mark)s ] && break; done; '
+    'while IFS= read -r kv && [ -n "$kv" ]; do case $kv in '
+    '%(pw)s=*) d=$(mktemp -d "${TMPDIR:-/tmp}/bigskies-ops-XXXXXXXX") || exit 125; '
+    'export PGPASSFILE="$d/pgpass"; (umask 077 && printf "%%s\\n" "${kv#*=}" > "$PGPASSFILE") || exit 125;; '
+    '*) export "$kv";; esac; done; '
+    '[ -z "$d" ] && [ "$g" = - ] && exec "$@"; '
+    'if [ "$g" = g ]; then exec 3<&0; "$@" </dev/null & c=$!; '
+    '{ while IFS= read -r _; do :; done; kill -TERM 0; } <&3 >/dev/null 2>&1 & w=$!; exec 3<&-; '
+    'wait "$c" 2>/dev/null; rc=$?; kill -KILL "$w" 2>/dev/null; wait "$w" 2>/dev/null; else "$@"; rc=$?; fi; exit "$rc"'
+) % {"mark": ENV_MARK, "pw": PGPASS_ENV}
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Bulk copies through OpenSSH prefer AES-GCM: with the AES instructions every x86-64 and
 # ARMv8 server CPU has, it costs both ends about half the CPU of OpenSSH's first choice,
@@ -426,16 +459,22 @@ class SSHRunner(Runner):
                                 f"{s.become_password_env} is not set", exit_code=2)
         return os.environ[s.become_password_env]
 
-    def command_line(self, argv: list[str], env: dict | None = None) -> tuple[str, bytes]:
+    def command_line(self, argv: list[str], env: dict | None = None, *, guard: bool = False) -> tuple[str, bytes]:
         """The remote command line for ``argv`` and the bytes to send ahead of its stdin.
 
-        Pure apart from reading ``become_password_env``. Values of ``env`` and the sudo
-        password only ever appear in the returned stdin prefix, never in the line.
+        ``guard`` (the command reads no stdin): the remote side stops the command's whole
+        process group when the channel's stdin reaches EOF, i.e. when this client dies or
+        the connection drops (:data:`WRAPPER`); the caller must keep stdin open, and the
+        command itself reads /dev/null.
+
+        Pure apart from reading ``become_password_env``. Values of ``env`` (and the pgpass
+        line under :data:`PGPASS_ENV`) and the sudo password only ever appear in the
+        returned stdin prefix, never in the line.
         """
         inner = [str(a) for a in argv]
         prefix = b""
         pw = self._become_password()
-        if env or pw is not None:
+        if env or pw is not None or guard:
             lines = []
             for k, v in (env or {}).items():
                 v = str(v)
@@ -443,7 +482,7 @@ class SSHRunner(Runner):
                     raise CommandError(f"environment variable {k!r} cannot be passed to {self.host.name} "
                                        f"(bad name, or a newline in its value)")
                 lines.append(f"{k}={v}\n")
-            inner = ["sh", "-c", PREAMBLE, "sh", *inner]
+            inner = ["sh", "-c", WRAPPER, "sh", "g" if guard else "-", *inner]
             prefix = (ENV_MARK + "\n" + "".join(lines) + "\n").encode()
         if self.host.ssh.become:
             if pw is not None:
@@ -453,8 +492,8 @@ class SSHRunner(Runner):
                 inner = ["sudo", "-n", "--", *inner]
         return shlex.join(inner), prefix
 
-    def _open(self, argv, env, timeout):
-        cmd, prefix = self.command_line(argv, env)
+    def _open(self, argv, env, timeout, guard: bool = False):
+        cmd, prefix = self.command_line(argv, env, guard=guard)
         t = self.connect()
         try:
             ch = t.open_session()
@@ -470,14 +509,12 @@ class SSHRunner(Runner):
         return proc
 
     def popen(self, argv, *, env=None, stdin=False) -> SSHProcess:
+        """Start ``argv``; without ``stdin`` it is guarded (stopped remotely if we go away)."""
         self._changed()  # a remote command may change files
-        proc = self._open(argv, env, self.stall_timeout)
-        if not stdin:
-            proc.stdin.close()
-        return proc
+        return self._open(argv, env, self.stall_timeout, guard=not stdin)
 
     def run(self, argv, *, input=None, env=None, check=True, timeout=None) -> Result:
-        proc = self._open(argv, env, timeout or self.stall_timeout)
+        proc = self._open(argv, env, timeout or self.stall_timeout, guard=input is None)
         writer_err: list[BaseException] = []
 
         def feed():
@@ -488,7 +525,8 @@ class SSHRunner(Runner):
             except BaseException as e:  # reported via the exit status / stderr
                 writer_err.append(e)
             finally:
-                proc.stdin.close()
+                if input is not None:  # a guarded command's stdin stays open (WRAPPER)
+                    proc.stdin.close()
         w = threading.Thread(target=feed, daemon=True)
         w.start()
         try:
@@ -513,7 +551,8 @@ class SSHRunner(Runner):
         """Start ``stage0 | stage1 | ...`` remotely; every stage reports its own exit status.
 
         Use :func:`stage_statuses` on the finished process's stderr to read them
-        (``pg_dump | gzip`` would otherwise hide pg_dump's failure).
+        (``pg_dump | gzip`` would otherwise hide pg_dump's failure). Guarded, as
+        :meth:`popen` without stdin.
         """
         return self.popen(["sh", "-c", pipeline_script(stages, stdout_path=stdout_path, stdin_path=stdin_path)],
                           env=env)
@@ -593,18 +632,28 @@ class SSHRunner(Runner):
     def interactive(self, argv: list[str], env: dict | None = None) -> int:
         """Run ``argv`` on a real pty, wired to this terminal; return its exit status.
 
-        Only ``PG*`` variables of ``env`` are passed, through a private 0600 file in a
-        ``mktemp -d`` folder that the remote shell sources and removes (a pty would echo
-        anything sent on stdin).
+        Only ``PG*`` variables of ``env`` (and :data:`PGPASS_ENV`, as a pgpass file) are
+        passed, through private 0600 files in a ``mktemp -d`` folder: the remote shell
+        sources and removes the variables' file before it starts ``argv`` (a pty would echo
+        anything sent on stdin), and removes the folder when ``argv`` ends or the terminal
+        hangs up (SIGHUP when this client dies).
         """
         import select
+        pgpass = (env or {}).get(PGPASS_ENV)
         env = {k: str(v) for k, v in (env or {}).items() if k.startswith("PG")}
         d = self.make_private_dir()
         try:
             f = d + "/env"
+            if pgpass is not None:
+                self.write_atomic(d + "/pgpass", f"{pgpass}\n".encode(), mode=0o600)
+                env["PGPASSFILE"] = d + "/pgpass"
             self.write_atomic(f, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()).encode(),
                               mode=0o600)
-            inner = ["sh", "-c", '. "$1" && rm -rf -- "$2" && shift 2 && exec "$@"', "sh", f, d, *argv]
+            # not exec: the shell stays to remove the folder; ':' on INT/QUIT so that Ctrl-C
+            # cancels psql's query without ending the shell that waits for psql
+            inner = ["sh", "-c", 'd=$1; shift; trap \'rm -rf -- "$d"\' EXIT; trap "exit 129" HUP; '
+                     'trap "exit 143" TERM; trap : INT QUIT; . "$d/env" && rm -f -- "$d/env" && "$@"',
+                     "sh", d, *argv]
             if self.host.ssh.become:
                 inner = ["sudo", "--", *inner]
             t = self.connect()

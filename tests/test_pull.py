@@ -380,6 +380,11 @@ def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_
             assert not _cmdlines_with(PROD_PW)
             assert kill_ssh_sessions(ssh_server)
             out, err = p.communicate(timeout=60)
+            # prod's side stops too, while the lock is still held (nothing would write to the
+            # dead channel and end it with SIGPIPE): the engine client that runs pg_dump in
+            # the container is gone (ssh.WRAPPER). The pg_dump inside the container itself
+            # goes at its next write (access.tool_argv says why nothing of ours runs there).
+            wait_for(lambda: not _engine_clients(pg_container.name, w.prod_db), 15, "prod's podman exec to stop")
         finally:
             if p.poll() is None:
                 p.kill()
@@ -390,6 +395,21 @@ def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_
     assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
     assert db_fingerprint(pg_sql, w.dev_db) == dev_before
     assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
+
+
+def _engine_clients(container: str, database: str) -> list[int]:
+    """Pids of ``podman exec ... CONTAINER .../pg_dump ... DATABASE`` processes on this machine."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if (argv[0].endswith("podman") and "exec" in argv and container in argv and database in argv
+                    and any(a.endswith("/pg_dump") for a in argv)):
+                pids.append(int(d.name))
+    return pids
 
 
 def _cmdlines_with(secret: str) -> list[str]:

@@ -358,10 +358,10 @@ def psql(c, host=None, write=False, force_protected=False, confirm=None, invento
             i = argv.index("exec")
             argv[i + 1:i + 2] = ["-it"] + (["-e", "PGOPTIONS"] if read_only else [])
         if h.is_remote:
-            access.runner.interactive(argv, env=env)
-            return
-        import subprocess
-        rc = subprocess.call(argv, env=env)
+            rc = access.runner.interactive(argv, env=env)
+        else:
+            import subprocess
+            rc = subprocess.call(argv, env=env)
     if rc != 0:
         from invoke import Exit
         raise Exit(code=rc)

@@ -1,0 +1,159 @@
+"""A killed client or a dropped connection stops what it started on an SSH host, and no
+password stays on that host's disk (break-it trial: a SIGKILLed ``db.backup --host prod``
+left ``pg_dump | gzip > .partial`` running there, and its private pgpass file in /tmp).
+
+"prodn" is the native test cluster reached over the test sshd with a password
+(TCP + scram). Its pg_dump is a wrapper that records its pid and the PGPASSFILE it was
+given, then execs the real pg_dump: the test knows which process and which file to watch.
+A lock held by the test makes pg_dump wait silently, the case where nothing else (no
+SIGPIPE on a write) would ever stop it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD_ENV, REPO, cli, native_host, write_inventory
+from tests.infra.podman import PG_BINDIR
+from tests.pgcheck import db_fingerprint
+from tests.remote_helpers import kill_ssh_sessions, ssh_block, wait_for
+
+
+class World:
+    pass
+
+
+@pytest.fixture
+def w(tmp_path, pg, dbname, ssh_server):
+    w = World()
+    w.rec = tmp_path / "pg_dump.rec"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for t in ("psql", "pg_restore"):
+        (bindir / t).symlink_to(f"{PG_BINDIR}/{t}")
+    (bindir / "pg_dump").write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) exec {PG_BINDIR}/pg_dump --version;; esac\n'
+        f'echo "$$ $PGPASSFILE" >> {w.rec}\n'
+        f'exec {PG_BINDIR}/pg_dump "$@"\n')
+    (bindir / "pg_dump").chmod(0o755)
+    w.proj = tmp_path / "proj"
+    w.dev_bdir = tmp_path / "dev-backups"
+    w.db = dbname
+    w.inv = write_inventory(tmp_path / "inv.yaml", {
+        "prodn": {"connection": "ssh", "project_dir": str(w.proj), "ssh": ssh_block(ssh_server),
+                  "postgres": {"host": "127.0.0.1", "port": pg.port, "database": dbname, "user": "bigskies",
+                               "password_env": PASSWORD_ENV, "bindir": str(bindir)},
+                  "backup": {"dir": "backups"}},
+        "dev": native_host(pg, dbname, w.dev_bdir)})
+    return w
+
+
+class NativeLock:
+    """ACCESS EXCLUSIVE on a table of the native test cluster, held by a psql of the test."""
+
+    def __init__(self, pg, pg_sql, database: str, table: str = "users"):
+        self.pg, self.pg_sql, self.database, self.table = pg, pg_sql, database, table
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [f"{PG_BINDIR}/psql", "-X", "-q", "-h", str(self.pg.socket_dir), "-p", str(self.pg.port),
+             "-U", "bigskies", "-d", self.database], env={**os.environ, "PGAPPNAME": "bigskies-test-locker"},
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc.stdin.write(f"BEGIN; LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE; "
+                              f"SELECT pg_sleep(120);\n".encode())
+        self.proc.stdin.flush()
+        wait_for(lambda: self._count("a.application_name = 'bigskies-test-locker' AND l.granted "
+                                     "AND l.mode = 'AccessExclusiveLock'") > 0, 30, "the lock holder")
+        return self
+
+    def _count(self, where: str) -> int:
+        return int(self.pg_sql(f"SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                               f"WHERE {where}", self.database).strip() or 0)
+
+    def pg_dump_waiting(self) -> bool:
+        return self._count("a.application_name = 'pg_dump' AND NOT l.granted") > 0
+
+    def __exit__(self, *exc):
+        self.pg_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'bigskies-test-locker'", "postgres")
+        self.proc.stdin.close()
+        self.proc.wait(15)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def _pg_dump_backends(pg_sql) -> int:
+    return int(pg_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+                      "postgres").strip() or 0)
+
+
+def _recorded(w) -> list[tuple[int, str]]:
+    if not w.rec.exists():
+        return []
+    return [(int(a), b) for a, b in (l.split(" ", 1) for l in w.rec.read_text().splitlines() if l)]
+
+
+TASKS = {"backup on prod": ["db.backup", "--host", "prodn"],
+         "streamed pull": ["db.pull", "--from", "prodn", "--to", "dev"]}
+
+
+@pytest.mark.parametrize("how", ["client SIGKILLed", "connection dropped"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_remote_pg_dump_stops_and_its_password_file_goes_when_the_client_goes(w, pg, pg_sql, ssh_server, cli_env,
+                                                                              task, how):
+    before = db_fingerprint(pg_sql, w.db)
+    with NativeLock(pg, pg_sql, w.db) as lock:
+        p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", *TASKS[task], "-i", str(w.inv)], env=cli_env,
+                             cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: _recorded(w) and lock.pg_dump_waiting(), 60, "pg_dump blocked on the lock")
+            [(pid, pgpass)] = _recorded(w)
+            assert Path(pgpass).is_file() and Path(pgpass).stat().st_mode & 0o077 == 0  # it was really there
+            if how == "client SIGKILLed":
+                p.kill()
+            else:
+                kill_ssh_sessions(ssh_server)
+            wait_for(lambda: _gone(pid), 15, "the remote pg_dump to stop")
+            wait_for(lambda: not Path(pgpass).parent.exists(), 15, "the remote pgpass folder to go")
+            wait_for(lambda: _pg_dump_backends(pg_sql) == 0, 15, "pg_dump's session to end")
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if how == "connection dropped":  # a loud failure, and the failure is on record
+        assert p.returncode == 1, err + out
+        assert "connection" in err.lower(), err
+    # nothing harmed, nothing published
+    assert db_fingerprint(pg_sql, w.db) == before
+    for d in (w.proj / "backups" / "database", w.dev_bdir / "prodn"):
+        assert not list(d.glob("*.sql.gz")) and not list(d.glob("*.dump")), list(d.iterdir())
+        for m in d.glob("*.manifest.json"):
+            assert json.loads(m.read_text())["status"] in ("STARTED", "FAILED")
+
+
+def test_a_finished_remote_command_leaves_no_password_file(w, pg_sql, cli_env):
+    """Each remote command gets its own pgpass file, removed when it ends (before: one file
+    per run, removed only by a client that lived to the end)."""
+    r = cli("db.backup", "--host", "prodn", "-i", str(w.inv), env=cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = cli("db.pull", "--from", "prodn", "--to", "dev", "-i", str(w.inv), env=cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    recs = _recorded(w)
+    assert len(recs) == 2 and len({f for _, f in recs}) == 2
+    for _, f in recs:
+        assert not Path(f).parent.exists(), f
