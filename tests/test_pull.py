@@ -496,6 +496,62 @@ def test_psql_on_prod_gets_a_real_terminal_and_is_read_only(world, env):
     assert p.returncode == 0, text
 
 
+def _psql_session(argv, env, script):
+    """Run ``argv`` on a pseudo-terminal; ``script`` is a list of (wait for these bytes, then
+    send these bytes). Returns (exit status, everything the terminal showed)."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    os.close(slave)
+    out = b""
+    steps = list(script)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.2)
+            if r:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if steps and steps[0][0] in out:
+                out = out.replace(steps[0][0], b"<seen>", 1)
+                time.sleep(0.3)
+                os.write(master, steps.pop(0)[1])
+            if p.poll() is not None:
+                break
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        os.close(master)
+    return p.returncode, out.decode(errors="replace"), steps
+
+
+def test_psql_on_prod_ctrl_c_cancels_the_query_and_the_exit_status_comes_back(world, env):
+    """The remote shell around psql (it removes the private files when psql ends) must not
+    end on Ctrl-C: psql cancels the query and the session goes on. A psql that cannot
+    connect exits 2, and so does db.psql (it returned 0 for SSH hosts)."""
+    w = world
+    argv = [os.sys.executable, "-m", "bigskies_ops", "db.psql", "-i", str(w.inv), "--host", "prod"]
+    rc, text, left = _psql_session(argv, env, [
+        (b"=#", b"\\pset pager off\nSELECT pg_sleep(60);\n"),
+        (b"pg_sleep", b"\x03"),
+        (b"canceling statement due to user request", b"SELECT 6 * 7 AS the_answer;\n"),
+        (b"42", b"\\q\n")])
+    assert left == [], text
+    assert rc == 0, text
+    w.hosts["prod"]["postgres"]["database"] = "no_such_database"
+    w.write()
+    rc, text, _ = _psql_session(argv, env, [])
+    assert rc == 2 and "no_such_database" in text, text
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in os.listdir("/proc"):
