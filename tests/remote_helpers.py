@@ -36,6 +36,21 @@ def prod_host(srv, pc, project_dir: Path, database: str, *, protected: bool = Tr
     return h
 
 
+def wrapped_pg_dump_bindir(folder: Path, body: str) -> Path:
+    """A bindir with the real psql and pg_restore and a ``pg_dump`` shell script whose
+    ``--version`` is the real one and whose other runs do ``body`` (sh; ``$REAL`` is the
+    real pg_dump). Returns the folder (for ``postgres.bindir``)."""
+    folder.mkdir()
+    for t in ("psql", "pg_restore"):
+        (folder / t).symlink_to(f"{PG_BINDIR}/{t}")
+    (folder / "pg_dump").write_text(
+        "#!/bin/sh\n"
+        f"REAL={PG_BINDIR}/pg_dump\n"
+        'case "$1" in --version) exec "$REAL" --version;; esac\n' + body)
+    (folder / "pg_dump").chmod(0o755)
+    return folder
+
+
 def prod_sql(pc):
     """``run_sql(sql, database)`` for tests/pgcheck.py: psql inside the container (podman exec -i)."""
     def run(sql: str, database: str) -> str:

@@ -25,7 +25,8 @@ from tests.conftest import PASSWORD_ENV, cli, load_bigskies, native_host, write_
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint, dir_hashes
 from tests.remote_helpers import (PROD_PW, PROD_PW_ENV, PROD_TPL, TableLock, drop_prod_db, kill_ssh_sessions,
-                                  new_prod_db, pg_dump_waiting, prod_host, prod_sql, ssh_block, wait_for)
+                                  new_prod_db, pg_dump_waiting, prod_host, prod_sql, ssh_block, wait_for,
+                                  wrapped_pg_dump_bindir)
 
 
 @pytest.fixture(scope="module")
@@ -330,16 +331,8 @@ def test_remote_disk_full_fails_cleanly_and_harms_nothing(world, env):
 
 def test_remote_pg_dump_failing_in_ssh_native_mode(tmp_path, pg, dbname, pg_sql, ssh_server, env):
     """ssh-native: the native cluster reached over SSH with a pgpass file; pg_dump dies mid-dump."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for t in ("psql", "pg_restore"):
-        (bindir / t).symlink_to(f"{PG_BINDIR}/{t}")
-    (bindir / "pg_dump").write_text(
-        "#!/bin/sh\n"
-        f'case "$1" in --version) exec {PG_BINDIR}/pg_dump --version;; esac\n'
-        f'{PG_BINDIR}/pg_dump "$@" | head -c 20000\n'
-        'echo "pg_dump: error: simulated failure" >&2; exit 1\n')
-    (bindir / "pg_dump").chmod(0o755)
+    bindir = wrapped_pg_dump_bindir(tmp_path / "bin", '"$REAL" "$@" | head -c 20000\n'
+                                    'echo "pg_dump: error: simulated failure" >&2; exit 1\n')
     dev_bdir = tmp_path / "dev-backups"
     inv = write_inventory(tmp_path / "inv.yaml", {
         "prodn": {"connection": "ssh", "project_dir": str(tmp_path / "proj"), "ssh": ssh_block(ssh_server),
@@ -456,46 +449,6 @@ def test_file_name_with_shell_metacharacters_stays_literal_on_both_sides(world, 
     assert (w.prod_bdir / name).read_bytes() == payload
 
 
-def test_psql_on_prod_gets_a_real_terminal_and_is_read_only(world, env):
-    import pty
-    import select
-    w = world
-    master, slave = pty.openpty()
-    p = subprocess.Popen([os.sys.executable, "-m", "bigskies_ops", "db.psql", "-i", str(w.inv), "--host", "prod"],
-                         stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
-                         cwd=str(Path(__file__).resolve().parents[1]))
-    os.close(slave)
-    out = b""
-    sent = False
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([master], [], [], 0.5)
-            if r:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            if not sent and b"=#" in out:
-                os.write(master, b"\\pset pager off\nSELECT 6 * 7 AS the_answer;\nDELETE FROM users;\n\\q\n")
-                sent = True
-            if p.poll() is not None:
-                break
-    finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        os.close(master)
-    text = out.decode(errors="replace")
-    assert sent, text
-    assert "the_answer" in text and "42" in text, text
-    assert "read-only transaction" in text, text
-    assert p.returncode == 0, text
-
-
 def _psql_session(argv, env, script):
     """Run ``argv`` on a pseudo-terminal; ``script`` is a list of (wait for these bytes, then
     send these bytes). Returns (exit status, everything the terminal showed)."""
@@ -531,6 +484,17 @@ def _psql_session(argv, env, script):
         p.wait()
         os.close(master)
     return p.returncode, out.decode(errors="replace"), steps
+
+
+def test_psql_on_prod_gets_a_real_terminal_and_is_read_only(world, env):
+    w = world
+    rc, text, left = _psql_session(
+        [os.sys.executable, "-m", "bigskies_ops", "db.psql", "-i", str(w.inv), "--host", "prod"], env,
+        [(b"=#", b"\\pset pager off\nSELECT 6 * 7 AS the_answer;\nDELETE FROM users;\n\\q\n")])
+    assert left == [], text
+    assert "the_answer" in text and "42" in text, text
+    assert "read-only transaction" in text, text
+    assert rc == 0, text
 
 
 def test_psql_on_prod_ctrl_c_cancels_the_query_and_the_exit_status_comes_back(world, env):

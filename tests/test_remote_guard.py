@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ import pytest
 from tests.conftest import PASSWORD_ENV, REPO, cli, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint
-from tests.remote_helpers import kill_ssh_sessions, ssh_block, wait_for
+from tests.remote_helpers import kill_ssh_sessions, ssh_block, wait_for, wrapped_pg_dump_bindir
 
 
 class World:
@@ -34,16 +32,7 @@ class World:
 def w(tmp_path, pg, dbname, ssh_server):
     w = World()
     w.rec = tmp_path / "pg_dump.rec"
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for t in ("psql", "pg_restore"):
-        (bindir / t).symlink_to(f"{PG_BINDIR}/{t}")
-    (bindir / "pg_dump").write_text(
-        "#!/bin/sh\n"
-        f'case "$1" in --version) exec {PG_BINDIR}/pg_dump --version;; esac\n'
-        f'echo "$$ $PGPASSFILE" >> {w.rec}\n'
-        f'exec {PG_BINDIR}/pg_dump "$@"\n')
-    (bindir / "pg_dump").chmod(0o755)
+    bindir = wrapped_pg_dump_bindir(tmp_path / "bin", f'echo "$$ $PGPASSFILE" >> {w.rec}\nexec "$REAL" "$@"\n')
     w.proj = tmp_path / "proj"
     w.dev_bdir = tmp_path / "dev-backups"
     w.db = dbname
