@@ -120,23 +120,21 @@ class PostgresAccess:
     def env(self) -> dict[str, str]:
         """Environment for the process that runs a tool (or the engine client).
 
-        Native: ``PGPASSFILE`` pointing at a private 0600 file (or the inventory's
-        passfile); on an SSH host the pgpass line itself, which the remote wrapper writes
-        to such a file for the lifetime of each command (:data:`bigskies_ops.ssh.WRAPPER`:
-        a killed client or a dropped connection leaves no password on the host).
-        Container: the password itself, which only ever lives in the engine client's
-        environment and is handed over by name (``-e PGPASSWORD``).
+        Local native: ``PGPASSFILE`` pointing at a private 0600 file (or the inventory's
+        passfile). SSH hosts and containers: the password itself, which only ever lives in
+        the environment of the process that needs it: the remote command (handed over on
+        its stdin, :data:`bigskies_ops.ssh.WRAPPER`) or the engine client, which passes it
+        on by name (``-e PGPASSWORD``). Nothing is written to a remote disk, so a killed
+        client or a dropped connection leaves no password behind there (a break-it trial
+        found per-run pgpass files left in /tmp on prod).
         """
         if self._secret_env is not None:
             return self._secret_env
         pw = self._password()
         env: dict[str, str] = {"PGCONNECT_TIMEOUT": str(self.host.postgres.connect_timeout)}
         if pw is not None:
-            if self.host.container:
+            if self.host.container or self.runner.is_remote:
                 env["PGPASSWORD"] = pw
-            elif self.runner.is_remote:  # a private pgpass file per remote command (ssh.WRAPPER)
-                from .ssh import PGPASS_ENV
-                env[PGPASS_ENV] = f"*:*:*:*:{pgpass_escape(pw)}"
             else:
                 self._secret_dir = self.runner.make_private_dir()
                 path = self._secret_dir.rstrip("/") + "/pgpass"

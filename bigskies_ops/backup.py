@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess, SqlSession, ident, lit, pgsql
-from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, utcnow, write_manifest)
-from .errors import BigskiesError, CommandError, StorageError
+from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, read_manifest, utcnow,
+                      write_manifest)
+from .errors import BigskiesError, CommandError, Interrupted, StorageError
 from .inventory import Host
 from .locks import host_lock
 from .pgtools import parse_server_version_num, pg_dump_args, plain_tail_complete, parse_plain_header
@@ -450,11 +451,46 @@ def _keep_session_while_idle(session: SqlSession, manifest: dict) -> None:
         session.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
 
 
+def publish(writer, partial: str, final: str, manifest: dict) -> None:
+    """Rename the finished ``partial`` to ``final`` and write its DONE ``manifest``, as one
+    step: SIGINT/SIGTERM are held meanwhile (:func:`bigskies_ops.signals.deferred`), and a
+    manifest that cannot be written takes the archive back out. So there is never an
+    archive under its final name without a DONE manifest (CONTRACTS s.2).
+
+    Raises:
+        StorageError: ``final`` exists already, or the manifest could not be written.
+        Interrupted: a signal arrived during the step (raised after it, the backup is DONE).
+    """
+    from . import signals
+    with signals.deferred():
+        if not writer.link_noreplace(partial, final):
+            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+        try:
+            write_manifest(writer, final, manifest)
+        except BaseException:
+            try:
+                writer.remove(final)
+            except BigskiesError:
+                pass
+            raise
+
+
+def _done_on_disk(writer, final: str) -> bool:
+    try:
+        return writer.exists(final) and (read_manifest(writer, final) or {}).get("status") == "DONE"
+    except (BigskiesError, OSError, ValueError):
+        return False
+
+
 def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: str, partial: str,
                    proc, session, notify, *, record: bool = True) -> None:
     """After a failed dump: stop pg_dump and the snapshot session, remove the ``.partial``,
     write the manifest as FAILED (when ``record``; a failure to write it is a warning),
-    then re-raise ``e`` as the project's error (OSError -> StorageError)."""
+    then re-raise ``e`` as the project's error (OSError -> StorageError). A signal held
+    by :func:`publish` arrives after the DONE manifest: then only ``e`` is re-raised."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt)) and manifest.get("status") == "DONE" \
+            and _done_on_disk(writer, final):
+        raise e
     if proc is not None:
         proc.kill()
     if session is not None:
@@ -690,8 +726,6 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             from .roles import dump_roles
             manifest["phase"] = "roles"
             roles_data = dump_roles(access)
-        if not runner.link_noreplace(partial, final):
-            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
         if roles_data is not None:
             from .roles import write_roles
             write_roles(runner, final, roles_data, manifest)
@@ -702,7 +736,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
             "stderr_tail": tail(proc.stderr_text()) or None,
         })
-        write_manifest(runner, final, manifest)
+        publish(runner, partial, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, sink.raw_bytes,
                             time.monotonic() - t0)
     except BaseException as e:

@@ -36,10 +36,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, gz
+from . import __version__, gz, signals
 from .access import PostgresAccess
-from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, record_failure,
-                     snapshot_facts, split_qualified, stream_manifest_tables)
+from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, publish,
+                     record_failure, snapshot_facts, split_qualified, stream_manifest_tables)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
@@ -380,8 +380,6 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
                 digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
                 data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
             manifest["tables"] = counter.manifest_tables(data_tables)
-        if not writer.link_noreplace(partial, final):
-            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
         finished = utcnow()
         manifest.update({
             "status": "DONE", "phase": None, "sha256": digest, "bytes": size,
@@ -391,7 +389,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         })
         if mode == "stream":
             manifest["pulled_at"] = iso(finished)
-        write_manifest(writer, final, manifest)
+        publish(writer, partial, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
     except BaseException as e:
         record_failure(e, manifest, t0, writer, final, partial, proc, session, notify, record=recorded)
@@ -631,10 +629,12 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                 local_man.update({"pulled_from": f"{src.name}:{rpath}", "pulled_at": iso(utcnow()),
                                   "pull_mode": "existing", "pull_resumed_at": offset or None})
                 local_man.setdefault("origin_host", src.name)
-                if not lr.link_noreplace(partial, final):  # fsyncs the folder after the rename
-                    raise StorageError(f"{final} appeared while we were pulling; refusing to overwrite it")
-                if man is not None:
-                    write_manifest(lr, final, local_man)
+                if man is not None:  # rename (the folder is fsynced) and DONE manifest as one step
+                    publish(lr, partial, final, local_man)
+                else:  # a legacy file without a manifest stays one
+                    with signals.deferred():
+                        if not lr.link_noreplace(partial, final):
+                            raise StorageError(f"{final} appeared while we were pulling; refusing to overwrite it")
                 b = Backup(pdir, name, local_man if man is not None else None, got_size, origin_dir=src.name)
                 return PullResult(b, local_man, offset, time.monotonic() - t0)
         except BaseException:

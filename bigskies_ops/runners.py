@@ -10,8 +10,11 @@ which streams and never buffers a whole dump in memory.
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -31,7 +34,6 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
     one place a password could sneak into an argv; we never build them, but a
     user-supplied ``--sql`` or path could carry one. (barman ``redact_passwords``.)
     """
-    import re
     out = []
     for a in argv:
         a = re.sub(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@", r"\1****@", str(a))
@@ -305,14 +307,40 @@ class LocalRunner(Runner):
         return st.f_bavail * st.f_frsize
 
     def make_private_dir(self) -> str:
-        return tempfile.mkdtemp(prefix="bigskies-ops-")
+        """A new 0700 folder ``$TMPDIR/bigskies-ops-<pid>-XXXX`` (removed by its user).
+
+        Folders of earlier runs whose process is gone (SIGKILL leaves no time to clean up,
+        and one may hold a private pgpass file) are removed first.
+        """
+        _sweep_private_dirs()
+        return tempfile.mkdtemp(prefix=f"bigskies-ops-{os.getpid()}-")
 
     def remove_tree(self, path: str) -> None:
-        import shutil
         shutil.rmtree(path, ignore_errors=True)
 
     def pid_alive(self, pid: int) -> bool:
         return pid_alive(pid)
+
+
+def _sweep_private_dirs() -> None:
+    """Remove ``bigskies-ops-<pid>-*`` folders in the temp dir that belong to this user and
+    to a process that no longer exists (best effort, never raises)."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for n in names:
+        m = re.fullmatch(r"bigskies-ops-(\d+)-\w+", n)
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(tmp, n)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from .errors import Interrupted
 
 _received: list[int] = []
+_held: list[int] = []   # signals that arrived inside deferred(), raised when it ends
+_depth = 0
 
 
 def received() -> int | None:
@@ -35,6 +37,9 @@ def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
         first = not _received
         _received.append(signum)
         if first:
+            if _depth:
+                _held.append(signum)
+                return
             raise Interrupted(signum)
 
     for s in signals:
@@ -48,3 +53,23 @@ def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
     finally:
         for s, prev in old.items():
             signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def deferred():
+    """Hold SIGINT/SIGTERM during a step that must not be cut in two (an archive renamed
+    into place and its DONE manifest: a break-it trial published complete archives with an
+    empty or FAILED manifest). A signal that arrives meanwhile is raised as
+    :class:`Interrupted` when the step has ended without an error. Main thread only (where
+    the handlers run); elsewhere a plain block."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if not _depth and _held:
+        raise Interrupted(_held.pop())

@@ -15,12 +15,12 @@ plain paramiko exec channels on that one connection:
 * Bytes are never carried by Fabric's ``run``/``get`` (quadratic capture, utf-8
   decoding; see ../shared/research/perf-baseline.md): stdout is read from the
   channel in 256 KiB chunks and handed to the caller as it arrives.
-* Secrets (the PostgreSQL password, the sudo password) are never on a command
-  line or in Fabric ``env=``: they are written into the command's stdin ahead of
-  its own input, and a small POSIX-sh wrapper (:data:`WRAPPER`) reads and exports
-  them (a native host's password becomes a private pgpass file that lives as long
-  as that one command). For the interactive psql, whose stdin is a terminal that
-  would echo, private 0600 files in a ``mktemp -d`` folder are used instead.
+* Secrets (``PGPASSWORD``, the sudo password) are never on a command line, in
+  Fabric ``env=`` or on the host's disk: they are written into the command's stdin
+  ahead of its own input, and a small POSIX-sh wrapper (:data:`WRAPPER`) reads and
+  exports them before it runs the real argv. (For the interactive psql, whose
+  stdin is a terminal that would echo, a private 0600 file in a ``mktemp -d``
+  folder is sourced and removed before psql starts.)
 * A command that reads no stdin is guarded: the client keeps the channel's stdin
   open, and when it reaches EOF on the remote side (this process was killed, the
   connection dropped) the wrapper stops the command's whole process group. A remote
@@ -50,17 +50,15 @@ from .runners import Process, Result, Runner, redact_argv, tail
 
 READ_CHUNK = 256 * 1024          # bytes per channel recv (perf-baseline: 173 MB/s on loopback)
 ENV_MARK = "__bigskies_ops_env__"
-#: An env key whose value is a pgpass line: the remote wrapper writes it to a private 0600
-#: file for the lifetime of that one command and points PGPASSFILE at it.
-PGPASS_ENV = "BIGSKIES_PGPASS"
 # The remote side of every command that needs environment values or that runs unattended
 # (``sh -c WRAPPER sh G ARGV...``, G = "g" to guard, "-" not to):
 # 1. skip stdin up to ENV_MARK (an optional sudo password line, consumed by sudo -S if it
 #    asked), then export NAME=value lines up to an empty line (dash/bash `read` consume a
-#    pipe byte by byte, so nothing of the command's own input is eaten). PGPASS_ENV becomes
-#    a private pgpass file in a ``mktemp -d`` folder (secrets never on a command line, and
-#    on the remote disk only while the command runs).
-# 2. Without a file or a guard: exec the argv (stdin untouched).
+#    pipe byte by byte, so nothing of the command's own input is eaten). Secrets such as
+#    PGPASSWORD are never on a command line and never on the host's disk: they live in the
+#    environment of the command that needs them (on Linux, /proc/PID/environ is readable by
+#    that user and root only, as a 0600 file would be) and go with it.
+# 2. Not guarded: exec the argv (stdin untouched).
 # 3. Guarded (the command reads no stdin): the argv runs in the background on /dev/null and
 #    a watcher blocks reading the channel's stdin, which the client never closes. When the
 #    client dies or the connection drops, sshd closes that pipe: the watcher gets EOF and
@@ -68,22 +66,15 @@ PGPASS_ENV = "BIGSKIES_PGPASS"
 #    leader), so a ``pg_dump | gzip > file`` stops instead of running on unattended.
 #    The watcher itself is stopped with SIGKILL: a SIGTERM that arrives before the forked
 #    subshell has reset the parent's traps is lost, and it would read on (seen with dash).
-# 4. The folder with the pgpass file is removed on every way out (exit, HUP, TERM, INT, and
-#    PIPE: once sshd is gone the shell's own stderr is a broken pipe, and an untrapped
-#    SIGPIPE would end it without its EXIT trap; measured on OpenSSH 9.2).
 WRAPPER = (
-    'g=$1; shift; d=; trap \'[ -z "$d" ] || rm -rf -- "$d"\' EXIT; '
-    'trap "exit 129" HUP; trap "exit 143" TERM; trap "exit 130" INT; trap "exit 141" PIPE; '
+    'g=$1; shift; '
     'while IFS= read -r l; do [ "$l" = %(mark)s ] && break; done; '
-    'while IFS= read -r kv && [ -n "$kv" ]; do case $kv in '
-    '%(pw)s=*) d=$(mktemp -d "${TMPDIR:-/tmp}/bigskies-ops-XXXXXXXX") || exit 125; '
-    'export PGPASSFILE="$d/pgpass"; (umask 077 && printf "%%s\\n" "${kv#*=}" > "$PGPASSFILE") || exit 125;; '
-    '*) export "$kv";; esac; done; '
-    '[ -z "$d" ] && [ "$g" = - ] && exec "$@"; '
-    'if [ "$g" = g ]; then exec 3<&0; "$@" </dev/null & c=$!; '
+    'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; '
+    '[ "$g" = g ] || exec "$@"; '
+    'exec 3<&0; "$@" </dev/null & c=$!; '
     '{ while IFS= read -r _; do :; done; kill -TERM 0; } <&3 >/dev/null 2>&1 & w=$!; exec 3<&-; '
-    'wait "$c" 2>/dev/null; rc=$?; kill -KILL "$w" 2>/dev/null; wait "$w" 2>/dev/null; else "$@"; rc=$?; fi; exit "$rc"'
-) % {"mark": ENV_MARK, "pw": PGPASS_ENV}
+    'wait "$c" 2>/dev/null; rc=$?; kill -KILL "$w" 2>/dev/null; wait "$w" 2>/dev/null; exit "$rc"'
+) % {"mark": ENV_MARK}
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Bulk copies through OpenSSH prefer AES-GCM: with the AES instructions every x86-64 and
 # ARMv8 server CPU has, it costs both ends about half the CPU of OpenSSH's first choice,
@@ -214,6 +205,20 @@ def _connect_error(host, conn, e: BaseException) -> BigskiesError:
     return SSHError(f"{label}: SSH connection failed: {type(e).__name__}: {e}")
 
 
+def describe(argv: list[str]) -> str:
+    """A remote command as shown in messages (pure): the argv, redacted and at most 200
+    characters; our own ``sh -c SCRIPT`` steps are named by what they work on instead of
+    showing the script (a break-it trial got 200 characters of shell cut mid-word)."""
+    a = [str(x) for x in redact_argv(argv)]
+    if len(a) >= 3 and a[0] == "sh" and a[1] == "-c":
+        args = a[4:]
+        if RC_MARK in a[2]:
+            return "the remote pipeline " + " | ".join(
+                m.group(1).split(" ", 1)[0] for m in re.finditer(r"\{ (\S+[^;]*); echo", a[2]))
+        return ("a remote shell step" + (f" on {shlex.join(args)}" if args else ""))[:200]
+    return shlex.join(a)[:200]
+
+
 # ----------------------------------------------------------------------------- processes
 class ChannelReader:
     """Binary, chunked reader over a channel's stdout (``read``, ``read1``, ``readline``).
@@ -333,19 +338,19 @@ class SSHProcess(Process):
                 del self._err[:-65536]
 
     def stall_error(self, what: str = "sent no data") -> StallError:
-        return StallError(f"{self.runner.host.name}: {shlex.join(redact_argv(self.argv))[:200]} {what} for "
+        return StallError(f"{self.runner.host.name}: {describe(self.argv)} {what} for "
                           f"{self.stall_timeout:g} s (backup.stall_timeout); transfer aborted",
                           argv=redact_argv(self.argv))
 
     def wait(self, timeout: float | None = None) -> int:
         if not self.channel.status_event.wait(timeout):
-            raise CommandError(f"{self.runner.host.name}: {shlex.join(redact_argv(self.argv))[:200]} did not "
+            raise CommandError(f"{self.runner.host.name}: {describe(self.argv)} did not "
                                f"finish in {timeout} s", argv=redact_argv(self.argv))
         rc = self.channel.recv_exit_status()
         self._err_thread.join(5)
         if rc == -1:
             raise SSHError(f"{self.runner.host.name}: the SSH connection was lost while running "
-                           f"{shlex.join(redact_argv(self.argv))[:200]} (no exit status)",
+                           f"{describe(self.argv)} (no exit status)",
                            argv=redact_argv(self.argv), stderr=tail(self.stderr_text()))
         return rc
 
@@ -467,9 +472,8 @@ class SSHRunner(Runner):
         the connection drops (:data:`WRAPPER`); the caller must keep stdin open, and the
         command itself reads /dev/null.
 
-        Pure apart from reading ``become_password_env``. Values of ``env`` (and the pgpass
-        line under :data:`PGPASS_ENV`) and the sudo password only ever appear in the
-        returned stdin prefix, never in the line.
+        Pure apart from reading ``become_password_env``. Values of ``env`` and the sudo
+        password only ever appear in the returned stdin prefix, never in the line.
         """
         inner = [str(a) for a in argv]
         prefix = b""
@@ -534,7 +538,7 @@ class SSHRunner(Runner):
         except StallError:
             proc.kill()
             if timeout:
-                raise CommandError(f"{shlex.join(redact_argv(argv))} timed out after {timeout} s on "
+                raise CommandError(f"{describe(argv)} timed out after {timeout} s on "
                                    f"{self.host.name}", argv=redact_argv(argv)) from None
             raise
         w.join(10)
@@ -632,28 +636,18 @@ class SSHRunner(Runner):
     def interactive(self, argv: list[str], env: dict | None = None) -> int:
         """Run ``argv`` on a real pty, wired to this terminal; return its exit status.
 
-        Only ``PG*`` variables of ``env`` (and :data:`PGPASS_ENV`, as a pgpass file) are
-        passed, through private 0600 files in a ``mktemp -d`` folder: the remote shell
-        sources and removes the variables' file before it starts ``argv`` (a pty would echo
-        anything sent on stdin), and removes the folder when ``argv`` ends or the terminal
-        hangs up (SIGHUP when this client dies).
+        Only ``PG*`` variables of ``env`` are passed, through a private 0600 file in a
+        ``mktemp -d`` folder that the remote shell sources and removes before it execs
+        ``argv`` (a pty would echo anything sent on stdin).
         """
         import select
-        pgpass = (env or {}).get(PGPASS_ENV)
         env = {k: str(v) for k, v in (env or {}).items() if k.startswith("PG")}
         d = self.make_private_dir()
         try:
             f = d + "/env"
-            if pgpass is not None:
-                self.write_atomic(d + "/pgpass", f"{pgpass}\n".encode(), mode=0o600)
-                env["PGPASSFILE"] = d + "/pgpass"
             self.write_atomic(f, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()).encode(),
                               mode=0o600)
-            # not exec: the shell stays to remove the folder; ':' on INT/QUIT so that Ctrl-C
-            # cancels psql's query without ending the shell that waits for psql
-            inner = ["sh", "-c", 'd=$1; shift; trap \'rm -rf -- "$d"\' EXIT; trap "exit 129" HUP; '
-                     'trap "exit 143" TERM; trap : INT QUIT; . "$d/env" && rm -f -- "$d/env" && "$@"',
-                     "sh", d, *argv]
+            inner = ["sh", "-c", '. "$1" && rm -rf -- "$2" && shift 2 && exec "$@"', "sh", f, d, *argv]
             if self.host.ssh.become:
                 inner = ["sudo", "--", *inner]
             t = self.connect()
@@ -813,13 +807,18 @@ class SSHRunner(Runner):
                           stdin=True)
         return _RemoteWriteFile(proc, path)
 
+    # Args: folder, mode (octal), path, byte count. The count is checked before the rename:
+    # a client that dies mid-send gives `cat` an early EOF, and a truncated file must not
+    # replace the old one (a break-it trial got empty manifests over DONE ones).
+    WRITE_SCRIPT = ('umask 077; t=$(mktemp "$1/.tmp-XXXXXXXX") || exit 1\n'
+                    'if cat > "$t" && [ "$(stat -c %s -- "$t")" = "$4" ] && chmod "$2" "$t" && sync "$t" && '
+                    'mv -f "$t" "$3"\nthen sync "$1" 2>/dev/null; exit 0; fi\n'
+                    'rm -f "$t"; exit 1')
+
     def write_atomic(self, path: str, data: bytes, mode: int = 0o640) -> None:
         self._changed()
         d = posixpath.dirname(path) or "."
-        r = self.script(
-            'umask 077; t=$(mktemp "$1/.tmp-XXXXXXXX") || exit 1\n'
-            'if cat > "$t" && chmod "$2" "$t" && sync "$t" && mv -f "$t" "$3"; then sync "$1" 2>/dev/null; exit 0; fi\n'
-            'rm -f "$t"; exit 1', d, f"{mode:o}", path, input=data, check=False)
+        r = self.script(self.WRITE_SCRIPT, d, f"{mode:o}", path, str(len(data)), input=data, check=False)
         if not r.ok:
             raise StorageError(f"{self.host.name}: cannot write {path}: {_reason(r.stderr)}")
 
@@ -841,8 +840,9 @@ class SSHRunner(Runner):
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         self._changed()
-        r = self.script('set -C; umask 027; if cat > "$1"; then exit 0; fi; [ -e "$1" ] && exit 17; exit 1',
-                        path, input=data, check=False)
+        r = self.script('set -C; umask 027; if cat > "$1"; then [ "$(stat -c %s -- "$1")" = "$2" ] && exit 0; '
+                        'rm -f -- "$1"; exit 1; fi; [ -e "$1" ] && exit 17; exit 1',
+                        path, str(len(data)), input=data, check=False)
         if r.returncode == 17:
             return False
         if not r.ok:

@@ -1,10 +1,12 @@
 """A killed client or a dropped connection stops what it started on an SSH host, and no
-password stays on that host's disk (break-it trial: a SIGKILLed ``db.backup --host prod``
-left ``pg_dump | gzip > .partial`` running there, and its private pgpass file in /tmp).
+password is ever on that host's disk (break-it trials: a SIGKILLed ``db.backup --host prod``
+left ``pg_dump | gzip > .partial`` running there and a private pgpass file in /tmp; then
+per-command pgpass files stayed while a psql waited for a lock).
 
 "prodn" is the native test cluster reached over the test sshd with a password
 (TCP + scram). Its pg_dump is a wrapper that records its pid and the PGPASSFILE it was
-given, then execs the real pg_dump: the test knows which process and which file to watch.
+given, then execs the real pg_dump: the test knows which process to watch, and reads its
+environment while it runs.
 A lock held by the test makes pg_dump wait silently, the case where nothing else (no
 SIGPIPE on a write) would ever stop it.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD_ENV, REPO, cli, native_host, write_inventory
+from tests.conftest import PASSWORD, PASSWORD_ENV, REPO, cli, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint
 from tests.remote_helpers import kill_ssh_sessions, ssh_block, wait_for, wrapped_pg_dump_bindir
@@ -111,13 +113,13 @@ def test_remote_pg_dump_stops_and_its_password_file_goes_when_the_client_goes(w,
         try:
             wait_for(lambda: _recorded(w) and lock.pg_dump_waiting(), 60, "pg_dump blocked on the lock")
             [(pid, pgpass)] = _recorded(w)
-            assert Path(pgpass).is_file() and Path(pgpass).stat().st_mode & 0o077 == 0  # it was really there
+            # the password reached pg_dump by its environment, not by a file on the host
+            assert pgpass == "" and f"PGPASSWORD={PASSWORD}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
             if how == "client SIGKILLed":
                 p.kill()
             else:
                 kill_ssh_sessions(ssh_server)
             wait_for(lambda: _gone(pid), 15, "the remote pg_dump to stop")
-            wait_for(lambda: not Path(pgpass).parent.exists(), 15, "the remote pgpass folder to go")
             wait_for(lambda: _pg_dump_backends(pg_sql) == 0, 15, "pg_dump's session to end")
             out, err = p.communicate(timeout=60)
         finally:
@@ -135,14 +137,13 @@ def test_remote_pg_dump_stops_and_its_password_file_goes_when_the_client_goes(w,
             assert json.loads(m.read_text())["status"] in ("STARTED", "FAILED")
 
 
-def test_a_finished_remote_command_leaves_no_password_file(w, pg_sql, cli_env):
-    """Each remote command gets its own pgpass file, removed when it ends (before: one file
-    per run, removed only by a client that lived to the end)."""
+def test_no_password_file_on_the_host_and_none_on_any_command_line(w, pg_sql, cli_env):
+    """A backup and a pull of a native SSH host: the password only ever travels on the
+    channel's stdin and lives in the environment of the remote processes."""
     r = cli("db.backup", "--host", "prodn", "-i", str(w.inv), env=cli_env)
     assert r.returncode == 0, r.stderr + r.stdout
     r = cli("db.pull", "--from", "prodn", "--to", "dev", "-i", str(w.inv), env=cli_env)
     assert r.returncode == 0, r.stderr + r.stdout
-    recs = _recorded(w)
-    assert len(recs) == 2 and len({f for _, f in recs}) == 2
-    for _, f in recs:
-        assert not Path(f).parent.exists(), f
+    assert [f for _, f in _recorded(w)] == ["", ""]
+    sent = (w.proj / "backups").rglob("*")
+    assert not any(PASSWORD.encode() in p.read_bytes() for p in sent if p.is_file())

@@ -1,0 +1,117 @@
+"""Publishing a finished archive is one step: never an archive under its final name
+without a DONE manifest (CONTRACTS s.2). A break-it trial interrupted ``db.backup --host
+prod`` right after the rename: SIGINT left the complete archive with an EMPTY manifest (the
+remote ``cat > tmp && mv`` took the dead client's EOF for the end of the data), SIGTERM
+with a FAILED one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from bigskies_ops import signals
+from bigskies_ops.backup import publish, record_failure
+from bigskies_ops.catalog import read_manifest, write_manifest
+from bigskies_ops.errors import Interrupted, StorageError
+from bigskies_ops.inventory import parse
+from bigskies_ops.runners import LocalRunner
+from bigskies_ops.ssh import SSHRunner
+from tests.remote_helpers import ssh_block
+
+
+@pytest.fixture
+def fresh_signals():
+    signals._received.clear()
+    signals._held.clear()
+    yield
+    signals._received.clear()
+    signals._held.clear()
+
+
+def test_a_signal_during_a_deferred_step_is_raised_when_the_step_ends(fresh_signals):
+    steps = []
+    with pytest.raises(Interrupted) as ei:
+        with signals.interrupts_unwind():
+            with signals.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after the signal")  # the step is not cut in two
+            steps.append("never: raised when the step ended")
+    assert steps == ["after the signal"] and ei.value.signum == signal.SIGTERM
+
+
+def test_without_a_deferred_step_the_signal_is_raised_at_once(fresh_signals):
+    steps = []
+    with pytest.raises(Interrupted):
+        with signals.interrupts_unwind():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("never")
+    assert steps == []
+
+
+def _finished(tmp_path):
+    partial = tmp_path / "db_backup_20260101_000000.sql.gz.partial"
+    partial.write_bytes(b"complete archive")
+    final = str(tmp_path / "db_backup_20260101_000000.sql.gz")
+    manifest = {"schema_version": 1, "status": "DONE", "archive": os.path.basename(final), "bytes": 16}
+    return str(partial), final, manifest
+
+
+def test_publish_renames_and_records_done(tmp_path):
+    partial, final, manifest = _finished(tmp_path)
+    publish(LocalRunner(), partial, final, manifest)
+    assert not os.path.exists(partial) and open(final, "rb").read() == b"complete archive"
+    assert read_manifest(LocalRunner(), final)["status"] == "DONE"
+
+
+def test_publish_takes_the_archive_back_when_its_manifest_cannot_be_written(tmp_path):
+    partial, final, manifest = _finished(tmp_path)
+    os.mkdir(final + ".manifest.json")  # the manifest's rename fails
+    with pytest.raises(Exception):
+        publish(LocalRunner(), partial, final, manifest)
+    assert not os.path.exists(final)
+
+
+def test_publish_refuses_to_overwrite(tmp_path):
+    partial, final, manifest = _finished(tmp_path)
+    open(final, "wb").write(b"someone else's")
+    with pytest.raises(StorageError, match="refusing to overwrite"):
+        publish(LocalRunner(), partial, final, manifest)
+    assert open(final, "rb").read() == b"someone else's"
+
+
+def test_a_signal_held_by_publish_leaves_the_done_backup_as_it_is(tmp_path):
+    """record_failure after publish's held signal: the DONE manifest stays DONE, the archive stays."""
+    partial, final, manifest = _finished(tmp_path)
+    publish(LocalRunner(), partial, final, manifest)
+    with pytest.raises(Interrupted):
+        record_failure(Interrupted(signal.SIGINT), manifest, 0.0, LocalRunner(), final, partial, None, None, print)
+    assert read_manifest(LocalRunner(), final)["status"] == "DONE" and os.path.exists(final)
+    # the same interruption before the DONE manifest was written: recorded as FAILED
+    final2 = final.replace("000000", "000001")
+    m2 = dict(manifest, status="STARTED", archive=os.path.basename(final2))
+    write_manifest(LocalRunner(), final2, m2)
+    with pytest.raises(Interrupted):
+        record_failure(Interrupted(signal.SIGINT), m2, 0.0, LocalRunner(), final2, final2 + ".partial", None, None,
+                       print)
+    assert json.load(open(final2 + ".manifest.json"))["status"] == "FAILED"
+
+
+def test_remote_atomic_write_keeps_the_old_file_when_the_data_ends_early(tmp_path, ssh_server):
+    """The remote side of write_atomic sees EOF when the client dies mid-send; it checks the
+    byte count before the rename (the old file stays, no temp file is left)."""
+    doc = {"hosts": {"prod": {"connection": "ssh", "project_dir": str(tmp_path / "proj"),
+                              "ssh": ssh_block(ssh_server)}}}
+    host = parse(doc, tmp_path / "inv.yaml").hosts["prod"]
+    target = tmp_path / "m.json"
+    with SSHRunner(host) as r:
+        r.write_atomic(str(target), b'{"status": "DONE"}')
+        assert target.read_bytes() == b'{"status": "DONE"}'
+        # what a dead client leaves: fewer bytes than the count the command line carries
+        res = r.script(SSHRunner.WRITE_SCRIPT, str(tmp_path), "640", str(target), "18", input=b"", check=False)
+        assert res.returncode != 0
+        res = r.script(SSHRunner.WRITE_SCRIPT, str(tmp_path), "640", str(target), "18", input=b'{"sta', check=False)
+        assert res.returncode != 0
+    assert target.read_bytes() == b'{"status": "DONE"}'
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
