@@ -452,27 +452,27 @@ def _keep_session_while_idle(session: SqlSession, manifest: dict) -> None:
 
 
 def publish(writer, partial: str, final: str, manifest: dict) -> None:
-    """Rename the finished ``partial`` to ``final`` and write its DONE ``manifest``, as one
-    step: SIGINT/SIGTERM are held meanwhile (:func:`bigskies_ops.signals.deferred`), and a
-    manifest that cannot be written takes the archive back out. So there is never an
-    archive under its final name without a DONE manifest (CONTRACTS s.2).
+    """Record the DONE ``manifest`` of the finished ``partial``, then rename it to ``final``.
+
+    In this order an archive under its final name always has a DONE manifest (CONTRACTS
+    s.2), whatever stops us: a SIGKILL or a lost connection between the two steps leaves
+    a DONE manifest whose archive is missing (``Backup.status`` MISSING, never picked as
+    ``latest``) next to the complete ``.partial``, which a rerun of ``db.pull --existing``
+    publishes. A break-it trial found complete archives with STARTED, FAILED, empty or no
+    manifests when the rename came first. SIGINT/SIGTERM are held for the step
+    (:func:`bigskies_ops.signals.deferred`).
 
     Raises:
         StorageError: ``final`` exists already, or the manifest could not be written.
-        Interrupted: a signal arrived during the step (raised after it, the backup is DONE).
+        Interrupted: a signal arrived during the step (raised after it; the backup is DONE).
     """
     from . import signals
     with signals.deferred():
+        if writer.exists(final):  # never a manifest over someone else's archive
+            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+        write_manifest(writer, final, manifest)
         if not writer.link_noreplace(partial, final):
             raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
-        try:
-            write_manifest(writer, final, manifest)
-        except BaseException:
-            try:
-                writer.remove(final)
-            except BigskiesError:
-                pass
-            raise
 
 
 def _done_on_disk(writer, final: str) -> bool:
@@ -490,6 +490,7 @@ def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: s
     by :func:`publish` arrives after the DONE manifest: then only ``e`` is re-raised."""
     if isinstance(e, (Interrupted, KeyboardInterrupt)) and manifest.get("status") == "DONE" \
             and _done_on_disk(writer, final):
+        notify(f"the backup had finished before the signal; kept: {final}")
         raise e
     if proc is not None:
         proc.kill()

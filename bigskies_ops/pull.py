@@ -591,7 +591,15 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                     man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
                     have_sha, have_size = _sha256_local(final)
                     if (have_sha, have_size) == (want_sha, want_size):
-                        b = Backup(pdir, name, read_manifest(lr, final), have_size, origin_dir=src.name)
+                        here = read_manifest(lr, final)
+                        if man is not None and (here or {}).get("status") != "DONE":
+                            # an archive whose manifest never got written (by a version that
+                            # renamed first and was killed): its checked copy gets one now
+                            here = dict(man, pulled_from=f"{src.name}:{rpath}", pulled_at=iso(utcnow()),
+                                        pull_mode="existing", pull_resumed_at=None)
+                            here.setdefault("origin_host", src.name)
+                            write_manifest(lr, final, here)
+                        b = Backup(pdir, name, here, have_size, origin_dir=src.name)
                         return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
                     raise StorageError(f"{final} exists with different content; refusing to overwrite it")
                 had_partial = lr.exists(partial)

@@ -67,9 +67,12 @@ def deferred():
         yield
         return
     _depth += 1
+    held: list[int] = []
     try:
         yield
     finally:
         _depth -= 1
-    if not _depth and _held:
-        raise Interrupted(_held.pop())
+        if not _depth:  # an error leaving the step ends the command anyway: drop what was held
+            held, _held[:] = _held[:], []
+    if held:
+        raise Interrupted(held[0])

@@ -215,7 +215,8 @@ def describe(argv: list[str]) -> str:
         if RC_MARK in a[2]:
             return "the remote pipeline " + " | ".join(
                 m.group(1).split(" ", 1)[0] for m in re.finditer(r"\{ (\S+[^;]*); echo", a[2]))
-        return ("a remote shell step" + (f" on {shlex.join(args)}" if args else ""))[:200]
+        paths = [x for x in args if "/" in x]  # modes, sizes and offsets are noise to the reader
+        return ("a remote shell step" + (f" on {shlex.join(paths)}" if paths else ""))[:200]
     return shlex.join(a)[:200]
 
 

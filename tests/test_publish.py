@@ -13,7 +13,7 @@ import pytest
 
 from bigskies_ops import signals
 from bigskies_ops.backup import publish, record_failure
-from bigskies_ops.catalog import read_manifest, write_manifest
+from bigskies_ops.catalog import latest, list_backups, read_manifest, write_manifest
 from bigskies_ops.errors import Interrupted, StorageError
 from bigskies_ops.inventory import parse
 from bigskies_ops.runners import LocalRunner
@@ -65,12 +65,32 @@ def test_publish_renames_and_records_done(tmp_path):
     assert read_manifest(LocalRunner(), final)["status"] == "DONE"
 
 
-def test_publish_takes_the_archive_back_when_its_manifest_cannot_be_written(tmp_path):
+def test_publish_leaves_the_archive_unpublished_when_its_manifest_cannot_be_written(tmp_path):
     partial, final, manifest = _finished(tmp_path)
     os.mkdir(final + ".manifest.json")  # the manifest's rename fails
     with pytest.raises(Exception):
         publish(LocalRunner(), partial, final, manifest)
-    assert not os.path.exists(final)
+    assert not os.path.exists(final) and os.path.exists(partial)
+
+
+class _DiesAtTheRename(LocalRunner):
+    """What a SIGKILL or a lost connection between the two steps leaves behind."""
+
+    def link_noreplace(self, src, dst):
+        raise SystemExit("killed")
+
+
+def test_stopped_between_manifest_and_rename_no_archive_without_done(tmp_path):
+    """The DONE manifest comes first: stopped before the rename, the folder holds a DONE
+    manifest whose archive is missing (MISSING, never `latest`) and the complete .partial;
+    never an archive under its final name without a DONE manifest."""
+    partial, final, manifest = _finished(tmp_path)
+    manifest.update(database="db", started_at="2026-01-01T00:00:00Z")
+    with pytest.raises(SystemExit):
+        publish(_DiesAtTheRename(), partial, final, manifest)
+    assert not os.path.exists(final) and open(partial, "rb").read() == b"complete archive"
+    (b,) = list_backups(LocalRunner(), str(tmp_path))
+    assert b.status == "MISSING" and latest([b], "db") is None
 
 
 def test_publish_refuses_to_overwrite(tmp_path):

@@ -260,6 +260,28 @@ def test_resumed_existing_pull_rehashes_the_prefix_and_catches_a_corrupted_one(r
     assert local.read_bytes() == r.data
 
 
+def test_existing_pull_after_a_kill_at_publishing_completes_the_record(raw_prod, cli_env):
+    """What a kill between the two publishing steps leaves: a DONE manifest and the complete
+    .partial (now), or - from a version that renamed first - the archive without a
+    manifest, listed as a legacy file (break-it trial). A rerun completes either."""
+    r = raw_prod
+    pull = ("db.pull", "-i", str(r.inv), "--from", "prod", "--to", "laptop", "--existing", r.name)
+    local, partial, lman = r.pdir / r.name, r.pdir / (r.name + ".partial"), r.pdir / (r.name + ".manifest.json")
+    r.pdir.mkdir(parents=True)
+    partial.write_bytes(r.data)
+    lman.write_text(json.dumps(r.man))
+    p = cli(*pull, env=cli_env)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert local.read_bytes() == r.data and not partial.exists() and json.loads(lman.read_text())["status"] == "DONE"
+    lman.unlink()
+    p = cli(*pull, env=cli_env)
+    assert p.returncode == 0 and "already" in (p.stdout + p.stderr).lower(), p.stderr + p.stdout
+    m = json.loads(lman.read_text())
+    assert m["status"] == "DONE" and m["sha256"] == r.man["sha256"] and m["pull_mode"] == "existing"
+    p = cli("db.list", "-i", str(r.inv), "--host", "laptop", "--origin", "prod", env=cli_env)
+    assert p.returncode == 0 and "legacy" not in p.stdout.lower(), p.stdout
+
+
 def test_existing_pull_of_a_missing_or_unfinished_archive_leaves_no_trace(raw_prod, cli_env):
     r = raw_prod
     before = dir_hashes(r.bdir)
