@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess, SqlSession, ident, lit, pgsql
-from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, read_manifest, utcnow,
-                      write_manifest)
+from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, parse_archive_name, read_manifest,
+                      utcnow, write_manifest)
 from .errors import BigskiesError, CommandError, Interrupted, StorageError
 from .inventory import Host
 from .locks import host_lock
@@ -475,6 +475,46 @@ def publish(writer, partial: str, final: str, manifest: dict) -> None:
             raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
 
 
+def settle_interrupted(runner, bdir: str, db: str, notify, what: str = "backup", *, orphans: bool = False) -> None:
+    """Under the (host, database) lock, deal with what killed runs of ``db`` left in ``bdir``:
+    a ``.partial`` whose manifest is DONE and whose size is the manifest's was stopped
+    between the two steps of :func:`publish` and is published now (its checks had passed);
+    a ``.partial`` beside a STARTED manifest is removed and the manifest becomes FAILED (it
+    would be listed as 'started' for ever; break-it trials). A ``.partial`` without a
+    manifest is someone else's download (``db.restore --from-offsite`` writes one without
+    holding the lock) and is left alone, unless ``orphans`` (a streamed pull's own folder,
+    where a rerun starts over)."""
+    for n in runner.listdir(bdir):
+        if not n.endswith(PARTIAL_SUFFIX):
+            continue
+        arch = n[: -len(PARTIAL_SUFFIX)]
+        p = parse_archive_name(arch)
+        if p is None or p.database != db:
+            continue
+        part, final = posixpath.join(bdir, n), posixpath.join(bdir, arch)
+        try:
+            m = read_manifest(runner, final)
+        except (BigskiesError, OSError, ValueError):
+            m = None
+        status = (m or {}).get("status")
+        if status not in ("DONE", "STARTED") and not (orphans and m is None):
+            continue
+        try:
+            if (status == "DONE" and m.get("bytes") == runner.size(part) and not runner.exists(final)
+                    and runner.link_noreplace(part, final)):
+                notify(f"published {arch}: a run that was stopped while publishing had finished it")
+                continue
+            runner.remove(part)
+            notify(f"removed {n} left by an interrupted {what}"
+                   + (" (a streamed pull starts over)" if what == "pull" else ""))
+            if status == "STARTED":
+                m.update({"status": "FAILED", "error": f"interrupted: the {what} ended without finishing; "
+                          f"its .partial was removed by a later {what}", "phase": m.get("phase")})
+                write_manifest(runner, final, m)
+        except (BigskiesError, OSError) as e:
+            notify(f"warning: could not settle {n}: {e}")
+
+
 def _done_on_disk(writer, final: str) -> bool:
     try:
         return writer.exists(final) and (read_manifest(writer, final) or {}).get("status") == "DONE"
@@ -585,6 +625,7 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         bdir = host.backup.dir
         runner.makedirs(bdir)
         with host_lock(runner, bdir, host.name, db, task, notify=notify):
+            settle_interrupted(runner, bdir, db, notify)
             res = _backup_locked(access, host, bdir, db, fmt, level, label, kind, tuple(exclude_table_data),
                                  schema_only, progress, notify, verbose=verbose)
         _size_alert(host, res, notify, runner)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from . import __version__, gz, signals
 from .access import PostgresAccess
 from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, publish,
-                     record_failure, snapshot_facts, split_qualified, stream_manifest_tables)
+                     record_failure, settle_interrupted, snapshot_facts, split_qualified, stream_manifest_tables)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
@@ -96,6 +96,7 @@ def remote_backup(host: Host, *, fmt: str | None = None, label: str | None = Non
         bdir = host.backup.dir
         runner.makedirs(bdir)
         with host_lock(runner, bdir, host.name, db, task, notify=notify):
+            settle_interrupted(runner, bdir, db, notify)
             return _dump(access, runner, bdir, db=db, fmt=fmt, mode="remote", kind=kind, label=label,
                          excl=tuple(exclude_table_data), schema_only=schema_only, progress=progress, notify=notify)
 
@@ -124,7 +125,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     pdir = local_pull_dir(dest, src)
     lr.makedirs(pdir)
     with host_lock(lr, pdir, src.name, db, "db.pull", notify=notify):
-        _remove_old_partials(lr, pdir, db, notify)
+        settle_interrupted(lr, pdir, db, notify, "pull", orphans=True)
         with _ssh_runner(src, notify) as runner, PostgresAccess(src, runner) as access:
             return _dump(access, lr, pdir, db=db, fmt=fmt, mode="stream", kind="pulled", label=label,
                          excl=(), schema_only=False, progress=progress, notify=notify, growing=growing)
@@ -192,24 +193,6 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
             while t.is_alive():  # a failed restore still lets the pull finish: its archive is a good backup
                 t.join(0.5)
     return box["res"], rr
-
-
-def _remove_old_partials(lr, pdir: str, db: str, notify) -> None:
-    for n in lr.listdir(pdir):
-        if n.endswith(PARTIAL_SUFFIX):
-            p = parse_archive_name(n[: -len(PARTIAL_SUFFIX)])
-            if p is not None and p.database == db:
-                arch = posixpath.join(pdir, n[: -len(PARTIAL_SUFFIX)])
-                lr.remove(posixpath.join(pdir, n))
-                notify(f"removed {n} left by an interrupted pull (a streamed pull starts over)")
-                try:  # its STARTED manifest would be listed as 'started' for ever (break-it trial)
-                    m = read_manifest(lr, arch)
-                    if m is not None and m.get("status") == "STARTED":
-                        m.update({"status": "FAILED", "error": "interrupted: the pull ended without finishing; "
-                                  "its .partial was removed by a later pull", "phase": m.get("phase")})
-                        write_manifest(lr, arch, m)
-                except (BigskiesError, ValueError) as e:
-                    notify(f"warning: could not mark the manifest of {n} FAILED: {e}")
 
 
 # ----------------------------------------------------------------------------- the dump

@@ -135,3 +135,31 @@ def test_remote_atomic_write_keeps_the_old_file_when_the_data_ends_early(tmp_pat
         assert res.returncode != 0
     assert target.read_bytes() == b'{"status": "DONE"}'
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_the_next_backup_settles_what_killed_runs_left(local_inv, dbname, cli_env):
+    """Under the lock, `db.backup` publishes a run's complete .partial whose DONE manifest was
+    written (killed while publishing), marks a STARTED run FAILED and removes its .partial,
+    and leaves a .partial without a manifest alone (an offsite download in progress)."""
+    from tests.conftest import cli
+    inv, bdir = local_inv
+    bdir.mkdir(parents=True, exist_ok=True)
+    done = f"{dbname}_backup_20260101_000000.sql.gz"
+    (bdir / (done + ".partial")).write_bytes(b"x" * 100)
+    write_manifest(LocalRunner(), str(bdir / done), {"schema_version": 1, "status": "DONE", "database": dbname,
+                                                   "archive": done, "bytes": 100,
+                                                   "started_at": "2026-01-01T00:00:00Z"})
+    started = f"{dbname}_backup_20260101_000001.sql.gz"
+    (bdir / (started + ".partial")).write_bytes(b"half")
+    write_manifest(LocalRunner(), str(bdir / started), {"schema_version": 1, "status": "STARTED",
+                                                      "database": dbname, "archive": started,
+                                                      "started_at": "2026-01-01T00:00:01Z"})
+    fetching = bdir / f"{dbname}_backup_20260101_000002.sql.gz.partial"
+    fetching.write_bytes(b"download in progress")
+    r = cli("db.backup", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (bdir / done).read_bytes() == b"x" * 100 and not (bdir / (done + ".partial")).exists()
+    assert f"published {done}" in r.stdout + r.stderr
+    assert not (bdir / (started + ".partial")).exists()
+    assert read_manifest(LocalRunner(), str(bdir / started))["status"] == "FAILED"
+    assert fetching.read_bytes() == b"download in progress"
