@@ -451,28 +451,31 @@ def _keep_session_while_idle(session: SqlSession, manifest: dict) -> None:
         session.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
 
 
-def publish(writer, partial: str, final: str, manifest: dict) -> None:
-    """Record the DONE ``manifest`` of the finished ``partial``, then rename it to ``final``.
+def publish(writer, partial: str, final: str, manifest: dict | None) -> None:
+    """Record the DONE ``manifest`` of the finished ``partial``, then rename it to ``final``
+    (``manifest`` None: a legacy archive without one, only renamed).
 
     In this order an archive under its final name always has a DONE manifest (CONTRACTS
     s.2), whatever stops us: a SIGKILL or a lost connection between the two steps leaves
     a DONE manifest whose archive is missing (``Backup.status`` MISSING, never picked as
-    ``latest``) next to the complete ``.partial``, which a rerun of ``db.pull --existing``
-    publishes. A break-it trial found complete archives with STARTED, FAILED, empty or no
-    manifests when the rename came first. SIGINT/SIGTERM are held for the step
-    (:func:`bigskies_ops.signals.deferred`).
+    ``latest``) next to the complete ``.partial``, which the next run publishes
+    (:func:`settle_interrupted`, or a rerun of ``db.pull --existing``). A break-it trial
+    found complete archives with STARTED, FAILED, empty or no manifests when the rename
+    came first. SIGINT/SIGTERM are held for the step (:func:`bigskies_ops.signals.deferred`).
 
     Raises:
         StorageError: ``final`` exists already, or the manifest could not be written.
         Interrupted: a signal arrived during the step (raised after it; the backup is DONE).
     """
     from . import signals
+    taken = StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
     with signals.deferred():
         if writer.exists(final):  # never a manifest over someone else's archive
-            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
-        write_manifest(writer, final, manifest)
+            raise taken
+        if manifest is not None:
+            write_manifest(writer, final, manifest)
         if not writer.link_noreplace(partial, final):
-            raise StorageError(f"{final} appeared while we were writing; refusing to overwrite it")
+            raise taken
 
 
 def settle_interrupted(runner, bdir: str, db: str, notify, what: str = "backup", *, orphans: bool = False) -> None:

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, gz, signals
+from . import __version__, gz
 from .access import PostgresAccess
 from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, publish,
                      record_failure, settle_interrupted, snapshot_facts, split_qualified, stream_manifest_tables)
@@ -578,9 +578,7 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                         if man is not None and (here or {}).get("status") != "DONE":
                             # an archive whose manifest never got written (by a version that
                             # renamed first and was killed): its checked copy gets one now
-                            here = dict(man, pulled_from=f"{src.name}:{rpath}", pulled_at=iso(utcnow()),
-                                        pull_mode="existing", pull_resumed_at=None)
-                            here.setdefault("origin_host", src.name)
+                            here = _pulled_manifest(man, src, rpath, 0)
                             write_manifest(lr, final, here)
                         b = Backup(pdir, name, here, have_size, origin_dir=src.name)
                         return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
@@ -613,19 +611,13 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                     raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
                                        f"{want_size}, sha256 {'differs' if got_sha != want_sha else 'equal'}); the "
                                        f"partial file was removed, run the pull again")
-                local_man = dict(man) if man else {
+                local_man = _pulled_manifest(man or {
                     "schema_version": 1, "status": "DONE", "kind": "manual", "origin_host": src.name,
                     "database": db, "archive": name, "format": None, "sha256": want_sha, "bytes": want_size,
-                    "legacy": True, "verifications": [], "offsite": []}
-                local_man.update({"pulled_from": f"{src.name}:{rpath}", "pulled_at": iso(utcnow()),
-                                  "pull_mode": "existing", "pull_resumed_at": offset or None})
-                local_man.setdefault("origin_host", src.name)
-                if man is not None:  # rename (the folder is fsynced) and DONE manifest as one step
-                    publish(lr, partial, final, local_man)
-                else:  # a legacy file without a manifest stays one
-                    with signals.deferred():
-                        if not lr.link_noreplace(partial, final):
-                            raise StorageError(f"{final} appeared while we were pulling; refusing to overwrite it")
+                    "legacy": True, "verifications": [], "offsite": []}, src, rpath, offset)
+                # DONE manifest, then the rename (the folder is fsynced); a legacy file without
+                # a manifest stays one
+                publish(lr, partial, final, local_man if man is not None else None)
                 b = Backup(pdir, name, local_man if man is not None else None, got_size, origin_dir=src.name)
                 return PullResult(b, local_man, offset, time.monotonic() - t0)
         except BaseException:
@@ -635,6 +627,15 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                 except OSError:
                     break
             raise
+
+
+def _pulled_manifest(man: dict, src: Host, rpath: str, offset: int) -> dict:
+    """The local manifest of an archive pulled from ``src:rpath``: its manifest there, with
+    where and when it was pulled and from which byte a resume started (``offset``, bytes)."""
+    m = dict(man, pulled_from=f"{src.name}:{rpath}", pulled_at=iso(utcnow()), pull_mode="existing",
+             pull_resumed_at=offset or None)
+    m.setdefault("origin_host", src.name)
+    return m
 
 
 def _missing_dirs(path: str) -> list[str]:

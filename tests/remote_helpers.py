@@ -109,6 +109,15 @@ def pg_dump_waiting(pc, database: str) -> bool:
                         "AND wait_event_type = 'Lock'", database).strip() not in ("", "0")
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie nobody reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
 def wait_for(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -25,8 +25,8 @@ from tests.conftest import PASSWORD_ENV, cli, load_bigskies, native_host, write_
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint, dir_hashes
 from tests.remote_helpers import (PROD_PW, PROD_PW_ENV, PROD_TPL, TableLock, drop_prod_db, kill_ssh_sessions,
-                                  new_prod_db, pg_dump_waiting, prod_host, prod_sql, ssh_block, wait_for,
-                                  wrapped_pg_dump_bindir)
+                                  new_prod_db, pg_dump_waiting, process_gone, prod_host, prod_sql, ssh_block,
+                                  wait_for, wrapped_pg_dump_bindir)
 
 
 @pytest.fixture(scope="module")
@@ -579,9 +579,7 @@ def test_a_killed_existing_pull_takes_its_ssh_client_along(raw_prod, cli_env):
     p.kill()
     p.wait()
     try:
-        wait_for(lambda: not Path(f"/proc/{ssh}").exists() or
-                 Path(f"/proc/{ssh}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
-                 10, "the ssh client to die with the tool")
+        wait_for(lambda: process_gone(ssh), 10, "the ssh client to die with the tool")
     finally:
         try:
             os.kill(ssh, signal.SIGKILL)

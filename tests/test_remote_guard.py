@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import PASSWORD, PASSWORD_ENV, REPO, cli, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint
-from tests.remote_helpers import kill_ssh_sessions, ssh_block, wait_for, wrapped_pg_dump_bindir
+from tests.remote_helpers import kill_ssh_sessions, process_gone, ssh_block, wait_for, wrapped_pg_dump_bindir
 
 
 class World:
@@ -79,14 +79,6 @@ class NativeLock:
         self.proc.wait(15)
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"
-
-
 def _pg_dump_backends(pg_sql) -> int:
     return int(pg_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
                       "postgres").strip() or 0)
@@ -119,7 +111,7 @@ def test_remote_pg_dump_stops_and_its_password_file_goes_when_the_client_goes(w,
                 p.kill()
             else:
                 kill_ssh_sessions(ssh_server)
-            wait_for(lambda: _gone(pid), 15, "the remote pg_dump to stop")
+            wait_for(lambda: process_gone(pid), 15, "the remote pg_dump to stop")
             wait_for(lambda: _pg_dump_backends(pg_sql) == 0, 15, "pg_dump's session to end")
             out, err = p.communicate(timeout=60)
         finally:
