@@ -738,17 +738,22 @@ class _FollowHash(threading.Thread):
 
 
 class _Flusher(threading.Thread):
-    """Push a growing file's data to disk while it is written (``fdatasync`` every
-    ``period`` seconds), so the ``fsync`` before the final rename has little left to do
-    instead of the whole archive (779 MB took ~1.8 s at the end on the reference machine).
+    """Push a growing file's data to disk while it is written: ``fdatasync`` whenever the
+    file has grown, checked every ``period`` seconds (float), so the ``fsync`` before the
+    final rename has little left to do instead of the whole archive (779 MB took ~1.8 s
+    at the end on the reference machine). A file that stops growing (a stalled transfer)
+    costs one ``fstat`` per period, no disk flush.
 
-    Measured and rejected: Linux ``sync_file_range`` (start writeback without waiting,
-    even waiting for each range) keeps the copy a little faster but leaves ~0.8-1.1 s for
-    the final fsync (the disk's own write cache is only flushed by fsync/fdatasync), so
-    copy + fsync took longer (median 3.5-3.8 s vs 3.0-3.3 s for 779 MB); periods of 0.1
-    and 0.5 s measured the same as 0.25 s within noise."""
+    Measured (779 MB over loopback SSH, 2-core VM with a virtio disk, 10 interleaved runs,
+    median copy + fsync): period 0.25 s 3.88 s, 0.1 s 3.71 s, 0.02 s 3.59 s, against
+    3.16 s for ``ssh cat FILE > FILE`` that leaves the whole file unwritten in the page
+    cache. Small, frequent flushes keep the disk busy all along instead of in bursts that
+    stall the writer. Also measured and rejected: Linux ``sync_file_range`` (start
+    writeback without waiting) leaves ~0.8-1.1 s for the final fsync (the disk's own
+    write cache is only flushed by fsync/fdatasync); preallocating the file
+    (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``) made no difference."""
 
-    def __init__(self, path: str, period: float = 0.25):
+    def __init__(self, path: str, period: float = 0.02):
         super().__init__(daemon=True)
         self.path, self.period = path, period
         self.done = threading.Event()
@@ -760,9 +765,13 @@ class _Flusher(threading.Thread):
         except OSError:
             return  # the final fsync reports real problems
         try:
+            synced = -1
             while not self.done.wait(self.period):
                 try:
-                    self._sync(fd)
+                    size = os.fstat(fd).st_size
+                    if size != synced:
+                        self._sync(fd)
+                        synced = size
                 except OSError:
                     return
         finally:

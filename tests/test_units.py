@@ -399,3 +399,37 @@ def test_human_lines_are_printed_as_is(monkeypatch, tty):
     output.note("warning: [red]z:thumbs_up:")
     assert o.getvalue() == "backup x:smile:[b]y.sql.gz written\n"
     assert e.getvalue() == "warning: [red]z:thumbs_up:\n"
+
+
+def test_flusher_syncs_a_growing_file_and_not_a_stalled_one(tmp_path):
+    """pull._Flusher: the data of a file that grows reaches the disk while it grows (a real
+    fdatasync on a real file, counted); a file that stops growing (a stalled transfer)
+    is not flushed again every period."""
+    import os
+    import time
+    from bigskies_ops.pull import _Flusher
+    path = tmp_path / "growing.partial"
+    path.write_bytes(b"")
+    fl = _Flusher(str(path), period=0.01)
+    synced_sizes = []
+    real = fl._sync
+
+    def counted(fd):
+        real(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+    fl._sync = counted
+    fl.start()
+    try:
+        with open(path, "ab") as f:
+            for _ in range(5):
+                f.write(b"x" * 65536)
+                f.flush()
+                time.sleep(0.05)
+        grown = len(synced_sizes)
+        time.sleep(0.3)  # 30 periods without growth
+        stalled = len(synced_sizes) - grown
+    finally:
+        fl.done.set()
+        fl.join(5)
+    assert grown >= 5 and synced_sizes[-1] == 5 * 65536
+    assert stalled == 0
