@@ -22,6 +22,7 @@ import re
 import signal
 from typing import Iterable
 
+from . import output
 from .errors import BigskiesError, CommandError, PostgresError
 from .inventory import Host
 from .pgtools import PgVersion, conn_args, parse_tool_version, psql_args
@@ -58,7 +59,7 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
     where = f"{pg.host or pg.socket_dir or 'default socket'}:{pg.port}"
     m = re.search(r'password file "[^"]*" has group or world access[^\n]*', s)
     if m:  # libpq ignored the file; say so before the auth failure it causes
-        return f"{m.group(0)} (libpq ignored it). Fix: inv db.pgpass --host {host.name}"
+        return f"{m.group(0)} (libpq ignored it). Fix: {output.command()} db.pgpass --host {host.name}"
     if "password authentication failed" in s or "no password supplied" in s:
         return f"authentication failed for user {pg.user!r} at {where} (check {pg.password_env or 'the passfile'})"
     if re.search(r"does not exist", s) and "database" in s and "FATAL" in s:
@@ -66,7 +67,10 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
         return f"database {m.group(1) if m else pg.database!r} does not exist on {host.name}"
     if ("Connection refused" in s or "No such file or directory" in s and "connection to server" in s
             or "could not connect" in s or "timeout expired" in s):
-        return f"PostgreSQL on {host.name} is unreachable at {where}"
+        m = re.search(r"(?:failed|error): ((?:Connection refused|No such file or directory|timeout expired|"
+                      r"could not [^\n]*?))\s*$", s, re.M)
+        why = f" ({m.group(1).strip()})" if m else ""  # libpq's own reason (a trial missed it)
+        return f"PostgreSQL on {host.name} is unreachable at {where}{why}"
     if host.container:
         c = host.container.name
         if re.search(r"no such container|no container with name or ID", s, re.I):
@@ -74,7 +78,7 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
         if re.search(r"is not running|container state improper|can only exec", s, re.I):
             return f"container {c!r} is not running on {host.name}"
     if "has group or world access" in s:
-        return (f"{s.strip().splitlines()[0]}  (fix: chmod 0600 the file, or run `inv db.pgpass --host {host.name}`)")
+        return (f"{s.strip().splitlines()[0]}  (fix: chmod 0600 the file, or run `{output.command()} db.pgpass --host {host.name}`)")
     return None
 
 

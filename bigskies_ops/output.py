@@ -18,8 +18,22 @@ from .catalog import Backup, human_age, human_bytes, utcnow
 if TYPE_CHECKING:
     from rich.console import Console
 
+_command = "inv"
 _out = None
 _err = None
+
+
+def command() -> str:
+    """The command that copy-paste hints name: ``bigskies-ops`` when that console script
+    (or ``python -m bigskies_ops``) runs, which works from any folder, else ``inv``
+    (which needs the repo's tasks.py). A trial found hints that named the other one."""
+    return _command
+
+
+def set_command(name: str) -> None:
+    """Set what :func:`command` returns (called by the console script's main)."""
+    global _command
+    _command = name
 
 
 def out() -> "Console":

@@ -41,7 +41,8 @@ def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | 
     h = protected[0]
     db = database or h.postgres.database
     if not force_protected or confirm != db:
-        raise SafetyError(f"refused: {h.name} is protected; {action} needs --force-protected --confirm {db}")
+        wrong = f" (--confirm {confirm} is not the database name)" if confirm is not None and confirm != db else ""
+        raise SafetyError(f"refused: {h.name} is protected; {action} needs --force-protected --confirm {db}{wrong}")
 
 
 def is_tty(stream: TextIO | None = None) -> bool:

@@ -13,6 +13,7 @@ The callers (tasks) apply the safety policy and confirmations first.
 """
 from __future__ import annotations
 
+from . import output
 from . import compose as cmp
 from . import stack
 from .backup import backup as run_backup
@@ -72,7 +73,7 @@ def before_risky_change(host: Host, *, restart_service: str | None = None, label
             cmp.run_compose(runner, host, "restart", restart_service)
     steps("Check PostgreSQL accepts connections")
     stack.wait_ready(host, timeout=60, notify=notify)
-    say(f"  If something breaks, restore: inv db.restore {res.backup.path} --host {host.name}")
+    say(f"  If something breaks, restore: {output.command()} db.restore {res.backup.path} --host {host.name}")
     return {"backup": res.backup.path, "steps": steps.done}
 
 

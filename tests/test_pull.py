@@ -120,6 +120,10 @@ def test_scenario_4_pull_from_prod_and_restore_on_dev_gives_prods_data(world, pg
     # the pulled backup is listed as prod's and is `latest` for a later restore
     lst = json.loads(cli("db.list", "-i", str(w.inv), "--host", "dev", "--origin", "prod", "--json", env=env).stdout)
     assert [(b["origin_host"], b["kind"], b["status"]) for b in lst["backups"]] == [("prod", "pulled", "DONE")]
+    # a plain listing of dev (no backups of its own) points to them (a trial looked there)
+    r = cli("db.list", "-i", str(w.inv), "--host", "dev", env=env)
+    assert r.returncode == 0 and "no backups in" in r.stdout, r.stdout
+    assert f"1 pulled from prod: bigskies-ops db.list --host dev --origin prod -i {w.inv}" in r.stdout, r.stdout
 
 
 def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, env):
@@ -174,14 +178,33 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     _change_prod(w)
     r = cli("db.restore", str(local), "-i", str(w.inv), "--host", "prod", "--yes", env=env)
     assert r.returncode == 3 and "--force-protected --confirm" in r.stderr
+    # a wrong --confirm is named as such (a trial got the same message as for a missing one)
+    r = cli("db.restore", str(local), "-i", str(w.inv), "--host", "prod", "--yes", "--force-protected",
+            "--confirm", "nope", env=env)
+    assert r.returncode == 3 and "(--confirm nope is not the database name)" in r.stderr, r.stderr
     r = cli("db.restore", str(local), "-i", str(w.inv), "--host", "prod", "--yes", "--force-protected",
             "--confirm", w.prod_db, env=env)
     assert r.returncode == 0, r.stderr + r.stdout
+    # hints name the command that ran (python -m bigskies_ops == bigskies-ops), never `inv`
+    assert "(undo: bigskies-ops db.restore --undo --host prod" in r.stdout and "inv db." not in r.stdout, r.stdout
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
     r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "SELECT count(*) AS n FROM users;", env=env)
     assert r.returncode == 0 and before["tables"]["public.users"].split()[0] in r.stdout, r.stderr
+    # a write on the protected host is refused by PostgreSQL (read-only session): exit 3, the
+    # flags to pass, and no stray "SET" in the output (the read-only rule is a session setting)
     r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "DELETE FROM users;", env=env)
-    assert r.returncode == 1 and "read-only" in r.stderr
+    assert r.returncode == 3, r.stderr
+    assert "prod is protected, so db.exec runs read-only there" in r.stderr, r.stderr
+    assert f"pass --write --force-protected --confirm {w.prod_db}" in r.stderr and "SET" not in r.stdout, r.stdout
+    assert db_fingerprint(w.prod_sql, w.prod_db) == before
+    # db.psql -c SQL runs it and exits, like psql -c (it opened an interactive shell that
+    # waited on the remote pty); so does SQL piped to db.psql; both read-only here too
+    r = cli("db.psql", "-i", str(w.inv), "--host", "prod", "-c", "SELECT 6 * 7 AS the_answer;", env=env, timeout=60)
+    assert r.returncode == 0 and "the_answer" in r.stdout and "42" in r.stdout, r.stderr
+    r = cli("db.psql", "-i", str(w.inv), "--host", "prod", env=env, input="SELECT 7 * 6 AS piped;\n", timeout=60)
+    assert r.returncode == 0 and "piped" in r.stdout and "42" in r.stdout, r.stderr
+    r = cli("db.psql", "-i", str(w.inv), "--host", "prod", "-c", "DELETE FROM users;", env=env, timeout=60)
+    assert r.returncode == 3 and "db.psql runs read-only there" in r.stderr, r.stderr
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
 
 

@@ -433,3 +433,19 @@ def test_flusher_syncs_a_growing_file_and_not_a_stalled_one(tmp_path):
         fl.join(5)
     assert grown >= 5 and synced_sizes[-1] == 5 * 65536
     assert stalled == 0
+
+
+@pytest.mark.parametrize("stderr, reason", [
+    ('psql: error: connection to server at "127.0.0.1", port 55431 failed: Connection refused\n'
+     '\tIs the server running on that host and accepting TCP/IP connections?', "Connection refused"),
+    ('pg_dump: error: connection to server on socket "/tmp/s/.s.PGSQL.55431" failed: No such file or directory\n'
+     '\tIs the server running locally and accepting connections on that socket?', "No such file or directory"),
+    ('psql: error: connection to server at "10.0.0.1", port 55431 failed: timeout expired\n', "timeout expired"),
+])
+def test_unreachable_postgres_keeps_libpqs_reason(stderr, reason):
+    """A new-user trial saw "unreachable" without libpq's reason (refused, no socket, timeout)."""
+    from types import SimpleNamespace as NS
+    from bigskies_ops.access import classify_pg_error
+    host = NS(name="prod", container=None, postgres=NS(host="127.0.0.1", socket_dir=None, port=55431, user="u",
+                                                       password_env=None, database="d"))
+    assert classify_pg_error(stderr, host) == f"PostgreSQL on prod is unreachable at 127.0.0.1:55431 ({reason})"

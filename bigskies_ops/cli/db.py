@@ -13,7 +13,7 @@ from ..backup import backup as run_backup
 from ..catalog import human_bytes, list_backups
 from ..errors import UsageError
 from ..restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
-from ..runners import LocalRunner, runner_for
+from ..runners import LocalRunner, runner_for, tail
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
 from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional
@@ -24,15 +24,8 @@ def _inv_flag(inventory: str | None) -> str:
     return f" -i {shlex.quote(inventory)}" if inventory else ""
 
 
-def _runner_name() -> str:
-    """``bigskies-ops`` when that console script is running (it works from any folder),
-    else ``inv`` (which needs the repo's tasks.py): hints name the command the user ran."""
-    from .program import program, running_program
-    return "bigskies-ops" if running_program() is program else "inv"
-
-
 def _restore_command(host, path: str, inventory: str | None = None) -> str:
-    cmd = _runner_name()
+    cmd = output.command()
     if host.is_remote:  # the archive is on that host; db.restore reads archives on this machine
         return (f"{cmd} db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}"
                 f"{_inv_flag(inventory)}   # then: {cmd} db.restore latest --origin {host.name} --host HOST")
@@ -138,13 +131,22 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
             output.say(f"{cpy['name']}  taken {cpy['at']}  {human_bytes(cpy['bytes'])}  replaced by {cpy['replaced_by']}")
         return
     runner = runner_for(h)
+    pulled: dict[str, int] = {}
     with runner:
         backups = list_backups(runner, h.backup.dir, origin=origin, include_all=all)
+        if not backups and not origin and not all and not json:
+            # pulled archives sit in <origin>/ sub-folders, which a plain listing leaves out
+            for b in list_backups(runner, h.backup.dir, include_all=True):
+                if b.origin_dir:
+                    pulled[b.origin_dir] = pulled.get(b.origin_dir, 0) + 1
     if json:
         output.emit_json({"host": h.name, "dir": h.backup.dir, "backups": [b.to_json() for b in backups]})
         return
     if not backups:
         output.say(f"no backups in {h.backup.dir}" + (f" from {origin}" if origin else ""))
+        for sub, n in sorted(pulled.items()):
+            output.say(f"  {n} pulled from {sub}: {output.command()} db.list --host {h.name} --origin {sub}"
+                       f"{_inv_flag(inventory)}")
         return
     output.print_table(output.backups_table(backups))
     if any(b.legacy for b in backups):
@@ -272,13 +274,13 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     output.say(f"Database restored successfully in {res.seconds:.1f} s "
                f"({res.checked_tables} tables checked against the manifest)")
     if res.pre_restore_copy:
-        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: inv db.restore --undo --host {h.name}{_inv_flag(inventory)})")
+        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: {output.command()} db.restore --undo --host {h.name}{_inv_flag(inventory)})")
     if res.coordinators:
         output.say(f"   Coordinators restarted: {', '.join(res.coordinators)}")
     output.say(f"   {mig['message']}")
     output.say()
     output.say("Verify with:")
-    output.say(f"  inv db.status --host {h.name}")
+    output.say(f"  {output.command()} db.status --host {h.name}")
     if h.compose:
         output.say(f"  {' '.join(h.compose.command_argv)} ps")
     output.result_line("changed", h.name, f"{res.database!r} restored from {os.path.basename(res.archive)}")
@@ -302,7 +304,11 @@ def _pick_interactively(h, origin) -> str:
         raise UsageError(f"no backup number {choice!r}")
 
 
-@task(help={"sql": "SQL text to run", "file": "SQL file to run", "host": HOST_HELP, "inventory": INVENTORY_HELP,
+READ_ONLY_PGOPTIONS = "-c default_transaction_read_only=on"
+
+
+@task(help={"sql": "SQL text to run", "file": "SQL file to run ('-': standard input)", "host": HOST_HELP,
+            "inventory": INVENTORY_HELP,
             "write": "allow writes on a protected host (needs --force-protected --confirm DBNAME)",
             "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
 @handles_errors
@@ -312,24 +318,43 @@ def exec(c, sql=None, file=None, host=None, write=False, force_protected=False, 
     h = inv.host(host)
     if bool(sql) == bool(file):
         raise UsageError("pass exactly one of --sql TEXT or --file PATH")
-    text = sql if sql else _read(file)
+    _run_sql(h, sql if sql else _read(file), write=write, force_protected=force_protected, confirm=confirm,
+             task="exec")
+
+
+def _run_sql(h, text: str, *, write: bool, force_protected: bool, confirm: str | None, task: str) -> None:
+    """Run ``text`` (SQL) with psql on host ``h`` (stops at the first error) and print
+    its output. On a protected host without ``--write`` every transaction is read-only
+    (``default_transaction_read_only``, set for the session through ``PGOPTIONS``, so
+    nothing is added to the output).
+
+    Raises:
+        SafetyError (exit 3): ``--write`` on a protected host without its confirmation
+            flags, or SQL that tried to write on a protected host without ``--write``.
+        PostgresError (exit 1): psql failed.
+    """
+    from ..errors import PostgresError, SafetyError
+    from ..pgtools import PSQL_BASE
     read_only = h.protected and not write
     if h.protected and write:
-        check_destructive(h, "exec --write", database=h.postgres.database, force_protected=force_protected,
+        check_destructive(h, f"{task} --write", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
-    if read_only:
-        text = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;\n" + text
-    from ..pgtools import PSQL_BASE
     with PostgresAccess(h) as access:
         r = access.run_tool("psql", [*[a for a in PSQL_BASE if a != "-q"], "--dbname", h.postgres.database],
-                            input=text.encode(), check=False)
+                            input=text.encode(), check=False, pgoptions=READ_ONLY_PGOPTIONS if read_only else None)
     sys.stdout.write(r.text)
     if r.returncode != 0:
-        from ..errors import PostgresError
+        if read_only and "read-only transaction" in r.stderr:  # SQLSTATE 25006
+            raise SafetyError(
+                f"refused: {h.name} is protected, so db.{task} runs read-only there and PostgreSQL refused a "
+                f"write ({tail(r.stderr, 200)}); to write, pass --write --force-protected --confirm "
+                f"{h.postgres.database}")
         raise PostgresError(f"psql failed (exit {r.returncode}): {r.stderr.strip()[-600:]}")
 
 
 def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -337,14 +362,22 @@ def _read(path: str) -> str:
         raise UsageError(f"--file {path}: {e.strerror}")
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP,
+@task(help={"command": "run this SQL and exit, as psql -c does (no terminal needed)",
+            "host": HOST_HELP, "inventory": INVENTORY_HELP,
             "write": "allow writes on a protected host (needs --force-protected --confirm DBNAME)",
             "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
 @handles_errors
-def psql(c, host=None, write=False, force_protected=False, confirm=None, inventory=None):
-    """Open an interactive psql shell (the only task that gets a real TTY)."""
+def psql(c, command=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
+    """Open an interactive psql shell (the only task that gets a real TTY); with -c SQL, or
+    with SQL on a standard input that is not a terminal, run it and exit (as db.exec)."""
     inv = load_inventory(inventory)
     h = inv.host(host)
+    if command is not None or not sys.stdin.isatty():
+        # `-c SQL` is psql's own flag (a trial typed it and got an interactive shell that
+        # waited on a remote pty); piped SQL is a script, not a session
+        _run_sql(h, command if command is not None else sys.stdin.read(), write=write,
+                 force_protected=force_protected, confirm=confirm, task="psql")
+        return
     if h.protected and write:
         check_destructive(h, "psql --write", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
@@ -353,7 +386,7 @@ def psql(c, host=None, write=False, force_protected=False, confirm=None, invento
         argv = access.tool_argv("psql", ["--dbname", h.postgres.database])
         env = dict(os.environ, **access.env())
         if read_only:
-            env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+            env["PGOPTIONS"] = READ_ONLY_PGOPTIONS
         if h.container:
             i = argv.index("exec")
             argv[i + 1:i + 2] = ["-it"] + (["-e", "PGOPTIONS"] if read_only else [])

@@ -54,6 +54,7 @@ def main() -> None:
     Exit status: the task's (``invoke.Exit`` code; CONTRACTS.md section 5), 0 on success,
     1 without a traceback when stdout is a pipe closed early (``| head``).
     """
+    output.set_command("bigskies-ops")
     try:
         program.run()
         code = 0
