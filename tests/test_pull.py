@@ -145,6 +145,11 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     pdir = w.dev_bdir / "prod"
     local = pdir / src.name
     assert local.read_bytes() == data
+    # the summary says where the copy is, and the restore hint names that local copy
+    # (a trial saw "Pulled to" above "Backup completed" and a hint to pull it again)
+    out = r.stdout
+    assert out.index("Backup completed successfully") < out.index(f"   Pulled to: {local} (size and sha256 checked")
+    assert f"bigskies-ops db.restore {local} --host dev -i {w.inv}" in out and "--existing" not in out, out
     lm = json.loads(Path(str(local) + ".manifest.json").read_text())
     assert lm["sha256"] == m["sha256"] and lm["pulled_from"] == f"prod:{src}" and lm["origin_host"] == "prod"
 

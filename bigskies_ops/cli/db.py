@@ -71,9 +71,11 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
         res = run_backup(h, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
                          schema_only=schema_only, progress=cb, notify=output.note, verbose=verbose)
     m = res.manifest
+    copy = None
     if pull:
         from .db_remote import pull_after_backup
-        m = dict(m, pulled_copy=pull_after_backup(inv, h, res, json=json))
+        copy = pull_after_backup(inv, h, res, json=json)
+        m = dict(m, pulled_copy={k: copy[k] for k in ("path", "bytes", "sha256")})
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res.backup.to_json(), "manifest": m,
                           "warnings": res.warnings})
@@ -84,7 +86,9 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     if m.get("raw_bytes"):
         output.say(f"   Size: {human_bytes(m['raw_bytes'])} (SQL)")
     output.say(f"   Compressed: {human_bytes(m['bytes'])} ({m['compressor']}, level {m['compress_level']})")
-    output.say(f"   Path: {res.backup.path}")
+    output.say(f"   Path: {res.backup.path}" + (f" (on {h.name})" if h.is_remote else ""))
+    if copy:
+        output.say(f"   Pulled to: {copy['path']} (size and sha256 checked, {copy['rate']})")
     output.say(f"   sha256: {m['sha256']}")
     head = m.get("schema_migrations_head") or {}
     output.say(f"   Tables: {len(m.get('tables', []))}, rows: {rows:,}; migration head: {head.get('version') or '-'}"
@@ -96,7 +100,11 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
                        else output.backups_table(list_backups(runner_for(h), h.backup.dir)[:5]))
     output.say()
     output.say("To restore this backup:")
-    output.say(f"  {_restore_command(h, res.backup.path, inventory)}")
+    if copy:  # already here: restore the local copy
+        output.say(f"  {output.command()} db.restore {shlex.quote(copy['path'])} --host {copy['to']}"
+                   f"{_inv_flag(inventory)}")
+    else:
+        output.say(f"  {_restore_command(h, res.backup.path, inventory)}")
     output.result_line("changed", h.name, f"backup {res.backup.name} written")
 
 

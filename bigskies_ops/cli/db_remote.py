@@ -179,15 +179,19 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
 
 def pull_after_backup(inv: Inventory, h: Host, res, *, json: bool = False) -> dict:
     """``db.backup --host prod --pull``: copy the archive just written on ``h`` (and its
-    manifest) into the local backup dir under ``<h>/``, size and sha256 checked."""
+    manifest) into the local backup dir under ``<h>/``, size and sha256 checked.
+
+    Returns:
+        ``{"path", "bytes", "sha256"}`` of the local copy, plus ``"to"`` (the local host
+        that received it) and ``"rate"`` (text, for the summary); the caller prints them.
+    """
     if not h.is_remote:
         raise UsageError(f"--pull: {h.name} is a local host; its backup is already here")
     dest = local_destination(inv, None)
     with _progress(f"pull from {h.name}", json) as cb:
         pr = pull_existing(h, dest, res.backup.path, progress=cb, notify=output.note)
-    if not json:
-        output.say(f"   Pulled to: {pr.backup.path} (size and sha256 checked, {_mbps(pr.backup.size or 0, pr.seconds)})")
-    return {"path": pr.backup.path, "bytes": pr.backup.size, "sha256": pr.manifest.get("sha256")}
+    return {"path": pr.backup.path, "bytes": pr.backup.size, "sha256": pr.manifest.get("sha256"),
+            "to": dest.name, "rate": _mbps(pr.backup.size or 0, pr.seconds)}
 
 
 # ----------------------------------------------------------------------------- fleet forms
