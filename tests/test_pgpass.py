@@ -116,7 +116,7 @@ def test_libpq_uses_the_file_and_a_too_open_one_is_refused_with_libpqs_reason(tm
         r = cli(*task, "-i", str(no_var), env=env)
         assert r.returncode == 2, r.stdout + r.stderr
         assert f'password file "{passfile}" has group or world access; permissions should be u=rw (0600)' in r.stderr
-        assert "inv db.pgpass --host dev" in r.stderr
+        assert "Fix: bigskies-ops db.pgpass --host dev" in r.stderr  # the command that ran
     # the failed backup keeps only its FAILED manifest (CONTRACTS.md section 2), no archive
     assert not [f for f in os.listdir(tmp_path / "b") if f.endswith((".sql.gz", ".dump", ".partial"))]
 

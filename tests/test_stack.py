@@ -445,7 +445,7 @@ def test_scenario_before_risky_change_backs_up_restarts_and_says_how_to_go_back(
     r = stack.cli("scenario.before-risky-change", "--restart", "bootstrap")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Step 1/3: Back up" in r.stdout and "Step 2/3: Make the change: restart service 'bootstrap'" in r.stdout
-    assert "If something breaks, restore: inv db.restore" in r.stdout
+    assert "If something breaks, restore: bigskies-ops db.restore" in r.stdout  # the command that ran
     assert len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")]) == n + 1
     stack.wait_sessions(COORD_SESSIONS)
 
