@@ -59,7 +59,7 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
     where = f"{pg.host or pg.socket_dir or 'default socket'}:{pg.port}"
     m = re.search(r'password file "[^"]*" has group or world access[^\n]*', s)
     if m:  # libpq ignored the file; say so before the auth failure it causes
-        return f"{m.group(0)} (libpq ignored it). Fix: {output.command()} db.pgpass --host {host.name}"
+        return f"{m.group(0)} (libpq ignored it). Fix: {output.hint(f'db.pgpass --host {host.name}')}"
     if "password authentication failed" in s or "no password supplied" in s:
         return f"authentication failed for user {pg.user!r} at {where} (check {pg.password_env or 'the passfile'})"
     if re.search(r"does not exist", s) and "database" in s and "FATAL" in s:
@@ -78,7 +78,7 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
         if re.search(r"is not running|container state improper|can only exec", s, re.I):
             return f"container {c!r} is not running on {host.name}"
     if "has group or world access" in s:
-        return (f"{s.strip().splitlines()[0]}  (fix: chmod 0600 the file, or run `{output.command()} db.pgpass --host {host.name}`)")
+        return (f"{s.strip().splitlines()[0]}  (fix: chmod 0600 the file, or run `{output.hint(f'db.pgpass --host {host.name}')}`)")
     return None
 
 

@@ -949,7 +949,7 @@ def after_restore(host: Host, database: str | None = None, *, apply: bool = Fals
     elif pending:
         out["message"] = (f"migrations: restored head is {st['head']}; {len(pending)} pending: "
                           f"{', '.join(out['pending'])}" + ("" if apply else
-                                                            f" (apply with {output.command()} db.migrate --host {host.name})"))
+                                                            f" (apply with {output.hint(f'db.migrate --host {host.name}')})"))
     else:
         out["message"] = f"migrations: up to date (head {st['head']})"
     if apply and pending and not (ahead or changed or st["adoption_problem"]):

@@ -36,6 +36,24 @@ def set_command(name: str) -> None:
     _command = name
 
 
+_inventory_flag = ""
+
+
+def set_inventory(path: str | None) -> None:
+    """Remember the inventory named on the command line (``-i FILE``), so that hints
+    repeat it: without it a copied hint acts on ./inventory.yaml's host of the same
+    name (found by a break-it trial)."""
+    global _inventory_flag
+    import shlex
+    _inventory_flag = f" -i {shlex.quote(path)}" if path else ""
+
+
+def hint(args: str) -> str:
+    """A command line to copy: :func:`command`, ``args`` (a task and its flags), and
+    ``-i FILE`` when the inventory was named on the command line."""
+    return f"{_command} {args}{_inventory_flag}"
+
+
 def out() -> "Console":
     global _out
     from rich.console import Console  # (imported on first use: a cron run prints plain lines)

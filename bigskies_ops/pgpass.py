@@ -201,7 +201,7 @@ def check_mode(runner, path: str, host_name: str) -> None:
     mode = file_mode(runner, path)
     if mode is not None and mode & 0o077:
         raise PgpassError(LIBPQ_MODE_REASON.format(path=path)
-                          + f" (mode {mode:04o}; libpq ignores such a file). Fix: {output.command()} db.pgpass --host {host_name}")
+                          + f" (mode {mode:04o}; libpq ignores such a file). Fix: {output.hint(f'db.pgpass --host {host_name}')}")
 
 
 def converge(host: Host, *, runner=None, path: str | None = None) -> PgpassResult:

@@ -73,7 +73,7 @@ def before_risky_change(host: Host, *, restart_service: str | None = None, label
             cmp.run_compose(runner, host, "restart", restart_service)
     steps("Check PostgreSQL accepts connections")
     stack.wait_ready(host, timeout=60, notify=notify)
-    say(f"  If something breaks, restore: {output.command()} db.restore {res.backup.path} --host {host.name}")
+    say(f"  If something breaks, restore: {output.hint(f'db.restore {res.backup.path} --host {host.name}')}")
     return {"backup": res.backup.path, "steps": steps.done}
 
 

@@ -192,6 +192,8 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     assert r.returncode == 0, r.stderr + r.stdout
     # hints name the command that ran (python -m bigskies_ops == bigskies-ops), never `inv`
     assert "(undo: bigskies-ops db.restore --undo --host prod" in r.stdout and "inv db." not in r.stdout, r.stdout
+    # ... and repeat -i FILE: without it a copied hint acts on ./inventory.yaml (break-it trial)
+    assert f"  bigskies-ops db.status --host prod -i {w.inv}" in r.stdout, r.stdout
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
     r = cli("db.exec", "-i", str(w.inv), "--host", "prod", "--sql", "SELECT count(*) AS n FROM users;", env=env)
     assert r.returncode == 0 and before["tables"]["public.users"].split()[0] in r.stdout, r.stderr
@@ -210,6 +212,9 @@ def test_backup_on_prod_pull_resume_and_restore_back_into_protected_prod(world, 
     assert r.returncode == 0 and "piped" in r.stdout and "42" in r.stdout, r.stderr
     r = cli("db.psql", "-i", str(w.inv), "--host", "prod", "-c", "DELETE FROM users;", env=env, timeout=60)
     assert r.returncode == 3 and "db.psql runs read-only there" in r.stderr, r.stderr
+    r = cli("db.psql", "-i", str(w.inv), "--host", "prod", "-c", "SELECT no_such_function();", env=env, timeout=60)
+    assert r.returncode == 1 and "the SQL failed (psql exit status 3): " in r.stderr, r.stderr
+    assert "no_such_function" in r.stderr, r.stderr
     assert db_fingerprint(w.prod_sql, w.prod_db) == before
 
 

@@ -15,6 +15,10 @@ JSON_HELP = "machine-readable output (UTC ISO-8601 times, sizes in bytes)"
 
 
 def load_inventory(path: str | None) -> Inventory:
+    """The inventory at ``path`` (``-i``), else $BIGSKIES_INVENTORY, else ./inventory.yaml;
+    hints printed later repeat ``-i path`` (:func:`bigskies_ops.output.hint`)."""
+    from .. import output
+    output.set_inventory(path)
     return load(path)
 
 

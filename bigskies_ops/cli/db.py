@@ -8,7 +8,7 @@ import sys
 from invoke import Collection, task
 
 from .. import output
-from ..access import PostgresAccess
+from ..access import PostgresAccess, classify_pg_error
 from ..backup import backup as run_backup
 from ..catalog import human_bytes, list_backups
 from ..errors import UsageError
@@ -288,7 +288,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     output.say(f"   {mig['message']}")
     output.say()
     output.say("Verify with:")
-    output.say(f"  {output.command()} db.status --host {h.name}")
+    output.say(f"  {output.hint(f'db.status --host {h.name}')}")
     if h.compose:
         output.say(f"  {' '.join(h.compose.command_argv)} ps")
     output.result_line("changed", h.name, f"{res.database!r} restored from {os.path.basename(res.archive)}")
@@ -345,7 +345,7 @@ def _run_sql(h, text: str, *, write: bool, force_protected: bool, confirm: str |
     from ..pgtools import PSQL_BASE
     read_only = h.protected and not write
     if h.protected and write:
-        check_destructive(h, f"{task} --write", database=h.postgres.database, force_protected=force_protected,
+        check_destructive(h, f"db.{task} --write", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
     with PostgresAccess(h) as access:
         r = access.run_tool("psql", [*[a for a in PSQL_BASE if a != "-q"], "--dbname", h.postgres.database],
@@ -357,7 +357,11 @@ def _run_sql(h, text: str, *, write: bool, force_protected: bool, confirm: str |
                 f"refused: {h.name} is protected, so db.{task} runs read-only there and PostgreSQL refused a "
                 f"write ({tail(r.stderr, 200)}); to write, pass --write --force-protected --confirm "
                 f"{h.postgres.database}")
-        raise PostgresError(f"psql failed (exit {r.returncode}): {r.stderr.strip()[-600:]}")
+        # psql's own exit status (2: no connection, 3: an error in the SQL with ON_ERROR_STOP);
+        # ours is 1 (failed), CONTRACTS.md section 5
+        why = classify_pg_error(r.stderr, h) or r.stderr.strip()[-600:]
+        what = "the SQL failed" if r.returncode == 3 else "psql failed"
+        raise PostgresError(f"{what} (psql exit status {r.returncode}): {why}")
 
 
 def _read(path: str) -> str:
@@ -387,7 +391,7 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
                  force_protected=force_protected, confirm=confirm, task="psql")
         return
     if h.protected and write:
-        check_destructive(h, "psql --write", database=h.postgres.database, force_protected=force_protected,
+        check_destructive(h, "db.psql --write", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
     read_only = h.protected and not write
     with PostgresAccess(h) as access:

@@ -168,7 +168,7 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
                        f"({rr.checked_tables} tables checked against the manifest)")
             if rr.pre_restore_copy:
                 output.say(f"   Previous database kept as: {rr.pre_restore_copy}  "
-                           f"(undo: {output.command()} db.restore --undo --host {dest.name})")
+                           f"(undo: {output.hint(f'db.restore --undo --host {dest.name}')})")
     if json:
         output.emit_json(facts)
         return

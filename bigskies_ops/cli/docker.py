@@ -193,7 +193,8 @@ def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protect
         return
     if res["backup"]:
         output.say(f"Pre-purge backup: {res['backup']}")
-        output.say(f"  restore after `{output.command()} docker.up`: {output.command()} db.restore {res['backup']} --host {h.name} --roles")
+        again = output.hint(f"db.restore {res['backup']} --host {h.name} --roles")
+        output.say(f"  restore after `{output.hint('docker.up')}`: {again}")
     output.result_line("changed", h.name, f"project {res['project']!r} purged; volume {res['volume']} removed")
 
 
