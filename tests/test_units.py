@@ -449,3 +449,22 @@ def test_unreachable_postgres_keeps_libpqs_reason(stderr, reason):
     host = NS(name="prod", container=None, postgres=NS(host="127.0.0.1", socket_dir=None, port=55431, user="u",
                                                        password_env=None, database="d"))
     assert classify_pg_error(stderr, host) == f"PostgreSQL on prod is unreachable at 127.0.0.1:55431 ({reason})"
+
+
+def test_confirmation_flags_have_no_short_form_and_psql_c_is_sql():
+    """--force-protected and --confirm are typed in full in every task; ``db.psql -c`` is
+    SQL as in psql (a break-it trial found -c/-o/-f meaning different things in db.exec
+    and db.psql, and -c opening a shell)."""
+    from bigskies_ops.cli import ns
+    seen = 0
+    for name in ns.task_names:
+        t = ns[name]
+        for arg in t.get_arguments():
+            if arg.attr_name in ("force_protected", "confirm") or arg.name in ("force_protected", "confirm"):
+                assert len(arg.names) == 1, (name, arg.names)
+                seen += 1
+    assert seen >= 8
+    psql_args = {a.name: a.names for a in ns["db.psql"].get_arguments()}
+    assert psql_args["command"] == ("command", "c")
+    exec_args = {a.name: a.names for a in ns["db.exec"].get_arguments()}
+    assert exec_args["sql"] == ("sql", "s") and exec_args["file"] == ("file", "f")

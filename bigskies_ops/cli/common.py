@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import functools
 
+import functools
+
+import invoke
 from invoke import Exit
 
 from ..errors import BigskiesError, Interrupted
@@ -81,3 +84,21 @@ def handles_errors(fn):
             one_line = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())  # tool stderr tails
             raise Exit(f"error: {one_line}", code=e.exit_code)
     return wrapper
+
+
+class _Task(invoke.Task):
+    """Invoke's Task, but the safety policy's confirmation flags (``--force-protected``,
+    ``--confirm DBNAME``) have no short form: they are typed in full, and ``-c`` stays
+    free for what it means elsewhere (``db.psql -c SQL`` as in psql; a break-it trial
+    found ``-c``/``-o``/``-f`` meaning different things in db.exec and db.psql)."""
+
+    LONG_ONLY = frozenset({"force_protected", "confirm"})
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if name in self.LONG_ONLY:
+            opts["names"] = opts["names"][:1]
+        return opts
+
+
+task = functools.partial(invoke.task, klass=_Task)

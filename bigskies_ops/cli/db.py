@@ -5,7 +5,7 @@ import os
 import shlex
 import sys
 
-from invoke import Collection, task
+from invoke import Collection
 
 from .. import output
 from ..access import PostgresAccess, classify_pg_error
@@ -16,7 +16,7 @@ from ..restore import pre_restore_copies, resolve_archive, restore as run_restor
 from ..runners import LocalRunner, runner_for, tail
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional, task
 
 
 def _inv_flag(inventory: str | None) -> str:

@@ -6,14 +6,13 @@ docs/credentials.md describe the behaviour.
 """
 from __future__ import annotations
 
-from invoke import task
 
 from .. import output
 from ..errors import SafetyError, UsageError
 from ..migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
 from ..pgpass import converge
 from ..safety import check_destructive
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 def _int(flag: str, value) -> int | None:

@@ -3,13 +3,13 @@ verify, prune, offsite, health, schedule (and the run that cron starts). Thin: t
 library modules verify, retention, offsite, health and schedule do the work."""
 from __future__ import annotations
 
-from invoke import Exit, task
+from invoke import Exit
 
 from .. import output
 from ..catalog import human_age, human_bytes
 from ..errors import BigskiesError, UsageError
 from ..safety import check_destructive
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional, task
 
 PROTECT_HELP = {"force_protected": "allow this on a protected host (with --confirm DBNAME)",
                 "confirm": "the database name, repeated, for protected hosts"}

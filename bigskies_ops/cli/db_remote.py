@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from invoke import Exit, task
+from invoke import Exit
 
 from .. import output
 from ..catalog import human_bytes, list_backups
@@ -14,7 +14,7 @@ from ..fleet import exit_code, prefixed, run_on_hosts
 from ..inventory import Host, Inventory
 from ..pull import pull_and_restore, pull_existing, pull_format, pull_stream
 from ..safety import check_destructive, confirm_or_refuse
-from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 class LineProgress:

@@ -1,12 +1,11 @@
 """``db.*`` tasks contributed by the stack feature (registered into the db namespace by cli/db.py)."""
 from __future__ import annotations
 
-from invoke import task
 
 from .. import output, stack
 from ..catalog import human_bytes
 from ..errors import UsageError
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})

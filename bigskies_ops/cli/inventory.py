@@ -1,11 +1,11 @@
 """``inventory.*`` tasks: show the resolved inventory, validate it."""
 from __future__ import annotations
 
-from invoke import Collection, task
+from invoke import Collection
 
 from .. import output
 from ..inventory import redacted_view
-from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 @task(help={"host": "host, group or comma list (default: every host)", "inventory": INVENTORY_HELP,

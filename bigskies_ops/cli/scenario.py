@@ -4,12 +4,12 @@ Each prints its steps as it runs them; see docs/stack.md for the mapping.
 """
 from __future__ import annotations
 
-from invoke import Collection, task
+from invoke import Collection
 
 from .. import output, scenarios
 from ..errors import UsageError
 from ..safety import check_destructive, confirm_or_refuse
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory
+from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 def _host(inventory, host):
