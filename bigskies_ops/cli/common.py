@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 
-import functools
-
 import invoke
 from invoke import Exit
 

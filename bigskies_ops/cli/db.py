@@ -19,19 +19,13 @@ from ..status import status as run_status
 from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional, task
 
 
-def _inv_flag(inventory: str | None) -> str:
-    """`` -i FILE`` for copy-paste hints when the inventory was named explicitly."""
-    return f" -i {shlex.quote(inventory)}" if inventory else ""
-
-
-def _restore_command(host, path: str, inventory: str | None = None) -> str:
-    cmd = output.command()
+def _restore_command(host, path: str) -> str:
     if host.is_remote:  # the archive is on that host; db.restore reads archives on this machine
-        return (f"{cmd} db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}"
-                f"{_inv_flag(inventory)}   # then: {cmd} db.restore latest --origin {host.name} --host HOST")
+        return (f"{output.hint(f'db.pull --from {host.name} --existing {shlex.quote(os.path.basename(path))}')}"
+                f"   # then: {output.command()} db.restore latest --origin {host.name} --host HOST")
     rel = os.path.relpath(path)
     shown = path if rel.startswith("..") else rel  # relative to this folder only when inside it
-    return f"{cmd} db.restore {shlex.quote(shown)} --host {host.name}{_inv_flag(inventory)}"
+    return output.hint(f"db.restore {shlex.quote(shown)} --host {host.name}")
 
 
 @task(iterable=["exclude_table_data"], help={
@@ -101,10 +95,9 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     output.say()
     output.say("To restore this backup:")
     if copy:  # already here: restore the local copy
-        output.say(f"  {output.command()} db.restore {shlex.quote(copy['path'])} --host {copy['to']}"
-                   f"{_inv_flag(inventory)}")
+        output.say("  " + output.hint(f"db.restore {shlex.quote(copy['path'])} --host {copy['to']}"))
     else:
-        output.say(f"  {_restore_command(h, res.backup.path, inventory)}")
+        output.say(f"  {_restore_command(h, res.backup.path)}")
     output.result_line("changed", h.name, f"backup {res.backup.name} written")
 
 
@@ -153,8 +146,7 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
     if not backups:
         output.say(f"no backups in {h.backup.dir}" + (f" from {origin}" if origin else ""))
         for sub, n in sorted(pulled.items()):
-            output.say(f"  {n} pulled from {sub}: {output.command()} db.list --host {h.name} --origin {sub}"
-                       f"{_inv_flag(inventory)}")
+            output.say(f"  {n} pulled from {sub}: {output.hint(f'db.list --host {h.name} --origin {sub}')}")
         return
     output.print_table(output.backups_table(backups))
     if any(b.legacy for b in backups):
@@ -282,7 +274,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     output.say(f"Database restored successfully in {res.seconds:.1f} s "
                f"({res.checked_tables} tables checked against the manifest)")
     if res.pre_restore_copy:
-        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: {output.command()} db.restore --undo --host {h.name}{_inv_flag(inventory)})")
+        output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: {output.hint(f'db.restore --undo --host {h.name}')})")
     if res.coordinators:
         output.say(f"   Coordinators restarted: {', '.join(res.coordinators)}")
     output.say(f"   {mig['message']}")
@@ -326,27 +318,36 @@ def exec(c, sql=None, file=None, host=None, write=False, force_protected=False, 
     h = inv.host(host)
     if bool(sql) == bool(file):
         raise UsageError("pass exactly one of --sql TEXT or --file PATH")
-    _run_sql(h, sql if sql else _read(file), write=write, force_protected=force_protected, confirm=confirm,
+    text = sql if sql else _read(file)
+    _run_sql(h, text, read_only=_read_only(h, "exec", write=write, force_protected=force_protected, confirm=confirm),
              task="exec")
 
 
-def _run_sql(h, text: str, *, write: bool, force_protected: bool, confirm: str | None, task: str) -> None:
+def _read_only(h, task: str, *, write: bool, force_protected: bool, confirm: str | None) -> bool:
+    """Whether ``db.<task>`` (exec, psql) runs read-only on ``h``: on a protected host
+    unless ``--write``, which needs ``--force-protected --confirm DBNAME``.
+
+    Raises:
+        SafetyError (exit 3): ``--write`` on a protected host without those flags.
+    """
+    if h.protected and write:
+        check_destructive(h, f"db.{task} --write", database=h.postgres.database, force_protected=force_protected,
+                          confirm=confirm)
+    return h.protected and not write
+
+
+def _run_sql(h, text: str, *, read_only: bool, task: str) -> None:
     """Run ``text`` (SQL) with psql on host ``h`` (stops at the first error) and print
-    its output. On a protected host without ``--write`` every transaction is read-only
+    its output. ``read_only``: every transaction is read-only
     (``default_transaction_read_only``, set for the session through ``PGOPTIONS``, so
     nothing is added to the output).
 
     Raises:
-        SafetyError (exit 3): ``--write`` on a protected host without its confirmation
-            flags, or SQL that tried to write on a protected host without ``--write``.
+        SafetyError (exit 3): SQL that tried to write in a read-only session.
         PostgresError (exit 1): psql failed.
     """
     from ..errors import PostgresError, SafetyError
     from ..pgtools import PSQL_BASE
-    read_only = h.protected and not write
-    if h.protected and write:
-        check_destructive(h, f"db.{task} --write", database=h.postgres.database, force_protected=force_protected,
-                          confirm=confirm)
     with PostgresAccess(h) as access:
         r = access.run_tool("psql", [*[a for a in PSQL_BASE if a != "-q"], "--dbname", h.postgres.database],
                             input=text.encode(), check=False, pgoptions=READ_ONLY_PGOPTIONS if read_only else None)
@@ -384,16 +385,12 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
     with SQL on a standard input that is not a terminal, run it and exit (as db.exec)."""
     inv = load_inventory(inventory)
     h = inv.host(host)
+    read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)
     if command is not None or not sys.stdin.isatty():
         # `-c SQL` is psql's own flag (a trial typed it and got an interactive shell that
         # waited on a remote pty); piped SQL is a script, not a session
-        _run_sql(h, command if command is not None else sys.stdin.read(), write=write,
-                 force_protected=force_protected, confirm=confirm, task="psql")
+        _run_sql(h, command if command is not None else sys.stdin.read(), read_only=read_only, task="psql")
         return
-    if h.protected and write:
-        check_destructive(h, "db.psql --write", database=h.postgres.database, force_protected=force_protected,
-                          confirm=confirm)
-    read_only = h.protected and not write
     with PostgresAccess(h) as access:
         argv = access.tool_argv("psql", ["--dbname", h.postgres.database])
         env = dict(os.environ, **access.env())

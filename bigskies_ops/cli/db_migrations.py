@@ -6,7 +6,6 @@ docs/credentials.md describe the behaviour.
 """
 from __future__ import annotations
 
-
 from .. import output
 from ..errors import SafetyError, UsageError
 from ..migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status

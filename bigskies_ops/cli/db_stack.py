@@ -1,7 +1,6 @@
 """``db.*`` tasks contributed by the stack feature (registered into the db namespace by cli/db.py)."""
 from __future__ import annotations
 
-
 from .. import output, stack
 from ..catalog import human_bytes
 from ..errors import UsageError
