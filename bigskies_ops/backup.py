@@ -160,8 +160,8 @@ class _Sink:
         self.tail = b""
         self._copy = None
         if track_copy and fmt == "plain":
-            from .restore import OwnerAclFilter
-            self._copy = OwnerAclFilter(drop=False, emit=False, count_rows=True)
+            from .plainsql import OwnerAclFilter
+            self._copy = OwnerAclFilter(emit=False, count_rows=True)
 
     def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
         """End the stream; the ``COPY ... FROM stdin`` blocks in stream order: their tables
@@ -171,6 +171,11 @@ class _Sink:
             raise ValueError("COPY blocks are tracked only for plain dumps with track_copy")
         self._copy.flush()  # the last bytes
         return list(self._copy.copy_tables), list(self._copy.copy_rows)
+
+    def named_roles(self) -> tuple[set[str], set[str]]:
+        """The roles the dump's statements name (owners, grantees, ...) and the extensions
+        it creates (after :meth:`copy_blocks`)."""
+        return set(self._copy.roles), set(self._copy.facts.extensions)
 
     def _emit(self, data: bytes):
         if data:
@@ -195,6 +200,31 @@ class _Sink:
             self._emit(self.comp.flush())
 
 
+def database_properties_sql(database: str | None = None) -> pgsql.Composable:
+    """What a plain ``pg_dump`` (without ``--create``) leaves out of the archive but the
+    database had: its settings (``ALTER DATABASE ... SET``), its roles' settings in it
+    (``ALTER ROLE ... IN DATABASE ... SET``), its privileges, owner and comment (pg_dump
+    docs, ``--create``; pg_dumpall dumps the role settings). The backup records the row
+    in the manifest as ``database_properties``; a restore gives them back
+    (restore.apply_properties). Settings are the server's own ``name=value`` strings
+    (pg_db_role_setting), privileges the ``aclitem`` texts (None: the defaults).
+
+    Args:
+        database: the database to describe (default: the session's own).
+    """
+    return pgsql.SQL(
+        "SELECT (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s "
+        "        WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings, "
+        "  (SELECT coalesce(json_agg(json_build_object('role', r.rolname, 'settings', s.setconfig) "
+        "                            ORDER BY r.rolname), '[]') "
+        "   FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
+        "   WHERE s.setdatabase = d.oid) AS role_settings, "
+        "  d.datacl::text[] AS acl, pg_catalog.pg_get_userbyid(d.datdba) AS owner, "
+        "  pg_catalog.shobj_description(d.oid, 'pg_database') AS comment "
+        "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(
+            pgsql.SQL("current_database()") if database is None else lit(database))
+
+
 def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) -> tuple[str, list[dict]]:
     """In ``session`` (not yet in a transaction): open the REPEATABLE READ, READ ONLY
     transaction whose snapshot pg_dump shares (``pg_dump --snapshot``, PostgreSQL docs
@@ -210,6 +240,7 @@ def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) 
     manifest["snapshot"] = snap["s"]
     tables = session.query(TABLES_SQL)
     manifest["schema_migrations_head"] = migration_head(session)
+    manifest["database_properties"] = session.query(database_properties_sql())[0]
     manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
     return snap["s"], tables
 
@@ -434,6 +465,8 @@ def stream_manifest_tables(session: SqlSession, sink, tables: list[dict], *, exc
     through :func:`plain_manifest_tables` in the snapshot's ``session``; ``manifest``'s
     phase is ``count`` meanwhile."""
     copy_tables, copy_rows = sink.copy_blocks()
+    roles, extensions = sink.named_roles()
+    manifest["roles"], manifest["extensions"] = sorted(roles), sorted(extensions)  # checked before a restore
     manifest["phase"] = "count"
     return plain_manifest_tables(session, tables, copy_tables, copy_rows, all_data=not (excl or schema_only),
                                  schema_only=schema_only, notify=notify)

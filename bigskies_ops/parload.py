@@ -49,7 +49,8 @@ import time
 from .access import PostgresAccess
 from .errors import ArchiveError
 from .pgtools import psql_args
-from .restore import CopyTags, OwnerAclFilter, _gunzip_chunks
+from .plainsql import CopyTags, OwnerAclFilter, RolePolicy
+from .restore import _gunzip_chunks
 from .runners import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
@@ -249,11 +250,11 @@ class _Shared:
 class _Worker:
     """One reader of the archive driving one psql session (worker 0 is the leader)."""
 
-    def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, keep_owners: bool,
+    def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, policy: RolePolicy | None,
                  progress=None, segment_bytes: int = SEGMENT_BYTES):
         self.wid, self.shared, self.s = wid, shared, session
         self.chunks = chunks
-        self.flt = OwnerAclFilter(drop=not keep_owners)
+        self.flt = OwnerAclFilter(policy)
         self.progress = progress if wid == 0 else None
         self.segment_bytes = segment_bytes
         self.loaded: list[tuple[str, str] | None] = []  # table of each segment this session loaded, in order
@@ -270,6 +271,7 @@ class _Worker:
         self.in_seg = False
         self.mine = False
         self.serial = False
+        self.serial_because: str | None = None
         self.pending: list[bytes] = []  # settings not yet sent (a session other than the leader)
 
     @property
@@ -315,9 +317,15 @@ class _Worker:
                 if self.leader:
                     self.s.send(data)
                 continue  # a blank piece does not separate a COPY statement from the rest of its line
-            elif kind == "sql":
+            elif kind in ("sql", "hazard"):
                 self._enter_run("sql")
                 lead = self.flt.LEADING.match(data).end()
+                if not self.serial and kind == "hazard":
+                    # the schema calls its own functions while data is loaded: a concurrent
+                    # load could compute other values than psql's (plainsql.StatementFacts)
+                    if self.block < 0:
+                        self.serial_because = self.flt.facts.load_hazards[0]
+                    self._go_serial()
                 if not self.serial and _SERIAL_RE.match(data[lead:]):
                     self._go_serial()
                 if self.leader:
@@ -418,21 +426,24 @@ class _Worker:
         self.seg += 1
 
 
-def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, jobs: int, keep_owners: bool,
-                        pgoptions: str | None = None, progress=None, open_chunks=None,
+def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, jobs: int,
+                        policy: RolePolicy | None = None, pgoptions: str | None = None, progress=None, open_chunks=None,
                         segment_bytes: int = SEGMENT_BYTES, stats: dict | None = None):
     """Restore the plain dump ``path`` (gzip) into ``database`` with ``jobs`` psql sessions.
 
     Args:
         jobs: sessions (>= 1); each reads and gunzips the archive itself.
-        keep_owners: keep ``ALTER ... OWNER TO`` / ``GRANT`` statements.
+        policy: what to do with statements naming roles missing on the target
+            (:class:`bigskies_ops.plainsql.RolePolicy`; None: run every statement).
         pgoptions: session settings for every psql (libpq ``PGOPTIONS``).
         progress: called with the compressed bytes read by the leader.
         open_chunks: ``open_chunks()`` -> iterator of ``(compressed bytes read, SQL bytes)``
             for one reader (default: the local file through
             :func:`bigskies_ops.restore._gunzip_chunks`); called once per session.
         segment_bytes: COPY data per segment.
-        stats: if given, filled with ``segments``: the segments each session loaded.
+        stats: if given, filled with ``segments``: the segments each session loaded;
+            ``serial_because``: why the leader loaded alone (None: it did not);
+            ``skipped``: statements skipped per missing role (the leader's count).
 
     Returns:
         ``(returncode, stdout, stderr, rows)``: psql's exit status (the first failing
@@ -458,7 +469,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         for wid in range(jobs):
             s = _Session(access, database, pgoptions, token)
             sessions.append(s)
-            workers.append(_Worker(wid, shared, s, open_chunks(), keep_owners, progress, segment_bytes))
+            workers.append(_Worker(wid, shared, s, open_chunks(), policy, progress, segment_bytes))
         threads = [threading.Thread(target=w.run_all, daemon=True, name=f"parload-{w.wid}") for w in workers]
         for t in threads:
             t.start()
@@ -476,6 +487,8 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     rcs = [s.close() for s in sessions]
     if stats is not None:
         stats["segments"] = [len(w.loaded) for w in workers]
+        stats["serial_because"] = workers[0].serial_because
+        stats["skipped"] = dict(workers[0].flt.skipped)
     if shared.errors:
         raise shared.errors[0]
     if shared.abort.is_set() or any(rcs):

@@ -211,14 +211,18 @@ class _StreamSink:
         self.tail = b""
         self.copy = None
         if (track_copy or count_rows) and fmt == "plain":
-            from .restore import OwnerAclFilter
-            self.copy = OwnerAclFilter(drop=False, emit=False, count_rows=count_rows)
+            from .plainsql import OwnerAclFilter
+            self.copy = OwnerAclFilter(emit=False, count_rows=count_rows)
 
     def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
         """The ``COPY ... FROM stdin`` blocks of the stream: tables and data lines
         (as ``backup._Sink.copy_blocks``; built with ``count_rows``)."""
         self.copy.flush()
         return list(self.copy.copy_tables), list(self.copy.copy_rows)
+
+    def named_roles(self) -> tuple[set[str], set[str]]:
+        """Roles named and extensions created by the dump (as ``backup._Sink.named_roles``)."""
+        return set(self.copy.roles), set(self.copy.facts.extensions)
 
     def write(self, chunk: bytes) -> None:
         self.f.write(chunk)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 from . import gz
 from .access import PostgresAccess, Sql, ident, lit, pgsql
-from .backup import COPY_RE, split_qualified
+from .plainsql import (CopyTags, MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts,  # noqa: F401
+                       missing_roles_message)  # CopyTags re-exported (tests)
 from .catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from .compose import coordinators_paused
 from .errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, StorageError, UsageError
@@ -115,6 +116,12 @@ class ArchiveInfo:
     dump_version: PgVersion | None
     tool_version: PgVersion | None
     warnings: list[str] = field(default_factory=list)
+    #: what :func:`scan_archive` read from the archive's SQL: the roles it names
+    #: (None: not known before the load), its DDL facts (custom archives; plain dumps are
+    #: judged while they load), the extensions it creates
+    roles: set | None = None
+    facts: StatementFacts | None = None
+    extensions: set | None = None
 
 
 def _sniff(runner, path: str) -> bytes:
@@ -259,327 +266,12 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
 
 
 # ------------------------------------------------------------------ streaming into tools
-class OwnerAclFilter:
-    """Drop ``ALTER ... OWNER TO`` and ``GRANT``/``REVOKE`` statements from a plain dump
-    stream (``--no-owner --no-acl`` semantics for psql), so roles that do not exist
-    locally cannot break a restore; and list the tables of the stream's ``COPY ...
-    FROM stdin`` statements in order (``copy_tables``; None for a name it cannot parse),
-    which :class:`CopyTags` pairs with psql's ``COPY n`` tags, with the data lines of
-    each block (``copy_rows``: COPY's text format writes one row per line, newlines in
-    values escaped as ``\\n``; PostgreSQL docs, COPY "Text Format"). With ``drop=False``
-    nothing is removed; with ``emit=False`` nothing is returned (tracking only).
-    :meth:`feed_pieces` returns the output as typed pieces (for the parallel loader,
-    bigskies_ops.parload): ``copy`` (a COPY statement with the rest of its line),
-    ``data``, ``end`` (the ``\\.`` line), ``set`` (a ``SET``/``set_config`` statement),
-    ``meta`` (a backslash meta-command line), ``blank`` (whitespace and comments only)
-    and ``sql`` (any other statement).
+class _nothing:
+    def __enter__(self):
+        return None
 
-    Whole statements are judged, never lines: the SQL between COPY blocks is split the
-    way psql splits it (psqlscan.l: string literals with doubled quotes, ``E''`` strings
-    with backslash escapes, quoted identifiers, dollar-quoted bodies, ``--`` and nested
-    ``/* */`` comments; a backslash meta-command such as ``\\restrict`` at a statement
-    start runs to the end of its line). COPY data passes through untouched, block-wise,
-    up to its ``\\.`` line. So a data row that looks like SQL (``GRANT ...;``), a quoted
-    table name holding a newline, or ``$$`` inside a string literal can never put the
-    filter out of step and cost a row (found by a break-it trial).
-    """
-
-    OWNER_RE = re.compile(rb'\AALTER [A-Z][A-Z ]* .* OWNER TO (?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*);\Z', re.S)
-    ACL_RE = re.compile(rb"\A(?:GRANT|REVOKE) .*;\Z", re.S)
-    ACL_DEFAULT_RE = re.compile(rb"\AALTER DEFAULT PRIVILEGES .*;\Z", re.S)
-    COPY_STMT = re.compile(rb"\ACOPY\s.*\sFROM\s+stdin;\Z", re.S | re.I)
-    LEADING = re.compile(rb"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)  # whitespace/comments before a statement
-    TOKEN = re.compile(rb"""[Ee]'|'|"|\$(?:[A-Za-z_\x80-\xff][A-Za-z_0-9\x80-\xff]*)?\$|--|/\*|;""")
-    NONSPACE = re.compile(rb"\S")
-    IDENT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$" + bytes(range(0x80, 0x100)))
-    E_STRING = re.compile(rb"\\.|'", re.S)
-    COMMENT = re.compile(rb"/\*|\*/")
-    #: session settings pg_dump writes (``SET x = v;``, ``SELECT pg_catalog.set_config(..., false);``)
-    SET_RE = re.compile(rb"\A(?:SET\s[^;]*;|SELECT pg_catalog\.set_config\('[a-z_]+', '[^']*', false\);)\Z")
-
-    def __init__(self, drop: bool = True, emit: bool = True, count_rows: bool = False):
-        self.buf = b""
-        self.count_rows = count_rows
-        self.in_copy = False
-        self.dropped = 0
-        self.drop = drop
-        self.emit = emit
-        self.copy_tables: list[tuple[str, str] | None] = []
-        self.copy_rows: list[int] = []
-        self.stmt = bytearray()  # the statement being read, with the whitespace/comments before it
-        self.mode = "n"  # n(ormal), s(tring), e(scape string), d(ouble-quoted name), $ (dollar body), b(lock comment)
-        self.tag = b""
-        self.depth = 0
-        self.blank = True  # nothing but whitespace/comments in self.stmt so far
-        self.copy_next = False  # a COPY ... FROM stdin; just ended: its data starts on the next line
-        self._out: list[tuple[str, bytes]] = []
-
-    def feed(self, data: bytes) -> bytes:
-        self._feed(data)
-        return self._take()
-
-    def flush(self) -> bytes:
-        self._flush()
-        return self._take()
-
-    def feed_pieces(self, data: bytes) -> list[tuple[str, bytes]]:
-        """Like :meth:`feed`, as ``(kind, bytes)`` pieces (kinds: see the class docstring)."""
-        self._feed(data)
-        return self._take_pieces()
-
-    def flush_pieces(self) -> list[tuple[str, bytes]]:
-        self._flush()
-        return self._take_pieces()
-
-    def _feed(self, data: bytes) -> None:
-        # complete lines only (no token spans a newline); the line left over from the last
-        # chunk is completed and scanned on its own, so a 1 MiB chunk is never copied
-        start = 0
-        if self.buf:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self.buf += data
-                return
-            head, self.buf = self.buf + data[:nl + 1], b""
-            self._scan(head, len(head))
-            start = nl + 1
-        end = data.rfind(b"\n") + 1
-        if end > start:
-            self._scan(data, end, start)
-        self.buf = data[max(end, start):]
-
-    def _flush(self) -> None:
-        rest, self.buf = self.buf, b""
-        if rest:
-            self._scan(rest, len(rest))
-        if self.stmt:
-            self._put(bytes(self.stmt), "blank" if self.blank else "sql")
-            self.stmt = bytearray()
-
-    def tables_with_data(self) -> set[tuple[str, str]]:
-        """End the stream; the tables that had a ``COPY ... FROM stdin`` block (for a
-        tracking-only filter: ``emit=False``)."""
-        self.flush()
-        return {t for t in self.copy_tables if t is not None}
-
-    def _put(self, b, kind: str = "sql") -> None:
-        if self.emit and b:
-            self._out.append((kind, bytes(b)))
-
-    def _take(self) -> bytes:
-        out, self._out = b"".join(b for _, b in self._out), []
-        return out
-
-    def _take_pieces(self) -> list[tuple[str, bytes]]:
-        out, self._out = self._out, []
-        return out
-
-    @staticmethod
-    def _terminator(buf: bytes, pos: int, end: int) -> int:
-        """Index of the ``\n`` before the first ``\\.\n`` line in ``buf[pos:end]``, or -1.
-
-        Backslashes are rare in COPY text (each one in a value is doubled): a few memchr
-        jumps from one to the next are cheaper than searching for the 4-byte pattern,
-        which scans at every newline; after 16 backslashes in a chunk the pattern search
-        takes over."""
-        i = pos
-        for _ in range(16):
-            k = buf.find(b"\\", i, end)
-            if k < 0:
-                return -1
-            if k > pos and buf[k - 1] == 0x0A and buf.startswith(b".\n", k + 1) and k + 3 <= end:
-                return k - 1
-            i = k + 2 if k + 1 < end and buf[k + 1] == 0x5C else k + 1  # an escaped backslash is one unit
-        return buf.find(b"\n\\.\n", i - 1 if i > pos else pos, end)
-
-    def _line_end(self, buf: bytes, i: int, end: int) -> int:
-        nl = buf.find(b"\n", i, end)
-        return end if nl < 0 else nl + 1
-
-    def _scan(self, buf: bytes, end: int, pos: int = 0) -> int:
-        """Consume ``buf[pos:end]`` (whole lines, or the stream's last bytes); return ``end``."""
-        while pos < end:
-            if self.in_copy:
-                if buf.startswith(b"\\.\n", pos) or (end - pos == 2 and end == len(buf) and buf.startswith(b"\\.", pos)):
-                    data_end, stop = pos, min(pos + 3, end)
-                else:
-                    k = self._terminator(buf, pos, end)
-                    stop, data_end = (k + 4, k + 1) if k >= 0 else (-1, end)
-                if self.count_rows:
-                    self.copy_rows[-1] += buf.count(b"\n", pos, data_end)  # one row per line
-                if stop < 0:  # no terminator yet: pass the data through
-                    if self.emit:
-                        self._put(buf[pos:end], "data")
-                    return end
-                if self.emit:
-                    self._put(buf[pos:data_end], "data")
-                    self._put(buf[data_end:stop], "end")
-                pos = stop
-                self.in_copy = False
-                continue
-            if self.copy_next:  # the rest of the COPY statement's line, then its data
-                nl = self._line_end(buf, pos, end)
-                self._put(buf[pos:nl], "copy")
-                pos = nl
-                self.copy_next = False
-                self.in_copy = True
-                continue
-            mode = self.mode
-            if mode == "n":
-                if self.blank:
-                    m = self.NONSPACE.search(buf, pos, end)
-                    if m is None:
-                        self.stmt += buf[pos:end]
-                        return end
-                    if buf[m.start()] == 0x5C:  # backslash: a psql meta-command, to the end of its line
-                        nl = self._line_end(buf, m.start(), end)
-                        self.stmt += buf[pos:nl]
-                        self._put(self.stmt, "meta")
-                        self.stmt = bytearray()
-                        pos = nl
-                        continue
-                m = self.TOKEN.search(buf, pos, end)
-                if m is None:
-                    seg = buf[pos:end]
-                    if self.blank and seg.strip():
-                        self.blank = False
-                    self.stmt += seg
-                    return end
-                s, e = m.span()
-                tok = m.group()
-                if self.blank and buf[pos:s].strip():
-                    self.blank = False
-                if tok == b";":
-                    self.stmt += buf[pos:e]
-                    pos = e
-                    self._statement_end()
-                    continue
-                if tok == b"--":
-                    nl = self._line_end(buf, e, end)
-                    self.stmt += buf[pos:nl]
-                    pos = nl
-                    continue
-                if tok == b"/*":
-                    self.mode, self.depth = "b", 1
-                    self.stmt += buf[pos:e]
-                    pos = e
-                    continue
-                prev = buf[s - 1] if s > pos else (self.stmt[-1] if self.stmt else 0x0A)
-                self.blank = False
-                if tok[0] == 0x24:  # $
-                    if prev in self.IDENT:  # part of a name like a$b$: not a dollar quote
-                        self.stmt += buf[pos:s + 1]
-                        pos = s + 1
-                        continue
-                    self.mode, self.tag = "$", tok
-                elif tok[0] in b"Ee":
-                    self.mode = "s" if prev in self.IDENT else "e"
-                elif tok == b"'":
-                    self.mode = "s"
-                else:
-                    self.mode = "d"
-                self.stmt += buf[pos:e]
-                pos = e
-            elif mode in ("s", "d"):
-                q = 0x27 if mode == "s" else 0x22
-                k = buf.find(bytes([q]), pos, end)
-                if k < 0:
-                    self.stmt += buf[pos:end]
-                    return end
-                if k + 1 < end and buf[k + 1] == q:  # doubled: still inside
-                    self.stmt += buf[pos:k + 2]
-                    pos = k + 2
-                    continue
-                self.stmt += buf[pos:k + 1]
-                pos = k + 1
-                self.mode = "n"
-            elif mode == "e":
-                m = self.E_STRING.search(buf, pos, end)
-                if m is None:
-                    self.stmt += buf[pos:end]
-                    return end
-                k = m.end()
-                if m.group() == b"'" and not (k < end and buf[k] == 0x27):
-                    self.mode = "n"
-                elif m.group() == b"'":
-                    k += 1  # doubled quote
-                self.stmt += buf[pos:k]
-                pos = k
-            elif mode == "$":
-                k = buf.find(self.tag, pos, end)
-                if k < 0:
-                    self.stmt += buf[pos:end]
-                    return end
-                self.stmt += buf[pos:k + len(self.tag)]
-                pos = k + len(self.tag)
-                self.mode = "n"
-            else:  # block comment (they nest)
-                m = self.COMMENT.search(buf, pos, end)
-                if m is None:
-                    self.stmt += buf[pos:end]
-                    return end
-                self.depth += 1 if m.group() == b"/*" else -1
-                self.stmt += buf[pos:m.end()]
-                pos = m.end()
-                if self.depth == 0:
-                    self.mode = "n"
-        return pos
-
-    def _statement_end(self) -> None:
-        stmt = bytes(self.stmt)
-        self.stmt = bytearray()
-        self.blank = True
-        lead = self.LEADING.match(stmt).end()
-        core = stmt[lead:]
-        if self.COPY_STMT.match(core):
-            m = COPY_RE.match(core)
-            try:
-                self.copy_tables.append(split_qualified(m.group(1).decode("utf-8")) if m else None)
-            except (ValueError, UnicodeDecodeError):
-                self.copy_tables.append(None)
-            self.copy_rows.append(0)
-            self.copy_next = True
-            self._put(stmt, "copy")
-            return
-        if self.drop and (self.OWNER_RE.match(core) or self.ACL_RE.match(core) or self.ACL_DEFAULT_RE.match(core)):
-            self.dropped += 1
-            self._put(stmt[:lead], "blank")
-            return
-        self._put(stmt, "set" if self.SET_RE.match(core) else "sql")
-
-
-class CopyTags:
-    """Collect the ``COPY n`` command tags psql prints (not quiet) while restoring a plain
-    dump: the server's own count of the rows each ``COPY ... FROM stdin`` inserted.
-
-    Only command tags start a line with ``COPY ``: psql's aligned query results start
-    with a space or a border, so a result value can never be taken for a tag.
-    """
-
-    TAG = re.compile(rb"^COPY (\d+)$", re.M)
-
-    def __init__(self):
-        self.rows: list[int] = []
-        self._carry = b""
-
-    def feed(self, data: bytes) -> None:
-        buf = self._carry + data
-        nl = buf.rfind(b"\n")
-        if nl < 0:
-            self._carry = buf[-4096:]
-            return
-        self.rows.extend(int(m.group(1)) for m in self.TAG.finditer(buf, 0, nl))
-        self._carry = buf[nl + 1:][-4096:]
-
-    def by_table(self, tables: list[tuple[str, str] | None]) -> dict[tuple[str, str], int] | None:
-        """Rows per table (summed over its COPY statements), or None when the tags and the
-        statements do not pair up one to one (then every table is counted instead)."""
-        if len(tables) != len(self.rows) or None in tables:
-            return None
-        out: dict[tuple[str, str], int] = {}
-        for t, n in zip(tables, self.rows):
-            out[t] = out.get(t, 0) + n
-        return out
+    def __exit__(self, *exc):
+        return False
 
 
 def _raw_chunks(f):
@@ -646,13 +338,14 @@ def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive", raw=None)
 
 def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
               capture: bool = False, line_filter=None, progress=None, pgoptions: str | None = None,
-              stdout_sink=None):
+              stdout_sink=None, source=None):
     """Stream a local file into ``tool``'s stdin on the host (optionally gunzipping and
     filtering on the way). Returns ``(returncode, stdout_text, stderr_text)``.
 
     The file is read in 1 MiB chunks; nothing is held in memory whole. ``pgoptions``:
     session settings for the tool (:meth:`PostgresAccess.run_tool`); ``stdout_sink``:
-    called with each chunk of the tool's stdout as it arrives.
+    called with each chunk of the tool's stdout as it arrives; ``source``: an iterator of
+    ``(bytes read, bytes)`` to send instead of the file (``path`` then names it in messages).
     """
     from .runners import LocalRunner
     proc = access.popen_tool(tool, args, stdin=True, pgoptions=pgoptions)
@@ -669,8 +362,9 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     sent = 0
     broken = False
     try:
-        with LocalRunner().open_read(path) as f:
-            for raw_done, b in (_gunzip_chunks(f, path=path) if decompress else _raw_chunks(f)):
+        with (LocalRunner().open_read(path) if source is None else _nothing()) as f:
+            for raw_done, b in (source if source is not None else
+                                _gunzip_chunks(f, path=path) if decompress else _raw_chunks(f)):
                 sent = raw_done
                 if line_filter is not None:
                     b = line_filter.feed(b)
@@ -698,6 +392,157 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     return rc, b"".join(out_chunks).decode("utf-8", "replace"), proc.stderr_text()
 
 
+# ------------------------------------------------------------------ what the archive needs
+def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
+    """Fill ``info.roles``, ``info.facts`` and ``info.extensions`` from the archive's SQL.
+
+    A custom archive's schema is read with ``pg_restore --schema-only --file -`` (no
+    data is read: the TOC has the offsets); a plain dump's roles and extensions come
+    from its manifest (recorded while the dump streamed through the same scanner),
+    and only a plain dump without them (an older or a legacy backup) is read here end
+    to end. Returns ``info``. Raises ArchiveError when pg_restore cannot read it.
+    """
+    man = info.manifest or {}
+    if info.format == "plain" and "roles" in man and "extensions" in man:
+        info.roles, info.extensions = set(man["roles"]), set(man["extensions"])
+        return info
+    flt = OwnerAclFilter(emit=False)
+    if info.format == "custom":
+        for _done, b in _pg_restore_script(access, info.path, ["--schema-only"]):
+            flt.feed(b)
+    else:
+        with open(info.path, "rb") as f:
+            for _done, b in _gunzip_chunks(f, path=info.path):
+                flt.feed(b)
+    flt.flush()
+    info.roles, info.facts, info.extensions = set(flt.roles), flt.facts, set(flt.facts.extensions)
+    return info
+
+
+def _pg_restore_script(access: PostgresAccess, path: str, args: list[str]):
+    """``(bytes, SQL bytes)`` chunks of ``pg_restore ARGS --file -`` of the local archive
+    ``path``, run where the host's tools are (the archive fed over stdin to a container
+    or an SSH host). Raises ArchiveError when pg_restore fails."""
+    local = not access.host.container and not access.host.is_remote
+    proc = access.popen_tool("pg_restore", [*args, "--file", "-", *([path] if local else [])], stdin=not local)
+    feeder = None
+    if not local:
+        def feed():
+            try:
+                with open(path, "rb") as f:
+                    for _d, b in _raw_chunks(f):
+                        proc.stdin.write(b)
+                proc.stdin.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+    done = 0
+    try:
+        for b in iter(lambda: proc.stdout.read(CHUNK), b""):
+            done += len(b)
+            yield done, b
+    except BaseException:
+        proc.kill()
+        raise
+    rc = proc.wait()
+    if feeder is not None:
+        feeder.join(10)
+    if rc != 0:
+        raise ArchiveError(f"{path}: pg_restore cannot read the archive: {tail(proc.stderr_text(), 400)}")
+
+
+def cluster_roles(maint: Sql) -> set[str]:
+    return {r["rolname"] for r in maint.query("SELECT rolname FROM pg_catalog.pg_roles")}
+
+
+def needed_roles(info: ArchiveInfo) -> set[str] | None:
+    """Roles the archive and its database properties name (None: not known before the load)."""
+    if getattr(info, "roles", None) is None:  # a FollowedArchive: judged while it loads
+        return None
+    props = (info.manifest or {}).get("database_properties") or {}
+    out = set(info.roles)
+    out.update(r["role"] for r in props.get("role_settings") or [])
+    out.update(g for g, _p, _o in _acl_items(props.get("acl")) if g)
+    return out
+
+
+def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create_roles: bool,
+                skip_missing: bool, notify) -> RolePolicy:
+    """Decide, before anything is created, what the load does with roles.
+
+    Every role the archive names exists here: owners and privileges come back as in
+    the source. Some are missing: with ``create_roles`` they are created from the
+    backup's roles file first (bigskies_ops.roles); with ``skip_missing`` the statements
+    naming them are skipped (their objects stay owned by the restoring user); else
+    the restore is refused (PostgreSQL docs, pg_restore: owners and privileges need
+    their roles; ``--no-owner --no-acl`` would also drop every REVOKE and so widen access).
+
+    Raises:
+        MissingRolesError: roles are missing and neither option was given (exit 3).
+    """
+    if create_roles:
+        from .roles import create_missing_roles
+        create_missing_roles(access, info.path, notify)
+    existing = cluster_roles(maint)
+    needed = needed_roles(info)
+    missing = sorted(needed - existing) if needed is not None else []
+    if missing and not skip_missing:
+        raise SafetyError(missing_roles_message(missing, host=access.host.name))
+    if missing:
+        notify(f"note: {len(missing)} role(s) named by the archive do not exist here ({', '.join(missing)}): "
+               f"their objects will be owned by the restoring user and the statements naming them skipped")
+    return RolePolicy(frozenset(existing), skip_missing)
+
+
+#: Debian/Ubuntu packages of extensions that are not in postgresql-15 itself (postgresql-contrib
+#: ships with it); a name not listed here is named with the usual postgresql-15-NAME pattern.
+EXTENSION_PACKAGES = {"postgis": "postgresql-15-postgis-3", "postgis_topology": "postgresql-15-postgis-3",
+                      "postgis_raster": "postgresql-15-postgis-3", "vector": "postgresql-15-pgvector",
+                      "timescaledb": "timescaledb-2-postgresql-15", "pg_cron": "postgresql-15-cron",
+                      "pg_partman": "postgresql-15-partman", "pgrouting": "postgresql-15-pgrouting"}
+
+
+def _extension_hint(name: str) -> str:
+    return EXTENSION_PACKAGES.get(name, f"postgresql-15-{name.replace('_', '-')}")
+
+
+def check_extensions(maint: Sql, info: ArchiveInfo, host: str) -> None:
+    """Refuse before anything is created when the archive creates an extension this
+    server cannot install. Raises ArchiveError naming it and the package that provides it."""
+    if not info.extensions:
+        return
+    avail = {r["name"] for r in maint.query("SELECT name FROM pg_catalog.pg_available_extensions")}
+    lacking = sorted(info.extensions - avail)
+    if lacking:
+        raise ArchiveError(f"{info.path}: the archive needs extension(s) {', '.join(lacking)}, which the server of "
+                           f"{host} does not have; install the package that provides "
+                           f"{'them' if len(lacking) > 1 else 'it'} on that server (on Debian/Ubuntu: "
+                           f"{', '.join(sorted({_extension_hint(x) for x in lacking}))}). Nothing was changed")
+
+
+def explain_load_error(stderr: str) -> str | None:
+    """One sentence naming the object behind a failed load, from psql's/pg_restore's
+    error and CONTEXT lines, or None: a missing extension (and the package to install),
+    a function that failed while a table's rows were loaded (the table and the function)."""
+    m = re.search(r'extension "([^"]+)" is not available|could not open extension control file "[^"]*/([^/"]+)'
+                  r'\.control"', stderr)
+    if m:
+        name = m.group(1) or m.group(2)
+        return (f"the archive needs extension {name!r}, which this server lacks: install the package that "
+                f"provides it (on Debian/Ubuntu: {_extension_hint(name)})")
+    copy = re.search(r"COPY ([^,\n]+), line (\d+)", stderr)
+    func = re.search(r'(?:SQL|PL/pgSQL) function "?([^"\s(]+)', stderr) or re.search(
+        r"PL/pgSQL function ([^\s(]+)\(", stderr)
+    if copy and func:
+        return (f"function {func.group(1)} failed while rows of table {copy.group(1).strip()} were loaded "
+                f"(line {copy.group(2)} of its data): a constraint, default or generated column of that table "
+                f"calls it")
+    if copy:
+        return f"loading the rows of table {copy.group(1).strip()} failed (line {copy.group(2)} of its data)"
+    return None
+
+
 # ------------------------------------------------------------------ database facts
 def db_info(sql: Sql, name: str) -> dict | None:
     rows = sql.query(pgsql.SQL(
@@ -722,8 +567,9 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
 
 
 def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
-    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, encoding, collation
-    and per-database settings (so the restored copy behaves like the old one)."""
+    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, encoding and collation.
+    Its settings come after the load (:func:`apply_properties`): a setting such as
+    ``default_transaction_read_only = on`` would refuse the load itself."""
     parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
     if like:
         can_own = sql.value(pgsql.SQL(
@@ -739,12 +585,147 @@ def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
         if like.get("provider") == "i" and like.get("icu_locale"):
             parts.append(pgsql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(lit(like["icu_locale"])))
     sql.execute(pgsql.SQL(" ").join(parts))
-    for setting in (like or {}).get("settings") or []:
-        k, _, v = setting.partition("=")
-        sql.execute(pgsql.SQL("ALTER DATABASE {} SET {} TO {}").format(ident(new), ident(k), lit(v)))
+
+
+#: settings whose value is a list of names, each quoted on its own (pg_dump's
+#: variable_is_guc_list_quote, src/bin/pg_dump/dumputils.c); any other value is one literal
+GUC_LIST_QUOTE = frozenset({"local_preload_libraries", "search_path", "session_preload_libraries",
+                            "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"})
+
+
+def split_guc_list(value: str) -> list[str]:
+    """The elements of a list setting as the server stores it (``app, "My Schema", public``),
+    as PostgreSQL's SplitGUCList reads it (src/backend/utils/adt/varlena.c): separated
+    by commas, white space around them ignored, ``"..."`` quoted with ``""`` for a quote."""
+    out, i, n = [], 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        if value[i] == '"':
+            j, item = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        item.append('"')
+                        j += 2
+                        continue
+                    break
+                item.append(value[j])
+                j += 1
+            out.append("".join(item))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != "," and not value[j].isspace():
+                j += 1
+            out.append(value[i:j])
+            i = j
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == ",":
+            i += 1
+
+
+def set_config_sql(target: pgsql.Composable, setting: str) -> pgsql.Composable:
+    """``<target> SET name TO value`` for one ``name=value`` of pg_db_role_setting, as
+    pg_dump writes it (makeAlterConfigCommand): a list setting element by element."""
+    name, _, value = setting.partition("=")
+    if name.lower() in GUC_LIST_QUOTE:
+        items = split_guc_list(value)
+        val = pgsql.SQL(", ").join(lit(v) for v in items) if items else lit("")
+    else:
+        val = lit(value)
+    return pgsql.SQL("{} SET {} TO {}").format(target, ident(name), val)
+
+
+_ACL_ITEM = re.compile(r'^((?:"(?:[^"]|"")*"|[^=]*))=([A-Za-z*]*)/(.*)$')
+_DB_PRIVS = {"C": "CREATE", "T": "TEMPORARY", "c": "CONNECT"}
+
+
+def _acl_items(acl) -> list[tuple[str | None, str, bool]]:
+    """``aclitem`` texts of a database -> ``(grantee or None for PUBLIC, privilege, grant option)``."""
+    out = []
+    for item in acl or []:
+        m = _ACL_ITEM.match(item)
+        if not m:
+            continue
+        g = m.group(1)
+        grantee = (g[1:-1].replace('""', '"') if g.startswith('"') else g) or None
+        privs = m.group(2)
+        for k, ch in enumerate(privs):
+            if ch in _DB_PRIVS:
+                out.append((grantee, _DB_PRIVS[ch], privs[k + 1:k + 2] == "*"))
+    return out
+
+
+def database_properties(maint: Sql, name: str) -> dict | None:
+    """The properties of database ``name`` (backup.database_properties_sql), or None."""
+    from .backup import database_properties_sql
+    rows = maint.query(database_properties_sql(name))
+    return rows[0] if rows else None
+
+
+def apply_properties(maint: Sql, name: str, props: dict, policy: RolePolicy | None, notify) -> list[str]:
+    """Give database ``name`` the settings, role settings and privileges of ``props``
+    (backup.database_properties_sql) after its data is loaded. The comment comes with
+    the swap. Returns warnings: a setting or privilege the restoring user may not set,
+    with the command that sets it, or one naming a role missing here (skipped)."""
+    warnings: list[str] = []
+    db = ident(name)
+
+    def run(stmt: pgsql.Composable, what: str) -> None:
+        try:
+            maint.execute(stmt)
+        except BigskiesError as e:
+            text = stmt.as_string() if hasattr(stmt, "as_string") else str(stmt)
+            warnings.append(f"{what} was not restored ({str(e).splitlines()[-1][:200]}); run as a superuser: "
+                            f"{text.replace(ident(name).as_string(), '<database>')}")
+    existing = policy.existing if policy is not None else None
+    for setting in props.get("settings") or []:
+        run(set_config_sql(pgsql.SQL("ALTER DATABASE {}").format(db), setting), f"setting {setting!r}")
+    for rs in props.get("role_settings") or []:
+        if existing is not None and rs["role"] not in existing:
+            warnings.append(f"settings of role {rs['role']!r} in the database skipped (no such role here)")
+            continue
+        for setting in rs.get("settings") or []:
+            run(set_config_sql(pgsql.SQL("ALTER ROLE {} IN DATABASE {}").format(ident(rs["role"]), db), setting),
+                f"setting {setting!r} of role {rs['role']!r}")
+    if props.get("acl") is not None:
+        stmts = [pgsql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db)]  # as pg_dump --create does
+        owner = maint.value(pgsql.SQL("SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database "
+                                      "WHERE datname = {}").format(lit(name)))
+        if owner:
+            stmts.append(pgsql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, ident(owner)))
+        for grantee, priv, grant_option in _acl_items(props["acl"]):
+            if grantee is not None and existing is not None and grantee not in existing:
+                warnings.append(f"{priv} on the database for role {grantee!r} skipped (no such role here)")
+                continue
+            stmts.append(pgsql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                pgsql.SQL(priv), db, pgsql.SQL("PUBLIC") if grantee is None else ident(grantee),
+                pgsql.SQL(" WITH GRANT OPTION" if grant_option else "")))
+        run(pgsql.SQL("BEGIN; {}; COMMIT").format(pgsql.SQL("; ").join(stmts)), "the database's privileges")
+    for w in warnings:
+        notify(f"warning: {w}")
+    return warnings
 
 
 def drop_db(sql: Sql, name: str) -> None:
+    """DROP DATABASE ``name`` (if it exists), its connections ended. Subscriptions in it
+    are dropped first without touching their publisher (``slot_name = NONE``): the
+    server refuses to drop a database that holds one (PostgreSQL docs, DROP SUBSCRIPTION)."""
+    subs = sql.query(pgsql.SQL(
+        "SELECT s.subname AS name FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+        "ON d.oid = s.subdbid WHERE d.datname = {}").format(lit(name)))
+    if subs:
+        stmts = [pgsql.SQL("SET default_transaction_read_only = off")]
+        for r in subs:
+            sub = ident(r["name"])
+            stmts += [pgsql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sub),
+                      pgsql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sub),
+                      pgsql.SQL("DROP SUBSCRIPTION {}").format(sub)]
+        sql.access.sql(name).execute(pgsql.SQL(";\n").join(stmts))
     sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
 
 
@@ -817,8 +798,8 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
 
 
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
-            keep_owners: bool = False, jobs: int | None = None, notify=print, progress=None,
-            confirmed: bool = True, task: str = "db.restore", roles: bool = False,
+            jobs: int | None = None, notify=print, progress=None, confirmed: bool = True,
+            task: str = "db.restore", roles: bool = False, skip_missing_roles: bool = False,
             follow: "FollowedArchive | None" = None) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
 
@@ -829,10 +810,14 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         target_db: restore into this NEW database and leave the original alone.
         terminate_sessions: terminate sessions still connected at swap time; without
             it, connected sessions stop the restore before anything changes.
-        keep_owners: keep ``OWNER``/``GRANT`` statements (fails if their roles are missing).
-        jobs: pg_restore parallel jobs (custom archives restored natively; default 2).
+        jobs: parallel sessions (local hosts; default 2), used only where they cannot
+            change the result (:func:`_load`).
         roles: first create the roles of ``<archive>.roles.sql`` missing on the cluster
-            (existing roles are never altered; bigskies_ops.roles); implies ``keep_owners``.
+            (existing roles are never altered; bigskies_ops.roles).
+        skip_missing_roles: objects of roles missing here are owned by the restoring
+            user, and the statements naming those roles skipped (:func:`role_policy`);
+            without it (and without ``roles``) such an archive is refused before
+            anything is created.
         follow: load a plain archive WHILE it is being written (``db.pull --restore``):
             ``archive`` is ignored; the load follows ``follow.growing`` and the archive
             checks (size, sha256, manifest, versions) run on ``follow.result()``'s finished
@@ -842,7 +827,9 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         :class:`RestoreResult`.
 
     Raises:
-        ArchiveError: the archive failed a check (nothing touched).
+        ArchiveError: the archive failed a check, or needs an extension this server
+            lacks (nothing touched).
+        SafetyError: the archive names roles missing here (nothing touched; exit 3).
         PostgresError: the restore into the side database failed (side database dropped,
             old database untouched), or the swap was refused by the server.
         SafetyError: sessions still connected and ``terminate_sessions`` not given.
@@ -860,16 +847,17 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
             from .compose import coordinators_preflight
             coordinators_preflight(access.runner, host)
-        if roles and follow is None:
-            from .roles import create_missing_roles
-            create_missing_roles(access, info.path, notify)
-            keep_owners = True
+        if follow is None:
+            scan_archive(access, info)
+            check_extensions(maint, info, host.name)
+        policy = role_policy(access, maint, info, create_roles=roles and follow is None,
+                             skip_missing=skip_missing_roles, notify=notify)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task, notify=notify):
-            return _restore_locked(access, host, info, db, target_db, terminate_sessions, keep_owners, jobs,
+            return _restore_locked(access, host, info, db, target_db, terminate_sessions, policy, jobs,
                                    notify, progress, t0)
 
 
-def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, jobs, notify, progress, t0):
+def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, notify, progress, t0):
     maint = access.sql(host.postgres.maintenance_db)
     now = utcnow()
     old = db_info(maint, db)
@@ -885,30 +873,33 @@ def _restore_locked(access, host, info, db, target_db, terminate, keep_owners, j
             {"tag": SIDE_TAG, "of": target_db or db, "pid": os.getpid(), "host": socket.gethostname(),
              "at": iso(now)}))))
         if isinstance(info, FollowedArchive):
-            info, (rc, err, copied) = _load_followed(access, info, side, keep_owners, jobs, notify)
+            info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs, notify)
         else:
-            rc, out, err, copied = _load(access, info, side, keep_owners, jobs, progress)
+            rc, out, err, copied = _load(access, info, side, policy, jobs, progress, notify)
         if rc != 0:
-            raise PostgresError(f"restore into the side database failed (exit {rc}): {tail(err, 800)}",
-                                returncode=rc, stderr=tail(err))
+            why = explain_load_error(err)
+            raise PostgresError(f"restore into the side database failed (exit {rc}): "
+                                f"{why + '. ' if why else ''}{tail(err, 800)}", returncode=rc, stderr=tail(err))
         checked = _verify_side(access.sql(side), info, notify, copied)
-        if target_db is not None:
-            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS NULL").format(
-                ident(side), ident(target_db)))
+        # the database's own settings, privileges and comment (not in a plain pg_dump): the
+        # backup's, or for an archive without them the current database's
+        props = (info.manifest or {}).get("database_properties") or (database_properties(maint, db) if old else None)
+        warnings = apply_properties(maint, side, props, policy, notify) if props else []
+        comment = lit((props or {}).get("comment"))
+        if target_db is not None or old is None:
+            name = target_db or db
+            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS {2}").format(
+                ident(side), ident(name), comment))
             swapped = True
-            return RestoreResult(target_db, info.path, None, [], time.monotonic() - t0, checked)
-        if old is None:
-            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS NULL").format(
-                ident(side), ident(db)))
-            swapped = True
-            return RestoreResult(db, info.path, None, [], time.monotonic() - t0, checked)
+            return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
         pre = pre_restore_name(db, now)
         with coordinators_paused(access.runner, host, notify) as stopped:
-            _swap(maint, db, side, pre, terminate, info.path, notify)
+            _swap(maint, db, side, pre, terminate, info.path, notify, comment=comment)
             swapped = True
-        dropped = prune_pre_restore(maint, db, host.backup.keep_pre_restore, notify)
+        # housekeeping: the restore is done whatever happens here
+        dropped = prune_pre_restore(maint, db, host.backup.keep_pre_restore, notify, warnings=warnings)
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
-                             dropped_copies=dropped)
+                             warnings=warnings, dropped_copies=dropped)
     finally:
         if not swapped:
             try:
@@ -934,7 +925,7 @@ class FollowedArchive:
     result: object
 
 
-def _load_followed(access, fa: FollowedArchive, side: str, keep_owners: bool, jobs: int | None, notify):
+def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | None, jobs: int | None, notify):
     """Load ``fa`` into ``side`` as it arrives, then check the finished archive.
 
     Returns ``(ArchiveInfo of the finished archive, (rc, stderr, rows))``. Raises the
@@ -944,10 +935,12 @@ def _load_followed(access, fa: FollowedArchive, side: str, keep_owners: bool, jo
     n = max(1, jobs if jobs is not None else 2)
     opts = restore_pgoptions(access, n)
     fa.start()
+    stats: dict = {}
     try:
         rc, _, err, rows = load_plain_parallel(
-            access, "(pull in progress)", side, jobs=n, keep_owners=keep_owners, pgoptions=opts,
+            access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
             open_chunks=lambda: _gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
+        _say_load_stats(stats.get("serial_because"), stats.get("skipped"), notify)
     except (KeyboardInterrupt, Interrupted):
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
         raise
@@ -963,33 +956,60 @@ def _load_followed(access, fa: FollowedArchive, side: str, keep_owners: bool, jo
     return info, (rc, err, rows)
 
 
-def _load(access, info: ArchiveInfo, side: str, keep_owners: bool, jobs: int | None, progress):
+def _load(access, info: ArchiveInfo, side: str, policy: RolePolicy | None, jobs: int | None, progress,
+          notify=print):
     """Load the archive into ``side``. Returns ``(returncode, stdout, stderr, copied)``;
     ``copied`` maps tables to the rows the server reported for the load (psql's ``COPY n``
-    tags for plain dumps, :func:`inserted_rows` for custom archives), or None."""
+    tags for plain dumps, :func:`inserted_rows` for custom archives), or None.
+
+    Several sessions load only where that cannot change the result: a plain dump goes
+    serial from the first statement that calls the dump's own functions while data is
+    loaded (bigskies_ops.parload), a custom archive loads with one job when its DDL
+    says so (:class:`StatementFacts`, read by :func:`scan_archive`). Statements naming
+    roles follow ``policy``; a custom archive whose missing roles are skipped is read
+    as SQL (``pg_restore --file -``) through the same scanner as a plain dump."""
     native_local = not access.host.container and not access.host.is_remote
     j = jobs if jobs is not None else 2  # local hosts only; remote ones load with one session
+    facts = info.facts
+    if info.format == "custom" and j > 1 and facts is not None and (facts.load_hazards or facts.post_hazards):
+        notify(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
+               f"scheduler: a parallel load could compute other values than a serial one)")
+        j = 1
     parallel = j > 1 and (native_local or (info.format == "plain" and not access.host.is_remote))
     opts = restore_pgoptions(access, j if parallel else 1)
     if info.format == "plain" and not access.host.is_remote and j > 1:
         from .parload import load_plain_parallel
-        return load_plain_parallel(access, info.path, side, jobs=j, keep_owners=keep_owners,
-                                   pgoptions=opts, progress=progress)
-    if info.format == "plain":
-        flt = OwnerAclFilter(drop=not keep_owners)
+        stats: dict = {}
+        res = load_plain_parallel(access, info.path, side, jobs=j, policy=policy, pgoptions=opts,
+                                  progress=progress, stats=stats)
+        _say_load_stats(stats.get("serial_because"), stats.get("skipped"), notify)
+        return res
+    skip = policy is not None and policy.skip_missing and bool((needed_roles(info) or set()) - policy.existing)
+    if info.format == "plain" or skip:
+        flt = OwnerAclFilter(policy)
         tags = CopyTags()
+        source = None if info.format == "plain" else _pg_restore_script(access, info.path, [])
         rc, out, err = feed_file(access, "psql", psql_args(side, single_transaction=True, quiet=False), info.path,
                                  decompress=True, line_filter=flt, progress=progress, pgoptions=opts,
-                                 stdout_sink=tags.feed)
+                                 stdout_sink=tags.feed, source=source)
+        _say_load_stats(None, flt.skipped, notify)
         return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
     if native_local:
-        r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=not keep_owners,
-                                                          from_file=info.path), check=False,
-                            pgoptions=opts)
+        r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=False, from_file=info.path),
+                            check=False, pgoptions=opts)
         return r.returncode, r.text, r.stderr, (inserted_rows(access.sql(side)) if r.returncode == 0 else None)
-    rc, out, err = feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=not keep_owners),
+    rc, out, err = feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=False),
                              info.path, decompress=False, progress=progress, pgoptions=opts)
     return rc, out, err, (inserted_rows(access.sql(side)) if rc == 0 else None)
+
+
+def _say_load_stats(serial_because: str | None, skipped: dict | None, notify) -> None:
+    if serial_because:
+        notify(f"Loading serially: {serial_because} (a parallel load could compute other values than psql's "
+               f"serial load of the same dump)")
+    if skipped:
+        notify(f"Skipped {sum(skipped.values())} statement(s) naming roles missing here: "
+               + ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items())))
 
 
 def inserted_rows(sql: Sql, wait: float = 10.0) -> dict[tuple[str, str], int] | None:
@@ -1017,28 +1037,73 @@ def inserted_rows(sql: Sql, wait: float = 10.0) -> dict[tuple[str, str], int] | 
     return {(r["schema"], r["name"]): r["ins"] for r in rows if r["changed"] == 0}
 
 
+#: every table of a database, and for a partition the top of its partition tree
+_TABLES_AND_ROOTS_SQL = (
+    "SELECT n.nspname AS schema, c.relname AS name, rn.nspname AS root_schema, r.relname AS root_name "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_catalog.pg_class r ON c.relispartition AND r.oid = pg_catalog.pg_partition_root(c.oid) "
+    "LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace "
+    "WHERE c.relkind IN ('r', 'p') AND c.relispartition")
+
+
 def _verify_side(sql: Sql, info: ArchiveInfo, notify, copied: dict | None = None) -> int:
     """Every table of the manifest present with its recorded row count; schema_migrations present.
 
     ``copied``: rows per table reported by the server for the load itself (psql's COPY
     tags for plain dumps, :func:`inserted_rows` for pg_restore). A table whose
-    reported rows equal the manifest's is not scanned again (a ``count(*)`` of a fresh
-    table also rewrites every page to set hint bits); every other table is counted."""
+    reported rows equal the manifest's, and into which nothing else inserted during
+    the load (the server's own insert counter agrees), is not scanned again (a
+    ``count(*)`` of a fresh table also rewrites every page to set hint bits); every
+    other table is counted.
+
+    Rules (the check never fails a faithful restore, never passes a lossy one):
+
+    * a partition is compared at the top of its partition tree: pg_dump loads some
+      partitioned tables through their root (hash partitioning on an enum key, or
+      ``--load-via-partition-root``), and the server may then route rows to other
+      partitions than in the source, as PostgreSQL's own restore does (a note says so);
+    * a table with more rows than the backup, where the load itself inserted exactly
+      the backup's rows, got the others from the schema during the load (a trigger,
+      rule or function of its own): a warning names it and the numbers.
+
+    Raises:
+        PostgresError: a table is missing or has rows missing or doubled.
+    """
     man = info.manifest or {}
     tables = man.get("tables") or []
     if tables:
         expected = {(t["schema"], t["name"]): t.get("rows") for t in tables}
-        trusted = {k: v for k, v in (copied or {}).items() if expected.get(k) is not None and v == expected[k]}
+        root_of = {(r["schema"], r["name"]): (r["root_schema"], r["root_name"])
+                   for r in sql.query(_TABLES_AND_ROOTS_SQL)}
+        stats = inserted_rows(sql) if copied is not None and info.format == "plain" else None
+        trusted = {k: v for k, v in (copied or {}).items()
+                   if expected.get(k) is not None and v == expected[k]
+                   and (stats is None or stats.get(k, v) == v)}
         counts = table_counts(sql, tables, known=trusted)
-        bad = []
+        bad, extra, moved = [], [], set()
         for t in tables:
-            got = counts[(t["schema"], t["name"])]
+            key = (t["schema"], t["name"])
+            got, want = counts[key], t.get("rows")
             if got is None:
                 bad.append(f"{t['schema']}.{t['name']} missing")
-            elif t.get("rows") is not None and got != t["rows"]:
-                bad.append(f"{t['schema']}.{t['name']} has {got} rows, manifest says {t['rows']}")
+            elif want is None or got == want:
+                continue
+            elif key in root_of:
+                moved.add(root_of[key])  # judged at the root below
+            elif got > want and (info.format == "custom" or (copied or {}).get(key) == want):
+                extra.append(f"{t['schema']}.{t['name']} ({got} rows, {got - want} more than the backup)")
+            else:
+                bad.append(f"{t['schema']}.{t['name']} has {got} rows, manifest says {want}")
         if bad:
             raise PostgresError("restored copy does not match the manifest: " + "; ".join(bad[:10]))
+        moved = {r for r in moved if counts.get(r) is not None and counts.get(r) == expected.get(r)}
+        if moved:
+            notify("note: the rows of " + ", ".join(f"{s}.{n}" for s, n in sorted(moved)) + " are all there, "
+                   "spread over the partitions as the server routes them (pg_dump loads such tables through "
+                   "their root, as PostgreSQL's own restore does)")
+        if extra:
+            notify("warning: rows were added during the load by the schema itself (its triggers, rules or "
+                   "functions), as PostgreSQL's own restore would add them: " + "; ".join(extra[:10]))
     has_sm = sql.value("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
     if man.get("schema_migrations_head") and not has_sm:
         raise PostgresError("restored copy has no schema_migrations table, but the backup recorded one")
@@ -1086,7 +1151,8 @@ def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
     return out
 
 
-def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str, notify) -> None:
+def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str, notify,
+          comment: pgsql.Composable = pgsql.SQL("NULL")) -> None:
     sess = sessions_on(maint, db)
     if sess:
         listing = "; ".join(f"pid {s['pid']} {s['user']}@{s['client'] or 'local'} {s['application'] or ''}".strip()
@@ -1101,12 +1167,12 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
         deadline = time.monotonic() + 15
         while sessions_on(maint, db) and time.monotonic() < deadline:
             time.sleep(0.2)
-    comment = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
+    tag = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
     try:
         maint.execute(pgsql.SQL(
             "BEGIN; ALTER DATABASE {old} RENAME TO {pre}; ALTER DATABASE {side} RENAME TO {old}; "
-            "COMMENT ON DATABASE {pre} IS {c}; COMMENT ON DATABASE {old} IS NULL; COMMIT;").format(
-            old=ident(db), pre=ident(pre), side=ident(side), c=lit(comment)))
+            "COMMENT ON DATABASE {pre} IS {c}; COMMENT ON DATABASE {old} IS {own}; COMMIT;").format(
+            old=ident(db), pre=ident(pre), side=ident(side), c=lit(tag), own=comment))
     finally:
         if terminate:
             for name in (db, pre):
@@ -1125,10 +1191,25 @@ def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
     return out
 
 
-def prune_pre_restore(maint: Sql, db: str, keep: int, notify=print) -> list[str]:
+def prune_pre_restore(maint: Sql, db: str, keep: int, notify=print, warnings: list[str] | None = None) -> list[str]:
+    """Drop the pre-restore copies of ``db`` beyond the newest ``keep``; returns their names.
+
+    With ``warnings`` (after a restore's swap: housekeeping that must not read as a
+    failed restore) a copy that cannot be dropped is a warning with the command that
+    finishes it; without, its error is raised."""
     dropped = []
     for c in pre_restore_copies(maint, db)[keep:]:
-        drop_db(maint, c["name"])
+        try:
+            drop_db(maint, c["name"])
+        except BigskiesError as e:
+            if warnings is None:
+                raise
+            w = (f"the restore is done, but the old pre-restore copy {c['name']!r} could not be dropped "
+                 f"({str(e).splitlines()[0][:200]}); drop it with: psql -d {maint.database} -c "
+                 f"'DROP DATABASE {ident(c['name']).as_string()} WITH (FORCE)'")
+            notify(f"warning: {w}")
+            warnings.append(w)
+            continue
         notify(f"Dropped old pre-restore copy {c['name']!r} (keep_pre_restore = {keep})")
         dropped.append(c["name"])
     return dropped

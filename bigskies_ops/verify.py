@@ -173,16 +173,20 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
 
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
-    from .restore import _fit, _load, _verify_side, create_like, db_info, drop_db, table_counts
+    from .restore import (_fit, _load, _verify_side, create_like, db_info, drop_db, role_policy, scan_archive,
+                          table_counts)
     from .backup import TABLES_SQL
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
     name = _fit(db, "_verify_" + utcnow().strftime("%Y%m%d%H%M%S"))
     t0 = time.monotonic()
     notify(f"Restore test into throwaway database {name!r}")
+    # a throwaway copy: roles missing here cost their statements, never the test
+    policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True,
+                         notify=notify)
     create_like(maint, name, db_info(maint, host.postgres.database), notify)
     try:
-        rc, out, err, _copied = _load(access, info, name, False, None, None)  # counted independently below
+        rc, out, err, _copied = _load(access, info, name, policy, None, None, notify)  # counted independently below
         if rc != 0:
             from .runners import tail
             raise PostgresError(f"restore test: restoring into {name!r} failed (exit {rc}): {tail(err, 600)}")

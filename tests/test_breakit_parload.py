@@ -62,7 +62,7 @@ def _compare(pg, pg_sql, dbname, tmp_path, archive: Path, *, jobs: int = 2, segm
     def go():
         try:
             with _access(pg, par, tmp_path) as access:
-                out["res"] = load_plain_parallel(access, str(archive), par, jobs=jobs, keep_owners=False,
+                out["res"] = load_plain_parallel(access, str(archive), par, jobs=jobs,
                                                  pgoptions=RESTORE_PGOPTIONS, segment_bytes=segment_bytes)
         except BaseException as e:  # noqa: BLE001
             out["err"] = e
@@ -219,7 +219,7 @@ def test_a_statement_failing_only_in_a_second_session_fails_the_load(pg, pg_sql,
     par = _fresh(pg_sql, dbname + "_par")
     before = _children()
     with _access(pg, par, tmp_path) as access:
-        rc, _, err, rows = load_plain_parallel(access, str(archive), par, jobs=2, keep_owners=False,
+        rc, _, err, rows = load_plain_parallel(access, str(archive), par, jobs=2,
                                                segment_bytes=64)
     assert rc != 0 and rows is None
     assert "violates check constraint" in err

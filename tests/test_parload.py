@@ -98,7 +98,7 @@ def test_three_sessions_with_tiny_segments_restore_every_row(pg, pg_sql, source,
     stats: dict = {}
     try:
         with _access(pg, target, tmp_path) as access:
-            rc, _, err, rows = load_plain_parallel(access, str(archive), target, jobs=3, keep_owners=False,
+            rc, _, err, rows = load_plain_parallel(access, str(archive), target, jobs=3,
                                                    pgoptions=RESTORE_PGOPTIONS, segment_bytes=4096, stats=stats)
         assert rc == 0, err
         assert db_fingerprint(pg_sql, target) == db_fingerprint(pg_sql, source)
@@ -131,7 +131,7 @@ def test_a_dump_that_opens_a_transaction_is_loaded_by_the_leader_alone(pg, pg_sq
     stats: dict = {}
     try:
         with _access(pg, target, tmp_path) as access:
-            rc, _, err, rows = load_plain_parallel(access, str(archive), target, jobs=2, keep_owners=False,
+            rc, _, err, rows = load_plain_parallel(access, str(archive), target, jobs=2,
                                                    segment_bytes=1024, stats=stats)
         assert rc == 0, err
         assert pg_sql("SELECT count(*), sum(id) FROM in_txn", target).strip() == f"5000|{sum(range(5000))}"
@@ -152,7 +152,7 @@ def test_a_bad_row_fails_the_load_with_the_servers_message_and_stops_every_sessi
     before = _children()
     try:
         with _access(pg, target, tmp_path) as access:
-            rc, _, err, rows = load_plain_parallel(access, str(bad), target, jobs=2, keep_owners=False,
+            rc, _, err, rows = load_plain_parallel(access, str(bad), target, jobs=2,
                                                    segment_bytes=4096)
         assert rc != 0 and rows is None
         assert 'invalid input syntax for type integer: "not-a-number"' in err
@@ -170,7 +170,7 @@ def test_a_truncated_archive_raises_and_leaves_no_session(pg, pg_sql, source, tm
     try:
         with _access(pg, target, tmp_path) as access:
             with pytest.raises(ArchiveError, match="truncated gzip"):
-                load_plain_parallel(access, str(cut), target, jobs=2, keep_owners=False, segment_bytes=4096)
+                load_plain_parallel(access, str(cut), target, jobs=2, segment_bytes=4096)
         assert _children() <= before
     finally:
         pg_sql(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)', "postgres")
@@ -217,6 +217,6 @@ def test_a_dump_that_ends_inside_copy_data_is_refused_not_half_loaded(pg, pg_sql
     try:
         with _access(pg, target, tmp_path) as access:
             with pytest.raises(ArchiveError, match="ends inside the COPY data"):
-                load_plain_parallel(access, str(cut), target, jobs=2, keep_owners=False, segment_bytes=1024)
+                load_plain_parallel(access, str(cut), target, jobs=2, segment_bytes=1024)
     finally:
         pg_sql(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)', "postgres")

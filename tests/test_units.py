@@ -13,7 +13,11 @@ from bigskies_ops import catalog, inventory, pgtools
 from bigskies_ops.errors import InventoryError
 from bigskies_ops import gz
 from bigskies_ops.errors import ArchiveError
+from bigskies_ops.plainsql import RolePolicy
 from bigskies_ops.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
+
+#: every role missing: the statements naming one are skipped (db.restore --skip-missing-roles)
+SKIP_ALL = RolePolicy(frozenset(), skip_missing=True)
 from bigskies_ops.backup import split_qualified
 from bigskies_ops.access import pgpass_escape
 from bigskies_ops.runners import redact_argv
@@ -125,9 +129,10 @@ def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
             b"\\.\n"
             b"GRANT SELECT ON TABLE public.t TO reporting;\n"
             b"REVOKE ALL ON SCHEMA public FROM PUBLIC;\n")
-    f = OwnerAclFilter()
+    f = OwnerAclFilter(SKIP_ALL)
     out = b"".join(f.feed(dump[i:i + 7]) for i in range(0, len(dump), 7)) + f.flush()
-    # whole statements are dropped; the newline before a dropped one stays (a blank line)
+    # whole statements are dropped; the newline before a dropped one stays (a blank line);
+    # a REVOKE from PUBLIC names no role and is never dropped (no privilege is widened)
     assert _lines(out) == _lines(b"CREATE TABLE public.t (x text);\n"
                    b"CREATE FUNCTION public.f() RETURNS void AS $$\n"
                    b"GRANT SELECT ON t TO x;\n"
@@ -135,8 +140,10 @@ def test_owner_acl_filter_keeps_copy_data_and_function_bodies():
                    b"COPY public.t (x) FROM stdin;\n"
                    b"GRANT ALL ON t TO y;\n"
                    b"ALTER TABLE public.t OWNER TO z;\n"
-                   b"\\.\n")
-    assert f.dropped == 3
+                   b"\\.\n"
+                   b"REVOKE ALL ON SCHEMA public FROM PUBLIC;\n")
+    assert f.skipped == {"someone": 1, "reporting": 1}
+    assert f.roles == {"someone", "reporting"}
 
 
 def _lines(b: bytes) -> list[bytes]:
@@ -152,12 +159,12 @@ COPY_DUMP = (b"SET x = 1;\nCOPY public.t (x) FROM stdin;\na\nb\n\\.\nCREATE FUNC
 @pytest.mark.parametrize("step", range(1, 40))
 def test_owner_acl_filter_lists_copy_tables_whatever_the_chunking(step):
     # a chunk that starts with the "\." terminator once kept the filter in COPY mode for the rest
-    f = OwnerAclFilter()
+    f = OwnerAclFilter(SKIP_ALL)
     out = b"".join(f.feed(COPY_DUMP[i:i + step]) for i in range(0, len(COPY_DUMP), step)) + f.flush()
     assert _lines(out) == _lines(COPY_DUMP.replace(b"GRANT ALL ON t TO y;\n", b""))
     assert f.copy_tables == [("public", "t"), ("Odd", 'we"ird'), ("public", "t")]
-    assert not f.in_copy and f.dropped == 1
-    keep = OwnerAclFilter(drop=False)
+    assert not f.in_copy and f.skipped == {"y": 1}
+    keep = OwnerAclFilter()
     assert keep.feed(COPY_DUMP) + keep.flush() == COPY_DUMP and len(keep.copy_tables) == 3
 
 
@@ -185,14 +192,14 @@ TRICKY = [
 @pytest.mark.parametrize("step", [1, 2, 5, 13, 64, 100000])
 def test_owner_acl_filter_never_drops_copy_data(case, step):
     dump, tables, rows = TRICKY[case]
-    f = OwnerAclFilter()
+    f = OwnerAclFilter(SKIP_ALL)
     out = b"".join(f.feed(dump[i:i + step]) for i in range(0, len(dump), step)) + f.flush()
     assert f.copy_tables == tables
     copy_at = out.index(b"FROM stdin;\n") + len(b"FROM stdin;\n")
     block = out[copy_at:out.index(b"\n\\.\n", copy_at) + 1]
     assert block == dump[dump.index(b"FROM stdin;\n") + 12:dump.index(b"\n\\.\n") + 1]
     assert block.count(b"\n") == rows
-    assert f.dropped == 1
+    assert sum(f.skipped.values()) == 1
 
 
 def test_copy_tags_pair_with_copy_statements():

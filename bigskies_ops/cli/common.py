@@ -6,7 +6,7 @@ import functools
 import invoke
 from invoke import Exit
 
-from ..errors import BigskiesError, Interrupted
+from ..errors import BigskiesError, Interrupted, UsageError
 from ..signals import interrupts_unwind, received
 from ..inventory import Inventory, load
 
@@ -100,3 +100,20 @@ class _Task(invoke.Task):
 
 
 task = functools.partial(invoke.task, klass=_Task)
+
+
+def jobs_arg(jobs) -> int | None:
+    """``--jobs`` as given on the command line: None when absent, else a whole number >= 1.
+
+    Raises:
+        UsageError: anything else (exit 2, not a ValueError traceback).
+    """
+    if jobs in (None, "", False):
+        return None
+    try:
+        n = int(jobs)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UsageError(f"--jobs: expected a whole number of 1 or more, got {jobs!r}")
+    return n

@@ -16,7 +16,8 @@ from ..restore import pre_restore_copies, resolve_archive, restore as run_restor
 from ..runners import LocalRunner, runner_for, tail
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, load_inventory, optional_positional, task
+from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, jobs_arg, load_inventory,
+                     optional_positional, task)
 
 
 def _restore_command(host, path: str) -> str:
@@ -203,9 +204,11 @@ def human_age_s(seconds: int) -> str:
             "target_db": "restore into this NEW database and leave the original alone",
             "yes": "do not ask for confirmation",
             "terminate_sessions": "terminate sessions still connected when the names are swapped",
-            "keep_owners": "keep OWNER/GRANT statements (fails if those roles do not exist here)",
+            "keep_owners": "accepted for old scripts: owners and privileges are always restored",
             "roles": "first create the backup's roles missing here (<archive>.roles.sql; existing roles are "
-                     "never altered); implies --keep-owners",
+                     "never altered)",
+            "skip_missing_roles": "restore although the archive names roles missing here: their objects are owned "
+                                  "by the restoring user and only the statements naming them are skipped",
             "undo": "swap the newest pre-restore copy back in",
             "jobs": "parallel sessions on local hosts: pg_restore --jobs for custom, psql sessions for plain (default 2; 1 = one session, one transaction)",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
@@ -216,7 +219,7 @@ def human_age_s(seconds: int) -> str:
 @handles_errors
 def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, terminate_sessions=False,
             keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
-            json=False, roles=False, from_offsite=None, migrate=False):
+            json=False, roles=False, from_offsite=None, migrate=False, skip_missing_roles=False):
     """Restore a backup into a side database, check it, then swap it in (old one kept)."""
     help_if_requested(file, "db.restore")
     inv = load_inventory(inventory)
@@ -260,7 +263,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
                           f"(the current one is kept as a pre-restore copy).", yes=yes)
     with output.transfer_progress("restoring") as cb:
         res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions, roles=roles,
-                          keep_owners=keep_owners, jobs=int(jobs) if jobs else None, notify=output.note,
+                          skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), notify=output.note,
                           progress=cb)
     from .db_migrations import after_restore_report  # restored head vs the migrations folder
     mig = after_restore_report(h, res.database, apply=migrate)

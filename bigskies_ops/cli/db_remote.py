@@ -14,7 +14,7 @@ from ..fleet import exit_code, prefixed, run_on_hosts
 from ..inventory import Host, Inventory
 from ..pull import pull_and_restore, pull_existing, pull_format, pull_stream
 from ..safety import check_destructive, confirm_or_refuse
-from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from .common import INVENTORY_HELP, JSON_HELP, handles_errors, jobs_arg, load_inventory, task
 
 
 class LineProgress:
@@ -88,7 +88,9 @@ def _mbps(n: int, s: float) -> str:
     "label": "free text stored in the manifest",
     "yes": "do not ask before replacing --to's database",
     "terminate_sessions": "terminate sessions still connected when the restored database is swapped in",
-    "keep_owners": "keep OWNER/GRANT statements when restoring",
+    "keep_owners": "accepted for old scripts: owners and privileges are always restored",
+    "skip_missing_roles": "with --restore: restore although the dump names roles missing on --to: their objects "
+                          "are owned by the restoring user and only the statements naming them are skipped",
     "jobs": "parallel sessions of the restore (pg_restore --jobs, or psql sessions for plain; default 2)",
     "force_protected": "allow --to a protected host (with --confirm DBNAME)",
     "confirm": "the database name of --to, repeated, for protected hosts",
@@ -96,7 +98,7 @@ def _mbps(n: int, s: float) -> str:
 @handles_errors
 def pull(c, from_=None, to=None, restore=False, existing=None, format=None, label=None, yes=False,
          terminate_sessions=False, keep_owners=False, jobs=None, force_protected=False, confirm=None,
-         inventory=None, json=False):
+         inventory=None, json=False, skip_missing_roles=False):
     """Pull a database from an SSH host to this machine (fresh dump streamed, or an existing archive)."""
     inv = load_inventory(inventory)
     if not from_:
@@ -135,8 +137,8 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
             fmt = pull_format(src, format, restore)
             if restore and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
                 res, rr = pull_and_restore(src, dest, label=label, progress=cb, notify=output.note,
-                                           terminate_sessions=terminate_sessions, keep_owners=keep_owners,
-                                           jobs=int(jobs) if jobs else None, task="db.pull --restore")
+                                           terminate_sessions=terminate_sessions,
+                                           skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), task="db.pull --restore")
             else:
                 res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb, notify=output.note)
             b, m, secs, pr = res.backup, res.manifest, res.seconds, None
@@ -158,8 +160,8 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     if restore and rr is None:
         from ..restore import restore as run_restore
         with _progress(f"restoring into {dest.name}", json) as cb:
-            rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions, keep_owners=keep_owners,
-                             jobs=int(jobs) if jobs else None, notify=output.note, progress=cb, task="db.pull --restore")
+            rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions,
+                             skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), notify=output.note, progress=cb, task="db.pull --restore")
     if restore:
         facts["restore"] = {"database": rr.database, "pre_restore_copy": rr.pre_restore_copy,
                             "checked_tables": rr.checked_tables, "seconds": round(rr.seconds, 3)}

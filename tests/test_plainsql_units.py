@@ -1,0 +1,124 @@
+"""Pure functions of the restore's fidelity rules: which roles a statement names, which DDL
+makes a parallel load unsafe, list-valued settings, database privileges, load errors.
+(The real round trips against PostgreSQL's own serial load are in tests/fidelity/.)"""
+from __future__ import annotations
+
+import pytest
+
+from bigskies_ops.access import pgsql
+from bigskies_ops.plainsql import MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts, statement_roles
+from bigskies_ops.restore import _acl_items, explain_load_error, set_config_sql, split_guc_list
+
+
+@pytest.mark.parametrize("stmt, kind, roles", [
+    (b'ALTER TABLE public.t OWNER TO "Some One";', "owner", ["Some One"]),
+    (b"ALTER LARGE OBJECT 16401 OWNER TO lo_owner;", "owner", ["lo_owner"]),
+    (b"GRANT SELECT(a) ON TABLE public.t TO ro;", "acl", ["ro"]),
+    (b'GRANT ALL ON SCHEMA "x TO y" TO app WITH GRANT OPTION;', "acl", ["app"]),
+    (b"REVOKE ALL ON FUNCTION public.f(a text) FROM PUBLIC;", "acl", []),
+    (b"REVOKE EXECUTE ON FUNCTION public.f() FROM fid_reader;", "acl", ["fid_reader"]),
+    (b"ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO ro;",
+     "default_acl", ["app", "ro"]),
+    (b"SET SESSION AUTHORIZATION 'alice';", "session", ["alice"]),
+    (b"RESET SESSION AUTHORIZATION;", None, []),
+    (b'CREATE POLICY p ON public.t AS RESTRICTIVE FOR SELECT TO r1, "R 2" USING ((a > 0));', "policy", ["r1", "R 2"]),
+    (b"CREATE POLICY p ON public.t USING ((a > 0));", "policy", []),
+    (b"CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'x');", "user_mapping", ["app"]),
+    (b"ALTER TABLE ONLY public.t ALTER COLUMN id SET DEFAULT nextval('public.s'::regclass);", None, []),
+    (b"COMMENT ON TABLE public.t IS 'GRANT ALL ON x TO y';", None, []),
+])
+def test_statement_roles_names_owners_grantees_and_policy_roles(stmt, kind, roles):
+    assert statement_roles(stmt) == (kind, roles)
+
+
+def test_a_missing_role_is_refused_unless_skipped_and_a_revoke_from_public_always_stays():
+    dump = (b"CREATE TABLE public.t (x int);\nALTER TABLE public.t OWNER TO gone;\n"
+            b"REVOKE ALL ON TABLE public.t FROM PUBLIC;\nGRANT SELECT ON TABLE public.t TO here;\n")
+    strict = OwnerAclFilter(RolePolicy(frozenset({"here"})))
+    with pytest.raises(MissingRolesError) as e:
+        strict.feed(dump)
+    assert e.value.roles == ["gone"] and e.value.exit_code == 3 and "--skip-missing-roles" in str(e.value)
+    skip = OwnerAclFilter(RolePolicy(frozenset({"here"}), skip_missing=True))
+    out = skip.feed(dump) + skip.flush()
+    assert b"OWNER TO gone" not in out and b"FROM PUBLIC" in out and b"TO here" in out
+    assert skip.skipped == {"gone": 1}
+    # a policy naming a missing role beside an existing one is refused even when skipping
+    mixed = OwnerAclFilter(RolePolicy(frozenset({"here"}), skip_missing=True))
+    with pytest.raises(MissingRolesError):
+        mixed.feed(b"CREATE POLICY p ON public.t TO here, gone USING (true);\n")
+
+
+DDL = [b"CREATE FUNCTION public.rate(code text) RETURNS numeric LANGUAGE sql STABLE "
+       b"AS $$ SELECT r FROM public.rates WHERE c = code $$;",
+       b"CREATE TABLE public.p (a integer, k text) PARTITION BY HASH (k);"]
+
+
+@pytest.mark.parametrize("stmt, load, post", [
+    (b"CREATE TABLE public.orders (amount numeric, cur text, "
+     b"total numeric GENERATED ALWAYS AS ((amount * public.rate(cur))) STORED);", 1, 0),
+    (b"CREATE TABLE public.o2 (cur text, CONSTRAINT c CHECK ((public.rate(cur) > (0)::numeric)));", 1, 0),
+    (b"CREATE DOMAIN public.d AS text CONSTRAINT c CHECK ((public.rate(VALUE) > (0)::numeric));", 1, 0),
+    (b"ALTER TABLE ONLY public.o3 ALTER COLUMN r SET DEFAULT public.rate('x'::text);", 1, 0),
+    (b"CREATE INDEX i ON public.orders USING btree (public.rate(cur));", 0, 1),
+    (b"CREATE TRIGGER t AFTER INSERT ON public.p FOR EACH ROW EXECUTE FUNCTION public.rate();", 0, 1),
+    # a trigger of an ordinary table fires only on its own rows, all loaded before it exists
+    (b"CREATE TRIGGER t BEFORE UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION public.rate();", 0, 0),
+    # builtins (unqualified) and names that are not functions of the dump
+    (b"CREATE TABLE public.x (a numeric(10,2) CHECK ((a > (0)::numeric)), b public.mytype(3), "
+     b"c text DEFAULT gen_random_uuid());", 0, 0),
+    (b'CREATE TABLE public.y (a text, b numeric GENERATED ALWAYS AS (public."rate"(a)) STORED);', 1, 0),
+])
+def test_statement_facts_flag_the_dumps_own_functions_where_a_load_evaluates_them(stmt, load, post):
+    f = StatementFacts()
+    for d in DDL:
+        f.feed(d)
+    f.feed(stmt)
+    assert (len(f.load_hazards), len(f.post_hazards)) == (load, post)
+
+
+def test_extensions_are_collected():
+    f = StatementFacts()
+    f.feed(b"CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA ext;")
+    f.feed(b'CREATE EXTENSION "uuid-ossp" WITH SCHEMA public;')
+    assert f.extensions == {"hstore", "uuid-ossp"}
+
+
+@pytest.mark.parametrize("value, items", [
+    ("app, public", ["app", "public"]),
+    ('"My Schema", public', ["My Schema", "public"]),
+    ('"a""b",c', ['a"b', "c"]),
+    ('"$user", public', ["$user", "public"]),
+    ("", []),
+])
+def test_list_settings_split_as_the_server_does(value, items):
+    assert split_guc_list(value) == items
+
+
+def test_a_list_setting_comes_back_element_by_element():
+    target = pgsql.SQL("ALTER DATABASE {}").format(pgsql.Identifier("d"))
+    assert set_config_sql(target, "search_path=app, public").as_string() == \
+        """ALTER DATABASE "d" SET "search_path" TO 'app', 'public'"""
+    assert set_config_sql(target, "DateStyle=ISO, MDY").as_string() == \
+        """ALTER DATABASE "d" SET "DateStyle" TO 'ISO, MDY'"""
+    assert set_config_sql(target, "default_transaction_read_only=on").as_string() == \
+        """ALTER DATABASE "d" SET "default_transaction_read_only" TO 'on'"""
+
+
+def test_database_acl_items():
+    assert _acl_items(["=Tc/owner", "owner=CTc/owner", '"read only"=c*/owner']) == [
+        (None, "TEMPORARY", False), (None, "CONNECT", False), ("owner", "CREATE", False),
+        ("owner", "TEMPORARY", False), ("owner", "CONNECT", False), ("read only", "CONNECT", True)]
+    assert _acl_items(None) == []
+
+
+def test_load_errors_name_the_extension_and_package_or_the_table_and_function():
+    ext = 'ERROR:  extension "postgis" is not available\nDETAIL: Could not open extension control file'
+    assert "postgresql-15-postgis-3" in explain_load_error(ext)
+    ctl = ('ERROR:  could not open extension control file "/usr/share/postgresql/15/extension/fid_x.control": '
+           'No such file or directory')
+    assert "'fid_x'" in explain_load_error(ctl)
+    fn = ('ERROR:  division by zero\nCONTEXT:  SQL function "ratio" statement 1\n'
+          'COPY orders, line 1: "1\t0"')
+    why = explain_load_error(fn)
+    assert "ratio" in why and "orders" in why
+    assert explain_load_error("ERROR: something else") is None
