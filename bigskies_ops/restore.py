@@ -43,6 +43,7 @@ from .locks import host_lock
 from .pgtools import (PgVersion, parse_custom_header, parse_plain_header, pg_restore_args, plain_tail_complete,
                       psql_args)
 from .runners import tail
+from .signals import left_behind
 
 CHUNK = 1 << 20
 MAX_DBNAME = 63  # NAMEDATALEN - 1 bytes (PostgreSQL docs 4.1.1: longer identifiers are truncated)
@@ -99,12 +100,23 @@ def _fit(prefix: str, suffix: str) -> str:
     return f"{cut}~{h}{suffix}"
 
 
-def side_db_name(database: str, when) -> str:
-    return _fit(database, "_restoring_" + when.strftime("%Y%m%d%H%M%S"))
+def side_db_name(database: str, when, n: int = 1) -> str:
+    return _fit(database, "_restoring_" + when.strftime("%Y%m%d%H%M%S") + (f"_{n}" if n > 1 else ""))
 
 
-def pre_restore_name(database: str, when) -> str:
-    return _fit(database, "_pre_" + when.strftime("%Y%m%d%H%M%S"))
+def pre_restore_name(database: str, when, n: int = 1) -> str:
+    return _fit(database, "_pre_" + when.strftime("%Y%m%d%H%M%S") + (f"_{n}" if n > 1 else ""))
+
+
+def unused_name(maint, make, database: str, when) -> str:
+    """``make(database, when)``, or with ``_2``, ``_3``, ... when a database of that name
+    exists (restores of one database within the same second; they run one after
+    another under the (host, database) lock, so the first free name stays free)."""
+    taken = {r["datname"] for r in maint.query("SELECT datname FROM pg_catalog.pg_database")}
+    n = 1
+    while make(database, when, n) in taken:
+        n += 1
+    return make(database, when, n)
 
 
 # ------------------------------------------------------------------ archive checks
@@ -711,6 +723,91 @@ def apply_properties(maint: Sql, name: str, props: dict, policy: RolePolicy | No
     return warnings
 
 
+_LOCAL_SERVER = re.compile(r"^(?:localhost|127\.\d+\.\d+\.\d+|::1|/.*)$")
+
+
+def server_free_bytes(access: PostgresAccess, maint: Sql) -> tuple[int | None, str]:
+    """Free bytes of the file system holding the server's data directory, seen where the
+    server runs (this machine, the SSH host, or inside the container), and the
+    directory; or ``(None, why it cannot be seen)``."""
+    host, pg = access.host, access.host.postgres
+    try:
+        datadir = maint.value("SELECT current_setting('data_directory')")
+    except PostgresError:
+        return None, ("this role may not read the server's data_directory (a superuser or a member of "
+                      "pg_read_all_settings may)")
+    if host.container:
+        c = host.container
+        r = access.runner.run([*c.engine_argv, "exec", c.name, "stat", "-f", "-c", "%a %S", "--", datadir],
+                              check=False)
+        try:
+            a, b = r.text.split()
+            return int(a) * int(b), datadir
+        except ValueError:
+            return None, f"stat of {datadir} in container {c.name} failed: {tail(r.stderr, 200)}"
+    if pg.host and not _LOCAL_SERVER.match(pg.host):
+        return None, f"the server ({pg.host}) is not on {'the SSH host' if host.is_remote else 'this machine'}"
+    free = access.runner.free_bytes(datadir)
+    return (free, datadir) if free is not None else (None, f"{datadir} cannot be read here")
+
+
+def check_space(access: PostgresAccess, maint: Sql, info, notify) -> None:
+    """Refuse before anything is created when the server lacks the room for the side
+    database: the backed-up database's size (manifest ``database_bytes``), plus the WAL
+    the load writes before a checkpoint recycles it (up to ``max_wal_size``), plus 10%.
+    A server that runs out of space PANICs and stays down until space is freed.
+
+    Raises:
+        SafetyError: too little free space (exit 3), naming both figures and
+            ``--skip-space-check``.
+    """
+    from .catalog import human_bytes
+    size = ((getattr(info, "manifest", None) or {}).get("database_bytes"))
+    if size is None:
+        notify("note: free space on the server not checked (the backup did not record its database's size)")
+        return
+    wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0
+    need = int(size + min(size, wal) + size // 10)
+    free, where = server_free_bytes(access, maint)
+    if free is None:
+        notify(f"note: free space on the server not checked: {where}")
+        return
+    if free < need:
+        raise SafetyError(f"the restore needs about {human_bytes(need)} on the server ({human_bytes(size)} of "
+                          f"database, WAL and 10% headroom) but {where} has {human_bytes(free)} free. Nothing was "
+                          f"changed; free space there, or pass --skip-space-check if you know better")
+
+
+def check_rights(maint: Sql, db: str | None, old: dict | None) -> None:
+    """Refuse before anything is loaded when the connecting role cannot finish the
+    restore: it creates the side database (CREATEDB), and to swap it in renames and
+    later drops the current one (its owner, or a member of the owner's role;
+    PostgreSQL docs, ALTER DATABASE ... RENAME and DROP DATABASE). ``db``: the database
+    replaced (None for a new ``--target-db``); ``old``: :func:`db_info` of it.
+
+    Raises:
+        SafetyError: a right is missing (exit 3); the message names it and who has it.
+    """
+    me = maint.query("SELECT current_user AS name, rolsuper AS su, rolcreatedb AS createdb "
+                     "FROM pg_catalog.pg_roles WHERE rolname = current_user")[0]
+    if me["su"]:
+        return
+    if not me["createdb"]:
+        raise SafetyError(f"role {me['name']!r} may not create databases (no CREATEDB), so it cannot build the "
+                          f"side database a restore loads into. Nothing was changed; restore as the database's "
+                          f"owner with CREATEDB or a superuser, or run: ALTER ROLE {ident(me['name']).as_string()} "
+                          f"CREATEDB")
+    if db is not None and old is not None:
+        owns = maint.value(pgsql.SQL("SELECT pg_catalog.pg_has_role(current_user, {}, 'MEMBER')").format(
+            lit(old["owner"])))
+        if not owns:
+            raise SafetyError(f"role {me['name']!r} does not own database {db!r} (its owner is {old['owner']!r}), "
+                              f"so it could load the side database but not swap it in (renaming and dropping a "
+                              f"database needs its owner). Nothing was changed; restore as {old['owner']!r} or a "
+                              f"superuser, or GRANT {ident(old['owner']).as_string()} TO "
+                              f"{ident(me['name']).as_string()}")
+
+
 def drop_db(sql: Sql, name: str) -> None:
     """DROP DATABASE ``name`` (if it exists), its connections ended. Subscriptions in it
     are dropped first without touching their publisher (``slot_name = NONE``): the
@@ -726,7 +823,20 @@ def drop_db(sql: Sql, name: str) -> None:
                       pgsql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sub),
                       pgsql.SQL("DROP SUBSCRIPTION {}").format(sub)]
         sql.access.sql(name).execute(pgsql.SQL(";\n").join(stmts))
-    sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
+    for attempt in range(3):
+        try:
+            sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
+            return
+        except PostgresError as e:
+            # FORCE signals every backend on it, autovacuum too, which a non-superuser may not;
+            # a plain DROP cancels autovacuum itself (PostgreSQL docs, DROP DATABASE)
+            if "must be" not in str(e) and "being accessed" not in str(e) or attempt == 2:
+                raise
+            try:
+                sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(ident(name)))
+                return
+            except PostgresError:
+                time.sleep(1)
 
 
 def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dict[tuple[str, str], int | None]:
@@ -800,7 +910,7 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
             jobs: int | None = None, notify=print, progress=None, confirmed: bool = True,
             task: str = "db.restore", roles: bool = False, skip_missing_roles: bool = False,
-            follow: "FollowedArchive | None" = None) -> RestoreResult:
+            skip_space_check: bool = False, follow: "FollowedArchive | None" = None) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
 
     The caller has already applied the safety policy and the confirmation.
@@ -818,6 +928,8 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
             user, and the statements naming those roles skipped (:func:`role_policy`);
             without it (and without ``roles``) such an archive is refused before
             anything is created.
+        skip_space_check: do not refuse for too little free space on the server
+            (:func:`check_space`).
         follow: load a plain archive WHILE it is being written (``db.pull --restore``):
             ``archive`` is ignored; the load follows ``follow.growing`` and the archive
             checks (size, sha256, manifest, versions) run on ``follow.result()``'s finished
@@ -850,6 +962,8 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         if follow is None:
             scan_archive(access, info)
             check_extensions(maint, info, host.name)
+            if not skip_space_check:
+                check_space(access, maint, info, notify)
         policy = role_policy(access, maint, info, create_roles=roles and follow is None,
                              skip_missing=skip_missing_roles, notify=notify)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task, notify=notify):
@@ -864,7 +978,8 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     _drop_leftover_side_dbs(maint, target_db or db, notify)
     if old is not None and target_db is None and not terminate and not host.coordinators:
         _refuse_if_sessions(maint, db)  # fail fast, before a long restore (checked again at the swap)
-    side = side_db_name(target_db or db, now)
+    check_rights(maint, db if target_db is None else None, old)
+    side = unused_name(maint, side_db_name, target_db or db, now)
     notify(f"Restoring into side database {side!r} (the current database is not touched yet)")
     create_like(maint, side, old, notify)
     swapped = False
@@ -892,7 +1007,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
                 ident(side), ident(name), comment))
             swapped = True
             return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
-        pre = pre_restore_name(db, now)
+        pre = unused_name(maint, pre_restore_name, db, now)
         with coordinators_paused(access.runner, host, notify) as stopped:
             _swap(maint, db, side, pre, terminate, info.path, notify, comment=comment)
             swapped = True
@@ -905,7 +1020,10 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
             try:
                 drop_db(maint, side)
             except BigskiesError as e:
-                notify(f"warning: could not drop side database {side!r}: {e}")
+                cmd = f"psql -d {maint.database} -c 'DROP DATABASE {ident(side).as_string()} WITH (FORCE)'"
+                left_behind(f"side database {side!r} is left behind ({str(e).splitlines()[0][:200]}); drop it "
+                            f"with: {cmd}")
+                notify(f"warning: could not drop side database {side!r}: {e}; drop it with: {cmd}")
 
 
 @dataclass
@@ -1162,8 +1280,11 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
                               f"changed; stop them or pass --terminate-sessions")
         notify(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
         maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(db)))
+        # the sessions listed, never autovacuum: the server cancels it itself on RENAME/DROP,
+        # and a non-superuser owner may not signal it ("must be a superuser to terminate ...")
         maint.query(pgsql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-                              "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid()").format(lit(db)))
+                              "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
+                              "AND backend_type IS DISTINCT FROM 'autovacuum worker'").format(lit(db)))
         deadline = time.monotonic() + 15
         while sessions_on(maint, db) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -1231,7 +1352,7 @@ def undo(host: Host, *, terminate_sessions: bool = False, notify=print, task: st
                 raise StorageError(f"no pre-restore copy of {db!r} on {host.name}")
             src = copies[0]["name"]
             now = utcnow()
-            pre = pre_restore_name(db, now)
+            pre = unused_name(maint, pre_restore_name, db, now)
             with coordinators_paused(access.runner, host, notify) as stopped:
                 _swap(maint, db, src, pre, terminate_sessions, f"undo: {src}", notify)
             maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(db)))

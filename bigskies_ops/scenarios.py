@@ -130,7 +130,8 @@ def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool
             say("  nothing to restore (no pre-purge backup was taken)")
         else:
             steps(f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})")
-            rr = run_restore(host, pres["backup"], roles=roles, terminate_sessions=True, notify=notify)
+            rr = run_restore(host, pres["backup"], roles=roles, skip_missing_roles=not roles, terminate_sessions=True,
+                             notify=notify)
             out["restored"] = rr.archive
             out["coordinators"] = rr.coordinators
     return out
@@ -181,5 +182,5 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
     except BigskiesError as e:
         say(f"  warning: {e}")
     steps("Restore (db.restore)")
-    rr = run_restore(host, archive, roles=roles, terminate_sessions=True, notify=notify)
+    rr = run_restore(host, archive, roles=roles, skip_missing_roles=not roles, terminate_sessions=True, notify=notify)
     return {"backup": fresh.backup.path if fresh else None, "restored": rr.archive, "steps": steps.done}

@@ -76,3 +76,15 @@ def deferred():
             held, _held[:] = _held[:], []
     if held:
         raise Interrupted(held[0])
+
+
+#: what an interrupted task could not clean up (a sentence with the command that
+#: finishes it each); the CLI reports these instead of "cleanup done"
+_left_behind: list[str] = []
+
+
+def left_behind(what: str | None = None) -> list[str]:
+    """Record ``what`` (when given); return everything recorded in this process."""
+    if what:
+        _left_behind.append(what)
+    return list(_left_behind)

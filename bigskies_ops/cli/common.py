@@ -7,7 +7,7 @@ import invoke
 from invoke import Exit
 
 from ..errors import BigskiesError, Interrupted, UsageError
-from ..signals import interrupts_unwind, received
+from ..signals import interrupts_unwind, left_behind, received
 from ..inventory import Inventory, load
 
 INVENTORY_HELP = "inventory file (default: $BIGSKIES_INVENTORY, else ./inventory.yaml)"
@@ -63,6 +63,11 @@ def help_if_requested(value: str | None, task_name: str) -> None:
         raise Exit(code=0)
 
 
+def _cleanup() -> str:
+    left = left_behind()
+    return "cleanup done" if not left else "cleanup INCOMPLETE: " + "; ".join(left)
+
+
 def handles_errors(fn):
     """Turn library errors into ``invoke.Exit(message, code)`` (CONTRACTS.md section 5):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
@@ -72,13 +77,13 @@ def handles_errors(fn):
             with interrupts_unwind():
                 return fn(*args, **kwargs)
         except Interrupted as e:
-            raise Exit(f"interrupted by signal {e.signum}; cleanup done", code=e.exit_code)
+            raise Exit(f"interrupted by signal {e.signum}; {_cleanup()}", code=e.exit_code)
         except KeyboardInterrupt:
-            raise Exit("interrupted; cleanup done", code=130)
+            raise Exit(f"interrupted; {_cleanup()}", code=130)
         except BigskiesError as e:
             sig = received()
             if sig is not None:  # Ctrl-C reached pg_dump/psql too and they failed first
-                raise Exit(f"interrupted by signal {sig}; cleanup done ({e})", code=128 + sig)
+                raise Exit(f"interrupted by signal {sig}; {_cleanup()} ({e})", code=128 + sig)
             one_line = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())  # tool stderr tails
             raise Exit(f"error: {one_line}", code=e.exit_code)
     return wrapper

@@ -207,6 +207,7 @@ def human_age_s(seconds: int) -> str:
             "keep_owners": "accepted for old scripts: owners and privileges are always restored",
             "roles": "first create the backup's roles missing here (<archive>.roles.sql; existing roles are "
                      "never altered)",
+            "skip_space_check": "do not refuse when the server seems to lack the free space the restore needs",
             "skip_missing_roles": "restore although the archive names roles missing here: their objects are owned "
                                   "by the restoring user and only the statements naming them are skipped",
             "undo": "swap the newest pre-restore copy back in",
@@ -219,7 +220,8 @@ def human_age_s(seconds: int) -> str:
 @handles_errors
 def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, terminate_sessions=False,
             keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
-            json=False, roles=False, from_offsite=None, migrate=False, skip_missing_roles=False):
+            json=False, roles=False, from_offsite=None, migrate=False, skip_missing_roles=False,
+            skip_space_check=False):
     """Restore a backup into a side database, check it, then swap it in (old one kept)."""
     help_if_requested(file, "db.restore")
     inv = load_inventory(inventory)
@@ -263,7 +265,8 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
                           f"(the current one is kept as a pre-restore copy).", yes=yes)
     with output.transfer_progress("restoring") as cb:
         res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions, roles=roles,
-                          skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), notify=output.note,
+                          skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
+                          jobs=jobs_arg(jobs), notify=output.note,
                           progress=cb)
     from .db_migrations import after_restore_report  # restored head vs the migrations folder
     mig = after_restore_report(h, res.database, apply=migrate)

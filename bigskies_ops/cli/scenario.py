@@ -52,7 +52,8 @@ def fresh_start(c, host=None, timeout=60, inventory=None, json=False):
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
             "no_backup": "purge without the pre-purge backup (nothing to restore afterwards)",
             "no_restore": "leave the new database empty (do not restore the pre-purge backup)",
-            "no_roles": "do not create the backup's missing roles before restoring",
+            "no_roles": "do not create the backup's missing roles before restoring (objects of roles missing then are "
+                        "owned by the restoring user; only the statements naming them are skipped)",
             "wait_migrations": "after up, wait for the bootstrap migrations",
             "yes": "do not ask for confirmation",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
@@ -73,7 +74,8 @@ def complete_reset(c, host=None, no_backup=False, no_restore=False, no_roles=Fal
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
             "archive": "restore this archive (default: the backup just taken, else the newest good one)",
-            "no_roles": "do not create the backup's missing roles before restoring",
+            "no_roles": "do not create the backup's missing roles before restoring (objects of roles missing then are "
+                        "owned by the restoring user; only the statements naming them are skipped)",
             "yes": "do not ask for confirmation",
             "force_protected": "allow this on a protected host (with --confirm DBNAME)",
             "confirm": "the database name, repeated, for protected hosts"})
