@@ -801,6 +801,9 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             session = None
             manifest["phase"] = "finalize"
             manifest["tables"] = counter.manifest_tables(_custom_data_tables(access, partial, tables))
+            if direct:  # written here with offsets: its schema reads fast (restore.scan_archive)
+                from .restore import custom_schema_facts
+                manifest.update(custom_schema_facts(access, partial))
         roles_data = None
         if host.backup.roles:  # backup.roles: true -> <archive>.roles.sql beside it (bigskies_ops.roles)
             from .roles import dump_roles

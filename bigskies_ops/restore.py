@@ -408,27 +408,48 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
 def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
     """Fill ``info.roles``, ``info.facts`` and ``info.extensions`` from the archive's SQL.
 
-    A custom archive's schema is read with ``pg_restore --schema-only --file -`` (no
-    data is read: the TOC has the offsets); a plain dump's roles and extensions come
-    from its manifest (recorded while the dump streamed through the same scanner),
-    and only a plain dump without them (an older or a legacy backup) is read here end
-    to end. Returns ``info``. Raises ArchiveError when pg_restore cannot read it.
+    The backup records them in the manifest (``roles``, ``extensions``, and for a custom
+    archive ``parallel_hazards``): a plain dump while it streams through the same
+    scanner, a custom archive written here with :func:`custom_schema_facts`. Without
+    them (an older backup, a custom archive written on an SSH host or in a container)
+    a custom archive's schema is read here (``pg_restore --schema-only``: no data is
+    read when the TOC has offsets) and a plain dump end to end. Returns ``info``.
+    Raises ArchiveError when pg_restore cannot read it.
     """
     man = info.manifest or {}
-    if info.format == "plain" and "roles" in man and "extensions" in man:
+    if "roles" in man and "extensions" in man and (info.format == "plain" or "parallel_hazards" in man):
         info.roles, info.extensions = set(man["roles"]), set(man["extensions"])
+        if info.format == "custom":
+            info.facts = StatementFacts()
+            info.facts.post_hazards = list(man["parallel_hazards"])
+        return info
+    if info.format == "custom":
+        facts = custom_schema_facts(access, info.path)
+        info.roles, info.extensions = set(facts["roles"]), set(facts["extensions"])
+        info.facts = StatementFacts()
+        info.facts.post_hazards = list(facts["parallel_hazards"])
         return info
     flt = OwnerAclFilter(emit=False)
-    if info.format == "custom":
-        for _done, b in _pg_restore_script(access, info.path, ["--schema-only"]):
+    with open(info.path, "rb") as f:
+        for _done, b in _gunzip_chunks(f, path=info.path):
             flt.feed(b)
-    else:
-        with open(info.path, "rb") as f:
-            for _done, b in _gunzip_chunks(f, path=info.path):
-                flt.feed(b)
     flt.flush()
     info.roles, info.facts, info.extensions = set(flt.roles), flt.facts, set(flt.facts.extensions)
     return info
+
+
+def custom_schema_facts(access: PostgresAccess, path: str) -> dict:
+    """What a custom archive's schema (``pg_restore --schema-only --file -``, run where
+    the host's tools are) tells a restore: ``roles`` it names, ``extensions`` it
+    creates, ``parallel_hazards`` (:class:`StatementFacts`: why a parallel
+    ``pg_restore --jobs`` could compute other values than a serial one). Recorded in
+    the manifest of a custom backup; read again for an archive without them."""
+    flt = OwnerAclFilter(emit=False)
+    for _done, b in _pg_restore_script(access, path, ["--schema-only"]):
+        flt.feed(b)
+    flt.flush()
+    return {"roles": sorted(flt.roles), "extensions": sorted(flt.facts.extensions),
+            "parallel_hazards": flt.facts.load_hazards + flt.facts.post_hazards}
 
 
 def _pg_restore_script(access: PostgresAccess, path: str, args: list[str]):
