@@ -564,15 +564,21 @@ def explain_load_error(stderr: str) -> str | None:
         name = m.group(1) or m.group(2)
         return (f"the archive needs extension {name!r}, which this server lacks: install the package that "
                 f"provides it (on Debian/Ubuntu: {_extension_hint(name)})")
-    copy = re.search(r"COPY ([^,\n]+), line (\d+)", stderr)
+    m = re.search(r'new row for relation "([^"]+)" violates check constraint "([^"]+)"', stderr)
+    if m:
+        return (f"rows of table {m.group(1)} fail its CHECK constraint {m.group(2)} during the load (a constraint "
+                f"that calls a function can give another answer than when the rows were written)")
+    copy = re.search(r"COPY ([^,\n]+), line (\d+)", stderr) or re.search(
+        r'COPY failed for table "([^"]+)"()', stderr)
     func = re.search(r'(?:SQL|PL/pgSQL) function "?([^"\s(]+)', stderr) or re.search(
         r"PL/pgSQL function ([^\s(]+)\(", stderr)
     if copy and func:
-        return (f"function {func.group(1)} failed while rows of table {copy.group(1).strip()} were loaded "
-                f"(line {copy.group(2)} of its data): a constraint, default or generated column of that table "
-                f"calls it")
+        line = f" (line {copy.group(2)} of its data)" if copy.group(2) else ""
+        return (f"function {func.group(1)} failed while rows of table {copy.group(1).strip()} were loaded{line}: "
+                f"a constraint, default or generated column of that table calls it")
     if copy:
-        return f"loading the rows of table {copy.group(1).strip()} failed (line {copy.group(2)} of its data)"
+        line = f" (line {copy.group(2)} of its data)" if copy.group(2) else ""
+        return f"loading the rows of table {copy.group(1).strip()} failed{line}"
     return None
 
 

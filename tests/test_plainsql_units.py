@@ -121,4 +121,10 @@ def test_load_errors_name_the_extension_and_package_or_the_table_and_function():
           'COPY orders, line 1: "1\t0"')
     why = explain_load_error(fn)
     assert "ratio" in why and "orders" in why
+    custom = ('pg_restore: error: COPY failed for table "orders": ERROR:  division by zero\n'
+              'CONTEXT:  PL/pgSQL function public.ratio(numeric) line 1 at RETURN')
+    why = explain_load_error(custom)
+    assert "public.ratio" in why and "orders" in why
+    check = 'ERROR:  new row for relation "orders" violates check constraint "positive_rate"'
+    assert "positive_rate" in explain_load_error(check) and "orders" in explain_load_error(check)
     assert explain_load_error("ERROR: something else") is None
