@@ -596,12 +596,18 @@ def db_info(sql: Sql, name: str) -> dict | None:
 
 
 def sessions_on(sql: Sql, name: str) -> list[dict]:
+    """Client sessions connected to database ``name`` (not ours), that this role can see.
+
+    Background workers are not sessions: the server cancels autovacuum itself on RENAME
+    and DROP (CountOtherDBBackends). A role without pg_read_all_stats sees neither the
+    type nor the user of another role's process (an autovacuum worker looks like any
+    other): those are left to the server, whose RENAME refuses while a real session is
+    connected (:func:`_swap` turns that into the same refusal)."""
     return sql.query(pgsql.SQL(
         "SELECT pid, usename AS user, application_name AS application, client_addr::text AS client, state, "
         "to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since "
         "FROM pg_catalog.pg_stat_activity WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
-        # autovacuum workers are cancelled by the server itself on RENAME/DROP (CountOtherDBBackends)
-        "AND backend_type IS DISTINCT FROM 'autovacuum worker' "
+        "AND backend_type IN ('client backend', 'walsender') "
         "ORDER BY pid").format(lit(name)))
 
 
@@ -1311,16 +1317,16 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
         # and a non-superuser owner may not signal it ("must be a superuser to terminate ...")
         maint.query(pgsql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
                               "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
-                              "AND backend_type IS DISTINCT FROM 'autovacuum worker'").format(lit(db)))
+                              "AND backend_type IN ('client backend', 'walsender')").format(lit(db)))
         deadline = time.monotonic() + 15
         while sessions_on(maint, db) and time.monotonic() < deadline:
             time.sleep(0.2)
     tag = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
     try:
-        maint.execute(pgsql.SQL(
+        _renames(maint, db, pgsql.SQL(
             "BEGIN; ALTER DATABASE {old} RENAME TO {pre}; ALTER DATABASE {side} RENAME TO {old}; "
             "COMMENT ON DATABASE {pre} IS {c}; COMMENT ON DATABASE {old} IS {own}; COMMIT;").format(
-            old=ident(db), pre=ident(pre), side=ident(side), c=lit(tag), own=comment))
+            old=ident(db), pre=ident(pre), side=ident(side), c=lit(tag), own=comment), terminate)
     finally:
         if terminate:
             for name in (db, pre):
@@ -1329,6 +1335,22 @@ def _swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: st
                 except BigskiesError:
                     pass
     notify(f"Swapped: {db!r} is the restored copy; the previous database is kept as {pre!r}")
+
+
+def _renames(maint: Sql, db: str, script: pgsql.Composable, terminate: bool) -> None:
+    """Run the swap's renames; the server's "being accessed by other users" (sessions this
+    role could not see: :func:`sessions_on`) becomes the same refusal as a listed session."""
+    try:
+        maint.execute(script)
+    except PostgresError as e:
+        if "is being accessed by other users" not in str(e):
+            raise
+        m = re.search(r"There (?:is|are) (\d+) other session", str(e))
+        n = m.group(1) if m else "some"
+        raise SafetyError(f"{n} other session(s) still connected to {db!r} that this role may not see or end "
+                          f"(sessions of other roles: a member of pg_read_all_stats sees them, of pg_signal_backend "
+                          f"ends them). Nothing was changed; stop them"
+                          f"{'' if terminate else ' or pass --terminate-sessions'}") from None
 
 
 def pre_restore_copies(maint: Sql, db: str) -> list[dict]:

@@ -122,3 +122,80 @@ def test_a_restore_onto_a_server_without_room_for_the_side_database_is_refused(t
     assert run("SELECT md5(string_agg(datname, ',' ORDER BY datname)) FROM pg_database") == before
     assert run("SELECT 1") == "1"  # the server is up
     assert dir_hashes(bdir) == files
+
+
+@pytest.fixture(scope="module")
+def slow_autovacuum_cluster(run_root):
+    """A cluster whose autovacuum starts within a second and works very slowly, so a worker
+    is reliably on a database while a restore or an undo swaps it."""
+    c = Cluster(base=run_root / f"autovac-{uuid.uuid4().hex[:8]}", port=free_port())
+    c.init().start(settings={"autovacuum_naptime": "1", "autovacuum_vacuum_cost_delay": "100",
+                             "autovacuum_vacuum_cost_limit": "1", "autovacuum_vacuum_threshold": "0",
+                             "autovacuum_vacuum_scale_factor": "0"})
+    yield c
+    c.stop()
+
+
+def test_undo_by_a_non_superuser_owner_is_not_blocked_by_autovacuum(tmp_path, slow_autovacuum_cluster, cli_env):
+    c = slow_autovacuum_cluster
+    c.psql("-c", "CREATE ROLE fid_owner LOGIN CREATEDB")
+    c.psql("-c", "CREATE DATABASE app OWNER fid_owner")
+    c.psql("-c", "SET ROLE fid_owner; CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g",
+           database="app")
+    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
+        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
+        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app", "user": "fid_owner",
+                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    archive = _backup(inv, cli_env)
+    r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
+
+    def q(sql):
+        return subprocess.run([PSQL, "-X", "-A", "-t", "-h", str(c.socket_dir), "-p", str(c.port), "-U", "bigskies",
+                               "-d", "postgres", "-c", sql], capture_output=True, text=True, check=True).stdout.strip()
+    c.psql("-c", "DELETE FROM t WHERE id % 2 = 0", database="app")  # dead rows: autovacuum comes
+    import time
+    deadline = time.monotonic() + 90
+    while q("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'autovacuum worker'") == "0":
+        assert time.monotonic() < deadline, "autovacuum never started on app"
+        time.sleep(0.5)
+    r = cli("db.restore", "-i", str(inv), "--undo", "--yes", "--terminate-sessions", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert q("SELECT count(*) FROM pg_database WHERE datname = 'app'") == "1"
+    assert c.psql("-X", "-A", "-t", "-c", "SELECT count(*) FROM t", database="app").strip() == "200000"
+
+
+def test_a_session_this_role_cannot_see_still_stops_the_swap_and_nothing_changes(tmp_path, slow_autovacuum_cluster,
+                                                                                  cli_env):
+    c = slow_autovacuum_cluster
+    c.psql("-c", "CREATE ROLE fid_owner2 LOGIN CREATEDB; CREATE ROLE fid_other LOGIN")
+    c.psql("-c", "CREATE DATABASE app2 OWNER fid_owner2")
+    c.psql("-c", "SET ROLE fid_owner2; CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g",
+           database="app2")
+    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
+        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
+        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app2", "user": "fid_owner2",
+                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    archive = _backup(inv, cli_env)
+    other = subprocess.Popen([PSQL, "-X", "-h", str(c.socket_dir), "-p", str(c.port), "-U", "fid_other", "-d", "app2",
+                              "-c", "SELECT pg_sleep(120)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def dbs():
+            return c.psql("-X", "-A", "-t", "-c", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+        import time
+        deadline = time.monotonic() + 20
+        while "1" != c.psql("-X", "-A", "-t", "-c", "SELECT count(*) FROM pg_stat_activity WHERE usename = "
+                            "'fid_other'").strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        before = dbs()
+        r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
+        assert r.returncode == 3, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "other session(s) still connected to 'app2'" in r.stderr and "Nothing was changed" in r.stderr
+        assert dbs() == before
+        assert other.poll() is None  # the other role's session was left alone
+    finally:
+        other.kill()
+        other.wait()
