@@ -199,3 +199,43 @@ def test_a_session_this_role_cannot_see_still_stops_the_swap_and_nothing_changes
     finally:
         other.kill()
         other.wait()
+
+
+def test_ctrl_c_while_autovacuum_works_on_the_side_database_still_drops_it(tmp_path, slow_autovacuum_cluster,
+                                                                           cli_env):
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    c = slow_autovacuum_cluster
+    c.psql("-c", "CREATE ROLE fid_owner3 LOGIN CREATEDB")
+    c.psql("-c", "CREATE DATABASE app3 OWNER fid_owner3")
+    # t loads (and commits) first; w's CHECK sleeps 3 ms a row, so the load lasts ~9 s more,
+    # time for autovacuum to come to the side database and start on t
+    c.psql("-c", "SET ROLE fid_owner3; CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v "
+           "FROM generate_series(1, 300000) g; CREATE TABLE w AS SELECT g AS id FROM generate_series(1, 3000) g; "
+           "ALTER TABLE w ADD CONSTRAINT slow CHECK ((pg_sleep(0.003))::text IS NOT NULL)", database="app3")
+    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
+        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
+        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app3", "user": "fid_owner3",
+                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    archive = _backup(inv, cli_env)
+
+    def q(sql):
+        return c.psql("-X", "-A", "-t", "-c", sql).strip()
+    before = q("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+    proc = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", archive, "-i", str(inv), "--yes"],
+                            env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while q("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'app3_restoring_%' "
+            "AND backend_type = 'autovacuum worker'") == "0":
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "autovacuum never came to the side database"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "cleanup done" in err
+    assert q("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database") == before
