@@ -21,6 +21,14 @@ def _dbs(pg_sql) -> set[str]:
     return {l for l in pg_sql("SELECT datname FROM pg_database", "postgres").splitlines() if l}
 
 
+def _socket_inventory(tmp_path, c: Cluster, database: str, user: str = "bigskies"):
+    """A local host ``dev`` reaching cluster ``c`` over its unix socket (trust) as ``user``."""
+    return write_inventory(tmp_path / "i.yaml", {"dev": {
+        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
+        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": database, "user": user,
+                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+
+
 def _backup(inv, env) -> str:
     r = cli("db.backup", "-i", str(inv), "--json", env=env)
     assert r.returncode == 0, r.stderr
@@ -104,10 +112,7 @@ def test_a_restore_onto_a_server_without_room_for_the_side_database_is_refused(t
     c.psql("-c", "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 8) AS v FROM generate_series(1, 80000) g",
            database="big")
     bdir = tmp_path / "b"
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
-        "connection": "local", "backup": {"dir": str(bdir)},
-        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "big", "user": "bigskies",
-                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    inv = _socket_inventory(tmp_path, c, "big")
     archive = _backup(inv, cli_env)
 
     def run(sql):
@@ -142,10 +147,7 @@ def test_undo_by_a_non_superuser_owner_is_not_blocked_by_autovacuum(tmp_path, sl
     c.psql("-c", "CREATE DATABASE app OWNER fid_owner")
     c.psql("-c", "SET ROLE fid_owner; CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g",
            database="app")
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
-        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
-        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app", "user": "fid_owner",
-                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    inv = _socket_inventory(tmp_path, c, "app", "fid_owner")
     archive = _backup(inv, cli_env)
     r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
     assert r.returncode == 0, r.stderr
@@ -173,10 +175,7 @@ def test_a_session_this_role_cannot_see_still_stops_the_swap_and_nothing_changes
     c.psql("-c", "CREATE DATABASE app2 OWNER fid_owner2")
     c.psql("-c", "SET ROLE fid_owner2; CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g",
            database="app2")
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
-        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
-        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app2", "user": "fid_owner2",
-                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    inv = _socket_inventory(tmp_path, c, "app2", "fid_owner2")
     archive = _backup(inv, cli_env)
     other = subprocess.Popen([PSQL, "-X", "-h", str(c.socket_dir), "-p", str(c.port), "-U", "fid_other", "-d", "app2",
                               "-c", "SELECT pg_sleep(120)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -216,10 +215,7 @@ def test_ctrl_c_while_autovacuum_works_on_the_side_database_still_drops_it(tmp_p
     c.psql("-c", "SET ROLE fid_owner3; CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v "
            "FROM generate_series(1, 300000) g; CREATE TABLE w AS SELECT g AS id FROM generate_series(1, 3000) g; "
            "ALTER TABLE w ADD CONSTRAINT slow CHECK ((pg_sleep(0.003))::text IS NOT NULL)", database="app3")
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": {
-        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
-        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app3", "user": "fid_owner3",
-                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    inv = _socket_inventory(tmp_path, c, "app3", "fid_owner3")
     archive = _backup(inv, cli_env)
 
     def q(sql):
