@@ -173,8 +173,8 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
 
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
-    from .restore import (_fit, _load, _verify_side, create_like, db_info, drop_db, role_policy, scan_archive,
-                          table_counts)
+    from .dbadmin import create_like, db_info, drop_db
+    from .restore import _fit, _load, _verify_side, role_policy, scan_archive, table_counts
     from .backup import TABLES_SQL
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database

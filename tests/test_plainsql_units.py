@@ -7,7 +7,8 @@ import pytest
 
 from bigskies_ops.access import pgsql
 from bigskies_ops.plainsql import MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts, statement_roles
-from bigskies_ops.restore import _acl_items, explain_load_error, set_config_sql, split_guc_list
+from bigskies_ops.dbadmin import acl_items, set_config_sql, split_guc_list
+from bigskies_ops.restore import explain_load_error
 
 
 @pytest.mark.parametrize("stmt, kind, roles", [
@@ -105,10 +106,10 @@ def test_a_list_setting_comes_back_element_by_element():
 
 
 def test_database_acl_items():
-    assert _acl_items(["=Tc/owner", "owner=CTc/owner", '"read only"=c*/owner']) == [
+    assert acl_items(["=Tc/owner", "owner=CTc/owner", '"read only"=c*/owner']) == [
         (None, "TEMPORARY", False), (None, "CONNECT", False), ("owner", "CREATE", False),
         ("owner", "TEMPORARY", False), ("owner", "CONNECT", False), ("read only", "CONNECT", True)]
-    assert _acl_items(None) == []
+    assert acl_items(None) == []
 
 
 def test_load_errors_name_the_extension_and_package_or_the_table_and_function():
