@@ -91,11 +91,12 @@ def handles_errors(fn):
 
 class _Task(invoke.Task):
     """Invoke's Task, but the safety policy's confirmation flags (``--force-protected``,
-    ``--confirm DBNAME``) have no short form: they are typed in full, and ``-c`` stays
+    ``--confirm DBNAME``) and the flags that waive a restore's checks (``--skip-missing-roles``,
+    ``--skip-space-check``) have no short form: they are typed in full, and ``-c`` stays
     free for what it means elsewhere (``db.psql -c SQL`` as in psql; a break-it trial
     found ``-c``/``-o``/``-f`` meaning different things in db.exec and db.psql)."""
 
-    LONG_ONLY = frozenset({"force_protected", "confirm"})
+    LONG_ONLY = frozenset({"force_protected", "confirm", "skip_missing_roles", "skip_space_check"})
 
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
