@@ -28,11 +28,21 @@ SET statement_timeout = 0;
 """
 
 _ROWS_GEN = r"""
-SELECT format($q$SELECT json_build_object('kind','table','name',%L,'rows',count(*),'md5',coalesce(md5(string_agg(t::text, E'\n' ORDER BY t::text)), ''))::text FROM ONLY %I.%I t$q$,
-              format('%I.%I', n.nspname, c.relname), n.nspname, c.relname)
+WITH enum_hash AS (  -- hash-partitioned on an enum key: rows go where the new enum oids hash to
+  SELECT pt.partrelid AS relid FROM pg_partitioned_table pt
+  WHERE pt.partstrat = 'h' AND EXISTS (SELECT 1 FROM unnest(pt.partattrs::int2[]) k
+        JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = k
+        JOIN pg_type ty ON ty.oid = a.atttypid WHERE ty.typtype = 'e'))
+SELECT format($q$SELECT json_build_object('kind','table','name',%L,'rows',count(*),'md5',coalesce(md5(string_agg(t::text, E'\n' ORDER BY t::text)), ''))::text FROM %s %I.%I t$q$,
+              format('%I.%I', n.nspname, c.relname) || CASE WHEN c.relkind = 'p' THEN ' (all partitions)' ELSE '' END,
+              CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+  AND ((c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))
+       AND NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(c.oid) a WHERE a.relid IN (SELECT relid FROM enum_hash))
+       -- a partition tree hashed on an enum is compared as a whole, from its topmost such table
+       OR c.oid IN (SELECT relid FROM enum_hash) AND NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(c.oid) a
+          WHERE a.relid <> c.oid AND a.relid IN (SELECT relid FROM enum_hash)))
 ORDER BY 1 \gexec
 SELECT format($q$SELECT json_build_object('kind','sequence','name',%L,'last_value',last_value,'is_called',is_called)::text FROM %I.%I$q$,
               format('%I.%I', n.nspname, c.relname), n.nspname, c.relname)
@@ -45,7 +55,7 @@ _CATALOG = r"""
 WITH
  rel AS (SELECT c.*, format('%I.%I', n.nspname, c.relname) AS qname FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid >= 16384 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'),
+         WHERE c.oid >= 16384 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'),
  fn AS (SELECT p.*, p.oid::regprocedure::text AS qname FROM pg_proc p WHERE p.oid >= 16384),
  nsp AS (SELECT n.* FROM pg_namespace n WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
          AND n.nspname !~ '^pg_(toast|temp)'),

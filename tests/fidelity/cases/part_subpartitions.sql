@@ -11,4 +11,4 @@ CREATE INDEX orders_2024_amount ON ONLY orders_2024 (amount);
 ALTER INDEX orders_amount ATTACH PARTITION orders_2024_amount;
 CREATE INDEX orders_2024_web_amount ON orders_2024_web (amount);
 ALTER INDEX orders_2024_amount ATTACH PARTITION orders_2024_web_amount;
-INSERT INTO orders SELECT i, 2023 + i % 3, (ARRAY['web','shop','phone'])[1 + i % 3], i * 1.5 FROM generate_series(1, 3000) i;
+INSERT INTO orders SELECT i, 2023 + i % 3, (ARRAY['web','shop','phone'])[1 + (i / 3) % 3], i * 1.5 FROM generate_series(1, 3000) i;
