@@ -9,6 +9,6 @@ CREATE TABLE amounts (id int PRIMARY KEY, cur text, amount numeric,
                       in_eur numeric GENERATED ALWAYS AS (amount * rate(cur)) STORED);
 CREATE TABLE amounts_more (id int PRIMARY KEY, cur text, amount numeric,
                            in_eur numeric GENERATED ALWAYS AS (amount * rate(cur)) STORED);
-INSERT INTO rates SELECT 'c' || i, 1 + i / 100.0 FROM generate_series(0, 2999) i;
+INSERT INTO rates SELECT 'c' || i, 1 + i / 100.0 FROM generate_series(0, 29999) i;
 INSERT INTO amounts (id, cur, amount) SELECT i, 'c' || (i % 3000), i FROM generate_series(1, 6000) i;
 INSERT INTO amounts_more (id, cur, amount) SELECT i, 'c' || (i % 3000), i * 2 FROM generate_series(1, 6000) i;
