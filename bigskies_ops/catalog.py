@@ -252,8 +252,18 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
 
 def write_manifest(runner, archive_path: str, manifest: dict) -> None:
     """Atomically (temp + fsync + rename) write ``<archive>.manifest.json``."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
-    runner.write_atomic(archive_path + MANIFEST_SUFFIX, data)
+    runner.write_atomic(archive_path + MANIFEST_SUFFIX, json_bytes(manifest))
+
+
+def json_bytes(obj) -> bytes:
+    """``obj`` as indented UTF-8 JSON. A name read from a SQL_ASCII database may hold bytes
+    that are not UTF-8 (lone surrogates, ``access.decode_out``): then the text is written
+    with ``\\uXXXX`` escapes, which read back to exactly the same name."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str).encode() + b"\n"
 
 
 def read_manifest(runner, archive_path: str) -> dict | None:

@@ -95,7 +95,12 @@ def _write(stream, text: str) -> None:
     "writing the .partial failed: Broken pipe" when its progress line met a closed stderr).
     Python docs, signal module, "Note on SIGPIPE"."""
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a name's bytes that are not UTF-8 (SQL_ASCII): shown as \xNN
+            from .access import printable
+            stream.write(printable(text).encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+                         .decode(getattr(stream, "encoding", None) or "utf-8"))
         stream.flush()
     except BrokenPipeError:
         discard(stream)
@@ -110,7 +115,12 @@ def discard(stream) -> None:
 
 
 def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    from .catalog import json_bytes  # (\uXXXX escapes for a name whose bytes are not UTF-8)
+    text = json_bytes(obj).decode()
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a stdout that is not UTF-8
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str) + "\n")
 
 
 def result_line(word: str, host: str, reason: str) -> None:

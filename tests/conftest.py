@@ -37,6 +37,7 @@ MODULE_SECONDS = {
     "test_restore_counts": 48, "test_schedule": 46, "test_sampledata": 44, "test_health": 43,
     "test_fleet": 31, "test_pgpass": 28, "test_inventory_cli": 25, "test_ssh": 23, "test_retention": 20,
     "test_infra": 17, "test_stream_counts": 60, "test_parload": 45, "test_breakit_parload": 30,
+    "test_servers": 200,
 }
 
 

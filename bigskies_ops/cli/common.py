@@ -68,6 +68,8 @@ def handles_errors(fn):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .. import lockwait, output
+        lockwait.reporter = output.note  # lock waits of any session of ours are told on stderr
         try:
             with interrupts_unwind():
                 return fn(*args, **kwargs)
@@ -100,3 +102,27 @@ class _Task(invoke.Task):
 
 
 task = functools.partial(invoke.task, klass=_Task)
+
+
+LOCK_WAIT_HELP = ("give up after this many seconds waiting for a table lock (pg_dump --lock-wait-timeout); "
+                  "default: the host's backup.lock_wait_timeout, else wait (the wait is reported)")
+
+
+def lock_wait_host(h, value):
+    """``h`` with ``--lock-wait-timeout VALUE`` (seconds) applied over its inventory's
+    ``backup.lock_wait_timeout``; ``h`` itself when the flag was not given.
+
+    Raises:
+        UsageError: not a number >= 0.
+    """
+    if value is None:
+        return h
+    from ..backup import with_lock_wait_timeout
+    from ..errors import UsageError
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--lock-wait-timeout: expected seconds (a number), got {value!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UsageError(f"--lock-wait-timeout: expected seconds >= 0, got {value!r}")
+    return with_lock_wait_timeout(h, seconds)
