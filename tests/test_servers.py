@@ -403,3 +403,83 @@ def test_a_lock_wait_is_described_with_the_blocking_session():
          "blockers": [{"pid": 42, "user": "app", "application_name": "psql", "state": "idle in transaction"}]}
     assert describe_wait(w) == ("waiting for a lock on public.users (AccessShareLock), held by pid 42 "
                                 "(user app, application_name 'psql', idle in transaction)")
+
+
+# ============================================================== 4. clocks
+def _future_copy(archive: Path, days: int = 200) -> Path:
+    """A copy of a real backup dated ``days`` ahead: name and manifest times rewritten
+    consistently; the archive's bytes, so its sha256, unchanged."""
+    from datetime import datetime, timedelta, timezone
+    m = _manifest(archive)
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=days)
+    name = f"{m['database']}_backup_{start:%Y%m%d_%H%M%S}.sql.gz"
+    new = archive.parent / name
+    new.write_bytes(archive.read_bytes())
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    m.update(archive=name, started_at=start.strftime(fmt),
+             finished_at=(start + timedelta(seconds=int(m["duration_s"]) + 1)).strftime(fmt))
+    Path(str(new) + ".manifest.json").write_text(json.dumps(m, indent=2))
+    return new
+
+
+def test_an_archive_dated_in_the_future_is_marked_and_never_latest(pg, pg_sql, local_inv, dbname, cli_env):
+    import hashlib
+    inv, bdir = local_inv
+    r = cli("db.backup", "-i", str(inv), "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    real = Path(json.loads(r.stdout)["path"])
+    future = _future_copy(real)
+    assert hashlib.sha256(future.read_bytes()).hexdigest() == _manifest(future)["sha256"]
+    # db.list: marked, human and --json
+    r = cli("db.list", "-i", str(inv), "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    marks = {b["name"]: b["future"] for b in json.loads(r.stdout)["backups"]}
+    assert marks == {future.name: True, real.name: False}
+    r = cli("db.list", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0, r.stderr
+    row = next(l for l in r.stdout.splitlines() if future.name in l and "FUTURE" in l)
+    assert "ahead" in row and "-" not in row.split()[3], row
+    assert "dated in the future by this machine's clock" in r.stdout
+    # 'latest' is the real one, with a warning naming the future one and how to pick it
+    r = cli("db.verify", "latest", "-i", str(inv), "--json", env=cli_env)
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert real.name in r.stdout and future.name not in r.stdout, r.stdout
+    assert f"not taken as latest: {future.name}" in r.stderr and str(future) in r.stderr, r.stderr
+    target = f"{dbname}_t"
+    try:
+        r = cli("db.restore", "latest", "-i", str(inv), "--target-db", target, env=cli_env)
+        _no_traceback(r)
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert f"not taken as latest: {future.name}" in r.stderr, r.stderr
+        assert real.name in r.stdout and future.name not in r.stdout, r.stdout
+    finally:
+        pg.psql("-c", f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+    # db.health: the future archive is reported, no negative age, the clock skew is measured
+    r = cli("db.health", "-i", str(inv), "--json", env=cli_env)
+    _no_traceback(r)
+    h = json.loads(r.stdout)["hosts"][0]
+    checks = {c["check"]: c for c in h["checks"]}
+    assert checks["future"]["state"] == "warning" and checks["future"]["future_archives"] == [future.name]
+    assert checks["freshness"]["newest_good"] == real.name and checks["freshness"]["age_s"] >= 0
+    assert checks["clock"]["state"] == "ok" and abs(checks["clock"]["skew_s"] or 99) < 5, checks["clock"]
+    assert r.returncode == 1  # a warning
+    r = cli("db.health", "-i", str(inv), env=cli_env)
+    assert future.name in r.stdout and "clock" in r.stdout, r.stdout
+    assert " -" not in "".join(l for l in r.stdout.splitlines() if "old" in l), r.stdout
+
+
+def test_latest_passes_over_an_archive_dated_in_the_future_and_says_so():
+    from datetime import timedelta
+    from bigskies_ops.catalog import Backup, iso, latest, utcnow
+    now = utcnow()
+
+    def b(name, delta):
+        return Backup("/b", name, {"status": "DONE", "database": "d", "origin_host": "h",
+                                   "started_at": iso(now + delta)}, 10)
+    past, soon, ahead = b("p", timedelta(hours=-1)), b("s", timedelta(minutes=2)), b("f", timedelta(days=200))
+    said = []
+    assert latest([ahead, soon, past], notify=said.append) is soon  # 2 min ahead: within the slack
+    assert len(said) == 1 and "not taken as latest: f is dated" in said[0] and "/b/f" in said[0]
+    assert ahead.in_future() and not soon.in_future() and not past.in_future()
+    assert latest([ahead], notify=said.append) is None

@@ -68,8 +68,9 @@ def handles_errors(fn):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .. import lockwait, output
+        from .. import catalog, lockwait, output
         lockwait.reporter = output.note  # lock waits of any session of ours are told on stderr
+        catalog.reporter = output.note   # an archive dated in the future passed over as 'latest'
         try:
             with interrupts_unwind():
                 return fn(*args, **kwargs)

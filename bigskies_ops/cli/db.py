@@ -152,6 +152,9 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
     output.print_table(output.backups_table(backups))
     if any(b.legacy for b in backups):
         output.say("? legacy file without a manifest: time zone unknown, not verified")
+    note = output.future_note(backups)
+    if note:
+        output.say(note)
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
