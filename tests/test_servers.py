@@ -483,3 +483,44 @@ def test_latest_passes_over_an_archive_dated_in_the_future_and_says_so():
     assert len(said) == 1 and "not taken as latest: f is dated" in said[0] and "/b/f" in said[0]
     assert ahead.in_future() and not soon.in_future() and not past.in_future()
     assert latest([ahead], notify=said.append) is None
+
+
+# ============================================================== 5. cron credentials
+def test_cron_runs_with_only_the_pgpass_file(pg, pg_sql, tmp_path, dbname, cli_env):
+    """db.pgpass's file alone carries a restore, a restore test and a scheduled backup in
+    an environment as empty as cron's (no password variable, no locale)."""
+    import sys
+    from tests.conftest import PASSWORD_ENV, REPO
+    home = tmp_path / "home"
+    home.mkdir()
+    passfile = home / "pgpass-dev"
+    bdir = tmp_path / "b"
+    host = native_host(pg, dbname, bdir)
+    setup = write_inventory(tmp_path / "setup.yaml", {"dev": {**host, "postgres": {
+        **host["postgres"], "passfile": str(passfile)}}})
+    r = cli("db.pgpass", "-i", str(setup), env={**cli_env, "HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    cron_inv = write_inventory(tmp_path / "cron.yaml", {"dev": {**host, "postgres": {
+        **{k: v for k, v in host["postgres"].items() if k != "password_env"}, "passfile": str(passfile)}}})
+    bare = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    assert PASSWORD_ENV not in bare
+
+    def cron(*args):
+        return subprocess.run(["env", "-i", *[f"{k}={v}" for k, v in bare.items()], sys.executable, "-m",
+                               "bigskies_ops", *args, "-i", str(cron_inv)], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+
+    r = cron("db.scheduled-run", "--host", "dev", "--log", str(tmp_path / "logs" / "dev.log"))
+    _no_traceback(r)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (archive,) = [p for p in bdir.iterdir() if p.name.endswith(".sql.gz")]
+    assert _manifest(archive)["kind"] == "scheduled"
+    r = cron("db.verify", "latest", "--restore-test")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = db_fingerprint(pg_sql, dbname)
+    pg_sql("UPDATE users SET email = 'cron-' || id || '@example.org'", dbname)
+    r = cron("db.restore", str(archive), "--yes")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert db_fingerprint(pg_sql, dbname) == before
