@@ -88,7 +88,9 @@ class BackupSettings:
     compress_level: int = 1
     keep_pre_restore: int = 2
     keep_safety_days: int = 30
-    roles: bool = False
+    #: save the server's roles beside each archive; None = the default: on for a host with
+    #: a compose stack (its scenarios restore with roles), off otherwise
+    roles: bool | None = None
     stall_timeout: float = 300.0
     #: seconds a backup may wait for a lock (pg_dump --lock-wait-timeout; our own
     #: sessions' lock_timeout); None: wait as long as it takes (reported while it lasts)
@@ -406,6 +408,8 @@ def _build_host(name: str, merged: dict, groups: tuple[str, ...], base: Path, pa
         host = replace(host, compose=replace(host.compose, file=on_host(host.compose.file)))
     if host.coordinators and not host.compose:
         raise InventoryError(f"{path}.coordinators: coordinators are compose services; add a compose: block")
+    if host.backup.roles is None:  # a compose stack's scenarios restore with roles: save them by default
+        host = replace(host, backup=replace(host.backup, roles=host.compose is not None))
     return host
 
 

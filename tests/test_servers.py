@@ -524,3 +524,16 @@ def test_cron_runs_with_only_the_pgpass_file(pg, pg_sql, tmp_path, dbname, cli_e
     _no_traceback(r)
     assert r.returncode == 0, r.stdout + r.stderr
     assert db_fingerprint(pg_sql, dbname) == before
+
+
+# ============================================================== 6. roles by default with a compose stack
+def test_compose_hosts_save_roles_by_default(tmp_path):
+    from bigskies_ops.inventory import load
+    base = {"connection": "local", "postgres": {"database": "d"}}
+    inv = load(write_inventory(tmp_path / "inv.yaml", {
+        "stack": {**base, "compose": {"command": "docker compose"}},
+        "stack_off": {**base, "compose": {}, "backup": {"roles": False}},
+        "plain": base,
+        "plain_on": {**base, "backup": {"roles": True}}}))
+    assert {h: inv.host(h).backup.roles for h in ("stack", "stack_off", "plain", "plain_on")} == \
+        {"stack": True, "stack_off": False, "plain": False, "plain_on": True}
