@@ -537,3 +537,40 @@ def test_compose_hosts_save_roles_by_default(tmp_path):
         "plain_on": {**base, "backup": {"roles": True}}}))
     assert {h: inv.host(h).backup.roles for h in ("stack", "stack_off", "plain", "plain_on")} == \
         {"stack": True, "stack_off": False, "plain": False, "plain_on": True}
+
+
+# ============================================================== 7. restores in the same second
+@pytest.mark.xfail(strict=True, reason="restore.py names pre-restore copies <db>_pre_<YYYYmmddHHMMSS> (second "
+                   "resolution, no _N): a restore in the same second as an earlier one fails at the swap with "
+                   "'already exists' after loading everything. Fix pending in restore.py (not this branch's file)")
+def test_three_restores_of_one_database_in_the_same_second_keep_distinct_copies(pg, pg_sql, tmp_path, dbname,
+                                                                                 cli_env):
+    """Restores of one database run one at a time (the host lock), but a small one finishes
+    within a second: the next one, started in that same second, must not collide with
+    the copies the earlier ones made. The copies that earlier restores in the same second
+    made are set up here for each second of the next minute (real databases, named as
+    restore.pre_restore_name names them), then three restores run back to back."""
+    from datetime import datetime, timedelta, timezone
+    from bigskies_ops.restore import pre_restore_name
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, tmp_path / "b",
+                                                                     backup={"keep_pre_restore": 100})})
+    r = cli("db.backup", "-i", str(inv), "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    archive = json.loads(r.stdout)["path"]
+    start = datetime.now(timezone.utc)
+    squatters = [pre_restore_name(dbname, start + timedelta(seconds=i)) for i in range(60)]
+    pg.psql(input="".join(f'CREATE DATABASE "{n}" TEMPLATE template0 STRATEGY FILE_COPY;\n' for n in squatters))
+    try:
+        before = {l for l in pg_sql("SELECT datname FROM pg_database", "postgres").split()}
+        for i in range(3):
+            pg_sql(f"UPDATE users SET email = 'round{i}-' || id || '@example.org'", dbname)
+            r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
+            _no_traceback(r)
+            assert r.returncode == 0, (i, r.stderr + r.stdout)
+        assert datetime.now(timezone.utc) - start < timedelta(seconds=60)
+        after = {l for l in pg_sql("SELECT datname FROM pg_database", "postgres").split()}
+        assert set(squatters) <= after  # the earlier copies untouched
+        assert len(after - before) == 3  # three copies of their own
+    finally:
+        for n in squatters:
+            pg.psql("-c", f'DROP DATABASE IF EXISTS "{n}"')
