@@ -316,7 +316,7 @@ def encode_sql(text: str) -> bytes:
 
 
 def decode_out(data: bytes) -> str:
-    """psql's output: UTF-8 (:data:`SESSION_SETUP` asks for it); a byte that is not UTF-8
+    """psql's output: UTF-8 (:func:`session_setup` asks for it); a byte that is not UTF-8
     (a name in a SQL_ASCII database) becomes a lone surrogate, so it can be sent back
     exactly (:func:`encode_sql`) and shown escaped (:func:`printable`)."""
     return data.decode("utf-8", "surrogateescape")
@@ -336,8 +336,8 @@ def session_setup(lock_timeout_s: float = 0) -> str:
     statement_timeout = '50ms'`` made our snapshot session fail where pg_dump succeeded):
 
     * ``client_encoding`` UTF8: names read right whatever the server encoding (psql
-      otherwise takes it from the locale, SQL_ASCII under cron's C locale, and a
-      LATIN1 database's ``café`` arrived as an invalid byte); SQL_ASCII for a SQL_ASCII
+      without a terminal otherwise talks in the database's encoding: a LATIN1
+      database's ``café`` arrived as the byte 0xE9, not UTF-8); SQL_ASCII for a SQL_ASCII
       server, which converts nothing but would reject a name's non-UTF-8 bytes coming
       back in our SQL under UTF8 (they travel as they are: :func:`decode_out`);
     * ``statement_timeout`` and ``idle_in_transaction_session_timeout`` 0: a count of a

@@ -815,7 +815,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
     wait_s = host.backup.lock_wait_timeout
     if wait_s:
         manifest["lock_wait_timeout_s"] = wait_s
-    watch = watching(access, db, what="backup:", timeout_s=wait_s, notify=notify)
+    watch = watching(access, db, what="backup", timeout_s=wait_s, notify=notify)
     watcher = watch.__enter__()
     try:
         session = access.sql(db).session()

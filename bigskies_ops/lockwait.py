@@ -132,7 +132,7 @@ class Watcher:
                         said[key] = now
                         bound = (f"; gives up after {self.timeout_s:g} s (--lock-wait-timeout)" if self.timeout_s
                                  else "; no limit (--lock-wait-timeout SECONDS sets one)")
-                        self._say(f"{'still ' if again else ''}{self.what + ' ' if self.what else ''}"
+                        self._say(f"{self.what + ': ' if self.what else ''}{'still ' if again else ''}"
                                   f"{describe_wait(w)} (waited {w.get('waited_s') or 0:g} s, session pid {w['pid']})"
                                   f"{bound}")
             elif said:

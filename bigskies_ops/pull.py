@@ -276,7 +276,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
     session = None
     proc = None
     recorded = False  # as db.backup: no manifest for a run that could not even connect
-    watch = watching(access, db, what="dump:", timeout_s=host.backup.lock_wait_timeout, notify=notify)
+    watch = watching(access, db, what="dump", timeout_s=host.backup.lock_wait_timeout, notify=notify)
     watcher = watch.__enter__()  # a lock wait is told within seconds (bigskies_ops.lockwait)
     try:
         session = access.sql(db).session()

@@ -300,9 +300,13 @@ class LockHolder:
 
 
 def _start_backup(inv, env, *args) -> tuple[subprocess.Popen, list[tuple[float, str]]]:
+    return _start_task("db.backup", inv, env, *args)
+
+
+def _start_task(task, inv, env, *args) -> tuple[subprocess.Popen, list[tuple[float, str]]]:
     import sys
     from tests.conftest import REPO
-    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.backup", "-i", str(inv), *args],
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", task, "-i", str(inv), *args],
                          env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[tuple[float, str]] = []
     t0 = time.monotonic()
@@ -380,6 +384,35 @@ def test_lock_wait_timeout_ends_the_backup_cleanly(pg, pg_sql, local_inv, dbname
     new = set(dir_hashes(bdir)) - set(hashes)
     assert len(new) == 1 and next(iter(new)).endswith(".dump.manifest.json"), new
     assert all(dir_hashes(bdir)[k] == v for k, v in hashes.items())
+
+
+def test_the_tools_own_sessions_say_when_they_wait_and_take_the_lock_wait_timeout(pg, local_inv, dbname, cli_env):
+    """db.status reads schema_migrations through access.Sql, as a restore's checks and swap do."""
+    inv, bdir = local_inv
+    holder = LockHolder(pg, dbname, "schema_migrations")
+    try:
+        p, lines = _start_task("db.status", inv, cli_env)
+        hit = _wait_for(lines, "waiting for a lock on public.schema_migrations", 15)
+        assert hit is not None, lines
+        assert hit[0] < 5.0 + 1.5 and f"pid {holder.pid}" in hit[1] and "test_locker" in hit[1], hit
+        assert p.poll() is None
+    finally:
+        holder.release()
+    p.communicate(timeout=60)
+    assert p.returncode == 0, lines
+    # backup.lock_wait_timeout is our sessions' lock_timeout too
+    inv2 = write_inventory(inv.parent / "inv-lwt.yaml", {"dev": native_host(
+        pg, dbname, bdir, backup={"lock_wait_timeout": 1})})
+    holder = LockHolder(pg, dbname, "schema_migrations")
+    try:
+        t0 = time.monotonic()
+        r = cli("db.status", "-i", str(inv2), env=cli_env, timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        holder.release()
+    _no_traceback(r)
+    assert r.returncode == 1 and "canceling statement due to lock timeout" in r.stderr, r.stderr
+    assert took < 20, took
 
 
 def test_lock_wait_timeout_flag_is_checked(local_inv, cli_env):
