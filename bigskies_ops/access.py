@@ -26,6 +26,7 @@ from . import output
 from .errors import BigskiesError, CommandError, PostgresError
 from .inventory import Host
 from .pgtools import PgVersion, conn_args, parse_tool_version, psql_args
+from .lockwait import new_app_name
 from .runners import Process, Result, Runner, redact_argv, runner_for, tail
 
 TOOLS = ("pg_dump", "pg_restore", "psql", "pg_isready", "pg_dumpall")
@@ -94,6 +95,13 @@ class PostgresAccess:
         self._secret_env: dict[str, str] | None = None
         self._bindir: str | None = None
         self._versions: dict[str, PgVersion] = {}
+        #: ``application_name`` of every session this access opens (libpq ``PGAPPNAME``):
+        #: lets a lock watcher find our own sessions (:mod:`bigskies_ops.lockwait`).
+        self.app_name: str | None = new_app_name()
+        #: where a lock watcher reports a wait of the library's own SQL (None: not watched)
+        self.notify = None
+        #: ``lock_timeout`` of the library's own sessions, seconds (0: wait, but visibly)
+        self.lock_timeout_s: float = float(getattr(host.backup, "lock_wait_timeout", None) or 0)
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self):
@@ -213,6 +221,8 @@ class PostgresAccess:
         argv += ["-e", f"PGCONNECT_TIMEOUT={self.host.postgres.connect_timeout}"]
         if pgoptions:  # not a secret: server settings for the tool's sessions
             argv += ["-e", f"PGOPTIONS={pgoptions}"]
+        if self.app_name_for(tool):  # not a secret either: names our sessions in pg_stat_activity
+            argv += ["-e", f"PGAPPNAME={self.app_name_for(tool)}"]
         if c.exec_user:
             argv += ["--user", c.exec_user]
         return argv + [c.name, *inner]
@@ -226,7 +236,7 @@ class PostgresAccess:
                 ``PGOPTIONS``, e.g. ``-c maintenance_work_mem=256MB``).
         """
         argv = self.tool_argv(tool, args, pgoptions=pgoptions)
-        r = self.runner.run(argv, input=input, env=self._tool_env(pgoptions), check=False, timeout=timeout)
+        r = self.runner.run(argv, input=input, env=self._tool_env(pgoptions, tool), check=False, timeout=timeout)
         if check and r.returncode != 0:
             raise self.error_for(r.argv, r.returncode, r.stderr, tool)
         return r
@@ -234,11 +244,20 @@ class PostgresAccess:
     def popen_tool(self, tool: str, args: Iterable[str], *, stdin: bool = False,
                    pgoptions: str | None = None) -> Process:
         """Start a PostgreSQL tool; ``pgoptions`` as for :meth:`run_tool`."""
-        return self.runner.popen(self.tool_argv(tool, args, pgoptions=pgoptions), env=self._tool_env(pgoptions),
+        return self.runner.popen(self.tool_argv(tool, args, pgoptions=pgoptions), env=self._tool_env(pgoptions, tool),
                                  stdin=stdin)
 
-    def _tool_env(self, pgoptions: str | None) -> dict[str, str]:
+    def app_name_for(self, tool: str) -> str | None:
+        """``application_name`` of ``tool``'s sessions: :attr:`app_name` for psql (the
+        library's SQL); None for pg_dump and the other tools, which keep their own
+        (monitoring and scripts look for ``pg_dump``); the lock watcher finds our pg_dump
+        by the snapshot it shares with our session (:mod:`bigskies_ops.lockwait`)."""
+        return self.app_name if tool == "psql" else None
+
+    def _tool_env(self, pgoptions: str | None, tool: str = "psql") -> dict[str, str]:
         env = self.env()
+        if self.app_name_for(tool) and not self.host.container:  # containers get it by -e (tool_argv)
+            env = {**env, "PGAPPNAME": self.app_name_for(tool)}
         if pgoptions and not self.host.container:  # containers get it by -e (tool_argv)
             own = os.environ.get("PGOPTIONS", "").strip() if not self.runner.is_remote else ""
             env = {**env, "PGOPTIONS": f"{own} {pgoptions}" if own else pgoptions}  # ours last: they win
@@ -281,9 +300,62 @@ Query = "str | psycopg.sql.Composable"  # (a str: naming it must not import psyc
 
 
 def render(q: Query) -> str:
+    """SQL text of ``q``. Names read from a SQL_ASCII database may hold bytes that are not
+    UTF-8: they arrive as lone surrogates (``surrogateescape``) and go back to the server
+    as the very same bytes (:func:`ident`, and :func:`encode_sql`)."""
     if isinstance(q, str):
         return q
-    return q.as_string() if isinstance(q, pgsql.Composable) else q
+    if isinstance(q, pgsql.Composable):
+        return q.as_bytes(None).decode("utf-8", "surrogateescape")
+    return q
+
+
+def encode_sql(text: str) -> bytes:
+    """SQL text to the bytes psql reads: UTF-8, and lone surrogates back to their bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def decode_out(data: bytes) -> str:
+    """psql's output: UTF-8 (:func:`session_setup` asks for it); a byte that is not UTF-8
+    (a name in a SQL_ASCII database) becomes a lone surrogate, so it can be sent back
+    exactly (:func:`encode_sql`) and shown escaped (:func:`printable`)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def printable(name: str) -> str:
+    """A name for humans and for JSON text: a byte that is not UTF-8 is shown as
+    ``\\xNN`` (e.g. ``caf\\xe9`` for LATIN1 bytes in a SQL_ASCII database)."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in name):
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def session_setup(lock_timeout_s: float = 0) -> str:
+    """The settings every session of the library's own sets first, as pg_dump does for its
+    own (a role or database may carry others: ``ALTER ROLE r IN DATABASE d SET
+    statement_timeout = '50ms'`` made our snapshot session fail where pg_dump succeeded):
+
+    * ``client_encoding`` UTF8: names read right whatever the server encoding (psql
+      without a terminal otherwise talks in the database's encoding: a LATIN1
+      database's ``café`` arrived as the byte 0xE9, not UTF-8); SQL_ASCII for a SQL_ASCII
+      server, which converts nothing but would reject a name's non-UTF-8 bytes coming
+      back in our SQL under UTF8 (they travel as they are: :func:`decode_out`);
+    * ``statement_timeout`` and ``idle_in_transaction_session_timeout`` 0: a count of a
+      big table, and the snapshot session idling while pg_dump runs, must not be cut;
+    * ``lock_timeout`` ours (``backup.lock_wait_timeout``/``--lock-wait-timeout``, 0 =
+      wait, visibly: :mod:`bigskies_ops.lockwait`), not the role's.
+
+    One ``SELECT set_config(...) \\gset``: no output, and servers older than 9.6 (no
+    idle_in_transaction_session_timeout) set statement_timeout twice instead of failing.
+    """
+    ms = max(0, int(round(lock_timeout_s * 1000)))
+    return ("SELECT set_config('client_encoding', CASE current_setting('server_encoding') WHEN 'SQL_ASCII' "
+            "THEN 'SQL_ASCII' ELSE 'UTF8' END, false) AS bigskies_a, "
+            "set_config('statement_timeout', '0', false) AS bigskies_b, "
+            f"set_config('lock_timeout', '{ms}', false) AS bigskies_c, "
+            "set_config(CASE WHEN current_setting('server_version_num')::int >= 90600 "
+            "THEN 'idle_in_transaction_session_timeout' ELSE 'statement_timeout' END, '0', false) AS bigskies_d "
+            "\\gset\n")
 
 
 class Sql:
@@ -305,10 +377,17 @@ class Sql:
             PostgresError: connection or SQL error (reason classified, stderr tail kept).
         """
         wrapped = f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
-        r = self.access.run_tool("psql", psql_args(self.database, tuples_only=True), input=wrapped.encode(),
-                                 timeout=timeout)
-        out = r.text.strip()
+        r = self._run(psql_args(self.database, tuples_only=True), wrapped, timeout)
+        out = decode_out(r.stdout).strip()
         return json.loads(out) if out else []
+
+    def _run(self, args: list[str], text: str, timeout: float | None) -> Result:
+        """psql ``args`` reading :func:`session_setup` then ``text``; a lock wait longer than
+        a moment is reported while it lasts (:func:`bigskies_ops.lockwait.watching`)."""
+        from .lockwait import watching
+        data = encode_sql(session_setup(self.access.lock_timeout_s) + text)
+        with watching(self.access, self.database):
+            return self.access.run_tool("psql", args, input=data, timeout=timeout)
 
     def value(self, q: Query):
         rows = self.query(q)
@@ -318,9 +397,9 @@ class Sql:
 
     def execute(self, script: Query, *, single_transaction: bool = False, timeout: float | None = None) -> str:
         """Run statements (no result rows expected); return psql's stdout."""
-        r = self.access.run_tool("psql", psql_args(self.database, single_transaction=single_transaction),
-                                 input=(render(script).rstrip() + "\n").encode(), timeout=timeout)
-        return r.text
+        r = self._run(psql_args(self.database, single_transaction=single_transaction),
+                      render(script).rstrip() + "\n", timeout)
+        return decode_out(r.stdout)
 
     def session(self) -> "SqlSession":
         return SqlSession(self)
@@ -334,7 +413,9 @@ class SqlSession:
 
     def __init__(self, sql: Sql):
         self.sql = sql
+        self.snapshot: str | None = None  # set by whoever exports one in this session
         self.proc = sql.access.popen_tool("psql", psql_args(sql.database, tuples_only=True), stdin=True)
+        self._write(session_setup(sql.access.lock_timeout_s))
 
     def query(self, q: Query) -> list[dict]:
         text = (f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
@@ -344,18 +425,21 @@ class SqlSession:
     def execute(self, q: Query) -> None:
         self._send(render(q).rstrip().rstrip(";") + ";\n" + f"\\echo {self.MARK}\n")
 
-    def _send(self, text: str) -> str:
+    def _write(self, text: str) -> None:
         try:
-            self.proc.stdin.write(text.encode())
+            self.proc.stdin.write(encode_sql(text))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._fail()
+
+    def _send(self, text: str) -> str:
+        self._write(text)
         lines = []
         while True:
             line = self.proc.stdout.readline()
             if not line:
                 self._fail()
-            s = line.decode("utf-8", "replace").rstrip("\n")
+            s = decode_out(line).rstrip("\n")
             if s == self.MARK:
                 return "\n".join(lines).strip()
             lines.append(s)
@@ -384,7 +468,26 @@ class SqlSession:
 
 
 def ident(*names: str) -> pgsql.Identifier:
+    """``psycopg.sql.Identifier(*names)``; a name holding lone surrogates (bytes that are
+    not UTF-8, see :func:`decode_out`) is quoted the same way, byte for byte."""
+    if any(any("\udc80" <= ch <= "\udcff" for ch in n) for n in names if isinstance(n, str)):
+        return _raw_ident_class()(*names)
     return pgsql.Identifier(*names)
+
+
+_RAW_IDENT = None
+
+
+def _raw_ident_class():
+    global _RAW_IDENT
+    if _RAW_IDENT is None:
+        class RawIdentifier(pgsql.Identifier):
+            """An Identifier whose parts go out as their original bytes (surrogateescape)."""
+
+            def as_bytes(self, context=None) -> bytes:
+                return b".".join(self._escape_identifier(s.encode("utf-8", "surrogateescape")) for s in self._obj)
+        _RAW_IDENT = RawIdentifier
+    return _RAW_IDENT
 
 
 def lit(value) -> pgsql.Literal:

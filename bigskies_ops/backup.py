@@ -34,9 +34,10 @@ from . import __version__, gz
 from .access import PostgresAccess, SqlSession, ident, lit, pgsql
 from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, parse_archive_name, read_manifest,
                       utcnow, write_manifest)
-from .errors import BigskiesError, CommandError, Interrupted, StorageError
+from .errors import BigskiesError, CommandError, Interrupted, PostgresError, StorageError
 from .inventory import Host
 from .locks import host_lock
+from .lockwait import watching
 from .pgtools import parse_server_version_num, pg_dump_args, plain_tail_complete, parse_plain_header
 from .runners import redact_argv, tail
 
@@ -139,6 +140,62 @@ def count_rows_sql(tables: list[dict]) -> pgsql.Composable:
     return pgsql.SQL(" UNION ALL ").join(parts)
 
 
+#: Tables counted per short transaction (:func:`count_in_snapshot`). Each count holds an
+#: ACCESS SHARE lock on its table (and the planner's on its indexes) until COMMIT; 16 is
+#: also the number of "fast-path" lock slots a backend has, which use no shared lock table
+#: entry at all (PostgreSQL's lock.c, FP_LOCK_SLOTS_PER_BACKEND).
+COUNT_BATCH = 16
+
+
+def count_in_snapshot(session: SqlSession, tables: list[dict], idx: list[int],
+                      tree: dict | None = None) -> tuple[dict[int, int], list[int]]:
+    """Exact ``count(*)`` of ``tables[i]`` for each ``i`` in ``idx``, in the snapshot that
+    ``session`` exported (``session.snapshot``; its transaction must still be open).
+
+    The counts run on a second session, :data:`COUNT_BATCH` tables per transaction,
+    each transaction importing the snapshot (``SET TRANSACTION SNAPSHOT``, PostgreSQL
+    docs "SET TRANSACTION") and committing, which releases its locks. Counting every
+    table in the snapshot's own transaction held one lock per table on top of
+    pg_dump's own: with ~3,000 tables and the default ``max_locks_per_transaction``
+    the backup failed "out of shared memory" where ``pg_dump -Fc`` alone succeeded.
+    Now the counting holds at most one batch's locks at a time.
+
+    A table (or a descendant in ``tree``) whose storage was replaced since the
+    snapshot (TRUNCATE, a rewriting ALTER TABLE: not MVCC-safe, docs 13.6) is checked
+    inside the batch's transaction, while the count's locks still keep it as counted,
+    and left out: such counts would describe the new storage, not the snapshot.
+
+    Returns:
+        ``({index: rows}, [indexes whose count was not recorded: storage replaced])``.
+
+    Raises:
+        PostgresError: a count failed, or the snapshot is gone.
+    """
+    counts: dict[int, int] = {}
+    lost: list[int] = []
+    if not idx:
+        return counts, lost
+    if not session.snapshot:
+        raise ValueError("count_in_snapshot: the session exported no snapshot")
+    tree = tree or {}
+    key = [(t["schema"], t["name"]) for t in tables]
+    with session.sql.session() as counter:
+        begin = pgsql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}").format(
+            lit(session.snapshot))
+        for start in range(0, len(idx), COUNT_BATCH):
+            batch = idx[start:start + COUNT_BATCH]
+            counter.execute(begin)
+            got = {batch[r["i"]]: r["n"] for r in counter.query(count_rows_sql([tables[i] for i in batch]))}
+            changed = {(r["schema"], r["name"]) for r in counter.query(REPLACED_STORAGE_SQL)}
+            counter.execute("COMMIT")
+            for i, n in got.items():
+                if ({key[i]} | {c for c, _ in tree.get(key[i], ())}) & changed:
+                    lost.append(i)
+                else:
+                    counts[i] = n
+    return counts, lost
+
+
 class _Sink:
     """Compress (plain: gzip container, ISA-L or zlib level N: bigskies_ops.gz) + sha256 + write, chunk by chunk.
 
@@ -235,8 +292,11 @@ def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) 
         ``(snapshot_id, tables)``: the tables (``TABLES_SQL`` rows) seen by the snapshot.
     """
     session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v")[0]
+    snap = session.query("SELECT pg_export_snapshot() AS s, current_setting('server_version_num') AS v, "
+                         "current_setting('server_encoding') AS e")[0]
+    session.snapshot = snap["s"]  # counts import it (count_in_snapshot)
     manifest["server_version"] = str(parse_server_version_num(snap["v"]))
+    manifest["server_encoding"] = snap["e"]
     manifest["snapshot"] = snap["s"]
     tables = session.query(TABLES_SQL)
     manifest["schema_migrations_head"] = migration_head(session)
@@ -258,9 +318,10 @@ class RowCounter:
     pg_dump, hiding pg_dump's real error.
     """
 
-    def __init__(self, session: SqlSession, tables: list[dict], schema_only: bool):
-        self.session, self.tables, self.schema_only = session, tables, schema_only
+    def __init__(self, session: SqlSession, tables: list[dict], schema_only: bool, notify=None):
+        self.session, self.tables, self.schema_only, self.notify = session, tables, schema_only, notify
         self.counts: dict[int, int] = {}
+        self.lost: list[int] = []  # counted, but the storage was replaced since the snapshot
         self._err: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -274,8 +335,9 @@ class RowCounter:
                 can = {(r["schema"], r["name"]) for r in self.session.query(READABLE_SQL)}
                 idx = [i for i, t in enumerate(self.tables) if (t["schema"], t["name"]) in can]
                 if idx:
-                    for r in self.session.query(count_rows_sql([self.tables[i] for i in idx])):
-                        self.counts[idx[r["i"]]] = r["n"]
+                    tree = inheritance_tree(self.session.query(INHERITANCE_SQL))
+                    counts, self.lost = count_in_snapshot(self.session, self.tables, idx, tree)
+                    self.counts.update(counts)
         except BaseException as e:  # reported after the dump, by result()
             self._err.append(e)
 
@@ -286,6 +348,11 @@ class RowCounter:
         if self._err:
             manifest["phase"] = "count"
             raise self._err[0]
+        if self.lost and self.notify:
+            key = [(t["schema"], t["name"]) for t in self.tables]
+            self.notify(f"warning: no row count recorded for {len(self.lost)} table(s) truncated or rewritten after "
+                        f"the dump's snapshot ({_names([key[i] for i in self.lost])}); the archive holds the "
+                        f"snapshot's rows")
         return self.counts
 
     def manifest_tables(self, data_tables: set | None) -> list[dict]:
@@ -444,12 +511,9 @@ def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: 
             notify(f"warning: no row count recorded for {len(sc.recount) - len(idx)} table(s) this user may not "
                    f"read ({_names([key[i] for i in sc.recount if key[i] not in can])})")
         if idx:
-            for r in session.query(count_rows_sql([tables[i] for i in idx])):
-                rows[idx[r["i"]]] = r["n"]
-            changed = {(r["schema"], r["name"]) for r in session.query(REPLACED_STORAGE_SQL)}
-            lost = [i for i in idx if ({key[i]} | {c for c, _ in tree.get(key[i], ())}) & changed]
-            for i in lost:
-                rows[i] = None
+            counts, lost = count_in_snapshot(session, tables, idx, tree)
+            for i, n in counts.items():
+                rows[i] = n
             if lost:
                 notify(f"warning: no row count recorded for {len(lost)} table(s) truncated or rewritten after the "
                        f"dump's snapshot ({_names([key[i] for i in lost])}); the archive holds the snapshot's rows")
@@ -610,19 +674,46 @@ def _pump(stream, q: "queue.Queue") -> None:
         q.put(e)
 
 
-def _custom_data_tables(access: PostgresAccess, path: str, tables: list[dict]) -> set[tuple[str, str]] | None:
+#: PostgreSQL server encodings -> Python codecs, for names as pg_dump writes them
+PY_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
+             "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
+             "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
+             "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
+             "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
+             "WIN1258": "cp1258", "WIN866": "cp866", "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u",
+             "EUC_JP": "euc-jp", "EUC_KR": "euc-kr", "EUC_CN": "gb2312", "ISO_8859_5": "iso8859-5",
+             "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8"}
+
+
+def as_listed(name: str, server_encoding: str | None) -> str:
+    """``name`` as it reads in ``pg_restore -l`` output decoded as UTF-8 with replacement:
+    pg_dump writes names in the database's encoding (a LATIN1 ``café`` is the byte 0xE9,
+    shown as U+FFFD), so the comparison goes through the same loss."""
+    codec = PY_CODECS.get((server_encoding or "UTF8").upper(), "utf-8")
+    try:
+        raw = name.encode(codec, "surrogateescape")
+    except (UnicodeEncodeError, LookupError):
+        return name
+    return raw.decode("utf-8", "replace")
+
+
+def _custom_data_tables(access: PostgresAccess, path: str, tables: list[dict],
+                        server_encoding: str | None = None) -> set[tuple[str, str]] | None:
     """Tables that have a TABLE DATA entry in a custom archive's TOC (``pg_restore -l``)."""
     from .restore import toc_listing
     try:
         text = toc_listing(access, path)
     except BigskiesError:
         return None
-    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in text}
+    return {(t["schema"], t["name"]) for t in tables
+            if f" TABLE DATA {as_listed(t['schema'], server_encoding)} {as_listed(t['name'], server_encoding)} "
+            in text}
 
 
 def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
            exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
-           progress=None, notify=print, task: str = "db.backup", verbose: bool = False) -> BackupResult:
+           progress=None, notify=print, task: str = "db.backup", verbose: bool = False,
+           lock_wait_timeout: float | None = None) -> BackupResult:
     """Back up one database of ``host`` into its ``backup.dir``.
 
     Args:
@@ -637,6 +728,10 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         notify: callable for one-line messages (stale lock removed, warnings).
         verbose: pg_dump ``--verbose`` (its messages go to stderr and the manifest's
             stderr_tail, never into the archive).
+        lock_wait_timeout: seconds the dump may wait for a lock (pg_dump
+            ``--lock-wait-timeout``, and our sessions' ``lock_timeout``); default
+            ``host.backup.lock_wait_timeout``, None waits. A wait is reported (``notify``)
+            within a few seconds, naming the blocking session (:mod:`bigskies_ops.lockwait`).
 
     Returns:
         :class:`BackupResult` with the published archive and its DONE manifest.
@@ -646,6 +741,8 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         StorageError: the backup folder cannot be written (full disk; manifest FAILED).
         LockBusyError: another task holds the (host, database) lock.
     """
+    if lock_wait_timeout is not None:
+        host = with_lock_wait_timeout(host, lock_wait_timeout)
     if host.is_remote:
         from .ssh import remote_backup  # implemented by the SSH layer
         res = remote_backup(host, fmt=fmt, label=label, kind=kind, exclude_table_data=exclude_table_data,
@@ -668,6 +765,40 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
                                  schema_only, progress, notify, verbose=verbose)
         _size_alert(host, res, notify, runner)
         return res
+
+
+def with_lock_wait_timeout(host: Host, seconds: float | None) -> Host:
+    """``host`` with ``backup.lock_wait_timeout`` set to ``seconds`` (a task's
+    ``--lock-wait-timeout`` overrides the inventory's)."""
+    from dataclasses import replace
+    if seconds is None:
+        return host
+    if seconds < 0:
+        raise BigskiesError(f"--lock-wait-timeout: expected seconds >= 0, got {seconds:g}", exit_code=2)
+    return replace(host, backup=replace(host.backup, lock_wait_timeout=float(seconds) or None))
+
+
+LOCK_TIMEOUT_RE = re.compile(r"canceling statement due to (?:lock|statement) timeout|could not obtain lock")
+
+
+def lock_timeout_error(e: BaseException, host: Host, watcher) -> BigskiesError | None:
+    """A clearer error for a dump that gave up waiting for a lock after
+    ``backup.lock_wait_timeout`` seconds, naming what it waited for (None: ``e`` is
+    something else). pg_dump --lock-wait-timeout reports the cancelled LOCK TABLE as a
+    statement timeout; our own sessions' as a lock timeout."""
+    limit = host.backup.lock_wait_timeout
+    text = f"{e} {getattr(e, 'stderr', '') or ''}"
+    if not limit or not LOCK_TIMEOUT_RE.search(text):
+        return None
+    m = re.search(r"LOCK TABLE (\S+) IN", text)
+    seen = watcher.blocker_text() if watcher is not None else ""
+    what = seen or (f"a lock on {m.group(1)}" if m else "a lock")
+    err = PostgresError(f"gave up after {limit:g} s waiting for {what.removeprefix('waiting for ')} "
+                        f"(--lock-wait-timeout {limit:g}); nothing was published. Run again when the "
+                        f"blocking session has finished, or raise --lock-wait-timeout",
+                        argv=getattr(e, "argv", None), returncode=getattr(e, "returncode", None),
+                        stderr=getattr(e, "stderr", "") or "")
+    return err
 
 
 def _size_alert(host: Host, res: BackupResult, notify, runner=None) -> None:
@@ -716,11 +847,17 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
     session: SqlSession | None = None
     proc = None
     recorded = False  # STARTED manifest written (only once connected: s.7 "nothing harmed")
+    wait_s = host.backup.lock_wait_timeout
+    if wait_s:
+        manifest["lock_wait_timeout_s"] = wait_s
+    watch = watching(access, db, what="backup", timeout_s=wait_s, notify=notify)
+    watcher = watch.__enter__()
     try:
         session = access.sql(db).session()
         snapshot, tables = snapshot_facts(session, access, manifest)
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot,
-                            exclude_table_data=excl, schema_only=schema_only, verbose=verbose)
+                            exclude_table_data=excl, schema_only=schema_only, verbose=verbose,
+                            lock_wait_timeout=wait_s)
         # A local custom archive is written by pg_dump itself: a seekable file gets the data
         # offsets in its TOC (pg_restore --jobs and -L then seek instead of scanning), and
         # pg_dump fsyncs it (pg_dump docs, --no-sync). Streams (container, SSH) go through _Sink.
@@ -742,7 +879,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         if fmt == "plain":  # counted from the dump's own COPY data afterwards, in this transaction
             _keep_session_while_idle(session, manifest)
         proc = access.popen_tool("pg_dump", args)
-        counter = RowCounter(session, tables, schema_only).start() if fmt != "plain" else None
+        counter = RowCounter(session, tables, schema_only, notify).start() if fmt != "plain" else None
         sink = _Sink(f, fmt, level, track_copy=fmt == "plain")
         q: queue.Queue = queue.Queue(maxsize=16)
         threading.Thread(target=_pump, args=(proc.stdout, q), daemon=True).start()
@@ -800,7 +937,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             session.close()
             session = None
             manifest["phase"] = "finalize"
-            manifest["tables"] = counter.manifest_tables(_custom_data_tables(access, partial, tables))
+            manifest["tables"] = counter.manifest_tables(_custom_data_tables(access, partial, tables,
+                                                                             manifest.get("server_encoding")))
             if direct:  # written here with offsets: its schema reads fast (restore.scan_archive)
                 from .restore import custom_schema_facts
                 manifest.update(custom_schema_facts(access, partial))
@@ -819,10 +957,13 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
             "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
             "stderr_tail": tail(proc.stderr_text()) or None,
         })
+        watch.__exit__(None, None, None)
         publish(runner, partial, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, sink.raw_bytes,
                             time.monotonic() - t0)
     except BaseException as e:
+        watch.__exit__(None, None, None)
+        e = lock_timeout_error(e, host, watcher) or e
         # could not even connect (no STARTED manifest yet): leave the backup folder as it was
         record_failure(e, manifest, t0, runner, final, partial, proc, session, notify, record=recorded)
 

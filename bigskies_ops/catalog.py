@@ -88,6 +88,13 @@ def parse_archive_name(name: str) -> ParsedName | None:
     return ParsedName(db, stamp, int(m.group("n") or 0), m.group("ext"))
 
 
+#: An archive dated more than this many seconds after this machine's clock is "in the future".
+FUTURE_SLACK_S = 300
+
+#: where :func:`latest` warns about an archive it passed over (the CLI sets it; None: silent)
+reporter = None
+
+
 @dataclass
 class Backup:
     """One entry of a backup folder: an archive with its manifest, a manifest whose
@@ -174,12 +181,24 @@ class Backup:
             return "partial data"
         return "full"
 
-    def to_json(self) -> dict:
+    def in_future(self, now: datetime | None = None) -> bool:
+        """Dated (manifest UTC start; a legacy file's name) more than :data:`FUTURE_SLACK_S`
+        ahead of ``now`` (default: this machine's clock): a clock was wrong when it was
+        made, or is wrong now. Never ``latest`` (:func:`latest`)."""
+        at = self.started_at
+        if at is None:
+            return False
+        if at.tzinfo is None:  # a legacy name: time zone unknown, read as UTC
+            at = at.replace(tzinfo=timezone.utc)
+        return (at - (now or utcnow())).total_seconds() > FUTURE_SLACK_S
+
+    def to_json(self, now: datetime | None = None) -> dict:
         m = self.manifest or {}
         return {"name": self.name, "path": self.path, "database": self.database, "origin_host": self.origin_host,
                 "status": self.status, "kind": self.kind, "label": m.get("label"), "format": self.format,
                 "started_at": iso(self.started_at), "bytes": self.size, "contents": self.contents, "legacy": self.legacy,
-                "timezone_known": not self.legacy, "verified": self.verified, "sha256": m.get("sha256")}
+                "timezone_known": not self.legacy, "verified": self.verified, "sha256": m.get("sha256"),
+                "future": self.in_future(now)}
 
 
 def is_archive_file(name: str) -> bool:
@@ -237,23 +256,53 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
 
 
 def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
-           complete_only: bool = False) -> Backup | None:
+           complete_only: bool = False, notify=None) -> Backup | None:
     """Newest DONE backup (by the manifest's UTC start) of (origin_host, database).
 
     ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
     ``db.restore latest`` wants (restoring a schema-only dump would empty every table).
+
+    An archive dated in the future (:meth:`Backup.in_future`, by this machine's clock)
+    is never ``latest``: it would stay "newest" for as long as the clock error lasts and
+    hide every real backup after it (and retention would keep it). It is passed over with
+    a warning naming it and how to pick it by name (``notify``, else :data:`reporter`).
     """
     cands = [b for b in backups if b.status == "DONE" and (b.complete or not complete_only)
              and (database is None or b.database == database)
              and (origin_host is None or b.origin_host == origin_host)]
     cands.sort(key=lambda b: b.started_at, reverse=True)
+    now = utcnow()
+    ahead = [b for b in cands if b.in_future(now)]
+    tell = notify or reporter
+    for b in ahead:
+        if tell is not None:
+            tell(future_warning(b, now))
+    cands = [b for b in cands if not b.in_future(now)]
     return cands[0] if cands else None
+
+
+def future_warning(b: Backup, now: datetime | None = None) -> str:
+    """The warning for an archive dated in the future that ``latest`` passed over."""
+    now = now or utcnow()
+    return (f"warning: not taken as latest: {b.name} is dated {iso(b.started_at)}, "
+            f"{human_age(now, b.started_at)} ahead of this machine's clock ({iso(now)}); check the clocks. "
+            f"To use it anyway, name it: {b.path}")
 
 
 def write_manifest(runner, archive_path: str, manifest: dict) -> None:
     """Atomically (temp + fsync + rename) write ``<archive>.manifest.json``."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
-    runner.write_atomic(archive_path + MANIFEST_SUFFIX, data)
+    runner.write_atomic(archive_path + MANIFEST_SUFFIX, json_bytes(manifest))
+
+
+def json_bytes(obj) -> bytes:
+    """``obj`` as indented UTF-8 JSON. A name read from a SQL_ASCII database may hold bytes
+    that are not UTF-8 (lone surrogates, ``access.decode_out``): then the text is written
+    with ``\\uXXXX`` escapes, which read back to exactly the same name."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str).encode() + b"\n"
 
 
 def read_manifest(runner, archive_path: str) -> dict | None:

@@ -143,8 +143,14 @@ def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict
     except Exception as e:  # noqa: BLE001 - any failure to read is "unknown", never a crash
         c = Check("read", UNKNOWN, f"cannot read the backups of {host.name}: {e}")
         return {**out, "state": UNKNOWN, "checks": [c.to_json()]}
+    server_now, skew, why = server_clock(host)
+    ahead = [b for b in backups if b.in_future(now) or (server_now is not None and b.in_future(server_now))]
+    backups = [b for b in backups if b not in ahead]  # judged without them: their age would be negative
     checks = [_freshness(host, backups, now), _size(host, backups), _verification(backups, now)]
     checks += _offsite(host, backups)
+    if ahead:
+        checks.append(_future(ahead, now, server_now))
+    checks.append(_clock(host, skew, why))
     state = worst(c.state for c in checks)
     return {**out, "state": state, "checks": [c.to_json() for c in checks]}
 
@@ -157,7 +163,7 @@ def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
         return Check("freshness", CRITICAL, f"no good backup of {host.postgres.database!r} in {host.backup.dir}",
                      {"newest_good": None, "age_s": None})
     newest = max(good, key=lambda b: b.started_at)
-    age = (now - newest.started_at).total_seconds()
+    age = max(0.0, (now - newest.started_at).total_seconds())  # (a few seconds ahead: within the slack)
     facts = {"newest_good": newest.name, "newest_good_at": iso(newest.started_at), "age_s": int(age),
              "max_age_hours": limit}
     if age > limit * 3600:
@@ -233,3 +239,54 @@ def _offsite(host: Host, backups: list[Backup]) -> list[Check]:
             out.append(Check(name, OK, f"{t.name} holds {last.name}" + (" (up to date)" if lag == 0 else
                                                                           f", {lag / 3600:.1f} h behind"), facts))
     return out
+
+
+#: |server clock - this machine's clock| above which db.health warns, seconds
+CLOCK_SKEW_WARN_S = 60.0
+
+
+def server_clock(host: Host) -> tuple[datetime | None, float | None, str | None]:
+    """The server's ``clock_timestamp()`` and its skew against this machine's clock.
+
+    Returns:
+        ``(server_now, skew_s, None)`` with ``skew_s`` = server minus this machine (the
+        round trip's midpoint), or ``(None, None, reason)`` when the server cannot be
+        reached (never raises: db.health reports it).
+    """
+    import time
+    from dataclasses import replace
+    from datetime import timezone
+    from .access import PostgresAccess
+    quick = replace(host, postgres=replace(host.postgres, connect_timeout=min(5, host.postgres.connect_timeout)))
+    try:
+        with PostgresAccess(quick) as access:
+            sql = access.sql(host.postgres.database)
+            t0 = time.time()
+            v = sql.value("SELECT extract(epoch FROM clock_timestamp())::float8 AS epoch_s")
+            t1 = time.time()
+    except Exception as e:  # noqa: BLE001 - unreachable is a fact to report, not a crash
+        return None, None, str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    skew = float(v) - (t0 + t1) / 2
+    return datetime.fromtimestamp(float(v), timezone.utc), skew, None
+
+
+def _clock(host: Host, skew: float | None, why: str | None) -> Check:
+    if skew is None:
+        return Check("clock", OK, f"server not reachable, clock skew not measured ({why})", {"skew_s": None})
+    facts = {"skew_s": round(skew, 3), "threshold_s": CLOCK_SKEW_WARN_S}
+    side = "ahead of" if skew > 0 else "behind"
+    if abs(skew) > CLOCK_SKEW_WARN_S:
+        return Check("clock", WARNING, f"the server's clock is {abs(skew):.0f} s {side} this machine's "
+                                       f"(archive times come from this machine; check NTP on both)", facts)
+    return Check("clock", OK, f"server and this machine agree within {max(abs(skew), 0.001):.3f} s", facts)
+
+
+def _future(ahead: list[Backup], now: datetime, server_now: datetime | None) -> Check:
+    from .catalog import human_age
+    b = max(ahead, key=lambda x: x.started_at)
+    names = ", ".join(x.name for x in ahead[:3]) + (" ..." if len(ahead) > 3 else "")
+    msg = (f"{len(ahead)} archive(s) dated in the future ({names}; newest {iso(b.started_at)}, "
+           f"{human_age(now, b.started_at)} ahead of this machine's clock"
+           + (f" and {human_age(server_now, b.started_at)} of the server's" if server_now else "")
+           + "): a clock is or was wrong; they are never taken as 'latest' and not counted as fresh")
+    return Check("future", WARNING, msg, {"future_archives": [x.name for x in ahead]})

@@ -88,8 +88,13 @@ class BackupSettings:
     compress_level: int = 1
     keep_pre_restore: int = 2
     keep_safety_days: int = 30
-    roles: bool = False
+    #: save the server's roles beside each archive; None = the default: on for a host with
+    #: a compose stack (its scenarios restore with roles), off otherwise
+    roles: bool | None = None
     stall_timeout: float = 300.0
+    #: seconds a backup may wait for a lock (pg_dump --lock-wait-timeout; our own
+    #: sessions' lock_timeout); None: wait as long as it takes (reported while it lasts)
+    lock_wait_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,7 @@ _CONTAINER = {"name": "str", "engine_command": "str", "exec_user": "str"}
 _COMPOSE = {"command": "str", "file": "str", "volume": "str", "project_name": "str"}
 _BACKUP = {"dir": "str", "format": ("enum", FORMATS), "compress_level": ("range", 0, 9),
            "keep_pre_restore": ("range", 0, 1000), "keep_safety_days": ("range", 0, 100000),
-           "roles": "bool", "stall_timeout": "float"}
+           "roles": "bool", "stall_timeout": "float", "lock_wait_timeout": "float"}
 _RETENTION = {"daily": ("range", 0, 10000), "weekly": ("range", 0, 10000), "monthly": ("range", 0, 10000)}
 _ALERTS = {"max_age_hours": "float", "size_change_pct": "float", "webhook_env": "envname"}
 _MIGRATIONS = {"dir": "str"}
@@ -403,6 +408,8 @@ def _build_host(name: str, merged: dict, groups: tuple[str, ...], base: Path, pa
         host = replace(host, compose=replace(host.compose, file=on_host(host.compose.file)))
     if host.coordinators and not host.compose:
         raise InventoryError(f"{path}.coordinators: coordinators are compose services; add a compose: block")
+    if host.backup.roles is None:  # a compose stack's scenarios restore with roles: save them by default
+        host = replace(host, backup=replace(host.backup, roles=host.compose is not None))
     return host
 
 

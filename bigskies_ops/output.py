@@ -95,7 +95,12 @@ def _write(stream, text: str) -> None:
     "writing the .partial failed: Broken pipe" when its progress line met a closed stderr).
     Python docs, signal module, "Note on SIGPIPE"."""
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a name's bytes that are not UTF-8 (SQL_ASCII): shown as \xNN
+            from .access import printable
+            stream.write(printable(text).encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+                         .decode(getattr(stream, "encoding", None) or "utf-8"))
         stream.flush()
     except BrokenPipeError:
         discard(stream)
@@ -110,7 +115,12 @@ def discard(stream) -> None:
 
 
 def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    from .catalog import json_bytes  # (\uXXXX escapes for a name whose bytes are not UTF-8)
+    text = json_bytes(obj).decode()
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a stdout that is not UTF-8
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str) + "\n")
 
 
 def result_line(word: str, host: str, reason: str) -> None:
@@ -164,11 +174,23 @@ def backups_table(backups: list[Backup], now: datetime | None = None) -> "Table"
     for i, b in enumerate(backups, 1):
         started = b.started_at
         when = (started.strftime("%Y-%m-%d %H:%M:%S") if started else "-") + ("?" if b.legacy else "")
-        t.add_row(str(i), when, human_age(started, now), human_bytes(b.size), b.format or "-",
+        future = b.in_future(now)
+        t.add_row(str(i), when + (" !" if future else ""),
+                  f"{human_age(now, started)} ahead" if future else human_age(started, now),
+                  human_bytes(b.size), b.format or "-",
                   b.kind + ("" if b.legacy or b.complete else f" ({b.contents})"),
-                  b.status.lower() if b.status != "LEGACY" else "legacy",
+                  (b.status.lower() if b.status != "LEGACY" else "legacy") + (", FUTURE" if future else ""),
                   "yes" if b.verified else "no", (f"{b.origin_dir}/" if b.origin_dir else "") + b.name)
     return t
+
+
+def future_note(backups: list[Backup], now: datetime | None = None) -> str | None:
+    """The line under a listing that holds archives dated in the future (None: none)."""
+    ahead = [b for b in backups if b.in_future(now)]
+    if not ahead:
+        return None
+    return (f"! dated in the future by this machine's clock ({len(ahead)}: {', '.join(b.name for b in ahead[:3])}"
+            f"{' ...' if len(ahead) > 3 else ''}): a clock is wrong; never taken as 'latest' (name the file to use it)")
 
 
 def print_table(t: "Table") -> None:

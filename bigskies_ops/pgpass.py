@@ -7,8 +7,8 @@ with a backslash, ``#`` comment lines, first matching line wins. libpq ignores
 :func:`check_mode` turns that into an error for every task that relies on one.
 
 Converging means: for every (host, port, database, user) of the inventory host
-(``postgres.database`` and ``postgres.maintenance_db``) exactly one line with the
-current password; other entries untouched (order and comments kept); mode 0600.
+(``postgres.database``, ``postgres.maintenance_db``, and ``*`` for the databases the
+tool creates under generated names) exactly one line with the current password; other entries untouched (order and comments kept); mode 0600.
 A new line goes before the first existing wildcard line that would otherwise
 shadow it. Which file: ``postgres.passfile``, else ``$PGPASSFILE`` (local hosts),
 else ``~/.pgpass`` of the user the runner acts as. See docs/credentials.md.
@@ -113,13 +113,23 @@ def parse(text: str, path: str) -> list[tuple[str, Entry | None]]:
 
 
 def wanted_entries(host: Host, password: str) -> list[Entry]:
-    """One entry per database the tool connects to (the database and the maintenance database).
+    """The lines the tool needs on that server: one for the database and one for the
+    maintenance database (as before: explicit, and what older files hold), then one with
+    ``*`` as the database for every database the tool creates and reads there under
+    generated names: restore side databases (``<db>_restoring_<stamp>``, cut to 63 bytes
+    with a hash), pre-restore copies (``<db>_pre_<stamp>``) and the scratch databases of
+    ``db.verify --restore-test``. Without it a cron run (no password variable, only
+    this file) failed its restore at the side database with "no password supplied".
+
+    The ``*`` does not widen what the password can do: PostgreSQL authenticates the
+    role, whatever database is named; which databases the role may open is decided by
+    pg_hba.conf and CONNECT privileges, not by this file (docs/credentials.md).
 
     libpq matches a unix-socket connection against ``localhost`` (docs 34.16).
     """
     pg = host.postgres
     h = pg.host if pg.host and not pg.host.startswith("/") else "localhost"
-    dbs = list(dict.fromkeys([pg.database, pg.maintenance_db]))
+    dbs = list(dict.fromkeys([pg.database, pg.maintenance_db, "*"]))
     return [Entry(h, str(pg.port), d, pg.user, password) for d in dbs]
 
 

@@ -65,15 +65,20 @@ def conn_args(*, host: str | None, port: int | None, user: str | None) -> list[s
 
 def pg_dump_args(database: str, *, fmt: str, compress_level: int | None = None,
                  snapshot: str | None = None, exclude_table_data: tuple[str, ...] = (),
-                 schema_only: bool = False, verbose: bool = False) -> list[str]:
+                 schema_only: bool = False, verbose: bool = False,
+                 lock_wait_timeout: float | None = None) -> list[str]:
     """Arguments (after connection flags) for pg_dump writing the archive to stdout.
 
     ``fmt`` is ``plain`` (we compress the stream ourselves) or ``custom``
     (``-Fc -Z<level>``: pg_dump compresses, and pg_restore can run in parallel).
     ``snapshot`` makes the dump see exactly the snapshot our row counts used
     (pg_dump ``--snapshot``, exported with ``pg_export_snapshot()``).
+    ``lock_wait_timeout`` (seconds) becomes ``--lock-wait-timeout=<ms>``: pg_dump fails
+    instead of waiting longer for a table's lock.
     """
     args = ["--format", "p" if fmt == "plain" else "c"]
+    if lock_wait_timeout:
+        args.append(f"--lock-wait-timeout={max(1, int(round(lock_wait_timeout * 1000)))}")
     if fmt == "custom":
         args += ["--compress", str(6 if compress_level is None else compress_level)]
     if snapshot:

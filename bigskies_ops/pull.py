@@ -38,13 +38,15 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess
-from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, publish,
-                     record_failure, settle_interrupted, snapshot_facts, split_qualified, stream_manifest_tables)
+from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, lock_timeout_error,
+                     publish, record_failure, settle_interrupted, snapshot_facts, split_qualified,
+                     stream_manifest_tables)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
 from .inventory import Host
 from .locks import host_lock
+from .lockwait import watching
 from .pgtools import parse_plain_header, pg_dump_args, plain_tail_complete
 from .runners import LocalRunner, redact_argv, tail
 
@@ -278,13 +280,15 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
     session = None
     proc = None
     recorded = False  # as db.backup: no manifest for a run that could not even connect
+    watch = watching(access, db, what="dump", timeout_s=host.backup.lock_wait_timeout, notify=notify)
+    watcher = watch.__enter__()  # a lock wait is told within seconds (bigskies_ops.lockwait)
     try:
         session = access.sql(db).session()
         snapshot, tables = snapshot_facts(session, access, manifest)
         write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
         recorded = True
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot, exclude_table_data=excl,
-                            schema_only=schema_only)
+                            schema_only=schema_only, lock_wait_timeout=host.backup.lock_wait_timeout)
         dump_argv = access.tool_argv("pg_dump", args)
         stages = [dump_argv]
         names = ["pg_dump"]
@@ -376,9 +380,12 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         })
         if mode == "stream":
             manifest["pulled_at"] = iso(finished)
+        watch.__exit__(None, None, None)
         publish(writer, partial, final, manifest)
         return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
     except BaseException as e:
+        watch.__exit__(None, None, None)
+        e = lock_timeout_error(e, host, watcher) or e
         record_failure(e, manifest, t0, writer, final, partial, proc, session, notify, record=recorded)
 
 

@@ -18,7 +18,7 @@ from . import compose as cmp
 from . import stack
 from .backup import backup as run_backup
 from .catalog import latest, list_backups
-from .errors import BigskiesError, StorageError
+from .errors import BigskiesError, SafetyError, StorageError
 from .inventory import Host
 from .restore import restore as run_restore
 from .runners import LocalRunner, runner_for
@@ -105,19 +105,102 @@ def fresh_start(host: Host, *, timeout: float = 60.0, say=print, notify=print) -
     return {"backup": res.backup.path, "tables_checked": len(want), "steps": steps.done}
 
 
+def _refuse(what: str, host: Host, fix: str) -> SafetyError:
+    return SafetyError(f"{what}; nothing was purged. {fix}")
+
+
+def roles_setting_check(host: Host, roles: bool, task: str) -> None:
+    """Before anything: a scenario that restores WITH roles needs backups that save them.
+
+    Raises:
+        SafetyError (exit 3): ``roles`` and ``backup.roles`` is off for ``host``.
+    """
+    if roles and not host.backup.roles:
+        raise _refuse(f"{task} restores with the cluster's roles, but {host.name}'s backups do not save them "
+                      f"(backup.roles is false), so the restore after the purge would miss them", host,
+                      f"Set backup.roles: true for {host.name} in the inventory (the default for hosts with a "
+                      f"compose block), or pass --no-roles to restore without them.")
+
+
+def restore_ready(host: Host, archive: str, *, roles: bool, task: str, notify=print) -> None:
+    """Before the first destructive step of a scenario that purges and then restores
+    ``archive``: check everything that restore needs is there and sound: the archive
+    (manifest DONE, size and sha256 as recorded, readable by pg_restore/the plain-SQL
+    checks: :func:`bigskies_ops.verify.verify_backup`, which records the verification)
+    and, with ``roles``, its roles file (present, sha256 as recorded).
+
+    Refusing is exit 3 (CONTRACTS.md s.5 "refused for safety"): nothing failed and
+    nothing changed; the tool declined a destructive step whose way back is missing.
+
+    Raises:
+        SafetyError: something is missing or does not verify (the message says what
+            and what to run).
+    """
+    import hashlib
+    import posixpath
+    from .catalog import read_manifest, scan_dir
+    from .roles import roles_path
+    from .verify import verify_backup
+    runner = runner_for(host) if host.is_remote else LocalRunner()
+    try:
+        folder, name = posixpath.split(archive)
+        b = next((x for x in scan_dir(runner, folder or ".") if x.name == name), None)
+        if b is None or b.status not in ("DONE", "LEGACY"):
+            raise _refuse(f"{task} would restore {archive}, which is "
+                          f"{'missing' if b is None else 'not a finished backup (status ' + b.status + ')'}",
+                          host, f"Take a backup first: {output.hint(f'db.backup --host {host.name}')}.")
+        if roles:
+            rp = roles_path(archive)
+            want = (read_manifest(runner, archive) or {}).get("roles_sha256")
+            if not runner.exists(rp):
+                raise _refuse(f"{task} restores with roles, but {archive} has no roles file "
+                              f"({posixpath.basename(rp)})", host,
+                              f"Set backup.roles: true for {host.name} and take a backup "
+                              f"({output.hint(f'db.backup --host {host.name}')}), or pass --no-roles.")
+            got = hashlib.sha256(runner.read_bytes(rp)).hexdigest()
+            if want and got != want:
+                raise _refuse(f"{task}: the roles file of {archive} does not match its manifest (sha256 "
+                              f"{got[:12]}..., recorded {want[:12]}...)", host,
+                              f"Take a new backup ({output.hint(f'db.backup --host {host.name}')}) or pass --no-roles.")
+        # last: it records its result in the manifest (a refusal above changes nothing)
+        res = verify_backup(host, b, notify=notify, task=task)
+        if not res.ok:
+            raise _refuse(f"{task} would restore {archive}, which does not verify: {res.error}", host,
+                          f"Check it with {output.hint(f'db.verify {archive} --host {host.name}')}; take a new "
+                          f"backup or name another archive.")
+        notify(f"checked before purging: {posixpath.basename(archive)} verified"
+               + (", its roles file present" if roles else ""))
+    finally:
+        runner.close()
+
+
 def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool = True, roles: bool = True,
                    timeout: float = 60.0, wait_migrations: bool = False, say=print, notify=print) -> dict:
     """Scenario 3: purge (after a pre-purge backup), build, up, then restore that backup
     (with ``roles``: the roles missing in the new cluster are created first).
 
+    Before anything is purged, what the restore needs is checked: with ``roles``, that
+    this host's backups save roles at all (before the backup is even taken), then that
+    the pre-purge backup verifies and has its roles file (:func:`restore_ready`).
+
     Raises:
+        SafetyError: the restore's needs are missing (exit 3; nothing purged).
         BigskiesError: any step's error; if the pre-purge backup fails nothing is purged.
     """
+    will_restore = restore_backup and take_backup
+    if will_restore:
+        roles_setting_check(host, roles, "scenario.complete-reset")
     total = 3 + (1 if restore_backup else 0)
     steps = Steps(total, say)
     steps("Purge containers and the data volume (docker.purge" + (", pre-purge backup first)" if take_backup
                                                                    else ", NO backup)"))
-    pres = stack.purge(host, take_backup=take_backup, notify=notify)
+
+    def backup_then_check(h, **kw):
+        res = run_backup(h, **kw)
+        if will_restore:
+            restore_ready(h, res.backup.path, roles=roles, task="scenario.complete-reset", notify=notify)
+        return res
+    pres = stack.purge(host, take_backup=take_backup, notify=notify, backup_fn=backup_then_check)
     if pres["backup"]:
         say(f"  pre-purge backup: {pres['backup']}")
     steps("Rebuild images (docker.build)")
@@ -143,9 +226,16 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
     (down, delete the volume, up, wait for the migrations), restore the given archive or
     the newest good backup (the one just taken when it succeeded).
 
+    What the restore needs (the archive verified, its roles file with ``roles``) is
+    checked before the volume is deleted (:func:`restore_ready`).
+
     Raises:
         StorageError: no good backup to restore from (checked before anything is deleted).
+        SafetyError: the archive or its roles file is missing or does not verify (exit 3).
     """
+    roles_setting_check(host, roles, "scenario.recover-corruption")
+    if archive is not None:  # named: check it before stopping anything
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
     steps = Steps(6, say)
     steps("Stop the coordinators")
     with runner_for(host) as runner:
@@ -171,6 +261,7 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
                 raise StorageError(f"no good backup of {host.postgres.database!r} in {host.backup.dir}; "
                                    f"nothing was deleted")
             archive = b.path
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
     say(f"  will restore: {archive}")
     steps("Delete the data volume (docker.purge --no-backup)")
     stack.purge(host, take_backup=False, notify=notify)

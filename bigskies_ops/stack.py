@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import compose as cmp
 from .access import PostgresAccess
-from .errors import BigskiesError, CommandError, PostgresError, StorageError, UsageError
+from .errors import BigskiesError, CommandError, PostgresError, SafetyError, StorageError, UsageError
 from .inventory import Host
 from .runners import runner_for, tail
 
@@ -467,6 +467,8 @@ def purge(host: Host, *, take_backup: bool = True, pull: bool = True, notify=pri
             try:
                 res = backup_fn(host, kind="pre-purge", label="before docker.purge", notify=notify,
                                 task="docker.purge")
+            except SafetyError:  # a caller's check of the backup refused: its own words
+                raise
             except BigskiesError as e:
                 raise BigskiesError(f"pre-purge backup failed, nothing was purged: {e}",
                                     exit_code=e.exit_code) from e

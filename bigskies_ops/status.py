@@ -1,7 +1,7 @@
 """``db.status``: is the server up, how is it reached, how big is the database, which tables."""
 from __future__ import annotations
 
-from .access import PostgresAccess
+from .access import PostgresAccess, printable
 from .backup import migration_head
 from .errors import PostgresError
 from .inventory import Host
@@ -55,6 +55,8 @@ def status(host: Host) -> dict:
             "WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') "
             "AND n.nspname !~ '^pg_toast' ORDER BY 1, 2")
         head = migration_head(sql)
+    # names shown as text: a SQL_ASCII database's bytes that are not UTF-8 appear as \xNN
+    tables = [{**t, "schema": printable(t["schema"]), "name": printable(t["name"])} for t in tables]
     source = (f"environment variable {pg.password_env}" if pg.password_env
               else f"passfile {pg.passfile}" if pg.passfile else "libpq defaults (~/.pgpass, trust or peer)")
     return {

@@ -40,6 +40,7 @@ MODULE_SECONDS = {
     # tests/fidelity (issue 15), measured with -n 2 on a machine also running other suites
     "test_fidelity_roundtrip_b": 235, "test_fidelity_roundtrip_a": 230, "test_fidelity_pull": 45,
     "test_fidelity_bad_archives": 30,
+    "test_servers": 200, "test_restore_server_limits": 150,
 }
 
 

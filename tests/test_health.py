@@ -103,7 +103,7 @@ def test_health_goes_critical_warning_ok_and_critical_again_with_the_right_exit_
     code, h, _ = _health(inv, cli_env)
     assert code == 1 and h["state"] == "warning"
     states = {c["check"]: c["state"] for c in h["hosts"][0]["checks"]}
-    assert states == {"freshness": "ok", "size": "ok", "verification": "warning"}
+    assert states == {"freshness": "ok", "size": "ok", "verification": "warning", "clock": "ok"}
     assert cli("db.verify", "latest", "-i", str(inv), env=cli_env).returncode == 0
     code, h, r = _health(inv, cli_env)
     assert code == 0 and h["state"] == "ok", r.stdout

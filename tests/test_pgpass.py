@@ -85,7 +85,8 @@ def test_pgpass_is_created_idempotent_and_repairs_a_too_open_mode(tmp_path, pg, 
     esc = escape(PASSWORD)
     assert pgpass.read_text() == ("# kept\nother.example:5432:*:alice:alice-pw\n"
                                   f"127.0.0.1:{pg.port}:{dbname}:bigskies:{esc}\n"
-                                  f"127.0.0.1:{pg.port}:postgres:bigskies:{esc}\n")
+                                  f"127.0.0.1:{pg.port}:postgres:bigskies:{esc}\n"
+                                  f"127.0.0.1:{pg.port}:*:bigskies:{esc}\n")
     assert mode_of(pgpass) == 0o600
     r = cli("db.pgpass", "-i", str(inv), "--json", env=env)
     assert json.loads(r.stdout) == {"result": "ok", "host": "dev", "path": str(pgpass), "changes": []}

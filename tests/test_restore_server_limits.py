@@ -1,7 +1,7 @@
 """A restore on servers set up the way real ones are (issue 16), each refused before
 anything is created, with a message that says what to do: a role that may not swap the
-database in, a server without room for the side database, and restores that follow
-each other within one second. Checks use the test's own psql (tests/pgcheck.py)."""
+database in, a server without room for the side database, background workers and
+sessions this role cannot see (restores within one second: tests/test_servers.py). Checks use the test's own psql (tests/pgcheck.py)."""
 from __future__ import annotations
 
 import json
@@ -56,36 +56,6 @@ def test_a_role_that_cannot_swap_the_database_in_is_refused_before_loading(tmp_p
         assert "CREATEDB" in r.stderr
     assert "Nothing was changed" in r.stderr
     assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == files and _dbs(pg_sql) == dbs
-
-
-def test_restores_within_one_second_take_distinct_names(tmp_path, pg, pg_sql, dbname, cli_env, monkeypatch):
-    from datetime import datetime, timezone
-
-    from bigskies_ops.access import PostgresAccess
-    from bigskies_ops.inventory import load
-    from bigskies_ops.restore import pre_restore_name, side_db_name, unused_name
-    when = datetime(2026, 12, 3, 9, 0, 0, tzinfo=timezone.utc)
-    taken = [f"{dbname}_pre_20261203090000", f"{dbname}_pre_20261203090000_2", f"{dbname}_restoring_20261203090000"]
-    for name in taken:  # what two restores earlier in this second left
-        pg_sql(f'CREATE DATABASE "{name}"', "postgres")
-    monkeypatch.setenv("BIGSKIES_TEST_PGPASSWORD", cli_env["BIGSKIES_TEST_PGPASSWORD"])
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": native_host(pg, dbname, tmp_path / "b")})
-    with PostgresAccess(load(str(inv)).host("dev")) as access:
-        maint = access.sql("postgres")
-        assert unused_name(maint, pre_restore_name, dbname, when) == f"{dbname}_pre_20261203090000_3"
-        assert unused_name(maint, side_db_name, dbname, when) == f"{dbname}_restoring_20261203090000_2"
-        assert unused_name(maint, pre_restore_name, dbname, when.replace(second=1)) == f"{dbname}_pre_20261203090001"
-
-
-def test_three_restores_in_a_row_leave_three_distinct_pre_restore_copies(tmp_path, pg, pg_sql, dbname, cli_env):
-    bdir = tmp_path / "b"
-    inv = write_inventory(tmp_path / "i.yaml", {"dev": native_host(pg, dbname, bdir, backup={"keep_pre_restore": 5})})
-    archive = _backup(inv, cli_env)
-    for _ in range(3):
-        r = cli("db.restore", archive, "-i", str(inv), "--yes", "--jobs", "1", env=cli_env)
-        assert r.returncode == 0, r.stderr
-    copies = [d for d in _dbs(pg_sql) if d.startswith(dbname + "_pre_")]
-    assert len(copies) == 3
 
 
 @pytest.fixture

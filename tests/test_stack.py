@@ -418,6 +418,22 @@ def test_purge_when_the_pre_purge_backup_fails_purges_nothing(stack, tmp_path):
     _bad(stack, ["docker.purge", "--yes"], inv, 1, "pre-purge backup failed, nothing was purged")
 
 
+def test_scenarios_refuse_before_purging_when_the_restore_would_miss_its_roles(stack):
+    # backups that save no roles: refused before even the pre-purge backup (exit 3, nothing changes)
+    inv = stack.inventory("inv-noroles.yaml", backup={"roles": False})
+    r = _bad(stack, ["scenario.complete-reset", "--yes"], inv, 3,
+             "backup.roles is false", "nothing was purged", "backup.roles: true", "--no-roles")
+    assert "Step 1/4" not in r.stdout, r.stdout
+    # an archive named for scenario 5 without its roles file: refused before the coordinators stop
+    r = stack.cli("db.backup", "--json", inv=inv)
+    assert r.returncode == 0, r.stderr
+    archive = json.loads(r.stdout)["path"]
+    assert not Path(archive + ".roles.sql").exists()
+    r = _bad(stack, ["scenario.recover-corruption", "--archive", archive, "--yes"], stack.inv, 3,
+             f"{archive} has no roles file", "nothing was purged", "db.backup --host stack")
+    assert "Step 1/6" not in r.stdout, r.stdout
+
+
 def test_postgres_never_ready_times_out_with_its_last_log_lines(stack, podman_env):
     suffix = uuid.uuid4().hex[:8]
     message = f"FATAL: test-{suffix} data directory has wrong ownership"

@@ -73,6 +73,9 @@ def handles_errors(fn):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .. import catalog, lockwait, output
+        lockwait.reporter = output.note  # lock waits of any session of ours are told on stderr
+        catalog.reporter = output.note   # an archive dated in the future passed over as 'latest'
         try:
             with interrupts_unwind():
                 return fn(*args, **kwargs)
@@ -123,3 +126,26 @@ def jobs_arg(jobs) -> int | None:
     if n < 1:
         raise UsageError(f"--jobs: expected a whole number of 1 or more, got {jobs!r}")
     return n
+
+
+LOCK_WAIT_HELP = ("give up after this many seconds waiting for a table lock (pg_dump --lock-wait-timeout); "
+                  "default: the host's backup.lock_wait_timeout, else wait (the wait is reported)")
+
+
+def lock_wait_host(h, value):
+    """``h`` with ``--lock-wait-timeout VALUE`` (seconds) applied over its inventory's
+    ``backup.lock_wait_timeout``; ``h`` itself when the flag was not given.
+
+    Raises:
+        UsageError: not a number >= 0.
+    """
+    if value is None:
+        return h
+    from ..backup import with_lock_wait_timeout
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--lock-wait-timeout: expected seconds (a number), got {value!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UsageError(f"--lock-wait-timeout: expected seconds >= 0, got {value!r}")
+    return with_lock_wait_timeout(h, seconds)

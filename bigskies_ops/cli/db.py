@@ -16,8 +16,8 @@ from ..restore import pre_restore_copies, resolve_archive, restore as run_restor
 from ..runners import LocalRunner, runner_for, tail
 from ..safety import check_destructive, confirm_or_refuse, is_tty
 from ..status import status as run_status
-from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, help_if_requested, jobs_arg, load_inventory,
-                     optional_positional, task)
+from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,
+                     load_inventory, lock_wait_host, optional_positional, task)
 
 
 def _restore_command(host, path: str) -> str:
@@ -37,13 +37,14 @@ def _restore_command(host, path: str) -> str:
     "schema_only": "dump the schema without data",
     "pull": "SSH hosts: also copy the archive and its manifest to the local backup dir under <host>/",
     "verbose": "run pg_dump --verbose (its messages land in the manifest's stderr_tail, never in the dump)",
+    "lock_wait_timeout": LOCK_WAIT_HELP,
     "json": JSON_HELP})
 @handles_errors
 def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
-           json=False, pull=False, verbose=False):
+           json=False, pull=False, verbose=False, lock_wait_timeout=None):
     """Back up a host's database into a new archive with its manifest."""
     inv = load_inventory(inventory)
-    hosts = inv.resolve(host)
+    hosts = [lock_wait_host(x, lock_wait_timeout) for x in inv.resolve(host)]
     if len(hosts) > 1:  # a group or a comma list: hosts in parallel, recap per host (cli/db_remote.py)
         from .db_remote import fleet_backup
         return fleet_backup(inv, hosts, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
@@ -152,6 +153,9 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
     output.print_table(output.backups_table(backups))
     if any(b.legacy for b in backups):
         output.say("? legacy file without a manifest: time zone unknown, not verified")
+    note = output.future_note(backups)
+    if note:
+        output.say(note)
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})

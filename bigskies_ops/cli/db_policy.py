@@ -9,7 +9,8 @@ from .. import output
 from ..catalog import human_age, human_bytes
 from ..errors import BigskiesError, UsageError
 from ..safety import check_destructive
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional, task
+from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host,
+                     optional_positional, task)
 
 PROTECT_HELP = {"force_protected": "allow this on a protected host (with --confirm DBNAME)",
                 "confirm": "the database name, repeated, for protected hosts"}
@@ -228,14 +229,15 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
     "monthly": "run the monthly test restore (db.verify latest --restore-test) instead",
     "wait": "seconds to wait for a running scheduled run of this host (default: 0 daily, 6 h monthly)",
     "log": "the log file of the schedule (its folder holds the run lock)",
+    "lock_wait_timeout": LOCK_WAIT_HELP,
     **PROTECT_HELP})
 @handles_errors
 def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=None, force_protected=False,
-                  confirm=None):
+                  confirm=None, lock_wait_timeout=None):
     """What the cron lines run: backup, then prune, then offsite (or --monthly: a test restore)."""
     from ..schedule import scheduled_run as run
     inv = load_inventory(inventory)
-    h = inv.host(host)
+    h = lock_wait_host(inv.host(host), lock_wait_timeout)
     protected_ok = False
     if h.protected and force_protected:
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,

@@ -14,7 +14,7 @@ from ..fleet import exit_code, prefixed, run_on_hosts
 from ..inventory import Host, Inventory
 from ..pull import pull_and_restore, pull_existing, pull_format, pull_stream
 from ..safety import check_destructive, confirm_or_refuse
-from .common import INVENTORY_HELP, JSON_HELP, handles_errors, jobs_arg, load_inventory, task
+from .common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
 
 
 class LineProgress:
@@ -94,16 +94,17 @@ def _mbps(n: int, s: float) -> str:
     "jobs": "parallel sessions of the restore (pg_restore --jobs, or psql sessions for plain; default 2)",
     "force_protected": "allow --to a protected host (with --confirm DBNAME)",
     "confirm": "the database name of --to, repeated, for protected hosts",
+    "lock_wait_timeout": LOCK_WAIT_HELP + " (a fresh dump)",
     "inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
 def pull(c, from_=None, to=None, restore=False, existing=None, format=None, label=None, yes=False,
          terminate_sessions=False, keep_owners=False, jobs=None, force_protected=False, confirm=None,
-         inventory=None, json=False, skip_missing_roles=False):
+         inventory=None, json=False, skip_missing_roles=False, lock_wait_timeout=None):
     """Pull a database from an SSH host to this machine (fresh dump streamed, or an existing archive)."""
     inv = load_inventory(inventory)
     if not from_:
         raise UsageError("pass --from HOST (the SSH host to pull from)")
-    src = inv.host(from_)
+    src = lock_wait_host(inv.host(from_), lock_wait_timeout)
     if not src.is_remote:
         raise UsageError(f"--from {from_}: not an SSH host (connection: local); use db.backup for local hosts")
     if restore and not to:
