@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.sandbox import Cluster, free_port
-from tests.conftest import cli, drop_db_and_copies, native_host, new_db_from_template, write_inventory
+from tests.conftest import cli, drop_db_and_copies, native_host, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 
 BIN = "/usr/lib/postgresql/15/bin"
