@@ -46,17 +46,18 @@ def _word(t: bytes) -> bytes:
     return t if t[:1] in (b'"', b"'") else t.upper()
 
 
-def unquote(t: bytes) -> str:
+def unquote(t: bytes, codec: str = "utf-8") -> str:
     """A name token as PostgreSQL reads it: ``"Ab""c"`` -> ``Ab"c``; ``abc`` -> ``abc``
-    (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``."""
+    (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``. ``codec``:
+    the dump's client encoding (pg_dump writes in the database's encoding)."""
     if t[:1] == b'"':
-        return t[1:-1].replace(b'""', b'"').decode("utf-8", "replace")
+        return t[1:-1].replace(b'""', b'"').decode(codec, "replace")
     if t[:1] == b"'":
-        return t[1:-1].replace(b"''", b"'").decode("utf-8", "replace")
-    return t.decode("utf-8", "replace").lower()
+        return t[1:-1].replace(b"''", b"'").decode(codec, "replace")
+    return t.decode(codec, "replace").lower()
 
 
-def _role_list(toks: list[bytes], i: int) -> list[str]:
+def _role_list(toks: list[bytes], i: int, codec: str = "utf-8") -> list[str]:
     """Role names of a comma-separated list starting at ``toks[i]`` (PUBLIC and the like left out)."""
     out = []
     while i < len(toks):
@@ -64,7 +65,7 @@ def _role_list(toks: list[bytes], i: int) -> list[str]:
         if t[:1] not in (b'"', b"'") and not (t[:1].isalpha() or t[:1] == b"_" or t[0] >= 0x80):
             break
         if _word(t) not in _PSEUDO_ROLES:
-            out.append(unquote(t))
+            out.append(unquote(t, codec))
         if i + 1 < len(toks) and toks[i + 1] == b",":
             i += 2
             continue
@@ -86,14 +87,15 @@ def _last_top(toks: list[bytes], word: bytes, start: int = 0) -> int:
     return found
 
 
-def statement_roles(stmt: bytes) -> tuple[str | None, list[str]]:
+def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list[str]]:
     """``(kind, roles)``: the roles a pg_dump statement names, and what kind of statement it is.
 
     Kinds: ``owner`` (``ALTER ... OWNER TO r``), ``acl`` (``GRANT ... TO r``, ``REVOKE ...
     FROM r``; pg_dump writes one grantee each), ``default_acl`` (``ALTER DEFAULT
     PRIVILEGES FOR ROLE r ...``), ``session`` (``SET SESSION AUTHORIZATION r``: pg_dump's
     way to record a grant made by another grantor), ``policy`` (``CREATE POLICY ... TO
-    r1, r2``), ``user_mapping``; ``(None, [])`` for any other statement.
+    r1, r2``), ``user_mapping``; ``(None, [])`` for any other statement. ``codec``: the
+    dump's client encoding (:func:`unquote`).
     """
     if not _ROLE_HEADS.match(stmt):
         return None, []
@@ -101,36 +103,36 @@ def statement_roles(stmt: bytes) -> tuple[str | None, list[str]]:
     w = [_word(t) for t in toks]
     if w[:1] == [b"GRANT"]:
         i = _last_top(toks, b"TO")
-        return ("acl", _role_list(toks, i + 1)) if i > 0 else (None, [])
+        return ("acl", _role_list(toks, i + 1, codec)) if i > 0 else (None, [])
     if w[:1] == [b"REVOKE"]:
         i = _last_top(toks, b"FROM")
-        return ("acl", _role_list(toks, i + 1)) if i > 0 else (None, [])
+        return ("acl", _role_list(toks, i + 1, codec)) if i > 0 else (None, [])
     if w[:3] == [b"ALTER", b"DEFAULT", b"PRIVILEGES"]:
         roles: list[str] = []
         if w[3:5] in ([b"FOR", b"ROLE"], [b"FOR", b"USER"]):
-            roles += _role_list(toks, 5)
+            roles += _role_list(toks, 5, codec)
         for j, x in enumerate(w):
             if x in (b"GRANT", b"REVOKE"):
                 i = _last_top(toks, b"TO" if x == b"GRANT" else b"FROM", j)
                 if i > 0:
-                    roles += _role_list(toks, i + 1)
+                    roles += _role_list(toks, i + 1, codec)
                 break
         return "default_acl", roles
     if w[:1] == [b"ALTER"] and len(w) >= 4 and w[-3:-1] == [b"OWNER", b"TO"]:
-        return "owner", _role_list(toks, len(toks) - 1)
+        return "owner", _role_list(toks, len(toks) - 1, codec)
     if w[:3] == [b"SET", b"SESSION", b"AUTHORIZATION"]:
-        return "session", ([] if w[3:4] == [b"DEFAULT"] else _role_list(toks, 3))
+        return "session", ([] if w[3:4] == [b"DEFAULT"] else _role_list(toks, 3, codec))
     if w[:2] == [b"CREATE", b"POLICY"]:
         on = w.index(b"ON") if b"ON" in w else len(w)
         for i in range(on, len(w)):
             if w[i] in (b"USING", b"WITH"):
                 break
             if w[i] == b"TO":
-                return "policy", _role_list(toks, i + 1)
+                return "policy", _role_list(toks, i + 1, codec)
         return "policy", []
     if w[:4] == [b"CREATE", b"USER", b"MAPPING", b"FOR"] or w[:7] == [b"CREATE", b"USER", b"MAPPING", b"IF", b"NOT",
                                                                     b"EXISTS", b"FOR"]:
-        return "user_mapping", _role_list(toks, w.index(b"FOR") + 1)
+        return "user_mapping", _role_list(toks, w.index(b"FOR") + 1, codec)
     return None, []
 
 
@@ -309,6 +311,7 @@ class OwnerAclFilter:
         self.count_rows = count_rows
         self.in_copy = False
         self.policy = policy
+        self.codec = "utf-8"  # of names, from the dump's SET client_encoding
         self.roles: set[str] = set()
         self.skipped: dict[str, int] = {}
         self.facts = StatementFacts()
@@ -550,7 +553,12 @@ class OwnerAclFilter:
             self.copy_next = True
             self._put(stmt, "copy")
             return
-        kind, names = statement_roles(core)
+        if core.startswith(b"SET client_encoding"):  # pg_dump's first SET: the dump's encoding
+            m = re.search(rb"'([A-Za-z0-9_]+)'", core)
+            if m:
+                from .backup import PY_CODECS
+                self.codec = PY_CODECS.get(m.group(1).decode().upper(), "utf-8")
+        kind, names = statement_roles(core, self.codec)
         if names:
             self.roles.update(names)
             missing = [] if self.policy is None else [n for n in names if n not in self.policy.existing]

@@ -129,3 +129,11 @@ def test_load_errors_name_the_extension_and_package_or_the_table_and_function():
     check = 'ERROR:  new row for relation "orders" violates check constraint "positive_rate"'
     assert "positive_rate" in explain_load_error(check) and "orders" in explain_load_error(check)
     assert explain_load_error("ERROR: something else") is None
+
+
+def test_role_names_are_read_in_the_dumps_own_encoding():
+    dump = ("SET client_encoding = 'LATIN1';\nALTER TABLE public.t OWNER TO \"Jos\xe9\";\n").encode("latin-1")
+    f = OwnerAclFilter(RolePolicy(frozenset({"José"})))
+    f.feed(dump)
+    f.flush()
+    assert f.roles == {"José"}  # exists: no refusal
