@@ -60,13 +60,16 @@ def test_a_role_that_cannot_swap_the_database_in_is_refused_before_loading(tmp_p
 
 @pytest.fixture
 def small_disk_cluster(run_root):
-    """A cluster whose data directory is on a 96 MB tmpfs (root mounts it; unmounted after)."""
+    """A cluster whose data directory is on a 128 MB tmpfs (root mounts it; unmounted after).
+    ``wal_level=minimal``: the setup's CREATE TABLE AS writes no WAL, so filling the disk
+    does not depend on when a checkpoint recycles it."""
     mnt = run_root / f"small-{uuid.uuid4().hex[:8]}"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mnt)], check=True)
     c = Cluster(base=mnt / "pg", port=free_port())
     try:
-        c.init().start(settings={"max_wal_size": "32MB", "min_wal_size": "32MB"})
+        c.init().start(settings={"max_wal_size": "32MB", "min_wal_size": "32MB", "wal_level": "minimal",
+                                 "max_wal_senders": "0"})
         yield c
     finally:
         try:
@@ -79,7 +82,7 @@ def test_a_restore_onto_a_server_without_room_for_the_side_database_is_refused(t
                                                                               cli_env):
     c = small_disk_cluster
     c.psql("-c", "CREATE DATABASE big")
-    c.psql("-c", "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 8) AS v FROM generate_series(1, 80000) g",
+    c.psql("-c", "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 8) AS v FROM generate_series(1, 130000) g",
            database="big")
     bdir = tmp_path / "b"
     inv = _socket_inventory(tmp_path, c, "big")
