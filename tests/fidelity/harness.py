@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import threading
 import uuid
@@ -104,8 +105,8 @@ def oracle_load(pg, archive: Path, name: str, owner: str) -> None:
     conn = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies"]
     env = {"PGOPTIONS": "", "PATH": "/usr/bin:/bin"}
     if archive.name.endswith(".sql.gz"):
-        cmd = (f"gunzip -c '{archive}' | {BINDIR}/psql -X -q -v ON_ERROR_STOP=1 {' '.join(conn)} -d {qi(name)} "
-               f">/dev/null")
+        cmd = (f"gunzip -c {shlex.quote(str(archive))} | {BINDIR}/psql -X -q -v ON_ERROR_STOP=1 "
+               f"{shlex.join(conn)} -d {shlex.quote(name)} >/dev/null")
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env)
     else:
         r = subprocess.run([f"{BINDIR}/pg_restore", "--exit-on-error", *conn, "-d", name, str(archive)],
