@@ -51,6 +51,7 @@ from .runners import tail
 from .signals import left_behind
 
 CHUNK = 1 << 20
+COUNT_BATCH = 64  # tables counted per transaction: PostgreSQL's default max_locks_per_transaction
 MAX_DBNAME = 63  # NAMEDATALEN - 1 bytes (PostgreSQL docs 4.1.1: longer identifiers are truncated)
 PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
 SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behind only if the process died)
@@ -612,10 +613,14 @@ def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dic
             out[key] = known[key]
             continue
         want.append(t)
-    if want:
-        from .backup import count_rows_sql
-        for r in sql.query(count_rows_sql(want)):
-            t = want[r["i"]]
+    from .backup import count_rows_sql
+    # one transaction per COUNT_BATCH tables: a count takes a lock on each table until its
+    # transaction ends, and the server's lock table is shared (max_locks_per_transaction x
+    # connections): thousands of tables in one query ran out of shared memory
+    for k in range(0, len(want), COUNT_BATCH):
+        batch = want[k:k + COUNT_BATCH]
+        for r in sql.query(count_rows_sql(batch)):
+            t = batch[r["i"]]
             out[(t["schema"], t["name"])] = r["n"]
     return out
 
