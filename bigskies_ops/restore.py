@@ -114,6 +114,11 @@ def pre_restore_name(database: str, when, n: int = 1) -> str:
     return _fit(database, "_pre_" + when.strftime("%Y%m%d%H%M%S") + (f"_{n}" if n > 1 else ""))
 
 
+def verify_db_name(database: str, when, n: int = 1) -> str:
+    """The throwaway database of ``db.verify --restore-test``."""
+    return _fit(database, "_verify_" + when.strftime("%Y%m%d%H%M%S") + (f"_{n}" if n > 1 else ""))
+
+
 def unused_name(maint, make, database: str, when) -> str:
     """``make(database, when)``, or with ``_2``, ``_3``, ... when a database of that name
     exists (restores of one database within the same second; they run one after

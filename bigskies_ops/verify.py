@@ -174,11 +174,11 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
     from .dbadmin import create_like, db_info, drop_db
-    from .restore import _fit, _load, _verify_side, role_policy, scan_archive, table_counts
+    from .restore import _load, _verify_side, role_policy, scan_archive, table_counts, unused_name, verify_db_name
     from .backup import TABLES_SQL
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
-    name = _fit(db, "_verify_" + utcnow().strftime("%Y%m%d%H%M%S"))
+    name = unused_name(maint, verify_db_name, db, utcnow())
     t0 = time.monotonic()
     notify(f"Restore test into throwaway database {name!r}")
     # a throwaway copy: roles missing here cost their statements, never the test

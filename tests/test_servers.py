@@ -80,6 +80,13 @@ def test_row_counts_need_no_more_lock_slots_than_pg_dump(small_locks, tmp_path, 
     rows = _rows(m)
     assert len(rows) == LOCK_TABLES
     assert all(n == 1 for n in rows.values()), {k: v for k, v in rows.items() if v != 1}
+    # and it restores there (the check after the load counts in bounded transactions too)
+    target = f"copy_{fmt}"
+    r = cli("db.restore", json.loads(r.stdout)["path"], "-i", str(inv), "--target-db", target, "--yes", env=cli_env)
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    n = c.psql("-X", "-A", "-t", "-c", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", database=target)
+    assert n.strip() == str(LOCK_TABLES)
 
 
 # ============================================================== 1. settings our sessions set themselves
