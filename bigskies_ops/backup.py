@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess, SqlSession, ident, lit, pgsql
-from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, iso, list_backups, parse_archive_name, read_manifest,
-                      utcnow, write_manifest)
+from .catalog import (PARTIAL_SUFFIX, Backup, archive_name, human_bytes, iso, latest, list_backups, parse_archive_name,
+                      read_manifest, utcnow, write_manifest)
 from .errors import BigskiesError, CommandError, Interrupted, PostgresError, StorageError
 from .inventory import Host
 from .locks import host_lock
@@ -767,6 +767,41 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         return res
 
 
+def without_space_check(host: Host, skip: bool) -> Host:
+    """``host`` with ``backup.space_check`` off when ``skip`` (``--skip-space-check``)."""
+    from dataclasses import replace
+    return replace(host, backup=replace(host.backup, space_check=False)) if skip else host
+
+
+def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifest: dict) -> None:
+    """Fail before pg_dump starts when ``bdir`` (on ``writer``'s machine) has less free
+    space than the backup will take: the newest DONE backup of ``db`` in that format plus
+    20%, or for a first backup the database's size (``manifest["database_bytes"]``, an
+    upper bound: compression only shrinks it). Off with ``backup.space_check: false`` or
+    ``--skip-space-check``; nothing is checked where free space cannot be read.
+
+    Raises:
+        StorageError: too little space (the manifest's phase is ``space``), naming both
+            figures and the override.
+    """
+    if not host.backup.space_check:
+        return
+    last = latest([b for b in list_backups(writer, bdir) if b.format == fmt], database=db,
+                  origin_host=manifest.get("origin_host"), notify=lambda _msg: None)
+    if last is not None and last.size:
+        need, basis = int(last.size * 1.2), f"the last {fmt} backup ({human_bytes(last.size)}) plus 20%"
+    elif manifest.get("database_bytes"):
+        need, basis = int(manifest["database_bytes"]), "the database's size (first backup in this format)"
+    else:
+        return
+    free = writer.free_bytes(bdir)
+    if free is not None and free < need:
+        manifest["phase"] = "space"
+        raise StorageError(f"not enough free space for the backup in {bdir}: {human_bytes(free)} free, about "
+                           f"{human_bytes(need)} needed ({basis}); free space there, or pass --skip-space-check "
+                           f"(backup.space_check: false) if you know it fits")
+
+
 def with_lock_wait_timeout(host: Host, seconds: float | None) -> Host:
     """``host`` with ``backup.lock_wait_timeout`` set to ``seconds`` (a task's
     ``--lock-wait-timeout`` overrides the inventory's)."""
@@ -869,6 +904,7 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
         manifest["phase"] = "dump"
         write_manifest(runner, final, manifest)  # STARTED, before pg_dump starts
         recorded = True
+        check_backup_space(runner, host, bdir, db, fmt, manifest)
         try:
             f = runner.open_write(partial)  # created with our mode (0640) before pg_dump may open it
         except OSError as e:

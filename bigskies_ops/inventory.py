@@ -95,6 +95,9 @@ class BackupSettings:
     #: seconds a backup may wait for a lock (pg_dump --lock-wait-timeout; our own
     #: sessions' lock_timeout); None: wait as long as it takes (reported while it lasts)
     lock_wait_timeout: float | None = None
+    #: refuse a backup when the backup folder has less free space than it will take
+    #: (the last backup of that database and format plus 20%, else the database's size)
+    space_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ _CONTAINER = {"name": "str", "engine_command": "str", "exec_user": "str"}
 _COMPOSE = {"command": "str", "file": "str", "volume": "str", "project_name": "str"}
 _BACKUP = {"dir": "str", "format": ("enum", FORMATS), "compress_level": ("range", 0, 9),
            "keep_pre_restore": ("range", 0, 1000), "keep_safety_days": ("range", 0, 100000),
-           "roles": "bool", "stall_timeout": "float", "lock_wait_timeout": "float"}
+           "roles": "bool", "stall_timeout": "float", "lock_wait_timeout": "float",
+           "space_check": "bool"}
 _RETENTION = {"daily": ("range", 0, 10000), "weekly": ("range", 0, 10000), "monthly": ("range", 0, 10000)}
 _ALERTS = {"max_age_hours": "float", "size_change_pct": "float", "webhook_env": "envname"}
 _MIGRATIONS = {"dir": "str"}

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 
 from . import __version__, gz
 from .access import PostgresAccess
-from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, lock_timeout_error,
-                     publish, record_failure, settle_interrupted, snapshot_facts, split_qualified,
-                     stream_manifest_tables)
+from .backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, check_backup_space,
+                     lock_timeout_error, publish, record_failure, settle_interrupted, snapshot_facts,
+                     split_qualified, stream_manifest_tables)
 from .catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from .errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
@@ -287,6 +287,7 @@ def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode:
         snapshot, tables = snapshot_facts(session, access, manifest)
         write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
         recorded = True
+        check_backup_space(writer, host, bdir, db, fmt, manifest)
         args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot, exclude_table_data=excl,
                             schema_only=schema_only, lock_wait_timeout=host.backup.lock_wait_timeout)
         dump_argv = access.tool_argv("pg_dump", args)

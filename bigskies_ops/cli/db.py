@@ -38,13 +38,16 @@ def _restore_command(host, path: str) -> str:
     "pull": "SSH hosts: also copy the archive and its manifest to the local backup dir under <host>/",
     "verbose": "run pg_dump --verbose (its messages land in the manifest's stderr_tail, never in the dump)",
     "lock_wait_timeout": LOCK_WAIT_HELP,
+    "skip_space_check": "do not fail when the backup folder seems to lack the space the backup needs "
+                        "(the last backup plus 20%, else the database's size)",
     "json": JSON_HELP})
 @handles_errors
 def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
-           json=False, pull=False, verbose=False, lock_wait_timeout=None):
+           json=False, pull=False, verbose=False, lock_wait_timeout=None, skip_space_check=False):
     """Back up a host's database into a new archive with its manifest."""
+    from ..backup import without_space_check
     inv = load_inventory(inventory)
-    hosts = [lock_wait_host(x, lock_wait_timeout) for x in inv.resolve(host)]
+    hosts = [without_space_check(lock_wait_host(x, lock_wait_timeout), skip_space_check) for x in inv.resolve(host)]
     if len(hosts) > 1:  # a group or a comma list: hosts in parallel, recap per host (cli/db_remote.py)
         from .db_remote import fleet_backup
         return fleet_backup(inv, hosts, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
