@@ -384,6 +384,23 @@ def test_remote_disk_full_fails_cleanly_and_harms_nothing(world, env):
         subprocess.run(["umount", str(w.prod_bdir)], check=True)
 
 
+def test_remote_backup_without_room_fails_before_the_dump(world, env):
+    w = world
+    w.prod_bdir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(w.prod_bdir)], check=True)
+    try:
+        r = cli("db.backup", "-i", str(w.inv), "--host", "prod", env=env)
+        assert r.returncode == 1, r.stderr + r.stdout
+        assert "Traceback" not in r.stderr
+        assert "not enough free space" in r.stderr and "--skip-space-check" in r.stderr
+        names = os.listdir(w.prod_bdir)
+        assert not [n for n in names if n.endswith(".sql.gz") or n.endswith(".partial")], names
+        mans = [json.loads((w.prod_bdir / n).read_text()) for n in names if n.endswith(".manifest.json")]
+        assert [(m["status"], m["phase"]) for m in mans] == [("FAILED", "space")]
+    finally:
+        subprocess.run(["umount", str(w.prod_bdir)], check=True)
+
+
 def test_remote_pg_dump_failing_in_ssh_native_mode(tmp_path, pg, dbname, pg_sql, ssh_server, env):
     """ssh-native: the native cluster reached over SSH with a pgpass file; pg_dump dies mid-dump."""
     bindir = wrapped_pg_dump_bindir(tmp_path / "bin", '"$REAL" "$@" | head -c 20000\n'
