@@ -21,6 +21,8 @@ def db_info(sql: Sql, name: str) -> dict | None:
         "pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype, "
         "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale, "
         "pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
+        "(SELECT spcname FROM pg_catalog.pg_tablespace t WHERE t.oid = d.dattablespace "
+        " AND spcname <> 'pg_default') AS tablespace, "
         "(SELECT array_agg(c) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c "
         " WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings "
         "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(lit(name)))
@@ -44,7 +46,8 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
 
 
 def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
-    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, encoding and collation.
+    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, default tablespace,
+    encoding and collation.
     Its settings come after the load (:func:`apply_properties`): a setting such as
     ``default_transaction_read_only = on`` would refuse the load itself."""
     parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
@@ -57,6 +60,8 @@ def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
         else:
             notify(f"note: cannot make {like['owner']!r} the owner (not a member of that role); "
                    f"the restored database is owned by the restoring user")
+        if like.get("tablespace"):  # the database stays on the disk it was on
+            parts.append(pgsql.SQL("TABLESPACE {}").format(ident(like["tablespace"])))
         parts.append(pgsql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             lit(like["encoding"]), lit(like["collate"]), lit(like["ctype"])))
         if like.get("provider") == "i" and like.get("icu_locale"):
@@ -263,7 +268,8 @@ def check_rights(maint: Sql, db: str | None, old: dict | None) -> None:
                           f"owner with CREATEDB or a superuser, or run: ALTER ROLE {ident(me['name']).as_string()} "
                           f"CREATEDB")
     if db is not None and old is not None:
-        owns = maint.value(pgsql.SQL("SELECT pg_catalog.pg_has_role(current_user, {}, 'MEMBER')").format(
+        # USAGE, not MEMBER: a NOINHERIT member has not the owner's rights without SET ROLE
+        owns = maint.value(pgsql.SQL("SELECT pg_catalog.pg_has_role(current_user, {}, 'USAGE')").format(
             lit(old["owner"])))
         if not owns:
             raise SafetyError(f"role {me['name']!r} does not own database {db!r} (its owner is {old['owner']!r}), "

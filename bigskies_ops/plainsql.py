@@ -29,6 +29,8 @@ _LOAD_HEADS = re.compile(rb"\A(?:CREATE\s+(?:UNLOGGED\s+)?TABLE|CREATE\s+DOMAIN|
                          re.I)
 _POST_HEADS = re.compile(rb"\A(?:CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+(?:CONSTRAINT\s+)?TRIGGER)\b", re.I)
 _EXT_HEAD = re.compile(rb"\ACREATE\s+EXTENSION\b", re.I)
+_OPERATOR_HEAD = re.compile(rb"\ACREATE\s+OPERATOR\s+([^\s.]+)\.(\S+?)\s*\(", re.I)
+_CAST_HEAD = re.compile(rb"\ACREATE\s+CAST\b.*\bWITH\s+FUNCTION\b", re.I | re.S)
 _FUNC_HEADS = re.compile(rb"\ACREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE|AGGREGATE)\b", re.I)
 
 
@@ -48,13 +50,19 @@ def _word(t: bytes) -> bytes:
 
 def unquote(t: bytes, codec: str = "utf-8") -> str:
     """A name token as PostgreSQL reads it: ``"Ab""c"`` -> ``Ab"c``; ``abc`` -> ``abc``
-    (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``. ``codec``:
-    the dump's client encoding (pg_dump writes in the database's encoding)."""
+    (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``. Bytes that
+    are valid UTF-8 are read as UTF-8 (a role made from a UTF8 database keeps those bytes
+    in a LATIN1 database's dump), others in ``codec``, the dump's client encoding."""
     if t[:1] == b'"':
-        return t[1:-1].replace(b'""', b'"').decode(codec, "replace")
-    if t[:1] == b"'":
-        return t[1:-1].replace(b"''", b"'").decode(codec, "replace")
-    return t.decode(codec, "replace").lower()
+        raw = t[1:-1].replace(b'""', b'"')
+    elif t[:1] == b"'":
+        raw = t[1:-1].replace(b"''", b"'")
+    else:
+        raw = t.lower()
+    try:  # role names are shared by every database: stored in the bytes of the session that made them
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode(codec, "replace")
 
 
 def _role_list(toks: list[bytes], i: int, codec: str = "utf-8") -> list[str]:
@@ -166,6 +174,9 @@ class StatementFacts:
         self.load_hazards: list[str] = []
         self.post_hazards: list[str] = []
         self.extensions: set[str] = set()  # CREATE EXTENSION names
+        self.operators: set[tuple[bytes, bytes]] = set()  # (schema, symbol) of CREATE OPERATOR
+        self.user_casts = False  # a CREATE CAST ... WITH FUNCTION of the dump's own function
+        self.security_definer: set[tuple[str, str]] = set()
 
     def feed(self, stmt: bytes) -> None:
         """Read one statement (without the comments before it)."""
@@ -180,6 +191,16 @@ class StatementFacts:
             q = _qualified_at(toks, i + 1) if i >= 0 else None
             if q:
                 self.functions.add(q)
+                w = [_word(t) for t in toks]
+                if any(w[k:k + 2] == [b"SECURITY", b"DEFINER"] for k in range(len(w) - 1)):
+                    self.security_definer.add(q)
+            return
+        m = _OPERATOR_HEAD.match(stmt)
+        if m:
+            self.operators.add((m.group(1), m.group(2)))
+            return
+        if _CAST_HEAD.match(stmt):
+            self.user_casts = True
             return
         load = _LOAD_HEADS.match(stmt)
         if not load and not _POST_HEADS.match(stmt):
@@ -196,7 +217,8 @@ class StatementFacts:
             return
         what = " ".join(unquote(t) if t[:1] == b'"' else t.decode("utf-8", "replace").upper()
                         for t in toks[:2]) + " " + self._object(toks, w)
-        uses = ", ".join(f"{s}.{n}()" for s, n in sorted(calls))
+        uses = ", ".join(f"operator {n}" if s == "operator" else "a cast of the dump" if s == "cast"
+                         else f"{s}.{n}()" for s, n in sorted(calls))
         if load:
             self.load_hazards.append(f"{what} calls {uses}")
         elif w[1] == b"INDEX" or w[2:3] == [b"INDEX"]:
@@ -208,7 +230,14 @@ class StatementFacts:
                 self.post_hazards.append(f"{what} on partitioned table {q[0]}.{q[1]} calls {uses}")
 
     def _calls(self, toks: list[bytes]) -> set[tuple[str, str]]:
-        out = set()
+        # an operator or a cast of the dump runs its function too: pg_dump writes a
+        # non-pg_catalog operator as OPERATOR(schema.sym)
+        raw = b" ".join(toks)
+        out = {("operator", (a + b"." + o).decode("utf-8", "replace"))
+               for a, o in re.findall(rb"OPERATOR \( (\S+) \. ([^()\s][^()]*?) \)", raw)
+               if (a, o.replace(b" ", b"")) in self.operators}
+        if self.user_casts and (b":" in toks or b"CAST" in (_word(t) for t in toks)):
+            out.add(("cast", "of the dump"))
         for i in range(len(toks) - 3):
             if toks[i + 3] == b"(":
                 q = _qualified_at(toks, i)
@@ -234,9 +263,16 @@ class MissingRolesError(ArchiveError):
 
     exit_code = 3
 
-    def __init__(self, roles: list[str], statement: str = ""):
+    def __init__(self, roles: list[str], statement: str = "", widening: bool = False):
         self.roles = sorted(set(roles))
-        super().__init__(missing_roles_message(self.roles, statement))
+        if widening:
+            super().__init__(f"the archive gives a view or a SECURITY DEFINER function to role(s) "
+                             f"{', '.join(repr(r) for r in self.roles)}, missing here ({statement}): owned by the "
+                             f"restoring user instead, it would run with that user's rights for everyone who may "
+                             f"use it (a superuser passes row-level security), so --skip-missing-roles cannot map "
+                             f"it. Nothing was changed; create the roles first (--roles, or CREATE ROLE)")
+        else:
+            super().__init__(missing_roles_message(self.roles, statement))
 
 
 def missing_roles_message(roles, statement: str = "", host: str | None = None) -> str:
@@ -373,6 +409,18 @@ class OwnerAclFilter:
         tracking-only filter: ``emit=False``)."""
         self.flush()
         return {t for t in self.copy_tables if t is not None}
+
+    def _runs_as_owner(self, stmt: bytes) -> bool:
+        """A view (its queries read with its owner's rights, past row-level security for
+        a superuser) or a SECURITY DEFINER function: owned by the restoring user instead of
+        a missing role it would give everyone who may use it that user's rights."""
+        toks = tokens(stmt)
+        w = [_word(t) for t in toks]
+        if w[1:2] == [b"VIEW"] or w[1:3] == [b"MATERIALIZED", b"VIEW"]:
+            return True
+        if w[1:2] in ([b"FUNCTION"], [b"PROCEDURE"]):
+            return _qualified_at(toks, 2) in self.facts.security_definer
+        return False
 
     def _put(self, b, kind: str = "sql") -> None:
         if self.emit and b:
@@ -565,6 +613,8 @@ class OwnerAclFilter:
             if missing:
                 if not self.policy.skip_missing or (kind == "policy" and len(missing) < len(names)):
                     raise MissingRolesError(missing, core[:200].decode("utf-8", "replace"))
+                if kind == "owner" and self._runs_as_owner(core):
+                    raise MissingRolesError(missing, core[:200].decode("utf-8", "replace"), widening=True)
                 for n in missing:
                     self.skipped[n] = self.skipped.get(n, 0) + 1
                 self._put(stmt[:lead], "blank")

@@ -137,3 +137,39 @@ def test_role_names_are_read_in_the_dumps_own_encoding():
     f.feed(dump)
     f.flush()
     assert f.roles == {"José"}  # exists: no refusal
+
+
+@pytest.mark.parametrize("stmt", [
+    b"CREATE TABLE public.b_gen (a integer, g integer GENERATED ALWAYS AS ((a OPERATOR(public.##) 0)) STORED);",
+    b"CREATE TABLE public.c_gen (v public.e, g integer GENERATED ALWAYS AS ((v)::integer) STORED);",
+])
+def test_an_operator_or_a_cast_of_the_dump_is_a_call_of_its_function(stmt):
+    f = StatementFacts()
+    f.feed(b"CREATE FUNCTION public.cnt(a integer, b integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE "
+           b"AS $$begin return (select count(*)::int from public.a_ref); end$$;")
+    f.feed(b"CREATE OPERATOR public.## (FUNCTION = public.cnt, LEFTARG = integer, RIGHTARG = integer);")
+    f.feed(b"CREATE CAST (public.e AS integer) WITH FUNCTION public.cnt_e(public.e);")
+    f.feed(stmt)
+    assert len(f.load_hazards) == 1
+
+
+def test_skipping_a_missing_owner_never_hands_a_view_or_a_security_definer_function_to_the_restoring_user():
+    dump = (b"CREATE FUNCTION public.whoami() RETURNS text\n    LANGUAGE sql SECURITY DEFINER\n"
+            b"    AS $$select current_user::text$$;\n")
+    for owner in (b"ALTER FUNCTION public.whoami() OWNER TO app_low;\n", b"ALTER VIEW public.v_docs OWNER TO app_low;\n"):
+        f = OwnerAclFilter(RolePolicy(frozenset(), skip_missing=True))
+        with pytest.raises(MissingRolesError) as e:
+            f.feed(dump + owner)
+        assert "app_low" in str(e.value) and "--roles" in str(e.value)
+    f = OwnerAclFilter(RolePolicy(frozenset(), skip_missing=True))  # an ordinary function: skipped
+    f.feed(b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS $$select 1$$;\n"
+           b"ALTER FUNCTION public.f() OWNER TO app_low;\n")
+    assert f.skipped == {"app_low": 1}
+
+
+def test_a_utf8_role_name_in_a_latin1_dump_is_read_as_utf8():
+    dump = ("SET client_encoding = 'LATIN1';\nALTER TABLE public.t OWNER TO \"Fran\u00e7oise\";\n").encode("utf-8")
+    f = OwnerAclFilter()
+    f.feed(dump)
+    f.flush()
+    assert f.roles == {"Fran\u00e7oise"}

@@ -112,7 +112,7 @@ task = functools.partial(invoke.task, klass=_Task)
 
 
 def jobs_arg(jobs) -> int | None:
-    """``--jobs`` as given on the command line: None when absent, else a whole number >= 1.
+    """``--jobs`` as given on the command line: None when absent, else a whole number 1-64.
 
     Raises:
         UsageError: anything else (exit 2, not a ValueError traceback).
@@ -123,8 +123,8 @@ def jobs_arg(jobs) -> int | None:
         n = int(jobs)
     except (TypeError, ValueError):
         n = 0
-    if n < 1:
-        raise UsageError(f"--jobs: expected a whole number of 1 or more, got {jobs!r}")
+    if not 1 <= n <= 64:  # each job is a session and an open archive: 100000 ran out of file handles
+        raise UsageError(f"--jobs: expected a whole number from 1 to 64, got {jobs!r}")
     return n
 
 
