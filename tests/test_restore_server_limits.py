@@ -208,3 +208,33 @@ def test_ctrl_c_while_autovacuum_works_on_the_side_database_still_drops_it(tmp_p
     assert "Traceback" not in err
     assert "cleanup done" in err
     assert q("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database") == before
+
+
+def test_a_noinherit_member_of_the_owner_and_a_database_it_may_not_connect_to(tmp_path, slow_autovacuum_cluster,
+                                                                               cli_env):
+    """A NOINHERIT member of the owner's role has not the owner's rights: refused before the
+    load (it failed at the swap and left a side database it could not drop). Another database
+    with CONNECT revoked from PUBLIC does not stop the owner's restore (pre-restore copies
+    were sized with pg_database_size on every database)."""
+    c = slow_autovacuum_cluster
+    c.psql("-c", "CREATE ROLE fid_own5 LOGIN CREATEDB; CREATE ROLE fid_mem5 LOGIN CREATEDB NOINHERIT; "
+           "GRANT fid_own5 TO fid_mem5")
+    c.psql("-c", "CREATE DATABASE app5 OWNER fid_own5")
+    c.psql("-c", "CREATE DATABASE closed5; REVOKE CONNECT ON DATABASE closed5 FROM PUBLIC")
+    c.psql("-c", "SET ROLE fid_own5; CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g", database="app5")
+    inv = _socket_inventory(tmp_path, c, "app5", "fid_own5")
+    archive = _backup(inv, cli_env)
+
+    def dbs():
+        return c.psql("-X", "-A", "-t", "-c", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+    before = dbs()
+    member = write_inventory(tmp_path / "m.yaml", {"dev": {
+        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
+        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app5", "user": "fid_mem5",
+                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    r = cli("db.restore", archive, "-i", str(member), "--yes", env=cli_env)
+    assert r.returncode == 3, r.stderr
+    assert "does not own database" in r.stderr and "Traceback" not in r.stderr
+    assert dbs() == before
+    r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
