@@ -21,9 +21,9 @@ def _dbs(pg_sql) -> set[str]:
     return {l for l in pg_sql("SELECT datname FROM pg_database", "postgres").splitlines() if l}
 
 
-def _socket_inventory(tmp_path, c: Cluster, database: str, user: str = "bigskies"):
+def _socket_inventory(tmp_path, c: Cluster, database: str, user: str = "bigskies", name: str = "i.yaml"):
     """A local host ``dev`` reaching cluster ``c`` over its unix socket (trust) as ``user``."""
-    return write_inventory(tmp_path / "i.yaml", {"dev": {
+    return write_inventory(tmp_path / name, {"dev": {
         "connection": "local", "backup": {"dir": str(tmp_path / "b")},
         "postgres": {"host": str(c.socket_dir), "port": c.port, "database": database, "user": user,
                      "bindir": "/usr/lib/postgresql/15/bin"}}})
@@ -228,10 +228,7 @@ def test_a_noinherit_member_of_the_owner_and_a_database_it_may_not_connect_to(tm
     def dbs():
         return c.psql("-X", "-A", "-t", "-c", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
     before = dbs()
-    member = write_inventory(tmp_path / "m.yaml", {"dev": {
-        "connection": "local", "backup": {"dir": str(tmp_path / "b")},
-        "postgres": {"host": str(c.socket_dir), "port": c.port, "database": "app5", "user": "fid_mem5",
-                     "bindir": "/usr/lib/postgresql/15/bin"}}})
+    member = _socket_inventory(tmp_path, c, "app5", "fid_mem5", name="m.yaml")
     r = cli("db.restore", archive, "-i", str(member), "--yes", env=cli_env)
     assert r.returncode == 3, r.stderr
     assert "does not own database" in r.stderr and "Traceback" not in r.stderr
