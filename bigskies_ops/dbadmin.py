@@ -304,6 +304,13 @@ def drop_db(sql: Sql, name: str) -> None:
             if "must be" not in str(e) and "being accessed" not in str(e) or attempt == 2:
                 raise
             try:
+                # our own sessions (a killed load's backend may still be busy with buffered
+                # rows), then a plain DROP, which cancels autovacuum itself
+                sql.query(pgsql.SQL(
+                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                    "WHERE datname = {} AND backend_type = 'client backend' AND usename = current_user "
+                    "AND pid <> pg_catalog.pg_backend_pid()").format(lit(name)))
+                time.sleep(0.5)
                 sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(ident(name)))
                 return
             except PostgresError:

@@ -183,10 +183,10 @@ def test_ctrl_c_while_autovacuum_works_on_the_side_database_still_drops_it(tmp_p
     c = slow_autovacuum_cluster
     c.psql("-c", "CREATE ROLE fid_owner3 LOGIN CREATEDB")
     c.psql("-c", "CREATE DATABASE app3 OWNER fid_owner3")
-    # t loads (and commits) first; w's CHECK sleeps 3 ms a row, so the load lasts ~9 s more,
+    # t loads (and commits) first; w's CHECK sleeps 3 ms a row, so the load lasts ~24 s more,
     # time for autovacuum to come to the side database and start on t
     c.psql("-c", "SET ROLE fid_owner3; CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v "
-           "FROM generate_series(1, 300000) g; CREATE TABLE w AS SELECT g AS id FROM generate_series(1, 3000) g; "
+           "FROM generate_series(1, 300000) g; CREATE TABLE w AS SELECT g AS id FROM generate_series(1, 8000) g; "
            "ALTER TABLE w ADD CONSTRAINT slow CHECK ((pg_sleep(0.003))::text IS NOT NULL)", database="app3")
     inv = _socket_inventory(tmp_path, c, "app3", "fid_owner3")
     archive = _backup(inv, cli_env)
@@ -220,7 +220,8 @@ def test_a_noinherit_member_of_the_owner_and_a_database_it_may_not_connect_to(tm
     c.psql("-c", "CREATE ROLE fid_own5 LOGIN CREATEDB; CREATE ROLE fid_mem5 LOGIN CREATEDB NOINHERIT; "
            "GRANT fid_own5 TO fid_mem5")
     c.psql("-c", "CREATE DATABASE app5 OWNER fid_own5")
-    c.psql("-c", "CREATE DATABASE closed5; REVOKE CONNECT ON DATABASE closed5 FROM PUBLIC")
+    c.psql("-c", "CREATE DATABASE closed5")
+    c.psql("-c", "REVOKE CONNECT ON DATABASE closed5 FROM PUBLIC")
     c.psql("-c", "SET ROLE fid_own5; CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g", database="app5")
     inv = _socket_inventory(tmp_path, c, "app5", "fid_own5")
     archive = _backup(inv, cli_env)
