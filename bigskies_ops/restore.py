@@ -23,6 +23,7 @@ touched. ``--undo`` swaps the newest pre-restore copy back.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -289,14 +290,6 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
 
 
 # ------------------------------------------------------------------ streaming into tools
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _raw_chunks(f):
     done = 0
     while True:
@@ -385,7 +378,7 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     sent = 0
     broken = False
     try:
-        with (LocalRunner().open_read(path) if source is None else _nothing()) as f:
+        with (LocalRunner().open_read(path) if source is None else contextlib.nullcontext()) as f:
             for raw_done, b in (source if source is not None else
                                 _gunzip_chunks(f, path=path) if decompress else _raw_chunks(f)):
                 sent = raw_done
