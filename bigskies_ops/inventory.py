@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import InventoryError
+from bigskies_ops.errors import InventoryError
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

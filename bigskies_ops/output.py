@@ -13,7 +13,7 @@ from datetime import datetime
 
 from typing import TYPE_CHECKING
 
-from .catalog import Backup, human_age, human_bytes, utcnow
+from bigskies_ops.archives.catalog import Backup, human_age, human_bytes, utcnow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,7 +98,7 @@ def _write(stream, text: str) -> None:
         try:
             stream.write(text)
         except UnicodeEncodeError:  # a name's bytes that are not UTF-8 (SQL_ASCII): shown as \xNN
-            from .access import printable
+            from bigskies_ops.pg.access import printable
             stream.write(printable(text).encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
                          .decode(getattr(stream, "encoding", None) or "utf-8"))
         stream.flush()
@@ -115,7 +115,7 @@ def discard(stream) -> None:
 
 
 def emit_json(obj) -> None:
-    from .catalog import json_bytes  # (\uXXXX escapes for a name whose bytes are not UTF-8)
+    from bigskies_ops.archives.catalog import json_bytes  # (\uXXXX escapes for a name whose bytes are not UTF-8)
     text = json_bytes(obj).decode()
     try:
         sys.stdout.write(text)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, TextIO
 
-from .errors import SafetyError
-from .inventory import Host
+from bigskies_ops.errors import SafetyError
+from bigskies_ops.inventory import Host
 
 DESTRUCTIVE = ("restore", "restore --undo", "purge", "prune", "migrate", "pull --to", "exec --write",
                "psql --write")

@@ -13,7 +13,7 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from .errors import Interrupted
+from bigskies_ops.errors import Interrupted
 
 _received: list[int] = []
 _held: list[int] = []   # signals that arrived inside deferred(), raised when it ends

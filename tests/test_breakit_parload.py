@@ -1,4 +1,4 @@
-"""Break-it trials of the parallel plain-dump loader (bigskies_ops.parload).
+"""Break-it trials of the parallel plain-dump loader (bigskies_ops.jobs.parload).
 
 Each trial writes a small hand-crafted plain dump (a pg_dump header, then SQL), loads
 it with :func:`load_plain_parallel` and, as the oracle, with psql alone (what
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.errors import ArchiveError
-from bigskies_ops.parload import load_plain_parallel
-from bigskies_ops.restore import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.parload import load_plain_parallel
+from bigskies_ops.jobs.restore import RESTORE_PGOPTIONS
 from tests.conftest import REPO, cli
 from tests.pgcheck import db_fingerprint
 from tests.test_parload import BIN, _access, _children, _fresh

@@ -129,7 +129,7 @@ def test_backup_under_a_pty_is_byte_valid_and_restores(ctr, ctr_inv, ctr_env):
 
 @pytest.mark.parametrize("fmt", ["plain", "custom"])
 def test_pg_dump_verbose_messages_never_inside_the_dump(ctr, ctr_inv, podman_env, monkeypatch, fmt):
-    from bigskies_ops.backup import backup
+    from bigskies_ops.jobs.backup import backup
     pc, db, run_sql = ctr
     inv, bdir = ctr_inv
     monkeypatch.setenv("CONTAINERS_CONF", podman_env["CONTAINERS_CONF"])

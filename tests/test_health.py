@@ -119,7 +119,7 @@ def test_health_goes_critical_warning_ok_and_critical_again_with_the_right_exit_
 
 
 def test_health_of_all_hosts_reports_unknown_for_an_unreadable_host_and_critical_wins(tmp_path, pg, dbname, cli_env):
-    from bigskies_ops.sandbox import free_port
+    from bigskies_ops.dev.sandbox import free_port
     bdir = tmp_path / "b"
     gone = {"connection": "ssh", "project_dir": "/srv/x",
             "ssh": {"host": "127.0.0.1", "port": free_port(), "user": "nobody", "connect_timeout": 3,

@@ -24,7 +24,7 @@ def s3():
     """A moto S3 server on 127.0.0.1 with one bucket and one IAM user; auth enforced."""
     import boto3
     from moto.server import ThreadedMotoServer
-    from bigskies_ops.sandbox import free_port
+    from bigskies_ops.dev.sandbox import free_port
     port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     srv.start()
@@ -151,7 +151,7 @@ def test_wrong_or_missing_credentials_fail_clearly_and_record_nothing(tmp_path, 
 
 
 def test_unreachable_target_fails_then_the_next_run_catches_up(tmp_path, pg, dbname, s3, s3env):
-    from bigskies_ops.sandbox import free_port
+    from bigskies_ops.dev.sandbox import free_port
     bdir = tmp_path / "b"
     dead = dict(_target(s3, "t5"), endpoint=f"http://127.0.0.1:{free_port()}")
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, offsite=[dead])})
@@ -178,7 +178,8 @@ def _fake_backups(bdir, days, size=2000, origin="dev"):
 
 
 def test_large_archives_go_up_in_multipart_and_remote_retention_matches_the_policy(tmp_path, s3, monkeypatch):
-    from bigskies_ops import inventory, offsite
+    from bigskies_ops import inventory
+    from bigskies_ops.jobs import offsite
     monkeypatch.setenv(KEY_ENV, s3["key"])
     monkeypatch.setenv(SECRET_ENV, s3["secret"])
     bdir = tmp_path / "b"

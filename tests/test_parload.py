@@ -1,4 +1,4 @@
-"""The parallel plain-dump loader (bigskies_ops.parload) on a real PostgreSQL 15.
+"""The parallel plain-dump loader (bigskies_ops.jobs.parload) on a real PostgreSQL 15.
 
 Several psql sessions read the same ``.sql.gz``; COPY data is cut into segments that
 whichever session gets there first loads. These tests use tiny segments so every
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops import inventory
-from bigskies_ops.access import PostgresAccess
+from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import ArchiveError
-from bigskies_ops.parload import load_plain_parallel
-from bigskies_ops.restore import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.parload import load_plain_parallel
+from bigskies_ops.jobs.restore import RESTORE_PGOPTIONS
 from tests.conftest import cli
 from tests.pgcheck import db_fingerprint
 

@@ -12,12 +12,12 @@ import signal
 import pytest
 
 from bigskies_ops import signals
-from bigskies_ops.backup import publish, record_failure
-from bigskies_ops.catalog import latest, list_backups, read_manifest, write_manifest
+from bigskies_ops.jobs.backup import publish, record_failure
+from bigskies_ops.archives.catalog import latest, list_backups, read_manifest, write_manifest
 from bigskies_ops.errors import Interrupted, StorageError
 from bigskies_ops.inventory import parse
-from bigskies_ops.runners import LocalRunner
-from bigskies_ops.ssh import SSHRunner
+from bigskies_ops.hosts.runners import LocalRunner
+from bigskies_ops.hosts.ssh import SSHRunner
 from tests.remote_helpers import ssh_block
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.inventory import parse
-from bigskies_ops.pull import pull_format
+from bigskies_ops.jobs.pull import pull_format
 from tests.conftest import PASSWORD_ENV, cli, load_bigskies, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.pgcheck import db_fingerprint, dir_hashes

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.access import PostgresAccess
+from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops import inventory
-from bigskies_ops.restore import inserted_rows
+from bigskies_ops.jobs.restore import inserted_rows
 from tests.conftest import cli
 from tests.pgcheck import db_fingerprint
 

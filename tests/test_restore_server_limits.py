@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from bigskies_ops.sandbox import Cluster, free_port
+from bigskies_ops.dev.sandbox import Cluster, free_port
 from tests.conftest import cli, native_host, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 

@@ -7,7 +7,7 @@ import os
 from datetime import datetime, timezone
 
 from bigskies_ops.inventory import RetentionSettings
-from bigskies_ops.retention import Entry, plan
+from bigskies_ops.jobs.retention import Entry, plan
 from tests.conftest import cli, native_host, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops import sampledata
+from bigskies_ops.dev import sampledata
 from bigskies_ops.errors import CommandError
-from bigskies_ops.sandbox import Cluster, free_port
+from bigskies_ops.dev.sandbox import Cluster, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO / "configs" / "sql"

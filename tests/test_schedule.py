@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from bigskies_ops.schedule import monthly_expression, replace_block
+from bigskies_ops.jobs.schedule import monthly_expression, replace_block
 from tests.conftest import PASSWORD, cli, native_host, write_inventory
 from tests.pgcheck import db_fingerprint
 
@@ -50,7 +50,7 @@ def _run_as_cron(tmp_path, line: str, timeout=300):
 @pytest.fixture
 def cron_host(tmp_path, pg, dbname):
     """A host whose password comes from a passfile (cron has no environment to carry it)."""
-    from bigskies_ops.sandbox import free_port
+    from bigskies_ops.dev.sandbox import free_port
     pgpass = tmp_path / "pgpass"
     esc = PASSWORD.replace("\\", "\\\\").replace(":", "\\:")
     pgpass.write_text(f"*:*:*:*:{esc}\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.sandbox import Cluster, free_port
+from bigskies_ops.dev.sandbox import Cluster, free_port
 from tests.conftest import cli, drop_db_and_copies, native_host, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 
@@ -266,7 +266,7 @@ def test_sql_ascii_non_utf8_name_does_not_crash_and_restores_byte_exact(pg, sql_
 
 
 def test_session_setup_sets_what_our_sessions_need():
-    from bigskies_ops.access import session_setup
+    from bigskies_ops.pg.access import session_setup
     s = session_setup(1.5)
     for part in ("'statement_timeout', '0'", "'lock_timeout', '1500'", "idle_in_transaction_session_timeout",
                  "'client_encoding', CASE current_setting('server_encoding') WHEN 'SQL_ASCII'", "\\gset"):
@@ -275,8 +275,8 @@ def test_session_setup_sets_what_our_sessions_need():
 
 
 def test_names_with_bytes_that_are_not_utf8_round_trip_and_show_escaped():
-    from bigskies_ops.access import decode_out, encode_sql, ident, pgsql, printable, render
-    from bigskies_ops.backup import as_listed
+    from bigskies_ops.pg.access import decode_out, encode_sql, ident, pgsql, printable, render
+    from bigskies_ops.jobs.backup import as_listed
     name = decode_out(b"caf\xe9")
     assert name == "caf\udce9" and printable(name) == "caf\\xe9" and printable("café") == "café"
     q = render(pgsql.SQL("SELECT count(*) FROM {}").format(ident("public", name)))
@@ -431,14 +431,14 @@ def test_lock_wait_timeout_flag_is_checked(local_inv, cli_env):
 
 
 def test_pg_dump_gets_its_own_lock_wait_timeout_in_milliseconds():
-    from bigskies_ops.pgtools import pg_dump_args
+    from bigskies_ops.pg.tools import pg_dump_args
     assert pg_dump_args("d", fmt="plain", lock_wait_timeout=2.5) == [
         "--format", "p", "--lock-wait-timeout=2500", "--dbname", "d"]
     assert "--lock-wait-timeout" not in " ".join(pg_dump_args("d", fmt="plain", lock_wait_timeout=None))
 
 
 def test_a_lock_wait_is_described_with_the_blocking_session():
-    from bigskies_ops.lockwait import describe_wait
+    from bigskies_ops.pg.lockwait import describe_wait
     w = {"pid": 7, "wants": "public.users (AccessShareLock)",
          "blockers": [{"pid": 42, "user": "app", "application_name": "psql", "state": "idle in transaction"}]}
     assert describe_wait(w) == ("waiting for a lock on public.users (AccessShareLock), held by pid 42 "
@@ -511,7 +511,7 @@ def test_an_archive_dated_in_the_future_is_marked_and_never_latest(pg, pg_sql, l
 
 def test_latest_passes_over_an_archive_dated_in_the_future_and_says_so():
     from datetime import timedelta
-    from bigskies_ops.catalog import Backup, iso, latest, utcnow
+    from bigskies_ops.archives.catalog import Backup, iso, latest, utcnow
     now = utcnow()
 
     def b(name, delta):
@@ -588,7 +588,7 @@ def test_three_restores_of_one_database_in_the_same_second_keep_distinct_copies(
     made are set up here for each second of the next minute (real databases, named as
     restore.pre_restore_name names them), then three restores run back to back."""
     from datetime import datetime, timedelta, timezone
-    from bigskies_ops.restore import pre_restore_name
+    from bigskies_ops.jobs.restore import pre_restore_name
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, tmp_path / "b",
                                                                      backup={"keep_pre_restore": 100})})
     r = cli("db.backup", "-i", str(inv), "--json", env=cli_env)

@@ -111,7 +111,7 @@ COORD_SESSIONS = {("bootstrap", "bigskies"), ("datastore", "bigskies_datastore")
 
 
 def _setup_data(st: Stack) -> None:
-    from bigskies_ops.sampledata import sample_data_sql
+    from bigskies_ops.dev.sampledata import sample_data_sql
     r = subprocess.run(["podman", "exec", "-i", st.n["postgres"], f"{PG_BINDIR}/psql", "-X", "-q",
                         "-v", "ON_ERROR_STOP=1", "-U", "bigskies", "-d", DB],
                        input=sample_data_sql(1).encode(), env=st.env, capture_output=True, timeout=300)
@@ -183,7 +183,8 @@ def test_volume_shows_real_name_size_and_creation_time(stack):
 
 
 def test_volume_warns_when_the_data_directory_is_a_bind_mount(stack, tmp_path):
-    from bigskies_ops import compose as cmp, stack as stk
+    from bigskies_ops.hosts import compose as cmp
+    from bigskies_ops.stack import lifecycle as stk
     from bigskies_ops.inventory import parse
     inv = parse({"hosts": {"stack": stack.host()}}, stack.inv)
     project = cmp.Project("p", {"postgres": {"container_name": stack.n["postgres"],

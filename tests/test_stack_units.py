@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops import compose as cmp
+from bigskies_ops.hosts import compose as cmp
 from bigskies_ops.errors import UsageError
 from bigskies_ops.inventory import parse
-from bigskies_ops.roles import missing_roles_script
-from bigskies_ops.stack import _human_to_bytes, _utc
+from bigskies_ops.archives.roles import missing_roles_script
+from bigskies_ops.stack.lifecycle import _human_to_bytes, _utc
 
 
 def _host(**over):

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops import inventory
-from bigskies_ops.access import PostgresAccess
-from bigskies_ops.backup import (_Sink, _keep_session_while_idle, inheritance_tree, plain_manifest_tables,
+from bigskies_ops.pg.access import PostgresAccess
+from bigskies_ops.jobs.backup import (_Sink, _keep_session_while_idle, inheritance_tree, plain_manifest_tables,
                                  snapshot_facts, stream_row_counts)
 from tests.conftest import cli
 

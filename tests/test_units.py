@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops import catalog, inventory, pgtools
+from bigskies_ops.archives import catalog
+from bigskies_ops import inventory
+from bigskies_ops.pg import tools as pgtools
 from bigskies_ops.errors import InventoryError
-from bigskies_ops import gz
+from bigskies_ops.archives import gz
 from bigskies_ops.errors import ArchiveError
-from bigskies_ops.plainsql import RolePolicy
-from bigskies_ops.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
+from bigskies_ops.archives.plainsql import RolePolicy
+from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
 
 #: every role missing: the statements naming one are skipped (db.restore --skip-missing-roles)
 SKIP_ALL = RolePolicy(frozenset(), skip_missing=True)
-from bigskies_ops.backup import split_qualified
-from bigskies_ops.access import pgpass_escape
-from bigskies_ops.runners import redact_argv
+from bigskies_ops.jobs.backup import split_qualified
+from bigskies_ops.pg.access import pgpass_escape
+from bigskies_ops.hosts.runners import redact_argv
 
 
 def test_pg_dump_args_plain_and_custom():
@@ -337,7 +339,7 @@ def test_copy_terminator_search_agrees_with_the_plain_pattern_search():
     """OwnerAclFilter._terminator jumps from backslash to backslash (fast: they are rare in
     COPY text) and falls back to the 4-byte pattern; both must find the same line."""
     import random
-    from bigskies_ops.restore import OwnerAclFilter
+    from bigskies_ops.jobs.restore import OwnerAclFilter
     rnd = random.Random(7)
     pieces = [b"plain row\t1", b"a\\\\.b", b"\\\\.", b"\\N", b"x\\\\", b"\\.", b"tab\\there", b"\\\\\\\\.", b""]
     for trial in range(3000):
@@ -372,15 +374,15 @@ class _MemRunner:
 ])
 def test_restore_sessions_size_maintenance_work_mem_by_available_memory(kb, sessions, mwm):
     from types import SimpleNamespace
-    from bigskies_ops.restore import restore_pgoptions
+    from bigskies_ops.jobs.restore import restore_pgoptions
     opts = restore_pgoptions(SimpleNamespace(runner=_MemRunner(kb)), sessions)
     assert opts == f"-c maintenance_work_mem={mwm} -c synchronous_commit=off"
 
 
 def test_restore_pgoptions_reads_this_machine():
     from types import SimpleNamespace
-    from bigskies_ops.restore import mem_available, restore_pgoptions
-    from bigskies_ops.runners import LocalRunner
+    from bigskies_ops.jobs.restore import mem_available, restore_pgoptions
+    from bigskies_ops.hosts.runners import LocalRunner
     mem = mem_available(LocalRunner())
     assert mem is not None and mem > 0
     mwm = int(restore_pgoptions(SimpleNamespace(runner=LocalRunner()), 2).split("maintenance_work_mem=")[1].split("MB")[0])
@@ -414,7 +416,7 @@ def test_flusher_syncs_a_growing_file_and_not_a_stalled_one(tmp_path):
     is not flushed again every period."""
     import os
     import time
-    from bigskies_ops.pull import _Flusher
+    from bigskies_ops.jobs.pull import _Flusher
     path = tmp_path / "growing.partial"
     path.write_bytes(b"")
     fl = _Flusher(str(path), period=0.01)
@@ -452,7 +454,7 @@ def test_flusher_syncs_a_growing_file_and_not_a_stalled_one(tmp_path):
 def test_unreachable_postgres_keeps_libpqs_reason(stderr, reason):
     """A new-user trial saw "unreachable" without libpq's reason (refused, no socket, timeout)."""
     from types import SimpleNamespace as NS
-    from bigskies_ops.access import classify_pg_error
+    from bigskies_ops.pg.access import classify_pg_error
     host = NS(name="prod", container=None, postgres=NS(host="127.0.0.1", socket_dir=None, port=55431, user="u",
                                                        password_env=None, database="d"))
     assert classify_pg_error(stderr, host) == f"PostgreSQL on prod is unreachable at 127.0.0.1:55431 ({reason})"

@@ -5,7 +5,10 @@ The repo-root ``tasks.py`` re-exports :data:`ns`; the console script
 """
 from invoke import Collection
 
-from . import db, docker, inventory, scenario
+from bigskies_ops.cli import db
+from bigskies_ops.cli import docker
+from bigskies_ops.cli import inventory
+from bigskies_ops.cli import scenario
 
 ns = Collection()
 for _sub in (db.ns, inventory.ns, docker.ns, scenario.ns):

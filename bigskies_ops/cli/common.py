@@ -6,9 +6,9 @@ import functools
 import invoke
 from invoke import Exit
 
-from ..errors import BigskiesError, Interrupted, UsageError
-from ..signals import interrupts_unwind, left_behind, received
-from ..inventory import Inventory, load
+from bigskies_ops.errors import BigskiesError, Interrupted, UsageError
+from bigskies_ops.signals import interrupts_unwind, left_behind, received
+from bigskies_ops.inventory import Inventory, load
 
 INVENTORY_HELP = "inventory file (default: $BIGSKIES_INVENTORY, else ./inventory.yaml)"
 HOST_HELP = "inventory host (default: defaults.host, else the only host)"
@@ -18,7 +18,7 @@ JSON_HELP = "machine-readable output (UTC ISO-8601 times, sizes in bytes)"
 def load_inventory(path: str | None) -> Inventory:
     """The inventory at ``path`` (``-i``), else $BIGSKIES_INVENTORY, else ./inventory.yaml;
     hints printed later repeat ``-i path`` (:func:`bigskies_ops.output.hint`)."""
-    from .. import output
+    from bigskies_ops import output
     output.set_inventory(path)
     return load(path)
 
@@ -56,7 +56,7 @@ def help_if_requested(value: str | None, task_name: str) -> None:
     value; show the task's help instead of looking for a file named ``--help``."""
     if value in ("--help", "-h"):
         from invoke import Exit
-        from .program import running_program
+        from bigskies_ops.cli.program import running_program
         # the running Program has parsed this command line: its task contexts carry the
         # per-option help (a nested run printed none)
         running_program().print_task_help(task_name)
@@ -73,7 +73,9 @@ def handles_errors(fn):
     one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .. import catalog, lockwait, output
+        from bigskies_ops.archives import catalog
+        from bigskies_ops.pg import lockwait
+        from bigskies_ops import output
         lockwait.reporter = output.note  # lock waits of any session of ours are told on stderr
         catalog.reporter = output.note   # an archive dated in the future passed over as 'latest'
         try:
@@ -141,7 +143,7 @@ def lock_wait_host(h, value):
     """
     if value is None:
         return h
-    from ..backup import with_lock_wait_timeout
+    from bigskies_ops.jobs.backup import with_lock_wait_timeout
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -7,16 +7,16 @@ import sys
 
 from invoke import Collection
 
-from .. import output
-from ..access import PostgresAccess, classify_pg_error
-from ..backup import backup as run_backup
-from ..catalog import human_bytes, list_backups
-from ..errors import UsageError
-from ..restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
-from ..runners import LocalRunner, runner_for, tail
-from ..safety import check_destructive, confirm_or_refuse, is_tty
-from ..status import status as run_status
-from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,
+from bigskies_ops import output
+from bigskies_ops.pg.access import PostgresAccess, classify_pg_error
+from bigskies_ops.jobs.backup import backup as run_backup
+from bigskies_ops.archives.catalog import human_bytes, list_backups
+from bigskies_ops.errors import UsageError
+from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
+from bigskies_ops.hosts.runners import LocalRunner, runner_for, tail
+from bigskies_ops.safety import check_destructive, confirm_or_refuse, is_tty
+from bigskies_ops.jobs.status import status as run_status
+from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,
                      load_inventory, lock_wait_host, optional_positional, task)
 
 
@@ -45,11 +45,11 @@ def _restore_command(host, path: str) -> str:
 def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
            json=False, pull=False, verbose=False, lock_wait_timeout=None, skip_space_check=False):
     """Back up a host's database into a new archive with its manifest."""
-    from ..backup import without_space_check
+    from bigskies_ops.jobs.backup import without_space_check
     inv = load_inventory(inventory)
     hosts = [without_space_check(lock_wait_host(x, lock_wait_timeout), skip_space_check) for x in inv.resolve(host)]
     if len(hosts) > 1:  # a group or a comma list: hosts in parallel, recap per host (cli/db_remote.py)
-        from .db_remote import fleet_backup
+        from bigskies_ops.cli.db_remote import fleet_backup
         return fleet_backup(inv, hosts, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
                             schema_only=schema_only, pull=pull, json=json)
     h = hosts[0]
@@ -72,7 +72,7 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     m = res.manifest
     copy = None
     if pull:
-        from .db_remote import pull_after_backup
+        from bigskies_ops.cli.db_remote import pull_after_backup
         copy = pull_after_backup(inv, h, res, json=json)
         m = dict(m, pulled_copy={k: copy[k] for k in ("path", "bytes", "sha256")})
     if json:
@@ -117,11 +117,11 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
     if len(hosts) > 1 and not pre_restore:
-        from .db_remote import fleet_list
+        from bigskies_ops.cli.db_remote import fleet_list
         return fleet_list(hosts, origin=origin, all=all, json=json)
     h = inv.host(host)
     if offsite:  # what an offsite target holds (cli/db_policy.py)
-        from .db_policy import list_offsite
+        from bigskies_ops.cli.db_policy import list_offsite
         return list_offsite(h, offsite, json, inv)
     if origin and all:
         raise UsageError("pass either --origin HOST or --all, not both")
@@ -168,7 +168,7 @@ def status(c, host=None, inventory=None, json=False):
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
     if len(hosts) > 1:
-        from .db_remote import fleet_status
+        from bigskies_ops.cli.db_remote import fleet_status
         return fleet_status(hosts, json=json)
     h = hosts[0]
     st = run_status(h)
@@ -255,7 +255,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
             raise UsageError("no archive given and no terminal to choose on; pass FILE or 'latest'")
         file = _pick_interactively(h, origin)
     if from_offsite:  # fetched into the backup folder, sha256-checked, then restored as usual
-        from ..offsite import fetch
+        from bigskies_ops.jobs.offsite import fetch
         path = fetch(h, from_offsite, file, notify=output.note, inv=inv)
     else:
         path = resolve_archive(h, file, origin=origin)
@@ -275,7 +275,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
                           skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
                           jobs=jobs_arg(jobs), notify=output.note,
                           progress=cb)
-    from .db_migrations import after_restore_report  # restored head vs the migrations folder
+    from bigskies_ops.cli.db_migrations import after_restore_report  # restored head vs the migrations folder
     mig = after_restore_report(h, res.database, apply=migrate)
     if json:
         output.emit_json({"result": "changed", "host": h.name, "database": res.database, "archive": res.archive,
@@ -359,8 +359,8 @@ def _run_sql(h, text: str, *, read_only: bool, task: str) -> None:
         SafetyError (exit 3): SQL that tried to write in a read-only session.
         PostgresError (exit 1): psql failed.
     """
-    from ..errors import PostgresError, SafetyError
-    from ..pgtools import PSQL_BASE
+    from bigskies_ops.errors import PostgresError, SafetyError
+    from bigskies_ops.pg.tools import PSQL_BASE
     with PostgresAccess(h) as access:
         r = access.run_tool("psql", [*[a for a in PSQL_BASE if a != "-q"], "--dbname", h.postgres.database],
                             input=text.encode(), check=False, pgoptions=READ_ONLY_PGOPTIONS if read_only else None)
@@ -428,7 +428,10 @@ for t in (backup, list_, status, restore, exec, psql):
     ns.add_task(t)
 
 # Tasks of the other feature areas live in their own modules and join the same ``db`` namespace.
-from . import db_migrations, db_policy, db_remote, db_stack  # noqa: E402
+from bigskies_ops.cli import db_migrations
+from bigskies_ops.cli import db_policy
+from bigskies_ops.cli import db_remote
+from bigskies_ops.cli import db_stack
 
 for _mod in (db_remote, db_stack, db_migrations, db_policy):
     for _t in _mod.TASKS:

@@ -1,17 +1,17 @@
 """``db.migrate``, ``db.migrations``, ``db.pgpass``: schema migrations and credential files.
 
 Registered into the ``db`` namespace by cli/db.py. The library is
-bigskies_ops.migrations and bigskies_ops.pgpass; docs/migrations.md and
+bigskies_ops.jobs.migrations and bigskies_ops.jobs.pgpass; docs/migrations.md and
 docs/credentials.md describe the behaviour.
 """
 from __future__ import annotations
 
-from .. import output
-from ..errors import SafetyError, UsageError
-from ..migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
-from ..pgpass import converge
-from ..safety import check_destructive
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops import output
+from bigskies_ops.errors import SafetyError, UsageError
+from bigskies_ops.jobs.migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
+from bigskies_ops.jobs.pgpass import converge
+from bigskies_ops.safety import check_destructive
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 def _int(flag: str, value) -> int | None:
@@ -142,8 +142,8 @@ def after_restore_report(h, database: str, *, apply: bool = False) -> dict:
     succeeded). With ``apply`` a failing migration fails the task (exit 1), saying
     that the restore is done.
     """
-    from ..errors import BigskiesError
-    from ..migrations import after_restore
+    from bigskies_ops.errors import BigskiesError
+    from bigskies_ops.jobs.migrations import after_restore
     try:
         return after_restore(h, database, apply=apply, notify=output.note)
     except BigskiesError as e:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from invoke import Exit
 
-from .. import output
-from ..catalog import human_age, human_bytes
-from ..errors import BigskiesError, UsageError
-from ..safety import check_destructive
-from .common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host,
+from bigskies_ops import output
+from bigskies_ops.archives.catalog import human_age, human_bytes
+from bigskies_ops.errors import BigskiesError, UsageError
+from bigskies_ops.safety import check_destructive
+from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host,
                      optional_positional, task)
 
 PROTECT_HELP = {"force_protected": "allow this on a protected host (with --confirm DBNAME)",
@@ -33,7 +33,7 @@ def _plan_lines(p) -> None:
 def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_legacy=False, force_protected=False,
           confirm=None, json=False):
     """Apply GFS retention (daily/weekly/monthly) to a host's backups; --dry-run shows the plan."""
-    from ..retention import PruneRefused, prune as run_prune
+    from bigskies_ops.jobs.retention import PruneRefused, prune as run_prune
     inv = load_inventory(inventory)
     h = inv.host(host)
     if not dry_run:
@@ -78,16 +78,16 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
 def verify(c, file=None, host=None, inventory=None, all=False, restore_test=False, offsite=None, adopt=False,
            json=False):
     """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
-    from ..runners import runner_for
-    from ..verify import select, verify_backup
-    from .common import help_if_requested
+    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.jobs.verify import select, verify_backup
+    from bigskies_ops.cli.common import help_if_requested
     help_if_requested(file, "db.verify")
     inv = load_inventory(inventory)
     h = inv.host(host)
     if offsite:
         if restore_test or adopt:
             raise UsageError("--offsite checks the remote copy; it cannot be combined with --restore-test or --adopt")
-        from ..offsite import verify_remote
+        from bigskies_ops.jobs.offsite import verify_remote
         results = verify_remote(h, offsite, file or None, all, notify=output.note, inv=inv)
     else:
         with runner_for(h) as runner:
@@ -144,7 +144,7 @@ def report_offsite(h, results, json: bool) -> int:
 @handles_errors
 def offsite(c, host=None, inventory=None, target=None, json=False):
     """Copy backups not yet offsite to the host's targets, verify each copy, prune remotely."""
-    from ..offsite import upload
+    from bigskies_ops.jobs.offsite import upload
     inv = load_inventory(inventory)
     h = inv.host(host)
     results = upload(h, target, notify=output.note, inv=inv)
@@ -161,7 +161,7 @@ def health(c, host=None, inventory=None, json=False):
     """Backup health per host: newest good backup and age, size trend, last verification, offsite lag.
 
     Exit codes are monitoring ones: 0 ok, 1 warning, 2 critical, 3 unknown."""
-    from ..health import EXIT, host_health, worst
+    from bigskies_ops.jobs.health import EXIT, host_health, worst
     try:
         inv = load_inventory(inventory)
         hosts = inv.resolve(host)
@@ -194,7 +194,7 @@ def health(c, host=None, inventory=None, json=False):
 def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_file=None, log=None,
              force_protected=False, confirm=None, json=False):
     """Converge the crontab block that runs backup, prune, offsite daily and a monthly test restore."""
-    from ..schedule import converge
+    from bigskies_ops.jobs.schedule import converge
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
     results = []
@@ -235,7 +235,7 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
 def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=None, force_protected=False,
                   confirm=None, lock_wait_timeout=None):
     """What the cron lines run: backup, then prune, then offsite (or --monthly: a test restore)."""
-    from ..schedule import scheduled_run as run
+    from bigskies_ops.jobs.schedule import scheduled_run as run
     inv = load_inventory(inventory)
     h = lock_wait_host(inv.host(host), lock_wait_timeout)
     protected_ok = False
@@ -252,7 +252,7 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
 
 def list_offsite(h, target: str, json: bool, inv=None) -> None:
     """``db.list --offsite T``: what a target holds, newest first."""
-    from ..offsite import list_remote
+    from bigskies_ops.jobs.offsite import list_remote
     items = list_remote(h, target, inv)
     if json:
         output.emit_json({"host": h.name, "offsite": target, "backups": [r.to_json() for r in items]})

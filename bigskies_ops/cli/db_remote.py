@@ -7,14 +7,14 @@ import time
 
 from invoke import Exit
 
-from .. import output
-from ..catalog import human_bytes, list_backups
-from ..errors import UsageError
-from ..fleet import exit_code, prefixed, run_on_hosts
-from ..inventory import Host, Inventory
-from ..pull import pull_and_restore, pull_existing, pull_format, pull_stream
-from ..safety import check_destructive, confirm_or_refuse
-from .common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
+from bigskies_ops import output
+from bigskies_ops.archives.catalog import human_bytes, list_backups
+from bigskies_ops.errors import UsageError
+from bigskies_ops.jobs.fleet import exit_code, prefixed, run_on_hosts
+from bigskies_ops.inventory import Host, Inventory
+from bigskies_ops.jobs.pull import pull_and_restore, pull_existing, pull_format, pull_stream
+from bigskies_ops.safety import check_destructive, confirm_or_refuse
+from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
 
 
 class LineProgress:
@@ -159,7 +159,7 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
             if m.get("remote_exit_statuses") and m.get("pull_mode") != "existing":  # a dump ran for this pull
                 output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
     if restore and rr is None:
-        from ..restore import restore as run_restore
+        from bigskies_ops.jobs.restore import restore as run_restore
         with _progress(f"restoring into {dest.name}", json) as cb:
             rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions,
                              skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), notify=output.note, progress=cb, task="db.pull --restore")
@@ -215,7 +215,7 @@ def _recap(outcomes, json: bool, extra=None) -> None:
 def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exclude_table_data=(),
                  schema_only=False, pull=False, json=False) -> None:
     """``db.backup --host GROUP|a,b``: back up every host in parallel, recap per host."""
-    from ..backup import backup as run_backup
+    from bigskies_ops.jobs.backup import backup as run_backup
     if not json:
         output.heading("BIG SKIES Framework - Database Backup")
         output.say(f"Hosts: {', '.join(h.name for h in hosts)} (in parallel)")
@@ -240,7 +240,7 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
 
 def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None:
     """``db.list --host GROUP``: list every host's backups (fetched in parallel)."""
-    from ..runners import runner_for
+    from bigskies_ops.hosts.runners import runner_for
 
     def job(h: Host):
         with runner_for(h) as r:
@@ -265,7 +265,7 @@ def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None
 
 def fleet_status(hosts: list[Host], *, json=False) -> None:
     """``db.status --host GROUP``: server version, uptime and database size of every host."""
-    from ..status import status as run_status
+    from bigskies_ops.jobs.status import status as run_status
 
     def job(h: Host):
         st = run_status(h)

@@ -1,10 +1,11 @@
 """``db.*`` tasks contributed by the stack feature (registered into the db namespace by cli/db.py)."""
 from __future__ import annotations
 
-from .. import output, stack
-from ..catalog import human_bytes
-from ..errors import UsageError
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops import output
+from bigskies_ops.stack import lifecycle as stack
+from bigskies_ops.archives.catalog import human_bytes
+from bigskies_ops.errors import UsageError
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})

@@ -1,15 +1,16 @@
 """``docker.*`` tasks: the compose stack's lifecycle (the guide's ``make docker-*`` targets).
 
-Thin shell over :mod:`bigskies_ops.stack`; works for local and SSH hosts alike.
+Thin shell over :mod:`bigskies_ops.stack.lifecycle`; works for local and SSH hosts alike.
 """
 from __future__ import annotations
 
 from invoke import Collection
 
-from .. import output, stack
-from ..errors import UsageError
-from ..safety import check_destructive, confirm_or_refuse
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops import output
+from bigskies_ops.stack import lifecycle as stack
+from bigskies_ops.errors import UsageError
+from bigskies_ops.safety import check_destructive, confirm_or_refuse
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 def _host(inventory, host):
@@ -25,7 +26,7 @@ def _local_host(inv):
     for h in inv.hosts.values():
         if not h.is_remote:
             return h
-    from ..inventory import BackupSettings, Host
+    from bigskies_ops.inventory import BackupSettings, Host
     return Host(name="local", backup=BackupSettings(dir=str(inv.base_dir / "backups" / "database")))
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from .. import output
-from ..inventory import redacted_view
-from .common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops import output
+from bigskies_ops.inventory import redacted_view
+from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 @task(help={"host": "host, group or comma list (default: every host)", "inventory": INVENTORY_HELP,

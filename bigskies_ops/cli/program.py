@@ -6,8 +6,9 @@ import threading
 
 from invoke import Exit, ParseError, Program
 
-from .. import __version__, output
-from . import ns
+from bigskies_ops import __version__
+from bigskies_ops import output
+from bigskies_ops.cli import ns
 
 
 class _Program(Program):

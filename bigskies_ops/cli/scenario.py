@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from .. import output, scenarios
-from ..errors import UsageError
-from ..safety import check_destructive, confirm_or_refuse
-from .common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops import output
+from bigskies_ops.stack import scenarios
+from bigskies_ops.errors import UsageError
+from bigskies_ops.safety import check_destructive, confirm_or_refuse
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 
 
 def _host(inventory, host):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.sandbox import Cluster, free_port
+from bigskies_ops.dev.sandbox import Cluster, free_port
 from tests.conftest import PASSWORD, native_host, write_inventory
 from tests.fidelity.harness import (CHANGE_SQL, ROLES_SQL, World, backup, cleanup, cli, cli_env, create_db,
                                     drop_db_like, oracle_load, prepare, psql)

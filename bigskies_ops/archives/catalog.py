@@ -1,0 +1,339 @@
+"""Backup naming, the manifest sidecar, listing and ``latest`` (CONTRACTS.md section 2).
+
+Archive names: ``<database>_backup_YYYYMMDD_HHMMSS[_N].<ext>`` in UTC; database
+names outside ``[a-z0-9_-]`` are percent-encoded byte-wise (UTF-8) so the name is
+reversible and safe on case-insensitive file systems; the manifest holds the real
+name. A manifest ``<archive>.manifest.json`` is written before pg_dump starts
+(STARTED) and replaced atomically with DONE or FAILED. ``.partial`` files are
+never listed. ``latest`` is the newest DONE backup by the manifest's UTC start,
+never by mtime.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from bigskies_ops.errors import StorageError
+
+SCHEMA_VERSION = 1
+EXTENSIONS = {"plain": "sql.gz", "custom": "dump"}
+FORMAT_OF_EXT = {v: k for k, v in EXTENSIONS.items()}
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+SAFE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+NAME_RE = re.compile(r"^(?P<db>.+)_backup_(?P<date>\d{8})_(?P<time>\d{6})(?:_(?P<n>\d+))?\.(?P<ext>sql\.gz|dump|sql)$")
+SAFETY_KINDS = ("manual", "pre-restore", "pre-migrate", "pre-purge", "pulled")
+KINDS = ("scheduled",) + SAFETY_KINDS
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """UTC ISO-8601 with a ``Z`` suffix, second precision (``2026-11-29T08:52:00Z``)."""
+    if dt is None:
+        return None
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def encode_dbname(name: str) -> str:
+    """Reversible, file-system-safe form of a database name (``My DB`` -> ``%4Dy%20%44%42``)."""
+    out = []
+    for ch in name:
+        if ch in SAFE_CHARS:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_dbname(encoded: str) -> str:
+    return urllib.parse.unquote(encoded, encoding="utf-8", errors="strict")
+
+
+def archive_name(database: str, when: datetime, fmt: str, n: int = 0) -> str:
+    """``bigskies_backup_20261129_085200.sql.gz`` (``_N`` when ``n`` > 0)."""
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    return f"{encode_dbname(database)}_backup_{stamp}{f'_{n}' if n else ''}.{EXTENSIONS[fmt]}"
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    database: str
+    stamp: datetime  # naive-as-UTC for our archives; timezone unknown for legacy ones
+    n: int
+    ext: str
+
+
+def parse_archive_name(name: str) -> ParsedName | None:
+    m = NAME_RE.match(name)
+    if not m:
+        return None
+    try:
+        db = decode_dbname(m.group("db"))
+        stamp = datetime.strptime(m.group("date") + m.group("time"), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return ParsedName(db, stamp, int(m.group("n") or 0), m.group("ext"))
+
+
+#: An archive dated more than this many seconds after this machine's clock is "in the future".
+FUTURE_SLACK_S = 300
+
+#: where :func:`latest` warns about an archive it passed over (the CLI sets it; None: silent)
+reporter = None
+
+
+@dataclass
+class Backup:
+    """One entry of a backup folder: an archive with its manifest, a manifest whose
+    archive is missing (a FAILED run), or a legacy archive with no manifest."""
+
+    dir: str
+    name: str                      # archive file name
+    manifest: dict | None
+    size: int | None = None        # bytes on disk, None when the archive is absent
+    origin_dir: str | None = None  # sub-folder (origin host) for pulled backups
+
+    @property
+    def path(self) -> str:
+        return posixpath.join(self.dir, self.name)
+
+    @property
+    def manifest_path(self) -> str:
+        return self.path + MANIFEST_SUFFIX
+
+    @property
+    def legacy(self) -> bool:
+        return self.manifest is None
+
+    @property
+    def status(self) -> str:
+        if self.manifest is None:
+            return "LEGACY"
+        st = self.manifest.get("status", "?")
+        if st == "DONE" and self.size is None:
+            return "MISSING"
+        return st
+
+    @property
+    def database(self) -> str | None:
+        if self.manifest:
+            return self.manifest.get("database")
+        p = parse_archive_name(self.name)
+        return p.database if p else None
+
+    @property
+    def origin_host(self) -> str | None:
+        if self.manifest:
+            return self.manifest.get("origin_host")
+        return self.origin_dir
+
+    @property
+    def started_at(self) -> datetime | None:
+        if self.manifest:
+            return parse_iso(self.manifest.get("started_at"))
+        p = parse_archive_name(self.name)
+        return p.stamp if p else None  # time zone unknown for legacy files
+
+    @property
+    def format(self) -> str | None:
+        if self.manifest:
+            return self.manifest.get("format")
+        for ext, fmt in FORMAT_OF_EXT.items():
+            if self.name.endswith("." + ext):
+                return fmt
+        return "plain-sql" if self.name.endswith(".sql") else None
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "?") if self.manifest else "legacy"
+
+    @property
+    def verified(self) -> bool:
+        """True when the NEWEST verification passed (a later failed one wins over an older pass)."""
+        vs = (self.manifest or {}).get("verifications") or []
+        return bool(vs and vs[-1].get("ok"))
+
+    @property
+    def complete(self) -> bool:
+        """A backup of every table's data (not ``--schema-only``, no ``--exclude-table-data``)."""
+        m = self.manifest or {}
+        return not m.get("schema_only") and not m.get("excluded_table_data")
+
+    @property
+    def contents(self) -> str:
+        m = self.manifest or {}
+        if m.get("schema_only"):
+            return "schema-only"
+        if m.get("excluded_table_data"):
+            return "partial data"
+        return "full"
+
+    def in_future(self, now: datetime | None = None) -> bool:
+        """Dated (manifest UTC start; a legacy file's name) more than :data:`FUTURE_SLACK_S`
+        ahead of ``now`` (default: this machine's clock): a clock was wrong when it was
+        made, or is wrong now. Never ``latest`` (:func:`latest`)."""
+        at = self.started_at
+        if at is None:
+            return False
+        if at.tzinfo is None:  # a legacy name: time zone unknown, read as UTC
+            at = at.replace(tzinfo=timezone.utc)
+        return (at - (now or utcnow())).total_seconds() > FUTURE_SLACK_S
+
+    def to_json(self, now: datetime | None = None) -> dict:
+        m = self.manifest or {}
+        return {"name": self.name, "path": self.path, "database": self.database, "origin_host": self.origin_host,
+                "status": self.status, "kind": self.kind, "label": m.get("label"), "format": self.format,
+                "started_at": iso(self.started_at), "bytes": self.size, "contents": self.contents, "legacy": self.legacy,
+                "timezone_known": not self.legacy, "verified": self.verified, "sha256": m.get("sha256"),
+                "future": self.in_future(now)}
+
+
+def is_archive_file(name: str) -> bool:
+    return bool(NAME_RE.match(name)) and not name.endswith(PARTIAL_SUFFIX)
+
+
+def scan_dir(runner, directory: str, origin_dir: str | None = None) -> list[Backup]:
+    """List one folder (no recursion): manifests, archives, legacy archives.
+
+    ``.partial`` files, temp files and unrelated files are ignored.
+    """
+    names = set(runner.listdir(directory))
+    out: list[Backup] = []
+    seen = set()
+    for n in sorted(names):
+        if n.endswith(MANIFEST_SUFFIX):
+            arch = n[: -len(MANIFEST_SUFFIX)]
+            try:
+                man = json.loads(runner.read_bytes(posixpath.join(directory, n)))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(man, dict) or man.get("schema_version") != SCHEMA_VERSION:
+                continue
+            size = runner.size(posixpath.join(directory, arch)) if arch in names else None
+            out.append(Backup(directory, arch, man, size, origin_dir))
+            seen.add(arch)
+    for n in sorted(names):
+        if n in seen or n.endswith(MANIFEST_SUFFIX) or n.endswith(PARTIAL_SUFFIX) or n.startswith("."):
+            continue
+        if is_archive_file(n):
+            out.append(Backup(directory, n, None, runner.size(posixpath.join(directory, n)), origin_dir))
+    return out
+
+
+def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_all: bool = False) -> list[Backup]:
+    """Backups newest first. Default: the folder itself (the host's own backups);
+    ``origin``: the ``<origin>/`` sub-folder of pulled backups; ``include_all``: both."""
+    found: list[Backup] = []
+    if origin is None or include_all:
+        try:
+            found += scan_dir(runner, backup_dir)
+        except NotADirectoryError:
+            raise StorageError(f"backup folder {backup_dir} is not a directory (backup.dir)") from None
+    if origin is not None or include_all:
+        subs = [origin] if origin and not include_all else [
+            d for d in runner.listdir(backup_dir) if not d.startswith(".") and "." not in d]
+        for sub in subs:
+            try:
+                found += scan_dir(runner, posixpath.join(backup_dir, sub), origin_dir=sub)
+            except NotADirectoryError:  # an unrelated file without a dot in its name (README)
+                continue
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    found.sort(key=lambda b: (b.started_at or epoch, b.name), reverse=True)
+    return found
+
+
+def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
+           complete_only: bool = False, notify=None) -> Backup | None:
+    """Newest DONE backup (by the manifest's UTC start) of (origin_host, database).
+
+    ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
+    ``db.restore latest`` wants (restoring a schema-only dump would empty every table).
+
+    An archive dated in the future (:meth:`Backup.in_future`, by this machine's clock)
+    is never ``latest``: it would stay "newest" for as long as the clock error lasts and
+    hide every real backup after it (and retention would keep it). It is passed over with
+    a warning naming it and how to pick it by name (``notify``, else :data:`reporter`).
+    """
+    cands = [b for b in backups if b.status == "DONE" and (b.complete or not complete_only)
+             and (database is None or b.database == database)
+             and (origin_host is None or b.origin_host == origin_host)]
+    cands.sort(key=lambda b: b.started_at, reverse=True)
+    now = utcnow()
+    ahead = [b for b in cands if b.in_future(now)]
+    tell = notify or reporter
+    for b in ahead:
+        if tell is not None:
+            tell(future_warning(b, now))
+    cands = [b for b in cands if not b.in_future(now)]
+    return cands[0] if cands else None
+
+
+def future_warning(b: Backup, now: datetime | None = None) -> str:
+    """The warning for an archive dated in the future that ``latest`` passed over."""
+    now = now or utcnow()
+    return (f"warning: not taken as latest: {b.name} is dated {iso(b.started_at)}, "
+            f"{human_age(now, b.started_at)} ahead of this machine's clock ({iso(now)}); check the clocks. "
+            f"To use it anyway, name it: {b.path}")
+
+
+def write_manifest(runner, archive_path: str, manifest: dict) -> None:
+    """Atomically (temp + fsync + rename) write ``<archive>.manifest.json``."""
+    runner.write_atomic(archive_path + MANIFEST_SUFFIX, json_bytes(manifest))
+
+
+def json_bytes(obj) -> bytes:
+    """``obj`` as indented UTF-8 JSON. A name read from a SQL_ASCII database may hold bytes
+    that are not UTF-8 (lone surrogates, ``access.decode_out``): then the text is written
+    with ``\\uXXXX`` escapes, which read back to exactly the same name."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str).encode() + b"\n"
+
+
+def read_manifest(runner, archive_path: str) -> dict | None:
+    p = archive_path + MANIFEST_SUFFIX
+    if not runner.exists(p):
+        return None
+    try:
+        return json.loads(runner.read_bytes(p))
+    except ValueError as e:
+        raise StorageError(f"{p}: manifest is not valid JSON ({e})") from e
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    f = float(n)
+    for u in units:
+        if f < 1024 or u == units[-1]:
+            return f"{f:.0f} {u}" if u == "B" else f"{f:.1f} {u}"
+        f /= 1024
+    return f"{n} B"
+
+
+def human_age(dt: datetime | None, now: datetime | None = None) -> str:
+    if dt is None:
+        return "-"
+    s = int(((now or utcnow()) - dt).total_seconds())
+    if s < 0:
+        return "in the future"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"

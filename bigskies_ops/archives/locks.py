@@ -1,0 +1,85 @@
+"""One lock per (host, database) for every task that changes something (CONTRACTS.md s.4).
+
+The lock is a small JSON file created with O_EXCL in the host's backup folder
+(``.lock-<database>``), holding who took it: pid, control host, task, UTC time.
+A lock whose pid is gone on the machine that took it is stale and is replaced
+(and we say so). Works the same through the SSH runner (SFTP exclusive create).
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import socket
+import time
+from contextlib import contextmanager
+
+from bigskies_ops.archives.catalog import encode_dbname, iso, utcnow
+from bigskies_ops.errors import LockBusyError
+from bigskies_ops.hosts.runners import pid_alive as _pid_alive
+
+
+def lock_path(backup_dir: str, database: str) -> str:
+    return posixpath.join(backup_dir, f".lock-{encode_dbname(database)}")
+
+
+def _read_lock(runner, path: str) -> dict | None:
+    """The lock's JSON, {} when it vanished meanwhile, None when empty or not JSON."""
+    try:
+        raw = runner.read_bytes(path)
+    except OSError:
+        return {}
+    try:
+        held = json.loads(raw)
+    except ValueError:
+        return None
+    return held if isinstance(held, dict) else None
+
+
+@contextmanager
+def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str, notify=None):
+    """Hold the (host, database) lock for the ``with`` body.
+
+    Raises:
+        LockBusyError: another live process holds it (message names pid, host, task, since).
+    """
+    runner.makedirs(backup_dir)
+    path = lock_path(backup_dir, database)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "task": task, "since": iso(utcnow()),
+          "target": host_name, "database": database}
+    data = json.dumps(me).encode()
+    for _ in range(3):
+        if runner.create_exclusive(path, data):
+            break
+        held = _read_lock(runner, path)
+        if held is None:  # empty or unreadable a second later: left by a crash while it was written
+            time.sleep(1.0)
+            held = _read_lock(runner, path)
+            if held is None:
+                if notify:
+                    notify(f"removed unreadable lock file {path} (left by a crash while it was being written)")
+                runner.remove(path)
+                continue
+        if not held:  # released meanwhile: try again
+            continue
+        if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) \
+                and not _pid_alive(held["pid"]):
+            if notify:
+                notify(f"removed stale lock of pid {held['pid']} ({held.get('task')}, since {held.get('since')})")
+            runner.remove(path)
+            continue
+        raise LockBusyError(
+            f"{database!r} on {host_name} is locked by pid {held.get('pid', '?')} on {held.get('host', '?')} "
+            f"(task {held.get('task', '?')}, since {held.get('since', '?')}); wait for it to finish"
+            f" or remove {path} if that process is gone")
+    else:
+        raise LockBusyError(f"could not take lock {path}")
+    try:
+        yield
+    finally:
+        try:
+            cur = json.loads(runner.read_bytes(path))
+            if cur.get("pid") == me["pid"] and cur.get("host") == me["host"]:
+                runner.remove(path)
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,507 @@
+"""Parallel restore of a plain ``.sql.gz`` dump with several psql sessions.
+
+psql reads a plain dump in one session: one backend parses every COPY row while the
+other cores wait (``pg_restore --jobs`` exists only for custom and directory archives).
+:func:`load_plain_parallel` gives each of ``jobs`` sessions its own reader of the same
+archive (gunzip + the restore's statement lexer, :class:`bigskies_ops.jobs.restore.OwnerAclFilter`)
+and splits the work by the dump's own structure:
+
+* SQL outside COPY data (CREATE, ALTER, indexes, constraints, ...) runs in the first
+  session ("the leader"), in file order, exactly as psql would run it;
+* session settings (``SET ...;``, ``SELECT pg_catalog.set_config(...)``) and psql
+  meta-commands (``\\restrict``/``\\unrestrict``) run in every session; a session other
+  than the leader runs them just before its next COPY segment, so a setting that names
+  an object of the dump (``SET default_table_access_method = x``) runs after the
+  leader has created it;
+* COPY data is cut into segments of about :data:`SEGMENT_BYTES` at line ends (COPY's
+  text format has one row per line; PostgreSQL docs, COPY "Text Format"), and each
+  segment is loaded by whichever session reaches it first, as its own ``COPY ... FROM
+  stdin`` with the dump's column list. Segment boundaries depend only on the data, so
+  every reader cuts the stream at the same places whatever its chunking.
+
+Ordering is psql's where it matters: a run of COPY blocks starts only after every SQL
+statement before it has completed in the leader (tables exist), and the SQL after it
+(indexes, constraints, triggers) starts only after every segment of the run has been
+loaded. A session confirms completion with a ``SELECT '<token>'`` whose output it
+waits for (a meta-command such as ``\\echo`` is refused once pg_dump's ``\\restrict``
+has run). From a statement whose effect other sessions cannot share or copy, the
+dump is loaded by the leader alone (the other sessions stop reading), as psql would
+load it (:data:`_SERIAL_RE`, :data:`_BROADCAST_META`): a transaction (``BEGIN``: pg_dump's
+large-object data, or a hand-written dump), session state changed by a statement
+other than pg_dump's ``SET`` forms (``set search_path``, ``RESET``, ``set_config`` in a
+query or ``DO`` block, temporary tables), a ``COPY ... FROM stdin`` with options (CSV
+rows may span lines, and the lexer reads such data as SQL), and any meta-command but
+``\\restrict``/``\\unrestrict`` (``\\i`` would run once per session, ``\\o`` would hide the
+sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Found by a
+break-it trial: each of these loaded different rows with exit 0, failed, or hung.
+
+Rows therefore land in a table in segment order per session (row order within a
+table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
+every segment are summed per table and compared with the manifest by the caller.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+
+from bigskies_ops.pg.access import PostgresAccess
+from bigskies_ops.errors import ArchiveError
+from bigskies_ops.pg.tools import psql_args
+from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
+from bigskies_ops.jobs.restore import _gunzip_chunks
+from bigskies_ops.hosts.runners import LocalRunner
+
+#: COPY data per segment (bytes of text), cut at the next line end.
+SEGMENT_BYTES = 32 * 1024 * 1024
+
+#: statements (other than the ``set`` pieces every session runs) after which only the
+#: leader loads: they open a transaction, change session state the other sessions
+#: would miss, or are a COPY from stdin the lexer cannot cut (see the module docstring)
+_SERIAL_RE = re.compile(
+    rb"\A(?:BEGIN|START\s+TRANSACTION|SET|RESET|DISCARD|LOAD)\b"
+    rb"|\A(?:SELECT|DO|CALL)\b.*(?:\bset_config\b|\bSET\s)"
+    rb"|\ACREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
+    rb"|\ACOPY\b.*\bFROM\s+STDIN\b", re.I | re.S)
+#: meta-commands every session runs; any other one makes the load serial
+_BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
+_META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
+
+
+class GrowingFile:
+    """A file another thread is still writing (a pull in progress): readers follow it.
+
+    The writer calls :meth:`start` once the file exists, :meth:`finish` after its last
+    byte is written (or :meth:`fail`); :meth:`raw_chunks` yields what is there, waits
+    for more at the end, and stops at the real end. A reader never decides that the
+    data is complete or valid: the caller checks the finished archive (size, sha256,
+    manifest) before anything is swapped in.
+    """
+
+    def __init__(self, poll: float = 0.02):
+        self.path: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()  # set by the reading side: the writer should stop
+        self.proc = None  # the writer's source process (kill() stops a read that waits for data)
+        self._opened = threading.Event()
+        self._done = threading.Event()
+        self.poll = poll
+
+    def start(self, path: str) -> None:
+        self.path = path
+        self._opened.set()
+
+    def finish(self) -> None:
+        self._done.set()
+
+    def cancel(self) -> None:
+        """The reading side gives up (Ctrl-C, SIGTERM): the writer stops at once, even while
+        its source sends nothing (pg_dump waiting for a lock), and fails."""
+        self.cancelled.set()
+        proc = self.proc
+        if proc is not None:
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def fail(self, e: BaseException) -> None:
+        self.error = e
+        self._done.set()
+        self._opened.set()
+
+    def raw_chunks(self, chunk: int = 1 << 20):
+        """``(bytes read so far, bytes)`` in file order until the writer has finished.
+
+        Raises:
+            the writer's error, if it failed (or never opened the file).
+        """
+        self._opened.wait()
+        if self.path is None:
+            raise self.error or RuntimeError("the writer never started")
+        done = 0
+        with open(self.path, "rb") as f:  # kept open: the writer may rename the file when done
+            while True:
+                b = f.read(chunk)
+                if b:
+                    done += len(b)
+                    yield done, b
+                    continue
+                if self.error is not None:
+                    raise self.error
+                if self._done.is_set():
+                    b = f.read(chunk)  # bytes written between our last read and finish()
+                    if not b:
+                        return
+                    done += len(b)
+                    yield done, b
+                    continue
+                time.sleep(self.poll)
+
+
+class _Abort(Exception):
+    """Another session failed (or the load was cancelled): stop quietly."""
+
+
+class _Stop(Exception):
+    """The load went serial: a session other than the leader has nothing left to do."""
+
+
+class _Session:
+    """One psql process fed over stdin; its stdout is read for ``COPY n`` tags and the
+    sync tokens it echoes back."""
+
+    def __init__(self, access: PostgresAccess, database: str, pgoptions: str | None, token: str):
+        self.proc = access.popen_tool("psql", psql_args(database, quiet=False), stdin=True, pgoptions=pgoptions)
+        self.token = token
+        self.tags = CopyTags()  # the server's COPY n tags, one per segment this session loaded
+        self._sent = 0
+        self._seen = 0
+        self._eof = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        carry = b""
+        prefix = self.token.encode() + b"-"
+        try:
+            for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
+                self.tags.feed(chunk)
+                buf = carry + chunk
+                lines = buf.split(b"\n")
+                carry = lines.pop()[-4096:]
+                for line in lines:
+                    s = line.strip()
+                    if s.startswith(prefix) and s[len(prefix):].isdigit():
+                        with self._cond:
+                            self._seen = max(self._seen, int(s[len(prefix):]))
+                            self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError, ValueError):
+            raise _Abort() from None
+
+    def sync(self, abort: threading.Event) -> None:
+        """Wait until psql has executed everything sent so far."""
+        self._sent += 1
+        self.send(f"SELECT '{self.token}-{self._sent}' AS bigskies_sync;\n".encode())
+        try:
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise _Abort() from None
+        with self._cond:
+            while self._seen < self._sent:
+                if self._eof or abort.is_set():
+                    raise _Abort()
+                self._cond.wait(0.2)
+
+    def close(self) -> int:
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        rc = self.proc.wait()
+        self._reader.join(5)
+        return rc
+
+
+class _Shared:
+    """State the sessions share: who loads which segment, and the barriers."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.claims: dict[tuple[int, int], int] = {}
+        self.run_done: dict[int, int] = {}  # COPY run -> segments loaded and confirmed
+        self.sql_done: set[int] = set()  # SQL runs completed by the leader
+        self.abort = threading.Event()
+        self.errors: list[BaseException] = []
+
+    def claim(self, key: tuple[int, int], worker: int) -> bool:
+        with self.cond:
+            return self.claims.setdefault(key, worker) == worker
+
+    def wait_for(self, ready) -> None:
+        with self.cond:
+            while not ready():
+                if self.abort.is_set():
+                    raise _Abort()
+                self.cond.wait(0.2)
+
+    def segment_done(self, run: int) -> None:
+        with self.cond:
+            self.run_done[run] = self.run_done.get(run, 0) + 1
+            self.cond.notify_all()
+
+    def fail(self, e: BaseException) -> None:
+        with self.cond:
+            self.errors.append(e)
+            self.abort.set()
+            self.cond.notify_all()
+
+
+class _Worker:
+    """One reader of the archive driving one psql session (worker 0 is the leader)."""
+
+    def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, policy: RolePolicy | None,
+                 progress=None, segment_bytes: int = SEGMENT_BYTES):
+        self.wid, self.shared, self.s = wid, shared, session
+        self.chunks = chunks
+        self.flt = OwnerAclFilter(policy)
+        self.progress = progress if wid == 0 else None
+        self.segment_bytes = segment_bytes
+        self.loaded: list[tuple[str, str] | None] = []  # table of each segment this session loaded, in order
+        # stream position
+        self.run = -1
+        self.run_kind: str | None = None
+        self.segments_in_run = 0
+        self.block = -1
+        self.seg = 0
+        self.copy_stmt = b""
+        self.last_kind: str | None = None
+        self.off = 0
+        self.next_cut = 0
+        self.in_seg = False
+        self.mine = False
+        self.serial = False
+        self.serial_because: str | None = None
+        self.pending: list[bytes] = []  # settings not yet sent (a session other than the leader)
+
+    @property
+    def leader(self) -> bool:
+        return self.wid == 0
+
+    def run_all(self) -> None:
+        try:
+            for done, chunk in self.chunks:
+                if self.shared.abort.is_set():
+                    raise _Abort()
+                self._pieces(self.flt.feed_pieces(chunk))
+                if self.progress:
+                    self.progress(done)
+            self._pieces(self.flt.flush_pieces())
+            if self.serial and not self.leader:
+                return
+            if self.in_seg or self.flt.in_copy:
+                # psql would end the COPY at end of input and commit a part of the table
+                raise ArchiveError(f"the dump ends inside the COPY data of table #{self.block + 1}: "
+                                   "it is truncated")
+            self._leave_run()
+        except _Stop:
+            return
+        except _Abort:
+            self.shared.abort.set()
+        except BaseException as e:  # a reading/lexing error: stop every session
+            self.shared.fail(e)
+
+    # -------------------------------------------------------------- pieces
+    def _pieces(self, pieces) -> None:
+        for kind, data in pieces:
+            if kind == "meta" and not self.serial:
+                m = _META_NAME.match(data, self.flt.LEADING.match(data).end())  # after the comments before it
+                if (m.group(1) if m else b"") not in _BROADCAST_META:
+                    self._go_serial()
+            if kind in ("set", "meta"):
+                if self.leader:
+                    self.s.send(data)
+                else:
+                    self.pending.append(data)  # sent before this session's next segment
+            elif kind == "blank":
+                if self.leader:
+                    self.s.send(data)
+                continue  # a blank piece does not separate a COPY statement from the rest of its line
+            elif kind in ("sql", "hazard"):
+                self._enter_run("sql")
+                lead = self.flt.LEADING.match(data).end()
+                if not self.serial and kind == "hazard":
+                    # the schema calls its own functions while data is loaded: a concurrent
+                    # load could compute other values than psql's (plainsql.StatementFacts)
+                    if self.block < 0:
+                        self.serial_because = self.flt.facts.load_hazards[0]
+                    self._go_serial()
+                if not self.serial and _SERIAL_RE.match(data[lead:]):
+                    self._go_serial()
+                if self.leader:
+                    self.s.send(data)
+            elif kind == "copy":
+                self._enter_run("copy")
+                if self.last_kind == "copy":  # the rest of the COPY statement's line
+                    self.copy_stmt += data
+                else:
+                    self.block += 1
+                    self.seg = 0
+                    self.copy_stmt = data
+                    self.off = 0
+                    self.next_cut = self.segment_bytes
+            elif kind == "data":
+                self._data(data)
+            elif kind == "end":
+                if not self.in_seg and self.seg == 0:  # a table without rows: one empty segment
+                    self._start_segment()
+                if self.in_seg:
+                    self._finish_segment()
+            self.last_kind = kind
+
+    def _go_serial(self) -> None:
+        """The leader alone from here on; any other session stops (raises :class:`_Stop`).
+
+        Every reader reaches this at the same place of the stream, after its last
+        segment before it is loaded and confirmed, so no segment is lost or doubled."""
+        self.serial = True
+        if not self.leader:
+            raise _Stop()
+
+    def _enter_run(self, kind: str) -> None:
+        if kind == self.run_kind:
+            return
+        self._leave_run()
+        self.run += 1
+        self.run_kind = kind
+        self.segments_in_run = 0
+        if kind == "copy" and self.leader and self.run > 0 and not self.serial:
+            self.s.sync(self.shared.abort)  # the SQL before this COPY run has completed
+            with self.shared.cond:
+                self.shared.sql_done.add(self.run - 1)
+                self.shared.cond.notify_all()
+
+    def _leave_run(self) -> None:
+        if self.run_kind == "copy" and self.leader:
+            run, total = self.run, self.segments_in_run
+            self.shared.wait_for(lambda: self.shared.run_done.get(run, 0) >= total)
+        self.run_kind = None
+
+    def _data(self, data: bytes) -> None:
+        while data:
+            if not self.in_seg:
+                self._start_segment()
+            rel = self.next_cut - 1 - self.off  # the cut follows the first line end at or after next_cut - 1
+            if rel < len(data):
+                j = data.find(b"\n", max(rel, 0))
+                if j >= 0:
+                    part, data = data[:j + 1], data[j + 1:]
+                    if self.mine:
+                        self.s.send(part)
+                    self.off += len(part)
+                    self._finish_segment()
+                    self.next_cut = self.off + self.segment_bytes
+                    continue
+            if self.mine:
+                self.s.send(data)
+            self.off += len(data)
+            data = b""
+
+    def _start_segment(self) -> None:
+        key = (self.block, self.seg)
+        self.segments_in_run += 1
+        if self.serial:
+            self.mine = self.leader
+        else:
+            self.mine = self.shared.claim(key, self.wid)
+        if self.mine:
+            if not self.leader and self.run > 0:
+                prev = self.run - 1
+                self.shared.wait_for(lambda: prev in self.shared.sql_done)
+            if self.pending:
+                self.s.send(b"".join(self.pending))
+                self.pending = []
+            self.s.send(self.copy_stmt)
+        self.in_seg = True
+
+    def _finish_segment(self) -> None:
+        if self.mine:
+            self.s.send(b"\\.\n")
+            if not self.serial:  # serial: nobody waits for it (and a \\o may hide the reply)
+                self.s.sync(self.shared.abort)
+            self.loaded.append(self.flt.copy_tables[self.block] if self.block < len(self.flt.copy_tables) else None)
+            self.shared.segment_done(self.run)
+        self.in_seg = False
+        self.mine = False
+        self.seg += 1
+
+
+def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, jobs: int,
+                        policy: RolePolicy | None = None, pgoptions: str | None = None, progress=None, open_chunks=None,
+                        segment_bytes: int = SEGMENT_BYTES, stats: dict | None = None):
+    """Restore the plain dump ``path`` (gzip) into ``database`` with ``jobs`` psql sessions.
+
+    Args:
+        jobs: sessions (>= 1); each reads and gunzips the archive itself.
+        policy: what to do with statements naming roles missing on the target
+            (:class:`bigskies_ops.archives.plainsql.RolePolicy`; None: run every statement).
+        pgoptions: session settings for every psql (libpq ``PGOPTIONS``).
+        progress: called with the compressed bytes read by the leader.
+        open_chunks: ``open_chunks()`` -> iterator of ``(compressed bytes read, SQL bytes)``
+            for one reader (default: the local file through
+            :func:`bigskies_ops.jobs.restore._gunzip_chunks`); called once per session.
+        segment_bytes: COPY data per segment.
+        stats: if given, filled with ``segments``: the segments each session loaded;
+            ``serial_because``: why the leader loaded alone (None: it did not);
+            ``skipped``: statements skipped per missing role (the leader's count).
+
+    Returns:
+        ``(returncode, stdout, stderr, rows)``: psql's exit status (the first failing
+        session's), ``""``, that session's stderr, and the rows the server reported per
+        table (summed ``COPY n`` tags), or None when they cannot be paired with tables.
+
+    Raises:
+        ArchiveError: the archive is corrupt (raised by a reader; every session is stopped).
+    """
+    if open_chunks is None:
+        def open_chunks():
+            f = LocalRunner().open_read(path)
+
+            def gen():
+                with f:
+                    yield from _gunzip_chunks(f, path=path)
+            return gen()
+    shared = _Shared()
+    token = "bigskies-sync-" + secrets.token_hex(8)
+    sessions: list[_Session] = []
+    workers: list[_Worker] = []
+    try:
+        for wid in range(jobs):
+            s = _Session(access, database, pgoptions, token)
+            sessions.append(s)
+            workers.append(_Worker(wid, shared, s, open_chunks(), policy, progress, segment_bytes))
+        threads = [threading.Thread(target=w.run_all, daemon=True, name=f"parload-{w.wid}") for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except BaseException:
+        shared.abort.set()
+        for s in sessions:
+            s.proc.kill()
+        raise
+    if shared.abort.is_set():
+        for s in sessions:
+            s.proc.kill()
+    rcs = [s.close() for s in sessions]
+    if stats is not None:
+        stats["segments"] = [len(w.loaded) for w in workers]
+        stats["serial_because"] = workers[0].serial_because
+        stats["skipped"] = dict(workers[0].flt.skipped)
+    if shared.errors:
+        raise shared.errors[0]
+    if shared.abort.is_set() or any(rcs):
+        # the session that exited with an error has the server's message; the others were
+        # killed (negative status); else the first that ended unexpectedly
+        i = next((j for j, rc in enumerate(rcs) if rc > 0), next((j for j, rc in enumerate(rcs) if rc), 0))
+        return rcs[i] or 1, "", sessions[i].proc.stderr_text(), None
+    rows: dict[tuple[str, str], int] | None = {}
+    for w, s in zip(workers, sessions):
+        mine = s.tags.by_table(w.loaded)  # None when tags and segments do not pair up
+        if mine is None:
+            rows = None
+            break
+        for t, n in mine.items():
+            rows[t] = rows.get(t, 0) + n
+    return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), rows

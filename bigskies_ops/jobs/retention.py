@@ -1,0 +1,347 @@
+"""``db.prune``: grandfather-father-son retention, decided first, then applied.
+
+DESIGN.md practice 8 (decide, then act): :func:`plan` is a pure function from a
+list of :class:`Entry` (built from manifests and file NAMES, never mtimes) to a
+keep/prune decision with reasons for every file; :func:`prune` re-reads the
+folder under the (host, database) lock, plans, and deletes what the plan says.
+
+Rules (CONTRACTS.md section 2, issue 6; the table is docs/policy.md):
+
+* Retention works per (origin_host, database).
+* Buckets are UTC days, ISO-8601 weeks and calendar months of the manifest's
+  ``started_at``. The newest DONE ``scheduled`` backup in a bucket represents it.
+  ``daily: N`` keeps the representatives of the N most recent days that HAVE a
+  backup (days without one do not use up a slot); likewise weeks and months.
+  Tiers overlap: one file can be ``daily 2026-11-28`` and ``weekly 2026-W48``.
+* Safety kinds (any kind but ``scheduled``) are kept ``keep_safety_days`` from
+  their start and never fill a retention slot.
+* Legacy (seed-era, no manifest) files are left alone unless ``include_legacy``;
+  then they take part like scheduled backups (their name's time, zone unknown,
+  is read as UTC).
+* The newest verified good backup and the newest good backup are never pruned.
+* FAILED runs (and STARTED leftovers, DONE manifests whose archive is gone,
+  ``.partial`` files) are pruned only with ``include_failed``.
+* A group whose newest run FAILED is refused: nothing in it is pruned right
+  after a failed backup (the next good backup lifts this).
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups,
+                      parse_archive_name, utcnow)
+from bigskies_ops.errors import SafetyError
+from bigskies_ops.inventory import Host, RetentionSettings
+from bigskies_ops.archives.locks import host_lock
+
+FAILED_STATES = ("FAILED", "STARTED", "MISSING", "PARTIAL")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file (or failed run) as retention sees it.
+
+    ``status``: DONE, FAILED, STARTED, MISSING (DONE manifest, archive gone),
+    LEGACY (no manifest), PARTIAL (a ``.partial`` file). ``started_at`` is UTC.
+    """
+
+    name: str
+    origin_host: str | None
+    database: str | None
+    started_at: datetime | None
+    status: str
+    kind: str = "scheduled"
+    verified: bool = False
+    path: str = ""            # where it is (apply step only; the plan never reads it)
+    has_manifest: bool = True
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return (self.origin_host or "?", self.database or "?")
+
+
+@dataclass(frozen=True)
+class Decision:
+    entry: Entry
+    keep: bool
+    reasons: tuple[str, ...]
+
+    @property
+    def action(self) -> str:
+        return "keep" if self.keep else "prune"
+
+    def to_json(self) -> dict:
+        e = self.entry
+        return {"name": e.name, "origin_host": e.origin_host, "database": e.database, "status": e.status,
+                "kind": e.kind, "started_at": iso(e.started_at), "action": self.action,
+                "reasons": list(self.reasons)}
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision] = field(default_factory=list)
+    refused: dict[tuple[str, str], str] = field(default_factory=dict)  # group -> why
+
+    @property
+    def keep(self) -> list[Decision]:
+        return [d for d in self.decisions if d.keep]
+
+    @property
+    def prune(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    def kept_names(self) -> list[str]:
+        return [d.entry.name for d in self.keep]
+
+    def pruned_names(self) -> list[str]:
+        return [d.entry.name for d in self.prune]
+
+
+def day_key(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d")
+
+
+def week_key(t: datetime) -> str:
+    y, w, _ = t.astimezone(timezone.utc).isocalendar()
+    return f"{y}-W{w:02d}"
+
+
+def month_key(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m")
+
+
+TIERS = (("daily", day_key), ("weekly", week_key), ("monthly", month_key))
+
+
+def _newest(entries: list[Entry]) -> Entry | None:
+    cands = [e for e in entries if e.started_at is not None]
+    return max(cands, key=lambda e: (e.started_at, e.name)) if cands else None
+
+
+def plan(entries: list[Entry], retention: RetentionSettings, *, keep_safety_days: int, now: datetime,
+         include_failed: bool = False, include_legacy: bool = False) -> Plan:
+    """Decide keep/prune for every entry. Pure: no I/O, no clock (``now`` is given).
+
+    Args:
+        entries: every backup, failed run, legacy and ``.partial`` file of a folder.
+        retention: ``daily``/``weekly``/``monthly`` counts (0 = tier off).
+        keep_safety_days: days a safety (non-scheduled) backup is kept.
+        now: the current UTC time.
+        include_failed: prune FAILED/STARTED/MISSING runs and ``.partial`` files.
+        include_legacy: let legacy files take part in GFS (else they are kept).
+
+    Returns:
+        :class:`Plan`: one :class:`Decision` per entry, newest first, reasons like
+        ``daily 2026-11-28``, ``weekly 2026-W47``, ``monthly 2026-10`` or
+        ``beyond retention``; ``refused`` names groups whose newest run FAILED.
+    """
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.group, []).append(e)
+    out = Plan()
+    for g in sorted(groups):
+        members = groups[g]
+        reasons: dict[int, list[str]] = {id(e): [] for e in members}
+        prune_reason: dict[int, str] = {}
+        # runs (manifests) decide whether this group may be pruned at all
+        runs = [e for e in members if e.has_manifest and e.status in ("DONE", "MISSING", "FAILED", "STARTED")]
+        newest_run = _newest(runs)
+        refused = None
+        if newest_run is not None and newest_run.status in ("FAILED", "STARTED"):
+            refused = (f"the newest backup run of {g[1]!r} from {g[0]} ({newest_run.name}, started "
+                       f"{iso(newest_run.started_at)}) {'FAILED' if newest_run.status == 'FAILED' else 'never finished'}; "
+                       f"nothing is pruned right after a failed backup")
+            out.refused[g] = refused
+        done = [e for e in members if e.status == "DONE"]
+        # GFS candidates: scheduled DONE backups (+ legacy when asked)
+        cands = [e for e in done if e.kind == "scheduled"]
+        if include_legacy:
+            cands += [e for e in members if e.status == "LEGACY" and e.started_at is not None]
+        for tier, keyf in TIERS:
+            n = getattr(retention, tier)
+            if n <= 0:
+                continue
+            buckets: dict[str, list[Entry]] = {}
+            for e in cands:
+                if e.started_at is not None:
+                    buckets.setdefault(keyf(e.started_at), []).append(e)
+            for key in sorted(buckets, reverse=True)[:n]:
+                rep = _newest(buckets[key])
+                reasons[id(rep)].append(f"{tier} {key}")
+        # protections
+        good = [e for e in done]
+        nv = _newest([e for e in good if e.verified])
+        if nv is not None:
+            reasons[id(nv)].append("newest verified good backup")
+        ng = _newest(good)
+        if ng is not None:
+            reasons[id(ng)].append("newest good backup")
+        # everything else
+        for e in members:
+            if e.status == "DONE" and e.kind != "scheduled":
+                if e.started_at is None:
+                    reasons[id(e)].append(f"{e.kind}: start time unknown")
+                else:
+                    until = e.started_at + timedelta(days=keep_safety_days)
+                    if now < until:
+                        reasons[id(e)].append(f"{e.kind}: safety backup kept until {day_key(until)} "
+                                              f"(keep_safety_days {keep_safety_days})")
+                    else:
+                        prune_reason[id(e)] = f"{e.kind}: safety backup older than {keep_safety_days} days"
+            elif e.status == "DONE":
+                prune_reason[id(e)] = "beyond retention"
+            elif e.status == "LEGACY":
+                if include_legacy:
+                    prune_reason[id(e)] = "beyond retention (legacy, time zone unknown)"
+                else:
+                    reasons[id(e)].append("legacy (no manifest): left alone without --include-legacy")
+            elif e.status in FAILED_STATES:
+                what = {"FAILED": "failed run", "STARTED": "run that never finished",
+                        "MISSING": "manifest whose archive is missing",
+                        "PARTIAL": "in-progress or abandoned .partial file"}[e.status]
+                if include_failed:
+                    prune_reason[id(e)] = what
+                else:
+                    reasons[id(e)].append(f"{what}: pruned only with --failed")
+            else:
+                reasons[id(e)].append(f"status {e.status}: left alone")
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        for e in sorted(members, key=lambda e: (e.started_at or epoch, e.name), reverse=True):
+            r = reasons[id(e)]
+            if refused is not None:
+                out.decisions.append(Decision(e, True, tuple(r) + ("refused: newest run failed",)))
+            elif r:
+                out.decisions.append(Decision(e, True, tuple(r)))
+            else:
+                out.decisions.append(Decision(e, False, (prune_reason.get(id(e), "beyond retention"),)))
+    return out
+
+
+# ------------------------------------------------------------------ reading a folder
+def entry_of(b: Backup, default_origin: str) -> Entry:
+    return Entry(name=b.name, origin_host=b.origin_host or default_origin, database=b.database,
+                 started_at=b.started_at, status=b.status, kind=b.kind if not b.legacy else "legacy",
+                 verified=b.verified, path=b.path, has_manifest=not b.legacy)
+
+
+def partial_entries(runner, directory: str, origin: str) -> list[Entry]:
+    """``<archive>.partial`` files of one folder (their group comes from the archive name)."""
+    out = []
+    try:
+        names = runner.listdir(directory)
+    except NotADirectoryError:  # an unrelated file without a dot in its name
+        return out
+    for n in names:
+        if not n.endswith(PARTIAL_SUFFIX):
+            continue
+        p = parse_archive_name(n[: -len(PARTIAL_SUFFIX)])
+        if p is None:
+            continue
+        out.append(Entry(name=n, origin_host=origin, database=p.database, started_at=p.stamp, status="PARTIAL",
+                         kind="partial", path=posixpath.join(directory, n), has_manifest=False))
+    return out
+
+
+def collect(runner, host: Host) -> list[Entry]:
+    """Every entry of the host's backup folder and its pulled ``<origin>/`` sub-folders."""
+    bdir = host.backup.dir
+    backups = list_backups(runner, bdir, include_all=True)
+    entries = [entry_of(b, b.origin_dir or host.name) for b in backups]
+    entries += partial_entries(runner, bdir, host.name)
+    for sub in runner.listdir(bdir):
+        if not sub.startswith(".") and "." not in sub:
+            entries += partial_entries(runner, posixpath.join(bdir, sub), sub)
+    return entries
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    deleted: list[str]
+    dry_run: bool
+
+
+def _delete(runner, d: Decision, notify) -> list[str]:
+    e = d.entry
+    gone = []
+    if e.status == "PARTIAL":
+        runner.remove(e.path)
+        return [e.path]
+    if e.status != "MISSING" and e.status not in ("FAILED", "STARTED"):
+        runner.remove(e.path)           # the archive first: a crash leaves a MISSING manifest, never
+        gone.append(e.path)             # an archive that looks legacy
+    if e.has_manifest:
+        runner.remove(e.path + MANIFEST_SUFFIX)
+        gone.append(e.path + MANIFEST_SUFFIX)
+    if e.status in ("FAILED", "STARTED") and runner.exists(e.path + PARTIAL_SUFFIX):
+        runner.remove(e.path + PARTIAL_SUFFIX)
+        gone.append(e.path + PARTIAL_SUFFIX)
+    return gone
+
+
+def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, include_legacy: bool = False,
+          now: datetime | None = None, notify=print, task: str = "db.prune", runner=None) -> PruneResult:
+    """Plan retention for ``host``'s backup folder and (unless ``dry_run``) delete what it prunes.
+
+    The folder is read and the plan made again while holding the (host, database)
+    lock of every database found, so no backup can start or finish in between.
+
+    Raises:
+        SafetyError: (exit 3) a group's newest run FAILED; other groups are pruned
+            first, the refused group is left untouched.
+        LockBusyError: a backup (or another task) holds a lock.
+    """
+    from bigskies_ops.hosts.runners import runner_for
+    own = runner is None
+    runner = runner or runner_for(host)
+    try:
+        now = now or utcnow()
+        kw = dict(keep_safety_days=host.backup.keep_safety_days, now=now, include_failed=include_failed,
+                  include_legacy=include_legacy)
+        if dry_run:
+            return PruneResult(plan(collect(runner, host), host.retention, **kw), [], True)
+        dbs = sorted({e.database for e in collect(runner, host) if e.database} | {host.postgres.database})
+        deleted: list[str] = []
+        with _locks(runner, host, dbs, task, notify):
+            p = plan(collect(runner, host), host.retention, **kw)
+            for d in p.prune:
+                deleted += _delete(runner, d, notify)
+        if p.refused:
+            raise PruneRefused(p, deleted)
+        return PruneResult(p, deleted, False)
+    finally:
+        if own:
+            runner.close()
+
+
+class PruneRefused(SafetyError):
+    def __init__(self, p: Plan, deleted: list[str]):
+        super().__init__("refused: " + "; ".join(p.refused.values()))
+        self.plan = p
+        self.deleted = deleted
+
+
+class _locks:
+    """Hold the (host, database) lock of several databases (sorted, so never a deadlock)."""
+
+    def __init__(self, runner, host: Host, dbs: list[str], task: str, notify):
+        self.cms = [host_lock(runner, host.backup.dir, host.name, db, task, notify=notify) for db in dbs]
+        self.entered = []
+
+    def __enter__(self):
+        try:
+            for cm in self.cms:
+                cm.__enter__()
+                self.entered.append(cm)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for cm in reversed(self.entered):
+            cm.__exit__(*exc)
+        self.entered = []
+        return False

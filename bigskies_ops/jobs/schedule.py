@@ -1,0 +1,316 @@
+"""``db.schedule``: one managed crontab block keeps a host's whole backup policy.
+
+The block (on the control machine, where ``bigskies-ops`` runs) is marked
+``# BEGIN bigskies-ops <host>`` ... ``# END bigskies-ops <host>`` and holds two lines:
+
+* at the host's ``schedule`` (cron expression, default ``0 2 * * *``, system time):
+  ``db.scheduled-run``: backup (kind ``scheduled``), then prune, then offsite;
+* monthly, on the 1st one hour after the daily run: ``db.scheduled-run --monthly``,
+  the guide's test restore (``db.verify latest --restore-test``).
+
+Each line calls the virtualenv's Python by its absolute path with ``-m bigskies_ops``
+and the inventory by its absolute path, so it works under cron's bare environment
+(no PATH, no virtualenv, HOME as the working directory); output is appended to a
+log file. Runs of one host never overlap: a scheduled run holds a lock in the log
+folder; a daily run that finds it held reports ``skipped`` and exits 1, the monthly
+run waits for it (up to 6 hours).
+
+Converging is idempotent: ``ok`` when the crontab already holds exactly this block,
+``changed`` otherwise; ``--check`` only says which. The crontab is read and written
+with the ``crontab`` command, or, when a crontab FILE is given (``--crontab-file`` or
+``$BIGSKIES_CRONTAB_FILE``, used by tests), that file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bigskies_ops.archives.catalog import iso, utcnow
+from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
+from bigskies_ops.inventory import Host, Inventory
+
+CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
+MONTHLY_WAIT_S = 6 * 3600
+FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+def begin_marker(host: str) -> str:
+    return f"# BEGIN bigskies-ops {host} (managed by db.schedule; changes inside are overwritten)"
+
+
+def end_marker(host: str) -> str:
+    return f"# END bigskies-ops {host}"
+
+
+def check_expression(expr: str, where: str) -> list[str]:
+    """Split a 5-field cron expression (or an ``@daily``-style macro).
+
+    Raises:
+        UsageError: (exit 2) anything else, naming ``where``.
+    """
+    e = expr.strip()
+    if e.startswith("@"):
+        if e not in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"):
+            raise UsageError(f"{where}: unknown cron macro {e!r}")
+        return [e]
+    parts = e.split()
+    if len(parts) != 5 or not all(FIELD_RE.match(p) for p in parts):
+        raise UsageError(f"{where}: expected a cron expression with 5 fields (minute hour day month weekday), "
+                         f"got {expr!r}")
+    return parts
+
+
+def monthly_expression(daily: str) -> str:
+    """The monthly test restore: the 1st of the month, one hour after the daily run
+    (03:00 when the daily time is not a plain minute and hour)."""
+    parts = daily.split()
+    if len(parts) == 5 and parts[0].isdigit() and parts[1].isdigit():
+        return f"{int(parts[0])} {(int(parts[1]) + 1) % 24} 1 * *"
+    return "0 3 1 * *"
+
+
+def default_log(inv: Inventory, host: Host) -> str:
+    return str(inv.base_dir / "logs" / f"bigskies-ops-{host.name}.log")
+
+
+def command(inv: Inventory, host: Host, log: str, *, monthly: bool = False, protected_ok: bool = False) -> str:
+    """The shell command of one cron line: absolute interpreter, absolute inventory, log appended.
+
+    Raises:
+        UsageError: a path holding ``%`` (cron turns it into a newline).
+    """
+    argv = [os.path.abspath(sys.executable), "-m", "bigskies_ops", "db.scheduled-run", "--host", host.name,
+            "-i", str(Path(inv.path).resolve()), "--log", os.path.abspath(log)]
+    if monthly:
+        argv.append("--monthly")
+    if protected_ok:
+        argv += ["--force-protected", "--confirm", host.postgres.database]
+    line = shlex.join(argv) + " >> " + shlex.quote(os.path.abspath(log)) + " 2>&1"
+    if "%" in line:
+        raise UsageError(f"a path in the cron line contains '%', which cron turns into a newline: {line}")
+    return line
+
+
+def block(inv: Inventory, host: Host, log: str, *, protected_ok: bool = False) -> list[str]:
+    daily = " ".join(check_expression(host.schedule, f"hosts.{host.name}.schedule"))
+    return [begin_marker(host.name),
+            f"{daily} {command(inv, host, log, protected_ok=protected_ok)}",
+            f"{monthly_expression(daily)} {command(inv, host, log, monthly=True, protected_ok=protected_ok)}",
+            end_marker(host.name)]
+
+
+def replace_block(text: str, host: str, lines: list[str] | None) -> str:
+    """``text`` with the host's marked block replaced by ``lines`` (appended when absent,
+    removed when ``lines`` is None). Everything outside the block is kept byte for byte."""
+    src = text.splitlines()
+    out: list[str] = []
+    i = 0
+    placed = False
+    begin = f"# BEGIN bigskies-ops {host} "
+    while i < len(src):
+        ln = src[i]
+        if ln.startswith(begin) or ln == begin.rstrip():
+            j = i
+            while j < len(src) and src[j] != end_marker(host):
+                j += 1
+            i = j + 1
+            if lines is not None and not placed:
+                out += lines
+                placed = True
+            continue
+        out.append(ln)
+        i += 1
+    if lines is not None and not placed:
+        if out and out[-1].strip():
+            out.append("")
+        out += lines
+    return ("\n".join(out) + "\n") if out else ""
+
+
+class Crontab:
+    """Read/write the user's crontab with the ``crontab`` command, or a file."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or os.environ.get(CRONTAB_FILE_ENV) or None
+
+    def read(self) -> str:
+        if self.path:
+            try:
+                return Path(self.path).read_text()
+            except FileNotFoundError:
+                return ""
+        try:
+            r = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise CommandError("the crontab command is not installed (Debian: apt-get install cron)") from None
+        if r.returncode != 0:
+            if "no crontab" in r.stderr.lower():
+                return ""
+            raise CommandError(f"crontab -l failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def write(self, text: str) -> None:
+        if self.path:
+            tmp = self.path + ".tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, self.path)
+            return
+        r = subprocess.run(["crontab", "-"], input=text, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CommandError(f"crontab - failed: {r.stderr.strip()}")
+
+
+@dataclass
+class ScheduleResult:
+    host: str
+    changed: bool
+    lines: list[str]
+    removed: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = False, crontab_file: str | None = None,
+             log: str | None = None, protected_ok: bool = False) -> ScheduleResult:
+    """Make the crontab hold exactly this host's block (or none with ``remove``)."""
+    log = log or default_log(inv, host)
+    lines = None if remove else block(inv, host, log, protected_ok=protected_ok)
+    ct = Crontab(crontab_file)
+    cur = ct.read()
+    new = replace_block(cur, host.name, lines)
+    res = ScheduleResult(host.name, new != cur, lines or [], removed=remove)
+    if not remove and host.postgres.password_env and not host.container:
+        res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
+                            f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
+    if res.changed and not check:
+        if not remove:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+        ct.write(new)
+    return res
+
+
+# ------------------------------------------------------------------ the run cron starts
+@dataclass
+class Step:
+    name: str
+    word: str          # ok | changed | failed | skipped
+    reason: str
+
+
+def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_s: float, notify):
+    from bigskies_ops.archives.locks import host_lock
+    from bigskies_ops.hosts.runners import LocalRunner
+    d = str(Path(log or default_log(inv, host)).parent)
+    deadline = time.monotonic() + wait_s
+    while True:
+        cm = host_lock(LocalRunner(), d, host.name, f"schedule-{host.name}", task, notify=notify)
+        try:
+            cm.__enter__()
+            return cm
+        except LockBusyError as e:
+            if time.monotonic() >= deadline:
+                raise LockBusyError(f"another scheduled run of {host.name} is still running: {e}; this run is "
+                                    f"skipped (runs never overlap)") from None
+            time.sleep(min(10.0, max(0.5, deadline - time.monotonic())))
+
+
+def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: float | None = None,
+                  log: str | None = None, protected_ok: bool = False, notify=print, say=print) -> list[Step]:
+    """What a cron line runs: daily backup -> prune -> offsite, or the monthly restore test.
+
+    Holds the host's schedule lock for the whole run. Each step's failure is reported
+    and later steps still run where that is safe (prune never runs after a failed
+    backup; offsite copies whatever is there, so a target that was down catches up).
+
+    Raises:
+        LockBusyError: another scheduled run of this host holds the lock (daily: at once;
+            monthly: after waiting up to 6 hours).
+    """
+    say(f"=== bigskies-ops scheduled {'monthly restore test' if monthly else 'run'} of {host.name} "
+        f"at {iso(utcnow())} (pid {os.getpid()}) ===")
+    wait = (MONTHLY_WAIT_S if monthly else 0.0) if wait_s is None else wait_s
+    cm = _schedule_lock(inv, host, log, "db.scheduled-run", wait, notify)
+    steps: list[Step] = []
+    try:
+        if monthly:
+            steps.append(_verify_step(host, notify))
+        else:
+            b = _backup_step(host, notify)
+            steps.append(b)
+            if b.word == "failed":
+                steps.append(Step("prune", "skipped", "the backup failed; nothing is pruned after a failed backup"))
+            else:
+                steps.append(_prune_step(host, protected_ok, notify))
+            if host.offsite:
+                steps += _offsite_steps(inv, host, notify)
+            else:
+                steps.append(Step("offsite", "skipped", "no offsite targets configured"))
+    finally:
+        cm.__exit__(None, None, None)
+    for s in steps:
+        say(f"{s.word}: [{host.name}] {s.name}: {s.reason}")
+    return steps
+
+
+def _backup_step(host: Host, notify) -> Step:
+    from bigskies_ops.jobs.backup import backup
+    try:
+        res = backup(host, kind="scheduled", notify=notify, task="db.scheduled-run")
+    except BigskiesError as e:
+        return Step("backup", "failed", str(e))
+    extra = f" (warning: {'; '.join(res.warnings)})" if res.warnings else ""
+    return Step("backup", "changed", f"{res.backup.name} written, {res.manifest.get('bytes')} bytes{extra}")
+
+
+def _prune_step(host: Host, protected_ok: bool, notify) -> Step:
+    from bigskies_ops.jobs.retention import PruneRefused, prune
+    if host.protected and not protected_ok:
+        return Step("prune", "skipped", f"{host.name} is protected and this cron line was installed without "
+                                        f"--force-protected --confirm {host.postgres.database}")
+    try:
+        r = prune(host, notify=notify, task="db.scheduled-run")
+    except PruneRefused as e:
+        return Step("prune", "failed", str(e))
+    except BigskiesError as e:
+        return Step("prune", "failed", str(e))
+    if r.deleted:
+        return Step("prune", "changed", f"pruned {len(r.plan.prune)} backup(s), kept {len(r.plan.keep)}")
+    return Step("prune", "ok", f"nothing to prune, kept {len(r.plan.keep)}")
+
+
+def _offsite_steps(inv: Inventory, host: Host, notify) -> list[Step]:
+    from bigskies_ops.jobs.offsite import upload
+    try:
+        results = upload(host, notify=notify, inv=inv)
+    except BigskiesError as e:
+        return [Step("offsite", "failed", str(e))]
+    out = []
+    for r in results:
+        if r.error:
+            out.append(Step(f"offsite {r.target}", "failed", f"{r.error} (retried on the next run)"))
+        elif r.uploaded or r.pruned:
+            out.append(Step(f"offsite {r.target}", "changed", f"copied and verified {len(r.uploaded)}, "
+                                                              f"pruned {len(r.pruned)} on the target"))
+        else:
+            out.append(Step(f"offsite {r.target}", "ok", f"{r.already} backup(s) already there"))
+    return out
+
+
+def _verify_step(host: Host, notify) -> Step:
+    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.jobs.verify import select, verify_backup
+    try:
+        with runner_for(host) as runner:
+            [b] = select(host, runner, "latest", False)
+        r = verify_backup(host, b, restore_test=True, notify=notify, task="db.scheduled-run")
+    except BigskiesError as e:
+        return Step("verify latest --restore-test", "failed", str(e))
+    if not r.ok:
+        return Step("verify latest --restore-test", "failed", f"{r.name}: {r.error}")
+    return Step("verify latest --restore-test", "ok",
+                f"{r.name}: {', '.join(r.checks)}; {r.restore_test['tables_checked']} tables match the manifest")

@@ -1,0 +1,317 @@
+"""Server-side administration of databases: what a database is (owner, encoding,
+settings, privileges), creating and dropping one, the sessions on it, whether this
+role may replace it, and whether the server has room for another copy of it.
+
+Used by the restore (bigskies_ops.jobs.restore) and the restore test (bigskies_ops.jobs.verify).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
+from bigskies_ops.errors import BigskiesError, PostgresError, SafetyError
+from bigskies_ops.archives.plainsql import RolePolicy
+from bigskies_ops.hosts.runners import tail
+
+
+def db_info(sql: Sql, name: str) -> dict | None:
+    rows = sql.query(pgsql.SQL(
+        "SELECT d.oid::int AS oid, pg_catalog.pg_get_userbyid(d.datdba) AS owner, "
+        "pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype, "
+        "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale, "
+        "pg_catalog.shobj_description(d.oid, 'pg_database') AS comment, "
+        "(SELECT spcname FROM pg_catalog.pg_tablespace t WHERE t.oid = d.dattablespace "
+        " AND spcname <> 'pg_default') AS tablespace, "
+        "(SELECT array_agg(c) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c "
+        " WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings "
+        "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(lit(name)))
+    return rows[0] if rows else None
+
+
+def sessions_on(sql: Sql, name: str) -> list[dict]:
+    """Client sessions connected to database ``name`` (not ours), that this role can see.
+
+    Background workers are not sessions: the server cancels autovacuum itself on RENAME
+    and DROP (CountOtherDBBackends). A role without pg_read_all_stats sees neither the
+    type nor the user of another role's process (an autovacuum worker looks like any
+    other): those are left to the server, whose RENAME refuses while a real session is
+    connected (:func:`_swap` turns that into the same refusal)."""
+    return sql.query(pgsql.SQL(
+        "SELECT pid, usename AS user, application_name AS application, client_addr::text AS client, state, "
+        "to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since "
+        "FROM pg_catalog.pg_stat_activity WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
+        "AND backend_type IN ('client backend', 'walsender') "
+        "ORDER BY pid").format(lit(name)))
+
+
+def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
+    """CREATE DATABASE ``new`` from template0 with ``like``'s owner, default tablespace,
+    encoding and collation.
+    Its settings come after the load (:func:`apply_properties`): a setting such as
+    ``default_transaction_read_only = on`` would refuse the load itself."""
+    parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
+    if like:
+        can_own = sql.value(pgsql.SQL(
+            "SELECT pg_catalog.pg_has_role(current_user, {}, 'MEMBER') "
+            "OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)").format(lit(like["owner"])))
+        if can_own:
+            parts.append(pgsql.SQL("OWNER {}").format(ident(like["owner"])))
+        else:
+            notify(f"note: cannot make {like['owner']!r} the owner (not a member of that role); "
+                   f"the restored database is owned by the restoring user")
+        if like.get("tablespace"):  # the database stays on the disk it was on
+            parts.append(pgsql.SQL("TABLESPACE {}").format(ident(like["tablespace"])))
+        parts.append(pgsql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            lit(like["encoding"]), lit(like["collate"]), lit(like["ctype"])))
+        if like.get("provider") == "i" and like.get("icu_locale"):
+            parts.append(pgsql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(lit(like["icu_locale"])))
+    sql.execute(pgsql.SQL(" ").join(parts))
+
+
+#: settings whose value is a list of names, each quoted on its own (pg_dump's
+#: variable_is_guc_list_quote, src/bin/pg_dump/dumputils.c); any other value is one literal
+GUC_LIST_QUOTE = frozenset({"local_preload_libraries", "search_path", "session_preload_libraries",
+                            "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"})
+
+
+def split_guc_list(value: str) -> list[str]:
+    """The elements of a list setting as the server stores it (``app, "My Schema", public``),
+    as PostgreSQL's SplitGUCList reads it (src/backend/utils/adt/varlena.c): separated
+    by commas, white space around them ignored, ``"..."`` quoted with ``""`` for a quote."""
+    out, i, n = [], 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        if value[i] == '"':
+            j, item = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        item.append('"')
+                        j += 2
+                        continue
+                    break
+                item.append(value[j])
+                j += 1
+            out.append("".join(item))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != "," and not value[j].isspace():
+                j += 1
+            out.append(value[i:j])
+            i = j
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == ",":
+            i += 1
+
+
+def set_config_sql(target: pgsql.Composable, setting: str) -> pgsql.Composable:
+    """``<target> SET name TO value`` for one ``name=value`` of pg_db_role_setting, as
+    pg_dump writes it (makeAlterConfigCommand): a list setting element by element."""
+    name, _, value = setting.partition("=")
+    if name.lower() in GUC_LIST_QUOTE:
+        items = split_guc_list(value)
+        val = pgsql.SQL(", ").join(lit(v) for v in items) if items else lit("")
+    else:
+        val = lit(value)
+    return pgsql.SQL("{} SET {} TO {}").format(target, ident(name), val)
+
+
+_ACL_ITEM = re.compile(r'^((?:"(?:[^"]|"")*"|[^=]*))=([A-Za-z*]*)/(.*)$')
+_DB_PRIVS = {"C": "CREATE", "T": "TEMPORARY", "c": "CONNECT"}
+
+
+def acl_items(acl) -> list[tuple[str | None, str, bool]]:
+    """``aclitem`` texts of a database -> ``(grantee or None for PUBLIC, privilege, grant option)``."""
+    out = []
+    for item in acl or []:
+        m = _ACL_ITEM.match(item)
+        if not m:
+            continue
+        g = m.group(1)
+        grantee = (g[1:-1].replace('""', '"') if g.startswith('"') else g) or None
+        privs = m.group(2)
+        for k, ch in enumerate(privs):
+            if ch in _DB_PRIVS:
+                out.append((grantee, _DB_PRIVS[ch], privs[k + 1:k + 2] == "*"))
+    return out
+
+
+def database_properties(maint: Sql, name: str) -> dict | None:
+    """The properties of database ``name`` (backup.database_properties_sql), or None."""
+    from bigskies_ops.jobs.backup import database_properties_sql
+    rows = maint.query(database_properties_sql(name))
+    return rows[0] if rows else None
+
+
+def apply_properties(maint: Sql, name: str, props: dict, policy: RolePolicy | None, notify) -> list[str]:
+    """Give database ``name`` the settings, role settings and privileges of ``props``
+    (backup.database_properties_sql) after its data is loaded. The comment comes with
+    the swap. Returns warnings: a setting or privilege the restoring user may not set,
+    with the command that sets it, or one naming a role missing here (skipped)."""
+    warnings: list[str] = []
+    db = ident(name)
+
+    def run(stmt: pgsql.Composable, what: str) -> None:
+        try:
+            maint.execute(stmt)
+        except BigskiesError as e:
+            text = stmt.as_string() if hasattr(stmt, "as_string") else str(stmt)
+            warnings.append(f"{what} was not restored ({str(e).splitlines()[-1][:200]}); run as a superuser: "
+                            f"{text.replace(ident(name).as_string(), '<database>')}")
+    existing = policy.existing if policy is not None else None
+    for setting in props.get("settings") or []:
+        run(set_config_sql(pgsql.SQL("ALTER DATABASE {}").format(db), setting), f"setting {setting!r}")
+    for rs in props.get("role_settings") or []:
+        if existing is not None and rs["role"] not in existing:
+            warnings.append(f"settings of role {rs['role']!r} in the database skipped (no such role here)")
+            continue
+        for setting in rs.get("settings") or []:
+            run(set_config_sql(pgsql.SQL("ALTER ROLE {} IN DATABASE {}").format(ident(rs["role"]), db), setting),
+                f"setting {setting!r} of role {rs['role']!r}")
+    if props.get("acl") is not None:
+        stmts = [pgsql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db)]  # as pg_dump --create does
+        owner = maint.value(pgsql.SQL("SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database "
+                                      "WHERE datname = {}").format(lit(name)))
+        if owner:
+            stmts.append(pgsql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, ident(owner)))
+        for grantee, priv, grant_option in acl_items(props["acl"]):
+            if grantee is not None and existing is not None and grantee not in existing:
+                warnings.append(f"{priv} on the database for role {grantee!r} skipped (no such role here)")
+                continue
+            stmts.append(pgsql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                pgsql.SQL(priv), db, pgsql.SQL("PUBLIC") if grantee is None else ident(grantee),
+                pgsql.SQL(" WITH GRANT OPTION" if grant_option else "")))
+        run(pgsql.SQL("BEGIN; {}; COMMIT").format(pgsql.SQL("; ").join(stmts)), "the database's privileges")
+    for w in warnings:
+        notify(f"warning: {w}")
+    return warnings
+
+
+_LOCAL_SERVER = re.compile(r"^(?:localhost|127\.\d+\.\d+\.\d+|::1|/.*)$")
+
+
+def server_free_bytes(access: PostgresAccess, maint: Sql) -> tuple[int | None, str]:
+    """Free bytes of the file system holding the server's data directory, seen where the
+    server runs (this machine, the SSH host, or inside the container), and the
+    directory; or ``(None, why it cannot be seen)``."""
+    host, pg = access.host, access.host.postgres
+    try:
+        datadir = maint.value("SELECT current_setting('data_directory')")
+    except PostgresError:
+        return None, ("this role may not read the server's data_directory (a superuser or a member of "
+                      "pg_read_all_settings may)")
+    if host.container:
+        c = host.container
+        r = access.runner.run([*c.engine_argv, "exec", c.name, "stat", "-f", "-c", "%a %S", "--", datadir],
+                              check=False)
+        try:
+            a, b = r.text.split()
+            return int(a) * int(b), datadir
+        except ValueError:
+            return None, f"stat of {datadir} in container {c.name} failed: {tail(r.stderr, 200)}"
+    if pg.host and not _LOCAL_SERVER.match(pg.host):
+        return None, f"the server ({pg.host}) is not on {'the SSH host' if host.is_remote else 'this machine'}"
+    free = access.runner.free_bytes(datadir)
+    return (free, datadir) if free is not None else (None, f"{datadir} cannot be read here")
+
+
+def check_space(access: PostgresAccess, maint: Sql, info, notify) -> None:
+    """Refuse before anything is created when the server lacks the room for the side
+    database: the backed-up database's size (manifest ``database_bytes``), plus the WAL
+    the load writes before a checkpoint recycles it (up to ``max_wal_size``), plus 10%.
+    A server that runs out of space PANICs and stays down until space is freed.
+
+    Raises:
+        SafetyError: too little free space (exit 3), naming both figures and
+            ``--skip-space-check``.
+    """
+    from bigskies_ops.archives.catalog import human_bytes
+    size = ((getattr(info, "manifest", None) or {}).get("database_bytes"))
+    if size is None:
+        notify("note: free space on the server not checked (the backup did not record its database's size)")
+        return
+    wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0
+    need = int(size + min(size, wal) + size // 10)
+    free, where = server_free_bytes(access, maint)
+    if free is None:
+        notify(f"note: free space on the server not checked: {where}")
+        return
+    if free < need:
+        raise SafetyError(f"the restore needs about {human_bytes(need)} on the server ({human_bytes(size)} of "
+                          f"database, WAL and 10% headroom) but {where} has {human_bytes(free)} free. Nothing was "
+                          f"changed; free space there, or pass --skip-space-check if you know better")
+
+
+def check_rights(maint: Sql, db: str | None, old: dict | None) -> None:
+    """Refuse before anything is loaded when the connecting role cannot finish the
+    restore: it creates the side database (CREATEDB), and to swap it in renames and
+    later drops the current one (its owner, or a member of the owner's role;
+    PostgreSQL docs, ALTER DATABASE ... RENAME and DROP DATABASE). ``db``: the database
+    replaced (None for a new ``--target-db``); ``old``: :func:`db_info` of it.
+
+    Raises:
+        SafetyError: a right is missing (exit 3); the message names it and who has it.
+    """
+    me = maint.query("SELECT current_user AS name, rolsuper AS su, rolcreatedb AS createdb "
+                     "FROM pg_catalog.pg_roles WHERE rolname = current_user")[0]
+    if me["su"]:
+        return
+    if not me["createdb"]:
+        raise SafetyError(f"role {me['name']!r} may not create databases (no CREATEDB), so it cannot build the "
+                          f"side database a restore loads into. Nothing was changed; restore as the database's "
+                          f"owner with CREATEDB or a superuser, or run: ALTER ROLE {ident(me['name']).as_string()} "
+                          f"CREATEDB")
+    if db is not None and old is not None:
+        # USAGE, not MEMBER: a NOINHERIT member has not the owner's rights without SET ROLE
+        owns = maint.value(pgsql.SQL("SELECT pg_catalog.pg_has_role(current_user, {}, 'USAGE')").format(
+            lit(old["owner"])))
+        if not owns:
+            raise SafetyError(f"role {me['name']!r} does not own database {db!r} (its owner is {old['owner']!r}), "
+                              f"so it could load the side database but not swap it in (renaming and dropping a "
+                              f"database needs its owner). Nothing was changed; restore as {old['owner']!r} or a "
+                              f"superuser, or GRANT {ident(old['owner']).as_string()} TO "
+                              f"{ident(me['name']).as_string()}")
+
+
+def drop_db(sql: Sql, name: str) -> None:
+    """DROP DATABASE ``name`` (if it exists), its connections ended. Subscriptions in it
+    are dropped first without touching their publisher (``slot_name = NONE``): the
+    server refuses to drop a database that holds one (PostgreSQL docs, DROP SUBSCRIPTION)."""
+    subs = sql.query(pgsql.SQL(
+        "SELECT s.subname AS name FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+        "ON d.oid = s.subdbid WHERE d.datname = {}").format(lit(name)))
+    if subs:
+        stmts = [pgsql.SQL("SET default_transaction_read_only = off")]
+        for r in subs:
+            sub = ident(r["name"])
+            stmts += [pgsql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sub),
+                      pgsql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sub),
+                      pgsql.SQL("DROP SUBSCRIPTION {}").format(sub)]
+        sql.access.sql(name).execute(pgsql.SQL(";\n").join(stmts))
+    for attempt in range(3):
+        try:
+            sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
+            return
+        except PostgresError as e:
+            # FORCE signals every backend on it, autovacuum too, which a non-superuser may not;
+            # a plain DROP cancels autovacuum itself (PostgreSQL docs, DROP DATABASE)
+            if "must be" not in str(e) and "being accessed" not in str(e) or attempt == 2:
+                raise
+            try:
+                # our own sessions (a killed load's backend may still be busy with buffered
+                # rows), then a plain DROP, which cancels autovacuum itself
+                sql.query(pgsql.SQL(
+                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                    "WHERE datname = {} AND backend_type = 'client backend' AND usename = current_user "
+                    "AND pid <> pg_catalog.pg_backend_pid()").format(lit(name)))
+                time.sleep(0.5)
+                sql.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(ident(name)))
+                return
+            except PostgresError:
+                time.sleep(1)

@@ -1,0 +1,277 @@
+"""The guide's "Common Scenarios" 1, 2, 3 and 5, built from the same library calls as
+the tasks (backup, stack lifecycle, restore), each step announced before it runs.
+
+| guide | function | task |
+|---|---|---|
+| Scenario 1: Before Risky Changes | :func:`before_risky_change` | ``scenario.before-risky-change`` |
+| Scenario 2: Fresh Start (Keep Data) | :func:`fresh_start` | ``scenario.fresh-start`` |
+| Scenario 3: Complete Reset | :func:`complete_reset` | ``scenario.complete-reset`` |
+| Scenario 5: Database Corruption | :func:`recover_corruption` | ``scenario.recover-corruption`` |
+
+Scenario 4 (production data on a laptop) is ``db.pull`` + ``db.restore``.
+The callers (tasks) apply the safety policy and confirmations first.
+"""
+from __future__ import annotations
+
+from bigskies_ops import output
+from bigskies_ops.hosts import compose as cmp
+from bigskies_ops.stack import lifecycle as stack
+from bigskies_ops.jobs.backup import backup as run_backup
+from bigskies_ops.archives.catalog import latest, list_backups
+from bigskies_ops.errors import BigskiesError, SafetyError, StorageError
+from bigskies_ops.inventory import Host
+from bigskies_ops.jobs.restore import restore as run_restore
+from bigskies_ops.hosts.runners import LocalRunner, runner_for
+
+
+class Steps:
+    """Numbers and announces each step: ``Step 2/5: Stop everything (docker.down)``."""
+
+    def __init__(self, total: int, say=print):
+        self.n, self.total, self.say = 0, total, say
+        self.done: list[str] = []
+
+    def __call__(self, title: str):
+        self.n += 1
+        self.say(f"Step {self.n}/{self.total}: {title}")
+        self.done.append(title)
+
+
+def _counts(manifest: dict) -> dict:
+    return {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("tables", []) if t.get("rows") is not None}
+
+
+def _current_counts(host: Host, tables: list[str]) -> dict:
+    from bigskies_ops.pg.access import PostgresAccess
+    from bigskies_ops.jobs.restore import table_counts
+    want = [{"schema": t.split(".", 1)[0], "name": t.split(".", 1)[1]} for t in tables]
+    with PostgresAccess(host) as access:
+        got = table_counts(access.sql(host.postgres.database), want)
+    return {f"{s}.{n}": v for (s, n), v in got.items()}
+
+
+def before_risky_change(host: Host, *, restart_service: str | None = None, label: str | None = None,
+                        say=print, notify=print) -> dict:
+    """Scenario 1: back up, (optionally) restart a service as "the change", check the
+    server is up again, and say how to go back.
+
+    Raises:
+        UsageError: ``restart_service`` is not a service of the project (exit 2).
+    """
+    steps = Steps(3 if restart_service else 2, say)
+    steps("Back up the database (db.backup)")
+    res = run_backup(host, label=label or "before risky change", notify=notify, task="scenario.before-risky-change")
+    say(f"  backup: {res.backup.path}")
+    if restart_service:
+        steps(f"Make the change: restart service {restart_service!r}")
+        with runner_for(host) as runner:
+            project = cmp.resolved_config(runner, host)
+            if restart_service not in project.services:
+                from bigskies_ops.errors import UsageError
+                raise UsageError(f"{restart_service!r} is not a service of compose project {project.name!r}; "
+                                 f"its services: {', '.join(sorted(project.services))}")
+            cmp.run_compose(runner, host, "restart", restart_service)
+    steps("Check PostgreSQL accepts connections")
+    stack.wait_ready(host, timeout=60, notify=notify)
+    say(f"  If something breaks, restore: {output.hint(f'db.restore {res.backup.path} --host {host.name}')}")
+    return {"backup": res.backup.path, "steps": steps.done}
+
+
+def fresh_start(host: Host, *, timeout: float = 60.0, say=print, notify=print) -> dict:
+    """Scenario 2: back up, down, build, up (the volume persists), verify the data is intact
+    (every table's exact row count equals the backup's manifest).
+
+    Raises:
+        StorageError: the data after the restart differs from the backup (exit 1).
+    """
+    steps = Steps(5, say)
+    steps("Back up the current state (db.backup)")
+    res = run_backup(host, label="scenario fresh-start", notify=notify, task="scenario.fresh-start")
+    say(f"  backup: {res.backup.path}")
+    steps("Stop everything (docker.down)")
+    stack.down(host, notify=notify)
+    steps("Rebuild images (docker.build)")
+    stack.build(host, notify=notify)
+    steps("Start; the database persists in its volume (docker.up)")
+    stack.up(host, timeout=timeout, notify=notify)
+    steps("Verify the data is intact (row counts against the backup's manifest)")
+    want = _counts(res.manifest)
+    got = _current_counts(host, list(want))
+    diff = [f"{t}: {got.get(t)} rows, backup had {n}" for t, n in want.items() if got.get(t) != n]
+    if diff:
+        raise StorageError("data changed across down/build/up: " + "; ".join(diff[:10]) +
+                           f". The backup {res.backup.path} holds the state before.")
+    say(f"  {len(want)} tables intact")
+    return {"backup": res.backup.path, "tables_checked": len(want), "steps": steps.done}
+
+
+def _refuse(what: str, host: Host, fix: str) -> SafetyError:
+    return SafetyError(f"{what}; nothing was purged. {fix}")
+
+
+def roles_setting_check(host: Host, roles: bool, task: str) -> None:
+    """Before anything: a scenario that restores WITH roles needs backups that save them.
+
+    Raises:
+        SafetyError (exit 3): ``roles`` and ``backup.roles`` is off for ``host``.
+    """
+    if roles and not host.backup.roles:
+        raise _refuse(f"{task} restores with the cluster's roles, but {host.name}'s backups do not save them "
+                      f"(backup.roles is false), so the restore after the purge would miss them", host,
+                      f"Set backup.roles: true for {host.name} in the inventory (the default for hosts with a "
+                      f"compose block), or pass --no-roles to restore without them.")
+
+
+def restore_ready(host: Host, archive: str, *, roles: bool, task: str, notify=print) -> None:
+    """Before the first destructive step of a scenario that purges and then restores
+    ``archive``: check everything that restore needs is there and sound: the archive
+    (manifest DONE, size and sha256 as recorded, readable by pg_restore/the plain-SQL
+    checks: :func:`bigskies_ops.jobs.verify.verify_backup`, which records the verification)
+    and, with ``roles``, its roles file (present, sha256 as recorded).
+
+    Refusing is exit 3 (CONTRACTS.md s.5 "refused for safety"): nothing failed and
+    nothing changed; the tool declined a destructive step whose way back is missing.
+
+    Raises:
+        SafetyError: something is missing or does not verify (the message says what
+            and what to run).
+    """
+    import hashlib
+    import posixpath
+    from bigskies_ops.archives.catalog import read_manifest, scan_dir
+    from bigskies_ops.archives.roles import roles_path
+    from bigskies_ops.jobs.verify import verify_backup
+    runner = runner_for(host) if host.is_remote else LocalRunner()
+    try:
+        folder, name = posixpath.split(archive)
+        b = next((x for x in scan_dir(runner, folder or ".") if x.name == name), None)
+        if b is None or b.status not in ("DONE", "LEGACY"):
+            raise _refuse(f"{task} would restore {archive}, which is "
+                          f"{'missing' if b is None else 'not a finished backup (status ' + b.status + ')'}",
+                          host, f"Take a backup first: {output.hint(f'db.backup --host {host.name}')}.")
+        if roles:
+            rp = roles_path(archive)
+            want = (read_manifest(runner, archive) or {}).get("roles_sha256")
+            if not runner.exists(rp):
+                raise _refuse(f"{task} restores with roles, but {archive} has no roles file "
+                              f"({posixpath.basename(rp)})", host,
+                              f"Set backup.roles: true for {host.name} and take a backup "
+                              f"({output.hint(f'db.backup --host {host.name}')}), or pass --no-roles.")
+            got = hashlib.sha256(runner.read_bytes(rp)).hexdigest()
+            if want and got != want:
+                raise _refuse(f"{task}: the roles file of {archive} does not match its manifest (sha256 "
+                              f"{got[:12]}..., recorded {want[:12]}...)", host,
+                              f"Take a new backup ({output.hint(f'db.backup --host {host.name}')}) or pass --no-roles.")
+        # last: it records its result in the manifest (a refusal above changes nothing)
+        res = verify_backup(host, b, notify=notify, task=task)
+        if not res.ok:
+            raise _refuse(f"{task} would restore {archive}, which does not verify: {res.error}", host,
+                          f"Check it with {output.hint(f'db.verify {archive} --host {host.name}')}; take a new "
+                          f"backup or name another archive.")
+        notify(f"checked before purging: {posixpath.basename(archive)} verified"
+               + (", its roles file present" if roles else ""))
+    finally:
+        runner.close()
+
+
+def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool = True, roles: bool = True,
+                   timeout: float = 60.0, wait_migrations: bool = False, say=print, notify=print) -> dict:
+    """Scenario 3: purge (after a pre-purge backup), build, up, then restore that backup
+    (with ``roles``: the roles missing in the new cluster are created first).
+
+    Before anything is purged, what the restore needs is checked: with ``roles``, that
+    this host's backups save roles at all (before the backup is even taken), then that
+    the pre-purge backup verifies and has its roles file (:func:`restore_ready`).
+
+    Raises:
+        SafetyError: the restore's needs are missing (exit 3; nothing purged).
+        BigskiesError: any step's error; if the pre-purge backup fails nothing is purged.
+    """
+    will_restore = restore_backup and take_backup
+    if will_restore:
+        roles_setting_check(host, roles, "scenario.complete-reset")
+    total = 3 + (1 if restore_backup else 0)
+    steps = Steps(total, say)
+    steps("Purge containers and the data volume (docker.purge" + (", pre-purge backup first)" if take_backup
+                                                                   else ", NO backup)"))
+
+    def backup_then_check(h, **kw):
+        res = run_backup(h, **kw)
+        if will_restore:
+            restore_ready(h, res.backup.path, roles=roles, task="scenario.complete-reset", notify=notify)
+        return res
+    pres = stack.purge(host, take_backup=take_backup, notify=notify, backup_fn=backup_then_check)
+    if pres["backup"]:
+        say(f"  pre-purge backup: {pres['backup']}")
+    steps("Rebuild images (docker.build)")
+    stack.build(host, notify=notify)
+    steps("Start fresh (docker.up)")
+    stack.up(host, timeout=timeout, wait_for_migrations=wait_migrations, notify=notify)
+    out = {"backup": pres["backup"], "restored": None, "steps": steps.done}
+    if restore_backup:
+        if not pres["backup"]:
+            say("  nothing to restore (no pre-purge backup was taken)")
+        else:
+            steps(f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})")
+            rr = run_restore(host, pres["backup"], roles=roles, skip_missing_roles=not roles, terminate_sessions=True,
+                             notify=notify)
+            out["restored"] = rr.archive
+            out["coordinators"] = rr.coordinators
+    return out
+
+
+def recover_corruption(host: Host, *, archive: str | None = None, timeout: float = 60.0,
+                       migrations_timeout: float = 120.0, roles: bool = True, say=print, notify=print) -> dict:
+    """Scenario 5: stop coordinators, try a backup (it may fail), recreate the volume
+    (down, delete the volume, up, wait for the migrations), restore the given archive or
+    the newest good backup (the one just taken when it succeeded).
+
+    What the restore needs (the archive verified, its roles file with ``roles``) is
+    checked before the volume is deleted (:func:`restore_ready`).
+
+    Raises:
+        StorageError: no good backup to restore from (checked before anything is deleted).
+        SafetyError: the archive or its roles file is missing or does not verify (exit 3).
+    """
+    roles_setting_check(host, roles, "scenario.recover-corruption")
+    if archive is not None:  # named: check it before stopping anything
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
+    steps = Steps(6, say)
+    steps("Stop the coordinators")
+    with runner_for(host) as runner:
+        project = cmp.resolved_config(runner, host)
+        cmp.check_coordinators(host, project)
+        running = cmp.running_services(runner, host, project, list(host.coordinators))
+        cmp.stop_services(runner, host, [c for c in host.coordinators if c in running], project)
+    steps("Try to back up (may fail on a corrupt database)")
+    fresh = None
+    try:
+        fresh = run_backup(host, label="scenario recover-corruption", notify=notify,
+                           task="scenario.recover-corruption")
+        say(f"  backup: {fresh.backup.path}")
+    except BigskiesError as e:
+        say(f"  backup failed ({e}); restoring from the last known good backup")
+    if archive is None:
+        if fresh is not None:
+            archive = fresh.backup.path
+        else:
+            b = latest(list_backups(runner_for(host) if host.is_remote else LocalRunner(), host.backup.dir),
+                       database=host.postgres.database, origin_host=host.name)
+            if b is None:
+                raise StorageError(f"no good backup of {host.postgres.database!r} in {host.backup.dir}; "
+                                   f"nothing was deleted")
+            archive = b.path
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
+    say(f"  will restore: {archive}")
+    steps("Delete the data volume (docker.purge --no-backup)")
+    stack.purge(host, take_backup=False, notify=notify)
+    steps("Start fresh (docker.up)")
+    stack.up(host, timeout=timeout, notify=notify)
+    steps("Wait for the bootstrap migrations")
+    try:
+        stack.wait_migrations(host, timeout=migrations_timeout, notify=notify)
+    except BigskiesError as e:
+        say(f"  warning: {e}")
+    steps("Restore (db.restore)")
+    rr = run_restore(host, archive, roles=roles, skip_missing_roles=not roles, terminate_sessions=True, notify=notify)
+    return {"backup": fresh.backup.path if fresh else None, "restored": rr.archive, "steps": steps.done}
