@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from datetime import datetime
-
 from typing import TYPE_CHECKING
-
-from bigskies_ops.archives.catalog import Backup, human_age, human_bytes, utcnow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,7 +94,7 @@ def _write(stream, text: str) -> None:
         try:
             stream.write(text)
         except UnicodeEncodeError:  # a name's bytes that are not UTF-8 (SQL_ASCII): shown as \xNN
-            from bigskies_ops.pg.access import printable
+            from bigskies_ops.text import printable
             stream.write(printable(text).encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
                          .decode(getattr(stream, "encoding", None) or "utf-8"))
         stream.flush()
@@ -115,7 +111,7 @@ def discard(stream) -> None:
 
 
 def emit_json(obj) -> None:
-    from bigskies_ops.archives.catalog import json_bytes  # (\uXXXX escapes for a name whose bytes are not UTF-8)
+    from bigskies_ops.text import json_bytes
     text = json_bytes(obj).decode()
     try:
         sys.stdout.write(text)
@@ -163,34 +159,6 @@ def literal_table(**kw) -> "Table":
         def add_row(self, *cells, **kwargs):
             super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
     return LiteralTable(**kw)
-
-
-def backups_table(backups: list[Backup], now: datetime | None = None) -> "Table":
-    from rich import box  # (imported here: a task that prints no table does not pay for it)
-    now = now or utcnow()
-    t = literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("#", "started (UTC)", "age", "size", "format", "kind", "status", "verified", "file"):
-        t.add_column(col, no_wrap=col != "file", justify="right" if col in ("#", "size") else "left")
-    for i, b in enumerate(backups, 1):
-        started = b.started_at
-        when = (started.strftime("%Y-%m-%d %H:%M:%S") if started else "-") + ("?" if b.legacy else "")
-        future = b.in_future(now)
-        t.add_row(str(i), when + (" !" if future else ""),
-                  f"{human_age(now, started)} ahead" if future else human_age(started, now),
-                  human_bytes(b.size), b.format or "-",
-                  b.kind + ("" if b.legacy or b.complete else f" ({b.contents})"),
-                  (b.status.lower() if b.status != "LEGACY" else "legacy") + (", FUTURE" if future else ""),
-                  "yes" if b.verified else "no", (f"{b.origin_dir}/" if b.origin_dir else "") + b.name)
-    return t
-
-
-def future_note(backups: list[Backup], now: datetime | None = None) -> str | None:
-    """The line under a listing that holds archives dated in the future (None: none)."""
-    ahead = [b for b in backups if b.in_future(now)]
-    if not ahead:
-        return None
-    return (f"! dated in the future by this machine's clock ({len(ahead)}: {', '.join(b.name for b in ahead[:3])}"
-            f"{' ...' if len(ahead) > 3 else ''}): a clock is wrong; never taken as 'latest' (name the file to use it)")
 
 
 def print_table(t: "Table") -> None:

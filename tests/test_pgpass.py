@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from bigskies_ops.jobs.pgpass import Entry, PgpassError, converge_text, escape, split_fields
+from bigskies_ops.pg.pgpass import Entry, PgpassError, converge_text, escape, split_fields
 from tests.conftest import PASSWORD, PASSWORD_ENV, cli, native_host, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.remote_helpers import ssh_block

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql as pgsql
 
-from bigskies_ops.jobs.pgpass import escape
+from bigskies_ops.pg.pgpass import escape
 from tests.conftest import PASSWORD, PASSWORD_ENV, REPO, write_inventory
 from tests.infra.podman import PG_BINDIR
 from tests.remote_helpers import ssh_block

@@ -20,7 +20,7 @@ from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, 
 
 #: every role missing: the statements naming one are skipped (db.restore --skip-missing-roles)
 SKIP_ALL = RolePolicy(frozenset(), skip_missing=True)
-from bigskies_ops.jobs.backup import split_qualified
+from bigskies_ops.archives.plainsql import split_qualified
 from bigskies_ops.pg.access import pgpass_escape
 from bigskies_ops.hosts.runners import redact_argv
 

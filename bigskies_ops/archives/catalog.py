@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bigskies_ops.errors import StorageError
+from bigskies_ops.text import human_age, json_bytes
 
 SCHEMA_VERSION = 1
 EXTENSIONS = {"plain": "sql.gz", "custom": "dump"}
@@ -294,17 +295,6 @@ def write_manifest(runner, archive_path: str, manifest: dict) -> None:
     runner.write_atomic(archive_path + MANIFEST_SUFFIX, json_bytes(manifest))
 
 
-def json_bytes(obj) -> bytes:
-    """``obj`` as indented UTF-8 JSON. A name read from a SQL_ASCII database may hold bytes
-    that are not UTF-8 (lone surrogates, ``access.decode_out``): then the text is written
-    with ``\\uXXXX`` escapes, which read back to exactly the same name."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    try:
-        return text.encode() + b"\n"
-    except UnicodeEncodeError:
-        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, default=str).encode() + b"\n"
-
-
 def read_manifest(runner, archive_path: str) -> dict | None:
     p = archive_path + MANIFEST_SUFFIX
     if not runner.exists(p):
@@ -315,25 +305,3 @@ def read_manifest(runner, archive_path: str) -> dict | None:
         raise StorageError(f"{p}: manifest is not valid JSON ({e})") from e
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    f = float(n)
-    for u in units:
-        if f < 1024 or u == units[-1]:
-            return f"{f:.0f} {u}" if u == "B" else f"{f:.1f} {u}"
-        f /= 1024
-    return f"{n} B"
-
-
-def human_age(dt: datetime | None, now: datetime | None = None) -> str:
-    if dt is None:
-        return "-"
-    s = int(((now or utcnow()) - dt).total_seconds())
-    if s < 0:
-        return "in the future"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"

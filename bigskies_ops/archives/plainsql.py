@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bigskies_ops.jobs.backup import COPY_RE, split_qualified
 from bigskies_ops.errors import ArchiveError
+
+
 #: one token of a DDL statement: a quoted name, a string literal, a dollar-quoted body,
 #: a word, a number, or one other character (whitespace and ``--`` comments are skipped)
 _TOK = re.compile(rb"""\s+|--[^\n]*|"(?:[^"]|"")*"|'(?:[^']|'')*'|\$([A-Za-z_\x80-\xff][A-Za-z_0-9\x80-\xff]*)?\$.*?\$\1\$"""
@@ -604,7 +605,6 @@ class OwnerAclFilter:
         if core.startswith(b"SET client_encoding"):  # pg_dump's first SET: the dump's encoding
             m = re.search(rb"'([A-Za-z0-9_]+)'", core)
             if m:
-                from bigskies_ops.jobs.backup import PY_CODECS
                 self.codec = PY_CODECS.get(m.group(1).decode().upper(), "utf-8")
         kind, names = statement_roles(core, self.codec)
         if names:
@@ -661,3 +661,27 @@ class CopyTags:
         return out
 
 
+COPY_RE = re.compile(rb'^COPY ((?:"(?:[^"]|"")*"|[^".\s(]+)\.(?:"(?:[^"]|"")*"|[^".\s(]+)) ', re.M)
+
+
+def split_qualified(q: str) -> tuple[str, str]:
+    """``"My Schema"."T"`` -> ``("My Schema", "T")``; ``public.users`` -> ``("public", "users")``."""
+    parts = [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
+             for m in IDENT_RE.finditer(q)]
+    if len(parts) != 2:
+        raise ValueError(q)
+    return parts[0], parts[1]
+
+
+#: PostgreSQL server encodings -> Python codecs, for names as pg_dump writes them
+PY_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
+             "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
+             "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
+             "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
+             "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
+             "WIN1258": "cp1258", "WIN866": "cp866", "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u",
+             "EUC_JP": "euc-jp", "EUC_KR": "euc-kr", "EUC_CN": "gb2312", "ISO_8859_5": "iso8859-5",
+             "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8"}
+
+
+IDENT_RE = re.compile(r'"((?:[^"]|"")*)"|([^".\s(]+)')

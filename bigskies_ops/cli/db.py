@@ -8,9 +8,11 @@ import sys
 from invoke import Collection
 
 from bigskies_ops import output
+from bigskies_ops.cli import render
 from bigskies_ops.pg.access import PostgresAccess, classify_pg_error
 from bigskies_ops.jobs.backup import backup as run_backup
-from bigskies_ops.archives.catalog import human_bytes, list_backups
+from bigskies_ops.archives.catalog import list_backups
+from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
 from bigskies_ops.hosts.runners import LocalRunner, runner_for, tail
@@ -95,8 +97,8 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     output.say(f"   Took: {m['duration_s']:.1f} s (pg_dump {m['pg_dump_version']}, server {m['server_version']})")
     output.say()
     output.say("Recent backups:")
-    output.print_table(output.backups_table(list_backups(LocalRunner(), h.backup.dir)[:5]) if not h.is_remote
-                       else output.backups_table(list_backups(runner_for(h), h.backup.dir)[:5]))
+    output.print_table(render.backups_table(list_backups(LocalRunner(), h.backup.dir)[:5]) if not h.is_remote
+                       else render.backups_table(list_backups(runner_for(h), h.backup.dir)[:5]))
     output.say()
     output.say("To restore this backup:")
     if copy:  # already here: restore the local copy
@@ -153,10 +155,10 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
         for sub, n in sorted(pulled.items()):
             output.say(f"  {n} pulled from {sub}: {output.hint(f'db.list --host {h.name} --origin {sub}')}")
         return
-    output.print_table(output.backups_table(backups))
+    output.print_table(render.backups_table(backups))
     if any(b.legacy for b in backups):
         output.say("? legacy file without a manifest: time zone unknown, not verified")
-    note = output.future_note(backups)
+    note = render.future_note(backups)
     if note:
         output.say(note)
 

@@ -1,7 +1,7 @@
 """``db.migrate``, ``db.migrations``, ``db.pgpass``: schema migrations and credential files.
 
 Registered into the ``db`` namespace by cli/db.py. The library is
-bigskies_ops.jobs.migrations and bigskies_ops.jobs.pgpass; docs/migrations.md and
+bigskies_ops.jobs.migrations and bigskies_ops.pg.pgpass; docs/migrations.md and
 docs/credentials.md describe the behaviour.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from bigskies_ops import output
 from bigskies_ops.errors import SafetyError, UsageError
 from bigskies_ops.jobs.migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
-from bigskies_ops.jobs.pgpass import converge
+from bigskies_ops.pg.pgpass import converge
 from bigskies_ops.safety import check_destructive
 from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 

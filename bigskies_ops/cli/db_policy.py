@@ -6,7 +6,7 @@ from __future__ import annotations
 from invoke import Exit
 
 from bigskies_ops import output
-from bigskies_ops.archives.catalog import human_age, human_bytes
+from bigskies_ops.text import human_age, human_bytes
 from bigskies_ops.errors import BigskiesError, UsageError
 from bigskies_ops.safety import check_destructive
 from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host,

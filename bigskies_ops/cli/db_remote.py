@@ -8,7 +8,9 @@ import time
 from invoke import Exit
 
 from bigskies_ops import output
-from bigskies_ops.archives.catalog import human_bytes, list_backups
+from bigskies_ops.cli import render
+from bigskies_ops.archives.catalog import list_backups
+from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.fleet import exit_code, prefixed, run_on_hosts
 from bigskies_ops.inventory import Host, Inventory
@@ -258,7 +260,7 @@ def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None
             elif not o.data:
                 output.say("no backups")
             else:
-                output.print_table(output.backups_table(o.data))
+                output.print_table(render.backups_table(o.data))
             output.say()
     _recap(outcomes, json, extra=lambda o: {"backups": [b.to_json() for b in (o.data or [])]})
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from bigskies_ops import output
 from bigskies_ops.stack import lifecycle as stack
-from bigskies_ops.archives.catalog import human_bytes
+from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
 from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
 

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from bigskies_ops import __version__
 from bigskies_ops.archives import gz
 from bigskies_ops.pg.access import PostgresAccess, SqlSession, ident, lit, pgsql
-from bigskies_ops.archives.catalog import (PARTIAL_SUFFIX, Backup, archive_name, human_bytes, iso, latest, list_backups, parse_archive_name,
-                      read_manifest, utcnow, write_manifest)
+from bigskies_ops.pg.admin import database_properties_sql
+from bigskies_ops.archives.plainsql import PY_CODECS
+from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, Backup, archive_name, iso, latest, list_backups, parse_archive_name, read_manifest, utcnow, write_manifest
+from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import BigskiesError, CommandError, Interrupted, PostgresError, StorageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
@@ -94,18 +96,6 @@ WHERE c.relkind IN ('r', 'p', 'f') AND c.relfilenode <> coalesce(pg_catalog.pg_r
 MIGRATION_HEAD_SQL = """
 SELECT to_regclass('public.schema_migrations') IS NOT NULL AS present
 """
-
-COPY_RE = re.compile(rb'^COPY ((?:"(?:[^"]|"")*"|[^".\s(]+)\.(?:"(?:[^"]|"")*"|[^".\s(]+)) ', re.M)
-IDENT_RE = re.compile(r'"((?:[^"]|"")*)"|([^".\s(]+)')
-
-
-def split_qualified(q: str) -> tuple[str, str]:
-    """``"My Schema"."T"`` -> ``("My Schema", "T")``; ``public.users`` -> ``("public", "users")``."""
-    parts = [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
-             for m in IDENT_RE.finditer(q)]
-    if len(parts) != 2:
-        raise ValueError(q)
-    return parts[0], parts[1]
 
 
 @dataclass
@@ -256,31 +246,6 @@ class _Sink:
     def finish(self):
         if self.comp is not None:
             self._emit(self.comp.flush())
-
-
-def database_properties_sql(database: str | None = None) -> pgsql.Composable:
-    """What a plain ``pg_dump`` (without ``--create``) leaves out of the archive but the
-    database had: its settings (``ALTER DATABASE ... SET``), its roles' settings in it
-    (``ALTER ROLE ... IN DATABASE ... SET``), its privileges, owner and comment (pg_dump
-    docs, ``--create``; pg_dumpall dumps the role settings). The backup records the row
-    in the manifest as ``database_properties``; a restore gives them back
-    (restore.apply_properties). Settings are the server's own ``name=value`` strings
-    (pg_db_role_setting), privileges the ``aclitem`` texts (None: the defaults).
-
-    Args:
-        database: the database to describe (default: the session's own).
-    """
-    return pgsql.SQL(
-        "SELECT (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s "
-        "        WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings, "
-        "  (SELECT coalesce(json_agg(json_build_object('role', r.rolname, 'settings', s.setconfig) "
-        "                            ORDER BY r.rolname), '[]') "
-        "   FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
-        "   WHERE s.setdatabase = d.oid) AS role_settings, "
-        "  d.datacl::text[] AS acl, pg_catalog.pg_get_userbyid(d.datdba) AS owner, "
-        "  pg_catalog.shobj_description(d.oid, 'pg_database') AS comment "
-        "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(
-            pgsql.SQL("current_database()") if database is None else lit(database))
 
 
 def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) -> tuple[str, list[dict]]:
@@ -675,17 +640,6 @@ def _pump(stream, q: "queue.Queue") -> None:
         q.put(e)
 
 
-#: PostgreSQL server encodings -> Python codecs, for names as pg_dump writes them
-PY_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
-             "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
-             "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
-             "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
-             "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
-             "WIN1258": "cp1258", "WIN866": "cp866", "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u",
-             "EUC_JP": "euc-jp", "EUC_KR": "euc-kr", "EUC_CN": "gb2312", "ISO_8859_5": "iso8859-5",
-             "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8"}
-
-
 def as_listed(name: str, server_encoding: str | None) -> str:
     """``name`` as it reads in ``pg_restore -l`` output decoded as UTF-8 with replacement:
     pg_dump writes names in the database's encoding (a LATIN1 ``café`` is the byte 0xE9,
@@ -950,8 +904,8 @@ def _backup_locked(access, host, bdir, db, fmt, level, label, kind, excl, schema
                                    f"(file system full)") from err
             raise err
         if direct:  # one read of the fresh file, from the page cache
-            from bigskies_ops.jobs.restore import _sha256
-            digest, size = _sha256(runner, partial)
+            from bigskies_ops.archives.hashing import sha256_file
+            digest, size = sha256_file(runner, partial)
             if progress:
                 progress(size, size)
         else:

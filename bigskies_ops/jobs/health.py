@@ -29,7 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from bigskies_ops.archives.catalog import Backup, human_bytes, iso, list_backups, parse_iso, utcnow
+from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, utcnow
+from bigskies_ops.text import human_bytes
 from bigskies_ops.inventory import Host
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
@@ -282,7 +283,7 @@ def _clock(host: Host, skew: float | None, why: str | None) -> Check:
 
 
 def _future(ahead: list[Backup], now: datetime, server_now: datetime | None) -> Check:
-    from bigskies_ops.archives.catalog import human_age
+    from bigskies_ops.text import human_age
     b = max(ahead, key=lambda x: x.started_at)
     names = ", ".join(x.name for x in ahead[:3]) + (" ..." if len(ahead) > 3 else "")
     msg = (f"{len(ahead)} archive(s) dated in the future ({names}; newest {iso(b.started_at)}, "

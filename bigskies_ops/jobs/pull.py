@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 from bigskies_ops import __version__
 from bigskies_ops.archives import gz
+from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.jobs.backup import (COPY_RE, BackupResult, RowCounter, _keep_session_while_idle, _pick_name, check_backup_space,
-                     lock_timeout_error, publish, record_failure, settle_interrupted, snapshot_facts,
-                     split_qualified, stream_manifest_tables)
+from bigskies_ops.jobs.backup import BackupResult, RowCounter, _keep_session_while_idle, _pick_name, check_backup_space, lock_timeout_error, publish, record_failure, settle_interrupted, snapshot_facts, stream_manifest_tables
+from bigskies_ops.archives.plainsql import COPY_RE, split_qualified
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
 from bigskies_ops.errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
@@ -585,7 +585,7 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
             with host_lock(lr, pdir, src.name, lock_db, "db.pull --existing", notify=notify):
                 if lr.exists(final):
                     man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
-                    have_sha, have_size = _sha256_local(final)
+                    have_sha, have_size = sha256_file(LocalRunner(), final)
                     if (have_sha, have_size) == (want_sha, want_size):
                         here = read_manifest(lr, final)
                         if man is not None and (here or {}).get("status") != "DONE":
@@ -707,12 +707,6 @@ def _resolve_latest(runner, src: Host, db: str) -> str:
     if b is None:
         raise ArchiveError(f"no DONE backup of {db!r} in {src.name}:{src.backup.dir}")
     return b.path
-
-
-def _sha256_local(path: str) -> tuple[str, int]:
-    """sha256 hex and size of a local file (the one chunked hasher, restore._sha256)."""
-    from bigskies_ops.jobs.restore import _sha256
-    return _sha256(LocalRunner(), path)
 
 
 class _FollowHash(threading.Thread):

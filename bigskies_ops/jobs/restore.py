@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 
 from bigskies_ops.archives import gz
+from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
 from bigskies_ops.pg.admin import (acl_items, apply_properties, check_rights, check_space, create_like, database_properties,
                       db_info, drop_db, sessions_on)
@@ -153,19 +154,6 @@ def _sniff(runner, path: str) -> bytes:
         return f.read(65536)
 
 
-def _sha256(runner, path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with runner.open_read(path) as f:
-        while True:
-            b = f.read(CHUNK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
-
-
 def _gzip_full_check(runner, path: str) -> bytes:
     """Decompress the whole file; return the last 8 KiB of the SQL. Raises ArchiveError."""
     tail_b = b""
@@ -228,7 +216,7 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         if man.get("status") != "DONE":
             raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
                                f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
-        digest, size = _sha256(lr, path)
+        digest, size = sha256_file(lr, path)
         if man.get("bytes") is not None and size != man["bytes"]:
             raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
                                f"(truncated or changed)")
@@ -750,7 +738,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         # the database's own settings, privileges and comment (not in a plain pg_dump): the
         # backup's, or for an archive without them the current database's
         props = (info.manifest or {}).get("database_properties") or (database_properties(maint, db) if old else None)
-        warnings = apply_properties(maint, side, props, policy, notify) if props else []
+        warnings = apply_properties(maint, side, props, policy.existing if policy is not None else None, notify) if props else []
         comment = lit((props or {}).get("comment"))
         if target_db is not None or old is None:
             name = target_db or db

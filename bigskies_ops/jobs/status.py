@@ -1,7 +1,8 @@
 """``db.status``: is the server up, how is it reached, how big is the database, which tables."""
 from __future__ import annotations
 
-from bigskies_ops.pg.access import PostgresAccess, printable
+from bigskies_ops.pg.access import PostgresAccess
+from bigskies_ops.text import printable
 from bigskies_ops.jobs.backup import migration_head
 from bigskies_ops.errors import PostgresError
 from bigskies_ops.inventory import Host

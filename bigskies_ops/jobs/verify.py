@@ -228,12 +228,12 @@ def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bo
 
 def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, local_path: str | None = None) -> bool:
     from bigskies_ops.archives.catalog import SCHEMA_VERSION, parse_archive_name
-    from bigskies_ops.jobs.restore import _sha256
+    from bigskies_ops.archives.hashing import sha256_file
     from bigskies_ops.hosts.runners import LocalRunner
     p = parse_archive_name(b.name)
     if p is None:
         return False
-    digest, size = _sha256(LocalRunner(), local_path) if local_path else _sha256(runner, b.path)
+    digest, size = sha256_file(LocalRunner(), local_path) if local_path else sha256_file(runner, b.path)
     rt = entry.get("restore_test") or {}
     man = {
         "schema_version": SCHEMA_VERSION, "tool": f"bigskies-ops {__version__}", "status": "DONE", "phase": None,

@@ -153,11 +153,11 @@ class PostgresAccess:
                 self.runner.write_atomic(path, f"*:*:*:*:{pgpass_escape(pw)}\n".encode(), mode=0o600)
                 env["PGPASSFILE"] = path
         elif self.host.postgres.passfile and not self.host.container:
-            from bigskies_ops.jobs.pgpass import check_mode  # libpq only WARNS and ignores a too-open file: refuse it
+            from bigskies_ops.pg.pgpass import check_mode  # libpq only WARNS and ignores a too-open file: refuse it
             check_mode(self.runner, self.host.postgres.passfile, self.host.name)
             env["PGPASSFILE"] = self.host.postgres.passfile
         elif not self.host.container and not self.runner.is_remote:
-            from bigskies_ops.jobs.pgpass import check_mode
+            from bigskies_ops.pg.pgpass import check_mode
             check_mode(self.runner, os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass"),
                        self.host.name)
         self._secret_env = env
@@ -320,14 +320,6 @@ def decode_out(data: bytes) -> str:
     (a name in a SQL_ASCII database) becomes a lone surrogate, so it can be sent back
     exactly (:func:`encode_sql`) and shown escaped (:func:`printable`)."""
     return data.decode("utf-8", "surrogateescape")
-
-
-def printable(name: str) -> str:
-    """A name for humans and for JSON text: a byte that is not UTF-8 is shown as
-    ``\\xNN`` (e.g. ``caf\\xe9`` for LATIN1 bytes in a SQL_ASCII database)."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in name):
-        return name
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def session_setup(lock_timeout_s: float = 0) -> str:

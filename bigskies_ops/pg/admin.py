@@ -11,7 +11,6 @@ import time
 
 from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
 from bigskies_ops.errors import BigskiesError, PostgresError, SafetyError
-from bigskies_ops.archives.plainsql import RolePolicy
 from bigskies_ops.hosts.runners import tail
 
 
@@ -144,16 +143,17 @@ def acl_items(acl) -> list[tuple[str | None, str, bool]]:
 
 def database_properties(maint: Sql, name: str) -> dict | None:
     """The properties of database ``name`` (backup.database_properties_sql), or None."""
-    from bigskies_ops.jobs.backup import database_properties_sql
     rows = maint.query(database_properties_sql(name))
     return rows[0] if rows else None
 
 
-def apply_properties(maint: Sql, name: str, props: dict, policy: RolePolicy | None, notify) -> list[str]:
+def apply_properties(maint: Sql, name: str, props: dict, existing: frozenset | None, notify) -> list[str]:
     """Give database ``name`` the settings, role settings and privileges of ``props``
-    (backup.database_properties_sql) after its data is loaded. The comment comes with
-    the swap. Returns warnings: a setting or privilege the restoring user may not set,
-    with the command that sets it, or one naming a role missing here (skipped)."""
+    (:func:`database_properties_sql`) after its data is loaded. The comment comes with
+    the swap. ``existing``: the roles of this cluster, whose absence skips a role's
+    settings and privileges (None: none skipped). Returns warnings: a setting or
+    privilege the restoring user may not set, with the command that sets it, or one
+    naming a role missing here (skipped)."""
     warnings: list[str] = []
     db = ident(name)
 
@@ -164,7 +164,6 @@ def apply_properties(maint: Sql, name: str, props: dict, policy: RolePolicy | No
             text = stmt.as_string() if hasattr(stmt, "as_string") else str(stmt)
             warnings.append(f"{what} was not restored ({str(e).splitlines()[-1][:200]}); run as a superuser: "
                             f"{text.replace(ident(name).as_string(), '<database>')}")
-    existing = policy.existing if policy is not None else None
     for setting in props.get("settings") or []:
         run(set_config_sql(pgsql.SQL("ALTER DATABASE {}").format(db), setting), f"setting {setting!r}")
     for rs in props.get("role_settings") or []:
@@ -231,7 +230,7 @@ def check_space(access: PostgresAccess, maint: Sql, info, notify) -> None:
         SafetyError: too little free space (exit 3), naming both figures and
             ``--skip-space-check``.
     """
-    from bigskies_ops.archives.catalog import human_bytes
+    from bigskies_ops.text import human_bytes
     size = ((getattr(info, "manifest", None) or {}).get("database_bytes"))
     if size is None:
         notify("note: free space on the server not checked (the backup did not record its database's size)")
@@ -315,3 +314,28 @@ def drop_db(sql: Sql, name: str) -> None:
                 return
             except PostgresError:
                 time.sleep(1)
+
+
+def database_properties_sql(database: str | None = None) -> pgsql.Composable:
+    """What a plain ``pg_dump`` (without ``--create``) leaves out of the archive but the
+    database had: its settings (``ALTER DATABASE ... SET``), its roles' settings in it
+    (``ALTER ROLE ... IN DATABASE ... SET``), its privileges, owner and comment (pg_dump
+    docs, ``--create``; pg_dumpall dumps the role settings). The backup records the row
+    in the manifest as ``database_properties``; a restore gives them back
+    (restore.apply_properties). Settings are the server's own ``name=value`` strings
+    (pg_db_role_setting), privileges the ``aclitem`` texts (None: the defaults).
+
+    Args:
+        database: the database to describe (default: the session's own).
+    """
+    return pgsql.SQL(
+        "SELECT (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s "
+        "        WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings, "
+        "  (SELECT coalesce(json_agg(json_build_object('role', r.rolname, 'settings', s.setconfig) "
+        "                            ORDER BY r.rolname), '[]') "
+        "   FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
+        "   WHERE s.setdatabase = d.oid) AS role_settings, "
+        "  d.datacl::text[] AS acl, pg_catalog.pg_get_userbyid(d.datdba) AS owner, "
+        "  pg_catalog.shobj_description(d.oid, 'pg_database') AS comment "
+        "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(
+            pgsql.SQL("current_database()") if database is None else lit(database))
