@@ -22,6 +22,8 @@ demo: $(STAMP)
 ## make test: install what the suite needs (root + apt), then run the whole suite against real services
 test: $(STAMP)
 	sh scripts/install-test-deps.sh
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/structure.py
 	$(BIN)/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)

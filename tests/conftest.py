@@ -36,7 +36,7 @@ MODULE_SECONDS = {
     "test_container_mode": 95, "test_interrupts_and_usage": 65, "test_verify": 64, "test_secrets": 50,
     "test_restore_counts": 48, "test_schedule": 46, "test_sampledata": 44, "test_health": 43,
     "test_fleet": 31, "test_pgpass": 28, "test_inventory_cli": 25, "test_ssh": 23, "test_retention": 20,
-    "test_infra": 17, "test_stream_counts": 60, "test_parload": 45, "test_breakit_parload": 30,
+    "test_infra": 17, "test_stream_counts": 60, "test_parload": 45, "test_parallel_load_edge_cases": 30, "test_plain_archive_edge_cases": 20,
     # tests/fidelity (issue 15): a full -n 2 run (26:46 on a machine also running other suites),
     # scaled by test_stack's 406/477 to this table's scale
     "test_fidelity_roundtrip_b": 158, "test_fidelity_roundtrip_a": 155, "test_fidelity_pull": 86,

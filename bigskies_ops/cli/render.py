@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bigskies_ops.archives.catalog import Backup, utcnow
 from bigskies_ops.output import literal_table
 from bigskies_ops.text import human_age, human_bytes
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def backups_table(backups: list[Backup], now: datetime | None = None) -> "Table":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
 import uuid
 from pathlib import Path
 

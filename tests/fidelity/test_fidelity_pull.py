@@ -1,7 +1,7 @@
 """Restore fidelity through ``db.pull --from prod --to dev --restore`` (issue 15).
 
 prod is PostgreSQL in a podman container reached over the test sshd (as in
-tests/test_pull.py); dev is the native test cluster. For a subset of the corpus the
+tests/integration/pull/test_pull.py); dev is the native test cluster. For a subset of the corpus the
 pulled archive (plain, prod's default format) restored on dev must equal PostgreSQL's
 own serial load of that same archive, and dev's database-level facts must be prod's
 at the time of the pull.

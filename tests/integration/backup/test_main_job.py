@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tests.conftest import cli, native_host, new_db_from_template, drop_db_and_copies, write_inventory
-from tests.pgcheck import db_fingerprint, dir_hashes
+from tests.pgcheck import db_fingerprint
 
 
 def _manifest(path):

@@ -1,6 +1,6 @@
-"""Break-it trials of the parallel plain-dump loader (bigskies_ops.jobs.parload).
+"""Edge cases of the parallel plain-dump loader (bigskies_ops.jobs.parload).
 
-Each trial writes a small hand-crafted plain dump (a pg_dump header, then SQL), loads
+Each case writes a small hand-crafted plain dump (a pg_dump header, then SQL), loads
 it with :func:`load_plain_parallel` and, as the oracle, with psql alone (what
 ``--jobs 1`` and any DBA would do), and compares every table, sequence and large
 object by the test's own queries (tests/pgcheck.py). The parallel loader must either
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.errors import ArchiveError
 from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.restore import RESTORE_PGOPTIONS
 from tests.conftest import REPO, cli
 from tests.pgcheck import db_fingerprint
-from tests.test_parload import BIN, _access, _children, _fresh
+from tests.integration.restore.test_parload import BIN, _access, _children, _fresh
 
 HEAD = ("--\n-- PostgreSQL database dump\n--\n\n-- Dumped from database version 15.8\n"
         "-- Dumped by pg_dump version 15.8\n\nSET statement_timeout = 0;\nSET client_encoding = 'UTF8';\n"

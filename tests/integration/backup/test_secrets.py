@@ -55,7 +55,7 @@ def container_secret_role(pg_container):
                 "-c", "SELECT 1", check=False)
     assert r.returncode != 0 and b"no password supplied" in r.stderr   # the password really matters
     yield SECRET_ROLE
-    # leave the shared session container as we found it (tests/test_infra.py checks its pg_hba rules)
+    # leave the shared session container as we found it (tests/integration/dev/test_infra.py checks its pg_hba rules)
     pc.exec("/bin/sh", "-c", f"sed -i '/^local all {SECRET_ROLE} /d' /var/lib/postgresql/data/pg_hba.conf")
     pc.exec_psql(f"SELECT pg_reload_conf(); DROP ROLE IF EXISTS {SECRET_ROLE};")
 

@@ -7,7 +7,7 @@ import json
 from tests.conftest import cli
 from tests.infra.sshd import free_port
 from tests.remote_helpers import ssh_block
-from tests.test_pull import _archives, env, prod_db, prod_template, world  # noqa: F401 - fixtures
+from tests.integration.pull.test_pull import _archives, env, prod_db, prod_template, world  # noqa: F401,F811 - fixtures
 
 
 def test_backup_on_a_comma_list_runs_every_host_and_recaps_a_failure(world, ssh_server, env):

@@ -436,7 +436,7 @@ def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_
     with TableLock(pg_container, w.prod_db):
         p = subprocess.Popen(
             [os.sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev",
-             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[1]),
+             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[3]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: pg_dump_waiting(pg_container, w.prod_db), 60, "pg_dump blocked on the lock")
@@ -528,7 +528,7 @@ def _psql_session(argv, env, script):
     import select
     master, slave = pty.openpty()
     p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
-                         cwd=str(Path(__file__).resolve().parents[1]))
+                         cwd=str(Path(__file__).resolve().parents[3]))
     os.close(slave)
     out = b""
     steps = list(script)
@@ -656,7 +656,7 @@ def test_a_signal_stops_pull_restore_at_once_even_while_pg_dump_waits(world, pg_
     with TableLock(pg_container, w.prod_db):
         p = subprocess.Popen(
             [sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev",
-             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[1]),
+             "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[3]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background make test ignores it
         try:

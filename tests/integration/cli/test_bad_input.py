@@ -20,7 +20,7 @@ import pytest
 
 from bigskies_ops.pg.tools import bump_custom_header_minor
 from bigskies_ops.dev.sandbox import free_port
-from tests.conftest import (PASSWORD, PASSWORD_ENV, REPO, TEMPLATE_DB, cli, native_host, new_db_from_template,
+from tests.conftest import (PASSWORD, PASSWORD_ENV, REPO, cli, native_host, new_db_from_template,
                             drop_db_and_copies, write_inventory)
 from tests.pgcheck import db_fingerprint, dir_hashes
 

@@ -20,7 +20,7 @@ from bigskies_ops.dev import sampledata
 from bigskies_ops.errors import CommandError
 from bigskies_ops.dev.sandbox import Cluster, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SQL_DIR = REPO / "configs" / "sql"
 DB = "bigskies"
 

@@ -10,11 +10,9 @@ import json
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import pytest

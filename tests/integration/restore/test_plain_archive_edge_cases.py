@@ -1,6 +1,7 @@
-"""Regressions found by a break-it trial, each on a real PostgreSQL 15 through the CLI.
+"""Plain archives whose text looks like something else, each on a real PostgreSQL 15
+through the CLI:
 
-* a plain restore once dropped data rows that look like GRANT/REVOKE/OWNER statements
+* a plain restore must not drop data rows that look like GRANT/REVOKE/OWNER statements
   when a quoted table name held a newline, or a string literal held ``$$``;
 * ``--exclude-table-data`` once recorded rows for an excluded table when another
   table's data held a line that looks like its COPY statement;

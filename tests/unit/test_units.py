@@ -18,11 +18,12 @@ from bigskies_ops.errors import ArchiveError
 from bigskies_ops.archives.plainsql import RolePolicy
 from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
 
-#: every role missing: the statements naming one are skipped (db.restore --skip-missing-roles)
-SKIP_ALL = RolePolicy(frozenset(), skip_missing=True)
 from bigskies_ops.archives.plainsql import split_qualified
 from bigskies_ops.pg.access import pgpass_escape
 from bigskies_ops.hosts.runners import redact_argv
+
+#: every role missing: the statements naming one are skipped (db.restore --skip-missing-roles)
+SKIP_ALL = RolePolicy(frozenset(), skip_missing=True)
 
 
 def test_pg_dump_args_plain_and_custom():
@@ -306,7 +307,6 @@ def test_relative_paths_resolve_against_inventory_folder_or_project_dir(tmp_path
                                      (b"\0\0\0junk", False), (b"\x1f", False)])
 def test_gunzip_reads_like_gnu_gunzip(tail, ok):
     import gzip
-    import io
     a, b = b"SELECT 1;\n" * 30000, b"SELECT 2;\n" * 10
     blob = gzip.compress(a) + gzip.compress(b) + tail  # two members, then what follows
     if ok:

@@ -1,7 +1,7 @@
 """A restore on servers set up the way real ones are (issue 16), each refused before
 anything is created, with a message that says what to do: a role that may not swap the
 database in, a server without room for the side database, background workers and
-sessions this role cannot see (restores within one second: tests/test_servers.py). Checks use the test's own psql (tests/pgcheck.py)."""
+sessions this role cannot see (restores within one second: tests/integration/pg/test_servers.py). Checks use the test's own psql (tests/pgcheck.py)."""
 from __future__ import annotations
 
 import json
