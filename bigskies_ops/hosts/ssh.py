@@ -1110,8 +1110,3 @@ def stage_statuses(stderr: str, n: int) -> tuple[list[int | None], str]:
             rest.append(line)
     return rcs, "\n".join(rest)
 
-
-def remote_backup(host, **kwargs):
-    """``db.backup`` for a ``connection: ssh`` host (see :func:`bigskies_ops.jobs.pull.remote_backup`)."""
-    from bigskies_ops.jobs.pull import remote_backup as _rb
-    return _rb(host, **kwargs)

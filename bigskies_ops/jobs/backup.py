@@ -699,7 +699,7 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
     if lock_wait_timeout is not None:
         host = with_lock_wait_timeout(host, lock_wait_timeout)
     if host.is_remote:
-        from bigskies_ops.hosts.ssh import remote_backup  # implemented by the SSH layer
+        from bigskies_ops.jobs.pull import remote_backup
         res = remote_backup(host, fmt=fmt, label=label, kind=kind, exclude_table_data=exclude_table_data,
                             schema_only=schema_only, database=database, progress=progress, notify=notify, task=task,
                             **({"verbose": True} if verbose else {}))
