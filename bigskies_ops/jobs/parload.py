@@ -50,7 +50,7 @@ from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import ArchiveError
 from bigskies_ops.pg.tools import psql_args
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
-from bigskies_ops.jobs.restore import _gunzip_chunks
+from bigskies_ops.archives.integrity import gunzip_chunks
 from bigskies_ops.hosts.runners import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
@@ -439,7 +439,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         progress: called with the compressed bytes read by the leader.
         open_chunks: ``open_chunks()`` -> iterator of ``(compressed bytes read, SQL bytes)``
             for one reader (default: the local file through
-            :func:`bigskies_ops.jobs.restore._gunzip_chunks`); called once per session.
+            :func:`bigskies_ops.archives.integrity.gunzip_chunks`); called once per session.
         segment_bytes: COPY data per segment.
         stats: if given, filled with ``segments``: the segments each session loaded;
             ``serial_because``: why the leader loaded alone (None: it did not);
@@ -459,7 +459,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
 
             def gen():
                 with f:
-                    yield from _gunzip_chunks(f, path=path)
+                    yield from gunzip_chunks(f, path=path)
             return gen()
     shared = _Shared()
     token = "bigskies-sync-" + secrets.token_hex(8)

@@ -40,7 +40,9 @@ from bigskies_ops import __version__
 from bigskies_ops.archives import gz
 from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.jobs.backup import BackupResult, RowCounter, _keep_session_while_idle, _pick_name, check_backup_space, lock_timeout_error, publish, record_failure, settle_interrupted, snapshot_facts, stream_manifest_tables
+from bigskies_ops.jobs.backup import BackupResult, _keep_session_while_idle, _pick_name, check_backup_space, lock_timeout_error
+from bigskies_ops.archives.manifest import publish, record_failure, settle_interrupted
+from bigskies_ops.archives.counts import RowCounter, snapshot_facts, stream_manifest_tables
 from bigskies_ops.archives.plainsql import COPY_RE, split_qualified
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
                       read_manifest, utcnow, write_manifest)
@@ -142,7 +144,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
 
     Nothing is swapped before the pull has succeeded (remote exit statuses, sha256
     computed while receiving, DONE manifest), the finished file has passed
-    :func:`bigskies_ops.jobs.restore.check_archive` and the loaded rows match the manifest;
+    :func:`bigskies_ops.archives.integrity.check_archive` and the loaded rows match the manifest;
     until then the old database is untouched (all of ``db.restore``'s safety). The pull
     starts only once the restore holds its lock and its side database exists.
 

@@ -23,32 +23,29 @@ touched. ``--undo`` swaps the newest pre-restore copy back.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import re
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
 
-from bigskies_ops.archives import gz
-from bigskies_ops.archives.hashing import sha256_file
+from bigskies_ops.archives.integrity import (ArchiveInfo, check_archive, feed_file, gunzip_chunks, pg_restore_script,
+                                              scan_archive)
 from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
 from bigskies_ops.pg.admin import (acl_items, apply_properties, check_rights, check_space, create_like, database_properties,
                       db_info, drop_db, sessions_on)
 from bigskies_ops.archives.plainsql import (CopyTags, MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts,  # noqa: F401
                        missing_roles_message)  # CopyTags re-exported (tests)
-from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
+from bigskies_ops.archives.catalog import iso, latest, list_backups, utcnow
 from bigskies_ops.hosts.compose import coordinators_paused
 from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
-from bigskies_ops.pg.tools import (PgVersion, parse_custom_header, parse_plain_header, pg_restore_args, plain_tail_complete,
-                      psql_args)
+from bigskies_ops.pg.tools import (pg_restore_args, psql_args)
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.signals import left_behind
 
@@ -130,351 +127,6 @@ def unused_name(maint, make, database: str, when) -> str:
     while make(database, when, n) in taken:
         n += 1
     return make(database, when, n)
-
-
-# ------------------------------------------------------------------ archive checks
-@dataclass
-class ArchiveInfo:
-    path: str
-    format: str                     # plain | custom | plain-sql (uncompressed legacy)
-    manifest: dict | None
-    dump_version: PgVersion | None
-    tool_version: PgVersion | None
-    warnings: list[str] = field(default_factory=list)
-    #: what :func:`scan_archive` read from the archive's SQL: the roles it names
-    #: (None: not known before the load), its DDL facts (custom archives; plain dumps are
-    #: judged while they load), the extensions it creates
-    roles: set | None = None
-    facts: StatementFacts | None = None
-    extensions: set | None = None
-
-
-def _sniff(runner, path: str) -> bytes:
-    with runner.open_read(path) as f:
-        return f.read(65536)
-
-
-def _gzip_full_check(runner, path: str) -> bytes:
-    """Decompress the whole file; return the last 8 KiB of the SQL. Raises ArchiveError."""
-    tail_b = b""
-    with runner.open_read(path) as f:
-        for _done, out in _gunzip_chunks(f, path=path):
-            tail_b = (tail_b + out)[-8192:]
-    return tail_b
-
-
-def toc_listing(access: PostgresAccess, path: str) -> str:
-    """``pg_restore -l`` of a custom archive on the control machine, run where the
-    host's tools are (natively with the path, or in the container via stdin).
-
-    Raises:
-        ArchiveError: pg_restore cannot read the archive (message names both versions
-            when it is from a newer pg_dump).
-    """
-    r = _run_pg_restore_on(access, ["--list"], path)
-    return r
-
-
-def _run_pg_restore_on(access: PostgresAccess, args: list[str], path: str) -> str:
-    if access.host.container or access.host.is_remote:
-        res = feed_file(access, "pg_restore", args, path, decompress=False, capture=True)
-        rc, out, err = res
-    else:
-        r = access.run_tool("pg_restore", [*args, path], check=False)
-        rc, out, err = r.returncode, r.text, r.stderr
-    if rc != 0:
-        m = re.search(r"unsupported version \(([\d.]+)\) in file header", err)
-        if m:
-            raise ArchiveError(f"{path}: archive format {m.group(1)} is from a newer pg_dump than "
-                               f"pg_restore {access.tool_version('pg_restore')} can read")
-        raise ArchiveError(f"{path}: pg_restore cannot read the archive: {tail(err, 400)}")
-    return out
-
-
-def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None) -> ArchiveInfo:
-    """Prove ``path`` is a complete dump the host's tools can restore. Touches no database.
-
-    Args:
-        access: the target host's PostgreSQL access (its tools read the archive).
-        path: archive on the control machine.
-        full: force (True) or skip (False) the end-to-end read; default: only when
-            there is no manifest sha256 to compare against.
-
-    Raises:
-        ArchiveError: missing, in-progress, FAILED, checksum mismatch, truncated,
-            not a dump, or too new for the local tools.
-    """
-    from bigskies_ops.hosts.runners import LocalRunner
-    lr = LocalRunner()
-    if path.endswith(PARTIAL_SUFFIX):
-        raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
-    if not lr.exists(path):
-        raise ArchiveError(f"{path}: no such file")
-    man = read_manifest(lr, path)
-    warnings: list[str] = []
-    if man is not None:
-        if man.get("status") != "DONE":
-            raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
-                               f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
-        digest, size = sha256_file(lr, path)
-        if man.get("bytes") is not None and size != man["bytes"]:
-            raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
-                               f"(truncated or changed)")
-        if man.get("sha256") and digest != man["sha256"]:
-            raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
-    if full is None:
-        full = man is None or not man.get("sha256")
-    head = _sniff(lr, path)
-    if head.startswith(b"\x1f\x8b"):
-        fmt = "plain"
-        try:
-            d = gz.decompressobj()
-            sql_head = d.decompress(head)
-        except gz.ERRORS as e:
-            raise ArchiveError(f"{path}: corrupt gzip data ({e})")
-        try:
-            ph = parse_plain_header(sql_head)
-        except ValueError as e:
-            raise ArchiveError(f"{path}: {e}")
-        if full:
-            t = _gzip_full_check(lr, path)
-            if not plain_tail_complete(t, ph.restrict_key):
-                extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
-                raise ArchiveError(f"{path}: truncated dump (no '-- PostgreSQL database dump complete' "
-                                   f"trailer{extra})")
-        psql_v = access.tool_version("psql")
-        if ph.restrict_key and not psql_v.understands_restrict():
-            raise ArchiveError(f"{path}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
-                               f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
-        if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
-            warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
-        return ArchiveInfo(path, fmt, man, ph.pg_dump_version, psql_v, warnings)
-    if head.startswith(b"PGDMP"):
-        try:
-            hdr = parse_custom_header(head)
-        except ValueError as e:
-            raise ArchiveError(f"{path}: {e}")
-        pr_v = access.tool_version("pg_restore")
-        try:
-            _run_pg_restore_on(access, ["--list"], path)
-        except ArchiveError as e:
-            if "newer pg_dump" in str(e):
-                # the rest of a header in an unknown format may not decode: name the version only if sane
-                dv = hdr.pg_dump_version if re.fullmatch(r"\d+(\.\d+)*", hdr.pg_dump_version or "") else None
-                raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by "
-                                   f"{'pg_dump ' + dv if dv else 'a newer pg_dump'} is newer than pg_restore "
-                                   f"{pr_v} can read; use pg_restore {dv or 'of that release'} or newer") from None
-            raise
-        if full:
-            _run_pg_restore_on(access, ["--file", "/dev/null"], path)
-        try:
-            dv = PgVersion(*[int(x) for x in hdr.pg_dump_version.split(".")[:2]])
-        except ValueError:
-            dv = None
-        return ArchiveInfo(path, "custom", man, dv, pr_v, warnings)
-    if head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
-        raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
-    raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
-
-
-# ------------------------------------------------------------------ streaming into tools
-def _raw_chunks(f):
-    done = 0
-    while True:
-        b = f.read(CHUNK)
-        if not b:
-            return
-        done += len(b)
-        yield done, b
-
-
-def _gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive", raw=None):
-    """Decompress a (possibly multi-member) gzip file, yielding (compressed bytes read,
-    at most ``max_out`` bytes of output) so memory stays bounded whatever the ratio.
-
-    What follows the last member is judged as GNU gunzip does: zero bytes (padding, e.g.
-    from a tape or a block device) are ignored; anything else is an error.
-
-    ``raw``: an iterator of ``(bytes read, bytes)`` to read instead of ``f`` (a file
-    still being written: :meth:`bigskies_ops.jobs.parload.GrowingFile.raw_chunks`).
-
-    Raises:
-        ArchiveError: corrupt data, trailing garbage, or a truncated last member.
-    """
-    d = gz.decompressobj()
-    done = 0
-    padding = False
-    for done, b in (raw if raw is not None else _raw_chunks(f)):
-        data = b
-        while data:
-            if padding:
-                if data.strip(b"\0"):
-                    raise ArchiveError(f"{path}: trailing garbage after the gzip data")
-                break
-            try:
-                out = d.decompress(data, max_out)
-            except gz.ERRORS as e:
-                raise ArchiveError(f"{path}: corrupt gzip data ({e})") from None
-            if out:
-                yield done, out
-            if d.unconsumed_tail:
-                data = d.unconsumed_tail
-            elif d.eof and d.unused_data:
-                data = d.unused_data
-                if not data.strip(b"\0"):
-                    padding = True
-                elif not b"\x1f\x8b".startswith(data[:2]):
-                    raise ArchiveError(f"{path}: trailing garbage after the gzip data")
-                else:
-                    d = gz.decompressobj()  # the next member of a concatenated file
-            else:
-                data = b""
-    if not padding:
-        try:
-            rest = d.flush()
-        except gz.ERRORS as e:
-            raise ArchiveError(f"{path}: corrupt gzip data ({e})") from None
-        if rest:
-            yield done, rest
-        if not d.eof:
-            raise ArchiveError(f"{path}: truncated gzip file (unexpected end of data)")
-
-
-def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, decompress: bool,
-              capture: bool = False, line_filter=None, progress=None, pgoptions: str | None = None,
-              stdout_sink=None, source=None):
-    """Stream a local file into ``tool``'s stdin on the host (optionally gunzipping and
-    filtering on the way). Returns ``(returncode, stdout_text, stderr_text)``.
-
-    The file is read in 1 MiB chunks; nothing is held in memory whole. ``pgoptions``:
-    session settings for the tool (:meth:`PostgresAccess.run_tool`); ``stdout_sink``:
-    called with each chunk of the tool's stdout as it arrives; ``source``: an iterator of
-    ``(bytes read, bytes)`` to send instead of the file (``path`` then names it in messages).
-    """
-    from bigskies_ops.hosts.runners import LocalRunner
-    proc = access.popen_tool(tool, args, stdin=True, pgoptions=pgoptions)
-    out_chunks: list[bytes] = []
-
-    def drain():
-        for chunk in iter(lambda: proc.stdout.read(65536), b""):
-            if capture:
-                out_chunks.append(chunk)
-            if stdout_sink is not None:
-                stdout_sink(chunk)
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
-    sent = 0
-    broken = False
-    try:
-        with (LocalRunner().open_read(path) if source is None else contextlib.nullcontext()) as f:
-            for raw_done, b in (source if source is not None else
-                                _gunzip_chunks(f, path=path) if decompress else _raw_chunks(f)):
-                sent = raw_done
-                if line_filter is not None:
-                    b = line_filter.feed(b)
-                try:
-                    proc.stdin.write(b)
-                except (BrokenPipeError, OSError):
-                    broken = True
-                    break
-                if progress:
-                    progress(sent)
-            if not broken and line_filter is not None:
-                try:
-                    proc.stdin.write(line_filter.flush())
-                except (BrokenPipeError, OSError):
-                    broken = True
-        try:
-            proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass
-    except BaseException:
-        proc.kill()
-        raise
-    rc = proc.wait()
-    t.join(10)
-    return rc, b"".join(out_chunks).decode("utf-8", "replace"), proc.stderr_text()
-
-
-# ------------------------------------------------------------------ what the archive needs
-def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
-    """Fill ``info.roles``, ``info.facts`` and ``info.extensions`` from the archive's SQL.
-
-    The backup records them in the manifest (``roles``, ``extensions``, and for a custom
-    archive ``parallel_hazards``): a plain dump while it streams through the same
-    scanner, a custom archive written here with :func:`custom_schema_facts`. Without
-    them (an older backup, a custom archive written on an SSH host or in a container)
-    a custom archive's schema is read here (``pg_restore --schema-only``: no data is
-    read when the TOC has offsets) and a plain dump end to end. Returns ``info``.
-    Raises ArchiveError when pg_restore cannot read it.
-    """
-    man = info.manifest or {}
-    if "roles" in man and "extensions" in man and (info.format == "plain" or "parallel_hazards" in man):
-        info.roles, info.extensions = set(man["roles"]), set(man["extensions"])
-        if info.format == "custom":
-            info.facts = StatementFacts()
-            info.facts.post_hazards = list(man["parallel_hazards"])
-        return info
-    if info.format == "custom":
-        facts = custom_schema_facts(access, info.path)
-        info.roles, info.extensions = set(facts["roles"]), set(facts["extensions"])
-        info.facts = StatementFacts()
-        info.facts.post_hazards = list(facts["parallel_hazards"])
-        return info
-    flt = OwnerAclFilter(emit=False)
-    with open(info.path, "rb") as f:
-        for _done, b in _gunzip_chunks(f, path=info.path):
-            flt.feed(b)
-    flt.flush()
-    info.roles, info.facts, info.extensions = set(flt.roles), flt.facts, set(flt.facts.extensions)
-    return info
-
-
-def custom_schema_facts(access: PostgresAccess, path: str) -> dict:
-    """What a custom archive's schema (``pg_restore --schema-only --file -``, run where
-    the host's tools are) tells a restore: ``roles`` it names, ``extensions`` it
-    creates, ``parallel_hazards`` (:class:`StatementFacts`: why a parallel
-    ``pg_restore --jobs`` could compute other values than a serial one). Recorded in
-    the manifest of a custom backup; read again for an archive without them."""
-    flt = OwnerAclFilter(emit=False)
-    for _done, b in _pg_restore_script(access, path, ["--schema-only"]):
-        flt.feed(b)
-    flt.flush()
-    return {"roles": sorted(flt.roles), "extensions": sorted(flt.facts.extensions),
-            "parallel_hazards": flt.facts.load_hazards + flt.facts.post_hazards}
-
-
-def _pg_restore_script(access: PostgresAccess, path: str, args: list[str]):
-    """``(bytes, SQL bytes)`` chunks of ``pg_restore ARGS --file -`` of the local archive
-    ``path``, run where the host's tools are (the archive fed over stdin to a container
-    or an SSH host). Raises ArchiveError when pg_restore fails."""
-    local = not access.host.container and not access.host.is_remote
-    proc = access.popen_tool("pg_restore", [*args, "--file", "-", *([path] if local else [])], stdin=not local)
-    feeder = None
-    if not local:
-        def feed():
-            try:
-                with open(path, "rb") as f:
-                    for _d, b in _raw_chunks(f):
-                        proc.stdin.write(b)
-                proc.stdin.close()
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-    done = 0
-    try:
-        for b in iter(lambda: proc.stdout.read(CHUNK), b""):
-            done += len(b)
-            yield done, b
-    except BaseException:
-        proc.kill()
-        raise
-    rc = proc.wait()
-    if feeder is not None:
-        feeder.join(10)
-    if rc != 0:
-        raise ArchiveError(f"{path}: pg_restore cannot read the archive: {tail(proc.stderr_text(), 400)}")
 
 
 def cluster_roles(maint: Sql) -> set[str]:
@@ -599,7 +251,7 @@ def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dic
             out[key] = known[key]
             continue
         want.append(t)
-    from bigskies_ops.jobs.backup import count_rows_sql
+    from bigskies_ops.archives.counts import count_rows_sql
     # one transaction per COUNT_BATCH tables: a count takes a lock on each table until its
     # transaction ends, and the server's lock table is shared (max_locks_per_transaction x
     # connections): thousands of tables in one query ran out of shared memory
@@ -796,7 +448,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     try:
         rc, _, err, rows = load_plain_parallel(
             access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
-            open_chunks=lambda: _gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
+            open_chunks=lambda: gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
         _say_load_stats(stats.get("serial_because"), stats.get("skipped"), notify)
     except (KeyboardInterrupt, Interrupted):
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
@@ -845,7 +497,7 @@ def _load(access, info: ArchiveInfo, side: str, policy: RolePolicy | None, jobs:
     if info.format == "plain" or skip:
         flt = OwnerAclFilter(policy)
         tags = CopyTags()
-        source = None if info.format == "plain" else _pg_restore_script(access, info.path, [])
+        source = None if info.format == "plain" else pg_restore_script(access, info.path, [])
         rc, out, err = feed_file(access, "psql", psql_args(side, single_transaction=True, quiet=False), info.path,
                                  decompress=True, line_filter=flt, progress=progress, pgoptions=opts,
                                  stdout_sink=tags.feed, source=source)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.text import printable
-from bigskies_ops.jobs.backup import migration_head
+from bigskies_ops.pg.admin import migration_head
 from bigskies_ops.errors import PostgresError
 from bigskies_ops.inventory import Host
 

@@ -146,7 +146,7 @@ def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
 
 def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
                        notify, task: str) -> None:
-    from bigskies_ops.jobs.restore import check_archive
+    from bigskies_ops.archives.integrity import check_archive
     info = None
     try:
         info = check_archive(access, path, full=True)
@@ -174,8 +174,9 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
     from bigskies_ops.pg.admin import create_like, db_info, drop_db
-    from bigskies_ops.jobs.restore import _load, _verify_side, role_policy, scan_archive, table_counts, unused_name, verify_db_name
-    from bigskies_ops.jobs.backup import TABLES_SQL
+    from bigskies_ops.jobs.restore import _load, _verify_side, role_policy, table_counts, unused_name, verify_db_name
+    from bigskies_ops.archives.integrity import scan_archive
+    from bigskies_ops.archives.counts import TABLES_SQL
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
     name = unused_name(maint, verify_db_name, db, utcnow())

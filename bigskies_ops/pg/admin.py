@@ -339,3 +339,25 @@ def database_properties_sql(database: str | None = None) -> pgsql.Composable:
         "  pg_catalog.shobj_description(d.oid, 'pg_database') AS comment "
         "FROM pg_catalog.pg_database d WHERE d.datname = {}").format(
             pgsql.SQL("current_database()") if database is None else lit(database))
+
+
+MIGRATION_HEAD_SQL = """
+SELECT to_regclass('public.schema_migrations') IS NOT NULL AS present
+"""
+
+
+def migration_head(session_or_sql) -> dict | None:
+    """The newest row of ``schema_migrations`` (version, name) or None when absent."""
+    if not session_or_sql.query(MIGRATION_HEAD_SQL)[0]["present"]:
+        return None
+    cols = {r["column_name"] for r in session_or_sql.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = 'schema_migrations'")}
+    name_col = "name" if "name" in cols else None
+    rows = session_or_sql.query(
+        "SELECT version::text AS version" + (", name" if name_col else ", NULL::text AS name")
+        + " FROM public.schema_migrations ORDER BY version DESC LIMIT 1")
+    if not rows:
+        return {"version": None, "name": None, "count": 0}
+    cnt = session_or_sql.query("SELECT count(*) AS n FROM public.schema_migrations")[0]["n"]
+    return {"version": rows[0]["version"], "name": rows[0]["name"], "count": cnt}

@@ -16,7 +16,8 @@ from bigskies_ops.errors import InventoryError
 from bigskies_ops.archives import gz
 from bigskies_ops.errors import ArchiveError
 from bigskies_ops.archives.plainsql import RolePolicy
-from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, _gunzip_chunks, pre_restore_name, side_db_name
+from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, pre_restore_name, side_db_name
+from bigskies_ops.archives.integrity import gunzip_chunks
 
 from bigskies_ops.archives.plainsql import split_qualified
 from bigskies_ops.pg.access import pgpass_escape
@@ -311,13 +312,13 @@ def test_gunzip_reads_like_gnu_gunzip(tail, ok):
     blob = gzip.compress(a) + gzip.compress(b) + tail  # two members, then what follows
     if ok:
         for chunk in (CHUNK_SMALL, 1 << 20):
-            got = b"".join(o for _d, o in _gunzip_chunks(_Chunked(blob, chunk), max_out=4096, path="f"))
+            got = b"".join(o for _d, o in gunzip_chunks(_Chunked(blob, chunk), max_out=4096, path="f"))
             assert got == a + b
     else:
         with pytest.raises(ArchiveError, match="trailing garbage|truncated"):
-            list(_gunzip_chunks(_Chunked(blob, 7), path="f"))
+            list(gunzip_chunks(_Chunked(blob, 7), path="f"))
     with pytest.raises(ArchiveError, match="truncated"):
-        list(_gunzip_chunks(_Chunked(gzip.compress(a)[:-9], 1000), path="f"))
+        list(gunzip_chunks(_Chunked(gzip.compress(a)[:-9], 1000), path="f"))
 
 
 CHUNK_SMALL = 3

@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from bigskies_ops import signals
-from bigskies_ops.jobs.backup import publish, record_failure
+from bigskies_ops.archives.manifest import publish, record_failure
 from bigskies_ops.archives.catalog import latest, list_backups, read_manifest, write_manifest
 from bigskies_ops.errors import Interrupted, StorageError
 from bigskies_ops.inventory import parse

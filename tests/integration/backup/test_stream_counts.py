@@ -22,8 +22,8 @@ import pytest
 
 from bigskies_ops import inventory
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.jobs.backup import (_Sink, _keep_session_while_idle, inheritance_tree, plain_manifest_tables,
-                                 snapshot_facts, stream_row_counts)
+from bigskies_ops.jobs.backup import _Sink, _keep_session_while_idle
+from bigskies_ops.archives.counts import inheritance_tree, plain_manifest_tables, snapshot_facts, stream_row_counts
 from tests.conftest import cli
 
 ODD = ("Odd Sch.ema", "ta ble.x\ny")  # a space, a dot and a newline in the names
