@@ -5,7 +5,6 @@ import os
 import shlex
 import sys
 
-from invoke import Collection
 
 from bigskies_ops import output
 from bigskies_ops.cli import render
@@ -424,17 +423,6 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
         raise Exit(code=rc)
 
 
-ns = Collection("db")
 optional_positional("db.restore", "file")  # db.restore --undo / interactive pick take no FILE
-for t in (backup, list_, status, restore, exec, psql):
-    ns.add_task(t)
-
-# Tasks of the other feature areas live in their own modules and join the same ``db`` namespace.
-from bigskies_ops.cli import db_migrations
-from bigskies_ops.cli import db_policy
-from bigskies_ops.cli import db_remote
-from bigskies_ops.cli import db_stack
-
-for _mod in (db_remote, db_stack, db_migrations, db_policy):
-    for _t in _mod.TASKS:
-        ns.add_task(_t)
+#: the tasks of this module; :mod:`bigskies_ops.cli` gathers them into the ``db`` namespace
+TASKS = (backup, list_, status, restore, exec, psql)
