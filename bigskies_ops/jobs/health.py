@@ -217,7 +217,7 @@ def _verification(backups: list[Backup], now: datetime) -> Check:
 
 
 def _offsite(host: Host, backups: list[Backup]) -> list[Check]:
-    from bigskies_ops.jobs.offsite import parse_target
+    from bigskies_ops.archives.offsite_stores import parse_target
     good = [b for b in backups if b.status == "DONE"]
     out = []
     for item in host.offsite:
