@@ -1,7 +1,7 @@
 """Schema migrations against a real PostgreSQL 15: apply, refuse, adopt, resume, serialise.
 
 Databases come from the BIG SKIES template (migrations 1-5 applied by
-sampledata.bootstrap_sql, the bootstrap coordinator's way). Every check of the
+schema.bootstrap_sql, the bootstrap coordinator's way). Every check of the
 database goes through the test's own psql (tests/pgcheck.py), and expected
 checksums are computed here from the file bytes, never taken from product output.
 """
