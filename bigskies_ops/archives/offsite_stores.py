@@ -22,11 +22,13 @@ import os
 import posixpath
 import urllib.parse
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, SCHEMA_VERSION, is_archive_file, iso,
                                            parse_iso)
 from bigskies_ops.errors import BigskiesError, StorageError, UsageError
-from bigskies_ops.inventory import Host
+from bigskies_ops.hosts.runners import runner_for
+from bigskies_ops.inventory import Host, SSHSettings
 
 CHUNK = 1 << 20                  # bytes per read
 MULTIPART_THRESHOLD = 64 << 20   # bytes; S3 needs parts of at least 5 MiB
@@ -223,7 +225,6 @@ class RunnerStore:
     ``.partial`` name first and are renamed when complete."""
 
     def __init__(self, t: Target, host: Host, root: str):
-        from bigskies_ops.hosts.runners import runner_for
         self.t = t
         self.host = host
         self.root = root
@@ -313,7 +314,6 @@ class RunnerStore:
 
 def _ssh_host_for(t: Target, inv) -> tuple[Host, str]:
     """The Host to reach an SSH target through, and the target's root folder there."""
-    from bigskies_ops.inventory import SSHSettings
     if inv is not None and t.ssh_host in inv.hosts:
         h = inv.hosts[t.ssh_host]
         return h, t.path or posixpath.join(h.backup.dir, "offsite")
@@ -387,7 +387,6 @@ def remote_catalog(store, t: Target) -> list[RemoteBackup]:
             out.append(RemoteBackup(t, k[: -len(MANIFEST_SUFFIX)], origin, arch, man, keys.get(k[: -len(MANIFEST_SUFFIX)])))
         elif is_archive_file(name) and (k + MANIFEST_SUFFIX) not in keys:
             out.append(RemoteBackup(t, k, origin, name, None, size))
-    from datetime import datetime, timezone
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     out.sort(key=lambda r: (r.started_at or epoch, r.name), reverse=True)
     return out

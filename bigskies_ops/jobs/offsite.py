@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass, field
 
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups, read_manifest,
@@ -25,7 +26,10 @@ from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.offsite_stores import (CHUNK, MULTIPART_THRESHOLD, OffsiteError, RemoteBackup, Target,
                                                   remote_catalog, store_for, targets)
 from bigskies_ops.errors import ArchiveError, BigskiesError, StorageError
+from bigskies_ops.hosts.runners import LocalRunner, runner_for
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs.retention import Entry, entry_of, plan
+from bigskies_ops.jobs.verify import VerifyResult
 
 
 # ------------------------------------------------------------------ upload
@@ -77,7 +81,6 @@ def upload(host: Host, target: str | None = None, *, notify=print, multipart_thr
 
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
     """
-    from bigskies_ops.hosts.runners import runner_for
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
@@ -147,7 +150,6 @@ def _source_sha(runner, path: str) -> tuple[str, int]:
 
 
 def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str, str]]:
-    from bigskies_ops.jobs.retention import entry_of, plan
     p = plan([entry_of(b, b.origin_dir or host.name) for b in backups], host.retention,
              keep_safety_days=host.backup.keep_safety_days, now=now or utcnow())
     return {(d.entry.origin_host, d.entry.name) for d in p.keep}
@@ -155,7 +157,6 @@ def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str,
 
 def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
     """Apply the host's retention to what the target holds; returns deleted keys."""
-    from bigskies_ops.jobs.retention import Entry, plan
     entries = []
     by_name = {}
     for r in remote_catalog(store, t):
@@ -189,8 +190,6 @@ def verify_remote(host: Host, target: str, spec: str | None, all_: bool, *, noti
 
 
 def _verify_remote(host, t, store, spec, all_, notify):
-    from bigskies_ops.hosts.runners import LocalRunner
-    from bigskies_ops.jobs.verify import VerifyResult
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     chosen = _choose(host, cat, spec, all_)
     lr = LocalRunner()
@@ -289,13 +288,11 @@ def fetch_dir(host: Host, inv=None) -> str:
     ``<inventory folder>/offsite-fetched/<host>``."""
     if not host.is_remote:
         return host.backup.dir
-    import tempfile
     base = str(inv.base_dir) if inv is not None else tempfile.gettempdir()
     return os.path.join(base, "offsite-fetched", host.name)
 
 
 def _fetch(host, t, store, spec, notify, inv=None) -> str:
-    from bigskies_ops.hosts.runners import LocalRunner
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     [r] = _choose(host, cat, spec, False)
     lr = LocalRunner()
