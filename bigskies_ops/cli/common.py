@@ -110,8 +110,8 @@ class _Task(invoke.Task):
     """Invoke's Task, but the safety policy's confirmation flags (``--force-protected``,
     ``--confirm DBNAME``) and the flags that waive a restore's checks (``--skip-missing-roles``,
     ``--skip-space-check``) have no short form: they are typed in full, and ``-c`` stays
-    free for what it means elsewhere (``db.psql -c SQL`` as in psql; a break-it trial
-    found ``-c``/``-o``/``-f`` meaning different things in db.exec and db.psql)."""
+    free for what it means elsewhere (``db.psql -c SQL`` as in psql), so no short flag means different
+    things in two tasks."""
 
     LONG_ONLY = frozenset({"force_protected", "confirm", "skip_missing_roles", "skip_space_check"})
 

@@ -137,8 +137,8 @@ class PostgresAccess:
         the environment of the process that needs it: the remote command (handed over on
         its stdin, :data:`bigskies_ops.hosts.ssh.WRAPPER`) or the engine client, which passes it
         on by name (``-e PGPASSWORD``). Nothing is written to a remote disk, so a killed
-        client or a dropped connection leaves no password behind there (a break-it trial
-        found per-run pgpass files left in /tmp on prod).
+        client or a dropped connection leaves no password behind there (no per-run
+        pgpass file in /tmp on prod).
         """
         if self._secret_env is not None:
             return self._secret_env
