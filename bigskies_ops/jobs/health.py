@@ -101,7 +101,7 @@ def notify_webhook(host: Host, payload: dict, notify) -> bool:
 def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=None) -> str | None:
     """The size rule for a just-published backup: returns the warning text (also sent to
     ``notify`` and the webhook) or None when the size is within the threshold."""
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     own = runner is None
     runner = runner or runner_for(host)
     try:
@@ -128,7 +128,7 @@ def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=Non
 def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict:
     """Health of ``host``'s own backups of its database. Never raises for an unreadable
     host: that is the ``unknown`` state with the reason."""
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     now = now or utcnow()
     db = host.postgres.database
     out = {"host": host.name, "database": db, "checked_at": iso(now)}

@@ -227,7 +227,7 @@ class RunnerStore:
     ``.partial`` name first and are renamed when complete."""
 
     def __init__(self, t: Target, host: Host, root: str):
-        from bigskies_ops.hosts.runners import runner_for
+        from bigskies_ops.hosts import runner_for
         self.t = t
         self.host = host
         self.root = root
@@ -290,10 +290,8 @@ class RunnerStore:
         return self._call(f"reading {key}.sha256", self.runner.read_bytes, p).decode().strip() or None
 
     def digest(self, key: str) -> tuple[str, int]:
-        """(sha256, bytes) of the stored object, computed where it is when the runner can."""
-        if hasattr(self.runner, "sha256"):
-            return self._call(f"hashing {key}", self.runner.sha256, self._p(key))
-        return self.stream(key)
+        """(sha256, bytes) of the stored object, computed where it is."""
+        return self._call(f"hashing {key}", self.runner.sha256, self._p(key))
 
     def stream(self, key: str, sink=None) -> tuple[str, int]:
         def go():
@@ -447,7 +445,7 @@ def upload(host: Host, target: str | None = None, *, notify=print, multipart_thr
 
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
     """
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
@@ -504,16 +502,8 @@ def _upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retenti
 
 
 def _source_sha(runner, path: str) -> tuple[str, int]:
-    """(sha256, bytes) of an archive where it is (computed there when the runner can)."""
-    if hasattr(runner, "sha256"):
-        return runner.sha256(path)
-    h = hashlib.sha256()
-    n = 0
-    with runner.open_read(path) as f:
-        for b in iter(lambda: f.read(CHUNK), b""):
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+    """(sha256, bytes) of an archive where it is (computed there)."""
+    return runner.sha256(path)
 
 
 def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str, str]]:
@@ -559,7 +549,7 @@ def verify_remote(host: Host, target: str, spec: str | None, all_: bool, *, noti
 
 
 def _verify_remote(host, t, store, spec, all_, notify):
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     from bigskies_ops.jobs.verify import VerifyResult
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     chosen = _choose(host, cat, spec, all_)
@@ -665,7 +655,7 @@ def fetch_dir(host: Host, inv=None) -> str:
 
 
 def _fetch(host, t, store, spec, notify, inv=None) -> str:
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     [r] = _choose(host, cat, spec, False)
     lr = LocalRunner()
