@@ -133,7 +133,7 @@ class SSHRunner(Runner):
 
         ``guard`` (the command reads no stdin): the remote side stops the command's whole
         process group when the channel's stdin reaches EOF, i.e. when this client dies or
-        the connection drops (:data:`WRAPPER`); the caller must keep stdin open, and the
+        the connection drops (:data:`~bigskies_ops.hosts.shell.WRAPPER`); the caller must keep stdin open, and the
         command itself reads /dev/null.
 
         Pure apart from reading ``become_password_env``. Values of ``env`` and the sudo
@@ -214,9 +214,9 @@ class SSHRunner(Runner):
                  stdin_path: str | None = None, env: dict | None = None) -> SSHProcess:
         """Start ``stage0 | stage1 | ...`` remotely; every stage reports its own exit status.
 
-        Use :func:`stage_statuses` on the finished process's stderr to read them
-        (``pg_dump | gzip`` would otherwise hide pg_dump's failure). Guarded, as
-        :meth:`popen` without stdin.
+        Use :func:`~bigskies_ops.hosts.shell.stage_statuses` on the finished process's
+        stderr to read them (``pg_dump | gzip`` would otherwise hide pg_dump's failure).
+        Guarded, as :meth:`popen` without stdin.
         """
         return self.popen(["sh", "-c", pipeline_script(stages, stdout_path=stdout_path, stdin_path=stdin_path)],
                           env=env)
