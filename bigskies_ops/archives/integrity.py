@@ -89,7 +89,7 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         ArchiveError: missing, in-progress, FAILED, checksum mismatch, truncated,
             not a dump, or too new for the local tools.
     """
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     lr = LocalRunner()
     if path.endswith(PARTIAL_SUFFIX):
         raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
@@ -236,7 +236,7 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     called with each chunk of the tool's stdout as it arrives; ``source``: an iterator of
     ``(bytes read, bytes)`` to send instead of the file (``path`` then names it in messages).
     """
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     proc = access.popen_tool(tool, args, stdin=True, pgoptions=pgoptions)
     out_chunks: list[bytes] = []
 

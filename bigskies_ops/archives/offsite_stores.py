@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, SCHEMA_VERSION, is_archive_file, iso,
                                            parse_iso)
 from bigskies_ops.errors import BigskiesError, StorageError, UsageError
-from bigskies_ops.hosts.runners import runner_for
+from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host, SSHSettings
 
 CHUNK = 1 << 20                  # bytes per read
@@ -287,10 +287,8 @@ class RunnerStore:
         return self._call(f"reading {key}.sha256", self.runner.read_bytes, p).decode().strip() or None
 
     def digest(self, key: str) -> tuple[str, int]:
-        """(sha256, bytes) of the stored object, computed where it is when the runner can."""
-        if hasattr(self.runner, "sha256"):
-            return self._call(f"hashing {key}", self.runner.sha256, self._p(key))
-        return self.stream(key)
+        """(sha256, bytes) of the stored object, computed where it is."""
+        return self._call(f"hashing {key}", self.runner.sha256, self._p(key))
 
     def stream(self, key: str, sink=None) -> tuple[str, int]:
         def go():

@@ -14,7 +14,9 @@ from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
-from bigskies_ops.hosts.runners import LocalRunner, runner_for, tail
+from bigskies_ops.hosts.runners import tail
+from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.safety import check_destructive, confirm_or_refuse, is_tty
 from bigskies_ops.jobs.status import status as run_status
 from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, utcnow
 from bigskies_ops.archives.offsite_stores import parse_target
-from bigskies_ops.hosts.runners import runner_for
+from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.text import human_age, human_bytes

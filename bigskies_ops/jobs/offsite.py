@@ -26,7 +26,8 @@ from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.offsite_stores import (CHUNK, MULTIPART_THRESHOLD, OffsiteError, RemoteBackup, Target,
                                                   remote_catalog, store_for, targets)
 from bigskies_ops.errors import ArchiveError, BigskiesError, StorageError
-from bigskies_ops.hosts.runners import LocalRunner, runner_for
+from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.retention import Entry, entry_of, plan
 from bigskies_ops.jobs.verify import VerifyResult
@@ -137,16 +138,8 @@ def _upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retenti
 
 
 def _source_sha(runner, path: str) -> tuple[str, int]:
-    """(sha256, bytes) of an archive where it is (computed there when the runner can)."""
-    if hasattr(runner, "sha256"):
-        return runner.sha256(path)
-    h = hashlib.sha256()
-    n = 0
-    with runner.open_read(path) as f:
-        for b in iter(lambda: f.read(CHUNK), b""):
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+    """(sha256, bytes) of an archive where it is (computed there)."""
+    return runner.sha256(path)
 
 
 def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str, str]]:

@@ -51,7 +51,7 @@ from bigskies_ops.errors import ArchiveError
 from bigskies_ops.pg.tools import psql_args
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
 from bigskies_ops.archives.integrity import gunzip_chunks
-from bigskies_ops.hosts.runners import LocalRunner
+from bigskies_ops.hosts.local import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
 SEGMENT_BYTES = 32 * 1024 * 1024

@@ -51,7 +51,8 @@ from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.pg.lockwait import watching
 from bigskies_ops.pg.tools import parse_plain_header, pg_dump_args, plain_tail_complete
-from bigskies_ops.hosts.runners import LocalRunner, redact_argv, tail
+from bigskies_ops.hosts.runners import redact_argv, tail
+from bigskies_ops.hosts.local import LocalRunner
 
 CHUNK = 1 << 20
 
@@ -413,14 +414,14 @@ def _head_of(runner, path: str) -> bytes:
 
 
 def stage_statuses_of(proc, n: int):
-    from bigskies_ops.hosts.ssh import stage_statuses
+    from bigskies_ops.hosts.shell import stage_statuses
     return stage_statuses(proc.stderr_text(), n)
 
 
 def _watch_remote_file(proc, runner, partial: str, host: Host, progress) -> None:
     """Wait for a remote ``... > partial`` pipeline, reporting the file's size; a file that
     does not grow for ``stall_timeout`` seconds aborts it (StallError)."""
-    from bigskies_ops.hosts.ssh import StallError
+    from bigskies_ops.hosts.channels import StallError
     stall = host.backup.stall_timeout or None
     last_size, last_change = -1, time.monotonic()
     while not proc.channel.status_event.wait(2.0):
@@ -688,7 +689,7 @@ def _remote_facts(runner, src: Host, rpath: str, notify) -> tuple[dict | None, s
     Raises:
         ArchiveError: no such file, or its manifest is not DONE.
     """
-    if hasattr(runner, "probe") and not runner.is_cached(rpath):  # (listdir for `latest` just cached them)
+    if not runner.is_cached(rpath):  # (listdir for `latest` just cached them)
         runner.probe([rpath + MANIFEST_SUFFIX, rpath], read=1)
     if not runner.exists(rpath):
         raise ArchiveError(f"{src.name}:{rpath}: no such file")
@@ -788,7 +789,7 @@ class _Flusher(threading.Thread):
 
 
 def _copy(fetch, partial: str, offset: int, progress) -> tuple[str, int]:
-    """Run ``fetch`` (:class:`bigskies_ops.hosts.ssh.Fetch`) from byte ``offset`` into ``partial``;
+    """Run ``fetch`` (:class:`bigskies_ops.hosts.runners.Fetch`) from byte ``offset`` into ``partial``;
     return (sha256 hex, size in bytes) of the whole partial file, read back from disk while
     the transfer runs (a resumed file's existing prefix included). The data is flushed to
     disk during the transfer and fsynced before this returns; the caller fsyncs the folder

@@ -41,7 +41,7 @@ from bigskies_ops.pg.admin import (acl_items, apply_properties, check_rights, ch
 from bigskies_ops.archives.plainsql import (CopyTags, MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts,  # noqa: F401
                        missing_roles_message)  # CopyTags re-exported (tests)
 from bigskies_ops.archives.catalog import iso, latest, list_backups, utcnow
-from bigskies_ops.hosts.compose import coordinators_paused
+from bigskies_ops.jobs.coordinators import coordinators_paused
 from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
@@ -278,7 +278,7 @@ class RestoreResult:
 
 def resolve_archive(host: Host, spec: str | None, origin: str | None = None, database: str | None = None) -> str:
     """``latest`` or a path (relative to the host's backup dir if not found as given)."""
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     lr = LocalRunner()
     bdir = host.backup.dir if origin is None else posixpath.join(host.backup.dir, origin)
     db = database or host.postgres.database
@@ -348,7 +348,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         if target_db is not None and db_info(maint, target_db) is not None:
             raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
         if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
-            from bigskies_ops.hosts.compose import coordinators_preflight
+            from bigskies_ops.jobs.coordinators import coordinators_preflight
             coordinators_preflight(access.runner, host)
         if follow is None:
             scan_archive(access, info)

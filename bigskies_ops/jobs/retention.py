@@ -311,7 +311,7 @@ def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, in
             first, the refused group is left untouched.
         LockBusyError: a backup (or another task) holds a lock.
     """
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     own = runner is None
     runner = runner or runner_for(host)
     try:

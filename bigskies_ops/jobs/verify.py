@@ -134,7 +134,7 @@ def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
     import tempfile
     d = tempfile.mkdtemp(prefix="bigskies-verify-")
     local = os.path.join(d, b.name)
-    notify(f"Copying {b.name} from {runner.label if hasattr(runner, 'label') else 'the host'} to check it here")
+    notify(f"Copying {b.name} from {runner.label} to check it here")
     with runner.open_read(b.path) as src, open(local, "wb") as dst:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             dst.write(chunk)
@@ -230,7 +230,7 @@ def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bo
 def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, local_path: str | None = None) -> bool:
     from bigskies_ops.archives.catalog import SCHEMA_VERSION, parse_archive_name
     from bigskies_ops.archives.hashing import sha256_file
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     p = parse_archive_name(b.name)
     if p is None:
         return False

@@ -21,7 +21,8 @@ from bigskies_ops.archives.catalog import latest, list_backups
 from bigskies_ops.errors import BigskiesError, SafetyError, StorageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.restore import restore as run_restore
-from bigskies_ops.hosts.runners import LocalRunner, runner_for
+from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.local import LocalRunner
 
 
 class Steps:

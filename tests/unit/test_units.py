@@ -383,7 +383,7 @@ def test_restore_sessions_size_maintenance_work_mem_by_available_memory(kb, sess
 def test_restore_pgoptions_reads_this_machine():
     from types import SimpleNamespace
     from bigskies_ops.jobs.restore import mem_available, restore_pgoptions
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     mem = mem_available(LocalRunner())
     assert mem is not None and mem > 0
     mwm = int(restore_pgoptions(SimpleNamespace(runner=LocalRunner()), 2).split("maintenance_work_mem=")[1].split("MB")[0])
