@@ -14,7 +14,8 @@ from bigskies_ops.jobs.backup import backup as run_backup
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
-from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
+from bigskies_ops.jobs.restore import resolve_archive, restore as run_restore
+from bigskies_ops.jobs.swap import pre_restore_copies, undo as run_undo
 from bigskies_ops.hosts.runners import LocalRunner, runner_for, tail
 from bigskies_ops.safety import check_destructive, confirm_or_refuse, is_tty
 from bigskies_ops.jobs.status import status as run_status
