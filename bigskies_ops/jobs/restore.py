@@ -19,7 +19,13 @@
    what it is), the side database takes its name. Coordinators start again.
 
 Any failure before step 4 drops the side database; the old database was never
-touched. ``--undo`` swaps the newest pre-restore copy back.
+touched. ``--undo`` swaps the newest pre-restore copy back (:func:`bigskies_ops.jobs.swap.undo`).
+
+This module is the flow; its steps live with their concern: the archive checks in
+bigskies_ops.archives.integrity, the server's facts in bigskies_ops.pg.admin and
+bigskies_ops.pg.loadcheck, the load and its check in bigskies_ops.jobs.sideload (shared
+with ``db.verify --restore-test``), the swap and the pre-restore copies in
+bigskies_ops.jobs.swap, the databases' names in bigskies_ops.jobs.dbnames.
 """
 from __future__ import annotations
 
@@ -155,6 +161,8 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
 
 
 def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, notify, progress, t0):
+    """Steps 2-4 of the module docstring, under the (host, database) lock; the side
+    database is dropped unless it was swapped in (or renamed to ``target_db``)."""
     maint = access.sql(host.postgres.maintenance_db)
     now = utcnow()
     old = db_info(maint, db)
