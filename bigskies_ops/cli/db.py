@@ -13,7 +13,8 @@ from bigskies_ops.jobs.backup import backup as run_backup
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
-from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
+from bigskies_ops.jobs.restore import resolve_archive, restore as run_restore
+from bigskies_ops.jobs.swap import pre_restore_copies, undo as run_undo
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.hosts.local import LocalRunner

@@ -44,7 +44,7 @@ def _counts(manifest: dict) -> dict:
 
 def _current_counts(host: Host, tables: list[str]) -> dict:
     from bigskies_ops.pg.access import PostgresAccess
-    from bigskies_ops.jobs.restore import table_counts
+    from bigskies_ops.jobs.sideload import table_counts
     want = [{"schema": t.split(".", 1)[0], "name": t.split(".", 1)[1]} for t in tables]
     with PostgresAccess(host) as access:
         got = table_counts(access.sql(host.postgres.database), want)
