@@ -1,4 +1,4 @@
-"""``db.*`` tasks contributed by the policy feature (registered into the db namespace by cli/db.py):
+"""``db.*`` tasks contributed by the policy feature (gathered into the db namespace by bigskies_ops.cli):
 verify, prune, offsite, health, schedule (and the run that cron starts). Thin: the
 library modules verify, retention, offsite, health and schedule do the work."""
 from __future__ import annotations

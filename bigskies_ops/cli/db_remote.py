@@ -1,4 +1,4 @@
-"""``db.*`` tasks contributed by the remote feature (registered into the db namespace by cli/db.py):
+"""``db.*`` tasks contributed by the remote feature (gathered into the db namespace by bigskies_ops.cli):
 ``db.pull``, plus the multi-host (fleet) forms of ``db.backup``, ``db.list`` and ``db.status``
 and ``db.backup --pull``, which cli/db.py delegates here."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``db.*`` tasks contributed by the stack feature (registered into the db namespace by cli/db.py)."""
+"""``db.*`` tasks contributed by the stack feature (gathered into the db namespace by bigskies_ops.cli)."""
 from __future__ import annotations
 
 from bigskies_ops import output
