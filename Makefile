@@ -23,7 +23,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	sh scripts/install-test-deps.sh
 	$(BIN)/ruff check .
-	$(BIN)/python scripts/structure.py
 	$(BIN)/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)

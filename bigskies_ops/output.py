@@ -39,7 +39,7 @@ _inventory_flag = ""
 def set_inventory(path: str | None) -> None:
     """Remember the inventory named on the command line (``-i FILE``), so that hints
     repeat it: without it a copied hint acts on ./inventory.yaml's host of the same
-    name (found by a break-it trial)."""
+    name."""
     global _inventory_flag
     import shlex
     _inventory_flag = f" -i {shlex.quote(path)}" if path else ""
@@ -151,8 +151,8 @@ def transfer_progress(description: str, total: int | None = None):
 
 def literal_table(**kw) -> "Table":
     """A rich ``Table(**kw)`` whose string cells are shown as is: a table, file or label
-    named ``a[/b]c`` or ``x:smile:`` is neither read as markup (a MarkupError traceback
-    before) nor as an emoji code (break-it trial). Column headers are ours."""
+    named ``a[/b]c`` or ``x:smile:`` is neither read as markup nor as an emoji
+    code. Column headers are ours."""
     from rich.table import Table
     from rich.text import Text
 

@@ -58,8 +58,8 @@ def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
 @contextmanager
 def deferred():
     """Hold SIGINT/SIGTERM during a step that must not be cut in two (an archive renamed
-    into place and its DONE manifest: a break-it trial published complete archives with an
-    empty or FAILED manifest). A signal that arrives meanwhile is raised as
+    into place and its DONE manifest: cut in two, a complete archive would be published
+    with an empty or FAILED manifest). A signal that arrives meanwhile is raised as
     :class:`Interrupted` when the step has ended without an error. Main thread only (where
     the handlers run); elsewhere a plain block."""
     global _depth

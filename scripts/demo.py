@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bigskies_ops.dev.sampledata import bootstrap_sql, sample_data_sql  # noqa: E402
+from bigskies_ops.dev.sampledata import sample_data_sql  # noqa: E402
+from bigskies_ops.dev.schema import bootstrap_sql  # noqa: E402
 from bigskies_ops.dev.sandbox import Cluster, free_port  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")

@@ -65,7 +65,8 @@ def run_root():
 
 def load_bigskies(run_sql_input, database: str) -> None:
     """Apply configs/sql (recorded in schema_migrations) and the sample data."""
-    from bigskies_ops.dev.sampledata import bootstrap_sql, sample_data_sql
+    from bigskies_ops.dev.sampledata import sample_data_sql
+    from bigskies_ops.dev.schema import bootstrap_sql
     run_sql_input(bootstrap_sql(REPO / "configs" / "sql"), database)
     run_sql_input(sample_data_sql(1), database)
     run_sql_input("SELECT lo_from_bytea(0, convert_to('bigskies large object ' || repeat('x', 5000), 'UTF8'));",

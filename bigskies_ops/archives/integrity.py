@@ -21,7 +21,7 @@ from bigskies_ops.pg.tools import PgVersion, parse_custom_header, parse_plain_he
 @dataclass
 class ArchiveInfo:
     path: str
-    format: str                     # plain | custom | plain-sql (uncompressed legacy)
+    format: str                     # plain (gzipped SQL) | custom (check_archive refuses the rest)
     manifest: dict | None
     dump_version: PgVersion | None
     tool_version: PgVersion | None
@@ -56,14 +56,18 @@ def toc_listing(access: PostgresAccess, path: str) -> str:
         ArchiveError: pg_restore cannot read the archive (message names both versions
             when it is from a newer pg_dump).
     """
-    r = run_pg_restore_on(access, ["--list"], path)
-    return r
+    return run_pg_restore_on(access, ["--list"], path)
 
 
 def run_pg_restore_on(access: PostgresAccess, args: list[str], path: str) -> str:
+    """Stdout of ``pg_restore ARGS`` reading the local archive ``path`` where the host's
+    tools are (natively by path; in a container or on an SSH host through stdin).
+
+    Raises:
+        ArchiveError: pg_restore failed (naming the versions for an archive too new).
+    """
     if access.host.container or access.host.is_remote:
-        res = feed_file(access, "pg_restore", args, path, decompress=False, capture=True)
-        rc, out, err = res
+        rc, out, err = feed_file(access, "pg_restore", args, path, decompress=False, capture=True)
     else:
         r = access.run_tool("pg_restore", [*args, path], check=False)
         rc, out, err = r.returncode, r.text, r.stderr
@@ -89,77 +93,99 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         ArchiveError: missing, in-progress, FAILED, checksum mismatch, truncated,
             not a dump, or too new for the local tools.
     """
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     lr = LocalRunner()
     if path.endswith(PARTIAL_SUFFIX):
         raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
     if not lr.exists(path):
         raise ArchiveError(f"{path}: no such file")
-    man = read_manifest(lr, path)
-    warnings: list[str] = []
-    if man is not None:
-        if man.get("status") != "DONE":
-            raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
-                               f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
-        digest, size = sha256_file(lr, path)
-        if man.get("bytes") is not None and size != man["bytes"]:
-            raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
-                               f"(truncated or changed)")
-        if man.get("sha256") and digest != man["sha256"]:
-            raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    man = check_against_manifest(lr, path)
     if full is None:
         full = man is None or not man.get("sha256")
     head = sniff(lr, path)
     if head.startswith(b"\x1f\x8b"):
-        fmt = "plain"
-        try:
-            d = gz.decompressobj()
-            sql_head = d.decompress(head)
-        except gz.ERRORS as e:
-            raise ArchiveError(f"{path}: corrupt gzip data ({e})")
-        try:
-            ph = parse_plain_header(sql_head)
-        except ValueError as e:
-            raise ArchiveError(f"{path}: {e}")
-        if full:
-            t = gzip_full_check(lr, path)
-            if not plain_tail_complete(t, ph.restrict_key):
-                extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
-                raise ArchiveError(f"{path}: truncated dump (no '-- PostgreSQL database dump complete' "
-                                   f"trailer{extra})")
-        psql_v = access.tool_version("psql")
-        if ph.restrict_key and not psql_v.understands_restrict():
-            raise ArchiveError(f"{path}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
-                               f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
-        if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
-            warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
-        return ArchiveInfo(path, fmt, man, ph.pg_dump_version, psql_v, warnings)
+        return _check_plain(access, lr, path, head, man, full)
     if head.startswith(b"PGDMP"):
-        try:
-            hdr = parse_custom_header(head)
-        except ValueError as e:
-            raise ArchiveError(f"{path}: {e}")
-        pr_v = access.tool_version("pg_restore")
-        try:
-            run_pg_restore_on(access, ["--list"], path)
-        except ArchiveError as e:
-            if "newer pg_dump" in str(e):
-                # the rest of a header in an unknown format may not decode: name the version only if sane
-                dv = hdr.pg_dump_version if re.fullmatch(r"\d+(\.\d+)*", hdr.pg_dump_version or "") else None
-                raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by "
-                                   f"{'pg_dump ' + dv if dv else 'a newer pg_dump'} is newer than pg_restore "
-                                   f"{pr_v} can read; use pg_restore {dv or 'of that release'} or newer") from None
-            raise
-        if full:
-            run_pg_restore_on(access, ["--file", "/dev/null"], path)
-        try:
-            dv = PgVersion(*[int(x) for x in hdr.pg_dump_version.split(".")[:2]])
-        except ValueError:
-            dv = None
-        return ArchiveInfo(path, "custom", man, dv, pr_v, warnings)
+        return _check_custom(access, path, head, man, full)
     if head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
         raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
     raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+
+
+def check_against_manifest(runner, path: str) -> dict | None:
+    """The manifest of ``path`` (None: there is none), after checking that it says DONE
+    and that the file's size (bytes) and sha256 are the ones it records.
+
+    Raises:
+        ArchiveError: the manifest says the backup did not finish, or the file differs.
+    """
+    man = read_manifest(runner, path)
+    if man is None:
+        return None
+    if man.get("status") != "DONE":
+        raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
+                           f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
+    digest, size = sha256_file(runner, path)
+    if man.get("bytes") is not None and size != man["bytes"]:
+        raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
+                           f"(truncated or changed)")
+    if man.get("sha256") and digest != man["sha256"]:
+        raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    return man
+
+
+def _check_plain(access: PostgresAccess, lr, path: str, head: bytes, man: dict | None, full: bool) -> ArchiveInfo:
+    """A gzipped plain dump: its header read, with ``full`` the whole stream and pg_dump's
+    completion trailer, and the host's psql able to read its ``\\restrict`` lines."""
+    try:
+        sql_head = gz.decompressobj().decompress(head)
+    except gz.ERRORS as e:
+        raise ArchiveError(f"{path}: corrupt gzip data ({e})")
+    try:
+        ph = parse_plain_header(sql_head)
+    except ValueError as e:
+        raise ArchiveError(f"{path}: {e}")
+    if full:
+        t = gzip_full_check(lr, path)
+        if not plain_tail_complete(t, ph.restrict_key):
+            extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
+            raise ArchiveError(f"{path}: truncated dump (no '-- PostgreSQL database dump complete' "
+                               f"trailer{extra})")
+    psql_v = access.tool_version("psql")
+    if ph.restrict_key and not psql_v.understands_restrict():
+        raise ArchiveError(f"{path}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
+                           f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
+    warnings = []
+    if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
+        warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
+    return ArchiveInfo(path, "plain", man, ph.pg_dump_version, psql_v, warnings)
+
+
+def _check_custom(access: PostgresAccess, path: str, head: bytes, man: dict | None, full: bool) -> ArchiveInfo:
+    """A custom archive: its header and table of contents read by the host's pg_restore
+    (naming both versions when the archive is newer), with ``full`` every data block."""
+    try:
+        hdr = parse_custom_header(head)
+    except ValueError as e:
+        raise ArchiveError(f"{path}: {e}")
+    pr_v = access.tool_version("pg_restore")
+    try:
+        run_pg_restore_on(access, ["--list"], path)
+    except ArchiveError as e:
+        if "newer pg_dump" in str(e):
+            # the rest of a header in an unknown format may not decode: name the version only if sane
+            dv = hdr.pg_dump_version if re.fullmatch(r"\d+(\.\d+)*", hdr.pg_dump_version or "") else None
+            raise ArchiveError(f"{path}: archive format {hdr.archive_version_str} written by "
+                               f"{'pg_dump ' + dv if dv else 'a newer pg_dump'} is newer than pg_restore "
+                               f"{pr_v} can read; use pg_restore {dv or 'of that release'} or newer") from None
+        raise
+    if full:
+        run_pg_restore_on(access, ["--file", "/dev/null"], path)
+    try:
+        dv = PgVersion(*[int(x) for x in hdr.pg_dump_version.split(".")[:2]])
+    except ValueError:
+        dv = None
+    return ArchiveInfo(path, "custom", man, dv, pr_v, [])
 
 
 # ------------------------------------------------------------------ streaming into tools
@@ -236,7 +262,7 @@ def feed_file(access: PostgresAccess, tool: str, args: list[str], path: str, *, 
     called with each chunk of the tool's stdout as it arrives; ``source``: an iterator of
     ``(bytes read, bytes)`` to send instead of the file (``path`` then names it in messages).
     """
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     proc = access.popen_tool(tool, args, stdin=True, pgoptions=pgoptions)
     out_chunks: list[bytes] = []
 

@@ -91,7 +91,7 @@ def create_missing_roles(access: PostgresAccess, archive_path: str, notify=print
         PostgresError: creating a role failed (nothing is created: one transaction).
     """
     from bigskies_ops.archives.catalog import read_manifest
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     lr = LocalRunner()
     path = roles_path(archive_path)
     if not lr.exists(path):

@@ -5,12 +5,16 @@ The repo-root ``tasks.py`` re-exports :data:`ns`; the console script
 """
 from invoke import Collection
 
-from bigskies_ops.cli import db
-from bigskies_ops.cli import docker
-from bigskies_ops.cli import inventory
-from bigskies_ops.cli import scenario
+from bigskies_ops.cli import db, db_migrations, db_policy, db_remote, db_stack, docker, inventory, scenario
+
+# the db namespace: the main job (backup, list, status, restore, exec, psql), then the
+# tasks of the other feature areas
+db_ns = Collection("db")
+for _mod in (db, db_remote, db_stack, db_migrations, db_policy):
+    for _t in _mod.TASKS:
+        db_ns.add_task(_t)
 
 ns = Collection()
-for _sub in (db.ns, inventory.ns, docker.ns, scenario.ns):
+for _sub in (db_ns, inventory.ns, docker.ns, scenario.ns):
     if _sub.tasks or _sub.collections:
         ns.add_collection(_sub)

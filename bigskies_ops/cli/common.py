@@ -51,12 +51,24 @@ def optional_positional(context_name: str, *arg_names: str) -> None:
     ParseMachine.complete_context = complete_context
 
 
+#: the ``bigskies-ops`` console script's Program (set by :mod:`bigskies_ops.cli.program`)
+console_program = None
+
+
+def running_program():
+    """The ``invoke.Program`` that parsed this command line: ours when the ``bigskies-ops``
+    console script runs, else Invoke's own ``inv`` (which runs tasks.py)."""
+    if console_program is not None and getattr(console_program, "parser", None) is not None:
+        return console_program
+    from invoke.main import program as inv_program
+    return inv_program
+
+
 def help_if_requested(value: str | None, task_name: str) -> None:
     """``inv db.restore --help``: Invoke hands ``--help`` to an optional positional as its
     value; show the task's help instead of looking for a file named ``--help``."""
     if value in ("--help", "-h"):
         from invoke import Exit
-        from bigskies_ops.cli.program import running_program
         # the running Program has parsed this command line: its task contexts carry the
         # per-option help (a nested run printed none)
         running_program().print_task_help(task_name)
@@ -98,8 +110,8 @@ class _Task(invoke.Task):
     """Invoke's Task, but the safety policy's confirmation flags (``--force-protected``,
     ``--confirm DBNAME``) and the flags that waive a restore's checks (``--skip-missing-roles``,
     ``--skip-space-check``) have no short form: they are typed in full, and ``-c`` stays
-    free for what it means elsewhere (``db.psql -c SQL`` as in psql; a break-it trial
-    found ``-c``/``-o``/``-f`` meaning different things in db.exec and db.psql)."""
+    free for what it means elsewhere (``db.psql -c SQL`` as in psql), so no short flag means different
+    things in two tasks."""
 
     LONG_ONLY = frozenset({"force_protected", "confirm", "skip_missing_roles", "skip_space_check"})
 

@@ -5,7 +5,6 @@ import os
 import shlex
 import sys
 
-from invoke import Collection
 
 from bigskies_ops import output
 from bigskies_ops.cli import render
@@ -14,8 +13,11 @@ from bigskies_ops.jobs.backup import backup as run_backup
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
-from bigskies_ops.jobs.restore import pre_restore_copies, resolve_archive, restore as run_restore, undo as run_undo
-from bigskies_ops.hosts.runners import LocalRunner, runner_for, tail
+from bigskies_ops.jobs.restore import resolve_archive, restore as run_restore
+from bigskies_ops.jobs.swap import pre_restore_copies, undo as run_undo
+from bigskies_ops.hosts.runners import tail
+from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.safety import check_destructive, confirm_or_refuse, is_tty
 from bigskies_ops.jobs.status import status as run_status
 from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,
@@ -424,17 +426,6 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
         raise Exit(code=rc)
 
 
-ns = Collection("db")
 optional_positional("db.restore", "file")  # db.restore --undo / interactive pick take no FILE
-for t in (backup, list_, status, restore, exec, psql):
-    ns.add_task(t)
-
-# Tasks of the other feature areas live in their own modules and join the same ``db`` namespace.
-from bigskies_ops.cli import db_migrations
-from bigskies_ops.cli import db_policy
-from bigskies_ops.cli import db_remote
-from bigskies_ops.cli import db_stack
-
-for _mod in (db_remote, db_stack, db_migrations, db_policy):
-    for _t in _mod.TASKS:
-        ns.add_task(_t)
+#: the tasks of this module; :mod:`bigskies_ops.cli` gathers them into the ``db`` namespace
+TASKS = (backup, list_, status, restore, exec, psql)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from bigskies_ops import output
 from bigskies_ops.errors import SafetyError, UsageError
-from bigskies_ops.jobs.migrations import DEFAULT_LOCK_TIMEOUT, migrate as run_migrate, status as run_status
+from bigskies_ops.jobs.migrations import migrate as run_migrate, status as run_status
+from bigskies_ops.jobs.migration_apply import DEFAULT_LOCK_TIMEOUT
 from bigskies_ops.pg.pgpass import converge
 from bigskies_ops.safety import check_destructive
 from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task

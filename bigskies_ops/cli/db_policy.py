@@ -78,7 +78,7 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
 def verify(c, file=None, host=None, inventory=None, all=False, restore_test=False, offsite=None, adopt=False,
            json=False):
     """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     from bigskies_ops.jobs.verify import select, verify_backup
     from bigskies_ops.cli.common import help_if_requested
     help_if_requested(file, "db.verify")

@@ -233,7 +233,7 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
 
 def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None:
     """``db.list --host GROUP``: list every host's backups (fetched in parallel)."""
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
 
     def job(h: Host):
         with runner_for(h) as r:

@@ -8,7 +8,7 @@ from invoke import Exit, ParseError, Program
 
 from bigskies_ops import __version__
 from bigskies_ops import output
-from bigskies_ops.cli import ns
+from bigskies_ops.cli import common, ns
 
 
 class _Program(Program):
@@ -29,15 +29,7 @@ class _Program(Program):
 
 
 program = _Program(namespace=ns, version=__version__, name="bigskies-ops", binary="bigskies-ops")
-
-
-def running_program() -> Program:
-    """The Program that parsed this command line: ours when the ``bigskies-ops`` console
-    script runs, else Invoke's own ``inv`` (which runs tasks.py)."""
-    if getattr(program, "parser", None) is not None:
-        return program
-    from invoke.main import program as inv_program
-    return inv_program
+common.console_program = program
 
 
 def main() -> None:

@@ -1,67 +1,39 @@
-"""The BIG SKIES schema as numbered migrations, and realistic sample data for it.
+"""Realistic sample data for the BIG SKIES schema, as one SQL script.
 
-The schema lives in ``configs/sql/NNN_description.sql`` (the framework's
-``configs/sql/`` convention, see the database guide's "Migrations vs Backups").
-This module turns that folder into SQL text; it never connects to a database.
-Callers (the demo, the test suite, benchmarks) feed the text to ``psql``::
+The schema itself (``configs/sql/`` and the bootstrap script that applies it) is
+:mod:`bigskies_ops.dev.schema`. Callers (the demo, the test suite, benchmarks) feed
+the text to ``psql`` after the bootstrap::
 
-    psql -v ON_ERROR_STOP=1 -d bigskies <<< "$(bootstrap_sql('configs/sql'))"
     psql -v ON_ERROR_STOP=1 -d bigskies <<< "$(sample_data_sql(scale=1))"
 
-Everything here is a pure function: the only I/O is reading the migration files.
+Everything here is a pure function of ``scale``; it never connects to a database.
 Literals are quoted with :class:`psycopg.sql.Literal` (no connection needed).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-from bigskies_ops.pg.access import pgsql as sql
+from bigskies_ops.dev.schema import sql_literal
 
 __all__ = [
-    "MIGRATION_FILE_RE",
     "SAMPLE_ANCHOR",
-    "SCHEMA_MIGRATIONS_DDL",
-    "bootstrap_sql",
-    "migration_files",
     "sample_data_sql",
 ]
-
-#: A migration file name: version digits, underscore, description, ``.sql``.
-MIGRATION_FILE_RE = re.compile(r"^(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
-_LOOKS_LIKE_MIGRATION_RE = re.compile(r"^[0-9]+_.*\.sql$")
-
-#: The table that records applied migrations (the guide: "Tracked in schema_migrations").
-SCHEMA_MIGRATIONS_DDL = """\
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     integer     PRIMARY KEY,
-    name        text        NOT NULL,
-    checksum    text        NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now(),
-    duration_ms integer
-);
-"""
 
 #: Every timestamp in the sample data is relative to this instant (UTC), not to
 #: now(), so two loads of the same scale hold the same rows.
 SAMPLE_ANCHOR = "2026-01-16 22:45:00+00"
 
 
-def _lit(value: Any) -> str:
-    """Quote a Python value as an SQL literal (``'O''Brien'``, ``E'C:\\\\x'``, ``NULL``)."""
-    return sql.Literal(value).as_string().strip()
-
-
 def _jsonb(value: Any) -> str:
     """A jsonb literal for a Python value (dicts, lists, str, numbers, bool, None -> JSON null)."""
-    return _lit(json.dumps(value, ensure_ascii=False)) + "::jsonb"
+    return sql_literal(json.dumps(value, ensure_ascii=False)) + "::jsonb"
 
 
 def _text_array(values: list[str | None]) -> str:
-    return "ARRAY[" + ", ".join(_lit(v) for v in values) + "]::text[]"
+    return "ARRAY[" + ", ".join(sql_literal(v) for v in values) + "]::text[]"
 
 
 def _fill(template: str, **values: Any) -> str:
@@ -73,96 +45,6 @@ def _fill(template: str, **values: Any) -> str:
     if leftover:
         raise ValueError(f"unfilled token {leftover.group(0)} in sample SQL template")
     return out
-
-
-# --------------------------------------------------------------------------- migrations
-
-def migration_files(sql_dir: str | Path) -> list[tuple[int, str, Path]]:
-    """List the migration files of ``sql_dir`` in the order they must be applied.
-
-    A migration file is named ``NNN_description.sql`` (e.g. ``003_coordinator_config.sql``).
-    Other files (``README.md``, unnumbered ``*_schema.sql`` files, directories) are
-    ignored, but a file that starts like a migration (digits, ``_``, ends in ``.sql``)
-    with an unusable description is an error rather than silently skipped.
-
-    Args:
-        sql_dir: the folder holding the files (not searched recursively).
-
-    Returns:
-        ``[(version, name, path), ...]`` sorted by version, where ``version`` is the
-        integer value of the leading digits (``007`` -> 7) and ``name`` is the
-        description (``003_coordinator_config.sql`` -> ``"coordinator_config"``).
-
-    Raises:
-        FileNotFoundError: ``sql_dir`` does not exist.
-        NotADirectoryError: ``sql_dir`` is not a directory.
-        ValueError: two files share a version (``001_a.sql`` and ``0001_b.sql``), or a
-            numbered ``.sql`` file has a description outside ``[A-Za-z0-9_.-]``.
-    """
-    folder = Path(sql_dir)
-    if not folder.exists():
-        raise FileNotFoundError(f"migration folder not found: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"not a directory: {folder}")
-    found: dict[int, tuple[int, str, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        match = MIGRATION_FILE_RE.match(path.name)
-        if not match:
-            if _LOOKS_LIKE_MIGRATION_RE.match(path.name):
-                raise ValueError(f"{path}: migration file names must look like "
-                                 f"NNN_description.sql with [A-Za-z0-9_.-] in the description")
-            continue
-        version = int(match.group("version"))
-        if version in found:
-            raise ValueError(f"duplicate migration version {version}: "
-                             f"{found[version][2].name} and {path.name} (in {folder})")
-        found[version] = (version, match.group("name"), path)
-    return [found[v] for v in sorted(found)]
-
-
-def bootstrap_sql(sql_dir: str | Path, *, single_transaction: bool = True) -> str:
-    """One SQL script that creates ``schema_migrations`` and applies every migration.
-
-    The script creates ``schema_migrations(version, name, checksum, applied_at,
-    duration_ms)`` if it is missing, then for each file of :func:`migration_files`
-    in version order: the file's text, then
-    ``INSERT INTO schema_migrations(version, name, checksum) VALUES (...)`` where
-    ``checksum`` is the SHA-256 (hex) of the file's bytes. It is meant for an empty
-    database: it does not skip migrations that are already applied (the migrations
-    job does that), so on a migrated database it fails on the first ``CREATE``.
-
-    Args:
-        sql_dir: the migration folder (see :func:`migration_files`).
-        single_transaction: wrap the script in ``BEGIN;`` ... ``COMMIT;`` so a failing
-            file leaves nothing behind (run it with ``psql -v ON_ERROR_STOP=1``). Pass
-            False when the caller already runs it in a transaction (``psql -1``).
-
-    Returns:
-        The script (text, UTF-8 when encoded), ending with a newline.
-
-    Raises:
-        FileNotFoundError, NotADirectoryError, ValueError: from :func:`migration_files`.
-        UnicodeDecodeError (a ValueError): a migration file is not UTF-8.
-    """
-    parts: list[str] = []
-    if single_transaction:
-        parts.append("BEGIN;\n")
-    parts.append(SCHEMA_MIGRATIONS_DDL)
-    for version, name, path in migration_files(sql_dir):
-        data = path.read_bytes()
-        text = data.decode("utf-8")
-        if not text.endswith("\n"):
-            text += "\n"  # a trailing "-- comment" must not swallow the INSERT
-        checksum = hashlib.sha256(data).hexdigest()
-        parts.append(f"\n-- migration {version}: {path.name}\n")
-        parts.append(text)
-        parts.append(f"INSERT INTO schema_migrations(version, name, checksum) "
-                     f"VALUES ({_lit(version)}, {_lit(name)}, {_lit(checksum)});\n")
-    if single_transaction:
-        parts.append("\nCOMMIT;\n")
-    return "".join(parts)
 
 
 # --------------------------------------------------------------------------- sample data
@@ -612,10 +494,38 @@ ORDER BY g;
 """
 
 
+def _row_values(anchor: str) -> dict[str, str]:
+    """The template's VALUES lists (``ROLE_ROWS``, ``SPECIAL_ROWS``, ``COMMON_ROWS``,
+    ``SPECIFIC_ROWS``, ``TARGET_ROWS``) and ``DELETED_KEYS``, from this module's tables;
+    ``anchor`` is :data:`SAMPLE_ANCHOR` as an SQL literal. None of them depends on the scale."""
+    role_rows = ",\n".join(
+        f"    ({sql_literal(name)}, {sql_literal(desc)}, {_jsonb(perms)}, {sql_literal(system)}, "
+        f"{anchor}::timestamptz - interval '1400 days', {anchor}::timestamptz - interval '1400 days')"
+        for name, desc, perms, system in ROLES)
+    special_rows = ",\n".join(
+        f"    ({i}, {sql_literal(u)}, {sql_literal(e)}, {sql_literal(d)}::text, {_jsonb(p)})"
+        for i, (u, e, d, p) in enumerate(SPECIAL_USERS, start=1))
+    common_rows = ",\n".join(
+        f"    ({i}, {sql_literal(key)}, {sql_literal(typ)}, {value}, {sql_literal(desc)}::text, "
+        f"{sql_literal(secret)})"
+        for i, (key, typ, value, desc, secret) in enumerate(COMMON_KEYS, start=1))
+    specific_rows = ",\n".join(
+        f"    ({i}, {sql_literal(coord)}, {sql_literal(key)}, {sql_literal(typ)}, {value}, "
+        f"{sql_literal(desc)}::text, {sql_literal(secret)}, "
+        f"{anchor}::timestamptz - interval '380 days' + interval '1 hour' * {i})"
+        for i, (coord, key, typ, value, desc, secret) in enumerate(SPECIFIC_KEYS, start=1))
+    target_rows = ",\n".join(
+        f"            ({i}, {sql_literal(name)}, {ra}::double precision, {dec}::double precision)"
+        for i, (name, ra, dec) in enumerate(_NAMED_TARGETS, start=1))
+    deleted = ", ".join(f"({sql_literal(c)}, {sql_literal(k)})" for c, k in DELETED_KEYS)
+    return {"ROLE_ROWS": role_rows, "SPECIAL_ROWS": special_rows, "COMMON_ROWS": common_rows,
+            "SPECIFIC_ROWS": specific_rows, "TARGET_ROWS": target_rows, "DELETED_KEYS": deleted}
+
+
 def sample_data_sql(scale: int = 1, *, single_transaction: bool = True) -> str:
     """SQL that fills a freshly migrated BIG SKIES database with realistic data.
 
-    Run it after :func:`bootstrap_sql` on an empty database (it raises an SQL error
+    Run it after :func:`bigskies_ops.dev.schema.bootstrap_sql` on an empty database (it raises an SQL error
     otherwise). Rows at ``scale`` = s (``N`` = 20,000 * s users):
 
     ============================  ======================================================
@@ -657,52 +567,28 @@ def sample_data_sql(scale: int = 1, *, single_transaction: bool = True) -> str:
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
 
-    anchor = _lit(SAMPLE_ANCHOR)
+    anchor = sql_literal(SAMPLE_ANCHOR)
     n_users = 20_000 * scale
     first_special = 2 + len(COORDINATORS)            # after admin and service accounts
     first_person = first_special + len(SPECIAL_USERS)
-
-    role_rows = ",\n".join(
-        f"    ({_lit(name)}, {_lit(desc)}, {_jsonb(perms)}, {_lit(system)}, "
-        f"{anchor}::timestamptz - interval '1400 days', {anchor}::timestamptz - interval '1400 days')"
-        for name, desc, perms, system in ROLES)
-    special_rows = ",\n".join(
-        f"    ({i}, {_lit(u)}, {_lit(e)}, {_lit(d)}::text, {_jsonb(p)})"
-        for i, (u, e, d, p) in enumerate(SPECIAL_USERS, start=1))
-    common_rows = ",\n".join(
-        f"    ({i}, {_lit(key)}, {_lit(typ)}, {value}, {_lit(desc)}::text, {_lit(secret)})"
-        for i, (key, typ, value, desc, secret) in enumerate(COMMON_KEYS, start=1))
-    specific_rows = ",\n".join(
-        f"    ({i}, {_lit(coord)}, {_lit(key)}, {_lit(typ)}, {value}, {_lit(desc)}::text, {_lit(secret)}, "
-        f"{anchor}::timestamptz - interval '380 days' + interval '1 hour' * {i})"
-        for i, (coord, key, typ, value, desc, secret) in enumerate(SPECIFIC_KEYS, start=1))
-    target_rows = ",\n".join(
-        f"            ({i}, {_lit(name)}, {ra}::double precision, {dec}::double precision)"
-        for i, (name, ra, dec) in enumerate(_NAMED_TARGETS, start=1))
-    deleted = ", ".join(f"({_lit(c)}, {_lit(k)})" for c, k in DELETED_KEYS)
 
     body = _fill(
         _SAMPLE_TEMPLATE,
         SCALE=scale,
         ANCHOR=anchor,
-        ROLE_ROWS=role_rows,
+        **_row_values(anchor),
         COORDINATORS=_text_array(list(COORDINATORS)),
         FIRST_SPECIAL=first_special,
         FIRST_PERSON=first_person,
-        SPECIAL_ROWS=special_rows,
         N_USERS=n_users,
         FIRST_NAMES=_text_array(_FIRST_NAMES),
         N_FIRST=len(_FIRST_NAMES),
         LAST_NAMES=_text_array(_LAST_NAMES),
         N_LAST=len(_LAST_NAMES),
-        ACCENTED=_lit(_ACCENTED),
-        PLAIN=_lit(_PLAIN),
-        COMMON_ROWS=common_rows,
-        SPECIFIC_ROWS=specific_rows,
+        ACCENTED=sql_literal(_ACCENTED),
+        PLAIN=sql_literal(_PLAIN),
         ROUNDS=50 * scale,
-        DELETED_KEYS=deleted,
         N_OBSERVATIONS=30_000 * scale,
-        TARGET_ROWS=target_rows,
         N_TARGETS=len(_NAMED_TARGETS),
         TAGS=_text_array(_TAGS),
         NOTES=_text_array(_NOTES),

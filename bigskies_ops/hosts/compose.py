@@ -1,4 +1,4 @@
-"""The host's compose project: argv builders, the resolved config, service states, coordinators.
+"""The host's compose project: argv builders, the resolved config, service states.
 
 Every compose command runs with the host's ``compose.command`` (``docker compose``,
 ``docker-compose``, ``podman-compose``) inside its ``project_dir``, as
@@ -18,22 +18,20 @@ every compose implementation puts on its containers
 1.0.3's ``ps`` takes no ``--services``/``--filter`` and its ``start``/``stop``
 exit 0 even when podman failed, so every state change is verified with the engine.
 
-Coordinators are compose service names (CONTRACTS.md section 4). Only the ones
-running before a restore are stopped, and exactly those are started again, in a
-``finally`` that also runs on SIGINT/SIGTERM (:func:`coordinators_paused`).
+Coordinators are compose service names (CONTRACTS.md section 4), checked against the
+project here (:func:`check_coordinators`); pausing them around a restore is
+:mod:`bigskies_ops.jobs.coordinators`.
 """
 from __future__ import annotations
 
 import json
 import shlex
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import yaml
 
-from bigskies_ops.signals import interrupts_unwind
-from bigskies_ops.errors import BigskiesError, CommandError, UsageError
+from bigskies_ops.errors import CommandError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.hosts.runners import redact_argv, tail
 
@@ -295,64 +293,6 @@ def start_services(runner, host: Host, services: list[str], project: Project | N
     if services:
         run_compose(runner, host, "start", *services)
         _wait_states(runner, host, project or resolved_config(runner, host), services, running=True)
-
-
-@contextmanager
-def coordinators_paused(runner, host: Host, notify=print):
-    """Stop the host's running coordinators for the ``with`` body; start the same ones
-    afterwards, also on failure, Ctrl-C and SIGTERM. Yields the list that was stopped.
-
-    Raises:
-        UsageError: a coordinator is not a service of the project (exit 2), before
-            anything is stopped.
-        CommandError: a coordinator could not be stopped or started again.
-    """
-    if not host.coordinators:
-        yield []
-        return
-    project = resolved_config(runner, host)
-    check_coordinators(host, project)
-    running = running_services(runner, host, project, list(host.coordinators))
-    stopped = [s for s in host.coordinators if s in running]
-    with interrupts_unwind():  # SIGTERM/SIGINT unwind through the finally; a second one cannot cut the restart
-        try:
-            if stopped:
-                notify(f"Stopping coordinators: {', '.join(stopped)}")
-                stop_services(runner, host, stopped, project)
-                _wait_sessions_gone(runner, host)
-            yield stopped
-        finally:
-            if stopped:
-                notify(f"Starting coordinators again: {', '.join(stopped)}")
-                start_services(runner, host, stopped, project)
-
-
-def _wait_sessions_gone(runner, host: Host, timeout: float = 10.0) -> None:
-    """Give the stopped coordinators' server sessions a moment to end (a killed client's
-    backend notices only when it next talks to the socket). Never raises: the restore's
-    own session check decides what to do with sessions that stay."""
-    from bigskies_ops.pg.access import PostgresAccess, lit
-    from psycopg import sql as pgsql
-    q = pgsql.SQL("SELECT count(*) AS n FROM pg_catalog.pg_stat_activity WHERE datname = {} "
-                  "AND pid <> pg_catalog.pg_backend_pid()").format(lit(host.postgres.database))
-    deadline = time.monotonic() + timeout
-    try:
-        with PostgresAccess(host, runner=runner) as access:
-            sql = access.sql(host.postgres.maintenance_db)
-            while sql.value(q) and time.monotonic() < deadline:
-                time.sleep(0.3)
-    except BigskiesError:
-        pass
-
-
-def coordinators_preflight(runner, host: Host) -> Project | None:
-    """Check (before a restore touches anything) that coordinators are services of the
-    project; returns the project, or None when the host has no coordinators."""
-    if not host.coordinators:
-        return None
-    project = resolved_config(runner, host)
-    check_coordinators(host, project)
-    return project
 
 
 def engine_json(runner, host: Host, *args: str) -> list | dict | None:

@@ -1,26 +1,17 @@
 """The SSH runner: run argv lists and touch files on a ``connection: ssh`` host.
 
-Fabric's :class:`fabric.Connection` does what it is good at: reading
-``ssh_config`` (``config_alias``, ``config_file``, ``ProxyJump``), the jump host
-(``gateway``), the connect timeout and authentication. Everything else goes over
-plain paramiko exec channels on that one connection:
+:class:`SSHRunner` implements :class:`~bigskies_ops.hosts.runners.Runner` over one
+connection (:mod:`bigskies_ops.hosts.connection`: Fabric reads ssh_config and the jump
+host; host keys are checked by default). Everything else goes over plain paramiko exec
+channels on that connection (:mod:`bigskies_ops.hosts.channels`):
 
-* Host keys are **checked by default** (Fabric auto-accepts; we do not): the
-  inventory's ``ssh.known_hosts_file``, else ssh_config's ``UserKnownHostsFile``,
-  else ``~/.ssh/known_hosts``; ``[host]:port`` entries are honoured (paramiko
-  looks them up for non-22 ports). An unknown or changed key is refused (exit 3).
-  The same policy applies to the jump host. ``host_key_checking: false`` accepts
-  any key and prints a warning on every run.
 * Every remote command line is an argv joined with :func:`shlex.quote`.
-* Bytes are never carried by Fabric's ``run``/``get`` (quadratic capture, utf-8
-  decoding; see ../shared/research/perf-baseline.md): stdout is read from the
-  channel in 256 KiB chunks and handed to the caller as it arrives.
 * Secrets (``PGPASSWORD``, the sudo password) are never on a command line, in
   Fabric ``env=`` or on the host's disk: they are written into the command's stdin
-  ahead of its own input, and a small POSIX-sh wrapper (:data:`WRAPPER`) reads and
-  exports them before it runs the real argv. (For the interactive psql, whose
-  stdin is a terminal that would echo, a private 0600 file in a ``mktemp -d``
-  folder is sourced and removed before psql starts.)
+  ahead of its own input, and a small POSIX-sh wrapper
+  (:data:`bigskies_ops.hosts.shell.WRAPPER`) reads and exports them before it runs the
+  real argv. (For the interactive psql, whose stdin is a terminal that would echo, a
+  private 0600 file in a ``mktemp -d`` folder is sourced and removed before psql starts.)
 * A command that reads no stdin is guarded: the client keeps the channel's stdin
   open, and when it reaches EOF on the remote side (this process was killed, the
   connection dropped) the wrapper stops the command's whole process group. A remote
@@ -28,356 +19,28 @@ plain paramiko exec channels on that one connection:
 * ``become: true`` runs every command and file operation under ``sudo -n``
   (never waits at a prompt), or ``sudo -S`` fed the password from
   ``become_password_env`` on stdin.
-* A channel that delivers nothing for ``backup.stall_timeout`` seconds raises
-  :class:`StallError` instead of hanging.
 * File operations use POSIX/GNU coreutils on the remote (Linux) host, through the
-  same exec channels, so ``become`` applies to them too.
+  same exec channels, so ``become`` applies to them too; streams of files and copies
+  to this machine are in :mod:`bigskies_ops.hosts.transfer`.
 """
 from __future__ import annotations
 
 import os
 import posixpath
-import re
 import shlex
 import shutil
-import socket
 import sys
 import threading
 import time
 
-from bigskies_ops.errors import BigskiesError, CommandError, StorageError, EXIT_REFUSED
-from bigskies_ops.hosts.runners import Process, Result, Runner, redact_argv, tail
-
-READ_CHUNK = 256 * 1024          # bytes per channel recv (perf-baseline: 173 MB/s on loopback)
-ENV_MARK = "__bigskies_ops_env__"
-# The remote side of every command that needs environment values or that runs unattended
-# (``sh -c WRAPPER sh G ARGV...``, G = "g" to guard, "-" not to):
-# 1. skip stdin up to ENV_MARK (an optional sudo password line, consumed by sudo -S if it
-#    asked), then export NAME=value lines up to an empty line (dash/bash `read` consume a
-#    pipe byte by byte, so nothing of the command's own input is eaten). Secrets such as
-#    PGPASSWORD are never on a command line and never on the host's disk: they live in the
-#    environment of the command that needs them (on Linux, /proc/PID/environ is readable by
-#    that user and root only, as a 0600 file would be) and go with it.
-# 2. Not guarded: exec the argv (stdin untouched).
-# 3. Guarded (the command reads no stdin): the argv runs in the background on /dev/null and
-#    a watcher blocks reading the channel's stdin, which the client never closes. When the
-#    client dies or the connection drops, sshd closes that pipe: the watcher gets EOF and
-#    sends SIGTERM to the whole process group (sshd made the command a session and group
-#    leader), so a ``pg_dump | gzip > file`` stops instead of running on unattended.
-#    The watcher itself is stopped with SIGKILL: a SIGTERM that arrives before the forked
-#    subshell has reset the parent's traps is lost, and it would read on (seen with dash).
-WRAPPER = (
-    'g=$1; shift; '
-    'while IFS= read -r l; do [ "$l" = %(mark)s ] && break; done; '
-    'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; '
-    '[ "$g" = g ] || exec "$@"; '
-    'exec 3<&0; "$@" </dev/null & c=$!; '
-    '{ while IFS= read -r _; do :; done; kill -TERM 0; } <&3 >/dev/null 2>&1 & w=$!; exec 3<&-; '
-    'wait "$c" 2>/dev/null; rc=$?; kill -KILL "$w" 2>/dev/null; wait "$w" 2>/dev/null; exit "$rc"'
-) % {"mark": ENV_MARK}
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Bulk copies through OpenSSH prefer AES-GCM: with the AES instructions every x86-64 and
-# ARMv8 server CPU has, it costs both ends about half the CPU of OpenSSH's first choice,
-# chacha20-poly1305 (measured on loopback: ssh cat of 779 MB 5.1-5.9 s vs 8.4-8.9 s on a
-# loaded 2-core machine). Same ciphers as OpenSSH's default set, only the order differs.
-OPENSSH_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
-                   "aes128-ctr,aes192-ctr,aes256-ctr")
-RC_MARK = "@@bigskies_rc"
-PGID_MARK = "@@bigskies_pgid"
+from bigskies_ops.errors import BigskiesError, CommandError, StorageError
+from bigskies_ops.hosts.channels import READ_CHUNK, SSHProcess, StallError
+from bigskies_ops.hosts.connection import SSHError, build_connection, connect_error, openssh_options
+from bigskies_ops.hosts.runners import Fetch, Result, Runner, redact_argv, tail
+from bigskies_ops.hosts.shell import ENV_MARK, ENV_NAME_RE, WRAPPER, describe, failure_reason, pipeline_script
+from bigskies_ops.hosts.transfer import ChannelFetch, OpenSSHFetch, RemoteReadFile, RemoteWriteFile
 
 
-class SSHError(CommandError):
-    """The SSH connection could not be made or was lost (exit 1)."""
-
-
-class HostKeyError(SSHError):
-    """The server's host key is unknown or changed: refused for safety (exit 3)."""
-
-    exit_code = EXIT_REFUSED
-
-
-class StallError(CommandError):
-    """A transfer made no progress for ``backup.stall_timeout`` seconds (exit 1)."""
-
-
-# ----------------------------------------------------------------------------- connection
-def _sha256_fingerprint(key) -> str:
-    """``SHA256:<base64>``, the form ``ssh-keygen -l`` and OpenSSH's messages show."""
-    import base64
-    import hashlib
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def _host_key_policy(label: str):
-    import paramiko
-
-    class _Reject(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client, hostname, key):
-            raise HostKeyError(
-                f"{label}: host key of {hostname} is unknown ({key.get_name()} {_sha256_fingerprint(key)}); refusing to "
-                f"connect. Verify the fingerprint out of band, then add it to the known_hosts file "
-                f"(e.g. ssh-keyscan) or set ssh.known_hosts_file", exit_code=EXIT_REFUSED)
-    return _Reject()
-
-
-def _known_hosts_files(settings, conn) -> list[str]:
-    if settings.known_hosts_file:
-        return [settings.known_hosts_file]
-    from_cfg = conn.ssh_config.get("userknownhostsfile")
-    if from_cfg:
-        return [os.path.expanduser(p) for p in str(from_cfg).split()]
-    return [os.path.expanduser("~/.ssh/known_hosts")]
-
-
-def _harden(conn, settings, label: str) -> None:
-    """Replace Fabric's auto-accept with our host-key policy (recursively for jump hosts)."""
-    import paramiko
-    client = conn.client
-    client._system_host_keys = paramiko.HostKeys()
-    client._host_keys = paramiko.HostKeys()
-    client._host_keys_filename = None  # never write to anyone's known_hosts
-    if settings.host_key_checking:
-        for f in _known_hosts_files(settings, conn):
-            if not os.path.exists(f):
-                if settings.known_hosts_file:
-                    raise SSHError(f"{label}: ssh.known_hosts_file {f} does not exist", exit_code=2)
-                continue
-            try:
-                client.load_system_host_keys(f)
-            except (OSError, paramiko.SSHException) as e:
-                raise SSHError(f"{label}: cannot read known_hosts file {f}: {e}")
-        client.set_missing_host_key_policy(_host_key_policy(label))
-    else:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    gw = getattr(conn, "gateway", None)
-    if gw is not None and not isinstance(gw, str):
-        _harden(gw, settings, f"{label} (jump host {gw.host})")
-
-
-def build_connection(host):
-    """A hardened, not yet opened :class:`fabric.Connection` for an inventory host."""
-    from fabric import Config, Connection
-    s = host.ssh
-    cfg = Config(runtime_ssh_path=s.config_file) if s.config_file else Config()
-    ck: dict = {}
-    if s.key_filename:
-        if not os.path.isfile(os.path.expanduser(s.key_filename)):  # a setting to fix: exit 2, like known_hosts_file
-            raise SSHError(f"hosts.{host.name}: ssh.key_filename {s.key_filename} does not exist", exit_code=2)
-        ck = {"key_filename": [s.key_filename], "look_for_keys": False}
-    target = s.config_alias or s.host
-    kw: dict = {"config": cfg, "connect_timeout": s.connect_timeout, "connect_kwargs": dict(ck)}
-    if s.user:
-        kw["user"] = s.user
-    if s.port != 22 or (s.host and not s.config_alias):
-        kw["port"] = s.port
-    if s.gateway:
-        kw["gateway"] = Connection(s.gateway, config=cfg, connect_timeout=s.connect_timeout,
-                                   connect_kwargs=dict(ck))
-    conn = Connection(target, **kw)
-    _harden(conn, s, f"hosts.{host.name}")
-    return conn
-
-
-def _connect_error(host, conn, e: BaseException) -> BigskiesError:
-    import paramiko
-    where = f"{conn.user}@{conn.host}:{conn.port}"
-    label = f"{host.name} ({where})"
-    if isinstance(e, BigskiesError):
-        return e
-    if isinstance(e, paramiko.BadHostKeyException):
-        entry = f"[{conn.host}]:{conn.port}" if conn.port != 22 else conn.host
-        files = _known_hosts_files(host.ssh, conn)
-        return HostKeyError(
-            f"{label}: host key CHANGED (got {e.key.get_name()} {_sha256_fingerprint(e.key)}, known_hosts "
-            f"has another key). Possible man-in-the-middle; refusing to connect. If the change is expected, "
-            f"remove the old entry ({shlex.join(['ssh-keygen', '-f', files[0], '-R', entry])}) and add the new one",
-            exit_code=EXIT_REFUSED)
-    if isinstance(e, paramiko.AuthenticationException):
-        return SSHError(f"{label}: authentication refused ({e}); check ssh.user and ssh.key_filename")
-    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(e, ConnectionRefusedError):
-        return SSHError(f"{label}: connection refused (is sshd listening on port {conn.port}?)")
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return SSHError(f"{label}: no answer within {host.ssh.connect_timeout:g} s (ssh.connect_timeout)")
-    if isinstance(e, socket.gaierror):
-        return SSHError(f"{label}: cannot resolve host name ({e})")
-    if isinstance(e, (paramiko.SSHException, OSError, EOFError)):
-        return SSHError(f"{label}: SSH connection failed: {e or type(e).__name__}")
-    return SSHError(f"{label}: SSH connection failed: {type(e).__name__}: {e}")
-
-
-def describe(argv: list[str]) -> str:
-    """A remote command as shown in messages (pure): the argv, redacted and at most 200
-    characters; our own ``sh -c SCRIPT`` steps are named by what they work on instead of
-    showing the script (a break-it trial got 200 characters of shell cut mid-word)."""
-    a = [str(x) for x in redact_argv(argv)]
-    if len(a) >= 3 and a[0] == "sh" and a[1] == "-c":
-        args = a[4:]
-        if RC_MARK in a[2]:
-            return "the remote pipeline " + " | ".join(
-                m.group(1).split(" ", 1)[0] for m in re.finditer(r"\{ (\S+[^;]*); echo", a[2]))
-        paths = [x for x in args if "/" in x]  # modes, sizes and offsets are noise to the reader
-        return ("a remote shell step" + (f" on {shlex.join(paths)}" if paths else ""))[:200]
-    return shlex.join(a)[:200]
-
-
-# ----------------------------------------------------------------------------- processes
-class ChannelReader:
-    """Binary, chunked reader over a channel's stdout (``read``, ``read1``, ``readline``).
-
-    ``read(n)`` returns what has arrived (at most ``n`` bytes, at least one) or ``b""``
-    at the end; a channel that stays silent for the stall timeout raises :class:`StallError`.
-    """
-
-    def __init__(self, proc: "SSHProcess"):
-        self.proc = proc
-        self.buf = bytearray()
-        self.bytes = 0
-
-    def _recv(self, n: int) -> bytes:
-        try:
-            data = self.proc.channel.recv(n)
-        except socket.timeout:
-            raise self.proc.stall_error() from None
-        self.bytes += len(data)
-        return data
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            out = bytearray(self.buf)
-            self.buf.clear()
-            while True:
-                d = self._recv(READ_CHUNK)
-                if not d:
-                    return bytes(out)
-                out += d
-        if self.buf:
-            out = bytes(self.buf[:n])
-            del self.buf[:n]
-            return out
-        return self._recv(min(n, READ_CHUNK * 4) if n else READ_CHUNK)
-
-    read1 = read
-
-    def readline(self) -> bytes:
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                out = bytes(self.buf[:i + 1])
-                del self.buf[:i + 1]
-                return out
-            d = self._recv(READ_CHUNK)
-            if not d:
-                out = bytes(self.buf)
-                self.buf.clear()
-                return out
-            self.buf += d
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.kill()
-
-
-class ChannelWriter:
-    """Binary writer into a channel's stdin; ``close()`` sends EOF."""
-
-    def __init__(self, proc: "SSHProcess"):
-        self.proc = proc
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        try:
-            self.proc.channel.sendall(data)
-        except socket.timeout:
-            raise self.proc.stall_error("accepted no input") from None
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            try:
-                self.proc.channel.shutdown_write()
-            except (OSError, EOFError):
-                pass
-
-
-class SSHProcess(Process):
-    """A command running on the remote host over one exec channel."""
-
-    def __init__(self, runner: "SSHRunner", argv: list[str], channel, stall_timeout: float | None):
-        self.runner = runner
-        self.argv = list(argv)
-        self.channel = channel
-        self.stall_timeout = stall_timeout
-        self.stdout = ChannelReader(self)
-        self.stdin = ChannelWriter(self)
-        self._err = bytearray()
-        self._err_thread = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._err_thread.start()
-
-    def _drain_stderr(self) -> None:
-        while True:
-            try:
-                d = self.channel.recv_stderr(65536)
-            except socket.timeout:
-                if self.channel.closed or not self.runner.alive():
-                    return
-                continue
-            except Exception:
-                return
-            if not d:
-                return
-            self._err += d
-            if len(self._err) > 65536:  # the head keeps the process group's mark (kill()); pg_dump --verbose fills the rest
-                del self._err[4096:-61440]
-
-    def stall_error(self, what: str = "sent no data") -> StallError:
-        return StallError(f"{self.runner.host.name}: {describe(self.argv)} {what} for "
-                          f"{self.stall_timeout:g} s (backup.stall_timeout); transfer aborted",
-                          argv=redact_argv(self.argv))
-
-    def wait(self, timeout: float | None = None) -> int:
-        if not self.channel.status_event.wait(timeout):
-            raise CommandError(f"{self.runner.host.name}: {describe(self.argv)} did not "
-                               f"finish in {timeout} s", argv=redact_argv(self.argv))
-        rc = self.channel.recv_exit_status()
-        self._err_thread.join(5)
-        if rc == -1:
-            raise SSHError(f"{self.runner.host.name}: the SSH connection was lost while running "
-                           f"{describe(self.argv)} (no exit status)",
-                           argv=redact_argv(self.argv), stderr=tail(self.stderr_text()))
-        return rc
-
-    def poll(self):
-        return self.channel.recv_exit_status() if self.channel.exit_status_ready() else None
-
-    def stderr_text(self) -> str:
-        return bytes(self._err).decode("utf-8", "replace")
-
-    def kill(self) -> None:
-        """Stop the command: a pipeline's whole remote process group gets SIGTERM (closing
-        the channel alone would leave a ``pg_dump > file`` running on the host); then the
-        channel is closed."""
-        m = re.search(re.escape(PGID_MARK) + r" (\d+)", bytes(self._err[:4096]).decode("ascii", "replace"))
-        if m and not self.channel.exit_status_ready() and self.runner.alive():
-            try:
-                self.runner.run(["kill", "-TERM", "--", f"-{m.group(1)}"], check=False, timeout=10)
-            except BigskiesError:
-                pass
-        try:
-            self.channel.close()
-        except Exception:
-            pass
-
-
-# ----------------------------------------------------------------------------- runner
 class SSHRunner(Runner):
     """Runs argv lists on an inventory host over SSH and touches files there.
 
@@ -424,7 +87,7 @@ class SSHRunner(Runner):
                     pass
                 if isinstance(e, KeyboardInterrupt):
                     raise
-                raise _connect_error(self.host, conn, e) from None
+                raise connect_error(self.host, conn, e) from None
             self._conn = conn
             self._transport = conn.client.get_transport()
             self._transport.set_keepalive(15)
@@ -470,7 +133,7 @@ class SSHRunner(Runner):
 
         ``guard`` (the command reads no stdin): the remote side stops the command's whole
         process group when the channel's stdin reaches EOF, i.e. when this client dies or
-        the connection drops (:data:`WRAPPER`); the caller must keep stdin open, and the
+        the connection drops (:data:`~bigskies_ops.hosts.shell.WRAPPER`); the caller must keep stdin open, and the
         command itself reads /dev/null.
 
         Pure apart from reading ``become_password_env``. Values of ``env`` and the sudo
@@ -547,17 +210,13 @@ class SSHRunner(Runner):
         r = Result(list(argv), rc, out, proc.stderr_text())
         return self.check_result(r) if check else r
 
-    def script(self, text: str, *args: str, input: bytes | None = None, check: bool = True) -> Result:
-        """Run a POSIX sh script with positional ``args`` (``sh -c TEXT sh ARGS``)."""
-        return self.run(["sh", "-c", text, "sh", *args], input=input, check=check)
-
     def pipeline(self, stages: list[list[str]], *, stdout_path: str | None = None,
                  stdin_path: str | None = None, env: dict | None = None) -> SSHProcess:
         """Start ``stage0 | stage1 | ...`` remotely; every stage reports its own exit status.
 
-        Use :func:`stage_statuses` on the finished process's stderr to read them
-        (``pg_dump | gzip`` would otherwise hide pg_dump's failure). Guarded, as
-        :meth:`popen` without stdin.
+        Use :func:`~bigskies_ops.hosts.shell.stage_statuses` on the finished process's
+        stderr to read them (``pg_dump | gzip`` would otherwise hide pg_dump's failure).
+        Guarded, as :meth:`popen` without stdin.
         """
         return self.popen(["sh", "-c", pipeline_script(stages, stdout_path=stdout_path, stdin_path=stdin_path)],
                           env=env)
@@ -569,52 +228,20 @@ class SSHRunner(Runner):
         paramiko connection (taken from the resolved Fabric connection); None when there
         is no ``ssh`` binary here. OpenSSH moves bulk bytes ~1.7x faster than paramiko
         (perf-baseline: 203 vs 173 MB/s; measured here under load 180 vs 105 MB/s)."""
-        import shutil
         exe = shutil.which("ssh")
         if not exe:
             return None
         if connect:
             self.connect()
         conn = self._conn or self._unopened()
-        return [exe, *self._openssh_opts(conn, self.host.ssh), "-T", "--", remote_command]
-
-    def _openssh_opts(self, conn, s) -> list[str]:
-        opts = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(s.connect_timeout))}",
-                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR", "-o", "Ciphers=" + OPENSSH_CIPHERS,
-                "-p", str(conn.port), "-l", conn.user]
-        keys = conn.connect_kwargs.get("key_filename") or []
-        for k in ([keys] if isinstance(keys, str) else keys):
-            opts += ["-i", k, "-o", "IdentitiesOnly=yes"]
-        if s.host_key_checking:
-            files = _known_hosts_files(s, conn)
-            opts += ["-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + " ".join(files),
-                     "-o", "GlobalKnownHostsFile=/dev/null"]
-        else:
-            opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-        gw = getattr(conn, "gateway", None)
-        if gw is not None and not isinstance(gw, str):
-            import shutil
-            inner = [shutil.which("ssh") or "ssh", *self._openssh_opts(gw, s), "-W", "%h:%p", gw.host]
-            opts += ["-o", "ProxyCommand=" + shlex.join(inner)]
-        elif isinstance(gw, str) and gw:
-            opts += ["-o", "ProxyCommand=" + gw]
-        return opts + [conn.host]
-
-    def fetch_to_file(self, path: str, local_path: str, offset: int = 0, progress=None) -> int:
-        """Append the remote ``path`` from byte ``offset`` (int, bytes) to ``local_path``;
-        return the bytes added. ``start_fetch(path, local_path).run(offset, progress)``.
-
-        Raises:
-            StallError, SSHError, StorageError (remote read or local write failed).
-        """
-        return self.start_fetch(path, local_path).run(offset, progress=progress)
+        return [exe, *openssh_options(conn, self.host.ssh), "-T", "--", remote_command]
 
     # The remote side of a fetch: wait for one line giving the first byte (1-based, as
     # `tail -c +N`), then send the file from there; anything else ends it (exit 3).
     FETCH_SCRIPT = ('IFS= read -r off || exit 3; case $off in 1) exec cat -- "$1";; '
                     '""|*[!0-9]*) exit 3;; *) exec tail -c "+$off" -- "$1";; esac')
 
-    def start_fetch(self, path: str, local_path: str, offset: int | None = None) -> "Fetch":
+    def start_fetch(self, path: str, local_path: str, offset: int | None = None) -> Fetch:
         """Start copying the remote ``path`` into ``local_path`` (a local file, appended to):
         the OpenSSH client connects at once (its handshake overlaps whatever the caller does
         next, e.g. reading the manifest over the paramiko connection). Without ``offset`` it
@@ -630,8 +257,8 @@ class SSHRunner(Runner):
         cmd, prefix = self.command_line(["sh", "-c", self.FETCH_SCRIPT, "sh", path])
         argv = self.openssh_argv(cmd, connect=False) if not prefix else None
         if argv is None:
-            return _ChannelFetch(self, path, local_path, offset)
-        return _OpenSSHFetch(self, path, local_path, argv, offset)
+            return ChannelFetch(self, path, local_path, offset)
+        return OpenSSHFetch(self, path, local_path, argv, offset)
 
     # ---- interactive (db.psql) --------------------------------------------------------
     def interactive(self, argv: list[str], env: dict | None = None) -> int:
@@ -797,16 +424,16 @@ class SSHRunner(Runner):
             raise FileNotFoundError(f"{self.host.name}:{path}: {tail(r.stderr, 200)}")
         return r.stdout
 
-    def open_read(self, path: str, offset: int = 0) -> ChannelReader:
+    def open_read(self, path: str, offset: int = 0) -> RemoteReadFile:
         """A streaming reader of ``path`` from byte ``offset`` (``tail -c +N``); close() ends it."""
         proc = self.popen(["tail", "-c", f"+{int(offset) + 1}", "--", path])
-        return _RemoteFile(proc, path)
+        return RemoteReadFile(proc, path)
 
-    def open_write(self, path: str, append: bool = False) -> "_RemoteWriteFile":
+    def open_write(self, path: str, append: bool = False) -> RemoteWriteFile:
         self._changed()
         proc = self.popen(["sh", "-c", f'umask 027; exec cat {">>" if append else ">"} "$1"', "sh", path],
                           stdin=True)
-        return _RemoteWriteFile(proc, path)
+        return RemoteWriteFile(proc, path)
 
     # Args: folder, mode (octal), path, byte count. The count is checked before the rename:
     # a client that dies mid-send gives `cat` an early EOF, and a truncated file must not
@@ -821,7 +448,7 @@ class SSHRunner(Runner):
         d = posixpath.dirname(path) or "."
         r = self.script(self.WRITE_SCRIPT, d, f"{mode:o}", path, str(len(data)), input=data, check=False)
         if not r.ok:
-            raise StorageError(f"{self.host.name}: cannot write {path}: {_reason(r.stderr)}")
+            raise StorageError(f"{self.host.name}: cannot write {path}: {failure_reason(r.stderr)}")
 
     def rename(self, src: str, dst: str) -> None:
         self._changed()
@@ -847,7 +474,7 @@ class SSHRunner(Runner):
         if r.returncode == 17:
             return False
         if not r.ok:
-            raise StorageError(f"{self.host.name}: cannot create {path}: {_reason(r.stderr)}")
+            raise StorageError(f"{self.host.name}: cannot create {path}: {failure_reason(r.stderr)}")
         return True
 
     def remove(self, path: str) -> None:
@@ -878,235 +505,8 @@ class SSHRunner(Runner):
         size, digest = r.text.split()
         return digest, int(size)
 
-
-def _reason(stderr: str) -> str:
-    s = tail(stderr, 300)
-    if "No space left" in s:
-        return f"file system full ({s})"
-    return s or "failed"
-
-
-class _RemoteFile(ChannelReader):
-    """A remote file streamed over ``tail -c +N``; ``close()`` checks how it ended."""
-
-    def __init__(self, proc: SSHProcess, path: str):
-        super().__init__(proc)
-        self.path = path
-        self.buf = proc.stdout.buf
-        proc.stdout = self
-
-    def close(self) -> None:
-        self.proc.kill()
-
-    def finish(self) -> None:
-        """After reading to the end: raise if the remote reader failed."""
-        rc = self.proc.wait(30)
-        if rc != 0:
-            raise StorageError(f"{self.proc.runner.host.name}: reading {self.path} failed: "
-                               f"{tail(self.proc.stderr_text(), 300)}")
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Fetch:
-    """A copy of a remote file into a local file, started by :meth:`SSHRunner.start_fetch`."""
-
-    def run(self, offset: int = 0, progress=None) -> int:
-        """Send the remote file from byte ``offset`` (int) and append it to the local file;
-        return the bytes added. ``offset`` must be the one given to
-        :meth:`SSHRunner.start_fetch`, if one was. ``progress(done_bytes, None)`` is called
-        about once a second. A local file that stops growing for ``backup.stall_timeout``
-        seconds aborts the copy.
-
-        Raises:
-            StallError, SSHError (connection failed or lost), StorageError (remote read or
-            local write failed).
-        """
-        raise NotImplementedError
-
-    def cancel(self) -> None:
-        """Stop without copying (or stop a copy in progress); nothing more is written."""
-
-
-class _OpenSSHFetch(Fetch):
-    def __init__(self, runner: SSHRunner, path: str, local_path: str, argv: list[str],
-                 offset: int | None = None):
-        import subprocess
-        from bigskies_ops.hosts.runners import _StderrCollector
-        self.runner, self.path, self.local_path = runner, path, local_path
-        # ssh writes the file itself: if we die (SIGKILL, OOM) it must die too, or an orphan
-        # keeps appending to a .partial that a rerun resumes, checks and publishes (found by a
-        # break-it trial: a verified archive grew by 212 MB afterwards). util-linux setpriv
-        # sets PR_SET_PDEATHSIG (prctl(2)) and execs ssh; fork-safe, unlike a preexec_fn.
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-        fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.PIPE)
-        finally:
-            os.close(fd)
-        self.err = _StderrCollector(self.proc.stderr)
-        self.err.start()
-        self.offset: int | None = None  # the first byte asked for, once the remote side was told
-        self.start = 0                  # the local file's size at that moment
-        if offset is not None:
-            self._send_offset(offset)
-
-    def _send_offset(self, offset: int) -> None:
-        self.offset = int(offset)
-        self.start = os.path.getsize(self.local_path)
-        try:
-            self.proc.stdin.write(f"{self.offset + 1}\n".encode())
-            self.proc.stdin.close()
-        except OSError:
-            pass  # ssh already ended (e.g. refused): its exit status and stderr say why
-
-    def cancel(self) -> None:
-        p = self.proc
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        try:
-            p.stdin.close()
-        except OSError:
-            pass
-        self.err.join(5)
-
-    def run(self, offset: int = 0, progress=None) -> int:
-        import subprocess
-        p, host = self.proc, self.runner.host
-        if self.offset is None:
-            self._send_offset(offset)
-        elif int(offset) != self.offset:
-            raise ValueError(f"Fetch.run(offset={offset}) after start_fetch(offset={self.offset})")
-        offset, start = self.offset, self.start
-        stall = self.runner.stall_timeout
-        last, last_change = -1, time.monotonic()
-        try:
-            while True:
-                try:
-                    rc = p.wait(1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                size = os.path.getsize(self.local_path)
-                now = time.monotonic()
-                if size != last:
-                    last, last_change = size, now
-                    if progress:
-                        progress(offset + size - start, None)
-                elif stall and now - last_change > stall:
-                    raise StallError(f"{host.name}: reading {self.path} sent no data for {stall:g} s "
-                                     f"(backup.stall_timeout); transfer aborted")
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.err.join(5)
-        text = self.err.buf.decode("utf-8", "replace")
-        if rc == 255:
-            why = tail(text, 300) or "ssh exited 255 without a message (connection lost or remote end killed)"
-            raise SSHError(f"{host.name}: the SSH transfer of {self.path} failed: {why}; run the pull again "
-                           f"to resume")
-        if rc < 0:  # the local ssh client was killed: the connection is gone, the .partial stays
-            raise SSHError(f"{host.name}: the SSH transfer of {self.path} was cut off (ssh client killed by "
-                           f"signal {-rc}); run the pull again to resume")
-        if rc != 0:
-            raise StorageError(f"{host.name}: copying {self.path} failed: {_reason(text)}")
-        return os.path.getsize(self.local_path) - start
-
-
-class _ChannelFetch(Fetch):
-    """The paramiko fallback (no OpenSSH client here, or ``sudo -S`` needs stdin)."""
-
-    def __init__(self, runner: SSHRunner, path: str, local_path: str, offset: int | None = None):
-        self.runner, self.path, self.local_path = runner, path, local_path
-        self.offset = None if offset is None else int(offset)  # the copy itself starts in run()
-        open(local_path, "ab").close()
-
-    def run(self, offset: int = 0, progress=None) -> int:
-        if self.offset is not None and int(offset) != self.offset:
-            raise ValueError(f"Fetch.run(offset={offset}) after start_fetch(offset={self.offset})")
-        start = os.path.getsize(self.local_path) if os.path.exists(self.local_path) else 0
-        f = self.runner.open_read(self.path, offset)
-        try:
-            with open(self.local_path, "ab") as out:
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    if progress:
-                        progress(offset + out.tell() - start, None)
-            f.finish()
-        finally:
-            f.close()
-        return os.path.getsize(self.local_path) - start
-
-
-class _RemoteWriteFile:
-    def __init__(self, proc: SSHProcess, path: str):
-        self.proc, self.path = proc, path
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self.proc.stdin.write(data)
-        except OSError as e:
-            raise StorageError(f"{self.proc.runner.host.name}: writing {self.path} failed: "
-                               f"{_reason(self.proc.stderr_text()) if self.proc.stderr_text() else e}") from None
-
-    def flush(self) -> None:
-        pass
-
-    def fileno(self):
-        raise OSError("remote file")
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        rc = self.proc.wait(self.proc.stall_timeout)
-        if rc != 0:
-            raise StorageError(f"{self.proc.runner.host.name}: writing {self.path} failed: "
-                               f"{_reason(self.proc.stderr_text())}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            self.close()
-        else:
-            self.proc.kill()
-
-
-# ----------------------------------------------------------------------------- pipelines
-def pipeline_script(stages: list[list[str]], *, stdout_path: str | None = None,
-                    stdin_path: str | None = None) -> str:
-    """POSIX sh for ``s0 | s1 | ... [> stdout_path]`` where each stage reports
-    ``@@bigskies_rc I STATUS`` on stderr (pure; tests assert the text)."""
-    parts = []
-    for i, argv in enumerate(stages):
-        cmd = shlex.join([str(a) for a in argv])
-        if i == 0 and stdin_path:
-            cmd += " < " + shlex.quote(stdin_path)
-        parts.append(f'{{ {cmd}; echo "{RC_MARK} {i} $?" >&2; }}')
-    s = ("umask 027; read -r _ _ _ _ pg _ < /proc/$$/stat && echo \"%s $pg\" >&2; " % PGID_MARK
-         + " | ".join(parts))
-    if stdout_path:
-        s += " > " + shlex.quote(stdout_path)
-    return s
-
-
-def stage_statuses(stderr: str, n: int) -> tuple[list[int | None], str]:
-    """Parse the stage markers: ``([status or None per stage], stderr without markers)``."""
-    rcs: list[int | None] = [None] * n
-    rest = []
-    for line in stderr.splitlines():
-        m = re.fullmatch(re.escape(RC_MARK) + r" (\d+) (\d+)", line.strip())
-        if m and int(m.group(1)) < n:
-            rcs[int(m.group(1))] = int(m.group(2))
-        elif not line.startswith(PGID_MARK):
-            rest.append(line)
-    return rcs, "\n".join(rest)
+    def pid_alive(self, pid: int) -> bool:
+        """Whether process ``pid`` exists on the host (``kill -0``; a process of another user,
+        which ``kill`` may not signal, is found in ``/proc``)."""
+        return self.script('kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]', str(int(pid)), check=False).ok
 

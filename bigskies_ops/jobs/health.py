@@ -24,14 +24,18 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 
 from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, utcnow
-from bigskies_ops.text import human_bytes
+from bigskies_ops.archives.offsite_stores import parse_target
+from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
+from bigskies_ops.pg.access import PostgresAccess
+from bigskies_ops.text import human_age, human_bytes
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 EXIT = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -101,7 +105,6 @@ def notify_webhook(host: Host, payload: dict, notify) -> bool:
 def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=None) -> str | None:
     """The size rule for a just-published backup: returns the warning text (also sent to
     ``notify`` and the webhook) or None when the size is within the threshold."""
-    from bigskies_ops.hosts.runners import runner_for
     own = runner is None
     runner = runner or runner_for(host)
     try:
@@ -128,7 +131,6 @@ def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=Non
 def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict:
     """Health of ``host``'s own backups of its database. Never raises for an unreadable
     host: that is the ``unknown`` state with the reason."""
-    from bigskies_ops.hosts.runners import runner_for
     now = now or utcnow()
     db = host.postgres.database
     out = {"host": host.name, "database": db, "checked_at": iso(now)}
@@ -217,7 +219,6 @@ def _verification(backups: list[Backup], now: datetime) -> Check:
 
 
 def _offsite(host: Host, backups: list[Backup]) -> list[Check]:
-    from bigskies_ops.jobs.offsite import parse_target
     good = [b for b in backups if b.status == "DONE"]
     out = []
     for item in host.offsite:
@@ -254,10 +255,6 @@ def server_clock(host: Host) -> tuple[datetime | None, float | None, str | None]
         round trip's midpoint), or ``(None, None, reason)`` when the server cannot be
         reached (never raises: db.health reports it).
     """
-    import time
-    from dataclasses import replace
-    from datetime import timezone
-    from bigskies_ops.pg.access import PostgresAccess
     quick = replace(host, postgres=replace(host.postgres, connect_timeout=min(5, host.postgres.connect_timeout)))
     try:
         with PostgresAccess(quick) as access:
@@ -283,7 +280,6 @@ def _clock(host: Host, skew: float | None, why: str | None) -> Check:
 
 
 def _future(ahead: list[Backup], now: datetime, server_now: datetime | None) -> Check:
-    from bigskies_ops.text import human_age
     b = max(ahead, key=lambda x: x.started_at)
     names = ", ".join(x.name for x in ahead[:3]) + (" ..." if len(ahead) > 3 else "")
     msg = (f"{len(ahead)} archive(s) dated in the future ({names}; newest {iso(b.started_at)}, "

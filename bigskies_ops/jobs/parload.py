@@ -3,7 +3,7 @@
 psql reads a plain dump in one session: one backend parses every COPY row while the
 other cores wait (``pg_restore --jobs`` exists only for custom and directory archives).
 :func:`load_plain_parallel` gives each of ``jobs`` sessions its own reader of the same
-archive (gunzip + the restore's statement lexer, :class:`bigskies_ops.jobs.restore.OwnerAclFilter`)
+archive (gunzip + the restore's statement lexer, :class:`bigskies_ops.archives.plainsql.OwnerAclFilter`)
 and splits the work by the dump's own structure:
 
 * SQL outside COPY data (CREATE, ALTER, indexes, constraints, ...) runs in the first
@@ -51,7 +51,7 @@ from bigskies_ops.errors import ArchiveError
 from bigskies_ops.pg.tools import psql_args
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
 from bigskies_ops.archives.integrity import gunzip_chunks
-from bigskies_ops.hosts.runners import LocalRunner
+from bigskies_ops.hosts.local import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
 SEGMENT_BYTES = 32 * 1024 * 1024

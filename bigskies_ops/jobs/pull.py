@@ -38,7 +38,7 @@ from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.manifest import publish
 from bigskies_ops.archives.roles import roles_path
 from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, StorageError, UsageError
-from bigskies_ops.hosts.runners import LocalRunner
+from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.destinations import StreamHere
 from bigskies_ops.jobs.dump import BackupResult, DumpSpec, archive_lock, check_format, dump, host_access
@@ -424,7 +424,7 @@ def _remote_facts(runner, src: Host, rpath: str, notify) -> tuple[dict | None, s
     Raises:
         ArchiveError: no such file, or its manifest is not DONE.
     """
-    if hasattr(runner, "probe") and not runner.is_cached(rpath):  # (listdir for `latest` just cached them)
+    if not runner.is_cached(rpath):  # (listdir for `latest` just cached them)
         runner.probe([rpath + MANIFEST_SUFFIX, rpath], read=1)
     if not runner.exists(rpath):
         raise ArchiveError(f"{src.name}:{rpath}: no such file")
@@ -524,7 +524,7 @@ class _Flusher(threading.Thread):
 
 
 def _copy(fetch, partial: str, offset: int, progress) -> tuple[str, int]:
-    """Run ``fetch`` (:class:`bigskies_ops.hosts.ssh.Fetch`) from byte ``offset`` into ``partial``;
+    """Run ``fetch`` (:class:`bigskies_ops.hosts.runners.Fetch`) from byte ``offset`` into ``partial``;
     return (sha256 hex, size in bytes) of the whole partial file, read back from disk while
     the transfer runs (a resumed file's existing prefix included). The data is flushed to
     disk during the transfer and fsynced before this returns; the caller fsyncs the folder

@@ -143,70 +143,12 @@ def plan(entries: list[Entry], retention: RetentionSettings, *, keep_safety_days
     out = Plan()
     for g in sorted(groups):
         members = groups[g]
-        reasons: dict[int, list[str]] = {id(e): [] for e in members}
-        prune_reason: dict[int, str] = {}
-        # runs (manifests) decide whether this group may be pruned at all
-        runs = [e for e in members if e.has_manifest and e.status in ("DONE", "MISSING", "FAILED", "STARTED")]
-        newest_run = _newest(runs)
-        refused = None
-        if newest_run is not None and newest_run.status in ("FAILED", "STARTED"):
-            refused = (f"the newest backup run of {g[1]!r} from {g[0]} ({newest_run.name}, started "
-                       f"{iso(newest_run.started_at)}) {'FAILED' if newest_run.status == 'FAILED' else 'never finished'}; "
-                       f"nothing is pruned right after a failed backup")
+        refused = _refusal(g, members)
+        if refused is not None:
             out.refused[g] = refused
-        done = [e for e in members if e.status == "DONE"]
-        # GFS candidates: scheduled DONE backups (+ legacy when asked)
-        cands = [e for e in done if e.kind == "scheduled"]
-        if include_legacy:
-            cands += [e for e in members if e.status == "LEGACY" and e.started_at is not None]
-        for tier, keyf in TIERS:
-            n = getattr(retention, tier)
-            if n <= 0:
-                continue
-            buckets: dict[str, list[Entry]] = {}
-            for e in cands:
-                if e.started_at is not None:
-                    buckets.setdefault(keyf(e.started_at), []).append(e)
-            for key in sorted(buckets, reverse=True)[:n]:
-                rep = _newest(buckets[key])
-                reasons[id(rep)].append(f"{tier} {key}")
-        # protections
-        good = [e for e in done]
-        nv = _newest([e for e in good if e.verified])
-        if nv is not None:
-            reasons[id(nv)].append("newest verified good backup")
-        ng = _newest(good)
-        if ng is not None:
-            reasons[id(ng)].append("newest good backup")
-        # everything else
-        for e in members:
-            if e.status == "DONE" and e.kind != "scheduled":
-                if e.started_at is None:
-                    reasons[id(e)].append(f"{e.kind}: start time unknown")
-                else:
-                    until = e.started_at + timedelta(days=keep_safety_days)
-                    if now < until:
-                        reasons[id(e)].append(f"{e.kind}: safety backup kept until {day_key(until)} "
-                                              f"(keep_safety_days {keep_safety_days})")
-                    else:
-                        prune_reason[id(e)] = f"{e.kind}: safety backup older than {keep_safety_days} days"
-            elif e.status == "DONE":
-                prune_reason[id(e)] = "beyond retention"
-            elif e.status == "LEGACY":
-                if include_legacy:
-                    prune_reason[id(e)] = "beyond retention (legacy, time zone unknown)"
-                else:
-                    reasons[id(e)].append("legacy (no manifest): left alone without --include-legacy")
-            elif e.status in FAILED_STATES:
-                what = {"FAILED": "failed run", "STARTED": "run that never finished",
-                        "MISSING": "manifest whose archive is missing",
-                        "PARTIAL": "in-progress or abandoned .partial file"}[e.status]
-                if include_failed:
-                    prune_reason[id(e)] = what
-                else:
-                    reasons[id(e)].append(f"{what}: pruned only with --failed")
-            else:
-                reasons[id(e)].append(f"status {e.status}: left alone")
+        reasons = _keep_reasons(members, retention, include_legacy)
+        prune_reason = _judge_the_rest(members, reasons, keep_safety_days=keep_safety_days, now=now,
+                                       include_failed=include_failed, include_legacy=include_legacy)
         epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
         for e in sorted(members, key=lambda e: (e.started_at or epoch, e.name), reverse=True):
             r = reasons[id(e)]
@@ -217,6 +159,82 @@ def plan(entries: list[Entry], retention: RetentionSettings, *, keep_safety_days
             else:
                 out.decisions.append(Decision(e, False, (prune_reason.get(id(e), "beyond retention"),)))
     return out
+
+
+def _refusal(g: tuple[str, str], members: list[Entry]) -> str | None:
+    """Why group ``g`` must not be pruned at all (its newest run FAILED or never finished), or None."""
+    runs = [e for e in members if e.has_manifest and e.status in ("DONE", "MISSING", "FAILED", "STARTED")]
+    newest_run = _newest(runs)
+    if newest_run is None or newest_run.status not in ("FAILED", "STARTED"):
+        return None
+    return (f"the newest backup run of {g[1]!r} from {g[0]} ({newest_run.name}, started "
+            f"{iso(newest_run.started_at)}) {'FAILED' if newest_run.status == 'FAILED' else 'never finished'}; "
+            f"nothing is pruned right after a failed backup")
+
+
+def _keep_reasons(members: list[Entry], retention: RetentionSettings, include_legacy: bool) -> dict[int, list[str]]:
+    """``id(entry) -> reasons to keep it`` from the GFS tiers and the protections (the newest
+    verified good and the newest good backup); an empty list is no reason yet."""
+    reasons: dict[int, list[str]] = {id(e): [] for e in members}
+    done = [e for e in members if e.status == "DONE"]
+    # GFS candidates: scheduled DONE backups (+ legacy when asked)
+    cands = [e for e in done if e.kind == "scheduled"]
+    if include_legacy:
+        cands += [e for e in members if e.status == "LEGACY" and e.started_at is not None]
+    for tier, keyf in TIERS:
+        n = getattr(retention, tier)
+        if n <= 0:
+            continue
+        buckets: dict[str, list[Entry]] = {}
+        for e in cands:
+            if e.started_at is not None:
+                buckets.setdefault(keyf(e.started_at), []).append(e)
+        for key in sorted(buckets, reverse=True)[:n]:
+            rep = _newest(buckets[key])
+            reasons[id(rep)].append(f"{tier} {key}")
+    nv = _newest([e for e in done if e.verified])
+    if nv is not None:
+        reasons[id(nv)].append("newest verified good backup")
+    ng = _newest(done)
+    if ng is not None:
+        reasons[id(ng)].append("newest good backup")
+    return reasons
+
+
+def _judge_the_rest(members: list[Entry], reasons: dict[int, list[str]], *, keep_safety_days: int, now: datetime,
+                    include_failed: bool, include_legacy: bool) -> dict[int, str]:
+    """Safety backups, legacy files and failed runs: appends their reasons to keep to
+    ``reasons`` and returns ``id(entry) -> reason to prune`` for the others."""
+    prune_reason: dict[int, str] = {}
+    for e in members:
+        if e.status == "DONE" and e.kind != "scheduled":
+            if e.started_at is None:
+                reasons[id(e)].append(f"{e.kind}: start time unknown")
+            else:
+                until = e.started_at + timedelta(days=keep_safety_days)
+                if now < until:
+                    reasons[id(e)].append(f"{e.kind}: safety backup kept until {day_key(until)} "
+                                          f"(keep_safety_days {keep_safety_days})")
+                else:
+                    prune_reason[id(e)] = f"{e.kind}: safety backup older than {keep_safety_days} days"
+        elif e.status == "DONE":
+            prune_reason[id(e)] = "beyond retention"
+        elif e.status == "LEGACY":
+            if include_legacy:
+                prune_reason[id(e)] = "beyond retention (legacy, time zone unknown)"
+            else:
+                reasons[id(e)].append("legacy (no manifest): left alone without --include-legacy")
+        elif e.status in FAILED_STATES:
+            what = {"FAILED": "failed run", "STARTED": "run that never finished",
+                    "MISSING": "manifest whose archive is missing",
+                    "PARTIAL": "in-progress or abandoned .partial file"}[e.status]
+            if include_failed:
+                prune_reason[id(e)] = what
+            else:
+                reasons[id(e)].append(f"{what}: pruned only with --failed")
+        else:
+            reasons[id(e)].append(f"status {e.status}: left alone")
+    return prune_reason
 
 
 # ------------------------------------------------------------------ reading a folder
@@ -293,7 +311,7 @@ def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, in
             first, the refused group is left untouched.
         LockBusyError: a backup (or another task) holds a lock.
     """
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     own = runner is None
     runner = runner or runner_for(host)
     try:

@@ -204,7 +204,7 @@ class Step:
 
 def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_s: float, notify):
     from bigskies_ops.archives.locks import host_lock
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     d = str(Path(log or default_log(inv, host)).parent)
     deadline = time.monotonic() + wait_s
     while True:
@@ -302,7 +302,7 @@ def _offsite_steps(inv: Inventory, host: Host, notify) -> list[Step]:
 
 
 def _verify_step(host: Host, notify) -> Step:
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     from bigskies_ops.jobs.verify import select, verify_backup
     try:
         with runner_for(host) as runner:

@@ -1,6 +1,6 @@
 """``db.verify``: prove a backup is whole, not only that gzip can read it.
 
-Checks (issue 6; the archive checks are restore.check_archive's, run in full):
+Checks (issue 6; the archive checks are bigskies_ops.archives.integrity.check_archive's, run in full):
 
 * sha256 and size against the manifest;
 * plain (``.sql.gz``): the whole gzip stream decompresses, and the SQL ends with
@@ -30,6 +30,11 @@ from bigskies_ops.signals import interrupts_unwind
 from bigskies_ops.errors import ArchiveError, BigskiesError, PostgresError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
+from bigskies_ops.archives.counts import TABLES_SQL
+from bigskies_ops.archives.integrity import check_archive, scan_archive
+from bigskies_ops.jobs.dbnames import unused_name, verify_db_name
+from bigskies_ops.jobs.sideload import load_archive, role_policy, table_counts, verify_against_manifest
+from bigskies_ops.pg.admin import create_like, db_info, drop_db
 
 
 @dataclass
@@ -134,7 +139,7 @@ def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
     import tempfile
     d = tempfile.mkdtemp(prefix="bigskies-verify-")
     local = os.path.join(d, b.name)
-    notify(f"Copying {b.name} from {runner.label if hasattr(runner, 'label') else 'the host'} to check it here")
+    notify(f"Copying {b.name} from {runner.label} to check it here")
     with runner.open_read(b.path) as src, open(local, "wb") as dst:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             dst.write(chunk)
@@ -146,7 +151,6 @@ def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
 
 def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
                        notify, task: str) -> None:
-    from bigskies_ops.archives.integrity import check_archive
     info = None
     try:
         info = check_archive(access, path, full=True)
@@ -173,10 +177,6 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
 
 
 def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
-    from bigskies_ops.pg.admin import create_like, db_info, drop_db
-    from bigskies_ops.jobs.restore import _load, _verify_side, role_policy, table_counts, unused_name, verify_db_name
-    from bigskies_ops.archives.integrity import scan_archive
-    from bigskies_ops.archives.counts import TABLES_SQL
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
     name = unused_name(maint, verify_db_name, db, utcnow())
@@ -187,12 +187,12 @@ def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
                          notify=notify)
     create_like(maint, name, db_info(maint, host.postgres.database), notify)
     try:
-        rc, out, err, _copied = _load(access, info, name, policy, None, None, notify)  # counted independently below
+        rc, out, err, _copied = load_archive(access, info, name, policy, None, None, notify)  # counted independently below
         if rc != 0:
             from bigskies_ops.hosts.runners import tail
             raise PostgresError(f"restore test: restoring into {name!r} failed (exit {rc}): {tail(err, 600)}")
         try:
-            checked = _verify_side(access.sql(name), info, notify)
+            checked = verify_against_manifest(access.sql(name), info, notify)
         except PostgresError as e:
             raise PostgresError(f"restore test: {e}") from None
         tables = access.sql(name).query(TABLES_SQL)
@@ -230,7 +230,7 @@ def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bo
 def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, local_path: str | None = None) -> bool:
     from bigskies_ops.archives.catalog import SCHEMA_VERSION, parse_archive_name
     from bigskies_ops.archives.hashing import sha256_file
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.hosts.local import LocalRunner
     p = parse_archive_name(b.name)
     if p is None:
         return False

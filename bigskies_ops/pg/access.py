@@ -27,7 +27,8 @@ from bigskies_ops.errors import BigskiesError, CommandError, PostgresError
 from bigskies_ops.inventory import Host
 from bigskies_ops.pg.tools import PgVersion, conn_args, parse_tool_version, psql_args
 from bigskies_ops.pg.lockwait import new_app_name
-from bigskies_ops.hosts.runners import Process, Result, Runner, redact_argv, runner_for, tail
+from bigskies_ops.hosts.runners import Process, Result, Runner, redact_argv, tail
+from bigskies_ops.hosts import runner_for
 
 TOOLS = ("pg_dump", "pg_restore", "psql", "pg_isready", "pg_dumpall")
 
@@ -135,10 +136,10 @@ class PostgresAccess:
         Local native: ``PGPASSFILE`` pointing at a private 0600 file (or the inventory's
         passfile). SSH hosts and containers: the password itself, which only ever lives in
         the environment of the process that needs it: the remote command (handed over on
-        its stdin, :data:`bigskies_ops.hosts.ssh.WRAPPER`) or the engine client, which passes it
+        its stdin, :data:`bigskies_ops.hosts.shell.WRAPPER`) or the engine client, which passes it
         on by name (``-e PGPASSWORD``). Nothing is written to a remote disk, so a killed
-        client or a dropped connection leaves no password behind there (a break-it trial
-        found per-run pgpass files left in /tmp on prod).
+        client or a dropped connection leaves no password behind there (no per-run
+        pgpass file in /tmp on prod).
         """
         if self._secret_env is not None:
             return self._secret_env

@@ -35,7 +35,7 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
     and DROP (CountOtherDBBackends). A role without pg_read_all_stats sees neither the
     type nor the user of another role's process (an autovacuum worker looks like any
     other): those are left to the server, whose RENAME refuses while a real session is
-    connected (:func:`_swap` turns that into the same refusal)."""
+    connected (the restore's swap, bigskies_ops.jobs.swap, turns that into the same refusal)."""
     return sql.query(pgsql.SQL(
         "SELECT pid, usename AS user, application_name AS application, client_addr::text AS client, state, "
         "to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since "

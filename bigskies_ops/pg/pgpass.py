@@ -221,7 +221,7 @@ def converge(host: Host, *, runner=None, path: str | None = None) -> PgpassResul
         BigskiesError (exit 2): no ``password_env`` in the inventory, or it is not set.
         PgpassError: the existing file has a malformed line (file untouched).
     """
-    from bigskies_ops.hosts.runners import runner_for
+    from bigskies_ops.hosts import runner_for
     name = host.postgres.password_env
     if not name:
         raise BigskiesError(f"hosts.{host.name}.postgres.password_env is not set in the inventory; "

@@ -24,7 +24,8 @@ from bigskies_ops.hosts import compose as cmp
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import BigskiesError, CommandError, PostgresError, SafetyError, StorageError, UsageError
 from bigskies_ops.inventory import Host
-from bigskies_ops.hosts.runners import runner_for, tail
+from bigskies_ops.hosts.runners import tail
+from bigskies_ops.hosts import runner_for
 
 EXIT_CODE_RE = re.compile(r"^exit code: (-?\d+)\s*$", re.M)
 MIGRATION_RE = re.compile(r"^(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")

@@ -21,7 +21,8 @@ from bigskies_ops.archives.catalog import latest, list_backups
 from bigskies_ops.errors import BigskiesError, SafetyError, StorageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.restore import restore as run_restore
-from bigskies_ops.hosts.runners import LocalRunner, runner_for
+from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.local import LocalRunner
 
 
 class Steps:
@@ -43,7 +44,7 @@ def _counts(manifest: dict) -> dict:
 
 def _current_counts(host: Host, tables: list[str]) -> dict:
     from bigskies_ops.pg.access import PostgresAccess
-    from bigskies_ops.jobs.restore import table_counts
+    from bigskies_ops.jobs.sideload import table_counts
     want = [{"schema": t.split(".", 1)[0], "name": t.split(".", 1)[1]} for t in tables]
     with PostgresAccess(host) as access:
         got = table_counts(access.sql(host.postgres.database), want)

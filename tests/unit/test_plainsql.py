@@ -8,7 +8,7 @@ import pytest
 from bigskies_ops.pg.access import pgsql
 from bigskies_ops.archives.plainsql import MissingRolesError, OwnerAclFilter, RolePolicy, StatementFacts, statement_roles
 from bigskies_ops.pg.admin import acl_items, set_config_sql, split_guc_list
-from bigskies_ops.jobs.restore import explain_load_error
+from bigskies_ops.pg.loadcheck import explain_load_error
 
 
 @pytest.mark.parametrize("stmt, kind, roles", [

@@ -15,8 +15,8 @@ from bigskies_ops.pg import tools as pgtools
 from bigskies_ops.errors import InventoryError
 from bigskies_ops.archives import gz
 from bigskies_ops.errors import ArchiveError
-from bigskies_ops.archives.plainsql import RolePolicy
-from bigskies_ops.jobs.restore import CopyTags, OwnerAclFilter, pre_restore_name, side_db_name
+from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
+from bigskies_ops.jobs.dbnames import pre_restore_name, side_db_name
 from bigskies_ops.archives.integrity import gunzip_chunks
 
 from bigskies_ops.archives.plainsql import split_qualified
@@ -340,7 +340,7 @@ def test_copy_terminator_search_agrees_with_the_plain_pattern_search():
     """OwnerAclFilter._terminator jumps from backslash to backslash (fast: they are rare in
     COPY text) and falls back to the 4-byte pattern; both must find the same line."""
     import random
-    from bigskies_ops.jobs.restore import OwnerAclFilter
+    from bigskies_ops.archives.plainsql import OwnerAclFilter
     rnd = random.Random(7)
     pieces = [b"plain row\t1", b"a\\\\.b", b"\\\\.", b"\\N", b"x\\\\", b"\\.", b"tab\\there", b"\\\\\\\\.", b""]
     for trial in range(3000):
@@ -375,15 +375,15 @@ class _MemRunner:
 ])
 def test_restore_sessions_size_maintenance_work_mem_by_available_memory(kb, sessions, mwm):
     from types import SimpleNamespace
-    from bigskies_ops.jobs.restore import restore_pgoptions
+    from bigskies_ops.jobs.sideload import restore_pgoptions
     opts = restore_pgoptions(SimpleNamespace(runner=_MemRunner(kb)), sessions)
     assert opts == f"-c maintenance_work_mem={mwm} -c synchronous_commit=off"
 
 
 def test_restore_pgoptions_reads_this_machine():
     from types import SimpleNamespace
-    from bigskies_ops.jobs.restore import mem_available, restore_pgoptions
-    from bigskies_ops.hosts.runners import LocalRunner
+    from bigskies_ops.jobs.sideload import mem_available, restore_pgoptions
+    from bigskies_ops.hosts.local import LocalRunner
     mem = mem_available(LocalRunner())
     assert mem is not None and mem > 0
     mwm = int(restore_pgoptions(SimpleNamespace(runner=LocalRunner()), 2).split("maintenance_work_mem=")[1].split("MB")[0])

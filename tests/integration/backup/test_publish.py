@@ -16,7 +16,7 @@ from bigskies_ops.archives.manifest import publish, record_failure
 from bigskies_ops.archives.catalog import latest, list_backups, read_manifest, write_manifest
 from bigskies_ops.errors import Interrupted, StorageError
 from bigskies_ops.inventory import parse
-from bigskies_ops.hosts.runners import LocalRunner
+from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.hosts.ssh import SSHRunner
 from tests.remote_helpers import ssh_block
 

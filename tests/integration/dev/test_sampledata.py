@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.dev import sampledata
+from bigskies_ops.dev import sampledata, schema
 from bigskies_ops.errors import CommandError
 from bigskies_ops.dev.sandbox import Cluster, free_port
 
@@ -46,7 +46,7 @@ def cluster():
 def loaded(cluster):
     """Database ``bigskies``: every migration, then the sample data at scale 1."""
     cluster.psql("-c", f"CREATE DATABASE {DB}")
-    cluster.psql(database=DB, input=sampledata.bootstrap_sql(SQL_DIR))
+    cluster.psql(database=DB, input=schema.bootstrap_sql(SQL_DIR))
     started = time.monotonic()
     cluster.psql(database=DB, input=sampledata.sample_data_sql(1))
     return {"load_seconds": time.monotonic() - started}
@@ -78,7 +78,7 @@ def test_migration_files_are_sorted_by_version_and_other_files_are_ignored(tmp_p
         (tmp_path / name).write_text("-- x\n")
     (tmp_path / "003_a_directory.sql").mkdir()
 
-    assert sampledata.migration_files(tmp_path) == [
+    assert schema.migration_files(tmp_path) == [
         (1, "roles", tmp_path / "001_roles.sql"),
         (2, "users", tmp_path / "002_users.sql"),
         (10, "later", tmp_path / "010_later.sql"),
@@ -87,29 +87,29 @@ def test_migration_files_are_sorted_by_version_and_other_files_are_ignored(tmp_p
 
 def test_migration_files_accepts_a_str_path(tmp_path):
     (tmp_path / "007_x.sql").write_text("")
-    assert sampledata.migration_files(str(tmp_path)) == [(7, "x", tmp_path / "007_x.sql")]
+    assert schema.migration_files(str(tmp_path)) == [(7, "x", tmp_path / "007_x.sql")]
 
 
 def test_two_files_with_the_same_version_are_refused(tmp_path):
     (tmp_path / "001_roles.sql").write_text("")
     (tmp_path / "0001_more_roles.sql").write_text("")
     with pytest.raises(ValueError, match=r"duplicate migration version 1: 0001_more_roles.sql and 001_roles.sql"):
-        sampledata.migration_files(tmp_path)
+        schema.migration_files(tmp_path)
 
 
 def test_a_numbered_sql_file_with_an_unusable_name_is_refused_not_skipped(tmp_path):
     (tmp_path / "004_bad name.sql").write_text("")
     with pytest.raises(ValueError, match="NNN_description.sql"):
-        sampledata.migration_files(tmp_path)
+        schema.migration_files(tmp_path)
 
 
 def test_a_missing_migration_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
-        sampledata.migration_files(tmp_path / "nope")
+        schema.migration_files(tmp_path / "nope")
 
 
 def test_the_repository_has_migrations_1_to_5_in_house_style():
-    found = sampledata.migration_files(SQL_DIR)
+    found = schema.migration_files(SQL_DIR)
     assert [(v, n) for v, n, _ in found] == [
         (1, "roles"), (2, "users"), (3, "coordinator_config"),
         (4, "coordinator_config_history"), (5, "observations"),
@@ -127,7 +127,7 @@ def test_the_repository_has_migrations_1_to_5_in_house_style():
 def test_bootstrap_sql_creates_the_table_then_each_file_and_its_checksum(tmp_path):
     (tmp_path / "002_second.sql").write_text("CREATE TABLE b (id int);\n-- trailing comment, no newline")
     (tmp_path / "001_first.sql").write_text("CREATE TABLE a (id int);\n")
-    script = sampledata.bootstrap_sql(tmp_path)
+    script = schema.bootstrap_sql(tmp_path)
 
     assert script.startswith("BEGIN;\n")
     assert script.rstrip().endswith("COMMIT;")
@@ -145,7 +145,7 @@ def test_bootstrap_sql_creates_the_table_then_each_file_and_its_checksum(tmp_pat
 
 def test_bootstrap_sql_can_leave_the_transaction_to_the_caller(tmp_path):
     (tmp_path / "001_first.sql").write_text("SELECT 1;\n")
-    script = sampledata.bootstrap_sql(tmp_path, single_transaction=False)
+    script = schema.bootstrap_sql(tmp_path, single_transaction=False)
     assert "BEGIN" not in script and "COMMIT" not in script
 
 
@@ -384,7 +384,7 @@ def test_awkward_values_are_stored_exactly(cluster, loaded):
 def test_sample_data_is_deterministic(cluster, loaded):
     """A second load of the same scale holds the same rows (DELETE records' changed_at aside)."""
     cluster.psql("-c", "CREATE DATABASE bigskies_again")
-    cluster.psql(database="bigskies_again", input=sampledata.bootstrap_sql(SQL_DIR))
+    cluster.psql(database="bigskies_again", input=schema.bootstrap_sql(SQL_DIR))
     cluster.psql(database="bigskies_again", input=sampledata.sample_data_sql(1))
     fingerprint = """
         SELECT json_build_object(
@@ -411,5 +411,5 @@ def test_sample_data_refuses_a_database_that_already_has_data(cluster, loaded):
 
 def test_bootstrap_on_a_migrated_database_fails_and_changes_nothing(cluster, loaded):
     with pytest.raises(CommandError, match='function "set_updated_at" already exists'):
-        cluster.psql(database=DB, input=sampledata.bootstrap_sql(SQL_DIR))
+        cluster.psql(database=DB, input=schema.bootstrap_sql(SQL_DIR))
     assert value(cluster, "SELECT count(*) FROM schema_migrations") == 5

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.inventory import parse
-from bigskies_ops.hosts.ssh import ENV_MARK, HostKeyError, SSHRunner, pipeline_script, stage_statuses
+from bigskies_ops.hosts.ssh import SSHRunner
+from bigskies_ops.hosts.connection import HostKeyError
+from bigskies_ops.hosts.shell import ENV_MARK, pipeline_script, stage_statuses
 from tests.conftest import cli, write_inventory
 from tests.pgcheck import dir_hashes
 from tests.remote_helpers import ssh_block, wait_for

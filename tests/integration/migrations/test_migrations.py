@@ -1,7 +1,7 @@
 """Schema migrations against a real PostgreSQL 15: apply, refuse, adopt, resume, serialise.
 
 Databases come from the BIG SKIES template (migrations 1-5 applied by
-sampledata.bootstrap_sql, the bootstrap coordinator's way). Every check of the
+schema.bootstrap_sql, the bootstrap coordinator's way). Every check of the
 database goes through the test's own psql (tests/pgcheck.py), and expected
 checksums are computed here from the file bytes, never taken from product output.
 """
@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from bigskies_ops.jobs.migrations import LOCK_CLASSID, LOCK_OBJID, plan, split_statements
+from bigskies_ops.jobs.migration_apply import LOCK_CLASSID, LOCK_OBJID
+from bigskies_ops.jobs.migration_files import plan, split_statements
 from tests.conftest import REPO, cli, native_host, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 
@@ -44,7 +45,7 @@ def test_split_statements_respects_quotes_comments_dollar_bodies_and_begin_atomi
 
 
 def test_plan_sorts_files_into_applied_pending_changed_and_unknown():
-    from bigskies_ops.jobs.migrations import MigrationFile
+    from bigskies_ops.jobs.migration_files import MigrationFile
     f = [MigrationFile(v, f"m{v}", f"00{v}_m{v}.sql", "", "", f"c{v}", f"r{v}", True) for v in (1, 2, 3, 4)]
     rows = {1: {"checksum": "c1"}, 2: {"checksum": "r2"}, 3: {"checksum": "zz"}, 9: {"version": 9}}
     p = plan(f, rows)

@@ -589,7 +589,7 @@ def test_three_restores_of_one_database_in_the_same_second_keep_distinct_copies(
     made are set up here for each second of the next minute (real databases, named as
     restore.pre_restore_name names them), then three restores run back to back."""
     from datetime import datetime, timedelta, timezone
-    from bigskies_ops.jobs.restore import pre_restore_name
+    from bigskies_ops.jobs.dbnames import pre_restore_name
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, tmp_path / "b",
                                                                      backup={"keep_pre_restore": 100})})
     r = cli("db.backup", "-i", str(inv), "--json", env=cli_env)

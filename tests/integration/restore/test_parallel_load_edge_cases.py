@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.jobs.restore import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
 from tests.conftest import REPO, cli
 from tests.pgcheck import db_fingerprint
 from tests.integration.restore.test_parload import BIN, _access, _children, _fresh

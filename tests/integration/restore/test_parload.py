@@ -21,7 +21,7 @@ from bigskies_ops import inventory
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import ArchiveError
 from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.jobs.restore import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
 from tests.conftest import cli
 from tests.pgcheck import db_fingerprint
 

@@ -16,7 +16,7 @@ import pytest
 
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops import inventory
-from bigskies_ops.jobs.restore import inserted_rows
+from bigskies_ops.jobs.sideload import inserted_rows
 from tests.conftest import cli
 from tests.pgcheck import db_fingerprint
 
