@@ -28,7 +28,8 @@ from bigskies_ops.archives import gz
 from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.archives.plainsql import COPY_RE, PY_CODECS, OwnerAclFilter, split_qualified
 from bigskies_ops.errors import BigskiesError, CommandError, StorageError
-from bigskies_ops.hosts.runners import LocalRunner, redact_argv, tail
+from bigskies_ops.hosts.local import LocalRunner
+from bigskies_ops.hosts.runners import redact_argv, tail
 from bigskies_ops.jobs.dump import ArchiveFacts, Destination, DumpSpec
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.pg.tools import parse_plain_header, plain_tail_complete
@@ -293,8 +294,8 @@ def _fsync(f) -> None:
 # ----------------------------------------------------------------------------- pipelines on an SSH host
 def stage_statuses_of(proc, n: int) -> tuple[list[int | None], str]:
     """Each stage's exit status of a finished pipeline (None: it never reported), and its
-    stderr without the status markers (hosts.ssh.stage_statuses)."""
-    from bigskies_ops.hosts.ssh import stage_statuses
+    stderr without the status markers (hosts.shell.stage_statuses)."""
+    from bigskies_ops.hosts.shell import stage_statuses
     return stage_statuses(proc.stderr_text(), n)
 
 
@@ -372,7 +373,7 @@ class FileOnHost(_Pipeline):
     def transfer(self, partial, manifest, progress) -> None:
         """Wait for the remote ``... > partial`` pipeline, reporting the file's size; a file
         that does not grow for ``backup.stall_timeout`` seconds aborts it (StallError)."""
-        from bigskies_ops.hosts.ssh import StallError
+        from bigskies_ops.hosts.channels import StallError
         host, runner = self.access.host, self.writer
         stall = host.backup.stall_timeout or None
         last_size, last_change = -1, time.monotonic()
