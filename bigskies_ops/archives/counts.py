@@ -158,7 +158,8 @@ class RowCounter:
     while pg_dump runs (so the counts describe the very snapshot that was dumped).
 
     Used for custom archives (pg_dump compresses its own output: there is no SQL
-    stream to count from) and by ``pull.py``; plain dumps count their own COPY data
+    stream to count from) and for plain dumps whose SQL never passes through this process
+    (written on an SSH host); other plain dumps count their own COPY data
     instead (:func:`stream_row_counts`). Only tables the user may read are counted: a
     failing count would abort the transaction and invalidate the snapshot under
     pg_dump, hiding pg_dump's real error.
@@ -227,6 +228,21 @@ def inheritance_tree(rows: list[dict]) -> dict[tuple[str, str], list[tuple[tuple
     return tree
 
 
+def _own_rows(stream: dict[tuple[str, str], int], key: tuple[str, str], kind: str, all_data: bool,
+              unread: int) -> int | str:
+    """A table's own rows in the stream (its COPY lines), or why there is no number:
+    :data:`RECOUNT`, :data:`UNKNOWN` or :data:`NO_DATA` (rules: :func:`stream_row_counts`)."""
+    if kind == "p":
+        return 0
+    if kind != "r":  # a foreign partition: its rows are never in a dump; count(*) reads them
+        return RECOUNT
+    if key in stream:
+        return stream[key]
+    if all_data:
+        return RECOUNT
+    return UNKNOWN if unread else NO_DATA
+
+
 def stream_row_counts(tables: list[dict], copy_tables: list[tuple[str, str] | None], copy_rows: list[int],
                       tree: dict[tuple[str, str], list[tuple[tuple[str, str], str]]], *,
                       all_data: bool, schema_only: bool = False) -> StreamCounts:
@@ -237,7 +253,7 @@ def stream_row_counts(tables: list[dict], copy_tables: list[tuple[str, str] | No
     COPY's text format every row is one line: newlines, carriage returns and
     backslashes inside values are escaped, so a value can neither split a row nor
     end the block early (PostgreSQL docs, COPY "Text Format"); the lexer
-    (restore.OwnerAclFilter) counts each block's lines up to its ``\\.`` line. This
+    (archives.plainsql.OwnerAclFilter) counts each block's lines up to its ``\\.`` line. This
     replaces a second ``count(*)`` scan of every table, which competed with pg_dump for
     the same CPUs (measured on a 1.1 GB database, 2 cores: plain backup 8.47 s with
     it, 7.85 s without, bare ``pg_dump > /dev/null`` 6.17 s).
@@ -285,21 +301,10 @@ def stream_row_counts(tables: list[dict], copy_tables: list[tuple[str, str] | No
         else:
             stream[t] = stream.get(t, 0) + n
 
-    def own(key: tuple[str, str], kind: str) -> int | str:
-        if kind == "p":
-            return 0
-        if kind != "r":  # a foreign partition: its rows are never in a dump; count(*) reads them
-            return RECOUNT
-        if key in stream:
-            return stream[key]
-        if all_data:
-            return RECOUNT
-        return UNKNOWN if unread else NO_DATA
-
     out = StreamCounts([])
     for i, t in enumerate(tables):
         key = (t["schema"], t["name"])
-        parts = [own(key, t.get("kind") or "r")] + [own(c, k) for c, k in tree.get(key, ())]
+        parts = [_own_rows(stream, c, k, all_data, unread) for c, k in [(key, t.get("kind") or "r"), *tree.get(key, ())]]
         if all(isinstance(p, int) for p in parts):
             out.rows.append(sum(parts))
             continue
@@ -368,8 +373,8 @@ def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: 
 
 def stream_manifest_tables(session: SqlSession, sink, tables: list[dict], *, excl, schema_only: bool,
                            manifest: dict, notify=print) -> list[dict]:
-    """The manifest's ``tables`` of a plain dump that streamed through ``sink`` (this
-    module's ``_Sink`` or ``pull._StreamSink``, built to count rows): its COPY blocks
+    """The manifest's ``tables`` of a plain dump that streamed through ``sink`` (a
+    bigskies_ops.jobs.destinations.SqlTap that tracked its COPY blocks): its COPY blocks
     through :func:`plain_manifest_tables` in the snapshot's ``session``; ``manifest``'s
     phase is ``count`` meanwhile."""
     copy_tables, copy_rows = sink.copy_blocks()

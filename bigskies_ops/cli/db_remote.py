@@ -14,7 +14,7 @@ from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.fleet import exit_code, prefixed, run_on_hosts
 from bigskies_ops.inventory import Host, Inventory
-from bigskies_ops.jobs.pull import pull_and_restore, pull_existing, pull_format, pull_stream
+from bigskies_ops.jobs.pull import pull as run_pull, pull_existing
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
 from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
 
@@ -129,43 +129,34 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
         output.say(f"What: {'existing archive ' + spec if spec else 'a fresh dump streamed over SSH (nothing written on ' + src.name + ')'}")
         output.say(f"Into: {dest.backup.dir}/{src.name}/")
         output.say()
-    rr = None
-    with _progress(f"pull from {src.name}", json) as cb:
-        if spec:
-            pr = pull_existing(src, dest, spec, progress=cb, notify=output.note)
-            b, m, secs = pr.backup, pr.manifest, pr.seconds
-        else:
-            if existing is None and format not in (None, "plain", "custom"):
-                raise UsageError(f"--format: expected plain or custom, got {format!r}")
-            fmt = pull_format(src, format, restore)
-            if restore and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
-                res, rr = pull_and_restore(src, dest, label=label, progress=cb, notify=output.note,
-                                           terminate_sessions=terminate_sessions,
-                                           skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), task="db.pull --restore")
-            else:
-                res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb, notify=output.note)
-            b, m, secs, pr = res.backup, res.manifest, res.seconds, None
+    out = run_pull(src, dest, existing=spec, fmt=format, label=label,
+                   restore={"terminate_sessions": terminate_sessions, "skip_missing_roles": skip_missing_roles,
+                            "jobs": jobs_arg(jobs), "task": "db.pull --restore"} if restore else None,
+                   progress=lambda what: _progress(what, json), pulled=None if json else _say_pulled,
+                   notify=output.note)
+    _render_pull(out, src, dest, json)
+
+
+def _say_pulled(out) -> None:
+    b, m = out.backup, out.manifest
+    if out.already_present:
+        output.say(f"Already here (same size and sha256): {b.path}")
+        return
+    output.say("Pull completed successfully")
+    output.say(f"   File: {b.path}")
+    output.say(f"   Size: {human_bytes(b.size)}, {_mbps(b.size or 0, out.seconds)} over {out.seconds:.1f} s")
+    output.say(f"   sha256: {m.get('sha256')} (checked)")
+    if m.get("remote_exit_statuses") and m.get("pull_mode") != "existing":  # a dump ran for this pull
+        output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
+
+
+def _render_pull(out, src: Host, dest: Host, json: bool) -> None:
+    b, m, rr = out.backup, out.manifest, out.restore
     facts = {"result": "changed", "host": src.name, "to": dest.name, "path": b.path, "name": b.name,
-             "bytes": b.size, "sha256": m.get("sha256"), "seconds": round(secs, 3),
-             "mode": "existing" if spec else "stream", "already_present": bool(pr and pr.already_present),
-             "resumed_at": pr.resumed_at if pr else None,
+             "bytes": b.size, "sha256": m.get("sha256"), "seconds": round(out.seconds, 3),
+             "mode": out.mode, "already_present": out.already_present, "resumed_at": out.resumed_at,
              "remote_exit_statuses": m.get("remote_exit_statuses")}
-    if not json:
-        if pr and pr.already_present:
-            output.say(f"Already here (same size and sha256): {b.path}")
-        else:
-            output.say("Pull completed successfully")
-            output.say(f"   File: {b.path}")
-            output.say(f"   Size: {human_bytes(b.size)}, {_mbps(b.size or 0, secs)} over {secs:.1f} s")
-            output.say(f"   sha256: {m.get('sha256')} (checked)")
-            if m.get("remote_exit_statuses") and m.get("pull_mode") != "existing":  # a dump ran for this pull
-                output.say("   Remote exit statuses: " + ", ".join(f"{k} {v}" for k, v in m["remote_exit_statuses"].items()))
-    if restore and rr is None:
-        from bigskies_ops.jobs.restore import restore as run_restore
-        with _progress(f"restoring into {dest.name}", json) as cb:
-            rr = run_restore(dest, b.path, terminate_sessions=terminate_sessions,
-                             skip_missing_roles=skip_missing_roles, jobs=jobs_arg(jobs), notify=output.note, progress=cb, task="db.pull --restore")
-    if restore:
+    if rr is not None:
         facts["restore"] = {"database": rr.database, "pre_restore_copy": rr.pre_restore_copy,
                             "checked_tables": rr.checked_tables, "seconds": round(rr.seconds, 3)}
         if not json:
@@ -177,9 +168,9 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     if json:
         output.emit_json(facts)
         return
-    what = "already present" if pr and pr.already_present else f"pulled {b.name}"
-    output.result_line("ok" if pr and pr.already_present and not restore else "changed", src.name,
-                       what + (f", restored into {dest.name}" if restore else ""))
+    what = "already present" if out.already_present else f"pulled {b.name}"
+    output.result_line("ok" if out.already_present and rr is None else "changed", src.name,
+                       what + (f", restored into {dest.name}" if rr is not None else ""))
 
 
 def pull_after_backup(inv: Inventory, h: Host, res, *, json: bool = False) -> dict:

@@ -1,25 +1,22 @@
-"""Remote dumps: ``db.backup --host prod [--pull]`` and ``db.pull`` (scenario 4).
+"""``db.pull`` (scenario 4) and ``db.backup --host prod --pull``: a backup of a
+``connection: ssh`` host brought to this machine, under ``<local backup dir>/<host>/``.
 
-Three ways a dump of a ``connection: ssh`` host's database is made, sharing one
-sequence with :mod:`bigskies_ops.jobs.backup` (lock, name that never overwrites,
-manifest STARTED -> DONE/FAILED, snapshot exported by our own session so row
-counts and the schema_migrations head are those of the dump):
+:func:`pull` chooses among:
 
-* :func:`remote_backup` - ``pg_dump | gzip > <archive>.partial`` runs on the host
-  (natively or through ``<engine> exec -i``), every stage reports its own exit
-  status; the archive is hashed there (``sha256sum``), checked (gzip stream and
-  completion trailer), and published in the host's ``backup.dir``.
-* :func:`pull_stream` - the same pipeline without the file: the compressed dump
-  crosses the SSH channel straight into ``<local backup dir>/<host>/...partial``,
-  hashed (and for plain dumps, inflated to check the trailer) while it arrives.
-  Nothing is written on the host's disk. A rerun starts over and removes the old
-  ``.partial``.
+* :func:`pull_stream` - a fresh dump by the backup engine (bigskies_ops.jobs.dump, the
+  same sequence as any backup) whose destination is a stream to here
+  (bigskies_ops.jobs.destinations.StreamHere): the compressed dump crosses the SSH
+  channel straight into ``<local backup dir>/<host>/...partial``, hashed (and for plain
+  dumps, inflated to check the trailer and count rows) while it arrives. Nothing is
+  written on the host's disk. A rerun starts over and removes the old ``.partial``.
+* :func:`pull_and_restore` - the same, loaded into a side database while it arrives.
 * :func:`pull_existing` - an archive already in the host's ``backup.dir``
   (``latest`` or a name) is copied by an OpenSSH client (started first, so its
   handshake overlaps reading the manifest); an interrupted copy resumes at the size
   of its ``.partial`` because the remote manifest's sha256 is known. The whole file
   (a resumed prefix included) is hashed from disk while it arrives and flushed to
-  disk as it grows; size and sha256 are checked before the final rename.
+  disk as it grows; size and sha256 are checked before the final rename. A roles file
+  the archive's manifest names (``backup.roles``) is copied beside it.
 
 Transfers that deliver nothing for ``backup.stall_timeout`` seconds fail with a
 clear error; memory stays bounded (256 KiB - 1 MiB chunks).
@@ -29,39 +26,24 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import shlex
-import shutil
-import socket
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from bigskies_ops import __version__
-from bigskies_ops.archives import gz
+from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups,
+                                           parse_archive_name, read_manifest, utcnow, write_manifest)
 from bigskies_ops.archives.hashing import sha256_file
-from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.jobs.backup import BackupResult, _keep_session_while_idle, _pick_name, check_backup_space, lock_timeout_error
-from bigskies_ops.archives.manifest import publish, record_failure, settle_interrupted
-from bigskies_ops.archives.counts import RowCounter, snapshot_facts, stream_manifest_tables
-from bigskies_ops.archives.plainsql import COPY_RE, split_qualified
-from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups, parse_archive_name,
-                      read_manifest, utcnow, write_manifest)
-from bigskies_ops.errors import ArchiveError, BigskiesError, CommandError, Interrupted, StorageError, UsageError
-from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
-from bigskies_ops.pg.lockwait import watching
-from bigskies_ops.pg.tools import parse_plain_header, pg_dump_args, plain_tail_complete
-from bigskies_ops.hosts.runners import redact_argv, tail
+from bigskies_ops.archives.manifest import publish
+from bigskies_ops.archives.roles import roles_path
+from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, StorageError, UsageError
 from bigskies_ops.hosts.local import LocalRunner
+from bigskies_ops.inventory import Host
+from bigskies_ops.jobs.destinations import StreamHere
+from bigskies_ops.jobs.dump import BackupResult, DumpSpec, archive_lock, check_format, dump, host_access
 
 CHUNK = 1 << 20
-
-
-def _fmt(fmt: str | None, host: Host) -> str:
-    fmt = fmt or host.backup.format
-    if fmt not in ("plain", "custom"):
-        raise UsageError(f"--format: expected plain or custom, got {fmt!r}")
-    return fmt
 
 
 def pull_format(src: Host, fmt: str | None, restore: bool) -> str:
@@ -73,7 +55,7 @@ def pull_format(src: Host, fmt: str | None, restore: bool) -> str:
     Raises:
         UsageError: ``fmt`` is neither plain nor custom.
     """
-    return _fmt(fmt, src)
+    return check_format(fmt, src)
 
 
 def _ssh_runner(host: Host, notify):
@@ -83,30 +65,13 @@ def _ssh_runner(host: Host, notify):
     return SSHRunner(host, notify=notify)
 
 
-# ----------------------------------------------------------------------------- entry points
-def remote_backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
-                  exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
-                  progress=None, notify=print, task: str = "db.backup") -> BackupResult:
-    """Back up an SSH host's database into ITS ``backup.dir`` (same contract as
-    :func:`bigskies_ops.jobs.backup.backup`; the dump never leaves the host).
-
-    Raises:
-        PostgresError: remote pg_dump or psql failed (manifest FAILED).
-        StorageError: the remote file system is full or not writable (manifest FAILED).
-        SSHError / HostKeyError: connection problems (nothing written).
-        LockBusyError: another task holds the (host, database) lock.
-    """
-    fmt = _fmt(fmt, host)
-    db = database or host.postgres.database
-    with _ssh_runner(host, notify) as runner, PostgresAccess(host, runner) as access:
-        bdir = host.backup.dir
-        runner.makedirs(bdir)
-        with host_lock(runner, bdir, host.name, db, task, notify=notify):
-            settle_interrupted(runner, bdir, db, notify)
-            return _dump(access, runner, bdir, db=db, fmt=fmt, mode="remote", kind=kind, label=label,
-                         excl=tuple(exclude_table_data), schema_only=schema_only, progress=progress, notify=notify)
+def _ssh_access(host: Host, notify):
+    if not host.is_remote:
+        raise UsageError(f"{host.name} is not a connection: ssh host")
+    return host_access(host, notify)
 
 
+# ----------------------------------------------------------------------------- fresh dumps
 def local_pull_dir(dest: Host, origin: Host) -> str:
     """Where backups pulled from ``origin`` land: ``<dest backup.dir>/<origin>/``."""
     return posixpath.join(dest.backup.dir, origin.name)
@@ -125,16 +90,12 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
         PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
         SSHError: connection refused/lost. StorageError: local disk full.
     """
-    fmt = _fmt(fmt, src)
-    db = database or src.postgres.database
-    lr = LocalRunner()
+    spec = DumpSpec(db=database or src.postgres.database, fmt=check_format(fmt, src),
+                    level=src.backup.compress_level, kind="pulled", label=label)
     pdir = local_pull_dir(dest, src)
-    lr.makedirs(pdir)
-    with host_lock(lr, pdir, src.name, db, "db.pull", notify=notify):
-        settle_interrupted(lr, pdir, db, notify, "pull", orphans=True)
-        with _ssh_runner(src, notify) as runner, PostgresAccess(src, runner) as access:
-            return _dump(access, lr, pdir, db=db, fmt=fmt, mode="stream", kind="pulled", label=label,
-                         excl=(), schema_only=False, progress=progress, notify=notify, growing=growing)
+    with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", notify, what="pull", orphans=True):
+        with _ssh_access(src, notify) as access:
+            return dump(StreamHere(access, pdir, growing=growing), spec, progress=progress, notify=notify)
 
 
 def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, database: str | None = None,
@@ -201,336 +162,66 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
     return box["res"], rr
 
 
-# ----------------------------------------------------------------------------- the dump
-class _StreamSink:
-    """Write already-compressed bytes as they arrive: sha256, byte count, and for plain
-    dumps an inflater that keeps the head and the last 8 KiB and, with ``track_copy``,
-    notes the COPY'd tables with the restore's statement lexer (as backup._Sink does)."""
-
-    def __init__(self, f, fmt: str, track_copy: bool = False, count_rows: bool = False):
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.out_bytes = 0
-        self.raw_bytes = 0
-        self.inflate = gz.decompressobj() if fmt == "plain" else None
-        self.head = b""
-        self.tail = b""
-        self.copy = None
-        if (track_copy or count_rows) and fmt == "plain":
-            from bigskies_ops.archives.plainsql import OwnerAclFilter
-            self.copy = OwnerAclFilter(emit=False, count_rows=count_rows)
-
-    def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
-        """The ``COPY ... FROM stdin`` blocks of the stream: tables and data lines
-        (as ``backup._Sink.copy_blocks``; built with ``count_rows``)."""
-        self.copy.flush()
-        return list(self.copy.copy_tables), list(self.copy.copy_rows)
-
-    def named_roles(self) -> tuple[set[str], set[str]]:
-        """Roles named and extensions created by the dump (as ``backup._Sink.named_roles``)."""
-        return set(self.copy.roles), set(self.copy.facts.extensions)
-
-    def write(self, chunk: bytes) -> None:
-        self.f.write(chunk)
-        self.sha.update(chunk)
-        self.out_bytes += len(chunk)
-        if self.inflate is None:
-            return
-        try:
-            raw = self.inflate.decompress(chunk)
-            while self.inflate.unused_data:
-                rest = self.inflate.unused_data
-                self.inflate = gz.decompressobj()
-                raw += self.inflate.decompress(rest)
-        except gz.ERRORS as e:
-            raise StorageError(f"the remote gzip stream is corrupt ({e})") from None
-        self.raw_bytes += len(raw)
-        if len(self.head) < 65536:
-            self.head += raw[: 65536 - len(self.head)]
-        if self.copy is not None:
-            self.copy.feed(raw)
-        self.tail = (self.tail + raw)[-8192:]
+# ----------------------------------------------------------------------------- db.pull
+@dataclass
+class PullOutcome:
+    """What :func:`pull` did: the local ``backup`` and its ``manifest``, ``seconds`` the pull
+    took, ``mode`` (``stream``: a fresh dump; ``existing``: a copied archive),
+    ``already_present`` (an existing archive was here already, nothing copied),
+    ``resumed_at`` (bytes; None for a fresh dump) and the ``restore``'s result (None
+    without one)."""
+    backup: Backup
+    manifest: dict
+    seconds: float
+    mode: str
+    already_present: bool = False
+    resumed_at: int | None = None
+    restore: object | None = None
 
 
-def _new_manifest(host: Host, name: str, db: str, fmt: str, level: int, label, kind: str, excl, schema_only,
-                  started, mode: str) -> dict:
-    m = {
-        "schema_version": 1, "tool": f"bigskies-ops {__version__}", "status": "STARTED", "phase": "connect",
-        "kind": kind, "label": label, "origin_host": host.name, "control_host": socket.gethostname(),
-        "database": db, "archive": name, "format": fmt,
-        "compressor": f"gzip -{max(1, level)} (on {host.name})" if fmt == "plain" else "pg_dump custom (zlib)",
-        "compress_level": max(1, level) if fmt == "plain" else level, "access_mode": host.access_mode,
-        "container": host.container.name if host.container else None,
-        "started_at": iso(started), "finished_at": None, "duration_s": None,
-        "excluded_table_data": list(excl), "schema_only": schema_only,
-        "verifications": [], "offsite": [], "pulled_from": None, "pulled_at": None,
-    }
-    if mode == "stream":
-        m.update({"pulled_from": host.name, "pull_mode": "stream"})
-    return m
+def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None = None, label: str | None = None,
+         restore: dict | None = None, progress=None, pulled=None, notify=print) -> PullOutcome:
+    """``db.pull``: bring a backup of the SSH host ``src`` to ``<dest backup.dir>/<src>/`` and,
+    with ``restore``, restore it into ``dest``'s database.
 
+    Which way: ``existing`` (``latest`` or an archive's name) copies an archive already on
+    ``src`` (:func:`pull_existing`); otherwise a fresh dump is streamed (:func:`pull_stream`,
+    format :func:`pull_format`). A plain fresh dump with ``restore`` is loaded while it
+    arrives (:func:`pull_and_restore`); any other is restored once it is here.
 
-def _dump(access: PostgresAccess, writer, bdir: str, *, db: str, fmt: str, mode: str, kind: str, label,
-          excl: tuple, schema_only: bool, progress, notify, growing=None) -> BackupResult:
-    host = access.host
-    runner = access.runner
-    level = host.backup.compress_level
-    started = utcnow()
-    t0 = time.monotonic()
-    name = _pick_name(writer, bdir, db, fmt, started)
-    final = posixpath.join(bdir, name)
-    partial = final + PARTIAL_SUFFIX
-    manifest = _new_manifest(host, name, db, fmt, level, label, kind, excl, schema_only, started, mode)
-    session = None
-    proc = None
-    recorded = False  # as db.backup: no manifest for a run that could not even connect
-    watch = watching(access, db, what="dump", timeout_s=host.backup.lock_wait_timeout, notify=notify)
-    watcher = watch.__enter__()  # a lock wait is told within seconds (bigskies_ops.pg.lockwait)
-    try:
-        session = access.sql(db).session()
-        snapshot, tables = snapshot_facts(session, access, manifest)
-        write_manifest(writer, final, manifest)  # STARTED, before pg_dump starts
-        recorded = True
-        check_backup_space(writer, host, bdir, db, fmt, manifest)
-        args = pg_dump_args(db, fmt=fmt, compress_level=level, snapshot=snapshot, exclude_table_data=excl,
-                            schema_only=schema_only, lock_wait_timeout=host.backup.lock_wait_timeout)
-        dump_argv = access.tool_argv("pg_dump", args)
-        stages = [dump_argv]
-        names = ["pg_dump"]
-        if fmt == "plain":
-            stages.append(["gzip", f"-{max(1, level)}", "-n", "-c"])
-            names.append("gzip")
-        manifest["argv"] = redact_argv(dump_argv)
-        manifest["remote_pipeline"] = " | ".join(shlex.join(redact_argv(s)) for s in stages) + (
-            f" > {name}{PARTIAL_SUFFIX}" if mode == "remote" else " (stdout over SSH)")
-        manifest["phase"] = "dump"
-        sink = None
-        if mode == "remote":
-            proc = runner.pipeline(stages, stdout_path=partial, env=access.env())
-            counter = RowCounter(session, tables, schema_only).start()
-            _watch_remote_file(proc, runner, partial, host, progress)
+    Args:
+        restore: None, or keyword arguments of :func:`bigskies_ops.jobs.restore.restore`
+            (terminate_sessions, skip_missing_roles, jobs, task, ...).
+        progress: optional callable ``(what: str)`` returning a context manager that gives a
+            progress callback (or None) for one phase: the pull, then the restore.
+        pulled: optional callable ``(PullOutcome)`` told once the archive is here, before a
+            restore that follows it (the task prints the pull's summary then).
+        notify: callable for one-line notes and warnings.
+
+    Raises:
+        UsageError: ``src`` is not an SSH host, or ``fmt`` is neither plain nor custom.
+        what :func:`pull_existing`, :func:`pull_stream` and the restore raise.
+    """
+    phase = progress or (lambda _what: nullcontext())
+    with phase(f"pull from {src.name}") as cb:
+        if existing:
+            pr = pull_existing(src, dest, existing, progress=cb, notify=notify)
+            out = PullOutcome(pr.backup, pr.manifest, pr.seconds, "existing", pr.already_present, pr.resumed_at)
         else:
-            # plain: rows counted from pg_dump's own COPY data as it arrives (backup.py does the
-            # same locally): prod's tables are read once, by pg_dump, not again by count(*)
-            stream_counts = fmt == "plain"
-            if stream_counts:
-                _keep_session_while_idle(session, manifest)
-            proc = runner.pipeline(stages, env=access.env())
-            if growing is not None:
-                growing.proc = proc
-            counter = None if stream_counts else RowCounter(session, tables, schema_only).start()
-            try:
-                f = writer.open_write(partial)
-            except OSError as e:
-                raise StorageError(f"cannot write {partial}: {e.strerror}") from e
-            if growing is not None:
-                growing.start(partial)
-            # which tables have data only matters when some data is left out on purpose
-            sink = _StreamSink(f, fmt, track_copy=bool(excl or schema_only), count_rows=stream_counts)
-            try:
-                with f:
-                    while True:
-                        chunk = proc.stdout.read(CHUNK)
-                        if not chunk:
-                            break
-                        sink.write(chunk)
-                        if progress:
-                            progress(sink.out_bytes, sink.out_bytes)
-                        if growing is not None:
-                            f.flush()  # the follower reads what is in the file
-                            if growing.cancelled.is_set():
-                                raise KeyboardInterrupt("the restore following this pull was interrupted")
-                    f.flush()
-                    if growing is not None:
-                        if growing.cancelled.is_set():  # the source was killed: its end is not the dump's
-                            raise KeyboardInterrupt("the restore following this pull was interrupted")
-                        growing.finish()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                manifest["phase"] = "write"
-                raise StorageError(f"writing {partial} failed: {e.strerror or e}"
-                                   f"{' (file system full)' if getattr(e, 'errno', 0) == 28 else ''}") from e
-        rc = proc.wait()
-        rcs, err = stage_statuses_of(proc, len(stages))
-        manifest["remote_exit_statuses"] = dict(zip(names, rcs))
-        _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest)
-        if counter is None:  # a streamed plain dump: complete (trailer), then its COPY lines counted
-            manifest["phase"] = "finalize"
-            digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
-            _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
-            manifest["tables"] = stream_manifest_tables(session, sink, tables, excl=excl,
-                                                        schema_only=schema_only, manifest=manifest, notify=notify)
-            session.close()
-            session = None
-            manifest["phase"] = "finalize"
-        else:
-            counter.result(manifest)
-            session.close()
-            session = None
-            manifest["phase"] = "finalize"
-            if mode == "remote":
-                digest, size = runner.sha256(partial)
-                data_tables, raw_bytes = _check_remote_archive(access, partial, fmt, tables,
-                                                               bool(excl or schema_only))
+            fmt = pull_format(src, fmt, restore is not None)
+            rr = None
+            if restore is not None and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
+                res, rr = pull_and_restore(src, dest, label=label, progress=cb, notify=notify, **restore)
             else:
-                digest, size, raw_bytes = sink.sha.hexdigest(), sink.out_bytes, sink.raw_bytes or None
-                data_tables = _check_streamed(sink, fmt, partial, tables, bool(excl or schema_only))
-            manifest["tables"] = counter.manifest_tables(data_tables)
-        finished = utcnow()
-        manifest.update({
-            "status": "DONE", "phase": None, "sha256": digest, "bytes": size,
-            "raw_bytes": raw_bytes if fmt == "plain" else None,
-            "finished_at": iso(finished), "duration_s": round(time.monotonic() - t0, 3),
-            "stderr_tail": tail(err) or None,
-        })
-        if mode == "stream":
-            manifest["pulled_at"] = iso(finished)
-        watch.__exit__(None, None, None)
-        publish(writer, partial, final, manifest)
-        return BackupResult(Backup(bdir, name, manifest, size), manifest, raw_bytes or 0, time.monotonic() - t0)
-    except BaseException as e:
-        watch.__exit__(None, None, None)
-        e = lock_timeout_error(e, host, watcher) or e
-        record_failure(e, manifest, t0, writer, final, partial, proc, session, notify, record=recorded)
-
-
-def _head_of(runner, path: str) -> bytes:
-    """Up to 64 KiB of the decompressed start of a gzip archive on the runner's host."""
-    f = runner.open_read(path)
-    try:
-        d = gz.decompressobj()
-        out = b""
-        while len(out) < 65536:
-            chunk = f.read(65536)
-            if not chunk:
-                break
-            try:
-                out += d.decompress(chunk)
-            except gz.ERRORS as e:
-                raise StorageError(f"{path}: corrupt gzip data ({e})") from None
-        return out[:65536]
-    finally:
-        f.close()
-
-
-def stage_statuses_of(proc, n: int):
-    from bigskies_ops.hosts.shell import stage_statuses
-    return stage_statuses(proc.stderr_text(), n)
-
-
-def _watch_remote_file(proc, runner, partial: str, host: Host, progress) -> None:
-    """Wait for a remote ``... > partial`` pipeline, reporting the file's size; a file that
-    does not grow for ``stall_timeout`` seconds aborts it (StallError)."""
-    from bigskies_ops.hosts.channels import StallError
-    stall = host.backup.stall_timeout or None
-    last_size, last_change = -1, time.monotonic()
-    while not proc.channel.status_event.wait(2.0):
-        try:
-            size = runner.size(partial)
-        except (FileNotFoundError, BigskiesError):
-            size = 0
-        now = time.monotonic()
-        if size != last_size:
-            last_size, last_change = size, now
-            if progress:
-                progress(size, size)
-        elif stall and now - last_change > stall:
-            raise StallError(f"{host.name}: pg_dump wrote nothing to {partial} for {stall:g} s "
-                             f"(backup.stall_timeout); aborted")
-        if not runner.alive():
-            break
-
-
-def _check_stages(access, host, dump_argv, names, rcs, rc, err, mode, fmt, manifest) -> None:
-    """Every stage must have run and exited 0; the output side is judged first (a full disk
-    kills gzip, and pg_dump then only reports a broken pipe)."""
-    full = "No space left on device" in err
-    where = f"on {host.name}" if mode == "remote" else "while streaming"
-    if full:
-        manifest["stderr_tail"] = tail(err)
-        raise StorageError(f"{host.name}: file system full {where} "
-                           f"(backup.dir {host.backup.dir}): {tail(err, 300)}", )
-    if fmt == "plain" and rcs[-1] != 0:
-        manifest["stderr_tail"] = tail(err)
-        if rcs[-1] is None:
-            raise StorageError(f"{host.name}: the dump could not be written {where}: "
-                               f"{tail(err, 400) or 'output not opened'}")
-        if rcs[0] == 0:
-            raise CommandError(f"{host.name}: gzip failed (exit {rcs[-1]}) {where}: {tail(err, 400)}",
-                               returncode=rcs[-1], stderr=tail(err))
-    if rcs[0] != 0:
-        manifest["stderr_tail"] = tail(err)
-        if rcs[0] is None and mode == "remote":
-            raise StorageError(f"{host.name}: the dump could not be written {where}: "
-                               f"{tail(err, 400) or 'output not opened'}")
-        raise access.error_for(dump_argv, rcs[0] if rcs[0] is not None else rc, err, "pg_dump")
-    if rc != 0:
-        manifest["stderr_tail"] = tail(err)
-        raise CommandError(f"{host.name}: remote dump pipeline failed (exit {rc}): {tail(err, 400)}",
-                           returncode=rc, stderr=tail(err))
-
-
-def _check_remote_archive(access, partial: str, fmt: str, tables, need_toc: bool):
-    """Prove the archive on the host is complete; returns (tables with data or None, raw bytes)."""
-    runner = access.runner
-    host = access.host
-    if fmt == "plain":
-        try:
-            header = parse_plain_header(_head_of(runner, partial))
-        except ValueError as e:
-            raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
-        r = runner.pipeline([["gzip", "-dc"], ["tail", "-c", "8192"]], stdin_path=partial)
-        t = r.stdout.read()
-        r.wait()
-        rcs, err = stage_statuses_of(r, 2)
-        if rcs != [0, 0]:
-            raise StorageError(f"{host.name}: the written archive does not decompress: {tail(err, 300)}")
-        if not plain_tail_complete(t, header.restrict_key):
-            raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
-        data_tables = None
-        if need_toc:
-            g = runner.pipeline([["gzip", "-dc"], ["grep", "-a", "^COPY "]], stdin_path=partial)
-            text = g.stdout.read()
-            g.wait()
-            data_tables = set()
-            for m in COPY_RE.finditer(text):
-                try:
-                    data_tables.add(split_qualified(m.group(1).decode("utf-8")))
-                except (ValueError, UnicodeDecodeError):
-                    pass
-        return data_tables, None
-    if not need_toc:
-        return None, None
-    r = runner.pipeline([access.tool_argv("pg_restore", ["--list"])], stdin_path=partial, env=access.env())
-    text = r.stdout.read().decode("utf-8", "replace")
-    r.wait()
-    rcs, err = stage_statuses_of(r, 1)
-    if rcs != [0]:
-        raise StorageError(f"{host.name}: pg_restore cannot read the written archive: {tail(err, 300)}")
-    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in text}, None
-
-
-def _check_streamed(sink: _StreamSink, fmt: str, partial: str, tables, need_toc: bool):
-    if fmt == "plain":
-        if sink.inflate is not None and not sink.inflate.eof:
-            raise StorageError("the streamed gzip data ends early (truncated transfer)")
-        try:
-            header = parse_plain_header(sink.head)
-        except ValueError as e:
-            raise StorageError(f"pg_dump output is not a plain dump: {e}") from e
-        if not plain_tail_complete(sink.tail, header.restrict_key):
-            raise StorageError("pg_dump exited 0 but the dump lacks its completion trailer")
-        return sink.copy.tables_with_data() if sink.copy is not None else None
-    with open(partial, "rb") as f:
-        if f.read(5) != b"PGDMP":
-            raise StorageError("pg_dump output is not a custom-format archive")
-    if not need_toc:
-        return None
-    pr = shutil.which("pg_restore")
-    if not pr:
-        return set()  # cannot tell which tables have data: no row checks
-    r = LocalRunner().run([pr, "--list", partial], check=False)
-    return {(t["schema"], t["name"]) for t in tables if f" TABLE DATA {t['schema']} {t['name']} " in r.text}
+                res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb, notify=notify)
+            out = PullOutcome(res.backup, res.manifest, res.seconds, "stream", restore=rr)
+    if pulled is not None:
+        pulled(out)
+    if restore is not None and out.restore is None:
+        from bigskies_ops.jobs.restore import restore as run_restore
+        with phase(f"restoring into {dest.name}") as cb:
+            out.restore = run_restore(dest, out.backup.path, notify=notify, progress=cb, **restore)
+    return out
 
 
 # ----------------------------------------------------------------------------- existing archives
@@ -568,12 +259,8 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
     """
     db = database or src.postgres.database
     t0 = time.monotonic()
-    lr = LocalRunner()
     with _ssh_runner(src, notify) as runner:
-        if spec in (None, "", "latest"):
-            rpath = _resolve_latest(runner, src, db)
-        else:
-            rpath = _remote_path(src, spec)
+        rpath = _resolve_latest(runner, src, db) if spec in (None, "", "latest") else _remote_path(src, spec)
         name = posixpath.basename(rpath)
         parsed = parse_archive_name(name)
         # the lock of the archive's database (as its name says: what a streamed pull of that
@@ -581,61 +268,14 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
         lock_db = parsed.database if parsed is not None else db
         pdir = local_pull_dir(dest, src)
         new_dirs = _missing_dirs(pdir)
+        lr = LocalRunner()
         lr.makedirs(pdir)
         final = posixpath.join(pdir, name)
-        partial = final + PARTIAL_SUFFIX
         try:
             with host_lock(lr, pdir, src.name, lock_db, "db.pull --existing", notify=notify):
                 if lr.exists(final):
-                    man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
-                    have_sha, have_size = sha256_file(LocalRunner(), final)
-                    if (have_sha, have_size) == (want_sha, want_size):
-                        here = read_manifest(lr, final)
-                        if man is not None and (here or {}).get("status") != "DONE":
-                            # an archive whose manifest never got written (by a version that
-                            # renamed first and was killed): its checked copy gets one now
-                            here = _pulled_manifest(man, src, rpath, 0)
-                            write_manifest(lr, final, here)
-                        b = Backup(pdir, name, here, have_size, origin_dir=src.name)
-                        return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
-                    raise StorageError(f"{final} exists with different content; refusing to overwrite it")
-                had_partial = lr.exists(partial)
-                fetch = None
-                try:
-                    # Its handshake overlaps the next step. A new file starts at byte 0 whatever
-                    # the manifest says, so its bytes flow from the start (a refusal below cancels
-                    # the copy and removes the file); a resume waits for the manifest (its
-                    # .partial may be larger than the archive, and is left as it was on a refusal).
-                    fetch = runner.start_fetch(rpath, partial, offset=None if had_partial else 0)
-                    man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
-                    offset = lr.size(partial) if had_partial else 0
-                    if offset > want_size:
-                        notify(f"{name}.partial is larger than the archive; starting over")
-                        os.truncate(partial, 0)
-                        offset = 0
-                    if offset:
-                        notify(f"resuming {name} at byte {offset} of {want_size}")
-                except BaseException:
-                    if fetch is not None:
-                        fetch.cancel()
-                    if not had_partial:
-                        lr.remove(partial)
-                    raise
-                got_sha, got_size = _copy(fetch, partial, offset, progress)
-                if (got_sha, got_size) != (want_sha, want_size):
-                    lr.remove(partial)
-                    raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
-                                       f"{want_size}, sha256 {'differs' if got_sha != want_sha else 'equal'}); the "
-                                       f"partial file was removed, run the pull again")
-                local_man = _pulled_manifest(man or {
-                    "schema_version": 1, "status": "DONE", "kind": "manual", "origin_host": src.name,
-                    "database": db, "archive": name, "format": None, "sha256": want_sha, "bytes": want_size,
-                    "legacy": True, "verifications": [], "offsite": []}, src, rpath, offset)
-                # DONE manifest, then the rename (the folder is fsynced); a legacy file without
-                # a manifest stays one
-                publish(lr, partial, final, local_man if man is not None else None)
-                b = Backup(pdir, name, local_man if man is not None else None, got_size, origin_dir=src.name)
-                return PullResult(b, local_man, offset, time.monotonic() - t0)
+                    return _already_here(runner, src, rpath, final, t0, notify)
+                return _copy_existing(runner, src, rpath, final, db, t0, progress, notify)
         except BaseException:
             for d in new_dirs:  # a bad name or manifest, or no connection: no empty folders left behind
                 try:
@@ -643,6 +283,101 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
                 except OSError:
                     break
             raise
+
+
+def _already_here(runner, src: Host, rpath: str, final: str, t0: float, notify) -> PullResult:
+    """``final`` exists here: the same archive (size and sha256) is already pulled.
+
+    Raises:
+        StorageError: ``final`` has other content (never overwritten)."""
+    lr = LocalRunner()
+    man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
+    have_sha, have_size = sha256_file(lr, final)
+    if (have_sha, have_size) != (want_sha, want_size):
+        raise StorageError(f"{final} exists with different content; refusing to overwrite it")
+    here = read_manifest(lr, final)
+    if man is not None and (here or {}).get("status") != "DONE":
+        # an archive whose manifest never got written (by a version that renamed first and
+        # was killed): its checked copy gets one now
+        here = _pulled_manifest(man, src, rpath, 0)
+        write_manifest(lr, final, here)
+    b = Backup(posixpath.dirname(final), posixpath.basename(final), here, have_size, origin_dir=src.name)
+    return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
+
+
+def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float, progress, notify) -> PullResult:
+    """Copy ``src:rpath`` to ``final`` (resuming its ``.partial``), check it, publish it."""
+    lr = LocalRunner()
+    name, partial = posixpath.basename(final), final + PARTIAL_SUFFIX
+    fetch, man, want_sha, want_size, offset = _start_fetch(runner, src, rpath, partial, notify)
+    got_sha, got_size = _copy(fetch, partial, offset, progress)
+    if (got_sha, got_size) != (want_sha, want_size):
+        lr.remove(partial)
+        raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
+                           f"{want_size}, sha256 {'differs' if got_sha != want_sha else 'equal'}); the "
+                           f"partial file was removed, run the pull again")
+    local_man = _pulled_manifest(man or {
+        "schema_version": 1, "status": "DONE", "kind": "manual", "origin_host": src.name,
+        "database": db, "archive": name, "format": None, "sha256": want_sha, "bytes": want_size,
+        "legacy": True, "verifications": [], "offsite": []}, src, rpath, offset)
+    if (man or {}).get("roles_file"):
+        _copy_roles(runner, src, rpath, final, man)
+    # DONE manifest, then the rename (the folder is fsynced); a legacy file without a
+    # manifest stays one
+    publish(lr, partial, final, local_man if man is not None else None)
+    b = Backup(posixpath.dirname(final), name, local_man if man is not None else None, got_size, origin_dir=src.name)
+    return PullResult(b, local_man, offset, time.monotonic() - t0)
+
+
+def _start_fetch(runner, src: Host, rpath: str, partial: str, notify):
+    """Start the copy of ``src:rpath`` into ``partial`` and read the archive's facts meanwhile.
+
+    The copy's handshake overlaps reading the manifest. A new file starts at byte 0
+    whatever the manifest says, so its bytes flow from the start (a refusal cancels the
+    copy and removes the file); a resume waits for the manifest (its .partial may be
+    larger than the archive, and is left as it was on a refusal).
+
+    Returns:
+        ``(fetch, remote manifest or None, sha256, size, offset to resume at)``.
+    """
+    lr = LocalRunner()
+    name = posixpath.basename(rpath)
+    had_partial = lr.exists(partial)
+    fetch = None
+    try:
+        fetch = runner.start_fetch(rpath, partial, offset=None if had_partial else 0)
+        man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
+        offset = lr.size(partial) if had_partial else 0
+        if offset > want_size:
+            notify(f"{name}.partial is larger than the archive; starting over")
+            os.truncate(partial, 0)
+            offset = 0
+        if offset:
+            notify(f"resuming {name} at byte {offset} of {want_size}")
+        return fetch, man, want_sha, want_size, offset
+    except BaseException:
+        if fetch is not None:
+            fetch.cancel()
+        if not had_partial:
+            lr.remove(partial)
+        raise
+
+
+def _copy_roles(runner, src: Host, rpath: str, final: str, man: dict) -> None:
+    """Copy the roles file the remote manifest names (``backup.roles``) beside ``final``
+    (0600), checked against its ``roles_sha256``: the local copy's manifest names it too.
+
+    Raises:
+        StorageError: the roles file is missing on ``src`` or differs from its manifest.
+    """
+    rroles = posixpath.join(posixpath.dirname(rpath), man["roles_file"])
+    try:
+        data = runner.read_bytes(rroles)
+    except (BigskiesError, OSError) as e:
+        raise StorageError(f"{src.name}:{rroles}: cannot read the roles file the manifest names: {e}") from e
+    if man.get("roles_sha256") and hashlib.sha256(data).hexdigest() != man["roles_sha256"]:
+        raise StorageError(f"{src.name}:{rroles}: sha256 differs from its manifest; the archive was not published")
+    LocalRunner().write_atomic(roles_path(final), data, mode=0o600)
 
 
 def _pulled_manifest(man: dict, src: Host, rpath: str, offset: int) -> dict:

@@ -22,7 +22,8 @@ import pytest
 
 from bigskies_ops import inventory
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.jobs.backup import _Sink, _keep_session_while_idle
+from bigskies_ops.jobs.destinations import CompressingSink
+from bigskies_ops.jobs.dump import keep_session_while_idle
 from bigskies_ops.archives.counts import inheritance_tree, plain_manifest_tables, snapshot_facts, stream_row_counts
 from tests.conftest import cli
 
@@ -255,7 +256,7 @@ def test_the_snapshot_session_survives_an_idle_timeout_while_pg_dump_runs(pg, pg
         try:
             m: dict = {}
             _, tables = snapshot_facts(session, access, m)
-            _keep_session_while_idle(session, m)
+            keep_session_while_idle(session, m)
             time.sleep(1.0)  # idle in the transaction, as while pg_dump runs
             got = plain_manifest_tables(session, tables, [], [], all_data=True, schema_only=False)
         finally:
@@ -339,13 +340,13 @@ def test_sink_counts_copy_lines_whatever_the_chunking(step):
            b"CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;\n"
            b'COPY "Odd Sch.ema"."ta ble.x\ny" (v) FROM stdin;\n\\.\n'
            b"COPY public.t (id, v) FROM stdin;\n4\tx\n\\.\n")
-    sink = _Sink(io.BytesIO(), "plain", 1, track_copy=True)
+    sink = CompressingSink(io.BytesIO(), "plain", 1, track_copy=True)
     for i in range(0, len(sql), step):
         sink.write(sql[i:i + step])
     sink.finish()
     assert sink.copy_blocks() == ([("public", "t"), ODD, ("public", "t")], [3, 0, 1])
     with pytest.raises(ValueError):
-        _Sink(io.BytesIO(), "plain", 1).copy_blocks()
+        CompressingSink(io.BytesIO(), "plain", 1).copy_blocks()
 
 
 # ------------------------------------------------------------------ a streamed pull over SSH

@@ -277,7 +277,7 @@ def test_session_setup_sets_what_our_sessions_need():
 def test_names_with_bytes_that_are_not_utf8_round_trip_and_show_escaped():
     from bigskies_ops.pg.access import decode_out, encode_sql, ident, pgsql, render
     from bigskies_ops.text import printable
-    from bigskies_ops.jobs.backup import as_listed
+    from bigskies_ops.jobs.destinations import as_listed
     name = decode_out(b"caf\xe9")
     assert name == "caf\udce9" and printable(name) == "caf\\xe9" and printable("café") == "café"
     q = render(pgsql.SQL("SELECT count(*) FROM {}").format(ident("public", name)))
