@@ -41,7 +41,7 @@ MODULE_SECONDS = {
     # scaled by test_stack's 406/477 to this table's scale
     "test_fidelity_roundtrip_b": 158, "test_fidelity_roundtrip_a": 155, "test_fidelity_pull": 86,
     "test_fidelity_bad_archives": 68,
-    "test_servers": 200, "test_restore_server_limits": 150,
+    "test_servers": 200, "test_restore_server_limits": 150, "test_ssh_host": 40, "test_runner_interface": 20,
 }
 
 
