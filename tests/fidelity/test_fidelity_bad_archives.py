@@ -1,4 +1,4 @@
-"""Archives that a default ``db.restore`` cannot simply load (issue 15): each gives the
+"""Archives that a default ``db.restore`` cannot simply load: each gives the
 documented exit code and a message naming what matters, and harms nothing: the current
 database's checksums (tests/pgcheck.py), the backup folder's sha256 list and the
 cluster's list of databases are the same before and after a failure.

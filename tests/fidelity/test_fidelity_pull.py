@@ -1,4 +1,4 @@
-"""Restore fidelity through ``db.pull --from prod --to dev --restore`` (issue 15).
+"""Restore fidelity through ``db.pull --from prod --to dev --restore``.
 
 prod is PostgreSQL in a podman container reached over the test sshd (as in
 tests/integration/pull/test_pull.py); dev is the native test cluster. For a subset of the corpus the

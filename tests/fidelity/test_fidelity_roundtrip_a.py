@@ -1,4 +1,4 @@
-"""Restore fidelity, part a of the corpus in tests/fidelity/cases (issue 15).
+"""Restore fidelity, part a of the corpus in tests/fidelity/cases.
 
 Each case's source database is backed up by ``db.backup`` in both formats, changed, and
 restored by ``db.restore ARCHIVE --yes`` with default flags; the result must equal
