@@ -104,12 +104,6 @@ def reporting(note=_KEEP, *, say=_KEEP) -> Iterator[None]:
         _current.reset(token)
 
 
-def silenced():
-    """``with silenced():`` drops notes and step lines of the block (a sub-step whose chatter
-    the caller does not want: a pre-migrate backup's)."""
-    return reporting(None, say=None)
-
-
 _prefix_lock = threading.Lock()
 
 
