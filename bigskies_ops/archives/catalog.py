@@ -17,6 +17,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from bigskies_ops import report
 from bigskies_ops.errors import StorageError
 from bigskies_ops.text import human_age, json_bytes
 
@@ -91,9 +92,6 @@ def parse_archive_name(name: str) -> ParsedName | None:
 
 #: An archive dated more than this many seconds after this machine's clock is "in the future".
 FUTURE_SLACK_S = 300
-
-#: where :func:`latest` warns about an archive it passed over (the CLI sets it; None: silent)
-reporter = None
 
 
 @dataclass
@@ -257,7 +255,7 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
 
 
 def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
-           complete_only: bool = False, notify=None) -> Backup | None:
+           complete_only: bool = False) -> Backup | None:
     """Newest DONE backup (by the manifest's UTC start) of (origin_host, database).
 
     ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
@@ -266,7 +264,7 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
     An archive dated in the future (:meth:`Backup.in_future`, by this machine's clock)
     is never ``latest``: it would stay "newest" for as long as the clock error lasts and
     hide every real backup after it (and retention would keep it). It is passed over with
-    a warning naming it and how to pick it by name (``notify``, else :data:`reporter`).
+    a warning naming it and how to pick it by name (:func:`bigskies_ops.report.note`).
     """
     cands = [b for b in backups if b.status == "DONE" and (b.complete or not complete_only)
              and (database is None or b.database == database)
@@ -274,10 +272,8 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
     cands.sort(key=lambda b: b.started_at, reverse=True)
     now = utcnow()
     ahead = [b for b in cands if b.in_future(now)]
-    tell = notify or reporter
     for b in ahead:
-        if tell is not None:
-            tell(future_warning(b, now))
+        report.note(future_warning(b, now))
     cands = [b for b in cands if not b.in_future(now)]
     return cands[0] if cands else None
 

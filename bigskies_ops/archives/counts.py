@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.pg.access import PostgresAccess, SqlSession, ident, lit, pgsql
 from bigskies_ops.pg.admin import database_properties_sql, migration_head
 from bigskies_ops.pg.tools import parse_server_version_num
@@ -165,8 +166,8 @@ class RowCounter:
     pg_dump, hiding pg_dump's real error.
     """
 
-    def __init__(self, session: SqlSession, tables: list[dict], schema_only: bool, notify=None):
-        self.session, self.tables, self.schema_only, self.notify = session, tables, schema_only, notify
+    def __init__(self, session: SqlSession, tables: list[dict], schema_only: bool):
+        self.session, self.tables, self.schema_only = session, tables, schema_only
         self.counts: dict[int, int] = {}
         self.lost: list[int] = []  # counted, but the storage was replaced since the snapshot
         self._err: list[BaseException] = []
@@ -195,9 +196,9 @@ class RowCounter:
         if self._err:
             manifest["phase"] = "count"
             raise self._err[0]
-        if self.lost and self.notify:
+        if self.lost:
             key = [(t["schema"], t["name"]) for t in self.tables]
-            self.notify(f"warning: no row count recorded for {len(self.lost)} table(s) truncated or rewritten after "
+            report.note(f"warning: no row count recorded for {len(self.lost)} table(s) truncated or rewritten after "
                         f"the dump's snapshot ({manifest_names([key[i] for i in self.lost])}); the archive holds the "
                         f"snapshot's rows")
         return self.counts
@@ -319,14 +320,14 @@ def stream_row_counts(tables: list[dict], copy_tables: list[tuple[str, str] | No
 
 
 def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: list[tuple[str, str] | None],
-                          copy_rows: list[int], *, all_data: bool, schema_only: bool, notify=print) -> list[dict]:
+                          copy_rows: list[int], *, all_data: bool, schema_only: bool) -> list[dict]:
     """The manifest's ``tables`` for a plain dump: :func:`stream_row_counts` from the dump's
     own COPY blocks, then ``count(*)`` for its ``recount`` tables in ``session``, which must
     still be in the snapshot's REPEATABLE READ transaction: after pg_dump has exited it is
     still the same snapshot.
 
     Two limits of counting after the dump, both ending in rows None and a warning
-    (``notify``), never in a wrong number:
+    (``report.note``), never in a wrong number:
 
     * tables the user may not read (``READABLE_SQL``) are not counted: pg_dump would
       have failed on their data, and a failing count would end the transaction;
@@ -339,7 +340,6 @@ def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: 
     Args:
         session: the snapshot's session (:func:`snapshot_facts`), still in its transaction.
         tables, copy_tables, copy_rows, all_data, schema_only: see :func:`stream_row_counts`.
-        notify: callable for one-line warnings.
 
     Returns:
         ``[{schema, name, rows}]`` in the order of ``tables``.
@@ -355,24 +355,26 @@ def plain_manifest_tables(session: SqlSession, tables: list[dict], copy_tables: 
         can = {(r["schema"], r["name"]) for r in session.query(READABLE_SQL)}
         idx = [i for i in sc.recount if key[i] in can]
         if len(idx) < len(sc.recount):
-            notify(f"warning: no row count recorded for {len(sc.recount) - len(idx)} table(s) this user may not "
-                   f"read ({manifest_names([key[i] for i in sc.recount if key[i] not in can])})")
+            report.note(f"warning: no row count recorded for {len(sc.recount) - len(idx)} table(s) this user may not "
+                        f"read ({manifest_names([key[i] for i in sc.recount if key[i] not in can])})")
         if idx:
             counts, lost = count_in_snapshot(session, tables, idx, tree)
             for i, n in counts.items():
                 rows[i] = n
             if lost:
-                notify(f"warning: no row count recorded for {len(lost)} table(s) truncated or rewritten after the "
-                       f"dump's snapshot ({manifest_names([key[i] for i in lost])}); the archive holds the snapshot's rows")
+                report.note(f"warning: no row count recorded for {len(lost)} table(s) truncated or rewritten after "
+                            f"the dump's snapshot ({manifest_names([key[i] for i in lost])}); the archive holds the "
+                            f"snapshot's rows")
     if sc.unknown:
-        notify(f"warning: the table name of {copy_tables.count(None)} COPY block(s) in the dump could not be decoded "
-               f"and data was excluded: no row count recorded for {len(sc.unknown)} table(s) that may or may not "
-               f"have data in it ({manifest_names([key[i] for i in sc.unknown])}); the restore checks only that they exist")
+        report.note(f"warning: the table name of {copy_tables.count(None)} COPY block(s) in the dump could not be "
+                    f"decoded and data was excluded: no row count recorded for {len(sc.unknown)} table(s) that may or "
+                    f"may not have data in it ({manifest_names([key[i] for i in sc.unknown])}); the restore checks "
+                    f"only that they exist")
     return [{"schema": t["schema"], "name": t["name"], "rows": rows[i]} for i, t in enumerate(tables)]
 
 
 def stream_manifest_tables(session: SqlSession, sink, tables: list[dict], *, excl, schema_only: bool,
-                           manifest: dict, notify=print) -> list[dict]:
+                           manifest: dict) -> list[dict]:
     """The manifest's ``tables`` of a plain dump that streamed through ``sink`` (a
     bigskies_ops.jobs.destinations.SqlTap that tracked its COPY blocks): its COPY blocks
     through :func:`plain_manifest_tables` in the snapshot's ``session``; ``manifest``'s
@@ -382,7 +384,7 @@ def stream_manifest_tables(session: SqlSession, sink, tables: list[dict], *, exc
     manifest["roles"], manifest["extensions"] = sorted(roles), sorted(extensions)  # checked before a restore
     manifest["phase"] = "count"
     return plain_manifest_tables(session, tables, copy_tables, copy_rows, all_data=not (excl or schema_only),
-                                 schema_only=schema_only, notify=notify)
+                                 schema_only=schema_only)
 
 
 def manifest_names(keys: list[tuple[str, str]], n: int = 5) -> str:

@@ -14,6 +14,7 @@ import socket
 import time
 from contextlib import contextmanager
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import encode_dbname, iso, utcnow
 from bigskies_ops.errors import LockBusyError
 from bigskies_ops.hosts.runners import pid_alive as _pid_alive
@@ -37,7 +38,7 @@ def _read_lock(runner, path: str) -> dict | None:
 
 
 @contextmanager
-def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str, notify=None):
+def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str):
     """Hold the (host, database) lock for the ``with`` body.
 
     Raises:
@@ -56,16 +57,14 @@ def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str,
             time.sleep(1.0)
             held = _read_lock(runner, path)
             if held is None:
-                if notify:
-                    notify(f"removed unreadable lock file {path} (left by a crash while it was being written)")
+                report.note(f"removed unreadable lock file {path} (left by a crash while it was being written)")
                 runner.remove(path)
                 continue
         if not held:  # released meanwhile: try again
             continue
         if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) \
                 and not _pid_alive(held["pid"]):
-            if notify:
-                notify(f"removed stale lock of pid {held['pid']} ({held.get('task')}, since {held.get('since')})")
+            report.note(f"removed stale lock of pid {held['pid']} ({held.get('task')}, since {held.get('since')})")
             runner.remove(path)
             continue
         raise LockBusyError(

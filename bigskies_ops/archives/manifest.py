@@ -6,6 +6,7 @@ from __future__ import annotations
 import posixpath
 import time
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, iso, parse_archive_name, read_manifest, utcnow, write_manifest
 from bigskies_ops.errors import BigskiesError, CommandError, Interrupted, StorageError
 
@@ -36,7 +37,7 @@ def publish(writer, partial: str, final: str, manifest: dict | None) -> None:
             raise taken
 
 
-def settle_interrupted(runner, bdir: str, db: str, notify, what: str = "backup", *, orphans: bool = False) -> None:
+def settle_interrupted(runner, bdir: str, db: str, what: str = "backup", *, orphans: bool = False) -> None:
     """Under the (host, database) lock, deal with what killed runs of ``db`` left in ``bdir``:
     a ``.partial`` whose manifest is DONE and whose size is the manifest's was stopped
     between the two steps of :func:`publish` and is published now (its checks had passed);
@@ -63,17 +64,17 @@ def settle_interrupted(runner, bdir: str, db: str, notify, what: str = "backup",
         try:
             if (status == "DONE" and m.get("bytes") == runner.size(part) and not runner.exists(final)
                     and runner.link_noreplace(part, final)):
-                notify(f"published {arch}: a run that was stopped while publishing had finished it")
+                report.note(f"published {arch}: a run that was stopped while publishing had finished it")
                 continue
             runner.remove(part)
-            notify(f"removed {n} left by an interrupted {what}"
-                   + (" (a streamed pull starts over)" if what == "pull" else ""))
+            report.note(f"removed {n} left by an interrupted {what}"
+                        + (" (a streamed pull starts over)" if what == "pull" else ""))
             if status == "STARTED":
                 m.update({"status": "FAILED", "error": f"interrupted: the {what} ended without finishing; "
                           f"its .partial was removed by a later {what}", "phase": m.get("phase")})
                 write_manifest(runner, final, m)
         except (BigskiesError, OSError) as e:
-            notify(f"warning: could not settle {n}: {e}")
+            report.note(f"warning: could not settle {n}: {e}")
 
 
 def _done_on_disk(writer, final: str) -> bool:
@@ -84,14 +85,14 @@ def _done_on_disk(writer, final: str) -> bool:
 
 
 def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: str, partial: str,
-                   proc, session, notify, *, record: bool = True) -> None:
+                   proc, session, *, record: bool = True) -> None:
     """After a failed dump: stop pg_dump and the snapshot session, remove the ``.partial``,
     write the manifest as FAILED (when ``record``; a failure to write it is a warning),
     then re-raise ``e`` as the project's error (OSError -> StorageError). A signal held
     by :func:`publish` arrives after the DONE manifest: then only ``e`` is re-raised."""
     if isinstance(e, (Interrupted, KeyboardInterrupt)) and manifest.get("status") == "DONE" \
             and _done_on_disk(writer, final):
-        notify(f"the backup had finished before the signal; kept: {final}")
+        report.note(f"the backup had finished before the signal; kept: {final}")
         raise e
     if proc is not None:
         proc.kill()
@@ -112,7 +113,7 @@ def record_failure(e: BaseException, manifest: dict, t0: float, writer, final: s
         if record:
             write_manifest(writer, final, manifest)
     except BigskiesError as e2:
-        notify(f"warning: could not record the FAILED manifest: {e2}")
+        report.note(f"warning: could not record the FAILED manifest: {e2}")
     if isinstance(e, (KeyboardInterrupt, BigskiesError)):
         raise e
     if isinstance(e, OSError):

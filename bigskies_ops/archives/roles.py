@@ -15,6 +15,7 @@ import hashlib
 import posixpath
 import re
 
+from bigskies_ops import report
 from bigskies_ops.pg.access import PostgresAccess, lit
 from bigskies_ops.errors import ArchiveError, PostgresError
 
@@ -82,7 +83,7 @@ def missing_roles_script(text: str, existing: set[str]) -> tuple[str, list[str]]
     return ("\n".join(out) + "\n") if out else "", create
 
 
-def create_missing_roles(access: PostgresAccess, archive_path: str, notify=print) -> list[str]:
+def create_missing_roles(access: PostgresAccess, archive_path: str) -> list[str]:
     """Create the roles of ``<archive>.roles.sql`` missing on the host's cluster.
 
     Raises:
@@ -104,10 +105,10 @@ def create_missing_roles(access: PostgresAccess, archive_path: str, notify=print
     existing = {r["rolname"] for r in sql.query("SELECT rolname FROM pg_catalog.pg_roles")}
     script, created = missing_roles_script(data.decode("utf-8"), existing)
     if not created:
-        notify("Roles: every role of the backup exists already (none altered)")
+        report.note("Roles: every role of the backup exists already (none altered)")
         return []
     sql.execute(script, single_transaction=True)
-    notify(f"Roles created (missing here, existing ones not altered): {', '.join(created)}")
+    report.note(f"Roles created (missing here, existing ones not altered): {', '.join(created)}")
     return created
 
 

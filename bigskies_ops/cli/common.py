@@ -82,16 +82,15 @@ def _cleanup() -> str:
 
 def handles_errors(fn):
     """Turn library errors into ``invoke.Exit(message, code)`` (CONTRACTS.md section 5):
-    one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety."""
+    one line on stderr, exit 1 failed / 2 usage or inventory / 3 refused for safety.
+    While the task runs, the library reports (:mod:`bigskies_ops.report`) through
+    :func:`bigskies_ops.output.note` (stderr) and :func:`bigskies_ops.output.say` (stdout)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from bigskies_ops.archives import catalog
-        from bigskies_ops.pg import lockwait
-        from bigskies_ops import output
-        lockwait.reporter = output.note  # lock waits of any session of ours are told on stderr
-        catalog.reporter = output.note   # an archive dated in the future passed over as 'latest'
+        from bigskies_ops import output, report
         try:
-            with interrupts_unwind():
+            # the library's notes (lock waits, warnings, progress) on stderr, step lines on stdout
+            with interrupts_unwind(), report.installed(output.note, say=output.say):
                 return fn(*args, **kwargs)
         except Interrupted as e:
             raise Exit(f"interrupted by signal {e.signum}; {_cleanup()}", code=e.exit_code)

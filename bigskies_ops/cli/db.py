@@ -72,7 +72,7 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
         output.say()
     with output.transfer_progress(f"pg_dump {db}") as cb:
         res = run_backup(h, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
-                         schema_only=schema_only, progress=cb, notify=output.note, verbose=verbose)
+                         schema_only=schema_only, progress=cb, verbose=verbose)
     m = res.manifest
     copy = None
     if pull:
@@ -245,7 +245,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     if undo:
         check_destructive(h, "restore --undo", database=db, force_protected=force_protected, confirm=confirm)
         confirm_or_refuse(f"Swap the newest pre-restore copy of {db!r} on {h.name} back in?", yes=yes)
-        res = run_undo(h, terminate_sessions=terminate_sessions, notify=output.note)
+        res = run_undo(h, terminate_sessions=terminate_sessions)
         if json:
             output.emit_json({"result": "changed", "host": h.name, **res})
         else:
@@ -260,7 +260,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
         file = _pick_interactively(h, origin)
     if from_offsite:  # fetched into the backup folder, sha256-checked, then restored as usual
         from bigskies_ops.jobs.offsite import fetch
-        path = fetch(h, from_offsite, file, notify=output.note, inv=inv)
+        path = fetch(h, from_offsite, file, inv=inv)
     else:
         path = resolve_archive(h, file, origin=origin)
     if not json:
@@ -277,7 +277,7 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     with output.transfer_progress("restoring") as cb:
         res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions, roles=roles,
                           skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
-                          jobs=jobs_arg(jobs), notify=output.note,
+                          jobs=jobs_arg(jobs),
                           progress=cb)
     from bigskies_ops.cli.db_migrations import after_restore_report  # restored head vs the migrations folder
     mig = after_restore_report(h, res.database, apply=migrate)

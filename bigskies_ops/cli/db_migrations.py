@@ -55,7 +55,7 @@ def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=
             raise SafetyError(f"refused: {h.name} is protected; --no-backup is not allowed there "
                               f"(a pre-migrate backup is always taken)")
     res = run_migrate(h, to=to_v, check=check, fail_if_pending=fail_if_pending, take_backup=not no_backup,
-                      baseline=base_v, lock_timeout=timeout, notify=output.note)
+                      baseline=base_v, lock_timeout=timeout)
     if json:
         output.emit_json(res.to_json())
         return
@@ -146,7 +146,7 @@ def after_restore_report(h, database: str, *, apply: bool = False) -> dict:
     from bigskies_ops.errors import BigskiesError
     from bigskies_ops.jobs.migrations import after_restore
     try:
-        return after_restore(h, database, apply=apply, notify=output.note)
+        return after_restore(h, database, apply=apply)
     except BigskiesError as e:
         if apply:
             raise type(e)(f"the restore succeeded, but migrating it failed: {e}", exit_code=e.exit_code) from e

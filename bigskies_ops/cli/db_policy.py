@@ -40,8 +40,7 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
     try:
-        res = run_prune(h, dry_run=dry_run, include_failed=failed, include_legacy=include_legacy,
-                        notify=output.note)
+        res = run_prune(h, dry_run=dry_run, include_failed=failed, include_legacy=include_legacy)
         p, deleted, refused = res.plan, res.deleted, None
     except PruneRefused as e:
         p, deleted, refused = e.plan, e.deleted, e
@@ -88,7 +87,7 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
         if restore_test or adopt:
             raise UsageError("--offsite checks the remote copy; it cannot be combined with --restore-test or --adopt")
         from bigskies_ops.jobs.offsite import verify_remote
-        results = verify_remote(h, offsite, file or None, all, notify=output.note, inv=inv)
+        results = verify_remote(h, offsite, file or None, all, inv=inv)
     else:
         with runner_for(h) as runner:
             backups = select(h, runner, file or None, all)
@@ -96,7 +95,7 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
             raise UsageError(f"no backups to verify in {h.backup.dir}")
         results = []
         for b in backups:
-            results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt, notify=output.note))
+            results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt))
     failed = [r for r in results if not r.ok]
     if json:
         output.emit_json({"host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
@@ -147,7 +146,7 @@ def offsite(c, host=None, inventory=None, target=None, json=False):
     from bigskies_ops.jobs.offsite import upload
     inv = load_inventory(inventory)
     h = inv.host(host)
-    results = upload(h, target, notify=output.note, inv=inv)
+    results = upload(h, target, inv=inv)
     code = report_offsite(h, results, json)
     if code:
         raise Exit("error: offsite copy failed for " + ", ".join(r.target for r in results if r.error), code=code)
@@ -244,7 +243,7 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
                           confirm=confirm)
         protected_ok = True
     steps = run(inv, h, monthly=monthly, wait_s=float(wait) if wait is not None else None, log=log,
-                protected_ok=protected_ok, notify=output.note, say=output.say)
+                protected_ok=protected_ok)
     failed = [s for s in steps if s.word == "failed"]
     if failed:
         raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in failed), code=1)

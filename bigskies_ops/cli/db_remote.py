@@ -12,7 +12,7 @@ from bigskies_ops.cli import render
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
 from bigskies_ops.errors import UsageError
-from bigskies_ops.jobs.fleet import exit_code, prefixed, run_on_hosts
+from bigskies_ops.jobs.fleet import exit_code, run_on_hosts
 from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.jobs.pull import pull as run_pull, pull_existing
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
@@ -132,8 +132,7 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     out = run_pull(src, dest, existing=spec, fmt=format, label=label,
                    restore={"terminate_sessions": terminate_sessions, "skip_missing_roles": skip_missing_roles,
                             "jobs": jobs_arg(jobs), "task": "db.pull --restore"} if restore else None,
-                   progress=lambda what: _progress(what, json), pulled=None if json else _say_pulled,
-                   notify=output.note)
+                   progress=lambda what: _progress(what, json), pulled=None if json else _say_pulled)
     _render_pull(out, src, dest, json)
 
 
@@ -185,7 +184,7 @@ def pull_after_backup(inv: Inventory, h: Host, res, *, json: bool = False) -> di
         raise UsageError(f"--pull: {h.name} is a local host; its backup is already here")
     dest = local_destination(inv, None)
     with _progress(f"pull from {h.name}", json) as cb:
-        pr = pull_existing(h, dest, res.backup.path, progress=cb, notify=output.note)
+        pr = pull_existing(h, dest, res.backup.path, progress=cb)
     return {"path": pr.backup.path, "bytes": pr.backup.size, "sha256": pr.manifest.get("sha256"),
             "to": dest.name, "rate": _mbps(pr.backup.size or 0, pr.seconds)}
 
@@ -215,14 +214,13 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
         output.say()
 
     def job(h: Host):
-        note = prefixed(output.note, h.name)
         res = run_backup(h, fmt=fmt, label=label, exclude_table_data=tuple(exclude_table_data),
-                         schema_only=schema_only, notify=note)
+                         schema_only=schema_only)
         reason = f"backup {res.backup.name} written ({human_bytes(res.backup.size)}, {res.seconds:.1f} s)"
         data = {"path": res.backup.path, "bytes": res.backup.size, "sha256": res.manifest.get("sha256")}
         if pull and h.is_remote:
             dest = local_destination(inv, None)
-            pr = pull_existing(h, dest, res.backup.path, notify=note)
+            pr = pull_existing(h, dest, res.backup.path)
             reason += f"; pulled to {pr.backup.path}"
             data["pulled_to"] = pr.backup.path
         return "changed", reason, data

@@ -4,9 +4,11 @@ Thin shell over :mod:`bigskies_ops.stack.lifecycle`; works for local and SSH hos
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from invoke import Collection
 
-from bigskies_ops import output
+from bigskies_ops import output, report
 from bigskies_ops.stack import lifecycle as stack
 from bigskies_ops.errors import UsageError
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
@@ -37,8 +39,9 @@ def _float(value, flag):
         raise UsageError(f"{flag}: expected a number of seconds, got {value!r}")
 
 
-def _notify(json):
-    return output.note if not json else (lambda msg: None)
+def _notes(json):
+    """The stack's progress notes on stderr; under ``--json`` none."""
+    return report.reporting(None) if json else nullcontext()
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
@@ -46,7 +49,8 @@ def _notify(json):
 def build(c, host=None, inventory=None, json=False):
     """Rebuild the stack's images (data volume untouched; `make docker-build`)."""
     h = _host(inventory, host)
-    res = stack.build(h, notify=_notify(json))
+    with _notes(json):
+        res = stack.build(h)
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return
@@ -62,8 +66,9 @@ def build(c, host=None, inventory=None, json=False):
 def up(c, host=None, timeout=60, wait_migrations=False, migrations_timeout=120, inventory=None, json=False):
     """Start the stack and wait until PostgreSQL accepts connections (`make docker-up`)."""
     h = _host(inventory, host)
-    res = stack.up(h, timeout=_float(timeout, "--timeout"), wait_for_migrations=wait_migrations,
-                   migrations_timeout=_float(migrations_timeout, "--migrations-timeout"), notify=_notify(json))
+    with _notes(json):
+        res = stack.up(h, timeout=_float(timeout, "--timeout"), wait_for_migrations=wait_migrations,
+                       migrations_timeout=_float(migrations_timeout, "--migrations-timeout"))
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return
@@ -79,7 +84,8 @@ def up(c, host=None, timeout=60, wait_migrations=False, migrations_timeout=120, 
 def down(c, host=None, inventory=None, json=False):
     """Stop and remove the containers; the data volume is kept (`make docker-down`)."""
     h = _host(inventory, host)
-    res = stack.down(h, notify=_notify(json))
+    with _notes(json):
+        res = stack.down(h)
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return
@@ -92,7 +98,8 @@ def down(c, host=None, inventory=None, json=False):
 def restart(c, host=None, timeout=60, inventory=None, json=False):
     """Restart the stack's containers and wait for PostgreSQL (`make docker-restart`)."""
     h = _host(inventory, host)
-    res = stack.restart(h, timeout=_float(timeout, "--timeout"), notify=_notify(json))
+    with _notes(json):
+        res = stack.restart(h, timeout=_float(timeout, "--timeout"))
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return
@@ -187,8 +194,9 @@ def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protect
                           yes=yes)
     else:
         confirm_or_refuse(f"Purge {plan.project!r} on {h.name} (after a backup)?", yes=yes)
-    res = stack.purge(h, take_backup=not no_backup, pull=not no_pull, notify=_notify(json),
-                      pull_to=_local_host(inv) if h.is_remote else None)
+    with _notes(json):
+        res = stack.purge(h, take_backup=not no_backup, pull=not no_pull,
+                          pull_to=_local_host(inv) if h.is_remote else None)
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return

@@ -4,9 +4,11 @@ Each prints its steps as it runs them; see docs/stack.md for the mapping.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from invoke import Collection
 
-from bigskies_ops import output
+from bigskies_ops import output, report
 from bigskies_ops.stack import scenarios
 from bigskies_ops.errors import UsageError
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
@@ -18,6 +20,12 @@ def _host(inventory, host):
     if h.compose is None:
         raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; scenarios need the compose stack")
     return h
+
+
+def _steps(json):
+    """The scenario's step lines on stdout; under ``--json`` none (stdout carries the JSON
+    only). Its notes stay on stderr either way."""
+    return report.reporting(say=None) if json else nullcontext()
 
 
 def _finish(h, res, json, what):
@@ -34,8 +42,8 @@ def _finish(h, res, json, what):
 def before_risky_change(c, host=None, restart=None, label=None, inventory=None, json=False):
     """Scenario 1: back up, make the change (restart a service), check, say how to go back."""
     h = _host(inventory, host)
-    say = output.say if not json else (lambda m: None)
-    res = scenarios.before_risky_change(h, restart_service=restart, label=label, say=say, notify=output.note)
+    with _steps(json):
+        res = scenarios.before_risky_change(h, restart_service=restart, label=label)
     _finish(h, res, json, f"backup {res['backup']} taken before the change")
 
 
@@ -45,8 +53,8 @@ def before_risky_change(c, host=None, restart=None, label=None, inventory=None, 
 def fresh_start(c, host=None, timeout=60, inventory=None, json=False):
     """Scenario 2: back up, down, build, up, verify the data is intact."""
     h = _host(inventory, host)
-    say = output.say if not json else (lambda m: None)
-    res = scenarios.fresh_start(h, timeout=float(timeout), say=say, notify=output.note)
+    with _steps(json):
+        res = scenarios.fresh_start(h, timeout=float(timeout))
     _finish(h, res, json, f"fresh start done; {res['tables_checked']} tables intact")
 
 
@@ -67,9 +75,9 @@ def complete_reset(c, host=None, no_backup=False, no_restore=False, no_roles=Fal
     check_destructive(h, "purge", force_protected=force_protected, confirm=confirm)
     confirm_or_refuse(f"Purge the stack of {h.name} (containers and data volume)"
                       + (" WITHOUT a backup" if no_backup else ", after a backup") + " and start fresh?", yes=yes)
-    say = output.say if not json else (lambda m: None)
-    res = scenarios.complete_reset(h, take_backup=not no_backup, restore_backup=not no_restore,
-                                   roles=not no_roles, wait_migrations=wait_migrations, say=say, notify=output.note)
+    with _steps(json):
+        res = scenarios.complete_reset(h, take_backup=not no_backup, restore_backup=not no_restore,
+                                       roles=not no_roles, wait_migrations=wait_migrations)
     _finish(h, res, json, "complete reset done" + (f"; restored {res['restored']}" if res.get("restored") else ""))
 
 
@@ -87,8 +95,8 @@ def recover_corruption(c, host=None, archive=None, no_roles=False, yes=False, fo
     h = _host(inventory, host)
     check_destructive(h, "purge", force_protected=force_protected, confirm=confirm)
     confirm_or_refuse(f"Delete the data volume of {h.name} and restore the last good backup?", yes=yes)
-    say = output.say if not json else (lambda m: None)
-    res = scenarios.recover_corruption(h, archive=archive, roles=not no_roles, say=say, notify=output.note)
+    with _steps(json):
+        res = scenarios.recover_corruption(h, archive=archive, roles=not no_roles)
     _finish(h, res, json, f"recovered from {res['restored']}")
 
 

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 
+from bigskies_ops import report
 from bigskies_ops.errors import BigskiesError, CommandError, StorageError
 from bigskies_ops.hosts.channels import READ_CHUNK, SSHProcess, StallError
 from bigskies_ops.hosts.connection import SSHError, build_connection, connect_error, openssh_options
@@ -54,11 +55,10 @@ class SSHRunner(Runner):
     name = "ssh"
     is_remote = True
 
-    def __init__(self, host, notify=None):
+    def __init__(self, host):
         self.host = host
         self.label = host.name
         self.stall_timeout = host.backup.stall_timeout or None
-        self.notify = notify
         self._conn = None
         self._pending = None  # built by openssh_argv(connect=False) before connect() opens it
         self._transport = None
@@ -76,7 +76,7 @@ class SSHRunner(Runner):
             if not self.host.ssh.host_key_checking:
                 msg = (f"warning: host key checking is OFF for {self.host.name} "
                        f"(hosts.{self.host.name}.ssh.host_key_checking: false); the server is not authenticated")
-                (self.notify or (lambda m: print(m, file=sys.stderr)))(msg)
+                report.warn(msg)
             conn, self._pending = self._pending or build_connection(self.host), None
             try:
                 conn.open()

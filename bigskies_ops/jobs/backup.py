@@ -18,7 +18,7 @@ from bigskies_ops.jobs.dump import BackupResult, DumpSpec, archive_lock, check_f
 
 def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
            exclude_table_data: tuple[str, ...] = (), schema_only: bool = False, database: str | None = None,
-           progress=None, notify=print, task: str = "db.backup", verbose: bool = False,
+           progress=None, task: str = "db.backup", verbose: bool = False,
            lock_wait_timeout: float | None = None) -> BackupResult:
     """Back up one database of ``host`` into its ``backup.dir`` (on that host).
 
@@ -32,12 +32,11 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
         schema_only: pg_dump ``--schema-only``.
         database: override ``postgres.database``.
         progress: optional callable ``(raw_bytes_read, bytes_written)`` called per chunk.
-        notify: callable for one-line messages (stale lock removed, warnings).
         verbose: pg_dump ``--verbose`` (its messages go to stderr and the manifest's
             stderr_tail, never into the archive).
         lock_wait_timeout: seconds the dump may wait for a lock (pg_dump
             ``--lock-wait-timeout``, and our sessions' ``lock_timeout``); default
-            ``host.backup.lock_wait_timeout``, None waits. A wait is reported (``notify``)
+            ``host.backup.lock_wait_timeout``, None waits. A wait is reported (``report.note``)
             within a few seconds, naming the blocking session (:mod:`bigskies_ops.pg.lockwait`).
 
     Returns:
@@ -55,11 +54,11 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
     fmt = check_format(fmt, host)
     spec = DumpSpec(db=database or host.postgres.database, fmt=fmt, level=host.backup.compress_level, kind=kind,
                     label=label, excl=tuple(exclude_table_data), schema_only=schema_only, verbose=verbose)
-    with host_access(host, notify) as access:
+    with host_access(host) as access:
         dest = FileOnHost(access) if host.is_remote else FileHere(access)
-        with archive_lock(dest.writer, dest.bdir, host.name, spec.db, task, notify):
-            res = dump(dest, spec, progress=progress, notify=notify)
-        size_alert(host, res, notify, dest.writer)
+        with archive_lock(dest.writer, dest.bdir, host.name, spec.db, task):
+            res = dump(dest, spec, progress=progress)
+        size_alert(host, res, dest.writer)
         return res
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+from bigskies_ops import report
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.hosts.compose import (Project, check_coordinators, resolved_config, running_services,
                                         start_services, stop_services)
@@ -21,7 +22,7 @@ from bigskies_ops.signals import interrupts_unwind
 
 
 @contextmanager
-def coordinators_paused(runner, host: Host, notify=print):
+def coordinators_paused(runner, host: Host):
     """Stop the host's running coordinators for the ``with`` body; start the same ones
     afterwards, also on failure, Ctrl-C and SIGTERM. Yields the list that was stopped.
 
@@ -40,13 +41,13 @@ def coordinators_paused(runner, host: Host, notify=print):
     with interrupts_unwind():  # SIGTERM/SIGINT unwind through the finally; a second one cannot cut the restart
         try:
             if stopped:
-                notify(f"Stopping coordinators: {', '.join(stopped)}")
+                report.note(f"Stopping coordinators: {', '.join(stopped)}")
                 stop_services(runner, host, stopped, project)
                 wait_sessions_gone(runner, host)
             yield stopped
         finally:
             if stopped:
-                notify(f"Starting coordinators again: {', '.join(stopped)}")
+                report.note(f"Starting coordinators again: {', '.join(stopped)}")
                 start_services(runner, host, stopped, project)
 
 

@@ -33,7 +33,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from bigskies_ops import __version__
+from bigskies_ops import __version__, report
 from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, Backup, archive_name, iso, latest, list_backups, utcnow, write_manifest
 from bigskies_ops.archives.counts import RowCounter, snapshot_facts, stream_manifest_tables
 from bigskies_ops.archives.locks import host_lock
@@ -204,8 +204,9 @@ def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifes
     """
     if not host.backup.space_check:
         return
-    last = latest([b for b in list_backups(writer, bdir) if b.format == fmt], database=db,
-                  origin_host=manifest.get("origin_host"), notify=lambda _msg: None)
+    with report.reporting(None):  # a future-dated archive passed over is told by the task that lists
+        last = latest([b for b in list_backups(writer, bdir) if b.format == fmt], database=db,
+                      origin_host=manifest.get("origin_host"))
     if last is not None and last.size:
         need, basis = int(last.size * 1.2), f"the last {fmt} backup ({human_bytes(last.size)}) plus 20%"
     elif manifest.get("database_bytes"):
@@ -242,37 +243,37 @@ def lock_timeout_error(e: BaseException, host: Host, watcher) -> BigskiesError |
                          stderr=getattr(e, "stderr", "") or "")
 
 
-def size_alert(host: Host, res: BackupResult, notify, runner=None) -> None:
+def size_alert(host: Host, res: BackupResult, runner=None) -> None:
     """Warn (and post to the ``alerts.webhook_env`` webhook) when the new archive's size is more
     than ``alerts.size_change_pct`` away from the median of the recent ones in its folder
     (jobs.health; ``runner``: of the machine that holds it, None opens one to ``host``).
     Never fails the backup: a problem here is itself only a warning (``res.warnings``)."""
     from bigskies_ops.jobs.health import size_alert_after_backup
     try:
-        w = size_alert_after_backup(host, res.backup, notify=notify, runner=runner)
+        w = size_alert_after_backup(host, res.backup, runner=runner)
     except Exception as e:  # noqa: BLE001 - an alert must never turn a good backup into a failure
-        notify(f"warning: size check skipped: {e}")
+        report.note(f"warning: size check skipped: {e}")
         return
     if w:
         res.warnings.append(w)
 
 
 @contextmanager
-def host_access(host: Host, notify):
-    """``with host_access(host, notify) as access``: PostgreSQL of ``host`` reached where it
-    runs (an SSH host over one SSH connection, which tells ``notify`` about its host key);
+def host_access(host: Host):
+    """``with host_access(host) as access``: PostgreSQL of ``host`` reached where it
+    runs (an SSH host over one SSH connection, which reports its host key notices);
     closed on exit."""
     if not host.is_remote:
         with PostgresAccess(host) as access:
             yield access
         return
     from bigskies_ops.hosts.ssh import SSHRunner
-    with SSHRunner(host, notify=notify) as runner, PostgresAccess(host, runner) as access:
+    with SSHRunner(host) as runner, PostgresAccess(host, runner) as access:
         yield access
 
 
 @contextmanager
-def archive_lock(writer, bdir: str, origin: str, db: str, task: str, notify, *, what: str = "backup",
+def archive_lock(writer, bdir: str, origin: str, db: str, task: str, *, what: str = "backup",
                  orphans: bool = False):
     """Hold the (``origin``, ``db``) lock in ``bdir`` on ``writer``'s machine (created if
     missing) and settle what killed runs left there (archives.manifest.settle_interrupted).
@@ -281,12 +282,12 @@ def archive_lock(writer, bdir: str, origin: str, db: str, task: str, notify, *, 
         LockBusyError: another task holds the lock.
     """
     writer.makedirs(bdir)
-    with host_lock(writer, bdir, origin, db, task, notify=notify):
-        settle_interrupted(writer, bdir, db, notify, what, orphans=orphans)
+    with host_lock(writer, bdir, origin, db, task):
+        settle_interrupted(writer, bdir, db, what, orphans=orphans)
         yield
 
 
-def dump(dest: Destination, spec: DumpSpec, *, progress=None, notify=print) -> BackupResult:
+def dump(dest: Destination, spec: DumpSpec, *, progress=None) -> BackupResult:
     """Dump ``spec.db`` of ``dest.access.host`` into ``dest`` (the caller holds
     :func:`archive_lock`) and publish it with its DONE manifest (module docstring).
 
@@ -294,7 +295,6 @@ def dump(dest: Destination, spec: DumpSpec, *, progress=None, notify=print) -> B
         dest: where the bytes go (bigskies_ops.jobs.destinations).
         spec: what to dump.
         progress: optional callable ``(bytes_read, bytes_written)`` called as data moves.
-        notify: callable for one-line notes and warnings (a lock wait, a count not recorded).
 
     Returns:
         :class:`BackupResult` with the published archive and its DONE manifest.
@@ -306,14 +306,14 @@ def dump(dest: Destination, spec: DumpSpec, *, progress=None, notify=print) -> B
             space (manifest FAILED).
         CommandError / SSHError / StallError: a failed stage, a lost connection, a stall.
     """
-    return _Run(dest, spec, progress, notify).run()
+    return _Run(dest, spec, progress).run()
 
 
 class _Run:
     """One run of :func:`dump`: its state (manifest, snapshot session) across the phases."""
 
-    def __init__(self, dest: Destination, spec: DumpSpec, progress, notify):
-        self.dest, self.spec, self.progress, self.notify = dest, spec, progress, notify
+    def __init__(self, dest: Destination, spec: DumpSpec, progress):
+        self.dest, self.spec, self.progress = dest, spec, progress
         self.access, self.host = dest.access, dest.access.host
         self.started, self.t0 = utcnow(), time.monotonic()
         self.name = pick_name(dest.writer, dest.bdir, spec.db, spec.fmt, self.started)
@@ -326,8 +326,7 @@ class _Run:
         self.recorded = False  # STARTED manifest written (only once connected: s.7 "nothing harmed")
 
     def run(self) -> BackupResult:
-        watch = watching(self.access, self.spec.db, what=self.dest.what, timeout_s=self.host.backup.lock_wait_timeout,
-                         notify=self.notify)
+        watch = watching(self.access, self.spec.db, what=self.dest.what, timeout_s=self.host.backup.lock_wait_timeout)
         watcher = watch.__enter__()
         try:
             self._begin()
@@ -345,7 +344,7 @@ class _Run:
             watch.__exit__(None, None, None)
             e = lock_timeout_error(e, self.host, watcher) or e
             record_failure(e, self.manifest, self.t0, self.dest.writer, self.final, self.partial, self.dest.proc,
-                           self.session, self.notify, record=self.recorded)
+                           self.session, record=self.recorded)
 
     def _begin(self) -> None:
         """Snapshot and its facts, pg_dump's argv, the STARTED manifest, the space check."""
@@ -367,7 +366,7 @@ class _Run:
         keep_session_while_idle(self.session, self.manifest)
         self.dest.start(self.spec, self.partial, self.manifest)
         if not self.dest.counts_from_stream(self.spec):
-            self.counter = RowCounter(self.session, self.tables, self.spec.schema_only, self.notify).start()
+            self.counter = RowCounter(self.session, self.tables, self.spec.schema_only).start()
         self.dest.transfer(self.partial, self.manifest, self.progress)
         return self.dest.check_exit(self.spec, self.manifest)
 
@@ -378,7 +377,7 @@ class _Run:
         facts = self.dest.check_archive(spec, self.partial, self.tables, m, self.progress)
         if self.counter is None:  # a plain dump counted from its own COPY data, in the snapshot's transaction
             m["tables"] = stream_manifest_tables(self.session, self.dest.sink, self.tables, excl=spec.excl,
-                                                 schema_only=spec.schema_only, manifest=m, notify=self.notify)
+                                                 schema_only=spec.schema_only, manifest=m)
         else:
             self.counter.result(m)
             m["tables"] = self.counter.manifest_tables(facts.data_tables)

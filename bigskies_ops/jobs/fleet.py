@@ -8,11 +8,11 @@ word is ``ok``, ``changed`` or ``skipped``; any exception makes that host
 """
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bigskies_ops import report
 from bigskies_ops.errors import BigskiesError, EXIT_FAILED, EXIT_OK
 from bigskies_ops.inventory import Host
 
@@ -39,7 +39,9 @@ def run_on_hosts(hosts: list[Host], fn: Callable[[Host], tuple[str, str, Any]], 
                  max_parallel: int = MAX_PARALLEL) -> list[HostOutcome]:
     """Run ``fn`` for every host in parallel; return one outcome per host, in ``hosts`` order.
 
-    Never raises for a host's failure (KeyboardInterrupt still propagates).
+    Each host's notes (:func:`bigskies_ops.report.note`) go where the caller's do, each line
+    prefixed ``[host]`` (one host alone: no prefix). Never raises for a host's failure
+    (KeyboardInterrupt still propagates).
     """
     def one(h: Host) -> HostOutcome:
         try:
@@ -52,8 +54,12 @@ def run_on_hosts(hosts: list[Host], fn: Callable[[Host], tuple[str, str, Any]], 
 
     if len(hosts) == 1:
         return [one(hosts[0])]
+    def one_prefixed(h: Host) -> HostOutcome:
+        with report.reporting(report.prefixed(h.name)):
+            return one(h)
+
     with ThreadPoolExecutor(max_workers=min(len(hosts), max_parallel), thread_name_prefix="host") as ex:
-        futures = [ex.submit(one, h) for h in hosts]
+        futures = [ex.submit(report.carried(one_prefixed), h) for h in hosts]  # a context per host
         return [f.result() for f in futures]
 
 
@@ -61,13 +67,3 @@ def exit_code(outcomes: list[HostOutcome]) -> int:
     """0 when no host failed, else 1 (a multi-host run is failed if any host failed)."""
     return EXIT_FAILED if any(o.failed for o in outcomes) else EXIT_OK
 
-
-_print_lock = threading.Lock()
-
-
-def prefixed(notify: Callable[[str], None], host: str) -> Callable[[str], None]:
-    """A notify callback that prefixes each line with ``[host]`` (one line at a time)."""
-    def f(msg: str) -> None:
-        with _print_lock:
-            notify(f"[{host}] {msg}")
-    return f

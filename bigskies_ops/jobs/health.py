@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, utcnow
 from bigskies_ops.archives.offsite_stores import parse_target
 from bigskies_ops.hosts import runner_for
@@ -86,25 +87,25 @@ def post_webhook(url: str, payload: dict, timeout: float = 10.0) -> None:
         r.read()
 
 
-def notify_webhook(host: Host, payload: dict, notify) -> bool:
+def notify_webhook(host: Host, payload: dict) -> bool:
     name = host.alerts.webhook_env
     if not name:
         return False
     url = os.environ.get(name)
     if not url:
-        notify(f"warning: alerts.webhook_env names {name}, which is not set; no alert was posted")
+        report.note(f"warning: alerts.webhook_env names {name}, which is not set; no alert was posted")
         return False
     try:
         post_webhook(url, payload)
         return True
     except (OSError, urllib.error.URLError, ValueError) as e:
-        notify(f"warning: posting the alert to the webhook in {name} failed: {e}")
+        report.note(f"warning: posting the alert to the webhook in {name} failed: {e}")
         return False
 
 
-def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=None) -> str | None:
-    """The size rule for a just-published backup: returns the warning text (also sent to
-    ``notify`` and the webhook) or None when the size is within the threshold."""
+def size_alert_after_backup(host: Host, new: Backup, *, runner=None) -> str | None:
+    """The size rule for a just-published backup: returns the warning text (also noted,
+    :func:`bigskies_ops.report.note`, and posted to the webhook) or None when the size is within the threshold."""
     own = runner is None
     runner = runner or runner_for(host)
     try:
@@ -121,10 +122,10 @@ def size_alert_after_backup(host: Host, new: Backup, *, notify=print, runner=Non
         return None
     msg = (f"backup size changed {pct:+.0f}% ({human_bytes(new.size)} vs median {human_bytes(med)} of recent "
            f"backups; threshold {limit:g}%): {new.name}")
-    notify(f"warning: {msg}")
+    report.note(f"warning: {msg}")
     notify_webhook(host, {"event": "backup_size_change", "host": host.name, "database": new.database,
                           "archive": new.name, "bytes": new.size, "median_bytes": med, "change_pct": round(pct, 1),
-                          "threshold_pct": limit, "text": f"[bigskies-ops] {host.name}: {msg}"}, notify)
+                          "threshold_pct": limit, "text": f"[bigskies-ops] {host.name}: {msg}"})
     return msg
 
 

@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.errors import EXIT_REFUSED, BigskiesError, LockBusyError, PostgresError
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.jobs.migration_files import (MigrationError, MigrationFile, Statement,
@@ -179,8 +180,8 @@ class MigrationLock:
     ``holder`` the pid seen holding it.
     """
 
-    def __init__(self, sql: Sql, timeout: float = DEFAULT_LOCK_TIMEOUT, notify=print):
-        self.sql, self.timeout, self.notify = sql, timeout, notify
+    def __init__(self, sql: Sql, timeout: float = DEFAULT_LOCK_TIMEOUT):
+        self.sql, self.timeout = sql, timeout
         self.session: SqlSession | None = None
         self.waited = 0.0
         self.holder: dict | None = None
@@ -199,7 +200,7 @@ class MigrationLock:
                 f"AND l.objid = {LOCK_OBJID} AND l.objsubid = 1 "
                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
             self.holder = rows[0] if rows else {"pid": "?"}
-            self.notify(f"waiting for the migration lock (advisory lock {LOCK_KEY}) held by pid "
+            report.note(f"waiting for the migration lock (advisory lock {LOCK_KEY}) held by pid "
                         f"{self.holder.get('pid')} ({self.holder.get('app') or 'unknown application'}), "
                         f"up to {self.timeout:g} s")
             t0 = time.monotonic()
@@ -216,7 +217,7 @@ class MigrationLock:
                 raise
             self.waited = max(time.monotonic() - t0, 0.001)
             self.session.execute("RESET lock_timeout")
-            self.notify(f"got the migration lock after waiting {self.waited:.1f} s")
+            report.note(f"got the migration lock after waiting {self.waited:.1f} s")
             return self
         except BaseException:
             self._close()
@@ -352,7 +353,7 @@ INVALID_INDEXES_SQL = ("SELECT format('%I.%I', n.nspname, c.relname) AS index FR
 
 
 def apply_non_transactional(access: PostgresAccess, database: str, f: MigrationFile, done: dict[int, dict],
-                            notify=print, reader=None) -> float:
+                            reader=None) -> float:
     """Run the file's statements one by one outside a transaction, recording each in
     ``schema_migrations_progress``; resume after the statements already recorded.
 
@@ -368,8 +369,8 @@ def apply_non_transactional(access: PostgresAccess, database: str, f: MigrationF
                                  f"(see docs/migrations.md)", exit_code=EXIT_REFUSED)
     todo = [s for s in stmts if s.number not in done]
     if done:
-        notify(f"resuming {f.filename} at statement {todo[0].number if todo else len(stmts) + 1} of {len(stmts)} "
-               f"({len(done)} already applied)")
+        report.note(f"resuming {f.filename} at statement {todo[0].number if todo else len(stmts) + 1} of {len(stmts)} "
+                    f"({len(done)} already applied)")
     sql = access.sql(database)
     lines = [" ".join(CREATE_PROGRESS_SQL.split()) + ";"]
     line_map: dict[int, int] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bigskies_ops import output
+from bigskies_ops import output, report
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from bigskies_ops.inventory import Host
@@ -104,7 +104,7 @@ def status(host: Host, *, database: str | None = None, access: PostgresAccess | 
 
 def migrate(host: Host, *, to: int | None = None, check: bool = False, fail_if_pending: bool = False,
             take_backup: bool = True, baseline: int | None = None, database: str | None = None,
-            lock_timeout: float = DEFAULT_LOCK_TIMEOUT, notify=print, backup_fn=None,
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT, backup_fn=None,
             task: str = "db.migrate") -> MigrateResult:
     """Apply the pending migrations of ``host``'s folder to its database.
 
@@ -138,11 +138,11 @@ def migrate(host: Host, *, to: int | None = None, check: bool = False, fail_if_p
             with sql.session() as session:
                 state = read_state(session)
             return _dry_run(res, files, state, to, baseline, host, fail_if_pending)
-        with MigrationLock(sql, lock_timeout, notify) as lock:
+        with MigrationLock(sql, lock_timeout) as lock:
             res.waited_s = lock.waited
             state = read_state(lock.session)   # after the lock: a runner we waited for may have applied
             if baseline is not None:
-                res.baselined = _baseline(sql, state, files, baseline, notify)
+                res.baselined = _baseline(sql, state, files, baseline)
                 state = read_state(lock.session)
             problem = adoption_problem(state)
             if problem:
@@ -157,11 +157,11 @@ def migrate(host: Host, *, to: int | None = None, check: bool = False, fail_if_p
                 if f.transactional:
                     check_no_transaction_control(f)
             if take_backup:
-                notify(f"taking a pre-migrate backup before applying {len(p.pending)} migration(s)")
+                report.note(f"taking a pre-migrate backup before applying {len(p.pending)} migration(s)")
                 res.backup = (backup_fn or _pre_migrate_backup)(host)
-                notify(f"pre-migrate backup: {res.backup}")
-            with host_lock(access.runner, host.backup.dir, host.name, db, task, notify=notify):
-                _apply_pending(access, db, p.pending, state, lock, res, notify)
+                report.note(f"pre-migrate backup: {res.backup}")
+            with host_lock(access.runner, host.backup.dir, host.name, db, task):
+                _apply_pending(access, db, p.pending, state, lock, res)
             res.pending = []
             return res
 
@@ -177,7 +177,7 @@ def _check_versions_exist(files: list[MigrationFile], folder: str, *, to: int | 
 
 
 def _apply_pending(access: PostgresAccess, db: str, pending: list[MigrationFile], state: DbState,
-                   lock: MigrationLock, res: MigrateResult, notify) -> None:
+                   lock: MigrationLock, res: MigrateResult) -> None:
     """Apply ``pending`` in order (under the migration lock and the host lock), recording each
     applied file in ``res``; ``schema_migrations`` is created with the first one if missing."""
     create = not state.has_table
@@ -188,17 +188,17 @@ def _apply_pending(access: PostgresAccess, db: str, pending: list[MigrationFile]
     def done(f, secs):
         res.applied.append({**_desc(f), "seconds": round(secs, 3)})
         res.head = f.version
-        notify(f"applied {f.filename} in {secs * 1000:.0f} ms")
+        report.note(f"applied {f.filename} in {secs * 1000:.0f} ms")
 
     for run in _runs(pending):
         if run[0].transactional:
-            notify(f"applying {', '.join(f.filename for f in run)} (one transaction each)")
+            report.note(f"applying {', '.join(f.filename for f in run)} (one transaction each)")
             apply_transactional(access, db, run, done, create_table=create, reader=lock.session)
             create = False
         else:
             f = run[0]
-            notify(f"applying {f.filename} (non-transactional, statement by statement)")
-            done(f, apply_non_transactional(access, db, f, state.progress.get(f.version, {}), notify,
+            report.note(f"applying {f.filename} (non-transactional, statement by statement)")
+            done(f, apply_non_transactional(access, db, f, state.progress.get(f.version, {}),
                                             reader=lock.session))
 
 
@@ -256,7 +256,7 @@ def _dry_run_inner(res, files, state, to, baseline, host, fail_if_pending) -> Mi
     return res
 
 
-def _baseline(sql: Sql, state: DbState, files: list[MigrationFile], version: int, notify) -> list[int]:
+def _baseline(sql: Sql, state: DbState, files: list[MigrationFile], version: int) -> list[int]:
     """Record versions <= ``version`` as applied without running them. Existing rows are
     not touched; a foreign-shaped table gets the missing columns (nullable) added."""
     stmts = ["BEGIN"]
@@ -286,18 +286,19 @@ def _baseline(sql: Sql, state: DbState, files: list[MigrationFile], version: int
         pgsql.Identifier(TABLE), lit(f"{ADOPTED_TAG} at baseline {version}")).as_string())
     stmts.append("COMMIT")
     sql.execute(";\n".join(stmts) + ";")
-    notify(f"baseline {version}: recorded {len(new)} migration(s) as applied without running them"
-           + (f" ({', '.join(str(f.version) for f in new)})" if new else ""))
+    report.note(f"baseline {version}: recorded {len(new)} migration(s) as applied without running them"
+                + (f" ({', '.join(str(f.version) for f in new)})" if new else ""))
     return [f.version for f in new]
 
 
 def _pre_migrate_backup(host: Host) -> str:
     from bigskies_ops.jobs.backup import backup
-    r = backup(host, kind="pre-migrate", label="before db.migrate", notify=lambda m: None, task="db.migrate")
+    with report.reporting(None):  # the migration notes the backup and its path itself
+        r = backup(host, kind="pre-migrate", label="before db.migrate", task="db.migrate")
     return r.backup.path
 
 
-def after_restore(host: Host, database: str | None = None, *, apply: bool = False, notify=print) -> dict:
+def after_restore(host: Host, database: str | None = None, *, apply: bool = False) -> dict:
     """Compare a just-restored database's migration head with the folder; optionally apply.
 
     Returns ``{"head", "pending": [...], "ahead": [...], "applied": [...], "message"}``.
@@ -325,7 +326,7 @@ def after_restore(host: Host, database: str | None = None, *, apply: bool = Fals
     else:
         out["message"] = f"migrations: up to date (head {st['head']})"
     if apply and pending and not (ahead or changed or st["adoption_problem"]):
-        r = migrate(host, database=db, take_backup=False, notify=notify, task="db.restore --migrate")
+        r = migrate(host, database=db, take_backup=False, task="db.restore --migrate")
         out["applied"] = [a["file"] for a in r.applied]
         out["message"] = f"migrations: applied {', '.join(out['applied'])} after the restore (head {r.head})"
     return out

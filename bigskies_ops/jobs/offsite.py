@@ -20,6 +20,7 @@ import posixpath
 import tempfile
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups, read_manifest,
                                            utcnow, write_manifest)
 from bigskies_ops.archives.locks import host_lock
@@ -63,9 +64,9 @@ def _local_sha(path: str) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _record_copy(runner, host: Host, b: Backup, rec: dict, notify) -> dict:
+def _record_copy(runner, host: Host, b: Backup, rec: dict) -> dict:
     db = b.database or host.postgres.database
-    with host_lock(runner, b.dir, host.name, db, "db.offsite", notify=notify):
+    with host_lock(runner, b.dir, host.name, db, "db.offsite"):
         man = read_manifest(runner, b.path)
         if man is None:
             raise StorageError(f"{b.manifest_path} disappeared")
@@ -75,7 +76,7 @@ def _record_copy(runner, host: Host, b: Backup, rec: dict, notify) -> dict:
         return man
 
 
-def upload(host: Host, target: str | None = None, *, notify=print, multipart_threshold: int = MULTIPART_THRESHOLD,
+def upload(host: Host, target: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD,
            apply_retention: bool = True, now=None, inv=None) -> list[TargetResult]:
     """Copy every DONE archive (with its manifest) that a target lacks, verify each copy by
     reading it back, record it in the local manifest, then apply retention on the target.
@@ -85,12 +86,12 @@ def upload(host: Host, target: str | None = None, *, notify=print, multipart_thr
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
-        return [_upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retention, now) for t in tlist]
+        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now) for t in tlist]
     finally:
         runner.close()
 
 
-def _upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retention, now) -> TargetResult:
+def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now) -> TargetResult:
     res = TargetResult(t.name)
     store = None
     try:
@@ -112,7 +113,7 @@ def _upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retenti
             if sha != b.manifest["sha256"] or size != b.manifest.get("bytes", size):
                 res.skipped.append(f"{b.name}: local archive differs from its manifest; not copied (run db.verify)")
                 continue
-            notify(f"Uploading {b.name} ({size} bytes) to {t.name}")
+            report.note(f"Uploading {b.name} ({size} bytes) to {t.name}")
             store.put_file(runner, b.path, key, sha)
             rsha, rsize = store.digest(key)
             meta = store.stored_sha256(key)
@@ -122,7 +123,7 @@ def _upload_one(host, runner, t, inv, notify, multipart_threshold, apply_retenti
             rec = {"target": t.name, "url": f"{t.url.rstrip('/')}/{origin}/{b.name}",
                    "key": key, "uploaded_at": iso(utcnow()), "sha256": sha, "bytes": size,
                    "verified_at": iso(utcnow())}
-            man = _record_copy(runner, host, b, rec, notify)
+            man = _record_copy(runner, host, b, rec)
             store.put_bytes(key + MANIFEST_SUFFIX,
                             json.dumps(man, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n")
             res.uploaded.append(b.name)
@@ -171,18 +172,18 @@ def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
 
 
 # ------------------------------------------------------------------ verify, list, fetch
-def verify_remote(host: Host, target: str, spec: str | None, all_: bool, *, notify=print, inv=None):
+def verify_remote(host: Host, target: str, spec: str | None, all_: bool, *, inv=None):
     """Read each selected object back and compare its sha256 with the one stored with it and
     with the manifest's (remote and, when present, local). Records the result locally."""
     [t] = targets(host, target)
     store = store_for(t, inv)
     try:
-        return _verify_remote(host, t, store, spec, all_, notify)
+        return _verify_remote(host, t, store, spec, all_)
     finally:
         store.close()
 
 
-def _verify_remote(host, t, store, spec, all_, notify):
+def _verify_remote(host, t, store, spec, all_):
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     chosen = _choose(host, cat, spec, all_)
     lr = LocalRunner()
@@ -211,7 +212,7 @@ def _verify_remote(host, t, store, spec, all_, notify):
         if local_man is not None:
             try:
                 b = Backup(local_dir, r.name, local_man, None)
-                _record_remote_check(lr, host, b, t.name, res.ok, res.error, notify)
+                _record_remote_check(lr, host, b, t.name, res.ok, res.error)
                 res.recorded = True
             except BigskiesError as e:
                 res.notes.append(f"not recorded: {e}")
@@ -219,9 +220,8 @@ def _verify_remote(host, t, store, spec, all_, notify):
     return out
 
 
-def _record_remote_check(runner, host, b: Backup, target: str, ok: bool, error: str | None, notify) -> None:
-    with host_lock(runner, b.dir, host.name, b.database or host.postgres.database, "db.verify --offsite",
-                   notify=notify):
+def _record_remote_check(runner, host, b: Backup, target: str, ok: bool, error: str | None) -> None:
+    with host_lock(runner, b.dir, host.name, b.database or host.postgres.database, "db.verify --offsite"):
         man = read_manifest(runner, b.path)
         if man is None:
             return
@@ -258,7 +258,7 @@ def list_remote(host: Host, target: str, inv=None) -> list[RemoteBackup]:
         store.close()
 
 
-def fetch(host: Host, target: str, spec: str | None, *, notify=print, inv=None) -> str:
+def fetch(host: Host, target: str, spec: str | None, *, inv=None) -> str:
     """Download a backup from a target into the local backup folder (``<origin>/`` for other
     origins) through a ``.partial`` file, check its sha256 against the stored one and the
     manifest's, then publish it with its manifest. Returns the local archive path.
@@ -270,7 +270,7 @@ def fetch(host: Host, target: str, spec: str | None, *, notify=print, inv=None) 
     [t] = targets(host, target)
     store = store_for(t, inv)
     try:
-        return _fetch(host, t, store, spec, notify, inv)
+        return _fetch(host, t, store, spec, inv)
     finally:
         store.close()
 
@@ -285,7 +285,7 @@ def fetch_dir(host: Host, inv=None) -> str:
     return os.path.join(base, "offsite-fetched", host.name)
 
 
-def _fetch(host, t, store, spec, notify, inv=None) -> str:
+def _fetch(host, t, store, spec, inv=None) -> str:
     cat = [r for r in remote_catalog(store, t) if r.status == "DONE"]
     [r] = _choose(host, cat, spec, False)
     lr = LocalRunner()
@@ -297,13 +297,13 @@ def _fetch(host, t, store, spec, notify, inv=None) -> str:
     if lr.exists(final):
         sha, _ = _local_sha(final)
         if sha == want:
-            notify(f"{final} is already here with the right sha256; not downloading it again")
+            report.note(f"{final} is already here with the right sha256; not downloading it again")
             if read_manifest(lr, final) is None:
                 write_manifest(lr, final, dict(r.manifest, fetched_from=f"{t.url}", fetched_at=iso(utcnow())))
             return final
         raise ArchiveError(f"{final} exists locally with different content; move it away first")
     partial = final + PARTIAL_SUFFIX
-    notify(f"Fetching {r.key} from {t.name} into {partial}")
+    report.note(f"Fetching {r.key} from {t.name} into {partial}")
     try:
         with open(partial, "wb") as f:
             sha, size = store.stream(r.key, sink=f.write)
@@ -313,8 +313,7 @@ def _fetch(host, t, store, spec, notify, inv=None) -> str:
         if sha != meta or (want and sha != want):
             raise ArchiveError(f"{r.key}: the downloaded copy's sha256 does not match the one stored with it or "
                                f"the manifest's; not restoring it")
-        with host_lock(lr, base, host.name, r.database or host.postgres.database, "db.restore --from-offsite",
-                       notify=notify):
+        with host_lock(lr, base, host.name, r.database or host.postgres.database, "db.restore --from-offsite"):
             if not lr.link_noreplace(partial, final):
                 raise ArchiveError(f"{final} appeared while we were downloading; refusing to overwrite it")
             write_manifest(lr, final, dict(r.manifest, fetched_from=f"{t.url}", fetched_at=iso(utcnow())))

@@ -31,6 +31,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups,
                                            parse_archive_name, read_manifest, utcnow, write_manifest)
 from bigskies_ops.archives.hashing import sha256_file
@@ -58,17 +59,17 @@ def pull_format(src: Host, fmt: str | None, restore: bool) -> str:
     return check_format(fmt, src)
 
 
-def _ssh_runner(host: Host, notify):
+def _ssh_runner(host: Host):
     from bigskies_ops.hosts.ssh import SSHRunner
     if not host.is_remote:
         raise UsageError(f"{host.name} is not a connection: ssh host")
-    return SSHRunner(host, notify=notify)
+    return SSHRunner(host)
 
 
-def _ssh_access(host: Host, notify):
+def _ssh_access(host: Host):
     if not host.is_remote:
         raise UsageError(f"{host.name} is not a connection: ssh host")
-    return host_access(host, notify)
+    return host_access(host)
 
 
 # ----------------------------------------------------------------------------- fresh dumps
@@ -78,7 +79,7 @@ def local_pull_dir(dest: Host, origin: Host) -> str:
 
 
 def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None,
-                database: str | None = None, progress=None, notify=print, growing=None) -> BackupResult:
+                database: str | None = None, progress=None, growing=None) -> BackupResult:
     """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
     ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
 
@@ -93,13 +94,13 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     spec = DumpSpec(db=database or src.postgres.database, fmt=check_format(fmt, src),
                     level=src.backup.compress_level, kind="pulled", label=label)
     pdir = local_pull_dir(dest, src)
-    with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", notify, what="pull", orphans=True):
-        with _ssh_access(src, notify) as access:
-            return dump(StreamHere(access, pdir, growing=growing), spec, progress=progress, notify=notify)
+    with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", what="pull", orphans=True):
+        with _ssh_access(src) as access:
+            return dump(StreamHere(access, pdir, growing=growing), spec, progress=progress)
 
 
 def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, database: str | None = None,
-                     progress=None, notify=print, **restore_kwargs):
+                     progress=None, **restore_kwargs):
     """Scenario 4 in one pass: stream a fresh plain dump of ``src`` into ``dest``'s pull
     folder and load it into a side database of ``dest`` WHILE it arrives (the restore
     follows the growing ``.partial`` file: bigskies_ops.jobs.parload).
@@ -131,12 +132,12 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
     def run() -> None:
         try:
             box["res"] = pull_stream(src, dest, fmt="plain", label=label, database=database, progress=progress,
-                                     notify=notify, growing=growing)
+                                     growing=growing)
         except BaseException as e:  # noqa: BLE001 - handed to the restore, re-raised there
             box["err"] = e
             growing.fail(e)
 
-    t = threading.Thread(target=run, daemon=True, name="pull")
+    t = threading.Thread(target=report.carried(run), daemon=True, name="pull")  # notes as its starter's
 
     def start() -> None:
         t.start()
@@ -151,7 +152,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         return box["res"].backup.path
 
     try:
-        rr = restore(dest, "", follow=FollowedArchive(growing, start, result), notify=notify, **restore_kwargs)
+        rr = restore(dest, "", follow=FollowedArchive(growing, start, result), **restore_kwargs)
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C / SIGTERM (errors.Interrupted): stop the pull too
         growing.cancel()
         raise
@@ -180,7 +181,7 @@ class PullOutcome:
 
 
 def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None = None, label: str | None = None,
-         restore: dict | None = None, progress=None, pulled=None, notify=print) -> PullOutcome:
+         restore: dict | None = None, progress=None, pulled=None) -> PullOutcome:
     """``db.pull``: bring a backup of the SSH host ``src`` to ``<dest backup.dir>/<src>/`` and,
     with ``restore``, restore it into ``dest``'s database.
 
@@ -196,7 +197,6 @@ def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None 
             progress callback (or None) for one phase: the pull, then the restore.
         pulled: optional callable ``(PullOutcome)`` told once the archive is here, before a
             restore that follows it (the task prints the pull's summary then).
-        notify: callable for one-line notes and warnings.
 
     Raises:
         UsageError: ``src`` is not an SSH host, or ``fmt`` is neither plain nor custom.
@@ -205,22 +205,22 @@ def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None 
     phase = progress or (lambda _what: nullcontext())
     with phase(f"pull from {src.name}") as cb:
         if existing:
-            pr = pull_existing(src, dest, existing, progress=cb, notify=notify)
+            pr = pull_existing(src, dest, existing, progress=cb)
             out = PullOutcome(pr.backup, pr.manifest, pr.seconds, "existing", pr.already_present, pr.resumed_at)
         else:
             fmt = pull_format(src, fmt, restore is not None)
             rr = None
             if restore is not None and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
-                res, rr = pull_and_restore(src, dest, label=label, progress=cb, notify=notify, **restore)
+                res, rr = pull_and_restore(src, dest, label=label, progress=cb, **restore)
             else:
-                res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb, notify=notify)
+                res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb)
             out = PullOutcome(res.backup, res.manifest, res.seconds, "stream", restore=rr)
     if pulled is not None:
         pulled(out)
     if restore is not None and out.restore is None:
         from bigskies_ops.jobs.restore import restore as run_restore
         with phase(f"restoring into {dest.name}") as cb:
-            out.restore = run_restore(dest, out.backup.path, notify=notify, progress=cb, **restore)
+            out.restore = run_restore(dest, out.backup.path, progress=cb, **restore)
     return out
 
 
@@ -236,7 +236,7 @@ class PullResult:
 
 
 def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, database: str | None = None,
-                  progress=None, notify=print) -> PullResult:
+                  progress=None) -> PullResult:
     """Copy an archive (and its manifest) from ``src``'s backup.dir to ``<dest backup.dir>/<src>/``.
 
     ``spec``: ``latest`` (newest DONE of the database), or a file name / absolute
@@ -259,7 +259,7 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
     """
     db = database or src.postgres.database
     t0 = time.monotonic()
-    with _ssh_runner(src, notify) as runner:
+    with _ssh_runner(src) as runner:
         rpath = _resolve_latest(runner, src, db) if spec in (None, "", "latest") else _remote_path(src, spec)
         name = posixpath.basename(rpath)
         parsed = parse_archive_name(name)
@@ -272,10 +272,10 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
         lr.makedirs(pdir)
         final = posixpath.join(pdir, name)
         try:
-            with host_lock(lr, pdir, src.name, lock_db, "db.pull --existing", notify=notify):
+            with host_lock(lr, pdir, src.name, lock_db, "db.pull --existing"):
                 if lr.exists(final):
-                    return _already_here(runner, src, rpath, final, t0, notify)
-                return _copy_existing(runner, src, rpath, final, db, t0, progress, notify)
+                    return _already_here(runner, src, rpath, final, t0)
+                return _copy_existing(runner, src, rpath, final, db, t0, progress)
         except BaseException:
             for d in new_dirs:  # a bad name or manifest, or no connection: no empty folders left behind
                 try:
@@ -285,13 +285,13 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
             raise
 
 
-def _already_here(runner, src: Host, rpath: str, final: str, t0: float, notify) -> PullResult:
+def _already_here(runner, src: Host, rpath: str, final: str, t0: float) -> PullResult:
     """``final`` exists here: the same archive (size and sha256) is already pulled.
 
     Raises:
         StorageError: ``final`` has other content (never overwritten)."""
     lr = LocalRunner()
-    man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
+    man, want_sha, want_size = _remote_facts(runner, src, rpath)
     have_sha, have_size = sha256_file(lr, final)
     if (have_sha, have_size) != (want_sha, want_size):
         raise StorageError(f"{final} exists with different content; refusing to overwrite it")
@@ -305,11 +305,11 @@ def _already_here(runner, src: Host, rpath: str, final: str, t0: float, notify) 
     return PullResult(b, b.manifest or {}, 0, time.monotonic() - t0, already_present=True)
 
 
-def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float, progress, notify) -> PullResult:
+def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float, progress) -> PullResult:
     """Copy ``src:rpath`` to ``final`` (resuming its ``.partial``), check it, publish it."""
     lr = LocalRunner()
     name, partial = posixpath.basename(final), final + PARTIAL_SUFFIX
-    fetch, man, want_sha, want_size, offset = _start_fetch(runner, src, rpath, partial, notify)
+    fetch, man, want_sha, want_size, offset = _start_fetch(runner, src, rpath, partial)
     got_sha, got_size = _copy(fetch, partial, offset, progress)
     if (got_sha, got_size) != (want_sha, want_size):
         lr.remove(partial)
@@ -329,7 +329,7 @@ def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float
     return PullResult(b, local_man, offset, time.monotonic() - t0)
 
 
-def _start_fetch(runner, src: Host, rpath: str, partial: str, notify):
+def _start_fetch(runner, src: Host, rpath: str, partial: str):
     """Start the copy of ``src:rpath`` into ``partial`` and read the archive's facts meanwhile.
 
     The copy's handshake overlaps reading the manifest. A new file starts at byte 0
@@ -346,14 +346,14 @@ def _start_fetch(runner, src: Host, rpath: str, partial: str, notify):
     fetch = None
     try:
         fetch = runner.start_fetch(rpath, partial, offset=None if had_partial else 0)
-        man, want_sha, want_size = _remote_facts(runner, src, rpath, notify)
+        man, want_sha, want_size = _remote_facts(runner, src, rpath)
         offset = lr.size(partial) if had_partial else 0
         if offset > want_size:
-            notify(f"{name}.partial is larger than the archive; starting over")
+            report.note(f"{name}.partial is larger than the archive; starting over")
             os.truncate(partial, 0)
             offset = 0
         if offset:
-            notify(f"resuming {name} at byte {offset} of {want_size}")
+            report.note(f"resuming {name} at byte {offset} of {want_size}")
         return fetch, man, want_sha, want_size, offset
     except BaseException:
         if fetch is not None:
@@ -417,7 +417,7 @@ def _remote_path(src: Host, spec: str) -> str:
     return spec if spec.startswith("/") else posixpath.join(src.backup.dir, spec)
 
 
-def _remote_facts(runner, src: Host, rpath: str, notify) -> tuple[dict | None, str, int]:
+def _remote_facts(runner, src: Host, rpath: str) -> tuple[dict | None, str, int]:
     """(remote manifest or None, sha256, size) of the archive to pull, in one round trip when
     its manifest is there (a file without one is hashed on ``src``).
 
@@ -433,7 +433,7 @@ def _remote_facts(runner, src: Host, rpath: str, notify) -> tuple[dict | None, s
         raise ArchiveError(f"{src.name}:{rpath}: its manifest says {man.get('status')}; refusing to pull it")
     if man is not None and man.get("sha256") and man.get("bytes") is not None:
         return man, man["sha256"], int(man["bytes"])
-    notify(f"{posixpath.basename(rpath)} has no manifest checksum; computing sha256 on {src.name}")
+    report.note(f"{posixpath.basename(rpath)} has no manifest checksum; computing sha256 on {src.name}")
     want_sha, want_size = runner.sha256(rpath)
     return man, want_sha, want_size
 

@@ -34,6 +34,7 @@ import posixpath
 import time
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import latest, list_backups, utcnow
 from bigskies_ops.archives.integrity import check_archive, gunzip_chunks, scan_archive
 from bigskies_ops.archives.locks import host_lock
@@ -99,7 +100,7 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
 
 
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
-            jobs: int | None = None, notify=print, progress=None, confirmed: bool = True,
+            jobs: int | None = None, progress=None, confirmed: bool = True,
             task: str = "db.restore", roles: bool = False, skip_missing_roles: bool = False,
             skip_space_check: bool = False, follow: "FollowedArchive | None" = None) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
@@ -143,7 +144,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
     with PostgresAccess(host) as access:
         info = check_archive(access, archive) if follow is None else follow
         for w in getattr(info, "warnings", ()):
-            notify(f"warning: {w}")
+            report.note(f"warning: {w}")
         maint = access.sql(host.postgres.maintenance_db)
         if target_db is not None and db_info(maint, target_db) is not None:
             raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
@@ -153,43 +154,43 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
             scan_archive(access, info)
             check_extensions(maint, info.extensions, info.path, host.name)
             if not skip_space_check:
-                check_space(access, maint, info, notify)
+                check_space(access, maint, info)
         policy = role_policy(access, maint, info, create_roles=roles and follow is None,
-                             skip_missing=skip_missing_roles, notify=notify)
-        with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task, notify=notify):
-            return _restore_locked(access, host, info, db, target_db, terminate_sessions, policy, jobs,
-                                   notify, progress, t0)
+                             skip_missing=skip_missing_roles)
+        with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task):
+            return _restore_locked(access, host, info, db, target_db, terminate_sessions, policy, jobs, progress, t0)
 
 
-def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, notify, progress, t0):
+def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, progress, t0):
     """Steps 2-4 of the module docstring, under the (host, database) lock; the side
     database is dropped unless it was swapped in (or renamed to ``target_db``)."""
     maint = access.sql(host.postgres.maintenance_db)
     now = utcnow()
     old = db_info(maint, db)
-    drop_leftover_side_dbs(maint, target_db or db, notify)
+    drop_leftover_side_dbs(maint, target_db or db)
     if old is not None and target_db is None and not terminate and not host.coordinators:
         refuse_if_sessions(maint, db)  # fail fast, before a long restore (checked again at the swap)
     check_rights(maint, db if target_db is None else None, old)
     side = unused_name(maint, side_db_name, target_db or db, now)
-    notify(f"Restoring into side database {side!r} (the current database is not touched yet)")
-    create_like(maint, side, old, notify)
+    report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
+    create_like(maint, side, old)
     swapped = False
     try:
         mark_side_database(maint, side, target_db or db, now)
         if isinstance(info, FollowedArchive):
-            info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs, notify)
+            info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
         else:
-            rc, out, err, copied = load_archive(access, info, side, policy, jobs, progress, notify)
+            rc, out, err, copied = load_archive(access, info, side, policy, jobs, progress)
         if rc != 0:
             why = explain_load_error(err)
             raise PostgresError(f"restore into the side database failed (exit {rc}): "
                                 f"{why + '. ' if why else ''}{tail(err, 800)}", returncode=rc, stderr=tail(err))
-        checked = verify_against_manifest(access.sql(side), info, notify, copied)
+        checked = verify_against_manifest(access.sql(side), info, copied)
         # the database's own settings, privileges and comment (not in a plain pg_dump): the
         # backup's, or for an archive without them the current database's
         props = (info.manifest or {}).get("database_properties") or (database_properties(maint, db) if old else None)
-        warnings = apply_properties(maint, side, props, policy.existing if policy is not None else None, notify) if props else []
+        warnings = (apply_properties(maint, side, props, policy.existing if policy is not None else None)
+                    if props else [])
         comment = lit((props or {}).get("comment"))
         if target_db is not None or old is None:
             name = target_db or db
@@ -198,11 +199,11 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
             swapped = True
             return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
         pre = unused_name(maint, pre_restore_name, db, now)
-        with coordinators_paused(access.runner, host, notify) as stopped:
-            swap(maint, db, side, pre, terminate, info.path, notify, comment=comment)
+        with coordinators_paused(access.runner, host) as stopped:
+            swap(maint, db, side, pre, terminate, info.path, comment=comment)
             swapped = True
         # housekeeping: the restore is done whatever happens here
-        dropped = prune_pre_restore(maint, db, host.backup.keep_pre_restore, notify, warnings=warnings)
+        dropped = prune_pre_restore(maint, db, host.backup.keep_pre_restore, warnings=warnings)
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
                              warnings=warnings, dropped_copies=dropped)
     finally:
@@ -213,7 +214,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
                 cmd = f"psql -d {maint.database} -c 'DROP DATABASE {ident(side).as_string()} WITH (FORCE)'"
                 left_behind(f"side database {side!r} is left behind ({str(e).splitlines()[0][:200]}); drop it "
                             f"with: {cmd}")
-                notify(f"warning: could not drop side database {side!r}: {e}; drop it with: {cmd}")
+                report.note(f"warning: could not drop side database {side!r}: {e}; drop it with: {cmd}")
 
 
 @dataclass
@@ -233,7 +234,7 @@ class FollowedArchive:
     result: object
 
 
-def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | None, jobs: int | None, notify):
+def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | None, jobs: int | None):
     """Load ``fa`` into ``side`` as it arrives, then check the finished archive.
 
     Returns ``(ArchiveInfo of the finished archive, (rc, stderr, rows))``. Raises the
@@ -247,7 +248,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
         rc, _, err, rows = load_plain_parallel(
             access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
             open_chunks=lambda: gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
-        report_load_stats(stats.get("serial_because"), stats.get("skipped"), notify)
+        report_load_stats(stats.get("serial_because"), stats.get("skipped"))
     except (KeyboardInterrupt, Interrupted):
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
         raise
@@ -257,7 +258,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     path = fa.result()  # the pull finished: DONE manifest, sha256 computed while receiving
     info = check_archive(access, path)  # the file on disk: size, sha256 against the manifest, versions
     for w in info.warnings:
-        notify(f"warning: {w}")
+        report.note(f"warning: {w}")
     if info.format != "plain":
         raise ArchiveError(f"{path}: expected a plain archive to follow, got {info.format}")
     return info, (rc, err, rows)

@@ -281,7 +281,7 @@ class PruneResult:
     dry_run: bool
 
 
-def _delete(runner, d: Decision, notify) -> list[str]:
+def _delete(runner, d: Decision) -> list[str]:
     e = d.entry
     gone = []
     if e.status == "PARTIAL":
@@ -300,7 +300,7 @@ def _delete(runner, d: Decision, notify) -> list[str]:
 
 
 def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, include_legacy: bool = False,
-          now: datetime | None = None, notify=print, task: str = "db.prune", runner=None) -> PruneResult:
+          now: datetime | None = None, task: str = "db.prune", runner=None) -> PruneResult:
     """Plan retention for ``host``'s backup folder and (unless ``dry_run``) delete what it prunes.
 
     The folder is read and the plan made again while holding the (host, database)
@@ -322,10 +322,10 @@ def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, in
             return PruneResult(plan(collect(runner, host), host.retention, **kw), [], True)
         dbs = sorted({e.database for e in collect(runner, host) if e.database} | {host.postgres.database})
         deleted: list[str] = []
-        with _locks(runner, host, dbs, task, notify):
+        with _locks(runner, host, dbs, task):
             p = plan(collect(runner, host), host.retention, **kw)
             for d in p.prune:
-                deleted += _delete(runner, d, notify)
+                deleted += _delete(runner, d)
         if p.refused:
             raise PruneRefused(p, deleted)
         return PruneResult(p, deleted, False)
@@ -344,8 +344,8 @@ class PruneRefused(SafetyError):
 class _locks:
     """Hold the (host, database) lock of several databases (sorted, so never a deadlock)."""
 
-    def __init__(self, runner, host: Host, dbs: list[str], task: str, notify):
-        self.cms = [host_lock(runner, host.backup.dir, host.name, db, task, notify=notify) for db in dbs]
+    def __init__(self, runner, host: Host, dbs: list[str], task: str):
+        self.cms = [host_lock(runner, host.backup.dir, host.name, db, task) for db in dbs]
         self.entered = []
 
     def __enter__(self):

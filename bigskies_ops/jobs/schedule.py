@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
 from bigskies_ops.inventory import Host, Inventory
@@ -202,13 +203,13 @@ class Step:
     reason: str
 
 
-def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_s: float, notify):
+def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_s: float):
     from bigskies_ops.archives.locks import host_lock
     from bigskies_ops.hosts.local import LocalRunner
     d = str(Path(log or default_log(inv, host)).parent)
     deadline = time.monotonic() + wait_s
     while True:
-        cm = host_lock(LocalRunner(), d, host.name, f"schedule-{host.name}", task, notify=notify)
+        cm = host_lock(LocalRunner(), d, host.name, f"schedule-{host.name}", task)
         try:
             cm.__enter__()
             return cm
@@ -220,7 +221,7 @@ def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_
 
 
 def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: float | None = None,
-                  log: str | None = None, protected_ok: bool = False, notify=print, say=print) -> list[Step]:
+                  log: str | None = None, protected_ok: bool = False) -> list[Step]:
     """What a cron line runs: daily backup -> prune -> offsite, or the monthly restore test.
 
     Holds the host's schedule lock for the whole run. Each step's failure is reported
@@ -231,49 +232,49 @@ def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: 
         LockBusyError: another scheduled run of this host holds the lock (daily: at once;
             monthly: after waiting up to 6 hours).
     """
-    say(f"=== bigskies-ops scheduled {'monthly restore test' if monthly else 'run'} of {host.name} "
-        f"at {iso(utcnow())} (pid {os.getpid()}) ===")
+    report.say(f"=== bigskies-ops scheduled {'monthly restore test' if monthly else 'run'} of {host.name} "
+               f"at {iso(utcnow())} (pid {os.getpid()}) ===")
     wait = (MONTHLY_WAIT_S if monthly else 0.0) if wait_s is None else wait_s
-    cm = _schedule_lock(inv, host, log, "db.scheduled-run", wait, notify)
+    cm = _schedule_lock(inv, host, log, "db.scheduled-run", wait)
     steps: list[Step] = []
     try:
         if monthly:
-            steps.append(_verify_step(host, notify))
+            steps.append(_verify_step(host))
         else:
-            b = _backup_step(host, notify)
+            b = _backup_step(host)
             steps.append(b)
             if b.word == "failed":
                 steps.append(Step("prune", "skipped", "the backup failed; nothing is pruned after a failed backup"))
             else:
-                steps.append(_prune_step(host, protected_ok, notify))
+                steps.append(_prune_step(host, protected_ok))
             if host.offsite:
-                steps += _offsite_steps(inv, host, notify)
+                steps += _offsite_steps(inv, host)
             else:
                 steps.append(Step("offsite", "skipped", "no offsite targets configured"))
     finally:
         cm.__exit__(None, None, None)
     for s in steps:
-        say(f"{s.word}: [{host.name}] {s.name}: {s.reason}")
+        report.say(f"{s.word}: [{host.name}] {s.name}: {s.reason}")
     return steps
 
 
-def _backup_step(host: Host, notify) -> Step:
+def _backup_step(host: Host) -> Step:
     from bigskies_ops.jobs.backup import backup
     try:
-        res = backup(host, kind="scheduled", notify=notify, task="db.scheduled-run")
+        res = backup(host, kind="scheduled", task="db.scheduled-run")
     except BigskiesError as e:
         return Step("backup", "failed", str(e))
     extra = f" (warning: {'; '.join(res.warnings)})" if res.warnings else ""
     return Step("backup", "changed", f"{res.backup.name} written, {res.manifest.get('bytes')} bytes{extra}")
 
 
-def _prune_step(host: Host, protected_ok: bool, notify) -> Step:
+def _prune_step(host: Host, protected_ok: bool) -> Step:
     from bigskies_ops.jobs.retention import PruneRefused, prune
     if host.protected and not protected_ok:
         return Step("prune", "skipped", f"{host.name} is protected and this cron line was installed without "
                                         f"--force-protected --confirm {host.postgres.database}")
     try:
-        r = prune(host, notify=notify, task="db.scheduled-run")
+        r = prune(host, task="db.scheduled-run")
     except PruneRefused as e:
         return Step("prune", "failed", str(e))
     except BigskiesError as e:
@@ -283,10 +284,10 @@ def _prune_step(host: Host, protected_ok: bool, notify) -> Step:
     return Step("prune", "ok", f"nothing to prune, kept {len(r.plan.keep)}")
 
 
-def _offsite_steps(inv: Inventory, host: Host, notify) -> list[Step]:
+def _offsite_steps(inv: Inventory, host: Host) -> list[Step]:
     from bigskies_ops.jobs.offsite import upload
     try:
-        results = upload(host, notify=notify, inv=inv)
+        results = upload(host, inv=inv)
     except BigskiesError as e:
         return [Step("offsite", "failed", str(e))]
     out = []
@@ -301,13 +302,13 @@ def _offsite_steps(inv: Inventory, host: Host, notify) -> list[Step]:
     return out
 
 
-def _verify_step(host: Host, notify) -> Step:
+def _verify_step(host: Host) -> Step:
     from bigskies_ops.hosts import runner_for
     from bigskies_ops.jobs.verify import select, verify_backup
     try:
         with runner_for(host) as runner:
             [b] = select(host, runner, "latest", False)
-        r = verify_backup(host, b, restore_test=True, notify=notify, task="db.scheduled-run")
+        r = verify_backup(host, b, restore_test=True, task="db.scheduled-run")
     except BigskiesError as e:
         return Step("verify latest --restore-test", "failed", str(e))
     if not r.ok:

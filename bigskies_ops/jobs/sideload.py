@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from bigskies_ops import report
 from bigskies_ops.archives.integrity import ArchiveInfo, feed_file, pg_restore_script
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy, missing_roles_message
 from bigskies_ops.errors import PostgresError, SafetyError
@@ -79,7 +80,7 @@ def needed_roles(info: ArchiveInfo) -> set[str] | None:
 
 
 def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create_roles: bool,
-                skip_missing: bool, notify) -> RolePolicy:
+                skip_missing: bool) -> RolePolicy:
     """Decide, before anything is created, what the load does with roles.
 
     Every role the archive names exists here: owners and privileges come back as in
@@ -94,15 +95,15 @@ def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create
     """
     if create_roles:
         from bigskies_ops.archives.roles import create_missing_roles
-        create_missing_roles(access, info.path, notify)
+        create_missing_roles(access, info.path)
     existing = cluster_roles(maint)
     needed = needed_roles(info)
     missing = sorted(needed - existing) if needed is not None else []
     if missing and not skip_missing:
         raise SafetyError(missing_roles_message(missing, host=access.host.name))
     if missing:
-        notify(f"note: {len(missing)} role(s) named by the archive do not exist here ({', '.join(missing)}): "
-               f"their objects will be owned by the restoring user and the statements naming them skipped")
+        report.note(f"note: {len(missing)} role(s) named by the archive do not exist here ({', '.join(missing)}): "
+                    f"their objects will be owned by the restoring user and the statements naming them skipped")
     return RolePolicy(frozenset(existing), skip_missing)
 
 
@@ -144,7 +145,7 @@ def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dic
 
 
 def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: RolePolicy | None,
-                 jobs: int | None, progress, notify=print) -> tuple[int, str, str, dict | None]:
+                 jobs: int | None, progress) -> tuple[int, str, str, dict | None]:
     """Load the checked archive ``info`` into the new, empty database ``side``.
 
     Args:
@@ -169,8 +170,8 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
     j = jobs if jobs is not None else 2  # local hosts only; remote ones load with one session
     facts = info.facts
     if info.format == "custom" and j > 1 and facts is not None and (facts.load_hazards or facts.post_hazards):
-        notify(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
-               f"scheduler: a parallel load could compute other values than a serial one)")
+        report.note(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
+                    f"scheduler: a parallel load could compute other values than a serial one)")
         j = 1
     parallel = j > 1 and (native_local or (info.format == "plain" and not access.host.is_remote))
     opts = restore_pgoptions(access, j if parallel else 1)
@@ -178,7 +179,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         stats: dict = {}
         res = load_plain_parallel(access, info.path, side, jobs=j, policy=policy, pgoptions=opts,
                                   progress=progress, stats=stats)
-        report_load_stats(stats.get("serial_because"), stats.get("skipped"), notify)
+        report_load_stats(stats.get("serial_because"), stats.get("skipped"))
         return res
     skip = policy is not None and policy.skip_missing and bool((needed_roles(info) or set()) - policy.existing)
     if info.format == "plain" or skip:
@@ -188,7 +189,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         rc, out, err = feed_file(access, "psql", psql_args(side, single_transaction=True, quiet=False), info.path,
                                  decompress=True, line_filter=flt, progress=progress, pgoptions=opts,
                                  stdout_sink=tags.feed, source=source)
-        report_load_stats(None, flt.skipped, notify)
+        report_load_stats(None, flt.skipped)
         return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
     if native_local:
         r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=False, from_file=info.path),
@@ -199,15 +200,15 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
     return rc, out, err, (inserted_rows(access.sql(side)) if rc == 0 else None)
 
 
-def report_load_stats(serial_because: str | None, skipped: dict | None, notify) -> None:
-    """Tell ``notify`` why a parallel load went serial (``serial_because``) and how many
+def report_load_stats(serial_because: str | None, skipped: dict | None) -> None:
+    """Note (``report.note``) why a parallel load went serial (``serial_because``) and how many
     statements naming missing roles it skipped (``skipped``: role -> count)."""
     if serial_because:
-        notify(f"Loading serially: {serial_because} (a parallel load could compute other values than psql's "
-               f"serial load of the same dump)")
+        report.note(f"Loading serially: {serial_because} (a parallel load could compute other values than psql's "
+                    f"serial load of the same dump)")
     if skipped:
-        notify(f"Skipped {sum(skipped.values())} statement(s) naming roles missing here: "
-               + ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items())))
+        report.note(f"Skipped {sum(skipped.values())} statement(s) naming roles missing here: "
+                    + ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items())))
 
 
 def inserted_rows(sql: Sql, wait: float = 10.0) -> dict[tuple[str, str], int] | None:
@@ -244,7 +245,7 @@ _TABLES_AND_ROOTS_SQL = (
     "WHERE c.relkind IN ('r', 'p') AND c.relispartition")
 
 
-def verify_against_manifest(sql: Sql, info: ArchiveInfo, notify, copied: dict | None = None) -> int:
+def verify_against_manifest(sql: Sql, info: ArchiveInfo, copied: dict | None = None) -> int:
     """Every table of the manifest present with its recorded row count; schema_migrations present.
 
     ``copied``: rows per table reported by the server for the load itself (psql's COPY
@@ -296,15 +297,15 @@ def verify_against_manifest(sql: Sql, info: ArchiveInfo, notify, copied: dict | 
             raise PostgresError("restored copy does not match the manifest: " + "; ".join(bad[:10]))
         moved = {r for r in moved if counts.get(r) is not None and counts.get(r) == expected.get(r)}
         if moved:
-            notify("note: the rows of " + ", ".join(f"{s}.{n}" for s, n in sorted(moved)) + " are all there, "
-                   "spread over the partitions as the server routes them (pg_dump loads such tables through "
-                   "their root, as PostgreSQL's own restore does)")
+            report.note("note: the rows of " + ", ".join(f"{s}.{n}" for s, n in sorted(moved)) + " are all there, "
+                        "spread over the partitions as the server routes them (pg_dump loads such tables through "
+                        "their root, as PostgreSQL's own restore does)")
         if extra:
-            notify("warning: rows were added during the load by the schema itself (its triggers, rules or "
-                   "functions), as PostgreSQL's own restore would add them: " + "; ".join(extra[:10]))
+            report.note("warning: rows were added during the load by the schema itself (its triggers, rules or "
+                        "functions), as PostgreSQL's own restore would add them: " + "; ".join(extra[:10]))
     has_sm = sql.value("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
     if man.get("schema_migrations_head") and not has_sm:
         raise PostgresError("restored copy has no schema_migrations table, but the backup recorded one")
     if not has_sm:
-        notify("warning: the restored database has no schema_migrations table")
+        report.note("warning: the restored database has no schema_migrations table")
     return len(tables)

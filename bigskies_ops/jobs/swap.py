@@ -15,6 +15,7 @@ import re
 import socket
 import time
 
+from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.errors import BigskiesError, PostgresError, SafetyError, StorageError
@@ -56,14 +57,14 @@ def mark_side_database(maint: Sql, side: str, of: str, when) -> None:
         {"tag": SIDE_TAG, "of": of, "pid": os.getpid(), "host": socket.gethostname(), "at": iso(when)}))))
 
 
-def drop_leftover_side_dbs(maint: Sql, db: str, notify) -> None:
+def drop_leftover_side_dbs(maint: Sql, db: str) -> None:
     """Drop side databases of ``db`` left by a restore whose process died (same control host,
     pid gone). We hold the (host, database) lock, so no live restore owns them."""
     for r in _tagged(maint, SIDE_TAG, db):
         c = r["tag"]
         if c.get("host") == socket.gethostname() and isinstance(c.get("pid"), int) and not pid_alive(c["pid"]):
             drop_db(maint, r["name"])
-            notify(f"Dropped {r['name']!r}, left by an interrupted restore (pid {c['pid']}, {c.get('at')})")
+            report.note(f"Dropped {r['name']!r}, left by an interrupted restore (pid {c['pid']}, {c.get('at')})")
 
 
 def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
@@ -85,7 +86,7 @@ def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
     return out
 
 
-def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str, notify,
+def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str,
          comment: pgsql.Composable = pgsql.SQL("NULL")) -> None:
     """In ONE transaction rename ``db`` to ``pre`` (commented as a pre-restore copy
     replaced by ``archive``) and ``side`` to ``db`` (commented with ``comment``).
@@ -103,7 +104,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
         listing, refusal = _sessions_refusal(db, sess)
         if not terminate:
             raise SafetyError(refusal)
-        notify(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
+        report.note(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
         maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(db)))
         # the sessions listed, never autovacuum: the server cancels it itself on RENAME/DROP,
         # and a non-superuser owner may not signal it ("must be a superuser to terminate ...")
@@ -126,7 +127,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
                     maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
                 except BigskiesError:
                     pass
-    notify(f"Swapped: {db!r} is the restored copy; the previous database is kept as {pre!r}")
+    report.note(f"Swapped: {db!r} is the restored copy; the previous database is kept as {pre!r}")
 
 
 def _renames(maint: Sql, db: str, script: pgsql.Composable, terminate: bool) -> None:
@@ -153,7 +154,7 @@ def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
     return out
 
 
-def prune_pre_restore(maint: Sql, db: str, keep: int, notify=print, warnings: list[str] | None = None) -> list[str]:
+def prune_pre_restore(maint: Sql, db: str, keep: int, warnings: list[str] | None = None) -> list[str]:
     """Drop the pre-restore copies of ``db`` beyond the newest ``keep``; returns their names.
 
     With ``warnings`` (after a restore's swap: housekeeping that must not read as a
@@ -169,15 +170,15 @@ def prune_pre_restore(maint: Sql, db: str, keep: int, notify=print, warnings: li
             w = (f"the restore is done, but the old pre-restore copy {c['name']!r} could not be dropped "
                  f"({str(e).splitlines()[0][:200]}); drop it with: psql -d {maint.database} -c "
                  f"'DROP DATABASE {ident(c['name']).as_string()} WITH (FORCE)'")
-            notify(f"warning: {w}")
+            report.note(f"warning: {w}")
             warnings.append(w)
             continue
-        notify(f"Dropped old pre-restore copy {c['name']!r} (keep_pre_restore = {keep})")
+        report.note(f"Dropped old pre-restore copy {c['name']!r} (keep_pre_restore = {keep})")
         dropped.append(c["name"])
     return dropped
 
 
-def undo(host: Host, *, terminate_sessions: bool = False, notify=print, task: str = "db.restore --undo") -> dict:
+def undo(host: Host, *, terminate_sessions: bool = False, task: str = "db.restore --undo") -> dict:
     """Swap the newest pre-restore copy back in; the current database becomes a
     pre-restore copy itself (so the undo can be undone).
 
@@ -187,14 +188,14 @@ def undo(host: Host, *, terminate_sessions: bool = False, notify=print, task: st
     db = host.postgres.database
     with PostgresAccess(host) as access:
         maint = access.sql(host.postgres.maintenance_db)
-        with host_lock(access.runner, host.backup.dir, host.name, db, task, notify=notify):
+        with host_lock(access.runner, host.backup.dir, host.name, db, task):
             copies = pre_restore_copies(maint, db)
             if not copies:
                 raise StorageError(f"no pre-restore copy of {db!r} on {host.name}")
             src = copies[0]["name"]
             now = utcnow()
             pre = unused_name(maint, pre_restore_name, db, now)
-            with coordinators_paused(access.runner, host, notify) as stopped:
-                swap(maint, db, src, pre, terminate_sessions, f"undo: {src}", notify)
+            with coordinators_paused(access.runner, host) as stopped:
+                swap(maint, db, src, pre, terminate_sessions, f"undo: {src}")
             maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(db)))
             return {"database": db, "restored_from": src, "previous_kept_as": pre, "coordinators": stopped}

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from bigskies_ops import __version__
+from bigskies_ops import __version__, report
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.archives.catalog import Backup, MANIFEST_SUFFIX, PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow, \
     write_manifest
@@ -99,7 +99,7 @@ def _checks_for(fmt: str, manifest: dict | None) -> list[str]:
     return c
 
 
-def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: bool = False, notify=print,
+def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: bool = False,
                   task: str = "db.verify") -> VerifyResult:
     """Verify one archive (on the control machine) and record the result in its manifest.
 
@@ -124,8 +124,8 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
         try:
             path = b.path
             if host.is_remote:  # the checks read a local copy; the host's own tools read it over SSH
-                staged, path = _stage_locally(access.runner, b, notify)
-            _verify_and_record(access, host, b, path, res, restore_test, adopt, notify, task)
+                staged, path = _stage_locally(access.runner, b)
+            _verify_and_record(access, host, b, path, res, restore_test, adopt, task)
         finally:
             if staged:
                 import shutil
@@ -133,13 +133,13 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
     return res
 
 
-def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
+def _stage_locally(runner, b: Backup) -> tuple[str, str]:
     """Copy an archive (and its manifest) from an SSH host into a private local folder."""
     import json
     import tempfile
     d = tempfile.mkdtemp(prefix="bigskies-verify-")
     local = os.path.join(d, b.name)
-    notify(f"Copying {b.name} from {runner.label} to check it here")
+    report.note(f"Copying {b.name} from {runner.label} to check it here")
     with runner.open_read(b.path) as src, open(local, "wb") as dst:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             dst.write(chunk)
@@ -150,7 +150,7 @@ def _stage_locally(runner, b: Backup, notify) -> tuple[str, str]:
 
 
 def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
-                       notify, task: str) -> None:
+                       task: str) -> None:
     info = None
     try:
         info = check_archive(access, path, full=True)
@@ -158,7 +158,7 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
         res.notes += info.warnings
         if restore_test:
             with _sigterm_unwinds():
-                res.restore_test = _restore_test(access, host, info, notify)
+                res.restore_test = _restore_test(access, host, info)
             res.checks.append("restore test")
         res.ok = True
     except (ArchiveError, PostgresError) as e:
@@ -168,31 +168,30 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
     entry = {"at": iso(utcnow()), "ok": res.ok, "checks": res.checks, "error": res.error,
              "restore_test": res.restore_test, "tool": f"bigskies-ops {__version__}"}
     if b.manifest is not None:
-        res.recorded = _record(access.runner, host, b, entry, notify, task)
+        res.recorded = _record(access.runner, host, b, entry, task)
     elif adopt and res.ok:
-        res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, notify, task, local_path=path)
+        res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, task, local_path=path)
     elif b.legacy:
         res.notes.append("legacy file without a manifest: the result is not recorded (pass --adopt to "
                          "write a manifest for it)")
 
 
-def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
+def _restore_test(access: PostgresAccess, host: Host, info) -> dict:
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
     name = unused_name(maint, verify_db_name, db, utcnow())
     t0 = time.monotonic()
-    notify(f"Restore test into throwaway database {name!r}")
+    report.note(f"Restore test into throwaway database {name!r}")
     # a throwaway copy: roles missing here cost their statements, never the test
-    policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True,
-                         notify=notify)
-    create_like(maint, name, db_info(maint, host.postgres.database), notify)
+    policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True)
+    create_like(maint, name, db_info(maint, host.postgres.database))
     try:
-        rc, out, err, _copied = load_archive(access, info, name, policy, None, None, notify)  # counted independently below
+        rc, out, err, _copied = load_archive(access, info, name, policy, None, None)  # counted independently below
         if rc != 0:
             from bigskies_ops.hosts.runners import tail
             raise PostgresError(f"restore test: restoring into {name!r} failed (exit {rc}): {tail(err, 600)}")
         try:
-            checked = verify_against_manifest(access.sql(name), info, notify)
+            checked = verify_against_manifest(access.sql(name), info)
         except PostgresError as e:
             raise PostgresError(f"restore test: {e}") from None
         tables = access.sql(name).query(TABLES_SQL)
@@ -204,20 +203,20 @@ def _restore_test(access: PostgresAccess, host: Host, info, notify) -> dict:
     finally:
         try:
             drop_db(maint, name)
-            notify(f"Dropped throwaway database {name!r}")
+            report.note(f"Dropped throwaway database {name!r}")
         except BigskiesError as e:
-            notify(f"warning: could not drop throwaway database {name!r}: {e}")
+            report.note(f"warning: could not drop throwaway database {name!r}: {e}")
 
 
-def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bool:
+def _record(runner, host: Host, b: Backup, entry: dict, task: str) -> bool:
     """Append ``entry`` to the manifest's verifications (under the lock; re-read first)."""
     db = b.database or host.postgres.database
     rt = entry.get("restore_test")
     if rt:
         entry = dict(entry, restore_test={k: v for k, v in rt.items() if k != "tables"})
-    with host_lock(runner, b.dir, host.name, db, task, notify=notify):
+    with host_lock(runner, b.dir, host.name, db, task):
         if not runner.exists(b.path):
-            notify(f"warning: {b.name} disappeared during verification; result not recorded")
+            report.note(f"warning: {b.name} disappeared during verification; result not recorded")
             return False
         man = read_manifest(runner, b.path)
         if man is None:
@@ -227,7 +226,7 @@ def _record(runner, host: Host, b: Backup, entry: dict, notify, task: str) -> bo
     return True
 
 
-def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, local_path: str | None = None) -> bool:
+def _adopt(runner, host: Host, b: Backup, info, entry: dict, task: str, local_path: str | None = None) -> bool:
     from bigskies_ops.archives.catalog import SCHEMA_VERSION, parse_archive_name
     from bigskies_ops.archives.hashing import sha256_file
     from bigskies_ops.hosts.local import LocalRunner
@@ -251,9 +250,9 @@ def _adopt(runner, host: Host, b: Backup, info, entry: dict, notify, task: str, 
     if rt:
         entry = dict(entry, restore_test={k: v for k, v in rt.items() if k != "tables"})
     man["verifications"].append(entry)
-    with host_lock(runner, b.dir, host.name, p.database, task, notify=notify):
+    with host_lock(runner, b.dir, host.name, p.database, task):
         if runner.exists(b.path + MANIFEST_SUFFIX):
             raise StorageError(f"{b.name} got a manifest while we were checking it; not adopting")
         write_manifest(runner, b.path, man)
-    notify(f"Adopted {b.name}: manifest written (time zone of its name unknown, read as UTC)")
+    report.note(f"Adopted {b.name}: manifest written (time zone of its name unknown, read as UTC)")
     return True

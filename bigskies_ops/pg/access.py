@@ -99,8 +99,6 @@ class PostgresAccess:
         #: ``application_name`` of every session this access opens (libpq ``PGAPPNAME``):
         #: lets a lock watcher find our own sessions (:mod:`bigskies_ops.pg.lockwait`).
         self.app_name: str | None = new_app_name()
-        #: where a lock watcher reports a wait of the library's own SQL (None: not watched)
-        self.notify = None
         #: ``lock_timeout`` of the library's own sessions, seconds (0: wait, but visibly)
         self.lock_timeout_s: float = float(getattr(host.backup, "lock_wait_timeout", None) or 0)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 
+from bigskies_ops import report
 from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
 from bigskies_ops.errors import BigskiesError, PostgresError, SafetyError
 from bigskies_ops.hosts.runners import tail
@@ -44,7 +45,7 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
         "ORDER BY pid").format(lit(name)))
 
 
-def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
+def create_like(sql: Sql, new: str, like: dict | None) -> None:
     """CREATE DATABASE ``new`` from template0 with ``like``'s owner, default tablespace,
     encoding and collation.
     Its settings come after the load (:func:`apply_properties`): a setting such as
@@ -57,8 +58,8 @@ def create_like(sql: Sql, new: str, like: dict | None, notify=print) -> None:
         if can_own:
             parts.append(pgsql.SQL("OWNER {}").format(ident(like["owner"])))
         else:
-            notify(f"note: cannot make {like['owner']!r} the owner (not a member of that role); "
-                   f"the restored database is owned by the restoring user")
+            report.note(f"note: cannot make {like['owner']!r} the owner (not a member of that role); "
+                        f"the restored database is owned by the restoring user")
         if like.get("tablespace"):  # the database stays on the disk it was on
             parts.append(pgsql.SQL("TABLESPACE {}").format(ident(like["tablespace"])))
         parts.append(pgsql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
@@ -147,7 +148,7 @@ def database_properties(maint: Sql, name: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def apply_properties(maint: Sql, name: str, props: dict, existing: frozenset | None, notify) -> list[str]:
+def apply_properties(maint: Sql, name: str, props: dict, existing: frozenset | None) -> list[str]:
     """Give database ``name`` the settings, role settings and privileges of ``props``
     (:func:`database_properties_sql`) after its data is loaded. The comment comes with
     the swap. ``existing``: the roles of this cluster, whose absence skips a role's
@@ -188,7 +189,7 @@ def apply_properties(maint: Sql, name: str, props: dict, existing: frozenset | N
                 pgsql.SQL(" WITH GRANT OPTION" if grant_option else "")))
         run(pgsql.SQL("BEGIN; {}; COMMIT").format(pgsql.SQL("; ").join(stmts)), "the database's privileges")
     for w in warnings:
-        notify(f"warning: {w}")
+        report.note(f"warning: {w}")
     return warnings
 
 
@@ -220,7 +221,7 @@ def server_free_bytes(access: PostgresAccess, maint: Sql) -> tuple[int | None, s
     return (free, datadir) if free is not None else (None, f"{datadir} cannot be read here")
 
 
-def check_space(access: PostgresAccess, maint: Sql, info, notify) -> None:
+def check_space(access: PostgresAccess, maint: Sql, info) -> None:
     """Refuse before anything is created when the server lacks the room for the side
     database: the backed-up database's size (manifest ``database_bytes``), plus the WAL
     the load writes before a checkpoint recycles it (up to ``max_wal_size``), plus 10%.
@@ -233,13 +234,13 @@ def check_space(access: PostgresAccess, maint: Sql, info, notify) -> None:
     from bigskies_ops.text import human_bytes
     size = ((getattr(info, "manifest", None) or {}).get("database_bytes"))
     if size is None:
-        notify("note: free space on the server not checked (the backup did not record its database's size)")
+        report.note("note: free space on the server not checked (the backup did not record its database's size)")
         return
     wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0
     need = int(size + min(size, wal) + size // 10)
     free, where = server_free_bytes(access, maint)
     if free is None:
-        notify(f"note: free space on the server not checked: {where}")
+        report.note(f"note: free space on the server not checked: {where}")
         return
     if free < need:
         raise SafetyError(f"the restore needs about {human_bytes(need)} on the server ({human_bytes(size)} of "

@@ -24,8 +24,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-#: where waits are reported when the access has no ``notify`` of its own (the CLI sets it)
-reporter = None
+from bigskies_ops import report
 
 FIRST_LOOK_S = 1.0   # a wait shorter than this is not worth a line
 POLL_S = 1.5         # then look this often (each look is one short psql session)
@@ -79,15 +78,16 @@ def describe_wait(w: dict) -> str:
 
 
 class Watcher:
-    """Polls for lock waits of the sessions named ``access.app_name`` on a daemon thread."""
+    """Polls for lock waits of the sessions named ``access.app_name`` on a daemon thread,
+    which reports (:func:`bigskies_ops.report.note`) where the code that made the watcher does."""
 
-    def __init__(self, access, database: str, notify, what: str = "", timeout_s: float | None = None):
-        self.access, self.database, self.notify, self.what = access, database, notify, what
+    def __init__(self, access, database: str, what: str = "", timeout_s: float | None = None):
+        self.access, self.database, self.what = access, database, what
         self.timeout_s = timeout_s
         self.last: list[dict] = []      # the last waits seen (for the error after a lock timeout)
         self.seen_wait = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="bigskies-lockwait")
+        self._thread = threading.Thread(target=report.carried(self._run), daemon=True, name="bigskies-lockwait")
 
     def start(self) -> "Watcher":
         self._thread.start()
@@ -143,7 +143,7 @@ class Watcher:
 
     def _say(self, text: str) -> None:
         try:
-            self.notify(text)
+            report.note(text)
         except Exception:  # noqa: BLE001
             pass
 
@@ -153,17 +153,15 @@ class Watcher:
 
 
 @contextmanager
-def watching(access, database: str, *, what: str = "", timeout_s: float | None = None, notify=None):
+def watching(access, database: str, *, what: str = "", timeout_s: float | None = None):
     """Report lock waits of ``access``'s sessions on ``database`` while the block runs.
 
-    Does nothing when ``access.app_name`` is unset or there is nobody to tell (no
-    ``notify``, ``access.notify`` or module :data:`reporter`). Yields the
-    :class:`Watcher` (or None)."""
-    tell = notify or getattr(access, "notify", None) or reporter
-    if not getattr(access, "app_name", None) or tell is None:
+    Does nothing when ``access.app_name`` is unset or there is nobody to tell (no note
+    sink in effect, :func:`bigskies_ops.report.sinks`). Yields the :class:`Watcher` (or None)."""
+    if not getattr(access, "app_name", None) or report.sinks().note is None:
         yield None
         return
-    w = Watcher(access, database, tell, what, timeout_s).start()
+    w = Watcher(access, database, what, timeout_s).start()
     try:
         yield w
     finally:

@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from bigskies_ops import report
 from bigskies_ops.hosts import compose as cmp
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import BigskiesError, CommandError, PostgresError, SafetyError, StorageError, UsageError
@@ -69,7 +70,7 @@ def postgres_container(host: Host, project: cmp.Project | None = None) -> str | 
 
 
 # ------------------------------------------------------------------ waiting
-def wait_ready(host: Host, *, timeout: float = 60.0, runner=None, notify=print, interval: float = 0.5) -> float:
+def wait_ready(host: Host, *, timeout: float = 60.0, runner=None, interval: float = 0.5) -> float:
     """Wait until PostgreSQL accepts connections (``SELECT 1`` on the maintenance database).
 
     Returns:
@@ -121,7 +122,7 @@ def migration_version(access: PostgresAccess, database: str) -> int | None:
     return int(v) if v is not None else None
 
 
-def wait_migrations(host: Host, *, timeout: float = 120.0, runner=None, notify=print,
+def wait_migrations(host: Host, *, timeout: float = 120.0, runner=None,
                     interval: float = 1.0) -> dict:
     """Wait until ``schema_migrations`` reaches the newest file of the migrations folder
     (the guide's "watch the bootstrap logs").
@@ -160,7 +161,7 @@ def wait_migrations(host: Host, *, timeout: float = 120.0, runner=None, notify=p
 
 
 # ------------------------------------------------------------------ lifecycle
-def build(host: Host, *, notify=print) -> dict:
+def build(host: Host) -> dict:
     """``compose build``: rebuild images only (the data volume is not touched).
 
     Raises:
@@ -169,7 +170,7 @@ def build(host: Host, *, notify=print) -> dict:
     """
     with runner_for(host) as runner:
         project = cmp.resolved_config(runner, host)
-        notify(f"Building images of compose project {project.name!r}")
+        report.note(f"Building images of compose project {project.name!r}")
         _compose_strict(runner, host, "build", what="compose build")
         built = []
         for s, d in project.services.items():
@@ -184,7 +185,7 @@ def build(host: Host, *, notify=print) -> dict:
 
 
 def up(host: Host, *, timeout: float = 60.0, wait_for_migrations: bool = False,
-       migrations_timeout: float = 120.0, notify=print) -> dict:
+       migrations_timeout: float = 120.0) -> dict:
     """``compose up -d``, then wait until PostgreSQL accepts connections (and, with
     ``wait_for_migrations``, until schema_migrations reaches the newest migration file).
 
@@ -196,27 +197,27 @@ def up(host: Host, *, timeout: float = 60.0, wait_for_migrations: bool = False,
         project = cmp.resolved_config(runner, host)
         if host.coordinators:
             cmp.check_coordinators(host, project)
-        notify(f"Starting compose project {project.name!r} ({', '.join(project.services)})")
+        report.note(f"Starting compose project {project.name!r} ({', '.join(project.services)})")
         _compose_strict(runner, host, "up", "-d", what="compose up -d")
-        notify("Waiting for PostgreSQL to accept connections"
-               + (f" (container {host.container.name})" if host.container else ""))
-        waited = wait_ready(host, timeout=timeout, runner=runner, notify=notify)
+        report.note("Waiting for PostgreSQL to accept connections"
+                    + (f" (container {host.container.name})" if host.container else ""))
+        waited = wait_ready(host, timeout=timeout, runner=runner)
         out = {"project": project.name, "ready_after_s": round(waited, 3)}
         if wait_for_migrations:
-            notify(f"Waiting for schema_migrations to reach the newest file in {host.migrations.dir}")
-            out["migrations"] = wait_migrations(host, timeout=migrations_timeout, runner=runner, notify=notify)
+            report.note(f"Waiting for schema_migrations to reach the newest file in {host.migrations.dir}")
+            out["migrations"] = wait_migrations(host, timeout=migrations_timeout, runner=runner)
         out["services"] = services_status(runner, host, project)
         not_running = [s["service"] for s in out["services"] if s["state"] != "running"]
         if not_running:
-            notify(f"warning: service(s) not running: {', '.join(not_running)}")
+            report.note(f"warning: service(s) not running: {', '.join(not_running)}")
         return out
 
 
-def down(host: Host, *, notify=print) -> dict:
+def down(host: Host) -> dict:
     """``compose down``: stop and remove the containers; named volumes are kept."""
     with runner_for(host) as runner:
         project = cmp.resolved_config(runner, host)
-        notify(f"Stopping compose project {project.name!r} (volumes are kept)")
+        report.note(f"Stopping compose project {project.name!r} (volumes are kept)")
         cmp.run_compose(runner, host, "down", what="compose down")
         left = [s for s in project.services if cmp.service_containers(runner, host, project, s, running_only=True)]
         if left:
@@ -225,13 +226,13 @@ def down(host: Host, *, notify=print) -> dict:
         return {"project": project.name}
 
 
-def restart(host: Host, *, timeout: float = 60.0, notify=print) -> dict:
+def restart(host: Host, *, timeout: float = 60.0) -> dict:
     """``compose restart``, then wait until PostgreSQL accepts connections."""
     with runner_for(host) as runner:
         project = cmp.resolved_config(runner, host)
-        notify(f"Restarting compose project {project.name!r}")
+        report.note(f"Restarting compose project {project.name!r}")
         _compose_strict(runner, host, "restart", what="compose restart")
-        waited = wait_ready(host, timeout=timeout, runner=runner, notify=notify)
+        waited = wait_ready(host, timeout=timeout, runner=runner)
         return {"project": project.name, "ready_after_s": round(waited, 3),
                 "services": services_status(runner, host, project)}
 
@@ -436,7 +437,7 @@ def purge_plan(host: Host, *, runner=None) -> PurgePlan:
             runner.close()
 
 
-def purge(host: Host, *, take_backup: bool = True, pull: bool = True, notify=print, backup_fn=None,
+def purge(host: Host, *, take_backup: bool = True, pull: bool = True, backup_fn=None,
           pull_to: Host | None = None) -> dict:
     """Remove the project's containers AND its data volume, after a ``pre-purge`` backup.
 
@@ -464,9 +465,9 @@ def purge(host: Host, *, take_backup: bool = True, pull: bool = True, notify=pri
             if mnt and (posixpath.normpath(bdir) + "/").startswith(posixpath.normpath(mnt) + "/"):
                 raise StorageError(f"backup.dir {bdir} lies inside the volume {plan.volume} that purge deletes; "
                                    f"nothing was purged")
-            notify(f"Taking a pre-purge backup into {bdir}")
+            report.note(f"Taking a pre-purge backup into {bdir}")
             try:
-                res = backup_fn(host, kind="pre-purge", label="before docker.purge", notify=notify,
+                res = backup_fn(host, kind="pre-purge", label="before docker.purge",
                                 task="docker.purge")
             except SafetyError:  # a caller's check of the backup refused: its own words
                 raise
@@ -474,10 +475,10 @@ def purge(host: Host, *, take_backup: bool = True, pull: bool = True, notify=pri
                 raise BigskiesError(f"pre-purge backup failed, nothing was purged: {e}",
                                     exit_code=e.exit_code) from e
             result["backup"] = res.backup.path
-            notify(f"Pre-purge backup written: {res.backup.path}")
+            report.note(f"Pre-purge backup written: {res.backup.path}")
             if host.is_remote and pull:
-                result["pulled"] = _pull_backup(host, res, notify, pull_to)
-        notify(f"Purging compose project {plan.project!r}: containers and volumes")
+                result["pulled"] = _pull_backup(host, res, pull_to)
+        report.note(f"Purging compose project {plan.project!r}: containers and volumes")
         cmp.run_compose(runner, host, "down", "-v", what="compose down -v")
         project = cmp.resolved_config(runner, host)
         engine = cmp.engine_argv(host)
@@ -499,12 +500,13 @@ def purge(host: Host, *, take_backup: bool = True, pull: bool = True, notify=pri
         return result
 
 
-def _pull_backup(host: Host, res, notify, pull_to: Host | None) -> str | None:
+def _pull_backup(host: Host, res, pull_to: Host | None) -> str | None:
     """Copy a remote pre-purge backup to ``<pull_to backup.dir>/<host>/`` (bigskies_ops.jobs.pull)."""
     if pull_to is None:
-        notify(f"warning: no local host to pull to; the pre-purge backup stays on {host.name} at {res.backup.path}")
+        report.note(f"warning: no local host to pull to; the pre-purge backup stays on {host.name} at "
+                    f"{res.backup.path}")
         return None
     from bigskies_ops.jobs.pull import pull_existing
-    out = pull_existing(host, pull_to, res.backup.name, notify=notify)
-    notify(f"Pre-purge backup pulled to {out.backup.path}")
+    out = pull_existing(host, pull_to, res.backup.name)
+    report.note(f"Pre-purge backup pulled to {out.backup.path}")
     return out.backup.path

@@ -13,7 +13,7 @@ The callers (tasks) apply the safety policy and confirmations first.
 """
 from __future__ import annotations
 
-from bigskies_ops import output
+from bigskies_ops import output, report
 from bigskies_ops.hosts import compose as cmp
 from bigskies_ops.stack import lifecycle as stack
 from bigskies_ops.jobs.backup import backup as run_backup
@@ -28,13 +28,13 @@ from bigskies_ops.hosts.local import LocalRunner
 class Steps:
     """Numbers and announces each step: ``Step 2/5: Stop everything (docker.down)``."""
 
-    def __init__(self, total: int, say=print):
-        self.n, self.total, self.say = 0, total, say
+    def __init__(self, total: int):
+        self.n, self.total = 0, total
         self.done: list[str] = []
 
     def __call__(self, title: str):
         self.n += 1
-        self.say(f"Step {self.n}/{self.total}: {title}")
+        report.say(f"Step {self.n}/{self.total}: {title}")
         self.done.append(title)
 
 
@@ -51,18 +51,17 @@ def _current_counts(host: Host, tables: list[str]) -> dict:
     return {f"{s}.{n}": v for (s, n), v in got.items()}
 
 
-def before_risky_change(host: Host, *, restart_service: str | None = None, label: str | None = None,
-                        say=print, notify=print) -> dict:
+def before_risky_change(host: Host, *, restart_service: str | None = None, label: str | None = None) -> dict:
     """Scenario 1: back up, (optionally) restart a service as "the change", check the
     server is up again, and say how to go back.
 
     Raises:
         UsageError: ``restart_service`` is not a service of the project (exit 2).
     """
-    steps = Steps(3 if restart_service else 2, say)
+    steps = Steps(3 if restart_service else 2)
     steps("Back up the database (db.backup)")
-    res = run_backup(host, label=label or "before risky change", notify=notify, task="scenario.before-risky-change")
-    say(f"  backup: {res.backup.path}")
+    res = run_backup(host, label=label or "before risky change", task="scenario.before-risky-change")
+    report.say(f"  backup: {res.backup.path}")
     if restart_service:
         steps(f"Make the change: restart service {restart_service!r}")
         with runner_for(host) as runner:
@@ -73,28 +72,28 @@ def before_risky_change(host: Host, *, restart_service: str | None = None, label
                                  f"its services: {', '.join(sorted(project.services))}")
             cmp.run_compose(runner, host, "restart", restart_service)
     steps("Check PostgreSQL accepts connections")
-    stack.wait_ready(host, timeout=60, notify=notify)
-    say(f"  If something breaks, restore: {output.hint(f'db.restore {res.backup.path} --host {host.name}')}")
+    stack.wait_ready(host, timeout=60)
+    report.say(f"  If something breaks, restore: {output.hint(f'db.restore {res.backup.path} --host {host.name}')}")
     return {"backup": res.backup.path, "steps": steps.done}
 
 
-def fresh_start(host: Host, *, timeout: float = 60.0, say=print, notify=print) -> dict:
+def fresh_start(host: Host, *, timeout: float = 60.0) -> dict:
     """Scenario 2: back up, down, build, up (the volume persists), verify the data is intact
     (every table's exact row count equals the backup's manifest).
 
     Raises:
         StorageError: the data after the restart differs from the backup (exit 1).
     """
-    steps = Steps(5, say)
+    steps = Steps(5)
     steps("Back up the current state (db.backup)")
-    res = run_backup(host, label="scenario fresh-start", notify=notify, task="scenario.fresh-start")
-    say(f"  backup: {res.backup.path}")
+    res = run_backup(host, label="scenario fresh-start", task="scenario.fresh-start")
+    report.say(f"  backup: {res.backup.path}")
     steps("Stop everything (docker.down)")
-    stack.down(host, notify=notify)
+    stack.down(host)
     steps("Rebuild images (docker.build)")
-    stack.build(host, notify=notify)
+    stack.build(host)
     steps("Start; the database persists in its volume (docker.up)")
-    stack.up(host, timeout=timeout, notify=notify)
+    stack.up(host, timeout=timeout)
     steps("Verify the data is intact (row counts against the backup's manifest)")
     want = _counts(res.manifest)
     got = _current_counts(host, list(want))
@@ -102,7 +101,7 @@ def fresh_start(host: Host, *, timeout: float = 60.0, say=print, notify=print) -
     if diff:
         raise StorageError("data changed across down/build/up: " + "; ".join(diff[:10]) +
                            f". The backup {res.backup.path} holds the state before.")
-    say(f"  {len(want)} tables intact")
+    report.say(f"  {len(want)} tables intact")
     return {"backup": res.backup.path, "tables_checked": len(want), "steps": steps.done}
 
 
@@ -123,7 +122,7 @@ def roles_setting_check(host: Host, roles: bool, task: str) -> None:
                       f"compose block), or pass --no-roles to restore without them.")
 
 
-def restore_ready(host: Host, archive: str, *, roles: bool, task: str, notify=print) -> None:
+def restore_ready(host: Host, archive: str, *, roles: bool, task: str) -> None:
     """Before the first destructive step of a scenario that purges and then restores
     ``archive``: check everything that restore needs is there and sound: the archive
     (manifest DONE, size and sha256 as recorded, readable by pg_restore/the plain-SQL
@@ -164,19 +163,19 @@ def restore_ready(host: Host, archive: str, *, roles: bool, task: str, notify=pr
                               f"{got[:12]}..., recorded {want[:12]}...)", host,
                               f"Take a new backup ({output.hint(f'db.backup --host {host.name}')}) or pass --no-roles.")
         # last: it records its result in the manifest (a refusal above changes nothing)
-        res = verify_backup(host, b, notify=notify, task=task)
+        res = verify_backup(host, b, task=task)
         if not res.ok:
             raise _refuse(f"{task} would restore {archive}, which does not verify: {res.error}", host,
                           f"Check it with {output.hint(f'db.verify {archive} --host {host.name}')}; take a new "
                           f"backup or name another archive.")
-        notify(f"checked before purging: {posixpath.basename(archive)} verified"
-               + (", its roles file present" if roles else ""))
+        report.note(f"checked before purging: {posixpath.basename(archive)} verified"
+                    + (", its roles file present" if roles else ""))
     finally:
         runner.close()
 
 
 def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool = True, roles: bool = True,
-                   timeout: float = 60.0, wait_migrations: bool = False, say=print, notify=print) -> dict:
+                   timeout: float = 60.0, wait_migrations: bool = False) -> dict:
     """Scenario 3: purge (after a pre-purge backup), build, up, then restore that backup
     (with ``roles``: the roles missing in the new cluster are created first).
 
@@ -192,37 +191,36 @@ def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool
     if will_restore:
         roles_setting_check(host, roles, "scenario.complete-reset")
     total = 3 + (1 if restore_backup else 0)
-    steps = Steps(total, say)
+    steps = Steps(total)
     steps("Purge containers and the data volume (docker.purge" + (", pre-purge backup first)" if take_backup
                                                                    else ", NO backup)"))
 
     def backup_then_check(h, **kw):
         res = run_backup(h, **kw)
         if will_restore:
-            restore_ready(h, res.backup.path, roles=roles, task="scenario.complete-reset", notify=notify)
+            restore_ready(h, res.backup.path, roles=roles, task="scenario.complete-reset")
         return res
-    pres = stack.purge(host, take_backup=take_backup, notify=notify, backup_fn=backup_then_check)
+    pres = stack.purge(host, take_backup=take_backup, backup_fn=backup_then_check)
     if pres["backup"]:
-        say(f"  pre-purge backup: {pres['backup']}")
+        report.say(f"  pre-purge backup: {pres['backup']}")
     steps("Rebuild images (docker.build)")
-    stack.build(host, notify=notify)
+    stack.build(host)
     steps("Start fresh (docker.up)")
-    stack.up(host, timeout=timeout, wait_for_migrations=wait_migrations, notify=notify)
+    stack.up(host, timeout=timeout, wait_for_migrations=wait_migrations)
     out = {"backup": pres["backup"], "restored": None, "steps": steps.done}
     if restore_backup:
         if not pres["backup"]:
-            say("  nothing to restore (no pre-purge backup was taken)")
+            report.say("  nothing to restore (no pre-purge backup was taken)")
         else:
             steps(f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})")
-            rr = run_restore(host, pres["backup"], roles=roles, skip_missing_roles=not roles, terminate_sessions=True,
-                             notify=notify)
+            rr = run_restore(host, pres["backup"], roles=roles, skip_missing_roles=not roles, terminate_sessions=True)
             out["restored"] = rr.archive
             out["coordinators"] = rr.coordinators
     return out
 
 
 def recover_corruption(host: Host, *, archive: str | None = None, timeout: float = 60.0,
-                       migrations_timeout: float = 120.0, roles: bool = True, say=print, notify=print) -> dict:
+                       migrations_timeout: float = 120.0, roles: bool = True) -> dict:
     """Scenario 5: stop coordinators, try a backup (it may fail), recreate the volume
     (down, delete the volume, up, wait for the migrations), restore the given archive or
     the newest good backup (the one just taken when it succeeded).
@@ -236,8 +234,8 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
     """
     roles_setting_check(host, roles, "scenario.recover-corruption")
     if archive is not None:  # named: check it before stopping anything
-        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
-    steps = Steps(6, say)
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption")
+    steps = Steps(6)
     steps("Stop the coordinators")
     with runner_for(host) as runner:
         project = cmp.resolved_config(runner, host)
@@ -247,11 +245,11 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
     steps("Try to back up (may fail on a corrupt database)")
     fresh = None
     try:
-        fresh = run_backup(host, label="scenario recover-corruption", notify=notify,
+        fresh = run_backup(host, label="scenario recover-corruption",
                            task="scenario.recover-corruption")
-        say(f"  backup: {fresh.backup.path}")
+        report.say(f"  backup: {fresh.backup.path}")
     except BigskiesError as e:
-        say(f"  backup failed ({e}); restoring from the last known good backup")
+        report.say(f"  backup failed ({e}); restoring from the last known good backup")
     if archive is None:
         if fresh is not None:
             archive = fresh.backup.path
@@ -262,17 +260,17 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
                 raise StorageError(f"no good backup of {host.postgres.database!r} in {host.backup.dir}; "
                                    f"nothing was deleted")
             archive = b.path
-        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption", notify=notify)
-    say(f"  will restore: {archive}")
+        restore_ready(host, archive, roles=roles, task="scenario.recover-corruption")
+    report.say(f"  will restore: {archive}")
     steps("Delete the data volume (docker.purge --no-backup)")
-    stack.purge(host, take_backup=False, notify=notify)
+    stack.purge(host, take_backup=False)
     steps("Start fresh (docker.up)")
-    stack.up(host, timeout=timeout, notify=notify)
+    stack.up(host, timeout=timeout)
     steps("Wait for the bootstrap migrations")
     try:
-        stack.wait_migrations(host, timeout=migrations_timeout, notify=notify)
+        stack.wait_migrations(host, timeout=migrations_timeout)
     except BigskiesError as e:
-        say(f"  warning: {e}")
+        report.say(f"  warning: {e}")
     steps("Restore (db.restore)")
-    rr = run_restore(host, archive, roles=roles, skip_missing_roles=not roles, terminate_sessions=True, notify=notify)
+    rr = run_restore(host, archive, roles=roles, skip_missing_roles=not roles, terminate_sessions=True)
     return {"backup": fresh.backup.path if fresh else None, "restored": rr.archive, "steps": steps.done}

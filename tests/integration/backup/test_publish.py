@@ -106,15 +106,14 @@ def test_a_signal_held_by_publish_leaves_the_done_backup_as_it_is(tmp_path):
     partial, final, manifest = _finished(tmp_path)
     publish(LocalRunner(), partial, final, manifest)
     with pytest.raises(Interrupted):
-        record_failure(Interrupted(signal.SIGINT), manifest, 0.0, LocalRunner(), final, partial, None, None, print)
+        record_failure(Interrupted(signal.SIGINT), manifest, 0.0, LocalRunner(), final, partial, None, None)
     assert read_manifest(LocalRunner(), final)["status"] == "DONE" and os.path.exists(final)
     # the same interruption before the DONE manifest was written: recorded as FAILED
     final2 = final.replace("000000", "000001")
     m2 = dict(manifest, status="STARTED", archive=os.path.basename(final2))
     write_manifest(LocalRunner(), final2, m2)
     with pytest.raises(Interrupted):
-        record_failure(Interrupted(signal.SIGINT), m2, 0.0, LocalRunner(), final2, final2 + ".partial", None, None,
-                       print)
+        record_failure(Interrupted(signal.SIGINT), m2, 0.0, LocalRunner(), final2, final2 + ".partial", None, None)
     assert json.load(open(final2 + ".manifest.json"))["status"] == "FAILED"
 
 

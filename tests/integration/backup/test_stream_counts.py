@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops import inventory
+from bigskies_ops import inventory, report
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.jobs.destinations import CompressingSink
 from bigskies_ops.jobs.dump import keep_session_while_idle
@@ -228,11 +228,12 @@ def test_tables_without_a_stream_count_are_counted_in_the_dumps_snapshot(pg, pg_
             # ... and a TRUNCATE, which an older snapshot cannot see past (it is not MVCC-safe)
             pg_sql("TRUNCATE public.events_other", dbname)
             # users has a stream count; one COPY name could not be read: every other table is counted
-            got = plain_manifest_tables(session, tables, [("public", "users"), None], [123456, 3],
-                                        all_data=True, schema_only=False, notify=notes.append)
-            # with data excluded, a table without a block may be excluded or the undecodable one: not claimed
-            partial = plain_manifest_tables(session, tables, [("public", "users"), None], [123456, 3],
-                                            all_data=False, schema_only=False, notify=notes.append)
+            with report.reporting(notes.append):
+                got = plain_manifest_tables(session, tables, [("public", "users"), None], [123456, 3],
+                                            all_data=True, schema_only=False)
+                # with data excluded, a table without a block may be excluded or the undecodable one: not claimed
+                partial = plain_manifest_tables(session, tables, [("public", "users"), None], [123456, 3],
+                                                all_data=False, schema_only=False)
         finally:
             session.close()
     assert {(t["schema"], t["name"]): t["rows"] for t in partial} == \

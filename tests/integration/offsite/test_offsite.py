@@ -187,18 +187,18 @@ def test_large_archives_go_up_in_multipart_and_remote_retention_matches_the_poli
     inv = inventory.parse({"hosts": {"dev": {"backup": {"dir": str(bdir)}, "offsite": [_target(s3, "t6")],
                                              "retention": {"daily": 2, "weekly": 0, "monthly": 0}}}},
                           tmp_path / "inv.yaml")
-    [res] = offsite.upload(inv.hosts["dev"], notify=lambda m: None, multipart_threshold=5 << 20)
+    [res] = offsite.upload(inv.hosts["dev"], multipart_threshold=5 << 20)
     assert res.error is None, res.error
     assert res.uploaded == ["bigskies_backup_20261121_020000.dump", "bigskies_backup_20261122_020000.dump"]
     head = s3["client"].head_object(Bucket=BUCKET, Key="t6/dev/bigskies_backup_20261122_020000.dump")
     assert "-" in head["ETag"]                                  # multipart: the ETag is no digest
-    [v] = offsite.verify_remote(inv.hosts["dev"], "vault", "latest", False, notify=lambda m: None)
+    [v] = offsite.verify_remote(inv.hosts["dev"], "vault", "latest", False)
     assert v.ok, v.error
     # a newer backup arrives: the target keeps 2 days, exactly like the policy says
     _fake_backups(bdir / "x", ["2026-11-23"], size=1000)
     for n in os.listdir(bdir / "x"):
         shutil.move(str(bdir / "x" / n), str(bdir / n))
-    [res] = offsite.upload(inv.hosts["dev"], notify=lambda m: None, multipart_threshold=5 << 20)
+    [res] = offsite.upload(inv.hosts["dev"], multipart_threshold=5 << 20)
     assert res.uploaded == ["bigskies_backup_20261123_020000.dump"]
     assert res.pruned == ["bigskies_backup_20261121_020000.dump"]
     assert _keys(s3, "t6") == ["t6/dev/bigskies_backup_20261122_020000.dump",

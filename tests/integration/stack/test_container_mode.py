@@ -132,7 +132,7 @@ def test_pg_dump_verbose_messages_never_inside_the_dump(ctr, ctr_inv, podman_env
     inv, bdir = ctr_inv
     monkeypatch.setenv("CONTAINERS_CONF", podman_env["CONTAINERS_CONF"])
     host = load_inventory(inv).host("box")
-    res = backup(host, fmt=fmt, verbose=True, notify=lambda m: None)
+    res = backup(host, fmt=fmt, verbose=True)
     m = res.manifest
     assert "--verbose" in m["argv"]
     assert "pg_dump: " in (m["stderr_tail"] or "")  # the messages went to stderr ...
