@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 from bigskies_ops.archives import gz
 from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, read_manifest
-from bigskies_ops.archives.hashing import CHUNK, sha256_file
 from bigskies_ops.archives.plainsql import OwnerAclFilter, StatementFacts
 from bigskies_ops.errors import ArchiveError
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.pg.tools import PgVersion, parse_custom_header, parse_plain_header, plain_tail_complete
+
+CHUNK = 1 << 20  # bytes per read of an archive
 
 # ------------------------------------------------------------------ archive checks
 @dataclass
@@ -125,7 +126,7 @@ def check_against_manifest(runner, path: str) -> dict | None:
     if man.get("status") != "DONE":
         raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
                            f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
-    digest, size = sha256_file(runner, path)
+    digest, size = runner.sha256(path)
     if man.get("bytes") is not None and size != man["bytes"]:
         raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
                            f"(truncated or changed)")

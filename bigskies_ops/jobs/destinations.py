@@ -25,7 +25,6 @@ import threading
 import time
 
 from bigskies_ops.archives import gz
-from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.archives.plainsql import COPY_RE, PY_CODECS, OwnerAclFilter, split_qualified
 from bigskies_ops.errors import BigskiesError, CommandError, StorageError
 from bigskies_ops.hosts.local import LocalRunner
@@ -262,7 +261,7 @@ class FileHere(Destination):
 
     def check_archive(self, spec, partial, tables, manifest, progress) -> ArchiveFacts:
         if self.direct:  # one read of the fresh file, from the page cache
-            digest, size = sha256_file(self.writer, partial)
+            digest, size = self.writer.sha256(partial)
             if progress:
                 progress(size, size)
         else:

@@ -13,7 +13,6 @@ by the target, with the host's policy.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -24,7 +23,7 @@ from bigskies_ops import report
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups, read_manifest,
                                            utcnow, write_manifest)
 from bigskies_ops.archives.locks import host_lock
-from bigskies_ops.archives.offsite_stores import (CHUNK, MULTIPART_THRESHOLD, OffsiteError, RemoteBackup, Target,
+from bigskies_ops.archives.offsite_stores import (MULTIPART_THRESHOLD, OffsiteError, RemoteBackup, Target,
                                                   remote_catalog, store_for, targets)
 from bigskies_ops.errors import ArchiveError, BigskiesError, StorageError
 from bigskies_ops.hosts import runner_for
@@ -52,16 +51,6 @@ class TargetResult:
     def to_json(self) -> dict:
         return {"target": self.target, "ok": self.ok, "uploaded": self.uploaded, "already_offsite": self.already,
                 "pruned_remote": self.pruned, "skipped": self.skipped, "error": self.error}
-
-
-def _local_sha(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(CHUNK), b""):
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
 
 
 def _record_copy(runner, host: Host, b: Backup, rec: dict) -> dict:
@@ -295,7 +284,7 @@ def _fetch(host, t, store, spec, inv=None) -> str:
     final = posixpath.join(d, r.name)
     want = r.manifest.get("sha256")
     if lr.exists(final):
-        sha, _ = _local_sha(final)
+        sha, _ = lr.sha256(final)
         if sha == want:
             report.note(f"{final} is already here with the right sha256; not downloading it again")
             if read_manifest(lr, final) is None:

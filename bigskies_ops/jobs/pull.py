@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups,
                                            parse_archive_name, read_manifest, utcnow, write_manifest)
-from bigskies_ops.archives.hashing import sha256_file
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.manifest import publish
 from bigskies_ops.archives.roles import roles_path
@@ -292,7 +291,7 @@ def _already_here(runner, src: Host, rpath: str, final: str, t0: float) -> PullR
         StorageError: ``final`` has other content (never overwritten)."""
     lr = LocalRunner()
     man, want_sha, want_size = _remote_facts(runner, src, rpath)
-    have_sha, have_size = sha256_file(lr, final)
+    have_sha, have_size = lr.sha256(final)
     if (have_sha, have_size) != (want_sha, want_size):
         raise StorageError(f"{final} exists with different content; refusing to overwrite it")
     here = read_manifest(lr, final)

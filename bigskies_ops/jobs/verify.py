@@ -228,12 +228,11 @@ def _record(runner, host: Host, b: Backup, entry: dict, task: str) -> bool:
 
 def _adopt(runner, host: Host, b: Backup, info, entry: dict, task: str, local_path: str | None = None) -> bool:
     from bigskies_ops.archives.catalog import SCHEMA_VERSION, parse_archive_name
-    from bigskies_ops.archives.hashing import sha256_file
     from bigskies_ops.hosts.local import LocalRunner
     p = parse_archive_name(b.name)
     if p is None:
         return False
-    digest, size = sha256_file(LocalRunner(), local_path) if local_path else sha256_file(runner, b.path)
+    digest, size = LocalRunner().sha256(local_path) if local_path else runner.sha256(b.path)
     rt = entry.get("restore_test") or {}
     man = {
         "schema_version": SCHEMA_VERSION, "tool": f"bigskies-ops {__version__}", "status": "DONE", "phase": None,
