@@ -23,7 +23,7 @@ _err = None
 def command() -> str:
     """The command that copy-paste hints name: ``bigskies-ops`` when that console script
     (or ``python -m bigskies_ops``) runs, which works from any folder, else ``inv``
-    (which needs the repo's tasks.py). A trial found hints that named the other one."""
+    (which needs the repo's tasks.py), so a hint names the command that ran."""
     return _command
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the SSH tests (test_ssh.py, test_pull.py, test_fleet.py): inventory entries for a
+"""Helpers for the SSH tests (tests/integration/hosts and tests/integration/pull): inventory entries for a
 "prod" reached over the test sshd, and the test's own access to prod's data (podman exec psql)."""
 from __future__ import annotations
 

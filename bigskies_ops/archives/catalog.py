@@ -29,7 +29,6 @@ PARTIAL_SUFFIX = ".partial"
 SAFE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 NAME_RE = re.compile(r"^(?P<db>.+)_backup_(?P<date>\d{8})_(?P<time>\d{6})(?:_(?P<n>\d+))?\.(?P<ext>sql\.gz|dump|sql)$")
 SAFETY_KINDS = ("manual", "pre-restore", "pre-migrate", "pre-purge", "pulled")
-KINDS = ("scheduled",) + SAFETY_KINDS
 
 
 def utcnow() -> datetime:

@@ -148,7 +148,7 @@ def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) 
     tables = session.query(TABLES_SQL)
     manifest["schema_migrations_head"] = migration_head(session)
     manifest["database_properties"] = session.query(database_properties_sql())[0]
-    # what a restore of it will occupy on the server (restore.check_space), bytes
+    # what a restore of it will occupy on the server (pg.admin.check_space), bytes
     manifest["database_bytes"] = session.query("SELECT pg_catalog.pg_database_size(current_database()) AS b")[0]["b"]
     manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))
     return snap["s"], tables

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from bigskies_ops.archives import gz
 from bigskies_ops.archives.catalog import PARTIAL_SUFFIX, read_manifest
 from bigskies_ops.archives.plainsql import OwnerAclFilter, StatementFacts
-from bigskies_ops.errors import ArchiveError
+from bigskies_ops.errors import ArchiveError, StorageError
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.pg.tools import PgVersion, parse_custom_header, parse_plain_header, plain_tail_complete
@@ -118,7 +118,8 @@ def check_against_manifest(runner, path: str) -> dict | None:
     and that the file's size (bytes) and sha256 are the ones it records.
 
     Raises:
-        ArchiveError: the manifest says the backup did not finish, or the file differs.
+        ArchiveError: the manifest says the backup did not finish, or the file differs
+            or cannot be read.
     """
     man = read_manifest(runner, path)
     if man is None:
@@ -126,7 +127,10 @@ def check_against_manifest(runner, path: str) -> dict | None:
     if man.get("status") != "DONE":
         raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
                            f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
-    digest, size = runner.sha256(path)
+    try:
+        digest, size = runner.sha256(path)
+    except StorageError as e:  # unreadable: a failed check of this archive, like any other
+        raise ArchiveError(f"{path}: cannot be read ({e})") from e
     if man.get("bytes") is not None and size != man["bytes"]:
         raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
                            f"(truncated or changed)")

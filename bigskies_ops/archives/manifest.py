@@ -18,9 +18,9 @@ def publish(writer, partial: str, final: str, manifest: dict | None) -> None:
     s.2), whatever stops us: a SIGKILL or a lost connection between the two steps leaves
     a DONE manifest whose archive is missing (``Backup.status`` MISSING, never picked as
     ``latest``) next to the complete ``.partial``, which the next run publishes
-    (:func:`settle_interrupted`, or a rerun of ``db.pull --existing``). A break-it trial
-    found complete archives with STARTED, FAILED, empty or no manifests when the rename
-    came first. SIGINT/SIGTERM are held for the step (:func:`bigskies_ops.signals.deferred`).
+    (:func:`settle_interrupted`, or a rerun of ``db.pull --existing``). With the rename
+    first, an interruption leaves complete archives with STARTED, FAILED, empty or no
+    manifests. SIGINT/SIGTERM are held for the step (:func:`bigskies_ops.signals.deferred`).
 
     Raises:
         StorageError: ``final`` exists already, or the manifest could not be written.
@@ -42,7 +42,7 @@ def settle_interrupted(runner, bdir: str, db: str, what: str = "backup", *, orph
     a ``.partial`` whose manifest is DONE and whose size is the manifest's was stopped
     between the two steps of :func:`publish` and is published now (its checks had passed);
     a ``.partial`` beside a STARTED manifest is removed and the manifest becomes FAILED (it
-    would be listed as 'started' for ever; break-it trials). A ``.partial`` without a
+    would be listed as 'started' for ever). A ``.partial`` without a
     manifest is someone else's download (``db.restore --from-offsite`` writes one without
     holding the lock) and is left alone, unless ``orphans`` (a streamed pull's own folder,
     where a rerun starts over)."""

@@ -330,7 +330,7 @@ class OwnerAclFilter:
     start runs to the end of its line). COPY data passes through untouched, block-wise,
     up to its ``\\.`` line. So a data row that looks like SQL (``GRANT ...;``), a quoted
     table name holding a newline, or ``$$`` inside a string literal can never put the
-    filter out of step and cost a row (found by a break-it trial).
+    filter out of step and cost a row.
     """
 
     COPY_STMT = re.compile(rb"\ACOPY\s.*\sFROM\s+stdin;\Z", re.S | re.I)

@@ -404,8 +404,7 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
     h = inv.host(host)
     read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)
     if command is not None or not sys.stdin.isatty():
-        # `-c SQL` is psql's own flag (a trial typed it and got an interactive shell that
-        # waited on a remote pty); piped SQL is a script, not a session
+        # `-c SQL` is psql's own flag (not an interactive shell waiting on a remote pty); piped SQL is a script, not a session
         _run_sql(h, command if command is not None else sys.stdin.read(), read_only=read_only, task="psql")
         return
     with PostgresAccess(h) as access:

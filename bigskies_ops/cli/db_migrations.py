@@ -1,6 +1,6 @@
 """``db.migrate``, ``db.migrations``, ``db.pgpass``: schema migrations and credential files.
 
-Registered into the ``db`` namespace by cli/db.py. The library is
+Gathered into the ``db`` namespace by :mod:`bigskies_ops.cli` (``TASKS``). The library is
 bigskies_ops.jobs.migrations and bigskies_ops.pg.pgpass; docs/migrations.md and
 docs/credentials.md describe the behaviour.
 """

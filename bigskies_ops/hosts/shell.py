@@ -38,7 +38,6 @@ WRAPPER = (
     '{ while IFS= read -r _; do :; done; kill -TERM 0; } <&3 >/dev/null 2>&1 & w=$!; exec 3<&-; '
     'wait "$c" 2>/dev/null; rc=$?; kill -KILL "$w" 2>/dev/null; wait "$w" 2>/dev/null; exit "$rc"'
 ) % {"mark": ENV_MARK}
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what the WRAPPER may export
 RC_MARK = "@@bigskies_rc"      # "RC_MARK STAGE STATUS" on a pipeline's stderr, one per stage
 PGID_MARK = "@@bigskies_pgid"  # "PGID_MARK PGID": the group to stop when the pipeline is killed
 
@@ -46,7 +45,7 @@ PGID_MARK = "@@bigskies_pgid"  # "PGID_MARK PGID": the group to stop when the pi
 def describe(argv: list[str]) -> str:
     """A remote command as shown in messages (pure): the argv, redacted and at most 200
     characters; our own ``sh -c SCRIPT`` steps are named by what they work on instead of
-    showing the script (a break-it trial got 200 characters of shell cut mid-word)."""
+    showing the script (not 200 characters of shell cut mid-word)."""
     a = [str(x) for x in redact_argv(argv)]
     if len(a) >= 3 and a[0] == "sh" and a[1] == "-c":
         args = a[4:]

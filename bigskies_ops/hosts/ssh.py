@@ -38,7 +38,8 @@ from bigskies_ops.errors import BigskiesError, CommandError, StorageError
 from bigskies_ops.hosts.channels import READ_CHUNK, SSHProcess, StallError
 from bigskies_ops.hosts.connection import SSHError, build_connection, connect_error, openssh_options
 from bigskies_ops.hosts.runners import Fetch, Result, Runner, redact_argv, tail
-from bigskies_ops.hosts.shell import ENV_MARK, ENV_NAME_RE, WRAPPER, describe, failure_reason, pipeline_script
+from bigskies_ops.hosts.shell import ENV_MARK, WRAPPER, describe, failure_reason, pipeline_script
+from bigskies_ops.inventory import ENV_NAME_RE  # the variable names the WRAPPER may export
 from bigskies_ops.hosts.transfer import ChannelFetch, OpenSSHFetch, RemoteReadFile, RemoteWriteFile
 
 
@@ -437,7 +438,7 @@ class SSHRunner(Runner):
 
     # Args: folder, mode (octal), path, byte count. The count is checked before the rename:
     # a client that dies mid-send gives `cat` an early EOF, and a truncated file must not
-    # replace the old one (a break-it trial got empty manifests over DONE ones).
+    # replace the old one (an empty manifest over a DONE one).
     WRITE_SCRIPT = ('umask 077; t=$(mktemp "$1/.tmp-XXXXXXXX") || exit 1\n'
                     'if cat > "$t" && [ "$(stat -c %s -- "$t")" = "$4" ] && chmod "$2" "$t" && sync "$t" && '
                     'mv -f "$t" "$3"\nthen sync "$1" 2>/dev/null; exit 0; fi\n'

@@ -90,8 +90,8 @@ class OpenSSHFetch(Fetch):
                  offset: int | None = None):
         self.runner, self.path, self.local_path = runner, path, local_path
         # ssh writes the file itself: if we die (SIGKILL, OOM) it must die too, or an orphan
-        # keeps appending to a .partial that a rerun resumes, checks and publishes (found by a
-        # break-it trial: a verified archive grew by 212 MB afterwards). util-linux setpriv
+        # keeps appending to a .partial that a rerun resumes, checks and publishes (a verified
+        # archive would grow afterwards). util-linux setpriv
         # sets PR_SET_PDEATHSIG (prctl(2)) and execs ssh; fork-safe, unlike a preexec_fn.
         setpriv = shutil.which("setpriv")
         if setpriv:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bigskies_ops.archives.catalog import Backup, list_backups
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.destinations import FileHere, FileOnHost
@@ -75,7 +74,3 @@ def with_lock_wait_timeout(host: Host, seconds: float | None) -> Host:
     if seconds < 0:
         raise BigskiesError(f"--lock-wait-timeout: expected seconds >= 0, got {seconds:g}", exit_code=2)
     return replace(host, backup=replace(host.backup, lock_wait_timeout=float(seconds) or None))
-
-
-def recent_backups(host: Host, runner, n: int = 5) -> list[Backup]:
-    return list_backups(runner, host.backup.dir)[:n]

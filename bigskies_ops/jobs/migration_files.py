@@ -70,10 +70,6 @@ def normalise(data: bytes) -> str:
     return data.decode("utf-8").replace("\r\n", "\n")
 
 
-def checksum_of(data: bytes) -> str:
-    return hashlib.sha256(normalise(data).encode("utf-8")).hexdigest()
-
-
 def _has_marker(text: str) -> bool:
     for line in text.split("\n"):
         s = line.strip()

@@ -32,8 +32,8 @@ other than pg_dump's ``SET`` forms (``set search_path``, ``RESET``, ``set_config
 query or ``DO`` block, temporary tables), a ``COPY ... FROM stdin`` with options (CSV
 rows may span lines, and the lexer reads such data as SQL), and any meta-command but
 ``\\restrict``/``\\unrestrict`` (``\\i`` would run once per session, ``\\o`` would hide the
-sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Found by a
-break-it trial: each of these loaded different rows with exit 0, failed, or hung.
+sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Each of these,
+handled otherwise, loads different rows with exit 0, fails, or hangs.
 
 Rows therefore land in a table in segment order per session (row order within a
 table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
@@ -322,7 +322,7 @@ class _Worker:
                 lead = self.flt.LEADING.match(data).end()
                 if not self.serial and kind == "hazard":
                     # the schema calls its own functions while data is loaded: a concurrent
-                    # load could compute other values than psql's (plainsql.StatementFacts)
+                    # load could compute other values than psql's (archives.plainsql.StatementFacts)
                     if self.block < 0:
                         self.serial_because = self.flt.facts.load_hazards[0]
                     self._go_serial()

@@ -406,8 +406,7 @@ def _remote_path(src: Host, spec: str) -> str:
     Raises:
         ArchiveError: an in-progress or manifest file.
         UsageError: a name that is not an archive's (``*.sql.gz`` or ``*.dump``): ``db.pull
-            --existing`` copies backups, not any file the SSH user can read (a break-it
-            trial pulled ``/etc/shadow``).
+            --existing`` copies backups, not any file the SSH user can read (``/etc/shadow``).
     """
     if spec.endswith(PARTIAL_SUFFIX) or spec.endswith(MANIFEST_SUFFIX):
         raise ArchiveError(f"{spec}: not an archive (an in-progress or manifest file)")

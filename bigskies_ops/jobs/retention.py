@@ -5,7 +5,7 @@ list of :class:`Entry` (built from manifests and file NAMES, never mtimes) to a
 keep/prune decision with reasons for every file; :func:`prune` re-reads the
 folder under the (host, database) lock, plans, and deletes what the plan says.
 
-Rules (CONTRACTS.md section 2, issue 6; the table is docs/policy.md):
+Rules (CONTRACTS.md section 2; the table is docs/policy.md):
 
 * Retention works per (origin_host, database).
 * Buckets are UTC days, ISO-8601 weeks and calendar months of the manifest's

@@ -25,7 +25,7 @@ from bigskies_ops.pg.admin import acl_items
 from bigskies_ops.pg.loadcheck import cluster_roles
 from bigskies_ops.pg.tools import pg_restore_args, psql_args
 
-COUNT_BATCH = 64  # tables counted per transaction: PostgreSQL's default max_locks_per_transaction
+LOAD_COUNT_BATCH = 64  # tables counted per transaction: PostgreSQL's default max_locks_per_transaction
 
 
 #: Session settings of the tools loading the side database (libpq PGOPTIONS), from the
@@ -133,11 +133,11 @@ def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dic
             continue
         want.append(t)
     from bigskies_ops.archives.counts import count_rows_sql
-    # one transaction per COUNT_BATCH tables: a count takes a lock on each table until its
+    # one transaction per LOAD_COUNT_BATCH tables: a count takes a lock on each table until its
     # transaction ends, and the server's lock table is shared (max_locks_per_transaction x
     # connections): thousands of tables in one query ran out of shared memory
-    for k in range(0, len(want), COUNT_BATCH):
-        batch = want[k:k + COUNT_BATCH]
+    for k in range(0, len(want), LOAD_COUNT_BATCH):
+        batch = want[k:k + LOAD_COUNT_BATCH]
         for r in sql.query(count_rows_sql(batch)):
             t = batch[r["i"]]
             out[(t["schema"], t["name"])] = r["n"]

@@ -1,6 +1,6 @@
 """``db.verify``: prove a backup is whole, not only that gzip can read it.
 
-Checks (issue 6; the archive checks are bigskies_ops.archives.integrity.check_archive's, run in full):
+Checks (the archive checks are bigskies_ops.archives.integrity.check_archive's, run in full):
 
 * sha256 and size against the manifest;
 * plain (``.sql.gz``): the whole gzip stream decompresses, and the SQL ends with

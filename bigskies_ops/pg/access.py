@@ -30,9 +30,6 @@ from bigskies_ops.pg.lockwait import new_app_name
 from bigskies_ops.hosts.runners import Process, Result, Runner, redact_argv, tail
 from bigskies_ops.hosts import runner_for
 
-TOOLS = ("pg_dump", "pg_restore", "psql", "pg_isready", "pg_dumpall")
-
-
 class _LazySql:
     """``psycopg.sql`` (SQL, Identifier, Literal, Composable, ...), imported on first use:
     importing psycopg costs ~0.1 s, which a task that composes no SQL (``db.pull
@@ -71,7 +68,7 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
             or "could not connect" in s or "timeout expired" in s):
         m = re.search(r"(?:failed|error): ((?:Connection refused|No such file or directory|timeout expired|"
                       r"could not [^\n]*?))\s*$", s, re.M)
-        why = f" ({m.group(1).strip()})" if m else ""  # libpq's own reason (a trial missed it)
+        why = f" ({m.group(1).strip()})" if m else ""  # libpq's own reason
         return f"PostgreSQL on {host.name} is unreachable at {where}{why}"
     if host.container:
         c = host.container.name

@@ -143,7 +143,7 @@ def acl_items(acl) -> list[tuple[str | None, str, bool]]:
 
 
 def database_properties(maint: Sql, name: str) -> dict | None:
-    """The properties of database ``name`` (backup.database_properties_sql), or None."""
+    """The properties of database ``name`` (:func:`database_properties_sql`), or None."""
     rows = maint.query(database_properties_sql(name))
     return rows[0] if rows else None
 
@@ -323,7 +323,7 @@ def database_properties_sql(database: str | None = None) -> pgsql.Composable:
     (``ALTER ROLE ... IN DATABASE ... SET``), its privileges, owner and comment (pg_dump
     docs, ``--create``; pg_dumpall dumps the role settings). The backup records the row
     in the manifest as ``database_properties``; a restore gives them back
-    (restore.apply_properties). Settings are the server's own ``name=value`` strings
+    (:func:`apply_properties`). Settings are the server's own ``name=value`` strings
     (pg_db_role_setting), privileges the ``aclitem`` texts (None: the defaults).
 
     Args:

@@ -156,9 +156,10 @@ class Watcher:
 def watching(access, database: str, *, what: str = "", timeout_s: float | None = None):
     """Report lock waits of ``access``'s sessions on ``database`` while the block runs.
 
-    Does nothing when ``access.app_name`` is unset or there is nobody to tell (no note
-    sink in effect, :func:`bigskies_ops.report.sinks`). Yields the :class:`Watcher` (or None)."""
-    if not getattr(access, "app_name", None) or report.sinks().note is None:
+    Does nothing when ``access.app_name`` is unset, or when there is nobody to tell (no
+    note sink in effect, :func:`bigskies_ops.report.sinks`) and no lock-wait timeout whose
+    error should name the blocker. Yields the :class:`Watcher` (or None)."""
+    if not getattr(access, "app_name", None) or (report.sinks().note is None and not timeout_s):
         yield None
         return
     w = Watcher(access, database, what, timeout_s).start()
