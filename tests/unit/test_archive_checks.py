@@ -1,0 +1,59 @@
+"""The archive check against its manifest, on files in a temporary folder (no services)."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from bigskies_ops.archives.catalog import write_manifest
+from bigskies_ops.archives.integrity import check_against_manifest
+from bigskies_ops.errors import ArchiveError
+from bigskies_ops.hosts.local import LocalRunner
+
+
+def _archive(tmp_path, data: bytes, **manifest):
+    path = str(tmp_path / "bigskies_20261203T120000Z_manual.sql.gz")
+    with open(path, "wb") as f:
+        f.write(data)
+    write_manifest(LocalRunner(), path, {"status": "DONE", "bytes": len(data),
+                                         "sha256": hashlib.sha256(data).hexdigest(), **manifest})
+    return path
+
+
+def test_a_file_matching_its_manifest_passes_and_returns_it(tmp_path):
+    path = _archive(tmp_path, b"archive bytes")
+    assert check_against_manifest(LocalRunner(), path)["bytes"] == 13
+
+
+def test_no_manifest_is_none(tmp_path):
+    p = tmp_path / "x.sql.gz"
+    p.write_bytes(b"x")
+    assert check_against_manifest(LocalRunner(), str(p)) is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: open(p, "ab").write(b"!"), "differs from the manifest's"),
+    (lambda p: open(p, "r+b").write(b"X"), "sha256 differs"),
+])
+def test_a_changed_file_is_refused(tmp_path, change, message):
+    path = _archive(tmp_path, b"archive bytes")
+    change(path)
+    with pytest.raises(ArchiveError, match=message):
+        check_against_manifest(LocalRunner(), path)
+
+
+def test_an_unfinished_backup_is_refused(tmp_path):
+    path = _archive(tmp_path, b"half", status="FAILED", error="disk full")
+    with pytest.raises(ArchiveError, match="FAILED .disk full."):
+        check_against_manifest(LocalRunner(), path)
+
+
+def test_an_archive_that_cannot_be_read_is_a_failed_check_not_another_error(tmp_path):
+    """db.verify records an ArchiveError as a failed check and goes on with the next
+    backup; any other error would end the whole run."""
+    path = _archive(tmp_path, b"archive bytes")
+    import os
+    os.remove(path)
+    os.mkdir(path)  # in the archive's place: reading it fails (EISDIR), even as root
+    with pytest.raises(ArchiveError, match="cannot be read"):
+        check_against_manifest(LocalRunner(), path)
