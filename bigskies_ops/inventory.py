@@ -440,6 +440,8 @@ def load(path: str | Path | None = None) -> Inventory:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InventoryError(f"inventory {p}: file not found (pass -i FILE or set BIGSKIES_INVENTORY)")
+    except UnicodeDecodeError as e:
+        raise InventoryError(f"inventory {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})")
     except OSError as e:
         raise InventoryError(f"inventory {p}: {e.strerror}")
     try:

@@ -96,6 +96,9 @@ def handles_errors(fn):
             raise Exit(f"interrupted by signal {e.signum}; {_cleanup()}", code=e.exit_code)
         except KeyboardInterrupt:
             raise Exit(f"interrupted; {_cleanup()}", code=130)
+        except OSError as e:  # a file or folder the library did not expect: one line, no traceback
+            where = f"{e.filename}: " if e.filename else ""
+            raise Exit(f"error: {where}{e.strerror or e}", code=1)
         except BigskiesError as e:
             sig = received()
             if sig is not None:  # Ctrl-C reached pg_dump/psql too and they failed first
@@ -122,6 +125,18 @@ class _Task(invoke.Task):
 
 
 task = functools.partial(invoke.task, klass=_Task)
+
+
+def seconds_arg(value, flag: str) -> float:
+    """A flag's number of seconds (``--timeout 60``, ``--wait 1.5``): Invoke hands flags over
+    as text (a typed int flag would fail inside Invoke's parser with a traceback).
+
+    Raises:
+        UsageError: not a number (exit 2)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: expected a number of seconds, got {value!r}") from None
 
 
 def jobs_arg(jobs) -> int | None:

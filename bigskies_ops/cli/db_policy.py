@@ -9,7 +9,7 @@ from bigskies_ops import output
 from bigskies_ops.text import human_age, human_bytes
 from bigskies_ops.errors import BigskiesError, UsageError
 from bigskies_ops.safety import check_destructive
-from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host,
+from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, load_inventory, lock_wait_host, seconds_arg,
                      optional_positional, task)
 
 PROTECT_HELP = {"force_protected": "allow this on a protected host (with --confirm DBNAME)",
@@ -235,6 +235,7 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
                   confirm=None, lock_wait_timeout=None):
     """What the cron lines run: backup, then prune, then offsite (or --monthly: a test restore)."""
     from bigskies_ops.jobs.schedule import scheduled_run as run
+    wait_s = seconds_arg(wait, "--wait") if wait is not None else None
     inv = load_inventory(inventory)
     h = lock_wait_host(inv.host(host), lock_wait_timeout)
     protected_ok = False
@@ -242,7 +243,7 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
         protected_ok = True
-    steps = run(inv, h, monthly=monthly, wait_s=float(wait) if wait is not None else None, log=log,
+    steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
                 protected_ok=protected_ok)
     failed = [s for s in steps if s.word == "failed"]
     if failed:

@@ -12,7 +12,7 @@ from bigskies_ops import output, report
 from bigskies_ops.stack import lifecycle as stack
 from bigskies_ops.errors import UsageError
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
-from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, seconds_arg, task
 
 
 def _host(inventory, host):
@@ -30,13 +30,6 @@ def _local_host(inv):
             return h
     from bigskies_ops.inventory import BackupSettings, Host
     return Host(name="local", backup=BackupSettings(dir=str(inv.base_dir / "backups" / "database")))
-
-
-def _float(value, flag):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: expected a number of seconds, got {value!r}")
 
 
 def _notes(json):
@@ -63,12 +56,12 @@ def build(c, host=None, inventory=None, json=False):
             "wait_migrations": "also wait until schema_migrations reaches the newest migration file",
             "migrations_timeout": "seconds to wait for the migrations (default 120)"})
 @handles_errors
-def up(c, host=None, timeout=60, wait_migrations=False, migrations_timeout=120, inventory=None, json=False):
+def up(c, host=None, timeout="60", wait_migrations=False, migrations_timeout="120", inventory=None, json=False):
     """Start the stack and wait until PostgreSQL accepts connections (`make docker-up`)."""
+    timeout_s, migrations_s = seconds_arg(timeout, "--timeout"), seconds_arg(migrations_timeout, "--migrations-timeout")
     h = _host(inventory, host)
     with _notes(json):
-        res = stack.up(h, timeout=_float(timeout, "--timeout"), wait_for_migrations=wait_migrations,
-                       migrations_timeout=_float(migrations_timeout, "--migrations-timeout"))
+        res = stack.up(h, timeout=timeout_s, wait_for_migrations=wait_migrations, migrations_timeout=migrations_s)
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return
@@ -95,11 +88,12 @@ def down(c, host=None, inventory=None, json=False):
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
             "timeout": "seconds to wait for PostgreSQL to accept connections (default 60)"})
 @handles_errors
-def restart(c, host=None, timeout=60, inventory=None, json=False):
+def restart(c, host=None, timeout="60", inventory=None, json=False):
     """Restart the stack's containers and wait for PostgreSQL (`make docker-restart`)."""
+    timeout_s = seconds_arg(timeout, "--timeout")
     h = _host(inventory, host)
     with _notes(json):
-        res = stack.restart(h, timeout=_float(timeout, "--timeout"))
+        res = stack.restart(h, timeout=timeout_s)
     if json:
         output.emit_json({"result": "changed", "host": h.name, **res})
         return

@@ -12,7 +12,7 @@ from bigskies_ops import output, report
 from bigskies_ops.stack import scenarios
 from bigskies_ops.errors import UsageError
 from bigskies_ops.safety import check_destructive, confirm_or_refuse
-from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, task
+from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, seconds_arg, task
 
 
 def _host(inventory, host):
@@ -50,11 +50,12 @@ def before_risky_change(c, host=None, restart=None, label=None, inventory=None, 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
             "timeout": "seconds to wait for PostgreSQL after up (default 60)"})
 @handles_errors
-def fresh_start(c, host=None, timeout=60, inventory=None, json=False):
+def fresh_start(c, host=None, timeout="60", inventory=None, json=False):
     """Scenario 2: back up, down, build, up, verify the data is intact."""
+    timeout_s = seconds_arg(timeout, "--timeout")
     h = _host(inventory, host)
     with _steps(json):
-        res = scenarios.fresh_start(h, timeout=float(timeout))
+        res = scenarios.fresh_start(h, timeout=timeout_s)
     _finish(h, res, json, f"fresh start done; {res['tables_checked']} tables intact")
 
 

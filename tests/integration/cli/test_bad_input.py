@@ -377,11 +377,15 @@ def _make_bad(case: str, archives, bdir: Path) -> tuple[str, str]:
         p = bdir / custom.name
         p.write_bytes(bump_custom_header_minor(custom.read_bytes()))
         return str(p), "newer"
+    if case == "a folder":
+        p = bdir / "bs_backup_20260101_000000.sql.gz"
+        p.mkdir()
+        return str(p), "Is a directory"
     raise AssertionError(case)
 
 
 RESTORE_CASES = ["missing file", "truncated gz (legacy)", "truncated gz (manifest)", "corrupt gz (manifest sha)",
-                 "truncated custom", "not a dump", "newer pg_dump"]
+                 "truncated custom", "not a dump", "newer pg_dump", "a folder"]
 
 
 @pytest.mark.parametrize("case", RESTORE_CASES)
@@ -397,6 +401,33 @@ def test_restore_of_a_bad_archive_exit_1_database_untouched(case, pg_sql, local_
     if case == "newer pg_dump":
         # names both versions: the archive's format and the local pg_restore
         assert "1.15" in line and "pg_restore 15." in line
+    before.assert_unchanged()
+
+
+def test_an_inventory_that_is_not_utf8_text_exit_2(tmp_path, cli_env):
+    inv = tmp_path / "inv.yaml"
+    inv.write_bytes(b"\xff\xfehosts: {}\n")
+    for task in ("inventory.check", "db.list"):
+        r = cli(task, "-i", str(inv), env=cli_env)
+        assert r.returncode == 2, r.stderr
+        assert "not UTF-8 text" in _error_line(r)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["docker.up", "--timeout", "abc"], "--timeout"),
+    (["docker.up", "--migrations-timeout", "1m"], "--migrations-timeout"),
+    (["docker.restart", "--timeout", "abc"], "--timeout"),
+    (["scenario.fresh-start", "--timeout", "abc"], "--timeout"),
+    (["db.scheduled-run", "--wait", "abc"], "--wait"),
+])
+def test_a_number_of_seconds_that_is_not_a_number_exit_2_before_anything_runs(argv, flag, local_inv, dbname, pg_sql,
+                                                                              cli_env):
+    inv, bdir = local_inv
+    bdir.mkdir()
+    before = State(pg_sql, dbname, bdir)
+    r = cli(*argv, "-i", str(inv), env=cli_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{flag}: expected a number of seconds" in _error_line(r)
     before.assert_unchanged()
 
 
