@@ -35,9 +35,13 @@ class ArchiveInfo:
     extensions: set | None = None
 
 
+#: bytes of an archive's SQL a check keeps: the header, and the completion trailer
+HEAD_BYTES, TAIL_BYTES = 65536, 8192
+
+
 def sniff(runner, path: str) -> bytes:
     with runner.open_read(path) as f:
-        return f.read(65536)
+        return f.read(HEAD_BYTES)
 
 
 def gzip_full_check(runner, path: str) -> bytes:
@@ -45,7 +49,7 @@ def gzip_full_check(runner, path: str) -> bytes:
     tail_b = b""
     with runner.open_read(path) as f:
         for _done, out in gunzip_chunks(f, path=path):
-            tail_b = (tail_b + out)[-8192:]
+            tail_b = (tail_b + out)[-TAIL_BYTES:]
     return tail_b
 
 

@@ -25,6 +25,7 @@ import threading
 import time
 
 from bigskies_ops.archives import gz
+from bigskies_ops.archives.integrity import HEAD_BYTES, TAIL_BYTES
 from bigskies_ops.archives.plainsql import COPY_RE, PY_CODECS, OwnerAclFilter, split_qualified
 from bigskies_ops.errors import BigskiesError, CommandError, StorageError
 from bigskies_ops.hosts.local import LocalRunner
@@ -34,7 +35,6 @@ from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.pg.tools import parse_plain_header, plain_tail_complete
 
 CHUNK = 1 << 20  # bytes read from pg_dump per iteration
-HEAD, TAIL = 65536, 8192  # bytes of SQL kept: the header, and the completion trailer
 
 
 # ----------------------------------------------------------------------------- the SQL as it passes
@@ -53,11 +53,11 @@ class SqlTap:
 
     def feed(self, raw: bytes) -> None:
         self.raw_bytes += len(raw)
-        if len(self.head) < HEAD:
-            self.head += raw[:HEAD - len(self.head)]
+        if len(self.head) < HEAD_BYTES:
+            self.head += raw[:HEAD_BYTES - len(self.head)]
         if self.lexer is not None:
             self.lexer.feed(raw)
-        self.tail = (self.tail + raw[-TAIL:])[-TAIL:]
+        self.tail = (self.tail + raw[-TAIL_BYTES:])[-TAIL_BYTES:]
 
     def copy_blocks(self) -> tuple[list[tuple[str, str] | None], list[int]]:
         """End the stream; the COPY blocks in stream order: their tables (``(schema, name)``,
@@ -406,7 +406,7 @@ class FileOnHost(_Pipeline):
 
     def _check_plain(self, partial: str) -> None:
         runner = self.writer
-        r = runner.pipeline([["gzip", "-dc"], ["tail", "-c", str(TAIL)]], stdin_path=partial)
+        r = runner.pipeline([["gzip", "-dc"], ["tail", "-c", str(TAIL_BYTES)]], stdin_path=partial)
         end = r.stdout.read()
         r.wait()
         rcs, err = stage_statuses_of(r, 2)
@@ -443,15 +443,15 @@ def _head_of(runner, path: str) -> bytes:
     try:
         d = gz.decompressobj()
         out = b""
-        while len(out) < HEAD:
-            chunk = f.read(HEAD)
+        while len(out) < HEAD_BYTES:
+            chunk = f.read(HEAD_BYTES)
             if not chunk:
                 break
             try:
                 out += d.decompress(chunk)
             except gz.ERRORS as e:
                 raise StorageError(f"{path}: corrupt gzip data ({e})") from None
-        return out[:HEAD]
+        return out[:HEAD_BYTES]
     finally:
         f.close()
 

@@ -58,17 +58,19 @@ def pull_format(src: Host, fmt: str | None, restore: bool) -> str:
     return check_format(fmt, src)
 
 
-def _ssh_runner(host: Host):
-    from bigskies_ops.hosts.ssh import SSHRunner
+def _require_ssh(host: Host) -> Host:
     if not host.is_remote:
         raise UsageError(f"{host.name} is not a connection: ssh host")
-    return SSHRunner(host)
+    return host
+
+
+def _ssh_runner(host: Host):
+    from bigskies_ops.hosts.ssh import SSHRunner
+    return SSHRunner(_require_ssh(host))
 
 
 def _ssh_access(host: Host):
-    if not host.is_remote:
-        raise UsageError(f"{host.name} is not a connection: ssh host")
-    return host_access(host)
+    return host_access(_require_ssh(host))
 
 
 # ----------------------------------------------------------------------------- fresh dumps
