@@ -125,6 +125,34 @@ def result_line(word: str, host: str, reason: str) -> None:
     say(f"{word}: [{host}] {reason}")
 
 
+def check_report(task: str, host: str, plan: dict, lines: list[str], *, would_change: bool,
+                 json: bool = False) -> None:
+    """Report a ``--check`` run (a dry run: nothing was changed; CONTRACTS.md section 5, exit 0).
+
+    Args:
+        task: the task's name as typed (``db.restore``).
+        host: the inventory host's name.
+        plan: the facts of what would happen (JSON-ready: sizes in bytes, UTC ISO-8601
+            times, names); the same facts as ``lines``.
+        lines: one human line per step that would happen, in order (``drop database
+            'bigskies_pre_restore_...' (1.2 GB)``).
+        would_change: whether the real run would change anything; the result word is then
+            ``changed``, else ``ok`` (Ansible's check mode does the same).
+        json: print one JSON document instead: ``{"result", "check": true, "task", "host",
+            "would_change", "plan"}``.
+    """
+    word = "changed" if would_change else "ok"
+    if json:
+        emit_json({"result": word, "check": True, "task": task, "host": host, "would_change": would_change,
+                   "plan": plan})
+        return
+    say(f"CHECK MODE ({task} --check): nothing is changed")
+    for line in lines:
+        say(f"  would {line}" if not line.startswith(("would ", "  ")) else f"  {line}")
+    result_line(f"{word} (check)", host, "would change nothing" if not would_change
+                else f"{len(lines)} step(s) would run; run again without --check to do them")
+
+
 def heading(title: str) -> None:
     say(title)
     say("=" * len(title))
