@@ -43,12 +43,20 @@ class TargetResult:
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
     exit_code: int = 0
+    check: bool = False                                         # a dry run: uploaded/pruned say "would"
+    upload_bytes: int = 0                                       # bytes uploaded (or that would be)
+    pruned_bytes: int = 0                                       # bytes deleted on the target (or would be)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_json(self) -> dict:
+        if self.check:
+            return {"target": self.target, "ok": self.ok, "would_upload": self.uploaded,
+                    "would_upload_bytes": self.upload_bytes, "already_offsite": self.already,
+                    "would_prune_remote": self.pruned, "would_free_bytes": self.pruned_bytes,
+                    "skipped": self.skipped, "error": self.error}
         return {"target": self.target, "ok": self.ok, "uploaded": self.uploaded, "already_offsite": self.already,
                 "pruned_remote": self.pruned, "skipped": self.skipped, "error": self.error}
 
@@ -66,22 +74,28 @@ def _record_copy(runner, host: Host, b: Backup, rec: dict) -> dict:
 
 
 def upload(host: Host, target: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD,
-           apply_retention: bool = True, now=None, inv=None) -> list[TargetResult]:
+           apply_retention: bool = True, now=None, inv=None, check: bool = False) -> list[TargetResult]:
     """Copy every DONE archive (with its manifest) that a target lacks, verify each copy by
     reading it back, record it in the local manifest, then apply retention on the target.
+
+    ``check``: a dry run: the targets are listed and nothing is uploaded, recorded or
+    deleted; the results name what would be uploaded and pruned on each target (the
+    remote retention planned over what the target holds plus what would be uploaded)
+    and the bytes.
 
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
     """
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
-        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now) for t in tlist]
+        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, check) for t in tlist]
     finally:
         runner.close()
 
 
-def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now) -> TargetResult:
-    res = TargetResult(t.name)
+def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, check=False) -> TargetResult:
+    res = TargetResult(t.name, check=check)
+    coming: list[Backup] = []  # (check) what would be uploaded
     store = None
     try:
         store = store_for(t, inv, **({"multipart_threshold": multipart_threshold} if t.scheme == "s3" else {}))
@@ -97,6 +111,11 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now)
             have = [c for c in b.manifest.get("offsite") or [] if c.get("target") == t.name]
             if have and remote.get(key) == b.size and (key + MANIFEST_SUFFIX) in remote:
                 res.already += 1
+                continue
+            if check:  # nothing read, written or recorded: the sha256 check runs on the real run
+                res.uploaded.append(b.name)
+                res.upload_bytes += b.size or 0
+                coming.append(b)
                 continue
             sha, size = _source_sha(runner, b.path)
             if sha != b.manifest["sha256"] or size != b.manifest.get("bytes", size):
@@ -117,7 +136,7 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now)
                             json.dumps(man, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n")
             res.uploaded.append(b.name)
         if apply_retention:
-            res.pruned = prune_remote(host, t, store, now=now)
+            res.pruned = prune_remote(host, t, store, now=now, check=check, coming=coming, result=res)
     except BigskiesError as e:
         res.error = str(e)
         res.exit_code = e.exit_code
@@ -138,8 +157,11 @@ def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str,
     return {(d.entry.origin_host, d.entry.name) for d in p.keep}
 
 
-def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
-    """Apply the host's retention to what the target holds; returns deleted keys."""
+def prune_remote(host: Host, t: Target, store, *, now=None, check: bool = False, coming: list[Backup] = (),
+                 result: TargetResult | None = None) -> list[str]:
+    """Apply the host's retention to what the target holds; returns the names pruned there
+    (``check``: that would be; ``coming``: backups a dry run would have uploaded first,
+    planned with the rest and never deleted). ``result.pruned_bytes`` gets the bytes."""
     entries = []
     by_name = {}
     for r in remote_catalog(store, t):
@@ -151,13 +173,20 @@ def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
                   verified=any(v.get("ok") for v in m.get("verifications") or []), path=r.key)
         entries.append(e)
         by_name[(r.origin, r.name)] = r
+    held = {(e.origin_host, e.name) for e in entries}
+    for b in coming:
+        if (b.origin_host or host.name, b.name) not in held:
+            entries.append(entry_of(b, b.origin_dir or host.name))
     p = plan(entries, host.retention, keep_safety_days=host.backup.keep_safety_days, now=now or utcnow())
+    gone = [d for d in p.prune if (d.entry.origin_host, d.entry.name) in by_name]
+    if result is not None:
+        result.pruned_bytes = sum(by_name[(d.entry.origin_host, d.entry.name)].size or 0 for d in gone)
     keys = []
-    for d in p.prune:
+    for d in gone:
         keys += [d.entry.path, d.entry.path + MANIFEST_SUFFIX]
-    if keys:
+    if keys and not check:
         store.delete(keys)
-    return [d.entry.name for d in p.prune]
+    return [d.entry.name for d in gone]
 
 
 # ------------------------------------------------------------------ verify, list, fetch
