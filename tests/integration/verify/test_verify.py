@@ -211,3 +211,46 @@ def test_verify_takes_a_pulled_backup_by_the_name_db_list_shows(setup, cli_env):
     r = cli("db.verify", f"prod/{src.name}", "-i", str(inv), env=cli_env)
     assert r.returncode == 0, r.stderr + r.stdout
     assert _manifest(pulled / src.name)["verifications"][-1]["ok"] is True
+
+
+def test_verify_on_an_ssh_host_checks_where_the_files_are_and_copies_nothing_here(setup, tmp_path, pg, cli_env,
+                                                                                dbname, ssh_server):
+    """sha256, the whole gzip stream and trailer (plain), pg_restore's full read (custom) run
+    on the SSH host; nothing is staged on this machine (TMPDIR stays empty, no copy note);
+    a truncated archive there fails with the host named; the results are recorded there."""
+    from tests.remote_helpers import ssh_block
+    inv, bdir = setup
+    plain = _backup(inv, bdir, cli_env, "plain")
+    custom = _backup(inv, bdir, cli_env, "custom")
+    box_dir = tmp_path / "box"
+    (box_dir / "backups").mkdir(parents=True)
+    for p in (plain, custom):
+        (box_dir / "backups" / p.name).write_bytes(p.read_bytes())
+        (box_dir / "backups" / (p.name + ".manifest.json")).write_text(json.dumps(dict(_manifest(p),
+                                                                                      origin_host="box")))
+    bad = box_dir / "backups" / f"{dbname}_backup_20250101_020000.sql.gz"   # a seed-era file cut short
+    _truncated_plain(plain, bad)
+    box = native_host(pg, dbname, "backups", connection="ssh", project_dir=str(box_dir), ssh=ssh_block(ssh_server))
+    inv2 = write_inventory(tmp_path / "inv2.yaml", {"box": box})
+    tmp = tmp_path / "tmp-here"
+    tmp.mkdir()
+    env = dict(cli_env, TMPDIR=str(tmp))
+    # this machine's side: a staged copy would go into a temporary folder under TMPDIR
+    r = cli("db.verify", "--all", "-i", str(inv2), "--json", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr          # the truncated one fails
+    res = {x["name"]: x for x in json.loads(r.stdout)["results"]}
+    assert res[plain.name]["ok"] and res[custom.name]["ok"], res
+    assert "completion trailer" in res[plain.name]["checks"] and "pg_restore full read" in res[custom.name]["checks"]
+    assert any("nothing copied here" in n for n in res[plain.name]["notes"])
+    assert res[bad.name]["ok"] is False and "truncated dump" in res[bad.name]["error"] and "box:" in res[bad.name]["error"]
+    assert "Copying" not in r.stderr and list(tmp.iterdir()) == []
+    for p in (plain, custom):
+        v = _manifest(box_dir / "backups" / p.name)["verifications"]
+        assert [x["ok"] for x in v] == [True]
+    # a changed archive on the host: its sha256 (computed there) differs from the manifest
+    data = bytearray((box_dir / "backups" / custom.name).read_bytes())
+    data[-100] ^= 0xFF
+    (box_dir / "backups" / custom.name).write_bytes(bytes(data))
+    r = cli("db.verify", custom.name, "-i", str(inv2), env=env)
+    assert r.returncode == 1 and "sha256 differs from the manifest" in r.stdout, r.stdout + r.stderr
+    assert list(tmp.iterdir()) == []
