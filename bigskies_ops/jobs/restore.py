@@ -96,10 +96,10 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
             raise ArchiveError(f"no complete DONE backup of {db!r} from {origin or host.name} in {bdir} "
                                f"(schema-only and partial-data backups are restored only when named)")
         return b.path
-    if os.path.exists(spec) and not os.path.isdir(spec):
+    if os.path.exists(spec):  # (a folder too: the archive checks say what it is)
         return spec
     cand = posixpath.join(bdir, spec)
-    if os.path.exists(cand) and not os.path.isdir(cand):
+    if os.path.exists(cand):
         return cand
     # a name whose run FAILED, an id, or a backup pulled from another host
     try:
