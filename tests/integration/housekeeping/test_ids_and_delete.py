@@ -269,3 +269,22 @@ def test_prune_check_shows_the_files_and_bytes_and_changes_nothing(tmp_path, pg,
     r = cli("db.prune", "-i", str(inv), env=cli_env)
     assert r.returncode == 0 and "freed" in r.stdout, r.stdout + r.stderr
     assert not (bdir / old).exists() and (bdir / newest["name"]).exists()
+
+
+def test_pull_existing_takes_the_id_db_list_shows_on_the_ssh_host(tmp_path, pg, dbname, cli_env, ssh_server):
+    """``db.list --host box`` shows ids of box's backups; ``db.pull --from box --existing ID``
+    copies that one; the copy keeps its name, so it has the same id here."""
+    from tests.remote_helpers import ssh_block
+    box_dir, dev_dir = tmp_path / "box", tmp_path / "dev-backups"
+    box = native_host(pg, dbname, "backups", connection="ssh", project_dir=str(box_dir), ssh=ssh_block(ssh_server))
+    inv = write_inventory(tmp_path / "inv.yaml", {"box": box, "dev": native_host(pg, dbname, dev_dir)},
+                          defaults={"host": "dev"})
+    a = _backup(inv, cli_env, "--host", "box")
+    _backup(inv, cli_env, "--host", "box")
+    [entry] = [b for b in _list(inv, cli_env, "--host", "box") if b["name"] == a["name"]]
+    r = cli("db.pull", "--from", "box", "--to", "dev", "--existing", entry["id"][:6], "-i", str(inv), env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (dev_dir / "box" / a["name"]).exists()
+    assert [b["id"] for b in _list(inv, cli_env, "--origin", "box")] == [entry["id"]]
+    r = cli("db.pull", "--from", "box", "--to", "dev", "--existing", "beefbeef", "-i", str(inv), env=cli_env)
+    assert r.returncode == 1 and "no backup with that id" in r.stderr and "Traceback" not in r.stderr
