@@ -141,6 +141,9 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
             output.say(f"no pre-restore copies of {h.postgres.database!r} on {h.name}")
         for cpy in copies:
             output.say(f"{cpy['name']}  taken {cpy['at']}  {human_bytes(cpy['bytes'])}  replaced by {cpy['replaced_by']}")
+        if copies:
+            output.say(f"drop one (each is a whole database): {output.hint(f'db.delete --pre-restore NAME --host {h.name}')}"
+                       f" (or 'all')")
         return
     runner = runner_for(h)
     pulled: dict[str, int] = {}

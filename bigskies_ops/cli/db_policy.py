@@ -84,7 +84,8 @@ def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False
 
 # ------------------------------------------------------------------ db.verify
 @task(positional=["file"], help={
-    "file": "'latest' (default), or an archive (path or name in the backup folder)",
+    "file": "'latest' (default), a backup's id (db.list's first column), or an archive (path or name in the "
+            "backup folder)",
     "all": "verify every DONE and legacy backup of the folder (and of pulled sub-folders)",
     "host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
     "restore_test": "also restore into a throwaway database and compare row counts with the manifest",
@@ -115,7 +116,8 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
             results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt))
     failed = [r for r in results if not r.ok]
     if json:
-        output.emit_json({"host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
+        output.emit_json({"result": "failed" if failed else ("changed" if any(r.recorded for r in results) else "ok"),
+                          "host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
                           "ok": not failed})
     else:
         for r in results:
@@ -136,7 +138,9 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
 def report_offsite(h, results, json: bool) -> int:
     """Print offsite results; return the exit code (0, or the first failure's)."""
     if json:
-        output.emit_json({"host": h.name, "targets": [r.to_json() for r in results]})
+        word = ("failed" if any(r.error for r in results) else
+                "changed" if any(r.uploaded or r.pruned for r in results) else "ok")
+        output.emit_json({"result": word, "host": h.name, "targets": [r.to_json() for r in results]})
     for r in results:
         if json:
             break
@@ -299,11 +303,12 @@ def list_offsite(h, target: str, json: bool, inv=None) -> None:
         return
     from rich import box
     t = output.literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("#", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
-        t.add_column(col, justify="right" if col in ("#", "size") else "left")
-    for i, r in enumerate(items, 1):
+    from bigskies_ops.archives.catalog import backup_id
+    for col in ("id", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
+        t.add_column(col, justify="right" if col == "size" else "left", no_wrap=True, overflow="ignore")
+    for r in items:
         st = r.started_at
-        t.add_row(str(i), st.strftime("%Y-%m-%d %H:%M:%S") if st else "-", human_age(st), human_bytes(r.size),
+        t.add_row(backup_id(r.name), st.strftime("%Y-%m-%d %H:%M:%S") if st else "-", human_age(st), human_bytes(r.size),
                   r.origin, (r.manifest or {}).get("kind", "-"), r.status.lower(), r.name)
     output.print_table(t)
 

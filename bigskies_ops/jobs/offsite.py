@@ -264,6 +264,14 @@ def _choose(host: Host, cat: list[RemoteBackup], spec: str | None, all_: bool) -
     for r in cat:
         if base == r.name or spec in (r.key, f"{r.origin}/{r.name}"):
             return [r]
+    from bigskies_ops.archives.catalog import backup_id, looks_like_id
+    if looks_like_id(spec):  # an id as db.list (--offsite T) shows it, or a unique prefix
+        hits = [r for r in cat if backup_id(r.name).startswith(spec[:8])]
+        if len(hits) == 1:
+            return hits
+        if hits:
+            raise ArchiveError(f"{spec} matches {len(hits)} backups on the offsite target "
+                               f"({', '.join(r.name for r in hits[:5])}); give more of the id or the name")
     raise ArchiveError(f"{spec}: not on the offsite target")
 
 
