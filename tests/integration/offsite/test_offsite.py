@@ -310,3 +310,9 @@ def test_offsite_check_names_uploads_and_remote_prunes_and_changes_nothing(tmp_p
     r = cli("db.offsite", "-i", str(inv), env=s3env)                  # the real run does what --check said
     assert r.returncode == 0, r.stdout + r.stderr
     assert _keys(s3, "tc") == sorted([f"tc/dev/{second}", f"tc/dev/{second}.manifest.json"])
+    # the target's listing shows ids, and they name the copy there
+    from bigskies_ops.archives.catalog import backup_id
+    out = cli("db.list", "--offsite", "vault", "-i", str(inv), env=s3env).stdout
+    assert any(line.startswith(backup_id(second)) and second in line for line in out.splitlines()), out
+    r = cli("db.verify", backup_id(second)[:5], "--offsite", "vault", "-i", str(inv), env=s3env)
+    assert r.returncode == 0 and second in r.stdout, r.stdout + r.stderr
