@@ -25,12 +25,24 @@ def show(c, host=None, inventory=None, json=False):
     output.say(yaml.safe_dump(view, sort_keys=False, allow_unicode=True).rstrip())
 
 
-@task(help={"inventory": INVENTORY_HELP})
+@task(help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
-def check(c, inventory=None):
-    """Validate the inventory; exit 2 naming the path of the first fault."""
+def check(c, inventory=None, json=False):
+    """Validate the inventory; exit 2 naming the path of the first fault. Warns (exit 0) about
+    what this machine lacks: a password variable that is not set, an SSH key file that is missing."""
+    from bigskies_ops.inventory import inventory_warnings
     inv = load_inventory(inventory)
-    output.result_line("ok", "inventory", f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid")
+    warnings = inventory_warnings(inv)
+    summary = f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid"
+    if json:
+        output.emit_json({"result": "ok", "task": "inventory.check", "inventory": str(inv.path),
+                          "hosts": len(inv.hosts), "groups": len(inv.groups), "warnings": warnings})
+        return
+    for w in warnings:
+        output.say(f"warning: [{w['host']}] {w['field']}: {w['message']}")
+    output.result_line("ok", "inventory", summary + (f", {len(warnings)} warning(s) (see above; "
+                                                     f"{output.hint('inventory.ping')} checks the hosts)"
+                                                     if warnings else ""))
 
 
 @task(help={"host": "host, group, 'all' or comma list (default: every host)", "inventory": INVENTORY_HELP,

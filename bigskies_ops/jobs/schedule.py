@@ -23,7 +23,6 @@ with the ``crontab`` command, or, when a crontab FILE is given (``--crontab-file
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -34,11 +33,10 @@ from pathlib import Path
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
-from bigskies_ops.inventory import Host, Inventory
+from bigskies_ops.inventory import Host, Inventory, cron_fields
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
 MONTHLY_WAIT_S = 6 * 3600
-FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
 
 def begin_marker(host: str) -> str:
@@ -50,21 +48,14 @@ def end_marker(host: str) -> str:
 
 
 def check_expression(expr: str, where: str) -> list[str]:
-    """Split a 5-field cron expression (or an ``@daily``-style macro).
+    """Split a 5-field cron expression (or an ``@daily``-style macro): the inventory's own
+    rule (:func:`bigskies_ops.inventory.cron_fields`), so ``inventory.check`` refuses what
+    ``db.schedule`` would.
 
     Raises:
-        UsageError: (exit 2) anything else, naming ``where``.
+        InventoryError: (exit 2) anything else, naming ``where``.
     """
-    e = expr.strip()
-    if e.startswith("@"):
-        if e not in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"):
-            raise UsageError(f"{where}: unknown cron macro {e!r}")
-        return [e]
-    parts = e.split()
-    if len(parts) != 5 or not all(FIELD_RE.match(p) for p in parts):
-        raise UsageError(f"{where}: expected a cron expression with 5 fields (minute hour day month weekday), "
-                         f"got {expr!r}")
-    return parts
+    return cron_fields(expr, where)
 
 
 def monthly_expression(daily: str) -> str:
