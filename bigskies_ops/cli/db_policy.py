@@ -243,11 +243,17 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
         protected_ok = True
+    from bigskies_ops.jobs.schedule import EXIT_SKIPPED_FOR_SAFETY, exit_code
     steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
                 protected_ok=protected_ok)
-    failed = [s for s in steps if s.word == "failed"]
-    if failed:
-        raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in failed), code=1)
+    code = exit_code(steps)
+    if code == 1:
+        raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in steps if s.word == "failed"),
+                   code=1)
+    if code == EXIT_SKIPPED_FOR_SAFETY:  # the backup is good; say what was left undone (exit 4)
+        raise Exit("warning: scheduled run: the backup was made, but "
+                   + "; ".join(f"{s.name} was skipped for safety" for s in steps if s.word == "skipped" and s.safety)
+                   + f" (exit {code}; db.health reports it)", code=code)
 
 
 def list_offsite(h, target: str, json: bool, inv=None) -> None:
