@@ -165,6 +165,20 @@ class Crontab:
             raise CommandError(f"crontab - failed: {r.stderr.strip()}")
 
 
+def current_block(text: str, host: str) -> list[str]:
+    """The host's marked block as the crontab holds it now (markers included; [] when
+    absent): what :func:`replace_block` would replace (pure)."""
+    src = text.splitlines()
+    begin = f"# BEGIN bigskies-ops {host} "
+    for i, ln in enumerate(src):
+        if ln.startswith(begin) or ln == begin.rstrip():
+            j = i
+            while j < len(src) and src[j] != end_marker(host):
+                j += 1
+            return src[i:j + 1]
+    return []
+
+
 @dataclass
 class ScheduleResult:
     host: str
@@ -172,6 +186,10 @@ class ScheduleResult:
     lines: list[str]
     removed: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: the host's block as the crontab held it before (markers included; [] when none)
+    before: list[str] = field(default_factory=list)
+    #: where the block lives: the crontab file, or ``crontab -l`` (the user's crontab)
+    where: str = "crontab -l"
 
 
 def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = False, crontab_file: str | None = None,
@@ -182,7 +200,8 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
     ct = Crontab(crontab_file)
     cur = ct.read()
     new = replace_block(cur, host.name, lines)
-    res = ScheduleResult(host.name, new != cur, lines or [], removed=remove)
+    res = ScheduleResult(host.name, new != cur, lines or [], removed=remove, before=current_block(cur, host.name),
+                         where=ct.path or "crontab -l")
     if not remove and host.postgres.password_env and not host.container:
         res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
                             f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
