@@ -106,3 +106,24 @@ def test_unknown_host_is_a_usage_error(tmp_path, cli_env):
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": {"connection": "local"}})
     r = cli("inventory.ping", "-i", str(inv), "--host", "nope", env=cli_env)
     assert r.returncode == 2 and "unknown host or group 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ssh_container_host_checks_the_container_and_the_tools_inside_it(tmp_path, ssh_server, pg_container,
+                                                                          podman_env, cli_env):
+    from tests.remote_helpers import PROD_PW, PROD_PW_ENV, prod_host
+    (tmp_path / "proj" / "backups").mkdir(parents=True)
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "prod": prod_host(ssh_server, pg_container, tmp_path / "proj", "postgres"),
+        "gone": prod_host(ssh_server, pg_container, tmp_path / "proj", "postgres",
+                          container={"name": "bs-no-such-container"})})
+    env = {**cli_env, "CONTAINERS_CONF": podman_env["CONTAINERS_CONF"], PROD_PW_ENV: PROD_PW}
+    r = cli("inventory.ping", "-i", str(inv), env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _lines(r.stdout, "prod") == {"ssh": "ok", "password": "ok", "container": "ok", "postgres": "ok",
+                                        "versions": "ok", "backup_dir": "ok", "free_space": "ok"}, r.stdout
+    assert f"container '{pg_container.name}' is running" in r.stdout and "(ssh-container)" in r.stdout
+    gone = _lines(r.stdout, "gone")
+    assert gone["container"] == "failed" and gone["postgres"] == "skipped", r.stdout
+    assert "container 'bs-no-such-container' does not exist on gone" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "error: 1 of 2 host(s) failed: gone (container)"
+    assert list((tmp_path / "proj" / "backups").iterdir()) == []
