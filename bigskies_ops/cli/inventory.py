@@ -65,7 +65,8 @@ def ping(c, host=None, inventory=None, json=False):
     results = ping_hosts(hosts, on_done=None if json else show_host)
     failed = [r for r in results if r.failed]
     if json:
-        output.emit_json({"result": "failed" if failed else "ok", "task": "inventory.ping",
+        from bigskies_ops.archives.catalog import iso, utcnow
+        output.emit_json({"result": "failed" if failed else "ok", "task": "inventory.ping", "checked_at": iso(utcnow()),
                           "hosts": [r.to_json() for r in results]})
     else:
         output.say()

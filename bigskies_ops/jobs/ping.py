@@ -7,8 +7,10 @@ Per host, in order (a check that cannot run because an earlier one failed is
 * ``ssh`` (SSH hosts): the connection opens and the host key is known
   (:class:`~bigskies_ops.hosts.ssh.SSHRunner`; an unknown or changed key is a failure);
 * ``password``: the variable named by ``postgres.password_env`` is set here, or the
-  ``postgres.passfile`` exists on the host that runs the tools (none configured: libpq's
-  own defaults, reported as such);
+  ``postgres.passfile`` on the host that runs the tools has an entry for the host, port,
+  database and user (libpq's matching, docs 34.16); neither configured: an entry in
+  ``$PGPASSFILE``/``~/.pgpass`` there is reported, else libpq's other defaults (trust,
+  peer), judged by the ``postgres`` check;
 * ``container`` (container access): the container exists and is running, and the
   engine answers (:func:`bigskies_ops.jobs.status.container_state`);
 * ``postgres``: logging in as ``postgres.user`` to ``postgres.database`` works
@@ -33,6 +35,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from bigskies_ops import output
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
@@ -175,17 +178,49 @@ def _password(host: Host, runner) -> PingCheck:
         hint = " or give the host a postgres.passfile" if not host.container else ""
         return PingCheck("password", FAILED, f"variable {pg.password_env} (hosts.{host.name}.postgres.password_env) "
                                              f"is not set: export it{hint}", {"source": "env"})
-    if pg.passfile and not host.container:
-        try:
-            present = runner.exists(pg.passfile)
-        except BigskiesError as e:
-            return PingCheck("password", FAILED, f"cannot look for {pg.passfile}: {_reason(e)}", {"source": "passfile"})
-        if not present:
-            return PingCheck("password", FAILED, f"passfile {pg.passfile} (hosts.{host.name}.postgres.passfile) does "
-                                                 f"not exist on {host.name}", {"source": "passfile"})
-        return PingCheck("password", OK, f"passfile {pg.passfile} exists", {"source": "passfile"})
-    return PingCheck("password", OK, "no password configured: libpq's defaults (~/.pgpass, trust or peer); the "
-                                     "postgres check shows whether that works", {"source": "libpq"})
+    if host.container:
+        return PingCheck("password", OK, "no password configured: the container's own authentication (the "
+                                         "postgres check shows whether that works)", {"source": "none"})
+    from bigskies_ops.pg.pgpass import default_path
+    try:
+        path = default_path(host, runner)
+        found = _pgpass_entry(host, runner, path)
+    except BigskiesError as e:
+        return PingCheck("password", FAILED, _reason(e), {"source": "passfile"})
+    key = ":".join(_pgpass_key(host))
+    if pg.passfile:
+        if found is None:
+            return PingCheck("password", FAILED, f"passfile {path} (hosts.{host.name}.postgres.passfile) does not "
+                                                 f"exist on {host.name}", {"source": "passfile", "path": path})
+        if not found:
+            return PingCheck("password", FAILED, f"passfile {path} has no entry for {key} (write one: "
+                                                 f"{output.hint(f'db.pgpass --host {host.name}')})",
+                             {"source": "passfile", "path": path})
+        return PingCheck("password", OK, f"passfile {path} has an entry for {key}", {"source": "passfile", "path": path})
+    if found:
+        return PingCheck("password", OK, f"{path} has an entry for {key}", {"source": "pgpass", "path": path})
+    return PingCheck("password", OK, f"no password configured and no entry for {key} in {path}: libpq's other "
+                                     f"defaults (trust or peer); the postgres check shows whether that works",
+                     {"source": "libpq"})
+
+
+def _pgpass_key(host: Host) -> tuple[str, str, str, str]:
+    from bigskies_ops.pg.pgpass import wanted_entries
+    return wanted_entries(host, "")[0].key
+
+
+def _pgpass_entry(host: Host, runner, path: str) -> bool | None:
+    """Whether the pgpass file at ``path`` (on the host that runs the tools) has a line
+    libpq would use for the host's database and user; None when there is no such file.
+
+    Raises:
+        PgpassError: a malformed line (named by number, never its content)."""
+    from bigskies_ops.pg.pgpass import parse
+    if not runner.exists(path):
+        return None
+    key = _pgpass_key(host)
+    entries = parse(runner.read_bytes(path).decode("utf-8", "replace"), path)
+    return any(e is not None and e.shadows(key) for _, e in entries)
 
 
 def _container(access) -> PingCheck:

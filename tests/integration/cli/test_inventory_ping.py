@@ -127,3 +127,28 @@ def test_ssh_container_host_checks_the_container_and_the_tools_inside_it(tmp_pat
     assert "container 'bs-no-such-container' does not exist on gone" in r.stdout
     assert r.stderr.strip().splitlines()[-1] == "error: 1 of 2 host(s) failed: gone (container)"
     assert list((tmp_path / "proj" / "backups").iterdir()) == []
+
+
+def test_passfile_hosts_need_an_entry_for_their_database_and_user(tmp_path, pg, dbname, cli_env):
+    from bigskies_ops.pg.pgpass import escape
+    from tests.conftest import PASSWORD
+    good, other, missing = tmp_path / "good.pgpass", tmp_path / "other.pgpass", tmp_path / "missing.pgpass"
+    good.write_text(f"127.0.0.1:{pg.port}:*:bigskies:{escape(PASSWORD)}\n")
+    other.write_text("db.example.org:5432:*:alice:alice-pw\n")
+    for f in (good, other):
+        f.chmod(0o600)
+
+    def host(passfile):
+        h = native_host(pg, dbname, tmp_path / "b")
+        h["postgres"] = {**{k: v for k, v in h["postgres"].items() if k != "password_env"}, "passfile": str(passfile)}
+        return h
+    inv = write_inventory(tmp_path / "inv.yaml", {"good": host(good), "other": host(other),
+                                                  "missing": host(missing)})
+    r = cli("inventory.ping", "-i", str(inv), env=cli_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _lines(r.stdout, "good")["password"] == "ok" and _lines(r.stdout, "good")["postgres"] == "ok", r.stdout
+    assert _lines(r.stdout, "other")["password"] == "failed"
+    assert f"passfile {other} has no entry for 127.0.0.1:{pg.port}:{dbname}:bigskies" in r.stdout
+    assert "db.pgpass --host other" in r.stdout and "alice-pw" not in r.stdout
+    assert _lines(r.stdout, "missing")["password"] == "failed" and f"passfile {missing} (hosts.missing" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "error: 2 of 3 host(s) failed: other (password); missing (password)"
