@@ -88,7 +88,8 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     output.say(f"   File: {res.backup.name}")
     if m.get("raw_bytes"):
         output.say(f"   Size: {human_bytes(m['raw_bytes'])} (SQL)")
-    output.say(f"   Compressed: {human_bytes(m['bytes'])} ({m['compressor']}, level {m['compress_level']})")
+    from bigskies_ops.jobs.dump import compression_text
+    output.say(f"   Compressed: {human_bytes(m['bytes'])} ({compression_text(m)})")
     output.say(f"   Path: {res.backup.path}" + (f" (on {h.name})" if h.is_remote else ""))
     if copy:
         output.say(f"   Pulled to: {copy['path']} (size and sha256 checked, {copy['rate']})")

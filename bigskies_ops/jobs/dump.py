@@ -191,6 +191,17 @@ def new_manifest(host: Host, dest: Destination, spec: DumpSpec, name: str, start
     return m
 
 
+def compression_text(manifest: dict) -> str:
+    """How an archive was compressed, for the ``Compressed:`` line: the manifest's
+    ``compressor``, with ``level N`` added only when that text does not already name the
+    level (``gzip (zlib level 1)`` and ``gzip -1 (on prod)`` do; ``pg_dump custom (zlib)``
+    does not)."""
+    comp, level = manifest.get("compressor") or "?", manifest.get("compress_level")
+    if level is None or re.search(rf"(?:level |-){level}\b", comp):
+        return comp
+    return f"{comp}, level {level}"
+
+
 def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifest: dict) -> None:
     """Fail before pg_dump starts when ``bdir`` (on ``writer``'s machine) has less free
     space than the backup will take: the newest DONE backup of ``db`` in that format plus
