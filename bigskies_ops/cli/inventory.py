@@ -25,11 +25,15 @@ def show(c, host=None, inventory=None, json=False):
     output.say(yaml.safe_dump(view, sort_keys=False, allow_unicode=True).rstrip())
 
 
-@task(help={"inventory": INVENTORY_HELP})
+@task(help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
-def check(c, inventory=None):
+def check(c, inventory=None, json=False):
     """Validate the inventory; exit 2 naming the path of the first fault."""
     inv = load_inventory(inventory)
+    if json:
+        output.emit_json({"result": "ok", "host": None, "inventory": str(inv.path), "hosts": sorted(inv.hosts),
+                          "groups": sorted(inv.groups)})
+        return
     output.result_line("ok", "inventory", f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid")
 
 
