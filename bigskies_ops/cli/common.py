@@ -134,6 +134,12 @@ def _finite_seconds(value, flag: str) -> None:
     seconds_arg(value, flag)
 
 
+def _jobs_given(value) -> None:
+    if value == "":  # ``--jobs ""`` was given: not the same as no --jobs (jobs_arg's None)
+        raise UsageError("--jobs: expected a whole number from 1 to 64, got ''")
+    jobs_arg(value)
+
+
 def _whole(minimum: int, what: str):
     def check(value, flag: str) -> None:
         try:
@@ -149,7 +155,7 @@ def _whole(minimum: int, what: str):
 #: the task body runs, so a wrong value is a usage error (exit 2) whatever the task does with
 #: it, never a ValueError traceback. Invoke hands every flag over as text; the body converts.
 TYPED_FLAGS = {
-    "jobs": lambda v, flag: jobs_arg(v),
+    "jobs": lambda v, flag: _jobs_given(v),
     "timeout": _finite_seconds, "migrations_timeout": _finite_seconds, "wait": _finite_seconds,
     "lock_wait_timeout": _finite_seconds, "lock_timeout": _finite_seconds,
     "tail": _whole(0, "a number of lines (0 or more)"),
