@@ -135,7 +135,7 @@ def test_a_malformed_value_is_never_a_traceback_and_a_wrong_type_names_the_flag(
     runs, typed = [], []
     for name, args in TASKS.items():
         for i, arg in enumerate(a for a in args if a.takes_value):
-            is_typed = arg.names[0] in TYPED or (name, arg.names[0]) in TASK_TYPED_FLAGS_LITERAL
+            is_typed = arg.names[0] in TYPED or (name, arg.names[0]) in TYPED_IN_TASK
             # typed flags get every malformed value; the others one each, in turn (a lean matrix)
             values = BAD if is_typed else [BAD[(len(runs) + i) % len(BAD)]]
             for v in values:
@@ -153,8 +153,6 @@ def test_a_malformed_value_is_never_a_traceback_and_a_wrong_type_names_the_flag(
             bad.append((shown, "typed", r.returncode, r.stderr[-400:]))
     assert not bad, bad
 
-
-TASK_TYPED_FLAGS_LITERAL = TYPED_IN_TASK
 
 
 def test_output_into_a_pipe_closed_early_is_not_a_traceback(sandbox):
