@@ -111,7 +111,18 @@ def discard(stream) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+_json_documents = 0
+
+
+def json_documents() -> int:
+    """How many JSON documents :func:`emit_json` has printed in this process (the ``--json``
+    failure document is printed only when the task printed none)."""
+    return _json_documents
+
+
 def emit_json(obj) -> None:
+    global _json_documents
+    _json_documents += 1
     from bigskies_ops.text import json_bytes
     text = json_bytes(obj).decode()
     try:

@@ -399,8 +399,10 @@ def _read(path: str) -> str:
             "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
 @handles_errors
 def psql(c, command=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
-    """Open an interactive psql shell (the only task that gets a real TTY); with -c SQL, or
-    with SQL on a standard input that is not a terminal, run it and exit (as db.exec)."""
+    """Open psql on a host's database; with -c SQL or SQL piped in, run it and exit.
+
+    The interactive shell is the only task that gets a real TTY; SQL given with -c or on a
+    standard input that is not a terminal runs as db.exec runs it."""
     inv = load_inventory(inventory)
     h = inv.host(host)
     read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)

@@ -35,7 +35,7 @@ def check(c, inventory=None, json=False):
     warnings = inventory_warnings(inv)
     summary = f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid"
     if json:
-        output.emit_json({"result": "ok", "task": "inventory.check", "inventory": str(inv.path),
+        output.emit_json({"result": "ok", "task": "inventory.check", "host": None, "inventory": str(inv.path),
                           "hosts": len(inv.hosts), "groups": len(inv.groups), "warnings": warnings})
         return
     for w in warnings:
