@@ -28,8 +28,10 @@ def show(c, host=None, inventory=None, json=False):
 @task(help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
 def check(c, inventory=None, json=False):
-    """Validate the inventory; exit 2 naming the path of the first fault. Warns (exit 0) about
-    what this machine lacks: a password variable that is not set, an SSH key file that is missing."""
+    """Validate the inventory; exit 2 naming the path of the first fault.
+
+    Warns (exit 0) about what this machine lacks: a password variable that is not set, an SSH
+    key file that is missing."""
     from bigskies_ops.inventory import inventory_warnings
     inv = load_inventory(inventory)
     warnings = inventory_warnings(inv)
@@ -49,8 +51,10 @@ def check(c, inventory=None, json=False):
             "json": JSON_HELP})
 @handles_errors
 def ping(c, host=None, inventory=None, json=False):
-    """Check each host can be backed up now: SSH and host key, password, container, PostgreSQL login,
-    tool versions, backup folder writable, free space. Hosts in parallel; exit 1 naming each failing check."""
+    """Check that each host can be backed up now (hosts in parallel; exit 1 names each failing check).
+
+    The checks: SSH and host key, password, container, PostgreSQL login, tool versions, backup
+    folder writable, free space."""
     from invoke import Exit
     from bigskies_ops.jobs.ping import ping_hosts
     inv = load_inventory(inventory)
