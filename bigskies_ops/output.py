@@ -279,7 +279,7 @@ class Meter:
     # -- what is shown
     def rate(self, now: float) -> float | None:
         """Bytes per second since the first bytes (a resumed pull's first count excluded)."""
-        if self.first is None or now - self.first[0] < 0.2:
+        if self.first is None or now - self.first[0] < 0.05:
             return None
         return (self.done - self.first[1]) / (now - self.first[0])
 
