@@ -165,6 +165,8 @@ def heading(title: str) -> None:
 STEP_LINE_AFTER = 10.0
 #: off a terminal, a transfer that asked for lines (``lines=True``) gets one this often
 LINE_EVERY = 10.0
+#: characters of a bar on a terminal
+BAR_WIDTH = 30
 
 
 def total_text(total: int, estimate: bool) -> str:
@@ -258,7 +260,10 @@ class Meter:
             self.last_line = now
             note(f"{self.description}: {self.status_text(now)}")
 
-    def set_total(self, total: int, *, estimate: bool = False, basis: str = "") -> None:
+    def set_total(self, total: int, *, estimate: bool = False, basis: str = "", what: str = "") -> None:
+        if what:  # the next transfer through this meter: counted from 0
+            self.step(None)
+            self.description, self.done, self.first = what, 0, None
         self.total, self.estimate = int(total), estimate
         self._refresh(bar=True)
 
@@ -288,8 +293,8 @@ class Meter:
         and seconds."""
         from bigskies_ops.text import human_bytes
         parts = [amount_text(self.done, self.total, self.estimate)]
-        if self.step_name:
-            return f"{parts[0]}  {self.step_name} {clock(now - self.step_t0)}"
+        if self.step_name:  # named in the description; here its seconds so far
+            return f"{parts[0]}  {clock(now - self.step_t0)}"
         rate = self.rate(now)
         if rate is not None:
             parts.append(f"{human_bytes(int(rate))}/s")
@@ -303,7 +308,14 @@ class Meter:
         return bar_total(self.done, self.total, self.estimate)
 
     def _describe(self) -> str:
-        return f"{self.description}: {self.step_name}" if self.step_name else self.description
+        """The description, with the running step; on a terminal cut at the front to leave
+        the bar and its figures one line (a wrapped bar is redrawn as two)."""
+        text = f"{self.description}: {self.step_name}" if self.step_name else self.description
+        if self._progress is not None:
+            room = max(20, self._progress.console.width - BAR_WIDTH - 52)
+            if len(text) > room:
+                text = "…" + text[-(room - 1):]
+        return text
 
     def _refresh(self, bar: bool = False) -> None:
         if self._progress is None:
@@ -377,7 +389,7 @@ def transfer_progress(description: str, total: int | None = None, *, estimate: b
             meter.close()
         return
     from rich.progress import BarColumn, Progress, TextColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), _meter_column(meter), console=err(),
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH), _meter_column(meter), console=err(),
                   transient=True) as p:
         meter.attach(p)
         try:

@@ -77,7 +77,7 @@ def step(name: str) -> None:
         fn(name)
 
 
-def total(progress, nbytes: int | None, *, estimate: bool = False, basis: str = "") -> None:
+def total(progress, nbytes: int | None, *, estimate: bool = False, basis: str = "", what: str = "") -> None:
     """Tell ``progress`` (a job's byte callback, or None) what its byte counts run to.
 
     Args:
@@ -85,11 +85,13 @@ def total(progress, nbytes: int | None, *, estimate: bool = False, basis: str = 
         estimate: True when ``nbytes`` is a guess (the last backup's size, the database's
             size), which the display must say; False for a known size (a file's).
         basis: where an estimate comes from, a few words (``"last backup"``).
+        what: a new transfer through the same callback (the next archive of an offsite
+            upload): its name; the byte count starts again from 0.
 
     A callback without a ``set_total`` method (a plain function) is left alone."""
     fn = getattr(progress, "set_total", None)
     if fn is not None and nbytes:
-        fn(int(nbytes), estimate=estimate, basis=basis)
+        fn(int(nbytes), estimate=estimate, basis=basis, **({"what": what} if what else {}))
 
 
 def warn(msg: str) -> None:

@@ -56,7 +56,7 @@ def test_a_meter_shows_amount_rate_eta_and_then_the_running_step():
     assert "over the ~100.0 MiB est." in m.status_text(now[0]) and "ETA" not in m.status_text(now[0])
     m.step("hashing")
     now[0] += 3
-    assert m.status_text(now[0]).endswith("hashing 0:03")
+    assert m.status_text(now[0]).endswith("(over the ~100.0 MiB est.)  0:03") and m._describe() == "pg_dump app: hashing"
     m.close()
 
 

@@ -18,6 +18,7 @@ import termios
 import time
 
 from tests.conftest import REPO, cli
+from tests.integration.offsite.test_offsite import s3, s3env  # noqa: F401 - fixtures
 from tests.integration.pull.test_pull import _archives, env, prod_db, prod_template, raw_prod, world  # noqa: F401,F811
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -132,3 +133,25 @@ def test_a_fleet_backup_prints_each_host_as_it_finishes_then_the_recap(world, en
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [h["host"] for h in doc["hosts"]] == ["prod", "dev"] and all(h["seconds"] > 0 for h in doc["hosts"])
+
+
+def test_verify_and_offsite_on_a_terminal_show_bytes_against_each_archives_size(tmp_path, pg, dbname, s3, s3env):
+    from tests.conftest import native_host, write_inventory
+    from tests.integration.offsite.test_offsite import _target
+    from bigskies_ops.text import human_bytes
+    _grow(pg, dbname, 20)
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, offsite=[_target(s3, "p1")])})
+    assert cli("db.backup", "-i", str(inv), "--format", "plain", env=s3env).returncode == 0
+    [archive] = _archives(bdir)
+    size = human_bytes(archive.stat().st_size)
+    rc, out, term = run_on_terminal(["db.verify", "latest", "-i", str(inv), "--restore-test"], s3env)
+    assert rc == 0, term
+    text = ANSI.sub("", term)
+    assert f"verify {archive.name}" in text and f"of {size}" in text and re.search(r"ETA \d+:\d\d", text), text
+    assert f"restore test {archive.name}: checking row counts" in text
+    rc, out, term = run_on_terminal(["db.offsite", "-i", str(inv)], s3env)
+    assert rc == 0, term
+    text = ANSI.sub("", term)
+    assert f"offsite vault: {archive.name}" in text and f"of {size}" in text, text
+    assert ": reading the copy back (sha256)" in text   # (the description is cut at the front to fit)
