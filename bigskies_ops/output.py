@@ -289,8 +289,8 @@ class Meter:
         return (self.done - self.first[1]) / (now - self.first[0])
 
     def status_text(self, now: float) -> str:
-        """The text beside the bar (or of a line): amount, rate, ETA; during a step its name
-        and seconds."""
+        """The text beside the bar (or of a line): amount, rate, ETA; during a step the
+        amount and the step's seconds (its name is in the description)."""
         from bigskies_ops.text import human_bytes
         parts = [amount_text(self.done, self.total, self.estimate)]
         if self.step_name:  # named in the description; here its seconds so far
