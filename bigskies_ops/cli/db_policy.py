@@ -94,8 +94,9 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
         if not backups:
             raise UsageError(f"no backups to verify in {h.backup.dir}")
         results = []
-        for b in backups:
-            results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt))
+        with output.transfer_progress("verify") as cb:  # bytes read against each archive's size (docs/cli.md "Progress")
+            for b in backups:
+                results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt, progress=cb))
     failed = [r for r in results if not r.ok]
     if json:
         output.emit_json({"host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
@@ -146,7 +147,8 @@ def offsite(c, host=None, inventory=None, target=None, json=False):
     from bigskies_ops.jobs.offsite import upload
     inv = load_inventory(inventory)
     h = inv.host(host)
-    results = upload(h, target, inv=inv)
+    with output.transfer_progress("offsite") as cb:  # bytes sent against each archive's size (docs/cli.md "Progress")
+        results = upload(h, target, inv=inv, progress=cb)
     code = report_offsite(h, results, json)
     if code:
         raise Exit("error: offsite copy failed for " + ", ".join(r.target for r in results if r.error), code=code)
