@@ -239,7 +239,7 @@ _OFFSITE_ITEM = {"name": "str", "url": "str", "endpoint": "str", "region": "str"
 _BLOCKS = {"ssh": _SSH, "postgres": _POSTGRES, "container": _CONTAINER, "compose": _COMPOSE,
            "backup": _BACKUP, "retention": _RETENTION, "alerts": _ALERTS, "migrations": _MIGRATIONS}
 HOST_KEYS = {"connection": ("enum", ("local", "ssh")), "project_dir": "str", "coordinators": "strlist",
-             "offsite": "offsite", "schedule": "str", "protected": "bool", **{k: "block" for k in _BLOCKS}}
+             "offsite": "offsite", "schedule": "cron", "protected": "bool", **{k: "block" for k in _BLOCKS}}
 _DATACLASS = {"ssh": SSHSettings, "postgres": PostgresSettings, "container": ContainerSettings,
               "compose": ComposeSettings, "backup": BackupSettings, "retention": RetentionSettings,
               "alerts": AlertSettings, "migrations": MigrationSettings}
@@ -250,7 +250,36 @@ def _hint(word: str, choices) -> str:
     return f" (did you mean {m[0]!r}?)" if m else ""
 
 
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+def cron_fields(expr: str, where: str) -> list[str]:
+    """Split a 5-field cron expression (``0 2 * * *``) or an ``@daily``-style macro into
+    its fields; the one rule ``db.schedule`` and the inventory's ``schedule`` key share
+    (crontab(5)).
+
+    Raises:
+        InventoryError: (exit 2) anything else, naming ``where`` (``hosts.prod.schedule``).
+    """
+    e = expr.strip()
+    if e.startswith("@"):
+        if e not in CRON_MACROS:
+            raise InventoryError(f"{where}: unknown cron macro {e!r}{_hint(e, CRON_MACROS)}")
+        return [e]
+    parts = e.split()
+    if len(parts) != 5 or not all(_CRON_FIELD_RE.match(p) for p in parts):
+        raise InventoryError(f"{where}: expected a cron expression with 5 fields (minute hour day month weekday), "
+                             f"got {expr!r}")
+    return parts
+
+
 def _check_scalar(path: str, kind, value: Any) -> Any:
+    if kind == "cron":
+        if not isinstance(value, str):
+            raise InventoryError(f"{path}: expected a cron expression in quotes (\"0 2 * * *\")")
+        cron_fields(value, path)
+        return value
     if kind in ("str",):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise InventoryError(f"{path}: expected a string")
@@ -528,3 +557,36 @@ def redacted_view(host: Host) -> dict:
             d[block][key] = f"{name} ({'set' if name in os.environ else 'NOT SET'})"
     d["access_mode"] = host.access_mode
     return d
+
+
+def inventory_warnings(inv: Inventory) -> list[dict]:
+    """What the inventory names but this machine lacks, per host: a password (or
+    become/webhook) variable that is not set here, an ``ssh.key_filename``,
+    ``ssh.config_file`` or ``ssh.known_hosts_file`` that does not exist, a local host's
+    ``postgres.passfile`` that does not exist.
+
+    These are warnings, not errors (docs/inventory.md, "Checking an inventory"): the
+    file is valid, and the same inventory is often checked where the secrets are not
+    (a CI job, a colleague's laptop); the tasks that need them fail with the same
+    message, and ``inventory.ping`` checks the hosts themselves.
+
+    Returns:
+        ``[{"host", "field", "message"}]`` in inventory order (``field``: the dotted path).
+    """
+    out: list[dict] = []
+    for h in inv.hosts.values():
+        def warn(fld: str, msg: str) -> None:
+            out.append({"host": h.name, "field": f"hosts.{h.name}.{fld}", "message": msg})
+        for fld, name in (("postgres.password_env", h.postgres.password_env),
+                          ("ssh.become_password_env", h.ssh.become_password_env if h.ssh.become else None),
+                          ("alerts.webhook_env", h.alerts.webhook_env)):
+            if name and name not in os.environ:
+                warn(fld, f"environment variable {name} is not set here")
+        if h.is_remote:
+            for fld in ("key_filename", "config_file", "known_hosts_file"):
+                p = getattr(h.ssh, fld)
+                if p and not os.path.exists(p):
+                    warn(f"ssh.{fld}", f"{p} does not exist")
+        elif h.postgres.passfile and not h.container and not os.path.exists(h.postgres.passfile):
+            warn("postgres.passfile", f"{h.postgres.passfile} does not exist")
+    return out

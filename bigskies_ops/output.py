@@ -111,7 +111,18 @@ def discard(stream) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+_json_documents = 0
+
+
+def json_documents() -> int:
+    """How many JSON documents :func:`emit_json` has printed in this process (the ``--json``
+    failure document is printed only when the task printed none)."""
+    return _json_documents
+
+
 def emit_json(obj) -> None:
+    global _json_documents
+    _json_documents += 1
     from bigskies_ops.text import json_bytes
     text = json_bytes(obj).decode()
     try:
@@ -159,22 +170,244 @@ def heading(title: str) -> None:
     say()
 
 
+# ----------------------------------------------------------------------------- progress
+#: off a terminal, a finishing step still running after this many seconds gets one line
+#: (a cron log of a quick run has no step lines; a slow step is named while it runs)
+STEP_LINE_AFTER = 10.0
+#: off a terminal, a transfer that asked for lines (``lines=True``) gets one this often
+LINE_EVERY = 10.0
+#: characters of a bar on a terminal
+BAR_WIDTH = 30
+
+
+def total_text(total: int, estimate: bool) -> str:
+    """``"~1.2 GiB est."`` for an estimate, ``"1.2 GiB"`` for a known size (bytes in)."""
+    from bigskies_ops.text import human_bytes
+    return f"~{human_bytes(total)} est." if estimate else human_bytes(total)
+
+
+def bar_total(done: int, total: int | None, estimate: bool) -> int | None:
+    """The total a bar is drawn against, or None for an indeterminate (pulsing) bar: an
+    estimate that ``done`` has passed is not kept (the bar would sit at 100% until the end),
+    and a known size is never passed by more than rounding."""
+    if not total:
+        return None
+    if done > total:
+        return None if estimate else done
+    return total
+
+
+def amount_text(done: int, total: int | None, estimate: bool) -> str:
+    """``"300.0 MiB of ~1.2 GiB est."``, ``"1.3 GiB (over the ~1.2 GiB est.)"`` or, with
+    no total, ``"300.0 MiB"`` (bytes in)."""
+    from bigskies_ops.text import human_bytes
+    if not total:
+        return human_bytes(done)
+    if done > total and estimate:
+        return f"{human_bytes(done)} (over the {total_text(total, estimate)})"
+    return f"{human_bytes(done)} of {total_text(total, estimate)}"
+
+
+def eta_seconds(done: int, total: int | None, rate: float | None) -> float | None:
+    """Seconds left at ``rate`` (bytes/s) to reach ``total`` from ``done``; None when it
+    cannot be told (no total, no rate yet, or an estimate already passed)."""
+    if not total or not rate or rate <= 0 or done > total:
+        return None
+    return (total - done) / rate
+
+
+def clock(seconds: float | None) -> str:
+    """``"1:05"``, ``"1:02:03"``; ``"--:--"`` for None."""
+    if seconds is None:
+        return "--:--"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Meter:
+    """The progress of one transfer, given to a job as its ``progress`` callback.
+
+    Called ``meter(done_bytes, written_bytes=None)`` as bytes move; :meth:`set_total` (through
+    :func:`bigskies_ops.report.total`) gives the total or an estimate, :meth:`step` (through
+    :func:`bigskies_ops.report.step`) names the finishing step now running. What it shows:
+
+    * on a terminal, a bar: ``pg_dump app ━━━━━  300.0 MiB of ~1.2 GiB est.  40.1 MiB/s  ETA 0:23``;
+      an estimate passed turns the bar indeterminate (``over the ~1.2 GiB est.``, no ETA);
+      a step makes the description ``pg_dump app: hashing the archive`` and the bar pulse
+      with the step's seconds;
+    * off a terminal, no bar and no ``\\r``: with ``lines`` a transfer line every
+      :data:`LINE_EVERY` seconds, and a step still running after :data:`STEP_LINE_AFTER`
+      seconds one line (CONTRACTS.md section 5).
+    """
+
+    def __init__(self, description: str, *, lines: bool = False, clock=None):
+        import threading
+        import time
+        self.description, self.lines = description, lines
+        self._now = clock or time.monotonic
+        self.done = 0
+        self.total: int | None = None
+        self.estimate = False
+        self.first: tuple[float, int] | None = None  # (time, bytes) of the first bytes seen
+        self.last_line = self._now()
+        self.step_name: str | None = None
+        self.step_t0 = 0.0
+        self._progress = None  # rich Progress (terminal) and the task id
+        self._task = None
+        self._timer = None
+        self._lock = threading.Lock()
+
+    # -- what jobs call
+    def __call__(self, done: int, written: int | None = None) -> None:
+        now = self._now()
+        self.done = done
+        if self.first is None and done > 0:
+            self.first = (now, done)
+            self._refresh(bar=True)
+        elif self._progress is not None:
+            self._progress.update(self._task, completed=done, total=self._bar_total())
+        elif self.lines and now - self.last_line >= LINE_EVERY:
+            self.last_line = now
+            note(f"{self.description}: {self.status_text(now)}")
+
+    def set_total(self, total: int, *, estimate: bool = False, basis: str = "", what: str = "") -> None:
+        if what:  # the next transfer through this meter: counted from 0
+            self.step(None)
+            self.description, self.done, self.first = what, 0, None
+        self.total, self.estimate = int(total), estimate
+        self._refresh(bar=True)
+
+    def step(self, name: str | None) -> None:
+        import threading
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.step_name, self.step_t0 = name, self._now()
+            if name and self._progress is None:  # off a terminal: a line only if it runs long
+                t = threading.Timer(STEP_LINE_AFTER, self._step_line, args=(name,))
+                t.daemon = True
+                self._timer = t
+                t.start()
+        self._refresh(bar=True)
+
+    # -- what is shown
+    def rate(self, now: float) -> float | None:
+        """Bytes per second since the first bytes (a resumed pull's first count excluded)."""
+        if self.first is None or now - self.first[0] < 0.05:
+            return None
+        return (self.done - self.first[1]) / (now - self.first[0])
+
+    def status_text(self, now: float) -> str:
+        """The text beside the bar (or of a line): amount, rate, ETA; during a step the
+        amount and the step's seconds (its name is in the description)."""
+        from bigskies_ops.text import human_bytes
+        parts = [amount_text(self.done, self.total, self.estimate)]
+        if self.step_name:  # named in the description; here its seconds so far
+            return f"{parts[0]}  {clock(now - self.step_t0)}"
+        rate = self.rate(now)
+        if rate is not None:
+            parts.append(f"{human_bytes(int(rate))}/s")
+        if self.total and not (self.estimate and self.done > self.total):
+            parts.append(f"ETA {clock(eta_seconds(self.done, self.total, rate))}")
+        return "  ".join(parts)
+
+    def _bar_total(self) -> int | None:
+        if self.step_name:
+            return None  # a step: the bar pulses
+        return bar_total(self.done, self.total, self.estimate)
+
+    def _describe(self) -> str:
+        """The description, with the running step; on a terminal cut at the front to leave
+        the bar and its figures one line (a wrapped bar is redrawn as two)."""
+        text = f"{self.description}: {self.step_name}" if self.step_name else self.description
+        if self._progress is not None:
+            room = max(20, self._progress.console.width - BAR_WIDTH - 52)
+            if len(text) > room:
+                text = "…" + text[-(room - 1):]
+        return text
+
+    def _refresh(self, bar: bool = False) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(self._task, description=self._describe(), completed=self.done,
+                              total=self._bar_total())
+        if bar:
+            self._progress.refresh()  # a short step is shown, not only the 10 Hz frames
+
+    def _step_line(self, name: str) -> None:
+        with self._lock:
+            if self.step_name != name:
+                return
+        note(f"{self.description}: {name} (still running after {STEP_LINE_AFTER:g} s)")
+
+    def attach(self, progress) -> None:
+        """Draw on ``progress`` (a rich Progress on stderr)."""
+        self._progress = progress
+        self._task = progress.add_task(self._describe(), total=self._bar_total())
+        self._refresh(bar=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.step_name = None
+
+
+def _meter_column(meter: Meter):
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class MeterColumn(ProgressColumn):
+        def render(self, task):
+            return Text(meter.status_text(meter._now()))
+    return MeterColumn()
+
+
+def stderr_is_terminal() -> bool:
+    """Progress bars only there (CONTRACTS.md section 5)."""
+    return sys.stderr.isatty() and err().is_terminal
+
+
 @contextmanager
-def transfer_progress(description: str, total: int | None = None):
-    """Yield a callback ``(done_bytes, written_bytes=None)``; draws a bar with bytes, rate
-    and ETA on a terminal, does nothing otherwise."""
-    if not sys.stderr.isatty() or not err().is_terminal:
+def transfer_progress(description: str, total: int | None = None, *, estimate: bool = False,
+                      lines: bool = False, quiet: bool = False):
+    """Yield a :class:`Meter` (the job's ``progress`` callback) for the block, and show the
+    finishing steps the library names (:func:`bigskies_ops.report.step`) through it.
+
+    Args:
+        description: what moves (``"pg_dump app"``, ``"pull from prod"``).
+        total: bytes it runs to, if known now (else the job tells it: report.total).
+        estimate: ``total`` is a guess (shown ``~1.2 GiB est.``).
+        lines: off a terminal, a line every :data:`LINE_EVERY` seconds (a pull's cron log);
+            otherwise bytes are not shown there, only steps that run long.
+        quiet: yield None and show nothing (``--json`` where stderr must stay clean).
+    """
+    if quiet:
         yield None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err(), transient=True) as p:
-        tid = p.add_task(description, total=total)
-
-        def cb(done, written=None):
-            p.update(tid, completed=done)
-        yield cb
+    from bigskies_ops import report
+    meter = Meter(description, lines=lines)
+    if total:
+        meter.set_total(total, estimate=estimate)
+    if not stderr_is_terminal():
+        try:
+            with report.reporting(step=meter.step):
+                yield meter
+        finally:
+            meter.close()
+        return
+    from rich.progress import BarColumn, Progress, TextColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH), _meter_column(meter), console=err(),
+                  transient=True) as p:
+        meter.attach(p)
+        try:
+            with report.reporting(step=meter.step):
+                yield meter
+        finally:
+            meter.close()
 
 
 def literal_table(**kw) -> "Table":

@@ -7,6 +7,12 @@ channels and whoever runs it decides where they land:
   old pre-restore copy ..."); the CLI prints them on stderr.
 * :func:`say`: the step lines a scenario or a scheduled run exists to show ("Step 2/5: ...",
   "ok: [prod] backup: ..."); the CLI prints them on stdout, and drops them under ``--json``.
+* :func:`step`: the name of the finishing step now running ("hashing the archive",
+  "checking row counts", "swapping"); the CLI's progress display shows it as its bar's
+  description on a terminal, or one line when the step runs long (output.transfer_progress).
+
+Bytes moved go to the ``progress`` callback a job is given (``progress(done, written)``);
+:func:`total` tells such a callback what the bytes run to, when the callback can show it.
 
 Nothing is sent anywhere until a sink is given: a program that uses the library as a
 library gets silence unless it asks. :func:`install` sets the process-wide sinks (the CLI
@@ -36,6 +42,7 @@ class Sinks(NamedTuple):
 
     note: Optional[Sink] = None
     say: Optional[Sink] = None
+    step: Optional[Sink] = None
 
 
 _installed = Sinks()
@@ -62,6 +69,31 @@ def say(msg: str = "") -> None:
         fn(msg)
 
 
+def step(name: str) -> None:
+    """Name the step now running (``"hashing the archive"``, lower case, no trailing dots):
+    shown until the next step or the end of the job; nothing when no step sink is in effect."""
+    fn = sinks().step
+    if fn is not None:
+        fn(name)
+
+
+def total(progress, nbytes: int | None, *, estimate: bool = False, basis: str = "", what: str = "") -> None:
+    """Tell ``progress`` (a job's byte callback, or None) what its byte counts run to.
+
+    Args:
+        nbytes: the total, bytes (None or 0: unknown, nothing is told).
+        estimate: True when ``nbytes`` is a guess (the last backup's size, the database's
+            size), which the display must say; False for a known size (a file's).
+        basis: where an estimate comes from, a few words (``"last backup"``).
+        what: a new transfer through the same callback (the next archive of an offsite
+            upload): its name; the byte count starts again from 0.
+
+    A callback without a ``set_total`` method (a plain function) is left alone."""
+    fn = getattr(progress, "set_total", None)
+    if fn is not None and nbytes:
+        fn(int(nbytes), estimate=estimate, basis=basis, **({"what": what} if what else {}))
+
+
 def warn(msg: str) -> None:
     """A warning that must not go unseen (the server of an SSH connection is not
     authenticated): the note sink when there is one, else stderr."""
@@ -72,12 +104,12 @@ def warn(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def install(note: Optional[Sink], say: Optional[Sink] = None) -> Sinks:
+def install(note: Optional[Sink], say: Optional[Sink] = None, step: Optional[Sink] = None) -> Sinks:
     """Set the process-wide sinks (seen by every thread and context without an override of
     :func:`reporting`); None drops that channel. Returns the previous ones, for
     ``install(*previous)``."""
     global _installed
-    previous, _installed = _installed, Sinks(note, say)
+    previous, _installed = _installed, Sinks(note, say, step)
     return previous
 
 
@@ -92,12 +124,14 @@ def installed(note: Optional[Sink], say: Optional[Sink] = None) -> Iterator[None
 
 
 @contextmanager
-def reporting(note=_KEEP, *, say=_KEEP) -> Iterator[None]:
+def reporting(note=_KEEP, *, say=_KEEP, step=_KEEP) -> Iterator[None]:
     """In this context (this thread, and what :func:`carried` hands on), send notes to
-    ``note`` and step lines to ``say`` while the block runs; None drops the channel, a
-    channel not given stays as it is. The previous sinks are back after the block."""
+    ``note``, step lines to ``say`` and step names to ``step`` while the block runs; None
+    drops the channel, a channel not given stays as it is. The previous sinks are back
+    after the block."""
     cur = sinks()
-    token = _current.set(Sinks(cur.note if note is _KEEP else note, cur.say if say is _KEEP else say))
+    token = _current.set(Sinks(cur.note if note is _KEEP else note, cur.say if say is _KEEP else say,
+                               cur.step if step is _KEEP else step))
     try:
         yield
     finally:

@@ -5,6 +5,8 @@ The repo-root ``tasks.py`` re-exports :data:`ns`; the console script
 """
 from invoke import Collection
 
+from bigskies_ops.cli.common import optional_positional
+
 from bigskies_ops.cli import (db, db_housekeeping, db_migrations, db_policy, db_remote, db_stack, docker, inventory,
                               scenario)
 
@@ -19,3 +21,11 @@ ns = Collection()
 for _sub in (db_ns, inventory.ns, docker.ns, scenario.ns):
     if _sub.tasks or _sub.collections:
         ns.add_collection(_sub)
+
+# each task learns its dotted name (``db.list``): the --json failure document and the
+# per-task typed flags name it (cli.common._Task)
+for _name in ns.task_names:
+    ns[_name].full_name = _name
+
+# ``docker.logs [SERVICE]``: every service when SERVICE is omitted
+optional_positional("docker.logs", "service")

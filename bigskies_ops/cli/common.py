@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 
 import invoke
 from invoke import Exit
@@ -96,6 +97,11 @@ def handles_errors(fn):
             raise Exit(f"interrupted by signal {e.signum}; {_cleanup()}", code=e.exit_code)
         except KeyboardInterrupt:
             raise Exit(f"interrupted; {_cleanup()}", code=130)
+        except BrokenPipeError:
+            # stdout's reader went away (``| head -1``): nothing more to tell it, no traceback;
+            # exit 1 as in the Python docs' "Note on SIGPIPE"
+            output.discard(sys.stdout)
+            raise Exit(code=1) from None
         except OSError as e:  # a file or folder the library did not expect: one line, no traceback
             where = f"{e.filename}: " if e.filename else ""
             raise Exit(f"error: {where}{e.strerror or e}", code=1)
@@ -105,38 +111,151 @@ def handles_errors(fn):
                 raise Exit(f"interrupted by signal {sig}; {_cleanup()} ({e})", code=128 + sig)
             one_line = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())  # tool stderr tails
             raise Exit(f"error: {one_line}", code=e.exit_code)
+        except (Exit, invoke.UnexpectedExit, invoke.ParseError):
+            raise
+        except Exception as e:  # a bug: one line naming it (BIGSKIES_DEBUG=1 shows the traceback)
+            import os
+            if os.environ.get("BIGSKIES_DEBUG"):
+                raise
+            raise Exit(f"error: internal error: {type(e).__name__}: {e} "
+                       f"(BIGSKIES_DEBUG=1 shows where; please report it)", code=1) from None
     return wrapper
 
 
-class _Task(invoke.Task):
-    """Invoke's Task, but the safety policy's confirmation flags (``--force-protected``,
-    ``--confirm DBNAME``) and the flags that waive a restore's checks (``--skip-missing-roles``,
-    ``--skip-space-check``) have no short form: they are typed in full, and ``-c`` stays
-    free for what it means elsewhere (``db.psql -c SQL`` as in psql), so no short flag means different
-    things in two tasks."""
+#: The short flags: one table for every task (docs/cli.md "Flags"), so a short flag means
+#: the same thing wherever it exists; every other flag is long only (Invoke's automatic
+#: short flags made ``-f`` mean --format, --file, --from or --failed, and took ``-h`` from
+#: --help). Keys are parameter names, values the letter.
+SHORT_FLAGS = {"host": "H", "inventory": "i", "yes": "y", "check": "C", "jobs": "j", "format": "F",
+               "command": "c", "follow": "f"}
 
-    LONG_ONLY = frozenset({"force_protected", "confirm", "skip_missing_roles", "skip_space_check"})
+
+def _finite_seconds(value, flag: str) -> None:
+    seconds_arg(value, flag)
+
+
+def _jobs_given(value) -> None:
+    if value == "":  # ``--jobs ""`` was given: not the same as no --jobs (jobs_arg's None)
+        raise UsageError("--jobs: expected a whole number from 1 to 64, got ''")
+    jobs_arg(value)
+
+
+def _whole(minimum: int, what: str):
+    def check(value, flag: str) -> None:
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            n = None
+        if n is None or n < minimum:
+            raise UsageError(f"{flag}: expected {what}, got {value!r}")
+    return check
+
+
+#: Typed flags (parameter name -> check raising UsageError naming the flag): checked before
+#: the task body runs, so a wrong value is a usage error (exit 2) whatever the task does with
+#: it, never a ValueError traceback. Invoke hands every flag over as text; the body converts.
+TYPED_FLAGS = {
+    "jobs": lambda v, flag: _jobs_given(v),
+    "timeout": _finite_seconds, "migrations_timeout": _finite_seconds, "wait": _finite_seconds,
+    "lock_wait_timeout": _finite_seconds, "lock_timeout": _finite_seconds,
+    "tail": _whole(0, "a number of lines (0 or more)"),
+}
+#: Flags whose type depends on the task (``db.pull --to`` is a host, ``db.migrate --to`` a version).
+TASK_TYPED_FLAGS = {
+    "db.migrate": {"to": _whole(0, "a migration version number"),
+                   "baseline": _whole(0, "a migration version number")},
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.rstrip("_").replace("_", "-")
+
+
+def check_flag_types(task_name: str, kwargs: dict) -> None:
+    """Check every typed flag given in ``kwargs`` (:data:`TYPED_FLAGS`, :data:`TASK_TYPED_FLAGS`).
+
+    Raises:
+        UsageError: the first flag whose value has the wrong type (exit 2), naming the flag."""
+    checks = dict(TYPED_FLAGS, **TASK_TYPED_FLAGS.get(task_name, {}))
+    for name, value in kwargs.items():
+        check = checks.get(name)
+        if check is not None and value is not None and not isinstance(value, bool):
+            check(value, _flag(name))
+
+
+def json_failure(task_name: str, kwargs: dict, message: str, code: int) -> None:
+    """The ``--json`` failure document (docs/cli.md "JSON output"): one JSON document on stdout
+    ``{"result": "failed", "task", "host", "error": {"message", "exit_code"}}``; ``host`` is the
+    ``--host`` value as given (``--from`` for db.pull), or null."""
+    from bigskies_ops import output
+    host = kwargs.get("host", kwargs.get("from_"))
+    if message.startswith("error: "):
+        message = message[len("error: "):]
+    try:
+        output.emit_json({"result": "failed", "task": task_name, "host": host if isinstance(host, str) else None,
+                          "error": {"message": message, "exit_code": code}})
+        sys.stdout.flush()
+    except BrokenPipeError:
+        output.discard(sys.stdout)
+
+
+class _Task(invoke.Task):
+    """Invoke's Task with the operator contract's flags (docs/cli.md "Flags"):
+
+    - short flags only from :data:`SHORT_FLAGS` (the safety policy's ``--force-protected``,
+      ``--confirm DBNAME`` and everything else are typed in full);
+    - ``-h``/``--help`` where a positional argument was expected prints the task's help;
+    - a typed flag with a value of the wrong type is a usage error (:func:`check_flag_types`);
+    - with ``--json``, a failure prints the failure document (:func:`json_failure`) unless the
+      task already printed its own document.
+
+    ``full_name`` (``db.list``) is set by :mod:`bigskies_ops.cli` when it builds the Collection."""
+
+    full_name: str | None = None
 
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
-        if name in self.LONG_ONLY:
-            opts["names"] = opts["names"][:1]
+        opts["names"] = opts["names"][:1]
+        short = SHORT_FLAGS.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"].append(short)
         return opts
+
+    def __call__(self, *args, **kwargs):
+        from bigskies_ops import output
+        name = self.full_name or self.name
+        for p in self.positional:  # ``inv db.verify -h``: the parser filled the positional with it
+            help_if_requested(kwargs.get(p), name)
+        json = kwargs.get("json") is True
+        emitted = output.json_documents()
+        try:
+            try:
+                check_flag_types(name, kwargs)
+            except UsageError as e:
+                raise Exit(f"error: {e}", code=e.exit_code) from None
+            return super().__call__(*args, **kwargs)
+        except Exit as e:
+            if json and e.code not in (0, None) and output.json_documents() == emitted:
+                json_failure(name, kwargs, e.message or f"exit status {e.code}", e.code)
+            raise
 
 
 task = functools.partial(invoke.task, klass=_Task)
 
 
 def seconds_arg(value, flag: str) -> float:
-    """A flag's number of seconds (``--timeout 60``, ``--wait 1.5``): Invoke hands flags over
-    as text (a typed int flag would fail inside Invoke's parser with a traceback).
+    """A flag's number of seconds (``--timeout 60``, ``--wait 1.5``) as a float: Invoke hands
+    flags over as text (a typed int flag would fail inside Invoke's parser with a traceback).
 
     Raises:
-        UsageError: not a number (exit 2)."""
+        UsageError: not a finite number >= 0 (exit 2), naming ``flag``."""
     try:
-        return float(value)
+        seconds = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{flag}: expected a number of seconds, got {value!r}") from None
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):  # also NaN, "-1" and "1e999" (inf)
+        raise UsageError(f"{flag}: expected a number of seconds (0 or more), got {value!r}")
+    return seconds
 
 
 def jobs_arg(jobs) -> int | None:

@@ -88,7 +88,8 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     output.say(f"   File: {res.backup.name}")
     if m.get("raw_bytes"):
         output.say(f"   Size: {human_bytes(m['raw_bytes'])} (SQL)")
-    output.say(f"   Compressed: {human_bytes(m['bytes'])} ({m['compressor']}, level {m['compress_level']})")
+    from bigskies_ops.jobs.dump import compression_text
+    output.say(f"   Compressed: {human_bytes(m['bytes'])} ({compression_text(m)})")
     output.say(f"   Path: {res.backup.path}" + (f" (on {h.name})" if h.is_remote else ""))
     if copy:
         output.say(f"   Pulled to: {copy['path']} (size and sha256 checked, {copy['rate']})")
@@ -409,8 +410,10 @@ def _read(path: str) -> str:
             "force_protected": "allow writes on a protected host", "confirm": "the database name, repeated"})
 @handles_errors
 def psql(c, command=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
-    """Open an interactive psql shell (the only task that gets a real TTY); with -c SQL, or
-    with SQL on a standard input that is not a terminal, run it and exit (as db.exec)."""
+    """Open psql on a host's database; with -c SQL or SQL piped in, run it and exit.
+
+    The interactive shell is the only task that gets a real TTY; SQL given with -c or on a
+    standard input that is not a terminal runs as db.exec runs it."""
     inv = load_inventory(inventory)
     h = inv.host(host)
     read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)

@@ -121,19 +121,44 @@ def migrations(c, host=None, inventory=None, json=False):
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
-            "path": "pgpass file to converge (default: postgres.passfile, else $PGPASSFILE, else ~/.pgpass)"})
+            "path": "pgpass file to converge (default: postgres.passfile, else $PGPASSFILE, else ~/.pgpass)",
+            "check": "dry run: show the lines that would change (passwords masked), write nothing (exit 0)"})
 @handles_errors
-def pgpass(c, host=None, inventory=None, path=None, json=False):
+def pgpass(c, host=None, inventory=None, path=None, json=False, check=False):
     """Converge a pgpass file (mode 0600) from the inventory and the password variable it names."""
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
-    results = [converge(h, path=path) for h in hosts]
+    results = [converge(h, path=path, check=check) for h in hosts]
+    if check:
+        plans = [{"path": r.path, "changes": r.changes, "before": r.before, "after": r.after} for r in results]
+        if json and len(results) > 1:  # one document for the whole run
+            output.emit_json({"result": "changed" if any(r.changes for r in results) else "ok", "check": True,
+                              "task": "db.pgpass", "hosts": [{"host": r.host, "would_change": bool(r.changes),
+                                                              "plan": p} for r, p in zip(results, plans)]})
+            return
+        for r, plan in zip(results, plans):
+            lines = [*(_imperative(ch) for ch in r.changes), *(f"  before: {ln}" for ln in r.before),
+                     *(f"  after:  {ln}" for ln in r.after)]
+            output.check_report("db.pgpass", r.host, plan, lines, would_change=bool(r.changes), json=json)
+        return
     if json:
         output.emit_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
         return
     for r in results:
         reason = "; ".join(r.changes) if r.changes else "no change"
         output.result_line(r.word, r.host, f"{r.path}: {reason}")
+
+
+_IMPERATIVE = (("added ", "add "), ("updated ", "update "), ("removed ", "remove "), ("normalised ", "normalise "),
+               ("created ", "create "), ("mode ", "change mode "))
+
+
+def _imperative(change: str) -> str:
+    """A pgpass change ("added ...") as a --check step ("add ...")."""
+    for past, now in _IMPERATIVE:
+        if change.startswith(past):
+            return now + change[len(past):]
+    return change
 
 
 def after_restore_report(h, database: str, *, apply: bool = False) -> dict:

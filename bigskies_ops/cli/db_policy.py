@@ -112,8 +112,9 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
         if not backups:
             raise UsageError(f"no backups to verify in {h.backup.dir}")
         results = []
-        for b in backups:
-            results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt))
+        with output.transfer_progress("verify") as cb:  # bytes read against each archive's size (docs/cli.md "Progress")
+            for b in backups:
+                results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt, progress=cb))
     failed = [r for r in results if not r.ok]
     if json:
         output.emit_json({"result": "failed" if failed else ("changed" if any(r.recorded for r in results) else "ok"),
@@ -169,8 +170,8 @@ def offsite(c, host=None, inventory=None, target=None, json=False, check=False):
     from bigskies_ops.jobs.offsite import upload
     inv = load_inventory(inventory)
     h = inv.host(host)
-    results = upload(h, target, inv=inv, check=check)
     if check:
+        results = upload(h, target, inv=inv, check=True)
         lines = []
         for r in results:
             if r.error:
@@ -188,6 +189,8 @@ def offsite(c, host=None, inventory=None, target=None, json=False, check=False):
             raise Exit("error: offsite target unreachable: " + ", ".join(r.target for r in results if r.error),
                        code=codes[0])
         return
+    with output.transfer_progress("offsite") as cb:  # bytes sent against each archive's size (docs/cli.md "Progress")
+        results = upload(h, target, inv=inv, progress=cb)
     code = report_offsite(h, results, json)
     if code:
         raise Exit("error: offsite copy failed for " + ", ".join(r.target for r in results if r.error), code=code)
@@ -247,6 +250,9 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
             protected_ok = True
         results.append(converge(inv, h, remove=remove, check=check, crontab_file=crontab_file,
                                 log=log if len(hosts) == 1 else None, protected_ok=protected_ok))
+    if check:
+        _schedule_check_report(results, json)
+        return
     if json:
         output.emit_json({"check": check, "hosts": [{"host": r.host, "result": "changed" if r.changed else "ok",
                                                      "removed": r.removed, "lines": r.lines, "warnings": r.warnings}
@@ -257,11 +263,37 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
             output.note(f"warning: {w}")
         what = "block removed" if r.removed else "backup, prune, offsite daily; restore test monthly"
         if r.changed:
-            output.result_line("changed", r.host, ("would change the crontab (check mode): " if check else "") + what)
+            output.result_line("changed", r.host, what)
             for ln in r.lines:
                 output.say(f"   {ln}")
         else:
             output.result_line("ok", r.host, "crontab already " + ("has no block" if r.removed else "up to date"))
+
+
+def _schedule_check_report(results, json: bool) -> None:
+    """``db.schedule --check``: per host the block before and after (output.check_report);
+    several hosts under --json: one document."""
+    plans = []
+    for r in results:
+        plans.append({"crontab": r.where, "removed": r.removed, "before": r.before,
+                      "after": [] if r.removed else r.lines, "warnings": r.warnings})
+    if json and len(results) > 1:
+        output.emit_json({"result": "changed" if any(r.changed for r in results) else "ok", "check": True,
+                          "task": "db.schedule", "hosts": [{"host": r.host, "would_change": r.changed, "plan": p}
+                                                           for r, p in zip(results, plans)]})
+        return
+    for r, plan in zip(results, plans):
+        if not json:
+            for w in r.warnings:
+                output.note(f"warning: {w}")
+        lines = []
+        if r.changed:
+            verb = ("remove the block of" if r.removed else "replace the block of" if r.before
+                    else "add a block for")
+            lines.append(f"change the crontab ({r.where}): {verb} {r.host}")
+            lines += [f"  before: {ln}" for ln in r.before]
+            lines += [f"  after:  {ln}" for ln in plan["after"]]
+        output.check_report("db.schedule", r.host, plan, lines, would_change=r.changed, json=json)
 
 
 @task(name="scheduled-run", help={
@@ -284,11 +316,17 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
         protected_ok = True
+    from bigskies_ops.jobs.schedule import EXIT_SKIPPED_FOR_SAFETY, exit_code
     steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
                 protected_ok=protected_ok)
-    failed = [s for s in steps if s.word == "failed"]
-    if failed:
-        raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in failed), code=1)
+    code = exit_code(steps)
+    if code == 1:
+        raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in steps if s.word == "failed"),
+                   code=1)
+    if code == EXIT_SKIPPED_FOR_SAFETY:  # the backup is good; say what was left undone (exit 4)
+        raise Exit("warning: scheduled run: the backup was made, but "
+                   + "; ".join(f"{s.name} was skipped for safety" for s in steps if s.word == "skipped" and s.safety)
+                   + f" (exit {code}; db.health reports it)", code=code)
 
 
 def list_offsite(h, target: str, json: bool, inv=None) -> None:

@@ -3,8 +3,6 @@
 and ``db.backup --pull``, which cli/db.py delegates here."""
 from __future__ import annotations
 
-import time
-
 from invoke import Exit
 
 from bigskies_ops import output
@@ -19,39 +17,18 @@ from bigskies_ops.safety import check_destructive, confirm_or_refuse
 from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
 
 
-class LineProgress:
-    """Progress for cron logs: one line every ``every`` seconds (no bar without a terminal)."""
-
-    def __init__(self, what: str, every: float = 10.0):
-        self.what, self.every = what, every
-        self.t0 = self.last = time.monotonic()
-
-    def __call__(self, done: int, written: int | None = None) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = done / max(now - self.t0, 1e-6)
-            output.note(f"{self.what}: {human_bytes(done)} so far ({human_bytes(int(rate))}/s)")
-
-
 class _progress:
-    """Bar on a terminal, lines otherwise (never both), silent with --json."""
+    """A pull's progress (output.transfer_progress): a bar with the total and an ETA on a
+    terminal, a line every 10 s otherwise (never both), silent with --json."""
 
     def __init__(self, what: str, quiet: bool):
-        self.what, self.quiet = what, quiet
-        self._cm = None
+        self._cm = output.transfer_progress(what, lines=True, quiet=quiet)
 
     def __enter__(self):
-        if self.quiet:
-            return None
-        self._cm = output.transfer_progress(self.what)
-        cb = self._cm.__enter__()
-        return cb or LineProgress(self.what)
+        return self._cm.__enter__()
 
     def __exit__(self, *exc):
-        if self._cm is not None:
-            return self._cm.__exit__(*exc)
-        return False
+        return self._cm.__exit__(*exc)
 
 
 def local_destination(inv: Inventory, to: str | None) -> Host:
@@ -204,6 +181,17 @@ def _recap(outcomes, json: bool, extra=None) -> None:
         raise Exit(f"error: {len(failed)} of {len(outcomes)} hosts failed: {', '.join(failed)}", code=code)
 
 
+def _as_each_finishes(json: bool):
+    """The ``finished`` callback of :func:`bigskies_ops.jobs.fleet.run_on_hosts`: one line per
+    host as it finishes (result word, host, reason, seconds), before the recap; none with --json."""
+    if json:
+        return None
+
+    def told(o) -> None:
+        output.result_line(o.word, o.host, f"{o.reason} [{o.seconds:.1f} s]")
+    return told
+
+
 def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exclude_table_data=(),
                  schema_only=False, pull=False, json=False) -> None:
     """``db.backup --host GROUP|a,b``: back up every host in parallel, recap per host."""
@@ -216,7 +204,7 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
     def job(h: Host):
         res = run_backup(h, fmt=fmt, label=label, exclude_table_data=tuple(exclude_table_data),
                          schema_only=schema_only)
-        reason = f"backup {res.backup.name} written ({human_bytes(res.backup.size)}, {res.seconds:.1f} s)"
+        reason = f"backup {res.backup.name} written ({human_bytes(res.backup.size)})"
         data = {"path": res.backup.path, "bytes": res.backup.size, "sha256": res.manifest.get("sha256")}
         if pull and h.is_remote:
             dest = local_destination(inv, None)
@@ -225,7 +213,7 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
             data["pulled_to"] = pr.backup.path
         return "changed", reason, data
 
-    outcomes = run_on_hosts(hosts, job)
+    outcomes = run_on_hosts(hosts, job, finished=_as_each_finishes(json))
     _recap(outcomes, json, extra=lambda o: o.data or {})
 
 
@@ -240,7 +228,7 @@ def fleet_list(hosts: list[Host], *, origin=None, all=False, json=False) -> None
         newest = done[0].started_at.strftime("%Y-%m-%d %H:%M:%SZ") if done and done[0].started_at else "-"
         return "ok", f"{len(bs)} backups ({len(done)} done), newest done {newest}", bs
 
-    outcomes = run_on_hosts(hosts, job)
+    outcomes = run_on_hosts(hosts, job, finished=_as_each_finishes(json))
     if not json:
         for o in outcomes:
             output.say(f"== {o.host} ==")
@@ -264,7 +252,7 @@ def fleet_status(hosts: list[Host], *, json=False) -> None:
                       f"{human_bytes(st['database']['size_bytes'])}, {len(st['tables'])} tables, "
                       f"migration head {(st['schema_migrations_head'] or {}).get('version') or '-'}"), st
 
-    outcomes = run_on_hosts(hosts, job)
+    outcomes = run_on_hosts(hosts, job, finished=_as_each_finishes(json))
     _recap(outcomes, json, extra=lambda o: {"status": o.data} if o.data else {})
 
 

@@ -133,7 +133,8 @@ def logs(c, service=None, follow=False, tail=None, host=None, inventory=None):
             n = int(tail)
         except ValueError:
             raise UsageError(f"--tail: expected a number of lines, got {tail!r}")
-    rc = stack.logs(h, service, follow=follow, tail_lines=n)
+    # "" = SERVICE not given (optional: bigskies_ops.cli); -h/--help here is cli.common._Task's
+    rc = stack.logs(h, service or None, follow=follow, tail_lines=n)
     if rc not in (0, None):
         from invoke import Exit
         raise Exit(code=1)

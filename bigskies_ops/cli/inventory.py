@@ -25,14 +25,67 @@ def show(c, host=None, inventory=None, json=False):
     output.say(yaml.safe_dump(view, sort_keys=False, allow_unicode=True).rstrip())
 
 
-@task(help={"inventory": INVENTORY_HELP})
+@task(help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
-def check(c, inventory=None):
-    """Validate the inventory; exit 2 naming the path of the first fault."""
+def check(c, inventory=None, json=False):
+    """Validate the inventory; exit 2 naming the path of the first fault.
+
+    Warns (exit 0) about what this machine lacks: a password variable that is not set, an SSH
+    key file that is missing."""
+    from bigskies_ops.inventory import inventory_warnings
     inv = load_inventory(inventory)
-    output.result_line("ok", "inventory", f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid")
+    warnings = inventory_warnings(inv)
+    summary = f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid"
+    if json:
+        output.emit_json({"result": "ok", "task": "inventory.check", "host": None, "inventory": str(inv.path),
+                          "hosts": len(inv.hosts), "groups": len(inv.groups), "warnings": warnings})
+        return
+    for w in warnings:
+        output.say(f"warning: [{w['host']}] {w['field']}: {w['message']}")
+    output.result_line("ok", "inventory", summary + (f", {len(warnings)} warning(s) (see above; "
+                                                     f"{output.hint('inventory.ping')} checks the hosts)"
+                                                     if warnings else ""))
+
+
+@task(help={"host": "host, group, 'all' or comma list (default: every host)", "inventory": INVENTORY_HELP,
+            "json": JSON_HELP})
+@handles_errors
+def ping(c, host=None, inventory=None, json=False):
+    """Check that each host can be backed up now (hosts in parallel; exit 1 names each failing check).
+
+    The checks: SSH and host key, password, container, PostgreSQL login, tool versions, backup
+    folder writable, free space."""
+    from invoke import Exit
+    from bigskies_ops.jobs.ping import ping_hosts
+    inv = load_inventory(inventory)
+    hosts = inv.resolve(host) if host else list(inv.hosts.values())
+
+    def show_host(r):
+        fails = f" failed: {', '.join(r.failed)}" if r.failed else ""
+        output.say(f"{r.result}: [{r.host}] ({r.access_mode}){fails}")
+        for ch in r.checks:
+            output.say(f"   {ch.state:<8} {ch.name}: {ch.message}")
+
+    results = ping_hosts(hosts, on_done=None if json else show_host)
+    failed = [r for r in results if r.failed]
+    if json:
+        from bigskies_ops.archives.catalog import iso, utcnow
+        output.emit_json({"result": "failed" if failed else "ok", "task": "inventory.ping", "checked_at": iso(utcnow()),
+                          "hosts": [r.to_json() for r in results]})
+    else:
+        output.say()
+        output.say("PING RECAP")
+        width = max(len(r.host) for r in results)
+        for r in results:
+            n = r.counts()
+            output.say(f"{r.host:<{width}} : " + " ".join(f"{k}={v}" for k, v in n.items()))
+    if failed:
+        msg = (f"error: {len(failed)} of {len(results)} host(s) failed: "
+               + "; ".join(f"{r.host} ({', '.join(r.failed)})" for r in failed))
+        raise Exit(None if json else msg, code=1)
 
 
 ns = Collection("inventory")
 ns.add_task(show)
 ns.add_task(check)
+ns.add_task(ping)

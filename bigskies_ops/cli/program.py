@@ -1,6 +1,8 @@
 """``bigskies-ops`` console script: the same Collection as ``inv`` through ``invoke.Program``."""
 import atexit
+import difflib
 import os
+import re
 import sys
 import threading
 
@@ -11,21 +13,108 @@ from bigskies_ops import output
 from bigskies_ops.cli import common, ns
 
 
-class _Program(Program):
-    """Invoke's Program, but a command line it cannot parse (unknown task or flag, a flag
-    without its value) exits 2, a usage error (CONTRACTS.md section 5), not Invoke's 1."""
+class ContractProgram:
+    """What ``inv`` and ``bigskies-ops`` add to ``invoke.Program`` (docs/cli.md "Flags"):
+
+    - a command line that cannot be parsed exits 2, a usage error (CONTRACTS.md section 5),
+      not Invoke's 1, with a did-you-mean for an unknown task or flag (:func:`usage_message`);
+    - a stdout closed early (``inv --list | head -1``) ends quietly, without a BrokenPipeError
+      traceback (Python docs, signal module, "Note on SIGPIPE").
+
+    A mixin: :class:`_Program` for the console script, and :func:`adopt` puts it under the
+    ``inv`` Program that loaded tasks.py."""
 
     def parse_core(self, argv):
         try:
             return super().parse_core(argv)
         except ParseError as e:
-            raise Exit(str(e), code=2) from None
+            raise Exit(usage_message(e, getattr(self, "collection", None) or self.namespace), code=2) from None
 
     def parse_tasks(self):
         try:
             return super().parse_tasks()
         except ParseError as e:
-            raise Exit(str(e), code=2) from None
+            raise Exit(usage_message(e, self.collection), code=2) from None
+
+    def parse_cleanup(self):
+        _quiet_pipe(super().parse_cleanup)  # --list, --help print here
+
+    def execute(self):
+        _quiet_pipe(super().execute)
+
+
+class _Program(ContractProgram, Program):
+    """The ``bigskies-ops`` console script's Program (see :class:`ContractProgram`)."""
+
+
+def adopt(prog: Program) -> None:
+    """Give the running ``inv`` Program (``invoke.main.program``, which is loading tasks.py)
+    the contract's behaviour: it has parsed only the core flags so far; the task names and
+    flags are parsed after tasks.py is loaded, by the methods :class:`ContractProgram` overrides."""
+    if isinstance(prog, ContractProgram):
+        return
+    prog.__class__ = type("Inv" + type(prog).__name__, (ContractProgram, type(prog)), {})
+
+
+def _quiet_pipe(step) -> None:
+    """Run ``step``; when stdout's reader has gone (``| head``), point stdout at /dev/null and
+    stop with exit 1 instead of a BrokenPipeError traceback (or "Exception ignored" at exit).
+    The flush is ours so that a closed pipe is seen here, not at interpreter exit."""
+    try:
+        step()
+    except BrokenPipeError:
+        output.discard(sys.stdout)
+        raise Exit(code=1) from None
+    except Exit:
+        _flush_stdout()
+        raise
+    _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has what it wanted; the task's own exit status stays
+        output.discard(sys.stdout)
+    except (OSError, ValueError):
+        pass
+
+
+_NO_IDEA = re.compile(r"No idea what '(.*)' is!")
+_NEEDS_VALUE = re.compile(r"Flag <Argument: ([\w-]+)")
+
+
+def usage_message(e: ParseError, collection) -> str:
+    """One line for a command line Invoke's parser refused, with a did-you-mean (difflib)
+    for an unknown task or flag, e.g. ``error: no task named 'db.lst'; did you mean db.list?
+    (inv --list shows them all)``."""
+    binary = output.command()
+    text = str(e)
+    ctx = getattr(e, "context", None)
+    task = getattr(ctx, "name", None)
+    m = _NO_IDEA.match(text)
+    if m:
+        token = m.group(1)
+        if token.startswith("-"):
+            if task:
+                flags = [f for f in (*ctx.flags, *ctx.inverse_flags) if f.startswith("--")]
+                close = difflib.get_close_matches(token, flags, n=3, cutoff=0.6)
+                return (f"error: {task}: no flag {token}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                        + f" ({binary} {task} --help lists its flags)")
+            return f"error: no flag {token} ({binary} --help lists the core flags)"
+        names = list(collection.task_names) if collection is not None else []
+        names += [a for n in names for a in collection.task_names[n]] if collection is not None else []
+        close = difflib.get_close_matches(token, names, n=3, cutoff=0.75)
+        if not close and "." not in token:  # "lst" for "db.list": compare with the task part
+            close = [n for n in names if difflib.get_close_matches(token, [n.rpartition(".")[2]], n=1, cutoff=0.75)]
+        where = f" (after {task})" if task and token not in names else ""
+        return (f"error: no task named {token!r}{where}" + (f"; did you mean {' or '.join(close[:3])}?" if close else "")
+                + f" ({binary} --list shows them all)")
+    m = _NEEDS_VALUE.match(text)
+    if m:
+        flag = "--" + m.group(1).replace("_", "-")
+        return f"error: {task + ': ' if task else ''}{flag} needs a value ({binary} {task or ''} --help)".replace("  ", " ")
+    return f"error: {text}"
 
 
 program = _Program(namespace=ns, version=__version__, name="bigskies-ops", binary="bigskies-ops")

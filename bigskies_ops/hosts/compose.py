@@ -25,6 +25,7 @@ project here (:func:`check_coordinators`); pausing them around a restore is
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,38 @@ def engine_argv(host: Host) -> list[str]:
         return host.container.engine_argv
     cmd = host.compose.command_argv if host.compose else ["docker"]
     return ["podman"] if "podman" in cmd[0] else ["docker"]
+
+
+# ------------------------------------------------------------------ engine errors
+#: what docker and podman print when their daemon / service socket cannot be reached
+#: (docker: "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the
+#: docker daemon running?"; podman --url/CONTAINER_HOST: "Cannot connect to Podman ...
+#: dial unix /x.sock: connect: no such file or directory")
+_ENGINE_DOWN_RE = re.compile(r"cannot connect to (?:the docker daemon|podman)|is the docker daemon running|"
+                             r"error during connect|unable to connect to podman|dial unix [^:]*: connect|"
+                             r"permission denied while trying to connect to the docker daemon", re.I)
+_NO_SUCH_CONTAINER_RE = re.compile(r"no such (?:container|object)|no container with name or id", re.I)
+
+
+def engine_unreachable(stderr: str) -> bool:
+    """Whether an engine command's stderr says the engine itself (the Docker daemon, a
+    Podman service socket) could not be reached, as opposed to an answer about the
+    container (pure)."""
+    return bool(_ENGINE_DOWN_RE.search(stderr or ""))
+
+
+def inspect_failure(host: Host, container: str, stderr: str) -> str:
+    """The one-line reason an ``<engine> inspect``/``exec`` of ``container`` failed: the
+    engine unreachable (its daemon down), the container missing, or the engine's own last
+    line. A container is only said not to exist when the engine said so (pure)."""
+    engine = " ".join(engine_argv(host))
+    last = stderr.strip().splitlines()[-1].strip() if (stderr or "").strip() else "no error output"
+    if engine_unreachable(stderr):
+        return (f"the container engine ({engine}) is unreachable on {host.name}: is its daemon running? "
+                f"({last[:200]})")
+    if _NO_SUCH_CONTAINER_RE.search(stderr or ""):
+        return f"container {container!r} does not exist on {host.name} ({last[:200]})"
+    return f"{engine} cannot inspect container {container!r} on {host.name}: {last[:200]}"
 
 
 # ------------------------------------------------------------------ running compose

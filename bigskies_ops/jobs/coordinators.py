@@ -42,12 +42,14 @@ def coordinators_paused(runner, host: Host):
         try:
             if stopped:
                 report.note(f"Stopping coordinators: {', '.join(stopped)}")
+                report.step("stopping coordinators")
                 stop_services(runner, host, stopped, project)
                 wait_sessions_gone(runner, host)
             yield stopped
         finally:
             if stopped:
                 report.note(f"Starting coordinators again: {', '.join(stopped)}")
+                report.step("restarting coordinators")
                 start_services(runner, host, stopped, project)
 
 

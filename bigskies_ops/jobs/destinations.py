@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 
+from bigskies_ops import report
 from bigskies_ops.archives import gz
 from bigskies_ops.archives.integrity import HEAD_BYTES, TAIL_BYTES
 from bigskies_ops.archives.plainsql import COPY_RE, PY_CODECS, OwnerAclFilter, split_qualified
@@ -210,6 +211,9 @@ class FileHere(Destination):
     def counts_from_stream(self, spec: DumpSpec) -> bool:
         return spec.fmt == "plain"
 
+    def progress_measure(self, spec: DumpSpec) -> str:
+        return "raw" if spec.fmt == "plain" else "archive"  # a plain dump's SQL passes through here
+
     def prepare(self, spec, args, partial, manifest) -> None:
         self.direct = spec.fmt == "custom" and not self.access.host.container
         self.args = [*args, "--file", partial] if self.direct else args
@@ -228,6 +232,7 @@ class FileHere(Destination):
         q: queue.Queue = queue.Queue(maxsize=16)
         threading.Thread(target=_pump, args=(self.proc.stdout, q), daemon=True).start()
         sink = self.sink
+        stop = _watch_size(partial, progress) if self.direct and progress else None
         try:
             with self.f as f:
                 while True:
@@ -242,10 +247,14 @@ class FileHere(Destination):
                 sink.finish()
                 f.flush()
                 if not self.direct:
+                    report.step("fsync")
                     _fsync(f)
         except OSError as e:
             self.proc.kill()
             raise _write_error(partial, e, manifest) from e
+        finally:
+            if stop is not None:
+                stop.set()
 
     def check_exit(self, spec, manifest) -> str:
         rc = self.proc.wait()
@@ -261,6 +270,7 @@ class FileHere(Destination):
 
     def check_archive(self, spec, partial, tables, manifest, progress) -> ArchiveFacts:
         if self.direct:  # one read of the fresh file, from the page cache
+            report.step("hashing")
             digest, size = self.writer.sha256(partial)
             if progress:
                 progress(size, size)
@@ -281,6 +291,22 @@ class FileHere(Destination):
             from bigskies_ops.archives.integrity import custom_schema_facts
             facts.extra = custom_schema_facts(self.access, partial)
         return facts
+
+
+def _watch_size(path: str, progress, every: float = 0.5) -> threading.Event:
+    """Tell ``progress`` the size of ``path`` (a file pg_dump writes itself) every ``every``
+    seconds until the returned event is set."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every):
+            try:
+                n = os.path.getsize(path)
+            except OSError:
+                continue
+            progress(n, n)
+    threading.Thread(target=poll, daemon=True, name="dump-size").start()
+    return stop
 
 
 def _fsync(f) -> None:
@@ -394,9 +420,11 @@ class FileOnHost(_Pipeline):
 
     def check_archive(self, spec, partial, tables, manifest, progress) -> ArchiveFacts:
         """Prove the archive on the host complete, hashed there."""
+        report.step(f"hashing on {self.access.host.name}")
         digest, size = self.writer.sha256(partial)
         facts = ArchiveFacts(digest, size)
         if spec.fmt == "plain":
+            report.step(f"decompressing on {self.access.host.name} to check the end")
             self._check_plain(partial)
             if spec.data_left_out:
                 facts.data_tables = self._copy_tables(partial)
@@ -511,6 +539,7 @@ class StreamHere(_Pipeline):
                 if growing is not None:
                     self._cancelled()  # the source was killed: its end is not the dump's
                     growing.finish()
+                report.step("fsync")
                 os.fsync(f.fileno())
         except OSError as e:
             raise _write_error(partial, e, manifest) from e

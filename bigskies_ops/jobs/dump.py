@@ -124,6 +124,11 @@ class Destination:
         """Rows are counted from the SQL as it passes (:attr:`sink`), not with ``count(*)``."""
         return False
 
+    def progress_measure(self, spec: DumpSpec) -> str:
+        """What the first number given to ``progress`` counts: ``"raw"`` (bytes of the dump
+        stream) or ``"archive"`` (archive bytes): the estimate of the total must be the same."""
+        return "archive"
+
     def prepare(self, spec: DumpSpec, args: list[str], partial: str, manifest: dict) -> None:
         raise NotImplementedError  # pragma: no cover - interface
 
@@ -191,7 +196,55 @@ def new_manifest(host: Host, dest: Destination, spec: DumpSpec, name: str, start
     return m
 
 
-def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifest: dict) -> None:
+def compression_text(manifest: dict) -> str:
+    """How an archive was compressed, for the ``Compressed:`` line: the manifest's
+    ``compressor``, with ``level N`` added only when that text does not already name the
+    level (``gzip (zlib level 1)`` and ``gzip -1 (on prod)`` do; ``pg_dump custom (zlib)``
+    does not)."""
+    comp, level = manifest.get("compressor") or "?", manifest.get("compress_level")
+    if level is None or re.search(rf"(?:level |-){level}\b", comp):
+        return comp
+    return f"{comp}, level {level}"
+
+
+def same_kind(backups: list[Backup], spec: DumpSpec) -> list[Backup]:
+    """The backups of ``backups`` made like ``spec`` would be: its format, and the same data
+    left out (``--schema-only``, ``--exclude-table-data``): the only ones whose size says
+    what this dump's will be."""
+    def like(b: Backup) -> bool:
+        m = b.manifest or {}
+        return (b.format == spec.fmt and bool(m.get("schema_only")) == spec.schema_only
+                and sorted(m.get("excluded_table_data") or []) == sorted(spec.excl))
+    return [b for b in backups if like(b)]
+
+
+def dump_estimate(last: dict | None, last_size: int | None, database_bytes: int | None,
+                  measure: str) -> tuple[int | None, str]:
+    """What a dump's progress bytes will run to, estimated (the bar says so).
+
+    Args:
+        last: the manifest of the newest DONE backup of the same kind (:func:`same_kind`), or None.
+        last_size: that archive's size on disk, bytes.
+        database_bytes: ``pg_database_size`` of the database now, bytes (or None).
+        measure: what the progress counts: ``"raw"`` (bytes of the dump stream through
+            this process: a plain dump here) or ``"archive"`` (archive bytes written).
+
+    Returns:
+        ``(bytes or None, basis)``: the last backup's ``raw_bytes`` / size, else the
+        database's size (an upper bound for the SQL, far above a compressed archive: the
+        bar then ends early, never sits full), else None (no total).
+    """
+    if last is not None:
+        n = last.get("raw_bytes") if measure == "raw" else (last_size or last.get("bytes"))
+        if n:
+            return int(n), "last backup"
+    if database_bytes:
+        return int(database_bytes), "database size"
+    return None, ""
+
+
+def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifest: dict,
+                       backups: list[Backup] | None = None) -> None:
     """Fail before pg_dump starts when ``bdir`` (on ``writer``'s machine) has less free
     space than the backup will take: the newest DONE backup of ``db`` in that format plus
     20%, or for a first backup the database's size (``manifest["database_bytes"]``, an
@@ -204,8 +257,10 @@ def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifes
     """
     if not host.backup.space_check:
         return
+    if backups is None:
+        backups = list_backups(writer, bdir)
     with report.reporting(None):  # a future-dated archive passed over is told by the task that lists
-        last = latest([b for b in list_backups(writer, bdir) if b.format == fmt], database=db,
+        last = latest([b for b in backups if b.format == fmt], database=db,
                       origin_host=manifest.get("origin_host"))
     if last is not None and last.size:
         need, basis = int(last.size * 1.2), f"the last {fmt} backup ({human_bytes(last.size)}) plus 20%"
@@ -334,9 +389,11 @@ class _Run:
             facts = self._finish()
             if self.host.backup.roles:  # backup.roles: true -> <archive>.roles.sql beside it
                 self.manifest["phase"] = "roles"
+                report.step("writing the roles file")
                 write_roles(self.dest.writer, self.final, dump_roles(self.access), self.manifest)
             self._done(facts, stderr)
             watch.__exit__(None, None, None)
+            report.step("writing the manifest")
             publish(self.dest.writer, self.partial, self.final, self.manifest)
             return BackupResult(Backup(self.dest.bdir, self.name, self.manifest, facts.size), self.manifest,
                                 facts.raw_bytes or 0, time.monotonic() - self.t0)
@@ -358,7 +415,15 @@ class _Run:
         m["phase"] = "dump"
         write_manifest(self.dest.writer, self.final, m)  # STARTED, before pg_dump starts
         self.recorded = True
-        check_backup_space(self.dest.writer, self.host, self.dest.bdir, spec.db, spec.fmt, m)
+        backups = (list_backups(self.dest.writer, self.dest.bdir)
+                   if self.host.backup.space_check or self.progress is not None else None)
+        check_backup_space(self.dest.writer, self.host, self.dest.bdir, spec.db, spec.fmt, m, backups)
+        if self.progress is not None:
+            with report.reporting(None):  # (a future-dated archive is told by the space check's listing)
+                last = latest(same_kind(backups, spec), database=spec.db, origin_host=m.get("origin_host"))
+            n, basis = dump_estimate(last.manifest if last else None, last.size if last else None,
+                                     m.get("database_bytes"), self.dest.progress_measure(spec))
+            report.total(self.progress, n, estimate=True, basis=basis)
 
     def _dump(self) -> str:
         """pg_dump runs into the destination; rows are counted meanwhile unless the stream
@@ -374,7 +439,9 @@ class _Run:
         """The archive proved complete, and every table's rows in the manifest."""
         spec, m = self.spec, self.manifest
         m["phase"] = "finalize"
+        report.step("checking the archive")
         facts = self.dest.check_archive(spec, self.partial, self.tables, m, self.progress)
+        report.step("counting rows")
         if self.counter is None:  # a plain dump counted from its own COPY data, in the snapshot's transaction
             m["tables"] = stream_manifest_tables(self.session, self.dest.sink, self.tables, excl=spec.excl,
                                                  schema_only=spec.schema_only, manifest=m)

@@ -8,6 +8,7 @@ word is ``ok``, ``changed`` or ``skipped``; any exception makes that host
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,31 +27,47 @@ class HostOutcome:
     reason: str
     data: Any = None
     exit_code: int = EXIT_OK
+    seconds: float | None = None  # the host's whole run, wall clock
 
     @property
     def failed(self) -> bool:
         return self.word == "failed"
 
     def to_json(self) -> dict:
-        return {"host": self.host, "result": self.word, "reason": self.reason, "exit_code": self.exit_code}
+        out = {"host": self.host, "result": self.word, "reason": self.reason, "exit_code": self.exit_code}
+        if self.seconds is not None:
+            out["seconds"] = round(self.seconds, 3)
+        return out
 
 
 def run_on_hosts(hosts: list[Host], fn: Callable[[Host], tuple[str, str, Any]], *,
-                 max_parallel: int = MAX_PARALLEL) -> list[HostOutcome]:
+                 max_parallel: int = MAX_PARALLEL,
+                 finished: Callable[[HostOutcome], None] | None = None) -> list[HostOutcome]:
     """Run ``fn`` for every host in parallel; return one outcome per host, in ``hosts`` order.
 
     Each host's notes (:func:`bigskies_ops.report.note`) go where the caller's do, each line
-    prefixed ``[host]`` (one host alone: no prefix). Never raises for a host's failure
-    (KeyboardInterrupt still propagates).
+    prefixed ``[host]`` (one host alone: no prefix). ``finished``, if given, is called with
+    each host's outcome as soon as that host is done (from its worker thread, one call at a
+    time), so a long fleet run shows results as they come. Never raises for a host's
+    failure (KeyboardInterrupt still propagates).
     """
+    import threading
+    told = threading.Lock()
+
     def one(h: Host) -> HostOutcome:
+        t0 = time.monotonic()
         try:
             word, reason, data = fn(h)
-            return HostOutcome(h.name, word, reason, data)
+            o = HostOutcome(h.name, word, reason, data)
         except BigskiesError as e:
-            return HostOutcome(h.name, "failed", str(e), exit_code=e.exit_code)
+            o = HostOutcome(h.name, "failed", str(e), exit_code=e.exit_code)
         except Exception as e:  # noqa: BLE001 - a bug on one host must not hide the others' results
-            return HostOutcome(h.name, "failed", f"{type(e).__name__}: {e}", exit_code=EXIT_FAILED)
+            o = HostOutcome(h.name, "failed", f"{type(e).__name__}: {e}", exit_code=EXIT_FAILED)
+        o.seconds = time.monotonic() - t0
+        if finished is not None:
+            with told:
+                finished(o)
+        return o
 
     if len(hosts) == 1:
         return [one(hosts[0])]

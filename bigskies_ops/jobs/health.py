@@ -5,12 +5,18 @@ Per host and database (CONTRACTS.md section 5: 0 ok / 1 warning / 2 critical / 3
 * freshness: the newest good (DONE) backup and its age; older than
   ``alerts.max_age_hours`` (or none at all) is critical; a newer FAILED run is a warning;
 * size trend: the newest good backup against the median of up to
-  :data:`RECENT` earlier ones of the same format; more than
+  :data:`RECENT` earlier ones of the same format and contents (full, schema only, or
+  the same tables' data excluded); more than
   ``alerts.size_change_pct`` away is a warning (needs :data:`MIN_HISTORY` earlier ones);
 * verification: the newest verification of any backup; a failed one, or none in
   :data:`VERIFY_MAX_DAYS` days, is a warning (the schedule restores-tests monthly);
 * offsite lag per target: how far the newest copy on the target trails the newest
-  good backup; nothing copied, or more than ``alerts.max_age_hours`` behind, is a warning.
+  good backup; nothing copied, or more than ``alerts.max_age_hours`` behind, is a warning;
+* schedule: the newest scheduled run skipped a step for safety (a protected host's
+  nightly prune, recorded in its backup's manifest ``skipped_steps``): a warning with the
+  command that prunes by hand;
+* clock: the server's clock against this machine's; a server that cannot be reached
+  leaves the skew unmeasured: ``unknown``.
 
 The run's state is the worst one, ranked critical > unknown > warning > ok (a host we
 cannot read is unknown, which must not hide another host's critical).
@@ -30,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
-from bigskies_ops import report
+from bigskies_ops import output, report
 from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, utcnow
 from bigskies_ops.archives.offsite_stores import parse_target
 from bigskies_ops.hosts import runner_for
@@ -62,12 +68,23 @@ class Check:
         return {"check": self.name, "state": self.state, "message": self.message, **self.facts}
 
 
+def contents_key(b: Backup) -> tuple[bool, tuple[str, ...]]:
+    """What a backup holds, for comparing sizes like with like: ``(schema_only, sorted
+    tables whose data was excluded)``; a full backup is ``(False, ())``."""
+    m = b.manifest or {}
+    return bool(m.get("schema_only")), tuple(sorted(m.get("excluded_table_data") or ()))
+
+
 def size_change(new: Backup, earlier: list[Backup]) -> tuple[int, float] | None:
     """``(median_bytes, change_pct)`` of ``new`` against up to :data:`RECENT` earlier DONE
-    backups of the same database and format; None without :data:`MIN_HISTORY` of them."""
+    backups of the same database, format and contents (:func:`contents_key`: a
+    ``--schema-only`` or ``--exclude-table-data`` backup is only compared with backups
+    made the same way, a full one only with full ones); None without
+    :data:`MIN_HISTORY` of them."""
+    key = contents_key(new)
     same = [b for b in earlier if b.status == "DONE" and b.name != new.name and b.database == new.database
             and b.format == new.format and b.size and b.started_at and new.started_at
-            and b.started_at <= new.started_at and not (b.manifest or {}).get("schema_only")]
+            and b.started_at <= new.started_at and contents_key(b) == key]
     same.sort(key=lambda b: (b.started_at, b.name), reverse=True)
     same = same[:RECENT]
     if len(same) < MIN_HISTORY or not new.size:
@@ -152,6 +169,9 @@ def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict
     backups = [b for b in backups if b not in ahead]  # judged without them: their age would be negative
     checks = [_freshness(host, backups, now), _size(host, backups), _verification(backups, now)]
     checks += _offsite(host, backups)
+    skipped = _skipped_steps(host, backups)
+    if skipped is not None:
+        checks.append(skipped)
     if ahead:
         checks.append(_future(ahead, now, server_now))
     checks.append(_clock(host, skew, why))
@@ -244,6 +264,28 @@ def _offsite(host: Host, backups: list[Backup]) -> list[Check]:
     return out
 
 
+def _skipped_steps(host: Host, backups: list[Backup]) -> Check | None:
+    """A warning when the newest scheduled run skipped a step for safety (its backup's
+    manifest ``skipped_steps``, written by :mod:`bigskies_ops.jobs.schedule`: a protected
+    host's nightly prune); None when the newest scheduled run skipped nothing (or there is
+    none)."""
+    runs = [b for b in backups if b.status == "DONE" and (b.manifest or {}).get("kind") == "scheduled"
+            and b.started_at]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda b: b.started_at)
+    skipped = (newest.manifest or {}).get("skipped_steps") or []
+    if not skipped:
+        return None
+    steps = ", ".join(s.get("step", "?") for s in skipped)
+    db = host.postgres.database
+    hint = (f"prune by hand: {output.hint(f'db.prune --host {host.name} --force-protected --confirm {db}')}"
+            if any(s.get("step") == "prune" for s in skipped) else "see the scheduled run's log")
+    return Check("schedule", WARNING, f"the scheduled run of {iso(newest.started_at)} skipped {steps} for safety "
+                                      f"(exit 4): the backup folder is not being pruned; {hint}",
+                 {"skipped_steps": skipped, "archive": newest.name})
+
+
 #: |server clock - this machine's clock| above which db.health warns, seconds
 CLOCK_SKEW_WARN_S = 60.0
 
@@ -270,8 +312,9 @@ def server_clock(host: Host) -> tuple[datetime | None, float | None, str | None]
 
 
 def _clock(host: Host, skew: float | None, why: str | None) -> Check:
-    if skew is None:
-        return Check("clock", OK, f"server not reachable, clock skew not measured ({why})", {"skew_s": None})
+    if skew is None:  # unmeasured is not "ok": a health check that cannot reach the server must not say all is well
+        return Check("clock", UNKNOWN, f"server not reachable, clock skew not measured ({why})",
+                     {"skew_s": None, "error": why})
     facts = {"skew_s": round(skew, 3), "threshold_s": CLOCK_SKEW_WARN_S}
     side = "ahead of" if skew > 0 else "behind"
     if abs(skew) > CLOCK_SKEW_WARN_S:

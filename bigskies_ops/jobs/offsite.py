@@ -73,10 +73,49 @@ def _record_copy(runner, host: Host, b: Backup, rec: dict) -> dict:
         return man
 
 
+class _CountedReads:
+    """A runner whose :meth:`open_read` files tell ``progress`` the bytes read so far (what an
+    offsite store sends is what it reads: ``put_file`` streams the file); else the runner."""
+
+    def __init__(self, runner, progress):
+        self._runner, self._progress = runner, progress
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def open_read(self, path: str):
+        return _CountingFile(self._runner.open_read(path), self._progress)
+
+
+class _CountingFile:
+    def __init__(self, f, progress):
+        self._f, self._progress, self._n = f, progress, 0
+
+    def read(self, *args):
+        b = self._f.read(*args)
+        self._n += len(b)
+        self._progress(self._n)
+        return b
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+        return False
+
+
 def upload(host: Host, target: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD,
-           apply_retention: bool = True, now=None, inv=None, check: bool = False) -> list[TargetResult]:
+           apply_retention: bool = True, now=None, inv=None, progress=None,
+           check: bool = False) -> list[TargetResult]:
     """Copy every DONE archive (with its manifest) that a target lacks, verify each copy by
     reading it back, record it in the local manifest, then apply retention on the target.
+
+    ``progress``: optional ``(bytes_sent)`` callback; each archive is a new transfer of its
+    size (:func:`bigskies_ops.report.total` with ``what``), its read-back check a step.
 
     ``check``: a dry run: the targets are listed and nothing is uploaded, recorded or
     deleted; the results name what would be uploaded and pruned on each target (the
@@ -88,12 +127,14 @@ def upload(host: Host, target: str | None = None, *, multipart_threshold: int = 
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
-        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, check) for t in tlist]
+        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress, check)
+                for t in tlist]
     finally:
         runner.close()
 
 
-def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, check=False) -> TargetResult:
+def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress=None,
+                check=False) -> TargetResult:
     res = TargetResult(t.name, check=check)
     coming: list[Backup] = []  # (check) what would be uploaded
     store = None
@@ -122,7 +163,9 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
                 res.skipped.append(f"{b.name}: local archive differs from its manifest; not copied (run db.verify)")
                 continue
             report.note(f"Uploading {b.name} ({size} bytes) to {t.name}")
-            store.put_file(runner, b.path, key, sha)
+            report.total(progress, size, what=f"offsite {t.name}: {b.name}")
+            store.put_file(_CountedReads(runner, progress) if progress else runner, b.path, key, sha)
+            report.step("reading the copy back (sha256)")
             rsha, rsize = store.digest(key)
             meta = store.stored_sha256(key)
             if rsha != sha or rsize != size or meta != sha:

@@ -313,7 +313,9 @@ def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float
     lr = LocalRunner()
     name, partial = posixpath.basename(final), final + PARTIAL_SUFFIX
     fetch, man, want_sha, want_size, offset = _start_fetch(runner, src, rpath, partial)
+    report.total(progress, want_size)  # the remote archive's size: a known total
     got_sha, got_size = _copy(fetch, partial, offset, progress)
+    report.step("checking size and sha256")
     if (got_sha, got_size) != (want_sha, want_size):
         lr.remove(partial)
         raise StorageError(f"pulled {name} does not match {src.name}'s copy (size {got_size} vs "
@@ -325,6 +327,7 @@ def _copy_existing(runner, src: Host, rpath: str, final: str, db: str, t0: float
         "legacy": True, "verifications": [], "offsite": []}, src, rpath, offset)
     if (man or {}).get("roles_file"):
         _copy_roles(runner, src, rpath, final, man)
+    report.step("writing the manifest")
     # DONE manifest, then the rename (the folder is fsynced); a legacy file without a
     # manifest stays one
     publish(lr, partial, final, local_man if man is not None else None)
@@ -556,6 +559,7 @@ def _copy(fetch, partial: str, offset: int, progress) -> tuple[str, int]:
     flusher.start()
     try:
         fetch.run(offset, progress=progress)
+        report.step("fsync")
         flusher.done.set()
         flusher.join()
         fd = os.open(partial, os.O_RDONLY)
@@ -569,6 +573,8 @@ def _copy(fetch, partial: str, offset: int, progress) -> tuple[str, int]:
     finally:
         flusher.done.set()
         hasher.done.set()
+        if not hasher.aborted:
+            report.step("hashing")  # the last bytes read back from disk
         hasher.join()
     if hasher.error is not None:
         raise StorageError(f"re-reading {partial} failed: {hasher.error}")

@@ -15,6 +15,13 @@ log file. Runs of one host never overlap: a scheduled run holds a lock in the lo
 folder; a daily run that finds it held reports ``skipped`` and exits 1, the monthly
 run waits for it (up to 6 hours).
 
+Exit codes of a run: 0 every step done, 1 a step failed, 4
+(:data:`EXIT_SKIPPED_FOR_SAFETY`) the backup was made but a step was skipped for safety:
+a protected host whose cron line was installed without ``--force-protected --confirm``
+is never pruned by it. That skip is recorded in the new backup's manifest
+(``skipped_steps``) and ``db.health`` warns about it, so the backup folder does not fill
+up quietly.
+
 Converging is idempotent: ``ok`` when the crontab already holds exactly this block,
 ``changed`` otherwise; ``--check`` only says which. The crontab is read and written
 with the ``crontab`` command, or, when a crontab FILE is given (``--crontab-file`` or
@@ -23,7 +30,6 @@ with the ``crontab`` command, or, when a crontab FILE is given (``--crontab-file
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -34,11 +40,10 @@ from pathlib import Path
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
-from bigskies_ops.inventory import Host, Inventory
+from bigskies_ops.inventory import Host, Inventory, cron_fields
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
 MONTHLY_WAIT_S = 6 * 3600
-FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
 
 def begin_marker(host: str) -> str:
@@ -50,21 +55,14 @@ def end_marker(host: str) -> str:
 
 
 def check_expression(expr: str, where: str) -> list[str]:
-    """Split a 5-field cron expression (or an ``@daily``-style macro).
+    """Split a 5-field cron expression (or an ``@daily``-style macro): the inventory's own
+    rule (:func:`bigskies_ops.inventory.cron_fields`), so ``inventory.check`` refuses what
+    ``db.schedule`` would.
 
     Raises:
-        UsageError: (exit 2) anything else, naming ``where``.
+        InventoryError: (exit 2) anything else, naming ``where``.
     """
-    e = expr.strip()
-    if e.startswith("@"):
-        if e not in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"):
-            raise UsageError(f"{where}: unknown cron macro {e!r}")
-        return [e]
-    parts = e.split()
-    if len(parts) != 5 or not all(FIELD_RE.match(p) for p in parts):
-        raise UsageError(f"{where}: expected a cron expression with 5 fields (minute hour day month weekday), "
-                         f"got {expr!r}")
-    return parts
+    return cron_fields(expr, where)
 
 
 def monthly_expression(daily: str) -> str:
@@ -167,6 +165,20 @@ class Crontab:
             raise CommandError(f"crontab - failed: {r.stderr.strip()}")
 
 
+def current_block(text: str, host: str) -> list[str]:
+    """The host's marked block as the crontab holds it now (markers included; [] when
+    absent): what :func:`replace_block` would replace (pure)."""
+    src = text.splitlines()
+    begin = f"# BEGIN bigskies-ops {host} "
+    for i, ln in enumerate(src):
+        if ln.startswith(begin) or ln == begin.rstrip():
+            j = i
+            while j < len(src) and src[j] != end_marker(host):
+                j += 1
+            return src[i:j + 1]
+    return []
+
+
 @dataclass
 class ScheduleResult:
     host: str
@@ -174,6 +186,10 @@ class ScheduleResult:
     lines: list[str]
     removed: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: the host's block as the crontab held it before (markers included; [] when none)
+    before: list[str] = field(default_factory=list)
+    #: where the block lives: the crontab file, or ``crontab -l`` (the user's crontab)
+    where: str = "crontab -l"
 
 
 def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = False, crontab_file: str | None = None,
@@ -184,7 +200,8 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
     ct = Crontab(crontab_file)
     cur = ct.read()
     new = replace_block(cur, host.name, lines)
-    res = ScheduleResult(host.name, new != cur, lines or [], removed=remove)
+    res = ScheduleResult(host.name, new != cur, lines or [], removed=remove, before=current_block(cur, host.name),
+                         where=ct.path or "crontab -l")
     if not remove and host.postgres.password_env and not host.container:
         res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
                             f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
@@ -196,11 +213,29 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
 
 
 # ------------------------------------------------------------------ the run cron starts
+#: exit code of a scheduled run whose main job (the backup) succeeded but that skipped a
+#: step for safety (a protected host's prune); CONTRACTS.md section 5, docs/cli.md "Exit codes"
+EXIT_SKIPPED_FOR_SAFETY = 4
+
+
 @dataclass
 class Step:
     name: str
     word: str          # ok | changed | failed | skipped
     reason: str
+    #: skipped for safety (not for lack of work): the run exits :data:`EXIT_SKIPPED_FOR_SAFETY`
+    #: and the skip is recorded in the new backup's manifest (``skipped_steps``) for db.health
+    safety: bool = False
+
+
+def exit_code(steps: list[Step]) -> int:
+    """A scheduled run's exit code: 1 when a step failed, else
+    :data:`EXIT_SKIPPED_FOR_SAFETY` when one was skipped for safety, else 0."""
+    if any(s.word == "failed" for s in steps):
+        return 1
+    if any(s.word == "skipped" and s.safety for s in steps):
+        return EXIT_SKIPPED_FOR_SAFETY
+    return 0
 
 
 def _schedule_lock(inv: Inventory, host: Host, log: str | None, task: str, wait_s: float):
@@ -241,12 +276,13 @@ def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: 
         if monthly:
             steps.append(_verify_step(host))
         else:
-            b = _backup_step(host)
+            b, res = _backup_step(host)
             steps.append(b)
             if b.word == "failed":
                 steps.append(Step("prune", "skipped", "the backup failed; nothing is pruned after a failed backup"))
             else:
                 steps.append(_prune_step(host, protected_ok))
+                _record_skips(host, res, [s for s in steps if s.word == "skipped" and s.safety])
             if host.offsite:
                 steps += _offsite_steps(inv, host)
             else:
@@ -258,21 +294,50 @@ def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: 
     return steps
 
 
-def _backup_step(host: Host) -> Step:
+def _backup_step(host: Host):
+    """``(Step, BackupResult or None)``."""
     from bigskies_ops.jobs.backup import backup
     try:
         res = backup(host, kind="scheduled", task="db.scheduled-run")
     except BigskiesError as e:
-        return Step("backup", "failed", str(e))
+        return Step("backup", "failed", str(e)), None
     extra = f" (warning: {'; '.join(res.warnings)})" if res.warnings else ""
-    return Step("backup", "changed", f"{res.backup.name} written, {res.manifest.get('bytes')} bytes{extra}")
+    return Step("backup", "changed", f"{res.backup.name} written, {res.manifest.get('bytes')} bytes{extra}"), res
+
+
+def _record_skips(host: Host, res, skipped: list[Step]) -> None:
+    """Write the steps skipped for safety into the new backup's manifest
+    (``skipped_steps``: ``[{"step", "reason", "at"}]``), where ``db.health`` reads them
+    (:func:`bigskies_ops.jobs.health.host_health`). A failure to write is only noted:
+    the exit code still tells."""
+    if not skipped or res is None:
+        return
+    from bigskies_ops.archives.catalog import read_manifest, write_manifest
+    from bigskies_ops.hosts import runner_for
+    try:
+        with runner_for(host) as runner:
+            m = read_manifest(runner, res.backup.path) or dict(res.manifest)
+            m["skipped_steps"] = [{"step": s.name, "reason": s.reason, "at": iso(utcnow())} for s in skipped]
+            write_manifest(runner, res.backup.path, m)
+    except (BigskiesError, OSError) as e:
+        report.note(f"warning: could not record the skipped step(s) in {res.backup.name}'s manifest: {e}")
+
+
+def hand_prune_command(host: Host) -> str:
+    """The command that prunes a protected host by hand (what its nightly run skipped)."""
+    from bigskies_ops import output
+    return output.hint(f"db.prune --host {host.name} --force-protected --confirm {host.postgres.database}")
 
 
 def _prune_step(host: Host, protected_ok: bool) -> Step:
     from bigskies_ops.jobs.retention import PruneRefused, prune
     if host.protected and not protected_ok:
         return Step("prune", "skipped", f"{host.name} is protected and this cron line was installed without "
-                                        f"--force-protected --confirm {host.postgres.database}")
+                                        f"--force-protected --confirm {host.postgres.database}: nothing was "
+                                        f"pruned, the backup folder grows. Prune by hand "
+                                        f"({hand_prune_command(host)}), or let the schedule prune "
+                                        f"(db.schedule --host {host.name} --force-protected --confirm "
+                                        f"{host.postgres.database})", safety=True)
     try:
         r = prune(host, task="db.scheduled-run")
     except PruneRefused as e:

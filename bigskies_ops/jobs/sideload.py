@@ -13,6 +13,8 @@ and the restore test of ``db.verify`` (its throwaway database, :mod:`bigskies_op
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from bigskies_ops import report
@@ -20,7 +22,7 @@ from bigskies_ops.archives.integrity import ArchiveInfo, feed_file, pg_restore_s
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy, missing_roles_message
 from bigskies_ops.errors import PostgresError, SafetyError
 from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.pg.access import PostgresAccess, Sql
+from bigskies_ops.pg.access import PostgresAccess, Sql, lit
 from bigskies_ops.pg.admin import acl_items
 from bigskies_ops.pg.loadcheck import cluster_roles
 from bigskies_ops.pg.tools import pg_restore_args, psql_args
@@ -167,6 +169,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
     roles follow ``policy``; a custom archive whose missing roles are skipped is read
     as SQL (``pg_restore --file -``) through the same scanner as a plain dump."""
     native_local = not access.host.container and not access.host.is_remote
+    progress = _LoadProgress.wrap(progress, info, native_local)
     j = jobs if jobs is not None else 2  # local hosts only; remote ones load with one session
     facts = info.facts
     if info.format == "custom" and j > 1 and facts is not None and (facts.load_hazards or facts.post_hazards):
@@ -192,12 +195,72 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         report_load_stats(None, flt.skipped)
         return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
     if native_local:
-        r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=False, from_file=info.path),
-                            check=False, pgoptions=opts)
+        stop = _watch_side_size(access, side, progress)  # pg_restore reads the file itself
+        try:
+            r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=False, from_file=info.path),
+                                check=False, pgoptions=opts)
+        finally:
+            stop.set()
         return r.returncode, r.text, r.stderr, (inserted_rows(access.sql(side)) if r.returncode == 0 else None)
     rc, out, err = feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=False),
                              info.path, decompress=False, progress=progress, pgoptions=opts)
     return rc, out, err, (inserted_rows(access.sql(side)) if rc == 0 else None)
+
+
+class _LoadProgress:
+    """A load's progress: the archive bytes read against the archive's size (the loaders
+    read it: integrity.feed_file, parload), and once the whole archive is read, the step
+    "building indexes and constraints" (what is left of a dump at its end is its
+    post-data section: indexes, constraints, triggers).
+
+    Created in the job's thread: the step sink in effect there is kept, the loaders call
+    this from their own threads."""
+
+    def __init__(self, progress, size: int):
+        self.progress, self.size = progress, size
+        self.step = report.sinks().step
+        self.told = False
+
+    @classmethod
+    def wrap(cls, progress, info: ArchiveInfo, native_local: bool):
+        if progress is None:
+            return None
+        if native_local and info.format == "custom":
+            # pg_restore reads the file itself: the side database's size against the source's
+            report.total(progress, (info.manifest or {}).get("database_bytes"), estimate=True,
+                         basis="database size")
+            return progress
+        try:
+            size = os.path.getsize(info.path)
+        except OSError:
+            return progress
+        report.total(progress, size)
+        return cls(progress, size)
+
+    def __call__(self, done: int, written: int | None = None) -> None:
+        self.progress(done)
+        if done >= self.size and not self.told:
+            self.told = True
+            if self.step is not None:
+                self.step("building indexes and constraints")
+
+
+def _watch_side_size(access: PostgresAccess, side: str, progress, every: float = 1.0) -> threading.Event:
+    """Tell ``progress`` ``pg_database_size(side)`` every ``every`` seconds until the
+    returned event is set (a load whose reads this process does not see)."""
+    stop = threading.Event()
+    if progress is None:
+        return stop
+    sql = access.sql(access.host.postgres.maintenance_db)
+
+    def poll() -> None:
+        while not stop.wait(every):
+            try:
+                progress(int(sql.value(f"SELECT pg_catalog.pg_database_size({lit(side).as_string()})")))
+            except Exception:  # noqa: BLE001 - progress only; the load's own errors are reported
+                return
+    threading.Thread(target=poll, daemon=True, name="side-size").start()
+    return stop
 
 
 def report_load_stats(serial_because: str | None, skipped: dict | None) -> None:
@@ -270,6 +333,7 @@ def verify_against_manifest(sql: Sql, info: ArchiveInfo, copied: dict | None = N
     """
     man = info.manifest or {}
     tables = man.get("tables") or []
+    report.step("checking row counts")
     if tables:
         expected = {(t["schema"], t["name"]): t.get("rows") for t in tables}
         root_of = {(r["schema"], r["name"]): (r["root_schema"], r["root_name"])

@@ -6,13 +6,16 @@ from bigskies_ops.text import printable
 from bigskies_ops.pg.admin import migration_head
 from bigskies_ops.errors import PostgresError
 from bigskies_ops.inventory import Host
+from bigskies_ops.hosts.compose import inspect_failure
 
 
 def container_state(access: PostgresAccess) -> dict | None:
     """``{"name", "status", "started_at"}`` from ``<engine> inspect``; None in native mode.
 
     Raises:
-        PostgresError: the container does not exist.
+        PostgresError: the container does not exist, or the engine itself cannot be
+            reached (its daemon is down: said so, not blamed on the container;
+            :func:`bigskies_ops.hosts.compose.inspect_failure`).
     """
     c = access.host.container
     if not c:
@@ -20,8 +23,7 @@ def container_state(access: PostgresAccess) -> dict | None:
     r = access.runner.run([*c.engine_argv, "inspect", "--format", "{{.State.Status}}|{{.State.StartedAt}}", c.name],
                           check=False)
     if r.returncode != 0:
-        raise PostgresError(f"container {c.name!r} does not exist on {access.host.name} "
-                            f"({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'inspect failed'})")
+        raise PostgresError(inspect_failure(access.host, c.name, r.stderr))
     status, _, started = r.text.strip().partition("|")
     return {"name": c.name, "status": status, "started_at": started}
 

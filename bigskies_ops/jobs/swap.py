@@ -99,6 +99,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
             neither see nor end.
         PostgresError: the server refused the renames.
     """
+    report.step("swapping")
     sess = sessions_on(maint, db)
     if sess:
         listing, refusal = _sessions_refusal(db, sess)

@@ -19,6 +19,7 @@ that passed its checks, so it becomes an ordinary, verifiable backup.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ def _checks_for(fmt: str, manifest: dict | None) -> list[str]:
 
 
 def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: bool = False,
-                  task: str = "db.verify") -> VerifyResult:
+                  task: str = "db.verify", progress=None) -> VerifyResult:
     """Verify one archive (on the control machine) and record the result in its manifest.
 
     Args:
@@ -121,6 +122,9 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
         restore_test: also restore into a throwaway database and compare row counts.
         adopt: for a legacy file that passes, write a manifest (kind ``scheduled``,
             ``adopted: true``, time from its name with the zone unknown).
+        progress: optional ``(bytes)`` callback: the bytes of the archive read so far by
+            the checks (hashing, then the full read) against its size; the restore test's
+            load is a new transfer (:func:`bigskies_ops.jobs.sideload.load_archive`).
 
     Returns:
         :class:`VerifyResult` (``ok`` False carries the reason in ``error``).
@@ -137,7 +141,9 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
             path = b.path
             if host.is_remote and restore_test:  # the restore test streams a local file into the host's tools
                 staged, path = _stage_locally(access.runner, b)
-            _verify_and_record(access, host, b, path, res, restore_test, adopt, task,
+            report.total(progress, os.path.getsize(path) if os.path.exists(path) else b.size,
+                         what=f"verify {b.name}")
+            _verify_and_record(access, host, b, path, res, restore_test, adopt, task, progress,
                                where_it_lives=host.is_remote and not restore_test)
         finally:
             if staged:
@@ -257,18 +263,51 @@ def _stage_locally(runner, b: Backup) -> tuple[str, str]:
     return d, local
 
 
+def _watch_reads(path: str, progress, every: float = 0.5) -> threading.Event:
+    """Tell ``progress`` how far this process has read ``path``: the offset of its open file
+    descriptors on it (``/proc/self/fdinfo``, Linux proc(5); elsewhere nothing is told), every
+    ``every`` seconds until the returned event is set. The checks read the file themselves
+    (archives.integrity), so their reads are watched rather than counted."""
+    stop = threading.Event()
+    if progress is None or not os.path.isdir("/proc/self/fdinfo"):
+        return stop
+    real = os.path.realpath(path)
+
+    def poll() -> None:
+        while not stop.wait(every):
+            pos = None
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}") != real:
+                        continue
+                    with open(f"/proc/self/fdinfo/{fd}") as f:
+                        pos = max(pos or 0, int(f.readline().split()[1]))
+                except (OSError, ValueError, IndexError):
+                    continue
+            if pos is not None:
+                progress(pos)
+    threading.Thread(target=poll, daemon=True, name="verify-reads").start()
+    return stop
+
+
 def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
-                       task: str, where_it_lives: bool = False) -> None:
+                       task: str, progress=None, where_it_lives: bool = False) -> None:
     info = None
     try:
-        info = check_where_it_lives(access, path) if where_it_lives else check_archive(access, path, full=True)
-        if where_it_lives:
+        if where_it_lives:  # on the host: nothing is read here to watch
+            info = check_where_it_lives(access, path)
             res.notes.append(f"checked on {host.name}, where the archive is (nothing copied here)")
+        else:
+            stop = _watch_reads(path, progress)
+            try:
+                info = check_archive(access, path, full=True)
+            finally:
+                stop.set()
         res.checks = _checks_for(info.format, info.manifest)
         res.notes += info.warnings
         if restore_test:
             with _sigterm_unwinds():
-                res.restore_test = _restore_test(access, host, info)
+                res.restore_test = _restore_test(access, host, info, progress)
             res.checks.append("restore test")
         res.ok = True
     except (ArchiveError, PostgresError) as e:
@@ -287,7 +326,7 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
                          "write a manifest for it)")
 
 
-def _restore_test(access: PostgresAccess, host: Host, info) -> dict:
+def _restore_test(access: PostgresAccess, host: Host, info, progress=None) -> dict:
     maint = access.sql(host.postgres.maintenance_db)
     db = (info.manifest or {}).get("database") or host.postgres.database
     name = unused_name(maint, verify_db_name, db, utcnow())
@@ -297,7 +336,8 @@ def _restore_test(access: PostgresAccess, host: Host, info) -> dict:
     policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True)
     create_like(maint, name, db_info(maint, host.postgres.database))
     try:
-        rc, out, err, _copied = load_archive(access, info, name, policy, None, None)  # counted independently below
+        report.total(progress, os.path.getsize(info.path), what=f"restore test {os.path.basename(info.path)}")
+        rc, out, err, _copied = load_archive(access, info, name, policy, None, progress)  # counted independently below
         if rc != 0:
             from bigskies_ops.hosts.runners import tail
             raise PostgresError(f"restore test: restoring into {name!r} failed (exit {rc}): {tail(err, 600)}")

@@ -56,6 +56,10 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
     s = stderr
     pg = host.postgres
     where = f"{pg.host or pg.socket_dir or 'default socket'}:{pg.port}"
+    if host.container:
+        from bigskies_ops.hosts.compose import engine_unreachable, inspect_failure
+        if engine_unreachable(s):  # the daemon is down: not the container's (nor the server's) fault
+            return inspect_failure(host, host.container.name, s)
     m = re.search(r'password file "[^"]*" has group or world access[^\n]*', s)
     if m:  # libpq ignored the file; say so before the auth failure it causes
         return f"{m.group(0)} (libpq ignored it). Fix: {output.hint(f'db.pgpass --host {host.name}')}"

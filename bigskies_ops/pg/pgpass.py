@@ -139,9 +139,27 @@ class PgpassResult:
     path: str
     word: str = "ok"
     changes: list[str] = field(default_factory=list)
+    #: with ``check``: the file's entry lines that would go and come, passwords masked
+    #: (:func:`masked`); comments and untouched lines are not listed
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"result": self.word, "host": self.host, "path": self.path, "changes": self.changes}
+
+
+def masked(line: str) -> str:
+    """A pgpass line with its password field replaced by ``********`` (comments as they are)."""
+    f = split_fields(line.rstrip("\r"))
+    if not line.strip() or line.lstrip().startswith("#") or f is None or len(f) < 5:
+        return line
+    return ":".join(escape(x) for x in f[:4]) + ":********"
+
+
+def line_diff(old: str, new: str) -> tuple[list[str], list[str]]:
+    """``(lines only in old, lines only in new)``, masked, in file order (pure)."""
+    a, b = old.splitlines(), new.splitlines()
+    return [masked(x) for x in a if x not in b], [masked(x) for x in b if x not in a]
 
 
 def converge_text(text: str, path: str, wanted: list[Entry]) -> tuple[str, list[str]]:
@@ -214,8 +232,11 @@ def check_mode(runner, path: str, host_name: str) -> None:
                           + f" (mode {mode:04o}; libpq ignores such a file). Fix: {output.hint(f'db.pgpass --host {host_name}')}")
 
 
-def converge(host: Host, *, runner=None, path: str | None = None) -> PgpassResult:
+def converge(host: Host, *, runner=None, path: str | None = None, check: bool = False) -> PgpassResult:
     """Make the host's pgpass file hold the inventory's credentials, mode 0600.
+
+    ``check``: a dry run: the result says what would change (``changes``, and the entry
+    lines ``before``/``after`` with passwords masked) and nothing is written.
 
     Raises:
         BigskiesError (exit 2): no ``password_env`` in the inventory, or it is not set.
@@ -239,6 +260,13 @@ def converge(host: Host, *, runner=None, path: str | None = None) -> PgpassResul
         text = runner.read_bytes(path).decode("utf-8") if exists else ""
         new, changes = converge_text(text, path, wanted_entries(host, password))
         mode = file_mode(runner, path) if exists else None
+        if check:
+            changes = (["created the file (mode 0600)"] if not exists else []) + changes
+            if exists and mode != 0o600:
+                changes.append(f"mode {mode:04o} -> 0600")
+            res.changes, res.word = changes, ("changed" if changes else "ok")
+            res.before, res.after = line_diff(text, new)
+            return res
         if changes or not exists:
             if not exists:
                 changes = ["created the file"] + changes

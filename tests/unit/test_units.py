@@ -461,20 +461,24 @@ def test_unreachable_postgres_keeps_libpqs_reason(stderr, reason):
     assert classify_pg_error(stderr, host) == f"PostgreSQL on prod is unreachable at 127.0.0.1:55431 ({reason})"
 
 
-def test_confirmation_flags_have_no_short_form_and_psql_c_is_sql():
-    """--force-protected and --confirm are typed in full in every task; ``db.psql -c`` is
-    SQL as in psql (a break-it trial found -c/-o/-f meaning different things in db.exec
-    and db.psql, and -c opening a shell)."""
+def test_a_short_flag_means_one_thing_in_every_task():
+    """Short flags come from one table (docs/cli.md "Flags"); every other flag, among them
+    --force-protected and --confirm, is typed in full; ``db.psql -c`` is SQL as in psql (a
+    new-user trial found -f meaning --format, --file, --from or --failed, -j --json or
+    --jobs, and ``db.list -h`` failing instead of printing help)."""
     from bigskies_ops.cli import ns
+    table = {"H": "host", "i": "inventory", "y": "yes", "C": "check", "j": "jobs", "F": "format",
+             "c": "command", "f": "follow"}
     seen = 0
     for name in ns.task_names:
-        t = ns[name]
-        for arg in t.get_arguments():
-            if arg.attr_name in ("force_protected", "confirm") or arg.name in ("force_protected", "confirm"):
-                assert len(arg.names) == 1, (name, arg.names)
+        for arg in ns[name].get_arguments(ignore_unknown_help=True):
+            long, *short = arg.names
+            assert short == ([k for k, v in table.items() if v == long.replace("-", "_")] or []), (name, arg.names)
+            if arg.attr_name in ("force_protected", "confirm"):
                 seen += 1
+            assert "h" not in short  # -h is --help everywhere
     assert seen >= 8
-    psql_args = {a.name: a.names for a in ns["db.psql"].get_arguments()}
+    psql_args = {a.name: a.names for a in ns["db.psql"].get_arguments(ignore_unknown_help=True)}
     assert psql_args["command"] == ("command", "c")
-    exec_args = {a.name: a.names for a in ns["db.exec"].get_arguments()}
-    assert exec_args["sql"] == ("sql", "s") and exec_args["file"] == ("file", "f")
+    exec_args = {a.name: a.names for a in ns["db.exec"].get_arguments(ignore_unknown_help=True)}
+    assert exec_args["sql"] == ("sql",) and exec_args["file"] == ("file",)

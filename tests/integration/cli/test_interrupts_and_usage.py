@@ -191,10 +191,10 @@ def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("db.nosuch",), "No idea what 'db.nosuch' is!"),
-    (("db.backup", "--nosuchflag"), "No idea what '--nosuchflag' is!"),
-    (("db.backup", "--label"), "needed value and was not given one"),
-    (("--nosuchcore",), "No idea what '--nosuchcore' is!"),
+    (("db.nosuch",), "error: no task named 'db.nosuch'"),
+    (("db.backup", "--nosuchflag"), "error: db.backup: no flag --nosuchflag"),
+    (("db.backup", "--label"), "error: db.backup: --label needs a value"),
+    (("--nosuchcore",), "error: no flag --nosuchcore"),
 ])
 def test_command_lines_that_do_not_parse_are_usage_errors(cli_env, args, message):
     r = cli(*args, env=cli_env)

@@ -427,7 +427,7 @@ def test_lock_wait_timeout_flag_is_checked(local_inv, cli_env):
     inv, bdir = local_inv
     r = cli("db.backup", "-i", str(inv), "--lock-wait-timeout", "soon", env=cli_env)
     _no_traceback(r)
-    assert r.returncode == 2 and "--lock-wait-timeout: expected seconds" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--lock-wait-timeout: expected a number of seconds" in r.stderr, r.stderr
     assert not bdir.exists() or not any(bdir.iterdir())
 
 

@@ -225,6 +225,16 @@ def test_logs_of_one_service(stack):
     assert "migrations done" in r.stdout
 
 
+def test_logs_without_a_service_show_every_service(stack):
+    """docker.logs [SERVICE]: SERVICE is optional (Invoke made it required: "did not receive
+    required positional arguments"); -h prints the help instead of running."""
+    r = stack.cli("docker.logs", "--tail", "50")
+    assert r.returncode == 0, r.stderr
+    assert "migrations done" in r.stdout                     # the bootstrap service's lines among all
+    r = stack.cli("docker.logs", "-h")
+    assert r.returncode == 0 and "docker.logs [--options]" in r.stdout and "migrations done" not in r.stdout
+
+
 # ------------------------------------------------------------------ coordinators around a restore
 def test_restore_stops_and_restarts_coordinators_and_they_reconnect(stack):
     r = stack.cli("db.backup", "--label", "before coordinator restore")

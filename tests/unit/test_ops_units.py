@@ -1,0 +1,44 @@
+"""Pure functions of issue 18's ops items (no services)."""
+from __future__ import annotations
+
+import pytest
+
+from bigskies_ops.errors import InventoryError
+from bigskies_ops.hosts.compose import engine_unreachable
+from bigskies_ops.inventory import cron_fields
+from bigskies_ops.jobs.dump import compression_text
+from bigskies_ops.jobs.schedule import EXIT_SKIPPED_FOR_SAFETY, Step, exit_code
+
+
+def test_compression_text_names_the_level_once():
+    assert compression_text({"compressor": "gzip (zlib level 1)", "compress_level": 1}) == "gzip (zlib level 1)"
+    assert compression_text({"compressor": "gzip (ISA-L level 3)", "compress_level": 3}) == "gzip (ISA-L level 3)"
+    assert compression_text({"compressor": "gzip -6 (on prod)", "compress_level": 6}) == "gzip -6 (on prod)"
+    assert compression_text({"compressor": "pg_dump custom (zlib)", "compress_level": 5}) == \
+        "pg_dump custom (zlib), level 5"
+
+
+def test_cron_fields_is_the_rule_of_db_schedule():
+    assert cron_fields("30 1 * * 1-5", "x") == ["30", "1", "*", "*", "1-5"]
+    assert cron_fields("@daily", "x") == ["@daily"]
+    for bad in ("0 2 * *", "every night", "@nightly", "0 2 * * * *", "0 2 * * ;rm"):
+        with pytest.raises(InventoryError) as e:
+            cron_fields(bad, "hosts.prod.schedule")
+        assert str(e.value).startswith("hosts.prod.schedule: ") and e.value.exit_code == 2
+
+
+def test_scheduled_run_exit_codes():
+    ok, changed = Step("backup", "changed", ""), Step("prune", "ok", "")
+    safety = Step("prune", "skipped", "protected", safety=True)
+    assert exit_code([ok, changed, Step("offsite", "skipped", "no targets")]) == 0
+    assert exit_code([ok, safety]) == EXIT_SKIPPED_FOR_SAFETY == 4
+    assert exit_code([ok, safety, Step("offsite x", "failed", "down")]) == 1
+
+
+def test_engine_unreachable_tells_a_dead_daemon_from_a_missing_container():
+    assert engine_unreachable("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+                              "Is the docker daemon running?")
+    assert engine_unreachable('Error: unable to connect to Podman socket: Get "http://d/v4.3.1/libpod/_ping": '
+                              "dial unix /tmp/x.sock: connect: no such file or directory")
+    assert not engine_unreachable("Error: No such container: bigskies-postgres")
+    assert not engine_unreachable("Error: no container with name or ID \"x\" found: no such container")
