@@ -118,8 +118,9 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
                          "offsite": "list what this offsite target (its name in the inventory) holds instead"})
 @handles_errors
 def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=None, json=False, offsite=None):
-    """List backups newest first: id, UTC time, age, size, format, kind, status, verified, file
-    (on a narrow terminal the columns the file name needs room from are left out)."""
+    """List backups newest first: id, UTC time, age, size, format, kind, status, verified, file.
+
+    The file name is never cut: on a narrow terminal other columns are left out first."""
     from bigskies_ops.archives.catalog import ID_MIN
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
