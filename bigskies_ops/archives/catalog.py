@@ -10,6 +10,7 @@ never by mtime.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
@@ -159,6 +160,24 @@ class Backup:
         return self.manifest.get("kind", "?") if self.manifest else "legacy"
 
     @property
+    def id(self) -> str:
+        """The backup's short id (:func:`backup_id` of its file name)."""
+        return backup_id(self.name)
+
+    @property
+    def shown_name(self) -> str:
+        """The name as ``db.list`` prints it: ``prod/NAME`` for a pulled backup."""
+        return f"{self.origin_dir}/{self.name}" if self.origin_dir else self.name
+
+    @property
+    def verification(self) -> str | None:
+        """The NEWEST verification's outcome: ``passed``, ``failed``, or None (never verified)."""
+        vs = (self.manifest or {}).get("verifications") or []
+        if not vs:
+            return None
+        return "passed" if vs[-1].get("ok") else "failed"
+
+    @property
     def verified(self) -> bool:
         """True when the NEWEST verification passed (a later failed one wins over an older pass)."""
         vs = (self.manifest or {}).get("verifications") or []
@@ -192,11 +211,74 @@ class Backup:
 
     def to_json(self, now: datetime | None = None) -> dict:
         m = self.manifest or {}
-        return {"name": self.name, "path": self.path, "database": self.database, "origin_host": self.origin_host,
+        vs = m.get("verifications") or []
+        return {"id": self.id, "name": self.name, "path": self.path, "database": self.database, "origin_host": self.origin_host,
                 "status": self.status, "kind": self.kind, "label": m.get("label"), "format": self.format,
                 "started_at": iso(self.started_at), "bytes": self.size, "contents": self.contents, "legacy": self.legacy,
-                "timezone_known": not self.legacy, "verified": self.verified, "sha256": m.get("sha256"),
-                "future": self.in_future(now)}
+                "timezone_known": not self.legacy, "verified": self.verified, "verification": self.verification,
+                "verified_at": vs[-1].get("at") if vs else None,
+                "verification_error": vs[-1].get("error") if vs and not vs[-1].get("ok") else None,
+                "error": m.get("error") if self.status == "FAILED" else None,
+                "sha256": m.get("sha256"), "future": self.in_future(now)}
+
+    def failed_message(self, what: str = "restore") -> str:
+        """The message for a FAILED (or never finished) run asked for by name or id:
+        ``backup NAME failed at TIME: ERROR; nothing to restore``."""
+        m = self.manifest or {}
+        if self.status == "STARTED":
+            return (f"backup {self.shown_name} (started {m.get('started_at') or '?'}) never finished: "
+                    f"it is running, or was killed; nothing to {what}")
+        at = m.get("finished_at") or m.get("started_at") or "?"
+        err = " ".join((m.get("error") or "no error recorded").split())[:300]
+        return f"backup {self.shown_name} failed at {at}: {err}; nothing to {what}"
+
+
+#: the length of the id ``db.list`` shows (hex digits of sha256 of the file name)
+ID_LEN = 8
+#: the shortest id prefix accepted (git's ``--short`` minimum is 4 too)
+ID_MIN = 4
+ID_RE = re.compile(r"^[0-9a-f]{%d,64}$" % ID_MIN)
+
+
+def backup_id(name: str) -> str:
+    """A backup's id: the first :data:`ID_LEN` hex digits of the sha256 of its archive's
+    file name (``bigskies_backup_20261129_085200.sql.gz`` -> 8 hex digits).
+
+    Stable: it depends on the name only, so it never changes when newer backups arrive,
+    and a backup pulled with its name (``db.pull --existing``) has the same id on both
+    machines. Lower-case hex, so it is never mistaken for ``db.list``'s old row numbers,
+    a date, or a path."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:ID_LEN]
+
+
+def looks_like_id(spec: str | None) -> bool:
+    """Whether ``spec`` can be an id or an id prefix (4 to 64 lower-case hex digits)."""
+    return bool(spec) and bool(ID_RE.match(spec))
+
+
+def by_id(backups: list["Backup"], spec: str) -> list["Backup"]:
+    """The backups whose id starts with ``spec`` (git-style unique prefix; the caller
+    decides what 0 or several matches mean)."""
+    if not looks_like_id(spec):
+        return []
+    return [b for b in backups if b.id.startswith(spec[:ID_LEN]) and
+            (len(spec) <= ID_LEN or hashlib.sha256(b.name.encode("utf-8", "surrogateescape")).hexdigest()
+             .startswith(spec))]
+
+
+def find(backups: list["Backup"], spec: str) -> list["Backup"]:
+    """The backups ``spec`` names, as the tasks accept it: a file name, ``origin/NAME`` as
+    ``db.list`` shows it, a path, or an id (prefix). Returns every match (the caller
+    reports none or several)."""
+    hit = [b for b in backups if spec in (b.name, b.path, b.shown_name)]
+    return hit or by_id(backups, spec)
+
+
+def ambiguous_message(spec: str, matches: list["Backup"]) -> str:
+    """Message for an id (prefix) or name that matches several backups."""
+    names = ", ".join(f"{b.id} {b.shown_name}" for b in matches[:5])
+    return (f"{spec} matches {len(matches)} backups ({names}{' ...' if len(matches) > 5 else ''}); "
+            f"give more of the id, the file name, or --origin")
 
 
 def is_archive_file(name: str) -> bool:

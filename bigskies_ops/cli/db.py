@@ -118,7 +118,10 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
                          "offsite": "list what this offsite target (its name in the inventory) holds instead"})
 @handles_errors
 def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=None, json=False, offsite=None):
-    """List backups newest first: UTC time, age, size, format, kind, status, verified."""
+    """List backups newest first: id, UTC time, age, size, format, kind, status, verified, file.
+
+    The file name is never cut: on a narrow terminal other columns are left out first."""
+    from bigskies_ops.archives.catalog import ID_MIN
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
     if len(hosts) > 1 and not pre_restore:
@@ -140,6 +143,9 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
             output.say(f"no pre-restore copies of {h.postgres.database!r} on {h.name}")
         for cpy in copies:
             output.say(f"{cpy['name']}  taken {cpy['at']}  {human_bytes(cpy['bytes'])}  replaced by {cpy['replaced_by']}")
+        if copies:
+            output.say(f"drop one (each is a whole database): {output.hint(f'db.delete --pre-restore NAME --host {h.name}')}"
+                       f" (or 'all')")
         return
     runner = runner_for(h)
     pulled: dict[str, int] = {}
@@ -151,7 +157,8 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
                 if b.origin_dir:
                     pulled[b.origin_dir] = pulled.get(b.origin_dir, 0) + 1
     if json:
-        output.emit_json({"host": h.name, "dir": h.backup.dir, "backups": [b.to_json() for b in backups]})
+        output.emit_json({"result": "ok", "host": h.name, "dir": h.backup.dir,
+                          "backups": [b.to_json() for b in backups]})
         return
     if not backups:
         output.say(f"no backups in {h.backup.dir}" + (f" from {origin}" if origin else ""))
@@ -159,6 +166,11 @@ def list_(c, host=None, origin=None, all=False, pre_restore=False, inventory=Non
             output.say(f"  {n} pulled from {sub}: {output.hint(f'db.list --host {h.name} --origin {sub}')}")
         return
     output.print_table(render.backups_table(backups))
+    output.say(f"ids: give one (or its first {ID_MIN}+ characters) to db.restore, db.verify, db.delete"
+               + (", db.pull --existing" if h.is_remote else ""))
+    if any(b.verification == "failed" for b in backups):
+        output.say(f"FAILED: the newest verification of that backup failed; see why: "
+                   f"{output.hint(f'db.list --host {h.name} --json')} (verification_error)")
     if any(b.legacy for b in backups):
         output.say("? legacy file without a manifest: time zone unknown, not verified")
     note = render.future_note(backups)

@@ -25,15 +25,18 @@ def _plan_lines(p) -> None:
 
 # ------------------------------------------------------------------ db.prune
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
-            "dry_run": "print the plan (keep/prune with reasons) and change nothing",
+            "check": "dry run: print the plan (keep/prune with reasons), the files it would delete and the bytes "
+                     "it would free; change nothing",
+            "dry_run": "the same as --check (the older name)",
             "failed": "also prune FAILED runs, unfinished runs and .partial files",
             "include_legacy": "let seed-era files without a manifest take part in retention",
             **PROTECT_HELP})
 @handles_errors
-def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_legacy=False, force_protected=False,
-          confirm=None, json=False):
-    """Apply GFS retention (daily/weekly/monthly) to a host's backups; --dry-run shows the plan."""
+def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False, include_legacy=False,
+          force_protected=False, confirm=None, json=False):
+    """Apply GFS retention (daily/weekly/monthly) to a host's backups; --check shows the plan and the bytes freed."""
     from bigskies_ops.jobs.retention import PruneRefused, prune as run_prune
+    dry_run = bool(check or dry_run)
     inv = load_inventory(inventory)
     h = inv.host(host)
     if not dry_run:
@@ -41,24 +44,38 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
                           confirm=confirm)
     try:
         res = run_prune(h, dry_run=dry_run, include_failed=failed, include_legacy=include_legacy)
-        p, deleted, refused = res.plan, res.deleted, None
+        p, deleted, refused, freed, files = res.plan, res.deleted, None, res.freed, res.files
     except PruneRefused as e:
-        p, deleted, refused = e.plan, e.deleted, e
+        p, deleted, refused, freed, files = e.plan, e.deleted, e, None, e.deleted
+    facts = {"retention": vars(h.retention), "decisions": [d.to_json() for d in p.decisions],
+             "refused": [{"origin_host": g[0], "database": g[1], "reason": r} for g, r in p.refused.items()]}
+    if dry_run:
+        if not json:
+            r = h.retention
+            output.say(f"Retention for {h.name}: daily {r.daily}, weekly {r.weekly}, monthly {r.monthly}; "
+                       f"safety backups {h.backup.keep_safety_days} days")
+            _plan_lines(p)
+        lines = [f"delete {f}" for f in files]
+        if files:
+            lines.append(f"free {human_bytes(freed)} ({freed} bytes) in {h.backup.dir}")
+        lines += [f"refuse {g[1]!r} from {g[0]}: {why}" for g, why in p.refused.items()]
+        output.check_report("db.prune", h.name, {**facts, "dry_run": True, "would_delete": files,
+                                                 "bytes_freed": freed, "prune": len(p.prune), "keep": len(p.keep)},
+                            lines, would_change=bool(files), json=json)
+        return
     if json:
-        output.emit_json({"host": h.name, "dry_run": dry_run, "retention": vars(h.retention),
-                          "decisions": [d.to_json() for d in p.decisions], "deleted": deleted,
-                          "refused": [{"origin_host": g[0], "database": g[1], "reason": r}
-                                      for g, r in p.refused.items()]})
+        output.emit_json({"result": "changed" if deleted else ("failed" if refused else "ok"), "host": h.name,
+                          "dry_run": False, **facts, "deleted": deleted, "bytes_freed": freed})
     else:
         r = h.retention
         output.say(f"Retention for {h.name}: daily {r.daily}, weekly {r.weekly}, monthly {r.monthly}; "
                    f"safety backups {h.backup.keep_safety_days} days")
         _plan_lines(p)
-        if dry_run:
-            output.result_line("ok", h.name, f"dry run: would prune {len(p.prune)}, keep {len(p.keep)}")
+        if deleted and refused is None:
+            output.result_line("changed", h.name, f"pruned {len(p.prune)} backup(s) ({len(deleted)} files, "
+                                                  f"{human_bytes(freed)} freed), kept {len(p.keep)}")
         elif deleted:
-            output.result_line("changed", h.name, f"pruned {len(p.prune)} backup(s) ({len(deleted)} files), "
-                                                  f"kept {len(p.keep)}")
+            output.result_line("changed", h.name, f"pruned {len(deleted)} file(s) of the groups not refused")
         elif refused is None:
             output.result_line("ok", h.name, f"nothing to prune, kept {len(p.keep)}")
     if refused is not None:
@@ -67,7 +84,8 @@ def prune(c, host=None, inventory=None, dry_run=False, failed=False, include_leg
 
 # ------------------------------------------------------------------ db.verify
 @task(positional=["file"], help={
-    "file": "'latest' (default), or an archive (path or name in the backup folder)",
+    "file": "'latest' (default), a backup's id (db.list's first column), or an archive (path or name in the "
+            "backup folder)",
     "all": "verify every DONE and legacy backup of the folder (and of pulled sub-folders)",
     "host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
     "restore_test": "also restore into a throwaway database and compare row counts with the manifest",
@@ -99,7 +117,8 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
                 results.append(verify_backup(h, b, restore_test=restore_test, adopt=adopt, progress=cb))
     failed = [r for r in results if not r.ok]
     if json:
-        output.emit_json({"host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
+        output.emit_json({"result": "failed" if failed else ("changed" if any(r.recorded for r in results) else "ok"),
+                          "host": h.name, "offsite": offsite, "results": [r.to_json() for r in results],
                           "ok": not failed})
     else:
         for r in results:
@@ -120,7 +139,9 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
 def report_offsite(h, results, json: bool) -> int:
     """Print offsite results; return the exit code (0, or the first failure's)."""
     if json:
-        output.emit_json({"host": h.name, "targets": [r.to_json() for r in results]})
+        word = ("failed" if any(r.error for r in results) else
+                "changed" if any(r.uploaded or r.pruned for r in results) else "ok")
+        output.emit_json({"result": word, "host": h.name, "targets": [r.to_json() for r in results]})
     for r in results:
         if json:
             break
@@ -140,13 +161,34 @@ def report_offsite(h, results, json: bool) -> int:
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
-            "target": "only this offsite target (its name in the inventory); default: all of them"})
+            "target": "only this offsite target (its name in the inventory); default: all of them",
+            "check": "dry run: list what would be uploaded and what the target's retention would delete there "
+                     "(with the bytes); upload, record and delete nothing"})
 @handles_errors
-def offsite(c, host=None, inventory=None, target=None, json=False):
-    """Copy backups not yet offsite to the host's targets, verify each copy, prune remotely."""
+def offsite(c, host=None, inventory=None, target=None, json=False, check=False):
+    """Copy backups not yet offsite to the host's targets, verify each copy, prune remotely (--check: dry run)."""
     from bigskies_ops.jobs.offsite import upload
     inv = load_inventory(inventory)
     h = inv.host(host)
+    if check:
+        results = upload(h, target, inv=inv, check=True)
+        lines = []
+        for r in results:
+            if r.error:
+                lines.append(f"  {r.target}: cannot tell, {r.error}")
+                continue
+            lines += [f"upload {n} to {r.target}" for n in r.uploaded]
+            lines += [f"delete {n} on {r.target} (the host's retention)" for n in r.pruned]
+            if r.uploaded or r.pruned:
+                lines.append(f"  {r.target}: {human_bytes(r.upload_bytes)} to upload ({r.upload_bytes} bytes), "
+                             f"{human_bytes(r.pruned_bytes)} freed there ({r.pruned_bytes} bytes)")
+        output.check_report("db.offsite", h.name, {"targets": [r.to_json() for r in results]}, lines,
+                            would_change=any(r.uploaded or r.pruned for r in results), json=json)
+        codes = [r.exit_code for r in results if r.error]
+        if codes:
+            raise Exit("error: offsite target unreachable: " + ", ".join(r.target for r in results if r.error),
+                       code=codes[0])
+        return
     with output.transfer_progress("offsite") as cb:  # bytes sent against each archive's size (docs/cli.md "Progress")
         results = upload(h, target, inv=inv, progress=cb)
     code = report_offsite(h, results, json)
@@ -299,11 +341,12 @@ def list_offsite(h, target: str, json: bool, inv=None) -> None:
         return
     from rich import box
     t = output.literal_table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("#", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
-        t.add_column(col, justify="right" if col in ("#", "size") else "left")
-    for i, r in enumerate(items, 1):
+    from bigskies_ops.archives.catalog import backup_id
+    for col in ("id", "started (UTC)", "age", "size", "origin", "kind", "status", "file"):
+        t.add_column(col, justify="right" if col == "size" else "left", no_wrap=True, overflow="ignore")
+    for r in items:
         st = r.started_at
-        t.add_row(str(i), st.strftime("%Y-%m-%d %H:%M:%S") if st else "-", human_age(st), human_bytes(r.size),
+        t.add_row(backup_id(r.name), st.strftime("%Y-%m-%d %H:%M:%S") if st else "-", human_age(st), human_bytes(r.size),
                   r.origin, (r.manifest or {}).get("kind", "-"), r.status.lower(), r.name)
     output.print_table(t)
 

@@ -43,12 +43,20 @@ class TargetResult:
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
     exit_code: int = 0
+    check: bool = False                                         # a dry run: uploaded/pruned say "would"
+    upload_bytes: int = 0                                       # bytes uploaded (or that would be)
+    pruned_bytes: int = 0                                       # bytes deleted on the target (or would be)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_json(self) -> dict:
+        if self.check:
+            return {"target": self.target, "ok": self.ok, "would_upload": self.uploaded,
+                    "would_upload_bytes": self.upload_bytes, "already_offsite": self.already,
+                    "would_prune_remote": self.pruned, "would_free_bytes": self.pruned_bytes,
+                    "skipped": self.skipped, "error": self.error}
         return {"target": self.target, "ok": self.ok, "uploaded": self.uploaded, "already_offsite": self.already,
                 "pruned_remote": self.pruned, "skipped": self.skipped, "error": self.error}
 
@@ -101,26 +109,34 @@ class _CountingFile:
 
 
 def upload(host: Host, target: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD,
-           apply_retention: bool = True, now=None, inv=None, progress=None) -> list[TargetResult]:
+           apply_retention: bool = True, now=None, inv=None, progress=None,
+           check: bool = False) -> list[TargetResult]:
     """Copy every DONE archive (with its manifest) that a target lacks, verify each copy by
     reading it back, record it in the local manifest, then apply retention on the target.
 
     ``progress``: optional ``(bytes_sent)`` callback; each archive is a new transfer of its
     size (:func:`bigskies_ops.report.total` with ``what``), its read-back check a step.
 
+    ``check``: a dry run: the targets are listed and nothing is uploaded, recorded or
+    deleted; the results name what would be uploaded and pruned on each target (the
+    remote retention planned over what the target holds plus what would be uploaded)
+    and the bytes.
+
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
     """
     tlist = targets(host, target)
     runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
-        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress)
+        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress, check)
                 for t in tlist]
     finally:
         runner.close()
 
 
-def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress=None) -> TargetResult:
-    res = TargetResult(t.name)
+def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress=None,
+                check=False) -> TargetResult:
+    res = TargetResult(t.name, check=check)
+    coming: list[Backup] = []  # (check) what would be uploaded
     store = None
     try:
         store = store_for(t, inv, **({"multipart_threshold": multipart_threshold} if t.scheme == "s3" else {}))
@@ -136,6 +152,11 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             have = [c for c in b.manifest.get("offsite") or [] if c.get("target") == t.name]
             if have and remote.get(key) == b.size and (key + MANIFEST_SUFFIX) in remote:
                 res.already += 1
+                continue
+            if check:  # nothing read, written or recorded: the sha256 check runs on the real run
+                res.uploaded.append(b.name)
+                res.upload_bytes += b.size or 0
+                coming.append(b)
                 continue
             sha, size = _source_sha(runner, b.path)
             if sha != b.manifest["sha256"] or size != b.manifest.get("bytes", size):
@@ -158,7 +179,7 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
                             json.dumps(man, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n")
             res.uploaded.append(b.name)
         if apply_retention:
-            res.pruned = prune_remote(host, t, store, now=now)
+            res.pruned = prune_remote(host, t, store, now=now, check=check, coming=coming, result=res)
     except BigskiesError as e:
         res.error = str(e)
         res.exit_code = e.exit_code
@@ -179,8 +200,11 @@ def _kept_by_retention(host: Host, backups: list[Backup], now) -> set[tuple[str,
     return {(d.entry.origin_host, d.entry.name) for d in p.keep}
 
 
-def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
-    """Apply the host's retention to what the target holds; returns deleted keys."""
+def prune_remote(host: Host, t: Target, store, *, now=None, check: bool = False, coming: list[Backup] = (),
+                 result: TargetResult | None = None) -> list[str]:
+    """Apply the host's retention to what the target holds; returns the names pruned there
+    (``check``: that would be; ``coming``: backups a dry run would have uploaded first,
+    planned with the rest and never deleted). ``result.pruned_bytes`` gets the bytes."""
     entries = []
     by_name = {}
     for r in remote_catalog(store, t):
@@ -192,13 +216,20 @@ def prune_remote(host: Host, t: Target, store, *, now=None) -> list[str]:
                   verified=any(v.get("ok") for v in m.get("verifications") or []), path=r.key)
         entries.append(e)
         by_name[(r.origin, r.name)] = r
+    held = {(e.origin_host, e.name) for e in entries}
+    for b in coming:
+        if (b.origin_host or host.name, b.name) not in held:
+            entries.append(entry_of(b, b.origin_dir or host.name))
     p = plan(entries, host.retention, keep_safety_days=host.backup.keep_safety_days, now=now or utcnow())
+    gone = [d for d in p.prune if (d.entry.origin_host, d.entry.name) in by_name]
+    if result is not None:
+        result.pruned_bytes = sum(by_name[(d.entry.origin_host, d.entry.name)].size or 0 for d in gone)
     keys = []
-    for d in p.prune:
+    for d in gone:
         keys += [d.entry.path, d.entry.path + MANIFEST_SUFFIX]
-    if keys:
+    if keys and not check:
         store.delete(keys)
-    return [d.entry.name for d in p.prune]
+    return [d.entry.name for d in gone]
 
 
 # ------------------------------------------------------------------ verify, list, fetch
@@ -276,6 +307,14 @@ def _choose(host: Host, cat: list[RemoteBackup], spec: str | None, all_: bool) -
     for r in cat:
         if base == r.name or spec in (r.key, f"{r.origin}/{r.name}"):
             return [r]
+    from bigskies_ops.archives.catalog import backup_id, looks_like_id
+    if looks_like_id(spec):  # an id as db.list (--offsite T) shows it, or a unique prefix
+        hits = [r for r in cat if backup_id(r.name).startswith(spec[:8])]
+        if len(hits) == 1:
+            return hits
+        if hits:
+            raise ArchiveError(f"{spec} matches {len(hits)} backups on the offsite target "
+                               f"({', '.join(r.name for r in hits[:5])}); give more of the id or the name")
     raise ArchiveError(f"{spec}: not on the offsite target")
 
 

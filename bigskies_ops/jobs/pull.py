@@ -32,8 +32,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from bigskies_ops import report
-from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, latest, list_backups,
-                                           parse_archive_name, read_manifest, utcnow, write_manifest)
+from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, ambiguous_message, by_id, iso,
+                                           latest, list_backups, looks_like_id, parse_archive_name, read_manifest,
+                                           utcnow, write_manifest)
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.manifest import publish
 from bigskies_ops.archives.roles import roles_path
@@ -261,7 +262,8 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
     db = database or src.postgres.database
     t0 = time.monotonic()
     with _ssh_runner(src) as runner:
-        rpath = _resolve_latest(runner, src, db) if spec in (None, "", "latest") else _remote_path(src, spec)
+        rpath = (_resolve_latest(runner, src, db) if spec in (None, "", "latest")
+                 else _resolve_id(runner, src, spec) if looks_like_id(spec) else _remote_path(src, spec))
         name = posixpath.basename(rpath)
         parsed = parse_archive_name(name)
         # the lock of the archive's database (as its name says: what a streamed pull of that
@@ -439,6 +441,22 @@ def _remote_facts(runner, src: Host, rpath: str) -> tuple[dict | None, str, int]
     report.note(f"{posixpath.basename(rpath)} has no manifest checksum; computing sha256 on {src.name}")
     want_sha, want_size = runner.sha256(rpath)
     return man, want_sha, want_size
+
+
+def _resolve_id(runner, src: Host, spec: str) -> str:
+    """Path of the backup whose id (as ``db.list --host SRC`` shows it) starts with ``spec``.
+
+    Raises:
+        ArchiveError: no backup or several with that id, or its run FAILED."""
+    hits = by_id(list_backups(runner, src.backup.dir), spec)
+    if len(hits) > 1:
+        raise ArchiveError(ambiguous_message(spec, hits))
+    if not hits:
+        raise ArchiveError(f"--existing {spec}: no backup with that id in {src.name}:{src.backup.dir} "
+                           f"(ids are the first column of `db.list --host {src.name}`)")
+    if hits[0].status in ("FAILED", "STARTED"):
+        raise ArchiveError(hits[0].failed_message("pull"))
+    return hits[0].path
 
 
 def _resolve_latest(runner, src: Host, db: str) -> str:

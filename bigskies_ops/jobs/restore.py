@@ -74,13 +74,18 @@ class RestoreResult:
 
 
 def resolve_archive(host: Host, spec: str | None, origin: str | None = None, database: str | None = None) -> str:
-    """The archive to restore: ``spec`` as a path on the control machine, else relative
-    to the host's backup folder (``origin``: its pulled sub-folder); ``latest`` (or None)
-    is the newest complete DONE backup of ``database`` (default: the host's).
+    """The archive to restore: ``spec`` as a path on the control machine, else a name in
+    the host's backup folder (``origin``: its pulled sub-folder), else a backup id (or a
+    unique prefix of one, as ``db.list`` shows it); ``latest`` (or None) is the newest
+    complete DONE backup of ``database`` (default: the host's).
 
     Raises:
-        ArchiveError: no such file, or no complete DONE backup.
+        ArchiveError: no such file or id; an id matching several backups; a FAILED (or
+            unfinished) run, named with its time and error; a name or id that is a
+            pulled backup of ``<origin>/`` asked for without ``--origin`` (the message
+            names the flag).
     """
+    from bigskies_ops.archives.catalog import ID_MIN, ambiguous_message, by_id, find, looks_like_id
     lr = LocalRunner()
     bdir = host.backup.dir if origin is None else posixpath.join(host.backup.dir, origin)
     db = database or host.postgres.database
@@ -91,12 +96,36 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
             raise ArchiveError(f"no complete DONE backup of {db!r} from {origin or host.name} in {bdir} "
                                f"(schema-only and partial-data backups are restored only when named)")
         return b.path
-    if os.path.exists(spec):
+    if os.path.exists(spec):  # (a folder too: the archive checks say what it is)
         return spec
     cand = posixpath.join(bdir, spec)
     if os.path.exists(cand):
         return cand
-    raise ArchiveError(f"{spec}: no such file (looked here and in {bdir})")
+    # a name whose run FAILED, an id, or a backup pulled from another host
+    try:
+        everything = list_backups(lr, host.backup.dir, include_all=True)
+    except (OSError, BigskiesError):
+        everything = []
+    here = [b for b in everything if b.origin_dir == origin]
+    hits = find(here, spec) or find(everything, spec)
+    if len(hits) > 1:
+        raise ArchiveError(ambiguous_message(spec, hits))
+    if hits:
+        b = hits[0]
+        if b.status in ("FAILED", "STARTED"):
+            raise ArchiveError(b.failed_message("restore"))
+        if b.status == "MISSING":
+            raise ArchiveError(f"backup {b.shown_name} is gone: its manifest says DONE but {b.path} is missing; "
+                               f"nothing to restore")
+        if b.origin_dir != origin and b not in by_id(everything, spec):  # an id names one backup anywhere
+            flag = f"--origin {b.origin_dir}" if b.origin_dir else "no --origin"
+            raise ArchiveError(f"{spec}: that is {b.shown_name}, a backup "
+                               f"{'pulled from ' + b.origin_dir if b.origin_dir else 'of ' + host.name + ' itself'};"
+                               f" pass {flag} (or its path: {b.path})")
+        return b.path
+    why = (f"; ids are the first column of `db.list --host {host.name}` ({ID_MIN} or more hex digits)"
+           if spec.isdigit() or looks_like_id(spec) else "")
+    raise ArchiveError(f"{spec}: no such file or backup id (looked here and in {bdir}){why}")
 
 
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups,
                       parse_archive_name, utcnow)
-from bigskies_ops.errors import SafetyError
+from bigskies_ops.errors import SafetyError, StorageError
 from bigskies_ops.inventory import Host, RetentionSettings
 from bigskies_ops.archives.locks import host_lock
 
@@ -56,6 +56,7 @@ class Entry:
     verified: bool = False
     path: str = ""            # where it is (apply step only; the plan never reads it)
     has_manifest: bool = True
+    bytes: int | None = None  # the archive's size on disk (what pruning it frees; None: no archive)
 
     @property
     def group(self) -> tuple[str, str]:
@@ -241,7 +242,7 @@ def _judge_the_rest(members: list[Entry], reasons: dict[int, list[str]], *, keep
 def entry_of(b: Backup, default_origin: str) -> Entry:
     return Entry(name=b.name, origin_host=b.origin_host or default_origin, database=b.database,
                  started_at=b.started_at, status=b.status, kind=b.kind if not b.legacy else "legacy",
-                 verified=b.verified, path=b.path, has_manifest=not b.legacy)
+                 verified=b.verified, path=b.path, has_manifest=not b.legacy, bytes=b.size)
 
 
 def partial_entries(runner, directory: str, origin: str) -> list[Entry]:
@@ -257,8 +258,13 @@ def partial_entries(runner, directory: str, origin: str) -> list[Entry]:
         p = parse_archive_name(n[: -len(PARTIAL_SUFFIX)])
         if p is None:
             continue
+        path = posixpath.join(directory, n)
+        try:
+            size = runner.size(path)
+        except (OSError, StorageError):  # gone meanwhile (a pull finished)
+            size = None
         out.append(Entry(name=n, origin_host=origin, database=p.database, started_at=p.stamp, status="PARTIAL",
-                         kind="partial", path=posixpath.join(directory, n), has_manifest=False))
+                         kind="partial", path=path, has_manifest=False, bytes=size))
     return out
 
 
@@ -276,27 +282,60 @@ def collect(runner, host: Host) -> list[Entry]:
 
 @dataclass
 class PruneResult:
+    """What :func:`prune` decided and did: the plan, the files deleted (paths), whether it
+    was a dry run, the files the plan's prunes consist of (``files``) and the bytes they
+    take (``freed``: freed when not a dry run, else what would be freed)."""
+
     plan: Plan
     deleted: list[str]
     dry_run: bool
+    files: list[str] = field(default_factory=list)
+    freed: int = 0
+
+
+#: files kept beside an archive that belong to it (``<archive><suffix>``): deleted with it
+SIDECAR_SUFFIXES = (".roles.sql",)
+
+
+def files_of(runner, e: Entry) -> list[str]:
+    """The files that make up entry ``e``, in the order they are deleted: the archive first
+    (a crash then leaves a MISSING manifest, never an archive that looks legacy), its
+    sidecars (``<archive>.roles.sql``), a FAILED run's leftover ``.partial``, the manifest
+    last. Only files that exist."""
+    if e.status == "PARTIAL":
+        return [e.path]
+    out = []
+    if e.status not in ("MISSING", "FAILED", "STARTED"):
+        out.append(e.path)
+    out += [e.path + sfx for sfx in SIDECAR_SUFFIXES if runner.exists(e.path + sfx)]
+    if e.status in ("FAILED", "STARTED") and runner.exists(e.path + PARTIAL_SUFFIX):
+        out.append(e.path + PARTIAL_SUFFIX)
+    if e.has_manifest:
+        out.append(e.path + MANIFEST_SUFFIX)
+    return out
 
 
 def _delete(runner, d: Decision) -> list[str]:
-    e = d.entry
     gone = []
-    if e.status == "PARTIAL":
-        runner.remove(e.path)
-        return [e.path]
-    if e.status != "MISSING" and e.status not in ("FAILED", "STARTED"):
-        runner.remove(e.path)           # the archive first: a crash leaves a MISSING manifest, never
-        gone.append(e.path)             # an archive that looks legacy
-    if e.has_manifest:
-        runner.remove(e.path + MANIFEST_SUFFIX)
-        gone.append(e.path + MANIFEST_SUFFIX)
-    if e.status in ("FAILED", "STARTED") and runner.exists(e.path + PARTIAL_SUFFIX):
-        runner.remove(e.path + PARTIAL_SUFFIX)
-        gone.append(e.path + PARTIAL_SUFFIX)
+    for path in files_of(runner, d.entry):
+        runner.remove(path)
+        gone.append(path)
     return gone
+
+
+def bytes_freed(runner, decisions: list[Decision]) -> int:
+    """Bytes the files of ``decisions`` take on disk (archives, sidecars, manifests)."""
+    total = 0
+    for d in decisions:
+        for path in files_of(runner, d.entry):
+            if path == d.entry.path and d.entry.bytes is not None:
+                total += d.entry.bytes
+                continue
+            try:
+                total += runner.size(path)
+            except (OSError, StorageError):
+                pass
+    return total
 
 
 def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, include_legacy: bool = False,
@@ -319,16 +358,19 @@ def prune(host: Host, *, dry_run: bool = False, include_failed: bool = False, in
         kw = dict(keep_safety_days=host.backup.keep_safety_days, now=now, include_failed=include_failed,
                   include_legacy=include_legacy)
         if dry_run:
-            return PruneResult(plan(collect(runner, host), host.retention, **kw), [], True)
+            p = plan(collect(runner, host), host.retention, **kw)
+            files = [f for d in p.prune for f in files_of(runner, d.entry)]
+            return PruneResult(p, [], True, files, bytes_freed(runner, p.prune))
         dbs = sorted({e.database for e in collect(runner, host) if e.database} | {host.postgres.database})
         deleted: list[str] = []
         with _locks(runner, host, dbs, task):
             p = plan(collect(runner, host), host.retention, **kw)
+            freed = bytes_freed(runner, p.prune)
             for d in p.prune:
                 deleted += _delete(runner, d)
         if p.refused:
             raise PruneRefused(p, deleted)
-        return PruneResult(p, deleted, False)
+        return PruneResult(p, deleted, False, list(deleted), freed)
     finally:
         if own:
             runner.close()

@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 
 from bigskies_ops import __version__, report
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.archives.catalog import Backup, MANIFEST_SUFFIX, PARTIAL_SUFFIX, iso, latest, list_backups, read_manifest, utcnow, \
-    write_manifest
+from bigskies_ops.archives.catalog import (ID_MIN, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, ambiguous_message, find, iso,
+                                           latest, list_backups, looks_like_id, read_manifest, utcnow, write_manifest)
 from bigskies_ops.signals import interrupts_unwind
 from bigskies_ops.errors import ArchiveError, BigskiesError, PostgresError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.counts import TABLES_SQL
-from bigskies_ops.archives.integrity import check_archive, scan_archive
+from bigskies_ops.archives.integrity import (TAIL_BYTES, ArchiveInfo, check_against_manifest, check_archive,
+                                            scan_archive, sniff)
 from bigskies_ops.jobs.dbnames import unused_name, verify_db_name
 from bigskies_ops.jobs.sideload import load_archive, role_policy, table_counts, verify_against_manifest
 from bigskies_ops.pg.admin import create_like, db_info, drop_db
@@ -78,15 +79,26 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
         return [b]
     if spec.endswith(PARTIAL_SUFFIX):
         raise ArchiveError(f"{spec}: an in-progress (.partial) file is not a backup")
-    for b in backups:
-        shown = f"{b.origin_dir}/{b.name}" if b.origin_dir else b.name  # as db.list prints it: prod/NAME
-        if spec in (b.name, b.path, shown) or os.path.abspath(spec) == os.path.abspath(b.path):
-            return [b]
-    if not host.is_remote and os.path.exists(spec):  # an archive outside the backup folder
+    hits = find(backups, spec)
+    if not hits and not host.is_remote and os.path.exists(spec):
+        hits = [b for b in backups if os.path.abspath(spec) == os.path.abspath(b.path)]
+    if len(hits) > 1:
+        raise ArchiveError(ambiguous_message(spec, hits))
+    if hits:
+        b = hits[0]
+        if b.status in ("FAILED", "STARTED"):
+            raise ArchiveError(b.failed_message("verify"))
+        if b.status == "MISSING":
+            raise ArchiveError(f"backup {b.shown_name} is gone: its manifest says DONE but {b.path} is missing; "
+                               f"nothing to verify")
+        return [b]
+    if not host.is_remote and os.path.exists(spec) and not os.path.isdir(spec):  # an archive outside the folder
         d, n = os.path.split(os.path.abspath(spec))
         man = read_manifest(runner, spec)
         return [Backup(d, n, man, os.path.getsize(spec))]
-    raise ArchiveError(f"{spec}: no such backup (looked in {host.backup.dir})")
+    why = (f"; ids are the first column of `db.list --host {host.name}` ({ID_MIN} or more hex digits)"
+           if spec.isdigit() or looks_like_id(spec) else "")
+    raise ArchiveError(f"{spec}: no such backup or backup id (looked in {host.backup.dir}){why}")
 
 
 def _checks_for(fmt: str, manifest: dict | None) -> list[str]:
@@ -127,16 +139,112 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
         staged = None
         try:
             path = b.path
-            if host.is_remote:  # the checks read a local copy; the host's own tools read it over SSH
+            if host.is_remote and restore_test:  # the restore test streams a local file into the host's tools
                 staged, path = _stage_locally(access.runner, b)
             report.total(progress, os.path.getsize(path) if os.path.exists(path) else b.size,
                          what=f"verify {b.name}")
-            _verify_and_record(access, host, b, path, res, restore_test, adopt, task, progress)
+            _verify_and_record(access, host, b, path, res, restore_test, adopt, task, progress,
+                               where_it_lives=host.is_remote and not restore_test)
         finally:
             if staged:
                 import shutil
                 shutil.rmtree(staged, ignore_errors=True)
     return res
+
+
+# ------------------------------------------------------------------ checks on the host that holds the files
+#: gunzip the whole archive on its host, keep the SQL's last bytes, report gzip's own exit status
+_GUNZIP_TAIL = '{ gzip -dc -- "$1"; echo "bigskies-gzip-exit=$?" >&2; } | tail -c "$2"'
+#: run a tool (the rest of the arguments) with the archive (first argument) on its stdin
+_WITH_STDIN = 'f=$1; shift; exec "$@" < "$f"'
+
+
+def check_where_it_lives(access: PostgresAccess, path: str) -> ArchiveInfo:
+    """:func:`bigskies_ops.archives.integrity.check_archive` in full for an archive on an SSH
+    host, run on that host: nothing is copied to this machine.
+
+    sha256 and size: ``sha256sum`` there (:meth:`Runner.sha256`); plain archives: the
+    whole gzip stream is decompressed there (``gzip -dc``, its exit status checked) and
+    only the SQL's last :data:`TAIL_BYTES` come back for the completion trailer; custom
+    archives: the host's ``pg_restore --list`` and ``pg_restore --file /dev/null`` read
+    the file there (in the container through stdin). The header (:data:`HEAD_BYTES`) is
+    read over the connection into memory.
+
+    Raises:
+        ArchiveError: missing, FAILED, checksum or size mismatch, truncated, not a dump,
+            or too new for the host's tools.
+    """
+    runner = access.runner
+    where = f"{access.host.name}:{path}"
+    if not runner.exists(path):
+        raise ArchiveError(f"{where}: no such file")
+    man = check_against_manifest(runner, path)
+    head = sniff(runner, path)
+    if head.startswith(b"\x1f\x8b"):
+        return _plain_there(access, path, where, head, man)
+    if head.startswith(b"PGDMP"):
+        return _custom_there(access, path, where, head, man)
+    raise ArchiveError(f"{where}: not a PostgreSQL dump (neither gzip nor custom archive)")
+
+
+def _plain_there(access: PostgresAccess, path: str, where: str, head: bytes, man: dict | None) -> ArchiveInfo:
+    import re
+    from bigskies_ops.archives import gz
+    from bigskies_ops.hosts.runners import tail
+    from bigskies_ops.pg.tools import parse_plain_header, plain_tail_complete
+    try:
+        ph = parse_plain_header(gz.decompressobj().decompress(head))
+    except gz.ERRORS as e:
+        raise ArchiveError(f"{where}: corrupt gzip data ({e})") from None
+    except ValueError as e:
+        raise ArchiveError(f"{where}: {e}") from None
+    r = access.runner.script(_GUNZIP_TAIL, path, str(TAIL_BYTES), check=False)
+    m = re.search(r"bigskies-gzip-exit=(\d+)", r.stderr)
+    if m is None or m.group(1) != "0" or r.returncode != 0:
+        err = re.sub(r"bigskies-gzip-exit=\d+\s*", "", r.stderr).strip()
+        raise ArchiveError(f"{where}: gzip on {access.host.name} cannot read the whole archive "
+                           f"(exit {m.group(1) if m else r.returncode}): {tail(err, 300) or 'no message'}")
+    if not plain_tail_complete(r.stdout, ph.restrict_key):
+        extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
+        raise ArchiveError(f"{where}: truncated dump (no '-- PostgreSQL database dump complete' trailer{extra})")
+    psql_v = access.tool_version("psql")
+    if ph.restrict_key and not psql_v.understands_restrict():
+        raise ArchiveError(f"{where}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
+                           f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
+    warnings = []
+    if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
+        warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
+    return ArchiveInfo(path, "plain", man, ph.pg_dump_version, psql_v, warnings)
+
+
+def _custom_there(access: PostgresAccess, path: str, where: str, head: bytes, man: dict | None) -> ArchiveInfo:
+    from bigskies_ops.pg.tools import PgVersion, parse_custom_header
+    try:
+        hdr = parse_custom_header(head)
+    except ValueError as e:
+        raise ArchiveError(f"{where}: {e}") from None
+    pr_v = access.tool_version("pg_restore")
+    for args in (["--list"], ["--file", "/dev/null"]):
+        _pg_restore_there(access, args, path, where)
+    try:
+        dv = PgVersion(*[int(x) for x in hdr.pg_dump_version.split(".")[:2]])
+    except (ValueError, AttributeError):
+        dv = None
+    return ArchiveInfo(path, "custom", man, dv, pr_v, [])
+
+
+def _pg_restore_there(access: PostgresAccess, args: list[str], path: str, where: str) -> None:
+    """``pg_restore ARGS < path`` on the archive's host (natively or in its container)."""
+    import re
+    from bigskies_ops.hosts.runners import tail
+    argv = ["sh", "-c", _WITH_STDIN, "sh", path, *access.tool_argv("pg_restore", args, stdin=True)]
+    r = access.runner.run(argv, env=access.env(), check=False)
+    if r.returncode != 0:
+        m = re.search(r"unsupported version \(([\d.]+)\) in file header", r.stderr)
+        if m:
+            raise ArchiveError(f"{where}: archive format {m.group(1)} is from a newer pg_dump than "
+                               f"pg_restore {access.tool_version('pg_restore')} can read")
+        raise ArchiveError(f"{where}: pg_restore cannot read the archive: {tail(r.stderr, 400)}")
 
 
 def _stage_locally(runner, b: Backup) -> tuple[str, str]:
@@ -183,14 +291,18 @@ def _watch_reads(path: str, progress, every: float = 0.5) -> threading.Event:
 
 
 def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResult, restore_test: bool, adopt: bool,
-                       task: str, progress=None) -> None:
+                       task: str, progress=None, where_it_lives: bool = False) -> None:
     info = None
     try:
-        stop = _watch_reads(path, progress)
-        try:
-            info = check_archive(access, path, full=True)
-        finally:
-            stop.set()
+        if where_it_lives:  # on the host: nothing is read here to watch
+            info = check_where_it_lives(access, path)
+            res.notes.append(f"checked on {host.name}, where the archive is (nothing copied here)")
+        else:
+            stop = _watch_reads(path, progress)
+            try:
+                info = check_archive(access, path, full=True)
+            finally:
+                stop.set()
         res.checks = _checks_for(info.format, info.manifest)
         res.notes += info.warnings
         if restore_test:
@@ -207,7 +319,8 @@ def _verify_and_record(access, host: Host, b: Backup, path: str, res: VerifyResu
     if b.manifest is not None:
         res.recorded = _record(access.runner, host, b, entry, task)
     elif adopt and res.ok:
-        res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, task, local_path=path)
+        res.recorded = res.adopted = _adopt(access.runner, host, b, info, entry, task,
+                                            local_path=None if where_it_lives else path)
     elif b.legacy:
         res.notes.append("legacy file without a manifest: the result is not recorded (pass --adopt to "
                          "write a manifest for it)")

@@ -276,3 +276,43 @@ def test_restore_from_offsite_onto_an_ssh_host_fetches_to_the_control_machine(tm
     assert db_fingerprint(pg_sql, dbname) == before
     fetched = tmp_path / "offsite-fetched" / "box"
     assert [n for n in os.listdir(fetched) if n.endswith(".sql.gz")]
+
+
+def test_offsite_check_names_uploads_and_remote_prunes_and_changes_nothing(tmp_path, pg, dbname, s3, s3env):
+    """``db.offsite --check``: what would go up and what the target's retention would delete
+    there, with the bytes; no object, no manifest, no file changes."""
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
+        pg, dbname, bdir, offsite=[_target(s3, "tc")], retention={"daily": 1, "weekly": 0, "monthly": 0})})
+
+    def backup(day):
+        r = cli("db.backup", "-i", str(inv), "--json", env=s3env)
+        assert r.returncode == 0, r.stderr
+        name = json.loads(r.stdout)["name"]
+        m = _manifest(bdir / name)
+        (bdir / (name + ".manifest.json")).write_text(json.dumps(dict(m, kind="scheduled",
+                                                                      started_at=f"2026-11-{day}T02:00:00Z")))
+        return name
+    first = backup("01")
+    assert cli("db.offsite", "-i", str(inv), env=s3env).returncode == 0
+    second = backup("02")
+    keys, local = _keys(s3, "tc"), dir_hashes(bdir)
+    r = cli("db.offsite", "--check", "-i", str(inv), env=s3env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"would upload {second} to vault" in r.stdout and f"would delete {first} on vault" in r.stdout, r.stdout
+    assert "freed there" in r.stdout
+    j = json.loads(cli("db.offsite", "--check", "--json", "-i", str(inv), env=s3env).stdout)
+    [t] = j["plan"]["targets"]
+    assert j["check"] is True and t["would_upload"] == [second] and t["would_prune_remote"] == [first]
+    assert t["would_upload_bytes"] == (bdir / second).stat().st_size
+    assert t["would_free_bytes"] == (bdir / first).stat().st_size
+    assert _keys(s3, "tc") == keys and dir_hashes(bdir) == local
+    r = cli("db.offsite", "-i", str(inv), env=s3env)                  # the real run does what --check said
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _keys(s3, "tc") == sorted([f"tc/dev/{second}", f"tc/dev/{second}.manifest.json"])
+    # the target's listing shows ids, and they name the copy there
+    from bigskies_ops.archives.catalog import backup_id
+    out = cli("db.list", "--offsite", "vault", "-i", str(inv), env=s3env).stdout
+    assert any(line.startswith(backup_id(second)) and second in line for line in out.splitlines()), out
+    r = cli("db.verify", backup_id(second)[:5], "--offsite", "vault", "-i", str(inv), env=s3env)
+    assert r.returncode == 0 and second in r.stdout, r.stdout + r.stderr

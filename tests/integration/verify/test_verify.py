@@ -211,3 +211,86 @@ def test_verify_takes_a_pulled_backup_by_the_name_db_list_shows(setup, cli_env):
     r = cli("db.verify", f"prod/{src.name}", "-i", str(inv), env=cli_env)
     assert r.returncode == 0, r.stderr + r.stdout
     assert _manifest(pulled / src.name)["verifications"][-1]["ok"] is True
+
+
+def test_verify_on_an_ssh_host_checks_where_the_files_are_and_copies_nothing_here(setup, tmp_path, pg, cli_env,
+                                                                                dbname, ssh_server):
+    """sha256, the whole gzip stream and trailer (plain), pg_restore's full read (custom) run
+    on the SSH host; nothing is staged on this machine (TMPDIR stays empty, no copy note);
+    a truncated archive there fails with the host named; the results are recorded there."""
+    from tests.remote_helpers import ssh_block
+    inv, bdir = setup
+    plain = _backup(inv, bdir, cli_env, "plain")
+    custom = _backup(inv, bdir, cli_env, "custom")
+    box_dir = tmp_path / "box"
+    (box_dir / "backups").mkdir(parents=True)
+    for p in (plain, custom):
+        (box_dir / "backups" / p.name).write_bytes(p.read_bytes())
+        (box_dir / "backups" / (p.name + ".manifest.json")).write_text(json.dumps(dict(_manifest(p),
+                                                                                      origin_host="box")))
+    bad = box_dir / "backups" / f"{dbname}_backup_20250101_020000.sql.gz"   # a seed-era file cut short
+    _truncated_plain(plain, bad)
+    box = native_host(pg, dbname, "backups", connection="ssh", project_dir=str(box_dir), ssh=ssh_block(ssh_server))
+    inv2 = write_inventory(tmp_path / "inv2.yaml", {"box": box})
+    tmp = tmp_path / "tmp-here"
+    tmp.mkdir()
+    env = dict(cli_env, TMPDIR=str(tmp))
+    # this machine's side: a staged copy would go into a temporary folder under TMPDIR
+    r = cli("db.verify", "--all", "-i", str(inv2), "--json", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr          # the truncated one fails
+    res = {x["name"]: x for x in json.loads(r.stdout)["results"]}
+    assert res[plain.name]["ok"] and res[custom.name]["ok"], res
+    assert "completion trailer" in res[plain.name]["checks"] and "pg_restore full read" in res[custom.name]["checks"]
+    assert any("nothing copied here" in n for n in res[plain.name]["notes"])
+    assert res[bad.name]["ok"] is False and "truncated dump" in res[bad.name]["error"] and "box:" in res[bad.name]["error"]
+    assert "Copying" not in r.stderr and list(tmp.iterdir()) == []
+    for p in (plain, custom):
+        v = _manifest(box_dir / "backups" / p.name)["verifications"]
+        assert [x["ok"] for x in v] == [True]
+    # a changed archive on the host: its sha256 (computed there) differs from the manifest
+    data = bytearray((box_dir / "backups" / custom.name).read_bytes())
+    data[-100] ^= 0xFF
+    (box_dir / "backups" / custom.name).write_bytes(bytes(data))
+    r = cli("db.verify", custom.name, "-i", str(inv2), env=env)
+    assert r.returncode == 1 and "sha256 differs from the manifest" in r.stdout, r.stdout + r.stderr
+    assert list(tmp.iterdir()) == []
+
+
+def test_verify_on_an_ssh_container_host_reads_the_archives_there_with_the_containers_tools(tmp_path, cli_env,
+                                                                                          ssh_server, pg_container):
+    """An SSH host whose PostgreSQL runs in a container: gzip on the host, pg_restore in the
+    container fed from the host's file; nothing staged here; a forged (truncated, manifest
+    agreeing) custom archive fails there by pg_restore."""
+    import hashlib
+    import uuid
+    from tests.remote_helpers import PROD_PW, PROD_PW_ENV, prod_host
+    db = f"v_{uuid.uuid4().hex[:10]}"
+    pg_container.exec_psql(f'CREATE DATABASE "{db}"')
+    try:
+        pg_container.exec_psql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g", db)
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        inv = write_inventory(tmp_path / "inv.yaml", {"prod": prod_host(ssh_server, pg_container, proj, db,
+                                                                        protected=False)})
+        tmp = tmp_path / "tmp-here"
+        tmp.mkdir()
+        env = dict(cli_env, TMPDIR=str(tmp))
+        env[PROD_PW_ENV] = PROD_PW
+        for fmt in ("plain", "custom"):
+            r = cli("db.backup", "-i", str(inv), "--format", fmt, env=env)
+            assert r.returncode == 0, r.stdout + r.stderr
+        bdir = proj / "backups"
+        [custom] = [p for p in bdir.iterdir() if p.name.endswith(".dump")]
+        forged = bdir / f"{db}_backup_20250102_020000.dump"
+        _truncated_custom(custom, forged)
+        m = dict(_manifest(custom), archive=forged.name, sha256=hashlib.sha256(forged.read_bytes()).hexdigest(),
+                 bytes=forged.stat().st_size, started_at="2025-01-02T02:00:00Z", verifications=[])
+        (bdir / (forged.name + ".manifest.json")).write_text(json.dumps(m))
+        r = cli("db.verify", "--all", "-i", str(inv), "--json", env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        res = {x["name"]: x for x in json.loads(r.stdout)["results"]}
+        assert [x["ok"] for n, x in sorted(res.items()) if n != forged.name] == [True, True], res
+        assert res[forged.name]["ok"] is False and "pg_restore cannot read the archive" in res[forged.name]["error"]
+        assert list(tmp.iterdir()) == [] and "Copying" not in r.stderr
+    finally:
+        pg_container.exec_psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
