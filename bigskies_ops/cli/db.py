@@ -117,10 +117,17 @@ def _check_backup(hosts, fmt, excl, schema_only, json) -> None:
     """``db.backup --check``: each host's :func:`bigskies_ops.jobs.backup.plan_backup`, changing nothing."""
     from bigskies_ops.cli import checks
     from bigskies_ops.jobs.backup import plan_backup
+    docs = []
     for h in hosts:
         plan = plan_backup(h, fmt=fmt, exclude_table_data=excl, schema_only=schema_only)
+        if json and len(hosts) > 1:  # one JSON document for the group: a check report per host in it
+            docs.append({"result": "ok" if plan["refusals"] else "changed", "check": True, "task": "db.backup",
+                         "host": h.name, "would_change": not plan["refusals"], "plan": plan})
+            continue
         lines = checks.backup_lines(plan) + checks.refusal_lines(plan["refusals"])
         checks.report("db.backup", h.name, plan, lines, json)
+    if docs:
+        output.emit_json({"check": True, "task": "db.backup", "hosts": docs})
 
 
 @task(name="list", help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,

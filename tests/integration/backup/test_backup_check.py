@@ -38,3 +38,15 @@ def test_backup_check_names_the_plan_and_writes_nothing(pg, pg_sql, tmp_path, db
     assert re.fullmatch(re.escape(f"{bdir}/{dbname}_backup_") + r"\d{8}_\d{6}(_\d+)?\.sql\.gz", plan["archive"])
     assert plan["archive"] != last["path"]
     assert _files(bdir) == before and _databases(pg_sql) == dbs
+
+
+def test_backup_check_of_a_group_is_one_json_document_with_a_plan_per_host(pg, pg_sql, tmp_path, dbname, cli_env):
+    inv = write_inventory(tmp_path / "inv.yaml", {"a": native_host(pg, dbname, tmp_path / "a"),
+                                                  "b": native_host(pg, dbname, tmp_path / "b")},
+                          groups={"both": ["a", "b"]})
+    r = cli("db.backup", "-i", str(inv), "--host", "both", "--check", "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["check"] is True and [d["host"] for d in doc["hosts"]] == ["a", "b"]
+    assert doc["hosts"][1]["plan"]["archive"].startswith(f"{tmp_path}/b/{dbname}_backup_")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
