@@ -336,8 +336,8 @@ def _render_restore(h, res, mig: dict, target_db: str | None, json: bool) -> Non
     output.say()
     output.say("Verify with:")
     if target_db:  # db.status shows the host's own database; the new one is inspected by name
-        output.say("  " + output.hint(f"db.psql --host {h.name} --command "
-                                      f"{shlex.quote(chr(92) + 'c ' + target_db + ' ' + chr(92) + 'dt+')}"))
+        meta = "\\c " + target_db + " \\dt+"  # psql: connect to the new database, list its tables
+        output.say("  " + output.hint(f"db.psql --host {h.name} --command {shlex.quote(meta)}"))
     else:
         output.say(f"  {output.hint(f'db.status --host {h.name}')}")
         if h.compose:
