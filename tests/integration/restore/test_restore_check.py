@@ -166,3 +166,21 @@ def test_protected_host_check_names_the_flags_and_a_group_is_refused(pg, pg_sql,
     assert r.returncode == 3, r.stderr
     assert _state(pg_sql, bdir) == before and db_fingerprint(pg_sql, dbname) == fp
     assert os.path.exists(archive)
+
+
+def test_restore_check_names_the_roles_the_archive_needs_that_are_missing(pg, pg_sql, tmp_path, dbname, cli_env):
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
+    role = f"r_{dbname}"
+    pg_sql(f'CREATE ROLE "{role}"; GRANT SELECT ON users TO "{role}"', dbname)
+    archive = _backup(inv, cli_env)
+    pg_sql(f'REVOKE SELECT ON users FROM "{role}"; DROP ROLE "{role}"', dbname)
+    before = _state(pg_sql, bdir)
+    plan = json.loads(_check(inv, cli_env, str(archive), "--json").stdout)["plan"]
+    assert plan["missing_roles"] == [role] and any(role in r for r in plan["refusals"])
+    r = _check(inv, cli_env, str(archive))
+    assert f"roles the archive names that are missing here: {role}" in r.stdout and "REFUSE" in r.stdout
+    plan = json.loads(_check(inv, cli_env, str(archive), "--skip-missing-roles", "--json").stdout)["plan"]
+    assert plan["missing_roles"] == [role] and plan["refusals"] == []
+    assert _state(pg_sql, bdir) == before
+    assert pg_sql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}'", "postgres").strip() == "0"

@@ -84,3 +84,16 @@ def test_scenario_checks_print_the_ordered_steps_with_their_plans(stack):
     r = _check(stack, "scenario.complete-reset", inv=inv)
     assert "needs --force-protected --confirm bigskies" in r.stdout
     assert stack.harmless() == before
+
+
+def test_restore_check_names_the_running_coordinators_and_their_sessions(stack):
+    r = stack.cli("db.backup", "--json")
+    assert r.returncode == 0, r.stderr
+    before = stack.harmless()
+    r = _check(stack, "db.restore", "latest")
+    assert "would stop the running coordinators bootstrap, datastore before the swap" in r.stdout, r.stdout
+    plan = json.loads(_check(stack, "db.restore", "latest", "--json").stdout)["plan"]
+    assert plan["coordinators"] == ["bootstrap", "datastore"]
+    assert {s["application"] for s in plan["sessions"]} >= {"bootstrap", "datastore"}
+    assert plan["refusals"] == []  # the coordinators' sessions end when they are stopped
+    assert stack.harmless() == before
