@@ -19,7 +19,7 @@ DESTRUCTIVE = ("restore", "restore --undo", "purge", "prune", "migrate", "pull -
 
 
 def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | None = None,
-                      force_protected: bool = False, confirm: str | None = None) -> None:
+                      force_protected: bool = False, confirm: str | None = None, group: str | None = None) -> None:
     """Refuse ``action`` unless the policy allows it.
 
     Args:
@@ -27,6 +27,9 @@ def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | 
         action: a name from :data:`DESTRUCTIVE` (used in the message).
         database: the database that would change (what ``--confirm`` must repeat).
         force_protected, confirm: the ``--force-protected`` and ``--confirm`` flags.
+        group: the ``--host`` value when it named a group, ``all`` or a list rather than
+            one host (:func:`group_selector`): a group holding a protected host is refused
+            even when it selects that host alone (docs/safety.md).
 
     Raises:
         SafetyError: (exit 3) a protected host without both flags, or a group holding one.
@@ -35,14 +38,25 @@ def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | 
     protected = [h for h in hosts if h.protected]
     if not protected:
         return
-    if len(hosts) > 1:
-        raise SafetyError(f"refused: {action} on a group containing protected host(s) "
-                          f"{', '.join(h.name for h in protected)}; run it on one host at a time")
+    if len(hosts) > 1 or group:
+        where = f"group {group!r}" if group else "a group"
+        raise SafetyError(f"refused: {action} on {where} containing protected host(s) "
+                          f"{', '.join(h.name for h in protected)}; run it on one host at a time "
+                          f"(--host {protected[0].name}, with --force-protected --confirm DBNAME)")
     h = protected[0]
     db = database or h.postgres.database
     if not force_protected or confirm != db:
         wrong = f" (--confirm {confirm} is not the database name)" if confirm is not None and confirm != db else ""
         raise SafetyError(f"refused: {h.name} is protected; {action} needs --force-protected --confirm {db}{wrong}")
+
+
+def group_selector(host_names, selector: str | None) -> str | None:
+    """``selector`` (a ``--host`` value) when it names something other than exactly one of
+    ``host_names`` (a group, ``all``, a comma list), else None: what :func:`check_destructive`
+    takes as ``group``."""
+    if not selector or selector.strip() in host_names:
+        return None
+    return selector
 
 
 def is_tty(stream: TextIO | None = None) -> bool:

@@ -83,13 +83,13 @@ def missing_roles_script(text: str, existing: set[str]) -> tuple[str, list[str]]
     return ("\n".join(out) + "\n") if out else "", create
 
 
-def create_missing_roles(access: PostgresAccess, archive_path: str) -> list[str]:
-    """Create the roles of ``<archive>.roles.sql`` missing on the host's cluster.
+def roles_to_create(access: PostgresAccess, archive_path: str) -> tuple[str, list[str]]:
+    """What :func:`create_missing_roles` would run, read-only: ``(SQL script, names of the
+    roles of <archive>.roles.sql missing on the host's cluster)``.
 
     Raises:
         ArchiveError: the archive has no roles file (back up with ``backup.roles: true``),
             or its sha256 differs from the manifest's.
-        PostgresError: creating a role failed (nothing is created: one transaction).
     """
     from bigskies_ops.archives.catalog import read_manifest
     from bigskies_ops.hosts.local import LocalRunner
@@ -103,14 +103,26 @@ def create_missing_roles(access: PostgresAccess, archive_path: str) -> list[str]
         raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
     sql = access.sql(access.host.postgres.maintenance_db)
     existing = {r["rolname"] for r in sql.query("SELECT rolname FROM pg_catalog.pg_roles")}
-    script, created = missing_roles_script(data.decode("utf-8"), existing)
+    return missing_roles_script(data.decode("utf-8"), existing)
+
+
+def create_missing_roles(access: PostgresAccess, archive_path: str) -> list[str]:
+    """Create the roles of ``<archive>.roles.sql`` missing on the host's cluster
+    (:func:`roles_to_create`).
+
+    Raises:
+        ArchiveError: the archive has no roles file (back up with ``backup.roles: true``),
+            or its sha256 differs from the manifest's.
+        PostgresError: creating a role failed (nothing is created: one transaction).
+    """
+    script, created = roles_to_create(access, archive_path)
     if not created:
         report.note("Roles: every role of the backup exists already (none altered)")
         return []
-    sql.execute(script, single_transaction=True)
+    access.sql(access.host.postgres.maintenance_db).execute(script, single_transaction=True)
     report.note(f"Roles created (missing here, existing ones not altered): {', '.join(created)}")
     return created
 
 
 __all__ = ["ROLES_SUFFIX", "roles_path", "dump_roles", "write_roles", "missing_roles_script",
-           "create_missing_roles", "lit"]
+           "create_missing_roles", "roles_to_create", "lit"]

@@ -12,13 +12,13 @@ from bigskies_ops.pg.access import PostgresAccess, classify_pg_error
 from bigskies_ops.jobs.backup import backup as run_backup
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
-from bigskies_ops.errors import UsageError
+from bigskies_ops.errors import ArchiveError, UsageError
 from bigskies_ops.jobs.restore import resolve_archive, restore as run_restore
 from bigskies_ops.jobs.swap import pre_restore_copies, undo as run_undo
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.hosts.local import LocalRunner
-from bigskies_ops.safety import check_destructive, confirm_or_refuse, is_tty
+from bigskies_ops.safety import check_destructive, confirm_or_refuse, group_selector, is_tty
 from bigskies_ops.jobs.status import status as run_status
 from bigskies_ops.cli.common import (HOST_HELP, INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, help_if_requested, jobs_arg,
                      load_inventory, lock_wait_host, optional_positional, task)
@@ -44,14 +44,17 @@ def _restore_command(host, path: str) -> str:
     "lock_wait_timeout": LOCK_WAIT_HELP,
     "skip_space_check": "do not fail when the backup folder seems to lack the space the backup needs "
                         "(the last backup plus 20%, else the database's size)",
+    "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0",
     "json": JSON_HELP})
 @handles_errors
 def backup(c, host=None, format=None, label=None, exclude_table_data=None, schema_only=False, inventory=None,
-           json=False, pull=False, verbose=False, lock_wait_timeout=None, skip_space_check=False):
+           json=False, pull=False, verbose=False, lock_wait_timeout=None, skip_space_check=False, check=False):
     """Back up a host's database into a new archive with its manifest."""
     from bigskies_ops.jobs.backup import without_space_check
     inv = load_inventory(inventory)
     hosts = [without_space_check(lock_wait_host(x, lock_wait_timeout), skip_space_check) for x in inv.resolve(host)]
+    if check:
+        return _check_backup(hosts, format, tuple(exclude_table_data or ()), schema_only, json)
     if len(hosts) > 1:  # a group or a comma list: hosts in parallel, recap per host (cli/db_remote.py)
         from bigskies_ops.cli.db_remote import fleet_backup
         return fleet_backup(inv, hosts, fmt=format, label=label, exclude_table_data=tuple(exclude_table_data or ()),
@@ -109,6 +112,23 @@ def backup(c, host=None, format=None, label=None, exclude_table_data=None, schem
     else:
         output.say(f"  {_restore_command(h, res.backup.path)}")
     output.result_line("changed", h.name, f"backup {res.backup.name} written")
+
+
+def _check_backup(hosts, fmt, excl, schema_only, json) -> None:
+    """``db.backup --check``: each host's :func:`bigskies_ops.jobs.backup.plan_backup`, changing nothing."""
+    from bigskies_ops.cli import checks
+    from bigskies_ops.jobs.backup import plan_backup
+    docs = []
+    for h in hosts:
+        plan = plan_backup(h, fmt=fmt, exclude_table_data=excl, schema_only=schema_only)
+        if json and len(hosts) > 1:  # one JSON document for the group: a check report per host in it
+            docs.append({"result": "ok" if plan["refusals"] else "changed", "check": True, "task": "db.backup",
+                         "host": h.name, "would_change": not plan["refusals"], "plan": plan})
+            continue
+        lines = checks.backup_lines(plan) + checks.refusal_lines(plan["refusals"])
+        checks.report("db.backup", h.name, plan, lines, json)
+    if docs:
+        output.emit_json({"check": True, "task": "db.backup", "hosts": docs})
 
 
 @task(name="list", help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
@@ -240,21 +260,35 @@ def human_age_s(seconds: int) -> str:
             "confirm": "the database name, repeated, for protected hosts",
             "from_offsite": "fetch FILE (or 'latest') from this offsite target first (to a .partial, checked)",
             "migrate": "afterwards apply the migrations the restored database lacks (docs/migrations.md)",
+            "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0",
             "json": JSON_HELP})
 @handles_errors
 def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, terminate_sessions=False,
             keep_owners=False, undo=False, jobs=None, force_protected=False, confirm=None, inventory=None,
             json=False, roles=False, from_offsite=None, migrate=False, skip_missing_roles=False,
-            skip_space_check=False):
+            skip_space_check=False, check=False):
     """Restore a backup into a side database, check it, then swap it in (old one kept)."""
     help_if_requested(file, "db.restore")
     inv = load_inventory(inventory)
+    # a group (or list) holding a protected host is refused even when it selects that host
+    # alone (docs/safety.md); a --check reports the refusal instead
+    hosts = inv.resolve(host)
+    action = "restore --undo" if undo else "restore"
+    policy = dict(database=None, force_protected=force_protected, confirm=confirm,
+                  group=group_selector(inv.hosts, host))
+    if policy["group"] and not check:
+        check_destructive(hosts, action, **policy)
     h = inv.host(host)
     db = h.postgres.database
+    policy["database"] = db
     if undo and file:
         raise UsageError(f"--undo swaps the newest pre-restore copy back and takes no FILE (got {file!r})")
     if target_db is not None and (not target_db.strip() or len(target_db.encode()) > 63):
         raise UsageError(f"--target-db {target_db!r}: expected a database name of 1 to 63 bytes")
+    jobs = jobs_arg(jobs)
+    if check:
+        return _check_restore(inv, h, hosts, file, origin, target_db, undo, terminate_sessions, roles,
+                              skip_missing_roles, skip_space_check, from_offsite, policy, json)
     if undo:
         check_destructive(h, "restore --undo", database=db, force_protected=force_protected, confirm=confirm)
         confirm_or_refuse(f"Swap the newest pre-restore copy of {db!r} on {h.name} back in?", yes=yes)
@@ -290,10 +324,14 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     with output.transfer_progress("restoring") as cb:
         res = run_restore(h, path, target_db=target_db, terminate_sessions=terminate_sessions, roles=roles,
                           skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
-                          jobs=jobs_arg(jobs),
-                          progress=cb)
+                          jobs=jobs, progress=cb)
     from bigskies_ops.cli.db_migrations import after_restore_report  # restored head vs the migrations folder
     mig = after_restore_report(h, res.database, apply=migrate)
+    _render_restore(h, res, mig, target_db, json)
+
+
+def _render_restore(h, res, mig: dict, target_db: str | None, json: bool) -> None:
+    """The outcome of ``db.restore`` (human or --json)."""
     if json:
         output.emit_json({"result": "changed", "host": h.name, "database": res.database, "archive": res.archive,
                           "migrations": mig,
@@ -310,10 +348,53 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     output.say(f"   {mig['message']}")
     output.say()
     output.say("Verify with:")
-    output.say(f"  {output.hint(f'db.status --host {h.name}')}")
-    if h.compose:
-        output.say(f"  {' '.join(h.compose.command_argv)} ps")
+    if target_db:  # db.status shows the host's own database; the new one is inspected by name
+        meta = "\\c " + target_db + " \\dt+"  # psql: connect to the new database, list its tables
+        output.say("  " + output.hint(f"db.psql --host {h.name} --command {shlex.quote(meta)}"))
+    else:
+        output.say(f"  {output.hint(f'db.status --host {h.name}')}")
+        if h.compose:
+            output.say(f"  {' '.join(h.compose.command_argv)} ps")
     output.result_line("changed", h.name, f"{res.database!r} restored from {os.path.basename(res.archive)}")
+
+
+def _check_restore(inv, h, hosts, file, origin, target_db, undo, terminate, roles, skip_missing_roles,
+                   skip_space_check, from_offsite, policy, json) -> None:
+    """``db.restore --check``: the restore's (or undo's) plan, changing nothing, exit 0; what
+    the real run would refuse with these flags (the safety policy included) is part of it.
+    Needs no --yes and no terminal: an archive must be named (or 'latest')."""
+    from bigskies_ops.cli import checks
+    from bigskies_ops.jobs.restore import check_restore
+    from bigskies_ops.jobs.swap import check_undo
+    refusals = []
+    if undo or target_db is None or policy["group"]:
+        r = checks.policy_refusal(hosts, "restore --undo" if undo else "restore", **policy)
+        refusals += [r] if r else []
+    if undo:
+        plan = check_undo(h, terminate_sessions=terminate)
+        plan["refusals"] = refusals + plan["refusals"]
+        checks.report("db.restore --undo", h.name, plan, checks.undo_lines(plan)
+                      + checks.refusal_lines(plan["refusals"], "Swap the newest pre-restore copy back in?"), json)
+        return
+    if not file:
+        raise UsageError("--check needs the archive to check: pass FILE or 'latest'")
+    if from_offsite:  # fetching would write into the backup folder: the check names what it would fetch
+        raise UsageError("--check with --from-offsite: fetch first (db.offsite), or check the archive once it is "
+                         "here")
+    try:
+        path = resolve_archive(h, file, origin=origin)
+    except ArchiveError as e:  # the real run would stop here: reported, as every refusal of a check
+        plan = {"database": target_db or h.postgres.database, "target_db": target_db,
+                "archive": {"path": None, "spec": file}, "refusals": refusals + [str(e)]}
+        checks.report("db.restore", h.name, plan, [f"  no archive to restore: {e}"]
+                      + checks.refusal_lines(plan["refusals"]), json)
+        return
+    rp = check_restore(h, path, target_db=target_db, terminate_sessions=terminate, roles=roles,
+                       skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check)
+    plan = rp.to_json()
+    plan["refusals"] = refusals + plan["refusals"]
+    checks.report("db.restore", h.name, plan, checks.restore_lines(plan) + checks.refusal_lines(
+        plan["refusals"], None if target_db else f"replace database {h.postgres.database!r}"), json)
 
 
 def _pick_interactively(h, origin) -> str:

@@ -13,7 +13,7 @@ from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.fleet import exit_code, run_on_hosts
 from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.jobs.pull import pull as run_pull, pull_existing
-from bigskies_ops.safety import check_destructive, confirm_or_refuse
+from bigskies_ops.safety import check_destructive, confirm_or_refuse, group_selector
 from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, LOCK_WAIT_HELP, handles_errors, jobs_arg, load_inventory, lock_wait_host, task
 
 
@@ -74,11 +74,13 @@ def _mbps(n: int, s: float) -> str:
     "force_protected": "allow --to a protected host (with --confirm DBNAME)",
     "confirm": "the database name of --to, repeated, for protected hosts",
     "lock_wait_timeout": LOCK_WAIT_HELP + " (a fresh dump)",
+    "check": "dry run: print the source, its size, the destination and with --restore the restore's plan; "
+             "change nothing, exit 0",
     "inventory": INVENTORY_HELP, "json": JSON_HELP})
 @handles_errors
 def pull(c, from_=None, to=None, restore=False, existing=None, format=None, label=None, yes=False,
          terminate_sessions=False, keep_owners=False, jobs=None, force_protected=False, confirm=None,
-         inventory=None, json=False, skip_missing_roles=False, lock_wait_timeout=None):
+         inventory=None, json=False, skip_missing_roles=False, lock_wait_timeout=None, check=False):
     """Pull a database from an SSH host to this machine (fresh dump streamed, or an existing archive)."""
     inv = load_inventory(inventory)
     if not from_:
@@ -86,31 +88,48 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     src = lock_wait_host(inv.host(from_), lock_wait_timeout)
     if not src.is_remote:
         raise UsageError(f"--from {from_}: not an SSH host (connection: local); use db.backup for local hosts")
-    if restore and not to:
-        raise UsageError("--restore needs --to HOST (the local host whose database is replaced)")
+    # --to given or taken from defaults (docs/remote.md; --restore too): the same policy; a group
+    # holding a protected host is refused even when it names that host alone (docs/safety.md)
+    group = group_selector(inv.hosts, to)
+    if group and not check:
+        check_destructive(inv.resolve(to), "pull --to", force_protected=force_protected, confirm=confirm, group=group)
     dest = local_destination(inv, to)
-    # --to given or taken from defaults: the same policy (a protected default was skipped before)
-    check_destructive(dest, "pull --to", database=dest.postgres.database, force_protected=force_protected,
-                      confirm=confirm)
-    if restore:
-        confirm_or_refuse(f"WARNING: this will replace database {dest.postgres.database!r} on {dest.name} with "
-                          f"{src.name}'s data (the current one is kept as a pre-restore copy).", yes=yes)
+    policy = dict(database=dest.postgres.database, force_protected=force_protected, confirm=confirm, group=group)
     spec = None
     if existing == "":
         raise UsageError("--existing: give 'latest' or an archive's file name (an empty value is neither)")
     if existing not in (None, False):
         spec = "latest" if existing is True else existing
+    restore_kw = {"terminate_sessions": terminate_sessions, "skip_missing_roles": skip_missing_roles,
+                  "jobs": jobs_arg(jobs), "task": "db.pull --restore"} if restore else None
+    if check:
+        return _check_pull(src, dest, inv.resolve(to) if group else [dest], spec, format, restore_kw, policy, json)
+    check_destructive(dest, "pull --to", **{k: v for k, v in policy.items() if k != "group"})
+    if restore:
+        confirm_or_refuse(f"WARNING: this will replace database {dest.postgres.database!r} on {dest.name} with "
+                          f"{src.name}'s data (the current one is kept as a pre-restore copy).", yes=yes)
     if not json:
         output.heading("BIG SKIES Framework - Database Pull")
         output.say(f"From: {src.name} ({src.access_mode})" + (f", container {src.container.name}" if src.container else ""))
         output.say(f"What: {'existing archive ' + spec if spec else 'a fresh dump streamed over SSH (nothing written on ' + src.name + ')'}")
         output.say(f"Into: {dest.backup.dir}/{src.name}/")
         output.say()
-    out = run_pull(src, dest, existing=spec, fmt=format, label=label,
-                   restore={"terminate_sessions": terminate_sessions, "skip_missing_roles": skip_missing_roles,
-                            "jobs": jobs_arg(jobs), "task": "db.pull --restore"} if restore else None,
+    out = run_pull(src, dest, existing=spec, fmt=format, label=label, restore=restore_kw,
                    progress=lambda what: _progress(what, json), pulled=None if json else _say_pulled)
     _render_pull(out, src, dest, json)
+
+
+def _check_pull(src: Host, dest: Host, dest_hosts, spec, fmt, restore_kw, policy, json) -> None:
+    """``db.pull --check``: :func:`bigskies_ops.jobs.pull.plan_pull`, changing nothing, exit 0;
+    the safety policy's refusal of the real run with these flags is part of the plan."""
+    from bigskies_ops.cli import checks
+    from bigskies_ops.jobs.pull import plan_pull
+    plan = plan_pull(src, dest, existing=spec, fmt=fmt, restore=restore_kw)
+    refusal = checks.policy_refusal(dest_hosts, "pull --to", **policy)
+    plan["refusals"] = ([refusal] if refusal else []) + plan["refusals"]
+    checks.report("db.pull", src.name, plan, checks.pull_lines(plan) + checks.refusal_lines(
+        plan["refusals"], f"replace database {dest.postgres.database!r} on {dest.name}" if restore_kw else None),
+        json)
 
 
 def _say_pulled(out) -> None:

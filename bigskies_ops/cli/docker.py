@@ -11,7 +11,7 @@ from invoke import Collection
 from bigskies_ops import output, report
 from bigskies_ops.stack import lifecycle as stack
 from bigskies_ops.errors import UsageError
-from bigskies_ops.safety import check_destructive, confirm_or_refuse
+from bigskies_ops.safety import check_destructive, confirm_or_refuse, group_selector
 from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, seconds_arg, task
 
 
@@ -37,11 +37,13 @@ def _notes(json):
     return report.reporting(None) if json else nullcontext()
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP, "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0"})
 @handles_errors
-def build(c, host=None, inventory=None, json=False):
+def build(c, host=None, inventory=None, json=False, check=False):
     """Rebuild the stack's images (data volume untouched; `make docker-build`)."""
     h = _host(inventory, host)
+    if check:
+        return _check(h, "build", json)
     with _notes(json):
         res = stack.build(h)
     if json:
@@ -54,12 +56,15 @@ def build(c, host=None, inventory=None, json=False):
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
             "timeout": "seconds to wait for PostgreSQL to accept connections (default 60)",
             "wait_migrations": "also wait until schema_migrations reaches the newest migration file",
-            "migrations_timeout": "seconds to wait for the migrations (default 120)"})
+            "migrations_timeout": "seconds to wait for the migrations (default 120)", "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0"})
 @handles_errors
-def up(c, host=None, timeout="60", wait_migrations=False, migrations_timeout="120", inventory=None, json=False):
+def up(c, host=None, timeout="60", wait_migrations=False, migrations_timeout="120", inventory=None, json=False,
+       check=False):
     """Start the stack and wait until PostgreSQL accepts connections (`make docker-up`)."""
     timeout_s, migrations_s = seconds_arg(timeout, "--timeout"), seconds_arg(migrations_timeout, "--migrations-timeout")
     h = _host(inventory, host)
+    if check:
+        return _check(h, "up", json, timeout=timeout_s, wait_for_migrations=wait_migrations)
     with _notes(json):
         res = stack.up(h, timeout=timeout_s, wait_for_migrations=wait_migrations, migrations_timeout=migrations_s)
     if json:
@@ -72,11 +77,13 @@ def up(c, host=None, timeout="60", wait_migrations=False, migrations_timeout="12
                                          f"{res['ready_after_s']:.1f} s{extra}")
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP, "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0"})
 @handles_errors
-def down(c, host=None, inventory=None, json=False):
+def down(c, host=None, inventory=None, json=False, check=False):
     """Stop and remove the containers; the data volume is kept (`make docker-down`)."""
     h = _host(inventory, host)
+    if check:
+        return _check(h, "down", json)
     with _notes(json):
         res = stack.down(h)
     if json:
@@ -86,12 +93,14 @@ def down(c, host=None, inventory=None, json=False):
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
-            "timeout": "seconds to wait for PostgreSQL to accept connections (default 60)"})
+            "timeout": "seconds to wait for PostgreSQL to accept connections (default 60)", "check": "dry run: print what would happen (CHECK MODE), change nothing, exit 0"})
 @handles_errors
-def restart(c, host=None, timeout="60", inventory=None, json=False):
+def restart(c, host=None, timeout="60", inventory=None, json=False, check=False):
     """Restart the stack's containers and wait for PostgreSQL (`make docker-restart`)."""
     timeout_s = seconds_arg(timeout, "--timeout")
     h = _host(inventory, host)
+    if check:
+        return _check(h, "restart", json, timeout=timeout_s)
     with _notes(json):
         res = stack.restart(h, timeout=timeout_s)
     if json:
@@ -100,6 +109,13 @@ def restart(c, host=None, timeout="60", inventory=None, json=False):
     _print_services(res["services"])
     output.result_line("changed", h.name, f"project {res['project']!r} restarted; PostgreSQL ready after "
                                          f"{res['ready_after_s']:.1f} s")
+
+
+def _check(h, action: str, json: bool, **kw) -> None:
+    """``docker.<action> --check``: :func:`bigskies_ops.stack.lifecycle.plan_stack`, changing nothing."""
+    from bigskies_ops.cli import checks
+    plan = stack.plan_stack(h, action, **kw)
+    checks.report(f"docker.{action}", h.name, plan, checks.stack_lines(plan), json)
 
 
 def _print_services(rows):
@@ -153,25 +169,17 @@ def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protect
     """Remove the containers AND the data volume, after a pre-purge backup (`make docker-purge`)."""
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
+    policy = dict(force_protected=force_protected, confirm=confirm, group=group_selector(inv.hosts, host))
     if not check:
-        check_destructive(hosts, "purge", force_protected=force_protected, confirm=confirm)
+        check_destructive(hosts, "purge", **policy)
     if len(hosts) != 1:
         raise UsageError("docker.purge takes one host")
     h = hosts[0]
     if h.compose is None:
         raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; docker.* tasks need one")
-    plan = stack.purge_plan(h)
     if check:
-        if json:
-            output.emit_json({"result": "skipped", "host": h.name, "dry_run": True, "project": plan.project,
-                              "containers": plan.containers, "volume": plan.volume,
-                              "volume_exists": plan.volume_exists, "other_volumes": plan.other_volumes})
-        else:
-            output.say("This would be lost:")
-            for line in plan.lines():
-                output.say("  " + line)
-            output.result_line("skipped", h.name, "dry run (--check): nothing was purged")
-        return
+        return _check_purge(h, hosts, policy, no_backup, json)
+    plan = stack.purge_plan(h)
     if not json:
         output.heading("BIG SKIES Framework - Docker Purge")
         output.say("This will be lost:")
@@ -200,6 +208,18 @@ def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protect
         again = output.hint(f"db.restore {res['backup']} --host {h.name} --roles")
         output.say(f"  restore after `{output.hint('docker.up')}`: {again}")
     output.result_line("changed", h.name, f"project {res['project']!r} purged; volume {res['volume']} removed")
+
+
+def _check_purge(h, hosts, policy, no_backup: bool, json: bool) -> None:
+    """``docker.purge --check``: what would be lost and the pre-purge backup's plan
+    (:func:`bigskies_ops.stack.lifecycle.plan_purge`); the safety policy's refusal of the real run
+    with these flags is part of it."""
+    from bigskies_ops.cli import checks
+    facts = stack.plan_purge(h, take_backup=not no_backup)
+    refusal = checks.policy_refusal(hosts, "purge", **policy)
+    facts["refusals"] = ([refusal] if refusal else []) + facts["refusals"]
+    checks.report("docker.purge", h.name, facts, checks.purge_lines(facts) + checks.refusal_lines(
+        facts["refusals"], f"purge {facts['project']!r} on {h.name}"), json)
 
 
 ns = Collection("docker")

@@ -12,7 +12,8 @@ from dataclasses import replace
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.destinations import FileHere, FileOnHost
-from bigskies_ops.jobs.dump import BackupResult, DumpSpec, archive_lock, check_format, dump, host_access, size_alert
+from bigskies_ops.jobs.dump import (BackupResult, DumpSpec, archive_lock, backup_space_need, check_format, dump,
+                                   host_access, pick_name, size_alert, space_refusal)
 
 
 def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind: str = "manual",
@@ -59,6 +60,55 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
             res = dump(dest, spec, progress=progress)
         size_alert(host, res, dest.writer)
         return res
+
+
+def plan_backup(host: Host, *, fmt: str | None = None, exclude_table_data: tuple[str, ...] = (),
+                schema_only: bool = False, database: str | None = None) -> dict:
+    """What ``db.backup`` would do, read-only (``db.backup --check``): the facts the real run
+    decides from (:func:`bigskies_ops.jobs.dump.backup_space_need`, ``pick_name``,
+    ``backup.lock_wait_timeout``). Sizes in bytes, times UTC ISO-8601.
+
+    Returns:
+        ``{"database", "database_bytes", "format", "compress_level", "archive" (the path that
+        would be written), "dir", "dir_exists", "estimated_bytes" (the last backup of that
+        format, None: first), "estimate_basis", "needed_bytes", "free_bytes", "space_check"
+        (on/off), "lock_wait" ({"timeout_s", "policy"}), "exclude_table_data", "schema_only",
+        "roles_file", "refusals"}``.
+
+    Raises:
+        UsageError: ``fmt`` is neither plain nor custom. PostgresError / SSHError: the
+        server or host cannot be reached (the real run would fail the same way).
+    """
+    import posixpath
+
+    from bigskies_ops.archives.catalog import iso, utcnow
+    fmt = check_format(fmt, host)
+    db = database or host.postgres.database
+    with host_access(host) as access:
+        dest = FileOnHost(access) if host.is_remote else FileHere(access)
+        size = access.sql(db).value("SELECT pg_catalog.pg_database_size(current_database())")
+        now = utcnow()
+        name = pick_name(dest.writer, dest.bdir, db, fmt, now)
+        need, basis, last = backup_space_need(dest.writer, dest.bdir, db, fmt, host.name, size)
+        free, where = dest.writer.free_bytes(dest.bdir), dest.bdir
+        while free is None and where not in ("", "/"):  # a folder the run would create: its parent's space
+            where = posixpath.dirname(where.rstrip("/")) or "/"
+            free = dest.writer.free_bytes(where)
+        exists = dest.writer.exists(dest.bdir)
+    lw = host.backup.lock_wait_timeout
+    refusals = []
+    if host.backup.space_check and need is not None and free is not None and free < need:
+        refusals.append(space_refusal(dest.bdir, free, need, basis))
+    return {"database": db, "database_bytes": size, "format": fmt, "compress_level": host.backup.compress_level,
+            "archive": posixpath.join(dest.bdir, name), "dir": dest.bdir, "dir_exists": exists,
+            "on_host": host.name if host.is_remote else None, "started_at": iso(now),
+            "estimated_bytes": last.size if last is not None else None, "estimate_basis": basis,
+            "needed_bytes": need, "free_bytes": free, "space_check": host.backup.space_check,
+            "lock_wait": {"timeout_s": lw, "policy": (f"give up after {lw:g} s waiting for a table lock "
+                                                      f"(pg_dump --lock-wait-timeout)") if lw else
+                          "wait for table locks as long as it takes (a wait is reported within seconds)"},
+            "exclude_table_data": list(exclude_table_data), "schema_only": schema_only,
+            "roles_file": host.backup.roles, "refusals": refusals}
 
 
 def without_space_check(host: Host, skip: bool) -> Host:

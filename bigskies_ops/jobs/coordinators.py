@@ -34,10 +34,7 @@ def coordinators_paused(runner, host: Host):
     if not host.coordinators:
         yield []
         return
-    project = resolved_config(runner, host)
-    check_coordinators(host, project)
-    running = running_services(runner, host, project, list(host.coordinators))
-    stopped = [s for s in host.coordinators if s in running]
+    project, stopped = running_coordinators(runner, host)
     with interrupts_unwind():  # SIGTERM/SIGINT unwind through the finally; a second one cannot cut the restart
         try:
             if stopped:
@@ -51,6 +48,22 @@ def coordinators_paused(runner, host: Host):
                 report.note(f"Starting coordinators again: {', '.join(stopped)}")
                 report.step("restarting coordinators")
                 start_services(runner, host, stopped, project)
+
+
+def running_coordinators(runner, host: Host) -> tuple[Project | None, list[str]]:
+    """The host's coordinators that are running now, in inventory order: the ones a restore
+    stops and starts again (read-only; :func:`coordinators_paused` and ``--check`` plans).
+    Returns ``(project or None without coordinators, names)``.
+
+    Raises:
+        UsageError: a coordinator is not a service of the project (exit 2).
+    """
+    if not host.coordinators:
+        return None, []
+    project = resolved_config(runner, host)
+    check_coordinators(host, project)
+    running = running_services(runner, host, project, list(host.coordinators))
+    return project, [s for s in host.coordinators if s in running]
 
 
 def wait_sessions_gone(runner, host: Host, timeout: float = 10.0) -> None:

@@ -243,13 +243,35 @@ def dump_estimate(last: dict | None, last_size: int | None, database_bytes: int 
     return None, ""
 
 
+def backup_space_need(writer, bdir: str, db: str, fmt: str, origin: str | None,
+                      database_bytes: int | None, backups: list[Backup] | None = None
+                      ) -> tuple[int | None, str, object]:
+    """The free space a backup of ``db`` in ``fmt`` needs in ``bdir`` (read-only; the one
+    estimate behind :func:`check_backup_space` and ``db.backup --check``): the newest DONE
+    backup of ``db`` in that format plus 20%, or for a first backup the database's size
+    (``database_bytes``, an upper bound: compression only shrinks it). ``backups``: the
+    backup folder's listing when the caller has read it already (read here otherwise).
+
+    Returns:
+        ``(bytes needed or None when nothing is known, the basis in words, that newest
+        backup or None)``.
+    """
+    with report.reporting(None):  # a future-dated archive passed over is told by the task that lists
+        listing = list_backups(writer, bdir) if backups is None else backups
+        last = latest([b for b in listing if b.format == fmt], database=db, origin_host=origin)
+    if last is not None and last.size:
+        return int(last.size * 1.2), f"the last {fmt} backup ({human_bytes(last.size)}) plus 20%", last
+    if database_bytes:
+        return int(database_bytes), "the database's size (first backup in this format)", None
+    return None, "no earlier backup in this format and the database's size unknown", None
+
+
 def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifest: dict,
                        backups: list[Backup] | None = None) -> None:
     """Fail before pg_dump starts when ``bdir`` (on ``writer``'s machine) has less free
-    space than the backup will take: the newest DONE backup of ``db`` in that format plus
-    20%, or for a first backup the database's size (``manifest["database_bytes"]``, an
-    upper bound: compression only shrinks it). Off with ``backup.space_check: false`` or
-    ``--skip-space-check``; nothing is checked where free space cannot be read.
+    space than the backup will take (:func:`backup_space_need`). Off with
+    ``backup.space_check: false`` or ``--skip-space-check``; nothing is checked where free
+    space cannot be read.
 
     Raises:
         StorageError: too little space (the manifest's phase is ``space``), naming both
@@ -257,23 +279,21 @@ def check_backup_space(writer, host: Host, bdir: str, db: str, fmt: str, manifes
     """
     if not host.backup.space_check:
         return
-    if backups is None:
-        backups = list_backups(writer, bdir)
-    with report.reporting(None):  # a future-dated archive passed over is told by the task that lists
-        last = latest([b for b in backups if b.format == fmt], database=db,
-                      origin_host=manifest.get("origin_host"))
-    if last is not None and last.size:
-        need, basis = int(last.size * 1.2), f"the last {fmt} backup ({human_bytes(last.size)}) plus 20%"
-    elif manifest.get("database_bytes"):
-        need, basis = int(manifest["database_bytes"]), "the database's size (first backup in this format)"
-    else:
+    need, basis, _last = backup_space_need(writer, bdir, db, fmt, manifest.get("origin_host"),
+                                           manifest.get("database_bytes"), backups)
+    if need is None:
         return
     free = writer.free_bytes(bdir)
     if free is not None and free < need:
         manifest["phase"] = "space"
-        raise StorageError(f"not enough free space for the backup in {bdir}: {human_bytes(free)} free, about "
-                           f"{human_bytes(need)} needed ({basis}); free space there, or pass --skip-space-check "
-                           f"(backup.space_check: false) if you know it fits")
+        raise StorageError(space_refusal(bdir, free, need, basis))
+
+
+def space_refusal(bdir: str, free: int, need: int, basis: str) -> str:
+    """The message of a backup refused for space (also what ``--check`` says it would refuse)."""
+    return (f"not enough free space for the backup in {bdir}: {human_bytes(free)} free, about "
+            f"{human_bytes(need)} needed ({basis}); free space there, or pass --skip-space-check "
+            f"(backup.space_check: false) if you know it fits")
 
 
 LOCK_TIMEOUT_RE = re.compile(r"canceling statement due to (?:lock|statement) timeout|could not obtain lock")

@@ -205,14 +205,14 @@ def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None 
         what :func:`pull_existing`, :func:`pull_stream` and the restore raise.
     """
     phase = progress or (lambda _what: nullcontext())
+    mode, fmt, restore_how = pull_mode(src, existing, fmt, restore is not None)
     with phase(f"pull from {src.name}") as cb:
-        if existing:
+        if mode == "existing":
             pr = pull_existing(src, dest, existing, progress=cb)
             out = PullOutcome(pr.backup, pr.manifest, pr.seconds, "existing", pr.already_present, pr.resumed_at)
         else:
-            fmt = pull_format(src, fmt, restore is not None)
             rr = None
-            if restore is not None and fmt == "plain":  # scenario 4 in one pass: loaded while it arrives
+            if restore_how == "while arriving":  # scenario 4 in one pass: loaded while it arrives
                 res, rr = pull_and_restore(src, dest, label=label, progress=cb, **restore)
             else:
                 res = pull_stream(src, dest, fmt=fmt, label=label, progress=cb)
@@ -223,6 +223,81 @@ def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None 
         from bigskies_ops.jobs.restore import restore as run_restore
         with phase(f"restoring into {dest.name}") as cb:
             out.restore = run_restore(dest, out.backup.path, progress=cb, **restore)
+    return out
+
+
+def pull_mode(src: Host, existing: str | None, fmt: str | None, restore: bool) -> tuple[str, str | None, str | None]:
+    """How :func:`pull` brings the backup (the one decision for the run and ``--check``):
+    ``(mode: "existing" | "stream", format of a fresh dump (None for an existing archive),
+    restore: None | "while arriving" (a plain fresh dump) | "after the pull")``.
+
+    Raises:
+        UsageError: ``fmt`` is neither plain nor custom."""
+    if existing:
+        return "existing", None, "after the pull" if restore else None
+    fmt = pull_format(src, fmt, restore)
+    return "stream", fmt, None if not restore else "while arriving" if fmt == "plain" else "after the pull"
+
+
+def plan_pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None = None,
+              restore: dict | None = None) -> dict:
+    """What :func:`pull` would do, read-only (``db.pull --check``): the source (an existing
+    archive on ``src``: its path, size and manifest status; or a fresh dump: the database
+    and its size), the destination path here, the free space here and, with ``restore``
+    (keyword arguments of :func:`bigskies_ops.jobs.restore.plan_restore`), the restore plan on
+    ``dest`` (its archive checks wait for the file unless it is here already). Sizes in bytes.
+
+    Raises:
+        UsageError, ArchiveError (no such archive on ``src``), SSHError / PostgresError
+        (``src`` cannot be reached: the real run would fail the same way).
+    """
+    from bigskies_ops.jobs.dump import backup_space_need, pick_name
+    mode, fmt, restore_how = pull_mode(src, existing, fmt, restore is not None)
+    db = src.postgres.database
+    pdir = local_pull_dir(dest, src)
+    lr = LocalRunner()
+    out: dict = {"from": src.name, "to": dest.name, "mode": mode, "format": fmt, "dir": pdir, "restore": None,
+                 "restore_how": restore_how, "refusals": []}
+    if mode == "existing":
+        with _ssh_runner(src) as runner:
+            rpath = _resolve_latest(runner, src, db) if existing in (None, "", "latest") else _remote_path(src, existing)
+            runner.probe([rpath + MANIFEST_SUFFIX, rpath], read=1)
+            if not runner.exists(rpath):
+                raise ArchiveError(f"{src.name}:{rpath}: no such file")
+            man = read_manifest(runner, rpath)
+            size = runner.size(rpath)
+        final = posixpath.join(pdir, posixpath.basename(rpath))
+        partial = final + PARTIAL_SUFFIX
+        out.update(source={"path": rpath, "bytes": size, "manifest": (man or {}).get("status"),
+                           "database_bytes": (man or {}).get("database_bytes")},
+                   destination=final, already_here=lr.exists(final),
+                   resume_at=lr.size(partial) if lr.exists(partial) else None, estimated_bytes=size)
+        if man is not None and man.get("status") != "DONE":
+            out["refusals"].append(f"{src.name}:{rpath}: its manifest says {man.get('status')}; refusing to pull it")
+        db_bytes = (man or {}).get("database_bytes")
+    else:
+        with _ssh_access(src) as access:
+            db_bytes = access.sql(db).value("SELECT pg_catalog.pg_database_size(current_database())")
+        need, basis, last = backup_space_need(lr, pdir, db, fmt, src.name, db_bytes)
+        final = posixpath.join(pdir, pick_name(lr, pdir, db, fmt, utcnow()))
+        out.update(source={"database": db, "database_bytes": db_bytes, "fresh_dump": True,
+                           "written_on_source": False},
+                   destination=final, already_here=False, resume_at=None,
+                   estimated_bytes=last.size if last is not None else None, estimate_basis=basis,
+                   needed_bytes=need)
+    d = pdir
+    free = lr.free_bytes(d)
+    while free is None and d not in ("", "/"):
+        d = posixpath.dirname(d.rstrip("/")) or "/"
+        free = lr.free_bytes(d)
+    out["free_bytes"] = free
+    if restore is not None:
+        from bigskies_ops.jobs.restore import check_restore
+        here = final if out["already_here"] else None
+        rp = check_restore(dest, here, expected_bytes=None if here else db_bytes,
+                           **{k: v for k, v in restore.items() if k in ("terminate_sessions", "skip_missing_roles")})
+        out["restore"] = rp.to_json()
+        out["refusals"] += rp.refusals
     return out
 
 

@@ -35,23 +35,24 @@ import time
 from dataclasses import dataclass, field
 
 from bigskies_ops import report
-from bigskies_ops.archives.catalog import latest, list_backups, utcnow
+from bigskies_ops.archives.catalog import iso, latest, list_backups, read_manifest, utcnow
 from bigskies_ops.archives.integrity import check_archive, gunzip_chunks, scan_archive
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.plainsql import RolePolicy
-from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, UsageError
+from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, UsageError
 from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.hosts.runners import tail
-from bigskies_ops.jobs.coordinators import coordinators_paused, coordinators_preflight
+from bigskies_ops.jobs.coordinators import coordinators_paused, coordinators_preflight, running_coordinators
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.dbnames import pre_restore_name, side_db_name, unused_name
 from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.jobs.sideload import (load_archive, report_load_stats, restore_pgoptions, role_policy,
-                                        verify_against_manifest)
-from bigskies_ops.jobs.swap import (drop_leftover_side_dbs, mark_side_database, prune_pre_restore, refuse_if_sessions,
-                                    swap)
+from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
+                                        restore_pgoptions, role_policy, verify_against_manifest)
+from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
+                                    pre_restore_copies, prune_pre_restore, sessions_refusal, swap)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
-from bigskies_ops.pg.admin import apply_properties, check_rights, check_space, create_like, database_properties, db_info, drop_db
+from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, database_properties,
+                                   db_info, drop_db, restore_space, sessions_on)
 from bigskies_ops.pg.loadcheck import check_extensions, explain_load_error
 from bigskies_ops.signals import left_behind
 
@@ -128,13 +129,247 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
     raise ArchiveError(f"{spec}: no such file or backup id (looked here and in {bdir}){why}")
 
 
+@dataclass
+class RestorePlan:
+    """What a restore of ``host`` would do, computed by :func:`plan_restore` before anything
+    changes (the real run executes it; ``--check`` reports it). Sizes in bytes.
+
+    Attributes:
+        database: the database replaced, or created (``target_db``).
+        archive: ``{"path", "bytes", "format", "manifest"}`` (manifest: its status, or None
+            when the archive has none); ``{"path": None, "pending": ...}`` for an archive that
+            is not here yet (``db.pull --restore``).
+        checks: the read-only checks the real run does first, in order: ``{"check", "ok", "detail"}``.
+        side_db, pre_restore_copy: the names the run would create / keep the old database under.
+        sessions: connected to ``database`` now (pg_stat_activity), ended only with
+            ``terminate_sessions``.
+        coordinators: running now, so stopped around the swap and started again.
+        drop: databases that would be dropped: leftover side databases of dead restores and
+            pre-restore copies beyond ``backup.keep_pre_restore`` (``{"name", "bytes", "why"}``).
+        space: :func:`bigskies_ops.pg.admin.restore_space` (None: skipped).
+        roles_created, missing_roles: roles ``--roles`` would create; roles still missing.
+        refusals: what the real run would refuse (one message each); empty: it would run.
+    """
+
+    host: str
+    database: str
+    target_db: str | None
+    terminate_sessions: bool = False
+    archive: dict = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)
+    side_db: str | None = None
+    pre_restore_copy: str | None = None
+    sessions: list[dict] = field(default_factory=list)
+    coordinators: list[str] = field(default_factory=list)
+    drop: list[dict] = field(default_factory=list)
+    space: dict | None = None
+    roles_created: list[str] = field(default_factory=list)
+    missing_roles: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # for the real run, not reported
+    info: object = field(default=None, repr=False)
+    policy: RolePolicy | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "database", "target_db", "archive", "checks", "side_db", "pre_restore_copy", "sessions",
+            "terminate_sessions", "coordinators", "drop", "space", "roles_created", "missing_roles",
+            "refusals", "warnings")}
+
+
+def plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, target_db: str | None = None,
+                 terminate_sessions: bool = False, roles: bool = False, skip_missing_roles: bool = False,
+                 skip_space_check: bool = False, follow: "FollowedArchive | None" = None,
+                 dry_run: bool = False, expected_bytes: int | None = None) -> RestorePlan:
+    """Step 1 of the module docstring: every read-only check of a restore, and the plan.
+
+    The real run (:func:`restore`) calls this first and executes the plan; ``db.restore
+    --check`` (``dry_run``) reports it. Nothing is changed in either mode, except that the
+    real run with ``roles`` creates the backup's missing roles here (as before the load).
+
+    Args:
+        archive: path on the control machine; None: not here yet (``follow``, or a
+            ``db.pull --restore --check`` whose archive would be pulled first, with its
+            ``expected_bytes`` of database for the space check).
+        dry_run: record each refusal in ``plan.refusals`` and go on (exit 0 for
+            ``--check``), and compute the names and drops the run would make; otherwise
+            raise the first refusal, as the real run does.
+
+    Raises (not ``dry_run``): as :func:`restore` before anything is touched:
+        ArchiveError, UsageError (``target_db`` exists; unknown coordinator), SafetyError
+        (missing roles, too little space, sessions, rights).
+    """
+    db = host.postgres.database
+    name = target_db or db
+    plan = RestorePlan(host.name, name, target_db, terminate_sessions)
+    maint = access.sql(host.postgres.maintenance_db)
+    check = _Checker(plan, dry_run)
+    info = _plan_archive(plan, check, access, archive, follow, expected_bytes, dry_run)
+    if target_db is not None:
+        check(f"--target-db {target_db!r} does not exist yet", _target_free, maint, target_db, host)
+    if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
+        if dry_run:
+            plan.coordinators = check("coordinators are services of the compose project",
+                                      lambda: running_coordinators(access.runner, host)[1]) or []
+        else:
+            coordinators_preflight(access.runner, host)
+    if follow is None and info is not None:
+        if check("archive's SQL scanned (roles, extensions)", scan_archive, access, info):
+            check("extensions the archive creates are available", check_extensions, maint, info.extensions,
+                  info.path, host.name)
+    if follow is None and (info is not None or expected_bytes is not None):
+        if skip_space_check:
+            plan.checks.append({"check": "free space on the server", "ok": True, "detail": "skipped (--skip-space-check)"})
+        else:
+            basis = info if info is not None else _Expected(expected_bytes)
+            plan.space = check("free space on the server", check_space, access, maint, basis)
+            if plan.space in (None, True):
+                plan.space = restore_space(access, maint, basis.manifest.get("database_bytes"))
+    if info is not None:
+        if roles and follow is None:
+            made = check("roles file beside the archive (--roles)", _roles_to_create, access, info.path)
+            plan.roles_created = made if isinstance(made, list) else []
+        if dry_run:
+            plan.missing_roles = missing_roles(maint, info, created=plan.roles_created)
+            check("roles the archive names exist here", _refuse_roles, plan.missing_roles, host.name,
+                  skip_missing_roles)
+        else:
+            plan.policy = role_policy(access, maint, info, create_roles=roles and follow is None,
+                                      skip_missing=skip_missing_roles)
+            plan.missing_roles = sorted((_needed(info) or set()) - plan.policy.existing)
+    old = db_info(maint, db)
+    if old is not None and target_db is None and (dry_run or not (terminate_sessions or host.coordinators)):
+        plan.sessions = sessions_on(maint, db)
+        if not terminate_sessions and not host.coordinators:  # fail fast (checked again at the swap)
+            check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db, plan.sessions)
+    check("rights to create the side database and swap it in", check_rights, maint,
+          db if target_db is None else None, old)
+    plan.info = info
+    if dry_run:
+        _plan_names(plan, maint, host, old)
+    return plan
+
+
+class _Checker:
+    """Runs one check of :func:`plan_restore`: a refusal is raised (real run) or recorded
+    in the plan (``dry_run``), and every check is listed in ``plan.checks``."""
+
+    def __init__(self, plan: RestorePlan, dry_run: bool):
+        self.plan, self.dry_run = plan, dry_run
+
+    def __call__(self, what: str, fn, *a, **kw):
+        try:
+            r = fn(*a, **kw)
+        except (ArchiveError, SafetyError, UsageError) as e:
+            self.plan.checks.append({"check": what, "ok": False, "detail": str(e)})
+            if not self.dry_run:
+                raise
+            self.plan.refusals.append(str(e))
+            return None
+        self.plan.checks.append({"check": what, "ok": True, "detail": None})
+        return r if r is not None else True
+
+
+def _plan_archive(plan: RestorePlan, check: _Checker, access, archive, follow, expected_bytes, dry_run):
+    """The archive's facts and checks (:func:`check_archive`); returns its ArchiveInfo,
+    ``follow``, or None (not here yet, or refused in a dry run)."""
+    if follow is not None:
+        plan.archive = {"path": None, "pending": "loaded while it arrives; checked once it is complete"}
+        return follow
+    if archive is None:
+        plan.archive = {"path": None, "pending": "pulled first; checked once it is here",
+                        "database_bytes": expected_bytes}
+        return None
+    plan.archive = _archive_facts(archive)
+    info = check("archive (manifest DONE, size and sha256; readable by this host's tools)",
+                 check_archive, access, archive)
+    for w in getattr(info, "warnings", ()) or ():
+        plan.warnings.append(w)
+        if not dry_run:
+            report.note(f"warning: {w}")
+    return info if info is not True else None
+
+
+def _plan_names(plan: RestorePlan, maint, host: Host, old: dict | None) -> None:
+    """The names the run would create and the databases it would drop (dry run: the real
+    run computes them under the lock, with the same functions)."""
+    db, now = host.postgres.database, utcnow()
+    plan.drop = [{"name": r["name"], "bytes": r["bytes"], "why": "left by an interrupted restore"}
+                 for r in leftover_side_dbs(maint, plan.database)]
+    plan.side_db = unused_name(maint, side_db_name, plan.database, now)
+    if old is not None and plan.target_db is None:
+        plan.pre_restore_copy = unused_name(maint, pre_restore_name, db, now)
+        copies = [{"name": plan.pre_restore_copy, "at": iso(now), "bytes": None}] + pre_restore_copies(maint, db)
+        keep = host.backup.keep_pre_restore
+        plan.drop += [{"name": c["name"], "bytes": c["bytes"], "at": c.get("at"),
+                       "why": f"pre-restore copy beyond keep_pre_restore = {keep}"}
+                      for c in beyond_keep(copies, keep)]
+
+
+class _Expected:
+    """The space check's view of an archive not here yet: the database size to expect."""
+
+    def __init__(self, database_bytes: int | None):
+        self.manifest = {"database_bytes": database_bytes}
+
+
+def _archive_facts(path: str) -> dict:
+    """Path, size, format (by name) and manifest status of ``path`` (read-only)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    try:
+        man = read_manifest(LocalRunner(), path) if size is not None else None
+    except BigskiesError:
+        man = {"status": "unreadable"}
+    fmt = "custom" if path.endswith(".dump") else "plain" if path.endswith(".sql.gz") else None
+    return {"path": path, "bytes": size, "format": (man or {}).get("format") or fmt,
+            "manifest": (man or {}).get("status"), "database_bytes": (man or {}).get("database_bytes")}
+
+
+def _target_free(maint, target_db: str, host: Host) -> None:
+    if db_info(maint, target_db) is not None:
+        raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
+
+
+def _roles_to_create(access, path: str) -> list[str]:
+    from bigskies_ops.archives.roles import roles_to_create
+    return roles_to_create(access, path)[1]
+
+
+def _refuse_roles(missing: list[str], host: str, skip: bool) -> None:
+    msg = missing_roles_refusal(missing, host, skip)
+    if msg:
+        raise SafetyError(msg)
+
+
+def _refuse_sessions(db: str, sess: list[dict]) -> None:
+    if sess:
+        raise SafetyError(sessions_refusal(db, sess)[1])
+
+
+def _needed(info) -> set | None:
+    from bigskies_ops.jobs.sideload import needed_roles
+    return needed_roles(info)
+
+
+def check_restore(host: Host, archive: str | None, **kwargs) -> RestorePlan:
+    """``db.restore --check``: :func:`plan_restore` as a dry run (changes nothing; every
+    refusal is in ``plan.refusals``). ``kwargs``: as :func:`plan_restore`."""
+    with PostgresAccess(host) as access:
+        return plan_restore(access, host, archive, dry_run=True, **kwargs)
+
+
 def restore(host: Host, archive: str, *, target_db: str | None = None, terminate_sessions: bool = False,
             jobs: int | None = None, progress=None, confirmed: bool = True,
             task: str = "db.restore", roles: bool = False, skip_missing_roles: bool = False,
             skip_space_check: bool = False, follow: "FollowedArchive | None" = None) -> RestoreResult:
     """Restore ``archive`` into ``host``'s database (or into a new ``target_db``).
 
-    The caller has already applied the safety policy and the confirmation.
+    The caller has already applied the safety policy and the confirmation. The checks
+    and decisions are :func:`plan_restore`'s (shared with ``--check``); this executes them.
 
     Args:
         archive: path of the archive on the control machine.
@@ -171,23 +406,12 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
     t0 = time.monotonic()
     db = host.postgres.database
     with PostgresAccess(host) as access:
-        info = check_archive(access, archive) if follow is None else follow
-        for w in getattr(info, "warnings", ()):
-            report.note(f"warning: {w}")
-        maint = access.sql(host.postgres.maintenance_db)
-        if target_db is not None and db_info(maint, target_db) is not None:
-            raise UsageError(f"--target-db {target_db!r} already exists on {host.name}; choose a new name")
-        if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
-            coordinators_preflight(access.runner, host)
-        if follow is None:
-            scan_archive(access, info)
-            check_extensions(maint, info.extensions, info.path, host.name)
-            if not skip_space_check:
-                check_space(access, maint, info)
-        policy = role_policy(access, maint, info, create_roles=roles and follow is None,
-                             skip_missing=skip_missing_roles)
+        plan = plan_restore(access, host, archive if follow is None else None, target_db=target_db,
+                            terminate_sessions=terminate_sessions, roles=roles,
+                            skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check, follow=follow)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task):
-            return _restore_locked(access, host, info, db, target_db, terminate_sessions, policy, jobs, progress, t0)
+            return _restore_locked(access, host, plan.info, db, target_db, terminate_sessions, plan.policy, jobs,
+                                   progress, t0)
 
 
 def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, progress, t0):
@@ -197,9 +421,6 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     now = utcnow()
     old = db_info(maint, db)
     drop_leftover_side_dbs(maint, target_db or db)
-    if old is not None and target_db is None and not terminate and not host.coordinators:
-        refuse_if_sessions(maint, db)  # fail fast, before a long restore (checked again at the swap)
-    check_rights(maint, db if target_db is None else None, old)
     side = unused_name(maint, side_db_name, target_db or db, now)
     report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
     create_like(maint, side, old)

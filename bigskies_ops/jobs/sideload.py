@@ -81,6 +81,14 @@ def needed_roles(info: ArchiveInfo) -> set[str] | None:
     return out
 
 
+def missing_roles(maint: Sql, info: ArchiveInfo, *, created: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Roles the archive names (:func:`needed_roles`) that this cluster lacks, less
+    ``created`` (the ones a ``--roles`` restore creates first); [] when not known before
+    the load. Read-only: the decision of :func:`role_policy` and ``db.restore --check``."""
+    needed = needed_roles(info)
+    return sorted(needed - cluster_roles(maint) - set(created)) if needed is not None else []
+
+
 def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create_roles: bool,
                 skip_missing: bool) -> RolePolicy:
     """Decide, before anything is created, what the load does with roles.
@@ -98,15 +106,20 @@ def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create
     if create_roles:
         from bigskies_ops.archives.roles import create_missing_roles
         create_missing_roles(access, info.path)
-    existing = cluster_roles(maint)
-    needed = needed_roles(info)
-    missing = sorted(needed - existing) if needed is not None else []
-    if missing and not skip_missing:
-        raise SafetyError(missing_roles_message(missing, host=access.host.name))
+    missing = missing_roles(maint, info)
+    refusal = missing_roles_refusal(missing, access.host.name, skip_missing)
+    if refusal:
+        raise SafetyError(refusal)
     if missing:
         report.note(f"note: {len(missing)} role(s) named by the archive do not exist here ({', '.join(missing)}): "
                     f"their objects will be owned by the restoring user and the statements naming them skipped")
-    return RolePolicy(frozenset(existing), skip_missing)
+    return RolePolicy(frozenset(cluster_roles(maint)), skip_missing)
+
+
+def missing_roles_refusal(missing: list[str], host: str, skip_missing: bool) -> str | None:
+    """The refusal of a restore whose archive names the ``missing`` roles (None: none
+    missing, or ``--skip-missing-roles``)."""
+    return missing_roles_message(missing, host=host) if missing and not skip_missing else None
 
 
 def table_counts(sql: Sql, tables: list[dict], known: dict | None = None) -> dict[tuple[str, str], int | None]:

@@ -19,7 +19,7 @@ from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.errors import BigskiesError, PostgresError, SafetyError, StorageError
-from bigskies_ops.jobs.coordinators import coordinators_paused
+from bigskies_ops.jobs.coordinators import coordinators_paused, running_coordinators
 from bigskies_ops.hosts.runners import pid_alive
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.dbnames import pre_restore_name, unused_name
@@ -30,7 +30,7 @@ PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
 SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behind only if the process died)
 
 
-def _sessions_refusal(db: str, sess: list[dict]) -> tuple[str, str]:
+def sessions_refusal(db: str, sess: list[dict]) -> tuple[str, str]:
     """``(listing, refusal message)`` of the sessions :func:`sessions_on` found on ``db``."""
     listing = "; ".join(f"pid {s['pid']} {s['user']}@{s['client'] or 'local'} {s['application'] or ''}".strip()
                         for s in sess)
@@ -47,7 +47,7 @@ def refuse_if_sessions(maint: Sql, db: str) -> None:
     """
     sess = sessions_on(maint, db)
     if sess:
-        raise SafetyError(_sessions_refusal(db, sess)[1])
+        raise SafetyError(sessions_refusal(db, sess)[1])
 
 
 def mark_side_database(maint: Sql, side: str, of: str, when) -> None:
@@ -60,11 +60,18 @@ def mark_side_database(maint: Sql, side: str, of: str, when) -> None:
 def drop_leftover_side_dbs(maint: Sql, db: str) -> None:
     """Drop side databases of ``db`` left by a restore whose process died (same control host,
     pid gone). We hold the (host, database) lock, so no live restore owns them."""
-    for r in _tagged(maint, SIDE_TAG, db):
+    for r in leftover_side_dbs(maint, db):
         c = r["tag"]
-        if c.get("host") == socket.gethostname() and isinstance(c.get("pid"), int) and not pid_alive(c["pid"]):
-            drop_db(maint, r["name"])
-            report.note(f"Dropped {r['name']!r}, left by an interrupted restore (pid {c['pid']}, {c.get('at')})")
+        drop_db(maint, r["name"])
+        report.note(f"Dropped {r['name']!r}, left by an interrupted restore (pid {c['pid']}, {c.get('at')})")
+
+
+def leftover_side_dbs(maint: Sql, db: str) -> list[dict]:
+    """Side databases of ``db`` whose restore died on this control host (its pid is gone):
+    what :func:`drop_leftover_side_dbs` drops (read-only). ``{"name", "tag", "bytes"}`` each."""
+    return [r for r in _tagged(maint, SIDE_TAG, db)
+            if r["tag"].get("host") == socket.gethostname() and isinstance(r["tag"].get("pid"), int)
+            and not pid_alive(r["tag"]["pid"])]
 
 
 def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
@@ -87,9 +94,10 @@ def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
 
 
 def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str,
-         comment: pgsql.Composable = pgsql.SQL("NULL")) -> None:
+         comment: pgsql.Composable = pgsql.SQL("NULL"), what: str = "the restored copy") -> None:
     """In ONE transaction rename ``db`` to ``pre`` (commented as a pre-restore copy
-    replaced by ``archive``) and ``side`` to ``db`` (commented with ``comment``).
+    replaced by ``archive``) and ``side`` to ``db`` (commented with ``comment``);
+    ``what`` names ``side`` in the note that says so (an undo swaps a pre-restore copy back).
 
     Sessions connected to ``db`` stop the swap before anything changes, or with
     ``terminate`` are ended first (connections refused meanwhile, allowed again after).
@@ -102,7 +110,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
     report.step("swapping")
     sess = sessions_on(maint, db)
     if sess:
-        listing, refusal = _sessions_refusal(db, sess)
+        listing, refusal = sessions_refusal(db, sess)
         if not terminate:
             raise SafetyError(refusal)
         report.note(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
@@ -128,7 +136,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
                     maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
                 except BigskiesError:
                     pass
-    report.note(f"Swapped: {db!r} is the restored copy; the previous database is kept as {pre!r}")
+    report.note(f"Swapped: {db!r} is {what}; the previous database is kept as {pre!r}")
 
 
 def _renames(maint: Sql, db: str, script: pgsql.Composable, terminate: bool) -> None:
@@ -155,6 +163,12 @@ def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
     return out
 
 
+def beyond_keep(copies: list[dict], keep: int) -> list[dict]:
+    """The pre-restore ``copies`` (newest first, :func:`pre_restore_copies`) beyond the newest
+    ``keep`` (``backup.keep_pre_restore``): what :func:`prune_pre_restore` drops."""
+    return copies[max(0, keep):]
+
+
 def prune_pre_restore(maint: Sql, db: str, keep: int, warnings: list[str] | None = None) -> list[str]:
     """Drop the pre-restore copies of ``db`` beyond the newest ``keep``; returns their names.
 
@@ -162,7 +176,7 @@ def prune_pre_restore(maint: Sql, db: str, keep: int, warnings: list[str] | None
     failed restore) a copy that cannot be dropped is a warning with the command that
     finishes it; without, its error is raised."""
     dropped = []
-    for c in pre_restore_copies(maint, db)[keep:]:
+    for c in beyond_keep(pre_restore_copies(maint, db), keep):
         try:
             drop_db(maint, c["name"])
         except BigskiesError as e:
@@ -179,6 +193,40 @@ def prune_pre_restore(maint: Sql, db: str, keep: int, warnings: list[str] | None
     return dropped
 
 
+def plan_undo(maint: Sql, host: Host, now=None) -> dict:
+    """What ``db.restore --undo`` would do, read-only (the one decision for the undo and its
+    ``--check``): ``{"database", "restored_from" (the newest pre-restore copy, None: none),
+    "previous_kept_as" (the name the current database would get), "copies" (all, newest
+    first), "sessions" (connected now)}``."""
+    db = host.postgres.database
+    copies = pre_restore_copies(maint, db)
+    return {"database": db, "restored_from": copies[0]["name"] if copies else None,
+            "restored_from_at": copies[0]["at"] if copies else None,
+            "previous_kept_as": unused_name(maint, pre_restore_name, db, now or utcnow()),
+            "copies": copies, "sessions": sessions_on(maint, db)}
+
+
+def check_undo(host: Host, *, terminate_sessions: bool = False) -> dict:
+    """``db.restore --undo --check``: :func:`plan_undo` plus the coordinators that would be
+    stopped and started again (running now) and what the real run would refuse
+    (``"refusals"``). Changes nothing."""
+    with PostgresAccess(host) as access:
+        plan = plan_undo(access.sql(host.postgres.maintenance_db), host)
+        refusals = []
+        if plan["restored_from"] is None:
+            refusals.append(f"no pre-restore copy of {plan['database']!r} on {host.name}")
+        try:
+            plan["coordinators"] = running_coordinators(access.runner, host)[1]
+        except BigskiesError as e:
+            plan["coordinators"] = []
+            refusals.append(str(e))
+        if plan["sessions"] and not terminate_sessions and not host.coordinators:
+            refusals.append(sessions_refusal(plan["database"], plan["sessions"])[1])
+        plan["terminate_sessions"] = terminate_sessions
+        plan["refusals"] = refusals
+        return plan
+
+
 def undo(host: Host, *, terminate_sessions: bool = False, task: str = "db.restore --undo") -> dict:
     """Swap the newest pre-restore copy back in; the current database becomes a
     pre-restore copy itself (so the undo can be undone).
@@ -190,13 +238,12 @@ def undo(host: Host, *, terminate_sessions: bool = False, task: str = "db.restor
     with PostgresAccess(host) as access:
         maint = access.sql(host.postgres.maintenance_db)
         with host_lock(access.runner, host.backup.dir, host.name, db, task):
-            copies = pre_restore_copies(maint, db)
-            if not copies:
+            plan = plan_undo(maint, host)
+            src, pre = plan["restored_from"], plan["previous_kept_as"]
+            if src is None:
                 raise StorageError(f"no pre-restore copy of {db!r} on {host.name}")
-            src = copies[0]["name"]
-            now = utcnow()
-            pre = unused_name(maint, pre_restore_name, db, now)
             with coordinators_paused(access.runner, host) as stopped:
-                swap(maint, db, src, pre, terminate_sessions, f"undo: {src}")
+                swap(maint, db, src, pre, terminate_sessions, f"undo: {src}",
+                     what=f"the pre-restore copy {src!r} again")
             maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(db)))
             return {"database": db, "restored_from": src, "previous_kept_as": pre, "coordinators": stopped}

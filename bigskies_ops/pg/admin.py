@@ -221,31 +221,52 @@ def server_free_bytes(access: PostgresAccess, maint: Sql) -> tuple[int | None, s
     return (free, datadir) if free is not None else (None, f"{datadir} cannot be read here")
 
 
-def check_space(access: PostgresAccess, maint: Sql, info) -> None:
+def restore_space(access: PostgresAccess, maint: Sql, database_bytes: int | None) -> dict:
+    """The free space a restore needs on the server and what it has (read-only; the one
+    computation behind :func:`check_space` and ``db.restore --check``): the backed-up
+    database's size (``database_bytes``, from the manifest), plus the WAL the load writes
+    before a checkpoint recycles it (up to ``max_wal_size``), plus 10%.
+
+    Returns:
+        ``{"database_bytes", "needed" (bytes or None: size unknown), "free" (bytes or None:
+        cannot be seen), "where" (the data directory, or why it cannot be seen),
+        "enough" (bool, or None when not known)}``.
+    """
+    out = {"database_bytes": database_bytes, "needed": None, "free": None, "where": None, "enough": None}
+    if database_bytes is None:
+        out["where"] = "the backup did not record its database's size"
+        return out
+    size = int(database_bytes)
+    wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0
+    out["needed"] = int(size + min(size, wal) + size // 10)
+    out["free"], out["where"] = server_free_bytes(access, maint)
+    if out["free"] is not None:
+        out["enough"] = out["free"] >= out["needed"]
+    return out
+
+
+def check_space(access: PostgresAccess, maint: Sql, info) -> dict:
     """Refuse before anything is created when the server lacks the room for the side
-    database: the backed-up database's size (manifest ``database_bytes``), plus the WAL
-    the load writes before a checkpoint recycles it (up to ``max_wal_size``), plus 10%.
-    A server that runs out of space PANICs and stays down until space is freed.
+    database (:func:`restore_space`). A server that runs out of space PANICs and stays
+    down until space is freed. Returns :func:`restore_space`'s figures.
 
     Raises:
         SafetyError: too little free space (exit 3), naming both figures and
             ``--skip-space-check``.
     """
     from bigskies_ops.text import human_bytes
-    size = ((getattr(info, "manifest", None) or {}).get("database_bytes"))
-    if size is None:
-        report.note("note: free space on the server not checked (the backup did not record its database's size)")
-        return
-    wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0
-    need = int(size + min(size, wal) + size // 10)
-    free, where = server_free_bytes(access, maint)
-    if free is None:
-        report.note(f"note: free space on the server not checked: {where}")
-        return
-    if free < need:
-        raise SafetyError(f"the restore needs about {human_bytes(need)} on the server ({human_bytes(size)} of "
-                          f"database, WAL and 10% headroom) but {where} has {human_bytes(free)} free. Nothing was "
-                          f"changed; free space there, or pass --skip-space-check if you know better")
+    sp = restore_space(access, maint, (getattr(info, "manifest", None) or {}).get("database_bytes"))
+    if sp["needed"] is None or sp["free"] is None:
+        report.note(f"note: free space on the server not checked: {sp['where']}"
+                    if sp["needed"] is not None else
+                    "note: free space on the server not checked (the backup did not record its database's size)")
+        return sp
+    if not sp["enough"]:
+        raise SafetyError(f"the restore needs about {human_bytes(sp['needed'])} on the server "
+                          f"({human_bytes(sp['database_bytes'])} of database, WAL and 10% headroom) but "
+                          f"{sp['where']} has {human_bytes(sp['free'])} free. Nothing was changed; free space "
+                          f"there, or pass --skip-space-check if you know better")
+    return sp
 
 
 def check_rights(maint: Sql, db: str | None, old: dict | None) -> None:

@@ -173,15 +173,61 @@ def build(host: Host) -> dict:
         report.note(f"Building images of compose project {project.name!r}")
         _compose_strict(runner, host, "build", what="compose build")
         built = []
-        for s, d in project.services.items():
-            img = (d or {}).get("image")
-            if (d or {}).get("build") and img:
-                r = runner.run([*cmp.engine_argv(host), "image", "inspect", img], check=False)
-                if r.returncode != 0:
-                    raise CommandError(f"compose build reported success but image {img!r} of service {s!r} "
-                                       f"does not exist on {host.name}")
-                built.append(img)
+        for s, img in built_images(project).items():
+            r = runner.run([*cmp.engine_argv(host), "image", "inspect", img], check=False)
+            if r.returncode != 0:
+                raise CommandError(f"compose build reported success but image {img!r} of service {s!r} "
+                                   f"does not exist on {host.name}")
+            built.append(img)
         return {"project": project.name, "images": built}
+
+
+def built_images(project: cmp.Project) -> dict[str, str]:
+    """Service -> image of the services ``compose build`` builds (a ``build:`` and an ``image:``)."""
+    return {s: d["image"] for s, d in project.services.items() if (d or {}).get("build") and (d or {}).get("image")}
+
+
+#: what each lifecycle command does to a service in each state (``--check``): the compose
+#: commands' documented behaviour (``up -d`` starts what is not running and keeps the rest,
+#: ``down`` removes containers and keeps named volumes, ``restart`` restarts existing containers)
+_WOULD = {
+    "up": {"running": "kept running", "absent": "created and started", None: "started"},
+    "down": {"absent": "nothing to remove", None: "stopped and removed (volumes kept)"},
+    "restart": {"absent": "no container to restart", None: "restarted"},
+    "build": {},
+}
+
+
+def plan_stack(host: Host, action: str, *, timeout: float | None = None, wait_for_migrations: bool = False) -> dict:
+    """What ``docker.<action>`` (build, up, down, restart) would do, read-only (``--check``):
+    the project, each service's state now and what the command would do to it, the images
+    ``build`` would build (:func:`built_images`) and what ``up``/``restart`` would wait for.
+
+    Raises:
+        UsageError: compose file missing, compose command not installed, an unknown
+            coordinator (``up``), exit 2.
+    """
+    with runner_for(host) as runner:
+        project = cmp.resolved_config(runner, host)
+        if action == "up" and host.coordinators:
+            cmp.check_coordinators(host, project)
+        rows = services_status(runner, host, project)
+    images = built_images(project)
+    for r in rows:
+        if action == "build":
+            r["would"] = (f"image {images[r['service']]} rebuilt (containers untouched)" if r["service"] in images
+                          else "nothing to build")
+        else:
+            r["would"] = _WOULD[action].get(r["state"], _WOULD[action][None])
+    waits = None
+    if action in ("up", "restart"):
+        waits = f"until PostgreSQL accepts connections (up to {timeout or 60:g} s)" + (
+            "; then until schema_migrations reaches the newest migration file" if wait_for_migrations else "")
+    argv = " ".join(host.compose.command_argv) if host.compose else "compose"
+    command = {"up": "up -d", "down": "down", "restart": "restart", "build": "build"}[action]
+    return {"project": project.name, "host": host.name, "action": action, "command": f"run {argv} {command}",
+            "services": rows, "images": list(images.values()) if action == "build" else [], "waits": waits,
+            "refusals": []}
 
 
 def up(host: Host, *, timeout: float = 60.0, wait_for_migrations: bool = False,
@@ -435,6 +481,18 @@ def purge_plan(host: Host, *, runner=None) -> PurgePlan:
     finally:
         if own:
             runner.close()
+
+
+def plan_purge(host: Host, *, take_backup: bool = True) -> dict:
+    """What ``docker.purge`` would do, read-only (``--check``): :func:`purge_plan`'s facts and,
+    with ``take_backup``, the pre-purge backup's plan (:func:`bigskies_ops.jobs.backup.plan_backup`);
+    ``refusals``: what the run would refuse (the backup's space check)."""
+    from bigskies_ops.jobs.backup import plan_backup
+    plan = purge_plan(host)
+    backup = plan_backup(host) if take_backup else None
+    return {"project": plan.project, "containers": plan.containers, "volume": plan.volume,
+            "volume_exists": plan.volume_exists, "volume_size": plan.volume_size, "other_volumes": plan.other_volumes,
+            "no_backup": not take_backup, "backup": backup, "refusals": list((backup or {}).get("refusals") or [])}
 
 
 def purge(host: Host, *, take_backup: bool = True, pull: bool = True, backup_fn=None,

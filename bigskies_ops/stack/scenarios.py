@@ -16,9 +16,9 @@ from __future__ import annotations
 from bigskies_ops import output, report
 from bigskies_ops.hosts import compose as cmp
 from bigskies_ops.stack import lifecycle as stack
-from bigskies_ops.jobs.backup import backup as run_backup
+from bigskies_ops.jobs.backup import backup as run_backup, plan_backup
 from bigskies_ops.archives.catalog import latest, list_backups
-from bigskies_ops.errors import BigskiesError, SafetyError, StorageError
+from bigskies_ops.errors import BigskiesError, SafetyError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.restore import restore as run_restore
 from bigskies_ops.hosts import runner_for
@@ -26,16 +26,45 @@ from bigskies_ops.hosts.local import LocalRunner
 
 
 class Steps:
-    """Numbers and announces each step: ``Step 2/5: Stop everything (docker.down)``."""
+    """Numbers and announces each step: ``Step 2/5: Stop everything (docker.down)``. The
+    titles are the scenario's ordered steps (``*_steps``), the same list its ``--check``
+    plan shows; each call announces the next one."""
 
-    def __init__(self, total: int):
-        self.n, self.total = 0, total
+    def __init__(self, titles: list[str]):
+        self.titles = titles
+        self.n, self.total = 0, len(titles)
         self.done: list[str] = []
 
-    def __call__(self, title: str):
+    def __call__(self) -> None:
+        title = self.titles[self.n]
         self.n += 1
         report.say(f"Step {self.n}/{self.total}: {title}")
         self.done.append(title)
+
+
+def before_risky_change_steps(restart_service: str | None) -> list[str]:
+    """Scenario 1's ordered steps."""
+    return (["Back up the database (db.backup)"]
+            + ([f"Make the change: restart service {restart_service!r}"] if restart_service else [])
+            + ["Check PostgreSQL accepts connections"])
+
+
+FRESH_START_STEPS = ["Back up the current state (db.backup)", "Stop everything (docker.down)",
+                     "Rebuild images (docker.build)", "Start; the database persists in its volume (docker.up)",
+                     "Verify the data is intact (row counts against the backup's manifest)"]
+
+
+def complete_reset_steps(take_backup: bool, restore_backup: bool, roles: bool) -> list[str]:
+    """Scenario 3's ordered steps."""
+    return (["Purge containers and the data volume (docker.purge"
+             + (", pre-purge backup first)" if take_backup else ", NO backup)"),
+             "Rebuild images (docker.build)", "Start fresh (docker.up)"]
+            + ([f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})"] if restore_backup else []))
+
+
+RECOVER_CORRUPTION_STEPS = ["Stop the coordinators", "Try to back up (may fail on a corrupt database)",
+                            "Delete the data volume (docker.purge --no-backup)", "Start fresh (docker.up)",
+                            "Wait for the bootstrap migrations", "Restore (db.restore)"]
 
 
 def _counts(manifest: dict) -> dict:
@@ -58,20 +87,19 @@ def before_risky_change(host: Host, *, restart_service: str | None = None, label
     Raises:
         UsageError: ``restart_service`` is not a service of the project (exit 2).
     """
-    steps = Steps(3 if restart_service else 2)
-    steps("Back up the database (db.backup)")
+    steps = Steps(before_risky_change_steps(restart_service))
+    steps()
     res = run_backup(host, label=label or "before risky change", task="scenario.before-risky-change")
     report.say(f"  backup: {res.backup.path}")
     if restart_service:
-        steps(f"Make the change: restart service {restart_service!r}")
+        steps()
         with runner_for(host) as runner:
             project = cmp.resolved_config(runner, host)
             if restart_service not in project.services:
-                from bigskies_ops.errors import UsageError
                 raise UsageError(f"{restart_service!r} is not a service of compose project {project.name!r}; "
                                  f"its services: {', '.join(sorted(project.services))}")
             cmp.run_compose(runner, host, "restart", restart_service)
-    steps("Check PostgreSQL accepts connections")
+    steps()
     stack.wait_ready(host, timeout=60)
     report.say(f"  If something breaks, restore: {output.hint(f'db.restore {res.backup.path} --host {host.name}')}")
     return {"backup": res.backup.path, "steps": steps.done}
@@ -84,17 +112,17 @@ def fresh_start(host: Host, *, timeout: float = 60.0) -> dict:
     Raises:
         StorageError: the data after the restart differs from the backup (exit 1).
     """
-    steps = Steps(5)
-    steps("Back up the current state (db.backup)")
+    steps = Steps(FRESH_START_STEPS)
+    steps()
     res = run_backup(host, label="scenario fresh-start", task="scenario.fresh-start")
     report.say(f"  backup: {res.backup.path}")
-    steps("Stop everything (docker.down)")
+    steps()
     stack.down(host)
-    steps("Rebuild images (docker.build)")
+    steps()
     stack.build(host)
-    steps("Start; the database persists in its volume (docker.up)")
+    steps()
     stack.up(host, timeout=timeout)
-    steps("Verify the data is intact (row counts against the backup's manifest)")
+    steps()
     want = _counts(res.manifest)
     got = _current_counts(host, list(want))
     diff = [f"{t}: {got.get(t)} rows, backup had {n}" for t, n in want.items() if got.get(t) != n]
@@ -122,6 +150,40 @@ def roles_setting_check(host: Host, roles: bool, task: str) -> None:
                       f"compose block), or pass --no-roles to restore without them.")
 
 
+def restore_files_ready(runner, host: Host, archive: str, *, roles: bool, task: str):
+    """The read-only part of :func:`restore_ready` (also a scenario's ``--check``): ``archive``
+    is a finished backup in its folder on ``runner``'s machine and, with ``roles``, its roles
+    file is there with the sha256 its manifest records. Returns its catalog entry.
+
+    Raises:
+        SafetyError: what is missing or differs (exit 3).
+    """
+    import hashlib
+    import posixpath
+    from bigskies_ops.archives.catalog import read_manifest, scan_dir
+    from bigskies_ops.archives.roles import roles_path
+    folder, name = posixpath.split(archive)
+    b = next((x for x in scan_dir(runner, folder or ".") if x.name == name), None)
+    if b is None or b.status not in ("DONE", "LEGACY"):
+        raise _refuse(f"{task} would restore {archive}, which is "
+                      f"{'missing' if b is None else 'not a finished backup (status ' + b.status + ')'}",
+                      host, f"Take a backup first: {output.hint(f'db.backup --host {host.name}')}.")
+    if roles:
+        rp = roles_path(archive)
+        want = (read_manifest(runner, archive) or {}).get("roles_sha256")
+        if not runner.exists(rp):
+            raise _refuse(f"{task} restores with roles, but {archive} has no roles file "
+                          f"({posixpath.basename(rp)})", host,
+                          f"Set backup.roles: true for {host.name} and take a backup "
+                          f"({output.hint(f'db.backup --host {host.name}')}), or pass --no-roles.")
+        got = hashlib.sha256(runner.read_bytes(rp)).hexdigest()
+        if want and got != want:
+            raise _refuse(f"{task}: the roles file of {archive} does not match its manifest (sha256 "
+                          f"{got[:12]}..., recorded {want[:12]}...)", host,
+                          f"Take a new backup ({output.hint(f'db.backup --host {host.name}')}) or pass --no-roles.")
+    return b
+
+
 def restore_ready(host: Host, archive: str, *, roles: bool, task: str) -> None:
     """Before the first destructive step of a scenario that purges and then restores
     ``archive``: check everything that restore needs is there and sound: the archive
@@ -136,32 +198,11 @@ def restore_ready(host: Host, archive: str, *, roles: bool, task: str) -> None:
         SafetyError: something is missing or does not verify (the message says what
             and what to run).
     """
-    import hashlib
     import posixpath
-    from bigskies_ops.archives.catalog import read_manifest, scan_dir
-    from bigskies_ops.archives.roles import roles_path
     from bigskies_ops.jobs.verify import verify_backup
     runner = runner_for(host) if host.is_remote else LocalRunner()
     try:
-        folder, name = posixpath.split(archive)
-        b = next((x for x in scan_dir(runner, folder or ".") if x.name == name), None)
-        if b is None or b.status not in ("DONE", "LEGACY"):
-            raise _refuse(f"{task} would restore {archive}, which is "
-                          f"{'missing' if b is None else 'not a finished backup (status ' + b.status + ')'}",
-                          host, f"Take a backup first: {output.hint(f'db.backup --host {host.name}')}.")
-        if roles:
-            rp = roles_path(archive)
-            want = (read_manifest(runner, archive) or {}).get("roles_sha256")
-            if not runner.exists(rp):
-                raise _refuse(f"{task} restores with roles, but {archive} has no roles file "
-                              f"({posixpath.basename(rp)})", host,
-                              f"Set backup.roles: true for {host.name} and take a backup "
-                              f"({output.hint(f'db.backup --host {host.name}')}), or pass --no-roles.")
-            got = hashlib.sha256(runner.read_bytes(rp)).hexdigest()
-            if want and got != want:
-                raise _refuse(f"{task}: the roles file of {archive} does not match its manifest (sha256 "
-                              f"{got[:12]}..., recorded {want[:12]}...)", host,
-                              f"Take a new backup ({output.hint(f'db.backup --host {host.name}')}) or pass --no-roles.")
+        b = restore_files_ready(runner, host, archive, roles=roles, task=task)
         # last: it records its result in the manifest (a refusal above changes nothing)
         res = verify_backup(host, b, task=task)
         if not res.ok:
@@ -190,10 +231,8 @@ def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool
     will_restore = restore_backup and take_backup
     if will_restore:
         roles_setting_check(host, roles, "scenario.complete-reset")
-    total = 3 + (1 if restore_backup else 0)
-    steps = Steps(total)
-    steps("Purge containers and the data volume (docker.purge" + (", pre-purge backup first)" if take_backup
-                                                                   else ", NO backup)"))
+    steps = Steps(complete_reset_steps(take_backup, restore_backup, roles))
+    steps()
 
     def backup_then_check(h, **kw):
         res = run_backup(h, **kw)
@@ -203,16 +242,16 @@ def complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool
     pres = stack.purge(host, take_backup=take_backup, backup_fn=backup_then_check)
     if pres["backup"]:
         report.say(f"  pre-purge backup: {pres['backup']}")
-    steps("Rebuild images (docker.build)")
+    steps()
     stack.build(host)
-    steps("Start fresh (docker.up)")
+    steps()
     stack.up(host, timeout=timeout, wait_for_migrations=wait_migrations)
     out = {"backup": pres["backup"], "restored": None, "steps": steps.done}
     if restore_backup:
         if not pres["backup"]:
             report.say("  nothing to restore (no pre-purge backup was taken)")
         else:
-            steps(f"Restore the pre-purge backup (db.restore{' --roles' if roles else ''})")
+            steps()
             rr = run_restore(host, pres["backup"], roles=roles, skip_missing_roles=not roles, terminate_sessions=True)
             out["restored"] = rr.archive
             out["coordinators"] = rr.coordinators
@@ -235,14 +274,14 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
     roles_setting_check(host, roles, "scenario.recover-corruption")
     if archive is not None:  # named: check it before stopping anything
         restore_ready(host, archive, roles=roles, task="scenario.recover-corruption")
-    steps = Steps(6)
-    steps("Stop the coordinators")
+    steps = Steps(RECOVER_CORRUPTION_STEPS)
+    steps()
     with runner_for(host) as runner:
         project = cmp.resolved_config(runner, host)
         cmp.check_coordinators(host, project)
         running = cmp.running_services(runner, host, project, list(host.coordinators))
         cmp.stop_services(runner, host, [c for c in host.coordinators if c in running], project)
-    steps("Try to back up (may fail on a corrupt database)")
+    steps()
     fresh = None
     try:
         fresh = run_backup(host, label="scenario recover-corruption",
@@ -262,15 +301,109 @@ def recover_corruption(host: Host, *, archive: str | None = None, timeout: float
             archive = b.path
         restore_ready(host, archive, roles=roles, task="scenario.recover-corruption")
     report.say(f"  will restore: {archive}")
-    steps("Delete the data volume (docker.purge --no-backup)")
+    steps()
     stack.purge(host, take_backup=False)
-    steps("Start fresh (docker.up)")
+    steps()
     stack.up(host, timeout=timeout)
-    steps("Wait for the bootstrap migrations")
+    steps()
     try:
         stack.wait_migrations(host, timeout=migrations_timeout)
     except BigskiesError as e:
         report.say(f"  warning: {e}")
-    steps("Restore (db.restore)")
+    steps()
     rr = run_restore(host, archive, roles=roles, skip_missing_roles=not roles, terminate_sessions=True)
     return {"backup": fresh.backup.path if fresh else None, "restored": rr.archive, "steps": steps.done}
+
+
+# ------------------------------------------------------------------ --check: each scenario's plan
+def _step(title: str, kind: str | None = None, plan: dict | None = None, notes: list[str] | None = None) -> dict:
+    return {"title": title, "kind": kind, "plan": plan, "notes": notes or []}
+
+
+def _refusals(steps: list[dict], extra: list[str] = ()) -> list[str]:
+    return list(extra) + [r for st in steps for r in ((st["plan"] or {}).get("refusals") or [])]
+
+
+def _refusal_of(fn, *a, **kw) -> list[str]:
+    try:
+        fn(*a, **kw)
+    except (SafetyError, UsageError) as e:
+        return [str(e)]
+    return []
+
+
+def plan_before_risky_change(host: Host, *, restart_service: str | None = None) -> dict:
+    """Scenario 1's ordered steps (:func:`before_risky_change_steps`) with each step's plan, read-only."""
+    titles = before_risky_change_steps(restart_service)
+    steps = [_step(titles[0], "backup", plan_backup(host))]
+    pre = []
+    if restart_service:
+        with runner_for(host) as runner:
+            project = cmp.resolved_config(runner, host)
+            if restart_service not in project.services:
+                pre.append(f"{restart_service!r} is not a service of compose project {project.name!r}; "
+                           f"its services: {', '.join(sorted(project.services))} (the real run fails after "
+                           f"the backup)")
+                state = "unknown"
+            else:
+                state = next(r["state"] for r in stack.services_status(runner, host, project)
+                             if r["service"] == restart_service)
+        steps.append(_step(titles[1], notes=[f"restart service {restart_service!r} (now {state})"]))
+    steps.append(_step(titles[-1], notes=["wait until PostgreSQL accepts connections (up to 60 s)"]))
+    return {"scenario": "before-risky-change", "steps": steps, "refusals": _refusals(steps, pre)}
+
+
+def plan_fresh_start(host: Host, *, timeout: float = 60.0) -> dict:
+    """Scenario 2's ordered steps (:data:`FRESH_START_STEPS`) with each step's plan, read-only."""
+    t = FRESH_START_STEPS
+    steps = [_step(t[0], "backup", plan_backup(host)), _step(t[1], "stack", stack.plan_stack(host, "down")),
+             _step(t[2], "stack", stack.plan_stack(host, "build")),
+             _step(t[3], "stack", stack.plan_stack(host, "up", timeout=timeout)),
+             _step(t[4], notes=["count every table's rows and compare them with the new backup's manifest"])]
+    return {"scenario": "fresh-start", "steps": steps, "refusals": _refusals(steps)}
+
+
+def plan_complete_reset(host: Host, *, take_backup: bool = True, restore_backup: bool = True, roles: bool = True,
+                        timeout: float = 60.0, wait_migrations: bool = False) -> dict:
+    """Scenario 3's ordered steps (:func:`complete_reset_steps`) with each step's plan, read-only;
+    the refusals :func:`complete_reset` makes before purging are listed (``refusals``)."""
+    t = complete_reset_steps(take_backup, restore_backup, roles)
+    pre = _refusal_of(roles_setting_check, host, roles, "scenario.complete-reset") \
+        if restore_backup and take_backup else []
+    steps = [_step(t[0], "purge", stack.plan_purge(host, take_backup=take_backup)),
+             _step(t[1], "stack", stack.plan_stack(host, "build")),
+             _step(t[2], "stack", stack.plan_stack(host, "up", timeout=timeout, wait_for_migrations=wait_migrations))]
+    if restore_backup:
+        steps.append(_step(t[3], notes=[
+            "restore the pre-purge backup into the new database, sessions ended, the coordinators stopped "
+            "and started again" + (", the backup's missing roles created first" if roles else "")
+            + "; before anything is purged the backup is verified" + (" and its roles file checked" if roles else "")
+            if take_backup else "nothing to restore (no pre-purge backup: --no-backup)"]))
+    return {"scenario": "complete-reset", "steps": steps, "refusals": _refusals(steps, pre)}
+
+
+def plan_recover_corruption(host: Host, *, archive: str | None = None, timeout: float = 60.0,
+                            roles: bool = True) -> dict:
+    """Scenario 5's ordered steps (:data:`RECOVER_CORRUPTION_STEPS`) with each step's plan,
+    read-only; the refusals :func:`recover_corruption` makes before deleting are listed."""
+    from bigskies_ops.jobs.coordinators import running_coordinators
+    t = RECOVER_CORRUPTION_STEPS
+    pre = _refusal_of(roles_setting_check, host, roles, "scenario.recover-corruption")
+    with runner_for(host) as runner:
+        _project, running = running_coordinators(runner, host)
+        if archive is not None:
+            pre += _refusal_of(restore_files_ready, runner, host, archive, roles=roles,
+                               task="scenario.recover-corruption")
+            what = archive
+        else:
+            b = latest(list_backups(runner, host.backup.dir), database=host.postgres.database, origin_host=host.name)
+            what = ("the backup taken in step 2, else the newest good one now: "
+                    + (b.path if b is not None else "none (the real run stops before deleting anything)"))
+    steps = [_step(t[0], notes=[f"stop {', '.join(running)}" if running else "no coordinator is running"]),
+             _step(t[1], "backup", dict(plan_backup(host), refusals=[])),  # it may fail: the scenario goes on
+             _step(t[2], "purge", stack.plan_purge(host, take_backup=False)),
+             _step(t[3], "stack", stack.plan_stack(host, "up", timeout=timeout)),
+             _step(t[4], notes=["wait until schema_migrations reaches the newest migration file"]),
+             _step(t[5], notes=[f"restore {what}" + (" with its roles" if roles else "")
+                                + ", verified before the volume is deleted"])]
+    return {"scenario": "recover-corruption", "steps": steps, "refusals": _refusals(steps, pre)}

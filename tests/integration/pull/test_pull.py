@@ -339,7 +339,7 @@ def test_pull_to_a_protected_host_without_flags_is_refused_and_pulls_nothing(wor
     assert f"dev is protected; pull --to needs --force-protected --confirm {w.dev_db}" in r.stderr
     assert not w.dev_bdir.exists() and db_fingerprint(pg_sql, w.dev_db) == before
     # --to left out: dev is the default destination, and the same policy applies (break-it trial)
-    r = cli("db.pull", "-i", str(inv), "--from", "prod", env=env)  # (--restore needs --to: exit 2)
+    r = cli("db.pull", "-i", str(inv), "--from", "prod", env=env)
     assert r.returncode == 3 and "dev is protected" in r.stderr, r.stderr
     assert not w.dev_bdir.exists() and db_fingerprint(pg_sql, w.dev_db) == before
 

@@ -379,8 +379,9 @@ def test_purge_check_is_a_dry_run(stack):
     before = stack.harmless()
     r = stack.cli("docker.purge", "--check", "--json")
     assert r.returncode == 0, r.stderr
-    plan = json.loads(r.stdout)
-    assert plan["dry_run"] is True and plan["volume"] == f"bsst{stack.suffix}_postgres_data"
+    doc = json.loads(r.stdout)
+    plan = doc["plan"]
+    assert doc["check"] is True and plan["volume"] == f"bsst{stack.suffix}_postgres_data"
     assert plan["volume_exists"] is True and f"bsst{stack.suffix}-postgres" in plan["containers"]
     assert stack.harmless() == before
 
