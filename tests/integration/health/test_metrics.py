@@ -114,6 +114,18 @@ def test_the_textfile_holds_the_manifests_facts_and_counts_failed_and_missing_ru
     # no --out: the same text on stdout
     r = cli("db.metrics", "-i", str(inv), env=cli_env)
     assert r.returncode == 0 and _get(_parse(r.stdout), "size_bytes") == nm["bytes"]
+    # no database login is needed: with the server unreachable the facts are the same, and
+    # the file is replaced by a rename (a new inode), so a reader holding the old one reads it whole
+    write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, postgres={"port": free_port()})})
+    old_inode = prom.stat().st_ino
+    with open(prom, "rb") as held:
+        r = cli("db.metrics", "-i", str(inv), "--out", str(prom), env=cli_env)
+        assert r.returncode == 0, r.stderr
+        assert _parse(held.read().decode()) == s
+    assert prom.stat().st_ino != old_inode and sorted(os.listdir(prom.parent)) == ["bigskies.prom"]
+    s2 = _parse(prom.read_text())
+    for name in ("present", "last_success_timestamp_seconds", "size_bytes", "rows", "verified", "failures"):
+        assert _get(s2, name) == _get(s, name), name
 
 
 def test_a_host_with_no_backups_yet_says_present_0_without_a_last_success(tmp_path, pg, dbname, cli_env):
@@ -222,3 +234,27 @@ def test_the_scheduled_run_refreshes_the_textfile_and_a_failed_write_does_not_fa
     r = cli("inventory.check", "-i", str(inv), env=cli_env)
     assert r.returncode == 2 and "hosts.dev.metrics.textfile: node_exporter's textfile collector reads only *.prom" \
         in r.stderr, r.stderr
+
+
+def test_an_ssh_hosts_manifests_are_read_over_ssh_and_an_unreachable_one_is_dir_readable_0(tmp_path, pg, dbname,
+                                                                                          cli_env, ssh_server):
+    from tests.remote_helpers import ssh_block
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
+    b = _backup(inv, cli_env)
+    # the same folder seen as an SSH host's (sshd on loopback), its server unreachable: no login needed
+    ssh_dev = {"connection": "ssh", "project_dir": str(tmp_path), "ssh": ssh_block(ssh_server),
+               "postgres": {"host": "127.0.0.1", "port": free_port(), "database": dbname},
+               "backup": {"dir": "b"}}
+    down = {"connection": "ssh", "project_dir": "/srv", "ssh": ssh_block(ssh_server, port=free_port()),
+            "postgres": {"database": dbname}}
+    inv2 = write_inventory(tmp_path / "inv2.yaml", {"dev": ssh_dev, "down": down})
+    prom = tmp_path / "fleet.prom"
+    r = cli("db.metrics", "-i", str(inv2), "--host", "all", "--out", str(prom), env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr  # the file was written; the unreadable host is in it
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "cannot read the backups of down" in warn[0] and "dir_readable 0" in warn[0], r.stderr
+    s = _parse(prom.read_text())
+    assert _get(s, "present") == 1 and _get(s, "size_bytes") == b["bytes"] == (bdir / b["name"]).stat().st_size
+    assert _get(s, "dir_readable", "down") == 0 and _get(s, "state", "down") == 3
+    assert _get(s, "present", "down") is None and _get(s, "next_run_timestamp_seconds", "down") is not None
