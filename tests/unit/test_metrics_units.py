@@ -62,3 +62,13 @@ def test_the_textfile_resolves_against_the_inventory_folder_and_must_end_in_prom
         _inv({"textfile": "m/bigskies.txt"})
     with pytest.raises(InventoryError, match=r"hosts.dev.metrics.textfil: unknown key \(did you mean 'textfile'"):
         _inv({"textfil": "m/bigskies.prom"})
+
+
+def test_loading_the_tasks_does_not_import_prometheus_client():
+    """A cron run of db.backup must not pay for it (imported by db.metrics and by a
+    scheduled run whose inventory names a textfile only)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import sys, bigskies_ops.cli, bigskies_ops.jobs.monitoring; "
+                        "print('prometheus_client' in sys.modules)"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -162,6 +162,16 @@ def test_a_metrics_path_in_a_folder_that_does_not_exist_is_refused_and_writes_no
     assert dir_hashes(tmp_path) == before and not (tmp_path / "nope").exists()
     r = cli("db.metrics", "-i", str(inv), "--serve", "70000", env=cli_env)
     assert r.returncode == 2 and "--serve: expected a TCP port from 1 to 65535, got '70000'" in r.stderr
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("db.metrics", "-i", str(inv), "--serve", str(port), env=cli_env)
+    assert r.returncode == 2 and f"error: --serve {port}: cannot listen on 127.0.0.1:{port}: " in r.stderr, r.stderr
+    r = cli("db.metrics", "-i", str(inv), "--serve", "9188", "--out", str(tmp_path / "m.prom"), env=cli_env)
+    assert r.returncode == 2 and "cannot be combined with --out or --json" in r.stderr
+    assert dir_hashes(tmp_path) == before
 
 
 def _scrape(url: str) -> dict:
