@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from bigskies_ops.archives.catalog import iso
 from bigskies_ops.jobs.health import worst
 from bigskies_ops.jobs.overview import HostOverview, Point
-from bigskies_ops.text import human_age, human_bytes
+from bigskies_ops.text import human_bytes
 
 STATE_WORD = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 
@@ -71,6 +71,17 @@ POINT_STROKE = {"DONE": "#0b3d91", "FAILED": "#82071e", "MISSING": "#bc4c00", "S
 def esc(s) -> str:
     """HTML-escape any text (also for attribute values: quotes are escaped)."""
     return html.escape("" if s is None else str(s), quote=True)
+
+
+def _t(dt: datetime | None) -> str:
+    """A UTC time for people: ``2026-12-03 02:00 UTC``."""
+    return dt.strftime("%Y-%m-%d %H:%M UTC") if dt else "-"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
 
 
 def _secs(v: float) -> str:
@@ -172,7 +183,7 @@ def chart(ov: HostOverview, what: str, now: datetime) -> str:
         t = t0 + timedelta(seconds=span * i / 2)
         anchor = ("start", "middle", "end")[i]
         out.append(f'<text x="{_f(X(t))}" y="{H - MB + 15}" text-anchor="{anchor}" fill="#59636e">'
-                   f'{esc(t.strftime("%m-%d %H:%M"))}</text>')
+                   f'{esc(t.strftime("%b %d" if span > 2 * 86400 else "%m-%d %H:%M"))}</text>')
     out.append(f'<text x="{W - MR}" y="{H - 6}" text-anchor="end" fill="#59636e">UTC</text>')
     out.append(f'<line x1="{ML}" x2="{W - MR}" y1="{MT + ph}" y2="{MT + ph}" stroke="#8c959f"/>')
     if what == "size":
@@ -209,8 +220,11 @@ def _facts(ov: HostOverview, now: datetime) -> str:
     rows = [("database", esc(ov.database)), ("backup folder", esc(ov.backup_dir))]
     if newest:
         rows.append(("newest good backup", f"{esc(newest.name)} <span class=\"muted\">({esc(newest.id)})</span>"))
-        rows.append(("taken", f"{esc(iso(newest.started_at))} UTC, <b>{esc(human_age(newest.started_at, now))} ago"
-                              f"</b> (max {esc(f'{ov.max_age_hours:g}')} h)"))
+        age = fresh.get("age_s")
+        if age is None:
+            age = (now - newest.started_at).total_seconds()
+        rows.append(("taken", f"{esc(_t(newest.started_at))}, <b>{esc(_age(age))} ago</b> "
+                              f"(max age {esc(f'{ov.max_age_hours:g}')} h)"))
         rows.append(("size", esc(human_bytes(newest.bytes))
                      + (f", took {esc(_secs(newest.duration_s))}" if newest.duration_s is not None else "")))
     else:
@@ -222,6 +236,8 @@ def _facts(ov: HostOverview, now: datetime) -> str:
     offs = [c for c in ov.checks if str(c.get("check", "")).startswith("offsite ")]
     rows.append(("offsite", "<br>".join(f'<span class="st {esc(c["state"])}">{esc(c["state"])}</span> '
                                         f'{esc(c["message"])}' for c in offs) or "no offsite target configured"))
+    rows.append(("next scheduled run", f"{esc(_t(ov.next_run_at))} (the inventory's schedule)"
+                 if ov.next_run_at else "none"))
     n_failed = sum(p.status == "FAILED" for p in ov.points)
     n_missing = sum(p.status == "MISSING" for p in ov.points)
     rows.append(("runs", f"{len(ov.points)} backup run(s): {sum(p.status == 'DONE' for p in ov.points)} good, "
@@ -253,7 +269,7 @@ def _host(ov: HostOverview, i: int, now: datetime) -> str:
                 "the manifest says DONE but the archive file is gone" if p.status == "MISSING"
                 else "never finished (running, or killed)")
             out.append(f'<li class="{p.status.lower()}" data-status="{esc(p.status)}"><span class="st '
-                       f'{p.status.lower()}">{esc(p.status)}</span> {esc(iso(p.started_at))} {esc(p.name)}'
+                       f'{p.status.lower()}">{esc(p.status)}</span> {esc(_t(p.started_at))} {esc(p.name)}'
                        f'{" [" + esc(p.label) + "]" if p.label else ""}: {esc(why)}</li>')
         if len(bad) > 20:
             out.append(f"<li>... and {len(bad) - 20} more (inv db.list --host {esc(ov.host)})</li>")
@@ -280,7 +296,7 @@ def render(overviews: list[HostOverview], now: datetime, *, title: str = "bigski
             "img-src data:\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>{esc(title)}</h1><p class=\"muted\">Generated {esc(iso(now))} UTC. Fleet state: "
+            f"<header><h1>{esc(title)}</h1><p class=\"muted\">Generated {esc(_t(now))}. Fleet state: "
             f"<b>{STATE_WORD[fleet]}</b> ({len(overviews)} host(s)). States and checks are db.health's; hover a "
             f"point for its backup.</p><ul class=\"fleet\">{chips}</ul></header>"
             f"<main>{body}</main></body></html>\n")

@@ -3,22 +3,27 @@ series (size, duration, status) with the size-alert band, plus the host's state 
 exactly as ``db.health`` decides them.
 
 Nothing here judges on its own: the state, the newest good backup and its age, the
-verification and offsite facts are :func:`bigskies_ops.jobs.health.host_health`'s checks,
+verification and offsite facts are :func:`bigskies_ops.jobs.health.host_health`'s checks
+(the clock check included, so the colour is the one ``db.health`` gives), each backup's
+facts are :func:`bigskies_ops.jobs.monitoring.backup_facts` (what ``db.metrics`` exports),
 and the band around each backup is health's size rule
 (:func:`bigskies_ops.jobs.health.size_change`: the median of up to ``RECENT`` earlier
 backups of the same format and contents, ``alerts.size_change_pct`` either side). The
-series uses the same backups health judges: the host's own backups of its database
-(``origin_host`` the host), FAILED runs and manifests whose archive is missing included.
+series uses the same backups health judges (:func:`bigskies_ops.jobs.health.own_backups`:
+the host's own backups of its database), FAILED runs and manifests whose archive is
+missing included.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bigskies_ops.archives.catalog import Backup, iso, list_backups, utcnow
+from bigskies_ops.archives.catalog import Backup, iso, parse_iso, utcnow
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
-from bigskies_ops.jobs.health import UNKNOWN, host_health, size_change
+from bigskies_ops.jobs.health import UNKNOWN, host_health, own_backups, size_change
+from bigskies_ops.jobs.monitoring import backup_facts
+from bigskies_ops.jobs.schedule import next_run
 
 
 @dataclass
@@ -63,6 +68,7 @@ class HostOverview:
     max_age_hours: float
     size_change_pct: float
     checked_at: datetime
+    next_run_at: datetime | None = None   # the schedule's next firing (None: no schedule)
     points: list[Point] = field(default_factory=list)
     error: str | None = None      # the backups could not be read (state ``unknown``)
 
@@ -73,7 +79,7 @@ class HostOverview:
         good = [p for p in self.points if p.status == "DONE"]
         fresh = self.check("freshness") or {}
         return {"host": self.host, "database": self.database, "backup_dir": self.backup_dir, "state": self.state,
-                "checked_at": iso(self.checked_at), "max_age_hours": self.max_age_hours,
+                "checked_at": iso(self.checked_at), "next_run_at": iso(self.next_run_at), "max_age_hours": self.max_age_hours,
                 "size_change_pct": self.size_change_pct, "backups": len(self.points), "good_backups": len(good),
                 "failed_runs": sum(p.status == "FAILED" for p in self.points),
                 "missing_archives": sum(p.status == "MISSING" for p in self.points),
@@ -84,14 +90,13 @@ class HostOverview:
 
 def _point(b: Backup, earlier: list[Backup], limit_pct: float) -> Point:
     m = b.manifest or {}
-    size = b.size if b.size is not None else m.get("bytes")
-    p = Point(id=b.id, name=b.name, status=b.status, kind=b.kind, series=f"{b.format}/{b.contents}",
-              label=m.get("label"), started_at=b.started_at,
-              bytes=size if b.status != "FAILED" else None, duration_s=m.get("duration_s"),
-              verification=b.verification,
-              offsite=sorted({c.get("target") for c in m.get("offsite") or [] if c.get("target")}),
-              error=(" ".join(str(m.get("error") or "no error recorded").split())[:300]
-                     if b.status == "FAILED" else None))
+    f = backup_facts(b)  # the same facts db.metrics exports
+    size = f["bytes"] if f["bytes"] is not None else m.get("bytes")  # MISSING: the manifest's figure
+    p = Point(id=f["id"], name=f["name"], status=f["status"], kind=f["kind"], series=f"{f['format']}/{f['contents']}",
+              label=m.get("label"), started_at=parse_iso(f["started_at"]),
+              bytes=size if b.status != "FAILED" else None, duration_s=f["duration_s"],
+              verification=f["verification"], offsite=f["offsite"],
+              error=(" ".join((f["error"] or "no error recorded").split()) if b.status == "FAILED" else None))
     if b.status == "DONE":
         ch = size_change(b, earlier)  # health's own rule: median of the earlier like-for-like backups
         if ch is not None:
@@ -116,7 +121,7 @@ def host_overview(host: Host, *, now: datetime | None = None) -> HostOverview:
     now = now or utcnow()
     db = host.postgres.database
     base = dict(host=host.name, database=db, backup_dir=host.backup.dir, max_age_hours=host.alerts.max_age_hours,
-                size_change_pct=host.alerts.size_change_pct, checked_at=now)
+                size_change_pct=host.alerts.size_change_pct, checked_at=now, next_run_at=next_run(host, now))
     try:
         runner = runner_for(host)
     except Exception as e:  # noqa: BLE001 - an unreachable host is a fact on the page, not a crash
@@ -126,8 +131,7 @@ def host_overview(host: Host, *, now: datetime | None = None) -> HostOverview:
         health = host_health(host, now=now, runner=runner)
         if health["state"] == UNKNOWN and [c["check"] for c in health["checks"]] == ["read"]:
             return HostOverview(state=UNKNOWN, checks=health["checks"], error=health["checks"][0]["message"], **base)
-        backups = [b for b in list_backups(runner, host.backup.dir)
-                   if b.database == db and (b.origin_host or host.name) == host.name]
+        backups = own_backups(host, runner=runner)
     except Exception as e:  # noqa: BLE001 - as db.health: unreadable is "unknown"
         return HostOverview(state=UNKNOWN, checks=[{"check": "read", "state": UNKNOWN, "message": str(e)}],
                             error=str(e), **base)
