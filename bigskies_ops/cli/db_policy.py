@@ -319,6 +319,10 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
     from bigskies_ops.jobs.schedule import EXIT_SKIPPED_FOR_SAFETY, exit_code
     steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
                 protected_ok=protected_ok)
+    if h.metrics.textfile:  # the inventory's metrics.textfile, rewritten after each run; a failure only warns
+        from bigskies_ops.jobs.metrics import refresh_textfile
+        if refresh_textfile(inv, h):
+            output.say(f"ok: [{h.name}] metrics textfile {h.metrics.textfile} refreshed")
     code = exit_code(steps)
     if code == 1:
         raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in steps if s.word == "failed"),
