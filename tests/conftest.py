@@ -22,6 +22,29 @@ from tests.pgcheck import native_sql
 
 pytest_plugins = ["tests.infra.fixtures"]
 
+# No test may edit this machine's crontab: db.schedule writes the user's crontab unless it is
+# given a file, and a contract test's db.schedule run once left a block in root's. Every
+# process the suite starts inherits a crontab file of this run's own (BIGSKIES_CRONTAB_FILE,
+# jobs/schedule.py); tests that check the crontab pass their own file.
+_CRONTAB_DIR = tempfile.mkdtemp(prefix="bigskies-crontab-")
+os.environ["BIGSKIES_CRONTAB_FILE"] = os.path.join(_CRONTAB_DIR, "crontab")
+
+
+def _real_crontab() -> str:
+    r = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else ""
+
+
+_CRONTAB_BEFORE = _real_crontab() if shutil.which("crontab") else ""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when this machine's crontab changed (the suite must leave it alone)."""
+    shutil.rmtree(_CRONTAB_DIR, ignore_errors=True)
+    if shutil.which("crontab") and _real_crontab() != _CRONTAB_BEFORE:
+        print("\nERROR: the test run changed this machine's crontab (crontab -l differs)", file=sys.stderr)
+        session.exitstatus = 1
+
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cr:et\\ p@ss#w rd"      # has : \ @ # and a space on purpose (libpq escaping)
 PASSWORD_ENV = "BIGSKIES_TEST_PGPASSWORD"
