@@ -41,6 +41,7 @@ from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
 from bigskies_ops.inventory import Host, Inventory, cron_fields
+from bigskies_ops.jobs import notify
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
 MONTHLY_WAIT_S = 6 * 3600
@@ -283,6 +284,10 @@ def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: 
             else:
                 steps.append(_prune_step(host, protected_ok))
                 _record_skips(host, res, [s for s in steps if s.word == "skipped" and s.safety])
+                for s in steps:
+                    if s.word == "skipped" and s.safety:
+                        notify.notify(host, "prune_skipped", task="db.scheduled-run", step=s.name, error=s.reason,
+                                      hint=hand_prune_command(host))
             if host.offsite:
                 steps += _offsite_steps(inv, host)
             else:
@@ -352,7 +357,7 @@ def _prune_step(host: Host, protected_ok: bool) -> Step:
 def _offsite_steps(inv: Inventory, host: Host) -> list[Step]:
     from bigskies_ops.jobs.offsite import upload
     try:
-        results = upload(host, inv=inv)
+        results = upload(host, inv=inv, task="db.scheduled-run")
     except BigskiesError as e:
         return [Step("offsite", "failed", str(e))]
     out = []
