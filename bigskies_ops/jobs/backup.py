@@ -63,8 +63,8 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
             size_alert(host, res, dest.writer)
             return res
     except BigskiesError as e:  # the FAILED manifest is written; tell the people who asked (notify.on)
-        notify.failed(host, "backup_failed", e, task=task, step="backup" if kind != "pre-restore" else
-                      "pre-restore backup", database=spec.db)
+        notify.failed(host, "backup_failed", e, task=task, step="backup" if kind in ("manual", "scheduled") else
+                      f"backup ({kind})", database=spec.db)
         raise
 
 

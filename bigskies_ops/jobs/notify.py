@@ -320,7 +320,7 @@ def scheduled_run_monitor(host: Host, task: str = "db.scheduled-run"):
     try:
         yield out
     except BaseException as e:
-        code = getattr(e, "exit_code", None) or 1
+        code = getattr(e, "exit_code", None) or (130 if isinstance(e, KeyboardInterrupt) else 1)
         ping(host, code, f"{task} {host.name}: " + (" | ".join(str(e).splitlines())[:500] or type(e).__name__))
         raise
     code = out.code or 0

@@ -206,6 +206,11 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
     if not remove and host.postgres.password_env and not host.container:
         res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
                             f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
+    names = [v for _, v in notify.targets(host)] + ([host.heartbeat.url_env] if host.heartbeat.url_env else [])
+    if not remove and names:
+        res.warnings.append(f"cron runs without your environment: set {', '.join(names)} in the crontab (NAME=value "
+                            f"lines above the block) or cron's environment, else the notifications and heartbeats "
+                            f"of the scheduled runs are not sent (docs/monitoring.md)")
     if res.changed and not check:
         if not remove:
             Path(log).parent.mkdir(parents=True, exist_ok=True)

@@ -306,3 +306,14 @@ def test_notify_settings_merge_host_over_group_over_defaults(tmp_path, cli_env):
     assert hosts["a"]["notify"] == {"urls_env": ["TEAM (set)"], "on": ["failure"]}
     assert hosts["b"]["notify"] == {"urls_env": ["ONCALL (NOT SET)"], "on": ["backup_failed"]}
     assert "json://x" not in r.stdout
+
+
+def test_db_schedule_warns_that_cron_lacks_the_notification_and_heartbeat_variables(tmp_path, cli_env):
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": {"connection": "local", "notify": {
+        "urls_env": ["NOTIFY_HOOK"]}, "heartbeat": {"url_env": "HB_URL"}}})
+    r = cli("db.schedule", "-i", str(inv), "--crontab-file", str(tmp_path / "crontab"), "--json",
+            env=dict(cli_env, NOTIFY_HOOK=_hook(9)))
+    assert r.returncode == 0, r.stderr
+    [h] = json.loads(r.stdout)["hosts"]
+    assert any("NOTIFY_HOOK, HB_URL" in w and "crontab" in w for w in h["warnings"])
+    assert HOOK_TOKEN not in r.stdout + r.stderr + (tmp_path / "crontab").read_text()
