@@ -317,3 +317,24 @@ def test_db_schedule_warns_that_cron_lacks_the_notification_and_heartbeat_variab
     [h] = json.loads(r.stdout)["hosts"]
     assert any("NOTIFY_HOOK, HB_URL" in w and "crontab" in w for w in h["warnings"])
     assert HOOK_TOKEN not in r.stdout + r.stderr + (tmp_path / "crontab").read_text()
+
+
+def test_a_failed_offsite_copy_and_a_restore_on_a_protected_host_notify(tmp_path, pg, dbname, cli_env, receiver):
+    port, rec = receiver
+    dead = free_port()
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
+        pg, dbname, tmp_path / "b", protected=True, notify={"urls_env": ["NOTIFY_HOOK"]},
+        offsite=[{"name": "vault", "url": f"ssh://nobody@127.0.0.1:{dead}/srv/vault"}])})
+    env = dict(cli_env, NOTIFY_HOOK=_hook(port))
+    assert cli("db.backup", "-i", str(inv), env=env).returncode == 0
+    r = cli("db.offsite", "-i", str(inv), env=env)
+    assert r.returncode == 1
+    [o] = [g["body"] for g in rec.posts("/hook/")]
+    assert (o["event"], o["step"], o["target"], o["task"]) == ("offsite_failed", "offsite vault", "vault", "db.offsite")
+    assert o["error"] and "db.offsite --host dev --check" in o["hint"]
+    r = cli("db.restore", "latest", "-i", str(inv), "--yes", "--force-protected", "--confirm", dbname, env=env)
+    assert r.returncode == 0, r.stderr
+    [p] = [g["body"] for g in rec.posts("/hook/") if g["body"]["event"] == "restore_protected"]
+    assert p["host"] == "dev" and p["database"] == dbname and p["task"] == "db.restore" and p["type"] == "warning"
+    assert p["archive"].startswith(dbname) and "--pre-restore" in p["hint"]
+    _no_secret(r.stdout, r.stderr)
