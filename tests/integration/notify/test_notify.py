@@ -338,3 +338,16 @@ def test_a_failed_offsite_copy_and_a_restore_on_a_protected_host_notify(tmp_path
     assert p["host"] == "dev" and p["database"] == dbname and p["task"] == "db.restore" and p["type"] == "warning"
     assert p["archive"].startswith(dbname) and "--pre-restore" in p["hint"]
     _no_secret(r.stdout, r.stderr)
+
+
+def test_a_monthly_restore_test_with_nothing_to_test_notifies_and_pings_its_exit_code(tmp_path, pg, dbname, cli_env,
+                                                                                       receiver):
+    port, rec = receiver
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
+        pg, dbname, tmp_path / "b", notify={"urls_env": ["NOTIFY_HOOK"]}, heartbeat={"url_env": "HB_URL"})})
+    env = dict(cli_env, NOTIFY_HOOK=_hook(port), HB_URL=f"http://127.0.0.1:{port}/ping/{HB_TOKEN}")
+    r = cli("db.scheduled-run", "--monthly", "-i", str(inv), "--log", str(tmp_path / "l.log"), env=env)
+    assert r.returncode == 1
+    [v] = [g["body"] for g in rec.posts("/hook/")]
+    assert (v["event"], v["step"], v["task"]) == ("verify_failed", "verify latest --restore-test", "db.scheduled-run")
+    assert [g["path"] for g in rec.posts("/ping/")] == [f"/ping/{HB_TOKEN}/start", f"/ping/{HB_TOKEN}/1"]
