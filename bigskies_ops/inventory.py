@@ -147,6 +147,14 @@ class MigrationSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    #: the Prometheus textfile (``*.prom``, a path on the machine running bigskies-ops)
+    #: that ``db.scheduled-run`` rewrites after each run (docs/monitoring.md "Metrics");
+    #: None: no file is refreshed
+    textfile: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """One inventory host, fully resolved (defaults and group vars merged in)."""
 
@@ -166,6 +174,7 @@ class Host:
     migrations: MigrationSettings = field(default_factory=MigrationSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     protected: bool = False
     groups: tuple[str, ...] = ()
     # dotted keys the inventory sets for this host (in defaults, group vars or the host),
@@ -265,17 +274,18 @@ _ALERTS = {"max_age_hours": "float", "size_change_pct": "float", "webhook_env": 
 _MIGRATIONS = {"dir": "str"}
 _NOTIFY = {"urls_env": "envlist", "on": "events"}
 _HEARTBEAT = {"url_env": "envname", "style": ("enum", HEARTBEAT_STYLES), "timeout": "float"}
+_METRICS = {"textfile": "str"}
 _OFFSITE_ITEM = {"name": "str", "url": "str", "endpoint": "str", "region": "str",
                  "access_key_env": "envname", "secret_key_env": "envname", "profile": "str", "host": "str"}
 _BLOCKS = {"ssh": _SSH, "postgres": _POSTGRES, "container": _CONTAINER, "compose": _COMPOSE,
            "backup": _BACKUP, "retention": _RETENTION, "alerts": _ALERTS, "migrations": _MIGRATIONS,
-           "notify": _NOTIFY, "heartbeat": _HEARTBEAT}
+           "notify": _NOTIFY, "heartbeat": _HEARTBEAT, "metrics": _METRICS}
 HOST_KEYS = {"connection": ("enum", ("local", "ssh")), "project_dir": "str", "coordinators": "strlist",
              "offsite": "offsite", "schedule": "cron", "protected": "bool", **{k: "block" for k in _BLOCKS}}
 _DATACLASS = {"ssh": SSHSettings, "postgres": PostgresSettings, "container": ContainerSettings,
               "compose": ComposeSettings, "backup": BackupSettings, "retention": RetentionSettings,
               "alerts": AlertSettings, "migrations": MigrationSettings, "notify": NotifySettings,
-              "heartbeat": HeartbeatSettings}
+              "heartbeat": HeartbeatSettings, "metrics": MetricsSettings}
 
 
 def _hint(word: str, choices) -> str:
@@ -473,6 +483,11 @@ def _build_host(name: str, merged: dict, groups: tuple[str, ...], base: Path, pa
     ssh = replace(ssh, **{k: _resolve_local(base, getattr(ssh, k))
                           for k in ("key_filename", "config_file", "known_hosts_file") if getattr(ssh, k)})
     host = replace(host, ssh=ssh)
+    if host.metrics.textfile:  # node_exporter's textfile collector reads *.prom only
+        if not host.metrics.textfile.endswith(".prom"):
+            raise InventoryError(f"{path}.metrics.textfile: node_exporter's textfile collector reads only *.prom "
+                                 f"files, got {host.metrics.textfile!r}")
+        host = replace(host, metrics=replace(host.metrics, textfile=_resolve_local(base, host.metrics.textfile)))
     # paths on the host itself
     proj = host.project_dir or str(base)
     if not host.is_remote:
@@ -646,4 +661,7 @@ def inventory_warnings(inv: Inventory) -> list[dict]:
                     warn(f"ssh.{fld}", f"{p} does not exist")
         elif h.postgres.passfile and not h.container and not os.path.exists(h.postgres.passfile):
             warn("postgres.passfile", f"{h.postgres.passfile} does not exist")
+        if h.metrics.textfile and not os.path.isdir(os.path.dirname(h.metrics.textfile)):
+            warn("metrics.textfile", f"the folder of {h.metrics.textfile} does not exist: scheduled runs cannot "
+                                     f"refresh the metrics file")
     return out

@@ -160,8 +160,9 @@ def check_report(task: str, host: str, plan: dict, lines: list[str], *, would_ch
     say(f"CHECK MODE ({task} --check): nothing is changed")
     for line in lines:
         say(f"  would {line}" if not line.startswith(("would ", "  ")) else f"  {line}")
+    steps = sum(1 for line in lines if not line.startswith("  "))  # indented lines are a step's facts
     result_line(f"{word} (check)", host, "would change nothing" if not would_change
-                else f"{len(lines)} step(s) would run; run again without --check to do them")
+                else f"{steps} step(s) would run; run again without --check to do them")
 
 
 def heading(title: str) -> None:

@@ -14,8 +14,8 @@ from typing import Callable, TextIO
 from bigskies_ops.errors import SafetyError
 from bigskies_ops.inventory import Host
 
-DESTRUCTIVE = ("restore", "restore --undo", "purge", "prune", "migrate", "pull --to", "exec --write",
-               "psql --write")
+DESTRUCTIVE = ("restore", "restore --undo", "purge", "prune", "migrate", "pull --to", "delete",
+               "delete --pre-restore", "exec --write", "psql --write")
 
 
 def check_destructive(hosts: list[Host] | Host, action: str, *, database: str | None = None,

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what the test suite needs to start its own real services
-# (PostgreSQL 15 clusters, a private sshd, podman containers).
+# (PostgreSQL 15 clusters, a private sshd, podman containers) and Debian's
+# chromium, in which the db.report test opens the page headless.
 #
 # Idempotent: when everything is present it exits 0 without output.
 # When something is missing and we are root with apt-get, it installs the
@@ -32,6 +33,7 @@ have ssh-keygen     || add openssh-client
 have sudo           || add sudo
 have crontab        || add cron
 have zstd           || add zstd
+have chromium       || add chromium
 for b in initdb pg_ctl postgres pg_dump pg_restore psql pg_isready; do
     [ -x "$PG_BINDIR/$b" ] || { add postgresql-15; break; }
 done

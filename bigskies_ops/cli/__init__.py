@@ -7,13 +7,13 @@ from invoke import Collection
 
 from bigskies_ops.cli.common import optional_positional
 
-from bigskies_ops.cli import (db, db_housekeeping, db_migrations, db_policy, db_remote, db_stack, docker, inventory,
-                              scenario)
+from bigskies_ops.cli import (db, db_housekeeping, db_metrics, db_migrations, db_policy, db_remote, db_report, db_stack,
+                              docker, inventory, scenario)
 
 # the db namespace: the main job (backup, list, status, restore, exec, psql), then the
 # tasks of the other feature areas
 db_ns = Collection("db")
-for _mod in (db, db_remote, db_stack, db_migrations, db_policy, db_housekeeping):
+for _mod in (db, db_remote, db_stack, db_migrations, db_policy, db_housekeeping, db_metrics, db_report):
     for _t in _mod.TASKS:
         db_ns.add_task(_t)
 

@@ -160,10 +160,20 @@ TYPED_FLAGS = {
     "lock_wait_timeout": _finite_seconds, "lock_timeout": _finite_seconds,
     "tail": _whole(0, "a number of lines (0 or more)"),
 }
+def _port(value, flag: str) -> None:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 65535:
+        raise UsageError(f"{flag}: expected a TCP port from 1 to 65535, got {value!r}")
+
+
 #: Flags whose type depends on the task (``db.pull --to`` is a host, ``db.migrate --to`` a version).
 TASK_TYPED_FLAGS = {
     "db.migrate": {"to": _whole(0, "a migration version number"),
                    "baseline": _whole(0, "a migration version number")},
+    "db.metrics": {"serve": _port},
 }
 
 

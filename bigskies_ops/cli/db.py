@@ -242,7 +242,8 @@ def human_age_s(seconds: int) -> str:
     return str(timedelta(seconds=int(seconds)))
 
 
-@task(positional=["file"], help={"file": "archive path, or 'latest' (default on no TTY: you must name one)",
+@task(positional=["file"], help={"file": "backup id from db.list (or a unique prefix), archive path or name, or 'latest' "
+                                                   "(without one on a terminal: a list to pick from)",
             "host": HOST_HELP, "inventory": INVENTORY_HELP,
             "origin": "restore from backups pulled from this host (sub-folder <origin>/)",
             "target_db": "restore into this NEW database and leave the original alone",
@@ -406,7 +407,7 @@ def _pick_interactively(h, origin) -> str:
     for i, b in enumerate(backups, 1):
         when = b.started_at.strftime("%Y-%m-%d %H:%M:%S UTC") if b.started_at else "time unknown"
         extra = "" if b.legacy or b.complete else f", {b.contents}"
-        output.say(f"  {i:>3}) {when}  {human_bytes(b.size):>10}  {b.kind}{extra}  {b.name}")
+        output.say(f"  {i:>3}) {b.id}  {when}  {human_bytes(b.size):>10}  {b.kind}{extra}  {b.name}")
     choice = input("Restore which backup? Number (1 = newest): ").strip()
     try:
         idx = int(choice)

@@ -325,6 +325,10 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
     with scheduled_run_monitor(h) as outcome:
         steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
                     protected_ok=protected_ok)
+        if h.metrics.textfile:  # the inventory's metrics.textfile, rewritten after each run; a failure only warns
+            from bigskies_ops.jobs.metrics import refresh_textfile
+            if refresh_textfile(inv, h):
+                output.say(f"ok: [{h.name}] metrics textfile {h.metrics.textfile} refreshed")
         code = exit_code(steps)
         outcome.code, outcome.steps, outcome.summary = code, steps, summary_of(h, steps, code)
     if code == 1:

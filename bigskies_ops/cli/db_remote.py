@@ -60,7 +60,8 @@ def _mbps(n: int, s: float) -> str:
     "from": "the SSH host to pull from (e.g. prod)",
     "to": "local host whose backup.dir receives the copy under <from>/ (default: defaults.host or the only local host)",
     "restore": "then restore the pulled backup into --to's database (all of db.restore's checks and safety)",
-    "existing": "pull an archive already on the host: 'latest' (default when given without a value) or a file name",
+    "existing": "pull an archive already on the host: 'latest' (default when given without a value), "
+                "a backup id from db.list --host FROM (or a unique prefix) or a file name",
     "format": "plain (.sql.gz) or custom (.dump) for a fresh dump; default: the source host's backup.format. "
               "With --restore a plain dump is loaded while it arrives (two psql sessions), a custom one "
               "with pg_restore --jobs once complete",

@@ -138,18 +138,44 @@ def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict
     db = host.postgres.database
     out = {"host": host.name, "database": db, "checked_at": iso(now)}
     try:
-        own = runner is None
-        runner = runner or runner_for(host)
-        try:
-            backups = [b for b in list_backups(runner, host.backup.dir)
-                       if b.database == db and (b.origin_host or host.name) == host.name]
-        finally:
-            if own:
-                runner.close()
+        backups = own_backups(host, runner=runner)
     except Exception as e:  # noqa: BLE001 - any failure to read is "unknown", never a crash
         c = Check("read", UNKNOWN, f"cannot read the backups of {host.name}: {e}")
         return {**out, "state": UNKNOWN, "checks": [c.to_json()]}
     server_now, skew, why = server_clock(host)
+    checks = backup_checks(host, backups, now, server_now=server_now)
+    checks.append(_clock(host, skew, why))
+    state = worst(c.state for c in checks)
+    return {**out, "state": state, "checks": [c.to_json() for c in checks]}
+
+
+def own_backups(host: Host, *, runner=None) -> list[Backup]:
+    """The host's own backups of its database (``postgres.database``; pulled copies of
+    other hosts' backups left out), newest first, read from the manifests in
+    ``backup.dir`` (:func:`bigskies_ops.archives.catalog.list_backups`). No database
+    connection; an SSH host's folder is read over SSH.
+
+    Raises:
+        BigskiesError, OSError: the folder cannot be read.
+    """
+    db = host.postgres.database
+    own = runner is None
+    runner = runner or runner_for(host)
+    try:
+        return [b for b in list_backups(runner, host.backup.dir)
+                if b.database == db and (b.origin_host or host.name) == host.name]
+    finally:
+        if own:
+            runner.close()
+
+
+def backup_checks(host: Host, backups: list[Backup], now: datetime, *,
+                  server_now: datetime | None = None) -> list[Check]:
+    """Every check of :func:`host_health` that the manifests alone answer (freshness, size,
+    verification, offsite lag per target, skipped steps, archives dated in the future),
+    in that order; the clock check (a database login) is not among them. Pure: judges
+    ``backups`` (:func:`own_backups`) at ``now`` (UTC); ``server_now`` (the server's clock,
+    when measured) also marks archives ahead of it as in the future."""
     ahead = [b for b in backups if b.in_future(now) or (server_now is not None and b.in_future(server_now))]
     backups = [b for b in backups if b not in ahead]  # judged without them: their age would be negative
     checks = [_freshness(host, backups, now), _size(host, backups), _verification(backups, now)]
@@ -159,9 +185,7 @@ def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict
         checks.append(skipped)
     if ahead:
         checks.append(_future(ahead, now, server_now))
-    checks.append(_clock(host, skew, why))
-    state = worst(c.state for c in checks)
-    return {**out, "state": state, "checks": [c.to_json() for c in checks]}
+    return checks
 
 
 def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bigskies_ops import report
@@ -395,3 +396,87 @@ def _verify_step(host: Host) -> Step:
         return Step("verify latest --restore-test", "failed", f"{r.name}: {r.error}")
     return Step("verify latest --restore-test", "ok",
                 f"{r.name}: {', '.join(r.checks)}; {r.restore_test['tables_checked']} tables match the manifest")
+
+
+# ------------------------------------------------------------------ when cron fires next
+_MACRO_FIELDS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+                 "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_NAMES = {3: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+          4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]}
+_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _cron_values(text: str, i: int) -> set[int]:
+    """The values one cron field allows (crontab(5): lists, ranges, steps, month and day names;
+    day of week 7 is Sunday, 0)."""
+    lo, hi = _RANGES[i]
+
+    def num(t: str) -> int:
+        names = _NAMES.get(i)
+        if names and t.lower() in names:
+            return names.index(t.lower()) + (1 if i == 3 else 0)
+        v = int(t)
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is out of range {lo}-{hi}")
+        return v
+
+    out: set[int] = set()
+    for part in text.split(","):
+        rng, _, step = part.partition("/")
+        if rng == "*":
+            a, b = lo, hi
+        elif "-" in rng:
+            a, b = (num(x) for x in rng.split("-", 1))
+        else:
+            a = num(rng)
+            b = hi if step else a
+        out.update(range(a, b + 1, int(step) if step else 1))
+    if i == 4 and 7 in out:
+        out.add(0)
+    return out
+
+
+def next_fire(expr: str, after: datetime) -> datetime | None:
+    """The first minute strictly after ``after`` (a naive wall-clock time, as cron reads the
+    system clock) at which the cron expression ``expr`` fires; None when it never does
+    within 5 years (``0 0 30 2 *``). Pure. Day of month and day of week: when both are
+    restricted (neither starts with ``*``) either one matching is enough (crontab(5)).
+
+    Raises:
+        ValueError: a field that :func:`bigskies_ops.inventory.cron_fields` let through but
+            that holds no valid value (``61 * * * *``).
+    """
+    fields = _MACRO_FIELDS.get(expr.strip(), expr).split()
+    minutes, hours, doms, months, dows = (_cron_values(f, i) for i, f in enumerate(fields))
+    dom_any, dow_any = fields[2].startswith("*"), fields[4].startswith("*")
+    t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = after + timedelta(days=5 * 366)
+    while t < end:
+        if t.month not in months:
+            t = (t.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
+            continue
+        dom_ok, dow_ok = t.day in doms, (t.weekday() + 1) % 7 in dows
+        day_ok = (dom_ok or dow_ok) if not (dom_any or dow_any) else (dom_ok and dow_ok)
+        if not day_ok:
+            t = t.replace(hour=0, minute=0) + timedelta(days=1)
+        elif t.hour not in hours:
+            t = t.replace(minute=0) + timedelta(hours=1)
+        elif t.minute not in minutes:
+            t += timedelta(minutes=1)
+        else:
+            return t
+    return None
+
+
+def next_run(host: Host, now: datetime | None = None) -> datetime | None:
+    """When the host's daily scheduled run (its ``schedule``, read by cron in this machine's
+    local time) fires next after ``now`` (UTC, default: the clock), as a UTC datetime; None
+    when the expression never fires. Says what the inventory declares; whether
+    ``db.schedule`` installed that line in the crontab is not checked."""
+    now = now or utcnow()
+    local = now.astimezone().replace(tzinfo=None)
+    try:
+        t = next_fire(host.schedule, local)
+    except ValueError:
+        return None
+    return t.astimezone(timezone.utc) if t else None  # naive = local time, as cron reads it

@@ -225,3 +225,33 @@ def test_every_task_with_json_prints_one_document_when_it_fails(sandbox):
         elif not (doc.get("result") in ("failed", "skipped") or "hosts" in doc):  # a task's own report
             bad.append((argv, r.returncode, doc))
     assert not bad, bad
+
+
+#: tasks that change something (issue 18: "--check on every task that changes something"):
+#: each has --check (-C), a dry run that changes nothing and exits 0 (docs/cli.md "Dry runs").
+#: A new task that changes something belongs here; db.exec/db.psql run the user's SQL (their
+#: writes are guarded by the read-only default on protected hosts) and db.scheduled-run is
+#: what cron runs (its steps each have --check).
+CHANGING = {"db.backup", "db.restore", "db.pull", "db.prune", "db.offsite", "db.delete", "db.migrate", "db.pgpass",
+            "db.schedule", "docker.purge", "docker.up", "docker.down", "docker.restart", "docker.build",
+            "scenario.before-risky-change", "scenario.fresh-start", "scenario.complete-reset",
+            "scenario.recover-corruption"}
+
+
+def test_every_task_that_changes_something_has_check():
+    missing = sorted(name for name in CHANGING if "check" not in {a.name for a in TASKS[name]})
+    assert not missing, f"no --check on {missing}"
+    shorts = {name: [n for a in TASKS[name] if a.name == "check" for n in a.names] for name in CHANGING}
+    assert all(names == ["check", "C"] for names in shorts.values()), shorts
+
+
+def test_check_on_an_unreachable_host_is_one_clear_error_not_a_traceback(sandbox):
+    """--check reads the host to plan: when it cannot, the error is one line (exit 1/2/3), and
+    --json still gives one document."""
+    runs = [[name, "--check", "--json"] for name in sorted(CHANGING) if name != "db.pull"]
+    runs.append(["db.pull", "--from", "far", "--check", "--json"])
+    for argv, r in zip(runs, _all(sandbox, runs)):
+        assert not any(p in r.stdout + r.stderr for p in PROBLEMS), (argv, r.stderr)
+        assert r.returncode in (0, 1, 2, 3), (argv, r.returncode, r.stderr)
+        doc = json.loads(r.stdout)
+        assert doc["result"] in ("ok", "changed", "failed"), (argv, doc)
