@@ -24,7 +24,12 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FORMATS = ("plain", "custom")
 SECRET_KEYS = ("password", "become_password", "passphrase", "secret", "secret_key",
-               "access_key", "aws_secret_access_key", "webhook", "webhook_url")
+               "access_key", "aws_secret_access_key", "webhook", "webhook_url", "urls")
+#: notification events (docs/monitoring.md "Notifications"); ``failure`` names the first five
+NOTIFY_EVENTS = ("backup_failed", "verify_failed", "offsite_failed", "prune_skipped", "health_degraded",
+                 "restore_protected", "success")
+NOTIFY_ALIASES = {"failure": NOTIFY_EVENTS[:5], "all": NOTIFY_EVENTS}
+HEARTBEAT_STYLES = ("healthchecks", "uptime-kuma")
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -115,6 +120,28 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """``notify:``: apprise targets (their URLs in the variables NAMED by ``urls_env``) and
+    the events (or aliases, :data:`NOTIFY_ALIASES`) they receive."""
+    urls_env: tuple[str, ...] = ()
+    on: tuple[str, ...] = ("failure", "restore_protected")
+
+    @property
+    def events(self) -> frozenset:
+        """``on`` with its aliases expanded into event names (:data:`NOTIFY_EVENTS`)."""
+        return frozenset(e for o in self.on for e in NOTIFY_ALIASES.get(o, (o,)))
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """``heartbeat:``: the scheduled run's ping URL (in the variable NAMED by ``url_env``),
+    pinged at start, success and failure in ``style``; ``timeout`` seconds per attempt."""
+    url_env: str | None = None
+    style: str = "healthchecks"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class MigrationSettings:
     dir: str = "configs/sql"
 
@@ -145,6 +172,8 @@ class Host:
     schedule: str = "0 2 * * *"
     alerts: AlertSettings = field(default_factory=AlertSettings)
     migrations: MigrationSettings = field(default_factory=MigrationSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     protected: bool = False
     groups: tuple[str, ...] = ()
@@ -243,18 +272,20 @@ _BACKUP = {"dir": "str", "format": ("enum", FORMATS), "compress_level": ("range"
 _RETENTION = {"daily": ("range", 0, 10000), "weekly": ("range", 0, 10000), "monthly": ("range", 0, 10000)}
 _ALERTS = {"max_age_hours": "float", "size_change_pct": "float", "webhook_env": "envname"}
 _MIGRATIONS = {"dir": "str"}
+_NOTIFY = {"urls_env": "envlist", "on": "events"}
+_HEARTBEAT = {"url_env": "envname", "style": ("enum", HEARTBEAT_STYLES), "timeout": "float"}
 _METRICS = {"textfile": "str"}
 _OFFSITE_ITEM = {"name": "str", "url": "str", "endpoint": "str", "region": "str",
                  "access_key_env": "envname", "secret_key_env": "envname", "profile": "str", "host": "str"}
 _BLOCKS = {"ssh": _SSH, "postgres": _POSTGRES, "container": _CONTAINER, "compose": _COMPOSE,
            "backup": _BACKUP, "retention": _RETENTION, "alerts": _ALERTS, "migrations": _MIGRATIONS,
-           "metrics": _METRICS}
+           "notify": _NOTIFY, "heartbeat": _HEARTBEAT, "metrics": _METRICS}
 HOST_KEYS = {"connection": ("enum", ("local", "ssh")), "project_dir": "str", "coordinators": "strlist",
              "offsite": "offsite", "schedule": "cron", "protected": "bool", **{k: "block" for k in _BLOCKS}}
 _DATACLASS = {"ssh": SSHSettings, "postgres": PostgresSettings, "container": ContainerSettings,
               "compose": ComposeSettings, "backup": BackupSettings, "retention": RetentionSettings,
-              "alerts": AlertSettings, "migrations": MigrationSettings,
-              "metrics": MetricsSettings}
+              "alerts": AlertSettings, "migrations": MigrationSettings, "notify": NotifySettings,
+              "heartbeat": HeartbeatSettings, "metrics": MetricsSettings}
 
 
 def _hint(word: str, choices) -> str:
@@ -321,6 +352,20 @@ def _check_scalar(path: str, kind, value: Any) -> Any:
             raise InventoryError(f"{path}: expected one of {', '.join(kind[1])}, got {value!r}"
                                  f"{_hint(str(value), kind[1])}")
         return value
+    if kind == "envlist":  # one NAME or a list of them
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            raise InventoryError(f"{path}: expected a list of environment variable NAMES")
+        return tuple(_check_scalar(f"{path}[{i}]", "envname", v) for i, v in enumerate(names))
+    if kind == "events":
+        names = [value] if isinstance(value, str) else value
+        known = list(NOTIFY_EVENTS) + list(NOTIFY_ALIASES)
+        if not isinstance(names, list):
+            raise InventoryError(f"{path}: expected a list of events ({', '.join(known)})")
+        for v in names:
+            if v not in known:
+                raise InventoryError(f"{path}: unknown event {v!r}{_hint(str(v), known)}; known: {', '.join(known)}")
+        return tuple(names)
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise InventoryError(f"{path}: expected a list of names")
@@ -342,8 +387,12 @@ def _check_block(path: str, spec: dict, value: Any) -> dict:
         raise InventoryError(f"{path}: expected a mapping")
     out = {}
     for k, v in value.items():
-        k = str(k)
+        # YAML 1.1 (PyYAML) reads an unquoted key `on` as true: notify's `on:` is meant
+        k = "on" if k is True and "on" in spec else str(k)
         _reject_secret(path, k)
+        if k == "url" and "url_env" in spec:  # a ping URL holds its token: a variable names it
+            raise InventoryError(f"{path}.url: literal secrets are not allowed in the inventory; name an "
+                                 f"environment variable instead (url_env: NAME)")
         if k not in spec:
             raise InventoryError(f"{path}.{k}: unknown key{_hint(k, spec)}")
         if v is None:
@@ -568,17 +617,21 @@ def redacted_view(host: Host) -> dict:
         return obj
     d = conv(host)
     d.pop("explicit", None)
-    for block, key in (("postgres", "password_env"), ("ssh", "become_password_env"), ("alerts", "webhook_env")):
+    def state(name: str) -> str:
+        return f"{name} ({'set' if name in os.environ else 'NOT SET'})"
+    for block, key in (("postgres", "password_env"), ("ssh", "become_password_env"), ("alerts", "webhook_env"),
+                       ("heartbeat", "url_env")):
         name = d.get(block, {}).get(key)
         if name:
-            d[block][key] = f"{name} ({'set' if name in os.environ else 'NOT SET'})"
+            d[block][key] = state(name)
+    d["notify"]["urls_env"] = [state(n) for n in host.notify.urls_env]
     d["access_mode"] = host.access_mode
     return d
 
 
 def inventory_warnings(inv: Inventory) -> list[dict]:
     """What the inventory names but this machine lacks, per host: a password (or
-    become/webhook) variable that is not set here, an ``ssh.key_filename``,
+    become/webhook/notify/heartbeat) variable that is not set here, an ``ssh.key_filename``,
     ``ssh.config_file`` or ``ssh.known_hosts_file`` that does not exist, a local host's
     ``postgres.passfile`` that does not exist.
 
@@ -596,7 +649,9 @@ def inventory_warnings(inv: Inventory) -> list[dict]:
             out.append({"host": h.name, "field": f"hosts.{h.name}.{fld}", "message": msg})
         for fld, name in (("postgres.password_env", h.postgres.password_env),
                           ("ssh.become_password_env", h.ssh.become_password_env if h.ssh.become else None),
-                          ("alerts.webhook_env", h.alerts.webhook_env)):
+                          ("alerts.webhook_env", h.alerts.webhook_env),
+                          ("heartbeat.url_env", h.heartbeat.url_env),
+                          *((f"notify.urls_env[{i}]", n) for i, n in enumerate(h.notify.urls_env))):
             if name and name not in os.environ:
                 warn(fld, f"environment variable {name} is not set here")
         if h.is_remote:

@@ -211,6 +211,9 @@ def health(c, host=None, inventory=None, json=False):
     except BigskiesError as e:
         raise Exit(f"unknown: {e}", code=EXIT["unknown"])
     reports = [host_health(h) for h in hosts]
+    from bigskies_ops.jobs.health import notify_degraded
+    for h, r in zip(hosts, reports):  # notify.on: [health_degraded] (a send failure is only a stderr line)
+        notify_degraded(r, h)
     state = worst(r["state"] for r in reports)
     if json:
         output.emit_json({"state": state, "hosts": reports})
@@ -316,14 +319,18 @@ def scheduled_run(c, host=None, inventory=None, monthly=False, wait=None, log=No
         check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
         protected_ok = True
+    from bigskies_ops.jobs.notify import scheduled_run_monitor, summary_of
     from bigskies_ops.jobs.schedule import EXIT_SKIPPED_FOR_SAFETY, exit_code
-    steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
-                protected_ok=protected_ok)
-    if h.metrics.textfile:  # the inventory's metrics.textfile, rewritten after each run; a failure only warns
-        from bigskies_ops.jobs.metrics import refresh_textfile
-        if refresh_textfile(inv, h):
-            output.say(f"ok: [{h.name}] metrics textfile {h.metrics.textfile} refreshed")
-    code = exit_code(steps)
+    # heartbeat start/end with the exit code; the success digest (docs/monitoring.md)
+    with scheduled_run_monitor(h) as outcome:
+        steps = run(inv, h, monthly=monthly, wait_s=wait_s, log=log,
+                    protected_ok=protected_ok)
+        if h.metrics.textfile:  # the inventory's metrics.textfile, rewritten after each run; a failure only warns
+            from bigskies_ops.jobs.metrics import refresh_textfile
+            if refresh_textfile(inv, h):
+                output.say(f"ok: [{h.name}] metrics textfile {h.metrics.textfile} refreshed")
+        code = exit_code(steps)
+        outcome.code, outcome.steps, outcome.summary = code, steps, summary_of(h, steps, code)
     if code == 1:
         raise Exit("error: scheduled run: " + "; ".join(f"{s.name} failed" for s in steps if s.word == "failed"),
                    code=1)

@@ -30,11 +30,19 @@ def show(c, host=None, inventory=None, json=False):
 def check(c, inventory=None, json=False):
     """Validate the inventory; exit 2 naming the path of the first fault.
 
-    Warns (exit 0) about what this machine lacks: a password variable that is not set, an SSH
-    key file that is missing."""
+    Warns (exit 0) about what this machine lacks: a password or notification variable that is
+    not set, an SSH key file that is missing. A notification URL set here that apprise cannot
+    read is an error (exit 2, naming its variable)."""
+    from bigskies_ops.errors import InventoryError
     from bigskies_ops.inventory import inventory_warnings
     inv = load_inventory(inventory)
     warnings = inventory_warnings(inv)
+    if any(h.notify.urls_env or h.alerts.webhook_env for h in inv.hosts.values()):
+        from bigskies_ops.jobs.notify import check_urls
+        bad = check_urls(inv)  # a URL apprise cannot read: named by its variable, never printed
+        if bad:
+            raise InventoryError(f"{bad[0]['field']}: {bad[0]['message']}"
+                                 + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     summary = f"{inv.path}: {len(inv.hosts)} host(s), {len(inv.groups)} group(s) valid"
     if json:
         output.emit_json({"result": "ok", "task": "inventory.check", "host": None, "inventory": str(inv.path),

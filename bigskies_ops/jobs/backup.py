@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.destinations import FileHere, FileOnHost
 from bigskies_ops.jobs.dump import (BackupResult, DumpSpec, archive_lock, backup_space_need, check_format, dump,
                                    host_access, pick_name, size_alert, space_refusal)
@@ -54,12 +55,17 @@ def backup(host: Host, *, fmt: str | None = None, label: str | None = None, kind
     fmt = check_format(fmt, host)
     spec = DumpSpec(db=database or host.postgres.database, fmt=fmt, level=host.backup.compress_level, kind=kind,
                     label=label, excl=tuple(exclude_table_data), schema_only=schema_only, verbose=verbose)
-    with host_access(host) as access:
-        dest = FileOnHost(access) if host.is_remote else FileHere(access)
-        with archive_lock(dest.writer, dest.bdir, host.name, spec.db, task):
-            res = dump(dest, spec, progress=progress)
-        size_alert(host, res, dest.writer)
-        return res
+    try:
+        with host_access(host) as access:
+            dest = FileOnHost(access) if host.is_remote else FileHere(access)
+            with archive_lock(dest.writer, dest.bdir, host.name, spec.db, task):
+                res = dump(dest, spec, progress=progress)
+            size_alert(host, res, dest.writer)
+            return res
+    except BigskiesError as e:  # the FAILED manifest is written; tell the people who asked (notify.on)
+        notify.failed(host, "backup_failed", e, task=task, step="backup" if kind in ("manual", "scheduled") else
+                      f"backup ({kind})", database=spec.db)
+        raise
 
 
 def plan_backup(host: Host, *, fmt: str | None = None, exclude_table_data: tuple[str, ...] = (),

@@ -22,17 +22,13 @@ The run's state is the worst one, ranked critical > unknown > warning > ok (a ho
 cannot read is unknown, which must not hide another host's critical).
 
 :func:`size_alert_after_backup` is the same size rule applied by ``db.backup`` right
-after a new archive is published; it warns and POSTs JSON to the URL held in the
-variable NAMED by ``alerts.webhook_env``.
+after a new archive is published; it warns and sends ``health_degraded`` to the host's
+notification targets (``notify.urls_env`` and ``alerts.webhook_env``: jobs.notify).
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -41,6 +37,7 @@ from bigskies_ops.archives.catalog import Backup, iso, list_backups, parse_iso, 
 from bigskies_ops.archives.offsite_stores import parse_target
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs import notify
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.text import human_age, human_bytes
 
@@ -95,34 +92,11 @@ def size_change(new: Backup, earlier: list[Backup]) -> tuple[int, float] | None:
     return med, (new.size - med) * 100.0 / med
 
 
-def post_webhook(url: str, payload: dict, timeout: float = 10.0) -> None:
-    """POST ``payload`` as JSON. Raises OSError/URLError on failure (callers only warn)."""
-    data = json.dumps(payload, sort_keys=True).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", "User-Agent": "bigskies-ops"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        r.read()
-
-
-def notify_webhook(host: Host, payload: dict) -> bool:
-    name = host.alerts.webhook_env
-    if not name:
-        return False
-    url = os.environ.get(name)
-    if not url:
-        report.note(f"warning: alerts.webhook_env names {name}, which is not set; no alert was posted")
-        return False
-    try:
-        post_webhook(url, payload)
-        return True
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        report.note(f"warning: posting the alert to the webhook in {name} failed: {e}")
-        return False
-
-
-def size_alert_after_backup(host: Host, new: Backup, *, runner=None) -> str | None:
+def size_alert_after_backup(host: Host, new: Backup, *, runner=None, task: str = "db.backup") -> str | None:
     """The size rule for a just-published backup: returns the warning text (also noted,
-    :func:`bigskies_ops.report.note`, and posted to the webhook) or None when the size is within the threshold."""
+    :func:`bigskies_ops.report.note`, and sent as ``health_degraded``, step ``size``, to the
+    host's notification targets, :mod:`bigskies_ops.jobs.notify`) or None when the size is
+    within the threshold."""
     own = runner is None
     runner = runner or runner_for(host)
     try:
@@ -140,10 +114,21 @@ def size_alert_after_backup(host: Host, new: Backup, *, runner=None) -> str | No
     msg = (f"backup size changed {pct:+.0f}% ({human_bytes(new.size)} vs median {human_bytes(med)} of recent "
            f"backups; threshold {limit:g}%): {new.name}")
     report.note(f"warning: {msg}")
-    notify_webhook(host, {"event": "backup_size_change", "host": host.name, "database": new.database,
-                          "archive": new.name, "bytes": new.size, "median_bytes": med, "change_pct": round(pct, 1),
-                          "threshold_pct": limit, "text": f"[bigskies-ops] {host.name}: {msg}"})
+    notify.notify(host, "health_degraded", task=task, step="size", error=msg, database=new.database,
+                  facts={"check": "size", "archive": new.name, "bytes": new.size, "median_bytes": med,
+                         "change_pct": round(pct, 1), "threshold_pct": limit})
     return msg
+
+
+def notify_degraded(h: dict, host: Host, task: str = "db.health") -> None:
+    """Raise ``health_degraded`` for a :func:`host_health` report that is not ok, naming
+    its checks that are not ok (stale, size, verification, offsite, schedule, clock)."""
+    bad = [c for c in h.get("checks") or [] if c.get("state") != OK]
+    if h.get("state") == OK or not bad:
+        return
+    notify.notify(host, "health_degraded", task=task, step=", ".join(c["check"] for c in bad),
+                  error=f"{h['state']}: " + "; ".join(f"{c['check']}: {c['message']}" for c in bad),
+                  database=h.get("database"), facts={"state": h["state"], "checks": [c["check"] for c in bad]})
 
 
 def host_health(host: Host, *, now: datetime | None = None, runner=None) -> dict:

@@ -29,6 +29,7 @@ from bigskies_ops.errors import ArchiveError, BigskiesError, StorageError
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.retention import Entry, entry_of, plan
 from bigskies_ops.jobs.verify import VerifyResult
 
@@ -110,7 +111,7 @@ class _CountingFile:
 
 def upload(host: Host, target: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD,
            apply_retention: bool = True, now=None, inv=None, progress=None,
-           check: bool = False) -> list[TargetResult]:
+           check: bool = False, task: str = "db.offsite") -> list[TargetResult]:
     """Copy every DONE archive (with its manifest) that a target lacks, verify each copy by
     reading it back, record it in the local manifest, then apply retention on the target.
 
@@ -125,12 +126,22 @@ def upload(host: Host, target: str | None = None, *, multipart_threshold: int = 
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
     """
     tlist = targets(host, target)
-    runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
     try:
-        return [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress, check)
-                for t in tlist]
-    finally:
-        runner.close()
+        runner = runner_for(host)  # the archives stream from where they are (SSH hosts: over the SSH layer)
+        try:
+            results = [_upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress, check)
+                       for t in tlist]
+        finally:
+            runner.close()
+    except BigskiesError as e:
+        if not check:
+            notify.failed(host, "offsite_failed", e, task=task, step="offsite")
+        raise
+    for r in results:
+        if r.error and not check:
+            notify.notify(host, "offsite_failed", task=task, step=f"offsite {r.target}", error=r.error,
+                          facts={"target": r.target})
+    return results
 
 
 def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now, progress=None,

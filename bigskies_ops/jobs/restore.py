@@ -44,6 +44,7 @@ from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.hosts.runners import tail
 from bigskies_ops.jobs.coordinators import coordinators_paused, coordinators_preflight, running_coordinators
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.dbnames import pre_restore_name, side_db_name, unused_name
 from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
@@ -410,8 +411,13 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
                             terminate_sessions=terminate_sessions, roles=roles,
                             skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check, follow=follow)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task):
-            return _restore_locked(access, host, plan.info, db, target_db, terminate_sessions, plan.policy, jobs,
-                                   progress, t0)
+            res = _restore_locked(access, host, plan.info, db, target_db, terminate_sessions, plan.policy, jobs,
+                                  progress, t0)
+    if host.protected:  # a protected host's database was replaced (or a new one made): the people who watch it hear
+        notify.notify(host, "restore_protected", task=task, step="restore", database=target_db or db,
+                      error=f"{target_db or db} restored from {os.path.basename(str(archive or ''))}",
+                      facts={"archive": os.path.basename(str(archive or ""))})
+    return res
 
 
 def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, progress, t0):

@@ -42,6 +42,7 @@ from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
 from bigskies_ops.inventory import Host, Inventory, cron_fields
+from bigskies_ops.jobs import notify
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
 MONTHLY_WAIT_S = 6 * 3600
@@ -206,6 +207,11 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
     if not remove and host.postgres.password_env and not host.container:
         res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
                             f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
+    names = [v for _, v in notify.targets(host)] + ([host.heartbeat.url_env] if host.heartbeat.url_env else [])
+    if not remove and names:
+        res.warnings.append(f"cron runs without your environment: set {', '.join(names)} in the crontab (NAME=value "
+                            f"lines above the block) or cron's environment, else the notifications and heartbeats "
+                            f"of the scheduled runs are not sent (docs/monitoring.md)")
     if res.changed and not check:
         if not remove:
             Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +290,10 @@ def scheduled_run(inv: Inventory, host: Host, *, monthly: bool = False, wait_s: 
             else:
                 steps.append(_prune_step(host, protected_ok))
                 _record_skips(host, res, [s for s in steps if s.word == "skipped" and s.safety])
+                for s in steps:
+                    if s.word == "skipped" and s.safety:
+                        notify.notify(host, "prune_skipped", task="db.scheduled-run", step=s.name, error=s.reason,
+                                      hint=hand_prune_command(host))
             if host.offsite:
                 steps += _offsite_steps(inv, host)
             else:
@@ -353,7 +363,7 @@ def _prune_step(host: Host, protected_ok: bool) -> Step:
 def _offsite_steps(inv: Inventory, host: Host) -> list[Step]:
     from bigskies_ops.jobs.offsite import upload
     try:
-        results = upload(host, inv=inv)
+        results = upload(host, inv=inv, task="db.scheduled-run")
     except BigskiesError as e:
         return [Step("offsite", "failed", str(e))]
     out = []
@@ -374,6 +384,11 @@ def _verify_step(host: Host) -> Step:
     try:
         with runner_for(host) as runner:
             [b] = select(host, runner, "latest", False)
+    except BigskiesError as e:  # nothing to test is a failure of the monthly run (verify_backup raises its own)
+        notify.notify(host, "verify_failed", task="db.scheduled-run", step="verify latest --restore-test",
+                      error=str(e))
+        return Step("verify latest --restore-test", "failed", str(e))
+    try:
         r = verify_backup(host, b, restore_test=True, task="db.scheduled-run")
     except BigskiesError as e:
         return Step("verify latest --restore-test", "failed", str(e))

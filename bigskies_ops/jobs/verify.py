@@ -34,6 +34,7 @@ from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.counts import TABLES_SQL
 from bigskies_ops.archives.integrity import (TAIL_BYTES, ArchiveInfo, check_against_manifest, check_archive,
                                             scan_archive, sniff)
+from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.dbnames import unused_name, verify_db_name
 from bigskies_ops.jobs.sideload import load_archive, role_policy, table_counts, verify_against_manifest
 from bigskies_ops.pg.admin import create_like, db_info, drop_db
@@ -135,6 +136,19 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
     if adopt and not b.legacy:
         raise UsageError(f"{b.name} already has a manifest; --adopt is for seed-era files without one")
     res = VerifyResult(b.path, b.name, False, [], legacy=b.legacy)
+    step = f"verify {b.name}" + (" --restore-test" if restore_test else "")
+    try:
+        _verify(host, b, res, restore_test, adopt, task, progress)
+    except BigskiesError as e:
+        notify.failed(host, "verify_failed", e, task=task, step=step, database=b.database)
+        raise
+    if not res.ok:
+        notify.notify(host, "verify_failed", task=task, step=step, error=res.error or "failed",
+                      database=b.database, facts={"archive": b.name})
+    return res
+
+
+def _verify(host: Host, b: Backup, res: VerifyResult, restore_test: bool, adopt: bool, task: str, progress) -> None:
     with PostgresAccess(host) as access:
         staged = None
         try:
@@ -149,7 +163,6 @@ def verify_backup(host: Host, b: Backup, *, restore_test: bool = False, adopt: b
             if staged:
                 import shutil
                 shutil.rmtree(staged, ignore_errors=True)
-    return res
 
 
 # ------------------------------------------------------------------ checks on the host that holds the files

@@ -1,5 +1,6 @@
 """``db.health`` (monitoring exit codes 0/1/2/3) and ``db.backup``'s size-change alert,
-posted to a real webhook (a tiny HTTP server on 127.0.0.1)."""
+posted to a real webhook (a tiny HTTP server on 127.0.0.1) through apprise (the
+``alerts.webhook_env`` URL is an apprise JSON target: bigskies_ops/jobs/notify.py)."""
 from __future__ import annotations
 
 import http.server
@@ -63,7 +64,10 @@ def test_backup_warns_and_posts_to_the_webhook_when_the_size_jumps(tmp_path, pg,
     assert len(out["warnings"]) == 1 and "backup size changed +" in out["warnings"][0], r.stderr
     assert "warning: backup size changed" in r.stderr and "threshold 50%" in r.stderr
     [p] = got
-    assert p["event"] == "backup_size_change" and p["host"] == "dev" and p["database"] == dbname
+    # alerts.webhook_env is an apprise JSON target now (jobs/notify.py): the facts are fields of its payload
+    assert (p["event"], p["check"], p["step"]) == ("health_degraded", "size", "size")
+    assert p["host"] == "dev" and p["database"] == dbname and p["task"] == "db.backup"
+    assert "backup size changed" in p["message"] and p["archive"] == out["name"]
     assert p["median_bytes"] == 1_000_000 and p["bytes"] == out["bytes"] and p["change_pct"] > 50
     assert url not in r.stdout + r.stderr              # the URL is a secret: never printed
     # the webhook variable unset: still a good backup, and we say the alert could not be posted
