@@ -33,12 +33,13 @@ from __future__ import annotations
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bigskies_ops import output
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
+from bigskies_ops.jobs.health import Check
 from bigskies_ops.text import human_bytes
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
@@ -46,16 +47,8 @@ OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 MAX_THREADS = 8
 
 
-@dataclass
-class PingCheck:
-    """One check's outcome; ``facts`` are JSON-ready (sizes in bytes)."""
-    name: str
-    state: str
-    message: str
-    facts: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"check": self.name, "state": self.state, "message": self.message, **self.facts}
+#: one check's outcome, the same shape as db.health's (``facts`` JSON-ready, sizes in bytes)
+PingCheck = Check
 
 
 @dataclass
