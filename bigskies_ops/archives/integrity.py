@@ -154,15 +154,29 @@ def _check_plain(access: PostgresAccess, lr, path: str, head: bytes, man: dict |
         ph = parse_plain_header(sql_head)
     except ValueError as e:
         raise ArchiveError(f"{path}: {e}")
-    if full:
-        t = gzip_full_check(lr, path)
-        if not plain_tail_complete(t, ph.restrict_key):
-            extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
-            raise ArchiveError(f"{path}: truncated dump (no '-- PostgreSQL database dump complete' "
-                               f"trailer{extra})")
+    return plain_verdict(access, path, path, ph, man, gzip_full_check(lr, path) if full else None)
+
+
+def plain_verdict(access: PostgresAccess, path: str, where: str, ph, man: dict | None,
+                  sql_tail: bytes | None) -> ArchiveInfo:
+    """The end of a plain dump's check, wherever its bytes were read (here, or on an SSH host
+    by db.verify): pg_dump's completion trailer in ``sql_tail`` (the SQL's last bytes; None:
+    not read), and the host's psql able to read the dump's ``\\restrict`` lines.
+
+    Args:
+        path: the archive's path; ``where``: how messages name it.
+        ph: the dump's parsed header (:func:`bigskies_ops.pg.tools.parse_plain_header`).
+
+    Raises:
+        ArchiveError: truncated dump, or a psql that cannot read it.
+    """
+    if sql_tail is not None and not plain_tail_complete(sql_tail, ph.restrict_key):
+        extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
+        raise ArchiveError(f"{where}: truncated dump (no '-- PostgreSQL database dump complete' "
+                           f"trailer{extra})")
     psql_v = access.tool_version("psql")
     if ph.restrict_key and not psql_v.understands_restrict():
-        raise ArchiveError(f"{path}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
+        raise ArchiveError(f"{where}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
                            f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
     warnings = []
     if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:

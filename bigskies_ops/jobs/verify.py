@@ -204,7 +204,8 @@ def _plain_there(access: PostgresAccess, path: str, where: str, head: bytes, man
     import re
     from bigskies_ops.archives import gz
     from bigskies_ops.hosts.runners import tail
-    from bigskies_ops.pg.tools import parse_plain_header, plain_tail_complete
+    from bigskies_ops.archives.integrity import plain_verdict
+    from bigskies_ops.pg.tools import parse_plain_header
     try:
         ph = parse_plain_header(gz.decompressobj().decompress(head))
     except gz.ERRORS as e:
@@ -217,17 +218,7 @@ def _plain_there(access: PostgresAccess, path: str, where: str, head: bytes, man
         err = re.sub(r"bigskies-gzip-exit=\d+\s*", "", r.stderr).strip()
         raise ArchiveError(f"{where}: gzip on {access.host.name} cannot read the whole archive "
                            f"(exit {m.group(1) if m else r.returncode}): {tail(err, 300) or 'no message'}")
-    if not plain_tail_complete(r.stdout, ph.restrict_key):
-        extra = " followed by its matching \\unrestrict line" if ph.restrict_key else ""
-        raise ArchiveError(f"{where}: truncated dump (no '-- PostgreSQL database dump complete' trailer{extra})")
-    psql_v = access.tool_version("psql")
-    if ph.restrict_key and not psql_v.understands_restrict():
-        raise ArchiveError(f"{where}: dump from pg_dump {ph.pg_dump_version} has \\restrict lines that "
-                           f"psql {psql_v} cannot read; upgrade psql to a release with the fix")
-    warnings = []
-    if ph.pg_dump_version and ph.pg_dump_version.major > psql_v.major:
-        warnings.append(f"dump is from pg_dump {ph.pg_dump_version}, newer than psql {psql_v}")
-    return ArchiveInfo(path, "plain", man, ph.pg_dump_version, psql_v, warnings)
+    return plain_verdict(access, path, where, ph, man, r.stdout)
 
 
 def _custom_there(access: PostgresAccess, path: str, where: str, head: bytes, man: dict | None) -> ArchiveInfo:
