@@ -28,6 +28,37 @@ def policy_refusal(hosts, action: str, **kw) -> str | None:
     return None
 
 
+def group_refusal(inv, selector: str | None, action: str, *, check: bool, force_protected: bool = False,
+                  confirm: str | None = None) -> str | None:
+    """The safety policy for a ``--host`` value that names a group, ``all`` or a list
+    (docs/safety.md): a destructive ``action`` on one holding a protected host is refused
+    (exit 3) even when it selects that host alone, and before the task's "takes one host"
+    usage error. The real run (``check`` false) raises; a check gets the refusal's message
+    to list under ``refusals``. None: not a group, or no protected host in it.
+
+    Raises:
+        SafetyError: (not ``check``) the refusal. InventoryError / UsageError: an unknown
+            host or group (exit 2)."""
+    from bigskies_ops.safety import group_selector
+    group = group_selector(inv.hosts, selector)
+    if not group:
+        return None
+    hosts = inv.resolve(selector)
+    if check:
+        return policy_refusal(hosts, action, force_protected=force_protected, confirm=confirm, group=group)
+    check_destructive(hosts, action, force_protected=force_protected, confirm=confirm, group=group)
+    return None
+
+
+def group_refused_report(task: str, inv, selector: str, refusal: str, json: bool) -> None:
+    """The check report of a run refused for its group as a whole (:func:`group_refusal`)
+    when the group selects several hosts: no host's plan (the run plans none), the hosts it
+    selects and the refusal; result ``ok`` (the run would change nothing), exit 0."""
+    names = [h.name for h in inv.resolve(selector)]
+    plan = {"group": selector, "hosts": names, "refusals": [refusal]}
+    report(task, selector, plan, [f"  --host {selector} selects {', '.join(names)}"] + refusal_lines([refusal]), json)
+
+
 def refusal_lines(refusals: list[str], confirm: str | None = None) -> list[str]:
     """The closing lines: what the real run would refuse (exit 3), or what it would ask."""
     out = [f"  the real run would REFUSE: {r}" for r in refusals]
