@@ -424,6 +424,9 @@ READ_ONLY_PGOPTIONS = "-c default_transaction_read_only=on"
 def exec(c, sql=None, file=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
     """Run SQL (--sql or --file) with psql; read-only on protected hosts unless --write."""
     inv = load_inventory(inventory)
+    if write:  # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+        from bigskies_ops.cli.checks import group_refusal
+        group_refusal(inv, host, "exec --write", check=False, force_protected=force_protected, confirm=confirm)
     h = inv.host(host)
     if bool(sql) == bool(file):
         raise UsageError("pass exactly one of --sql TEXT or --file PATH")
@@ -495,6 +498,9 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
     The interactive shell is the only task that gets a real TTY; SQL given with -c or on a
     standard input that is not a terminal runs as db.exec runs it."""
     inv = load_inventory(inventory)
+    if write:  # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+        from bigskies_ops.cli.checks import group_refusal
+        group_refusal(inv, host, "psql --write", check=False, force_protected=force_protected, confirm=confirm)
     h = inv.host(host)
     read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)
     if command is not None or not sys.stdin.isatty():
