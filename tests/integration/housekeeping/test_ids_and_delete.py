@@ -240,6 +240,16 @@ def test_delete_on_a_protected_host_and_pulled_copies(tmp_path, pg, dbname, cli_
     r = cli("db.prune", "--host", "both", "--check", "-i", str(ginv), env=cli_env)
     assert r.returncode == 0 and "the real run would REFUSE: refused: prune on group 'both'" in r.stdout
     assert "ok (check)" in r.stdout and now() == files
+    # one protected host: prune --check lists the policy's refusal with its flags, result ok
+    r = cli("db.prune", "--check", "--json", "-i", str(inv), env=cli_env)
+    j = json.loads(r.stdout)
+    assert r.returncode == 0 and j["result"] == "ok" and j["would_change"] is False, r.stderr + r.stdout
+    assert [f"prune needs --force-protected --confirm {dbname}" in x for x in j["plan"]["refusals"]] == [True]
+    r = cli("db.prune", "--check", "-i", str(inv), env=cli_env)
+    assert "the real run would REFUSE: refused: src is protected" in r.stdout and "ok (check)" in r.stdout
+    j = json.loads(cli("db.prune", "--check", "--json", "--force-protected", "--confirm", dbname, "-i", str(inv),
+                       env=cli_env).stdout)
+    assert j["plan"]["refusals"] == [] and now() == files
     r = cli("db.restore", a["id"], "--host", "both", "--check", "-i", str(ginv), env=cli_env)
     assert r.returncode == 0 and "the real run would REFUSE: refused: restore on group 'both'" in r.stdout
     r = cli("db.delete", a["id"], "--yes", "--pulled-copies", "--force-protected", "--confirm", dbname,
