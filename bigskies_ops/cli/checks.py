@@ -28,6 +28,37 @@ def policy_refusal(hosts, action: str, **kw) -> str | None:
     return None
 
 
+def group_refusal(inv, selector: str | None, action: str, *, check: bool, force_protected: bool = False,
+                  confirm: str | None = None) -> str | None:
+    """The safety policy for a ``--host`` value that names a group, ``all`` or a list
+    (docs/safety.md): a destructive ``action`` on one holding a protected host is refused
+    (exit 3) even when it selects that host alone, and before the task's "takes one host"
+    usage error. The real run (``check`` false) raises; a check gets the refusal's message
+    to list under ``refusals``. None: not a group, or no protected host in it.
+
+    Raises:
+        SafetyError: (not ``check``) the refusal. InventoryError / UsageError: an unknown
+            host or group (exit 2)."""
+    from bigskies_ops.safety import group_selector
+    group = group_selector(inv.hosts, selector)
+    if not group:
+        return None
+    hosts = inv.resolve(selector)
+    if check:
+        return policy_refusal(hosts, action, force_protected=force_protected, confirm=confirm, group=group)
+    check_destructive(hosts, action, force_protected=force_protected, confirm=confirm, group=group)
+    return None
+
+
+def group_refused_report(task: str, inv, selector: str, refusal: str, json: bool) -> None:
+    """The check report of a run refused for its group as a whole (:func:`group_refusal`)
+    when the group selects several hosts: no host's plan (the run plans none), the hosts it
+    selects and the refusal; result ``ok`` (the run would change nothing), exit 0."""
+    names = [h.name for h in inv.resolve(selector)]
+    plan = {"group": selector, "hosts": names, "refusals": [refusal]}
+    report(task, selector, plan, [f"  --host {selector} selects {', '.join(names)}"] + refusal_lines([refusal]), json)
+
+
 def refusal_lines(refusals: list[str], confirm: str | None = None) -> list[str]:
     """The closing lines: what the real run would refuse (exit 3), or what it would ask."""
     out = [f"  the real run would REFUSE: {r}" for r in refusals]
@@ -49,7 +80,8 @@ def restore_lines(p: dict) -> list[str]:
         out.append(f"restore {a['path']} ({_b(a.get('bytes'))}, {a.get('format') or 'format unknown'}, "
                    f"manifest {a.get('manifest') or 'none'})")
     else:
-        out.append(f"restore the archive once it is here ({a.get('pending')})")
+        out.append(f"restore the archive {a.get('pending')}" if a.get("pending", "").startswith("once")
+                   else f"restore the archive: {a.get('pending')}")
     for c in p["checks"]:
         out.append(f"  check {'ok' if c['ok'] else 'FAILED'}: {c['check']}"
                    + (f" ({c['detail']})" if c["detail"] and c["ok"] else ""))
@@ -122,10 +154,10 @@ def backup_lines(p: dict) -> list[str]:
            f"write {p['archive']}{where} with its manifest" + ("" if p["dir_exists"] else " (the folder is created)")]
     if p.get("roles_file"):
         out.append("write the cluster's roles beside it (backup.roles)")
-    out.append(f"  estimated size: {_b(p['estimated_bytes'])} ({p['estimate_basis']})" if p["estimated_bytes"]
-               else f"  estimated size: unknown ({p['estimate_basis']})")
-    out.append(f"  free space in {p['dir']}{where}: {_b(p['free_bytes'])}; about {_b(p['needed_bytes'])} needed"
-               + ("" if p["space_check"] else " (space check off)"))
+    out.append(f"  estimated size: {_b(p['estimated_bytes'])} (the last {p['format']} backup's size)"
+               if p["estimated_bytes"] else f"  estimated size: unknown (no earlier {p['format']} backup)")
+    out.append(f"  free space in {p['dir']}{where}: {_b(p['free_bytes'])}; about {_b(p['needed_bytes'])} needed, "
+               f"from {p['estimate_basis']}" + ("" if p["space_check"] else " (space check off)"))
     out.append(f"  lock waits: {p['lock_wait']['policy']}")
     return out
 
@@ -143,11 +175,14 @@ def pull_lines(p: dict) -> list[str]:
     else:
         out = [f"dump {p['from']}:{s['database']!r} ({_b(s['database_bytes'])} on the server) as {p['format']}, "
                f"streamed over SSH into {p['destination']} (nothing written on {p['from']})",
-               f"  estimated size: {_b(p.get('estimated_bytes'))}"
-               + (f" ({p['estimate_basis']})" if p.get("estimate_basis") else "")]
+               f"  estimated size: {_b(p['estimated_bytes'])} (the last {p['format']} backup pulled from "
+               f"{p['from']})" if p.get("estimated_bytes") else
+               f"  estimated size: unknown (no earlier {p['format']} backup pulled from {p['from']})"]
     out.append(f"  free space here ({p['dir']}): {_b(p['free_bytes'])}")
     if p.get("restore") is not None:
-        out.append(f"restore it into {p['to']}'s database ({p['restore_how']}):")
+        when = ("while it arrives (a plain dump is loaded as it streams in)" if p["restore_how"] == "while arriving"
+                else "after the pull (from the complete file)")
+        out.append(f"restore it into {p['to']}'s database {when}:")
         out += ["  " + (l if l.startswith("  ") else "would " + l) for l in restore_lines(p["restore"])]
     return out
 
@@ -160,6 +195,8 @@ def stack_lines(p: dict) -> list[str]:
                    + ("  (coordinator)" if s.get("coordinator") else ""))
     if p.get("images"):
         out.append(f"  images built: {', '.join(p['images'])}")
+    if p.get("volume_note"):
+        out.append(f"  data volume: {p['volume_note']}")
     if p.get("waits"):
         out.append(f"wait {p['waits']}")
     return out
@@ -173,6 +210,8 @@ def purge_lines(p: dict) -> list[str]:
         out += ["  " + (l if l.startswith("  ") else "would " + l) for l in backup_lines(p["backup"])]
     elif p.get("backup") is None and p.get("no_backup"):
         out.append("  NO pre-purge backup (--no-backup): the data is gone for good")
+    elif p.get("backup_error"):
+        out.append("take a pre-purge backup first: it cannot be taken now (see the refusal below)")
     out.append(f"remove the containers of compose project {p['project']!r}: {', '.join(p['containers']) or 'none'}")
     out.append(f"DELETE the data volume {p['volume']} ("
                + (f"size {p['volume_size']}" if p["volume_exists"] else "does not exist") + ")")

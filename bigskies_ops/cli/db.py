@@ -12,7 +12,7 @@ from bigskies_ops.pg.access import PostgresAccess, classify_pg_error
 from bigskies_ops.jobs.backup import backup as run_backup
 from bigskies_ops.archives.catalog import list_backups
 from bigskies_ops.text import human_bytes
-from bigskies_ops.errors import ArchiveError, UsageError
+from bigskies_ops.errors import UsageError
 from bigskies_ops.jobs.restore import resolve_archive, restore as run_restore
 from bigskies_ops.jobs.swap import pre_restore_copies, undo as run_undo
 from bigskies_ops.hosts.runners import tail
@@ -277,8 +277,10 @@ def restore(c, file=None, host=None, origin=None, target_db=None, yes=False, ter
     action = "restore --undo" if undo else "restore"
     policy = dict(database=None, force_protected=force_protected, confirm=confirm,
                   group=group_selector(inv.hosts, host))
-    if policy["group"] and not check:
-        check_destructive(hosts, action, **policy)
+    from bigskies_ops.cli import checks
+    refused = checks.group_refusal(inv, host, action, check=check, force_protected=force_protected, confirm=confirm)
+    if refused and len(hosts) > 1:  # --check on a group the run refuses as a whole: no host to plan
+        return checks.group_refused_report("db.restore", inv, host, refused, json)
     h = inv.host(host)
     db = h.postgres.database
     policy["database"] = db
@@ -382,14 +384,9 @@ def _check_restore(inv, h, hosts, file, origin, target_db, undo, terminate, role
     if from_offsite:  # fetching would write into the backup folder: the check names what it would fetch
         raise UsageError("--check with --from-offsite: fetch first (db.offsite), or check the archive once it is "
                          "here")
-    try:
-        path = resolve_archive(h, file, origin=origin)
-    except ArchiveError as e:  # the real run would stop here: reported, as every refusal of a check
-        plan = {"database": target_db or h.postgres.database, "target_db": target_db,
-                "archive": {"path": None, "spec": file}, "refusals": refusals + [str(e)]}
-        checks.report("db.restore", h.name, plan, [f"  no archive to restore: {e}"]
-                      + checks.refusal_lines(plan["refusals"]), json)
-        return
+    # FILE naming no backup (or several, or a failed run) is a lookup error, --check or not
+    # (exit 1, as db.delete's): there is no archive to plan a restore of (docs/cli.md "Dry runs")
+    path = resolve_archive(h, file, origin=origin)
     rp = check_restore(h, path, target_db=target_db, terminate_sessions=terminate, roles=roles,
                        skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check)
     plan = rp.to_json()
@@ -427,6 +424,9 @@ READ_ONLY_PGOPTIONS = "-c default_transaction_read_only=on"
 def exec(c, sql=None, file=None, host=None, write=False, force_protected=False, confirm=None, inventory=None):
     """Run SQL (--sql or --file) with psql; read-only on protected hosts unless --write."""
     inv = load_inventory(inventory)
+    if write:  # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+        from bigskies_ops.cli.checks import group_refusal
+        group_refusal(inv, host, "exec --write", check=False, force_protected=force_protected, confirm=confirm)
     h = inv.host(host)
     if bool(sql) == bool(file):
         raise UsageError("pass exactly one of --sql TEXT or --file PATH")
@@ -498,6 +498,9 @@ def psql(c, command=None, host=None, write=False, force_protected=False, confirm
     The interactive shell is the only task that gets a real TTY; SQL given with -c or on a
     standard input that is not a terminal runs as db.exec runs it."""
     inv = load_inventory(inventory)
+    if write:  # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+        from bigskies_ops.cli.checks import group_refusal
+        group_refusal(inv, host, "psql --write", check=False, force_protected=force_protected, confirm=confirm)
     h = inv.host(host)
     read_only = _read_only(h, "psql", write=write, force_protected=force_protected, confirm=confirm)
     if command is not None or not sys.stdin.isatty():

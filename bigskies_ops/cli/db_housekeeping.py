@@ -28,12 +28,25 @@ def delete(c, backup=None, host=None, inventory=None, origin=None, check=False, 
     """Delete one backup (archive, manifest, sidecars), or drop pre-restore copies (--pre-restore NAME|all)."""
     help_if_requested(backup, "db.delete")
     inv = load_inventory(inventory)
+    from bigskies_ops.cli import checks
+    action = "delete" if pre_restore is None else "delete --pre-restore"
+    # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+    refused = checks.group_refusal(inv, host, action, check=check, force_protected=force_protected,
+                                   confirm=confirm)
+    if refused and len(inv.resolve(host)) > 1:
+        return checks.group_refused_report("db.delete", inv, host, refused, json)
     h = inv.host(host)
+    # what the real run with these flags would refuse: a --check lists it and exits 0
+    refusals = [refused] if refused else []
+    if check:
+        r = checks.policy_refusal(h, action, database=h.postgres.database, force_protected=force_protected,
+                                  confirm=confirm)
+        refusals += [r] if r else []
     if pre_restore is not None:
         if backup:
             raise UsageError(f"--pre-restore drops pre-restore copies and takes no BACKUP (got {backup!r})")
         return _pre_restore(h, pre_restore, check=check, yes=yes, json=json, force_protected=force_protected,
-                            confirm=confirm)
+                            confirm=confirm, refusals=refusals)
     if not backup:
         raise UsageError(f"db.delete needs a backup: its id from `db.list --host {h.name}`, or its file name "
                          f"(or --pre-restore NAME|all)")
@@ -43,7 +56,10 @@ def delete(c, backup=None, host=None, inventory=None, origin=None, check=False, 
         check_destructive(h, "delete", database=h.postgres.database, force_protected=force_protected,
                           confirm=confirm)
     with runner_for(h) as runner:
-        p = plan_delete(h, runner, backup, origin=origin, inv=inv, with_copies=pulled_copies, allow_last=allow_last)
+        # an id or name that names no backup (or several) is a lookup error, --check or not
+        # (exit 1, as db.restore's): there is nothing to plan
+        p = plan_delete(h, runner, backup, origin=origin, inv=inv, with_copies=pulled_copies, allow_last=allow_last,
+                        dry_run=check)
     b = p.backup
     lines = [f"delete {path} ({human_bytes(n)})" for path, n in p.files]
     for cp in p.copies:
@@ -54,7 +70,9 @@ def delete(c, backup=None, host=None, inventory=None, origin=None, check=False, 
     if check:
         for w in p.warnings:
             lines.append(f"  warning: {w}")
-        output.check_report("db.delete", h.name, p.to_json(), lines, would_change=True, json=json)
+        plan = {**p.to_json(), "refusals": refusals + p.refusals}
+        checks.report("db.delete", h.name, plan, lines + checks.refusal_lines(
+            plan["refusals"], f"delete backup {b.shown_name} on {h.name}"), json)
         return
     for w in p.warnings:
         output.note(f"warning: {w}")
@@ -71,7 +89,8 @@ def delete(c, backup=None, host=None, inventory=None, origin=None, check=False, 
                                           f"{human_bytes(p.bytes)} freed")
 
 
-def _pre_restore(h, which: str, *, check: bool, yes: bool, json: bool, force_protected: bool, confirm) -> None:
+def _pre_restore(h, which: str, *, check: bool, yes: bool, json: bool, force_protected: bool, confirm,
+                 refusals: list[str] = ()) -> None:
     """``db.delete --pre-restore NAME|all``: drop pre-restore copies (whole databases)."""
     from bigskies_ops.jobs.housekeeping import drop_pre_restore, pre_restore_plan
     if not which:
@@ -88,7 +107,10 @@ def _pre_restore(h, which: str, *, check: bool, yes: bool, json: bool, force_pro
                      f"only go back to the copies left")
     plan = {"database": h.postgres.database, "pre_restore_copies": copies, "bytes": total}
     if check:
-        output.check_report("db.delete", h.name, plan, lines, would_change=bool(copies), json=json)
+        from bigskies_ops.cli import checks
+        plan["refusals"] = list(refusals)
+        output.check_report("db.delete", h.name, plan, lines + checks.refusal_lines(plan["refusals"]),
+                            would_change=bool(copies) and not refusals, json=json)
         return
     if not copies:
         if json:

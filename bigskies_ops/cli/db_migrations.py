@@ -38,7 +38,13 @@ def _int(flag: str, value) -> int | None:
 def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=False, no_backup=False, baseline=None,
             lock_timeout=None, force_protected=False, confirm=None, json=False):
     """Apply pending schema migrations (pre-migrate backup first); 'ok (up to date)' when none."""
+    from bigskies_ops.cli import checks
     inv = load_inventory(inventory)
+    # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+    refused = checks.group_refusal(inv, host, "migrate", check=check, force_protected=force_protected,
+                                   confirm=confirm)
+    if refused and len(inv.resolve(host)) > 1:
+        return checks.group_refused_report("db.migrate", inv, host, refused, json)
     h = inv.host(host)
     to_v, base_v = _int("--to", to), _int("--baseline", baseline)
     if check and fail_if_pending:
@@ -56,6 +62,9 @@ def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=
                               f"(a pre-migrate backup is always taken)")
     res = run_migrate(h, to=to_v, check=check, fail_if_pending=fail_if_pending, take_backup=not no_backup,
                       baseline=base_v, lock_timeout=timeout)
+    if check:
+        return _check_report(h, res, [refused] if refused else [], no_backup=no_backup,
+                             force_protected=force_protected, confirm=confirm, json=json)
     if json:
         output.emit_json(res.to_json())
         return
@@ -84,6 +93,38 @@ def migrate(c, host=None, inventory=None, to=None, check=False, fail_if_pending=
                                               f"up to date (head {res.head}){waited}")
     else:
         output.result_line("ok", h.name, f"up to date (head {res.head if res.head is not None else '-'}){waited}")
+
+
+def _check_report(h, res, refusals: list[str], *, no_backup: bool, force_protected: bool, confirm, json: bool) -> None:
+    """``db.migrate --check``: the common dry-run report (:func:`bigskies_ops.output.check_report`):
+    ``plan`` holds the migrate facts (``pending``, ``baselined``, ``head``, ``database``,
+    ``backup``: whether a pre-migrate backup would be taken) and ``refusals`` (the safety
+    policy's with these flags, ``--no-backup`` on a protected host, and the refusal the
+    migrations themselves would hit, e.g. a changed applied file)."""
+    from bigskies_ops.cli import checks
+    r = checks.policy_refusal(h, "migrate", database=h.postgres.database, force_protected=force_protected,
+                              confirm=confirm)
+    refusals = refusals + ([r] if r else [])
+    if no_backup and h.protected:
+        refusals.append(f"refused: {h.name} is protected; --no-backup is not allowed there "
+                        f"(a pre-migrate backup is always taken)")
+    if res.would_refuse:
+        refusals.append(res.would_refuse)
+    doc = res.to_json()
+    takes_backup = bool(res.pending) and not no_backup
+    plan = {"database": doc["database"], "pending": doc["pending"], "baselined": doc["baselined"],
+            "head": doc["head"], "backup": takes_backup, "refusals": refusals}
+    lines = []
+    if takes_backup:
+        lines.append(f"take a pre-migrate backup of {h.postgres.database!r} into {h.backup.dir}")
+    if res.baselined:
+        lines.append(f"record as applied (baseline): {', '.join(str(v) for v in res.baselined)}")
+    for m in res.pending:
+        lines.append(f"apply {m['file']}" + ("" if m["transactional"] else " (non-transactional)"))
+    if not res.pending and not res.baselined and not res.would_refuse:
+        lines.append(f"  up to date (head {res.head if res.head is not None else '-'}): nothing to apply")
+    output.check_report("db.migrate", h.name, plan, lines + checks.refusal_lines(refusals),
+                        would_change=bool(res.pending or res.baselined) and not refusals, json=json)
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP})
@@ -130,7 +171,9 @@ def pgpass(c, host=None, inventory=None, path=None, json=False, check=False):
     hosts = inv.resolve(host)
     results = [converge(h, path=path, check=check) for h in hosts]
     if check:
-        plans = [{"path": r.path, "changes": r.changes, "before": r.before, "after": r.after} for r in results]
+        # nothing in a pgpass run is refused (no safety policy applies): the list is always empty
+        plans = [{"path": r.path, "changes": r.changes, "before": r.before, "after": r.after, "refusals": []}
+                 for r in results]
         if json and len(results) > 1:  # one document for the whole run
             output.emit_json({"result": "changed" if any(r.changes for r in results) else "ok", "check": True,
                               "task": "db.pgpass", "hosts": [{"host": r.host, "would_change": bool(r.changes),

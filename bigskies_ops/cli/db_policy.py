@@ -36,12 +36,20 @@ def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False
           force_protected=False, confirm=None, json=False):
     """Apply GFS retention (daily/weekly/monthly) to a host's backups; --check shows the plan and the bytes freed."""
     from bigskies_ops.jobs.retention import PruneRefused, prune as run_prune
+    from bigskies_ops.cli import checks
     dry_run = bool(check or dry_run)
     inv = load_inventory(inventory)
+    # a group holding a protected host: refused as a whole (exit 3), before "takes one host"
+    refused_group = checks.group_refusal(inv, host, "prune", check=dry_run, force_protected=force_protected,
+                                         confirm=confirm)
+    if refused_group and len(inv.resolve(host)) > 1:
+        return checks.group_refused_report("db.prune", inv, host, refused_group, json)
     h = inv.host(host)
+    policy = dict(database=h.postgres.database, force_protected=force_protected, confirm=confirm)
     if not dry_run:
-        check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
-                          confirm=confirm)
+        check_destructive(h, "prune", **policy)
+    # what the real run with these flags would refuse (a --check lists it, exit 0)
+    policy_refusals = [r for r in (refused_group, dry_run and checks.policy_refusal(h, "prune", **policy)) if r]
     try:
         res = run_prune(h, dry_run=dry_run, include_failed=failed, include_legacy=include_legacy)
         p, deleted, refused, freed, files = res.plan, res.deleted, None, res.freed, res.files
@@ -59,9 +67,14 @@ def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False
         if files:
             lines.append(f"free {human_bytes(freed)} ({freed} bytes) in {h.backup.dir}")
         lines += [f"refuse {g[1]!r} from {g[0]}: {why}" for g, why in p.refused.items()]
+        # every refusal of the run: the safety policy's (the run stops before anything) and
+        # retention's per group (the run prunes the other groups, then exits 3)
+        refusals = policy_refusals + [f"{g[1]!r} from {g[0]}: {why}" for g, why in p.refused.items()]
+        lines += checks.refusal_lines(policy_refusals)
         output.check_report("db.prune", h.name, {**facts, "dry_run": True, "would_delete": files,
-                                                 "bytes_freed": freed, "prune": len(p.prune), "keep": len(p.keep)},
-                            lines, would_change=bool(files), json=json)
+                                                 "bytes_freed": freed, "prune": len(p.prune), "keep": len(p.keep),
+                                                 "refusals": refusals},
+                            lines, would_change=bool(files) and not policy_refusals, json=json)
         return
     if json:
         output.emit_json({"result": "changed" if deleted else ("failed" if refused else "ok"), "host": h.name,
@@ -243,18 +256,25 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
     from bigskies_ops.jobs.schedule import converge
     inv = load_inventory(inventory)
     hosts = inv.resolve(host)
-    results = []
+    results, refusals = [], []
     for h in hosts:
         protected_ok = False
+        refused = None
         if h.protected and not remove:
-            # the block prunes on its own every night: that consent is given once, here
-            check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,
-                              confirm=confirm)
+            # the block prunes on its own every night: that consent is given once, here; a
+            # --check lists the refusal and plans the block the run would write with the flags
+            policy = dict(database=h.postgres.database, force_protected=force_protected, confirm=confirm)
+            if check:
+                from bigskies_ops.cli.checks import policy_refusal
+                refused = policy_refusal(h, "prune", **policy)
+            else:
+                check_destructive(h, "prune", **policy)
             protected_ok = True
+        refusals.append([refused] if refused else [])
         results.append(converge(inv, h, remove=remove, check=check, crontab_file=crontab_file,
                                 log=log if len(hosts) == 1 else None, protected_ok=protected_ok))
     if check:
-        _schedule_check_report(results, json)
+        _schedule_check_report(results, refusals, json)
         return
     if json:
         output.emit_json({"check": check, "hosts": [{"host": r.host, "result": "changed" if r.changed else "ok",
@@ -273,19 +293,22 @@ def schedule(c, host=None, inventory=None, remove=False, check=False, crontab_fi
             output.result_line("ok", r.host, "crontab already " + ("has no block" if r.removed else "up to date"))
 
 
-def _schedule_check_report(results, json: bool) -> None:
-    """``db.schedule --check``: per host the block before and after (output.check_report);
-    several hosts under --json: one document."""
+def _schedule_check_report(results, refusals: list[list[str]], json: bool) -> None:
+    """``db.schedule --check``: per host the block before and after (output.check_report)
+    and ``refusals`` (per host: the safety policy's refusal of the real run with these
+    flags; such a host would change nothing); several hosts under --json: one document."""
     plans = []
-    for r in results:
+    for r, refused in zip(results, refusals):
         plans.append({"crontab": r.where, "removed": r.removed, "before": r.before,
-                      "after": [] if r.removed else r.lines, "warnings": r.warnings})
+                      "after": [] if r.removed else r.lines, "warnings": r.warnings, "refusals": refused})
+    changes = [r.changed and not p["refusals"] for r, p in zip(results, plans)]
     if json and len(results) > 1:
-        output.emit_json({"result": "changed" if any(r.changed for r in results) else "ok", "check": True,
-                          "task": "db.schedule", "hosts": [{"host": r.host, "would_change": r.changed, "plan": p}
-                                                           for r, p in zip(results, plans)]})
+        output.emit_json({"result": "changed" if any(changes) else "ok", "check": True,
+                          "task": "db.schedule", "hosts": [{"host": r.host, "would_change": ch, "plan": p}
+                                                           for r, p, ch in zip(results, plans, changes)]})
         return
-    for r, plan in zip(results, plans):
+    from bigskies_ops.cli.checks import refusal_lines
+    for r, plan, changed in zip(results, plans, changes):
         if not json:
             for w in r.warnings:
                 output.note(f"warning: {w}")
@@ -296,7 +319,8 @@ def _schedule_check_report(results, json: bool) -> None:
             lines.append(f"change the crontab ({r.where}): {verb} {r.host}")
             lines += [f"  before: {ln}" for ln in r.before]
             lines += [f"  after:  {ln}" for ln in plan["after"]]
-        output.check_report("db.schedule", r.host, plan, lines, would_change=r.changed, json=json)
+        lines += refusal_lines(plan["refusals"])
+        output.check_report("db.schedule", r.host, plan, lines, would_change=changed, json=json)
 
 
 @task(name="scheduled-run", help={

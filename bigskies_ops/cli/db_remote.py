@@ -94,6 +94,12 @@ def pull(c, from_=None, to=None, restore=False, existing=None, format=None, labe
     group = group_selector(inv.hosts, to)
     if group and not check:
         check_destructive(inv.resolve(to), "pull --to", force_protected=force_protected, confirm=confirm, group=group)
+    if group and check and len(inv.resolve(to)) > 1:  # a --to group refused as a whole: no host to plan
+        from bigskies_ops.cli import checks
+        refused = checks.group_refusal(inv, to, "pull --to", check=True, force_protected=force_protected,
+                                       confirm=confirm)
+        if refused:
+            return checks.group_refused_report("db.pull", inv, to, refused, json)
     dest = local_destination(inv, to)
     policy = dict(database=dest.postgres.database, force_protected=force_protected, confirm=confirm, group=group)
     spec = None

@@ -172,6 +172,12 @@ def purge(c, host=None, no_backup=False, no_pull=False, yes=False, force_protect
     policy = dict(force_protected=force_protected, confirm=confirm, group=group_selector(inv.hosts, host))
     if not check:
         check_destructive(hosts, "purge", **policy)
+    elif len(hosts) > 1 and policy["group"]:  # a group the run refuses as a whole: no host to plan
+        from bigskies_ops.cli import checks
+        refused = checks.group_refusal(inv, host, "purge", check=True, force_protected=force_protected,
+                                       confirm=confirm)
+        if refused:
+            return checks.group_refused_report("docker.purge", inv, host, refused, json)
     if len(hosts) != 1:
         raise UsageError("docker.purge takes one host")
     h = hosts[0]

@@ -36,6 +36,8 @@ def _destructive_host(inventory, host, check: bool, **flags):
         refusals = [r] if r else []
     else:
         check_destructive(hosts, "purge", **policy)
+    if check and refusals and len(hosts) > 1:  # a group refused as a whole: no host to plan
+        return None, refusals
     return _host(inventory, host), refusals
 
 
@@ -102,6 +104,9 @@ def complete_reset(c, host=None, no_backup=False, no_restore=False, no_roles=Fal
                    yes=False, force_protected=False, confirm=None, inventory=None, json=False, check=False):
     """Scenario 3: purge (backup first), build, up, restore the backup with its roles."""
     h, refusals = _destructive_host(inventory, host, check, force_protected=force_protected, confirm=confirm)
+    if h is None:
+        from bigskies_ops.cli import checks
+        return checks.group_refused_report("scenario.complete-reset", load_inventory(inventory), host, refusals[0], json)
     if check:
         return _check("scenario.complete-reset", h, scenarios.plan_complete_reset(
             h, take_backup=not no_backup, restore_backup=not no_restore, roles=not no_roles,
@@ -126,6 +131,9 @@ def recover_corruption(c, host=None, archive=None, no_roles=False, yes=False, fo
                        inventory=None, json=False, check=False):
     """Scenario 5: stop coordinators, try a backup, recreate the volume, restore the last good backup."""
     h, refusals = _destructive_host(inventory, host, check, force_protected=force_protected, confirm=confirm)
+    if h is None:
+        from bigskies_ops.cli import checks
+        return checks.group_refused_report("scenario.recover-corruption", load_inventory(inventory), host, refusals[0], json)
     if check:
         return _check("scenario.recover-corruption", h, scenarios.plan_recover_corruption(
             h, archive=archive, roles=not no_roles), json, refusals,

@@ -55,6 +55,8 @@ class DeletePlan:
     copies: list[Copy] = field(default_factory=list)
     with_copies: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: a dry run's record of what the real run would refuse (``plan_delete(dry_run=True)``)
+    refusals: list[str] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -114,12 +116,15 @@ def find_backup(runner, host: Host, spec: str, origin: str | None = None) -> Bac
 
 
 def plan_delete(host: Host, runner, spec: str, *, origin: str | None = None, inv=None, with_copies: bool = False,
-                allow_last: bool = False) -> DeletePlan:
+                allow_last: bool = False, dry_run: bool = False) -> DeletePlan:
     """Decide what deleting ``spec`` on ``host`` means (reads only).
 
+    ``dry_run`` (``db.delete --check``): a refusal is recorded in ``refusals`` instead of
+    raised, and the plan is made anyway (docs/cli.md "Dry runs").
+
     Raises:
-        SafetyError: (exit 3) the only good backup of its database and origin, without
-            ``allow_last``.
+        SafetyError: (exit 3, not ``dry_run``) the only good backup of its database and
+            origin, without ``allow_last``.
         ArchiveError, UsageError: :func:`find_backup`.
     """
     b = find_backup(runner, host, spec, origin)
@@ -130,10 +135,13 @@ def plan_delete(host: Host, runner, spec: str, *, origin: str | None = None, inv
                  if x.status == "DONE" and (x.origin_host or host.name) == origin_host and x.database == b.database]
         others = sorted((x for x in group if x.path != b.path), key=lambda x: x.started_at, reverse=True)
         if not others and not allow_last:
-            raise SafetyError(f"refused: {b.shown_name} ({b.id}) is the only good backup of {b.database!r} from "
-                              f"{origin_host} in {host.name}:{host.backup.dir}; after deleting it there is nothing "
-                              f"to restore. Pass --allow-last to delete it anyway")
-        if not others:
+            refusal = (f"refused: {b.shown_name} ({b.id}) is the only good backup of {b.database!r} from "
+                       f"{origin_host} in {host.name}:{host.backup.dir}; after deleting it there is nothing "
+                       f"to restore. Pass --allow-last to delete it anyway")
+            if not dry_run:
+                raise SafetyError(refusal)
+            p.refusals.append(refusal)
+        elif not others:
             p.warnings.append(f"{b.shown_name} is the only good backup of {b.database!r} from {origin_host}: "
                               f"none is left after this")
         elif b.started_at and others[0].started_at and b.started_at > others[0].started_at:

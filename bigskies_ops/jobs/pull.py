@@ -226,6 +226,10 @@ def pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | None 
     return out
 
 
+#: a plain fresh dump under ``--restore``: when its archive checks happen (:func:`pull_and_restore`)
+ARRIVING = "loaded into the side database while it arrives; checked against its manifest once complete"
+
+
 def pull_mode(src: Host, existing: str | None, fmt: str | None, restore: bool) -> tuple[str, str | None, str | None]:
     """How :func:`pull` brings the backup (the one decision for the run and ``--check``):
     ``(mode: "existing" | "stream", format of a fresh dump (None for an existing archive),
@@ -260,7 +264,7 @@ def plan_pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | 
                  "restore_how": restore_how, "refusals": []}
     if mode == "existing":
         with _ssh_runner(src) as runner:
-            rpath = _resolve_latest(runner, src, db) if existing in (None, "", "latest") else _remote_path(src, existing)
+            rpath = remote_archive(runner, src, existing, db)  # the run's own lookup: ids, prefixes, names
             runner.probe([rpath + MANIFEST_SUFFIX, rpath], read=1)
             if not runner.exists(rpath):
                 raise ArchiveError(f"{src.name}:{rpath}: no such file")
@@ -297,6 +301,8 @@ def plan_pull(src: Host, dest: Host, *, existing: str | None = None, fmt: str | 
         rp = check_restore(dest, here, expected_bytes=None if here else db_bytes,
                            **{k: v for k, v in restore.items() if k in ("terminate_sessions", "skip_missing_roles")})
         out["restore"] = rp.to_json()
+        if restore_how == "while arriving":  # pull_and_restore: the same words as its follow plan
+            out["restore"]["archive"]["pending"] = ARRIVING
         out["refusals"] += rp.refusals
     return out
 
@@ -337,8 +343,7 @@ def pull_existing(src: Host, dest: Host, spec: str | None = "latest", *, databas
     db = database or src.postgres.database
     t0 = time.monotonic()
     with _ssh_runner(src) as runner:
-        rpath = (_resolve_latest(runner, src, db) if spec in (None, "", "latest")
-                 else _resolve_id(runner, src, spec) if looks_like_id(spec) else _remote_path(src, spec))
+        rpath = remote_archive(runner, src, spec, db)
         name = posixpath.basename(rpath)
         parsed = parse_archive_name(name)
         # the lock of the archive's database (as its name says: what a streamed pull of that
@@ -480,6 +485,22 @@ def _missing_dirs(path: str) -> list[str]:
             break
         path = parent
     return out
+
+
+def remote_archive(runner, src: Host, spec: str | None, db: str) -> str:
+    """The path on ``src`` of the archive ``db.pull --existing SPEC`` names: ``latest`` (or
+    none: the newest DONE backup of ``db``), a backup id or unique prefix of 4+ characters
+    (docs/cli.md "Ids"), a file name in its backup.dir, or an absolute path. The one lookup
+    of the run and its ``--check``.
+
+    Raises:
+        ArchiveError: no such backup, several match, an in-progress or manifest file.
+        UsageError: a name that is not an archive's."""
+    if spec in (None, "", "latest"):
+        return _resolve_latest(runner, src, db)
+    if looks_like_id(spec):
+        return _resolve_id(runner, src, spec)
+    return _remote_path(src, spec)
 
 
 def _remote_path(src: Host, spec: str) -> str:

@@ -276,10 +276,11 @@ def _plan_archive(plan: RestorePlan, check: _Checker, access, archive, follow, e
     """The archive's facts and checks (:func:`check_archive`); returns its ArchiveInfo,
     ``follow``, or None (not here yet, or refused in a dry run)."""
     if follow is not None:
-        plan.archive = {"path": None, "pending": "loaded while it arrives; checked once it is complete"}
+        plan.archive = {"path": None, "pending": "loaded into the side database while it arrives; checked against "
+                                                 "its manifest once complete"}
         return follow
     if archive is None:
-        plan.archive = {"path": None, "pending": "pulled first; checked once it is here",
+        plan.archive = {"path": None, "pending": "once the pull is complete: checked, then loaded from the file",
                         "database_bytes": expected_bytes}
         return None
     plan.archive = _archive_facts(archive)

@@ -198,10 +198,15 @@ _WOULD = {
 }
 
 
-def plan_stack(host: Host, action: str, *, timeout: float | None = None, wait_for_migrations: bool = False) -> dict:
+def plan_stack(host: Host, action: str, *, timeout: float | None = None, wait_for_migrations: bool = False,
+               states: dict[str, str] | None = None) -> dict:
     """What ``docker.<action>`` (build, up, down, restart) would do, read-only (``--check``):
     the project, each service's state now and what the command would do to it, the images
     ``build`` would build (:func:`built_images`) and what ``up``/``restart`` would wait for.
+
+    ``states``: service -> state (``running``/``exited``/``absent``) to plan against instead
+    of the containers' states now: a scenario's later step is planned against the state its
+    earlier steps leave (:func:`after_stack_action`); services not in it are ``absent``.
 
     Raises:
         UsageError: compose file missing, compose command not installed, an unknown
@@ -211,12 +216,17 @@ def plan_stack(host: Host, action: str, *, timeout: float | None = None, wait_fo
         project = cmp.resolved_config(runner, host)
         if action == "up" and host.coordinators:
             cmp.check_coordinators(host, project)
-        rows = services_status(runner, host, project)
+        if states is None:
+            rows = services_status(runner, host, project)
+        else:
+            rows = [{"service": s, "containers": [], "state": states.get(s, "absent"),
+                     "coordinator": s in host.coordinators} for s in project.services]
     images = built_images(project)
     for r in rows:
         if action == "build":
-            r["would"] = (f"image {images[r['service']]} rebuilt (containers untouched)" if r["service"] in images
-                          else "nothing to build")
+            r["would"] = (f"image {images[r['service']]} rebuilt ("
+                          + ("containers untouched)" if r["state"] != "absent" else "no container: up creates it)")
+                          if r["service"] in images else "nothing to build")
         else:
             r["would"] = _WOULD[action].get(r["state"], _WOULD[action][None])
     waits = None
@@ -228,6 +238,30 @@ def plan_stack(host: Host, action: str, *, timeout: float | None = None, wait_fo
     return {"project": project.name, "host": host.name, "action": action, "command": f"run {argv} {command}",
             "services": rows, "images": list(images.values()) if action == "build" else [], "waits": waits,
             "refusals": []}
+
+
+#: what each lifecycle action leaves a service in (None: unchanged), for planning ahead
+_AFTER = {"up": "running", "restart": None, "build": None, "down": "absent", "purge": "absent"}
+
+
+def after_stack_action(states: dict[str, str], action: str, services: list[str] | None = None) -> dict[str, str]:
+    """The services' states (service -> ``running``/``exited``/``absent``) after ``action``
+    (``up``, ``down``, ``restart``, ``build``, ``purge``, or ``stop`` for ``services`` only),
+    computed, not read: what a scenario's ``--check`` plans its next step against."""
+    out = dict(states)
+    for s in (services if services is not None else list(out)):
+        if action == "stop":
+            out[s] = "exited" if out.get(s, "absent") != "absent" else "absent"
+        elif _AFTER.get(action) is not None:
+            out[s] = _AFTER[action]
+    return out
+
+
+def service_states(host: Host) -> dict[str, str]:
+    """service -> state now (``running``/``exited``/``absent``), read-only."""
+    with runner_for(host) as runner:
+        project = cmp.resolved_config(runner, host)
+        return {r["service"]: r["state"] for r in services_status(runner, host, project)}
 
 
 def up(host: Host, *, timeout: float = 60.0, wait_for_migrations: bool = False,
@@ -489,10 +523,20 @@ def plan_purge(host: Host, *, take_backup: bool = True) -> dict:
     ``refusals``: what the run would refuse (the backup's space check)."""
     from bigskies_ops.jobs.backup import plan_backup
     plan = purge_plan(host)
-    backup = plan_backup(host) if take_backup else None
+    backup, refusals = None, []
+    if take_backup:
+        try:
+            backup = plan_backup(host)
+            refusals = list(backup.get("refusals") or [])
+        except (PostgresError, CommandError) as e:
+            # the server cannot be read (container absent or stopped): the run's pre-purge backup
+            # would fail and nothing would be purged; the check says so instead of failing
+            refusals = [f"the pre-purge backup would fail ({e}), so nothing would be purged; "
+                        f"--no-backup purges without one"]
     return {"project": plan.project, "containers": plan.containers, "volume": plan.volume,
             "volume_exists": plan.volume_exists, "volume_size": plan.volume_size, "other_volumes": plan.other_volumes,
-            "no_backup": not take_backup, "backup": backup, "refusals": list((backup or {}).get("refusals") or [])}
+            "no_backup": not take_backup, "backup": backup, "backup_error": refusals[0] if take_backup and
+            backup is None else None, "refusals": refusals}
 
 
 def purge(host: Host, *, take_backup: bool = True, pull: bool = True, backup_fn=None,

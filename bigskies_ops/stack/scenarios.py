@@ -332,6 +332,17 @@ def _refusal_of(fn, *a, **kw) -> list[str]:
     return []
 
 
+def _attempted_backup(title: str, host: Host) -> dict:
+    """Scenario 5's attempted backup step: its plan, or why it would fail now (the scenario
+    goes on without it); never a refusal of the scenario."""
+    try:
+        return _step(title, "backup", dict(plan_backup(host), refusals=[]))
+    except UsageError:
+        raise
+    except BigskiesError as e:
+        return _step(title, notes=[f"the backup would fail now ({e}); the scenario goes on without it"])
+
+
 def plan_before_risky_change(host: Host, *, restart_service: str | None = None) -> dict:
     """Scenario 1's ordered steps (:func:`before_risky_change_steps`) with each step's plan, read-only."""
     titles = before_risky_change_steps(restart_service)
@@ -356,9 +367,14 @@ def plan_before_risky_change(host: Host, *, restart_service: str | None = None) 
 def plan_fresh_start(host: Host, *, timeout: float = 60.0) -> dict:
     """Scenario 2's ordered steps (:data:`FRESH_START_STEPS`) with each step's plan, read-only."""
     t = FRESH_START_STEPS
-    steps = [_step(t[0], "backup", plan_backup(host)), _step(t[1], "stack", stack.plan_stack(host, "down")),
-             _step(t[2], "stack", stack.plan_stack(host, "build")),
-             _step(t[3], "stack", stack.plan_stack(host, "up", timeout=timeout)),
+    # each step is planned against the state the earlier ones leave (computed, not read):
+    # after down the containers are gone, so up creates and starts them
+    now = stack.service_states(host)
+    after_down = stack.after_stack_action(now, "down")
+    steps = [_step(t[0], "backup", plan_backup(host)), _step(t[1], "stack", stack.plan_stack(host, "down", states=now)),
+             _step(t[2], "stack", stack.plan_stack(host, "build", states=after_down)),
+             _step(t[3], "stack", dict(stack.plan_stack(host, "up", timeout=timeout, states=after_down),
+                                       volume_note="kept (down keeps volumes): the data is still there")),
              _step(t[4], notes=["count every table's rows and compare them with the new backup's manifest"])]
     return {"scenario": "fresh-start", "steps": steps, "refusals": _refusals(steps)}
 
@@ -370,9 +386,13 @@ def plan_complete_reset(host: Host, *, take_backup: bool = True, restore_backup:
     t = complete_reset_steps(take_backup, restore_backup, roles)
     pre = _refusal_of(roles_setting_check, host, roles, "scenario.complete-reset") \
         if restore_backup and take_backup else []
+    # planned against the state each step leaves: after the purge no container and no data volume
+    gone = stack.after_stack_action(stack.service_states(host), "purge")
     steps = [_step(t[0], "purge", stack.plan_purge(host, take_backup=take_backup)),
-             _step(t[1], "stack", stack.plan_stack(host, "build")),
-             _step(t[2], "stack", stack.plan_stack(host, "up", timeout=timeout, wait_for_migrations=wait_migrations))]
+             _step(t[1], "stack", stack.plan_stack(host, "build", states=gone)),
+             _step(t[2], "stack", dict(stack.plan_stack(host, "up", timeout=timeout, wait_for_migrations=wait_migrations,
+                                                        states=gone),
+                                       volume_note="created empty (step 1 deleted it)"))]
     if restore_backup:
         steps.append(_step(t[3], notes=[
             "restore the pre-purge backup into the new database, sessions ended, the coordinators stopped "
@@ -399,10 +419,15 @@ def plan_recover_corruption(host: Host, *, archive: str | None = None, timeout: 
             b = latest(list_backups(runner, host.backup.dir), database=host.postgres.database, origin_host=host.name)
             what = ("the backup taken in step 2, else the newest good one now: "
                     + (b.path if b is not None else "none (the real run stops before deleting anything)"))
+    # planned against the state each step leaves (computed, not read): coordinators stopped,
+    # then after the purge no container and no data volume, so up creates and starts them all
+    gone = stack.after_stack_action(stack.after_stack_action(stack.service_states(host), "stop", list(running)),
+                                    "purge")
     steps = [_step(t[0], notes=[f"stop {', '.join(running)}" if running else "no coordinator is running"]),
-             _step(t[1], "backup", dict(plan_backup(host), refusals=[])),  # it may fail: the scenario goes on
+             _attempted_backup(t[1], host),  # it may fail: the scenario goes on
              _step(t[2], "purge", stack.plan_purge(host, take_backup=False)),
-             _step(t[3], "stack", stack.plan_stack(host, "up", timeout=timeout)),
+             _step(t[3], "stack", dict(stack.plan_stack(host, "up", timeout=timeout, states=gone),
+                                       volume_note="created empty (step 3 deleted it)")),
              _step(t[4], notes=["wait until schema_migrations reaches the newest migration file"]),
              _step(t[5], notes=[f"restore {what}" + (" with its roles" if roles else "")
                                 + ", verified before the volume is deleted"])]

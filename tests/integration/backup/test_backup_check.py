@@ -21,6 +21,9 @@ def test_backup_check_names_the_plan_and_writes_nothing(pg, pg_sql, tmp_path, db
     assert f"would dump database '{dbname}'" in r.stdout and "as plain" in r.stdout
     assert f"would write {bdir}/{dbname}_backup_" in r.stdout and "(the folder is created)" in r.stdout
     assert "give up after 30 s waiting for a table lock" in r.stdout and "free space in" in r.stdout
+    # the estimate and the space need read as two plain facts (no nested parentheses)
+    assert "estimated size: unknown (no earlier plain backup)" in r.stdout, r.stdout
+    assert "needed, from the database's size (first backup in this format)" in r.stdout, r.stdout
     size = int(pg_sql(f"SELECT pg_database_size('{dbname}')", "postgres").strip())
     plan = json.loads(cli("db.backup", "-i", str(inv), "--check", "--json", env=cli_env).stdout)["plan"]
     assert plan["database"] == dbname and abs(plan["database_bytes"] - size) < 1 << 20
@@ -35,6 +38,8 @@ def test_backup_check_names_the_plan_and_writes_nothing(pg, pg_sql, tmp_path, db
     plan = doc["plan"]
     assert doc["check"] is True and doc["result"] == "changed" and doc["host"] == "dev"
     assert plan["estimated_bytes"] == last["bytes"] and plan["needed_bytes"] == int(last["bytes"] * 1.2)
+    r = cli("db.backup", "-i", str(inv), "--check", env=cli_env)
+    assert "(the last plain backup's size)" in r.stdout and "needed, from the last plain backup" in r.stdout, r.stdout
     assert re.fullmatch(re.escape(f"{bdir}/{dbname}_backup_") + r"\d{8}_\d{6}(_\d+)?\.sql\.gz", plan["archive"])
     assert plan["archive"] != last["path"]
     assert _files(bdir) == before and _databases(pg_sql) == dbs

@@ -217,10 +217,77 @@ def test_delete_on_a_protected_host_and_pulled_copies(tmp_path, pg, dbname, cli_
     assert r.returncode == 3 and f"--force-protected --confirm {dbname}" in r.stderr and now() == files
     r = cli("db.delete", a["id"], "--check", "-i", str(inv), env=cli_env)   # a dry run needs no confirmation
     assert r.returncode == 0 and "keep the pulled copy" in r.stdout and now() == files
+    # the check lists the refusal the run would hit and the flags that lift it (docs/cli.md "Dry runs")
+    j = json.loads(cli("db.delete", a["id"], "--check", "--json", "-i", str(inv), env=cli_env).stdout)
+    assert j["result"] == "ok" and j["would_change"] is False and now() == files
+    assert [f"--force-protected --confirm {dbname}" in x for x in j["plan"]["refusals"]] == [True]
+    j = json.loads(cli("db.delete", a["id"], "--check", "--json", "--force-protected", "--confirm", dbname,
+                       "-i", str(inv), env=cli_env).stdout)
+    assert j["result"] == "changed" and j["plan"]["refusals"] == []
+    # a group holding the protected host: exit 3 (not 2, "selects 2 hosts"); its check: exit 0, the refusal
+    ginv = write_inventory(tmp_path / "group.yaml", {
+        "src": native_host(pg, dbname, src_dir, protected=True), "dev": native_host(pg, dbname, dev_dir)},
+        groups={"both": ["src", "dev"]})
+    r = cli("db.delete", a["id"], "--host", "both", "--yes", "--force-protected", "--confirm", dbname,
+            "-i", str(ginv), env=cli_env)
+    assert r.returncode == 3 and "group 'both' containing protected host(s) src" in r.stderr and now() == files
+    r = cli("db.delete", a["id"], "--host", "both", "--check", "--json", "-i", str(ginv), env=cli_env)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["result"] == "ok" and j["plan"]["hosts"] == ["src", "dev"] and "group 'both'" in j["plan"]["refusals"][0]
+    r = cli("db.prune", "--host", "both", "-i", str(ginv), env=cli_env)
+    assert r.returncode == 3 and "prune on group 'both'" in r.stderr and now() == files
+    r = cli("db.prune", "--host", "both", "--check", "-i", str(ginv), env=cli_env)
+    assert r.returncode == 0 and "the real run would REFUSE: refused: prune on group 'both'" in r.stdout
+    assert "ok (check)" in r.stdout and now() == files
+    # one protected host: prune --check lists the policy's refusal with its flags, result ok
+    r = cli("db.prune", "--check", "--json", "-i", str(inv), env=cli_env)
+    j = json.loads(r.stdout)
+    assert r.returncode == 0 and j["result"] == "ok" and j["would_change"] is False, r.stderr + r.stdout
+    assert [f"prune needs --force-protected --confirm {dbname}" in x for x in j["plan"]["refusals"]] == [True]
+    r = cli("db.prune", "--check", "-i", str(inv), env=cli_env)
+    assert "the real run would REFUSE: refused: src is protected" in r.stdout and "ok (check)" in r.stdout
+    j = json.loads(cli("db.prune", "--check", "--json", "--force-protected", "--confirm", dbname, "-i", str(inv),
+                       env=cli_env).stdout)
+    assert j["plan"]["refusals"] == [] and now() == files
+    r = cli("db.restore", a["id"], "--host", "both", "--check", "-i", str(ginv), env=cli_env)
+    assert r.returncode == 0 and "the real run would REFUSE: refused: restore on group 'both'" in r.stdout
     r = cli("db.delete", a["id"], "--yes", "--pulled-copies", "--force-protected", "--confirm", dbname,
             "-i", str(inv), env=cli_env)
     assert r.returncode == 0, r.stderr
     assert sorted(now()) == sorted([b["name"], b["name"] + ".manifest.json"])
+    # the only good backup on the protected host: both refusals, each with the flag that lifts it
+    j = json.loads(cli("db.delete", b["id"], "--check", "--json", "-i", str(inv), env=cli_env).stdout)
+    assert j["result"] == "ok" and len(j["plan"]["refusals"]) == 2, j
+    assert "--force-protected" in j["plan"]["refusals"][0] and "--allow-last" in j["plan"]["refusals"][1]
+    j = json.loads(cli("db.delete", b["id"], "--check", "--json", "--allow-last", "-i", str(inv), env=cli_env).stdout)
+    assert j["result"] == "ok" and [("--force-protected" in x) for x in j["plan"]["refusals"]] == [True]
+    assert sorted(now()) == sorted([b["name"], b["name"] + ".manifest.json"])
+
+
+def test_delete_and_restore_check_agree_on_ids_that_name_nothing(dev, cli_env, pg_sql, dbname):
+    """An id that names no backup, or several, cannot be planned: a lookup error (exit 1),
+    --check or not, for db.delete and db.restore alike (docs/cli.md "Ids", "Dry runs");
+    the only good backup is a refusal in the plan (exit 0, --allow-last)."""
+    inv, bdir = dev
+    backups = [_backup(inv, cli_env) for _ in range(3)]
+    ids = [b["id"] for b in backups]
+    files, oids = _state(bdir), _oids(pg_sql)
+    specs = ["2", "ffff0000" if "ffff0000" not in ids else "0000ffff"]   # the old row number, an unknown id
+    for spec in specs:
+        for task in ("db.delete", "db.restore"):
+            r = cli(task, spec, "--check", "-i", str(inv), env=cli_env)
+            assert r.returncode == 1, (task, spec, r.stdout, r.stderr)
+            assert "no such" in r.stderr and "Traceback" not in r.stderr and "CHECK MODE" not in r.stdout
+            r = cli(task, spec, "--check", "--json", "-i", str(inv), env=cli_env)
+            assert r.returncode == 1 and json.loads(r.stdout)["error"]["exit_code"] == 1
+    assert _state(bdir) == files and _oids(pg_sql) == oids
+    for i in ids[1:]:
+        assert cli("db.delete", i, "--yes", "-i", str(inv), env=cli_env).returncode == 0
+    files = _state(bdir)
+    r = cli("db.delete", ids[0], "--check", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0 and "the real run would REFUSE: refused:" in r.stdout and "--allow-last" in r.stdout
+    assert "ok (check)" in r.stdout and _state(bdir) == files
 
 
 def test_drop_pre_restore_copies(dev, cli_env, pg_sql, dbname):

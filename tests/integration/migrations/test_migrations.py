@@ -110,8 +110,13 @@ def test_new_migration_is_checked_backed_up_applied_once_with_its_row(mig, pg_sq
 
     r = run("db.migrate", "--check", env=cli_env, inv=inv)
     assert r.returncode == 0, r.stderr
-    assert "pending: 006_nicknames.sql" in r.stdout and "pending: 007_more.sql" in r.stdout
-    assert "nothing changed" in r.stdout
+    assert "would apply 006_nicknames.sql" in r.stdout and "would apply 007_more.sql" in r.stdout
+    assert "nothing is changed" in r.stdout and "would take a pre-migrate backup" in r.stdout
+    # the common dry-run document (docs/cli.md "Dry runs"): its facts inside plan
+    doc = json.loads(run("db.migrate", "--check", "--json", env=cli_env, inv=inv).stdout)
+    assert doc["task"] == "db.migrate" and doc["check"] is True and doc["result"] == "changed"
+    assert doc["would_change"] is True and doc["plan"]["refusals"] == [] and doc["plan"]["backup"] is True
+    assert [m["file"] for m in doc["plan"]["pending"]] == ["006_nicknames.sql", "007_more.sql"]
     r = run("db.migrate", "--fail-if-pending", env=cli_env, inv=inv)
     assert r.returncode == 1 and "2 migration(s) pending" in r.stderr
     assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == {}
@@ -213,8 +218,11 @@ def test_edited_applied_file_is_refused_with_file_name_and_both_checksums(mig, p
     st = json.loads(run("db.migrations", "--json", env=cli_env, inv=inv).stdout)
     assert {m["version"]: m["state"] for m in st["migrations"]}[3] == "changed"
     r = run("db.migrate", "--check", env=cli_env, inv=inv)          # a dry run exits 0 and says so
-    assert r.returncode == 0 and "would refuse: refused: 003_coordinator_config.sql was changed" in r.stdout
-    assert "a real run would be refused" in r.stdout
+    assert r.returncode == 0 and "the real run would REFUSE: refused: 003_coordinator_config.sql was changed" in r.stdout
+    assert "ok (check)" in r.stdout and "would change nothing" in r.stdout
+    doc = json.loads(run("db.migrate", "--check", "--json", env=cli_env, inv=inv).stdout)
+    assert doc["result"] == "ok" and doc["would_change"] is False
+    assert "003_coordinator_config.sql was changed" in doc["plan"]["refusals"][0]
 
 
 NOTX_006 = ("-- 006_concurrent_indexes: built without locking writers out\n"
@@ -386,7 +394,28 @@ def test_protected_host_needs_confirmation_and_refuses_no_backup(mig, pg, pg_sql
     assert r.returncode == 3 and f"--force-protected --confirm {dbname}" in r.stderr
     r = run("db.migrate", "--no-backup", "--force-protected", "--confirm", dbname, env=cli_env, inv=inv)
     assert r.returncode == 3 and "--no-backup is not allowed" in r.stderr
-    assert run("db.migrate", "--check", env=cli_env, inv=inv).returncode == 0
+    r = run("db.migrate", "--check", env=cli_env, inv=inv)
+    assert r.returncode == 0 and "the real run would REFUSE: refused: dev is protected" in r.stdout
+    doc = json.loads(run("db.migrate", "--check", "--json", env=cli_env, inv=inv).stdout)
+    assert doc["result"] == "ok" and any(f"--force-protected --confirm {dbname}" in x for x in doc["plan"]["refusals"])
+    doc = json.loads(run("db.migrate", "--check", "--json", "--no-backup", "--force-protected", "--confirm", dbname,
+                         env=cli_env, inv=inv).stdout)
+    assert doc["result"] == "ok" and ["--no-backup is not allowed" in x for x in doc["plan"]["refusals"]] == [True]
+    doc = json.loads(run("db.migrate", "--check", "--json", "--force-protected", "--confirm", dbname,
+                         env=cli_env, inv=inv).stdout)
+    assert doc["plan"]["refusals"] == [] and doc["result"] == ("changed" if doc["plan"]["pending"] else "ok")
+    # a group holding the protected host: refused as a whole (exit 3, docs/safety.md), not
+    # "selects 2 hosts" (exit 2); its --check exits 0 naming the refusal
+    ginv = write_inventory(tmp_path / "group.yaml", {
+        "dev": native_host(pg, dbname, bdir, protected=True, migrations={"dir": str(folder)}),
+        "other": native_host(pg, dbname, tmp_path / "other", migrations={"dir": str(folder)})},
+        groups={"both": ["dev", "other"]})
+    r = run("db.migrate", "--host", "both", "--force-protected", "--confirm", dbname, env=cli_env, inv=ginv)
+    assert r.returncode == 3 and "group 'both' containing protected host(s) dev" in r.stderr, r.stderr
+    r = run("db.migrate", "--host", "both", "--check", env=cli_env, inv=ginv)
+    assert r.returncode == 0 and "the real run would REFUSE: refused: migrate on group 'both'" in r.stdout, r.stderr
+    doc = json.loads(run("db.migrate", "--host", "both", "--check", "--json", env=cli_env, inv=ginv).stdout)
+    assert doc["result"] == "ok" and doc["plan"]["hosts"] == ["dev", "other"] and len(doc["plan"]["refusals"]) == 1
     assert db_fingerprint(pg_sql, dbname) == before and dir_hashes(bdir) == {}
     r = run("db.migrate", "--force-protected", "--confirm", dbname, env=cli_env, inv=inv)
     assert r.returncode == 0, r.stderr

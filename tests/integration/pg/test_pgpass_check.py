@@ -40,6 +40,7 @@ def test_pgpass_check_shows_masked_before_and_after_and_writes_nothing(tmp_path,
     doc = json.loads(r.stdout)
     assert doc["result"] == "changed" and doc["check"] is True and doc["task"] == "db.pgpass"
     assert doc["host"] == "dev" and doc["would_change"] is True and doc["plan"]["path"] == str(pgpass)
+    assert doc["plan"]["refusals"] == []   # every plan has refusals (docs/cli.md "Dry runs"); none here
     assert "old-secret" not in r.stdout and PASSWORD not in r.stdout
     assert (pgpass.read_bytes(), os.stat(pgpass).st_mtime_ns, stat.S_IMODE(os.stat(pgpass).st_mode)) == before
     # converged: --check says nothing would change

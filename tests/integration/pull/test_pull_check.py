@@ -39,7 +39,15 @@ def test_pull_check_names_source_size_destination_and_the_restore_plan(world, pg
     assert plan["destination"].startswith(f"{w.dev_bdir}/prod/{w.prod_db}_backup_") and plan["restore"] is None
     # --restore without --to: dev (defaults.host), as docs/remote.md says; the restore's plan on dev
     r = _check(w, env, "--restore")
-    assert "would restore it into dev's database (while arriving)" in r.stdout
+    # one coherent statement of when the restore happens (jobs/pull: a plain dump is loaded while it arrives)
+    assert "would restore it into dev's database while it arrives (a plain dump is loaded as it streams in):" \
+        in r.stdout, r.stdout
+    assert "would restore the archive: loaded into the side database while it arrives" in r.stdout
+    assert "once it is here" not in r.stdout and "pulled first" not in r.stdout
+    r2 = _check(w, env, "--restore", "--format", "custom")
+    assert "would restore it into dev's database after the pull (from the complete file):" in r2.stdout, r2.stdout
+    assert "while it arrives" not in r2.stdout
+    assert "estimated size: unknown (no earlier plain backup pulled from prod)" in r.stdout, r.stdout
     assert f"create side database '{w.dev_db}_restoring_" in r.stdout, r.stdout
     doc = json.loads(_check(w, env, "--restore", "--json").stdout)
     rp = doc["plan"]["restore"]
@@ -54,6 +62,14 @@ def test_pull_check_names_source_size_destination_and_the_restore_plan(world, pg
     assert plan["mode"] == "existing" and plan["source"]["path"] == remote and plan["source"]["manifest"] == "DONE"
     assert plan["source"]["bytes"] == (w.prod_bdir / remote.rsplit("/", 1)[1]).stat().st_size
     assert plan["destination"] == f"{w.dev_bdir}/prod/{remote.rsplit('/', 1)[1]}" and plan["already_here"] is False
+    # its id and a 4-character prefix, as the real run takes them (one lookup for both)
+    bid = json.loads(cli("db.list", "-i", str(w.inv), "--host", "prod", "--json", env=env).stdout)["backups"][0]["id"]
+    for spec in (bid, bid[:4]):
+        plan = json.loads(_check(w, env, "--existing", spec, "--json").stdout)["plan"]
+        assert plan["source"]["path"] == remote, (spec, plan)
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--existing", "ffff0000" if bid != "ffff0000" else "0000ffff",
+            "--check", env=env)
+    assert r.returncode == 1 and "no backup with that id" in r.stderr, r.stderr
     assert _state(w, pg_sql) == before
 
 
@@ -79,4 +95,12 @@ def test_pull_to_a_group_holding_a_protected_host_is_refused(world, pg_sql, env)
     assert "the real run would REFUSE: refused: pull --to on group 'laptops'" in r.stdout
     r = _check(w, env, "--to", "dev", "--restore")
     assert f"needs --force-protected --confirm {w.dev_db}" in r.stdout
+    # a --to group of several hosts, one protected: the run exit 3, the check exit 0 with the refusal
+    write_inventory(w.inv, dict(w.hosts, dev2=dict(w.hosts["dev"], protected=False)), defaults={"host": "dev"},
+                    groups={"production": ["prod"], "laptops": ["dev", "dev2"]})
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "laptops", "--restore", "--yes", env=env)
+    assert r.returncode == 3 and "group 'laptops' containing protected host(s) dev" in r.stderr, r.stderr
+    doc = json.loads(_check(w, env, "--to", "laptops", "--restore", "--json").stdout)
+    assert doc["result"] == "ok" and doc["plan"]["hosts"] == ["dev", "dev2"]
+    assert "group 'laptops'" in doc["plan"]["refusals"][0]
     assert _state(w, pg_sql) == before

@@ -98,8 +98,10 @@ def test_restore_check_reports_a_corrupt_archive_as_the_run_would_refuse_it(pg, 
     assert json.loads(r.stdout)["result"] == "ok"  # refused: would change nothing
     r = _check(inv, cli_env, str(bad))
     assert "check FAILED: archive" in r.stdout and "the real run would REFUSE" in r.stdout
-    r2 = _check(inv, cli_env, "no-such-archive.sql.gz")
-    assert "no such file" in r2.stdout
+    # a name that names no archive cannot be planned: a lookup error, as in the run and in
+    # db.delete --check (exit 1; docs/cli.md "Dry runs")
+    r2 = cli("db.restore", "-i", str(inv), "no-such-archive.sql.gz", "--check", env=cli_env)
+    assert r2.returncode == 1 and "no such file" in r2.stderr and "CHECK MODE" not in r2.stdout, r2.stderr
     assert (_state(pg_sql, bdir), _files(bad.parent)) == before
 
 

@@ -46,3 +46,28 @@ def test_schedule_check_shows_the_block_before_and_after_and_changes_nothing(tmp
     write_inventory(tmp_path / "inv.yaml", {"dev": {"connection": "local", "schedule": "15 1 * * *"}})
     r = cli("db.schedule", "-i", str(inv), "--crontab-file", str(crontab), "--check", env=cli_env)
     assert r.returncode == 0 and "ok (check): [dev] would change nothing" in r.stdout, r.stdout
+
+
+def test_schedule_check_on_a_protected_host_lists_the_refusal_and_exits_0(tmp_path, cli_env):
+    """The block prunes every night: on a protected host the real run needs --force-protected
+    --confirm DBNAME (exit 3 without); its --check exits 0, lists that refusal with the flags
+    under ``refusals`` and says ``ok`` (docs/cli.md "Dry runs"); the crontab is untouched."""
+    inv = write_inventory(tmp_path / "inv.yaml", {"prot": {"connection": "local", "protected": True,
+                                                           "postgres": {"database": "app"}}})
+    crontab = tmp_path / "crontab"
+    crontab.write_text("MAILTO=ops@example.org\n")
+    before = (crontab.read_bytes(), os.stat(crontab).st_mtime_ns)
+    args = ("db.schedule", "-i", str(inv), "--host", "prot", "--crontab-file", str(crontab))
+    r = cli(*args, env=cli_env)
+    assert r.returncode == 3 and "--force-protected --confirm app" in r.stderr, r.stderr
+    r = cli(*args, "--check", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert "the real run would REFUSE: refused: prot is protected; prune needs --force-protected --confirm app" \
+        in r.stdout and "ok (check): [prot] would change nothing" in r.stdout, r.stdout
+    r = cli(*args, "--check", "--json", env=cli_env)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["result"] == "ok" and doc["would_change"] is False and doc["task"] == "db.schedule"
+    assert ["--force-protected --confirm app" in x for x in doc["plan"]["refusals"]] == [True]
+    doc = json.loads(cli(*args, "--check", "--json", "--force-protected", "--confirm", "app", env=cli_env).stdout)
+    assert doc["result"] == "changed" and doc["plan"]["refusals"] == [] and "--force-protected" in doc["plan"]["after"][1]
+    assert (crontab.read_bytes(), os.stat(crontab).st_mtime_ns) == before

@@ -55,6 +55,25 @@ def test_purge_check_names_what_would_be_lost_and_the_backup_plan(stack):
     assert r.returncode == 3 and "group 'g' containing protected host(s) stack" in r.stderr, r.stderr
     r = _check(stack, "docker.purge", "--host", "g", inv=inv)
     assert "the real run would REFUSE: refused: purge on group 'g'" in r.stdout
+    # a group of two hosts, one protected: exit 3 for real (not 2, "takes one host"); the check exit 0
+    inv = write_inventory(stack.root / "inv-group2.yaml", {"stack": stack.host(protected=True),
+                                                           "other": stack.host()}, groups={"g": ["stack", "other"]})
+    r = stack.cli("docker.purge", "--host", "g", "--yes", inv=inv)
+    assert r.returncode == 3 and "group 'g' containing protected host(s) stack" in r.stderr, r.stderr
+    for task in ("docker.purge", "scenario.complete-reset", "scenario.recover-corruption"):
+        doc = json.loads(_check(stack, task, "--host", "g", "--json", inv=inv).stdout)
+        assert doc["result"] == "ok" and doc["plan"]["hosts"] == ["stack", "other"], (task, doc)
+        assert "group 'g'" in doc["plan"]["refusals"][0]
+    # the server cannot be read (its container absent): the pre-purge backup, and so the purge, would
+    # fail; the check still plans (exit 0), names that as the refusal and the flag that lifts it
+    inv = stack.inventory("inv-nocontainer.yaml", container={"name": "bsst-no-such-container"})
+    r = _check(stack, "docker.purge", inv=inv)
+    assert "the real run would REFUSE: the pre-purge backup would fail" in r.stdout and "--no-backup" in r.stdout
+    assert "does not exist" in r.stdout and "ok (check)" in r.stdout, r.stdout
+    doc = json.loads(_check(stack, "docker.purge", "--json", inv=inv).stdout)
+    assert doc["result"] == "ok" and doc["plan"]["backup"] is None and doc["plan"]["backup_error"]
+    doc = json.loads(_check(stack, "docker.purge", "--no-backup", "--json", inv=inv).stdout)
+    assert doc["result"] == "changed" and doc["plan"]["refusals"] == []
     assert stack.harmless() == before
 
 
@@ -67,13 +86,26 @@ def test_scenario_checks_print_the_ordered_steps_with_their_plans(stack):
         assert f"would run step {i}/5: {title}" in out, out
     assert out.index("step 1/5") < out.index("would dump database 'bigskies'") < out.index("step 2/5")
     assert out.index("step 2/5") < out.index("stopped and removed") < out.index("step 3/5")
+    # each later step is planned against the state the earlier ones leave, not the live one:
+    # after down the containers are gone, so up creates and starts them
+    up_part = out[out.index("step 4/5"):out.index("step 5/5")]
+    assert "absent    -> created and started" in up_part and "kept running" not in up_part, out
+    assert "data volume: kept" in up_part
+    build_part = out[out.index("step 3/5"):out.index("step 4/5")]
+    assert "containers untouched" not in build_part and "no container: up creates it" in build_part, out
     r = _check(stack, "scenario.complete-reset")
     assert "would run step 1/4: Purge containers and the data volume" in r.stdout
+    out = r.stdout
+    up_part = out[out.index("step 3/4"):out.index("step 4/4")]
+    assert "absent    -> created and started" in up_part and "kept running" not in up_part, out
+    assert "data volume: created empty" in up_part
     assert "DELETE the data volume" in r.stdout and "would run step 4/4: Restore the pre-purge backup" in r.stdout
     doc = json.loads(_check(stack, "scenario.recover-corruption", "--json").stdout)
     steps = doc["plan"]["steps"]
     assert [s["title"] for s in steps][0] == "Stop the coordinators" and len(steps) == 6
     assert "stop bootstrap, datastore" in steps[0]["notes"][0] and steps[2]["kind"] == "purge"
+    assert {s["service"]: s["would"] for s in steps[3]["plan"]["services"]} == {
+        "postgres": "created and started", "bootstrap": "created and started", "datastore": "created and started"}
     r = _check(stack, "scenario.before-risky-change", "--restart", "bootstrap")
     assert "would run step 2/3: Make the change: restart service 'bootstrap'" in r.stdout
     assert "restart service 'bootstrap' (now running)" in r.stdout
