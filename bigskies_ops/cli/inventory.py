@@ -37,9 +37,9 @@ def check(c, inventory=None, json=False):
     from bigskies_ops.inventory import inventory_warnings
     inv = load_inventory(inventory)
     warnings = inventory_warnings(inv)
-    if any(h.notify.urls_env or h.alerts.webhook_env for h in inv.hosts.values()):
+    if any(h.notify.urls_env or h.alerts.webhook_env or h.heartbeat.url_env for h in inv.hosts.values()):
         from bigskies_ops.jobs.notify import check_urls
-        bad = check_urls(inv)  # a URL apprise cannot read: named by its variable, never printed
+        bad = check_urls(inv)  # a URL apprise (or a heartbeat) cannot use: named by its variable, never printed
         if bad:
             raise InventoryError(f"{bad[0]['field']}: {bad[0]['message']}"
                                  + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))

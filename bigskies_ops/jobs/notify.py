@@ -119,7 +119,8 @@ def _instantiate(raw: str):
 
 
 def check_urls(inv: Inventory) -> list[dict]:
-    """The notification URLs set here that apprise cannot read (``inventory.check``:
+    """The notification URLs set here that apprise cannot read, and heartbeat URLs that are
+    not http(s):// (``inventory.check``:
     exit 2). Unset variables are :func:`bigskies_ops.inventory.inventory_warnings`' business.
 
     Returns:
@@ -138,6 +139,11 @@ def check_urls(inv: Inventory) -> list[dict]:
                 out.append({"host": h.name, "field": f"hosts.{h.name}.{fld}", "variable": var,
                             "message": f"the URL in {var} is not a notification URL apprise can read "
                                        f"(see https://github.com/caronc/apprise/wiki for the forms)"})
+        var = h.heartbeat.url_env
+        raw = os.environ.get(var) if var else None
+        if raw and (urllib.parse.urlsplit(raw).scheme not in ("http", "https") or not urllib.parse.urlsplit(raw).netloc):
+            out.append({"host": h.name, "field": f"hosts.{h.name}.heartbeat.url_env", "variable": var,
+                        "message": f"the URL in {var} is not an http(s):// heartbeat URL"})
     return out
 
 
@@ -179,7 +185,10 @@ def _send_one(raw: str, ev: Event) -> str | None:
                     obj.payload_extras.update(ev.payload())  # a JSON webhook gets the facts as fields
                 ntype = apprise.NotifyType.FAILURE if ev.failure else (
                     apprise.NotifyType.SUCCESS if ev.event == "success" else apprise.NotifyType.WARNING)
-                ok = obj.notify(body=ev.body(), title=ev.title(), notify_type=ntype)
+                # TEXT: kept as lines in a mail (apprise reads an unset format as HTML there, so
+                # the lines ran together and a name such as no<b>such</b>db was shown as markup)
+                ok = obj.notify(body=ev.body(), title=ev.title(), notify_type=ntype,
+                                body_format=apprise.NotifyFormat.TEXT)
                 if not ok:
                     lines = [l.split(" - ", 2)[-1] for l in logs.getvalue().splitlines() if l.strip()]
                     box["error"] = (lines[-1] if lines else f"{obj.service_name} refused it")[:300]
@@ -257,10 +266,33 @@ def _ping_url(host: Host, raw: str, code: int | None, msg: str) -> tuple[str, by
         q = [(k, v) for k, v in urllib.parse.parse_qsl(u.query, keep_blank_values=True) if k not in ("status", "msg")]
         q += [("status", "up" if code == 0 else "down"), ("msg", (msg or f"exit {code}")[:200])]
         return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(q))), None
-    base = raw.rstrip("/")
-    if code is None:
-        return f"{base}/start", None
-    return f"{base}/{code}", (msg or f"exit {code}").encode()[:10000]
+    u = urllib.parse.urlsplit(raw)  # the suffix goes on the path, before a query (?create=1)
+    suffix = "start" if code is None else str(code)
+    url = urllib.parse.urlunsplit(u._replace(path=f"{u.path.rstrip('/')}/{suffix}"))
+    return url, None if code is None else (msg or f"exit {code}").encode()[:10000]
+
+
+def _request(url: str, body: bytes | None, timeout: float) -> str | None:
+    """One HTTP request, bounded as a whole by ``timeout`` seconds (urllib's timeout bounds
+    each socket read, so a server sending a byte every second would hold it for ever): run in
+    a daemon thread that is abandoned at the deadline. Returns None when answered, else the
+    reason. Never raises (a reply that is not HTTP is http.client's BadStatusLine)."""
+    box: dict = {}
+
+    def run():
+        try:
+            req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                         headers={"User-Agent": "bigskies-ops"})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                r.read(1024)
+            box["error"] = None
+        except Exception as e:  # noqa: BLE001 - a heartbeat must never fail the job
+            box["error"] = str(getattr(e, "reason", None) or e) or type(e).__name__
+
+    t = threading.Thread(target=run, name="bigskies-heartbeat", daemon=True)
+    t.start()
+    t.join(timeout)
+    return box["error"] if "error" in box else f"no whole answer within {timeout:g} s"
 
 
 def ping(host: Host, code: int | None = None, msg: str = "") -> bool:
@@ -285,16 +317,11 @@ def ping(host: Host, code: int | None = None, msg: str = "") -> bool:
     for attempt in (1, 2):
         if url is None:
             break
-        try:
-            req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                         headers={"User-Agent": "bigskies-ops"})
-            with urllib.request.urlopen(req, timeout=hb.timeout) as r:
-                r.read(1024)
+        err = _request(url, body, hb.timeout)
+        if err is None:
             return True
-        except (OSError, ValueError, urllib.error.URLError) as e:
-            err = str(getattr(e, "reason", None) or e)
-            if attempt == 1:
-                time.sleep(RETRY_DELAY_S)
+        if attempt == 1:
+            time.sleep(RETRY_DELAY_S)
     report.note(f"warning: heartbeat: the {what} ping to the URL in {hb.url_env} failed "
                 f"(2 attempts, {hb.timeout:g} s timeout): {redact(err, raw)}")
     return False

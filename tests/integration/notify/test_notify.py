@@ -145,6 +145,9 @@ def test_a_failing_backup_notifies_webhook_and_mail_naming_host_database_task_an
     text = _text(mails[0])
     assert "dev/no_such_db_here" in text and "backup FAILED" in text and "does not exist" in text
     assert "look further:" in text and "db.list --host dev" in text
+    # plain text kept as lines (apprise read an unset format as HTML: one run-on line in a mail)
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert "host: dev" in lines and "database: no_such_db_here" in lines, text
     assert "warning: notify" not in r.stderr      # both were sent
     _no_secret(r.stdout, r.stderr, json.dumps([g["body"] for g in rec.got]), files_under=[bdir])
 
@@ -351,3 +354,95 @@ def test_a_monthly_restore_test_with_nothing_to_test_notifies_and_pings_its_exit
     [v] = [g["body"] for g in rec.posts("/hook/")]
     assert (v["event"], v["step"], v["task"]) == ("verify_failed", "verify latest --restore-test", "db.scheduled-run")
     assert [g["path"] for g in rec.posts("/ping/")] == [f"/ping/{HB_TOKEN}/start", f"/ping/{HB_TOKEN}/1"]
+
+
+def _nasty_server(mode: str):
+    """A TCP server on 127.0.0.1 answering every connection with ``mode``: "garbage" (a reply
+    that is not HTTP: http.client's BadStatusLine) or "trickle" (a header line every second,
+    never the end: each socket read is quick, the whole answer never comes). Returns
+    (port, stop)."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=talk, args=(c,), daemon=True).start()
+
+    def talk(c):
+        try:
+            c.recv(4096)
+            if mode == "garbage":
+                c.sendall(b"GARBAGE NOT HTTP\r\n\r\n")
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.is_set():
+                    c.sendall(b"X-Slow: 1\r\n")
+                    time.sleep(1)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def close():
+        stop.set()
+        srv.close()
+    return srv.getsockname()[1], close
+
+
+@pytest.mark.parametrize("mode", ["garbage", "trickle"])
+def test_a_heartbeat_server_that_answers_badly_never_fails_or_holds_the_run(tmp_path, pg, dbname, cli_env, mode):
+    """A reply that is not HTTP ended the run with 'internal error: BadStatusLine' before the
+    backup; a server sending a header line every second held it past any limit (urllib's
+    timeout bounds each read): the ping's time is now bounded as a whole."""
+    port, close = _nasty_server(mode)
+    try:
+        bdir = tmp_path / "b"
+        inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
+            pg, dbname, bdir, heartbeat={"url_env": "HB_URL", "timeout": 2})})
+        env = dict(cli_env, HB_URL=f"http://127.0.0.1:{port}/ping/{HB_TOKEN}")
+        t0 = time.monotonic()
+        r = cli("db.scheduled-run", "-i", str(inv), "--log", str(tmp_path / "l.log"), env=env, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        close()
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert list(bdir.glob("*.sql.gz")), "no backup was made"
+    hb = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: heartbeat:")]
+    assert len(hb) == 2 and "start ping" in hb[0] and "exit 0 ping" in hb[1], r.stderr
+    # 2 pings x (2 attempts x 2 s + 1 s between): well under a minute, however the server trickles
+    assert took < 60, took
+    _no_secret(r.stdout, r.stderr)
+
+
+def test_a_healthchecks_url_with_a_query_gets_the_outcome_on_its_path(tmp_path, pg, dbname, cli_env, receiver):
+    """healthchecks.io's slug URLs take ?create=1: '/start' and '/0' go on the path, before it
+    (they were appended to the query, where a failure would read as a plain success ping)."""
+    port, rec = receiver
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
+        pg, dbname, tmp_path / "b", heartbeat={"url_env": "HB_URL"})})
+    env = dict(cli_env, HB_URL=f"http://127.0.0.1:{port}/ping/{HB_TOKEN}/nightly-dev?create=1")
+    r = cli("db.scheduled-run", "-i", str(inv), "--log", str(tmp_path / "l.log"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert [g["path"] for g in rec.posts("/ping/")] == [f"/ping/{HB_TOKEN}/nightly-dev/start?create=1",
+                                                       f"/ping/{HB_TOKEN}/nightly-dev/0?create=1"]
+
+
+def test_inventory_check_refuses_a_heartbeat_url_that_is_not_http(tmp_path, cli_env):
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": {"connection": "local", "heartbeat": {"url_env": "HB_URL"}}})
+    r = cli("inventory.check", "-i", str(inv), env=dict(cli_env, HB_URL=f"hc-ping.com/{HB_TOKEN}"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "hosts.dev.heartbeat.url_env" in r.stderr and "HB_URL" in r.stderr and "http(s)://" in r.stderr
+    _no_secret(r.stdout, r.stderr)
+    r = cli("inventory.check", "-i", str(inv), env=dict(cli_env, HB_URL=f"https://hc-ping.com/{HB_TOKEN}"))
+    assert r.returncode == 0, r.stderr
