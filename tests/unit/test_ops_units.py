@@ -75,3 +75,18 @@ def test_engine_unreachable_tells_a_dead_daemon_from_a_missing_container():
                               "dial unix /tmp/x.sock: connect: no such file or directory")
     assert not engine_unreachable("Error: No such container: bigskies-postgres")
     assert not engine_unreachable("Error: no container with name or ID \"x\" found: no such container")
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2026-12-03 15:32:12.258084757 +0000 UTC", "2026-12-03T15:32:12Z"),   # podman (Go's String())
+    ("2026-12-03T15:32:12.258084757Z", "2026-12-03T15:32:12Z"),            # docker (RFC 3339, ns)
+    ("2026-12-03T16:32:12.258084757+01:00", "2026-12-03T15:32:12Z"),
+    ("2026-12-03 10:32:12.5 -0500 EST", "2026-12-03T15:32:12Z"),
+    ("2026-12-03 15:32:12 +0000 UTC", "2026-12-03T15:32:12Z"),
+    ("0001-01-01 00:00:00 +0000 UTC", None),                              # never started
+    ("0001-01-01T00:00:00Z", None),
+    ("", None), ("yesterday", None),
+])
+def test_engine_time_is_utc_iso_8601(raw, expected):
+    from bigskies_ops.jobs.status import engine_time
+    assert engine_time(raw) == expected
