@@ -41,7 +41,8 @@ from pathlib import Path
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
-from bigskies_ops.inventory import Host, Inventory, cron_field_values, cron_fields
+from bigskies_ops.cron import cron_field_values, cron_fields
+from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.jobs import notify
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
