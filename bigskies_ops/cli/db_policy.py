@@ -331,7 +331,8 @@ def _schedule_check_report(results, refusals: list[list[str]], json: bool) -> No
     "host": HOST_HELP, "inventory": INVENTORY_HELP,
     "monthly": "run the monthly test restore (db.verify latest --restore-test) instead",
     "wait": "seconds to wait for a running scheduled run of this host (default: 0 daily, 6 h monthly)",
-    "log": "the log file of the schedule (its folder holds the run lock)",
+    "log": "the schedule's log file: its folder holds the run lock; the cron line's own `>> LOG 2>&1` "
+           "appends the run's output to it (this option does not write it)",
     "lock_wait_timeout": LOCK_WAIT_HELP,
     **PROTECT_HELP})
 @handles_errors

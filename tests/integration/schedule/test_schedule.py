@@ -139,6 +139,10 @@ def test_generated_lines_run_under_cron_backup_prune_offsite_then_monthly_restor
     text = log.read_text()
     assert "changed: [dev] backup:" in text and "ok: [dev] prune: nothing to prune" in text
     assert "failed: [dev] offsite vault:" in text and "unreachable" in text and "retried on the next run" in text
+    # the line's `>> log 2>&1` is what writes the log (docs/cli.md "JSON output", db.scheduled-run
+    # --help): each line once, nothing left for cron to mail
+    assert text.count("changed: [dev] backup:") == 1 and text.count("ok: [dev] prune:") == 1, text
+    assert r.stdout == "" and r.stderr == ""
     [m] = [json.loads((bdir / n).read_text()) for n in os.listdir(bdir) if n.endswith(".manifest.json")]
     assert m["status"] == "DONE" and m["kind"] == "scheduled" and m["offsite"] == []   # the backup itself succeeded
 
