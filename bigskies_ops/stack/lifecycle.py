@@ -536,7 +536,8 @@ def plan_purge(host: Host, *, take_backup: bool = True) -> dict:
             refusals = [f"the pre-purge backup would fail ({e}), so nothing would be purged; "
                         f"--no-backup purges without one"]
     return {"project": plan.project, "containers": plan.containers, "volume": plan.volume,
-            "volume_exists": plan.volume_exists, "volume_size": plan.volume_size, "other_volumes": plan.other_volumes,
+            "volume_exists": plan.volume_exists, "volume_size": plan.volume_size,
+            "volume_size_bytes": plan.volume_size_bytes, "other_volumes": plan.other_volumes,
             "no_backup": not take_backup, "backup": backup, "backup_error": refusals[0] if take_backup and
             backup is None else None, "refusals": refusals}
 
