@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from bigskies_ops.cron import CRON_MACROS, cron_field_values, cron_fields  # noqa: F401 - the one cron rule, re-exported
 from bigskies_ops.errors import InventoryError
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -291,30 +292,6 @@ _DATACLASS = {"ssh": SSHSettings, "postgres": PostgresSettings, "container": Con
 def _hint(word: str, choices) -> str:
     m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {m[0]!r}?)" if m else ""
-
-
-CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
-
-
-def cron_fields(expr: str, where: str) -> list[str]:
-    """Split a 5-field cron expression (``0 2 * * *``) or an ``@daily``-style macro into
-    its fields; the one rule ``db.schedule`` and the inventory's ``schedule`` key share
-    (crontab(5)).
-
-    Raises:
-        InventoryError: (exit 2) anything else, naming ``where`` (``hosts.prod.schedule``).
-    """
-    e = expr.strip()
-    if e.startswith("@"):
-        if e not in CRON_MACROS:
-            raise InventoryError(f"{where}: unknown cron macro {e!r}{_hint(e, CRON_MACROS)}")
-        return [e]
-    parts = e.split()
-    if len(parts) != 5 or not all(_CRON_FIELD_RE.match(p) for p in parts):
-        raise InventoryError(f"{where}: expected a cron expression with 5 fields (minute hour day month weekday), "
-                             f"got {expr!r}")
-    return parts
 
 
 def _check_scalar(path: str, kind, value: Any) -> Any:

@@ -177,8 +177,70 @@ def heading(title: str) -> None:
 STEP_LINE_AFTER = 10.0
 #: off a terminal, a transfer that asked for lines (``lines=True``) gets one this often
 LINE_EVERY = 10.0
-#: characters of a bar on a terminal
+#: characters of a bar on a terminal (at most; narrower when the line needs the room)
 BAR_WIDTH = 30
+#: the narrowest bar before the description gives up characters
+BAR_MIN = 8
+
+
+def _cut_middle(word: str, keep: int) -> str:
+    """``word`` in ``keep`` characters: its start and end around ``…`` (a file name's
+    date and extension stay readable)."""
+    if len(word) <= keep:
+        return word
+    if keep <= 1:
+        return "…"[:keep]
+    head = (keep - 1 + 1) // 2
+    tail = keep - 1 - head
+    return word[:head] + "…" + (word[-tail:] if tail else "")
+
+
+def fit_description(description: str, step: str | None, room: int) -> str:
+    """The bar's description (``pg_dump app: hashing``) in at most ``room`` characters.
+
+    The step name stays whole: the description before it gives up characters first, its
+    longest word (a file name) cut in the middle (``offsite vault: bigskies_b…0101.sql.gz``);
+    only when that is not enough is the text cut at its end. Pure."""
+    text = f"{description}: {step}" if step else description
+    if len(text) <= room:
+        return text
+    suffix = f": {step}" if step else ""
+    words = description.split(" ")
+    i = max(range(len(words)), key=lambda k: len(words[k]))
+    over = len(text) - room
+    keep = max(len(words[i]) - over, 0)
+    if keep >= 8:
+        words[i] = _cut_middle(words[i], keep)
+        return " ".join(words) + suffix
+    words[i] = _cut_middle(words[i], min(8, len(words[i])))
+    text = " ".join(words) + suffix
+    return text if len(text) <= room else text[:max(room - 1, 0)] + "…"[:room]
+
+
+def progress_layout(width: int, description: str, step: str | None,
+                    statuses: list[str]) -> tuple[str, int, int]:
+    """(description text, bar width, index into ``statuses``) that keep a bar's line
+    (description, bar, status, one space between each) within ``width`` columns, so it
+    never wraps (a wrapped bar is redrawn as two lines). ``statuses``: the figures beside
+    the bar from the fullest to the most compact (:meth:`Meter.status_text`).
+
+    Room is made in this order: the bar shrinks from :data:`BAR_WIDTH` to :data:`BAR_MIN`,
+    the figures get more compact, the bar shrinks to 1; only then does the description give
+    up characters (:func:`fit_description`: file names cut in the middle, the step name
+    kept). Pure."""
+    text = f"{description}: {step}" if step else description
+
+    def avail(status: str) -> int:  # one column spare: a line of exactly the width wraps on some terminals
+        return width - 1 - 2 - len(status)
+    for i, status in enumerate(statuses):
+        bar = min(BAR_WIDTH, avail(status) - len(text))
+        if bar >= BAR_MIN:
+            return text, bar, i
+    last = len(statuses) - 1
+    room = avail(statuses[last])
+    if room - len(text) >= 1:
+        return text, room - len(text), last
+    return fit_description(description, step, max(room - 1, 1)), 1, last
 
 
 def total_text(total: int, estimate: bool) -> str:
@@ -258,6 +320,7 @@ class Meter:
         self._task = None
         self._timer = None
         self._lock = threading.Lock()
+        self.bar_width, self.compact = BAR_WIDTH, 0  # this frame's (progress_layout)
 
     # -- what jobs call
     def __call__(self, done: int, written: int | None = None) -> None:
@@ -300,15 +363,16 @@ class Meter:
             return None
         return (self.done - self.first[1]) / (now - self.first[0])
 
-    def status_text(self, now: float) -> str:
+    def status_text(self, now: float, compact: int = 0) -> str:
         """The text beside the bar (or of a line): amount, rate, ETA; during a step the
-        amount and the step's seconds (its name is in the description)."""
+        amount and the step's seconds (its name is in the description). ``compact`` (a
+        narrow terminal): 1 leaves out the rate, 2 also the total (a step: the amount)."""
         from bigskies_ops.text import human_bytes
-        parts = [amount_text(self.done, self.total, self.estimate)]
+        parts = [amount_text(self.done, self.total if compact < 2 else None, self.estimate)]
         if self.step_name:  # named in the description; here its seconds so far
             return f"{parts[0]}  {clock(now - self.step_t0)}"
         rate = self.rate(now)
-        if rate is not None:
+        if rate is not None and compact < 1:
             parts.append(f"{human_bytes(int(rate))}/s")
         if self.total and not (self.estimate and self.done > self.total):
             parts.append(f"ETA {clock(eta_seconds(self.done, self.total, rate))}")
@@ -320,13 +384,17 @@ class Meter:
         return bar_total(self.done, self.total, self.estimate)
 
     def _describe(self) -> str:
-        """The description, with the running step; on a terminal cut at the front to leave
-        the bar and its figures one line (a wrapped bar is redrawn as two)."""
-        text = f"{self.description}: {self.step_name}" if self.step_name else self.description
-        if self._progress is not None:
-            room = max(20, self._progress.console.width - BAR_WIDTH - 52)
-            if len(text) > room:
-                text = "…" + text[-(room - 1):]
+        """The description with the running step (``pg_dump app: hashing``), whole; on a
+        terminal each frame fits it to the line (:meth:`_fitted`)."""
+        return f"{self.description}: {self.step_name}" if self.step_name else self.description
+
+    def _fitted(self) -> str:
+        """This frame's description, fitted with the bar to the terminal's width
+        (:func:`progress_layout`); sets the bar's width for the frame."""
+        width = self._progress.console.width if self._progress is not None else 160
+        now = self._now()
+        text, self.bar_width, self.compact = progress_layout(
+            width, self.description, self.step_name, [self.status_text(now, c) for c in (0, 1, 2)])
         return text
 
     def _refresh(self, bar: bool = False) -> None:
@@ -357,14 +425,25 @@ class Meter:
             self.step_name = None
 
 
-def _meter_column(meter: Meter):
-    from rich.progress import ProgressColumn
+def _meter_columns(meter: Meter) -> list:
+    """The bar's three columns, fitted to the terminal's width at every frame: the
+    description (:meth:`Meter._fitted`, which also sizes the bar), the bar, the figures."""
+    from rich.progress import BarColumn, ProgressColumn
     from rich.text import Text
+
+    class DescriptionColumn(ProgressColumn):
+        def render(self, task):
+            return Text(meter._fitted(), no_wrap=True, overflow="crop")
+
+    class FittedBar(BarColumn):
+        def render(self, task):
+            self.bar_width = meter.bar_width
+            return super().render(task)
 
     class MeterColumn(ProgressColumn):
         def render(self, task):
-            return Text(meter.status_text(meter._now()))
-    return MeterColumn()
+            return Text(meter.status_text(meter._now(), meter.compact), no_wrap=True, overflow="crop")
+    return [DescriptionColumn(), FittedBar(bar_width=BAR_WIDTH), MeterColumn()]
 
 
 def stderr_is_terminal() -> bool:
@@ -400,9 +479,8 @@ def transfer_progress(description: str, total: int | None = None, *, estimate: b
         finally:
             meter.close()
         return
-    from rich.progress import BarColumn, Progress, TextColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH), _meter_column(meter), console=err(),
-                  transient=True) as p:
+    from rich.progress import Progress
+    with Progress(*_meter_columns(meter), console=err(), transient=True) as p:
         meter.attach(p)
         try:
             with report.reporting(step=meter.step):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bigskies_ops import report
-from bigskies_ops.errors import StorageError
+from bigskies_ops.errors import ArchiveError, StorageError
 from bigskies_ops.text import human_age, json_bytes
 
 SCHEMA_VERSION = 1
@@ -279,6 +279,56 @@ def ambiguous_message(spec: str, matches: list["Backup"]) -> str:
     names = ", ".join(f"{b.id} {b.shown_name}" for b in matches[:5])
     return (f"{spec} matches {len(matches)} backups ({names}{' ...' if len(matches) > 5 else ''}); "
             f"give more of the id, the file name, or --origin")
+
+
+def id_rule(spec: str) -> str:
+    """``(4 or more hex digits)``, the id rule in a "no such backup" message; for a short
+    hex ``spec`` (``b3b``) it says how many it has."""
+    short = (f"; {spec!r} has {len(spec)}" if spec and len(spec) < ID_MIN and not spec.isdigit()
+             and re.fullmatch(r"[0-9a-fA-F]+", spec) else "")
+    return f"({ID_MIN} or more hex digits{short})"
+
+
+def id_hint(spec: str, host_name: str, listing: str | None = None) -> str:
+    """``"; ids are the first column of `db.list --host dev` (4 or more hex digits)"`` for a
+    "no such backup" message when ``spec`` looks like an attempt at an id or a row number
+    (digits, hex digits), else "". ``listing``: the command to name instead."""
+    if not spec or not re.fullmatch(r"[0-9a-fA-F]{1,64}", spec):
+        return ""
+    return f"; ids are the first column of `{listing or 'db.list --host ' + host_name}` {id_rule(spec)}"
+
+
+def named_backup(everything: list["Backup"], spec: str, origin: str | None, host_name: str) -> "Backup | None":
+    """The one backup ``spec`` names among ``everything`` (a host's folder with its pulled
+    sub-folders): the lookup ``db.restore``, ``db.verify`` and ``db.delete`` share
+    (docs/cli.md "Ids"). A name or path is looked for in the ``origin`` sub-folder (None:
+    the folder itself) first, then anywhere; an id (prefix), ``prod/NAME`` (as ``db.list
+    --all`` shows it) and a path name one backup wherever it is; a bare file name found only
+    in another folder than ``origin`` is refused, naming the flag.
+
+    Returns:
+        the backup (any status: the caller decides what FAILED or MISSING means), or None
+        when nothing matches (the caller names where it looked; :func:`id_hint`).
+
+    Raises:
+        ArchiveError: several match (:func:`ambiguous_message`); a name found only in
+            another sub-folder than ``origin`` (``NAME: that is prod/NAME, a backup pulled
+            from prod; pass --origin prod (or its id ..., or its path: ...)``), exit 1.
+    """
+    here = [b for b in everything if b.origin_dir == origin]
+    hits = find(here, spec) or find(everything, spec)
+    if len(hits) > 1:
+        raise ArchiveError(ambiguous_message(spec, hits))
+    if not hits:
+        return None
+    b = hits[0]
+    if spec == b.name and b.origin_dir != origin:
+        # a bare file name does not say which folder: an id, prod/NAME and a path do
+        flag = f"--origin {b.origin_dir}" if b.origin_dir else "no --origin"
+        whose = f"pulled from {b.origin_dir}" if b.origin_dir else f"of {host_name} itself"
+        raise ArchiveError(f"{spec}: that is {b.shown_name}, a backup {whose}; pass {flag} "
+                           f"(or its id {b.id}, or its path: {b.path})")
+    return b
 
 
 def is_archive_file(name: str) -> bool:

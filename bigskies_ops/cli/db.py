@@ -216,7 +216,7 @@ def status(c, host=None, inventory=None, json=False):
     if st["container"]:
         ctr = st["container"]
         output.say(f"Container: {ctr['name']}")
-        output.say(f"  Status: {ctr['status']} since {ctr['started_at']}")
+        output.say(f"  Status: {ctr['status']} since {ctr['started_at'] or 'an unknown time'}")
     output.say(f"Server: PostgreSQL {st['server']['version']}, up {human_age_s(st['server']['uptime_s'])} "
                f"(since {st['server']['started_at']})")
     output.say()

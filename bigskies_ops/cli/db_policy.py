@@ -103,10 +103,11 @@ def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False
     "host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP,
     "restore_test": "also restore into a throwaway database and compare row counts with the manifest",
     "offsite": "verify the copy held by this offsite target instead (sha256 of the object)",
-    "adopt": "write a manifest for a seed-era file (no manifest) once it passes its checks"})
+    "adopt": "write a manifest for a seed-era file (no manifest) once it passes its checks",
+    "origin": "the backup is in the <origin>/ sub-folder of pulled backups (needed with a file name, not an id)"})
 @handles_errors
 def verify(c, file=None, host=None, inventory=None, all=False, restore_test=False, offsite=None, adopt=False,
-           json=False):
+           json=False, origin=None):
     """Prove backups are whole: sha256, compression, completion trailer or full read; optional restore test."""
     from bigskies_ops.hosts import runner_for
     from bigskies_ops.jobs.verify import select, verify_backup
@@ -117,11 +118,14 @@ def verify(c, file=None, host=None, inventory=None, all=False, restore_test=Fals
     if offsite:
         if restore_test or adopt:
             raise UsageError("--offsite checks the remote copy; it cannot be combined with --restore-test or --adopt")
+        if origin:
+            raise UsageError("--origin names a pulled sub-folder of the backup folder; it cannot be combined "
+                             "with --offsite")
         from bigskies_ops.jobs.offsite import verify_remote
         results = verify_remote(h, offsite, file or None, all, inv=inv)
     else:
         with runner_for(h) as runner:
-            backups = select(h, runner, file or None, all)
+            backups = select(h, runner, file or None, all, origin=origin or None)
         if not backups:
             raise UsageError(f"no backups to verify in {h.backup.dir}")
         results = []
@@ -327,7 +331,8 @@ def _schedule_check_report(results, refusals: list[list[str]], json: bool) -> No
     "host": HOST_HELP, "inventory": INVENTORY_HELP,
     "monthly": "run the monthly test restore (db.verify latest --restore-test) instead",
     "wait": "seconds to wait for a running scheduled run of this host (default: 0 daily, 6 h monthly)",
-    "log": "the log file of the schedule (its folder holds the run lock)",
+    "log": "the schedule's log file: its folder holds the run lock; the cron line's own `>> LOG 2>&1` "
+           "appends the run's output to it (this option does not write it)",
     "lock_wait_timeout": LOCK_WAIT_HELP,
     **PROTECT_HELP})
 @handles_errors

@@ -231,7 +231,9 @@ def fleet_backup(inv: Inventory, hosts: list[Host], *, fmt=None, label=None, exc
         res = run_backup(h, fmt=fmt, label=label, exclude_table_data=tuple(exclude_table_data),
                          schema_only=schema_only)
         reason = f"backup {res.backup.name} written ({human_bytes(res.backup.size)})"
-        data = {"path": res.backup.path, "bytes": res.backup.size, "sha256": res.manifest.get("sha256")}
+        # pulled_to: the local copy (--pull, SSH hosts), else null: every entry has the same keys
+        data = {"path": res.backup.path, "bytes": res.backup.size, "sha256": res.manifest.get("sha256"),
+                "pulled_to": None}
         if pull and h.is_remote:
             dest = local_destination(inv, None)
             pr = pull_existing(h, dest, res.backup.path)

@@ -31,6 +31,7 @@ class ContractProgram:
             raise Exit(usage_message(e, getattr(self, "collection", None) or self.namespace), code=2) from None
 
     def parse_tasks(self):
+        _refuse_switch_values(self.core.unparsed, self.collection)
         try:
             return super().parse_tasks()
         except ParseError as e:
@@ -78,6 +79,37 @@ def _flush_stdout() -> None:
         output.discard(sys.stdout)
     except (OSError, ValueError):
         pass
+
+
+def _refuse_switch_values(argv: list[str], collection) -> None:
+    """Refuse ``--json=yes`` (or ``-y=1``) for a switch: Invoke splits it into ``--json`` and a
+    token ``yes`` that it then takes for a task name or a positional argument (``no task
+    named 'yes'``, or ``db.verify`` looking for a backup called ``yes``).
+
+    Raises:
+        Exit: (code 2) ``error: db.list: --json takes no value; it is a switch, give --json alone
+            (inv db.list --help lists its flags)``.
+    """
+    if collection is None:
+        return
+    contexts = {}
+    for c in collection.to_contexts():
+        for name in (c.name, *c.aliases):
+            contexts[name] = c
+    ctx = None
+    for token in argv:
+        if token == "--":
+            break
+        if token in contexts:
+            ctx = contexts[token]
+        elif ctx is not None and token.startswith("-") and "=" in token:
+            flag = token.partition("=")[0]
+            arg = ctx.flags.get(flag) or ctx.inverse_flags.get(flag)
+            if arg is None and len(flag) == 2:  # a short flag (-y): the parser keeps them per argument
+                arg = next((a for a in ctx.args.values() if flag[1] in a.names), None)
+            if arg is not None and (flag in ctx.inverse_flags or arg.kind is bool):
+                raise Exit(f"error: {ctx.name}: {flag} takes no value; it is a switch, give {flag} alone "
+                           f"({output.command()} {ctx.name} --help lists its flags)", code=2)
 
 
 _NO_IDEA = re.compile(r"No idea what '(.*)' is!")

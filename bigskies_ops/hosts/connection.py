@@ -13,6 +13,7 @@ known_hosts, host-key policy, timeout and jump host, for bulk copies.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -95,9 +96,30 @@ def _harden(conn, settings, label: str) -> None:
         _harden(gw, settings, f"{label} (jump host {gw.host})")
 
 
+def quiet_paramiko_logging() -> None:
+    """Keep paramiko's own log records (``paramiko.transport``) off stderr.
+
+    paramiko logs a failed handshake itself, e.g. a server that accepts the TCP connection
+    and closes it: ``Exception (client): Error reading SSH protocol banner`` and a full
+    traceback, at level ERROR; with no logging configured, Python's last-resort handler
+    prints that to stderr. The same failure reaches us as the exception that
+    :func:`connect_error` turns into the one error line, so the log records only repeat it.
+    A :class:`logging.NullHandler` on the ``paramiko`` logger, without propagation, drops
+    them. ``BIGSKIES_DEBUG=1`` leaves paramiko's logging alone (for a bug report).
+    Idempotent; returns None.
+    """
+    if os.environ.get("BIGSKIES_DEBUG"):
+        return
+    log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+    log.propagate = False
+
+
 def build_connection(host):
     """A hardened, not yet opened :class:`fabric.Connection` for an inventory host."""
     from fabric import Config, Connection
+    quiet_paramiko_logging()
     s = host.ssh
     cfg = Config(runtime_ssh_path=s.config_file) if s.config_file else Config()
     ck: dict = {}

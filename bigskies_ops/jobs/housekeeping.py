@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from bigskies_ops import report
-from bigskies_ops.archives.catalog import Backup, ambiguous_message, by_id, find, list_backups
+from bigskies_ops.archives.catalog import Backup, id_rule, list_backups, named_backup
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.errors import ArchiveError, SafetyError, StorageError, UsageError
 from bigskies_ops.hosts import runner_for
@@ -100,18 +100,12 @@ def find_backup(runner, host: Host, spec: str, origin: str | None = None) -> Bac
         raise UsageError("db.delete needs the id or name of one backup ('latest' is not accepted: "
                          f"name the backup to delete; ids are the first column of `db.list --host {host.name}`)")
     everything = list_backups(runner, host.backup.dir, include_all=True)
-    here = [b for b in everything if b.origin_dir == origin]
-    hits = find(here, spec) or find(everything, spec)
-    if len(hits) > 1:
-        raise ArchiveError(ambiguous_message(spec, hits))
-    if not hits:
+    b = named_backup(everything, spec, origin, host.name)
+    if b is None:
+        listing = f"db.list --host {host.name}{' --all' if not origin else ' --origin ' + origin}"
         raise ArchiveError(f"{spec}: no such backup or backup id in {host.name}:{host.backup.dir}"
-                           f"{'/' + origin if origin else ''} (ids are the first column of "
-                           f"`db.list --host {host.name}{' --all' if not origin else ' --origin ' + origin}`)")
-    b = hits[0]
-    if b.origin_dir != origin and b not in by_id(everything, spec):
-        flag = f"--origin {b.origin_dir}" if b.origin_dir else "no --origin"
-        raise ArchiveError(f"{spec}: that is {b.shown_name}; pass {flag} (or its id {b.id})")
+                           f"{'/' + origin if origin else ''}; ids are the first column of `{listing}` "
+                           f"{id_rule(spec)}")
     return b
 
 

@@ -87,7 +87,7 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
             pulled backup of ``<origin>/`` asked for without ``--origin`` (the message
             names the flag).
     """
-    from bigskies_ops.archives.catalog import ID_MIN, ambiguous_message, by_id, find, looks_like_id
+    from bigskies_ops.archives.catalog import id_hint, named_backup
     lr = LocalRunner()
     bdir = host.backup.dir if origin is None else posixpath.join(host.backup.dir, origin)
     db = database or host.postgres.database
@@ -108,26 +108,15 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
         everything = list_backups(lr, host.backup.dir, include_all=True)
     except (OSError, BigskiesError):
         everything = []
-    here = [b for b in everything if b.origin_dir == origin]
-    hits = find(here, spec) or find(everything, spec)
-    if len(hits) > 1:
-        raise ArchiveError(ambiguous_message(spec, hits))
-    if hits:
-        b = hits[0]
+    b = named_backup(everything, spec, origin, host.name)
+    if b is not None:
         if b.status in ("FAILED", "STARTED"):
             raise ArchiveError(b.failed_message("restore"))
         if b.status == "MISSING":
             raise ArchiveError(f"backup {b.shown_name} is gone: its manifest says DONE but {b.path} is missing; "
                                f"nothing to restore")
-        if b.origin_dir != origin and b not in by_id(everything, spec):  # an id names one backup anywhere
-            flag = f"--origin {b.origin_dir}" if b.origin_dir else "no --origin"
-            raise ArchiveError(f"{spec}: that is {b.shown_name}, a backup "
-                               f"{'pulled from ' + b.origin_dir if b.origin_dir else 'of ' + host.name + ' itself'};"
-                               f" pass {flag} (or its path: {b.path})")
         return b.path
-    why = (f"; ids are the first column of `db.list --host {host.name}` ({ID_MIN} or more hex digits)"
-           if spec.isdigit() or looks_like_id(spec) else "")
-    raise ArchiveError(f"{spec}: no such file or backup id (looked here and in {bdir}){why}")
+    raise ArchiveError(f"{spec}: no such file or backup id (looked here and in {bdir}){id_hint(spec, host.name)}")
 
 
 @dataclass

@@ -41,7 +41,8 @@ from pathlib import Path
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, utcnow
 from bigskies_ops.errors import BigskiesError, CommandError, LockBusyError, UsageError
-from bigskies_ops.inventory import Host, Inventory, cron_fields
+from bigskies_ops.cron import cron_field_values, cron_fields
+from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.jobs import notify
 
 CRONTAB_FILE_ENV = "BIGSKIES_CRONTAB_FILE"
@@ -401,39 +402,12 @@ def _verify_step(host: Host) -> Step:
 # ------------------------------------------------------------------ when cron fires next
 _MACRO_FIELDS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
                  "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-_NAMES = {3: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
-          4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]}
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 
 def _cron_values(text: str, i: int) -> set[int]:
-    """The values one cron field allows (crontab(5): lists, ranges, steps, month and day names;
-    day of week 7 is Sunday, 0)."""
-    lo, hi = _RANGES[i]
-
-    def num(t: str) -> int:
-        names = _NAMES.get(i)
-        if names and t.lower() in names:
-            return names.index(t.lower()) + (1 if i == 3 else 0)
-        v = int(t)
-        if not lo <= v <= hi:
-            raise ValueError(f"{v} is out of range {lo}-{hi}")
-        return v
-
-    out: set[int] = set()
-    for part in text.split(","):
-        rng, _, step = part.partition("/")
-        if rng == "*":
-            a, b = lo, hi
-        elif "-" in rng:
-            a, b = (num(x) for x in rng.split("-", 1))
-        else:
-            a = num(rng)
-            b = hi if step else a
-        out.update(range(a, b + 1, int(step) if step else 1))
-    if i == 4 and 7 in out:
-        out.add(0)
-    return out
+    """The values one cron field allows: the inventory's rule
+    (:func:`bigskies_ops.inventory.cron_field_values`, crontab(5))."""
+    return cron_field_values(text, i)
 
 
 def next_fire(expr: str, after: datetime) -> datetime | None:

@@ -1,6 +1,10 @@
 """``db.status``: is the server up, how is it reached, how big is the database, which tables."""
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta, timezone
+
+from bigskies_ops.archives.catalog import iso
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.text import printable
 from bigskies_ops.pg.admin import migration_head
@@ -9,8 +13,42 @@ from bigskies_ops.inventory import Host
 from bigskies_ops.hosts.compose import inspect_failure
 
 
+# Go's time.Time as the engines print {{.State.StartedAt}}: podman its String() form
+# ("2026-12-03 15:32:12.258084757 +0000 UTC"), docker RFC 3339 with nanoseconds
+# ("2026-12-03T15:32:12.258084757Z", or "+01:00").
+_ENGINE_TIME_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.\d+)?\s*"
+                             r"(Z|[+-]\d\d:?\d\d)?(?:\s+\S+)?$")
+
+
+def engine_time(text: str | None) -> str | None:
+    """A container engine's time stamp as UTC ISO-8601 (``2026-12-03T15:32:12Z``, seconds).
+
+    Args:
+        text: ``{{.State.StartedAt}}`` from podman (``2026-12-03 15:32:12.258084757 +0000
+            UTC``) or docker (``2026-12-03T15:32:12.258084757Z``); a missing offset is UTC.
+
+    Returns:
+        the ISO string; None for Go's zero time (``0001-01-01 ...``: never started),
+        an empty or an unreadable value. Pure.
+    """
+    m = _ENGINE_TIME_RE.match((text or "").strip())
+    if not m or m.group(1) == "0001":
+        return None
+    try:
+        dt = datetime(*(int(m.group(i)) for i in range(1, 7)), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    off = m.group(7)
+    if off and off != "Z":
+        sign = 1 if off[0] == "+" else -1
+        hh, mm = int(off[1:3]), int(off[-2:])
+        dt -= sign * timedelta(hours=hh, minutes=mm)
+    return iso(dt)
+
+
 def container_state(access: PostgresAccess) -> dict | None:
     """``{"name", "status", "started_at"}`` from ``<engine> inspect``; None in native mode.
+    ``started_at``: UTC ISO-8601 (:func:`engine_time`), None when never started.
 
     Raises:
         PostgresError: the container does not exist, or the engine itself cannot be
@@ -25,7 +63,7 @@ def container_state(access: PostgresAccess) -> dict | None:
     if r.returncode != 0:
         raise PostgresError(inspect_failure(access.host, c.name, r.stderr))
     status, _, started = r.text.strip().partition("|")
-    return {"name": c.name, "status": status, "started_at": started}
+    return {"name": c.name, "status": status, "started_at": engine_time(started)}
 
 
 def status(host: Host) -> dict:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from bigskies_ops import __version__, report
 from bigskies_ops.pg.access import PostgresAccess
-from bigskies_ops.archives.catalog import (ID_MIN, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, ambiguous_message, find, iso,
-                                           latest, list_backups, looks_like_id, read_manifest, utcnow, write_manifest)
+from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, id_hint, iso, latest, list_backups,
+                                           named_backup, read_manifest, utcnow, write_manifest)
 from bigskies_ops.signals import interrupts_unwind
 from bigskies_ops.errors import ArchiveError, BigskiesError, PostgresError, StorageError, UsageError
 from bigskies_ops.inventory import Host
@@ -64,29 +64,36 @@ def _sigterm_unwinds():
     return interrupts_unwind()
 
 
-def select(host: Host, runner, spec: str | None, all_: bool, database: str | None = None) -> list[Backup]:
+def select(host: Host, runner, spec: str | None, all_: bool, database: str | None = None,
+           origin: str | None = None) -> list[Backup]:
     """Which backups to verify: ``--all`` (every DONE and legacy archive of the folder and its
-    pulled sub-folders), ``latest`` (default) or a file (path, or name in the backup folder)."""
+    pulled sub-folders; with ``origin`` only that sub-folder's), ``latest`` (default: the
+    newest DONE backup of the host, or of ``origin``) or one backup named by id, name or path
+    (the lookup ``db.restore`` and ``db.delete`` share: :func:`~bigskies_ops.archives.catalog.named_backup`;
+    a name that exists only in a pulled ``<origin>/`` sub-folder needs ``origin``).
+
+    Raises:
+        ArchiveError: (exit 1) nothing matches, several match, a FAILED or missing run, a
+            pulled name without its ``origin``.
+        UsageError: FILE together with ``--all``.
+    """
     backups = list_backups(runner, host.backup.dir, include_all=True)
     if all_:
         if spec not in (None, "", "latest"):
             raise UsageError("pass either FILE or --all, not both")
-        return [b for b in backups if b.status in ("DONE", "LEGACY")]
+        return [b for b in backups if b.status in ("DONE", "LEGACY") and (origin is None or b.origin_dir == origin)]
     db = database or host.postgres.database
     if spec in (None, "", "latest"):
-        b = latest(backups, database=db, origin_host=host.name)
+        b = latest(backups, database=db, origin_host=origin or host.name)
         if b is None:
-            raise ArchiveError(f"no DONE backup of {db!r} from {host.name} in {host.backup.dir}")
+            raise ArchiveError(f"no DONE backup of {db!r} from {origin or host.name} in {host.backup.dir}")
         return [b]
     if spec.endswith(PARTIAL_SUFFIX):
         raise ArchiveError(f"{spec}: an in-progress (.partial) file is not a backup")
-    hits = find(backups, spec)
-    if not hits and not host.is_remote and os.path.exists(spec):
-        hits = [b for b in backups if os.path.abspath(spec) == os.path.abspath(b.path)]
-    if len(hits) > 1:
-        raise ArchiveError(ambiguous_message(spec, hits))
-    if hits:
-        b = hits[0]
+    b = named_backup(backups, spec, origin, host.name)
+    if b is None and not host.is_remote and os.path.exists(spec):
+        b = next((x for x in backups if os.path.abspath(spec) == os.path.abspath(x.path)), None)
+    if b is not None:
         if b.status in ("FAILED", "STARTED"):
             raise ArchiveError(b.failed_message("verify"))
         if b.status == "MISSING":
@@ -97,9 +104,8 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
         d, n = os.path.split(os.path.abspath(spec))
         man = read_manifest(runner, spec)
         return [Backup(d, n, man, os.path.getsize(spec))]
-    why = (f"; ids are the first column of `db.list --host {host.name}` ({ID_MIN} or more hex digits)"
-           if spec.isdigit() or looks_like_id(spec) else "")
-    raise ArchiveError(f"{spec}: no such backup or backup id (looked in {host.backup.dir}){why}")
+    raise ArchiveError(f"{spec}: no such backup or backup id (looked in {host.backup.dir}"
+                       f"{'/' + origin if origin else ''}){id_hint(spec, host.name)}")
 
 
 def _checks_for(fmt: str, manifest: dict | None) -> list[str]:

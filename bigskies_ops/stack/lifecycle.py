@@ -489,6 +489,7 @@ class PurgePlan:
     volume_exists: bool
     volume_size: str
     other_volumes: list[str] = field(default_factory=list)
+    volume_size_bytes: int | None = None  # bytes (db.volume's size_bytes); volume_size is the engine's text
 
     def lines(self) -> list[str]:
         out = [f"compose project {self.project!r}:"]
@@ -511,7 +512,8 @@ def purge_plan(host: Host, *, runner=None) -> PurgePlan:
             containers += cmp.service_containers(runner, host, project, s)
         others = [(v or {}).get("name") or k for k, v in project.volumes.items()
                   if k != host.compose.volume and not (v or {}).get("external")]
-        return PurgePlan(project.name, containers, vi["name"], vi["exists"], vi["size"], others)
+        return PurgePlan(project.name, containers, vi["name"], vi["exists"], vi["size"], others,
+                         volume_size_bytes=vi["size_bytes"])
     finally:
         if own:
             runner.close()
@@ -534,7 +536,8 @@ def plan_purge(host: Host, *, take_backup: bool = True) -> dict:
             refusals = [f"the pre-purge backup would fail ({e}), so nothing would be purged; "
                         f"--no-backup purges without one"]
     return {"project": plan.project, "containers": plan.containers, "volume": plan.volume,
-            "volume_exists": plan.volume_exists, "volume_size": plan.volume_size, "other_volumes": plan.other_volumes,
+            "volume_exists": plan.volume_exists, "volume_size": plan.volume_size,
+            "volume_size_bytes": plan.volume_size_bytes, "other_volumes": plan.other_volumes,
             "no_backup": not take_backup, "backup": backup, "backup_error": refusals[0] if take_backup and
             backup is None else None, "refusals": refusals}
 

@@ -77,3 +77,73 @@ def test_off_a_terminal_a_step_gets_a_line_only_when_it_runs_long(monkeypatch):
     time.sleep(0.3)
     m.close()
     assert lines == ["restoring: checking row counts (still running after 0.05 s)"]
+
+
+def _rendered_bar(width: int, description: str, step: str | None, done: int, total: int, *, rate_s: float = 1.0):
+    """The bar's line as rich draws it on a terminal ``width`` columns wide (a real rich
+    Console writing into a string; our columns, no mocks)."""
+    import io
+    from rich.console import Console
+    from rich.progress import Progress
+    now = [100.0]
+    m = output.Meter(description, clock=lambda: now[0])
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None, legacy_windows=False)
+    p = Progress(*output._meter_columns(m), console=console, auto_refresh=False)
+    m.attach(p)
+    report.total(m, total, estimate=True)
+    m(1)
+    now[0] += rate_s
+    m(done)
+    if step:
+        m.step(step)
+        now[0] += 3
+    console.print(p.make_tasks_table(p.tasks))
+    m.close()
+    return [line for line in console.file.getvalue().splitlines() if line.strip()]
+
+
+STEPS = [("pg_dump bigskies", "checking the archive"), ("pg_dump bigskies", "hashing on prod"),
+         ("restoring", "building indexes and constraints"), ("restoring", "restarting coordinators"),
+         ("verify bigskies_backup_20261203_142241.sql.gz", "hashing on prod"),
+         ("offsite vault: bigskies_backup_20261203_142241.sql.gz", None),
+         ("pull from prod", "checking size and sha256"), ("pg_dump bigskies", None)]
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+@pytest.mark.parametrize("description, step", STEPS)
+def test_a_bar_is_one_line_with_the_step_and_file_names_whole(width, description, step):
+    """docs/cli.md "Progress": at 80-120 columns the bar keeps one line; the bar and the
+    figures give up room first. The step name is never cut; a file name only where the
+    line cannot hold it whole (80 columns, a long name and a step), and then in the middle."""
+    lines = _rendered_bar(width, description, step, 412 * MiB, 1229 * MiB)
+    assert len(lines) == 1, lines
+    assert len(lines[0]) < width, lines
+    whole = f"{description}: {step}" if step else description
+    if width >= 100 or len(whole) + 1 + 1 + 1 + len("412.0 MiB  0:03") < width - 1:
+        assert lines[0].startswith(whole), lines
+        assert "…" not in lines[0]
+    else:
+        head, _, tail = lines[0].partition("…")
+        assert tail, lines
+        name = max(description.split(" "), key=len)
+        assert head.split(" ")[0] == description.split(" ")[0] and name.startswith(head.split(" ")[-1])
+        assert name.endswith(tail.split(":")[0]) and tail.split(":")[0].endswith(".sql.gz")
+        if step:
+            assert f": {step} " in lines[0], lines
+
+
+def test_progress_layout_shrinks_the_bar_then_the_figures_then_cuts_file_names_in_the_middle():
+    full = ["412.0 MiB of ~1.2 GiB est.  48.3 MiB/s  ETA 0:17", "412.0 MiB of ~1.2 GiB est.  ETA 0:17",
+            "412.0 MiB  ETA 0:17"]
+    assert output.progress_layout(120, "pg_dump app", None, full) == ("pg_dump app", output.BAR_WIDTH, 0)
+    text, bar, i = output.progress_layout(80, "pg_dump app", None, full)
+    assert (text, i) == ("pg_dump app", 0) and output.BAR_MIN <= bar < output.BAR_WIDTH
+    name = "bigskies_backup_20261203_142241.sql.gz"
+    text, bar, i = output.progress_layout(80, f"offsite vault: {name}", None, full)
+    assert (text, i) == (f"offsite vault: {name}", 2)
+    # narrower than 80: the file name is cut in the middle (its date and extension kept), the step never
+    text, bar, i = output.progress_layout(60, f"verify {name}", "hashing on prod", ["6.6 MiB  0:03"] * 3)
+    assert text.endswith(": hashing on prod") and "…" in text and text.startswith("verify bigskies_")
+    assert ".sql.gz" in text and len(text) + bar + 2 + len("6.6 MiB  0:03") < 60
+    assert output.fit_description("restoring", "building indexes and constraints", 60) == \
+        "restoring: building indexes and constraints"

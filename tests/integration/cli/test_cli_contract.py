@@ -181,7 +181,13 @@ def test_an_unknown_task_or_flag_gets_a_did_you_mean_and_exit_2(sandbox, inv):
             (["backup"], "error: no task named 'backup'; did you mean db.backup?"),
             (["db.list", "--jsn"], "error: db.list: no flag --jsn; did you mean --json?"),
             (["db.list", "--host"], "error: db.list: --host needs a value"),
-            (["nosuchthing"], "error: no task named 'nosuchthing' ")):
+            (["nosuchthing"], "error: no task named 'nosuchthing' "),
+            (["--nosuch"], "error: no flag --nosuch "),                 # a core flag: exit 2 for inv too
+            # a switch given a value: not "no task named 'yes'" (Invoke splits --json=yes)
+            (["db.list", "--json=yes"], "error: db.list: --json takes no value"),
+            (["db.list", "--json="], "error: db.list: --json takes no value"),
+            (["db.verify", "--json=1"], "error: db.verify: --json takes no value"),
+            (["db.delete", "-y=1", "abcd"], "error: db.delete: -y takes no value")):
         r = _run(sandbox, argv, inv=inv)
         assert r.returncode == 2 and message in r.stderr, (argv, r.returncode, r.stderr)
         assert f"({cmd} " in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -36,3 +36,23 @@ def test_list_and_status_on_a_group_and_json_recap(world, env):
     r = cli("db.list", "-i", str(inv), "--host", "prod,dev", env=env)
     assert r.returncode == 0, r.stderr
     assert "== prod ==" in r.stdout and "== dev ==" in r.stdout and "ok: [prod] 0 backups" in r.stdout
+
+
+def test_fleet_backup_json_carries_pulled_to_for_every_host(world, env):
+    """docs/cli.md "JSON output": a fleet db.backup's hosts[] carry path, bytes, sha256 and
+    pulled_to (the local copy with --pull, null otherwise)."""
+    from pathlib import Path
+    w = world
+    r = cli("db.backup", "-i", str(w.inv), "--host", "prod,dev", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    hosts = {h["host"]: h for h in json.loads(r.stdout)["hosts"]}
+    for name in ("prod", "dev"):
+        assert {"path", "bytes", "sha256", "pulled_to"} <= set(hosts[name]), hosts[name]
+        assert hosts[name]["pulled_to"] is None
+    r = cli("db.backup", "-i", str(w.inv), "--host", "prod,dev", "--pull", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    hosts = {h["host"]: h for h in json.loads(r.stdout)["hosts"]}
+    assert hosts["dev"]["pulled_to"] is None
+    pulled = Path(hosts["prod"]["pulled_to"])
+    assert pulled.is_file() and pulled.name == Path(hosts["prod"]["path"]).name
+    assert pulled.stat().st_size == hosts["prod"]["bytes"]

@@ -66,12 +66,17 @@ def test_ids_are_stable_and_accepted_by_restore_and_verify(dev, cli_env, pg_sql,
     pg_sql(f'DROP DATABASE "{dbname}_byid"', "postgres")
     # the old row number is no id: a clear message, exit 1, nothing touched
     files, live = _state(bdir), db_fingerprint(pg_sql, dbname)
-    for task in ("db.restore", "db.verify"):
-        r = cli(task, "2", "-i", str(inv), "--yes" if task == "db.restore" else "--json", env=cli_env)
+    for task in ("db.restore", "db.verify", "db.delete"):
+        r = cli(task, "2", "-i", str(inv), "--yes" if task != "db.verify" else "--json", env=cli_env)
         assert r.returncode == 1, r.stdout + r.stderr
-        assert "no such" in r.stderr + r.stdout and "ids are the first column of `db.list --host dev`" \
+        assert "no such" in r.stderr + r.stdout and "ids are the first column of `db.list --host dev" \
             in r.stderr + r.stdout
+        assert "(4 or more hex digits)" in r.stderr + r.stdout, r.stderr + r.stdout
         assert "Traceback" not in r.stderr
+        # a hex prefix too short to be an id says how many characters it has
+        r = cli(task, "b3b", "-i", str(inv), "--yes" if task != "db.verify" else "--json", env=cli_env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "(4 or more hex digits; 'b3b' has 3)" in r.stderr + r.stdout, r.stderr + r.stdout
     assert _state(bdir) == files and db_fingerprint(pg_sql, dbname) == live
 
 
@@ -118,6 +123,14 @@ def test_a_pulled_name_without_origin_gets_the_flag(dev, cli_env, pg_sql, dbname
     assert _state(bdir) == files and db_fingerprint(pg_sql, dbname) == live and _oids(pg_sql) == oids
     r = cli("db.delete", b["name"], "--check", "-i", str(inv), env=cli_env)
     assert r.returncode == 1 and "pass --origin prod" in r.stderr, r.stderr
+    # db.verify: the same lookup (docs/cli.md "Ids"): the name alone is refused naming the flag
+    r = cli("db.verify", b["name"], "-i", str(inv), env=cli_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{b['name']}: that is prod/{b['name']}, a backup pulled from prod; pass --origin prod" in r.stderr
+    assert "Traceback" not in r.stderr and _state(bdir) == files
+    for spec in ([b["name"], "--origin", "prod"], [f"prod/{b['name']}"], [b["id"]]):
+        r = cli("db.verify", *spec, "-i", str(inv), env=cli_env)
+        assert r.returncode == 0, r.stderr
     # its id names it wherever it is
     r = cli("db.verify", b["id"], "-i", str(inv), env=cli_env)
     assert r.returncode == 0, r.stderr

@@ -109,6 +109,23 @@ def test_a_bad_cron_expression_is_an_inventory_error(tmp_path, cli_env):
     assert not crontab.exists()
 
 
+@pytest.mark.parametrize("expr, field", [("61 2 * * *", "minute field '61'"),
+                                         ("0 2 * * 8", "day of week field '8'"),
+                                         ("*/0 * * * *", "minute field '*/0'")])
+@pytest.mark.parametrize("task", ["db.schedule", "db.schedule --check", "inventory.check"])
+def test_a_cron_field_out_of_range_is_refused_by_schedule_and_check(tmp_path, cli_env, expr, field, task):
+    """Values crontab(5) (and `crontab -n`) refuse are an inventory error, exit 2, naming the
+    host, the field and its value; the crontab file is not written."""
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": {"connection": "local", "schedule": expr}})
+    crontab = tmp_path / "crontab"
+    args = task.split() + ["-i", str(inv)] + (["--crontab-file", str(crontab)] if task != "inventory.check" else [])
+    r = cli(*args, env=cli_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"hosts.dev.schedule: {expr!r}: {field}:" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not crontab.exists()
+
+
 def test_generated_lines_run_under_cron_backup_prune_offsite_then_monthly_restore_test(cron_host, cli_env, pg_sql,
                                                                                       dbname):
     inv, bdir, crontab = cron_host
@@ -122,6 +139,10 @@ def test_generated_lines_run_under_cron_backup_prune_offsite_then_monthly_restor
     text = log.read_text()
     assert "changed: [dev] backup:" in text and "ok: [dev] prune: nothing to prune" in text
     assert "failed: [dev] offsite vault:" in text and "unreachable" in text and "retried on the next run" in text
+    # the line's `>> log 2>&1` is what writes the log (docs/cli.md "JSON output", db.scheduled-run
+    # --help): each line once, nothing left for cron to mail
+    assert text.count("changed: [dev] backup:") == 1 and text.count("ok: [dev] prune:") == 1, text
+    assert r.stdout == "" and r.stderr == ""
     [m] = [json.loads((bdir / n).read_text()) for n in os.listdir(bdir) if n.endswith(".manifest.json")]
     assert m["status"] == "DONE" and m["kind"] == "scheduled" and m["offsite"] == []   # the backup itself succeeded
 

@@ -145,3 +145,20 @@ def test_pg_dump_verbose_messages_never_inside_the_dump(ctr, ctr_inv, podman_env
         text = r.stdout
     assert b"pg_dump: " not in text
     assert [l for l in text.splitlines() if l.startswith(b"pg_dump:")] == []
+
+
+def test_container_started_at_is_utc_iso_8601_in_status_and_ping(ctr_inv, ctr_env):
+    """podman prints {{.State.StartedAt}} as Go's String() ("2026-12-03 15:32:12.258084757
+    +0000 UTC"); the JSON contract (docs/cli.md "JSON output") wants UTC ISO-8601."""
+    import re
+    inv, _ = ctr_inv
+    r = cli("db.status", "-i", str(inv), "--json", env=ctr_env)
+    assert r.returncode == 0, r.stderr
+    started = json.loads(r.stdout)["container"]["started_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", started), started
+    r = cli("inventory.ping", "-i", str(inv), "--json", env=ctr_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    check = {c["check"]: c for c in json.loads(r.stdout)["hosts"][0]["checks"]}["container"]
+    assert check["started_at"] == started, check
+    r = cli("db.status", "-i", str(inv), env=ctr_env)
+    assert f"since {started}" in r.stdout, r.stdout

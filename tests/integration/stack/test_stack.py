@@ -383,6 +383,10 @@ def test_purge_check_is_a_dry_run(stack):
     plan = doc["plan"]
     assert doc["check"] is True and plan["volume"] == f"bsst{stack.suffix}_postgres_data"
     assert plan["volume_exists"] is True and f"bsst{stack.suffix}-postgres" in plan["containers"]
+    # sizes are bytes (docs/cli.md "JSON output"), the same figure as db.volume's size_bytes
+    vol = json.loads(stack.cli("db.volume", "--json").stdout)
+    assert isinstance(plan["volume_size_bytes"], int) and plan["volume_size_bytes"] > 0, plan
+    assert plan["volume_size_bytes"] == vol["size_bytes"]
     assert stack.harmless() == before
 
 
