@@ -381,7 +381,10 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
             except NotADirectoryError:  # an unrelated file without a dot in its name (README)
                 continue
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    found.sort(key=lambda b: (b.started_at or epoch, b.name), reverse=True)
+    # manifests keep whole seconds: two backups started in the same second are told apart by
+    # their finish (a plain and a custom run back to back were listed in name order)
+    found.sort(key=lambda b: (b.started_at or epoch, (b.manifest or {}).get("finished_at") or "", b.name),
+               reverse=True)
     return found
 
 

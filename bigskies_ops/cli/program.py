@@ -30,8 +30,15 @@ class ContractProgram:
         except ParseError as e:
             raise Exit(usage_message(e, getattr(self, "collection", None) or self.namespace), code=2) from None
 
+    def _make_parser(self):
+        parser = super()._make_parser()
+        # checked against the parser's own contexts: a second Collection.to_contexts() would
+        # find every flag's help already taken (Invoke's Task.arg_opts pops it), and --help
+        # then printed the flags without their texts
+        _refuse_switch_values(self.core.unparsed, parser.contexts)
+        return parser
+
     def parse_tasks(self):
-        _refuse_switch_values(self.core.unparsed, self.collection)
         try:
             return super().parse_tasks()
         except ParseError as e:
@@ -81,21 +88,16 @@ def _flush_stdout() -> None:
         pass
 
 
-def _refuse_switch_values(argv: list[str], collection) -> None:
+def _refuse_switch_values(argv: list[str], contexts) -> None:
     """Refuse ``--json=yes`` (or ``-y=1``) for a switch: Invoke splits it into ``--json`` and a
     token ``yes`` that it then takes for a task name or a positional argument (``no task
-    named 'yes'``, or ``db.verify`` looking for a backup called ``yes``).
+    named 'yes'``, or ``db.verify`` looking for a backup called ``yes``). ``contexts``: the
+    parser's task contexts by name and alias (``Parser.contexts``).
 
     Raises:
         Exit: (code 2) ``error: db.list: --json takes no value; it is a switch, give --json alone
             (inv db.list --help lists its flags)``.
     """
-    if collection is None:
-        return
-    contexts = {}
-    for c in collection.to_contexts():
-        for name in (c.name, *c.aliases):
-            contexts[name] = c
     ctx = None
     for token in argv:
         if token == "--":
