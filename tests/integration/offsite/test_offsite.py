@@ -30,6 +30,9 @@ def s3():
     srv.start()
     ep = f"http://127.0.0.1:{port}"
     try:
+        # moto keeps its accounts in the process: another module's server in this worker
+        # (tests/integration/cli/test_progress.py uses this fixture) left the user behind
+        urllib.request.urlopen(urllib.request.Request(ep + "/moto-api/reset", data=b"", method="POST")).read()
         boot = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="boot", aws_secret_access_key="boot")
         iam = boto3.client("iam", **boot)
         iam.create_user(UserName="backup")
