@@ -232,6 +232,19 @@ class Backup:
         err = " ".join((m.get("error") or "no error recorded").split())[:300]
         return f"backup {self.shown_name} failed at {at}: {err}; nothing to {what}"
 
+    def require_archive(self, what: str = "restore") -> None:
+        """Check that this backup, asked for by name or id, has an archive to ``what``.
+
+        Raises:
+            ArchiveError: a FAILED or unfinished run (:meth:`failed_message`), or a DONE
+                manifest whose archive file is gone.
+        """
+        if self.status in ("FAILED", "STARTED"):
+            raise ArchiveError(self.failed_message(what))
+        if self.status == "MISSING":
+            raise ArchiveError(f"backup {self.shown_name} is gone: its manifest says DONE but {self.path} is "
+                               f"missing; nothing to {what}")
+
 
 #: the length of the id ``db.list`` shows (hex digits of sha256 of the file name)
 ID_LEN = 8

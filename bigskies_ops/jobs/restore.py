@@ -110,11 +110,7 @@ def resolve_archive(host: Host, spec: str | None, origin: str | None = None, dat
         everything = []
     b = named_backup(everything, spec, origin, host.name)
     if b is not None:
-        if b.status in ("FAILED", "STARTED"):
-            raise ArchiveError(b.failed_message("restore"))
-        if b.status == "MISSING":
-            raise ArchiveError(f"backup {b.shown_name} is gone: its manifest says DONE but {b.path} is missing; "
-                               f"nothing to restore")
+        b.require_archive("restore")
         return b.path
     raise ArchiveError(f"{spec}: no such file or backup id (looked here and in {bdir}){id_hint(spec, host.name)}")
 

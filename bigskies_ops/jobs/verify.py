@@ -94,11 +94,7 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
     if b is None and not host.is_remote and os.path.exists(spec):
         b = next((x for x in backups if os.path.abspath(spec) == os.path.abspath(x.path)), None)
     if b is not None:
-        if b.status in ("FAILED", "STARTED"):
-            raise ArchiveError(b.failed_message("verify"))
-        if b.status == "MISSING":
-            raise ArchiveError(f"backup {b.shown_name} is gone: its manifest says DONE but {b.path} is missing; "
-                               f"nothing to verify")
+        b.require_archive("verify")
         return [b]
     if not host.is_remote and os.path.exists(spec) and not os.path.isdir(spec):  # an archive outside the folder
         d, n = os.path.split(os.path.abspath(spec))
