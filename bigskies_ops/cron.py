@@ -3,15 +3,11 @@
 (:func:`bigskies_ops.jobs.schedule.next_fire`) share."""
 from __future__ import annotations
 
-import difflib
 import re
 
 from bigskies_ops.errors import InventoryError
+from bigskies_ops.text import did_you_mean
 
-
-def _hint(word: str, choices) -> str:
-    m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -85,7 +81,7 @@ def cron_fields(expr: str, where: str) -> list[str]:
     e = expr.strip()
     if e.startswith("@"):
         if e not in CRON_MACROS:
-            raise InventoryError(f"{where}: unknown cron macro {e!r}{_hint(e, CRON_MACROS)}")
+            raise InventoryError(f"{where}: unknown cron macro {e!r}{did_you_mean(e, CRON_MACROS)}")
         return [e]
     parts = e.split()
     if len(parts) != 5 or not all(_CRON_FIELD_RE.match(p) for p in parts):

@@ -8,7 +8,6 @@ docs/inventory.md. Errors name the path of the fault
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -20,6 +19,7 @@ import yaml
 
 from bigskies_ops.cron import CRON_MACROS, cron_field_values, cron_fields  # noqa: F401 - the one cron rule, re-exported
 from bigskies_ops.errors import InventoryError
+from bigskies_ops.text import did_you_mean
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -234,7 +234,7 @@ class Inventory:
                 names = list(self.groups[part])
             else:
                 known = sorted(set(self.hosts) | set(self.groups))
-                raise InventoryError(f"unknown host or group {part!r}{_hint(part, known)}; "
+                raise InventoryError(f"unknown host or group {part!r}{did_you_mean(part, known)}; "
                                      f"known: {', '.join(known)}")
             for n in names:
                 if self.hosts[n] not in out:
@@ -289,10 +289,6 @@ _DATACLASS = {"ssh": SSHSettings, "postgres": PostgresSettings, "container": Con
               "heartbeat": HeartbeatSettings, "metrics": MetricsSettings}
 
 
-def _hint(word: str, choices) -> str:
-    m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
 
 def _check_scalar(path: str, kind, value: Any) -> Any:
     if kind == "cron":
@@ -327,7 +323,7 @@ def _check_scalar(path: str, kind, value: Any) -> Any:
     if isinstance(kind, tuple) and kind[0] == "enum":
         if value not in kind[1]:
             raise InventoryError(f"{path}: expected one of {', '.join(kind[1])}, got {value!r}"
-                                 f"{_hint(str(value), kind[1])}")
+                                 f"{did_you_mean(str(value), kind[1])}")
         return value
     if kind == "envlist":  # one NAME or a list of them
         names = [value] if isinstance(value, str) else value
@@ -341,7 +337,7 @@ def _check_scalar(path: str, kind, value: Any) -> Any:
             raise InventoryError(f"{path}: expected a list of events ({', '.join(known)})")
         for v in names:
             if v not in known:
-                raise InventoryError(f"{path}: unknown event {v!r}{_hint(str(v), known)}; known: {', '.join(known)}")
+                raise InventoryError(f"{path}: unknown event {v!r}{did_you_mean(str(v), known)}; known: {', '.join(known)}")
         return tuple(names)
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -371,7 +367,7 @@ def _check_block(path: str, spec: dict, value: Any) -> dict:
             raise InventoryError(f"{path}.url: literal secrets are not allowed in the inventory; name an "
                                  f"environment variable instead (url_env: NAME)")
         if k not in spec:
-            raise InventoryError(f"{path}.{k}: unknown key{_hint(k, spec)}")
+            raise InventoryError(f"{path}.{k}: unknown key{did_you_mean(k, spec)}")
         if v is None:
             continue
         out[k] = _check_scalar(f"{path}.{k}", spec[k], v)
@@ -405,7 +401,7 @@ def _check_host_keys(path: str, raw: Any, extra: tuple[str, ...] = ()) -> dict:
             continue
         _reject_secret(path, k)
         if k not in HOST_KEYS:
-            raise InventoryError(f"{path}.{k}: unknown key{_hint(k, list(HOST_KEYS) + list(extra))}")
+            raise InventoryError(f"{path}.{k}: unknown key{did_you_mean(k, list(HOST_KEYS) + list(extra))}")
         kind = HOST_KEYS[k]
         if v is None:
             continue
@@ -532,7 +528,7 @@ def parse(doc: Any, path: Path) -> Inventory:
         raise InventoryError(f"inventory {path}: expected a mapping with hosts:")
     for k in doc:
         if k not in ("defaults", "groups", "hosts"):
-            raise InventoryError(f"{k}: unknown top-level key{_hint(str(k), ['defaults', 'groups', 'hosts'])}")
+            raise InventoryError(f"{k}: unknown top-level key{did_you_mean(str(k), ['defaults', 'groups', 'hosts'])}")
     base = path.parent
     defaults = _check_host_keys("defaults", doc.get("defaults"), extra=("host",))
     default_host = defaults.pop("host", None)
@@ -560,14 +556,14 @@ def parse(doc: Any, path: Path) -> Inventory:
         if isinstance(members, dict):
             for k in members:
                 if k not in ("hosts", "vars"):
-                    raise InventoryError(f"{gp}.{k}: unknown key{_hint(str(k), ['hosts', 'vars'])}")
+                    raise InventoryError(f"{gp}.{k}: unknown key{did_you_mean(str(k), ['hosts', 'vars'])}")
             group_vars[g] = _check_host_keys(f"{gp}.vars", members.get("vars"))
             members = members.get("hosts") or []
         if not isinstance(members, list):
             raise InventoryError(f"{gp}: expected a list of hosts")
         for m in members:
             if str(m) not in checked:
-                raise InventoryError(f"{gp}: unknown host {m!r}{_hint(str(m), checked)}")
+                raise InventoryError(f"{gp}: unknown host {m!r}{did_you_mean(str(m), checked)}")
         groups[g] = tuple(str(m) for m in members)
     hosts = {}
     for name, raw in checked.items():
@@ -578,7 +574,7 @@ def parse(doc: Any, path: Path) -> Inventory:
         merged = _merge(merged, raw)
         hosts[name] = _build_host(name, merged, mine, base, f"hosts.{name}")
     if default_host is not None and str(default_host) not in hosts:
-        raise InventoryError(f"defaults.host: unknown host {default_host!r}{_hint(str(default_host), hosts)}")
+        raise InventoryError(f"defaults.host: unknown host {default_host!r}{did_you_mean(str(default_host), hosts)}")
     return Inventory(path=path, hosts=hosts, groups=groups,
                      default_host=str(default_host) if default_host is not None else None)
 

@@ -1,6 +1,7 @@
 """Text for humans and JSON: sizes, ages, names whose bytes are not UTF-8."""
 from __future__ import annotations
 
+import difflib
 import json
 from datetime import datetime, timezone
 
@@ -46,3 +47,10 @@ def printable(name: str) -> str:
     if not any("\udc80" <= ch <= "\udcff" for ch in name):
         return name
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to ``word`` (difflib ratio
+    >= 0.6), or ``""`` when none is close."""
+    m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
