@@ -105,6 +105,17 @@ class Action:
     plan: Callable[[Host, dict, RunContext], Plan]
     destructive: str | None = None
     changes: bool = True
+    #: the step is destructive only when this returns True for its arguments (``db.restore``
+    #: with ``target_db`` creates a new database: not destructive); None: always (when
+    #: ``destructive`` is set). Arguments filled from registered facts are None here.
+    destructive_when: Callable[[dict], bool] | None = None
+
+
+class StandIn(str):
+    """Check mode: a stand-in for a fact that only the real run of an earlier step would
+    register (the path of the archive a backup would write, which does not exist yet). A
+    ``plan`` given one plans against "not here yet" (e.g. ``check_restore(host, None)``)
+    instead of looking the value up. The text says what it stands for."""
 
 
 ACTIONS: dict[str, Action] = {}
