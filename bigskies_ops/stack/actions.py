@@ -31,13 +31,16 @@ class Param:
 
     ``type`` is one of :data:`PARAM_TYPES`; an ``int`` is accepted where ``float`` is
     asked for, never a ``bool`` where a number is; ``choices`` (when given) are the
-    accepted values.
+    accepted values; ``is_host``: the value is an inventory host's name.
     """
     type: type
     required: bool = False
     default: Any = None
     help: str = ""
     choices: tuple = ()
+    #: the value names one inventory host (``db.pull``'s ``from``): checked against the
+    #: inventory before the first step, like a step's ``host:``
+    is_host: bool = False
 
 
 @dataclass

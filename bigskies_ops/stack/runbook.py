@@ -107,6 +107,19 @@ def _static_args(s: Step, action: Action, params: dict, host: Host) -> tuple[dic
     return ready, later
 
 
+def _check_host_args(s: Step, action: Action, inv: Inventory, args: dict) -> None:
+    """Arguments that name a host (``Param.is_host``) name exactly one inventory host."""
+    for k, v in args.items():
+        if not action.params[k].is_host or v is None:
+            continue
+        try:
+            hosts = inv.resolve(v)
+        except InventoryError as e:
+            raise UsageError(f"{s.where}: args.{k}: {e}") from None
+        if len(hosts) != 1:
+            raise UsageError(f"{s.where}: args.{k}: {v!r} selects {len(hosts)} hosts; expected one host")
+
+
 def _is_destructive(action: Action, args: dict) -> bool:
     if not action.destructive:
         return False
@@ -148,7 +161,9 @@ def validate(runbook: Runbook, inventory: Inventory, selector: str | None, param
             if s.name:
                 render(s.name, _static_lookup(params, t), f"{s.where}: name")
             ready, later = _static_args(s, action, params, h)
-            check_args(action, {**ready, **{k: _sample(action.params.get(k)) for k in later}}, f"{s.where}: args")
+            args = check_args(action, {**ready, **{k: _sample(action.params.get(k)) for k in later}},
+                              f"{s.where}: args")
+            _check_host_args(s, action, inventory, {k: v for k, v in args.items() if k not in later})
             if not _is_destructive(action, {**ready, **{k: None for k in later}}):
                 continue
             line = f"{s.where}: {action.destructive} on {h.name} (database {h.postgres.database!r})"

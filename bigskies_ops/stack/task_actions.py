@@ -326,3 +326,203 @@ register(Action("docker.purge", "Remove the containers AND the data volume, afte
     "backup": Param(bool, default=True, help="take the pre-purge backup first (false: the data is gone for good)"),
     "pull": Param(bool, default=True, help="for a remote host: pull the pre-purge backup here"),
 }, _purge_run, _purge_plan, destructive="purge"))
+
+
+# ------------------------------------------------------------------ db.pull
+def _pull_hosts(h: Host, a: dict, ctx: RunContext) -> tuple[Host, Host]:
+    """(the SSH source ``from``, the step's host: the local destination)."""
+    from bigskies_ops.jobs.backup import with_lock_wait_timeout
+    src = with_lock_wait_timeout(ctx.inventory.host(a["from"]), a["lock_wait_timeout"])
+    if not src.is_remote:
+        raise UsageError(f"from {a['from']}: not an SSH host (connection: local); use db.backup for local hosts")
+    if h.is_remote:
+        raise UsageError(f"db.pull runs on the local host that receives the backup; {h.name} is an SSH host "
+                         f"(give the step host: a local host)")
+    return src, h
+
+
+def _pull_spec(a: dict) -> str | None:
+    if a["existing"] == "":
+        raise UsageError("existing: give 'latest', a backup id or an archive's file name (an empty value is neither)")
+    return a["existing"]
+
+
+def _pull_restore_kw(a: dict, ctx: RunContext) -> dict | None:
+    if not a["restore"]:
+        return None
+    return {"terminate_sessions": a["terminate_sessions"], "skip_missing_roles": a["skip_missing_roles"],
+            "jobs": a["jobs"], "task": f"{ctx.task} (db.pull --restore)"}
+
+
+def _pull_run(h: Host, a: dict, ctx: RunContext) -> dict:
+    from bigskies_ops.jobs.pull import pull
+    src, dest = _pull_hosts(h, a, ctx)
+    spec = _pull_spec(a)
+    if a["restore"]:
+        _destructive(dest, "pull --to", ctx, f"WARNING: this will replace database {dest.postgres.database!r} on "
+                                             f"{dest.name} with {src.name}'s data (the current one is kept as a "
+                                             f"pre-restore copy).")
+    out = pull(src, dest, existing=spec, fmt=a["format"], label=a["label"], restore=_pull_restore_kw(a, ctx))
+    facts = {"archive": out.backup.path, "name": out.backup.name, "id": out.backup.id, "from": src.name,
+             "size_bytes": out.manifest.get("bytes"), "database": None, "pre_restore_copy": None}
+    if out.restore is not None:
+        facts.update(database=out.restore.database, pre_restore_copy=out.restore.pre_restore_copy)
+    facts["msg"] = (f"pulled {out.backup.name} from {src.name}" + (" (already here)" if out.already_present else "")
+                    + (f"; restored into {out.restore.database!r}" if out.restore is not None else ""))
+    facts["changed"] = not out.already_present or out.restore is not None
+    return facts
+
+
+def _pull_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
+    from bigskies_ops.jobs.pull import plan_pull
+    src, dest = _pull_hosts(h, a, ctx)
+    p = plan_pull(src, dest, existing=_pull_spec(a), fmt=a["format"], restore=_pull_restore_kw(a, ctx))
+    p["refusals"] = (_policy_refusal(dest, "pull --to", ctx) if a["restore"] else []) + p["refusals"]
+    lines = [f"{'copy' if p['mode'] == 'existing' else 'dump and stream'} {src.name}'s "
+             f"{'archive ' + str(p['source'].get('path')) if p['mode'] == 'existing' else 'database'} "
+             f"into {p['destination']}"]
+    if p.get("already_here"):
+        lines = [f"  {p['destination']} is here already: compare its size and sha256, copy nothing"]
+    if a["restore"]:
+        lines.append(f"restore it into {dest.name}'s database {dest.postgres.database!r} ({p.get('restore_how')})")
+    return Plan(not p["refusals"] and not (p.get("already_here") and not a["restore"]), lines, p, p["refusals"],
+                {"archive": StandIn(p["destination"]), "name": StandIn(os.path.basename(p["destination"])),
+                 "from": src.name, "database": dest.postgres.database if a["restore"] else None})
+
+
+register(Action("db.pull", "Pull a database from an SSH host to this machine (the step's host); optionally restore it.", {
+    "from": Param(str, required=True, is_host=True, help="the SSH host to pull from"),
+    "existing": Param(str, help="pull an archive already there: 'latest', a backup id or a file name "
+                                "(default: a fresh dump streamed over SSH)"),
+    "restore": Param(bool, default=False, help="then restore it into the step host's database"),
+    "format": Param(str, choices=("plain", "custom"), help="a fresh dump's format (default: the source's)"),
+    "label": Param(str, help="free text stored in the manifest"),
+    "terminate_sessions": Param(bool, default=False, help="with restore: end sessions still connected at the swap"),
+    "skip_missing_roles": Param(bool, default=False, help="with restore: restore although roles are missing"),
+    "jobs": Param(int, help="parallel sessions of the restore (1-64)"),
+    "lock_wait_timeout": Param(float, help="a fresh dump: seconds to wait for a table lock"),
+}, _pull_run, _pull_plan, destructive="pull --to", destructive_when=lambda a: bool(a.get("restore"))))
+
+
+# ------------------------------------------------------------------ db.prune
+def _prune_run(h: Host, a: dict, ctx: RunContext) -> dict:
+    from bigskies_ops.jobs.retention import prune
+    from bigskies_ops.safety import check_destructive
+    check_destructive(h, "prune", database=h.postgres.database, force_protected=ctx.force_protected,
+                      confirm=ctx.confirm)
+    res = prune(h, include_failed=a["failed"], include_legacy=a["include_legacy"], task=ctx.task)
+    return {"deleted": res.deleted, "bytes_freed": res.freed, "kept": len(res.plan.keep), "changed": bool(res.deleted),
+            "msg": (f"pruned {len(res.plan.prune)} backup(s) ({len(res.deleted)} files, {human_bytes(res.freed)} "
+                    f"freed), kept {len(res.plan.keep)}") if res.deleted else
+                   f"nothing to prune, kept {len(res.plan.keep)}"}
+
+
+def _prune_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
+    from bigskies_ops.jobs.retention import prune
+    res = prune(h, dry_run=True, include_failed=a["failed"], include_legacy=a["include_legacy"])
+    refusals = _policy_refusal(h, "prune", ctx) + [f"{g[1]!r} from {g[0]}: {why}"
+                                                   for g, why in res.plan.refused.items()]
+    lines = [f"delete {f}" for f in res.files] or ["  nothing to prune"]
+    if res.files:
+        lines.append(f"  frees {human_bytes(res.freed)} in {h.backup.dir}")
+    plan = {"would_delete": res.files, "bytes_freed": res.freed, "decisions": [d.to_json() for d in res.plan.decisions],
+            "refusals": refusals}
+    return Plan(bool(res.files) and not refusals, lines, plan, refusals,
+                {"deleted": res.files, "bytes_freed": res.freed})
+
+
+register(Action("db.prune", "Apply GFS retention (daily/weekly/monthly) to the host's backups.", {
+    "failed": Param(bool, default=False, help="also prune FAILED runs, unfinished runs and .partial files"),
+    "include_legacy": Param(bool, default=False, help="let seed-era files without a manifest take part"),
+}, _prune_run, _prune_plan, destructive="prune"))
+
+
+# ------------------------------------------------------------------ db.offsite
+def _offsite_run(h: Host, a: dict, ctx: RunContext) -> dict:
+    from bigskies_ops.errors import BigskiesError
+    from bigskies_ops.jobs.offsite import upload
+    results = upload(h, a["target"], inv=ctx.inventory, task=ctx.task)
+    bad = [r for r in results if r.error]
+    if bad:
+        raise BigskiesError("offsite copy failed: " + "; ".join(f"{r.target}: {r.error}" for r in bad),
+                            exit_code=bad[0].exit_code or 1)
+    uploaded = [n for r in results for n in r.uploaded]
+    pruned = [n for r in results for n in r.pruned]
+    return {"uploaded": uploaded, "pruned_remote": pruned, "targets": [r.target for r in results],
+            "changed": bool(uploaded or pruned),
+            "msg": f"offsite {', '.join(r.target for r in results)}: copied and verified {len(uploaded)}, "
+                   f"pruned {len(pruned)} on the target(s)"}
+
+
+def _offsite_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
+    from bigskies_ops.errors import BigskiesError
+    from bigskies_ops.jobs.offsite import upload
+    results = upload(h, a["target"], inv=ctx.inventory, check=True)
+    bad = [r for r in results if r.error]
+    if bad:
+        raise BigskiesError("offsite target unreachable: " + "; ".join(f"{r.target}: {r.error}" for r in bad),
+                            exit_code=bad[0].exit_code or 1)
+    lines = [f"upload {n} to {r.target}" for r in results for n in r.uploaded]
+    lines += [f"delete {n} on {r.target} (the host's retention)" for r in results for n in r.pruned]
+    would = any(r.uploaded or r.pruned for r in results)
+    return Plan(would, lines or ["  every backup is offsite already; nothing to prune there"],
+                {"targets": [r.to_json() for r in results]},
+                facts={"uploaded": [n for r in results for n in r.uploaded]})
+
+
+register(Action("db.offsite", "Copy backups not yet offsite to the host's targets, verify each, prune remotely.", {
+    "target": Param(str, help="only this offsite target (its name in the inventory); default: all"),
+}, _offsite_run, _offsite_plan))
+
+
+# ------------------------------------------------------------------ db.migrate
+def _no_backup_refusal(h: Host, a: dict) -> list[str]:
+    if a["no_backup"] and h.protected:
+        return [f"refused: {h.name} is protected; no_backup is not allowed there (a pre-migrate backup is always "
+                f"taken)"]
+    return []
+
+
+def _migrate_run(h: Host, a: dict, ctx: RunContext) -> dict:
+    from bigskies_ops.errors import SafetyError
+    from bigskies_ops.jobs.migrations import migrate
+    from bigskies_ops.safety import check_destructive
+    check_destructive(h, "migrate", database=h.postgres.database, force_protected=ctx.force_protected,
+                      confirm=ctx.confirm)
+    refused = _no_backup_refusal(h, a)
+    if refused:
+        raise SafetyError(refused[0])
+    res = migrate(h, to=a["to"], take_backup=not a["no_backup"], baseline=a["baseline"],
+                  lock_timeout=_seconds(a, "lock_timeout"), task=ctx.task)
+    return {"applied": [m["file"] for m in res.applied], "head": res.head, "backup": res.backup,
+            "baselined": res.baselined, "changed": res.word == "changed",
+            "msg": f"applied {len(res.applied)} migration(s), head {res.head}" if res.applied else
+                   f"up to date (head {res.head if res.head is not None else '-'})"}
+
+
+def _migrate_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
+    from bigskies_ops.jobs.migrations import migrate
+    res = migrate(h, to=a["to"], check=True, take_backup=not a["no_backup"], baseline=a["baseline"],
+                  lock_timeout=_seconds(a, "lock_timeout"))
+    refusals = _policy_refusal(h, "migrate", ctx) + _no_backup_refusal(h, a) + (
+        [res.would_refuse] if res.would_refuse else [])
+    takes_backup = bool(res.pending) and not a["no_backup"]
+    lines = [f"take a pre-migrate backup of {h.postgres.database!r} into {h.backup.dir}"] if takes_backup else []
+    lines += [f"apply {m['file']}" for m in res.pending]
+    if res.baselined:
+        lines.append(f"record as applied (baseline): {', '.join(str(v) for v in res.baselined)}")
+    if not lines:
+        lines = [f"  up to date (head {res.head if res.head is not None else '-'}): nothing to apply"]
+    doc = res.to_json()
+    plan = {k: doc[k] for k in ("database", "pending", "baselined", "head")}
+    plan.update(backup=takes_backup, refusals=refusals)
+    return Plan(bool(res.pending or res.baselined) and not refusals, lines, plan, refusals,
+                {"applied": [m["file"] for m in res.pending], "head": res.head})
+
+
+register(Action("db.migrate", "Apply pending schema migrations (a pre-migrate backup first).", {
+    "to": Param(int, help="apply up to and including this version only"),
+    "no_backup": Param(bool, default=False, help="skip the pre-migrate backup (refused on protected hosts)"),
+    "baseline": Param(int, help="record migrations up to this version as applied without running them"),
+    "lock_timeout": Param(float, default=60.0, help="seconds to wait for the migration lock"),
+}, _migrate_run, _migrate_plan, destructive="migrate"))
