@@ -24,21 +24,29 @@ NO_ROLES_HELP = ("do not create the backup's missing roles before restoring (obj
 
 
 def _scenario(name: str, params: dict, *, host, inventory, check: bool, json: bool, yes: bool = True,
-              force_protected: bool = False, confirm: str | None = None, compose: bool = True) -> None:
+              force_protected: bool = False, confirm: str | None = None, compose: bool = True,
+              host_param: str | None = None) -> None:
     """Run scenario ``name``'s runbook with ``params`` (typed values) for ``host`` (a host
     or group); exit with the stopping step's code (CONTRACTS.md section 5).
+
+    ``host_param``: the runbook's param naming the host it runs on (scenario 4's ``to``),
+    the run's host when ``host`` is not given (its value, else its default).
 
     Raises:
         UsageError: (``compose``) a selected host has no ``compose:`` block, before
             anything runs; the engine's validation errors (exit 2, 3)."""
     from bigskies_ops.cli.run import run_runbook
+    from bigskies_ops.stack import runbook as rb
     inv = load_inventory(inventory)
+    book = rb.load(RUNBOOKS[name], inv)
+    if host is None and host_param:
+        host = params.get(host_param) or book.params[host_param].default
     if compose:
         for h in inv.resolve(host):
             if h.compose is None:
                 raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; scenarios need the compose "
                                  f"stack")
-    code = run_runbook(RUNBOOKS[name], inv, host, params, check=check, yes=yes, force_protected=force_protected,
+    code = run_runbook(book, inv, host, params, check=check, yes=yes, force_protected=force_protected,
                        confirm=confirm, json=json, task=f"scenario.{name}")
     if code:
         sys.stdout.flush()
@@ -90,8 +98,8 @@ def prod_to_dev(c, from_=None, to=None, yes=False, force_protected=False, confir
                 check=False):
     """Scenario 4: production's data restored into development's database (db.pull --restore)."""
     params = {k: v for k, v in (("from", from_), ("to", to)) if v}
-    _scenario("prod-to-dev", params, host=to, inventory=inventory, check=check, json=json, yes=yes,
-              force_protected=force_protected, confirm=confirm, compose=False)
+    _scenario("prod-to-dev", params, host=None, inventory=inventory, check=check, json=json, yes=yes,
+              force_protected=force_protected, confirm=confirm, compose=False, host_param="to")
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP, "check": CHECK_HELP,

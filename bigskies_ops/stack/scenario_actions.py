@@ -29,14 +29,14 @@ from bigskies_ops.hosts import runner_for
 from bigskies_ops.inventory import Host
 from bigskies_ops.stack import lifecycle as stack
 from bigskies_ops.stack import scenarios
-from bigskies_ops.stack.actions import Action, Param, Plan, RunContext, register
+from bigskies_ops.stack.actions import Action, Param, Plan, RunContext, StandIn, register
 
 
 def pending(value) -> bool:
-    """``value`` is a check-mode stand-in for a fact an earlier step would register
-    (``"(the archive step 'pre' will write)"``, :attr:`Plan.facts`), not a real value:
-    nothing can be read from it yet."""
-    return isinstance(value, str) and value.startswith("(") and value.endswith(")")
+    """``value`` is a check-mode stand-in (:class:`~bigskies_ops.stack.actions.StandIn`) for a
+    fact only the real run of an earlier step would register (the archive a backup would
+    write): nothing can be read from it yet."""
+    return isinstance(value, StandIn)
 
 
 def states(host: Host, ctx: RunContext) -> dict[str, str]:
@@ -152,7 +152,8 @@ def _coordinators_stop_run(host: Host, args: dict, ctx: RunContext) -> dict:
         if running:
             report.note(f"Stopping coordinators: {', '.join(running)}")
             stop_services(runner, host, running, project)
-    return {"stopped": running, "msg": f"stopped {', '.join(running)}" if running else "no coordinator is running"}
+    return {"stopped": running, "changed": bool(running),
+            "msg": f"stopped {', '.join(running)}" if running else "no coordinator is running"}
 
 
 def _coordinators_stop_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
@@ -190,12 +191,12 @@ def _choose_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
     if args["archive"]:
         return Plan(False, [f"restore the archive named: {args['archive']}"], facts={"archive": args["archive"]})
     b = _newest_good(host)
-    now = b.path if b is not None else "none (the real run stops here, before anything is deleted)"
-    return Plan(False, [f"choose the newest good backup of {host.postgres.database!r} (a backup an earlier "
-                        f"step takes, else the newest now: {now})"],
-                refusals=[] if b is not None else [f"no good backup of {host.postgres.database!r} in "
-                                                   f"{host.backup.dir} to restore"],
-                facts={"archive": "(the newest good backup when this step runs)"})
+    # not a refusal when there is none now: an earlier step of the runbook may write one (the
+    # real run fails here, before anything is deleted, if there is still none)
+    now = b.path if b is not None else "none; the real run fails here unless an earlier step writes one"
+    return Plan(False, [f"choose the newest good backup of {host.postgres.database!r} (one an earlier step "
+                        f"writes, else the newest now: {now})"],
+                facts={"archive": StandIn("(the newest good backup when this step runs)")})
 
 
 # ------------------------------------------------------------------ message
