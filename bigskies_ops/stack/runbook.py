@@ -362,8 +362,9 @@ def _one_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
     if why is not None:
         sr.result, sr.reason = "skipped", why
     sr.ignored = sr.result in ("failed", "unreachable") and s.ignore_errors
-    word = f"{sr.result}{' (check)' if ctx.check and sr.result in ('ok', 'changed') else ''}"
-    say(f"{word}: [{h.name}] {sr.reason}" + (" ...ignoring" if sr.ignored else ""))
+    planned = ctx.check and sr.result in ("ok", "changed")
+    shown = ("would change nothing" if sr.result == "ok" else "would change (above)") if planned else sr.reason
+    say(f"{sr.result}{' (check)' if planned else ''}: [{h.name}] {shown}" + (" ...ignoring" if sr.ignored else ""))
     if s.register:
         ctx.registered[s.register] = _registered(sr, facts)
     return sr
