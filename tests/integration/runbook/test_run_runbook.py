@@ -349,3 +349,35 @@ def test_a_destructive_runbook_asks_once_on_a_terminal(setup, pg_sql, dbname, cl
     assert "dev : ok=0 changed=2 failed=0" in text
     assert db_fingerprint(pg_sql, dbname) == before
     assert [n for n in _databases(pg_sql) if n.startswith(dbname) and n != dbname]  # the pre-restore copy
+
+
+def test_a_rollback_step_undoes_the_restore_when_a_later_step_failed(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    write("rollback", """
+        steps:
+          - task: db.backup
+            register: pre
+          - name: Replace the database with the backup
+            task: db.restore
+            args: {archive: "{{ pre.archive }}", terminate_sessions: true}
+            register: restored
+          - name: A check that fails
+            task: db.verify
+            args: {archive: no_such_backup}
+            ignore_errors: true
+            register: checked
+          - name: Roll back
+            task: db.restore
+            args: {undo: true, terminate_sessions: true}
+            when: [checked is failed, restored is changed]
+    """)
+    pg_sql("CREATE TABLE after_backup (x int); INSERT INTO after_backup VALUES (42)", dbname)
+    r = _run(inv, cli_env, "rollback", "--yes", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = json.loads(r.stdout)["hosts"][0]["steps"]
+    assert [s["result"] for s in steps] == ["changed", "changed", "failed", "changed"]
+    copy = steps[1]["facts"]["pre_restore_copy"]
+    assert steps[3]["facts"]["restored_from"] == copy
+    # the table made after the backup is back (the undo swapped the replaced database in again)
+    assert pg_sql("SELECT x FROM after_backup", dbname).strip() == "42"
+    assert steps[3]["facts"]["previous_kept_as"] in _databases(pg_sql)
