@@ -247,9 +247,9 @@ def test_the_json_document_has_every_host_and_step():
                                            "ignored": False, "exit_code": 0}
 
 
-def test_every_shipped_task_action_has_documented_params():
+def test_every_task_action_has_a_summary_and_documented_params():
     for name, a in rb.action_registry().items():
-        if name.startswith("test."):
+        if a.run.__module__ != "bigskies_ops.stack.task_actions":
             continue
         assert a.summary.endswith("."), name
         assert all(p.help for p in a.params.values()), name
