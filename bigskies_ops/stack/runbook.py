@@ -356,6 +356,9 @@ def _one_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
         except BigskiesError as e:
             sr.result = "unreachable" if _unreachable(e) else "failed"
             sr.reason, sr.exit_code = " | ".join(x.strip() for x in str(e).splitlines() if x.strip()), e.exit_code
+        except OSError as e:  # a file or folder the job did not expect: failed, as the task would be
+            sr.result, sr.exit_code = "failed", EXIT_FAILED
+            sr.reason = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
         except Exception as e:  # noqa: BLE001 - a bug in one action: one line, the run stops as for a failure
             sr.result, sr.exit_code = "failed", EXIT_FAILED
             sr.reason = f"internal error: {type(e).__name__}: {e}"

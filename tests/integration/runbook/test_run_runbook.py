@@ -9,6 +9,7 @@ backup folder's files and their mtimes).
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -261,7 +262,8 @@ def test_a_runbook_not_found_lists_the_runbooks_found(setup, cli_env):
     assert "runbook 'cpy' not found" in r.stderr and "(did you mean 'copy'?)" in r.stderr
     assert "runbooks found: copy" in r.stderr
     r = _run(inv, cli_env, "--list")
-    assert r.returncode == 0 and "copy  back up, verify, restore the backup into a new database" in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^copy +back up, verify, restore the backup into a new database$", r.stdout, re.M), r.stdout
 
 
 def test_a_destructive_runbook_without_a_terminal_or_yes_is_refused_before_step_1(setup, pg_sql, dbname, cli_env):
