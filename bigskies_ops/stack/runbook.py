@@ -164,7 +164,7 @@ def validate(runbook: Runbook, inventory: Inventory, selector: str | None, param
             args = check_args(action, {**ready, **{k: _sample(action.params.get(k)) for k in later}},
                               f"{s.where}: args")
             _check_host_args(s, action, inventory, {k: v for k, v in args.items() if k not in later})
-            if not _is_destructive(action, {**ready, **{k: None for k in later}}):
+            if not _is_destructive(action, {**args, **{k: None for k in later}}):
                 continue
             line = f"{s.where}: {action.destructive} on {h.name} (database {h.postgres.database!r})"
             if line not in out.destructive:
