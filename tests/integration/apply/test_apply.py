@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from tests.conftest import PASSWORD, PASSWORD_ENV, cli, native_host, write_inventory
+from tests.integration.offsite.test_offsite import s3, s3env  # noqa: F401 - fixtures
 from tests.remote_helpers import ssh_block
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -266,3 +267,32 @@ def test_unknown_host_is_a_usage_error(tmp_path, cli_env):
     assert r.returncode == 2 and "unknown host or group 'nope'" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(r.stdout) == {"result": "failed", "task": "apply", "host": "nope", "error": {
         "exit_code": 2, "message": json.loads(r.stdout)["error"]["message"]}}
+
+
+def test_offsite_targets_are_probed_reachable_and_writable_and_left_as_they_were(tmp_path, pg, dbname, s3, s3env):
+    from tests.integration.offsite.test_offsite import BUCKET, _target
+    down = {"name": "down", "url": f"s3://{BUCKET}/down", "endpoint": "http://127.0.0.1:1",
+            "access_key_env": "TEST_S3_KEY", "secret_key_env": "TEST_S3_SECRET"}
+    s3["client"].put_object(Bucket=BUCKET, Key="apply/dev/old.sql.gz", Body=b"an archive already there")
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "dev": native_host(pg, dbname, tmp_path / "dev-backups", offsite=[_target(s3, "apply"), down])})
+    env = _env(s3env, tmp_path)
+
+    def objects():
+        r = s3["client"].list_objects_v2(Bucket=BUCKET)
+        return sorted((o["Key"], o["ETag"], o["LastModified"]) for o in r.get("Contents", []))
+    before = objects()
+    r = cli("apply", "-i", str(inv), "--check", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok: [dev] offsite vault: vault (s3://bigskies-offsite/apply at " in r.stdout
+    assert "1 object(s) listed (no probe written under --check)" in r.stdout
+    assert "failed: [dev] offsite down: would fail: offsite target down (s3://bigskies-offsite/down at " \
+           "http://127.0.0.1:1) is unreachable (listing)" in r.stdout, r.stdout
+    assert objects() == before
+    r = cli("apply", "-i", str(inv), env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "reachable and writable (a probe object written and deleted)" in r.stdout
+    assert "failed: [dev] offsite down: offsite target down (s3://bigskies-offsite/down at http://127.0.0.1:1) " \
+           "is unreachable (upload of down/dev/.bigskies-apply-probe-" in r.stdout, r.stdout
+    assert objects() == before  # the probe is gone, nothing else touched
+    assert r.stderr.strip().splitlines()[-1] == "error: 1 of 1 host(s) failed or unreachable: dev (failed: offsite down)"
