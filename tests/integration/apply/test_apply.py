@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -296,3 +295,36 @@ def test_offsite_targets_are_probed_reachable_and_writable_and_left_as_they_were
            "is unreachable (upload of down/dev/.bigskies-apply-probe-" in r.stdout, r.stdout
     assert objects() == before  # the probe is gone, nothing else touched
     assert r.stderr.strip().splitlines()[-1] == "error: 1 of 1 host(s) failed or unreachable: dev (failed: offsite down)"
+
+
+def test_notification_heartbeat_and_metrics_faults_are_failed_items_and_nothing_is_sent(tmp_path, pg, dbname,
+                                                                                        cli_env):
+    """The variables set and their URLs readable (inventory.check's rule); a metrics folder that does
+    not exist. Nothing is sent: the URLs point at a closed port, so a send would fail the item."""
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "good": native_host(pg, dbname, tmp_path / "g", notify={"urls_env": ["TEST_APPLY_URL"]},
+                            postgres={"passfile": str(tmp_path / "good.pgpass")},
+                            heartbeat={"url_env": "TEST_APPLY_HB"}),
+        "bad": native_host(pg, dbname, tmp_path / "b", notify={"urls_env": ["TEST_APPLY_URL", "TEST_APPLY_BADURL"]},
+                           postgres={"passfile": str(tmp_path / "bad.pgpass")},
+                           heartbeat={"url_env": "TEST_APPLY_UNSET"},
+                           metrics={"textfile": str(tmp_path / "no-such-folder" / "x.prom")})})
+    env = _env(cli_env, tmp_path)
+    env.update({"TEST_APPLY_URL": "json://127.0.0.1:1/hook", "TEST_APPLY_HB": "http://127.0.0.1:1/ping",
+                "TEST_APPLY_BADURL": "not a url at all"})
+    env.pop("TEST_APPLY_UNSET", None)
+    r = cli("apply", "-i", str(inv), env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ok: [good] notifications: TEST_APPLY_URL set, URL(s) readable (nothing sent)" in r.stdout
+    assert "ok: [good] heartbeat: TEST_APPLY_HB set, URL(s) readable (nothing sent)" in r.stdout
+    assert ("failed: [bad] notifications: hosts.bad.notify.urls_env[1]: the URL in TEST_APPLY_BADURL is not a "
+            "notification URL apprise can read") in r.stdout, r.stdout
+    assert "failed: [bad] heartbeat: variable TEST_APPLY_UNSET (hosts.bad.heartbeat.url_env) is not set here" \
+        in r.stdout
+    assert (f"failed: [bad] metrics textfile: the folder {tmp_path / 'no-such-folder'} does not exist "
+            f"(node_exporter's textfile folder") in r.stdout
+    assert "not a url at all" not in r.stdout + r.stderr and not (tmp_path / "no-such-folder").exists()
+    assert _recap(r.stdout) == {"good": "ok=3 changed=2 failed=0 skipped=4 unreachable=0",
+                                "bad": "ok=1 changed=2 failed=3 skipped=3 unreachable=0"}, r.stdout
+    assert r.stderr.strip().splitlines()[-1] == ("error: 1 of 2 host(s) failed or unreachable: bad (failed: "
+                                                 "notifications, heartbeat, metrics textfile)")
