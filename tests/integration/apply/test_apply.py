@@ -328,3 +328,30 @@ def test_notification_heartbeat_and_metrics_faults_are_failed_items_and_nothing_
                                 "bad": "ok=1 changed=2 failed=3 skipped=3 unreachable=0"}, r.stdout
     assert r.stderr.strip().splitlines()[-1] == ("error: 1 of 2 host(s) failed or unreachable: bad (failed: "
                                                  "notifications, heartbeat, metrics textfile)")
+
+
+def test_ssh_container_hosts_check_the_container_and_skip_what_needs_the_database(tmp_path, ssh_server, pg_container,
+                                                                                   podman_env, cli_env):
+    from tests.remote_helpers import PROD_PW, PROD_PW_ENV, prod_host
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "prod": prod_host(ssh_server, pg_container, tmp_path / "proj", "postgres", protected=False,
+                          backup={"roles": True}),
+        "gone": prod_host(ssh_server, pg_container, tmp_path / "proj2", "postgres", protected=False,
+                          backup={"roles": True}, container={"name": "bs-no-such-container"})})
+    env = {**_env(cli_env, tmp_path), "CONTAINERS_CONF": podman_env["CONTAINERS_CONF"], PROD_PW_ENV: PROD_PW}
+    r = cli("apply", "-i", str(inv), env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _items(r.stdout, "prod") == {"ssh": "ok", "container": "ok", "postgres": "ok", "backup folder": "changed",
+                                        "schedule": "skipped", "pgpass": "skipped", "offsite": "skipped",
+                                        "notifications": "skipped", "heartbeat": "skipped",
+                                        "metrics textfile": "skipped", "roles": "ok"}, r.stdout
+    assert "skipped: [prod] pgpass: container access: the password goes into the container by name" in r.stdout
+    gone = _items(r.stdout, "gone")
+    assert gone["container"] == "failed" and gone["postgres"] == "skipped" and gone["roles"] == "skipped", r.stdout
+    assert "container 'bs-no-such-container' does not exist on gone" in r.stdout
+    assert "skipped: [gone] roles: not checked: the container item failed" in r.stdout
+    assert gone["backup folder"] == "changed"  # the items that need no database still converge
+    assert _recap(r.stdout)["gone"] == "ok=1 changed=1 failed=1 skipped=8 unreachable=0"
+    assert (tmp_path / "proj" / "backups").is_dir() and (tmp_path / "proj2" / "backups").is_dir()
+    assert r.stderr.strip().splitlines()[-1] == ("error: 1 of 2 host(s) failed or unreachable: gone (failed: "
+                                                 "container)")
