@@ -182,20 +182,20 @@ def _chmod(runner, path: str, mode: int) -> None:
 # ------------------------------------------------------------------ 3. schedule
 def schedule(inv: Inventory, host: Host, opts) -> Item:
     """The host's crontab block (:func:`bigskies_ops.jobs.schedule.converge`; the crontab
-    file of ``$BIGSKIES_CRONTAB_FILE`` when set). A host without a ``schedule`` key is
-    ``skipped``, unless a block of it is there: that block is removed (the inventory is the
-    desired state). A protected host's block needs the consent :func:`apply.consent` checks."""
+    file of ``$BIGSKIES_CRONTAB_FILE`` when set). A host without a ``schedule`` key and
+    without a block is ``skipped``; one whose block is there (``db.schedule`` installed it at
+    the default time) keeps it, converged like a declared one: a backup schedule is never
+    removed by leaving a key out (``db.schedule --remove`` removes it). A protected host's
+    block needs the consent :func:`apply.consent` checks."""
     from bigskies_ops.jobs.schedule import Crontab, converge, current_block
     name = "schedule"
     with _CRONTAB_LOCK:
-        if not host.is_set("schedule"):
-            if not current_block(Crontab().read(), host.name):
-                return Item(name, SKIPPED, "no schedule declared (and no crontab block of this host)")
-            r = converge(inv, host, remove=True, check=opts.check)
-            verb = "would be removed" if opts.check else "removed"
-            return Item(name, CHANGED, f"no schedule declared: the crontab block of {host.name} {verb} ({r.where})",
-                        diff=unified(r.before, [], r.where) if opts.diff else [])
+        if not host.is_set("schedule") and not current_block(Crontab().read(), host.name):
+            return Item(name, SKIPPED, "no schedule declared (and no crontab block of this host)")
         refused = host.protected and host.name not in opts.protected_ok
+        if refused and not host.is_set("schedule"):  # kept as db.schedule left it: nothing to consent to
+            return Item(name, OK, "no schedule declared: the crontab block db.schedule installed is kept as it is "
+                                  "(declare schedule: to manage it; db.schedule --remove removes it)")
         r = converge(inv, host, check=opts.check or refused, protected_ok=host.protected)
     diff = unified(r.before, r.lines, r.where) if opts.diff and r.changed else []
     entries = len(r.lines) - 2  # without the BEGIN/END markers

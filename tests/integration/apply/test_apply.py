@@ -121,17 +121,19 @@ def test_first_apply_converges_local_and_ssh_hosts_and_a_second_changes_nothing(
     assert "changed: [dev] backup folder: " in r.stdout and "mode 0777 -> 0750" in r.stdout
     assert "changed: [dev] pgpass: " in r.stdout and "mode 0644 -> 0600" in r.stdout
     assert stat.S_IMODE((tmp_path / "dev-backups").stat().st_mode) == 0o750
-    # a host whose schedule the inventory no longer declares: its block is removed
+    # a host whose schedule the inventory no longer declares keeps its block (a backup schedule
+    # is never removed by leaving a key out), converged to the default time db.schedule uses
     inv = write_inventory(tmp_path / "inv.yaml", {
         "dev": native_host(pg, dbname, tmp_path / "dev-backups"),
         "prodn": _prodn(tmp_path, pg, dbname, ssh_server, schedule="45 1 * * *")})
     r = cli("apply", "-i", str(inv), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "changed: [dev] schedule: no schedule declared: the crontab block of dev removed" in r.stdout
     crontab = (tmp_path / "crontab").read_text()
-    assert "bigskies-ops dev" not in crontab and "# BEGIN bigskies-ops prodn " in crontab
+    assert "# BEGIN bigskies-ops dev " in crontab and "# BEGIN bigskies-ops prodn " in crontab
+    dev_block = crontab[crontab.index("# BEGIN bigskies-ops dev "):crontab.index("# END bigskies-ops dev")]
+    assert "\n0 2 * * * " in dev_block, dev_block
     r = cli("apply", "-i", str(inv), "--host", "dev", env=env)
-    assert "skipped: [dev] schedule: no schedule declared" in r.stdout and r.returncode == 0
+    assert "ok: [dev] schedule: crontab block up to date" in r.stdout and r.returncode == 0, r.stdout
 
 
 def test_check_changes_nothing_and_diff_shows_the_files_with_the_password_masked(tmp_path, pg, dbname, ssh_server,
