@@ -40,11 +40,16 @@ def metrics(c, host=None, inventory=None, out=None, serve=None, json=False):
         return
     if serve is not None:
         port = int(str(serve).strip())
+        serving = []
+
+        def ready(url):
+            serving.append(url)
+            output.note(f"serving the backup metrics of {', '.join(h.name for h in hosts)} on {url} (Ctrl-C stops)")
         try:
-            m.serve(hosts, port, ready=lambda url: output.note(
-                f"serving the backup metrics of {', '.join(h.name for h in hosts)} on {url} (Ctrl-C stops)"))
+            m.serve(hosts, port, ready=ready)
         finally:
-            output.note(f"stopped serving on 127.0.0.1:{port}")
+            if serving:  # a port that could not be bound never served
+                output.note(f"stopped serving on 127.0.0.1:{port}")
         return
     text, facts = m.exposition(hosts)
     if json:

@@ -11,7 +11,6 @@ from invoke import Exit
 
 from bigskies_ops import output
 from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional, task
-from bigskies_ops.errors import EXIT_OK
 
 
 def _stderr_line(line: str) -> None:
@@ -54,17 +53,14 @@ def run_runbook(spec, inv, host: str | None, params: dict | list | None, *, chec
     results = rb.run(book, ctx, valid, values, say=say)
     for line in rb.recap_lines(results):
         say(line)
-    refusals = rb.document(book, results, check=check)["refusals"]
-    if check and refusals:
+    doc = rb.document(book, results, check=check, task=task)
+    if check and doc["refusals"]:
         say("the real run would REFUSE:")
-        for r in refusals:
+        for r in doc["refusals"]:
             say(f"  {r}")
-    code = rb.exit_code(results) if not check else (EXIT_OK if all(r.stopped is None for r in results)
-                                                     else rb.exit_code(results))
     if json:
-        doc = rb.document(book, results, check=check, task=task)
         output.emit_json(doc)
-    return code
+    return rb.exit_code(results)
 
 
 @task(positional=["runbook"], iterable=["set"], help={

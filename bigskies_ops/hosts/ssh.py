@@ -43,6 +43,9 @@ from bigskies_ops.inventory import ENV_NAME_RE  # the variable names the WRAPPER
 from bigskies_ops.hosts.transfer import ChannelFetch, OpenSSHFetch, RemoteReadFile, RemoteWriteFile
 
 
+#: host names already warned about host_key_checking: false in this process
+_WARNED_NO_HOST_KEY: set[str] = set()
+
 class SSHRunner(Runner):
     """Runs argv lists on an inventory host over SSH and touches files there.
 
@@ -74,7 +77,8 @@ class SSHRunner(Runner):
         with self._lock:
             if self._transport is not None and self._transport.is_active():
                 return self._transport
-            if not self.host.ssh.host_key_checking:
+            if not self.host.ssh.host_key_checking and self.host.name not in _WARNED_NO_HOST_KEY:
+                _WARNED_NO_HOST_KEY.add(self.host.name)  # once per run, however many connections a task opens
                 msg = (f"warning: host key checking is OFF for {self.host.name} "
                        f"(hosts.{self.host.name}.ssh.host_key_checking: false); the server is not authenticated")
                 report.warn(msg)

@@ -144,23 +144,29 @@ def exposition(hosts: list[Host]) -> tuple[bytes, list[dict]]:
     return generate_latest(reg), col.last_facts
 
 
-def check_out_path(path: str) -> str:
-    """``--out``'s path, absolute, checked before anything is read.
+def check_out_path(path: str, what: str = "--out") -> str:
+    """``--out``'s path (or the inventory's ``metrics.textfile``, named by ``what`` in the
+    messages), absolute, checked before anything is read. node_exporter's textfile
+    collector reads only ``*.prom`` files (its documentation), so any other name is refused.
 
     Raises:
-        UsageError: (exit 2) its folder does not exist or is not a folder, or the path is a folder.
+        UsageError: (exit 2) the name does not end in ``.prom``, its folder does not exist or
+            is not a folder, or the path is a folder.
     """
     p = os.path.abspath(os.path.expanduser(path))
     folder = os.path.dirname(p)
-    if not os.path.isdir(folder):
-        raise UsageError(f"--out {path}: the folder {folder} does not exist (create it, or point --out into "
-                         f"node_exporter's --collector.textfile.directory); nothing was written")
     if os.path.isdir(p):
-        raise UsageError(f"--out {path}: is a folder; give a file name ending in .prom")
+        raise UsageError(f"{what} {path}: is a folder; give a file name ending in .prom")
+    if not p.endswith(".prom"):
+        raise UsageError(f"{what} {path}: node_exporter's textfile collector reads only *.prom files; "
+                         f"give a name ending in .prom; nothing was written")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what} {path}: the folder {folder} does not exist (create it, or point it into "
+                         f"node_exporter's --collector.textfile.directory); nothing was written")
     return p
 
 
-def write_textfile(hosts: list[Host], path: str) -> list[dict]:
+def write_textfile(hosts: list[Host], path: str, what: str = "--out") -> list[dict]:
     """Write the metrics of ``hosts`` to ``path`` atomically (see the module docstring).
 
     Returns:
@@ -172,7 +178,7 @@ def write_textfile(hosts: list[Host], path: str) -> list[dict]:
             partial file is left: the temporary one is removed, the old file stays whole.
     """
     from prometheus_client import write_to_textfile
-    p = check_out_path(path)
+    p = check_out_path(path, what)
     reg, col = registry(lambda: hosts)
     try:
         write_to_textfile(p, reg)
@@ -195,7 +201,7 @@ def refresh_textfile(inv: Inventory, host: Host) -> str | None:
         return None
     hosts = [h for h in inv.hosts.values() if h.metrics.textfile == path]
     try:
-        write_textfile(hosts, path)
+        write_textfile(hosts, path, what=f"{host.name}: metrics.textfile")
     except Exception as e:  # noqa: BLE001 - a metrics write never fails the job it follows
         report.note(f"warning: metrics textfile not refreshed: {e}")
         return None

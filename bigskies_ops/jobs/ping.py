@@ -303,3 +303,21 @@ def _free_space(host: Host, runner) -> PingCheck:
         return PingCheck("free_space", WARNING, f"{human_bytes(free)} free in {d}; the last backup's size cannot be "
                                                 f"read: {_reason(e)}", facts)
     return PingCheck("free_space", OK, f"{human_bytes(free)} free in {d}", facts)
+
+
+# ------------------------------------------------------------------ shared with ``apply``
+def ssh_check(host: Host, runner) -> PingCheck:
+    """The ``ssh`` check alone (connection opens, host key known): ``inv apply``'s
+    reachability test, the same rule as ``inventory.ping``. Never raises."""
+    return _ssh(host, runner)
+
+
+def container_check(access) -> PingCheck:
+    """The ``container`` check alone (exists and running). Never raises."""
+    return _container(access)
+
+
+def postgres_check(access) -> PingCheck:
+    """The ``postgres`` check alone (login as ``postgres.user`` to ``postgres.database``
+    works). Never raises."""
+    return _postgres(access)[0]

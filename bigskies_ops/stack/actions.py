@@ -164,7 +164,7 @@ def check_args(action: Action, args: dict, where: str) -> dict:
         if p.type is list and ok and v is not None:
             ok = all(isinstance(x, str) for x in v)
         if not ok:
-            want = "a list of strings" if p.type is list else f"a {p.type.__name__}"
+            want = "a list of strings" if p.type is list else "an int" if p.type is int else f"a {p.type.__name__}"
             raise UsageError(f"{where}.{k}: expected {want}, got {type(v).__name__} {v!r}")
         if p.choices and v not in p.choices:
             raise UsageError(f"{where}.{k}: expected one of {', '.join(map(str, p.choices))}, got {v!r}")

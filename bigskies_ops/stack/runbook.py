@@ -164,7 +164,7 @@ def validate(runbook: Runbook, inventory: Inventory, selector: str | None, param
             args = check_args(action, {**ready, **{k: _sample(action.params.get(k)) for k in later}},
                               f"{s.where}: args")
             _check_host_args(s, action, inventory, {k: v for k, v in args.items() if k not in later})
-            if not _is_destructive(action, {**ready, **{k: None for k in later}}):
+            if not _is_destructive(action, {**args, **{k: None for k in later}}):
                 continue
             line = f"{s.where}: {action.destructive} on {h.name} (database {h.postgres.database!r})"
             if line not in out.destructive:
@@ -356,14 +356,18 @@ def _one_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
         except BigskiesError as e:
             sr.result = "unreachable" if _unreachable(e) else "failed"
             sr.reason, sr.exit_code = " | ".join(x.strip() for x in str(e).splitlines() if x.strip()), e.exit_code
+        except OSError as e:  # a file or folder the job did not expect: failed, as the task would be
+            sr.result, sr.exit_code = "failed", EXIT_FAILED
+            sr.reason = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
         except Exception as e:  # noqa: BLE001 - a bug in one action: one line, the run stops as for a failure
             sr.result, sr.exit_code = "failed", EXIT_FAILED
             sr.reason = f"internal error: {type(e).__name__}: {e}"
     if why is not None:
         sr.result, sr.reason = "skipped", why
     sr.ignored = sr.result in ("failed", "unreachable") and s.ignore_errors
-    word = f"{sr.result}{' (check)' if ctx.check and sr.result in ('ok', 'changed') else ''}"
-    say(f"{word}: [{h.name}] {sr.reason}" + (" ...ignoring" if sr.ignored else ""))
+    planned = ctx.check and sr.result in ("ok", "changed")
+    shown = ("would change nothing" if sr.result == "ok" else "would change (above)") if planned else sr.reason
+    say(f"{sr.result}{' (check)' if planned else ''}: [{h.name}] {shown}" + (" ...ignoring" if sr.ignored else ""))
     if s.register:
         ctx.registered[s.register] = _registered(sr, facts)
     return sr

@@ -80,6 +80,10 @@ def _unknown_keys(d: dict, known: tuple, where: str) -> None:
             raise UsageError(f"{where}: unknown key {k!r}{did_you_mean(str(k), known)}; known: {', '.join(known)}")
 
 
+def _a(tname: str) -> str:
+    return "an int" if tname == "int" else "a list of strings" if tname == "list" else f"a {tname}"
+
+
 def _typed(value: Any, t: type) -> bool:
     if t in (int, float) and isinstance(value, bool):
         return False
@@ -114,7 +118,7 @@ def _parse_params(doc: Any, where: str) -> dict[str, ParamSpec]:
             raise UsageError(f"{w}.choices: expected a list")
         default = spec.get("default")
         if default is not None and not _typed(default, t):
-            raise UsageError(f"{w}.default: expected a {tname}, got {type(default).__name__} {default!r}")
+            raise UsageError(f"{w}.default: expected {_a(tname)}, got {type(default).__name__} {default!r}")
         if default is not None and choices and default not in choices:
             raise UsageError(f"{w}.default: {default!r} is not one of its choices {', '.join(map(str, choices))}")
         out[name] = ParamSpec(name, t, float(default) if t is float and default is not None else default,
@@ -335,7 +339,7 @@ def bind_params(runbook: Runbook, sets: list[str] | dict | None = None) -> dict[
                              f"{did_you_mean(k, runbook.params)}; parameters: {', '.join(runbook.params) or 'none'}")
         v = _convert(p, v) if isinstance(v, str) and p.type is not str else v
         if not _typed(v, p.type):
-            raise UsageError(f"--set {k}: expected a {p.type.__name__}, got {v!r}")
+            raise UsageError(f"--set {k}: expected {_a(p.type.__name__)}, got {v!r}")
         if p.choices and v not in p.choices:
             raise UsageError(f"--set {k}: expected one of {', '.join(map(str, p.choices))}, got {v!r}")
         values[k] = float(v) if p.type is float else v

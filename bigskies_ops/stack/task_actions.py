@@ -129,8 +129,40 @@ def _target_db(a: dict) -> str | None:
     return t
 
 
+def _undo_args(a: dict) -> None:
+    if a["archive"] not in (None, "", "latest") or a["target_db"] is not None:
+        raise UsageError("undo swaps the newest pre-restore copy back and takes no archive or target_db")
+
+
+def _undo_run(h: Host, a: dict, ctx: RunContext) -> dict:
+    from bigskies_ops.jobs.swap import undo
+    _undo_args(a)
+    _destructive(h, "restore --undo", ctx, f"Swap the newest pre-restore copy of {h.postgres.database!r} on "
+                                          f"{h.name} back in?")
+    res = undo(h, terminate_sessions=a["terminate_sessions"], task=f"{ctx.task} (db.restore --undo)")
+    return {"database": h.postgres.database, "restored_from": res["restored_from"],
+            "previous_kept_as": res["previous_kept_as"],
+            "msg": f"{h.postgres.database!r} is back to {res['restored_from']!r}; the undone copy is kept as "
+                   f"{res['previous_kept_as']!r}"}
+
+
+def _undo_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
+    from bigskies_ops.jobs.swap import check_undo
+    _undo_args(a)
+    p = check_undo(h, terminate_sessions=a["terminate_sessions"])
+    p["refusals"] = _policy_refusal(h, "restore --undo", ctx) + p["refusals"]
+    lines = ([f"swap the pre-restore copy {p['restored_from']!r} back in as {p['database']!r}; the current one is "
+              f"kept as {p['previous_kept_as']!r}"] if p.get("restored_from") else
+             [f"  no pre-restore copy of {p['database']!r}: nothing to swap back"])
+    return Plan(not p["refusals"], lines, p, p["refusals"],
+                {"database": h.postgres.database, "restored_from": p.get("restored_from"),
+                 "previous_kept_as": p.get("previous_kept_as")})
+
+
 def _restore_run(h: Host, a: dict, ctx: RunContext) -> dict:
     from bigskies_ops.jobs.restore import resolve_archive, restore
+    if a["undo"]:
+        return _undo_run(h, a, ctx)
     target = _target_db(a)
     path = resolve_archive(h, a["archive"], origin=a["origin"] or None)
     if target is None:
@@ -147,6 +179,8 @@ def _restore_run(h: Host, a: dict, ctx: RunContext) -> dict:
 
 def _restore_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
     from bigskies_ops.jobs.restore import check_restore, resolve_archive
+    if a["undo"]:
+        return _undo_plan(h, a, ctx)
     target = _target_db(a)
     refusals = _policy_refusal(h, "restore", ctx) if target is None else []
     path = None if _is_stand_in(a["archive"]) else resolve_archive(h, a["archive"], origin=a["origin"] or None)
@@ -171,6 +205,7 @@ register(Action("db.restore", "Restore a backup into a side database, check it, 
     "skip_missing_roles": Param(bool, default=False, help="restore although roles the archive names are missing"),
     "skip_space_check": Param(bool, default=False, help="do not refuse for too little free space on the server"),
     "jobs": Param(int, help="parallel sessions on local hosts (1-64; default 2)"),
+    "undo": Param(bool, default=False, help="swap the newest pre-restore copy back in instead (no archive)"),
 }, _restore_run, _restore_plan, destructive="restore", destructive_when=lambda a: not a.get("target_db")))
 
 

@@ -39,13 +39,17 @@ PROBLEMS = ("Traceback", "BrokenPipeError", "Exception ignored")
 WORKERS = 3
 
 
-def _tasks() -> dict[str, list]:
-    """{task name: its arguments} from the Collection that ``inv`` and ``bigskies-ops`` run."""
+def _tasks() -> tuple[dict[str, list], dict[str, dict]]:
+    """({task name: its arguments}, {task name: {flag: help text}}) from the Collection that
+    ``inv`` and ``bigskies-ops`` run. The help texts are copied first: Invoke's
+    ``Task.arg_opts`` pops each one as it builds the arguments."""
     from bigskies_ops.cli import ns
-    return {name: ns[name].get_arguments(ignore_unknown_help=True) for name in sorted(ns.task_names)}
+    names = sorted(ns.task_names)
+    helps = {name: dict(ns[name].help) for name in names}
+    return {name: ns[name].get_arguments(ignore_unknown_help=True) for name in names}, helps
 
 
-TASKS = _tasks()
+TASKS, HELP_TEXTS = _tasks()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def test_every_task_is_listed_with_its_whole_first_line(sandbox):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     listed = {f"{c['name']}.{t['name']}": t["help"] for c in doc["collections"] for t in c["tasks"]}
-    listed.update({t["name"]: t["help"] for t in doc["tasks"]})  # top-level tasks: run
+    listed.update({t["name"]: t["help"] for t in doc["tasks"]})  # top-level tasks (apply, run)
     assert sorted(listed) == sorted(TASKS)
     # --list shows a docstring's first line: a sentence cut there (db.psql's) reads as cut
     cut = {name: h for name, h in listed.items() if not (h or "").endswith(".")}
@@ -125,6 +129,10 @@ def test_h_and_help_print_the_help_of_every_task(sandbox):
         usage = f"Usage: bigskies-ops [--core-opts] {argv[0]} "
         if r.returncode != 0 or usage not in r.stdout or "Options:" not in r.stdout or r.stderr:
             bad.append((argv, r.returncode, r.stdout[:200], r.stderr[-300:]))
+        # every flag's own text is printed (a regression once showed the flags without them)
+        shown = " ".join(r.stdout.split())
+        bad += [(argv, flag, text[:60]) for flag, text in HELP_TEXTS[argv[0]].items()
+                if " ".join(text.split())[:40] not in shown]
     assert not bad, bad
     for argv in (["db.list", "-h"], ["docker.logs", "--help"]):  # the console script itself, exec'd
         r = _run(sandbox, argv)
@@ -243,7 +251,7 @@ def test_every_task_with_json_prints_one_document_when_it_fails(sandbox):
 CHANGING = {"db.backup", "db.restore", "db.pull", "db.prune", "db.offsite", "db.delete", "db.migrate", "db.pgpass",
             "db.schedule", "docker.purge", "docker.up", "docker.down", "docker.restart", "docker.build",
             "scenario.before-risky-change", "scenario.fresh-start", "scenario.complete-reset",
-            "scenario.prod-to-dev", "scenario.recover-corruption", "run"}
+            "scenario.prod-to-dev", "scenario.recover-corruption", "apply", "run"}
 
 
 def test_every_task_that_changes_something_has_check():

@@ -3,40 +3,21 @@ posted to a real webhook (a tiny HTTP server on 127.0.0.1) through apprise (the
 ``alerts.webhook_env`` URL is an apprise JSON target: bigskies_ops/jobs/notify.py)."""
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
 import time
 
 import pytest
 
 from tests.conftest import cli, native_host, write_inventory
+from tests.infra.receivers import http_receiver
 
 
 @pytest.fixture
 def webhook():
-    """An HTTP server on 127.0.0.1 recording every POSTed JSON body."""
-    got: list[dict] = []
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            n = int(self.headers.get("Content-Length", 0))
-            got.append(json.loads(self.rfile.read(n)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/hook", got
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    """An HTTP server on 127.0.0.1 (tests/infra/receivers.py) recording every POSTed JSON body."""
+    with http_receiver(status=204) as (port, rec):
+        yield f"http://127.0.0.1:{port}/hook", rec
 
 
 def _fake_earlier(bdir, db, size, days=("2026-01-01", "2026-01-02", "2026-01-03")):
@@ -52,7 +33,7 @@ def _fake_earlier(bdir, db, size, days=("2026-01-01", "2026-01-02", "2026-01-03"
 
 
 def test_backup_warns_and_posts_to_the_webhook_when_the_size_jumps(tmp_path, pg, dbname, cli_env, webhook):
-    url, got = webhook
+    url, rec = webhook
     bdir = tmp_path / "b"
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
         pg, dbname, bdir, alerts={"size_change_pct": 50, "webhook_env": "TEST_BIGSKIES_WEBHOOK"})})
@@ -63,7 +44,7 @@ def test_backup_warns_and_posts_to_the_webhook_when_the_size_jumps(tmp_path, pg,
     out = json.loads(r.stdout)
     assert len(out["warnings"]) == 1 and "backup size changed +" in out["warnings"][0], r.stderr
     assert "warning: backup size changed" in r.stderr and "threshold 50%" in r.stderr
-    [p] = got
+    [p] = rec.bodies()
     # alerts.webhook_env is an apprise JSON target now (jobs/notify.py): the facts are fields of its payload
     assert (p["event"], p["check"], p["step"]) == ("health_degraded", "size", "size")
     assert p["host"] == "dev" and p["database"] == dbname and p["task"] == "db.backup"
@@ -75,11 +56,11 @@ def test_backup_warns_and_posts_to_the_webhook_when_the_size_jumps(tmp_path, pg,
     _fake_earlier(bdir, dbname, 1_000_000, days=("2026-01-04", "2026-01-05", "2026-01-06"))
     r = cli("db.backup", "-i", str(inv), env=env)
     assert r.returncode == 0 and "TEST_BIGSKIES_WEBHOOK, which is not set" in r.stderr
-    assert len(got) == 1
+    assert len(rec.bodies()) == 1
 
 
 def test_backup_within_the_threshold_says_nothing(tmp_path, pg, dbname, cli_env, webhook):
-    url, got = webhook
+    url, rec = webhook
     bdir = tmp_path / "b"
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
         pg, dbname, bdir, alerts={"size_change_pct": 50, "webhook_env": "TEST_BIGSKIES_WEBHOOK"})})
@@ -88,7 +69,7 @@ def test_backup_within_the_threshold_says_nothing(tmp_path, pg, dbname, cli_env,
     [first] = [n for n in os.listdir(bdir) if n.endswith(".sql.gz")]
     _fake_earlier(bdir, dbname, (bdir / first).stat().st_size)
     r = cli("db.backup", "-i", str(inv), "--json", env=env)
-    assert r.returncode == 0 and json.loads(r.stdout)["warnings"] == [] and got == []
+    assert r.returncode == 0 and json.loads(r.stdout)["warnings"] == [] and rec.bodies() == []
 
 
 def _health(inv, env, host=None):

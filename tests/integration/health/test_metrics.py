@@ -169,6 +169,11 @@ def test_a_metrics_path_in_a_folder_that_does_not_exist_is_refused_and_writes_no
         port = taken.getsockname()[1]
         r = cli("db.metrics", "-i", str(inv), "--serve", str(port), env=cli_env)
     assert r.returncode == 2 and f"error: --serve {port}: cannot listen on 127.0.0.1:{port}: " in r.stderr, r.stderr
+    assert "stopped serving" not in r.stderr  # it never served
+    # a name node_exporter would never read: refused as the inventory's metrics.textfile is
+    r = cli("db.metrics", "-i", str(inv), "--out", str(tmp_path / "m.txt"), env=cli_env)
+    assert r.returncode == 2 and f"error: --out {tmp_path / 'm.txt'}: node_exporter's textfile collector reads " \
+        "only *.prom files" in r.stderr, r.stderr
     r = cli("db.metrics", "-i", str(inv), "--serve", "9188", "--out", str(tmp_path / "m.prom"), env=cli_env)
     assert r.returncode == 2 and "cannot be combined with --out or --json" in r.stderr
     assert dir_hashes(tmp_path) == before
@@ -234,7 +239,7 @@ def test_the_scheduled_run_refreshes_the_textfile_and_a_failed_write_does_not_fa
     assert r.returncode == 0, r.stdout + r.stderr
     warn = [ln for ln in r.stderr.splitlines() if "metrics" in ln]
     assert len(warn) == 1 and warn[0].startswith("warning: metrics textfile not refreshed: ") \
-        and f"the folder {tdir} does not exist" in warn[0], r.stderr
+        and f"dev: metrics.textfile {prom}: the folder {tdir} does not exist" in warn[0], r.stderr
     assert not tdir.exists()
     # inventory.check names the missing folder as a warning, and refuses a name node_exporter would skip
     r = cli("inventory.check", "-i", str(inv), env=cli_env)

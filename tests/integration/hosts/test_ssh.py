@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,9 +209,17 @@ def test_host_key_checking_off_works_and_warns_on_every_run(remote_inv, cli_env,
     for _ in range(2):
         r = cli("db.list", "-i", str(inv), "--host", "prod", "--json", env=cli_env, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert "host key checking is OFF for prod" in r.stderr
+        assert r.stderr.count("host key checking is OFF for prod") == 1, r.stderr
         assert json.loads(r.stdout)["backups"] == []
     assert kh.read_text() == ""  # the accepted key was not written anywhere
+    # a task that opens two connections to the host (db.status, db.backup's listing after the
+    # dump) still warns once: two runners in one process, against the real sshd
+    prog = ("import sys; from bigskies_ops.inventory import load; from bigskies_ops.hosts.ssh import SSHRunner\n"
+            "h = load(sys.argv[1]).host('prod')\n"
+            "for _ in range(2):\n"
+            "    with SSHRunner(h) as r: r.run(['true'])\n")
+    r = subprocess.run([sys.executable, "-c", prog, str(inv)], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.count("host key checking is OFF for prod") == 1, r.stderr
 
 
 def test_a_missing_key_file_is_a_setting_to_fix(remote_inv, cli_env, tmp_path):

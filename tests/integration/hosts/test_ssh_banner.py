@@ -7,37 +7,18 @@ a Python traceback), exit 1, and --json the error document. A real listener, no 
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import pytest
 
 from tests.conftest import cli, write_inventory
+from tests.infra.receivers import tcp_server
 
 
 @pytest.fixture
 def closing_listener():
     """A TCP port on 127.0.0.1 whose listener accepts each connection and closes it."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    stop = threading.Event()
-
-    def serve():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except (socket.timeout, OSError):
-                continue
-            c.close()
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(5)
-    srv.close()
+    with tcp_server(lambda conn, stop: None) as (port, _stop):
+        yield port
 
 
 @pytest.fixture

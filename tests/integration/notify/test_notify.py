@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import http.server
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PASSWORD, cli, native_host, write_inventory
+from tests.infra.receivers import http_receiver, tcp_server
 from tests.infra.sshd import free_port
 
 HOOK_TOKEN = "hk7Qw9ZtokenXy42"     # in the webhook URL's path: a secret
@@ -22,54 +21,10 @@ HB_TOKEN = "hb3c1b2a9e0d4f5a6"      # in the heartbeat URL's path: a secret
 MAIL_SECRET = "mailsecret9z"        # in the mail URL (recipient): a secret
 
 
-class Receiver:
-    """What the HTTP receiver got: ``[{"method", "path", "body"}]`` (body: parsed JSON or text)."""
-
-    def __init__(self):
-        self.got: list[dict] = []
-        self.lock = threading.Lock()
-
-    def posts(self, prefix: str) -> list[dict]:
-        with self.lock:
-            return [g for g in self.got if g["path"].startswith(prefix)]
-
-
 @pytest.fixture
 def receiver():
-    rec = Receiver()
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def _record(self, method):
-            n = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(n).decode() if n else ""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw
-            with rec.lock:
-                rec.got.append({"method": method, "path": self.path, "body": body})
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def do_POST(self):
-            self._record("POST")
-
-        def do_GET(self):
-            self._record("GET")
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv.server_address[1], rec
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with http_receiver() as (port, rec):
+        yield port, rec
 
 
 @pytest.fixture
@@ -356,47 +311,20 @@ def test_a_monthly_restore_test_with_nothing_to_test_notifies_and_pings_its_exit
     assert [g["path"] for g in rec.posts("/ping/")] == [f"/ping/{HB_TOKEN}/start", f"/ping/{HB_TOKEN}/1"]
 
 
-def _nasty_server(mode: str):
-    """A TCP server on 127.0.0.1 answering every connection with ``mode``: "garbage" (a reply
-    that is not HTTP: http.client's BadStatusLine) or "trickle" (a header line every second,
-    never the end: each socket read is quick, the whole answer never comes). Returns
-    (port, stop)."""
-    import socket
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve():
-        srv.settimeout(0.2)
+def _nasty_answer(mode: str):
+    """An answer for tests/infra/receivers.tcp_server: "garbage" (a reply that is not HTTP:
+    http.client's BadStatusLine) or "trickle" (a header line every second, never the end:
+    each socket read is quick, the whole answer never comes)."""
+    def answer(c, stop):
+        c.recv(4096)
+        if mode == "garbage":
+            c.sendall(b"GARBAGE NOT HTTP\r\n\r\n")
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\n")
         while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            threading.Thread(target=talk, args=(c,), daemon=True).start()
-
-    def talk(c):
-        try:
-            c.recv(4096)
-            if mode == "garbage":
-                c.sendall(b"GARBAGE NOT HTTP\r\n\r\n")
-            else:
-                c.sendall(b"HTTP/1.1 200 OK\r\n")
-                while not stop.is_set():
-                    c.sendall(b"X-Slow: 1\r\n")
-                    time.sleep(1)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-
-    def close():
-        stop.set()
-        srv.close()
-    return srv.getsockname()[1], close
+            c.sendall(b"X-Slow: 1\r\n")
+            time.sleep(1)
+    return answer
 
 
 @pytest.mark.parametrize("mode", ["garbage", "trickle"])
@@ -404,8 +332,7 @@ def test_a_heartbeat_server_that_answers_badly_never_fails_or_holds_the_run(tmp_
     """A reply that is not HTTP ended the run with 'internal error: BadStatusLine' before the
     backup; a server sending a header line every second held it past any limit (urllib's
     timeout bounds each read): the ping's time is now bounded as a whole."""
-    port, close = _nasty_server(mode)
-    try:
+    with tcp_server(_nasty_answer(mode)) as (port, _stop):
         bdir = tmp_path / "b"
         inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(
             pg, dbname, bdir, heartbeat={"url_env": "HB_URL", "timeout": 2})})
@@ -413,8 +340,6 @@ def test_a_heartbeat_server_that_answers_badly_never_fails_or_holds_the_run(tmp_
         t0 = time.monotonic()
         r = cli("db.scheduled-run", "-i", str(inv), "--log", str(tmp_path / "l.log"), env=env, timeout=120)
         took = time.monotonic() - t0
-    finally:
-        close()
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
     assert list(bdir.glob("*.sql.gz")), "no backup was made"

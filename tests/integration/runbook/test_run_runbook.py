@@ -9,6 +9,7 @@ backup folder's files and their mtimes).
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def test_check_changes_nothing_and_lists_the_refusals(setup, pg_sql, dbname, cli
     r = _run(inv, cli_env, "copy", "--set", f"target={dbname}_x", "--check")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "CHECK MODE (run copy --check)" in r.stdout
-    assert "changed (check): [dev] dump database" in r.stdout
+    assert "  would dump database" in r.stdout and "changed (check): [dev] would change (above)" in r.stdout
     r2 = _run(inv, cli_env, "onprod", "--check", "--json")
     assert r2.returncode == 0, r2.stderr
     doc = json.loads(r2.stdout)
@@ -261,7 +262,8 @@ def test_a_runbook_not_found_lists_the_runbooks_found(setup, cli_env):
     assert "runbook 'cpy' not found" in r.stderr and "(did you mean 'copy'?)" in r.stderr
     assert "runbooks found: copy" in r.stderr
     r = _run(inv, cli_env, "--list")
-    assert r.returncode == 0 and "copy  back up, verify, restore the backup into a new database" in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^copy +back up, verify, restore the backup into a new database$", r.stdout, re.M), r.stdout
 
 
 def test_a_destructive_runbook_without_a_terminal_or_yes_is_refused_before_step_1(setup, pg_sql, dbname, cli_env):
@@ -298,3 +300,86 @@ def test_unknown_param_and_a_group_run_each_host(setup, pg_sql, dbname, cli_env,
     assert all(h["result"] == "changed" for h in doc["hosts"])
     assert len([p for p in bdir.iterdir() if p.name.endswith(".sql.gz")]) == 1
     assert len([p for p in (tmp_path / "prod-backups").iterdir() if p.name.endswith(".sql.gz")]) == 1
+
+
+def test_an_unreachable_ssh_host_counts_as_unreachable(setup, pg, cli_env, tmp_path):
+    inv, bdir, write = setup
+    far = {"connection": "ssh", "project_dir": "/srv/app", "ssh": {"host": "127.0.0.1", "port": 1, "user": "nobody",
+                                                                   "connect_timeout": 5},
+           "postgres": {"host": "127.0.0.1", "port": 1, "database": "app", "user": "app"},
+           "backup": {"dir": "/srv/app/backups"}}
+    inv = write_inventory(tmp_path / "inventory.yaml", {"dev": native_host(pg, "postgres", bdir), "far": far},
+                          defaults={"host": "dev"})
+    write("far", """
+        steps:
+          - task: db.backup
+            host: far
+            ignore_errors: true
+          - task: db.backup
+            host: far
+          - task: db.backup
+    """)
+    r = _run(inv, cli_env, "far", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    h = json.loads(r.stdout)["hosts"][0]
+    assert [s["result"] for s in h["steps"]] == ["unreachable", "unreachable"]
+    assert h["recap"] == {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "unreachable": 1, "ignored": 1}
+    assert "unreachable: [far] " in r.stderr and "...ignoring" in r.stderr
+    assert not bdir.exists()
+
+
+def test_a_destructive_runbook_asks_once_on_a_terminal(setup, pg_sql, dbname, cli_env):
+    from tests.integration.restore.test_restore_safety import run_in_pty
+    inv, bdir, write = setup
+    write("replace", """
+        steps:
+          - task: db.backup
+            register: pre
+          - name: Put it back
+            task: db.restore
+            args: {archive: "{{ pre.archive }}", terminate_sessions: true}
+    """)
+    state = (_databases(pg_sql), _files(bdir))
+    code, text, _ = run_in_pty(["run", "-i", str(inv), "replace"], cli_env, answer="no")
+    assert code == 3 and "step 2 ('Put it back'): restore on dev" in text, text
+    assert "aborted: you did not type 'yes'; nothing was changed" in text
+    assert (_databases(pg_sql), _files(bdir)) == state
+    before = db_fingerprint(pg_sql, dbname)
+    code, text, _ = run_in_pty(["run", "-i", str(inv), "replace"], cli_env, answer="yes")
+    assert code == 0, text
+    assert text.count("Type 'yes' to proceed") == 1  # once, for the run; the restore step does not ask again
+    assert "dev : ok=0 changed=2 failed=0" in text
+    assert db_fingerprint(pg_sql, dbname) == before
+    assert [n for n in _databases(pg_sql) if n.startswith(dbname) and n != dbname]  # the pre-restore copy
+
+
+def test_a_rollback_step_undoes_the_restore_when_a_later_step_failed(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    write("rollback", """
+        steps:
+          - task: db.backup
+            register: pre
+          - name: Replace the database with the backup
+            task: db.restore
+            args: {archive: "{{ pre.archive }}", terminate_sessions: true}
+            register: restored
+          - name: A check that fails
+            task: db.verify
+            args: {archive: no_such_backup}
+            ignore_errors: true
+            register: checked
+          - name: Roll back
+            task: db.restore
+            args: {undo: true, terminate_sessions: true}
+            when: [checked is failed, restored is changed]
+    """)
+    pg_sql("CREATE TABLE after_backup (x int); INSERT INTO after_backup VALUES (42)", dbname)
+    r = _run(inv, cli_env, "rollback", "--yes", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = json.loads(r.stdout)["hosts"][0]["steps"]
+    assert [s["result"] for s in steps] == ["changed", "changed", "failed", "changed"]
+    copy = steps[1]["facts"]["pre_restore_copy"]
+    assert steps[3]["facts"]["restored_from"] == copy
+    # the table made after the backup is back (the undo swapped the replaced database in again)
+    assert pg_sql("SELECT x FROM after_backup", dbname).strip() == "42"
+    assert steps[3]["facts"]["previous_kept_as"] in _databases(pg_sql)
