@@ -216,25 +216,25 @@ def _message_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
 
 ROLES = Param(bool, default=True, help="with the cluster's roles (the backup's roles file)")
 
-register(Action("check.roles-saved", "refuse a restore with roles when the host's backups do not save them",
+register(Action("check.roles-saved", "Refuse (exit 3) a restore with roles when the host's backups do not save them.",
                 {"roles": ROLES}, _roles_saved_run, _roles_saved_plan, changes=False))
-register(Action("check.restorable", "verify an archive and (roles) its roles file before a destructive step",
+register(Action("check.restorable", "Verify an archive and (roles) its roles file before a destructive step; refuse (exit 3) if not sound.",
                 {"archive": Param(str, required=True, help="the archive a later step restores"), "roles": ROLES},
                 _restorable_run, _restorable_plan, changes=False))
-register(Action("check.row-counts", "every table's exact row count equals an archive's manifest",
+register(Action("check.row-counts", "Check every table's exact row count equals an archive's manifest.",
                 {"archive": Param(str, required=True, help="the backup whose manifest holds the counts")},
                 _row_counts_run, _row_counts_plan, changes=False))
-register(Action("wait.postgres", "wait until PostgreSQL accepts connections",
+register(Action("wait.postgres", "Wait until PostgreSQL accepts connections.",
                 {"timeout": Param(float, default=60.0, help="seconds")}, _wait_postgres_run, _wait_postgres_plan,
                 changes=False))
-register(Action("wait.migrations", "wait until schema_migrations reaches the newest migration file",
+register(Action("wait.migrations", "Wait until schema_migrations reaches the newest migration file.",
                 {"timeout": Param(float, default=120.0, help="seconds")}, _wait_migrations_run,
                 _wait_migrations_plan, changes=False))
-register(Action("coordinators.stop", "stop the host's running coordinators (compose services)", {},
+register(Action("coordinators.stop", "Stop the host's running coordinators (compose services).", {},
                 _coordinators_stop_run, _coordinators_stop_plan))
-register(Action("backup.choose", "the archive to restore: the one named, else the newest good backup",
+register(Action("backup.choose", "Choose the archive to restore: the one named, else the newest good backup.",
                 {"archive": Param(str, default="", help="an archive path; empty: the newest good backup")},
                 _choose_run, _choose_plan, changes=False))
-register(Action("message", "print a line (and a command to copy, with the program's name)",
+register(Action("message", "Print a line (and a command to copy, with the program's name).",
                 {"msg": Param(str, required=True), "command": Param(str, default="", help="task and flags")},
                 _message_run, _message_plan, changes=False))
