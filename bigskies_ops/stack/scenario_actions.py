@@ -79,10 +79,11 @@ def _restorable_run(host: Host, args: dict, ctx: RunContext) -> dict:
 def _restorable_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
     archive, roles = args["archive"], args["roles"]
     what = "verify the archive (manifest, size, sha256, readable)" + (" and check its roles file" if roles else "")
-    if pending(archive):  # written by an earlier step: nothing to read yet
-        return Plan(False, [f"{what}: {archive}"], facts={"archive": archive})
     with runner_for(host) as runner:
-        refusals = _refusal(scenarios.restore_files_ready, runner, host, archive, roles=roles, task=ctx.task)
+        if pending(archive):  # written by an earlier step: nothing to read yet, but where it goes
+            refusals = _refusal(scenarios.outside_the_volume, runner, host, archive, task=ctx.task)
+        else:
+            refusals = _refusal(scenarios.restore_files_ready, runner, host, archive, roles=roles, task=ctx.task)
     return Plan(False, [f"{what}: {archive}"], refusals=refusals, facts={"archive": archive})
 
 

@@ -47,10 +47,33 @@ def roles_setting_check(host: Host, roles: bool, task: str) -> None:
                       f"compose block), or pass --no-roles to restore without them.")
 
 
+def outside_the_volume(runner, host: Host, archive: str, *, task: str) -> None:
+    """The archive a scenario restores after deleting the data volume does not lie inside
+    that volume (``backup.dir`` under its mount point: the purge would delete the way back
+    with the data; ``docker.purge`` refuses such a pre-purge backup for the same reason).
+    Read-only; nothing to check without a ``compose:`` block or when the volume is absent.
+
+    Raises:
+        SafetyError: it does (exit 3)."""
+    import posixpath
+    from bigskies_ops.hosts import compose as cmp
+    if host.compose is None:
+        return
+    project = cmp.resolved_config(runner, host)
+    name = project.volume_name(host.compose.volume) or host.compose.volume
+    info = cmp.engine_json(runner, host, "volume", "inspect", name)
+    mnt = ((info[0] if info else {}) if isinstance(info, list) else (info or {})).get("Mountpoint")
+    if mnt and (posixpath.normpath(archive) + "/").startswith(posixpath.normpath(mnt) + "/"):
+        raise _refuse(f"{task} would restore {archive}, which lies inside the data volume {name} "
+                      f"({mnt}) that the purge deletes", host,
+                      f"Set backup.dir for {host.name} to a folder outside the volume and take a backup there.")
+
+
 def restore_files_ready(runner, host: Host, archive: str, *, roles: bool, task: str):
     """The read-only part of :func:`restore_ready` (also a scenario's ``--check``): ``archive``
-    is a finished backup in its folder on ``runner``'s machine and, with ``roles``, its roles
-    file is there with the sha256 its manifest records. Returns its catalog entry.
+    lies outside the data volume (:func:`outside_the_volume`), is a finished backup in its
+    folder on ``runner``'s machine and, with ``roles``, its roles file is there with the
+    sha256 its manifest records. Returns its catalog entry.
 
     Raises:
         SafetyError: what is missing or differs (exit 3).
@@ -59,6 +82,7 @@ def restore_files_ready(runner, host: Host, archive: str, *, roles: bool, task: 
     import posixpath
     from bigskies_ops.archives.catalog import read_manifest, scan_dir
     from bigskies_ops.archives.roles import roles_path
+    outside_the_volume(runner, host, archive, task=task)
     folder, name = posixpath.split(archive)
     b = next((x for x in scan_dir(runner, folder or ".") if x.name == name), None)
     if b is None or b.status not in ("DONE", "LEGACY"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import write_inventory
+from tests.infra import compose_stack as cs
 from tests.integration.stack.test_stack import cli_env_module, stack  # noqa: F401 (fixtures)
 
 pytest_plugins = ["tests.infra.fixtures"]
@@ -174,4 +175,24 @@ def test_restore_check_names_the_running_coordinators_and_their_sessions(stack):
     assert plan["coordinators"] == ["bootstrap", "datastore"]
     assert {s["application"] for s in plan["sessions"]} >= {"bootstrap", "datastore"}
     assert plan["refusals"] == []  # the coordinators' sessions end when they are stopped
+    assert stack.harmless() == before
+
+
+def test_scenarios_refuse_an_archive_inside_the_data_volume_they_delete(stack):
+    """The way back must survive the purge: a pre-purge backup planned inside the data volume
+    (backup.dir under its mount point) is a refusal of the check; a named archive there is
+    refused for real before anything is stopped (exit 3), and nothing changes."""
+    from tests.integration.stack.test_stack import in_order
+    mnt = cs.podman(stack.env, "volume", "inspect", "--format", "{{.Mountpoint}}", stack.n["volume"]).stdout.strip()
+    assert mnt, "the data volume has no mount point"
+    before = stack.harmless()
+    inv = stack.inventory("inv-in-volume.yaml", backup={"dir": f"{mnt}/backups"})
+    r = _check(stack, "scenario.complete-reset", inv=inv)
+    in_order(r.stdout, "TASK [Check the pre-purge backup can be restored]", "the real run would REFUSE:",
+             "lies inside the data volume", "TASK [Purge containers and the data volume]")
+    archive = f"{mnt}/bigskies_backup_20260101_000000.sql.gz"
+    r = stack.cli("scenario.recover-corruption", "--archive", archive, "--yes")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"would restore {archive}, which lies inside the data volume" in r.stdout, r.stdout
+    assert "nothing was purged" in r.stdout and "TASK [Stop the coordinators]" not in r.stdout, r.stdout
     assert stack.harmless() == before
