@@ -17,6 +17,7 @@ earlier steps would leave (``ctx.states``, :func:`bigskies_ops.stack.lifecycle.a
 | ``wait.migrations`` | waits until schema_migrations reaches the newest migration file | version |
 | ``coordinators.stop`` | stops the host's running coordinators | stopped |
 | ``backup.choose`` | the archive to restore: the one named, else the newest good backup | archive |
+| ``check.service`` | a compose service exists (exit 2 if not) | |
 | ``message`` | prints a line (and a command to copy) | |
 """
 from __future__ import annotations
@@ -200,6 +201,29 @@ def _choose_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
                 facts={"archive": StandIn("(the newest good backup when this step runs)")})
 
 
+# ------------------------------------------------------------------ check.service
+def _service_check(host: Host, args: dict) -> str:
+    from bigskies_ops.hosts import compose as cmp
+    if host.compose is None:
+        raise UsageError(f"hosts.{host.name}: no compose: block in the inventory; no services to name")
+    with runner_for(host) as runner:
+        project = cmp.resolved_config(runner, host)
+    if args["service"] not in project.services:
+        raise UsageError(f"service: {args['service']!r} is not a service of compose project {project.name!r}; "
+                         f"its services: {', '.join(sorted(project.services))}")
+    return project.name
+
+
+def _service_run(host: Host, args: dict, ctx: RunContext) -> dict:
+    project = _service_check(host, args)
+    return {"msg": f"{args['service']!r} is a service of compose project {project!r}"}
+
+
+def _service_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
+    project = _service_check(host, args)
+    return Plan(False, [f"check that {args['service']!r} is a service of compose project {project!r}"])
+
+
 # ------------------------------------------------------------------ message
 def _message_text(args: dict) -> str:
     return args["msg"] + (f" {output.hint(args['command'])}" if args["command"] else "")
@@ -236,6 +260,9 @@ register(Action("coordinators.stop", "Stop the host's running coordinators (comp
 register(Action("backup.choose", "Choose the archive to restore: the one named, else the newest good backup.",
                 {"archive": Param(str, default="", help="an archive path; empty: the newest good backup")},
                 _choose_run, _choose_plan, changes=False))
+register(Action("check.service", "Check a compose service exists (before a step that acts on it); exit 2 if not.",
+                {"service": Param(str, required=True, help="a compose service name")},
+                _service_run, _service_plan, changes=False))
 register(Action("message", "Print a line (and a command to copy, with the program's name).",
                 {"msg": Param(str, required=True), "command": Param(str, default="", help="task and flags")},
                 _message_run, _message_plan, changes=False))

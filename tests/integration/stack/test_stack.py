@@ -505,7 +505,8 @@ def test_scenario_before_risky_change_backs_up_restarts_and_says_how_to_go_back(
     n = len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")])
     r = stack.cli("scenario.before-risky-change", "--restart", "bootstrap")
     assert r.returncode == 0, r.stdout + r.stderr
-    in_order(r.stdout, "TASK [Back up the database] (db.backup on stack)",
+    in_order(r.stdout, "TASK [Check the service to restart exists] (check.service on stack)",
+             "ok: [stack] 'bootstrap' is a service", "TASK [Back up the database] (db.backup on stack)",
              "TASK [Make the change (restart the service)] (docker.restart on stack)",
              "changed: [stack] service 'bootstrap' restarted",
              "TASK [Check PostgreSQL accepts connections] (wait.postgres on stack)", "ok: [stack] PostgreSQL accepts",

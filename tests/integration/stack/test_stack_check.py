@@ -143,10 +143,15 @@ def test_scenario_checks_print_the_ordered_steps_with_their_plans(stack):
     part = _part(r.stdout, "TASK [Make the change (restart the service)] (docker.restart on stack)",
                  "TASK [Check PostgreSQL")
     assert "restart bootstrap" in part and "running   -> restarted" in part, r.stdout
-    # a service the project does not have: exit 2 naming it (the real run stops there, after the backup)
-    r = stack.cli("scenario.before-risky-change", "--restart", "nosuch", "--check")
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "'nosuch' is not a service of compose project" in r.stdout, r.stdout
+    # a service the project does not have: exit 2 naming it, at the first step; the real run
+    # stops there too, before the backup
+    for flags in (["--check"], []):
+        r = stack.cli("scenario.before-risky-change", "--restart", "nosuch", *flags)
+        assert r.returncode == 2, r.stdout + r.stderr
+        in_order(r.stdout, "TASK [Check the service to restart exists] (check.service on stack)",
+                 "failed: [stack] service: 'nosuch' is not a service of compose project",
+                 "bootstrap, datastore, postgres", "RUNBOOK RECAP")
+        assert "TASK [Back up the database]" not in r.stdout, r.stdout
     # protected: the flags the real run would need
     inv = stack.inventory("inv-prot-check.yaml", protected=True)
     r = _check(stack, "scenario.complete-reset", inv=inv)
