@@ -8,7 +8,7 @@ from invoke import Collection
 from bigskies_ops.cli.common import optional_positional
 
 from bigskies_ops.cli import (apply, db, db_housekeeping, db_metrics, db_migrations, db_policy, db_remote, db_report,
-                              db_stack, docker, inventory, scenario)
+                              db_stack, docker, inventory, run, scenario)
 
 # the db namespace: the main job (backup, list, status, restore, exec, psql), then the
 # tasks of the other feature areas
@@ -21,8 +21,10 @@ ns = Collection()
 for _sub in (db_ns, inventory.ns, docker.ns, scenario.ns):
     if _sub.tasks or _sub.collections:
         ns.add_collection(_sub)
-# top-level tasks: ``inv apply`` (the inventory as the desired state, every host)
+# top-level tasks: ``inv apply`` (the inventory as the desired state, every host) and ``inv run RUNBOOK``
+# (a runbook's steps, as Ansible's ansible-playbook beside its modules)
 ns.add_task(apply.apply)
+ns.add_task(run.run)
 
 # each task learns its dotted name (``db.list``): the --json failure document and the
 # per-task typed flags name it (cli.common._Task)

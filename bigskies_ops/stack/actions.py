@@ -31,13 +31,16 @@ class Param:
 
     ``type`` is one of :data:`PARAM_TYPES`; an ``int`` is accepted where ``float`` is
     asked for, never a ``bool`` where a number is; ``choices`` (when given) are the
-    accepted values.
+    accepted values; ``is_host``: the value is an inventory host's name.
     """
     type: type
     required: bool = False
     default: Any = None
     help: str = ""
     choices: tuple = ()
+    #: the value names one inventory host (``db.pull``'s ``from``): checked against the
+    #: inventory before the first step, like a step's ``host:``
+    is_host: bool = False
 
 
 @dataclass
@@ -105,6 +108,17 @@ class Action:
     plan: Callable[[Host, dict, RunContext], Plan]
     destructive: str | None = None
     changes: bool = True
+    #: the step is destructive only when this returns True for its arguments (``db.restore``
+    #: with ``target_db`` creates a new database: not destructive); None: always (when
+    #: ``destructive`` is set). Arguments filled from registered facts are None here.
+    destructive_when: Callable[[dict], bool] | None = None
+
+
+class StandIn(str):
+    """Check mode: a stand-in for a fact that only the real run of an earlier step would
+    register (the path of the archive a backup would write, which does not exist yet). A
+    ``plan`` given one plans against "not here yet" (e.g. ``check_restore(host, None)``)
+    instead of looking the value up. The text says what it stands for."""
 
 
 ACTIONS: dict[str, Action] = {}
@@ -150,7 +164,7 @@ def check_args(action: Action, args: dict, where: str) -> dict:
         if p.type is list and ok and v is not None:
             ok = all(isinstance(x, str) for x in v)
         if not ok:
-            want = "a list of strings" if p.type is list else f"a {p.type.__name__}"
+            want = "a list of strings" if p.type is list else "an int" if p.type is int else f"a {p.type.__name__}"
             raise UsageError(f"{where}.{k}: expected {want}, got {type(v).__name__} {v!r}")
         if p.choices and v not in p.choices:
             raise UsageError(f"{where}.{k}: expected one of {', '.join(map(str, p.choices))}, got {v!r}")

@@ -114,7 +114,7 @@ def test_every_task_is_listed_with_its_whole_first_line(sandbox):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     listed = {f"{c['name']}.{t['name']}": t["help"] for c in doc["collections"] for t in c["tasks"]}
-    listed.update({t["name"]: t["help"] for t in doc["tasks"]})  # top-level tasks (apply)
+    listed.update({t["name"]: t["help"] for t in doc["tasks"]})  # top-level tasks (apply, run)
     assert sorted(listed) == sorted(TASKS)
     # --list shows a docstring's first line: a sentence cut there (db.psql's) reads as cut
     cut = {name: h for name, h in listed.items() if not (h or "").endswith(".")}
@@ -251,7 +251,7 @@ def test_every_task_with_json_prints_one_document_when_it_fails(sandbox):
 CHANGING = {"db.backup", "db.restore", "db.pull", "db.prune", "db.offsite", "db.delete", "db.migrate", "db.pgpass",
             "db.schedule", "docker.purge", "docker.up", "docker.down", "docker.restart", "docker.build",
             "scenario.before-risky-change", "scenario.fresh-start", "scenario.complete-reset",
-            "scenario.recover-corruption", "apply"}
+            "scenario.recover-corruption", "apply", "run"}
 
 
 def test_every_task_that_changes_something_has_check():

@@ -1,0 +1,255 @@
+"""The runbook format's pure parts (docs/runbooks.md): parsing and validation of small YAML
+strings (each bad input names the step and the field), params from ``--set``, templates
+that keep a single reference's type, ``when`` conditions, and the engine's flow (skip
+propagation, ignore_errors, a failure stopping the run, check mode) over in-memory actions
+registered for the test only. The real tasks run against PostgreSQL in
+tests/integration/runbook/."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops.errors import SafetyError, StorageError, UsageError
+from bigskies_ops.inventory import parse as parse_inventory
+from bigskies_ops.stack import runbook as rb
+from bigskies_ops.stack.actions import ACTIONS, Action, Param, Plan, RunContext
+from bigskies_ops.stack.runbook_expr import parse_when, render
+
+INV = parse_inventory({"defaults": {"host": "dev"}, "groups": {"live": ["prod"]},
+                       "hosts": {"dev": {"postgres": {"database": "app"}},
+                                 "prod": {"postgres": {"database": "app"}, "protected": True}}},
+                      Path("/nonexistent/inventory.yaml"))
+CALLS: list[tuple[str, dict]] = []
+
+
+def _echo_run(h, a, ctx):
+    CALLS.append((h.name, dict(a)))
+    if a["fail"]:
+        raise StorageError(f"echo failed: {a['text']}")
+    return {"text": a["text"], "n": a["n"], "changed": a["n"] > 0, "msg": f"said {a['text']}"}
+
+
+def _echo_plan(h, a, ctx):
+    return Plan(a["n"] > 0, [f"say {a['text']}"], {"text": a["text"]}, facts={"text": f"(would say {a['text']})",
+                                                                                "n": a["n"]})
+
+
+@pytest.fixture(autouse=True)
+def test_actions():
+    """``test.echo`` and ``test.wipe`` (destructive) in the registry while a test runs."""
+    rb.action_registry()
+    params = {"text": Param(str, default="hi"), "n": Param(int, default=1), "fail": Param(bool, default=False),
+              "words": Param(list)}
+    ACTIONS["test.echo"] = Action("test.echo", "echo", params, _echo_run, _echo_plan)
+    ACTIONS["test.wipe"] = Action("test.wipe", "wipe", params, _echo_run, _echo_plan, destructive="restore")
+    CALLS.clear()
+    yield
+    del ACTIONS["test.echo"], ACTIONS["test.wipe"]
+
+
+def _err(text: str) -> str:
+    with pytest.raises(UsageError) as e:
+        rb.parse(text)
+    return str(e.value)
+
+
+# ------------------------------------------------------------------ parsing
+def test_a_runbook_parses_into_steps_with_defaults():
+    b = rb.parse("description: d\nparams: {x: {type: int, default: 3}}\n"
+                 "steps:\n - task: test.echo\n   register: a\n - name: Two\n   task: test.echo\n   when: a is ok\n")
+    assert b.description == "d" and b.params["x"].default == 3 and b.params["x"].type is int
+    assert [s.where for s in b.steps] == ["step 1 ('test.echo')", "step 2 ('Two')"]
+    assert b.steps[1].when[0].test == "ok"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("steps: []", "steps: expected a non-empty list of steps (there are none)"),
+    ("description: x", "steps: expected a non-empty list of steps (there are none)"),
+    ("steps: [\n", "not valid YAML at line 2"),
+    ("- task: test.echo", "expected a mapping with description, params and steps"),
+    ("stepz: []", "unknown key 'stepz' (did you mean 'steps'?)"),
+    ("steps:\n - task: test.ech", "step 1 ('test.ech'): task: unknown task 'test.ech' (did you mean 'test.echo'?)"),
+    ("steps:\n - name: A\n   args: {}", "step 1 ('A'): task: missing"),
+    ("steps:\n - task: test.echo\n   hots: dev", "step 1 ('test.echo'): unknown key 'hots' (did you mean 'host'?)"),
+    ("steps:\n - task: test.echo\n   args: [1]", "step 1 ('test.echo'): args: expected a mapping"),
+    ("steps:\n - task: test.echo\n   ignore_errors: maybe", "step 1 ('test.echo'): ignore_errors: expected true or false"),
+    ("steps:\n - task: test.echo\n   register: 1x", "step 1 ('test.echo'): register: expected a name"),
+    ("steps:\n - task: test.echo\n   register: params", "register: expected a name"),
+    ("steps:\n - task: test.echo\n   register: a\n - task: test.echo\n   register: a",
+     "step 2 ('test.echo'): register: 'a' is registered by step 1 ('test.echo') already"),
+    ("steps:\n - task: test.echo\n   when: b is ok\n - task: test.echo\n   register: b",
+     "step 1 ('test.echo'): when: 'b' is registered by step 2, which runs later: facts flow forward only (a cycle)"),
+    ("steps:\n - task: test.echo\n   args: {text: '{{ a.text }}'}\n   register: a",
+     "step 1 ('test.echo'): args.text: 'a.text' is registered by this step itself"),
+    ("steps:\n - task: test.echo\n   when: nope", "step 1 ('test.echo'): when: 'nope': no earlier step registers 'nope'"),
+    ("steps:\n - task: test.echo\n   when: params.y", "step 1 ('test.echo'): when: 'params.y': no such parameter"),
+    ("steps:\n - task: test.echo\n   when: 'a is fine'", "unknown test 'fine' (did you mean 'failed'?)"),
+    ("steps:\n - task: test.echo\n   when: '{{ params.x }}'", "write the reference without {{ }} in a condition"),
+    ("steps:\n - task: test.echo\n   when: [1]", "step 1 ('test.echo'): when: expected a condition"),
+    ("steps:\n - task: test.echo\n   args: {text: '{{ params.x | upper }}'}",
+     "step 1 ('test.echo'): args.text: {{ params.x | upper }} is not a reference"),
+    ("steps:\n - task: test.echo\n   args: {text: '{{ params.x }'}", "args.text: unbalanced {{ }}"),
+    ("steps:\n - task: test.echo\n   register: a\n - task: test.echo\n   host: '{{ a.text }}'",
+     "step 2 ('test.echo'): host: 'a.text': a step's host may use params and host only"),
+    ("params: {x: {type: integer}}\nsteps: [{task: test.echo}]", "params.x.type: expected one of str, int"),
+    ("params: {x: {type: int, default: 'a'}}\nsteps: [{task: test.echo}]", "params.x.default: expected an int"),
+    ("params: {x: {tpye: int}}\nsteps: [{task: test.echo}]", "params.x: unknown key 'tpye' (did you mean 'type'?)"),
+])
+def test_a_bad_runbook_is_refused_naming_the_step_and_field(text, message):
+    assert message in _err(text)
+
+
+# ------------------------------------------------------------------ params and templates
+def test_set_values_are_converted_to_the_params_types():
+    b = rb.parse("params:\n  n: {type: int, default: 1}\n  f: {type: float}\n  b: {type: bool, default: true}\n"
+                 "  l: {type: list}\n  c: {type: str, choices: [a, b]}\nsteps: [{task: test.echo}]")
+    assert rb.bind_params(b, []) == {"n": 1, "f": None, "b": True, "l": None, "c": None}
+    got = rb.bind_params(b, ["n=5", "f=2", "b=no", "l=x, y", "c=b"])
+    assert got == {"n": 5, "f": 2.0, "b": False, "l": ["x", "y"], "c": "b"} and isinstance(got["f"], float)
+    for bad, msg in (("n=x", "--set n=x: expected an int"), ("b=maybe", "expected true or false"),
+                     ("c=z", "expected one of a, b"), ("nn=1", "no parameter 'nn' (did you mean 'n'?)"),
+                     ("n", "expected NAME=VALUE")):
+        with pytest.raises(UsageError, match=re.escape(msg)):
+            rb.bind_params(b, [bad])
+
+
+def test_a_single_reference_keeps_its_type_and_a_longer_string_is_text():
+    look = {("params", "n"): 3, ("params", "b"): False, ("params", "l"): ["a"], ("host",): "dev"}.__getitem__
+    assert render("{{ params.n }}", look, "w") == 3
+    assert render(" {{params.b}} ", look, "w") is False
+    assert render({"x": ["{{ params.l }}"]}, look, "w") == {"x": [["a"]]}
+    assert render("n={{ params.n }} b={{ params.b }} on {{ host }}", look, "w") == "n=3 b=false on dev"
+
+
+@pytest.mark.parametrize("text,regs,params,expected", [
+    ("params.b", {}, {"b": True}, True),
+    ("not params.b", {}, {"b": True}, False),
+    ("a", {"a": "changed"}, {}, True),          # a register alone: its step succeeded
+    ("a", {"a": "failed"}, {}, False),
+    ("a is failed", {"a": "failed"}, {}, True),
+    ("a is not failed", {"a": "ok"}, {}, True),
+    ("a is succeeded", {"a": "ok"}, {}, True),
+    ("a is skipped", {"a": "skipped"}, {}, True),
+    ("a.changed", {"a": "changed"}, {}, True),
+])
+def test_when_conditions(text, regs, params, expected):
+    registered = {k: {"result": w, "changed": w == "changed", "failed": w == "failed", "skipped": w == "skipped"}
+                  for k, w in regs.items()}
+
+    def look(parts):
+        return params[parts[1]] if parts[0] == "params" else registered[parts[0]][parts[1]]
+    assert parse_when(text, "w").holds(look, registered) is expected
+
+
+# ------------------------------------------------------------------ the engine over in-memory actions
+def _go(text: str, *, check: bool = False, sets=(), host=None, **flags):
+    b = rb.parse(text)
+    params = rb.bind_params(b, list(sets))
+    v = rb.validate(b, INV, host, params, check=check, **flags)
+    lines: list[str] = []
+    ctx = RunContext(INV, check=check, yes=True)
+    return rb.run(b, ctx, v, params, say=lines.append), lines, ctx
+
+
+FLOW = """
+params: {loud: {type: bool, default: false}}
+steps:
+  - name: First
+    task: test.echo
+    args: {text: one, n: 2}
+    register: first
+  - task: test.echo
+    args: {text: "{{ first.text }}-again", fail: true}
+    ignore_errors: true
+    register: second
+  - task: test.echo
+    when: params.loud
+    register: loud
+  - name: Needs the skipped step
+    task: test.echo
+    args: {text: "{{ loud.text }}"}
+  - name: After the ignored failure
+    task: test.echo
+    args: {n: "{{ first.n }}"}
+    when: second is failed
+  - task: test.echo
+    args: {fail: true, text: stop}
+  - task: test.echo
+    args: {text: never}
+"""
+
+
+def test_the_flow_skips_ignores_and_stops_at_a_failure():
+    (res,), lines, ctx = _go(FLOW)
+    assert [s.result for s in res.steps] == ["changed", "failed", "skipped", "skipped", "changed", "failed"]
+    assert res.steps[1].ignored and res.steps[1].reason == "echo failed: one-again"
+    assert res.steps[2].reason == "condition 'params.loud' is false"
+    assert res.steps[3].reason == "needs 'loud' of step 3 ('test.echo'), which was skipped"
+    assert CALLS[2] == ("dev", {"text": "hi", "n": 2, "fail": False, "words": None})  # {{ first.n }} kept its int
+    assert res.recap == {"ok": 0, "changed": 2, "failed": 1, "skipped": 2, "unreachable": 0, "ignored": 1}
+    assert res.exit_code == 1 and res.result == "failed" and "never" not in str(CALLS)
+    assert "TASK [First] (test.echo on dev) " in lines[0] and lines[0].endswith("***")
+    assert "failed: [dev] echo failed: one-again ...ignoring" in lines
+    assert ctx.registered["first"]["text"] == "one" and ctx.registered["second"]["failed"] is True
+    assert rb.recap_lines([res])[1] == "dev : ok=0 changed=2 failed=1 skipped=2 unreachable=0 ignored=1"
+
+
+def test_check_mode_plans_every_step_calls_no_run_and_is_failed_is_false():
+    (res,), lines, _ = _go(FLOW, check=True)
+    assert CALLS == []
+    assert [s.result for s in res.steps] == ["changed", "changed", "skipped", "skipped", "skipped", "changed",
+                                             "changed"]
+    assert res.steps[4].reason == "runs only if 'second' failed (check mode plans no failure)"
+    assert res.steps[1].plan == {"text": "(would say one)-again", "refusals": []}  # a stand-in fact flows on
+    assert "  would say one" in lines and rb.exit_code([res]) == 0
+
+
+def test_a_destructive_step_on_a_protected_host_is_refused_before_anything_runs():
+    text = "steps:\n - task: test.echo\n - name: Wipe\n   task: test.wipe\n   host: prod\n"
+    with pytest.raises(SafetyError, match=r"step 2 \('Wipe'\): refused: prod is protected; restore needs "
+                                          r"--force-protected --confirm app"):
+        _go(text)
+    assert CALLS == []
+    (res,), _, _ = _go(text, check=True)  # check mode lists it
+    assert res.refusals == ["step 2 ('Wipe'): refused: prod is protected; restore needs --force-protected "
+                            "--confirm app"]
+    (res,), _, _ = _go(text, force_protected=True, confirm="app")
+    assert res.result == "changed" and [c[0] for c in CALLS] == ["dev", "prod"]
+
+
+def test_a_group_is_refused_for_a_destructive_step_and_unknown_hosts_are_usage_errors():
+    with pytest.raises(SafetyError, match="group 'live' containing protected"):
+        _go("steps: [{task: test.wipe}]", host="live", force_protected=True, confirm="app")
+    with pytest.raises(UsageError, match=r"step 1 \('test.echo'\): host: unknown host or group 'prd' "
+                                         r"\(did you mean 'prod'\?\)"):
+        _go("steps: [{task: test.echo, host: prd}]")
+    with pytest.raises(UsageError, match=r"step 1 \('test.echo'\): args.n: expected an int, got str"):
+        _go("steps: [{task: test.echo, args: {n: two}}]")
+    with pytest.raises(UsageError, match=r"args.txet: test.echo has no argument 'txet' \(did you mean 'text'\?\)"):
+        _go("steps: [{task: test.echo, args: {txet: x}}]")
+
+
+def test_a_fact_of_the_wrong_type_fails_its_step_when_it_runs():
+    (res,), _, _ = _go("steps:\n - task: test.echo\n   register: a\n - task: test.echo\n"
+                       "   args: {n: '{{ a.text }}'}\n")
+    assert res.steps[1].result == "failed" and res.steps[1].exit_code == 2
+    assert res.steps[1].reason == "step 2 ('test.echo'): args.n: expected an int, got str 'hi'"
+
+
+def test_the_json_document_has_every_host_and_step():
+    results, _, _ = _go("steps: [{task: test.echo, args: {n: 0}}]", host="dev,prod")
+    doc = rb.document(rb.parse("steps: [{task: test.echo}]", "echo"), results, check=False)
+    assert doc["runbook"] == "echo" and doc["result"] == "ok" and [h["host"] for h in doc["hosts"]] == ["dev", "prod"]
+    assert doc["hosts"][0]["steps"][0] == {"index": 1, "name": "test.echo on dev", "task": "test.echo", "host": "dev",
+                                           "result": "ok", "reason": "said hi", "facts": {"text": "hi", "n": 0},
+                                           "ignored": False, "exit_code": 0}
+
+
+def test_every_task_action_has_a_summary_and_documented_params():
+    for name, a in rb.action_registry().items():
+        if a.run.__module__ != "bigskies_ops.stack.task_actions":
+            continue
+        assert a.summary.endswith("."), name
+        assert all(p.help for p in a.params.values()), name
