@@ -429,19 +429,25 @@ def test_flusher_syncs_a_growing_file_and_not_a_stalled_one(tmp_path):
         synced_sizes.append(os.fstat(fd).st_size)
     fl._sync = counted
     fl.start()
+
+    def synced(size):  # waits for the flusher, however busy the machine is (nothing is timed)
+        end = time.monotonic() + 30
+        while size not in synced_sizes and time.monotonic() < end:
+            time.sleep(0.005)
+        return size in synced_sizes
     try:
         with open(path, "ab") as f:
-            for _ in range(5):
+            for i in range(1, 6):
                 f.write(b"x" * 65536)
                 f.flush()
-                time.sleep(0.05)
+                assert synced(i * 65536), synced_sizes  # each growth reaches the disk while it grows
         grown = len(synced_sizes)
         time.sleep(0.3)  # 30 periods without growth
         stalled = len(synced_sizes) - grown
     finally:
         fl.done.set()
         fl.join(5)
-    assert grown >= 5 and synced_sizes[-1] == 5 * 65536
+    assert synced_sizes[-1] == 5 * 65536
     assert stalled == 0
 
 
