@@ -65,7 +65,7 @@ MODULE_SECONDS = {
     "test_fidelity_roundtrip_b": 158, "test_fidelity_roundtrip_a": 155, "test_fidelity_pull": 86,
     "test_fidelity_bad_archives": 68,
     "test_servers": 200, "test_restore_server_limits": 150, "test_ssh_host": 40, "test_runner_interface": 20,
-    "test_apply": 110, "test_run_runbook": 150, "test_run_stack": 130,
+    "test_apply": 110, "test_run_runbook": 150, "test_run_stack": 130, "test_scenario_prod_to_dev": 85,
 }
 
 

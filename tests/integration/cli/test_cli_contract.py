@@ -251,7 +251,7 @@ def test_every_task_with_json_prints_one_document_when_it_fails(sandbox):
 CHANGING = {"db.backup", "db.restore", "db.pull", "db.prune", "db.offsite", "db.delete", "db.migrate", "db.pgpass",
             "db.schedule", "docker.purge", "docker.up", "docker.down", "docker.restart", "docker.build",
             "scenario.before-risky-change", "scenario.fresh-start", "scenario.complete-reset",
-            "scenario.recover-corruption", "apply", "run"}
+            "scenario.prod-to-dev", "scenario.recover-corruption", "apply", "run"}
 
 
 def test_every_task_that_changes_something_has_check():

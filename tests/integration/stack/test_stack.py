@@ -327,13 +327,35 @@ def test_purge_takes_a_backup_first_then_the_volume_is_gone_and_restore_brings_d
     stack.wait_sessions(COORD_SESSIONS)  # datastore logs in as the restored role
 
 
-def test_scenario_complete_reset_prints_steps_and_brings_back_a_working_stack(stack):
+def in_order(text: str, *parts: str) -> None:
+    """Every part is in ``text``, each after the one before (a runbook's step order)."""
+    at = -1
+    for p in parts:
+        i = text.find(p, at + 1)
+        assert i != -1, f"{p!r} not found after position {at} in:\n{text}"
+        at = i
+
+
+def recap(text: str) -> str:
+    """The recap line of host ``stack`` (``ok=.. changed=.. ...``)."""
+    return next(line.split(" : ", 1)[1] for line in text[text.index("RUNBOOK RECAP"):].splitlines()
+                if line.startswith("stack "))
+
+
+def test_scenario_complete_reset_runs_its_runbook_and_brings_back_a_working_stack(stack):
     before = stack.fingerprint()
     created = cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}", stack.n["volume"]).stdout
     r = stack.cli("scenario.complete-reset", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
-    for step in ("Step 1/4: Purge", "Step 2/4: Rebuild images", "Step 3/4: Start fresh", "Step 4/4: Restore"):
-        assert step in r.stdout
+    # the runbook's steps in order: the pre-purge backup is checked before anything is purged
+    in_order(r.stdout, "TASK [Check the backups save the roles] (check.roles-saved on stack)",
+             "TASK [Back up before the purge] (db.backup on stack)",
+             "TASK [Check the pre-purge backup can be restored] (check.restorable on stack)", "verified, its roles file",
+             "TASK [Purge containers and the data volume] (docker.purge on stack)",
+             "TASK [Rebuild images] (docker.build on stack)", "TASK [Start fresh] (docker.up on stack)",
+             "TASK [Restore the pre-purge backup with its roles] (db.restore on stack)", "changed: [stack]",
+             "TASK [Restore the pre-purge backup without roles]", "skipped: [stack]", "RUNBOOK RECAP")
+    assert recap(r.stdout) == "ok=2 changed=5 failed=0 skipped=1 unreachable=0 ignored=0", r.stdout
     assert cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}",
                      stack.n["volume"]).stdout != created
     assert stack.fingerprint() == before
@@ -344,17 +366,22 @@ def test_scenario_fresh_start_keeps_the_data(stack):
     before = stack.fingerprint()
     r = stack.cli("scenario.fresh-start")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Step 5/5: Verify the data is intact" in r.stdout and "tables intact" in r.stdout
+    in_order(r.stdout, "TASK [Back up the current state] (db.backup on stack)", "TASK [Stop everything] (docker.down",
+             "TASK [Rebuild images] (docker.build", "TASK [Start; the database persists in its volume] (docker.up",
+             "TASK [Verify the data is intact] (check.row-counts on stack)", "tables intact", "RUNBOOK RECAP")
+    assert recap(r.stdout) == "ok=1 changed=4 failed=0 skipped=0 unreachable=0 ignored=0", r.stdout
     assert stack.fingerprint() == before
 
 
 # ------------------------------------------------------------------ bad input
 def _bad(stack, args, inv, code, *needles):
+    """Run ``args``: exit ``code``, every needle in the output (stderr, or the failed step's
+    line of a runbook on stdout), and nothing harmed."""
     before = stack.harmless()
     r = stack.cli(*args, inv=inv)
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     for n in needles:
-        assert n in r.stderr, r.stderr
+        assert n in r.stderr + r.stdout, r.stdout + r.stderr
     assert stack.harmless() == before
     return r
 
@@ -439,7 +466,8 @@ def test_scenarios_refuse_before_purging_when_the_restore_would_miss_its_roles(s
     inv = stack.inventory("inv-noroles.yaml", backup={"roles": False})
     r = _bad(stack, ["scenario.complete-reset", "--yes"], inv, 3,
              "backup.roles is false", "nothing was purged", "backup.roles: true", "--no-roles")
-    assert "Step 1/4" not in r.stdout, r.stdout
+    assert "failed: [stack] scenario.complete-reset restores with the cluster's roles" in r.stdout, r.stdout
+    assert "TASK [Back up before the purge]" not in r.stdout and "failed=1" in recap(r.stdout), r.stdout
     # an archive named for scenario 5 without its roles file: refused before the coordinators stop
     r = stack.cli("db.backup", "--json", inv=inv)
     assert r.returncode == 0, r.stderr
@@ -447,7 +475,8 @@ def test_scenarios_refuse_before_purging_when_the_restore_would_miss_its_roles(s
     assert not Path(archive + ".roles.sql").exists()
     r = _bad(stack, ["scenario.recover-corruption", "--archive", archive, "--yes"], stack.inv, 3,
              f"{archive} has no roles file", "nothing was purged", "db.backup --host stack")
-    assert "Step 1/6" not in r.stdout, r.stdout
+    assert "TASK [Check the named archive can be restored]" in r.stdout, r.stdout
+    assert "TASK [Stop the coordinators]" not in r.stdout, r.stdout
 
 
 def test_postgres_never_ready_times_out_with_its_last_log_lines(stack, podman_env):
@@ -476,8 +505,14 @@ def test_scenario_before_risky_change_backs_up_restarts_and_says_how_to_go_back(
     n = len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")])
     r = stack.cli("scenario.before-risky-change", "--restart", "bootstrap")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Step 1/3: Back up" in r.stdout and "Step 2/3: Make the change: restart service 'bootstrap'" in r.stdout
-    assert "If something breaks, restore: bigskies-ops db.restore" in r.stdout  # the command that ran
+    in_order(r.stdout, "TASK [Check the service to restart exists] (check.service on stack)",
+             "ok: [stack] 'bootstrap' is a service", "TASK [Back up the database] (db.backup on stack)",
+             "TASK [Make the change (restart the service)] (docker.restart on stack)",
+             "changed: [stack] service 'bootstrap' restarted",
+             "TASK [Check PostgreSQL accepts connections] (wait.postgres on stack)", "ok: [stack] PostgreSQL accepts",
+             "TASK [Say how to go back] (message on stack)",
+             "If something breaks, restore: bigskies-ops db.restore",  # the command that ran
+             "RUNBOOK RECAP")
     assert len([p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")]) == n + 1
     stack.wait_sessions(COORD_SESSIONS)
 
@@ -487,10 +522,60 @@ def test_scenario_recover_corruption_recreates_the_volume_and_restores(stack):
     created = cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}", stack.n["volume"]).stdout
     r = stack.cli("scenario.recover-corruption", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
-    for step in ("Step 1/6: Stop the coordinators", "Step 2/6: Try to back up", "Step 3/6: Delete the data volume",
-                 "Step 5/6: Wait for the bootstrap migrations", "Step 6/6: Restore"):
-        assert step in r.stdout
+    in_order(r.stdout, "TASK [Check the backups save the roles]", "TASK [Check the named archive can be restored]",
+             "skipped: [stack] condition 'params.archive' is false",
+             "TASK [Stop the coordinators] (coordinators.stop on stack)", "changed: [stack] stopped bootstrap, datastore",
+             "TASK [Try to back up (it may fail on a corrupt database)] (db.backup on stack)",
+             "TASK [Say the backup failed]", "skipped: [stack] condition 'bk is failed' is false",
+             "TASK [Choose the archive to restore] (backup.choose on stack)",
+             "TASK [Check the archive to restore] (check.restorable on stack)",
+             "TASK [Delete the data volume] (docker.purge on stack)", "TASK [Start fresh] (docker.up on stack)",
+             "TASK [Wait for the bootstrap migrations] (wait.migrations on stack)",
+             "TASK [Restore the last good backup with its roles] (db.restore on stack)", "RUNBOOK RECAP")
+    assert recap(r.stdout) == "ok=4 changed=5 failed=0 skipped=3 unreachable=0 ignored=0", r.stdout
+    # the archive chosen is the backup just taken
+    taken = r.stdout[r.stdout.index("TASK [Try to back up"):r.stdout.index("TASK [Say the backup failed]")]
+    name = taken.split("changed: [stack] backup ", 1)[1].split()[0]
+    assert f"the newest good backup: {stack.backups / name}" in r.stdout, r.stdout
     assert cs.podman(stack.env, "volume", "inspect", "--format", "{{.CreatedAt}}",
                      stack.n["volume"]).stdout != created
     assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
+
+
+def test_scenario_recover_corruption_restores_the_last_good_backup_when_the_backup_fails(stack):
+    """The guide's "try to backup (might fail); if it fails, restore from the last known good":
+    a session holds a lock no dump can wait out (lock_wait_timeout 1 s), so the backup step
+    fails, the run goes on (ignore_errors) and restores the backup taken before the change."""
+    r = stack.cli("db.backup", "--json")
+    assert r.returncode == 0, r.stderr
+    good = json.loads(r.stdout)["path"]
+    before = stack.fingerprint()
+    stack.psql("CREATE TABLE made_after_the_good_backup (x int); INSERT INTO made_after_the_good_backup VALUES (1)")
+    inv = stack.inventory("inv-lockwait.yaml", backup={"lock_wait_timeout": 1})
+    holder = subprocess.Popen(["podman", "exec", "-i", stack.n["postgres"], f"{PG_BINDIR}/psql", "-X", "-q",
+                               "-U", "bigskies", "-d", DB, "-c",
+                               "BEGIN; LOCK TABLE public.schema_migrations IN ACCESS EXCLUSIVE MODE; "
+                               "SELECT pg_sleep(600); COMMIT;"],
+                              env=stack.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while stack.psql("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted "
+                         "AND relation = 'public.schema_migrations'::regclass").strip() != "1":
+            assert time.monotonic() < deadline and holder.poll() is None, "the lock was never taken"
+            time.sleep(0.2)
+        backups = {p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")}
+        r = stack.cli("scenario.recover-corruption", "--yes", inv=inv)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    in_order(r.stdout, "TASK [Try to back up (it may fail on a corrupt database)]", "failed: [stack]", "...ignoring",
+             "TASK [Say the backup failed]", "the backup failed (", "restoring the last known good backup",
+             "TASK [Choose the archive to restore]", f"the newest good backup: {good}",
+             "TASK [Restore the last good backup with its roles]", "RUNBOOK RECAP")
+    assert "ignored=1" in recap(r.stdout) and "failed=0" in recap(r.stdout), r.stdout
+    assert {p for p in os.listdir(stack.backups) if p.endswith(".sql.gz")} == backups  # no new archive
+    assert stack.fingerprint() == before  # the good backup's data, without the later table
     stack.wait_sessions(COORD_SESSIONS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import write_inventory
+from tests.infra import compose_stack as cs
 from tests.integration.stack.test_stack import cli_env_module, stack  # noqa: F401 (fixtures)
 
 pytest_plugins = ["tests.infra.fixtures"]
@@ -60,10 +61,17 @@ def test_purge_check_names_what_would_be_lost_and_the_backup_plan(stack):
                                                            "other": stack.host()}, groups={"g": ["stack", "other"]})
     r = stack.cli("docker.purge", "--host", "g", "--yes", inv=inv)
     assert r.returncode == 3 and "group 'g' containing protected host(s) stack" in r.stderr, r.stderr
-    for task in ("docker.purge", "scenario.complete-reset", "scenario.recover-corruption"):
+    doc = json.loads(_check(stack, "docker.purge", "--host", "g", "--json", inv=inv).stdout)
+    assert doc["result"] == "ok" and doc["plan"]["hosts"] == ["stack", "other"], doc
+    assert "group 'g'" in doc["plan"]["refusals"][0]
+    for task in ("scenario.complete-reset", "scenario.recover-corruption"):  # the runbook engine's document
         doc = json.loads(_check(stack, task, "--host", "g", "--json", inv=inv).stdout)
-        assert doc["result"] == "ok" and doc["plan"]["hosts"] == ["stack", "other"], (task, doc)
-        assert "group 'g'" in doc["plan"]["refusals"][0]
+        assert doc["task"] == task and doc["check"] is True, doc
+        assert [h["host"] for h in doc["hosts"]] == ["stack", "other"], (task, doc)
+        assert any("group 'g' containing protected host(s) stack" in x for x in doc["refusals"]), doc["refusals"]
+        r = stack.cli(task, "--host", "g", "--yes", inv=inv)
+        assert r.returncode == 3 and "group 'g' containing protected host(s) stack" in r.stderr, r.stderr
+        assert "TASK [" not in r.stdout, r.stdout  # refused before the first step
     # the server cannot be read (its container absent): the pre-purge backup, and so the purge, would
     # fail; the check still plans (exit 0), names that as the refusal and the flag that lifts it
     inv = stack.inventory("inv-nocontainer.yaml", container={"name": "bsst-no-such-container"})
@@ -77,44 +85,88 @@ def test_purge_check_names_what_would_be_lost_and_the_backup_plan(stack):
     assert stack.harmless() == before
 
 
+def _part(out: str, start: str, end: str) -> str:
+    """The lines of ``out`` from the header containing ``start`` to the one containing ``end``."""
+    i = out.index(start)
+    return out[i:out.index(end, i)]
+
+
 def test_scenario_checks_print_the_ordered_steps_with_their_plans(stack):
+    from tests.integration.stack.test_stack import in_order
     before = stack.harmless()
     r = _check(stack, "scenario.fresh-start")
     out = r.stdout
-    for i, title in enumerate(("Back up the current state", "Stop everything", "Rebuild images", "Start;",
-                               "Verify the data is intact"), 1):
-        assert f"would run step {i}/5: {title}" in out, out
-    assert out.index("step 1/5") < out.index("would dump database 'bigskies'") < out.index("step 2/5")
-    assert out.index("step 2/5") < out.index("stopped and removed") < out.index("step 3/5")
+    assert "CHECK MODE (run fresh-start --check)" in out
+    in_order(out, "TASK [Back up the current state] (db.backup on stack)", "would dump database 'bigskies'",
+             "TASK [Stop everything] (docker.down on stack)", "stopped and removed",
+             "TASK [Rebuild images] (docker.build on stack)", "TASK [Start; the database persists in its volume]",
+             "TASK [Verify the data is intact] (check.row-counts on stack)", "would count every table's rows",
+             "RUNBOOK RECAP")
     # each later step is planned against the state the earlier ones leave, not the live one:
     # after down the containers are gone, so up creates and starts them
-    up_part = out[out.index("step 4/5"):out.index("step 5/5")]
+    up_part = _part(out, "TASK [Start;", "TASK [Verify")
     assert "absent    -> created and started" in up_part and "kept running" not in up_part, out
-    assert "data volume: kept" in up_part
-    build_part = out[out.index("step 3/5"):out.index("step 4/5")]
+    build_part = _part(out, "TASK [Rebuild images]", "TASK [Start;")
     assert "containers untouched" not in build_part and "no container: up creates it" in build_part, out
+    # the row counts are compared with the manifest of the backup step 1 would write (a stand-in)
+    assert "compare them with the manifest of " + str(stack.backups) in out, out
+
     r = _check(stack, "scenario.complete-reset")
-    assert "would run step 1/4: Purge containers and the data volume" in r.stdout
     out = r.stdout
-    up_part = out[out.index("step 3/4"):out.index("step 4/4")]
+    in_order(out, "TASK [Check the backups save the roles]", "TASK [Back up before the purge]",
+             "TASK [Check the pre-purge backup can be restored]", "would verify the archive",
+             "TASK [Purge containers and the data volume]", "DELETE the data volume",
+             "TASK [Rebuild images]", "TASK [Start fresh]",
+             "TASK [Restore the pre-purge backup with its roles]", "TASK [Restore the pre-purge backup without roles]",
+             "skipped: [stack] condition 'not params.roles' is false")
+    up_part = _part(out, "TASK [Start fresh]", "TASK [Restore")
     assert "absent    -> created and started" in up_part and "kept running" not in up_part, out
-    assert "data volume: created empty" in up_part
-    assert "DELETE the data volume" in r.stdout and "would run step 4/4: Restore the pre-purge backup" in r.stdout
+    assert "the real run would REFUSE" not in out, out
+
     doc = json.loads(_check(stack, "scenario.recover-corruption", "--json").stdout)
-    steps = doc["plan"]["steps"]
-    assert [s["title"] for s in steps][0] == "Stop the coordinators" and len(steps) == 6
-    assert "stop bootstrap, datastore" in steps[0]["notes"][0] and steps[2]["kind"] == "purge"
-    assert {s["service"]: s["would"] for s in steps[3]["plan"]["services"]} == {
+    assert doc["task"] == "scenario.recover-corruption" and doc["check"] is True and doc["refusals"] == []
+    steps = {s["task"] + ":" + s["name"]: s for s in doc["hosts"][0]["steps"]}
+    names = [s["name"] for s in doc["hosts"][0]["steps"]]
+    assert names.index("Stop the coordinators") < names.index("Delete the data volume") < names.index("Start fresh")
+    assert len(names) == 12 and names[-2:] == ["Restore the last good backup with its roles",
+                                              "Restore the last good backup without roles"], names
+    assert steps["coordinators.stop:Stop the coordinators"]["reason"] == "stop bootstrap, datastore"
+    assert steps["coordinators.stop:Stop the coordinators"]["facts"]["stopped"] == ["bootstrap", "datastore"]
+    # planned against the state the coordinators' stop and the purge leave: everything is created again
+    up = steps["docker.up:Start fresh"]["plan"]
+    assert {s["service"]: s["would"] for s in up["services"]} == {
         "postgres": "created and started", "bootstrap": "created and started", "datastore": "created and started"}
+    assert steps["message:Say the backup failed"]["result"] == "skipped"
+    assert "runs only if 'bk' failed" in steps["message:Say the backup failed"]["reason"]
+
     r = _check(stack, "scenario.before-risky-change", "--restart", "bootstrap")
-    assert "would run step 2/3: Make the change: restart service 'bootstrap'" in r.stdout
-    assert "restart service 'bootstrap' (now running)" in r.stdout
-    r = _check(stack, "scenario.before-risky-change", "--restart", "nosuch")
-    assert "the real run would REFUSE: 'nosuch' is not a service" in r.stdout
+    part = _part(r.stdout, "TASK [Make the change (restart the service)] (docker.restart on stack)",
+                 "TASK [Check PostgreSQL")
+    assert "restart bootstrap" in part and "running   -> restarted" in part, r.stdout
+    # a service the project does not have: exit 2 naming it, at the first step; the real run
+    # stops there too, before the backup
+    for flags in (["--check"], []):
+        r = stack.cli("scenario.before-risky-change", "--restart", "nosuch", *flags)
+        assert r.returncode == 2, r.stdout + r.stderr
+        in_order(r.stdout, "TASK [Check the service to restart exists] (check.service on stack)",
+                 "failed: [stack] service: 'nosuch' is not a service of compose project",
+                 "bootstrap, datastore, postgres", "RUNBOOK RECAP")
+        assert "TASK [Back up the database]" not in r.stdout, r.stdout
     # protected: the flags the real run would need
     inv = stack.inventory("inv-prot-check.yaml", protected=True)
     r = _check(stack, "scenario.complete-reset", inv=inv)
-    assert "needs --force-protected --confirm bigskies" in r.stdout
+    assert "the real run would REFUSE:" in r.stdout and "needs --force-protected --confirm bigskies" in r.stdout
+    assert stack.harmless() == before
+
+
+def test_scenarios_on_a_protected_host_are_refused_before_the_first_step(stack):
+    inv = stack.inventory("inv-prot-run.yaml", protected=True)
+    before = stack.harmless()
+    for task in ("scenario.complete-reset", "scenario.recover-corruption"):
+        r = stack.cli(task, "--yes", inv=inv)
+        assert r.returncode == 3, (task, r.stdout, r.stderr)
+        assert "protected" in r.stderr and "--force-protected --confirm bigskies" in r.stderr, r.stderr
+        assert "TASK [" not in r.stdout, r.stdout
     assert stack.harmless() == before
 
 
@@ -128,4 +180,24 @@ def test_restore_check_names_the_running_coordinators_and_their_sessions(stack):
     assert plan["coordinators"] == ["bootstrap", "datastore"]
     assert {s["application"] for s in plan["sessions"]} >= {"bootstrap", "datastore"}
     assert plan["refusals"] == []  # the coordinators' sessions end when they are stopped
+    assert stack.harmless() == before
+
+
+def test_scenarios_refuse_an_archive_inside_the_data_volume_they_delete(stack):
+    """The way back must survive the purge: a pre-purge backup planned inside the data volume
+    (backup.dir under its mount point) is a refusal of the check; a named archive there is
+    refused for real before anything is stopped (exit 3), and nothing changes."""
+    from tests.integration.stack.test_stack import in_order
+    mnt = cs.podman(stack.env, "volume", "inspect", "--format", "{{.Mountpoint}}", stack.n["volume"]).stdout.strip()
+    assert mnt, "the data volume has no mount point"
+    before = stack.harmless()
+    inv = stack.inventory("inv-in-volume.yaml", backup={"dir": f"{mnt}/backups"})
+    r = _check(stack, "scenario.complete-reset", inv=inv)
+    in_order(r.stdout, "TASK [Check the pre-purge backup can be restored]", "the real run would REFUSE:",
+             "lies inside the data volume", "TASK [Purge containers and the data volume]")
+    archive = f"{mnt}/bigskies_backup_20260101_000000.sql.gz"
+    r = stack.cli("scenario.recover-corruption", "--archive", archive, "--yes")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"would restore {archive}, which lies inside the data volume" in r.stdout, r.stdout
+    assert "nothing was purged" in r.stdout and "TASK [Stop the coordinators]" not in r.stdout, r.stdout
     assert stack.harmless() == before
