@@ -463,5 +463,7 @@ def document(runbook: Runbook, results: list[RunResult], *, check: bool, task: s
     refusals = []
     for r in results:
         refusals += [x for x in r.refusals if x not in refusals]
+    if check and refusals and result != "failed":  # a refused plan changes nothing (docs/cli.md "Dry runs")
+        result = "ok"
     return {"result": result, "task": task, "runbook": runbook.name, "check": check,
             "hosts": [r.to_json() for r in results], "refusals": refusals}

@@ -49,8 +49,15 @@ def _backup_run(h: Host, a: dict, ctx: RunContext) -> dict:
     res = backup(_backup_host(h, a), fmt=a["format"], label=a["label"], exclude_table_data=tuple(a["exclude_table_data"]
                  or ()), schema_only=a["schema_only"], verbose=a["verbose"], task=ctx.task)
     m = res.manifest
-    return {"archive": res.backup.path, "id": res.backup.id, "name": res.backup.name, "size_bytes": m.get("bytes"),
-            "sha256": m.get("sha256"), "msg": f"backup {res.backup.name} written ({human_bytes(m.get('bytes'))})"}
+    facts = {"archive": res.backup.path, "id": res.backup.id, "name": res.backup.name, "size_bytes": m.get("bytes"),
+             "sha256": m.get("sha256"), "pulled": None,
+             "msg": f"backup {res.backup.name} written ({human_bytes(m.get('bytes'))})"}
+    if a["pull"] and h.is_remote:  # a copy on this machine too (db.backup --pull; docker.purge's pre-purge pull)
+        from bigskies_ops.jobs.pull import pull_existing
+        out = pull_existing(h, _pull_to(ctx), res.backup.name)
+        facts["pulled"] = out.backup.path
+        facts["msg"] += f"; pulled to {out.backup.path}"
+    return facts
 
 
 def _backup_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
@@ -62,8 +69,11 @@ def _backup_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
              + (", schema only" if p["schema_only"] else ""),
              f"write {p['archive']}{where} with its manifest",
              f"  free space: {human_bytes(p['free_bytes'])}; about {human_bytes(p['needed_bytes'])} needed"]
+    if a["pull"] and h.is_remote:
+        lines.append(f"copy it to {_pull_to(ctx).backup.dir}/{h.name}/ on this machine (size and sha256 checked)")
     return Plan(not p["refusals"], lines, p, list(p["refusals"]),
                 {"archive": StandIn(p["archive"]), "id": StandIn("(the new backup's id)"),
+                 "pulled": StandIn("(the local copy)") if a["pull"] and h.is_remote else None,
                  "name": StandIn(os.path.basename(p["archive"])), "size_bytes": p["estimated_bytes"],
                  "sha256": StandIn("(the new backup's sha256)")})
 
@@ -76,6 +86,8 @@ register(Action("db.backup", "Back up a host's database into a new archive with 
     "verbose": Param(bool, default=False, help="pg_dump --verbose (into the manifest's stderr_tail)"),
     "lock_wait_timeout": Param(float, help="seconds to wait for a table lock (default: the host's)"),
     "skip_space_check": Param(bool, default=False, help="do not fail for too little space in the backup folder"),
+    "pull": Param(bool, default=False, help="SSH hosts: also copy the archive and its manifest to this machine's "
+                                            "backup folder under <host>/ (a local host: nothing more)"),
 }, _backup_run, _backup_plan))
 
 
@@ -348,7 +360,8 @@ def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
     p["refusals"] = _policy_refusal(h, "purge", ctx) + p["refusals"]
     ctx.states[h.name] = lifecycle.after_stack_action(ctx.states.get(h.name) or {}, "purge")
     lines = (["take a pre-purge backup first (if it fails nothing is purged)"] if a["backup"] else
-             ["  NO pre-purge backup (backup: false): the data is gone for good"])
+             ["  no pre-purge backup in this step (backup: false): the volume's data survives only in backups "
+              "already taken (an earlier step's, if any)"])
     lines += [f"remove the containers of compose project {p['project']!r}: {', '.join(p['containers']) or 'none'}",
               f"DELETE the data volume {p['volume']} ("
               + (f"size {p['volume_size']}" if p["volume_exists"] else "does not exist") + ")"]

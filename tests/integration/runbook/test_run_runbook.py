@@ -166,7 +166,7 @@ def test_check_changes_nothing_and_lists_the_refusals(setup, pg_sql, dbname, cli
     r2 = _run(inv, cli_env, "onprod", "--check", "--json")
     assert r2.returncode == 0, r2.stderr
     doc = json.loads(r2.stdout)
-    assert doc["check"] is True
+    assert doc["check"] is True and doc["result"] == "ok"  # a refused plan changes nothing (docs/cli.md)
     assert any("step 2 ('db.restore'): refused: prod is protected; restore needs --force-protected --confirm"
                in x for x in doc["refusals"]), doc["refusals"]
     steps = doc["hosts"][0]["steps"]

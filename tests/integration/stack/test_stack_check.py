@@ -66,7 +66,7 @@ def test_purge_check_names_what_would_be_lost_and_the_backup_plan(stack):
     assert "group 'g'" in doc["plan"]["refusals"][0]
     for task in ("scenario.complete-reset", "scenario.recover-corruption"):  # the runbook engine's document
         doc = json.loads(_check(stack, task, "--host", "g", "--json", inv=inv).stdout)
-        assert doc["task"] == task and doc["check"] is True, doc
+        assert doc["task"] == task and doc["check"] is True and doc["result"] == "ok", doc  # refused: ok
         assert [h["host"] for h in doc["hosts"]] == ["stack", "other"], (task, doc)
         assert any("group 'g' containing protected host(s) stack" in x for x in doc["refusals"]), doc["refusals"]
         r = stack.cli(task, "--host", "g", "--yes", inv=inv)
