@@ -59,7 +59,7 @@ NOISY_SPREAD = 0.25
 # Tables up to this size (bytes, with indexes and TOAST) are in the fidelity sample
 # (every row's md5); the big ones (pgbench_accounts, observations_bench) are checked by
 # their row counts, since hashing them would take longer than the contenders.
-SAMPLE_MAX_BYTES = 16 * 2**20
+SAMPLE_MAX_BYTES = 32 * 2**20
 # What a user would otherwise type, as the issue names them; all must be installed.
 TOOLS = ("pg_dump", "pg_restore", "psql", "pgbench", "gzip", "ssh", "scp", "pgcopydb")
 
