@@ -25,10 +25,15 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
+## make bench: install the system packages it needs (PostgreSQL 15, OpenSSH, Debian's pgcopydb: the same
+## script as make test), then measure ours against the guide's commands, bare pg_restore, Heroku's pipe
+## and pgcopydb (README, "make bench"); results in bench/results/latest.{md,json}
 bench: $(STAMP)
 	sh scripts/install-test-deps.sh
 	$(BIN)/python bench/run.py
 
+## make bench-quick: every row and check on a small database (a smoke run); bench/run.py names any
+## missing tool and the package that installs it
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 

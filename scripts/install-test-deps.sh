@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what the test suite needs to start its own real services
-# (PostgreSQL 15 clusters, a private sshd, podman containers) and Debian's
-# chromium, in which the db.report test opens the page headless.
+# (PostgreSQL 15 clusters, a private sshd, podman containers), Debian's
+# chromium, in which the db.report test opens the page headless, and Debian's
+# pgcopydb, one of the contenders `make bench` measures (issue 21).
 #
 # Idempotent: when everything is present it exits 0 without output.
 # When something is missing and we are root with apt-get, it installs the
@@ -34,6 +35,7 @@ have sudo           || add sudo
 have crontab        || add cron
 have zstd           || add zstd
 have chromium       || add chromium
+have pgcopydb       || add pgcopydb
 for b in initdb pg_ctl postgres pg_dump pg_restore psql pg_isready; do
     [ -x "$PG_BINDIR/$b" ] || { add postgresql-15; break; }
 done

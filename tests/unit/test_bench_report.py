@@ -1,0 +1,67 @@
+"""bench/run.py's report rules (issue 21), on made-up figures: nothing here times anything.
+
+A ratio is claimed (met / NOT met) only when both of its rows spread <= 25 %; otherwise a
+"noisy: spread > 25 % for ROW, ratio not claimed" line is printed. The Heroku rows' schema
+is compared without owner and privilege statements."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def summary(bench, walls: dict, quick: bool = False) -> dict:
+    b = bench.Bench.__new__(bench.Bench)  # no cluster, no folder: only the report's inputs
+    b.args = argparse.Namespace(quick=quick, scale=1, runs=3)
+    b.checks = []
+    b.raw_bytes = 800_000_000
+    b.results = {name: [{"wall_s": w, "cpu_s": 0.0} for w in ws] for name, ws in walls.items()}
+    return b.summary()
+
+
+BARE = "restore bare: pg_restore -j 2 (custom)"
+OURS = "restore ours: custom .dump"
+LABEL = "restore custom / bare pg_restore -j 2"
+
+
+def test_quiet_ratio_is_claimed(bench):
+    s = summary(bench, {OURS: [10.0, 10.5, 11.0], BARE: [10.0, 10.2, 10.4]})
+    assert s["ratios"][LABEL] == 1.03
+    assert s["ratio_status"][LABEL]["status"] == "met"
+    assert s["rows"][OURS]["spread"] == pytest.approx(0.095, abs=0.001)
+    assert s["warnings"] == []
+    s = summary(bench, {OURS: [12.0, 12.5, 13.0], BARE: [10.0, 10.2, 10.4]})
+    assert s["ratio_status"][LABEL]["status"] == "NOT met"
+
+
+def test_noisy_row_is_named_and_its_ratio_not_claimed(bench):
+    s = summary(bench, {OURS: [8.0, 10.0, 12.0], BARE: [10.0, 10.2, 10.4]})
+    assert s["ratio_status"][LABEL]["status"] == "noisy, not claimed"
+    assert s["ratio_status"][LABEL]["noisy_rows"] == [OURS]
+    assert s["warnings"] == [f"noisy: spread > 25 % for {OURS}, ratio not claimed"]
+
+
+def test_quick_run_claims_nothing_and_missing_rows_are_na(bench):
+    s = summary(bench, {OURS: [10.0, 10.0, 10.0], BARE: [10.0, 10.0, 10.0]}, quick=True)
+    assert s["ratio_status"][LABEL]["status"] == "quick run, not claimed"
+    assert s["ratio_status"]["scenario 4 ours / pgcopydb via SSH (stretch)"]["status"] == "n/a"
+
+
+def test_owner_and_acl_statements_left_out_of_the_schema(bench):
+    dump = ("--\n-- Name: t; Type: TABLE; Schema: public; Owner: bench_owner\n--\n\nCREATE TABLE public.t (i int);\n\n"
+            "ALTER TABLE public.t OWNER TO bench_owner;\n\n--\n-- Name: TABLE t; Type: ACL; Schema: public; Owner: x\n"
+            "--\n\nGRANT SELECT ON TABLE public.t TO bench_reader;\n")
+    assert bench.without_owners_acls(dump) == ("-- Name: t; Type: TABLE; Schema: public; Owner: -\n"
+                                               "CREATE TABLE public.t (i int);")
