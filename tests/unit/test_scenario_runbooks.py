@@ -145,6 +145,6 @@ def test_the_destructive_scenarios_are_refused_on_a_protected_host_before_step_1
 def test_the_docs_table_lists_every_scenario_action_with_its_arguments():
     rows = _rows()
     ours = {n: a for n, a in rb.action_registry().items() if a.run.__module__ == "bigskies_ops.stack.scenario_actions"}
-    assert set(ours) <= set(rows), f"not in docs/runbooks-scenarios.md: {sorted(set(ours) - set(rows))}"
+    assert set(ours) <= set(rows), f"not in docs/runbooks.md: {sorted(set(ours) - set(rows))}"
     for name, a in ours.items():
         assert tuple(rows[name][1:]) == _cell(a), name
