@@ -520,7 +520,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     try:
         rc, _, err, rows = load_plain_parallel(
             access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
-            open_chunks=lambda: gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks()))
+            open_chunks=lambda: _followed_sql(growing))
         report_load_stats(stats.get("serial_because"), stats.get("skipped"))
     except (KeyboardInterrupt, Interrupted):
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
@@ -537,3 +537,11 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     return info, (rc, err, rows)
 
 
+def _followed_sql(growing):
+    """``(bytes read, SQL bytes)`` of a followed pull, once it has started: the SQL it spools
+    (a plain dump sent uncompressed), else its growing ``.sql.gz`` inflated."""
+    growing.wait_started()
+    if growing.compressed:
+        yield from gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks())
+    else:
+        yield from growing.raw_chunks()
