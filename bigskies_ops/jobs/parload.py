@@ -41,6 +41,7 @@ every segment are summed per table and compared with the manifest by the caller.
 """
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -77,6 +78,11 @@ class GrowingFile:
     for more at the end, and stops at the real end. A reader never decides that the
     data is complete or valid: the caller checks the finished archive (size, sha256,
     manifest) before anything is swapped in.
+
+    With a ``spool`` (an unlinked file of the dump's SQL, written by the same process:
+    bigskies_ops.jobs.destinations.StreamSqlHere) the readers read that SQL instead of the
+    compressed archive (:attr:`compressed` is False), up to the bytes the writer has told
+    :meth:`wrote`, each at its own offset of the one shared descriptor (``os.pread``).
     """
 
     def __init__(self, poll: float = 0.02):
@@ -87,10 +93,31 @@ class GrowingFile:
         self._opened = threading.Event()
         self._done = threading.Event()
         self.poll = poll
+        self.spool = None  # a file object: the SQL, read instead of the archive at ``path``
+        self.spooled = 0  # bytes of the spool written so far
 
-    def start(self, path: str) -> None:
+    @property
+    def compressed(self) -> bool:
+        """The readers get the gzip archive (True) or the SQL itself (a spool, False)."""
+        return self.spool is None
+
+    def start(self, path: str, spool=None) -> None:
         self.path = path
+        self.spool = spool
         self._opened.set()
+
+    def wait_started(self) -> None:
+        """Wait until the writer has started (or failed)."""
+        self._opened.wait()
+
+    def wrote(self, n: int) -> None:
+        """The writer appended ``n`` bytes to the spool."""
+        self.spooled += n
+
+    def close(self) -> None:
+        """Release the spool (its space is freed: it has no name)."""
+        if self.spool is not None:
+            self.spool.close()
 
     def finish(self) -> None:
         self._done.set()
@@ -120,6 +147,9 @@ class GrowingFile:
         self._opened.wait()
         if self.path is None:
             raise self.error or RuntimeError("the writer never started")
+        if self.spool is not None:
+            yield from self._spool_chunks(chunk)
+            return
         done = 0
         with open(self.path, "rb") as f:  # kept open: the writer may rename the file when done
             while True:
@@ -138,6 +168,23 @@ class GrowingFile:
                     yield done, b
                     continue
                 time.sleep(self.poll)
+
+    def _spool_chunks(self, chunk: int):
+        fd, done = self.spool.fileno(), 0
+        while True:
+            have = self.spooled  # read before _done: a byte told before finish() is never missed
+            if done < have:
+                b = os.pread(fd, min(chunk, have - done), done)
+                if not b:
+                    raise OSError(f"the spool of {self.path} ends at {done} bytes, {have} written")
+                done += len(b)
+                yield done, b
+                continue
+            if self.error is not None:
+                raise self.error
+            if self._done.is_set() and done >= self.spooled:
+                return
+            time.sleep(self.poll)
 
 
 class _Abort(Exception):
