@@ -270,6 +270,7 @@ class Bench:
         # Same starting state for every contender: without it, whoever runs right after a
         # 1 GB restore pays for flushing that restore's dirty pages and WAL (a checkpoint
         # forced by max_wal_size or by DROP DATABASE) - the previous contender's work.
+        self.wait_background_drops()
         self.psql("CHECKPOINT", "postgres")
         os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
@@ -295,6 +296,16 @@ class Bench:
         self.log(f"{name:28s} {wall:7.2f} s  cpu {ru:6.2f} s" +
                  (f"  rss {rec['python_rss_mb']} MB" if "python_rss_mb" in rec else ""))
         return rec
+
+    def wait_background_drops(self, timeout: float = 300) -> None:
+        """Wait for the process a restore leaves dropping old pre-restore copies (it holds
+        the database's lock file: bigskies_ops.jobs.background_drop): its checkpoint is the
+        previous restore's deferred work, not the next contender's."""
+        deadline = time.monotonic() + timeout
+        while any(p for d in ("ours", "laptop") for p in (self.base / d).glob(".lock-*")):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: a lock in {self.base} is still held after {timeout} s")
+            time.sleep(0.1)
 
     _last_ru = None
 

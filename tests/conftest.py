@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -138,6 +139,19 @@ def dbname(pg):
     new_db_from_template(pg, name)
     yield name
     drop_db_and_copies(pg, name)
+
+
+def wait_unlocked(inventory: Path | str, timeout: float = 120) -> None:
+    """Wait until no (host, database) lock is held in the backup folders of ``inventory``'s
+    local hosts: a restore hands its lock to the process that drops old pre-restore copies
+    after it returns (bigskies_ops.jobs.background_drop); a test reading the databases
+    right after a restore waits for that process first, as the next task would."""
+    from bigskies_ops.inventory import load
+    folders = [Path(h.backup.dir) for h in load(inventory).hosts.values() if not h.is_remote]
+    deadline = time.monotonic() + timeout
+    while held := [p for d in folders if d.is_dir() for p in d.glob(".lock-*")]:
+        assert time.monotonic() < deadline, f"still locked after {timeout} s: {held}"
+        time.sleep(0.1)
 
 
 def write_inventory(path: Path, hosts: dict, *, defaults: dict | None = None, groups: dict | None = None) -> Path:

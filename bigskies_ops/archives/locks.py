@@ -20,6 +20,12 @@ from bigskies_ops.errors import LockBusyError
 from bigskies_ops.hosts.runners import pid_alive as _pid_alive
 
 
+#: the task a restore hands its lock to (bigskies_ops.jobs.background_drop.TASK): another task
+#: waits up to BACKGROUND_WAIT seconds for it instead of failing
+BACKGROUND_TASK = "db.restore housekeeping (dropping old pre-restore copies)"
+BACKGROUND_WAIT = 600.0
+
+
 def lock_path(backup_dir: str, database: str) -> str:
     return posixpath.join(backup_dir, f".lock-{encode_dbname(database)}")
 
@@ -39,7 +45,9 @@ def _read_lock(runner, path: str) -> dict | None:
 
 @contextmanager
 def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str):
-    """Hold the (host, database) lock for the ``with`` body.
+    """Hold the (host, database) lock for the ``with`` body. A lock a restore handed to its
+    background drop of old copies (:data:`BACKGROUND_TASK`) is waited for, up to
+    :data:`BACKGROUND_WAIT` seconds.
 
     Raises:
         LockBusyError: another live process holds it (message names pid, host, task, since).
@@ -49,7 +57,9 @@ def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "task": task, "since": iso(utcnow()),
           "target": host_name, "database": database}
     data = json.dumps(me).encode()
-    for _ in range(3):
+    tries, waited_since = 0, None
+    while tries < 3:
+        tries += 1
         if runner.create_exclusive(path, data):
             break
         held = _read_lock(runner, path)
@@ -66,6 +76,16 @@ def host_lock(runner, backup_dir: str, host_name: str, database: str, task: str)
                 and not _pid_alive(held["pid"]):
             report.note(f"removed stale lock of pid {held['pid']} ({held.get('task')}, since {held.get('since')})")
             runner.remove(path)
+            continue
+        if held.get("task") == BACKGROUND_TASK and (waited_since is None
+                                                    or time.monotonic() - waited_since < BACKGROUND_WAIT):
+            # a restore's old copies being dropped (bigskies_ops.jobs.background_drop): seconds, not a conflict
+            if waited_since is None:
+                waited_since = time.monotonic()
+                report.note(f"waiting for pid {held.get('pid', '?')} to finish dropping the old pre-restore "
+                            f"copies of {database!r} (a restore's housekeeping)")
+            time.sleep(0.2)
+            tries -= 1
             continue
         raise LockBusyError(
             f"{database!r} on {host_name} is locked by pid {held.get('pid', '?')} on {held.get('host', '?')} "

@@ -340,7 +340,8 @@ def _render_restore(h, res, mig: dict, target_db: str | None, json: bool) -> Non
                           "migrations": mig,
                           "pre_restore_copy": res.pre_restore_copy, "coordinators_restarted": res.coordinators,
                           "checked_tables": res.checked_tables, "seconds": round(res.seconds, 3),
-                          "dropped_pre_restore_copies": res.dropped_copies})
+                          "dropped_pre_restore_copies": res.dropped_copies,
+                          "dropping_pre_restore_copies": res.dropping_copies})
         return
     output.say(f"Database restored successfully in {res.seconds:.1f} s "
                f"({res.checked_tables} tables checked against the manifest)")

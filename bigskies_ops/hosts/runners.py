@@ -375,14 +375,20 @@ class Runner:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (signal 0; EPERM means it does)."""
+    """Whether process ``pid`` runs on this machine (signal 0; EPERM means it does). A zombie
+    (ended, not yet reaped by its parent: Linux ``/proc/PID/stat`` state Z) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] != b"Z"  # the name in parentheses may hold spaces
+    except (OSError, ValueError):
+        return True
 
 
 def fsync_dir(path: str) -> None:

@@ -16,8 +16,9 @@
 4. The running coordinators are stopped, connected sessions listed (terminated
    only with ``--terminate-sessions``), and the names are swapped in ONE
    transaction: the old database becomes a pre-restore copy (comment records
-   what it is), the side database takes its name. Coordinators start again, while the
-   pre-restore copies beyond ``backup.keep_pre_restore`` are dropped.
+   what it is), the side database takes its name. Coordinators start again. The
+   pre-restore copies beyond ``backup.keep_pre_restore`` are dropped by a process of
+   its own, off the restore's critical path (bigskies_ops.jobs.background_drop).
 
 Any failure before step 4 drops the side database; the old database was never
 touched. ``--undo`` swaps the newest pre-restore copy back (:func:`bigskies_ops.jobs.swap.undo`).
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +47,8 @@ from bigskies_ops.hosts.runners import tail
 from bigskies_ops.jobs.coordinators import coordinators_paused, coordinators_preflight, running_coordinators
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs import notify
+from bigskies_ops.jobs.background_drop import drop_copies_later
+from bigskies_ops.jobs.background_drop import report_previous as report_previous_drop
 from bigskies_ops.jobs.dbnames import pre_restore_name, side_db_name, unused_name
 from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
@@ -65,7 +67,8 @@ class RestoreResult:
     """What :func:`restore` did: the database restored, from which archive, the name the
     replaced database is kept under (None for a new ``target_db``), the coordinators it
     stopped and started again, its duration (seconds), the tables checked against the
-    manifest, warnings, and the old pre-restore copies it dropped."""
+    manifest, warnings, and the old pre-restore copies it dropped, or is dropping in the
+    background (:mod:`bigskies_ops.jobs.background_drop`)."""
 
     database: str
     archive: str
@@ -75,6 +78,7 @@ class RestoreResult:
     checked_tables: int
     warnings: list[str] = field(default_factory=list)
     dropped_copies: list[str] = field(default_factory=list)
+    dropping_copies: list[str] = field(default_factory=list)
 
 
 def resolve_archive(host: Host, spec: str | None, origin: str | None = None, database: str | None = None) -> str:
@@ -399,6 +403,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
                             terminate_sessions=terminate_sessions, roles=roles,
                             skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check, follow=follow)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task):
+            report_previous_drop(access.runner, host.backup.dir, target_db or db)
             res = _restore_locked(access, host, plan.info, db, target_db, terminate_sessions, plan.policy, jobs,
                                   progress, t0)
     if host.protected:  # a protected host's database was replaced (or a new one made): the people who watch it hear
@@ -443,20 +448,18 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
             swapped = True
             return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
         pre = unused_name(maint, pre_restore_name, db, now)
-        pruned = None
-        try:
-            with coordinators_paused(access.runner, host) as stopped:
-                swap(maint, db, side, pre, terminate, info.path, comment=comment)
-                swapped = True
-                # housekeeping (the restore is done whatever happens here), beside the coordinators'
-                # restart: in PostgreSQL 15 a DROP DATABASE waits for a checkpoint that flushes the
-                # load (2.5-5 s for 1 GB), and docker compose takes seconds to start the services
-                pruned = _in_background("prune", prune_pre_restore, maint, db, host.backup.keep_pre_restore,
-                                        warnings=warnings)
-        finally:
-            dropped = pruned() if pruned is not None else []  # the process never ends with it half done
+        with coordinators_paused(access.runner, host) as stopped:
+            swap(maint, db, side, pre, terminate, info.path, comment=comment)
+            swapped = True
+        # housekeeping (the restore is done whatever happens here), off the critical path: in
+        # PostgreSQL 15 a DROP DATABASE waits for a checkpoint that writes out the whole load
+        # (2.5-5 s for 1 GB); a process of its own drops the old copies (bigskies_ops.jobs.background_drop)
+        keep = host.backup.keep_pre_restore
+        dropped, dropping = [], [c["name"] for c in beyond_keep(pre_restore_copies(maint, db), keep)]
+        if dropping and drop_copies_later(access.runner, host, db, keep, dropping) is None:
+            dropped, dropping = prune_pre_restore(maint, db, keep, warnings=warnings), []
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
-                             warnings=warnings, dropped_copies=dropped)
+                             warnings=warnings, dropped_copies=dropped, dropping_copies=dropping)
     finally:
         if not swapped:
             try:
@@ -466,28 +469,6 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
                 left_behind(f"side database {side!r} is left behind ({str(e).splitlines()[0][:200]}); drop it "
                             f"with: {cmd}")
                 report.note(f"warning: could not drop side database {side!r}: {e}; drop it with: {cmd}")
-
-
-def _in_background(name: str, fn, *args, **kwargs):
-    """Start ``fn(*args, **kwargs)`` in a thread (notes as this thread's); returns a callable
-    that waits for it and returns its result or raises its error."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - raised by the waiter
-            box["error"] = e
-    t = threading.Thread(target=report.carried(run), daemon=True, name=name)
-    t.start()
-
-    def wait():
-        while t.is_alive():
-            t.join(0.5)
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-    return wait
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bigskies_ops.dev.sandbox import Cluster, free_port
-from tests.conftest import PASSWORD, native_host, write_inventory
+from tests.conftest import PASSWORD, native_host, wait_unlocked, write_inventory
 from tests.fidelity.harness import (CHANGE_SQL, ROLES_SQL, World, backup, cleanup, cli, cli_env, create_db,
                                     drop_db_like, oracle_load, prepare, psql)
 from tests.pgcheck import db_fingerprint, dir_hashes, native_sql
@@ -109,6 +109,7 @@ def test_three_restores_of_an_archive_holding_a_subscription_drop_the_oldest_cop
         subs = psql(world.pg, p.source, "\\pset tuples_only on\nSELECT subname || ' ' || subenabled FROM pg_subscription "
                     "WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
         assert subs.strip() == "fid_sub false", f"restore {n + 1} of 3: subscriptions {subs!r}"
+    wait_unlocked(p.inventory)  # the oldest copy is dropped after the restore returns
     ours = [d for d in _databases(world.pg) if d.startswith(p.source)]
     pre = [d for d in ours if d.startswith(p.source + "_pre_")]
     assert len(pre) == 1 and sorted(ours) == sorted([p.source] + pre), ours  # keep_pre_restore: 1

@@ -488,3 +488,20 @@ def test_a_short_flag_means_one_thing_in_every_task():
     assert psql_args["command"] == ("command", "c")
     exec_args = {a.name: a.names for a in ns["db.exec"].get_arguments(ignore_unknown_help=True)}
     assert exec_args["sql"] == ("sql",) and exec_args["file"] == ("file",)
+
+
+def test_pid_alive_says_a_zombie_is_gone():
+    """A child that ended but was not reaped yet holds no lock (bigskies_ops.archives.locks)."""
+    import os
+    import subprocess
+    import time
+    from bigskies_ops.hosts.runners import pid_alive
+    p = subprocess.Popen(["sleep", "0.1"])
+    try:
+        deadline = time.monotonic() + 10
+        while pid_alive(p.pid):
+            assert time.monotonic() < deadline, "a zombie still counts as running"
+            time.sleep(0.05)
+    finally:
+        p.wait()
+    assert not pid_alive(p.pid) and pid_alive(os.getpid())

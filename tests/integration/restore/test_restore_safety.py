@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli, drop_db_and_copies, native_host, new_db_from_template, write_inventory
+from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, wait_unlocked,
+                            write_inventory)
 from tests.pgcheck import db_fingerprint
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -216,7 +217,8 @@ def test_connected_session_stops_restore_then_terminate_then_undo(pg, pg_sql, lo
 
 
 def test_keep_pre_restore_bounds_the_copies(pg, pg_sql, tmp_path, dbname, cli_env):
-    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, tmp_path / "b",
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir,
                                                                      backup={"keep_pre_restore": 1})})
     archive = _backup(inv, cli_env, "--format", "custom")
     dbs = _databases(pg_sql)
@@ -224,14 +226,58 @@ def test_keep_pre_restore_bounds_the_copies(pg, pg_sql, tmp_path, dbname, cli_en
     for i in range(2):
         pg_sql(f"UPDATE users SET email = 'round{i}-' || id || '@example.org'", dbname)
         fp = db_fingerprint(pg_sql, dbname)
-        r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
+        r = cli("db.restore", str(archive), "-i", str(inv), "--yes", "--json", env=cli_env)
         assert r.returncode == 0, r.stderr + r.stdout
-        (new,) = _databases(pg_sql) - dbs
+        out = json.loads(r.stdout)
+        new = out["pre_restore_copy"]
+        # the swap's own copy is never the one dropped; round 1 drops round 0's, in the background
+        assert out["dropping_pre_restore_copies"] == [c for c, _ in copies] and out["dropped_pre_restore_copies"] == []
+        if copies:
+            assert f"Dropping old pre-restore copy {copies[0][0]!r} in the background" in r.stderr
         copies.append((new, fp))
         assert db_fingerprint(pg_sql, new) == fp
+        wait_unlocked(inv)
     # keep_pre_restore: 1 -> only the newest copy (of round 1) remains
     assert copies[0][0] != copies[1][0]
     assert _databases(pg_sql) - dbs == {copies[1][0]}
+    assert not list(bdir.glob(".background-drop-*"))  # nothing went wrong: no warning left for the next restore
+
+
+def test_a_task_waits_for_the_background_drop_then_takes_the_lock(pg, pg_sql, tmp_path, dbname, cli_env):
+    """A lock a restore handed to its background drop is waited for (not a conflict), and
+    the warning a failed background drop left is printed by the next restore."""
+    import socket
+    from bigskies_ops.archives.locks import BACKGROUND_TASK, lock_path
+    from bigskies_ops.jobs.background_drop import outcome_path
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
+    archive = _backup(inv, cli_env, "--format", "custom")
+    holder = subprocess.Popen(["sleep", "3"])
+    try:
+        Path(lock_path(str(bdir), dbname)).write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "task": BACKGROUND_TASK, "database": dbname}))
+        Path(outcome_path(str(bdir), dbname)).write_text(json.dumps(
+            {"at": "2026-12-03T10:00:00Z", "dropped": [], "warnings": ["could not drop 'x_pre_1': boom"]}))
+        t0 = time.monotonic()
+        r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert f"waiting for pid {holder.pid} to finish dropping the old pre-restore copies" in r.stderr
+        assert time.monotonic() - t0 > 2  # it did wait for the holder
+        assert "warning: after the restore of 2026-12-03T10:00:00Z: could not drop 'x_pre_1': boom" in r.stderr
+        assert not Path(outcome_path(str(bdir), dbname)).exists()  # said once
+    finally:
+        holder.kill()
+        holder.wait()
+    # a lock held by any other task is still a conflict, at once (exit 3 as before)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        Path(lock_path(str(bdir), dbname)).write_text(json.dumps(
+            {"pid": other.pid, "host": socket.gethostname(), "task": "db.backup", "database": dbname}))
+        r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
+        assert r.returncode != 0 and f"locked by pid {other.pid}" in r.stderr + r.stdout
+    finally:
+        other.kill()
+        other.wait()
 
 
 # ----------------------------------------------------------------------------- protected host
