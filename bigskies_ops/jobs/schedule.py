@@ -205,7 +205,7 @@ def converge(inv: Inventory, host: Host, *, remove: bool = False, check: bool = 
     new = replace_block(cur, host.name, lines)
     res = ScheduleResult(host.name, new != cur, lines or [], removed=remove, before=current_block(cur, host.name),
                          where=ct.path or "crontab -l")
-    if not remove and host.postgres.password_env and not host.container:
+    if not remove and host.postgres.password_env and not host.container and not host.postgres.passfile:
         res.warnings.append(f"cron runs without your environment: {host.postgres.password_env} will not be set "
                             f"there; give hosts.{host.name}.postgres a passfile for scheduled runs")
     names = [v for _, v in notify.targets(host)] + ([host.heartbeat.url_env] if host.heartbeat.url_env else [])

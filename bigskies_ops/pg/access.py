@@ -121,8 +121,13 @@ class PostgresAccess:
 
     # -------------------------------------------------------------- secrets
     def _password(self) -> str | None:
+        """The password from ``postgres.password_env``; None without one, or when that
+        variable is unset and a ``postgres.passfile`` is declared (a cron run has not the
+        interactive environment: the passfile ``inv apply`` writes serves it)."""
         name = self.host.postgres.password_env
         if not name:
+            return None
+        if name not in os.environ and self.host.postgres.passfile and not self.host.container:
             return None
         if name not in os.environ:
             raise BigskiesError(f"hosts.{self.host.name}.postgres.password_env: environment variable "

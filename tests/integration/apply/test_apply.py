@@ -106,6 +106,12 @@ def test_first_apply_converges_local_and_ssh_hosts_and_a_second_changes_nothing(
         assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o750 and list(folder.iterdir()) == []
     prom = (tmp_path / "metrics" / "bigskies.prom").read_text()
     assert 'host="dev"' in prom and "bigskies_backup_" in prom
+    # a cron run has no password variable: prodn's passfile, written by apply, serves it (and
+    # apply does not warn that the variable will be missing there)
+    assert "give hosts.prodn.postgres a passfile" not in r.stdout + r.stderr
+    cron_env = {k: v for k, v in env.items() if k != PASSWORD_ENV}
+    r = cli("db.status", "--host", "prodn", "-i", str(inv), env=cron_env)
+    assert r.returncode == 0 and "not set" not in r.stdout + r.stderr, r.stdout + r.stderr
     before = _snapshot(tmp_path, folder_mtimes=False)
     # the second apply: nothing to do, no file touched (the folders' write probes move their mtimes)
     r = cli("apply", "-i", str(inv), env=env)
