@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from bigskies_ops import yamlfile
 
 from bigskies_ops.cron import CRON_MACROS, cron_field_values, cron_fields  # noqa: F401 - the one cron rule, re-exported
 from bigskies_ops.errors import InventoryError
@@ -513,7 +514,7 @@ def load(path: str | Path | None = None) -> Inventory:
     except OSError as e:
         raise InventoryError(f"inventory {p}: {e.strerror}")
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlfile.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -206,9 +206,10 @@ def parse(text: str, name: str = "<runbook>", path: Path | None = None) -> Runbo
             step (a cycle), a malformed template or condition. The message names the step
             as ``step N ('name')`` and the field."""
     import yaml
+    from bigskies_ops import yamlfile
     label = str(path) if path else name
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlfile.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

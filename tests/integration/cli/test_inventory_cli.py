@@ -127,3 +127,14 @@ def test_bigskies_inventory_env_picks_the_file(inv, tmp_path, cli_env):
     empty.mkdir()
     r = cli("inventory.check", env=cli_env, cwd=empty)
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_check_refuses_a_repeated_key(tmp_path, cli_env):
+    """PyYAML alone keeps the last of two ``protected:`` keys: a safety flag silently off."""
+    inv = tmp_path / "dup.yaml"
+    inv.write_text("hosts:\n  prod:\n    protected: true\n    postgres: {database: bigskies}\n    protected: false\n")
+    for task in ("inventory.check", "inventory.show"):
+        r = cli(task, "-i", str(inv), env=cli_env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "line 5 column 5" in r.stderr and "duplicate key 'protected' (first given at line 3" in r.stderr
+        assert "Traceback" not in r.stderr and "protected: false" not in r.stdout
