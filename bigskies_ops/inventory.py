@@ -213,11 +213,16 @@ class Inventory:
         """Turn a ``--host`` value into hosts.
 
         ``selector`` may be a host, a group, ``all``, or a comma list of those.
-        Without one: ``defaults.host``, else the only host.
+        Without one (None): ``defaults.host``, else the only host.
 
         Raises:
-            InventoryError: unknown name, or no selector and several hosts.
+            InventoryError: unknown name, an empty ``selector`` (``--host ""``), or no
+                selector and several hosts.
         """
+        if selector is not None and not selector.replace(",", "").strip():
+            # an explicit empty value (a script's unset variable) never means "the default host"
+            raise InventoryError(f"--host {selector!r} names no host; pass a host, a group or 'all' "
+                                 f"(known: {', '.join(sorted(set(self.hosts) | set(self.groups)))})")
         if not selector:
             if self.default_host:
                 return [self.hosts[self.default_host]]

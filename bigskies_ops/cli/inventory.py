@@ -14,7 +14,7 @@ from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, handles_errors, l
 def show(c, host=None, inventory=None, json=False):
     """Print the resolved inventory (defaults and groups merged; secrets are only variable names)."""
     inv = load_inventory(inventory)
-    hosts = inv.resolve(host) if host else list(inv.hosts.values())
+    hosts = inv.resolve(host) if host is not None else list(inv.hosts.values())
     view = {"inventory": str(inv.path), "default_host": inv.default_host,
             "groups": {g: list(m) for g, m in inv.groups.items()},
             "hosts": {h.name: redacted_view(h) for h in hosts}}
@@ -66,7 +66,7 @@ def ping(c, host=None, inventory=None, json=False):
     from invoke import Exit
     from bigskies_ops.jobs.ping import ping_hosts
     inv = load_inventory(inventory)
-    hosts = inv.resolve(host) if host else list(inv.hosts.values())
+    hosts = inv.resolve(host) if host is not None else list(inv.hosts.values())
 
     def show_host(r):
         fails = f" failed: {', '.join(r.failed)}" if r.failed else ""

@@ -110,6 +110,11 @@ def test_host_group_resolution_and_several_hosts_error(inv, cli_env):
     r = cli("inventory.show", "-i", str(inv), "--host", "stagee", env=cli_env)
     assert r.returncode == 2
     assert "unknown host or group 'stagee'" in r.stderr and "did you mean 'stage'" in r.stderr
+    # an empty --host (a script's unset variable) is neither the default host nor every host
+    for task in (["inventory.show"], ["db.status"], ["apply", "--check"], ["run", "before-risky-change", "--check"]):
+        r = cli(*task, "-i", str(inv), "--host", "", env=cli_env)
+        assert r.returncode == 2, (task, r.stdout + r.stderr)
+        assert "--host '' names no host; pass a host, a group or 'all'" in r.stderr, (task, r.stderr)
 
 
 def test_bigskies_inventory_env_picks_the_file(inv, tmp_path, cli_env):
