@@ -94,6 +94,23 @@ def _would(opts, text: str) -> str:
     return f"would fail: {text}" if opts.check else text
 
 
+def _masked_pgpass(before: list[str], after: list[str]) -> tuple[list[str], list[str]]:
+    """pgpass lines with their passwords masked; an entry whose password changed is masked
+    ``********`` before and ``******** (changed)`` after, so a diff still shows it (pure)."""
+    from bigskies_ops.pg import pgpass as pp
+
+    def key_pw(line: str):
+        f = pp.split_fields(line.rstrip("\r"))
+        return (tuple(f[:4]), f[4]) if f is not None and len(f) >= 5 and not line.lstrip().startswith("#") else None
+    old = dict(kp for kp in map(key_pw, before) if kp)
+    out = []
+    for line in after:
+        kp = key_pw(line)
+        changed = kp is not None and kp[0] in old and old[kp[0]] != kp[1]
+        out.append(pp.masked(line) + (" (changed)" if changed else ""))
+    return [pp.masked(x) for x in before], out
+
+
 def unified(before: list[str], after: list[str], where: str) -> list[str]:
     """The unified diff (difflib, 3 lines of context) of a managed file's lines."""
     return list(difflib.unified_diff(before, after, fromfile=f"{where} (before)", tofile=f"{where} (after)",
@@ -242,7 +259,7 @@ def pgpass(host: Host, runner, opts) -> Item:
     diff = []
     if opts.diff and r.changes:
         after, _ = pp.converge_text(before, path, pp.wanted_entries(host, os.environ[pg.password_env]))
-        diff = unified([pp.masked(x) for x in before.splitlines()], [pp.masked(x) for x in after.splitlines()], path)
+        diff = unified(*_masked_pgpass(before.splitlines(), after.splitlines()), path)
     if not r.changes:
         return Item(name, OK, f"{path} up to date (0600)")
     what = "; ".join(r.changes)

@@ -41,3 +41,16 @@ def test_json_items_carry_the_diff_only_when_asked():
     assert it.to_json() == {"item": "schedule", "result": "changed", "reason": "written"}
     assert it.to_json(with_diff=True)["diff"] == "--- a\n+++ b\n"
     assert Item("x", "ok", "y").to_json(with_diff=True)["diff"] == ""
+
+
+def test_a_pgpass_password_change_shows_in_the_masked_diff():
+    """The masked lines of a changed password are equal: the after side says (changed)."""
+    from bigskies_ops.jobs.apply_items import _masked_pgpass, unified
+    before = ["# mine", "h:5432:db:u:old\\:pw", "h:5432:other:u:same"]
+    after = ["# mine", "h:5432:db:u:new", "h:5432:other:u:same"]
+    b, a = _masked_pgpass(before, after)
+    assert b == ["# mine", "h:5432:db:u:********", "h:5432:other:u:********"]
+    assert a == ["# mine", "h:5432:db:u:******** (changed)", "h:5432:other:u:********"]
+    diff = unified(b, a, "pgpass")
+    assert "-h:5432:db:u:********" in diff and "+h:5432:db:u:******** (changed)" in diff
+    assert not any("old" in x or "new" in x for x in diff)
