@@ -50,6 +50,29 @@ def _compose_strict(runner, host: Host, *args: str, what: str, timeout: float | 
     return r
 
 
+def _compose_up(runner, host: Host, project: cmp.Project) -> None:
+    """``compose up -d``, as idempotent as Docker's: podman-compose 1.0 answers it on a
+    stack whose containers exist with a failed ``podman run`` per container (exit 125,
+    "name ... is already in use") and then ``podman start``s them, so its exit codes alone
+    are not the outcome. Those codes fail the step only when a service is not running
+    afterwards; the message names the services and the engine's error lines.
+
+    Raises:
+        CommandError: compose failed, or a service is not running after it."""
+    r = cmp.run_compose(runner, host, "up", "-d", what="compose up -d")
+    bad = _podman_compose_failures(host, r)
+    if not bad:
+        return
+    down = [row["service"] for row in services_status(runner, host, project) if row["state"] != "running"]
+    if not down:
+        return
+    errors = [ln.strip() for ln in (r.stderr + "\n" + r.text).splitlines() if "rror" in ln][-5:]
+    raise CommandError(f"compose up -d failed on {host.name}: service(s) {', '.join(down)} not running; the engine "
+                       f"reported exit code(s) {', '.join(map(str, bad))}"
+                       + (f": {' | '.join(errors)}" if errors else f": {tail(r.stderr + r.text, 400)}"),
+                       returncode=bad[0], stderr=tail(r.stderr))
+
+
 # ------------------------------------------------------------------ container facts
 def container_status(runner, host: Host, name: str) -> str | None:
     """``running``, ``exited``, ``created``, ... or None when the container does not exist."""
@@ -278,7 +301,7 @@ def up(host: Host, *, timeout: float = 60.0, wait_for_migrations: bool = False,
         if host.coordinators:
             cmp.check_coordinators(host, project)
         report.note(f"Starting compose project {project.name!r} ({', '.join(project.services)})")
-        _compose_strict(runner, host, "up", "-d", what="compose up -d")
+        _compose_up(runner, host, project)
         report.note("Waiting for PostgreSQL to accept connections"
                     + (f" (container {host.container.name})" if host.container else ""))
         waited = wait_ready(host, timeout=timeout, runner=runner)

@@ -214,6 +214,19 @@ def test_data_survives_down_build_and_up(stack):
     assert r.returncode == 0, r.stderr
     assert stack.fingerprint() == before
     stack.wait_sessions(COORD_SESSIONS)
+    # up on a running stack, and on one whose coordinator was stopped, is a success (as Docker's
+    # compose up -d): podman-compose's own exit codes 125 ("name already in use") are not the outcome
+    (datastore,) = cs.podman(stack.env, "ps", "--filter", f"label=com.docker.compose.project={stack.n['project']}",
+                             "--filter", "label=com.docker.compose.service=datastore",
+                             "--format", "{{.Names}}").stdout.split()
+    cs.podman(stack.env, "stop", "-t", "1", datastore)
+    assert stack.state("datastore") == "exited"
+    r = stack.cli("docker.up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {s: stack.state(s) for s in ("postgres", "bootstrap", "datastore")} == \
+        {"postgres": "running", "bootstrap": "running", "datastore": "running"}
+    assert stack.fingerprint() == before
+    stack.wait_sessions(COORD_SESSIONS)
     r = stack.cli("docker.restart")
     assert r.returncode == 0, r.stderr
     assert stack.fingerprint() == before
