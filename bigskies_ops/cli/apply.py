@@ -29,7 +29,7 @@ def apply(c, host=None, inventory=None, check=False, diff=False, json=False, for
     from bigskies_ops.jobs.apply import Options, apply_hosts, consent, exit_code, overall
     inv = load_inventory(inventory)
     hosts = inv.resolve(host) if host is not None else list(inv.hosts.values())
-    allowed, refused = consent(hosts, force_protected=force_protected, confirm=confirm)
+    allowed, refused = consent(inv, hosts, force_protected=force_protected, confirm=confirm)
     if refused and not check:  # before anything changes on any host (db.schedule's consent)
         raise SafetyError("; ".join(refused.values()) + "; nothing was changed (apply --check shows the plan)")
     line = output.note if json else output.say

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bigskies_ops import report
-from bigskies_ops.errors import EXIT_FAILED, EXIT_OK, SafetyError
+from bigskies_ops.errors import EXIT_FAILED, EXIT_OK, BigskiesError, SafetyError
 from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.jobs.apply_items import CHANGED, FAILED, OK, SKIPPED, UNREACHABLE, Item
 
@@ -87,15 +87,25 @@ class Options:
     protected_ok: frozenset = frozenset()
 
 
-def needs_consent(host: Host) -> bool:
+def needs_consent(inv: Inventory, host: Host) -> bool:
     """Whether applying ``host`` needs ``--force-protected --confirm DBNAME``: a protected
     host that declares a ``schedule`` gets a crontab block whose nightly run prunes, the
-    consent ``db.schedule`` asks for on such a host (docs/safety.md). Nothing else apply
-    does is destructive (a pgpass file, a folder, probes, a metrics file)."""
-    return host.protected and host.is_set("schedule")
+    consent ``db.schedule`` asks for on such a host (docs/safety.md), unless its block is
+    already exactly that (apply would change nothing there). Nothing else apply does is
+    destructive (a pgpass file, a folder, probes, a metrics file)."""
+    if not (host.protected and host.is_set("schedule")):
+        return False
+    from bigskies_ops.jobs import schedule as sch
+    try:
+        cur = sch.Crontab().read()
+        want = sch.block(inv, host, sch.default_log(inv, host), protected_ok=True)
+    except BigskiesError:  # unreadable crontab or a bad expression: the item says so; ask as before
+        return True
+    return sch.replace_block(cur, host.name, want) != cur
 
 
-def consent(hosts: list[Host], *, force_protected: bool, confirm: str | None) -> tuple[frozenset, dict[str, str]]:
+def consent(inv: Inventory, hosts: list[Host], *, force_protected: bool,
+            confirm: str | None) -> tuple[frozenset, dict[str, str]]:
     """Which hosts have the consent :func:`needs_consent` asks for, by db.schedule's rule
     (each protected host alone: ``--force-protected --confirm`` its database;
     :func:`bigskies_ops.safety.check_destructive`).
@@ -106,7 +116,7 @@ def consent(hosts: list[Host], *, force_protected: bool, confirm: str | None) ->
     from bigskies_ops.safety import check_destructive
     ok, refused = set(), {}
     for h in hosts:
-        if not needs_consent(h):
+        if not needs_consent(inv, h):
             continue
         try:
             check_destructive(h, "prune", database=h.postgres.database, force_protected=force_protected,

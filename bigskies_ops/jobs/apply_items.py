@@ -203,7 +203,7 @@ def schedule(inv: Inventory, host: Host, opts) -> Item:
     without a block is ``skipped``; one whose block is there (``db.schedule`` installed it at
     the default time) keeps it, converged like a declared one: a backup schedule is never
     removed by leaving a key out (``db.schedule --remove`` removes it). A protected host's
-    block needs the consent :func:`apply.consent` checks."""
+    block needs the consent :func:`apply.consent` checks, when it would change."""
     from bigskies_ops.jobs.schedule import Crontab, converge, current_block
     name = "schedule"
     with _CRONTAB_LOCK:
@@ -216,7 +216,7 @@ def schedule(inv: Inventory, host: Host, opts) -> Item:
         r = converge(inv, host, check=opts.check or refused, protected_ok=host.protected)
     diff = unified(r.before, r.lines, r.where) if opts.diff and r.changed else []
     entries = len(r.lines) - 2  # without the BEGIN/END markers
-    if refused:
+    if refused and r.changed:
         from bigskies_ops.safety import check_destructive
         why = f"{host.name} is protected"
         try:

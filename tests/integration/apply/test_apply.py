@@ -266,6 +266,19 @@ def test_a_protected_hosts_schedule_needs_the_flags_db_schedule_needs(tmp_path, 
     assert f"--force-protected --confirm {dbname}" in (tmp_path / "crontab").read_text()
     r = cli("apply", "-i", str(inv), "--force-protected", "--confirm", dbname, env=env)
     assert r.returncode == 0 and "changed=0" in _recap(r.stdout)["prod"], r.stdout
+    # converged: the flags are for what apply changes, so a plain apply (and --check) passes now
+    for extra in ([], ["--check"]):
+        r = cli("apply", "-i", str(inv), *extra, env=env)
+        assert r.returncode == 0, (extra, r.stdout + r.stderr)
+        assert "ok: [prod] schedule: crontab block up to date" in r.stdout and "changed=0" in _recap(r.stdout)["prod"]
+    # a changed schedule needs them again, and the block is left as it was
+    block = (tmp_path / "crontab").read_text()
+    inv = write_inventory(tmp_path / "inv.yaml", {
+        "prod": native_host(pg, dbname, tmp_path / "prod-backups", schedule="20 4 * * *", protected=True),
+        "lab": native_host(pg, dbname, tmp_path / "lab-backups", protected=True)})
+    r = cli("apply", "-i", str(inv), env=env)
+    assert r.returncode == 3 and "prod is protected" in r.stderr, r.stdout + r.stderr
+    assert (tmp_path / "crontab").read_text() == block
 
 
 def test_unknown_host_is_a_usage_error(tmp_path, cli_env):
