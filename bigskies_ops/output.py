@@ -322,6 +322,13 @@ class Meter:
         self._lock = threading.Lock()
         self.bar_width, self.compact = BAR_WIDTH, 0  # this frame's (progress_layout)
 
+    @property
+    def shows_bytes(self) -> bool:
+        """Whether the bytes a job reports are shown (a bar on a terminal, or ``lines``): a
+        job may skip work done only to report them (the side database's size, a query a
+        second during a custom restore, is one psql process each off a terminal too)."""
+        return self._progress is not None or self.lines
+
     # -- what jobs call
     def __call__(self, done: int, written: int | None = None) -> None:
         now = self._now()

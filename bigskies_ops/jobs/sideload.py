@@ -262,7 +262,7 @@ def _watch_side_size(access: PostgresAccess, side: str, progress, every: float =
     """Tell ``progress`` ``pg_database_size(side)`` every ``every`` seconds until the
     returned event is set (a load whose reads this process does not see)."""
     stop = threading.Event()
-    if progress is None:
+    if progress is None or not getattr(progress, "shows_bytes", True):
         return stop
     sql = access.sql(access.host.postgres.maintenance_db)
 

@@ -147,3 +147,10 @@ def test_progress_layout_shrinks_the_bar_then_the_figures_then_cuts_file_names_i
     assert ".sql.gz" in text and len(text) + bar + 2 + len("6.6 MiB  0:03") < 60
     assert output.fit_description("restoring", "building indexes and constraints", 60) == \
         "restoring: building indexes and constraints"
+
+
+def test_a_meter_off_a_terminal_without_lines_shows_no_bytes():
+    """What a job skips when nobody sees the bytes (sideload._watch_side_size polls no size)."""
+    from bigskies_ops.output import Meter
+    assert Meter("restoring").shows_bytes is False
+    assert Meter("pull from prod", lines=True).shows_bytes is True
