@@ -426,7 +426,8 @@ def test_purge_check_is_a_dry_run(stack):
     # sizes are bytes (docs/cli.md "JSON output"), the same figure as db.volume's size_bytes
     vol = json.loads(stack.cli("db.volume", "--json").stdout)
     assert isinstance(plan["volume_size_bytes"], int) and plan["volume_size_bytes"] > 0, plan
-    assert plan["volume_size_bytes"] == vol["size_bytes"]
+    # read a moment apart on a live server (its WAL and stats files move): the same figure within 1 %
+    assert abs(plan["volume_size_bytes"] - vol["size_bytes"]) <= vol["size_bytes"] // 100, (plan, vol)
     assert stack.harmless() == before
 
 
