@@ -90,7 +90,7 @@ def run(c, runbook=None, host=None, set=None, check=False, yes=False, force_prot
             return
         width = max((len(r["name"]) for r in found), default=0)
         for r in found:
-            output.say(f"{r['name']:<{width}}  {r['description']}")
+            output.say(f"{r['name']:<{width}}  " + (f"BROKEN: {r['error']}" if r["error"] else r["description"]))
         if not found:
             output.say("no runbooks found (runbooks/*.yaml beside the inventory, or the shipped ones)")
         return

@@ -263,17 +263,19 @@ def _dirs(inventory: Inventory | None) -> list[Path]:
 def available(inventory: Inventory | None = None) -> list[dict]:
     """The runbooks by name: ``runbooks/*.yaml`` beside the inventory, then the shipped ones
     (a name beside the inventory hides the shipped one). Each ``{"name", "path",
-    "description"}``; the description is ``(unreadable: ...)`` for a file that does not parse."""
+    "description", "error"}``: ``error`` is None, or for a file that cannot be read or does
+    not parse the message ``inv run NAME`` would give (its description is then "")."""
     seen: dict[str, dict] = {}
     for d in _dirs(inventory):
         for p in sorted(d.glob("*.y*ml")) if d.is_dir() else []:
             if p.stem in seen or p.suffix not in (".yaml", ".yml"):
                 continue
+            desc, error = "", None
             try:
                 desc = parse(p.read_text(encoding="utf-8"), p.stem, p).description
-            except (BigskiesError, OSError) as e:
-                desc = f"(unreadable: {e})"
-            seen[p.stem] = {"name": p.stem, "path": str(p), "description": desc}
+            except (BigskiesError, OSError, UnicodeDecodeError) as e:
+                error = " | ".join(x.strip() for x in str(e).splitlines() if x.strip())
+            seen[p.stem] = {"name": p.stem, "path": str(p), "description": desc, "error": error}
     return list(seen.values())
 
 

@@ -354,3 +354,15 @@ def test_the_recap_counts_where_the_steps_ran_and_a_pinned_step_runs_once_per_ru
     assert doc["recap"]["prod"]["changed"] == 2 and doc["recap"]["dev"]["changed"] == 1
     assert sum(s["shared"] for h in doc["hosts"] for s in h["steps"]) == 1
     assert all(h["steps"][1]["reason"] == "said hi" for h in doc["hosts"])  # the shared step's facts flow on
+
+
+def test_list_gives_a_broken_runbook_an_error_apart_from_its_description(tmp_path):
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "good.yaml").write_text("description: fine\nsteps: [{task: test.echo}]\n")
+    (tmp_path / "runbooks" / "broken.yaml").write_text("description: half\nsteps: [{task: 42}]\n")
+    inv = parse_inventory({"hosts": {"dev": {}}}, tmp_path / "inventory.yaml")
+    found = {r["name"]: r for r in rb.available(inv)}
+    assert found["good"] == {"name": "good", "path": str(tmp_path / "runbooks" / "good.yaml"), "description": "fine",
+                             "error": None}
+    assert found["broken"]["description"] == ""
+    assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"

@@ -383,3 +383,54 @@ def test_a_rollback_step_undoes_the_restore_when_a_later_step_failed(setup, pg_s
     # the table made after the backup is back (the undo swapped the replaced database in again)
     assert pg_sql("SELECT x FROM after_backup", dbname).strip() == "42"
     assert steps[3]["facts"]["previous_kept_as"] in _databases(pg_sql)
+
+
+# ------------------------------------------------------------------ a new user's trial: refused before step 1
+def test_a_step_needing_compose_on_a_host_without_one_is_refused_before_the_backup(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    state = (_databases(pg_sql), db_fingerprint(pg_sql, dbname))
+    message = ("step 2 ('Stop everything'): host: dev has no compose: block in the inventory (hosts.dev.compose); "
+               "docker.down needs the compose stack")
+    r = _run(inv, cli_env, "fresh-start")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "TASK [" not in r.stdout + r.stderr
+    r = cli("scenario.fresh-start", "-i", str(inv), env=cli_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not bdir.exists() and (_databases(pg_sql), db_fingerprint(pg_sql, dbname)) == state
+
+
+def test_a_target_db_that_exists_is_refused_before_the_backup(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    write("copy", COPY)
+    taken = f"{dbname}_taken"
+    pg_sql(f'CREATE DATABASE "{taken}"', "postgres")
+    state = (_databases(pg_sql), db_fingerprint(pg_sql, dbname))
+    # step 3 is the first restore into params.target
+    message = (f"step 3 ('Restore a backup that does not exist'): args.target_db: database '{taken}' already exists "
+               f"on dev; restore into a new name (--set a new one) or drop it first (from params.target: --set "
+               f"target=...)")
+    for extra in ((), ("--check",)):  # --check validates identically
+        r = _run(inv, cli_env, "copy", "--set", f"target={taken}", *extra)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert message in r.stderr, r.stderr
+        assert "TASK [" not in r.stdout + r.stderr
+    assert not bdir.exists() and (_databases(pg_sql), db_fingerprint(pg_sql, dbname)) == state
+    r = _run(inv, cli_env, "copy", "--set", "target=")
+    assert r.returncode == 2 and ("args.target_db: expected a database name of 1 to 63 bytes, got '' "
+                                  "(from params.target: --set target=...)") in r.stderr, r.stderr
+    assert not bdir.exists()
+    pg_sql(f'DROP DATABASE "{taken}"', "postgres")
+
+
+def test_list_marks_a_broken_runbook_and_gives_its_error_a_field_of_its_own(setup, cli_env):
+    inv, bdir, write = setup
+    write("copy", COPY)
+    write("broken", "description: half done\nsteps: [{task: 42}]\n")
+    r = _run(inv, cli_env, "--list")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^broken +BROKEN: step 1: task: expected a task name \(a string\), got 42$", r.stdout, re.M)
+    r = _run(inv, cli_env, "--list", "--json")
+    found = {x["name"]: x for x in json.loads(r.stdout)["runbooks"]}
+    assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"
+    assert found["broken"]["description"] == "" and found["copy"]["error"] is None
