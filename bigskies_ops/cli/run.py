@@ -48,7 +48,8 @@ def run_runbook(spec, inv, host: str | None, params: dict | list | None, *, chec
     ctx = RunContext(inv, check=check, yes=True, force_protected=force_protected, confirm=confirm, task=task
                      if task != "run" else f"run {book.name}")
     if check:
-        say(f"CHECK MODE (run {book.name} --check): nothing is changed")
+        # the command the user typed: inv run NAME, or the scenario task that runs the runbook
+        say(f"CHECK MODE ({task if task != 'run' else 'run ' + book.name} --check): nothing is changed")
         say("")
     results = rb.run(book, ctx, valid, values, say=say)
     for line in rb.recap_lines(results):

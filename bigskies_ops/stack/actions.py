@@ -63,7 +63,7 @@ class RunContext:
         states: check mode only: per host name, the service states the earlier steps
             would leave (:func:`bigskies_ops.stack.lifecycle.after_stack_action`), so a step
             after a purge is planned against "no containers, no volume".
-        once: see below.
+        once, backups: see below.
     """
     inventory: Inventory
     check: bool = False
@@ -76,6 +76,9 @@ class RunContext:
     #: a run for several ``--host`` targets: the steps pinned to their own host that run once
     #: for the whole run, shared by the targets' runs (:mod:`bigskies_ops.stack.runbook`)
     once: Any = None
+    #: the backups earlier ``db.backup`` steps of this run wrote (check mode: would write),
+    #: as (step index, host name, archive path): a later purge names where the data is
+    backups: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass

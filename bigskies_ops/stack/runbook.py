@@ -444,7 +444,7 @@ def _do(s: Step, action: Action, h: Host, args: dict, ctx: RunContext, sr: StepR
     sr.plan = dict(plan.plan, refusals=list(plan.refusals)) if plan.plan or plan.refusals else {}
     sr.refusals = [f"{s.where}: {r}" for r in plan.refusals]
     sr.facts = dict(plan.facts)
-    sr.reason = "would change nothing" if not plan.would_change else (plan.lines[0] if plan.lines else "would run")
+    sr.reason = "would change nothing" if not plan.would_change else (plan.lines[0].strip() if plan.lines else "would run")
     for line in plan.lines:
         say(_plan_line(line))
     for r in plan.refusals:
@@ -504,6 +504,8 @@ def _own_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
             sr.reason = f"internal error: {type(e).__name__}: {e}"
     if why is not None:
         sr.result, sr.reason = "skipped", why
+    if s.task == "db.backup" and sr.result in ("ok", "changed") and facts.get("archive"):
+        ctx.backups.append((s.index, h.name, str(facts["archive"])))
     sr.ignored = sr.result in ("failed", "unreachable") and s.ignore_errors
     planned = ctx.check and sr.result in ("ok", "changed")
     shown = ("would change nothing" if sr.result == "ok" else "would change (above)") if planned else sr.reason
@@ -557,7 +559,7 @@ def run(runbook: Runbook, ctx: RunContext, validated: Validated, params: dict, *
 
         def one(h: Host):
             lines: list[str] = []
-            own = dataclasses.replace(ctx, registered={}, states={}, once=once)
+            own = dataclasses.replace(ctx, registered={}, states={}, once=once, backups=[])
             r = execute(runbook, own, h, params, say=lines.append)
             return r.result, "", (r, lines)
 

@@ -383,15 +383,25 @@ def _pull_to(ctx: RunContext) -> Host:
     return Host(name="local", backup=BackupSettings(dir=str(ctx.inventory.base_dir / "backups" / "database")))
 
 
+def _earlier_backup(h: Host, ctx: RunContext) -> tuple[int, str] | None:
+    """(step index, archive) of the newest backup of ``h`` an earlier step of the runbook wrote
+    (check mode: will write), or None."""
+    mine = [(i, arch) for i, host, arch in ctx.backups if host == h.name]
+    return mine[-1] if mine else None
+
+
 def _purge_run(h: Host, a: dict, ctx: RunContext) -> dict:
     from bigskies_ops.stack import lifecycle
     h = _compose_host(h)
     _destructive(h, "purge", ctx, f"Purge the compose project on {h.name}"
                                   + (" (after a backup)?" if a["backup"] else " WITHOUT a backup?"))
     res = lifecycle.purge(h, take_backup=a["backup"], pull=a["pull"], pull_to=_pull_to(ctx) if h.is_remote else None)
+    earlier = _earlier_backup(h, ctx)
     return {"backup": res["backup"], "pulled": res.get("pulled"), "volume": res["volume"], "project": res["project"],
             "msg": f"project {res['project']!r} purged; volume {res['volume']} removed"
-                   + (f"; pre-purge backup {res['backup']}" if res["backup"] else "; no backup")}
+                   + (f"; pre-purge backup {res['backup']}" if res["backup"] else
+                      f"; its data is in {earlier[1]} (step {earlier[0]}'s backup)" if earlier else
+                      "; no pre-purge backup")}
 
 
 def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
@@ -400,9 +410,12 @@ def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
     p = lifecycle.plan_purge(h, take_backup=a["backup"])
     p["refusals"] = _policy_refusal(h, "purge", ctx) + p["refusals"]
     ctx.states[h.name] = lifecycle.after_stack_action(ctx.states.get(h.name) or {}, "purge")
+    earlier = _earlier_backup(h, ctx)
     lines = (["take a pre-purge backup first (if it fails nothing is purged)"] if a["backup"] else
+             [f"  no pre-purge backup in this step (backup: false): the volume's data is kept in the backup step "
+              f"{earlier[0]} will write ({earlier[1]})"] if earlier else
              ["  no pre-purge backup in this step (backup: false): the volume's data survives only in backups "
-              "already taken (an earlier step's, if any)"])
+              "already taken"])
     lines += [f"remove the containers of compose project {p['project']!r}: {', '.join(p['containers']) or 'none'}",
               f"DELETE the data volume {p['volume']} ("
               + (f"size {p['volume_size']}" if p["volume_exists"] else "does not exist") + ")"]

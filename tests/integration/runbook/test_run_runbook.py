@@ -434,3 +434,11 @@ def test_list_marks_a_broken_runbook_and_gives_its_error_a_field_of_its_own(setu
     found = {x["name"]: x for x in json.loads(r.stdout)["runbooks"]}
     assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"
     assert found["broken"]["description"] == "" and found["copy"]["error"] is None
+
+
+def test_a_scenarios_check_names_the_command_the_user_typed(setup, cli_env):
+    inv, bdir, write = setup
+    r = cli("scenario.before-risky-change", "-i", str(inv), "--check", env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CHECK MODE (scenario.before-risky-change --check): nothing is changed" in r.stdout
+    assert "run before-risky-change" not in r.stdout and not bdir.exists()
