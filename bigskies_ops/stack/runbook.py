@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from bigskies_ops import report
-from bigskies_ops.errors import EXIT_FAILED, EXIT_OK, BigskiesError, InventoryError, SafetyError, UsageError
+from bigskies_ops.errors import (EXIT_FAILED, EXIT_OK, BigskiesError, Interrupted, InventoryError, SafetyError,
+                                 UsageError)
 from bigskies_ops.inventory import Host, Inventory
 from bigskies_ops.stack.actions import Action, Plan, RunContext, check_args
 from bigskies_ops.stack.runbook_expr import RESULT_KEYS, SkippedRef, describe, refs_in, render
@@ -37,7 +38,7 @@ from bigskies_ops.stack.runbook_load import (PARAM_TYPES, SHIPPED_DIR, ParamSpec
 
 __all__ = ["PARAM_TYPES", "action_registry", "SHIPPED_DIR", "ParamSpec", "Runbook", "Step", "available", "bind_params", "find", "load",
            "parse", "Validated", "validate", "StepResult", "RunResult", "execute", "run", "recap_lines", "document",
-           "exit_code", "header"]
+           "exit_code", "header", "recap", "interrupted_lines"]
 
 HEADER_WIDTH = 80
 RECAP_KEYS = ("ok", "changed", "failed", "skipped", "unreachable", "ignored")
@@ -274,6 +275,8 @@ class StepResult:
     exit_code: int = EXIT_OK
     refusals: list[str] = field(default_factory=list)
     shared: bool = False
+    #: the step is destructive with the arguments it ran with (the safety policy's rule)
+    destructive: bool = False
 
     def to_json(self) -> dict:
         out = {"index": self.index, "name": self.name, "task": self.task, "host": self.host, "result": self.result,
@@ -492,6 +495,7 @@ def _own_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
             except SkippedRef as e:
                 why = scope.skipped_reason(e.reg)
             else:
+                sr.destructive = _is_destructive(action, args)
                 facts = _do(s, action, h, args, ctx, sr, say)
         except BigskiesError as e:
             sr.result = "unreachable" if _unreachable(e) else "failed"
@@ -519,20 +523,36 @@ def _own_step(s: Step, action: Action, inv: Inventory, target: Host, params: dic
 
 # ------------------------------------------------------------------ running
 def execute(runbook: Runbook, ctx: RunContext, host: Host, params: dict, *,
-            say: Callable[[str], None] | None = None) -> RunResult:
+            say: Callable[[str], None] | None = None, started: list | None = None) -> RunResult:
     """Run (``ctx.check``: plan) every step of ``runbook`` for one target ``host`` (the host of
     steps without ``host:``), in order; :func:`validate` has passed. Each step prints its
     header and result line to ``say``; a failed (or unreachable) step stops the run unless
     it has ``ignore_errors``; registered values land in ``ctx.registered``.
 
     Never raises for a step's failure (it is in the result); ``Interrupted`` and
-    ``KeyboardInterrupt`` propagate (the actions' own cleanup has run)."""
+    ``KeyboardInterrupt`` propagate (the actions' own cleanup has run), the step they cut
+    short added to the result as ``failed`` ("interrupted ..."). ``started``: the result is
+    appended to it before the first step, so a caller that catches the interrupt can say
+    which steps finished (:func:`interrupted_lines`)."""
     say = say or report.say
     actions = action_registry()
     scope = _Scope(runbook, params, host, ctx)
     res = RunResult(host.name)
+    if started is not None:
+        started.append((res, ctx))
     for s in runbook.steps:
-        sr = _one_step(s, actions[s.task], ctx.inventory, host, params, ctx, scope, say)
+        try:
+            sr = _one_step(s, actions[s.task], ctx.inventory, host, params, ctx, scope, say)
+        except (Interrupted, KeyboardInterrupt) as e:
+            try:
+                where = _step_host(s, ctx.inventory, host, params).name
+            except BigskiesError:
+                where = host.name
+            sig = getattr(e, "signum", 2)
+            res.stopped = StepResult(s.index, s.name or s.task, s.task, where, "failed", f"interrupted by signal {sig}",
+                                     exit_code=128 + sig, destructive=bool(actions[s.task].destructive))
+            res.steps.append(res.stopped)
+            raise
         res.steps.append(sr)
         res.refusals += [r for r in sr.refusals if r not in res.refusals]
         say("")
@@ -543,15 +563,16 @@ def execute(runbook: Runbook, ctx: RunContext, host: Host, params: dict, *,
 
 
 def run(runbook: Runbook, ctx: RunContext, validated: Validated, params: dict, *,
-        say: Callable[[str], None] | None = None) -> list[RunResult]:
+        say: Callable[[str], None] | None = None, started: list | None = None) -> list[RunResult]:
     """:func:`execute` for every target of ``validated``: one host in this thread, several in
     parallel (:func:`bigskies_ops.jobs.fleet.run_on_hosts`), each with its own copy of
     ``ctx`` (its registered facts and planned states), its lines printed together when it
-    finishes. Results in the targets' order; ``validated.refusals`` are added to each."""
+    finishes. Results in the targets' order; ``validated.refusals`` are added to each.
+    ``started``: as :func:`execute`'s, (result, ctx) of each target's run as it starts."""
     say = say or report.say
     targets = validated.targets
     if len(targets) == 1:
-        results = [execute(runbook, ctx, targets[0], params, say=say)]
+        results = [execute(runbook, ctx, targets[0], params, say=say, started=started)]
     else:
         from bigskies_ops.jobs.fleet import run_on_hosts
 
@@ -560,7 +581,7 @@ def run(runbook: Runbook, ctx: RunContext, validated: Validated, params: dict, *
         def one(h: Host):
             lines: list[str] = []
             own = dataclasses.replace(ctx, registered={}, states={}, once=once, backups=[])
-            r = execute(runbook, own, h, params, say=lines.append)
+            r = execute(runbook, own, h, params, say=lines.append, started=started)
             return r.result, "", (r, lines)
 
         def finished(o) -> None:
@@ -617,3 +638,46 @@ def document(runbook: Runbook, results: list[RunResult], *, check: bool, task: s
         result = "ok"
     return {"result": result, "task": task, "runbook": runbook.name, "check": check,
             "hosts": [r.to_json() for r in results], "recap": recap(results), "refusals": refusals}
+
+
+#: the facts an operator needs after an interrupt (where the data is, what was stopped)
+_FACTS_TO_SHOW = ("archive", "pulled", "backup", "pre_restore_copy", "restored_from", "previous_kept_as", "stopped",
+                  "volume")
+
+
+def interrupted_lines(started: list, signum: int, hint: Callable[[str], str] = lambda a: f"inv {a}") -> list[str]:
+    """What to print when SIGINT/SIGTERM cut a run short (:func:`execute`'s ``started``):
+    the step it stopped in, the steps that finished with the facts that matter (the archive a
+    backup wrote, a pre-restore copy), the recap, and, when a destructive step ran or was
+    cut short, where the data is (the newest backup an earlier step of the run wrote of that
+    host) and the command that restores it. ``hint(args)``: a command line to copy
+    (:func:`bigskies_ops.output.hint`). Returns the lines; prints nothing."""
+    from bigskies_ops.stack.actions import StandIn
+    out: list[str] = []
+    results = [r for r, _ in started]
+    for r, ctx in started:
+        cut = r.stopped if r.stopped is not None and r.stopped.reason.startswith("interrupted") else None
+        where = (f" in step {cut.index} ({cut.name!r}, {cut.task} on {cut.host}); it did not finish and the steps "
+                 f"after it did not run") if cut else ""
+        out.append(f"INTERRUPTED by signal {signum}{where}" + (f" (--host {r.host})" if len(started) > 1 else ""))
+        done = [s for s in r.steps if s is not cut]
+        out.append("Steps that finished:" if done else "No step finished.")
+        for s in done:
+            out.append(f"  step {s.index} ({s.name!r}, {s.task} on {s.host}): {s.result}: {s.reason}")
+            for k in _FACTS_TO_SHOW:
+                v = s.facts.get(k)
+                if v and not isinstance(v, StandIn):
+                    out.append(f"      {k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
+        for s in [x for x in r.steps if x.destructive and (x is cut or x.result == "changed")][:1]:
+            backups = [(i, a) for i, h, a in ctx.backups if h == s.host and i < s.index]
+            what = "was cut short" if s is cut else "ran"
+            if backups:
+                i, archive = backups[-1]
+                out.append(f"A destructive step {what} (step {s.index}, {s.task} on {s.host}): the data from before "
+                           f"it is in {archive} (written by step {i}). To restore it:")
+                out.append(f"  {hint(f'db.restore {archive} --host {s.host} --roles')}")
+            else:
+                out.append(f"A destructive step {what} (step {s.index}, {s.task} on {s.host}) and no earlier step of "
+                           f"this run took a backup of {s.host}; its backups: {hint(f'db.list --host {s.host}')}")
+    out += recap_lines(results)
+    return out

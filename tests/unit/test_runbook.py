@@ -366,3 +366,27 @@ def test_list_gives_a_broken_runbook_an_error_apart_from_its_description(tmp_pat
                              "error": None}
     assert found["broken"]["description"] == ""
     assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"
+
+
+def test_an_interrupt_after_a_destructive_step_says_where_the_data_is_and_how_to_restore_it():
+    res = rb.RunResult("dev")
+    res.steps = [rb.StepResult(1, "Back up", "db.backup", "dev", "changed", "backup a.sql.gz written (1 KiB)",
+                               facts={"archive": "/b/a.sql.gz", "id": "3f9a"}),
+                 rb.StepResult(2, "Purge", "docker.purge", "dev", "changed", "project 'app' purged",
+                               facts={"backup": None, "volume": "app_pgdata"}, destructive=True)]
+    res.stopped = rb.StepResult(3, "Start fresh", "docker.up", "dev", "failed", "interrupted by signal 2", exit_code=130)
+    res.steps.append(res.stopped)
+    ctx = RunContext(INV, backups=[(1, "dev", "/b/a.sql.gz")])
+    lines = rb.interrupted_lines([(res, ctx)], 2)
+    assert lines[:7] == [
+        "INTERRUPTED by signal 2 in step 3 ('Start fresh', docker.up on dev); it did not finish and the steps after "
+        "it did not run",
+        "Steps that finished:",
+        "  step 1 ('Back up', db.backup on dev): changed: backup a.sql.gz written (1 KiB)",
+        "      archive: /b/a.sql.gz",
+        "  step 2 ('Purge', docker.purge on dev): changed: project 'app' purged",
+        "      volume: app_pgdata",
+        "A destructive step ran (step 2, docker.purge on dev): the data from before it is in /b/a.sql.gz (written by "
+        "step 1). To restore it:"]
+    assert lines[7] == "  inv db.restore /b/a.sql.gz --host dev --roles"
+    assert lines[9] == "dev : ok=0 changed=2 failed=1 skipped=0 unreachable=0 ignored=0"
