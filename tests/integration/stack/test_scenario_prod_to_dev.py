@@ -27,7 +27,7 @@ def test_scenario_prod_to_dev_pulls_prods_data_into_dev_through_its_runbook(worl
     # --check: the runbook's one step planned, nothing changed, exit 0
     r = cli("scenario.prod-to-dev", "-i", str(w.inv), "--check", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    in_order(r.stdout, "CHECK MODE (run prod-to-dev --check)",
+    in_order(r.stdout, "CHECK MODE (scenario.prod-to-dev --check)",
              "TASK [Pull production's data and restore it here] (db.pull on dev)", "would dump and stream prod's",
              "restore it into dev's database", "RUNBOOK RECAP")
     unchanged()
