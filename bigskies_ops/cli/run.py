@@ -5,11 +5,13 @@ Thin shell over :mod:`bigskies_ops.stack.runbook`; :func:`run_runbook` is also w
 """
 from __future__ import annotations
 
+import signal
 import sys
 
 from invoke import Exit
 
 from bigskies_ops import output
+from bigskies_ops.errors import Interrupted
 from bigskies_ops.cli.common import INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, optional_positional, task
 
 
@@ -31,7 +33,11 @@ def run_runbook(spec, inv, host: str | None, params: dict | list | None, *, chec
     Raises:
         UsageError / InventoryError (exit 2), SafetyError (exit 3): before the first step
             (validation, the safety policy, the confirmation asked once when a step is
-            destructive: refused without a terminal unless ``yes``)."""
+            destructive: refused without a terminal unless ``yes``).
+        Interrupted, KeyboardInterrupt: SIGINT/SIGTERM during a step, after printing the
+            steps that finished, the recap and, after a destructive step, where the data is
+            and the command restoring it (:func:`bigskies_ops.stack.runbook.interrupted_lines`);
+            ``json``: the document so far, with ``"interrupted": SIGNUM``."""
     from bigskies_ops.safety import confirm_or_refuse
     from bigskies_ops.stack import runbook as rb
     from bigskies_ops.stack.actions import RunContext
@@ -48,9 +54,23 @@ def run_runbook(spec, inv, host: str | None, params: dict | list | None, *, chec
     ctx = RunContext(inv, check=check, yes=True, force_protected=force_protected, confirm=confirm, task=task
                      if task != "run" else f"run {book.name}")
     if check:
-        say(f"CHECK MODE (run {book.name} --check): nothing is changed")
+        # the command the user typed: inv run NAME, or the scenario task that runs the runbook
+        say(f"CHECK MODE ({task if task != 'run' else 'run ' + book.name} --check): nothing is changed")
         say("")
-    results = rb.run(book, ctx, valid, values, say=say)
+    started: list = []
+    try:
+        results = rb.run(book, ctx, valid, values, say=say, started=started)
+    except (Interrupted, KeyboardInterrupt) as e:
+        # before the exit (130/143): which steps finished, what they wrote, how to go back
+        signum = getattr(e, "signum", signal.SIGINT)
+        say("")
+        for line in rb.interrupted_lines(started, int(signum), output.hint):
+            say(line)
+        if json:
+            doc = rb.document(book, [r for r, _ in started], check=check, task=task)
+            doc.update(result="failed", interrupted=int(signum))
+            output.emit_json(doc)
+        raise
     for line in rb.recap_lines(results):
         say(line)
     doc = rb.document(book, results, check=check, task=task)
@@ -90,7 +110,7 @@ def run(c, runbook=None, host=None, set=None, check=False, yes=False, force_prot
             return
         width = max((len(r["name"]) for r in found), default=0)
         for r in found:
-            output.say(f"{r['name']:<{width}}  {r['description']}")
+            output.say(f"{r['name']:<{width}}  " + (f"BROKEN: {r['error']}" if r["error"] else r["description"]))
         if not found:
             output.say("no runbooks found (runbooks/*.yaml beside the inventory, or the shipped ones)")
         return

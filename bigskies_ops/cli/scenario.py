@@ -12,7 +12,6 @@ import sys
 from invoke import Collection, Exit
 
 from bigskies_ops.cli.common import HOST_HELP, INVENTORY_HELP, JSON_HELP, handles_errors, load_inventory, seconds_arg, task
-from bigskies_ops.errors import UsageError
 from bigskies_ops.stack.scenarios import RUNBOOKS
 
 CHECK_HELP = "dry run: plan every step of the scenario's runbook (CHECK MODE), change nothing, exit 0"
@@ -24,8 +23,7 @@ NO_ROLES_HELP = ("do not create the backup's missing roles before restoring (obj
 
 
 def _scenario(name: str, params: dict, *, host, inventory, check: bool, json: bool, yes: bool = True,
-              force_protected: bool = False, confirm: str | None = None, compose: bool = True,
-              host_param: str | None = None) -> None:
+              force_protected: bool = False, confirm: str | None = None, host_param: str | None = None) -> None:
     """Run scenario ``name``'s runbook with ``params`` (typed values) for ``host`` (a host
     or group); exit with the stopping step's code (CONTRACTS.md section 5).
 
@@ -33,19 +31,15 @@ def _scenario(name: str, params: dict, *, host, inventory, check: bool, json: bo
     the run's host when ``host`` is not given (its value, else its default).
 
     Raises:
-        UsageError: (``compose``) a selected host has no ``compose:`` block, before
-            anything runs; the engine's validation errors (exit 2, 3)."""
+        UsageError, SafetyError: the engine's validation (exit 2, 3), before anything runs:
+            a step needing the compose stack on a host without a ``compose:`` block is
+            refused there with the message ``inv run NAME`` gives."""
     from bigskies_ops.cli.run import run_runbook
     from bigskies_ops.stack import runbook as rb
     inv = load_inventory(inventory)
     book = rb.load(RUNBOOKS[name], inv)
     if host is None and host_param:
         host = params.get(host_param) or book.params[host_param].default
-    if compose:
-        for h in inv.resolve(host):
-            if h.compose is None:
-                raise UsageError(f"hosts.{h.name}: no compose: block in the inventory; scenarios need the compose "
-                                 f"stack")
     code = run_runbook(book, inv, host, params, check=check, yes=yes, force_protected=force_protected,
                        confirm=confirm, json=json, task=f"scenario.{name}")
     if code:
@@ -99,7 +93,7 @@ def prod_to_dev(c, from_=None, to=None, yes=False, force_protected=False, confir
     """Scenario 4: production's data restored into development's database (db.pull --restore)."""
     params = {k: v for k, v in (("from", from_), ("to", to)) if v}
     _scenario("prod-to-dev", params, host=None, inventory=inventory, check=check, json=json, yes=yes,
-              force_protected=force_protected, confirm=confirm, compose=False, host_param="to")
+              force_protected=force_protected, confirm=confirm, host_param="to")
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": JSON_HELP, "check": CHECK_HELP,

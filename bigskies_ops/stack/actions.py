@@ -41,6 +41,11 @@ class Param:
     #: the value names one inventory host (``db.pull``'s ``from``): checked against the
     #: inventory before the first step, like a step's ``host:``
     is_host: bool = False
+    #: a check of a value of the right type (``check(value)`` raises UsageError with what
+    #: is expected, e.g. "expected a database name of 1 to 63 bytes"), run by
+    #: :func:`check_args`: before the first step for values known then (params), else when
+    #: the step runs
+    check: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -58,6 +63,7 @@ class RunContext:
         states: check mode only: per host name, the service states the earlier steps
             would leave (:func:`bigskies_ops.stack.lifecycle.after_stack_action`), so a step
             after a purge is planned against "no containers, no volume".
+        once, backups: see below.
     """
     inventory: Inventory
     check: bool = False
@@ -67,6 +73,12 @@ class RunContext:
     task: str = "run"
     registered: dict[str, dict] = field(default_factory=dict)
     states: dict[str, Any] = field(default_factory=dict)
+    #: a run for several ``--host`` targets: the steps pinned to their own host that run once
+    #: for the whole run, shared by the targets' runs (:mod:`bigskies_ops.stack.runbook`)
+    once: Any = None
+    #: the backups earlier ``db.backup`` steps of this run wrote (check mode: would write),
+    #: as (step index, host name, archive path): a later purge names where the data is
+    backups: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +124,21 @@ class Action:
     #: with ``target_db`` creates a new database: not destructive); None: always (when
     #: ``destructive`` is set). Arguments filled from registered facts are None here.
     destructive_when: Callable[[dict], bool] | None = None
+    #: the facts ``run`` registers (``{{ pre.archive }}``); a template naming another one is
+    #: an error before the first step. None: not declared (not checked).
+    facts: tuple[str, ...] | None = None
+    #: the step's host needs a ``compose:`` block (docker.*, coordinators.stop): checked
+    #: before the first step
+    needs_compose: bool = False
+    #: ``static_check(host, args, inventory)``: before the first step, the checks that need
+    #: the inventory but no server (``db.pull``'s ``from`` is an SSH host); ``args`` holds
+    #: only the values known then. Raises UsageError whose message starts with the field.
+    static_check: Callable[[Host, dict, Inventory], None] | None = None
+    #: ``precheck(host, args)``: before the first step, a read-only look at the server for
+    #: what would make the step refuse after earlier steps ran (``db.restore``'s
+    #: ``target_db`` exists already). Raises UsageError whose message starts with the field;
+    #: a server that cannot be reached is not an error here (the step finds out).
+    precheck: Callable[[Host, dict], None] | None = None
 
 
 class StandIn(str):
@@ -143,7 +170,7 @@ def check_args(action: Action, args: dict, where: str) -> dict:
 
     Raises:
         UsageError: an unknown argument (with the known ones), a missing required one, a
-            value of the wrong type or outside ``choices``.
+            value of the wrong type, outside ``choices`` or refused by its ``Param.check``.
     """
     from bigskies_ops.errors import UsageError
     from bigskies_ops.text import did_you_mean
@@ -168,5 +195,10 @@ def check_args(action: Action, args: dict, where: str) -> dict:
             raise UsageError(f"{where}.{k}: expected {want}, got {type(v).__name__} {v!r}")
         if p.choices and v not in p.choices:
             raise UsageError(f"{where}.{k}: expected one of {', '.join(map(str, p.choices))}, got {v!r}")
+        if p.check is not None and v is not None:
+            try:
+                p.check(v)
+            except UsageError as e:
+                raise UsageError(f"{where}.{k}: {e}") from None
         out[k] = float(v) if p.type is float and v is not None else v
     return out

@@ -18,7 +18,11 @@ TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 REF_RE = re.compile(rf"^{_NAME}(\.{_NAME})?$")
 NAME_RE = re.compile(rf"^{_NAME}$")
-TESTS = ("ok", "changed", "failed", "skipped", "succeeded")
+TESTS = ("ok", "changed", "failed", "skipped", "succeeded", "unreachable")
+#: the result words each test accepts: an unreachable host is a failure too (Ansible's
+#: ``is failed`` is true for it; docs/runbooks.md "ignore_errors")
+_TEST_WORDS = {"ok": ("ok",), "changed": ("changed",), "failed": ("failed", "unreachable"), "skipped": ("skipped",),
+               "succeeded": ("ok", "changed"), "unreachable": ("unreachable",)}
 _WHEN_RE = re.compile(rf"^(?P<not>not\s+)?(?P<ref>{_NAME}(\.{_NAME})?)"
                       rf"(\s+is\s+(?P<tnot>not\s+)?(?P<test>{_NAME}))?$")
 #: the keys every registered value has besides the action's facts
@@ -114,7 +118,7 @@ class Cond:
             SkippedRef: a fact (``REG.KEY``, KEY not a result key) of a skipped step."""
         if self.test is not None:
             word = registered[self.ref[0]]["result"]
-            got = word in ("ok", "changed") if self.test == "succeeded" else word == self.test
+            got = word in _TEST_WORDS[self.test]
         elif len(self.ref) == 1 and self.ref[0] in registered:  # a register name alone: its step succeeded
             got = registered[self.ref[0]]["result"] in ("ok", "changed")
         else:

@@ -10,7 +10,7 @@ from typing import Any
 from bigskies_ops.errors import BigskiesError, UsageError
 from bigskies_ops.inventory import Inventory
 from bigskies_ops.stack.actions import ACTIONS, Action
-from bigskies_ops.stack.runbook_expr import NAME_RE, Cond, parse_when, ref_sites
+from bigskies_ops.stack.runbook_expr import NAME_RE, RESULT_KEYS, Cond, parse_when, ref_sites
 from bigskies_ops.text import did_you_mean
 
 TOP_KEYS = ("description", "params", "steps")
@@ -137,7 +137,9 @@ def _parse_step(i: int, doc: Any, actions: dict[str, Action]) -> Step:
     if name or isinstance(task, str) and task:
         where = f"step {i} ({name or task!r})"
     _unknown_keys(doc, STEP_KEYS, where)
-    if not isinstance(task, str) or not task:
+    if task is not None and not isinstance(task, str):
+        raise UsageError(f"{where}: task: expected a task name (a string), got {task!r}")
+    if not task:
         raise UsageError(f"{where}: task: missing; every step names a task (docs/runbooks.md lists them)")
     if task not in actions:
         raise UsageError(f"{where}: task: unknown task {task!r}{did_you_mean(task, actions)}; "
@@ -161,8 +163,21 @@ def _parse_step(i: int, doc: Any, actions: dict[str, Action]) -> Step:
     return Step(i, task, name or None, host, dict(args), conds, reg, ign)
 
 
-def _check_refs(steps: tuple[Step, ...], params: dict[str, ParamSpec]) -> None:
-    """Every reference names a param, ``host``, or a register of an EARLIER step."""
+def _check_fact(w: str, ref: tuple[str, ...], step: Step, actions: dict[str, Action]) -> None:
+    """``REG.KEY`` names a fact ``step`` (the step registering REG) can register: one of its
+    action's declared facts or a result key; else the run would stop at the step using it,
+    after the earlier steps ran."""
+    facts = actions[step.task].facts
+    if len(ref) < 2 or facts is None or ref[1] in RESULT_KEYS or ref[1] in facts:
+        return
+    raise UsageError(f"{w}: {'.'.join(ref)!r}: {step.where} ({step.task}) registers no fact {ref[1]!r}"
+                     f"{did_you_mean(ref[1], list(facts) + list(RESULT_KEYS))}; its facts: "
+                     f"{', '.join(facts) or 'none'} (and {', '.join(RESULT_KEYS)})")
+
+
+def _check_refs(steps: tuple[Step, ...], params: dict[str, ParamSpec], actions: dict[str, Action]) -> None:
+    """Every reference names a param, ``host``, or a register of an EARLIER step, and a fact
+    (``REG.KEY``) that step's task registers."""
     regs = {s.register: s.index for s in steps if s.register}
     for s in steps:
         fields = [("name", s.name), ("host", s.host), ("args", s.args)]
@@ -189,6 +204,7 @@ def _check_refs(steps: tuple[Step, ...], params: dict[str, ParamSpec]) -> None:
                 if n > s.index:
                     raise UsageError(f"{w}: {'.'.join(ref)!r} is registered by step {n}, which runs later: "
                                      f"facts flow forward only (a cycle)")
+                _check_fact(w, ref, steps[n - 1], actions)
             else:
                 known = [r for r, n in regs.items() if n < s.index]
                 raise UsageError(f"{w}: {'.'.join(ref)!r}: no earlier step registers {head!r}"
@@ -203,7 +219,8 @@ def parse(text: str, name: str = "<runbook>", path: Path | None = None) -> Runbo
         UsageError: (exit 2) not YAML, an unknown key (with did-you-mean), a missing or
             empty ``steps``, an unknown task, a duplicate ``register``, a reference to a
             param or register that does not exist or is registered by the same or a later
-            step (a cycle), a malformed template or condition. The message names the step
+            step (a cycle), a fact the registering step's task never registers, a
+            malformed template or condition. The message names the step
             as ``step N ('name')`` and the field."""
     import yaml
     from bigskies_ops import yamlfile
@@ -234,7 +251,7 @@ def parse(text: str, name: str = "<runbook>", path: Path | None = None) -> Runbo
                              f"already; register names are unique in a runbook")
         if s.register:
             seen[s.register] = s
-    _check_refs(steps, params)
+    _check_refs(steps, params, actions)
     return Runbook(name, path, desc, params, steps)
 
 
@@ -247,17 +264,19 @@ def _dirs(inventory: Inventory | None) -> list[Path]:
 def available(inventory: Inventory | None = None) -> list[dict]:
     """The runbooks by name: ``runbooks/*.yaml`` beside the inventory, then the shipped ones
     (a name beside the inventory hides the shipped one). Each ``{"name", "path",
-    "description"}``; the description is ``(unreadable: ...)`` for a file that does not parse."""
+    "description", "error"}``: ``error`` is None, or for a file that cannot be read or does
+    not parse the message ``inv run NAME`` would give (its description is then "")."""
     seen: dict[str, dict] = {}
     for d in _dirs(inventory):
         for p in sorted(d.glob("*.y*ml")) if d.is_dir() else []:
             if p.stem in seen or p.suffix not in (".yaml", ".yml"):
                 continue
+            desc, error = "", None
             try:
                 desc = parse(p.read_text(encoding="utf-8"), p.stem, p).description
-            except (BigskiesError, OSError) as e:
-                desc = f"(unreadable: {e})"
-            seen[p.stem] = {"name": p.stem, "path": str(p), "description": desc}
+            except (BigskiesError, OSError, UnicodeDecodeError) as e:
+                error = " | ".join(x.strip() for x in str(e).splitlines() if x.strip())
+            seen[p.stem] = {"name": p.stem, "path": str(p), "description": desc, "error": error}
     return list(seen.values())
 
 

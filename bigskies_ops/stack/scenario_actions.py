@@ -242,27 +242,27 @@ def _message_plan(host: Host, args: dict, ctx: RunContext) -> Plan:
 ROLES = Param(bool, default=True, help="with the cluster's roles (the backup's roles file)")
 
 register(Action("check.roles-saved", "Refuse (exit 3) a restore with roles when the host's backups do not save them.",
-                {"roles": ROLES}, _roles_saved_run, _roles_saved_plan, changes=False))
+                {"roles": ROLES}, _roles_saved_run, _roles_saved_plan, changes=False, facts=()))
 register(Action("check.restorable", "Verify an archive and (roles) its roles file before a destructive step; refuse (exit 3) if not sound.",
                 {"archive": Param(str, required=True, help="the archive a later step restores"), "roles": ROLES},
-                _restorable_run, _restorable_plan, changes=False))
+                _restorable_run, _restorable_plan, changes=False, facts=("archive",)))
 register(Action("check.row-counts", "Check every table's exact row count equals an archive's manifest.",
                 {"archive": Param(str, required=True, help="the backup whose manifest holds the counts")},
-                _row_counts_run, _row_counts_plan, changes=False))
+                _row_counts_run, _row_counts_plan, changes=False, facts=("tables_checked",)))
 register(Action("wait.postgres", "Wait until PostgreSQL accepts connections.",
                 {"timeout": Param(float, default=60.0, help="seconds")}, _wait_postgres_run, _wait_postgres_plan,
-                changes=False))
+                changes=False, facts=("seconds",)))
 register(Action("wait.migrations", "Wait until schema_migrations reaches the newest migration file.",
                 {"timeout": Param(float, default=120.0, help="seconds")}, _wait_migrations_run,
-                _wait_migrations_plan, changes=False))
+                _wait_migrations_plan, changes=False, facts=("version",)))
 register(Action("coordinators.stop", "Stop the host's running coordinators (compose services).", {},
-                _coordinators_stop_run, _coordinators_stop_plan))
+                _coordinators_stop_run, _coordinators_stop_plan, facts=("stopped",), needs_compose=True))
 register(Action("backup.choose", "Choose the archive to restore: the one named, else the newest good backup.",
                 {"archive": Param(str, default="", help="an archive path; empty: the newest good backup")},
-                _choose_run, _choose_plan, changes=False))
+                _choose_run, _choose_plan, changes=False, facts=("archive",)))
 register(Action("check.service", "Check a compose service exists (before a step that acts on it); exit 2 if not.",
                 {"service": Param(str, required=True, help="a compose service name")},
-                _service_run, _service_plan, changes=False))
+                _service_run, _service_plan, changes=False, facts=(), needs_compose=True))
 register(Action("message", "Print a line (and a command to copy, with the program's name).",
                 {"msg": Param(str, required=True), "command": Param(str, default="", help="task and flags")},
-                _message_run, _message_plan, changes=False))
+                _message_run, _message_plan, changes=False, facts=()))

@@ -88,7 +88,7 @@ register(Action("db.backup", "Back up a host's database into a new archive with 
     "skip_space_check": Param(bool, default=False, help="do not fail for too little space in the backup folder"),
     "pull": Param(bool, default=False, help="SSH hosts: also copy the archive and its manifest to this machine's "
                                             "backup folder under <host>/ (a local host: nothing more)"),
-}, _backup_run, _backup_plan))
+}, _backup_run, _backup_plan, facts=("archive", "id", "name", "size_bytes", "sha256", "pulled")))
 
 
 # ------------------------------------------------------------------ db.verify
@@ -130,15 +130,43 @@ register(Action("db.verify", "Prove a backup is whole (sha256, compression, trai
     "origin": Param(str, help="the backup is in the <origin>/ sub-folder of pulled backups"),
     "restore_test": Param(bool, default=False, help="also restore into a throwaway database and compare counts"),
     "adopt": Param(bool, default=False, help="write a manifest for a seed-era file once it passes"),
-}, _verify_run, _verify_plan, changes=False))
+}, _verify_run, _verify_plan, changes=False, facts=("archive", "name", "ok", "checks")))
 
 
 # ------------------------------------------------------------------ db.restore
+def _database_name(t: str) -> None:
+    """A new database's name: 1 to 63 bytes (PostgreSQL's NAMEDATALEN - 1), not blank."""
+    if not t.strip() or len(t.encode()) > 63:
+        raise UsageError(f"expected a database name of 1 to 63 bytes, got {t!r}")
+
+
 def _target_db(a: dict) -> str | None:
     t = a["target_db"]
-    if t is not None and (not t.strip() or len(t.encode()) > 63):
-        raise UsageError(f"target_db {t!r}: expected a database name of 1 to 63 bytes")
+    if t is not None:
+        try:
+            _database_name(t)
+        except UsageError as e:
+            raise UsageError(f"target_db: {e}") from None
     return t
+
+
+def _restore_precheck(h: Host, a: dict) -> None:
+    """Before the first step: a ``target_db`` that exists already would make the restore
+    refuse after the earlier steps ran (a backup written, then exit 2); read-only."""
+    from bigskies_ops.errors import BigskiesError
+    from bigskies_ops.pg.access import PostgresAccess
+    from bigskies_ops.pg.admin import db_info
+    t = a.get("target_db")
+    if not isinstance(t, str) or a.get("undo"):
+        return
+    try:
+        with PostgresAccess(h) as access:
+            exists = db_info(access.sql(h.postgres.maintenance_db), t) is not None
+    except (BigskiesError, OSError):  # not reachable now (a later step may start it): the step finds out
+        return
+    if exists:
+        raise UsageError(f"target_db: database {t!r} already exists on {h.name}; restore into a new name "
+                         f"(--set a new one) or drop it first")
 
 
 def _undo_args(a: dict) -> None:
@@ -201,8 +229,8 @@ def _restore_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
     p["refusals"] = refusals + p["refusals"]
     lines = [f"restore {path or a['archive']} into {p['database']!r} on {h.name}"
              + (" (a new database)" if target else f" (the current one kept as {p.get('pre_restore_copy')!r})")]
-    lines += [f"  check FAILED: {c['check']}" + (f" ({c['detail']})" if c.get("detail") else "")
-              for c in p["checks"] if not c["ok"]]
+    # the detail says what is wrong; the check's name says what should hold ("... does not exist yet")
+    lines += [f"  check FAILED: {c.get('detail') or c['check']}" for c in p["checks"] if not c["ok"]]
     return Plan(not p["refusals"], lines, p, p["refusals"],
                 {"archive": path or a["archive"], "database": p["database"],
                  "pre_restore_copy": p.get("pre_restore_copy")})
@@ -211,14 +239,17 @@ def _restore_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
 register(Action("db.restore", "Restore a backup into a side database, check it, then swap it in (old one kept).", {
     "archive": Param(str, default="latest", help="'latest', a backup id, or an archive path or name"),
     "origin": Param(str, help="restore from backups pulled from this host (sub-folder <origin>/)"),
-    "target_db": Param(str, help="restore into this NEW database and leave the original alone"),
+    "target_db": Param(str, help="restore into this NEW database and leave the original alone", check=_database_name),
     "roles": Param(bool, default=False, help="first create the backup's roles missing here"),
     "terminate_sessions": Param(bool, default=False, help="terminate sessions still connected at the swap"),
     "skip_missing_roles": Param(bool, default=False, help="restore although roles the archive names are missing"),
     "skip_space_check": Param(bool, default=False, help="do not refuse for too little free space on the server"),
     "jobs": Param(int, help="parallel sessions on local hosts (1-64; default 2)"),
     "undo": Param(bool, default=False, help="swap the newest pre-restore copy back in instead (no archive)"),
-}, _restore_run, _restore_plan, destructive="restore", destructive_when=lambda a: not a.get("target_db")))
+}, _restore_run, _restore_plan, destructive="restore", destructive_when=lambda a: not a.get("target_db"),
+    facts=("archive", "database", "pre_restore_copy", "coordinators_restarted", "checked_tables", "restored_from",
+           "previous_kept_as"),
+    precheck=_restore_precheck))
 
 
 # ------------------------------------------------------------------ docker.*
@@ -242,10 +273,17 @@ def _stack_plan(h: Host, action: str, ctx: RunContext, **kw) -> Plan:
     return Plan(True, lines, p)
 
 
+def _nonnegative_seconds(v: float) -> None:
+    if v < 0 or v == float("inf") or v != v:
+        raise UsageError(f"expected {_SECONDS} (0 or more), got {v!r}")
+
+
 def _seconds(a: dict, key: str) -> float:
     v = a[key]
-    if v < 0 or v == float("inf"):
-        raise UsageError(f"{key}: expected {_SECONDS} (0 or more), got {v!r}")
+    try:
+        _nonnegative_seconds(v)
+    except UsageError as e:
+        raise UsageError(f"{key}: {e}") from None
     return v
 
 
@@ -258,11 +296,13 @@ def _up_run(h: Host, a: dict, ctx: RunContext) -> dict:
 
 
 register(Action("docker.up", "Start the stack and wait until PostgreSQL accepts connections.", {
-    "timeout": Param(float, default=60.0, help="seconds to wait for PostgreSQL"),
+    "timeout": Param(float, default=60.0, help="seconds to wait for PostgreSQL", check=_nonnegative_seconds),
     "wait_migrations": Param(bool, default=False, help="also wait until schema_migrations reaches the newest file"),
-    "migrations_timeout": Param(float, default=120.0, help="seconds to wait for the migrations"),
+    "migrations_timeout": Param(float, default=120.0, help="seconds to wait for the migrations",
+                                check=_nonnegative_seconds),
 }, _up_run, lambda h, a, ctx: _stack_plan(h, "up", ctx, timeout=_seconds(a, "timeout"),
-                                         wait_for_migrations=a["wait_migrations"])))
+                                         wait_for_migrations=a["wait_migrations"]),
+    facts=("project", "ready_after_s"), needs_compose=True))
 
 
 def _down_run(h: Host, a: dict, ctx: RunContext) -> dict:
@@ -272,7 +312,7 @@ def _down_run(h: Host, a: dict, ctx: RunContext) -> dict:
 
 
 register(Action("docker.down", "Stop and remove the containers; the data volume is kept.", {},
-                _down_run, lambda h, a, ctx: _stack_plan(h, "down", ctx)))
+                _down_run, lambda h, a, ctx: _stack_plan(h, "down", ctx), facts=("project",), needs_compose=True))
 
 
 def _build_run(h: Host, a: dict, ctx: RunContext) -> dict:
@@ -283,7 +323,8 @@ def _build_run(h: Host, a: dict, ctx: RunContext) -> dict:
 
 
 register(Action("docker.build", "Rebuild the stack's images (data volume untouched).", {},
-                _build_run, lambda h, a, ctx: _stack_plan(h, "build", ctx)))
+                _build_run, lambda h, a, ctx: _stack_plan(h, "build", ctx), facts=("project", "images"),
+                needs_compose=True))
 
 
 def _restart_run(h: Host, a: dict, ctx: RunContext) -> dict:
@@ -328,8 +369,8 @@ def _restart_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
 
 register(Action("docker.restart", "Restart the stack's containers (or one service) and wait for PostgreSQL.", {
     "service": Param(str, help="restart only this compose service (default: all)"),
-    "timeout": Param(float, default=60.0, help="seconds to wait for PostgreSQL"),
-}, _restart_run, _restart_plan))
+    "timeout": Param(float, default=60.0, help="seconds to wait for PostgreSQL", check=_nonnegative_seconds),
+}, _restart_run, _restart_plan, facts=("project", "ready_after_s"), needs_compose=True))
 
 
 def _pull_to(ctx: RunContext) -> Host:
@@ -342,15 +383,25 @@ def _pull_to(ctx: RunContext) -> Host:
     return Host(name="local", backup=BackupSettings(dir=str(ctx.inventory.base_dir / "backups" / "database")))
 
 
+def _earlier_backup(h: Host, ctx: RunContext) -> tuple[int, str] | None:
+    """(step index, archive) of the newest backup of ``h`` an earlier step of the runbook wrote
+    (check mode: will write), or None."""
+    mine = [(i, arch) for i, host, arch in ctx.backups if host == h.name]
+    return mine[-1] if mine else None
+
+
 def _purge_run(h: Host, a: dict, ctx: RunContext) -> dict:
     from bigskies_ops.stack import lifecycle
     h = _compose_host(h)
     _destructive(h, "purge", ctx, f"Purge the compose project on {h.name}"
                                   + (" (after a backup)?" if a["backup"] else " WITHOUT a backup?"))
     res = lifecycle.purge(h, take_backup=a["backup"], pull=a["pull"], pull_to=_pull_to(ctx) if h.is_remote else None)
+    earlier = _earlier_backup(h, ctx)
     return {"backup": res["backup"], "pulled": res.get("pulled"), "volume": res["volume"], "project": res["project"],
             "msg": f"project {res['project']!r} purged; volume {res['volume']} removed"
-                   + (f"; pre-purge backup {res['backup']}" if res["backup"] else "; no backup")}
+                   + (f"; pre-purge backup {res['backup']}" if res["backup"] else
+                      f"; its data is in {earlier[1]} (step {earlier[0]}'s backup)" if earlier else
+                      "; no pre-purge backup")}
 
 
 def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
@@ -359,9 +410,12 @@ def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
     p = lifecycle.plan_purge(h, take_backup=a["backup"])
     p["refusals"] = _policy_refusal(h, "purge", ctx) + p["refusals"]
     ctx.states[h.name] = lifecycle.after_stack_action(ctx.states.get(h.name) or {}, "purge")
+    earlier = _earlier_backup(h, ctx)
     lines = (["take a pre-purge backup first (if it fails nothing is purged)"] if a["backup"] else
+             [f"  no pre-purge backup in this step (backup: false): the volume's data is kept in the backup step "
+              f"{earlier[0]} will write ({earlier[1]})"] if earlier else
              ["  no pre-purge backup in this step (backup: false): the volume's data survives only in backups "
-              "already taken (an earlier step's, if any)"])
+              "already taken"])
     lines += [f"remove the containers of compose project {p['project']!r}: {', '.join(p['containers']) or 'none'}",
               f"DELETE the data volume {p['volume']} ("
               + (f"size {p['volume_size']}" if p["volume_exists"] else "does not exist") + ")"]
@@ -373,10 +427,24 @@ def _purge_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
 register(Action("docker.purge", "Remove the containers AND the data volume, after a pre-purge backup.", {
     "backup": Param(bool, default=True, help="take the pre-purge backup first (false: the data is gone for good)"),
     "pull": Param(bool, default=True, help="for a remote host: pull the pre-purge backup here"),
-}, _purge_run, _purge_plan, destructive="purge"))
+}, _purge_run, _purge_plan, destructive="purge", facts=("backup", "pulled", "volume", "project"),
+    needs_compose=True))
 
 
 # ------------------------------------------------------------------ db.pull
+def _pull_static_check(h: Host, a: dict, inv) -> None:
+    """Before the first step: ``from`` is an SSH host and the step's host a local one (else
+    the step would fail only after the earlier steps ran)."""
+    if isinstance(a.get("from"), str) and not inv.resolve(a["from"])[0].is_remote:
+        raise UsageError(f"from: {a['from']} is not an SSH host (connection: local); db.pull pulls from an SSH "
+                         f"host (use db.backup for a local host)")
+    if h.is_remote:
+        raise UsageError(f"host: db.pull runs on the local host that receives the backup; {h.name} is an SSH host "
+                         f"(give the step host: a local host)")
+    if a.get("existing") == "":
+        _pull_spec(a)
+
+
 def _pull_hosts(h: Host, a: dict, ctx: RunContext) -> tuple[Host, Host]:
     """(the SSH source ``from``, the step's host: the local destination)."""
     from bigskies_ops.jobs.backup import with_lock_wait_timeout
@@ -390,7 +458,7 @@ def _pull_hosts(h: Host, a: dict, ctx: RunContext) -> tuple[Host, Host]:
 
 
 def _pull_spec(a: dict) -> str | None:
-    if a["existing"] == "":
+    if a.get("existing") == "":
         raise UsageError("existing: give 'latest', a backup id or an archive's file name (an empty value is neither)")
     return a["existing"]
 
@@ -449,7 +517,9 @@ register(Action("db.pull", "Pull a database from an SSH host to this machine (th
     "skip_missing_roles": Param(bool, default=False, help="with restore: restore although roles are missing"),
     "jobs": Param(int, help="parallel sessions of the restore (1-64)"),
     "lock_wait_timeout": Param(float, help="a fresh dump: seconds to wait for a table lock"),
-}, _pull_run, _pull_plan, destructive="pull --to", destructive_when=lambda a: bool(a.get("restore"))))
+}, _pull_run, _pull_plan, destructive="pull --to", destructive_when=lambda a: bool(a.get("restore")),
+    facts=("archive", "name", "id", "from", "size_bytes", "database", "pre_restore_copy"),
+    static_check=_pull_static_check))
 
 
 # ------------------------------------------------------------------ db.prune
@@ -482,7 +552,7 @@ def _prune_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
 register(Action("db.prune", "Apply GFS retention (daily/weekly/monthly) to the host's backups.", {
     "failed": Param(bool, default=False, help="also prune FAILED runs, unfinished runs and .partial files"),
     "include_legacy": Param(bool, default=False, help="let seed-era files without a manifest take part"),
-}, _prune_run, _prune_plan, destructive="prune"))
+}, _prune_run, _prune_plan, destructive="prune", facts=("deleted", "bytes_freed", "kept")))
 
 
 # ------------------------------------------------------------------ db.offsite
@@ -520,7 +590,7 @@ def _offsite_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
 
 register(Action("db.offsite", "Copy backups not yet offsite to the host's targets, verify each, prune remotely.", {
     "target": Param(str, help="only this offsite target (its name in the inventory); default: all"),
-}, _offsite_run, _offsite_plan))
+}, _offsite_run, _offsite_plan, facts=("uploaded", "pruned_remote", "targets")))
 
 
 # ------------------------------------------------------------------ db.migrate
@@ -572,5 +642,6 @@ register(Action("db.migrate", "Apply pending schema migrations (a pre-migrate ba
     "to": Param(int, help="apply up to and including this version only"),
     "no_backup": Param(bool, default=False, help="skip the pre-migrate backup (refused on protected hosts)"),
     "baseline": Param(int, help="record migrations up to this version as applied without running them"),
-    "lock_timeout": Param(float, default=60.0, help="seconds to wait for the migration lock"),
-}, _migrate_run, _migrate_plan, destructive="migrate"))
+    "lock_timeout": Param(float, default=60.0, help="seconds to wait for the migration lock",
+                          check=_nonnegative_seconds),
+}, _migrate_run, _migrate_plan, destructive="migrate", facts=("applied", "head", "backup", "baselined")))

@@ -42,7 +42,7 @@ def test_actions():
     rb.action_registry()
     params = {"text": Param(str, default="hi"), "n": Param(int, default=1), "fail": Param(bool, default=False),
               "words": Param(list)}
-    ACTIONS["test.echo"] = Action("test.echo", "echo", params, _echo_run, _echo_plan)
+    ACTIONS["test.echo"] = Action("test.echo", "echo", params, _echo_run, _echo_plan, facts=("text", "n"))
     ACTIONS["test.wipe"] = Action("test.wipe", "wipe", params, _echo_run, _echo_plan, destructive="restore")
     CALLS.clear()
     yield
@@ -72,6 +72,16 @@ def test_a_runbook_parses_into_steps_with_defaults():
     ("stepz: []", "unknown key 'stepz' (did you mean 'steps'?)"),
     ("steps:\n - task: test.ech", "step 1 ('test.ech'): task: unknown task 'test.ech' (did you mean 'test.echo'?)"),
     ("steps:\n - name: A\n   args: {}", "step 1 ('A'): task: missing"),
+    ("steps:\n - task: 42", "step 1: task: expected a task name (a string), got 42"),
+    ("steps:\n - name: A\n   task: [db.backup]", "step 1 ('A'): task: expected a task name (a string), got ['db.backup']"),
+    ("steps:\n - task: test.echo\n   register: a\n - task: test.echo\n   args: {text: '{{ a.txt }}'}",
+     "step 2 ('test.echo'): args.text: 'a.txt': step 1 ('test.echo') (test.echo) registers no fact 'txt' "
+     "(did you mean 'text'?); its facts: text, n (and result, ok, changed, failed, skipped, msg)"),
+    ("steps:\n - task: db.backup\n   register: pre\n - task: db.verify\n   args: {archive: '{{ pre.archiv }}'}",
+     "step 2 ('db.verify'): args.archive: 'pre.archiv': step 1 ('db.backup') (db.backup) registers no fact "
+     "'archiv' (did you mean 'archive'?); its facts: archive, id, name, size_bytes, sha256, pulled"),
+    ("steps:\n - task: db.backup\n   register: pre\n - task: db.verify\n   when: pre.archiv",
+     "step 2 ('db.verify'): when: 'pre.archiv': step 1 ('db.backup') (db.backup) registers no fact 'archiv'"),
     ("steps:\n - task: test.echo\n   hots: dev", "step 1 ('test.echo'): unknown key 'hots' (did you mean 'host'?)"),
     ("steps:\n - task: test.echo\n   args: [1]", "step 1 ('test.echo'): args: expected a mapping"),
     ("steps:\n - task: test.echo\n   ignore_errors: maybe", "step 1 ('test.echo'): ignore_errors: expected true or false"),
@@ -133,6 +143,12 @@ def test_a_single_reference_keeps_its_type_and_a_longer_string_is_text():
     ("a is succeeded", {"a": "ok"}, {}, True),
     ("a is skipped", {"a": "skipped"}, {}, True),
     ("a.changed", {"a": "changed"}, {}, True),
+    # an unreachable host is a failure too (docs/runbooks.md: registered as failed)
+    ("a is failed", {"a": "unreachable"}, {}, True),
+    ("a is not failed", {"a": "unreachable"}, {}, False),
+    ("a is unreachable", {"a": "unreachable"}, {}, True),
+    ("a is unreachable", {"a": "failed"}, {}, False),
+    ("a is succeeded", {"a": "unreachable"}, {}, False),
 ])
 def test_when_conditions(text, regs, params, expected):
     registered = {k: {"result": w, "changed": w == "changed", "failed": w == "failed", "skipped": w == "skipped"}
@@ -244,7 +260,7 @@ def test_the_json_document_has_every_host_and_step():
     assert doc["runbook"] == "echo" and doc["result"] == "ok" and [h["host"] for h in doc["hosts"]] == ["dev", "prod"]
     assert doc["hosts"][0]["steps"][0] == {"index": 1, "name": "test.echo on dev", "task": "test.echo", "host": "dev",
                                            "result": "ok", "reason": "said hi", "facts": {"text": "hi", "n": 0},
-                                           "ignored": False, "exit_code": 0}
+                                           "ignored": False, "exit_code": 0, "shared": False}
 
 
 def test_every_task_action_has_a_summary_and_documented_params():
@@ -253,3 +269,124 @@ def test_every_task_action_has_a_summary_and_documented_params():
             continue
         assert a.summary.endswith("."), name
         assert all(p.help for p in a.params.values()), name
+
+
+# ------------------------------------------------------------------ issue: a new user's trial
+def test_a_step_after_an_unreachable_ignored_step_runs_when_it_is_failed():
+    from bigskies_ops.hosts.connection import SSHError
+
+    def unreachable(h, a, ctx):
+        raise SSHError("cannot connect to far.example:22")
+    ACTIONS["test.far"] = Action("test.far", "far", {}, unreachable, _echo_plan, facts=())
+    try:
+        (res,), lines, _ = _go("steps:\n - task: test.far\n   register: pre\n   ignore_errors: true\n"
+                               " - name: React\n   task: test.echo\n   when: pre is failed\n"
+                               " - task: test.echo\n   when: pre is unreachable\n")
+    finally:
+        del ACTIONS["test.far"]
+    assert [s.result for s in res.steps] == ["unreachable", "changed", "changed"]
+
+
+def test_a_value_set_for_a_typed_argument_is_checked_before_the_first_step():
+    text = ("params: {target: {type: str, default: app_scratch}}\nsteps:\n - task: test.echo\n"
+            " - name: Restore\n   task: db.restore\n   args: {archive: latest, target_db: '{{ params.target }}'}\n")
+    for value, got in (("", "''"), ("x" * 64, repr("x" * 64))):
+        with pytest.raises(UsageError) as e:
+            _go(text, sets=[f"target={value}"], precheck=False)
+        assert str(e.value) == (f"step 2 ('Restore'): args.target_db: expected a database name of 1 to 63 bytes, "
+                                f"got {got} (from params.target: --set target=...)")
+    assert CALLS == []
+    with pytest.raises(UsageError, match=r"step 1 \('docker.up'\): args.timeout: expected seconds \(0 or more\), "
+                                         r"got -1.0 \(from params.t"):
+        _go("params: {t: {type: float, default: 1}}\nsteps: [{task: docker.up, args: {timeout: '{{ params.t }}'}}]",
+            sets=["t=-1"])
+
+
+def test_a_step_needing_the_compose_stack_on_a_host_without_one_is_refused_before_the_first_step():
+    with pytest.raises(UsageError) as e:
+        _go("steps:\n - task: test.echo\n - name: Stop everything\n   task: docker.down\n")
+    assert str(e.value) == ("step 2 ('Stop everything'): host: dev has no compose: block in the inventory "
+                            "(hosts.dev.compose); docker.down needs the compose stack")
+    with pytest.raises(UsageError, match=r"step 1 \('coordinators.stop'\): host: dev has no compose: block"):
+        _go("steps: [{task: coordinators.stop}]", check=True)
+    # a step whose `when` on params is false is not checked against the inventory
+    (res,), _, _ = _go("params: {r: {type: bool, default: false}}\nsteps:\n - task: test.echo\n"
+                       " - task: docker.down\n   when: params.r\n")
+    assert [s.result for s in res.steps] == ["changed", "skipped"]
+    assert CALLS == [("dev", {"text": "hi", "n": 1, "fail": False, "words": None})]
+
+
+def test_a_pull_from_a_local_host_is_refused_before_the_first_step():
+    with pytest.raises(UsageError) as e:
+        _go("params: {from: {type: str, default: prod}}\nsteps:\n - task: test.echo\n - name: Pull\n"
+            "   task: db.pull\n   args: {from: '{{ params.from }}'}\n", sets=["from=dev"])
+    assert str(e.value) == ("step 2 ('Pull'): args.from: dev is not an SSH host (connection: local); db.pull pulls "
+                            "from an SSH host (use db.backup for a local host) (from params.from: --set from=...)")
+    assert CALLS == []
+
+
+def test_a_step_the_real_run_would_refuse_says_so_on_its_check_line():
+    def refused(h, a, ctx):
+        return Plan(False, ["restore x"], {}, ["--target-db 'x' already exists on dev; choose a new name"])
+    ACTIONS["test.refused"] = Action("test.refused", "refused", {}, _echo_run, refused, facts=())
+    try:
+        (res,), lines, _ = _go("steps: [{name: Restore, task: test.refused}, {task: test.echo}]", check=True)
+    finally:
+        del ACTIONS["test.refused"]
+    assert ("ok (check): [dev] the real run would REFUSE this step: --target-db 'x' already exists on dev; "
+            "choose a new name") in lines
+    assert not any("would change nothing" in line for line in lines[:4])
+    assert res.steps[0].to_json()["refusals"] == ["step 1 ('Restore'): --target-db 'x' already exists on dev; "
+                                                  "choose a new name"]
+
+
+def test_the_recap_counts_where_the_steps_ran_and_a_pinned_step_runs_once_per_run():
+    text = "steps:\n - task: test.echo\n   host: prod\n   register: p\n - task: test.echo\n   args: {text: '{{ p.text }}'}\n"
+    (res,), lines, _ = _go("steps: [{task: test.echo, host: prod}]")
+    assert rb.recap_lines([res])[1:] == ["prod : ok=0 changed=1 failed=0 skipped=0 unreachable=0 ignored=0"]
+    CALLS.clear()
+    results, lines, _ = _go(text, host="dev,prod")
+    assert [c[0] for c in CALLS].count("prod") == 2  # the pinned step once, prod's own step once
+    assert sorted(c[0] for c in CALLS) == ["dev", "prod", "prod"]
+    assert rb.recap_lines(results)[1:] == ["prod : ok=0 changed=2 failed=0 skipped=0 unreachable=0 ignored=0",
+                                           "dev  : ok=0 changed=1 failed=0 skipped=0 unreachable=0 ignored=0"]
+    doc = rb.document(rb.parse(text, "t"), results, check=False)
+    assert doc["recap"]["prod"]["changed"] == 2 and doc["recap"]["dev"]["changed"] == 1
+    assert sum(s["shared"] for h in doc["hosts"] for s in h["steps"]) == 1
+    assert all(h["steps"][1]["reason"] == "said hi" for h in doc["hosts"])  # the shared step's facts flow on
+
+
+def test_list_gives_a_broken_runbook_an_error_apart_from_its_description(tmp_path):
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "good.yaml").write_text("description: fine\nsteps: [{task: test.echo}]\n")
+    (tmp_path / "runbooks" / "broken.yaml").write_text("description: half\nsteps: [{task: 42}]\n")
+    inv = parse_inventory({"hosts": {"dev": {}}}, tmp_path / "inventory.yaml")
+    found = {r["name"]: r for r in rb.available(inv)}
+    assert found["good"] == {"name": "good", "path": str(tmp_path / "runbooks" / "good.yaml"), "description": "fine",
+                             "error": None}
+    assert found["broken"]["description"] == ""
+    assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"
+
+
+def test_an_interrupt_after_a_destructive_step_says_where_the_data_is_and_how_to_restore_it():
+    res = rb.RunResult("dev")
+    res.steps = [rb.StepResult(1, "Back up", "db.backup", "dev", "changed", "backup a.sql.gz written (1 KiB)",
+                               facts={"archive": "/b/a.sql.gz", "id": "3f9a"}),
+                 rb.StepResult(2, "Purge", "docker.purge", "dev", "changed", "project 'app' purged",
+                               facts={"backup": None, "volume": "app_pgdata"}, destructive=True)]
+    res.stopped = rb.StepResult(3, "Start fresh", "docker.up", "dev", "failed", "interrupted by signal 2", exit_code=130)
+    res.steps.append(res.stopped)
+    ctx = RunContext(INV, backups=[(1, "dev", "/b/a.sql.gz")])
+    lines = rb.interrupted_lines([(res, ctx)], 2)
+    assert lines[:7] == [
+        "INTERRUPTED by signal 2 in step 3 ('Start fresh', docker.up on dev); it did not finish and the steps after "
+        "it did not run",
+        "Steps that finished:",
+        "  step 1 ('Back up', db.backup on dev): changed: backup a.sql.gz written (1 KiB)",
+        "      archive: /b/a.sql.gz",
+        "  step 2 ('Purge', docker.purge on dev): changed: project 'app' purged",
+        "      volume: app_pgdata",
+        "A destructive step ran (step 2, docker.purge on dev): the data from before it is in /b/a.sql.gz (written by "
+        "step 1). To restore it:"]
+    assert lines[7] == "  inv db.restore /b/a.sql.gz --host dev --roles"
+    assert lines[9] == "dev : ok=0 changed=2 failed=1 skipped=0 unreachable=0 ignored=0"

@@ -53,3 +53,17 @@ def test_the_docs_examples_parse():
     assert len(blocks) >= 2
     for b in blocks:
         rb.parse(b)
+
+
+def test_the_docs_facts_table_lists_what_each_task_registers():
+    text = (DOCS / "runbooks.md").read_text()
+    table = text.split("| task | facts |", 1)[1].split("\n\n", 1)[0]
+    actions = rb.action_registry()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        tasks, facts = line.strip().strip("|").split(" | ")
+        facts = re.sub(r"with `\w+`:?", "", re.sub(r"\([^)]*\)", "", facts))  # "(null with `target_db`)"
+        named = set(re.findall(r"`([a-z_0-9]+)`", facts))
+        for task in re.findall(r"`([a-z.]+)`", tasks):
+            assert named == set(actions[task].facts), task

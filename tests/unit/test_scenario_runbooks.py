@@ -148,3 +148,29 @@ def test_the_docs_table_lists_every_scenario_action_with_its_arguments():
     assert set(ours) <= set(rows), f"not in docs/runbooks.md: {sorted(set(ours) - set(rows))}"
     for name, a in ours.items():
         assert tuple(rows[name][1:]) == _cell(a), name
+
+
+def test_complete_reset_check_names_the_backup_the_runbook_takes_before_the_purge(recorders, monkeypatch):
+    from bigskies_ops.stack import lifecycle
+    from bigskies_ops.stack.actions import Plan, StandIn
+
+    def planned(name):
+        def plan(h, a, ctx):
+            return Plan(True, [f"{name}"], facts={"archive": StandIn("/b/pre.sql.gz")})
+        return plan
+    for name in ACTIONS:
+        if name != "docker.purge":
+            ACTIONS[name] = dataclasses.replace(ACTIONS[name], plan=planned(name))
+    # the compose project's state is podman's (tests/integration/stack); here only the wording is checked
+    monkeypatch.setattr(lifecycle, "plan_purge", lambda h, take_backup: {
+        "project": "app", "containers": [], "volume": "app_pgdata", "volume_exists": True, "volume_size": "1 MiB",
+        "refusals": []})
+    book = rb.load(RUNBOOKS["complete-reset"])
+    values = rb.bind_params(book, {})
+    valid = rb.validate(book, INV, None, values, check=True)
+    ctx = RunContext(INV, check=True, task="scenario.complete-reset")
+    r = rb.execute(book, ctx, valid.targets[0], values, say=lambda line: None)
+    purge = next(s for s in r.steps if s.task == "docker.purge")
+    assert purge.reason == ("no pre-purge backup in this step (backup: false): the volume's data is kept in the "
+                            "backup step 2 will write (/b/pre.sql.gz)")
+    assert ctx.backups == [(2, "dev", "/b/pre.sql.gz")]

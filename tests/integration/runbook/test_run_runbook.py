@@ -383,3 +383,121 @@ def test_a_rollback_step_undoes_the_restore_when_a_later_step_failed(setup, pg_s
     # the table made after the backup is back (the undo swapped the replaced database in again)
     assert pg_sql("SELECT x FROM after_backup", dbname).strip() == "42"
     assert steps[3]["facts"]["previous_kept_as"] in _databases(pg_sql)
+
+
+# ------------------------------------------------------------------ a new user's trial: refused before step 1
+def test_a_step_needing_compose_on_a_host_without_one_is_refused_before_the_backup(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    state = (_databases(pg_sql), db_fingerprint(pg_sql, dbname))
+    message = ("step 2 ('Stop everything'): host: dev has no compose: block in the inventory (hosts.dev.compose); "
+               "docker.down needs the compose stack")
+    r = _run(inv, cli_env, "fresh-start")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "TASK [" not in r.stdout + r.stderr
+    r = cli("scenario.fresh-start", "-i", str(inv), env=cli_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not bdir.exists() and (_databases(pg_sql), db_fingerprint(pg_sql, dbname)) == state
+
+
+def test_a_target_db_that_exists_is_refused_before_the_backup(setup, pg_sql, dbname, cli_env):
+    inv, bdir, write = setup
+    write("copy", COPY)
+    taken = f"{dbname}_taken"
+    pg_sql(f'CREATE DATABASE "{taken}"', "postgres")
+    state = (_databases(pg_sql), db_fingerprint(pg_sql, dbname))
+    # step 3 is the first restore into params.target
+    message = (f"step 3 ('Restore a backup that does not exist'): args.target_db: database '{taken}' already exists "
+               f"on dev; restore into a new name (--set a new one) or drop it first (from params.target: --set "
+               f"target=...)")
+    for extra in ((), ("--check",)):  # --check validates identically
+        r = _run(inv, cli_env, "copy", "--set", f"target={taken}", *extra)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert message in r.stderr, r.stderr
+        assert "TASK [" not in r.stdout + r.stderr
+    assert not bdir.exists() and (_databases(pg_sql), db_fingerprint(pg_sql, dbname)) == state
+    r = _run(inv, cli_env, "copy", "--set", "target=")
+    assert r.returncode == 2 and ("args.target_db: expected a database name of 1 to 63 bytes, got '' "
+                                  "(from params.target: --set target=...)") in r.stderr, r.stderr
+    assert not bdir.exists()
+    pg_sql(f'DROP DATABASE "{taken}"', "postgres")
+
+
+def test_list_marks_a_broken_runbook_and_gives_its_error_a_field_of_its_own(setup, cli_env):
+    inv, bdir, write = setup
+    write("copy", COPY)
+    write("broken", "description: half done\nsteps: [{task: 42}]\n")
+    r = _run(inv, cli_env, "--list")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^broken +BROKEN: step 1: task: expected a task name \(a string\), got 42$", r.stdout, re.M)
+    r = _run(inv, cli_env, "--list", "--json")
+    found = {x["name"]: x for x in json.loads(r.stdout)["runbooks"]}
+    assert found["broken"]["error"] == "step 1: task: expected a task name (a string), got 42"
+    assert found["broken"]["description"] == "" and found["copy"]["error"] is None
+
+
+def test_a_scenarios_check_names_the_command_the_user_typed(setup, cli_env):
+    inv, bdir, write = setup
+    r = cli("scenario.before-risky-change", "-i", str(inv), "--check", env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CHECK MODE (scenario.before-risky-change --check): nothing is changed" in r.stdout
+    assert "run before-risky-change" not in r.stdout and not bdir.exists()
+
+
+def test_an_interrupt_prints_the_steps_that_finished_and_how_to_restore_after_a_destructive_step(
+        tmp_path, pg, pg_sql, dbname, cli_env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    bdir = tmp_path / "backups"
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "999_never_applied.sql").write_text("SELECT 1;\n")
+    inv = write_inventory(tmp_path / "inventory.yaml",
+                          {"dev": native_host(pg, dbname, bdir, migrations={"dir": str(tmp_path / "migrations")})})
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "slow.yaml").write_text(textwrap.dedent("""
+        steps:
+          - name: Back up
+            task: db.backup
+            register: pre
+          - name: Replace the database with the backup
+            task: db.restore
+            args: {archive: "{{ pre.archive }}", terminate_sessions: true}
+          - name: Wait for a migration that never comes
+            task: wait.migrations
+            args: {timeout: 120}
+    """))
+    before = set(_databases(pg_sql))
+    # SIGINT is sent to this child only (not the process group): the test process and others are untouched
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "run", "-i", str(inv), "slow", "--yes"], env=cli_env,
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not any(n.startswith(f"{dbname}_pre_") for n in set(_databases(pg_sql)) - before):
+            assert time.monotonic() < deadline and p.poll() is None, "the restore step did not finish"
+            time.sleep(0.2)
+        time.sleep(3)  # step 3 polls schema_migrations every second
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, out + err
+    assert "Traceback" not in out + err
+    (archive,) = [q for q in bdir.iterdir() if q.name.endswith(".sql.gz")]
+    assert ("INTERRUPTED by signal 2 in step 3 ('Wait for a migration that never comes', wait.migrations on dev); "
+            "it did not finish and the steps after it did not run") in out, out + err
+    assert "  step 1 ('Back up', db.backup on dev): changed: backup " in out
+    assert f"      archive: {archive}" in out
+    assert ("A destructive step ran (step 2, db.restore on dev): the data from before it is in "
+            f"{archive} (written by step 1). To restore it:") in out
+    assert f" db.restore {archive} --host dev --roles -i {inv}" in out
+    assert "dev : ok=0 changed=2 failed=1 skipped=0 unreachable=0 ignored=0" in out
+    assert "interrupted by signal 2; cleanup done" in err
+    for name in set(_databases(pg_sql)) - before:
+        pg_sql(f'DROP DATABASE IF EXISTS "{name}"', "postgres")

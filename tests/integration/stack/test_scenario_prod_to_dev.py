@@ -27,7 +27,7 @@ def test_scenario_prod_to_dev_pulls_prods_data_into_dev_through_its_runbook(worl
     # --check: the runbook's one step planned, nothing changed, exit 0
     r = cli("scenario.prod-to-dev", "-i", str(w.inv), "--check", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    in_order(r.stdout, "CHECK MODE (run prod-to-dev --check)",
+    in_order(r.stdout, "CHECK MODE (scenario.prod-to-dev --check)",
              "TASK [Pull production's data and restore it here] (db.pull on dev)", "would dump and stream prod's",
              "restore it into dev's database", "RUNBOOK RECAP")
     unchanged()
@@ -35,9 +35,11 @@ def test_scenario_prod_to_dev_pulls_prods_data_into_dev_through_its_runbook(worl
     r = cli("scenario.prod-to-dev", "-i", str(w.inv), env=env)
     assert r.returncode == 3 and "--yes" in r.stderr and "TASK [" not in r.stdout, r.stdout + r.stderr
     unchanged()
-    # into the protected prod without the flags: refused before the step (exit 3)
+    # into prod (an SSH host, protected): db.pull's host receives the data and must be local, which
+    # is checked before the step (exit 2; the flags lifting the protection would not help)
     r = cli("scenario.prod-to-dev", "-i", str(w.inv), "--to", "prod", "--yes", env=env)
-    assert r.returncode == 3 and "--force-protected --confirm" in r.stderr and "TASK [" not in r.stdout, r.stderr
+    assert r.returncode == 2 and "host: db.pull runs on the local host that receives the backup; prod is an SSH " \
+                                 "host" in r.stderr and "TASK [" not in r.stdout, r.stderr
     unchanged()
     assert db_fingerprint(w.prod_sql, w.prod_db) == prod_before
 

@@ -96,7 +96,7 @@ def test_scenario_checks_print_the_ordered_steps_with_their_plans(stack):
     before = stack.harmless()
     r = _check(stack, "scenario.fresh-start")
     out = r.stdout
-    assert "CHECK MODE (run fresh-start --check)" in out
+    assert "CHECK MODE (scenario.fresh-start --check)" in out
     in_order(out, "TASK [Back up the current state] (db.backup on stack)", "would dump database 'bigskies'",
              "TASK [Stop everything] (docker.down on stack)", "stopped and removed",
              "TASK [Rebuild images] (docker.build on stack)", "TASK [Start; the database persists in its volume]",
