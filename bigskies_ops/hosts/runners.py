@@ -374,6 +374,23 @@ class Runner:
         return self.start_fetch(path, local_path).run(offset, progress=progress)
 
 
+def write_probe(runner: "Runner", folder: str, tag: str) -> None:
+    """Create and remove an empty probe file ``<folder>/.bigskies-<tag>-<random>`` through
+    ``runner``: whether the folder takes new files (``inventory.ping``, ``inv apply``).
+
+    Raises:
+        StorageError, OSError: the folder refuses new files."""
+    import uuid
+    probe = f"{folder.rstrip('/')}/.bigskies-{tag}-{uuid.uuid4().hex[:12]}"
+    try:
+        runner.create_exclusive(probe, b"")
+    finally:
+        try:
+            runner.remove(probe)
+        except Exception:  # noqa: BLE001 - nothing was created
+            pass
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (signal 0; EPERM means it does). A zombie
     (ended, not yet reaped by its parent: Linux ``/proc/PID/stat`` state Z) does not."""

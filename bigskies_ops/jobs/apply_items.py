@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from bigskies_ops.errors import BigskiesError
+from bigskies_ops.hosts.runners import write_probe
 from bigskies_ops.inventory import Host, Inventory
 
 OK, CHANGED, FAILED, SKIPPED, UNREACHABLE = "ok", "changed", "failed", "skipped", "unreachable"
@@ -159,7 +160,7 @@ def backup_folder(host: Host, runner, opts) -> Item:
         if opts.check:
             return Item(name, CHANGED, f"{d} would be created ({FOLDER_MODE:04o})")
         runner.makedirs(d, mode=FOLDER_MODE)
-        _probe(runner, d)
+        write_probe(runner, d, "apply")
         return Item(name, CHANGED, f"{d} created ({file_mode(runner, d) or FOLDER_MODE:04o})")
     if mode & FOLDER_FORBIDDEN:
         new = mode & ~FOLDER_FORBIDDEN
@@ -167,26 +168,11 @@ def backup_folder(host: Host, runner, opts) -> Item:
             return Item(name, CHANGED, f"{d} mode {mode:04o} would become {new:04o} (no group write, nothing "
                                        f"for others: it holds whole databases)")
         _chmod(runner, d, new)
-        _probe(runner, d)
+        write_probe(runner, d, "apply")
         return Item(name, CHANGED, f"{d} mode {mode:04o} -> {new:04o} (no group write, nothing for others)")
     if not opts.check:
-        _probe(runner, d)
+        write_probe(runner, d, "apply")
     return Item(name, OK, f"{d} ({mode:04o}), writable")
-
-
-def _probe(runner, d: str) -> None:
-    """Create and remove a probe file in ``d`` (what ``inventory.ping`` does).
-
-    Raises:
-        StorageError, OSError: the folder refuses new files."""
-    probe = f"{d.rstrip('/')}/.bigskies-apply-{uuid.uuid4().hex[:12]}"
-    try:
-        runner.create_exclusive(probe, b"")
-    finally:
-        try:
-            runner.remove(probe)
-        except Exception:  # noqa: BLE001 - nothing was created
-            pass
 
 
 def _chmod(runner, path: str, mode: int) -> None:
@@ -363,7 +349,7 @@ def metrics_textfile(inv: Inventory, host: Host, opts) -> Item:
         if os.path.exists(path):
             if not opts.check:
                 from bigskies_ops.hosts.local import LocalRunner
-                _probe(LocalRunner(), folder)  # the scheduled run writes a temporary file there
+                write_probe(LocalRunner(), folder, "apply")  # the scheduled run writes a temporary file there
             return Item(name, OK, f"{path} present (each scheduled run rewrites it)")
         if opts.check:
             return Item(name, CHANGED, f"{path} would be written")

@@ -31,13 +31,13 @@ Hosts are checked in parallel threads; nothing is changed on any host.
 from __future__ import annotations
 
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bigskies_ops import output
 from bigskies_ops.errors import BigskiesError
 from bigskies_ops.hosts import runner_for
+from bigskies_ops.hosts.runners import write_probe
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.health import Check
 from bigskies_ops.text import human_bytes
@@ -264,14 +264,7 @@ def _backup_dir(host: Host, runner) -> PingCheck:
     try:
         if not runner.exists(d):
             return PingCheck("backup_dir", WARNING, f"{d} does not exist yet (db.backup creates it)", facts)
-        probe = f"{d.rstrip('/')}/.bigskies-ping-{uuid.uuid4().hex[:12]}"
-        try:
-            runner.create_exclusive(probe, b"")
-        finally:
-            try:
-                runner.remove(probe)
-            except Exception:  # noqa: BLE001 - nothing was created
-                pass
+        write_probe(runner, d, "ping")
     except (BigskiesError, OSError) as e:
         return PingCheck("backup_dir", FAILED, f"{d} is not writable: {_reason(e)}", facts)
     return PingCheck("backup_dir", OK, f"{d} exists and is writable", facts)
