@@ -40,7 +40,7 @@ from bigskies_ops.hosts.connection import SSHError, build_connection, connect_er
 from bigskies_ops.hosts.runners import Fetch, Result, Runner, redact_argv, tail
 from bigskies_ops.hosts.shell import ENV_MARK, WRAPPER, describe, failure_reason, pipeline_script
 from bigskies_ops.inventory import ENV_NAME_RE  # the variable names the WRAPPER may export
-from bigskies_ops.hosts.transfer import ChannelFetch, OpenSSHFetch, RemoteReadFile, RemoteWriteFile
+from bigskies_ops.hosts.transfer import ChannelFetch, OpenSSHFetch, OpenSSHProcess, RemoteReadFile, RemoteWriteFile
 
 
 #: host names already warned about host_key_checking: false in this process
@@ -221,10 +221,19 @@ class SSHRunner(Runner):
 
         Use :func:`~bigskies_ops.hosts.shell.stage_statuses` on the finished process's
         stderr to read them (``pg_dump | gzip`` would otherwise hide pg_dump's failure).
-        Guarded, as :meth:`popen` without stdin.
+        Guarded, as :meth:`popen` without stdin. A pipeline whose stdout comes here (no
+        ``stdout_path``) runs through an OpenSSH client when there is one
+        (:class:`~bigskies_ops.hosts.transfer.OpenSSHProcess`: bulk bytes decrypted in C,
+        outside this process), else over a paramiko channel.
         """
-        return self.popen(["sh", "-c", pipeline_script(stages, stdout_path=stdout_path, stdin_path=stdin_path)],
-                          env=env)
+        argv = ["sh", "-c", pipeline_script(stages, stdout_path=stdout_path, stdin_path=stdin_path)]
+        if stdout_path is None and stdin_path is None:
+            cmd, prefix = self.command_line(argv, env, guard=True)
+            ssh_argv = self.openssh_argv(cmd)
+            if ssh_argv is not None:
+                self._changed()
+                return OpenSSHProcess(self, argv, ssh_argv, prefix, self.stall_timeout)
+        return self.popen(argv, env=env)
 
     # ---- bulk reads through OpenSSH ----------------------------------------------------
     def openssh_argv(self, remote_command: str, *, connect: bool = True) -> list[str] | None:
