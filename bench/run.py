@@ -170,8 +170,15 @@ class Bench:
         if free < need:
             raise SystemExit(f"bench: not enough free disk in {self.base}: {free / 1e9:.1f} GB free, "
                              f"{need / 1e9:.1f} GB needed (data, archives, restored copies)")
-        self.log(f"cluster in {self.base} (fsync on, default shared_buffers); pgbench scale {scale}, {rows} JSON rows")
-        self.cluster.init().start(settings={"fsync": "on", "shared_buffers": "128MB", "max_wal_size": "1GB"})
+        self.log(f"cluster in {self.base} (fsync on, default shared_buffers, autovacuum off); pgbench scale {scale}, "
+                 f"{rows} JSON rows")
+        # autovacuum off: a contender's 1 GB load leaves a VACUUM of its new tables for later (the
+        # insert threshold), and the launcher starts it within a minute, on whichever contender's
+        # clock runs then; ours keep their database (the pre-restore copy), the others drop theirs,
+        # so that work could land on the next contender at random (the 2026-12-03 22:31Z run, with
+        # autovacuum on: plain restore 14.2 s in its first run, 18.7 s in the two after a restore of ours)
+        self.cluster.init().start(settings={"fsync": "on", "shared_buffers": "128MB", "max_wal_size": "1GB",
+                                            "autovacuum": "off"})
         self.psql("CREATE DATABASE bigskies", "postgres")
         self.cluster.psql(database="bigskies", input=bootstrap_sql(REPO / "configs" / "sql"))
         t0 = time.perf_counter()
