@@ -2,9 +2,10 @@
 
 psql reads a plain dump in one session: one backend parses every COPY row while the
 other cores wait (``pg_restore --jobs`` exists only for custom and directory archives).
-:func:`load_plain_parallel` gives each of ``jobs`` sessions its own reader of the same
-archive (gunzip + the restore's statement lexer, :class:`bigskies_ops.archives.plainsql.OwnerAclFilter`)
-and splits the work by the dump's own structure:
+:func:`load_plain_parallel` reads the archive once (gunzip + the restore's statement lexer,
+:class:`bigskies_ops.archives.plainsql.OwnerAclFilter`, in one thread: :class:`_Fanout`) and
+hands the same typed pieces to each of ``jobs`` sessions, which split the work by the
+dump's own structure:
 
 * SQL outside COPY data (CREATE, ALTER, indexes, constraints, ...) runs in the first
   session ("the leader"), in file order, exactly as psql would run it;
@@ -17,7 +18,7 @@ and splits the work by the dump's own structure:
   text format has one row per line; PostgreSQL docs, COPY "Text Format"), and each
   segment is loaded by whichever session reaches it first, as its own ``COPY ... FROM
   stdin`` with the dump's column list. Segment boundaries depend only on the data, so
-  every reader cuts the stream at the same places whatever its chunking.
+  every session cuts the stream at the same places.
 
 Ordering is psql's where it matters: a run of COPY blocks starts only after every SQL
 statement before it has completed in the leader (tables exist), and the SQL after it
@@ -55,7 +56,7 @@ from bigskies_ops.archives.integrity import gunzip_chunks
 from bigskies_ops.hosts.local import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
-SEGMENT_BYTES = 32 * 1024 * 1024
+SEGMENT_BYTES = 16 * 1024 * 1024
 
 #: statements (other than the ``set`` pieces every session runs) after which only the
 #: leader loads: they open a transaction, change session state the other sessions
@@ -294,14 +295,99 @@ class _Shared:
             self.cond.notify_all()
 
 
-class _Worker:
-    """One reader of the archive driving one psql session (worker 0 is the leader)."""
+class _Fanout:
+    """The archive read and lexed once, for every session: a thread of its own inflates it
+    (or reads the spool of a pull) and splits it into typed pieces with ONE
+    :class:`OwnerAclFilter`; each session's worker takes the same pieces in the same order
+    (:meth:`pieces`), so every worker sees exactly what its own reader and lexer used to
+    give it, for 1/``jobs`` of the CPU (on the benchmark's 752 MB of SQL, inflating and
+    lexing cost each reader ~2 s of the two cores the server's backends load with).
 
-    def __init__(self, wid: int, shared: _Shared, session: _Session, chunks, policy: RolePolicy | None,
+    Bounded: a worker at most ``limit`` bytes of archive behind the reader holds it back
+    (memory stays flat). No worker waits for data beyond its own position (a session waits
+    only for the leader's SQL before its COPY run, or for the segments of a run it has read
+    past), so a worker held back by another never deadlocks the load.
+    """
+
+    _END = object()
+
+    def __init__(self, chunks, policy: RolePolicy | None, workers: int, shared: _Shared, limit: int):
+        self.flt = OwnerAclFilter(policy)
+        self.shared, self.limit = shared, limit
+        self.cond = threading.Condition()
+        self.queues: list[list] = [[] for _ in range(workers)]
+        self.held = [0] * workers  # archive bytes queued per worker
+        self.open = [True] * workers
+        self.thread = threading.Thread(target=self._read, args=(chunks,), daemon=True, name="parload-reader")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _read(self, chunks) -> None:
+        try:
+            last = 0
+            for done, chunk in chunks:
+                if self.shared.abort.is_set():
+                    return
+                self._put((done, self.flt.feed_pieces(chunk)), len(chunk))
+                last = done
+            self._put((last, self.flt.flush_pieces()), 0)
+            self._put(self._END, 0)
+        except _Abort:
+            return
+        except BaseException as e:  # a reading/lexing error (corrupt gzip, missing roles): stop every session
+            self.shared.fail(e)
+            with self.cond:
+                self.cond.notify_all()
+
+    def _put(self, item, size: int) -> None:
+        with self.cond:
+            while any(o and h and h + size > self.limit for o, h in zip(self.open, self.held)):
+                if self.shared.abort.is_set():
+                    raise _Abort()
+                self.cond.wait(0.2)
+            for w, o in enumerate(self.open):
+                if o:
+                    self.queues[w].append((item, size))
+                    self.held[w] += size
+            self.cond.notify_all()
+
+    def pieces(self, wid: int):
+        """``(archive bytes read, pieces)`` for worker ``wid``, in archive order, until the end.
+
+        Raises:
+            _Abort: the load was stopped (another session failed, or the reader did)."""
+        q = self.queues[wid]
+        while True:
+            with self.cond:
+                while not q:
+                    if self.shared.abort.is_set():
+                        raise _Abort()
+                    self.cond.wait(0.2)
+                item, size = q.pop(0)
+                self.held[wid] -= size
+                self.cond.notify_all()
+            if item is self._END:
+                return
+            yield item
+
+    def close(self, wid: int) -> None:
+        """Worker ``wid`` reads no more (it finished, stopped or failed)."""
+        with self.cond:
+            self.open[wid] = False
+            self.queues[wid].clear()
+            self.held[wid] = 0
+            self.cond.notify_all()
+
+
+class _Worker:
+    """One psql session's driver over the shared pieces of the archive (worker 0 is the leader)."""
+
+    def __init__(self, wid: int, shared: _Shared, session: _Session, fanout: _Fanout,
                  progress=None, segment_bytes: int = SEGMENT_BYTES):
         self.wid, self.shared, self.s = wid, shared, session
-        self.chunks = chunks
-        self.flt = OwnerAclFilter(policy)
+        self.fanout = fanout
+        self.flt = fanout.flt  # read only here: its lists (copy_tables, facts) are filled ahead by the reader
         self.progress = progress if wid == 0 else None
         self.segment_bytes = segment_bytes
         self.loaded: list[tuple[str, str] | None] = []  # table of each segment this session loaded, in order
@@ -327,13 +413,12 @@ class _Worker:
 
     def run_all(self) -> None:
         try:
-            for done, chunk in self.chunks:
+            for done, pieces in self.fanout.pieces(self.wid):
                 if self.shared.abort.is_set():
                     raise _Abort()
-                self._pieces(self.flt.feed_pieces(chunk))
+                self._pieces(pieces)
                 if self.progress:
                     self.progress(done)
-            self._pieces(self.flt.flush_pieces())
             if self.serial and not self.leader:
                 return
             if self.in_seg or self.flt.in_copy:
@@ -345,8 +430,10 @@ class _Worker:
             return
         except _Abort:
             self.shared.abort.set()
-        except BaseException as e:  # a reading/lexing error: stop every session
+        except BaseException as e:  # stop every session
             self.shared.fail(e)
+        finally:
+            self.fanout.close(self.wid)
 
     # -------------------------------------------------------------- pieces
     def _pieces(self, pieces) -> None:
@@ -479,14 +566,14 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     """Restore the plain dump ``path`` (gzip) into ``database`` with ``jobs`` psql sessions.
 
     Args:
-        jobs: sessions (>= 1); each reads and gunzips the archive itself.
+        jobs: sessions (>= 1), fed from one reader of the archive (:class:`_Fanout`).
         policy: what to do with statements naming roles missing on the target
             (:class:`bigskies_ops.archives.plainsql.RolePolicy`; None: run every statement).
         pgoptions: session settings for every psql (libpq ``PGOPTIONS``).
         progress: called with the compressed bytes read by the leader.
         open_chunks: ``open_chunks()`` -> iterator of ``(compressed bytes read, SQL bytes)``
-            for one reader (default: the local file through
-            :func:`bigskies_ops.archives.integrity.gunzip_chunks`); called once per session.
+            (default: the local file through :func:`bigskies_ops.archives.integrity.gunzip_chunks`);
+            called once.
         segment_bytes: COPY data per segment.
         stats: if given, filled with ``segments``: the segments each session loaded;
             ``serial_because``: why the leader loaded alone (None: it did not);
@@ -512,17 +599,24 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     token = "bigskies-sync-" + secrets.token_hex(8)
     sessions: list[_Session] = []
     workers: list[_Worker] = []
+    # a worker may fall this far behind the reader: a segment it loads while another
+    # session reads past it and the next, plus a chunk
+    fanout = _Fanout(open_chunks(), policy, jobs, shared, limit=2 * segment_bytes + (2 << 20))
     try:
         for wid in range(jobs):
             s = _Session(access, database, pgoptions, token)
             sessions.append(s)
-            workers.append(_Worker(wid, shared, s, open_chunks(), policy, progress, segment_bytes))
+            workers.append(_Worker(wid, shared, s, fanout, progress, segment_bytes))
         threads = [threading.Thread(target=w.run_all, daemon=True, name=f"parload-{w.wid}") for w in workers]
+        fanout.start()
         for t in threads:
             t.start()
         for t in threads:
             while t.is_alive():
                 t.join(0.5)
+        # the workers took the reader's last piece, or stopped (abort: the reader stops at its next
+        # chunk, or stays blocked on a pull that sends nothing; its pull is stopped by the caller)
+        fanout.thread.join(None if not shared.abort.is_set() else 5)
     except BaseException:
         shared.abort.set()
         for s in sessions:
@@ -535,7 +629,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     if stats is not None:
         stats["segments"] = [len(w.loaded) for w in workers]
         stats["serial_because"] = workers[0].serial_because
-        stats["skipped"] = dict(workers[0].flt.skipped)
+        stats["skipped"] = dict(fanout.flt.skipped)
     if shared.errors:
         raise shared.errors[0]
     if shared.abort.is_set() or any(rcs):
