@@ -251,8 +251,8 @@ class OpenSSHProcess(Process):
     values, the sudo password: never on a command line), the same guard (the remote side
     stops the command when this client's stdin closes: our process ended or
     :meth:`kill`). For bulk streams: OpenSSH decrypts in C, outside this process and its
-    GIL (perf-baseline: ~1.7x paramiko's throughput; a ``db.pull --restore`` spent ~5 s
-    of its Python CPU in paramiko's transport thread for 752 MB of SQL).
+    GIL (perf-baseline: ~1.7x paramiko's throughput; paramiko's transport thread decrypts
+    every byte in this process, on the cores a ``db.pull --restore``'s load needs).
 
     ``argv`` is the remote command as the caller gave it (messages); ``runner`` the
     :class:`~bigskies_ops.hosts.ssh.SSHRunner` (its paramiko connection stops the remote
