@@ -56,7 +56,7 @@ from bigskies_ops.archives.integrity import gunzip_chunks
 from bigskies_ops.hosts.local import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
-SEGMENT_BYTES = 16 * 1024 * 1024
+SEGMENT_BYTES = 8 * 1024 * 1024
 
 #: statements (other than the ``set`` pieces every session runs) after which only the
 #: leader loads: they open a transaction, change session state the other sessions
