@@ -402,7 +402,9 @@ class Sql:
     """The library's one SQL interface (status, swap, counts, locks, migrations).
 
     Each call runs psql with ``ON_ERROR_STOP`` and returns rows decoded from JSON,
-    so values round-trip exactly whatever the access mode. Every identifier is
+    so values round-trip exactly whatever the access mode. Within
+    :meth:`PostgresAccess.pooled_session`, :meth:`query` and :meth:`value` on the
+    maintenance database share one psql instead (:class:`PooledSession`). Every identifier is
     composed with ``psycopg.sql.Identifier`` and every value with ``psycopg.sql.Literal``.
     """
 
@@ -512,9 +514,9 @@ class SqlSession:
 
 
 #: a line of psql's stderr that reports an SQL error of the statement it ran (a session
-#: that ends without one was killed or lost its server: see :class:`PooledSession`)
-_SQL_ERROR_LINE = re.compile(r"^(?:psql:<stdin>:\d+: )?ERROR:", re.M)
-_STDIN_LINE = re.compile(r"^psql:<stdin>:(\d+):", re.M)
+#: that ends without one was killed or lost its server: see :class:`PooledSession`); psql
+#: reading its stdin puts no ``psql:<stdin>:N:`` before it (only a script file's lines are named)
+_SQL_ERROR_LINE = re.compile(r"^ERROR:", re.M)
 
 
 class _SessionEnded(Exception):
@@ -529,9 +531,9 @@ class PooledSession:
     psql runs with ``ON_ERROR_STOP`` as a psql of its own does, so a failing query ends
     the session with the same exit status (3) and stderr: the error raised is the one
     :meth:`Sql.query` raises without a pool (:meth:`PostgresAccess.error_for`), from this
-    query's part of the stderr (notices of earlier queries left out), its
-    ``psql:<stdin>:N:`` line numbers as a psql of its own reports them. The next query
-    starts a new session. A session that ended without an SQL error (killed; Ctrl-C,
+    query's part of the stderr: psql 13 and later write a marker line there before each
+    query (``\\warn``); stderr is read by a thread, so without one a notice of the query
+    before may lead the error. The next query starts a new session. A session that ended without an SQL error (killed; Ctrl-C,
     after which psql reading a script exits at its next line, psql's MainLoop; the server
     ended the connection) runs the query on a psql of its own, as if there were no pool.
 
@@ -540,14 +542,13 @@ class PooledSession:
     """
 
     MARK = SqlSession.MARK
-    SETUP_LINES = 1  # session_setup() is one line: a query run alone starts on line 2
 
     def __init__(self, access: PostgresAccess, database: str):
         self.access, self.database = access, database
         self.owner = threading.get_ident()
         self.proc: Process | None = None
         self.spawned = 0
-        self._lines = 0  # lines written to the current process
+        self._warn = False  # this psql has \warn (13+): stderr is marked per query
 
     def serves(self, database: str) -> bool:
         """True for a query on ``database`` from the thread that opened the pool (a
@@ -568,17 +569,22 @@ class PooledSession:
         from bigskies_ops.pg.lockwait import watching
         if self.proc is not None and self.proc.poll() is not None:
             self._discard()  # it ended between two queries (Ctrl-C, the server went away)
-        first, before = self.SETUP_LINES + 1, ""  # (a failure of the setup itself: as run alone)
+        before = ""  # (a failure of the setup itself: all of its stderr)
         try:
             if self.proc is None:
                 self._open()
-            first, before = self._lines + 1, self.proc.stderr_text()
+            before = self.proc.stderr_text()
+            mark = f"\\warn {self.MARK}\n" if self._warn else ""
             with watching(self.access, self.database):
-                out = self._exchange(wrap_query(q) + f"\\echo {self.MARK}\n")
+                out = self._exchange(mark + wrap_query(q) + f"\\echo {self.MARK}\n")
         except _SessionEnded:
             proc = self.proc
             rc = proc.wait(10)
-            err = self._own_stderr(proc, before, first)
+            full = proc.stderr_text()  # this query's part: after its marker, else after what came before
+            if self._warn and self.MARK + "\n" in full:
+                err = full.rsplit(self.MARK + "\n", 1)[1]
+            else:  # (the 64 KiB window moved: all of it)
+                err = full[len(before):] if before and full.startswith(before) else full
             self._discard()
             if rc != 0 and _SQL_ERROR_LINE.search(err):
                 raise self.access.error_for(proc.argv, rc, err, "psql") from None
@@ -591,8 +597,9 @@ class PooledSession:
     def _open(self) -> None:
         self.proc = self.access.popen_tool("psql", psql_args(self.database, tuples_only=True), stdin=True)
         self.spawned += 1
-        self._lines = 0
-        self._write(session_setup(self.access.lock_timeout_s))
+        version = self._exchange(session_setup(self.access.lock_timeout_s)
+                                 + f"\\echo :VERSION_NUM\n\\echo {self.MARK}\n")  # psql's own version
+        self._warn = version.isdigit() and int(version) >= 130000
 
     def _write(self, text: str) -> None:
         try:
@@ -600,7 +607,6 @@ class PooledSession:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             raise _SessionEnded() from None
-        self._lines += text.count("\n")
 
     def _exchange(self, text: str) -> str:
         self._write(text)
@@ -613,15 +619,6 @@ class PooledSession:
             if s == self.MARK:
                 return "\n".join(lines).strip()
             lines.append(s)
-
-    def _own_stderr(self, proc: Process, before: str, first: int) -> str:
-        """The stderr written since ``before`` (all we have when the 64 KiB window moved),
-        its ``psql:<stdin>:N:`` renumbered as if the query starting on line ``first`` had
-        been run alone (after :func:`session_setup`)."""
-        full = proc.stderr_text()
-        err = full[len(before):] if before and full.startswith(before) else full
-        shift = first - 1 - self.SETUP_LINES
-        return _STDIN_LINE.sub(lambda m: f"psql:<stdin>:{int(m.group(1)) - shift}:", err) if shift else err
 
     def _discard(self) -> None:
         """End the current process now (it failed, or its state is unknown)."""

@@ -45,7 +45,8 @@ def _gone(pid: int) -> bool:
     return False
 
 
-BAD = "SELECT * FROM pg_catalog.no_such_relation"
+# two lines: the error's LINE 2 is the statement's own line, pooled or not
+BAD = "SELECT *\n  FROM pg_catalog.no_such_relation"
 
 
 def test_an_error_in_a_pooled_group_is_the_usual_error_and_the_group_goes_on(pg, tmp_path):
@@ -56,15 +57,17 @@ def test_an_error_in_a_pooled_group_is_the_usual_error_and_the_group_goes_on(pg,
         with access.pooled_session() as pool:
             # a warning on stderr first: it must not end up in the next query's error
             assert maint.value("SELECT pg_catalog.pg_cancel_backend(0)") is False
-            backend = maint.value("SELECT pg_catalog.pg_backend_pid()")
+            backend = maint.value("SELECT\n pg_catalog.pg_backend_pid()")
             assert maint.value("SELECT pg_catalog.pg_backend_pid()") == backend  # one server session
             first = pool.pid
+            assert pool._warn  # psql 15 marks each query's stderr
             assert _our_psqls() == {first}
             with pytest.raises(PostgresError) as pooled:
                 maint.query(BAD)
             assert (str(pooled.value), pooled.value.stderr, pooled.value.returncode, pooled.value.argv) == (
                 str(alone.value), alone.value.stderr, alone.value.returncode, alone.value.argv)
             assert 'relation "pg_catalog.no_such_relation" does not exist' in str(pooled.value)
+            assert "WARNING" not in pooled.value.stderr  # the earlier query's is not this one's
             assert _gone(first)
             assert maint.value("SELECT 41 + 1") == 42  # the next query works, on a new session
             assert maint.value("SELECT pg_catalog.pg_backend_pid()") != backend
