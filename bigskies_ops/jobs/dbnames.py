@@ -43,11 +43,18 @@ def verify_db_name(database: str, when, n: int = 1) -> str:
     return _fit(database, "_verify_" + when.strftime("%Y%m%d%H%M%S") + (f"_{n}" if n > 1 else ""))
 
 
-def unused_name(maint: Sql, make, database: str, when) -> str:
+def database_names(maint: Sql) -> set[str]:
+    """Names of every database of ``maint``'s cluster (``pg_database``)."""
+    return {r["datname"] for r in maint.query("SELECT datname FROM pg_catalog.pg_database")}
+
+
+def unused_name(maint: Sql, make, database: str, when, taken: set[str] | None = None) -> str:
     """``make(database, when)``, or with ``_2``, ``_3``, ... when a database of that name
     exists (restores of one database within the same second; they run one after
-    another under the (host, database) lock, so the first free name stays free)."""
-    taken = {r["datname"] for r in maint.query("SELECT datname FROM pg_catalog.pg_database")}
+    another under the (host, database) lock, so the first free name stays free).
+    ``taken``: the names of :func:`database_names` when already read (None: read them)."""
+    if taken is None:
+        taken = database_names(maint)
     n = 1
     while make(database, when, n) in taken:
         n += 1

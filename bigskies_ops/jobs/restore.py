@@ -49,7 +49,7 @@ from bigskies_ops.inventory import Host
 from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.background_drop import drop_copies_later
 from bigskies_ops.jobs.background_drop import report_previous as report_previous_drop
-from bigskies_ops.jobs.dbnames import pre_restore_name, side_db_name, unused_name
+from bigskies_ops.jobs.dbnames import database_names, pre_restore_name, side_db_name, unused_name
 from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
                                         restore_pgoptions, role_policy, verify_against_manifest)
@@ -162,6 +162,7 @@ class RestorePlan:
     # for the real run, not reported
     info: object = field(default=None, repr=False)
     policy: RolePolicy | None = field(default=None, repr=False)
+    old: dict | None = field(default=None, repr=False)  # db_info of ``database`` (None: absent)
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in (
@@ -188,10 +189,21 @@ def plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, tar
             ``--check``), and compute the names and drops the run would make; otherwise
             raise the first refusal, as the real run does.
 
+    Its queries share one psql session (:meth:`PostgresAccess.pooled_session`).
+
     Raises (not ``dry_run``): as :func:`restore` before anything is touched:
         ArchiveError, UsageError (``target_db`` exists; unknown coordinator), SafetyError
         (missing roles, too little space, sessions, rights).
     """
+    with access.pooled_session():
+        return _plan_restore(access, host, archive, target_db=target_db, terminate_sessions=terminate_sessions,
+                             roles=roles, skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
+                             follow=follow, dry_run=dry_run, expected_bytes=expected_bytes)
+
+
+def _plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, target_db, terminate_sessions, roles,
+                  skip_missing_roles, skip_space_check, follow, dry_run, expected_bytes) -> RestorePlan:
+    """:func:`plan_restore` within its pooled session."""
     db = host.postgres.database
     name = target_db or db
     plan = RestorePlan(host.name, name, target_db, terminate_sessions)
@@ -237,7 +249,7 @@ def plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, tar
             check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db, plan.sessions)
     check("rights to create the side database and swap it in", check_rights, maint,
           db if target_db is None else None, old)
-    plan.info = info
+    plan.info, plan.old = info, old
     if dry_run:
         _plan_names(plan, maint, host, old)
     return plan
@@ -290,9 +302,10 @@ def _plan_names(plan: RestorePlan, maint, host: Host, old: dict | None) -> None:
     db, now = host.postgres.database, utcnow()
     plan.drop = [{"name": r["name"], "bytes": r["bytes"], "why": "left by an interrupted restore"}
                  for r in leftover_side_dbs(maint, plan.database)]
-    plan.side_db = unused_name(maint, side_db_name, plan.database, now)
+    taken = database_names(maint)  # read once for both names, as the real run does
+    plan.side_db = unused_name(maint, side_db_name, plan.database, now, taken)
     if old is not None and plan.target_db is None:
-        plan.pre_restore_copy = unused_name(maint, pre_restore_name, db, now)
+        plan.pre_restore_copy = unused_name(maint, pre_restore_name, db, now, taken | {plan.side_db})
         copies = [{"name": plan.pre_restore_copy, "at": iso(now), "bytes": None}] + pre_restore_copies(maint, db)
         keep = host.backup.keep_pre_restore
         plan.drop += [{"name": c["name"], "bytes": c["bytes"], "at": c.get("at"),
@@ -398,14 +411,16 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
     """
     t0 = time.monotonic()
     db = host.postgres.database
-    with PostgresAccess(host) as access:
+    # the maintenance database's queries share one psql, from the checks to the swap's
+    # housekeeping (issue 21: a psql each cost 15-80 ms); the DDL runs on psqls of its own
+    with PostgresAccess(host) as access, access.pooled_session():
         plan = plan_restore(access, host, archive if follow is None else None, target_db=target_db,
                             terminate_sessions=terminate_sessions, roles=roles,
                             skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check, follow=follow)
         with host_lock(access.runner, host.backup.dir, host.name, target_db or db, task):
             report_previous_drop(access.runner, host.backup.dir, target_db or db)
             res = _restore_locked(access, host, plan.info, db, target_db, terminate_sessions, plan.policy, jobs,
-                                  progress, t0)
+                                  progress, t0, plan.old)
     if host.protected:  # a protected host's database was replaced (or a new one made): the people who watch it hear
         notify.notify(host, "restore_protected", task=task, step="restore", database=target_db or db,
                       error=f"{target_db or db} restored from {os.path.basename(str(archive or ''))}",
@@ -413,14 +428,16 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
     return res
 
 
-def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, progress, t0):
+def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, progress, t0, old):
     """Steps 2-4 of the module docstring, under the (host, database) lock; the side
-    database is dropped unless it was swapped in (or renamed to ``target_db``)."""
+    database is dropped unless it was swapped in (or renamed to ``target_db``). ``old``:
+    :func:`db_info` of ``db`` as the plan read it (None: absent); the renames of the swap
+    fail, and the side database is dropped, if it was dropped or made since."""
     maint = access.sql(host.postgres.maintenance_db)
     now = utcnow()
-    old = db_info(maint, db)
     drop_leftover_side_dbs(maint, target_db or db)
-    side = unused_name(maint, side_db_name, target_db or db, now)
+    taken = database_names(maint)  # for both names: we hold the lock, so no restore of db takes them meanwhile
+    side = unused_name(maint, side_db_name, target_db or db, now, taken)
     report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
     create_like(maint, side, old)
     swapped = False
@@ -447,7 +464,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
                 ident(side), ident(name), comment))
             swapped = True
             return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
-        pre = unused_name(maint, pre_restore_name, db, now)
+        pre = unused_name(maint, pre_restore_name, db, now, taken | {side})
         with coordinators_paused(access.runner, host) as stopped:
             swap(maint, db, side, pre, terminate, info.path, comment=comment)
             swapped = True

@@ -81,12 +81,16 @@ def needed_roles(info: ArchiveInfo) -> set[str] | None:
     return out
 
 
-def missing_roles(maint: Sql, info: ArchiveInfo, *, created: tuple[str, ...] | list[str] = ()) -> list[str]:
+def missing_roles(maint: Sql, info: ArchiveInfo, *, created: tuple[str, ...] | list[str] = (),
+                  existing: set[str] | frozenset[str] | None = None) -> list[str]:
     """Roles the archive names (:func:`needed_roles`) that this cluster lacks, less
     ``created`` (the ones a ``--roles`` restore creates first); [] when not known before
-    the load. Read-only: the decision of :func:`role_policy` and ``db.restore --check``."""
+    the load. ``existing``: the cluster's roles when already read (:func:`cluster_roles`;
+    None: read them). Read-only: the decision of :func:`role_policy` and ``db.restore --check``."""
     needed = needed_roles(info)
-    return sorted(needed - cluster_roles(maint) - set(created)) if needed is not None else []
+    if needed is None:
+        return []
+    return sorted(needed - (cluster_roles(maint) if existing is None else existing) - set(created))
 
 
 def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create_roles: bool,
@@ -106,14 +110,15 @@ def role_policy(access: PostgresAccess, maint: Sql, info: ArchiveInfo, *, create
     if create_roles:
         from bigskies_ops.archives.roles import create_missing_roles
         create_missing_roles(access, info.path)
-    missing = missing_roles(maint, info)
+    existing = frozenset(cluster_roles(maint))  # read once, after the roles are created (issue 21)
+    missing = missing_roles(maint, info, existing=existing)
     refusal = missing_roles_refusal(missing, access.host.name, skip_missing)
     if refusal:
         raise SafetyError(refusal)
     if missing:
         report.note(f"note: {len(missing)} role(s) named by the archive do not exist here ({', '.join(missing)}): "
                     f"their objects will be owned by the restoring user and the statements naming them skipped")
-    return RolePolicy(frozenset(cluster_roles(maint)), skip_missing)
+    return RolePolicy(existing, skip_missing)
 
 
 def missing_roles_refusal(missing: list[str], host: str, skip_missing: bool) -> str | None:

@@ -20,6 +20,8 @@ import json
 import os
 import re
 import signal
+import threading
+from contextlib import contextmanager
 from typing import Iterable
 
 from bigskies_ops import output
@@ -102,6 +104,8 @@ class PostgresAccess:
         self.app_name: str | None = new_app_name()
         #: ``lock_timeout`` of the library's own sessions, seconds (0: wait, but visibly)
         self.lock_timeout_s: float = float(getattr(host.backup, "lock_wait_timeout", None) or 0)
+        #: the open :meth:`pooled_session` (None: every query runs its own psql)
+        self._pool: "PooledSession | None" = None
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self):
@@ -111,6 +115,9 @@ class PostgresAccess:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:  # a pool left open by an exception path: no psql outlives us
+            self._pool.close()
+            self._pool = None
         if self._secret_dir:
             try:
                 self.runner.remove_tree(self._secret_dir)
@@ -300,6 +307,37 @@ class PostgresAccess:
     def sql(self, database: str | None = None) -> "Sql":
         return Sql(self, database or self.host.postgres.database)
 
+    @contextmanager
+    def pooled_session(self):
+        """Within the block, :meth:`Sql.query` and :meth:`Sql.value` on the maintenance
+        database (``postgres.maintenance_db``) share ONE psql session (a pooler's
+        "session mode"), instead of starting a psql per query: each start costs 15 ms on
+        a quiet machine, 30-80 ms under load (issue 21: a restore ran 20 of them).
+
+        Only the maintenance database is pooled: a restore renames and drops the others,
+        and a session left on one would stop that (PostgreSQL docs, ALTER DATABASE:
+        "the current database cannot be renamed", and other sessions refuse a RENAME).
+        Nothing is pooled when the maintenance database is the host's own database.
+        :meth:`Sql.execute` (DDL: CREATE/DROP/ALTER DATABASE, the swap), queries with a
+        ``timeout`` and queries from other threads keep their own psql. Queries run in
+        autocommit, each seeing the catalogs as they are then, as separate psql runs did.
+
+        Re-entrant (an inner block uses the outer one's session). The session is started
+        at the first query and ended when the block exits, exception or Ctrl-C included.
+        Yields the :class:`PooledSession` (None when an outer block owns it or nothing
+        is pooled).
+        """
+        db = self.host.postgres.maintenance_db
+        if self._pool is not None or db == self.host.postgres.database:
+            yield None
+            return
+        self._pool = pool = PooledSession(self, db)
+        try:
+            yield pool
+        finally:
+            self._pool = None
+            pool.close()
+
 
 Query = "str | psycopg.sql.Composable"  # (a str: naming it must not import psycopg)
 
@@ -355,11 +393,18 @@ def session_setup(lock_timeout_s: float = 0) -> str:
             "\\gset\n")
 
 
+def wrap_query(q: Query) -> str:
+    """``q`` as one statement whose single output line is its rows as a JSON array."""
+    return f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
+
+
 class Sql:
     """The library's one SQL interface (status, swap, counts, locks, migrations).
 
     Each call runs psql with ``ON_ERROR_STOP`` and returns rows decoded from JSON,
-    so values round-trip exactly whatever the access mode. Every identifier is
+    so values round-trip exactly whatever the access mode. Within
+    :meth:`PostgresAccess.pooled_session`, :meth:`query` and :meth:`value` on the
+    maintenance database share one psql instead (:class:`PooledSession`). Every identifier is
     composed with ``psycopg.sql.Identifier`` and every value with ``psycopg.sql.Literal``.
     """
 
@@ -373,8 +418,14 @@ class Sql:
         Raises:
             PostgresError: connection or SQL error (reason classified, stderr tail kept).
         """
-        wrapped = f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
-        r = self._run(psql_args(self.database, tuples_only=True), wrapped, timeout)
+        pool = self.access._pool
+        if timeout is None and pool is not None and pool.serves(self.database):
+            return pool.query(q)
+        return self.query_alone(q, timeout=timeout)
+
+    def query_alone(self, q: Query, *, timeout: float | None = None) -> list[dict]:
+        """:meth:`query` on a psql of its own, even within :meth:`PostgresAccess.pooled_session`."""
+        r = self._run(psql_args(self.database, tuples_only=True), wrap_query(q), timeout)
         out = decode_out(r.stdout).strip()
         return json.loads(out) if out else []
 
@@ -415,9 +466,7 @@ class SqlSession:
         self._write(session_setup(sql.access.lock_timeout_s))
 
     def query(self, q: Query) -> list[dict]:
-        text = (f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({render(q).rstrip().rstrip(';')}) t;\n"
-                f"\\echo {self.MARK}\n")
-        return json.loads(self._send(text) or "[]")
+        return json.loads(self._send(wrap_query(q) + f"\\echo {self.MARK}\n") or "[]")
 
     def execute(self, q: Query) -> None:
         self._send(render(q).rstrip().rstrip(";") + ";\n" + f"\\echo {self.MARK}\n")
@@ -462,6 +511,149 @@ class SqlSession:
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: a line of psql's stderr that reports an SQL error of the statement it ran (a session
+#: that ends without one was killed or lost its server: see :class:`PooledSession`); psql
+#: reading its stdin puts no ``psql:<stdin>:N:`` before it (only a script file's lines are named)
+_SQL_ERROR_LINE = re.compile(r"^ERROR:", re.M)
+
+
+class _SessionEnded(Exception):
+    """The pooled psql closed its stdin or stdout (it exited)."""
+
+
+class PooledSession:
+    """The psql session of :meth:`PostgresAccess.pooled_session`: queries on ``database``
+    from the thread that opened it go down one psql's stdin, one after the other, each
+    answered by its JSON line then a marker line (:class:`SqlSession`'s protocol).
+
+    psql runs with ``ON_ERROR_STOP`` as a psql of its own does, so a failing query ends
+    the session with the same exit status (3) and stderr: the error raised is the one
+    :meth:`Sql.query` raises without a pool (:meth:`PostgresAccess.error_for`), from this
+    query's part of the stderr: psql 13 and later write a marker line there before each
+    query (``\\warn``); stderr is read by a thread, so without one a notice of the query
+    before may lead the error. The next query starts a new session. A session that ended without an SQL error (killed; Ctrl-C,
+    after which psql reading a script exits at its next line, psql's MainLoop; the server
+    ended the connection) runs the query on a psql of its own, as if there were no pool.
+
+    Attributes:
+        spawned: psql processes this pool started (int).
+    """
+
+    MARK = SqlSession.MARK
+
+    def __init__(self, access: PostgresAccess, database: str):
+        self.access, self.database = access, database
+        self.owner = threading.get_ident()
+        self.proc: Process | None = None
+        self.spawned = 0
+        self._warn = False  # this psql has \warn (13+): stderr is marked per query
+
+    def serves(self, database: str) -> bool:
+        """True for a query on ``database`` from the thread that opened the pool (a
+        second thread would interleave its lines with ours on the one pipe)."""
+        return database == self.database and threading.get_ident() == self.owner
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running psql (of the engine or SSH client in those modes), or None."""
+        return getattr(self.proc, "pid", None) if self.proc is not None else None
+
+    def query(self, q: Query) -> list[dict]:
+        """:meth:`Sql.query` on the pooled session.
+
+        Raises:
+            PostgresError: as :meth:`Sql.query`.
+        """
+        from bigskies_ops.pg.lockwait import watching
+        if self.proc is not None and self.proc.poll() is not None:
+            self._discard()  # it ended between two queries (Ctrl-C, the server went away)
+        before = ""  # (a failure of the setup itself: all of its stderr)
+        try:
+            if self.proc is None:
+                self._open()
+            before = self.proc.stderr_text()
+            mark = f"\\warn {self.MARK}\n" if self._warn else ""
+            with watching(self.access, self.database):
+                out = self._exchange(mark + wrap_query(q) + f"\\echo {self.MARK}\n")
+        except _SessionEnded:
+            proc = self.proc
+            rc = proc.wait(10)
+            full = proc.stderr_text()  # this query's part: after its marker, else after what came before
+            if self._warn and self.MARK + "\n" in full:
+                err = full.rsplit(self.MARK + "\n", 1)[1]
+            else:  # (the 64 KiB window moved: all of it)
+                err = full[len(before):] if before and full.startswith(before) else full
+            self._discard()
+            if rc != 0 and _SQL_ERROR_LINE.search(err):
+                raise self.access.error_for(proc.argv, rc, err, "psql") from None
+            return Sql(self.access, self.database).query_alone(q)
+        except BaseException:
+            self._discard()  # interrupted mid-exchange: what the session holds is unknown
+            raise
+        return json.loads(out) if out else []
+
+    def _open(self) -> None:
+        self.proc = self.access.popen_tool("psql", psql_args(self.database, tuples_only=True), stdin=True)
+        self.spawned += 1
+        version = self._exchange(session_setup(self.access.lock_timeout_s)
+                                 + f"\\echo :VERSION_NUM\n\\echo {self.MARK}\n")  # psql's own version
+        self._warn = version.isdigit() and int(version) >= 130000
+
+    def _write(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(encode_sql(text))
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise _SessionEnded() from None
+
+    def _exchange(self, text: str) -> str:
+        self._write(text)
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise _SessionEnded()
+            s = decode_out(line).rstrip("\n")
+            if s == self.MARK:
+                return "\n".join(lines).strip()
+            lines.append(s)
+
+    def _discard(self) -> None:
+        """End the current process now (it failed, or its state is unknown)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(5)
+            except Exception:  # noqa: BLE001 - killed already; nothing more to do
+                pass
+
+    def close(self) -> None:
+        """End the session: ``\\q`` and end of input, then a kill if psql has not exited
+        within 5 seconds (or this wait is interrupted)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.write(b"\\q\n")
+                proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            proc.wait(5)
+        except Exception:  # noqa: BLE001 - not gone in 5 s: killed below
+            pass
+        finally:  # (Ctrl-C during the wait included)
+            if proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(5)
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def ident(*names: str) -> pgsql.Identifier:

@@ -269,6 +269,13 @@ def test_signal_during_parallel_restore_keeps_old_db_drops_side_and_leaves_no_ps
     assert [d for d in dbs if d.startswith(dbname) and d != dbname] == [], dbs
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_psql_killed_mid_load_fails_the_restore_and_keeps_the_old_db(local_inv, cli_env, pg_sql, dbname):
     inv, _ = local_inv
     archive = _big_plain_backup(local_inv, cli_env, pg_sql, dbname)
@@ -279,8 +286,11 @@ def test_a_psql_killed_mid_load_fails_the_restore_and_keeps_the_old_db(local_inv
     deadline = time.monotonic() + 60
     kids: list[int] = []
     while time.monotonic() < deadline and p.poll() is None:
-        kids = [int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
-                                               text=True).stdout.split()]
+        # the loading sessions: psql on the side database (not the restore's pooled session
+        # on the maintenance database, nor its one-shot DDL there)
+        kids = [k for k in (int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
+                                                            text=True).stdout.split())
+                if b"_restoring_" in _cmdline(k)]
         if len(kids) >= 2:
             break
         time.sleep(0.02)

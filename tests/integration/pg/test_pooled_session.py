@@ -1,0 +1,100 @@
+"""PostgresAccess.pooled_session on a real PostgreSQL 15: a group of maintenance-database
+queries shares one psql, a failing query raises the very error a psql of its own raises,
+the group goes on after it, and no psql of ours is left once the group ends (by pid)."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops import inventory
+from bigskies_ops.errors import PostgresError
+from bigskies_ops.pg.access import PostgresAccess
+
+
+def _access(pg, tmp_path) -> PostgresAccess:
+    inv = inventory.parse({"hosts": {"dev": {"postgres": {
+        "socket_dir": str(pg.socket_dir), "port": pg.port, "database": "bigskies_pool_app", "user": "bigskies",
+        "bindir": "/usr/lib/postgresql/15/bin"}, "backup": {"dir": str(tmp_path)}}}}, tmp_path / "inventory.yaml")
+    return PostgresAccess(inv.host("dev"))
+
+
+def _our_psqls() -> set[int]:
+    """pids of psql processes whose parent is this test process."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm == "psql" and int(rest[1]) == os.getpid():
+            out.add(int(d.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# two lines: the error's LINE 2 is the statement's own line, pooled or not
+BAD = "SELECT *\n  FROM pg_catalog.no_such_relation"
+
+
+def test_an_error_in_a_pooled_group_is_the_usual_error_and_the_group_goes_on(pg, tmp_path):
+    with _access(pg, tmp_path) as access:
+        maint = access.sql("postgres")
+        with pytest.raises(PostgresError) as alone:
+            maint.query(BAD)
+        with access.pooled_session() as pool:
+            # a warning on stderr first: it must not end up in the next query's error
+            assert maint.value("SELECT pg_catalog.pg_cancel_backend(0)") is False
+            backend = maint.value("SELECT\n pg_catalog.pg_backend_pid()")
+            assert maint.value("SELECT pg_catalog.pg_backend_pid()") == backend  # one server session
+            first = pool.pid
+            assert pool._warn  # psql 15 marks each query's stderr
+            assert _our_psqls() == {first}
+            with pytest.raises(PostgresError) as pooled:
+                maint.query(BAD)
+            assert (str(pooled.value), pooled.value.stderr, pooled.value.returncode, pooled.value.argv) == (
+                str(alone.value), alone.value.stderr, alone.value.returncode, alone.value.argv)
+            assert 'relation "pg_catalog.no_such_relation" does not exist' in str(pooled.value)
+            assert "WARNING" not in pooled.value.stderr  # the earlier query's is not this one's
+            assert _gone(first)
+            assert maint.value("SELECT 41 + 1") == 42  # the next query works, on a new session
+            assert maint.value("SELECT pg_catalog.pg_backend_pid()") != backend
+            # timeout= and another database keep a psql of their own
+            assert maint.query("SELECT pg_catalog.pg_backend_pid() AS p", timeout=60)[0]["p"] != \
+                maint.value("SELECT pg_catalog.pg_backend_pid()")
+            assert access.sql("template1").value("SELECT current_database()") == "template1"
+            assert pool.spawned == 2
+            last = pool.pid
+        assert _gone(last) and _our_psqls() == set()
+
+
+def test_an_exception_or_ctrl_c_leaves_no_psql_behind(pg, tmp_path):
+    with _access(pg, tmp_path) as access:
+        maint = access.sql("postgres")
+        with pytest.raises(RuntimeError):
+            with access.pooled_session() as pool:
+                maint.value("SELECT 1")
+                pid = pool.pid
+                raise RuntimeError("boom")
+        assert _gone(pid) and _our_psqls() == set()
+        with access.pooled_session() as pool:
+            maint.value("SELECT 1")
+            # Ctrl-C at the terminal reaches psql too: it exits at its next line; the query
+            # is answered all the same (on a psql of its own), and the group goes on
+            os.kill(pool.pid, signal.SIGINT)
+            assert maint.value("SELECT 2") == 2
+            assert maint.value("SELECT 3") == 3
+            assert len(_our_psqls()) == 1
+        assert _our_psqls() == set()
