@@ -637,12 +637,17 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         # killed (negative status); else the first that ended unexpectedly
         i = next((j for j, rc in enumerate(rcs) if rc > 0), next((j for j, rc in enumerate(rcs) if rc), 0))
         return rcs[i] or 1, "", sessions[i].proc.stderr_text(), None
-    rows: dict[tuple[str, str], int] | None = {}
+    return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), _rows(workers, sessions)
+
+
+def _rows(workers: list[_Worker], sessions: list[_Session]) -> dict[tuple[str, str], int] | None:
+    """Rows per table: every session's ``COPY n`` tags summed; None when tags and segments
+    do not pair up."""
+    rows: dict[tuple[str, str], int] = {}
     for w, s in zip(workers, sessions):
-        mine = s.tags.by_table(w.loaded)  # None when tags and segments do not pair up
+        mine = s.tags.by_table(w.loaded)
         if mine is None:
-            rows = None
-            break
+            return None
         for t, n in mine.items():
             rows[t] = rows.get(t, 0) + n
-    return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), rows
+    return rows
