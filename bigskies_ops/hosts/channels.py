@@ -113,6 +113,18 @@ class ChannelWriter:
                 pass
 
 
+def stop_remote_group(runner: Runner, stderr_head: bytes, *, running: bool) -> None:
+    """SIGTERM to the remote process group a pipeline announced on its stderr (``PGID_MARK
+    PGID`` in ``stderr_head``, the first 4 KiB), over ``runner``'s connection, while the
+    command is ``running``; never raises (the command may be gone already)."""
+    m = re.search(re.escape(PGID_MARK) + r" (\d+)", stderr_head.decode("ascii", "replace"))
+    if m and running and runner.alive():
+        try:
+            runner.run(["kill", "-TERM", "--", f"-{m.group(1)}"], check=False, timeout=10)
+        except BigskiesError:
+            pass
+
+
 class SSHProcess(Process):
     """A command running on the remote host over one exec channel ``channel`` (paramiko),
     started by ``runner`` (an :class:`~bigskies_ops.hosts.ssh.SSHRunner`); a silent channel
@@ -172,12 +184,7 @@ class SSHProcess(Process):
         """Stop the command: a pipeline's whole remote process group gets SIGTERM (closing
         the channel alone would leave a ``pg_dump > file`` running on the host); then the
         channel is closed."""
-        m = re.search(re.escape(PGID_MARK) + r" (\d+)", bytes(self._err[:4096]).decode("ascii", "replace"))
-        if m and not self.channel.exit_status_ready() and self.runner.alive():
-            try:
-                self.runner.run(["kill", "-TERM", "--", f"-{m.group(1)}"], check=False, timeout=10)
-            except BigskiesError:
-                pass
+        stop_remote_group(self.runner, bytes(self._err[:4096]), running=not self.channel.exit_status_ready())
         try:
             self.channel.close()
         except Exception:

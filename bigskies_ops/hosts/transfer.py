@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import select
 import shutil
 import subprocess
 import time
 
-from bigskies_ops.errors import BigskiesError, CommandError, StorageError
-from bigskies_ops.hosts.channels import ChannelReader, SSHProcess, StallError
+from bigskies_ops.errors import CommandError, StorageError
+from bigskies_ops.hosts.channels import ChannelReader, SSHProcess, StallError, stop_remote_group
 from bigskies_ops.hosts.connection import SSHError
 from bigskies_ops.hosts.runners import Fetch, Process, Runner, StderrCollector, redact_argv, tail
-from bigskies_ops.hosts.shell import PGID_MARK, describe, failure_reason
+from bigskies_ops.hosts.shell import describe, failure_reason
 
 
 class RemoteReadFile(ChannelReader):
@@ -308,12 +307,7 @@ class OpenSSHProcess(Process):
     def kill(self) -> None:
         """Stop the remote process group (over the paramiko connection, as :meth:`SSHProcess.kill`),
         then the client (its stdin closing stops what is left: the guard)."""
-        m = re.search(re.escape(PGID_MARK) + r" (\d+)", bytes(self.err.buf[:4096]).decode("ascii", "replace"))
-        if m and self.proc.poll() is None and self.runner.alive():
-            try:
-                self.runner.run(["kill", "-TERM", "--", f"-{m.group(1)}"], check=False, timeout=10)
-            except BigskiesError:
-                pass
+        stop_remote_group(self.runner, bytes(self.err.buf[:4096]), running=self.proc.poll() is None)
         try:
             self.stdin.close()
         except OSError:
