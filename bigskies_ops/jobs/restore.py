@@ -439,9 +439,15 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     taken = database_names(maint)  # for both names: we hold the lock, so no restore of db takes them meanwhile
     side = unused_name(maint, side_db_name, target_db or db, now, taken)
     report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
-    create_like(maint, side, old)
-    swapped = False
+    swapped, ours = False, True
     try:
+        # inside the try: a CREATE the server finished before our psql died is dropped below;
+        # "already exists" means the name was taken after all, and that database is not ours
+        try:
+            create_like(maint, side, old)
+        except PostgresError as e:
+            ours = "already exists" not in str(e)
+            raise
         mark_side_database(maint, side, target_db or db, now)
         if isinstance(info, FollowedArchive):
             info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
@@ -478,7 +484,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
                              warnings=warnings, dropped_copies=dropped, dropping_copies=dropping)
     finally:
-        if not swapped:
+        if not swapped and ours:
             try:
                 drop_db(maint, side)
             except BigskiesError as e:

@@ -340,8 +340,13 @@ def _restore_test(access: PostgresAccess, host: Host, info, progress=None) -> di
     report.note(f"Restore test into throwaway database {name!r}")
     # a throwaway copy: roles missing here cost their statements, never the test
     policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True)
-    create_like(maint, name, db_info(maint, host.postgres.database))
+    like, ours = db_info(maint, host.postgres.database), True
     try:
+        try:  # as in restore: a CREATE finished before our psql died is dropped below
+            create_like(maint, name, like)
+        except PostgresError as e:
+            ours = "already exists" not in str(e)
+            raise
         report.total(progress, os.path.getsize(info.path), what=f"restore test {os.path.basename(info.path)}")
         rc, out, err, _copied = load_archive(access, info, name, policy, None, progress)  # counted independently below
         if rc != 0:
@@ -359,8 +364,9 @@ def _restore_test(access: PostgresAccess, host: Host, info, progress=None) -> di
                 "seconds": round(time.monotonic() - t0, 3)}
     finally:
         try:
-            drop_db(maint, name)
-            report.note(f"Dropped throwaway database {name!r}")
+            if ours:
+                drop_db(maint, name)
+                report.note(f"Dropped throwaway database {name!r}")
         except BigskiesError as e:
             report.note(f"warning: could not drop throwaway database {name!r}: {e}")
 

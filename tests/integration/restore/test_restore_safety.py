@@ -187,6 +187,47 @@ def test_target_db_creates_a_new_database_and_leaves_the_original_alone(pg, pg_s
         pg.psql("-c", f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
 
 
+# A psql that loses its connection right after the server ran its CREATE DATABASE of a side
+# (or throwaway) database: the statement took effect, yet psql exits 2 as on a dropped connection.
+FLAKY_PSQL = r"""#!/bin/bash
+case " $* " in *" -t "*) exec %(real)s/psql "$@";; esac   # queries (and the pooled session) pass through
+in=$(mktemp); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
+if grep -Eq 'CREATE DATABASE "[^"]*_(restoring|verify)_' "$in"; then
+  rm -f "$in"; echo "psql: error: server closed the connection unexpectedly" >&2; exit 2
+fi
+rm -f "$in"; exit $rc
+"""
+
+
+def test_a_side_database_created_before_psql_died_is_dropped(pg, pg_sql, tmp_path, dbname, cli_env):
+    real = "/usr/lib/postgresql/15/bin"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in os.listdir(real):
+        if tool != "psql":
+            os.symlink(os.path.join(real, tool), bindir / tool)
+    (bindir / "psql").write_text(FLAKY_PSQL % {"real": real})
+    (bindir / "psql").chmod(0o755)
+    bdir = tmp_path / "backups"
+    good = write_inventory(tmp_path / "good.yaml", {"dev": native_host(pg, dbname, bdir)})
+    flaky = write_inventory(tmp_path / "flaky.yaml", {"dev": native_host(pg, dbname, bdir,
+                                                                         postgres={"bindir": str(bindir)})})
+    archive = _backup(good, cli_env, "--format", "custom")
+    _change(pg_sql, dbname)
+    changed = db_fingerprint(pg_sql, dbname)
+    dbs = _databases(pg_sql)
+    for task in (["db.restore", str(archive), "--yes"], ["db.verify", str(archive), "--restore-test"]):
+        r = cli(*task, "-i", str(flaky), env=cli_env)
+        assert r.returncode != 0, r.stdout
+        assert "server closed the connection unexpectedly" in r.stdout + r.stderr, task  # verify: in its table
+        assert "Traceback" not in r.stdout + r.stderr
+        assert _databases(pg_sql) == dbs, task  # the database the server made is gone again
+        assert db_fingerprint(pg_sql, dbname) == changed
+    assert archive.exists()
+    r = cli("db.verify", str(archive), "-i", str(good), env=cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
 # ----------------------------------------------------------------------------- sessions, --undo
 def test_connected_session_stops_restore_then_terminate_then_undo(pg, pg_sql, local_inv, dbname, cli_env):
     inv, bdir = local_inv
