@@ -113,6 +113,35 @@ class ChannelWriter:
                 pass
 
 
+#: bytes of a remote command's stderr kept: the first ERR_HEAD (the pipeline's PGID_MARK line,
+#: which :func:`stop_remote_group` needs) and the last ERR_KEEP - ERR_HEAD (pg_dump --verbose
+#: fills the rest)
+ERR_HEAD, ERR_KEEP = 4096, 65536
+
+
+def keep_head_and_tail(buf: bytearray) -> None:
+    """Trim ``buf`` (a remote command's stderr so far) in place to :data:`ERR_HEAD` bytes
+    of head and the newest ``ERR_KEEP - ERR_HEAD`` bytes."""
+    if len(buf) > ERR_KEEP:
+        del buf[ERR_HEAD:ERR_HEAD - ERR_KEEP]
+
+
+class RemoteCommand(Process):
+    """What :class:`SSHProcess` and :class:`~bigskies_ops.hosts.transfer.OpenSSHProcess`
+    share: ``runner``, ``argv`` (the remote command as the caller gave it) and
+    ``stall_timeout`` (seconds; None: never)."""
+
+    runner: Runner
+    argv: list[str]
+    stall_timeout: float | None
+
+    def stall_error(self, what: str = "sent no data") -> StallError:
+        """The :class:`StallError` for a command silent for ``stall_timeout`` seconds."""
+        return StallError(f"{self.runner.host.name}: {describe(self.argv)} {what} for "
+                          f"{self.stall_timeout:g} s (backup.stall_timeout); transfer aborted",
+                          argv=redact_argv(self.argv))
+
+
 def stop_remote_group(runner: Runner, stderr_head: bytes, *, running: bool) -> None:
     """SIGTERM to the remote process group a pipeline announced on its stderr (``PGID_MARK
     PGID`` in ``stderr_head``, the first 4 KiB), over ``runner``'s connection, while the
@@ -125,7 +154,7 @@ def stop_remote_group(runner: Runner, stderr_head: bytes, *, running: bool) -> N
             pass
 
 
-class SSHProcess(Process):
+class SSHProcess(RemoteCommand):
     """A command running on the remote host over one exec channel ``channel`` (paramiko),
     started by ``runner`` (an :class:`~bigskies_ops.hosts.ssh.SSHRunner`); a silent channel
     raises :class:`StallError` after ``stall_timeout`` seconds (None: never)."""
@@ -154,13 +183,7 @@ class SSHProcess(Process):
             if not d:
                 return
             self._err += d
-            if len(self._err) > 65536:  # the head keeps the process group's mark (kill()); pg_dump --verbose fills the rest
-                del self._err[4096:-61440]
-
-    def stall_error(self, what: str = "sent no data") -> StallError:
-        return StallError(f"{self.runner.host.name}: {describe(self.argv)} {what} for "
-                          f"{self.stall_timeout:g} s (backup.stall_timeout); transfer aborted",
-                          argv=redact_argv(self.argv))
+            keep_head_and_tail(self._err)
 
     def wait(self, timeout: float | None = None) -> int:
         if not self.channel.status_event.wait(timeout):
@@ -184,7 +207,7 @@ class SSHProcess(Process):
         """Stop the command: a pipeline's whole remote process group gets SIGTERM (closing
         the channel alone would leave a ``pg_dump > file`` running on the host); then the
         channel is closed."""
-        stop_remote_group(self.runner, bytes(self._err[:4096]), running=not self.channel.exit_status_ready())
+        stop_remote_group(self.runner, bytes(self._err[:ERR_HEAD]), running=not self.channel.exit_status_ready())
         try:
             self.channel.close()
         except Exception:

@@ -17,9 +17,10 @@ import subprocess
 import time
 
 from bigskies_ops.errors import CommandError, StorageError
-from bigskies_ops.hosts.channels import ChannelReader, SSHProcess, StallError, stop_remote_group
+from bigskies_ops.hosts.channels import (ERR_HEAD, ChannelReader, RemoteCommand, SSHProcess, StallError,
+                                         keep_head_and_tail, stop_remote_group)
 from bigskies_ops.hosts.connection import SSHError
-from bigskies_ops.hosts.runners import Fetch, Process, Runner, StderrCollector, redact_argv, tail
+from bigskies_ops.hosts.runners import Fetch, Runner, StderrCollector, redact_argv, tail
 from bigskies_ops.hosts.shell import describe, failure_reason
 
 
@@ -202,15 +203,13 @@ class ChannelFetch(Fetch):
 
 
 class _HeadTailStderr(StderrCollector):
-    """A remote command's stderr through the OpenSSH client: the first 4 KiB are kept (the
-    pipeline's :data:`~bigskies_ops.hosts.shell.PGID_MARK` line, needed to stop it) and
-    the last 60 KiB (``pg_dump --verbose`` fills the rest), as :class:`SSHProcess` keeps them."""
+    """A remote command's stderr through the OpenSSH client, its head and tail kept as
+    :class:`~bigskies_ops.hosts.channels.SSHProcess` keeps them (channels.keep_head_and_tail)."""
 
     def run(self):
         for chunk in iter(lambda: self.stream.read1(65536), b""):
             self.buf += chunk
-            if len(self.buf) > 65536:
-                del self.buf[4096:-61440]
+            keep_head_and_tail(self.buf)
 
 
 class _PipeReader:
@@ -243,7 +242,7 @@ class _PipeReader:
         pass
 
 
-class OpenSSHProcess(Process):
+class OpenSSHProcess(RemoteCommand):
     """A remote command whose stdout comes here through an OpenSSH client (``ssh_argv``,
     :meth:`SSHRunner.openssh_argv <bigskies_ops.hosts.ssh.SSHRunner.openssh_argv>`) instead
     of a paramiko channel: the same remote command line, the same stdin prefix (environment
@@ -280,11 +279,6 @@ class OpenSSHProcess(Process):
             except OSError:
                 pass  # ssh already ended (refused): its exit status and stderr say why
 
-    def stall_error(self, what: str = "sent no data") -> StallError:
-        return StallError(f"{self.runner.host.name}: {describe(self.argv)} {what} for "
-                          f"{self.stall_timeout:g} s (backup.stall_timeout); transfer aborted",
-                          argv=redact_argv(self.argv))
-
     def wait(self, timeout: float | None = None) -> int:
         try:
             rc = self.proc.wait(timeout)
@@ -307,7 +301,7 @@ class OpenSSHProcess(Process):
     def kill(self) -> None:
         """Stop the remote process group (over the paramiko connection, as :meth:`SSHProcess.kill`),
         then the client (its stdin closing stops what is left: the guard)."""
-        stop_remote_group(self.runner, bytes(self.err.buf[:4096]), running=self.proc.poll() is None)
+        stop_remote_group(self.runner, bytes(self.err.buf[:ERR_HEAD]), running=self.proc.poll() is None)
         try:
             self.stdin.close()
         except OSError:
