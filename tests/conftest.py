@@ -23,6 +23,11 @@ from tests.pgcheck import native_sql
 
 pytest_plugins = ["tests.infra.fixtures"]
 
+# pytest imports this file as ``conftest``; test modules import ``tests.conftest``. One module
+# under both names: imported twice, the module-level code below ran twice, and the second
+# crontab folder (the one the environment then named) was never removed.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
 # No test may edit this machine's crontab: db.schedule writes the user's crontab unless it is
 # given a file, and a contract test's db.schedule run once left a block in root's. Every
 # process the suite starts inherits a crontab file of this run's own (BIGSKIES_CRONTAB_FILE,
