@@ -94,9 +94,10 @@ def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
 
 
 def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str,
-         comment: pgsql.Composable = pgsql.SQL("NULL"), what: str = "the restored copy") -> None:
+         comment: pgsql.Composable | None = None, what: str = "the restored copy") -> None:
     """In ONE transaction rename ``db`` to ``pre`` (commented as a pre-restore copy
-    replaced by ``archive``) and ``side`` to ``db`` (commented with ``comment``);
+    replaced by ``archive``) and ``side`` to ``db`` (commented with ``comment``; None:
+    no comment);
     ``what`` names ``side`` in the note that says so (an undo swaps a pre-restore copy back).
 
     Sessions connected to ``db`` stop the swap before anything changes, or with
@@ -108,6 +109,7 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
         PostgresError: the server refused the renames.
     """
     report.step("swapping")
+    comment = pgsql.SQL("NULL") if comment is None else comment  # not a default: psycopg loads on first use
     sess = sessions_on(maint, db)
     if sess:
         listing, refusal = sessions_refusal(db, sess)

@@ -64,11 +64,14 @@ def test_the_textfile_resolves_against_the_inventory_folder_and_must_end_in_prom
         _inv({"textfil": "m/bigskies.prom"})
 
 
-def test_loading_the_tasks_does_not_import_prometheus_client():
-    """A cron run of db.backup must not pay for it (imported by db.metrics and by a
-    scheduled run whose inventory names a textfile only)."""
+def test_loading_the_tasks_does_not_import_the_heavy_libraries():
+    """Every task start (a cron run of db.backup, ``db.pull --existing``, ``--help``) must not
+    pay for libraries only some tasks use: prometheus_client (db.metrics, a textfile), psycopg
+    (SQL composition, pg.access.pgsql: ~0.1 s; a function default once loaded it), Fabric and
+    paramiko (SSH hosts), boto3 (S3 offsite), apprise (notifications), rich."""
     import subprocess
     import sys
+    heavy = ["prometheus_client", "psycopg", "fabric", "paramiko", "boto3", "apprise", "rich"]
     r = subprocess.run([sys.executable, "-c", "import sys, bigskies_ops.cli, bigskies_ops.jobs.monitoring; "
-                        "print('prometheus_client' in sys.modules)"], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+                        f"print([m for m in {heavy!r} if m in sys.modules])"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
