@@ -54,7 +54,8 @@ from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
                                         restore_pgoptions, role_policy, verify_against_manifest)
 from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
-                                    pre_restore_copies, prune_pre_restore, sessions_refusal, swap)
+                                    pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, sessions_refusal,
+                                    swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
 from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, database_properties,
                                    db_info, drop_db, restore_space, sessions_on)
@@ -246,7 +247,8 @@ def _plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, ta
     if old is not None and target_db is None and (dry_run or not (terminate_sessions or host.coordinators)):
         plan.sessions = sessions_on(maint, db)
         if not terminate_sessions and not host.coordinators:  # fail fast (checked again at the swap)
-            check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db, plan.sessions)
+            if check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db, plan.sessions):
+                _unseen_sessions(plan, check, maint, db, dry_run)
     check("rights to create the side database and swap it in", check_rights, maint,
           db if target_db is None else None, old)
     plan.info, plan.old = info, old
@@ -354,6 +356,21 @@ def _refuse_roles(missing: list[str], host: str, skip: bool) -> None:
 def _refuse_sessions(db: str, sess: list[dict]) -> None:
     if sess:
         raise SafetyError(sessions_refusal(db, sess)[1])
+
+
+def _unseen_sessions(plan: RestorePlan, check: "_Checker", maint, db: str, dry_run: bool) -> None:
+    """Processes on ``db`` this role cannot identify (another role's sessions, or autovacuum):
+    a dry run warns (its probe would end autovacuum workers); a real run asks the server
+    (swap.refuse_unseen_sessions) and refuses before loading."""
+    n = unseen_processes(maint, db)
+    if not n:
+        return
+    if dry_run:
+        plan.warnings.append(f"{n} process(es) on {db!r} that this role cannot identify (sessions of other roles, "
+                             f"or autovacuum): the swap refuses if one is a session (a member of pg_read_all_stats "
+                             f"sees them)")
+        return
+    check("no sessions of other roles connected", refuse_unseen_sessions, maint, db)
 
 
 def _needed(info) -> set | None:

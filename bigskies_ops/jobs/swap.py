@@ -157,6 +157,29 @@ def _renames(maint: Sql, db: str, script: pgsql.Composable, terminate: bool) -> 
                           f"{'' if terminate else ' or pass --terminate-sessions'}") from None
 
 
+def unseen_processes(maint: Sql, db: str) -> int:
+    """How many processes on ``db`` this role cannot identify: without pg_read_all_stats,
+    pg_stat_activity hides the type and user of another role's process, so each is a
+    session of another role or an autovacuum worker (:func:`sessions_on` lists neither)."""
+    return int(maint.value(pgsql.SQL(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = {} "
+        "AND pid <> pg_catalog.pg_backend_pid() AND backend_type IS NULL").format(lit(db))) or 0)
+
+
+def refuse_unseen_sessions(maint: Sql, db: str) -> None:
+    """Ask the server whether the swap could rename ``db`` now: a rename run and rolled
+    back at once. The server counts the sessions this role cannot see (and ends autovacuum
+    workers on ``db`` for it, as at the swap), so a restore refuses before its load instead
+    of after it. For :func:`unseen_processes` > 0 with no session :func:`sessions_on` sees.
+
+    Raises:
+        SafetyError: sessions of other roles are connected (the swap's refusal).
+    """
+    probe = "bigskies_probe_" + os.urandom(8).hex()  # never committed; unique so no name clashes
+    _renames(maint, db, pgsql.SQL("BEGIN; ALTER DATABASE {} RENAME TO {}; ROLLBACK;").format(
+        ident(db), ident(probe)), terminate=False)
+
+
 def pre_restore_copies(maint: Sql, db: str) -> list[dict]:
     """Pre-restore copies of ``db``, newest first (found by their comment, not their name)."""
     out = [{"name": r["name"], "of": db, "at": r["tag"].get("at"), "replaced_by": r["tag"].get("replaced_by"),

@@ -255,3 +255,41 @@ def test_a_noinherit_member_of_the_owner_and_a_database_it_may_not_connect_to(tm
     assert dbs() == before
     r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
     assert r.returncode == 0, r.stderr
+
+
+def test_another_roles_session_refuses_a_non_superusers_restore_before_loading(tmp_path, pg, pg_sql, cli_env):
+    """A role without pg_read_all_stats cannot see another role's session on its database:
+    --check says it cannot tell, and the real run asks the server (a rename rolled back)
+    and refuses before it creates the side database, as the swap would after the load."""
+    role, db = f"fid_o_{uuid.uuid4().hex[:6]}", f"fid_app_{uuid.uuid4().hex[:6]}"
+    pg_sql(f"CREATE ROLE {role} LOGIN CREATEDB", "postgres")
+    pg_sql(f"CREATE DATABASE {db} OWNER {role}", "postgres")
+    pg_sql(f"SET ROLE {role}; CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 20000) g", db)
+    inv = _socket_inventory(tmp_path, pg, db, role)
+    archive = _backup(inv, cli_env)
+    held = subprocess.Popen([PSQL, "-X", "-q", "-A", "-t", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                             "-d", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held.stdin.write("SELECT 'ready';\n")
+        held.stdin.flush()
+        assert held.stdout.readline().strip() == "ready"
+        before, dbs = db_fingerprint(pg_sql, db), _dbs(pg_sql)
+        r = cli("db.restore", archive, "-i", str(inv), "--check", env=cli_env)
+        assert "Traceback" not in r.stderr + r.stdout
+        assert "1 process(es) on" in r.stdout + r.stderr and "cannot identify" in r.stdout + r.stderr, r.stdout
+        r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)
+        assert r.returncode == 3, r.stderr + r.stdout
+        assert "Traceback" not in r.stderr
+        assert "1 other session(s) still connected" in r.stderr and "pg_read_all_stats" in r.stderr, r.stderr
+        assert "Restoring into side database" not in r.stderr + r.stdout  # refused before the load
+        assert db_fingerprint(pg_sql, db) == before and _dbs(pg_sql) == dbs
+    finally:
+        held.stdin.close()
+        held.wait(10)
+    r = cli("db.restore", archive, "-i", str(inv), "--yes", env=cli_env)  # the session is gone: restored
+    assert r.returncode == 0, r.stderr
+    pg_sql(f"DROP DATABASE {db} WITH (FORCE)", "postgres")
+    for name in _dbs(pg_sql):
+        if name.startswith(db):
+            pg_sql(f'DROP DATABASE "{name}" WITH (FORCE)', "postgres")
+    pg_sql(f"DROP ROLE {role}", "postgres")
