@@ -500,6 +500,12 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
             dropped, dropping = prune_pre_restore(maint, db, keep, warnings=warnings), []
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
                              warnings=warnings, dropped_copies=dropped, dropping_copies=dropping)
+    except (KeyboardInterrupt, Interrupted):
+        if swapped:  # say so: "interrupted" alone reads as "rolled back"
+            report.note(f"note: the restore had completed before the interrupt: {target_db or db!r} is the restored "
+                        f"copy{'' if target_db or old is None else f'; the previous database is kept as {pre!r}'}; "
+                        f"pre-restore copies beyond keep_pre_restore are dropped by the next restore")
+        raise
     finally:
         if not swapped and ours:
             try:

@@ -228,6 +228,39 @@ def test_a_side_database_created_before_psql_died_is_dropped(pg, pg_sql, tmp_pat
     assert r.returncode == 0, r.stderr + r.stdout
 
 
+def test_an_interrupt_after_the_swap_says_the_restore_is_complete(pg, pg_sql, local_inv, dbname, cli_env):
+    """SIGINT once "Swapped:" is printed (the process is stopped on that line, signalled, then
+    continued, so the signal lands in the housekeeping after the swap): exit 130, and a line
+    that says the restore is complete and where the previous database is."""
+    inv, bdir = local_inv
+    at_backup = db_fingerprint(pg_sql, dbname)
+    archive = _backup(inv, cli_env, "--format", "custom")
+    for attempt in range(6):
+        _change(pg_sql, dbname)
+        p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv),
+                              "--yes"], env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        lines = []
+        for line in p.stderr:
+            lines.append(line)
+            if line.startswith("Swapped:"):
+                p.send_signal(signal.SIGSTOP)
+                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGCONT)
+                break
+        out, err = p.communicate(timeout=120)
+        err = "".join(lines) + err
+        assert "Traceback" not in err
+        wait_unlocked(inv)
+        assert db_fingerprint(pg_sql, dbname) == at_backup  # swapped in either way
+        if p.returncode == 0:
+            continue  # finished before the signal landed: try again
+        assert p.returncode == 130, err
+        assert "the restore had completed before the interrupt" in err and "previous database is kept as" in err, err
+        return
+    pytest.fail("the restore finished before the signal in every attempt")
+
+
 # ----------------------------------------------------------------------------- sessions, --undo
 def test_connected_session_stops_restore_then_terminate_then_undo(pg, pg_sql, local_inv, dbname, cli_env):
     inv, bdir = local_inv
