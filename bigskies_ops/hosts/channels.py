@@ -16,7 +16,7 @@ import threading
 from bigskies_ops.errors import BigskiesError, CommandError
 from bigskies_ops.hosts.connection import SSHError
 from bigskies_ops.hosts.runners import Process, Runner, redact_argv, tail
-from bigskies_ops.hosts.shell import PGID_MARK, describe
+from bigskies_ops.hosts.shell import PGID_MARK, describe, without_marks
 
 READ_CHUNK = 256 * 1024          # bytes per channel recv (perf-baseline: 173 MB/s on loopback)
 
@@ -194,7 +194,7 @@ class SSHProcess(RemoteCommand):
         if rc == -1:
             raise SSHError(f"{self.runner.host.name}: the SSH connection was lost while running "
                            f"{describe(self.argv)} (no exit status)",
-                           argv=redact_argv(self.argv), stderr=tail(self.stderr_text()))
+                           argv=redact_argv(self.argv), stderr=tail(without_marks(self.stderr_text())))
         return rc
 
     def poll(self):

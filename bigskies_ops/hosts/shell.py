@@ -84,6 +84,12 @@ def pipeline_script(stages: list[list[str]], *, stdout_path: str | None = None,
     return s
 
 
+def without_marks(stderr: str) -> str:
+    """``stderr`` without our pipeline's marker lines (:data:`PGID_MARK`, :data:`RC_MARK`):
+    what a user sees of a remote command's stderr in messages and manifests."""
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith((PGID_MARK, RC_MARK)))
+
+
 def stage_statuses(stderr: str, n: int) -> tuple[list[int | None], str]:
     """Parse the stage markers: ``([status or None per stage], stderr without markers)``."""
     rcs: list[int | None] = [None] * n

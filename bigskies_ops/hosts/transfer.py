@@ -21,7 +21,7 @@ from bigskies_ops.hosts.channels import (ERR_HEAD, ChannelReader, RemoteCommand,
                                          keep_head_and_tail, stop_remote_group)
 from bigskies_ops.hosts.connection import SSHError
 from bigskies_ops.hosts.runners import Fetch, Runner, StderrCollector, redact_argv, tail
-from bigskies_ops.hosts.shell import describe, failure_reason
+from bigskies_ops.hosts.shell import describe, failure_reason, without_marks
 
 
 class RemoteReadFile(ChannelReader):
@@ -287,9 +287,10 @@ class OpenSSHProcess(RemoteCommand):
                                argv=redact_argv(self.argv)) from None
         self.err.join(5)
         if rc == 255 or rc < 0:  # ssh's own failure (connection lost), or the client was killed
+            err = without_marks(self.stderr_text())
             raise SSHError(f"{self.runner.host.name}: the SSH connection was lost while running "
-                           f"{describe(self.argv)} ({tail(self.stderr_text(), 300) or f'ssh exit {rc}'})",
-                           argv=redact_argv(self.argv), stderr=tail(self.stderr_text()))
+                           f"{describe(self.argv)} ({tail(err, 300) or f'ssh exit {rc}'})",
+                           argv=redact_argv(self.argv), stderr=tail(err))
         return rc
 
     def poll(self):

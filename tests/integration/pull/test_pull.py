@@ -460,6 +460,8 @@ def test_connection_dropped_mid_pull_fails_and_leaves_nothing(world, pg_sql, pg_
     assert "SSH connection was lost" in err or "connection" in err.lower(), err
     pdir = w.dev_bdir / "prod"
     assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
+    # our pipeline's marker lines (process group, stage statuses) are not the user's business
+    assert "@@bigskies" not in err and all("@@bigskies" not in m.read_text() for m in pdir.glob("*.manifest.json"))
     assert db_fingerprint(pg_sql, w.dev_db) == dev_before
     assert [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d] == []
 
