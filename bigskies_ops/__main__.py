@@ -1,4 +1,4 @@
 """``python -m bigskies_ops ...`` == ``bigskies-ops ...``."""
-from bigskies_ops.cli.program import main
+from bigskies_ops.entry import main
 
 main()

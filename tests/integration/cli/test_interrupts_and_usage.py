@@ -177,6 +177,25 @@ def test_stdout_closed_early_is_not_a_traceback(cli_env):
     assert p.returncode == 1 and p.stderr == "", p.stderr
 
 
+@pytest.mark.parametrize("how", [["-m", "bigskies_ops"], ["-c", "from bigskies_ops.entry import main; main()"]])
+def test_ctrl_c_while_the_tasks_load_exits_130_without_a_traceback(cli_env, how):
+    """SIGINT while the CLI is still importing its modules (found by a new-user trial: a
+    KeyboardInterrupt traceback and death by the signal). -X importtime prints a line as
+    each module finishes, so the signal lands once bigskies_ops.cli is loading."""
+    p = subprocess.Popen([sys.executable, "-X", "importtime", *how, "db.list"], cwd=REPO, env=cli_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in p.stderr:
+        err.append(line)
+        if line.rstrip().endswith("bigskies_ops.hosts.runners"):  # a module the task modules import
+            p.send_signal(signal.SIGINT)
+            break
+    out, rest = p.communicate(timeout=60)
+    err = "".join(e for e in err + rest.splitlines(keepends=True) if not e.startswith("import time:"))
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted by signal 2 while starting; nothing was done" in err, err
+
+
 def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
     """db.status lists a table named ``a[/b]c`` (a rich MarkupError traceback before) and
     ``t[bold]x:smile:`` (shown as ``tx`` and an emoji) by their names (break-it trial)."""
