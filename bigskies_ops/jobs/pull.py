@@ -148,6 +148,9 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         try:
             box["res"] = pull_stream(src, dest, fmt="plain", label=label, database=database, progress=progress,
                                      growing=growing, sql_here=True)
+            # the pull's last step ("writing the manifest") would otherwise stay on the display,
+            # and "still running after 10 s" would blame it, while the load runs on
+            report.step("pulled; loading the rest into the side database")
         except BaseException as e:  # noqa: BLE001 - handed to the restore, re-raised there
             box["err"] = e
             growing.fail(e)
