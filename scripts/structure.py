@@ -23,7 +23,7 @@ LAYERS = {"": 0, "hosts": 1, "pg": 2, "archives": 3, "jobs": 4, "stack": 5, "dev
 
 
 def layer(mod: str) -> str:
-    if mod.endswith(".__main__"):
+    if mod.endswith(".__main__") or mod == "bigskies_ops.entry":  # entry points: they run the CLI
         return "cli"
     parts = mod.split(".")
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""

@@ -244,13 +244,16 @@ def _plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, ta
                                       skip_missing=skip_missing_roles)
             plan.missing_roles = sorted((_needed(info) or set()) - plan.policy.existing)
     old = db_info(maint, db)
+    probe_unseen = False
     if old is not None and target_db is None and (dry_run or not (terminate_sessions or host.coordinators)):
         plan.sessions = sessions_on(maint, db)
         if not terminate_sessions and not host.coordinators:  # fail fast (checked again at the swap)
-            if check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db, plan.sessions):
-                _unseen_sessions(plan, check, maint, db, dry_run)
-    check("rights to create the side database and swap it in", check_rights, maint,
-          db if target_db is None else None, old)
+            probe_unseen = bool(check("no sessions connected (else --terminate-sessions)", _refuse_sessions, db,
+                                      plan.sessions))
+    rights = check("rights to create the side database and swap it in", check_rights, maint,
+                   db if target_db is None else None, old)
+    if probe_unseen and rights:  # the probe renames: only a role that may rename asks the server
+        _unseen_sessions(plan, check, maint, db, dry_run)
     plan.info, plan.old = info, old
     if dry_run:
         _plan_names(plan, maint, host, old)
