@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from bigskies_ops import report
 from bigskies_ops.pg.access import PostgresAccess, SqlSession, ident, lit, pgsql
-from bigskies_ops.pg.admin import database_properties_sql, migration_head
+from bigskies_ops.pg.admin import DATABASE_LOCALE_SQL, database_properties_sql, migration_head
 from bigskies_ops.pg.tools import parse_server_version_num
 
 NO_DATA, UNKNOWN, RECOUNT = "no data", "unknown", "recount"
@@ -148,6 +148,7 @@ def snapshot_facts(session: SqlSession, access: PostgresAccess, manifest: dict) 
     tables = session.query(TABLES_SQL)
     manifest["schema_migrations_head"] = migration_head(session)
     manifest["database_properties"] = session.query(database_properties_sql())[0]
+    manifest["database_locale"] = session.query(DATABASE_LOCALE_SQL)[0]
     # what a restore of it will occupy on the server (pg.admin.check_space), bytes
     manifest["database_bytes"] = session.query("SELECT pg_catalog.pg_database_size(current_database()) AS b")[0]["b"]
     manifest["pg_dump_version"] = str(access.tool_version("pg_dump"))

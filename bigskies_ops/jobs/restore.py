@@ -57,8 +57,8 @@ from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftove
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, sessions_refusal,
                                     swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
-from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, database_properties,
-                                   db_info, drop_db, restore_space, sessions_on)
+from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, create_new,
+                                   database_properties, db_info, drop_db, locale_differs, restore_space, sessions_on)
 from bigskies_ops.pg.loadcheck import check_extensions, explain_load_error
 from bigskies_ops.signals import left_behind
 
@@ -376,6 +376,14 @@ def _unseen_sessions(plan: RestorePlan, check: "_Checker", maint, db: str, dry_r
     check("no sessions of other roles connected", refuse_unseen_sessions, maint, db)
 
 
+def _archive_locale(info) -> dict | None:
+    """The encoding and locale of the archive's database (manifest ``database_locale``;
+    a streamed pull's: its source database's, :attr:`FollowedArchive.locale`; None: not recorded)."""
+    if isinstance(info, FollowedArchive):
+        return info.locale() if info.locale is not None else None
+    return (getattr(info, "manifest", None) or {}).get("database_locale")
+
+
 def _needed(info) -> set | None:
     from bigskies_ops.jobs.sideload import needed_roles
     return needed_roles(info)
@@ -463,14 +471,20 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     try:
         # inside the try: a CREATE the server finished before our psql died is dropped below;
         # "already exists" means the name was taken after all, and that database is not ours
+        locale_warning = None
         try:
-            create_like(maint, side, old)
+            if old is not None:
+                create_like(maint, side, old)
+            else:  # a new database: the archive's encoding and locale (a streamed pull's: the source's)
+                locale_warning = create_new(maint, side, _archive_locale(info))
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise
         mark_side_database(maint, side, target_db or db, now)
         if isinstance(info, FollowedArchive):
             info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
+            if old is None:
+                locale_warning = locale_differs(maint, side, _archive_locale(info))
         else:
             rc, out, err, copied = load_archive(access, info, side, policy, jobs, progress)
         if rc != 0:
@@ -483,6 +497,9 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         props = (info.manifest or {}).get("database_properties") or (database_properties(maint, db) if old else None)
         warnings = (apply_properties(maint, side, props, policy.existing if policy is not None else None)
                     if props else [])
+        if locale_warning:
+            report.note(f"warning: {locale_warning}")
+            warnings.append(locale_warning)
         comment = lit((props or {}).get("comment"))
         if target_db is not None or old is None:
             name = target_db or db
@@ -530,11 +547,15 @@ class FollowedArchive:
             refusal - lock busy, sessions connected - costs no transfer).
         result: waits for the writer; returns the finished archive's path or raises
             the writer's error.
+        locale: called when there is no database to replace: the source database's
+            encoding and locale (a :data:`bigskies_ops.pg.admin.DATABASE_LOCALE_SQL` row)
+            or None, for the new database (the manifest comes only at the end).
     """
 
     growing: object
     start: object
     result: object
+    locale: object = None
 
 
 def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | None, jobs: int | None):

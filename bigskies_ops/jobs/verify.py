@@ -37,7 +37,7 @@ from bigskies_ops.archives.integrity import (TAIL_BYTES, ArchiveInfo, check_agai
 from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.dbnames import unused_name, verify_db_name
 from bigskies_ops.jobs.sideload import load_archive, role_policy, table_counts, verify_against_manifest
-from bigskies_ops.pg.admin import create_like, db_info, drop_db
+from bigskies_ops.pg.admin import create_like, create_new, db_info, drop_db
 
 
 @dataclass
@@ -343,7 +343,12 @@ def _restore_test(access: PostgresAccess, host: Host, info, progress=None) -> di
     like, ours = db_info(maint, host.postgres.database), True
     try:
         try:  # as in restore: a CREATE finished before our psql died is dropped below
-            create_like(maint, name, like)
+            if like is not None:
+                create_like(maint, name, like)
+            else:  # no database here: the archive's encoding and locale, as a restore makes it
+                warned = create_new(maint, name, (info.manifest or {}).get("database_locale"))
+                if warned:
+                    report.note(f"note: {warned}")
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise

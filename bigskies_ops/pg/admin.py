@@ -47,11 +47,12 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
 
 def create_like(sql: Sql, new: str, like: dict | None) -> None:
     """CREATE DATABASE ``new`` from template0 with ``like``'s owner, default tablespace,
-    encoding and collation.
+    encoding and collation (:func:`db_info`; without ``owner``, as an archive's
+    :data:`DATABASE_LOCALE_SQL` row, only its encoding and collation).
     Its settings come after the load (:func:`apply_properties`): a setting such as
     ``default_transaction_read_only = on`` would refuse the load itself."""
     parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
-    if like:
+    if like and like.get("owner"):
         can_own = sql.value(pgsql.SQL(
             "SELECT pg_catalog.pg_has_role(current_user, {}, 'MEMBER') "
             "OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)").format(lit(like["owner"])))
@@ -62,11 +63,74 @@ def create_like(sql: Sql, new: str, like: dict | None) -> None:
                         f"the restored database is owned by the restoring user")
         if like.get("tablespace"):  # the database stays on the disk it was on
             parts.append(pgsql.SQL("TABLESPACE {}").format(ident(like["tablespace"])))
+    if like:
         parts.append(pgsql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             lit(like["encoding"]), lit(like["collate"]), lit(like["ctype"])))
         if like.get("provider") == "i" and like.get("icu_locale"):
             parts.append(pgsql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(lit(like["icu_locale"])))
+        elif like.get("provider") == "c":  # else template0's provider: ICU on a cluster made with it
+            parts.append(pgsql.SQL("LOCALE_PROVIDER libc"))
     sql.execute(pgsql.SQL(" ").join(parts))
+
+
+#: the session's database's encoding and locale, as CREATE DATABASE takes them: the backup
+#: records the row in the manifest as ``database_locale`` (what ``pg_restore --create`` would
+#: give a new database; a plain pg_dump leaves it out)
+DATABASE_LOCALE_SQL = (
+    "SELECT pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype, "
+    "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale "
+    "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()")
+
+# the server's refusals of an encoding or locale it does not have (PostgreSQL 15
+# src/backend/commands/dbcommands.c: check_encoding_locale_matches, check_locale;
+# utils/adt/pg_locale.c: check_icu_locale)
+_LOCALE_REFUSED = re.compile(r"invalid (?:LC_COLLATE |LC_CTYPE )?locale name|is not a valid encoding name|"
+                             r"does not match locale|could not open collator|ICU is not supported")
+
+
+def create_new(sql: Sql, new: str, locale: dict | None) -> str | None:
+    """CREATE DATABASE ``new`` (no database of that name existed: nothing to copy the
+    properties of) with the encoding and locale the archive's database had (its manifest's
+    ``database_locale``; None: the server's defaults, as ``createdb``). A server that lacks
+    that locale (or whose ICU does not know it) creates it with its defaults instead.
+
+    Returns:
+        None, or the warning that the new database has the server's defaults, not the archive's.
+
+    Raises:
+        PostgresError: CREATE DATABASE failed for another reason.
+    """
+    if not locale:
+        create_like(sql, new, None)
+        return None
+    try:
+        create_like(sql, new, locale)
+        return None
+    except PostgresError as e:
+        if not _LOCALE_REFUSED.search(str(e)):
+            raise
+        why = next((ln for ln in str(e).splitlines() if "ERROR:" in ln), str(e).splitlines()[0])
+        why = why.split("ERROR:", 1)[-1].strip()
+    create_like(sql, new, None)
+    icu = f", ICU locale {locale['icu_locale']}" if locale.get("provider") == "i" and locale.get("icu_locale") else ""
+    return (f"the archive's database had encoding {locale.get('encoding')}, collation {locale.get('collate')}"
+            f"{icu}; this server refused them ({why}), so the new database has the server's defaults: "
+            f"text sorts and compares by this server's collation")
+
+
+def locale_differs(sql: Sql, name: str, locale: dict | None) -> str | None:
+    """A warning when database ``name`` lacks the archive's encoding or locale
+    (``database_locale``), else None."""
+    if not locale:
+        return None
+    have = db_info(sql, name) or {}
+    keys = ("encoding", "collate", "ctype") + (("provider", "icu_locale") if locale.get("provider") else ())
+    diff = [k for k in keys if (have.get(k) or None) != (locale.get(k) or None)]
+    if not diff:
+        return None
+    return ("the new database has this server's default " + ", ".join(
+        f"{k} {have.get(k)!s}" for k in diff) + "; the archive's database had " + ", ".join(
+        f"{k} {locale.get(k)!s}" for k in diff) + ": text sorts and compares by this server's collation")
 
 
 #: settings whose value is a list of names, each quoted on its own (pg_dump's
