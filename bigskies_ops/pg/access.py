@@ -69,7 +69,12 @@ def classify_pg_error(stderr: str, host: Host) -> str | None:
         return f"authentication failed for user {pg.user!r} at {where} (check {pg.password_env or 'the passfile'})"
     if re.search(r"does not exist", s) and "database" in s and "FATAL" in s:
         m = re.search(r'database "([^"]+)" does not exist', s)
-        return f"database {m.group(1) if m else pg.database!r} does not exist on {host.name}"
+        name = m.group(1) if m else pg.database
+        if name == pg.maintenance_db and name != pg.database:  # the inventory key to fix, not a restore to run
+            return (f"database {name!r} does not exist on {host.name}: it is postgres.maintenance_db (where "
+                    f"databases are created, renamed and dropped from); set that key to a database this role may "
+                    f"connect to")
+        return f"database {name!r} does not exist on {host.name}"
     if ("Connection refused" in s or "No such file or directory" in s and "connection to server" in s
             or "could not connect" in s or "timeout expired" in s):
         m = re.search(r"(?:failed|error): ((?:Connection refused|No such file or directory|timeout expired|"

@@ -186,3 +186,20 @@ def test_restore_check_names_the_roles_the_archive_needs_that_are_missing(pg, pg
     assert plan["missing_roles"] == [role] and plan["refusals"] == []
     assert _state(pg_sql, bdir) == before
     assert pg_sql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}'", "postgres").strip() == "0"
+
+
+def test_a_maintenance_db_that_does_not_exist_is_named_as_the_key_to_fix(pg, pg_sql, tmp_path, dbname, cli_env):
+    """``postgres.maintenance_db`` names a database missing on the server: the message says
+    which inventory key to fix (it read like the restore's own database was missing);
+    nothing is created, dropped or written."""
+    bdir = tmp_path / "b"
+    archive = _backup(write_inventory(tmp_path / "i.yaml", {"dev": native_host(pg, dbname, bdir)}), cli_env)
+    inv = write_inventory(tmp_path / "m.yaml", {"dev": native_host(pg, dbname, bdir,
+                                                                   postgres={"maintenance_db": "no_such_maint"})})
+    before, state = db_fingerprint(pg_sql, dbname), _state(pg_sql, bdir)
+    r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 1, r.stderr
+    assert _last_error(r) == ("error: database 'no_such_maint' does not exist on dev: it is postgres.maintenance_db "
+                              "(where databases are created, renamed and dropped from); set that key to a database "
+                              "this role may connect to")
+    assert db_fingerprint(pg_sql, dbname) == before and _state(pg_sql, bdir) == state
