@@ -344,7 +344,7 @@ def _render_restore(h, res, mig: dict, target_db: str | None, json: bool) -> Non
                           "dropping_pre_restore_copies": res.dropping_copies})
         return
     output.say(f"Database restored successfully in {res.seconds:.1f} s "
-               f"({res.checked_tables} tables checked against the manifest)")
+               f"({res.checked_text})")
     if res.pre_restore_copy:
         output.say(f"   Previous database kept as: {res.pre_restore_copy}  (undo: {output.hint(f'db.restore --undo --host {h.name}')})")
     if res.coordinators:

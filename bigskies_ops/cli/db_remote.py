@@ -163,7 +163,7 @@ def _render_pull(out, src: Host, dest: Host, json: bool) -> None:
                             "checked_tables": rr.checked_tables, "seconds": round(rr.seconds, 3)}
         if not json:
             output.say(f"Restored into {dest.name}:{rr.database} in {rr.seconds:.1f} s "
-                       f"({rr.checked_tables} tables checked against the manifest)")
+                       f"({rr.checked_text})")
             if rr.pre_restore_copy:
                 output.say(f"   Previous database kept as: {rr.pre_restore_copy}  "
                            f"(undo: {output.hint(f'db.restore --undo --host {dest.name}')})")

@@ -80,6 +80,15 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     dropped_copies: list[str] = field(default_factory=list)
     dropping_copies: list[str] = field(default_factory=list)
+    has_manifest: bool = True
+
+    @property
+    def checked_text(self) -> str:
+        """What the row-count check covered, for the result line: ``12 tables checked
+        against the manifest``, or that a legacy archive had no counts to check."""
+        if not self.has_manifest:
+            return "no manifest (legacy archive): row counts not checked"
+        return f"{self.checked_tables} tables checked against the manifest"
 
 
 def resolve_archive(host: Host, spec: str | None, origin: str | None = None, database: str | None = None) -> str:
@@ -506,7 +515,8 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
             maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS {2}").format(
                 ident(side), ident(name), comment))
             swapped = True
-            return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings)
+            return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings,
+                                 has_manifest=info.manifest is not None)
         pre = unused_name(maint, pre_restore_name, db, now, taken | {side})
         with coordinators_paused(access.runner, host) as stopped:
             swap(maint, db, side, pre, terminate, info.path, comment=comment)
@@ -519,7 +529,8 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         if dropping and drop_copies_later(access.runner, host, db, keep, dropping) is None:
             dropped, dropping = prune_pre_restore(maint, db, keep, warnings=warnings), []
         return RestoreResult(db, info.path, pre, stopped, time.monotonic() - t0, checked,
-                             warnings=warnings, dropped_copies=dropped, dropping_copies=dropping)
+                             warnings=warnings, dropped_copies=dropped, dropping_copies=dropping,
+                             has_manifest=info.manifest is not None)
     except (KeyboardInterrupt, Interrupted):
         if swapped:  # say so: "interrupted" alone reads as "rolled back"
             report.note(f"note: the restore had completed before the interrupt: {target_db or db!r} is the restored "

@@ -214,7 +214,7 @@ def _restore_run(h: Host, a: dict, ctx: RunContext) -> dict:
     return {"archive": res.archive, "database": res.database, "pre_restore_copy": res.pre_restore_copy,
             "coordinators_restarted": res.coordinators, "checked_tables": res.checked_tables,
             "msg": f"{res.database!r} restored from {os.path.basename(res.archive)} "
-                   f"({res.checked_tables} tables checked against the manifest)"}
+                   f"({res.checked_text})"}
 
 
 def _restore_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
