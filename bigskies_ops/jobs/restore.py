@@ -54,8 +54,8 @@ from bigskies_ops.jobs.parload import load_plain_parallel
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
                                         restore_pgoptions, role_policy, verify_against_manifest)
 from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
-                                    pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, sessions_refusal,
-                                    swap, unseen_processes)
+                                    pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
+                                    sessions_refusal, swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
 from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, create_new,
                                    database_properties, db_info, drop_db, locale_differs, restore_space, sessions_on)
@@ -512,14 +512,23 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         comment = lit((props or {}).get("comment"))
         if target_db is not None or old is None:
             name = target_db or db
-            maint.execute(pgsql.SQL("ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS {2}").format(
-                ident(side), ident(name), comment))
+            try:
+                maint.execute(pgsql.SQL("BEGIN; ALTER DATABASE {0} RENAME TO {1}; COMMENT ON DATABASE {1} IS {2}; "
+                                        "COMMIT").format(ident(side), ident(name), comment))
+            except (KeyboardInterrupt, Interrupted):
+                swapped = renamed_away(maint, side)  # as the swap below
+                raise
             swapped = True
             return RestoreResult(name, info.path, None, [], time.monotonic() - t0, checked, warnings=warnings,
                                  has_manifest=info.manifest is not None)
         pre = unused_name(maint, pre_restore_name, db, now, taken | {side})
         with coordinators_paused(access.runner, host) as stopped:
-            swap(maint, db, side, pre, terminate, info.path, comment=comment)
+            try:
+                swap(maint, db, side, pre, terminate, info.path, comment=comment)
+            except (KeyboardInterrupt, Interrupted):
+                # the psql running the renames was stopped: they may have committed first
+                swapped = renamed_away(maint, side)
+                raise
             swapped = True
         # housekeeping (the restore is done whatever happens here), off the critical path: in
         # PostgreSQL 15 a DROP DATABASE waits for a checkpoint that writes out the whole load

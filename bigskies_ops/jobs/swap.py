@@ -88,7 +88,8 @@ def _tagged(maint: Sql, tag: str, db: str) -> list[dict]:
             c = json.loads(r["comment"] or "")
         except ValueError:
             continue
-        if isinstance(c, dict) and c.get("tag") == tag and c.get("of") == db:
+        # never the live database itself, whatever its comment says (prune drops what this returns)
+        if isinstance(c, dict) and c.get("tag") == tag and c.get("of") == db and r["name"] != db:
             out.append({"name": r["name"], "tag": c, "bytes": r["bytes"]})
     return out
 
@@ -155,6 +156,16 @@ def _renames(maint: Sql, db: str, script: pgsql.Composable, terminate: bool) -> 
                           f"(sessions of other roles: a member of pg_read_all_stats sees them, of pg_signal_backend "
                           f"ends them). Nothing was changed; stop them"
                           f"{'' if terminate else ' or pass --terminate-sessions'}") from None
+
+
+def renamed_away(maint: Sql, name: str) -> bool:
+    """Whether database ``name`` no longer exists: after an interrupt stopped the psql that
+    ran a swap's renames, whether they had committed (False when that cannot be read)."""
+    try:
+        return not maint.value(pgsql.SQL("SELECT count(*) FROM pg_catalog.pg_database WHERE datname = {}").format(
+            lit(name)))
+    except BigskiesError:
+        return False
 
 
 def unseen_processes(maint: Sql, db: str) -> int:

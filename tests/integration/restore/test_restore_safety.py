@@ -228,37 +228,65 @@ def test_a_side_database_created_before_psql_died_is_dropped(pg, pg_sql, tmp_pat
     assert r.returncode == 0, r.stderr + r.stdout
 
 
-def test_an_interrupt_after_the_swap_says_the_restore_is_complete(pg, pg_sql, local_inv, dbname, cli_env):
-    """SIGINT once "Swapped:" is printed (the process is stopped on that line, signalled, then
-    continued, so the signal lands in the housekeeping after the swap): exit 130, and a line
-    that says the restore is complete and where the previous database is."""
-    inv, bdir = local_inv
+# psql that, once the swap's renames have committed, says so in a file and waits: the
+# restore is signalled while its psql runs, after the commit (the case it could not tell)
+SLOW_SWAP_PSQL = r"""#!/bin/bash
+case " $* " in *" -t "*) exec %(real)s/psql "$@";; esac
+in=$(mktemp); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
+if [ $rc = 0 ] && grep -q 'RENAME TO' "$in" && grep -q 'COMMENT ON DATABASE' "$in"; then
+  touch %(marker)s; sleep 30
+fi
+rm -f "$in"; exit $rc
+"""
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_an_interrupt_while_the_swap_commits_says_the_restore_is_complete(pg, pg_sql, tmp_path, dbname, cli_env,
+                                                                         target):
+    """SIGINT while the psql that ran the swap's renames (or --target-db's rename) is still
+    running, after they committed: exit 130, and a line that says the restore is complete
+    and where the previous database is (it said "interrupted" and then tried to drop a side
+    database that no longer existed)."""
+    real = "/usr/lib/postgresql/15/bin"
+    bindir, marker = tmp_path / "bin", tmp_path / "swapped"
+    bindir.mkdir()
+    for tool in os.listdir(real):
+        if tool != "psql":
+            os.symlink(os.path.join(real, tool), bindir / tool)
+    (bindir / "psql").write_text(SLOW_SWAP_PSQL % {"real": real, "marker": marker})
+    (bindir / "psql").chmod(0o755)
+    bdir = tmp_path / "backups"
+    good = write_inventory(tmp_path / "good.yaml", {"dev": native_host(pg, dbname, bdir)})
+    slow = write_inventory(tmp_path / "slow.yaml", {"dev": native_host(pg, dbname, bdir,
+                                                                       postgres={"bindir": str(bindir)})})
     at_backup = db_fingerprint(pg_sql, dbname)
-    archive = _backup(inv, cli_env, "--format", "custom")
-    for attempt in range(6):
-        _change(pg_sql, dbname)
-        p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv),
-                              "--yes"], env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-        lines = []
-        for line in p.stderr:
-            lines.append(line)
-            if line.startswith("Swapped:"):
-                p.send_signal(signal.SIGSTOP)
-                p.send_signal(signal.SIGINT)
-                p.send_signal(signal.SIGCONT)
-                break
-        out, err = p.communicate(timeout=120)
-        err = "".join(lines) + err
-        assert "Traceback" not in err
-        wait_unlocked(inv)
-        assert db_fingerprint(pg_sql, dbname) == at_backup  # swapped in either way
-        if p.returncode == 0:
-            continue  # finished before the signal landed: try again
-        assert p.returncode == 130, err
-        assert "the restore had completed before the interrupt" in err and "previous database is kept as" in err, err
-        return
-    pytest.fail("the restore finished before the signal in every attempt")
+    archive = _backup(good, cli_env, "--format", "custom")
+    _change(pg_sql, dbname)
+    new = dbname + "_t"
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(slow), "--yes",
+                          *(["--target-db", new] if target else [])],
+                         env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "Traceback" not in err
+    assert p.returncode == 130, err
+    assert "the restore had completed before the interrupt" in err, err
+    assert "left behind" not in err and "could not drop" not in err, err
+    wait_unlocked(good)
+    if target:
+        assert db_fingerprint(pg_sql, new) == at_backup
+        pg_sql(f'DROP DATABASE "{new}" WITH (FORCE)', "postgres")
+    else:
+        assert "previous database is kept as" in err, err
+        assert db_fingerprint(pg_sql, dbname) == at_backup
 
 
 # ----------------------------------------------------------------------------- sessions, --undo
