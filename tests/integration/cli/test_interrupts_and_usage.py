@@ -177,23 +177,39 @@ def test_stdout_closed_early_is_not_a_traceback(cli_env):
     assert p.returncode == 1 and p.stderr == "", p.stderr
 
 
+# sitecustomize (run by Python at startup, found on PYTHONPATH): the import of a module
+# the task modules need pauses, so the signal surely lands while the CLI is loading
+PAUSE_IMPORT = """import sys, time
+class _Pause:
+    def find_spec(self, name, path=None, target=None):
+        if name == "bigskies_ops.hosts.runners":
+            sys.meta_path.remove(self)
+            sys.stderr.write("PAUSED\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, _Pause())
+"""
+
+
 @pytest.mark.parametrize("how", [["-m", "bigskies_ops"], ["-c", "from bigskies_ops.entry import main; main()"]])
-def test_ctrl_c_while_the_tasks_load_exits_130_without_a_traceback(cli_env, how):
+def test_ctrl_c_while_the_tasks_load_exits_130_without_a_traceback(tmp_path, cli_env, how):
     """SIGINT while the CLI is still importing its modules (found by a new-user trial: a
-    KeyboardInterrupt traceback and death by the signal). -X importtime prints a line as
-    each module finishes, so the signal lands once bigskies_ops.cli is loading."""
-    p = subprocess.Popen([sys.executable, "-X", "importtime", *how, "db.list"], cwd=REPO, env=cli_env,
+    KeyboardInterrupt traceback and death by the signal)."""
+    (tmp_path / "sitecustomize.py").write_text(PAUSE_IMPORT)
+    env = dict(cli_env, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), cli_env.get("PYTHONPATH")])))
+    p = subprocess.Popen([sys.executable, *how, "db.list"], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = []
-    for line in p.stderr:
-        err.append(line)
-        if line.rstrip().endswith("bigskies_ops.hosts.runners"):  # a module the task modules import
-            p.send_signal(signal.SIGINT)
-            break
-    out, rest = p.communicate(timeout=60)
-    err = "".join(e for e in err + rest.splitlines(keepends=True) if not e.startswith("import time:"))
+    try:
+        first = p.stderr.readline()
+        assert first == "PAUSED\n", first + p.communicate(timeout=60)[1]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
     assert p.returncode == 130, err
-    assert "Traceback" not in err and "interrupted by signal 2 while starting; nothing was done" in err, err
+    assert "Traceback" not in err and err == "interrupted by signal 2 while starting; nothing was done\n", err
 
 
 def test_tables_show_names_as_is(local_inv, dbname, pg_sql, cli_env):
