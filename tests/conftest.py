@@ -159,6 +159,24 @@ def wait_unlocked(inventory: Path | str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+def signal_when(p: subprocess.Popen, ready, sig: int, what: str, timeout: float = 120) -> tuple[str, str]:
+    """Send ``sig`` to ``p`` once ``ready()`` is true (polled every 50 ms while ``p`` runs,
+    up to ``timeout`` s); return ``(stdout, stderr)`` once ``p`` has ended. Fails, naming
+    ``what``, when ``p`` ended or the time ran out first; ``p`` never outlives the call."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ready():
+            raise AssertionError(f"{what} never came" + (f": {p.communicate()[1]}" if p.poll() is not None else ""))
+        p.send_signal(sig)
+        return p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def write_inventory(path: Path, hosts: dict, *, defaults: dict | None = None, groups: dict | None = None) -> Path:
     doc: dict = {}
     if defaults:

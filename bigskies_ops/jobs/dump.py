@@ -347,6 +347,22 @@ def host_access(host: Host):
         yield access
 
 
+def database_locale(host: Host, database: str | None = None) -> dict | None:
+    """The encoding and locale of ``host``'s ``database`` (default: its own), read where
+    it runs (a :data:`bigskies_ops.pg.admin.DATABASE_LOCALE_SQL` row), for a database made
+    before its archive's manifest exists (``db.pull --restore`` onto a new database). None,
+    with a note, when it cannot be read: the run that needs the host reports that itself."""
+    from bigskies_ops.pg.admin import DATABASE_LOCALE_SQL
+    try:
+        with host_access(host) as access:
+            rows = access.sql(database or host.postgres.database).query(DATABASE_LOCALE_SQL)
+    except BigskiesError as e:
+        report.note(f"note: the encoding and locale of {host.name}'s database could not be read ({e}); "
+                    f"the new database gets the server's defaults")
+        return None
+    return rows[0] if rows else None
+
+
 @contextmanager
 def archive_lock(writer, bdir: str, origin: str, db: str, task: str, *, what: str = "backup",
                  orphans: bool = False):

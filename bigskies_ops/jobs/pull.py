@@ -44,8 +44,8 @@ from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, Storag
 from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.destinations import StreamHere, StreamSqlHere
-from bigskies_ops.jobs.dump import BackupResult, DumpSpec, archive_lock, check_format, dump, host_access
-from bigskies_ops.pg.admin import DATABASE_LOCALE_SQL
+from bigskies_ops.jobs.dump import (BackupResult, DumpSpec, archive_lock, check_format, database_locale, dump,
+                                    host_access)
 
 CHUNK = 1 << 20
 
@@ -170,19 +170,9 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
             raise box["err"]
         return box["res"].backup.path
 
-    def locale() -> dict | None:
-        """The source database's encoding and locale, for a new database (one query over SSH)."""
-        try:
-            with _ssh_access(src) as access:
-                rows = access.sql(database or src.postgres.database).query(DATABASE_LOCALE_SQL)
-        except BigskiesError as e:  # the pull itself reports an unreachable source
-            report.note(f"note: the source database's encoding and locale could not be read ({e}); "
-                        f"the new database gets the server's defaults")
-            return None
-        return rows[0] if rows else None
-
-    try:
-        rr = restore(dest, "", follow=FollowedArchive(growing, start, result, locale), **restore_kwargs)
+    try:  # a new database gets the source's encoding and locale: read when the restore needs them
+        rr = restore(dest, "", follow=FollowedArchive(growing, start, result,
+                                                      lambda: database_locale(src, database)), **restore_kwargs)
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C / SIGTERM (errors.Interrupted): stop the pull too
         growing.cancel()
         raise

@@ -385,6 +385,31 @@ def _unseen_sessions(plan: RestorePlan, check: "_Checker", maint, db: str, dry_r
     check("no sessions of other roles connected", refuse_unseen_sessions, maint, db)
 
 
+def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_db: bool):
+    """Load ``info`` (an ArchiveInfo, or a :class:`FollowedArchive` as it arrives) into
+    ``side``, then check its rows against the manifest (:func:`verify_against_manifest`).
+
+    Returns:
+        ``(ArchiveInfo of the archive loaded, tables checked, warning or None)``: the
+        warning when ``new_db`` and a streamed pull's database lacks the source's locale.
+
+    Raises:
+        PostgresError: the load failed (its error explained), or rows differ.
+    """
+    warning = None
+    if isinstance(info, FollowedArchive):
+        info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
+        if new_db:
+            warning = locale_differs(maint, side, _archive_locale(info))
+    else:
+        rc, _out, err, copied = load_archive(access, info, side, policy, jobs, progress)
+    if rc != 0:
+        why = explain_load_error(err)
+        raise PostgresError(f"restore into the side database failed (exit {rc}): "
+                            f"{why + '. ' if why else ''}{tail(err, 800)}", returncode=rc, stderr=tail(err))
+    return info, verify_against_manifest(access.sql(side), info, copied), warning
+
+
 def _archive_locale(info) -> dict | None:
     """The encoding and locale of the archive's database (manifest ``database_locale``;
     a streamed pull's: its source database's, :attr:`FollowedArchive.locale`; None: not recorded)."""
@@ -480,27 +505,15 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     try:
         # inside the try: a CREATE the server finished before our psql died is dropped below;
         # "already exists" means the name was taken after all, and that database is not ours
-        locale_warning = None
-        try:
-            if old is not None:
-                create_like(maint, side, old)
-            else:  # a new database: the archive's encoding and locale (a streamed pull's: the source's)
-                locale_warning = create_new(maint, side, _archive_locale(info))
+        try:  # a new database: the archive's encoding and locale (a streamed pull's: the source's)
+            locale_warning = (create_like(maint, side, old) if old is not None
+                              else create_new(maint, side, _archive_locale(info)))
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise
         mark_side_database(maint, side, target_db or db, now)
-        if isinstance(info, FollowedArchive):
-            info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
-            if old is None:
-                locale_warning = locale_differs(maint, side, _archive_locale(info))
-        else:
-            rc, out, err, copied = load_archive(access, info, side, policy, jobs, progress)
-        if rc != 0:
-            why = explain_load_error(err)
-            raise PostgresError(f"restore into the side database failed (exit {rc}): "
-                                f"{why + '. ' if why else ''}{tail(err, 800)}", returncode=rc, stderr=tail(err))
-        checked = verify_against_manifest(access.sql(side), info, copied)
+        info, checked, later = _load_and_check(access, maint, info, side, policy, jobs, progress, old is None)
+        locale_warning = locale_warning or later
         # the database's own settings, privileges and comment (not in a plain pg_dump): the
         # backup's, or for an archive without them the current database's
         props = (info.manifest or {}).get("database_properties") or (database_properties(maint, db) if old else None)

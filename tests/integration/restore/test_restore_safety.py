@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, wait_unlocked,
-                            write_inventory)
+from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, signal_when,
+                            wait_unlocked, write_inventory)
 from tests.pgcheck import db_fingerprint
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -266,16 +266,7 @@ def test_an_interrupt_while_the_swap_commits_says_the_restore_is_complete(pg, pg
     p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(slow), "--yes",
                           *(["--target-db", new] if target else [])],
                          env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), p.communicate()[1]
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    out, err = signal_when(p, marker.exists, signal.SIGINT, "the swap's commit")
     assert "Traceback" not in err
     assert p.returncode == 130, err
     assert "the restore had completed before the interrupt" in err, err

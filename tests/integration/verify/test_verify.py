@@ -154,24 +154,14 @@ def test_sigterm_during_the_restore_test_still_drops_the_throwaway_database(setu
     import signal
     import subprocess
     import sys
-    import time
-    from tests.conftest import REPO
+    from tests.conftest import REPO, signal_when
     inv, bdir = setup
     pg_sql("CREATE TABLE bulk AS SELECT g, md5(g::text) AS h FROM generate_series(1, 400000) g", dbname)
     _backup(inv, bdir, cli_env, "custom")
     p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.verify", "latest", "--restore-test",
                           "-i", str(inv)], env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _throwaway_dbs(pg_sql, dbname) and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _throwaway_dbs(pg_sql, dbname), "the restore test never started"
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    out, err = signal_when(p, lambda: _throwaway_dbs(pg_sql, dbname), signal.SIGTERM, "the restore test")
     assert p.returncode == 143, err
     assert _throwaway_dbs(pg_sql, dbname) == []
 
