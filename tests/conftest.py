@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,12 @@ pytest_plugins = ["tests.infra.fixtures"]
 # under both names: imported twice, the module-level code below ran twice, and the second
 # crontab folder (the one the environment then named) was never removed.
 sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
+# A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so
+# would every program it starts (an ignored signal stays ignored across exec): the tests
+# that press Ctrl-C need it as a terminal gives it. A handler is reset to the default on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # No test may edit this machine's crontab: db.schedule writes the user's crontab unless it is
 # given a file, and a contract test's db.schedule run once left a block in root's. Every
