@@ -18,6 +18,7 @@ from bigskies_ops.errors import Interrupted
 _received: list[int] = []
 _held: list[int] = []   # signals that arrived inside deferred(), raised when it ends
 _depth = 0
+_insist = 0  # deferred(insist=True) blocks open: there a second signal is raised at once
 
 
 def received() -> int | None:
@@ -41,6 +42,9 @@ def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
                 _held.append(signum)
                 return
             raise Interrupted(signum)
+        if _insist and _held:  # a second signal inside deferred(insist=True): the user insists
+            _held.clear()
+            raise Interrupted(signum)
 
     for s in signals:
         prev = signal.getsignal(s)
@@ -56,22 +60,25 @@ def interrupts_unwind(signals=(signal.SIGINT, signal.SIGTERM)):
 
 
 @contextmanager
-def deferred():
+def deferred(insist: bool = False):
     """Hold SIGINT/SIGTERM during a step that must not be cut in two (an archive renamed
     into place and its DONE manifest: cut in two, a complete archive would be published
     with an empty or FAILED manifest). A signal that arrives meanwhile is raised as
-    :class:`Interrupted` when the step has ended without an error. Main thread only (where
-    the handlers run); elsewhere a plain block."""
-    global _depth
+    :class:`Interrupted` when the step has ended without an error. ``insist``: for a step
+    that may wait on the server (a lock), a second signal is raised at once. Main thread
+    only (where the handlers run); elsewhere a plain block."""
+    global _depth, _insist
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _depth += 1
+    _insist += int(insist)
     held: list[int] = []
     try:
         yield
     finally:
         _depth -= 1
+        _insist -= int(insist)
         if not _depth:  # an error leaving the step ends the command anyway: drop what was held
             held, _held[:] = _held[:], []
     if held:

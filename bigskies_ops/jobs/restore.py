@@ -57,10 +57,10 @@ from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftove
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
-from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_like, create_new,
+from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_new,
                                    database_properties, db_info, drop_db, locale_differs, restore_space, sessions_on)
 from bigskies_ops.pg.loadcheck import check_extensions, explain_load_error
-from bigskies_ops.signals import left_behind
+from bigskies_ops.signals import deferred, left_behind
 
 
 @dataclass
@@ -385,6 +385,21 @@ def _unseen_sessions(plan: RestorePlan, check: "_Checker", maint, db: str, dry_r
     check("no sessions of other roles connected", refuse_unseen_sessions, maint, db)
 
 
+def _create_side(maint, side: str, old: dict | None, info, of: str, now, new_name: bool) -> str | None:
+    """Create the side database ``side`` of ``of`` like ``old`` (:func:`db_info`; None: the
+    server's defaults), with the archive's encoding and locale when it will take a
+    ``new_name`` (a new database, or --target-db's), and label it. Returns
+    :func:`bigskies_ops.pg.admin.create_new`'s warning.
+
+    A signal waits for the CREATE and the label: psql stopped mid-CREATE, the server could
+    finish it after our DROP and leave a database nothing recognises; a second signal
+    does not wait."""
+    with deferred(insist=True):
+        warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old)
+        mark_side_database(maint, side, of, now)
+    return warning
+
+
 def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_db: bool):
     """Load ``info`` (an ArchiveInfo, or a :class:`FollowedArchive` as it arrives) into
     ``side``, then check its rows against the manifest (:func:`verify_against_manifest`).
@@ -503,15 +518,14 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
     swapped, ours = False, True
     try:
-        # inside the try: a CREATE the server finished before our psql died is dropped below;
-        # "already exists" means the name was taken after all, and that database is not ours
-        try:  # a new database: the archive's encoding and locale (a streamed pull's: the source's)
-            locale_warning = (create_like(maint, side, old) if old is not None
-                              else create_new(maint, side, _archive_locale(info)))
+        # inside the try: a CREATE the server finished before our psql died is dropped below
+        # ("already exists": the name was taken after all, not ours)
+        try:
+            locale_warning = _create_side(maint, side, old, info, target_db or db, now,
+                                          new_name=old is None or target_db is not None)
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise
-        mark_side_database(maint, side, target_db or db, now)
         info, checked, later = _load_and_check(access, maint, info, side, policy, jobs, progress, old is None)
         locale_warning = locale_warning or later
         # the database's own settings, privileges and comment (not in a plain pg_dump): the

@@ -25,6 +25,7 @@ from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.dbnames import pre_restore_name, unused_name
 from bigskies_ops.pg.access import PostgresAccess, Sql, ident, lit, pgsql
 from bigskies_ops.pg.admin import drop_db, sessions_on
+from bigskies_ops.signals import deferred
 
 PRE_RESTORE_TAG = "bigskies-ops:pre-restore"
 SIDE_TAG = "bigskies-ops:restoring"  # a side database being restored (left behind only if the process died)
@@ -112,33 +113,35 @@ def swap(maint: Sql, db: str, side: str, pre: str, terminate: bool, archive: str
     report.step("swapping")
     comment = pgsql.SQL("NULL") if comment is None else comment  # not a default: psycopg loads on first use
     sess = sessions_on(maint, db)
-    if sess:
-        listing, refusal = sessions_refusal(db, sess)
-        if not terminate:
-            raise SafetyError(refusal)
-        report.note(f"Terminating {len(sess)} session(s) on {db!r}: {listing}")
-        maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(db)))
-        # the sessions listed, never autovacuum: the server cancels it itself on RENAME/DROP,
-        # and a non-superuser owner may not signal it ("must be a superuser to terminate ...")
-        maint.query(pgsql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-                              "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
-                              "AND backend_type IN ('client backend', 'walsender')").format(lit(db)))
-        deadline = time.monotonic() + 15
-        while sessions_on(maint, db) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    tag = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
+    if sess and not terminate:
+        raise SafetyError(sessions_refusal(db, sess)[1])
+    closed = False
     try:
+        if sess:
+            report.note(f"Terminating {len(sess)} session(s) on {db!r}: {sessions_refusal(db, sess)[0]}")
+            closed = True  # before the ALTER: an interrupt may stop our psql after the server ran it
+            maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(db)))
+            # the sessions listed, never autovacuum: the server cancels it itself on RENAME/DROP,
+            # and a non-superuser owner may not signal it ("must be a superuser to terminate ...")
+            maint.query(pgsql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                                  "WHERE datname = {} AND pid <> pg_catalog.pg_backend_pid() "
+                                  "AND backend_type IN ('client backend', 'walsender')").format(lit(db)))
+            deadline = time.monotonic() + 15
+            while sessions_on(maint, db) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        tag = json.dumps({"tag": PRE_RESTORE_TAG, "of": db, "at": iso(utcnow()), "replaced_by": archive})
         _renames(maint, db, pgsql.SQL(
             "BEGIN; ALTER DATABASE {old} RENAME TO {pre}; ALTER DATABASE {side} RENAME TO {old}; "
             "COMMENT ON DATABASE {pre} IS {c}; COMMENT ON DATABASE {old} IS {own}; COMMIT;").format(
             old=ident(db), pre=ident(pre), side=ident(side), c=lit(tag), own=comment), terminate)
     finally:
-        if terminate:
-            for name in (db, pre):
-                try:
-                    maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
-                except BigskiesError:
-                    pass
+        if closed:  # whatever happened meanwhile (an interrupt too): both names take connections again
+            with deferred():
+                for name in (db, pre):
+                    try:
+                        maint.execute(pgsql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
+                    except BigskiesError:
+                        pass
     report.note(f"Swapped: {db!r} is {what}; the previous database is kept as {pre!r}")
 
 

@@ -27,7 +27,7 @@ from bigskies_ops import __version__, report
 from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, id_hint, iso, latest, list_backups,
                                            named_backup, read_manifest, utcnow, write_manifest)
-from bigskies_ops.signals import interrupts_unwind
+from bigskies_ops.signals import deferred, interrupts_unwind
 from bigskies_ops.errors import ArchiveError, BigskiesError, PostgresError, StorageError, UsageError
 from bigskies_ops.inventory import Host
 from bigskies_ops.archives.locks import host_lock
@@ -37,7 +37,7 @@ from bigskies_ops.archives.integrity import (TAIL_BYTES, ArchiveInfo, check_agai
 from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.dbnames import unused_name, verify_db_name
 from bigskies_ops.jobs.sideload import load_archive, role_policy, table_counts, verify_against_manifest
-from bigskies_ops.pg.admin import create_like, create_new, db_info, drop_db
+from bigskies_ops.pg.admin import create_new, db_info, drop_db
 
 
 @dataclass
@@ -342,13 +342,13 @@ def _restore_test(access: PostgresAccess, host: Host, info, progress=None) -> di
     policy = role_policy(access, maint, scan_archive(access, info), create_roles=False, skip_missing=True)
     like, ours = db_info(maint, host.postgres.database), True
     try:
-        try:  # as in restore: a CREATE finished before our psql died is dropped below
-            if like is not None:
-                create_like(maint, name, like)
-            else:  # no database here: the archive's encoding and locale, as a restore makes it
-                warned = create_new(maint, name, (info.manifest or {}).get("database_locale"))
-                if warned:
-                    report.note(f"note: {warned}")
+        try:  # as in restore: a CREATE finished before our psql died is dropped below; signals wait for it
+            with deferred(insist=True):
+                # no database here: the archive's encoding and locale, as a restore makes it
+                warned = create_new(maint, name, (info.manifest or {}).get("database_locale") if like is None else None,
+                                    like=like)
+            if warned:
+                report.note(f"note: {warned}")
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise

@@ -6,6 +6,7 @@ Used by the restore (bigskies_ops.jobs.restore) and the restore test (bigskies_o
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -85,37 +86,45 @@ DATABASE_LOCALE_SQL = (
 # src/backend/commands/dbcommands.c: check_encoding_locale_matches, check_locale;
 # utils/adt/pg_locale.c: check_icu_locale)
 _LOCALE_REFUSED = re.compile(r"invalid (?:LC_COLLATE |LC_CTYPE )?locale name|is not a valid encoding name|"
-                             r"does not match locale|could not open collator|ICU is not supported")
+                             r"does not match locale|could not open collator|ICU is not supported|"
+                             r"is not supported with ICU provider|ICU locale must be specified")
 
 
-def create_new(sql: Sql, new: str, locale: dict | None) -> str | None:
-    """CREATE DATABASE ``new`` (no database of that name existed: nothing to copy the
-    properties of) with the encoding and locale the archive's database had (its manifest's
-    ``database_locale``; None: the server's defaults, as ``createdb``). A server that lacks
-    that locale (or whose ICU does not know it) creates it with its defaults instead.
+def create_new(sql: Sql, new: str, locale, like: dict | None = None) -> str | None:
+    """CREATE DATABASE ``new`` as :func:`create_like` ``like`` (None: the server's
+    defaults), with the encoding and locale the archive's database had (``locale``: its
+    manifest's ``database_locale``, what ``pg_restore --create`` would give; None: not
+    asked for). A server that lacks that locale (or whose ICU does not know it), or a
+    ``locale`` that is not a :data:`DATABASE_LOCALE_SQL` row, gives ``like``'s instead.
 
     Returns:
-        None, or the warning that the new database has the server's defaults, not the archive's.
+        None, or the warning that says the archive's locale was not used, and why.
 
     Raises:
         PostgresError: CREATE DATABASE failed for another reason.
     """
-    if not locale:
-        create_like(sql, new, None)
+    fallback = "the server's defaults" if like is None else "the encoding and locale of the host's database"
+    if locale is None:
+        create_like(sql, new, like)
         return None
+    if not (isinstance(locale, dict) and all(isinstance(locale.get(k), str) and locale[k]
+                                             for k in ("encoding", "collate", "ctype"))):
+        create_like(sql, new, like)
+        return (f"the manifest's database_locale is not understood ({json.dumps(locale)[:200]}); the new database has "
+                f"{fallback}")
     try:
-        create_like(sql, new, locale)
+        create_like(sql, new, {**(like or {}), **{k: locale.get(k) for k in
+                                                   ("encoding", "collate", "ctype", "provider", "icu_locale")}})
         return None
     except PostgresError as e:
         if not _LOCALE_REFUSED.search(str(e)):
             raise
         why = next((ln for ln in str(e).splitlines() if "ERROR:" in ln), str(e).splitlines()[0])
-        why = why.split("ERROR:", 1)[-1].strip()
-    create_like(sql, new, None)
+        why = why.split("ERROR:", 1)[-1].split(" | LINE ", 1)[0].strip()
+    create_like(sql, new, like)
     icu = f", ICU locale {locale['icu_locale']}" if locale.get("provider") == "i" and locale.get("icu_locale") else ""
-    return (f"the archive's database had encoding {locale.get('encoding')}, collation {locale.get('collate')}"
-            f"{icu}; this server refused them ({why}), so the new database has the server's defaults: "
-            f"text sorts and compares by this server's collation")
+    return (f"the archive's database had encoding {locale['encoding']}, collation {locale['collate']}{icu}; this "
+            f"server refused them ({why}), so the new database has {fallback}: text sorts and compares by it")
 
 
 def locale_differs(sql: Sql, name: str, locale: dict | None) -> str | None:

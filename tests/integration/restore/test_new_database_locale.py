@@ -129,3 +129,52 @@ def test_a_pull_restore_into_a_new_database_gets_the_sources_locale(tmp_path, pg
         assert _facts(pg_sql, new) == want
     finally:
         run_prod(f'DROP DATABASE IF EXISTS "{src}" WITH (FORCE)', "postgres")
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("LATIN1", "the manifest's database_locale is not understood (\"LATIN1\")"),
+    ({"encoding": "UTF8"}, "the manifest's database_locale is not understood ({\"encoding\": \"UTF8\"})"),
+    ({"encoding": "UTF8", "collate": None, "ctype": None}, "the manifest's database_locale is not understood"),
+    ({"encoding": "SQL_ASCII", "collate": "C", "ctype": "C", "provider": "i", "icu_locale": "de-DE"},
+     "this server refused them (encoding \"SQL_ASCII\" is not supported with ICU provider)"),
+])
+def test_a_malformed_database_locale_gives_the_servers_defaults_and_says_so(tmp_path, pg, pg_sql, cli_env, names,
+                                                                            bad, says):
+    """A hand-edited manifest (break-it trial: 'internal error: AttributeError', KeyError, a
+    raw SQL syntax error): the restore still runs, with the server's defaults and a warning."""
+    src, new = names("loc_src"), names("loc_new")
+    _make_source(pg_sql, src, "latin1_c")
+    bdir = tmp_path / "b"
+    r = cli("db.backup", "--json",
+            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
+    archive = json.loads(r.stdout)["path"]
+    mpath = Path(archive + ".manifest.json")
+    mpath.write_text(json.dumps(dict(json.loads(mpath.read_text()), database_locale=bad)))
+    r = cli("db.restore", archive, "-i", str(write_inventory(tmp_path / "n.yaml", {"dev": native_host(pg, new, bdir)})),
+            "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert says in r.stderr and "the new database has the server's defaults" in r.stderr, r.stderr
+    got = _facts(pg_sql, new)
+    assert (got["encoding"], got["collate"], got["provider"]) == ("UTF8", "C.UTF-8", "c")
+    assert sorted(got["sorted"].split(",")) == sorted(_facts(pg_sql, src)["sorted"].split(","))
+
+
+def test_target_db_gets_the_archives_locale_not_the_host_databases(tmp_path, pg, pg_sql, cli_env, names):
+    """--target-db makes a new database: the archive's encoding and locale, whatever the
+    host's own database has (it took the host database's: an EUC_JP archive then failed to
+    load into a LATIN1 one, an ICU one silently became libc; break-it trial)."""
+    src, host_db, new = names("loc_src"), names("loc_host"), names("loc_tgt")
+    _make_source(pg_sql, src, "icu_de")
+    _make_source(pg_sql, host_db, "latin1_c")
+    want = _facts(pg_sql, src)
+    bdir = tmp_path / "b"
+    r = cli("db.backup", "--json",
+            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
+    archive = json.loads(r.stdout)["path"]
+    host_before = _facts(pg_sql, host_db)
+    inv = write_inventory(tmp_path / "h.yaml", {"dev": native_host(pg, host_db, bdir)})
+    r = cli("db.restore", archive, "-i", str(inv), "--target-db", new, "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert _facts(pg_sql, new) == want
+    assert _facts(pg_sql, host_db) == host_before

@@ -498,3 +498,83 @@ def test_no_file_on_a_terminal_offers_a_numbered_list(pg_sql, local_inv, dbname,
     assert rc == 0, text
     assert newer.name in text and older.name in text and f"Backup file: {older}" in text.replace("\r\n", " ")
     assert db_fingerprint(pg_sql, dbname) == at_backup
+
+
+def _restore_proc(archive, inv, env, *extra):
+    return subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv), "--yes",
+                             *extra], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _side_dbs(pg_sql, db: str) -> list[str]:
+    return [n for n in pg_sql("SELECT datname FROM pg_database", "postgres").split() if n.startswith(db + "_restoring_")]
+
+
+def test_an_interrupt_while_sessions_are_ended_leaves_the_database_taking_connections(pg, pg_sql, local_inv, dbname,
+                                                                                      cli_env):
+    """--terminate-sessions closes the database to new connections while its sessions end
+    (up to 15 s); a Ctrl-C meanwhile left it closed: every connection then failed with
+    "database ... is not currently accepting connections" (break-it trial). A stopped
+    backend outlives pg_terminate_backend, so the signal surely lands in that wait."""
+    inv, bdir = local_inv
+    archive = _backup(inv, cli_env, "--format", "custom")
+    _change(pg_sql, dbname)
+    changed = db_fingerprint(pg_sql, dbname)
+    held = HeldSession(pg, dbname)
+    os.kill(held.backend_pid, signal.SIGSTOP)
+    closed = f"SELECT NOT datallowconn FROM pg_database WHERE datname = '{dbname}'"
+    p = _restore_proc(archive, inv, cli_env, "--terminate-sessions")
+    try:
+        deadline = time.monotonic() + 120
+        while pg_sql(closed, "postgres").strip() != "t" and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    finally:  # the backend ends now (its pg_terminate_backend was waiting); a stopped one would hold up any DROP
+        os.kill(held.backend_pid, signal.SIGCONT)
+        held.close()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert pg_sql(f"SELECT datallowconn FROM pg_database WHERE datname = '{dbname}'", "postgres").strip() == "t"
+    wait_unlocked(inv)
+    assert db_fingerprint(pg_sql, dbname) == changed and _side_dbs(pg_sql, dbname) == []
+
+
+def test_an_interrupt_while_the_side_database_is_created_leaves_none_behind(pg, pg_sql, local_inv, dbname, cli_env):
+    """A signal while the server runs CREATE DATABASE of the side database: our DROP ran
+    before the server's CREATE finished, and an empty, unlabelled side database stayed
+    (break-it trial: 3 of 12 Ctrl-Cs in the first second). A lock on template0 held by the
+    test keeps the CREATE waiting while the signal arrives."""
+    inv, bdir = local_inv
+    archive = _backup(inv, cli_env, "--format", "custom")
+    _change(pg_sql, dbname)
+    changed = db_fingerprint(pg_sql, dbname)
+    lock = HeldSession(pg, "postgres")
+    lock.p.stdin.write("BEGIN; COMMENT ON DATABASE template0 IS 'held by a test';\n")
+    lock.p.stdin.flush()
+    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+               f"AND query LIKE 'CREATE DATABASE %{dbname}_restoring_%'")
+    p = _restore_proc(archive, inv, cli_env)
+    try:
+        deadline = time.monotonic() + 120
+        while pg_sql(waiting, "postgres").strip() != "1" and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        time.sleep(1)  # the signal has landed; the CREATE still waits
+    finally:
+        lock.p.stdin.write("ROLLBACK;\n")
+        lock.close()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    wait_unlocked(inv)
+    # a CREATE whose psql is gone still runs on the server: the check waits for it to end
+    running = (f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE %{dbname}_restoring_%' "
+               f"AND state <> 'idle' AND pid <> pg_backend_pid()")
+    deadline = time.monotonic() + 60
+    while pg_sql(running, "postgres").strip() != "0" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _side_dbs(pg_sql, dbname) == []
+    assert db_fingerprint(pg_sql, dbname) == changed
