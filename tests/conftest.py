@@ -166,17 +166,22 @@ def wait_unlocked(inventory: Path | str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def signal_when(p: subprocess.Popen, ready, sig: int, what: str, timeout: float = 120) -> tuple[str, str]:
+def send_when(p: subprocess.Popen, ready, sig: int, what: str, timeout: float = 120) -> None:
     """Send ``sig`` to ``p`` once ``ready()`` is true (polled every 50 ms while ``p`` runs,
-    up to ``timeout`` s); return ``(stdout, stderr)`` once ``p`` has ended. Fails, naming
-    ``what``, when ``p`` ended or the time ran out first; ``p`` never outlives the call."""
+    up to ``timeout`` s). Fails, naming ``what``, when ``p`` ended or the time ran out first."""
+    deadline = time.monotonic() + timeout
+    while not ready() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ready():
+        raise AssertionError(f"{what} never came" + (f": {p.communicate()[1]}" if p.poll() is not None else ""))
+    p.send_signal(sig)
+
+
+def signal_when(p: subprocess.Popen, ready, sig: int, what: str, timeout: float = 120) -> tuple[str, str]:
+    """:func:`send_when`, then ``(stdout, stderr)`` once ``p`` has ended; ``p`` never
+    outlives the call."""
     try:
-        deadline = time.monotonic() + timeout
-        while not ready() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not ready():
-            raise AssertionError(f"{what} never came" + (f": {p.communicate()[1]}" if p.poll() is not None else ""))
-        p.send_signal(sig)
+        send_when(p, ready, sig, what, timeout)
         return p.communicate(timeout=120)
     finally:
         if p.poll() is None:

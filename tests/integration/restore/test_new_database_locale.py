@@ -43,6 +43,14 @@ def _make_source(run_sql, name: str, kind: str) -> None:
             f"CREATE INDEX ON words (w)", name)
 
 
+def _backup(tmp_path, pg, src: str, env: dict, *args: str) -> str:
+    """A backup of ``src`` (a host ``dev`` with backup dir ``tmp_path/b``); its path."""
+    inv = write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, tmp_path / "b")})
+    r = cli("db.backup", *args, "--json", "-i", str(inv), env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["path"]
+
+
 @pytest.fixture
 def names(pg):
     made = []
@@ -62,10 +70,7 @@ def test_a_new_database_gets_the_archives_encoding_and_locale(tmp_path, pg, pg_s
     _make_source(pg_sql, src, kind)
     want = _facts(pg_sql, src)
     bdir = tmp_path / "b"
-    r = cli("db.backup", "--format", fmt, "--json",
-            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
-    assert r.returncode == 0, r.stderr
-    archive = json.loads(r.stdout)["path"]
+    archive = _backup(tmp_path, pg, src, cli_env, "--format", fmt)
     m = json.loads(Path(archive + ".manifest.json").read_text())
     assert m["database_locale"]["encoding"] == want["encoding"]
 
@@ -86,9 +91,7 @@ def test_a_locale_this_server_lacks_gives_its_defaults_and_says_so(tmp_path, pg,
     src, new = names("loc_src"), names("loc_new")
     _make_source(pg_sql, src, "latin1_c")
     bdir = tmp_path / "b"
-    r = cli("db.backup", "--json",
-            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
-    archive = json.loads(r.stdout)["path"]
+    archive = _backup(tmp_path, pg, src, cli_env)
     mpath = Path(archive + ".manifest.json")
     m = json.loads(mpath.read_text())
     m["database_locale"] = dict(m["database_locale"], encoding="UTF8", collate="xx_XX.UTF-8", ctype="xx_XX.UTF-8")
@@ -145,9 +148,7 @@ def test_a_malformed_database_locale_gives_the_servers_defaults_and_says_so(tmp_
     src, new = names("loc_src"), names("loc_new")
     _make_source(pg_sql, src, "latin1_c")
     bdir = tmp_path / "b"
-    r = cli("db.backup", "--json",
-            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
-    archive = json.loads(r.stdout)["path"]
+    archive = _backup(tmp_path, pg, src, cli_env)
     mpath = Path(archive + ".manifest.json")
     mpath.write_text(json.dumps(dict(json.loads(mpath.read_text()), database_locale=bad)))
     r = cli("db.restore", archive, "-i", str(write_inventory(tmp_path / "n.yaml", {"dev": native_host(pg, new, bdir)})),
@@ -169,9 +170,7 @@ def test_target_db_gets_the_archives_locale_not_the_host_databases(tmp_path, pg,
     _make_source(pg_sql, host_db, "latin1_c")
     want = _facts(pg_sql, src)
     bdir = tmp_path / "b"
-    r = cli("db.backup", "--json",
-            "-i", str(write_inventory(tmp_path / "s.yaml", {"dev": native_host(pg, src, bdir)})), env=cli_env)
-    archive = json.loads(r.stdout)["path"]
+    archive = _backup(tmp_path, pg, src, cli_env)
     host_before = _facts(pg_sql, host_db)
     inv = write_inventory(tmp_path / "h.yaml", {"dev": native_host(pg, host_db, bdir)})
     r = cli("db.restore", archive, "-i", str(inv), "--target-db", new, "--yes", env=cli_env)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, signal_when,
-                            wait_unlocked, write_inventory)
+from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, send_when,
+                            signal_when, wait_unlocked, write_inventory)
 from tests.pgcheck import db_fingerprint
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -524,11 +524,7 @@ def test_an_interrupt_while_sessions_are_ended_leaves_the_database_taking_connec
     closed = f"SELECT NOT datallowconn FROM pg_database WHERE datname = '{dbname}'"
     p = _restore_proc(archive, inv, cli_env, "--terminate-sessions")
     try:
-        deadline = time.monotonic() + 120
-        while pg_sql(closed, "postgres").strip() != "t" and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()[1]
-        p.send_signal(signal.SIGINT)
+        send_when(p, lambda: pg_sql(closed, "postgres").strip() == "t", signal.SIGINT, "the closed database")
         time.sleep(0.5)
     finally:  # the backend ends now (its pg_terminate_backend was waiting); a stopped one would hold up any DROP
         os.kill(held.backend_pid, signal.SIGCONT)
@@ -557,11 +553,7 @@ def test_an_interrupt_while_the_side_database_is_created_leaves_none_behind(pg, 
                f"AND query LIKE 'CREATE DATABASE %{dbname}_restoring_%'")
     p = _restore_proc(archive, inv, cli_env)
     try:
-        deadline = time.monotonic() + 120
-        while pg_sql(waiting, "postgres").strip() != "1" and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()[1]
-        p.send_signal(signal.SIGINT)
+        send_when(p, lambda: pg_sql(waiting, "postgres").strip() == "1", signal.SIGINT, "the waiting CREATE")
         time.sleep(1)  # the signal has landed; the CREATE still waits
     finally:
         lock.p.stdin.write("ROLLBACK;\n")
