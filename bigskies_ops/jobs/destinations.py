@@ -572,17 +572,14 @@ class StreamSqlHere(StreamHere):
     """A plain dump streamed as SQL, with no gzip on the SSH host, for a restore that loads
     it while it arrives (``db.pull --restore``): here the SQL is compressed into the kept
     ``.sql.gz`` (archives.gz: ISA-L level ``compress_level``), hashed, its rows counted, and
-    written to a spool file the loading sessions read (``growing``, a
-    :class:`bigskies_ops.jobs.parload.GrowingFile` over the spool's file descriptor).
+    handed over in memory to the load's reader (``growing``, a
+    :class:`bigskies_ops.jobs.parload.GrowingFile`; it bounds what waits unread).
 
     Why (measured on the benchmark's 752 MB of SQL, docs in the report of issue 21): GNU
     ``gzip -1`` on the host costs ~4 s of the host's CPU and is the single-threaded stage
     every byte waits for; ISA-L deflates the same SQL here in ~1.5 s, and the loading
     sessions read SQL instead of each inflating the archive again. The price is bandwidth:
-    the SQL crosses the SSH channel uncompressed (~6x the bytes of the ``.sql.gz``).
-
-    The spool is an unlinked temporary file in the pull folder: nothing is left behind
-    whatever kills the process, and its data lives as long as the descriptor."""
+    the SQL crosses the SSH channel uncompressed (~6x the bytes of the ``.sql.gz``)."""
 
     where = " (stdout over SSH; compressed here while loading)"
 
@@ -597,30 +594,21 @@ class StreamSqlHere(StreamHere):
         manifest["remote_pipeline"] = shlex.join(redact_argv(dump_argv)) + self.where
 
     def start(self, spec, partial, manifest) -> None:
-        import tempfile
         self.proc = self.access.runner.pipeline(self.stages, env=self.access.env())
         self.growing.proc = self.proc
         self.f = _open_partial(self.writer, partial)
-        try:
-            spool = tempfile.TemporaryFile(dir=self.bdir, prefix=".bigskies-spool-", buffering=0)
-        except OSError as e:
-            raise StorageError(f"cannot create a spool file in {self.bdir}: {e.strerror}") from e
-        self.growing.start(partial, spool=spool)
+        self.growing.start(partial, handed=True)
         self.sink = CompressingSink(self.f, "plain", max(1, spec.level), track_copy=True)
 
     def transfer(self, partial, manifest, progress) -> None:
         sink, growing = self.sink, self.growing
-        spool = growing.spool
         try:
             with self.f as f:
                 while True:
                     chunk = self.proc.stdout.read(CHUNK)
                     if not chunk:
                         break
-                    view = memoryview(chunk)
-                    while view:  # the readers see only what is written
-                        view = view[spool.write(view):]
-                    growing.wrote(len(chunk))
+                    growing.hand(chunk)  # the load's reader gets it while it is compressed here
                     sink.write(chunk)
                     if progress:
                         progress(sink.raw_bytes, sink.out_bytes)  # progress_measure "raw" (StreamHere)

@@ -42,7 +42,7 @@ every segment are summed per table and compared with the manifest by the caller.
 """
 from __future__ import annotations
 
-import os
+import collections
 import re
 import secrets
 import threading
@@ -57,6 +57,8 @@ from bigskies_ops.hosts.local import LocalRunner
 
 #: COPY data per segment (bytes of text), cut at the next line end.
 SEGMENT_BYTES = 8 * 1024 * 1024
+#: SQL a pull may hand over ahead of the load's reader (:class:`GrowingFile`), bytes.
+HANDOFF_BYTES = 16 * 1024 * 1024
 
 #: statements (other than the ``set`` pieces every session runs) after which only the
 #: leader loads: they open a transaction, change session state the other sessions
@@ -80,10 +82,16 @@ class GrowingFile:
     data is complete or valid: the caller checks the finished archive (size, sha256,
     manifest) before anything is swapped in.
 
-    With a ``spool`` (an unlinked file of the dump's SQL, written by the same process:
-    bigskies_ops.jobs.destinations.StreamSqlHere) the readers read that SQL instead of the
-    compressed archive (:attr:`compressed` is False), up to the bytes the writer has told
-    :meth:`wrote`, each at its own offset of the one shared descriptor (``os.pread``).
+    With ``handed`` (bigskies_ops.jobs.destinations.StreamSqlHere) the writer hands the
+    dump's SQL over in memory (:meth:`hand`) and the reader reads that instead of the
+    compressed archive (:attr:`compressed` is False). At most :data:`HANDOFF_BYTES` wait
+    unread: a writer ahead of the load waits for it (the source, pg_dump, follows the
+    load's pace, as in ``pg_dump | pg_restore``), and memory stays flat. Once the reading
+    side has ended (:meth:`detach`: the load finished, failed or was stopped) the writer
+    goes on alone, so a pull whose load failed still leaves its archive.
+
+    Why in memory (issue 21, the benchmark's 752 MB of SQL): the spool file this
+    replaced cost 0.6 s of CPU to write and read back, on the cores the load needs.
     """
 
     def __init__(self, poll: float = 0.02):
@@ -94,39 +102,62 @@ class GrowingFile:
         self._opened = threading.Event()
         self._done = threading.Event()
         self.poll = poll
-        self.spool = None  # a file object: the SQL, read instead of the archive at ``path``
-        self.spooled = 0  # bytes of the spool written so far
+        self.handed = False  # the SQL is handed over in memory (hand), not read from ``path``
+        self._cond = threading.Condition()
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # bytes handed over and not read yet
+        self._detached = False
 
     @property
     def compressed(self) -> bool:
-        """The readers get the gzip archive (True) or the SQL itself (a spool, False)."""
-        return self.spool is None
+        """The readers get the gzip archive (True) or the SQL itself (handed over, False)."""
+        return not self.handed
 
-    def start(self, path: str, spool=None) -> None:
+    def start(self, path: str, handed: bool = False) -> None:
         self.path = path
-        self.spool = spool
+        self.handed = handed
         self._opened.set()
 
     def wait_started(self) -> None:
         """Wait until the writer has started (or failed)."""
         self._opened.wait()
 
-    def wrote(self, n: int) -> None:
-        """The writer appended ``n`` bytes to the spool."""
-        self.spooled += n
+    def hand(self, chunk: bytes) -> None:
+        """The writer's next ``chunk`` of SQL for the reader. Waits while
+        :data:`HANDOFF_BYTES` are unread; returns at once when the reader has gone
+        (:meth:`detach`) or the load was cancelled (the writer checks :attr:`cancelled`)."""
+        with self._cond:
+            while self._queued >= HANDOFF_BYTES and not self._detached and not self.cancelled.is_set():
+                self._cond.wait(0.2)
+            if self._detached:
+                return
+            self._queue.append(chunk)
+            self._queued += len(chunk)
+            self._cond.notify_all()
+
+    def detach(self) -> None:
+        """The reading side has ended: drop what it did not read; the writer no longer waits."""
+        with self._cond:
+            self._detached = True
+            self._queue.clear()
+            self._queued = 0
+            self._cond.notify_all()
 
     def close(self) -> None:
-        """Release the spool (its space is freed: it has no name)."""
-        if self.spool is not None:
-            self.spool.close()
+        """Release what the reader did not read (:meth:`detach`)."""
+        self.detach()
 
     def finish(self) -> None:
         self._done.set()
+        with self._cond:
+            self._cond.notify_all()
 
     def cancel(self) -> None:
         """The reading side gives up (Ctrl-C, SIGTERM): the writer stops at once, even while
         its source sends nothing (pg_dump waiting for a lock), and fails."""
         self.cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
         proc = self.proc
         if proc is not None:
             try:
@@ -138,6 +169,8 @@ class GrowingFile:
         self.error = e
         self._done.set()
         self._opened.set()
+        with self._cond:
+            self._cond.notify_all()
 
     def raw_chunks(self, chunk: int = 1 << 20):
         """``(bytes read so far, bytes)`` in file order until the writer has finished.
@@ -148,8 +181,8 @@ class GrowingFile:
         self._opened.wait()
         if self.path is None:
             raise self.error or RuntimeError("the writer never started")
-        if self.spool is not None:
-            yield from self._spool_chunks(chunk)
+        if self.handed:
+            yield from self._handed_chunks()
             return
         done = 0
         with open(self.path, "rb") as f:  # kept open: the writer may rename the file when done
@@ -170,22 +203,21 @@ class GrowingFile:
                     continue
                 time.sleep(self.poll)
 
-    def _spool_chunks(self, chunk: int):
-        fd, done = self.spool.fileno(), 0
+    def _handed_chunks(self):
+        done = 0
         while True:
-            have = self.spooled  # read before _done: a byte told before finish() is never missed
-            if done < have:
-                b = os.pread(fd, min(chunk, have - done), done)
-                if not b:
-                    raise OSError(f"the spool of {self.path} ends at {done} bytes, {have} written")
-                done += len(b)
-                yield done, b
-                continue
-            if self.error is not None:
-                raise self.error
-            if self._done.is_set() and done >= self.spooled:
-                return
-            time.sleep(self.poll)
+            with self._cond:
+                while not self._queue:
+                    if self.error is not None:
+                        raise self.error
+                    if self._done.is_set():  # set after the last hand(): nothing can follow
+                        return
+                    self._cond.wait(0.2)
+                b = self._queue.popleft()
+                self._queued -= len(b)
+                self._cond.notify_all()
+            done += len(b)
+            yield done, b
 
 
 class _Abort(Exception):
@@ -297,7 +329,7 @@ class _Shared:
 
 class _Fanout:
     """The archive read and lexed once, for every session: a thread of its own inflates it
-    (or reads the spool of a pull) and splits it into typed pieces with ONE
+    (or takes the SQL a pull hands over) and splits it into typed pieces with ONE
     :class:`OwnerAclFilter`; each session's worker takes the same pieces in the same order
     (:meth:`pieces`), so every worker sees exactly what its own reader and lexer used to
     give it, for 1/``jobs`` of the CPU (on the benchmark's 752 MB of SQL, inflating and

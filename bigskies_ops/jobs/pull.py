@@ -92,7 +92,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     file exists and when its last byte is written (a restore follows it); setting its
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed). ``sql_here`` (a
     plain dump with ``growing``): the SQL crosses SSH uncompressed, is compressed here and
-    spooled for the readers of ``growing`` (bigskies_ops.jobs.destinations.StreamSqlHere).
+    handed over to the reader of ``growing`` (bigskies_ops.jobs.destinations.StreamSqlHere).
 
     Raises:
         PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
@@ -112,7 +112,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
                      progress=None, **restore_kwargs):
     """Scenario 4 in one pass: stream a fresh plain dump of ``src`` into ``dest``'s pull
     folder and load it into a side database of ``dest`` WHILE it arrives (the restore
-    follows the SQL as it is spooled here: bigskies_ops.jobs.parload.GrowingFile).
+    takes the SQL as it arrives here: bigskies_ops.jobs.parload.GrowingFile).
 
     The SQL is sent as pg_dump writes it and compressed here into the kept ``.sql.gz``
     (ISA-L, ``compress_level``): on the benchmark (752 MB of SQL, 2 cores, loopback SSH)
@@ -177,10 +177,10 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         growing.cancel()
         raise
     finally:
+        growing.close()  # the load has ended: what it did not read is dropped, the pull no longer waits for it
         if t.ident is not None:
             while t.is_alive():  # a failed restore still lets the pull finish: its archive is a good backup
                 t.join(0.5)
-        growing.close()  # the spooled SQL: read by the load, which has ended
     return box["res"], rr
 
 

@@ -624,8 +624,10 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
         raise
     except BaseException:
+        growing.detach()  # nothing reads the SQL any more: the pull goes on alone
         fa.result()  # a failed pull is the cause: its error first; else the pull is kept, and ours raised
         raise
+    growing.detach()  # a load that stopped early (rc != 0) no longer holds the pull back
     path = fa.result()  # the pull finished: DONE manifest, sha256 computed while receiving
     info = check_archive(access, path)  # the file on disk: size, sha256 against the manifest, versions
     for w in info.warnings:
@@ -636,8 +638,8 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
 
 
 def _followed_sql(growing):
-    """``(bytes read, SQL bytes)`` of a followed pull, once it has started: the SQL it spools
-    (a plain dump sent uncompressed), else its growing ``.sql.gz`` inflated."""
+    """``(bytes read, SQL bytes)`` of a followed pull, once it has started: the SQL it hands
+    over (a plain dump sent uncompressed), else its growing ``.sql.gz`` inflated."""
     growing.wait_started()
     if growing.compressed:
         yield from gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks())

@@ -723,3 +723,54 @@ def test_a_rerun_marks_the_interrupted_pulls_manifest_failed(world, env):
     r = cli("db.pull", "-i", str(w.write()), "--from", "prod", "--to", "dev", env=env)
     assert r.returncode == 1, r.stderr
     assert sorted(p.name for p in pdir.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------- the SQL handed to the load
+# db.pull --restore hands prod's SQL to the load in memory, at most parload.HANDOFF_BYTES
+# (16 MiB) unread. These dumps carry ~48 MB of rows, so the pull really waits for the load
+# (and, when the load has failed, must stop waiting).
+_FILLER = ("CREATE TABLE handoff_filler (id int PRIMARY KEY, pad text NOT NULL); "
+           "INSERT INTO handoff_filler SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;")
+
+
+def test_a_pull_larger_than_the_handoff_restores_every_row(world, pg_sql, env):
+    w = world
+    w.prod_sql(_FILLER, w.prod_db)
+    prod_before = db_fingerprint(w.prod_sql, w.prod_db)
+    r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev", "--restore", "--yes", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert db_fingerprint(pg_sql, w.dev_db) == prod_before
+    m = json.loads(Path(str(_archives(w.dev_bdir / "prod")[0]) + ".manifest.json").read_text())
+    assert m["status"] == "DONE" and _rows(m, "handoff_filler") == 400000
+
+
+def _rows(manifest: dict, table: str) -> int:
+    return next(t["rows"] for t in manifest["tables"] if (t["schema"], t["name"]) == ("public", table))
+
+
+def test_a_load_that_fails_early_does_not_hold_the_pull_back(world, pg_sql, env):
+    """The load stops at a role dev lacks, before any row; the ~48 MB after it must still
+    reach the kept archive (the pull no longer waits for a reader), dev is untouched."""
+    w = world
+    role = f"handoff_owner_{w.prod_db[-6:]}"
+    w.prod_sql(f'CREATE ROLE "{role}"', "postgres")
+    try:
+        w.prod_sql(_FILLER + f' ALTER TABLE handoff_filler OWNER TO "{role}";', w.prod_db)
+        dev_before = db_fingerprint(pg_sql, w.dev_db)
+        dbs_before = pg_sql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database", "postgres")
+        r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev", "--restore", "--yes", env=env,
+                timeout=240)
+        assert r.returncode == 3, r.stderr + r.stdout                     # refused (CONTRACTS.md section 5)
+        assert role in r.stderr and "Nothing was changed" in r.stderr and "Traceback" not in r.stderr
+        assert db_fingerprint(pg_sql, w.dev_db) == dev_before            # the old database is in place
+        assert pg_sql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database", "postgres") == dbs_before
+        pulled = _archives(w.dev_bdir / "prod")                           # the whole dump is kept, checked
+        assert len(pulled) == 1, pulled
+        m = json.loads(Path(str(pulled[0]) + ".manifest.json").read_text())
+        assert m["status"] == "DONE" and m["sha256"] == _sha(pulled[0])
+        assert _rows(m, "handoff_filler") == 400000
+        with gzip.open(pulled[0], "rb") as f:
+            assert sum(1 for line in f if line.startswith(b"400000\t")) == 1  # the last row made it
+    finally:
+        w.prod_sql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER; DROP OWNED BY "{role}";', w.prod_db)
+        w.prod_sql(f'DROP ROLE "{role}"', "postgres")
