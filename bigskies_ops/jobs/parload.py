@@ -59,6 +59,8 @@ from bigskies_ops.hosts.local import LocalRunner
 SEGMENT_BYTES = 8 * 1024 * 1024
 #: SQL a pull may hand over ahead of the load's reader (:class:`GrowingFile`), bytes.
 HANDOFF_BYTES = 16 * 1024 * 1024
+#: seconds from an aborted load to its sessions being killed (:func:`_join_workers`)
+ABORT_GRACE = 2.0
 
 #: statements (other than the ``set`` pieces every session runs) after which only the
 #: leader loads: they open a transaction, change session state the other sessions
@@ -89,9 +91,6 @@ class GrowingFile:
     load's pace, as in ``pg_dump | pg_restore``), and memory stays flat. Once the reading
     side has ended (:meth:`detach`: the load finished, failed or was stopped) the writer
     goes on alone, so a pull whose load failed still leaves its archive.
-
-    Why in memory (issue 21, the benchmark's 752 MB of SQL): the spool file this
-    replaced cost 0.6 s of CPU to write and read back, on the cores the load needs.
     """
 
     def __init__(self, poll: float = 0.02):
@@ -123,11 +122,11 @@ class GrowingFile:
         self._opened.wait()
 
     def hand(self, chunk: bytes) -> None:
-        """The writer's next ``chunk`` of SQL for the reader. Waits while
-        :data:`HANDOFF_BYTES` are unread; returns at once when the reader has gone
-        (:meth:`detach`) or the load was cancelled (the writer checks :attr:`cancelled`)."""
-        with self._cond:
-            while self._queued >= HANDOFF_BYTES and not self._detached and not self.cancelled.is_set():
+        """The writer's next ``chunk`` of SQL for the reader. Waits while :data:`HANDOFF_BYTES` are
+        unread; returns at once once the reader has gone (:meth:`detach`) or :attr:`cancelled`."""
+        with self._cond:  # a source that has ended (a lost pull) is read to its end: its error reaches the load
+            while (self._queued >= HANDOFF_BYTES and not self._detached and not self.cancelled.is_set()
+                   and (self.proc is None or self.proc.poll() is None)):
                 self._cond.wait(0.2)
             if self._detached:
                 return
@@ -143,9 +142,7 @@ class GrowingFile:
             self._queued = 0
             self._cond.notify_all()
 
-    def close(self) -> None:
-        """Release what the reader did not read (:meth:`detach`)."""
-        self.detach()
+    close = detach  # what the reader did not read is released
 
     def finish(self) -> None:
         self._done.set()
@@ -594,7 +591,7 @@ class _Worker:
 
 def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, jobs: int,
                         policy: RolePolicy | None = None, pgoptions: str | None = None, progress=None, open_chunks=None,
-                        segment_bytes: int = SEGMENT_BYTES, stats: dict | None = None):
+                        segment_bytes: int = SEGMENT_BYTES, stats: dict | None = None, source_failed=None):
     """Restore the plain dump ``path`` (gzip) into ``database`` with ``jobs`` psql sessions.
 
     Args:
@@ -607,6 +604,8 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
             (default: the local file through :func:`bigskies_ops.archives.integrity.gunzip_chunks`);
             called once.
         segment_bytes: COPY data per segment.
+        source_failed: ``source_failed()`` -> the error of the archive's writer (a pull) or None,
+            polled: it stops the load even while every session waits on the server.
         stats: if given, filled with ``segments``: the segments each session loaded;
             ``serial_because``: why the leader loaded alone (None: it did not);
             ``skipped``: statements skipped per missing role (the leader's count).
@@ -643,9 +642,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         fanout.start()
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        _join_workers(threads, shared, sessions, source_failed)
         # the workers took the reader's last piece, or stopped (abort: the reader stops at its next
         # chunk, or stays blocked on a pull that sends nothing; its pull is stopped by the caller)
         fanout.thread.join(None if not shared.abort.is_set() else 5)
@@ -670,6 +667,24 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
         i = next((j for j, rc in enumerate(rcs) if rc > 0), next((j for j, rc in enumerate(rcs) if rc), 0))
         return rcs[i] or 1, "", sessions[i].proc.stderr_text(), None
     return 0, "", "\n".join(s.proc.stderr_text() for s in sessions if s.proc.stderr_text()), _rows(workers, sessions)
+
+
+def _join_workers(threads: list[threading.Thread], shared: _Shared, sessions: list[_Session], source_failed) -> None:
+    """Wait for the workers; kill the sessions :data:`ABORT_GRACE` s after an abort (a session
+    or the reader failed, or ``source_failed()`` gave a lost pull's error): a worker blocked
+    on a psql whose backend waits for a lock would hold the command as long as the lock."""
+    since = None
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+            err = source_failed() if source_failed is not None and not shared.abort.is_set() else None
+            if err is not None:
+                shared.fail(err)
+            since = since or (time.monotonic() if shared.abort.is_set() else None)
+            if since is not None and time.monotonic() - since >= ABORT_GRACE:
+                for s in sessions:
+                    s.proc.kill()
+                since = float("inf")  # once
 
 
 def _rows(workers: list[_Worker], sessions: list[_Session]) -> dict[tuple[str, str], int] | None:

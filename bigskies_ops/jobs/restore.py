@@ -419,9 +419,11 @@ def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_
     else:
         rc, _out, err, copied = load_archive(access, info, side, policy, jobs, progress)
     if rc != 0:
+        tool = "pg_restore" if getattr(info, "format", None) == "custom" else "psql"
+        status = f"{tool} killed by signal {-rc}" if rc < 0 else f"{tool} exit status {rc}"  # not ours (exit codes)
         why = explain_load_error(err)
-        raise PostgresError(f"restore into the side database failed (exit {rc}): "
-                            f"{why + '. ' if why else ''}{tail(err, 800)}", returncode=rc, stderr=tail(err))
+        raise PostgresError(f"restore into the side database failed ({status}): {why + '. ' if why else ''}"
+                            f"{tail(err, 800).strip() or 'no message from the server'}", returncode=rc, stderr=tail(err))
     return info, verify_against_manifest(access.sql(side), info, copied), warning
 
 
@@ -618,7 +620,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     try:
         rc, _, err, rows = load_plain_parallel(
             access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
-            open_chunks=lambda: _followed_sql(growing))
+            open_chunks=lambda: _followed_sql(growing), source_failed=lambda: growing.error)
         report_load_stats(stats.get("serial_because"), stats.get("skipped"))
     except (KeyboardInterrupt, Interrupted):
         growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)

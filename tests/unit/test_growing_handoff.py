@@ -82,3 +82,21 @@ def test_the_writers_error_comes_after_the_data_handed_before_it(small):
     assert next(reader) == (8, CHUNK)
     with pytest.raises(OSError, match="connection lost"):
         next(reader)
+
+
+def test_a_source_that_has_ended_is_read_to_its_end_past_the_bound(small):
+    """A lost pull: the writer reads what its dead source left and fails, instead of waiting
+    for a reader stuck behind the server; nothing it read is dropped."""
+    g = small
+
+    class Ended:
+        def poll(self):
+            return 255
+    g.proc = Ended()
+    for _ in range(4):
+        g.hand(CHUNK)   # returns at once: 32 bytes queued, past the 16-byte bound
+    g.fail(OSError("the SSH connection was lost"))
+    reader = g.raw_chunks()
+    assert [next(reader)[1] for _ in range(4)] == [CHUNK] * 4
+    with pytest.raises(OSError, match="connection was lost"):
+        next(reader)

@@ -774,3 +774,43 @@ def test_a_load_that_fails_early_does_not_hold_the_pull_back(world, pg_sql, env)
     finally:
         w.prod_sql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER; DROP OWNED BY "{role}";', w.prod_db)
         w.prod_sql(f'DROP ROLE "{role}"', "postgres")
+
+
+def test_a_lost_pull_stops_a_load_that_waits_for_a_lock(world, pg, pg_sql, ssh_server, env):
+    """The load waits for a lock held in the side database while the pull, held back by the
+    full handoff, still has rows to send; then the connection drops. The command ends at
+    once (parload.ABORT_GRACE), not when the lock is released (found by a break trial)."""
+    w = world
+    w.prod_sql("CREATE FUNCTION handoff_gate(i int) RETURNS boolean LANGUAGE plpgsql AS "
+               "$$BEGIN IF i = 1000 THEN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); "
+               "END IF; RETURN true; END$$; " + _FILLER.replace("pad text NOT NULL)", "pad text NOT NULL, "
+                                                                 "CHECK (public.handoff_gate(id)))"), w.prod_db)
+    dev_before = db_fingerprint(pg_sql, w.dev_db)
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.pull", "-i", str(w.inv), "--from", "prod", "--to",
+                          "dev", "--restore", "--yes"], env=env, cwd=str(Path(__file__).resolve().parents[3]),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = None
+    side = lambda: [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d]  # noqa: E731
+    try:
+        wait_for(side, 60, "the side database")
+        holder = subprocess.Popen(["/usr/lib/postgresql/15/bin/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port),
+                                   "-U", "bigskies", "-d", side()[0], "-c", "SELECT pg_advisory_lock(4242), pg_sleep(600)"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND datname LIKE '%\\_restoring\\_%'")
+        wait_for(lambda: pg_sql(waiting, "postgres").strip() == "1", 60, "the load to wait for the lock")
+        time.sleep(3)  # the handoff fills: the pull waits for the load
+        assert p.poll() is None and holder.poll() is None
+        assert kill_ssh_sessions(ssh_server)
+        out, err = p.communicate(timeout=60)  # the lock is held for 600 s
+    finally:
+        for proc in (p, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert p.returncode == 1, err + out
+    assert "SSH connection was lost" in err and "Traceback" not in err, err
+    assert db_fingerprint(pg_sql, w.dev_db) == dev_before
+    assert side() == []
+    pdir = w.dev_bdir / "prod"
+    assert _archives(pdir) == [] and not list(pdir.glob("*.partial"))
