@@ -142,7 +142,6 @@ class GrowingFile:
             self._queued = 0
             self._cond.notify_all()
 
-    close = detach  # what the reader did not read is released
 
     def finish(self) -> None:
         self._done.set()
@@ -673,18 +672,19 @@ def _join_workers(threads: list[threading.Thread], shared: _Shared, sessions: li
     """Wait for the workers; kill the sessions :data:`ABORT_GRACE` s after an abort (a session
     or the reader failed, or ``source_failed()`` gave a lost pull's error): a worker blocked
     on a psql whose backend waits for a lock would hold the command as long as the lock."""
-    since = None
+    aborted_at, killed = None, False
     for t in threads:
         while t.is_alive():
             t.join(0.5)
             err = source_failed() if source_failed is not None and not shared.abort.is_set() else None
             if err is not None:
                 shared.fail(err)
-            since = since or (time.monotonic() if shared.abort.is_set() else None)
-            if since is not None and time.monotonic() - since >= ABORT_GRACE:
+            if shared.abort.is_set() and aborted_at is None:
+                aborted_at = time.monotonic()
+            if aborted_at is not None and not killed and time.monotonic() - aborted_at >= ABORT_GRACE:
                 for s in sessions:
                     s.proc.kill()
-                since = float("inf")  # once
+                killed = True
 
 
 def _rows(workers: list[_Worker], sessions: list[_Session]) -> dict[tuple[str, str], int] | None:

@@ -177,7 +177,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         growing.cancel()
         raise
     finally:
-        growing.close()  # the load has ended: what it did not read is dropped, the pull no longer waits for it
+        growing.detach()  # the load has ended: what it did not read is dropped, the pull no longer waits for it
         if t.ident is not None:
             while t.is_alive():  # a failed restore still lets the pull finish: its archive is a good backup
                 t.join(0.5)

@@ -419,7 +419,7 @@ def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_
     else:
         rc, _out, err, copied = load_archive(access, info, side, policy, jobs, progress)
     if rc != 0:
-        tool = "pg_restore" if getattr(info, "format", None) == "custom" else "psql"
+        tool = "pg_restore" if info.format == "custom" else "psql"
         status = f"{tool} killed by signal {-rc}" if rc < 0 else f"{tool} exit status {rc}"  # not ours (exit codes)
         why = explain_load_error(err)
         raise PostgresError(f"restore into the side database failed ({status}): {why + '. ' if why else ''}"
