@@ -230,7 +230,7 @@ def gunzip_chunks(f, max_out: int = 4 * CHUNK, path: str = "archive", raw=None):
     from a tape or a block device) are ignored; anything else is an error.
 
     ``raw``: an iterator of ``(bytes read, bytes)`` to read instead of ``f`` (a file
-    still being written: :meth:`bigskies_ops.jobs.parload.GrowingFile.raw_chunks`).
+    still being written: :meth:`bigskies_ops.jobs.handoff.GrowingFile.raw_chunks`).
 
     Raises:
         ArchiveError: corrupt data, trailing garbage, or a truncated last member.

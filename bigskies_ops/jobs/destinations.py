@@ -488,7 +488,7 @@ def _head_of(runner, path: str) -> bytes:
 class StreamHere(_Pipeline):
     """The SSH host's dump streamed into a local folder ``bdir`` (module docstring).
 
-    ``growing``: a :class:`bigskies_ops.jobs.parload.GrowingFile` told when the ``.partial``
+    ``growing``: a :class:`bigskies_ops.jobs.handoff.GrowingFile` told when the ``.partial``
     exists and when its last byte is written (a restore follows it); setting its
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed)."""
 
@@ -573,7 +573,7 @@ class StreamSqlHere(StreamHere):
     it while it arrives (``db.pull --restore``): here the SQL is compressed into the kept
     ``.sql.gz`` (archives.gz: ISA-L level ``compress_level``), hashed, its rows counted, and
     handed over in memory to the load's reader (``growing``, a
-    :class:`bigskies_ops.jobs.parload.GrowingFile`; it bounds what waits unread).
+    :class:`bigskies_ops.jobs.handoff.GrowingFile`; it bounds what waits unread).
 
     Why (measured on the benchmark's 752 MB of SQL, docs in the report of issue 21): GNU
     ``gzip -1`` on the host costs ~4 s of the host's CPU and is the single-threaded stage

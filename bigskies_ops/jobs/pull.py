@@ -88,7 +88,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
     ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
 
-    ``growing``: a :class:`bigskies_ops.jobs.parload.GrowingFile` told when the ``.partial``
+    ``growing``: a :class:`bigskies_ops.jobs.handoff.GrowingFile` told when the ``.partial``
     file exists and when its last byte is written (a restore follows it); setting its
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed). ``sql_here`` (a
     plain dump with ``growing``): the SQL crosses SSH uncompressed, is compressed here and
@@ -112,7 +112,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
                      progress=None, **restore_kwargs):
     """Scenario 4 in one pass: stream a fresh plain dump of ``src`` into ``dest``'s pull
     folder and load it into a side database of ``dest`` WHILE it arrives (the restore
-    takes the SQL as it arrives here: bigskies_ops.jobs.parload.GrowingFile).
+    takes the SQL as it arrives here: bigskies_ops.jobs.handoff.GrowingFile).
 
     The SQL is sent as pg_dump writes it and compressed here into the kept ``.sql.gz``
     (ISA-L, ``compress_level``): on the benchmark (752 MB of SQL, 2 cores, loopback SSH)
@@ -139,7 +139,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         database untouched); the restore's error (the pulled archive is kept: it is a
         complete, checked backup).
     """
-    from bigskies_ops.jobs.parload import GrowingFile
+    from bigskies_ops.jobs.handoff import GrowingFile
     from bigskies_ops.jobs.restore import FollowedArchive, restore
 
     growing = GrowingFile()

@@ -591,7 +591,7 @@ class FollowedArchive:
     """A plain archive restored while it is written (``db.pull --restore``).
 
     Attributes:
-        growing: the file being written (:class:`bigskies_ops.jobs.parload.GrowingFile`).
+        growing: the file being written (:class:`bigskies_ops.jobs.handoff.GrowingFile`).
         start: called once the side database is ready (the writer starts then, so a
             refusal - lock busy, sessions connected - costs no transfer).
         result: waits for the writer; returns the finished archive's path or raises

@@ -1,4 +1,4 @@
-"""bigskies_ops.jobs.parload.GrowingFile handing a pull's SQL to the load in memory (db.pull
+"""bigskies_ops.jobs.handoff.GrowingFile handing a pull's SQL to the load in memory (db.pull
 --restore): order, the bound on what waits unread, and the ways a waiting writer is let go.
 
 Pure threads, no database: the real pulls are tests/integration/pull/test_pull.py
@@ -11,15 +11,15 @@ import threading
 
 import pytest
 
-from bigskies_ops.jobs import parload
-from bigskies_ops.jobs.parload import GrowingFile
+from bigskies_ops.jobs import handoff
+from bigskies_ops.jobs.handoff import GrowingFile
 
 CHUNK = b"x" * 8
 
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(parload, "HANDOFF_BYTES", 16)  # two chunks unread: the third waits
+    monkeypatch.setattr(handoff, "HANDOFF_BYTES", 16)  # two chunks unread: the third waits
     g = GrowingFile()
     g.start("(pull)", handed=True)
     return g

@@ -726,7 +726,7 @@ def test_a_rerun_marks_the_interrupted_pulls_manifest_failed(world, env):
 
 
 # ----------------------------------------------------------------------------- the SQL handed to the load
-# db.pull --restore hands prod's SQL to the load in memory, at most parload.HANDOFF_BYTES
+# db.pull --restore hands prod's SQL to the load in memory, at most handoff.HANDOFF_BYTES
 # (16 MiB) unread. These dumps carry ~48 MB of rows, so the pull really waits for the load
 # (and, when the load has failed, must stop waiting).
 _FILLER = ("CREATE TABLE handoff_filler (id int PRIMARY KEY, pad text NOT NULL); "
