@@ -36,6 +36,17 @@ rows may span lines, and the lexer reads such data as SQL), and any meta-command
 sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Each of these,
 handled otherwise, loads different rows with exit 0, fails, or hangs.
 
+Index builds are shared too, as ``pg_restore --jobs`` shares them: a run of consecutive
+statements that each build one index of one table (:func:`builds_index`: pg_dump's
+``ALTER TABLE ONLY ... ADD CONSTRAINT ... PRIMARY KEY/UNIQUE/EXCLUDE`` and ``CREATE
+[UNIQUE] INDEX ... ON`` a table) is claimed statement by statement like COPY segments;
+what follows the run starts only after every statement of it has completed. Nothing in
+such a run can depend on another statement of it: what uses an index (a foreign key,
+``CLUSTER ON``, ``REPLICA IDENTITY``, ``ATTACH PARTITION``, a comment) is another
+statement, which ends the run. A dump with partitioned or inheriting tables builds its
+indexes in file order (a ``CREATE INDEX`` on a parent adopts a child's matching index
+only if that index exists already), as does a single session.
+
 Rows therefore land in a table in segment order per session (row order within a
 table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
 every segment are summed per table and compared with the manifest by the caller.
@@ -67,9 +78,26 @@ _SERIAL_RE = re.compile(
     rb"|\A(?:SELECT|DO|CALL)\b.*(?:\bset_config\b|\bSET\s)"
     rb"|\ACREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
     rb"|\ACOPY\b.*\bFROM\s+STDIN\b", re.I | re.S)
+#: a statement that builds one index of one table: nothing but a session's settings
+#: decides its result (see the module docstring); ``ON ONLY`` (a partitioned table),
+#: ``CONCURRENTLY`` and ``USING INDEX`` (an existing index) are left in file order
+_INDEX_RE = re.compile(
+    rb"\A(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)\S+\s+ON\s+(?!ONLY\b)"
+    rb"|ALTER\s+TABLE\s+ONLY\s+\S+\s+ADD\s+CONSTRAINT\s+\S+\s+(?:PRIMARY\s+KEY|UNIQUE|EXCLUDE)\b)"
+    rb"[^;]*;\s*\Z", re.I | re.S)
+#: a dump with table inheritance or partitions: its index builds stay in file order
+_PARTITIONS_RE = re.compile(rb"\b(?:PARTITION\s+(?:BY|OF)|INHERITS|ATTACH\s+PARTITION)\b", re.I)
 #: meta-commands every session runs; any other one makes the load serial
 _BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
 _META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
+
+
+def builds_index(statement: bytes) -> bool:
+    """True when ``statement`` (one SQL statement, comments before it allowed) builds one
+    index of one table and may run beside the other statements of its run
+    (:data:`_INDEX_RE`; the module docstring says why)."""
+    body = statement[OwnerAclFilter.LEADING.match(statement).end():]
+    return bool(_INDEX_RE.match(body)) and not re.search(rb"\bUSING\s+INDEX\b", body, re.I)
 
 
 class _Abort(Exception):
@@ -150,13 +178,13 @@ class _Shared:
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.claims: dict[tuple[int, int], int] = {}
+        self.claims: dict[tuple, int] = {}  # (block, segment) or ("index", run, statement) -> worker
         self.run_done: dict[int, int] = {}  # COPY run -> segments loaded and confirmed
         self.sql_done: set[int] = set()  # SQL runs completed by the leader
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
 
-    def claim(self, key: tuple[int, int], worker: int) -> bool:
+    def claim(self, key: tuple, worker: int) -> bool:
         with self.cond:
             return self.claims.setdefault(key, worker) == worker
 
@@ -290,6 +318,10 @@ class _Worker:
         self.serial = False
         self.serial_because: str | None = None
         self.pending: list[bytes] = []  # settings not yet sent (a session other than the leader)
+        # index builds are shared (module docstring) with another session, until a table
+        # with partitions or inheritance is seen
+        self.share_indexes = len(fanout.queues) > 1
+        self.built = 0  # index builds this session ran in shared runs
 
     @property
     def leader(self) -> bool:
@@ -336,8 +368,15 @@ class _Worker:
                     self.s.send(data)
                 continue  # a blank piece does not separate a COPY statement from the rest of its line
             elif kind in ("sql", "hazard"):
-                self._enter_run("sql")
                 lead = self.flt.LEADING.match(data).end()
+                if kind == "sql" and self.share_indexes and not self.serial and builds_index(data):
+                    self._enter_run("index")
+                    self._index(data)
+                    self.last_kind = kind
+                    continue
+                if kind == "sql" and self.share_indexes and _PARTITIONS_RE.search(data, lead):
+                    self.share_indexes = False
+                self._enter_run("sql")
                 if not self.serial and kind == "hazard":
                     # the schema calls its own functions while data is loaded: a concurrent
                     # load could compute other values than psql's (archives.plainsql.StatementFacts)
@@ -383,17 +422,39 @@ class _Worker:
         self.run += 1
         self.run_kind = kind
         self.segments_in_run = 0
-        if kind == "copy" and self.leader and self.run > 0 and not self.serial:
-            self.s.sync(self.shared.abort)  # the SQL before this COPY run has completed
+        if kind in ("copy", "index") and self.leader and self.run > 0 and not self.serial:
+            self.s.sync(self.shared.abort)  # the SQL before this run has completed
             with self.shared.cond:
                 self.shared.sql_done.add(self.run - 1)
                 self.shared.cond.notify_all()
 
     def _leave_run(self) -> None:
-        if self.run_kind == "copy" and self.leader:
+        if self.run_kind in ("copy", "index") and self.leader:
             run, total = self.run, self.segments_in_run
             self.shared.wait_for(lambda: self.shared.run_done.get(run, 0) >= total)
         self.run_kind = None
+
+    def _index(self, data: bytes) -> None:
+        """One statement of an index run, run by the session that claims it first."""
+        self.segments_in_run += 1
+        if not self.shared.claim(("index", self.run, self.segments_in_run), self.wid):
+            return
+        if not self.leader:
+            self._after_previous_run()
+        self.s.send(data)
+        self.s.sync(self.shared.abort)
+        self.built += 1
+        self.shared.segment_done(self.run)
+
+    def _after_previous_run(self) -> None:
+        """A session other than the leader, about to load in this run: wait until what came
+        before it has completed in the leader, then take the settings it has not sent."""
+        if self.run > 0:
+            prev = self.run - 1
+            self.shared.wait_for(lambda: prev in self.shared.sql_done)
+        if self.pending:
+            self.s.send(b"".join(self.pending))
+            self.pending = []
 
     def _data(self, data: bytes) -> None:
         while data:
@@ -423,12 +484,8 @@ class _Worker:
         else:
             self.mine = self.shared.claim(key, self.wid)
         if self.mine:
-            if not self.leader and self.run > 0:
-                prev = self.run - 1
-                self.shared.wait_for(lambda: prev in self.shared.sql_done)
-            if self.pending:
-                self.s.send(b"".join(self.pending))
-                self.pending = []
+            if not self.leader:
+                self._after_previous_run()
             self.s.send(self.copy_stmt)
         self.in_seg = True
 
@@ -463,6 +520,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
             polled: it stops the load even while every session waits on the server.
         stats: if given, filled with ``segments``: the segments each session loaded;
             ``serial_because``: why the leader loaded alone (None: it did not);
+            ``index_builds``: the statements of shared index runs each session ran;
             ``skipped``: statements skipped per missing role (the leader's count).
 
     Returns:
@@ -513,6 +571,7 @@ def load_plain_parallel(access: PostgresAccess, path: str, database: str, *, job
     if stats is not None:
         stats["segments"] = [len(w.loaded) for w in workers]
         stats["serial_because"] = workers[0].serial_because
+        stats["index_builds"] = [w.built for w in workers]
         stats["skipped"] = dict(fanout.flt.skipped)
     if shared.errors:
         raise shared.errors[0]

@@ -1,0 +1,139 @@
+"""Index builds shared between the sessions of the parallel plain loader (bigskies_ops.jobs.parload).
+
+A run of statements that each build one index of one table (pg_dump's PRIMARY KEY /
+UNIQUE / EXCLUDE constraints and CREATE INDEX) is claimed statement by statement, as
+``pg_restore --jobs`` shares index builds. The oracle is psql alone reading the same
+dump: the whole catalog and schema (tests/fidelity/compare.py), every row, sequence and
+large object (tests/pgcheck.py) must be equal, including what depends on the indexes
+(foreign keys, CLUSTER ON, REPLICA IDENTITY, comments, per-column statistics targets).
+"""
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops.jobs.parload import builds_index, load_plain_parallel
+from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
+from tests.fidelity import compare
+from tests.integration.restore.test_parallel_load_edge_cases import _psql_load
+from tests.integration.restore.test_parload import BIN, _access, _fresh
+from tests.pgcheck import db_fingerprint
+
+# many indexes of every kind pg_dump writes, and the statements that use them; the first
+# table is large enough that its primary key keeps one session busy while the other
+# builds the rest
+INDEXED = r"""
+CREATE TABLE big (id int, k text, payload text);
+INSERT INTO big SELECT g, 'k' || (g % 5000), repeat('p', 40) FROM generate_series(1, 300000) g;
+ALTER TABLE big ADD CONSTRAINT aaa_big_pkey PRIMARY KEY (id);
+CREATE INDEX big_k ON big (k);
+CREATE INDEX big_lower_k ON big (lower(k)) WHERE id % 2 = 0;
+CREATE INDEX big_k_hash ON big USING hash (k);
+CREATE TABLE small (id int PRIMARY KEY, code text NOT NULL, big_id int, tags text[], r int4range);
+INSERT INTO small SELECT g, 'c' || g, g, ARRAY['t' || (g % 7)], int4range(g * 10, g * 10 + 5)
+FROM generate_series(1, 3000) g;
+ALTER TABLE small ADD CONSTRAINT small_code_key UNIQUE (code);
+ALTER TABLE small ADD CONSTRAINT small_r_excl EXCLUDE USING gist (r WITH &&);
+CREATE UNIQUE INDEX small_code_upper ON small (upper(code));
+CREATE INDEX small_tags ON small USING gin (tags);
+ALTER TABLE small ADD CONSTRAINT small_big_fk FOREIGN KEY (big_id) REFERENCES big (id);
+CREATE TABLE other (code text REFERENCES small (code), note text);
+INSERT INTO other SELECT 'c' || g, 'n' FROM generate_series(1, 500) g;
+CREATE INDEX other_note ON other (note);
+ALTER TABLE small CLUSTER ON small_code_key;
+ALTER TABLE small REPLICA IDENTITY USING INDEX small_code_key;
+ALTER INDEX big_lower_k ALTER COLUMN 1 SET STATISTICS 500;
+COMMENT ON INDEX big_k IS 'the k index';
+CREATE SEQUENCE tick;
+SELECT setval('tick', 77);
+"""
+
+PARTITIONED = r"""
+CREATE TABLE parted (id int, part int, v text) PARTITION BY LIST (part);
+CREATE TABLE parted_a PARTITION OF parted FOR VALUES IN (1);
+CREATE TABLE parted_b PARTITION OF parted FOR VALUES IN (2);
+INSERT INTO parted SELECT g, 1 + g % 2, 'v' || g FROM generate_series(1, 4000) g;
+CREATE INDEX parted_v ON parted (v);
+ALTER TABLE parted ADD CONSTRAINT parted_pkey PRIMARY KEY (id, part);
+CREATE TABLE plain_t (id int PRIMARY KEY, v text);
+INSERT INTO plain_t SELECT g, 'v' FROM generate_series(1, 2000) g;
+CREATE INDEX plain_t_v ON plain_t (v);
+"""
+
+
+def _dump(pg, db: str, out: Path) -> Path:
+    sql = subprocess.run([f"{BIN}/pg_dump", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                          "-d", db], check=True, capture_output=True).stdout
+    out.write_bytes(gzip.compress(sql, 1))
+    return out
+
+
+@pytest.fixture
+def fresh_source(pg, pg_sql):
+    name = "ix_src"
+    _fresh(pg_sql, name)
+    yield name
+    for db in (name, name + "_ref", name + "_par"):
+        pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+
+
+def _load_both(pg, pg_sql, source: str, tmp_path: Path, jobs: int = 2) -> tuple[dict, dict, dict]:
+    archive = _dump(pg, source, tmp_path / "ix.sql.gz")
+    ref, par = _fresh(pg_sql, source + "_ref"), _fresh(pg_sql, source + "_par")
+    r = _psql_load(pg, archive, ref)
+    assert r.returncode == 0, r.stderr.decode()
+    stats: dict = {}
+    with _access(pg, par, tmp_path) as access:
+        rc, _, err, _rows = load_plain_parallel(access, str(archive), par, jobs=jobs, pgoptions=RESTORE_PGOPTIONS,
+                                                segment_bytes=1 << 20, stats=stats)
+    assert rc == 0, err
+    host = str(pg.socket_dir)
+    got, want = compare.snapshot(host, pg.port, par), compare.snapshot(host, pg.port, ref)
+    assert compare.differences(got, want) == []
+    assert db_fingerprint(pg_sql, par) == db_fingerprint(pg_sql, ref)
+    return stats, got, want
+
+
+def test_index_builds_are_shared_and_give_psqls_database(pg, pg_sql, fresh_source, tmp_path):
+    pg_sql(INDEXED, fresh_source)
+    stats, got, _ = _load_both(pg, pg_sql, fresh_source, tmp_path)
+    # both sessions built indexes: the shared runs really ran side by side
+    assert len(stats["index_builds"]) == 2 and all(n > 0 for n in stats["index_builds"]), stats
+    # every index pg_dump wrote as a constraint or CREATE INDEX (10 in all) was built once
+    assert sum(stats["index_builds"]) == 10, stats
+    for needle in ("CLUSTER ON small_code_key", "REPLICA IDENTITY USING INDEX small_code_key",
+                   "SET STATISTICS 500", "COMMENT ON INDEX public.big_k", "FOREIGN KEY (big_id)"):
+        assert needle in got["schema"], needle
+
+
+def test_a_dump_with_partitions_builds_its_indexes_in_file_order(pg, pg_sql, fresh_source, tmp_path):
+    pg_sql(PARTITIONED, fresh_source)
+    stats, _, _ = _load_both(pg, pg_sql, fresh_source, tmp_path)
+    assert stats["index_builds"] == [0, 0], stats  # the leader ran them as SQL, in file order
+
+
+def test_one_session_builds_in_file_order(pg, pg_sql, fresh_source, tmp_path):
+    pg_sql(INDEXED, fresh_source)
+    stats, _, _ = _load_both(pg, pg_sql, fresh_source, tmp_path, jobs=1)
+    assert stats["index_builds"] == [0], stats
+
+
+@pytest.mark.parametrize("sql, shared", [
+    (b"ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n", True),
+    (b"--\n-- Name: t_k; Type: INDEX\n--\n\nCREATE INDEX t_k ON public.t USING btree (k);\n", True),
+    (b"CREATE UNIQUE INDEX t_u ON public.t USING btree (lower(k)) WHERE (id > 0);", True),
+    (b"ALTER TABLE ONLY public.t ADD CONSTRAINT t_x EXCLUDE USING gist (r WITH &&);", True),
+    (b"CREATE INDEX t_k ON ONLY public.parted USING btree (k);", False),  # a partitioned parent
+    (b"CREATE INDEX CONCURRENTLY t_k ON public.t (k);", False),
+    (b"ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY USING INDEX t_i;", False),
+    (b"ALTER TABLE ONLY public.t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES public.u(a);", False),
+    (b"ALTER TABLE public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);", False),  # no ONLY: may recurse
+    (b"CREATE INDEX t_k ON public.t (k); SELECT 1;", False),  # not one statement
+    (b"CREATE INDEX t_k ON public.t USING btree (k) WHERE (k <> ';');", False),  # a ; inside: left alone
+    (b"ALTER TABLE public.t CLUSTER ON t_k;", False),
+])
+def test_which_statements_are_shared(sql, shared):
+    assert builds_index(sql) is shared
