@@ -88,6 +88,21 @@ SELECT i, jsonb_build_object(
 FROM generate_series(1, {rows}) i;
 """
 
+# A database whose restore time goes to index builds (12 tables, 5 indexes each): what
+# sharing the builds between the loading sessions (bigskies_ops.jobs.parload) gives, side by
+# side with the guide's serial restore.
+MANY_INDEXES = """
+CREATE TABLE t{i} (id int, a int, b text, c timestamptz, d numeric);
+INSERT INTO t{i} SELECT g, (g * 7919) % 100000, md5(g::text), timestamptz '2026-01-01' - g * interval '1 minute', g / 3.0
+FROM generate_series(1, {rows}) g;
+ALTER TABLE t{i} ADD PRIMARY KEY (id);
+CREATE INDEX t{i}_a ON t{i} (a);
+CREATE INDEX t{i}_b ON t{i} (b);
+CREATE INDEX t{i}_c ON t{i} (c, a);
+CREATE INDEX t{i}_lower_b ON t{i} (lower(b));
+"""
+MANY_TABLES = 12
+
 # An owner and grants other than the superuser's, so that the fidelity sample's owners
 # and ACLs say something (Heroku's pipe drops them with --no-owner --no-acl).
 OWNERS_ACLS = """
@@ -119,6 +134,8 @@ RATIOS = [
      "<=", 1.10),
     ("restore custom / guide gunzip|psql", "restore ours: custom .dump", "restore guide: gunzip | psql", "<=", 0.75),
     ("restore plain / guide gunzip|psql", "restore ours: plain .sql.gz", "restore guide: gunzip | psql", "<=", 0.9),
+    ("restore plain / guide, 60 indexes", "restore ours: plain, 60 indexes", "restore guide: gunzip | psql, 60 indexes",
+     "<=", None),
     ("scenario 4 ours / guide", "scenario 4 ours: db.pull --to --restore", "scenario 4 guide: ssh dump, scp, restore",
      "<=", 0.6),
     ("scenario 4 ours / Heroku pipe via SSH", "scenario 4 ours: db.pull --to --restore",
@@ -256,6 +273,9 @@ class Bench:
                               "backup": {"dir": str(self.base / "ours"), "keep_pre_restore": 1}},
             "restore_custom": {"postgres": {**pg, "database": "restored_custom"},
                                "backup": {"dir": str(self.base / "ours"), "keep_pre_restore": 1}},
+            "manyidx": {"postgres": {**pg, "database": "manyidx"}, "backup": {"dir": str(self.base / "many")}},
+            "manyidx_restore": {"postgres": {**pg, "database": "manyidx_restored"},
+                                "backup": {"dir": str(self.base / "many"), "keep_pre_restore": 1}},
             "laptop": {"postgres": {**pg, "database": "bigskies_dev"},
                        "backup": {"dir": str(self.base / "laptop"), "keep_pre_restore": 1}},
         }
@@ -384,6 +404,44 @@ class Bench:
                 self.timed(name, argv, prepare=prep, ours=ours)
                 self.check_copy(name, db)
         self.sh("dropdb --if-exists -f bare_restore; dropdb --if-exists -f guide_restore")  # disk for what follows
+
+    def run_index_heavy(self) -> None:
+        """Plain restore of a database whose time goes to index builds (:data:`MANY_INDEXES`):
+        ours (every safety step) against the guide's serial ``gunzip | psql``, each copy
+        compared whole with the source (catalog, schema, every row's md5)."""
+        rows = 2_000 if self.args.quick else 150_000
+        self.psql("CREATE DATABASE manyidx", "postgres")
+        self.cluster.psql(database="manyidx", input="".join(MANY_INDEXES.format(i=i, rows=rows)
+                                                           for i in range(MANY_TABLES)))
+        self.psql("VACUUM (ANALYZE, FREEZE)", "manyidx")
+        host, port = str(self.cluster.socket_dir), self.cluster.port
+        want = compare.snapshot(host, port, "manyidx")
+        self.log(f"database manyidx: {MANY_TABLES} tables, {MANY_TABLES * 5} indexes, "
+                 f"{int(self.psql('SELECT pg_database_size(current_database())', 'manyidx')):,} bytes")
+        guide = self.base / "many_guide.sql.gz"
+        self.sh(f"pg_dump -d manyidx | gzip > {guide}")
+        self.sh(shlex.join([sys.executable, "-m", "bigskies_ops", "db.backup", "--host", "manyidx", "--format", "plain"]))
+        ours = self.newest(self.base / "many", ".sql.gz")
+        contenders = [
+            ("restore guide: gunzip | psql, 60 indexes", self.shell(
+                f"gunzip -c {guide} | psql -X -q -v ON_ERROR_STOP=1 -d manyidx_guide > /dev/null"),
+             lambda: self.sh("dropdb --if-exists -f manyidx_guide && createdb manyidx_guide"), False, "manyidx_guide"),
+            ("restore ours: plain, 60 indexes", self.ours("db.restore", str(ours), "--host", "manyidx_restore", "--yes"),
+             None, True, "manyidx_restored"),
+        ]
+        for i in range(self.args.runs):
+            for name, argv, prep, is_ours, db in contenders:
+                self.timed(name, argv, prepare=prep, ours=is_ours)
+                diffs = compare.differences(compare.snapshot(host, port, db), want)
+                self.check(not diffs, f"{name}: equals the source (catalog, schema, every row's md5)")
+                for d in diffs[:12]:
+                    self.log("  differs: " + d[:400].replace("\n", "\n    "))
+        self.wait_background_drops()
+        self.sh("dropdb --if-exists -f manyidx_guide; dropdb --if-exists -f manyidx_restored; "
+                "dropdb --if-exists -f manyidx")
+        for d in self.sh("psql -X -A -t -d postgres -c \"SELECT datname FROM pg_database WHERE datname LIKE "
+                         "'manyidx_restored_pre_%'\"").stdout.split():
+            self.sh(f"dropdb --if-exists -f {shlex.quote(d)}")
 
     def record_size(self, name: str, path: Path) -> None:
         for rec in self.results.get(name, []):
@@ -653,6 +711,7 @@ def main() -> int:
         else:
             if args.only in ("all", "backup"):
                 b.run_backup_and_restore()
+                b.run_index_heavy()
             if args.only in ("all", "scenario4"):
                 b.run_scenario4()
         b.report()
