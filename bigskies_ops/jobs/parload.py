@@ -45,7 +45,8 @@ such a run can depend on another statement of it: what uses an index (a foreign 
 ``CLUSTER ON``, ``REPLICA IDENTITY``, ``ATTACH PARTITION``, a comment) is another
 statement, which ends the run. A dump with partitioned or inheriting tables builds its
 indexes in file order (a ``CREATE INDEX`` on a parent adopts a child's matching index
-only if that index exists already), as does a single session.
+only if that index exists already), as does one that creates an event trigger (it
+would see the builds in another order) and a single session.
 
 Rows therefore land in a table in segment order per session (row order within a
 table is not preserved, as with any concurrent load); the server's ``COPY n`` tags of
@@ -85,8 +86,10 @@ _INDEX_RE = re.compile(
     rb"\A(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)\S+\s+ON\s+(?!ONLY\b)"
     rb"|ALTER\s+TABLE\s+ONLY\s+\S+\s+ADD\s+CONSTRAINT\s+\S+\s+(?:PRIMARY\s+KEY|UNIQUE|EXCLUDE)\b)"
     rb"[^;]*;\s*\Z", re.I | re.S)
-#: a dump with table inheritance or partitions: its index builds stay in file order
-_PARTITIONS_RE = re.compile(rb"\b(?:PARTITION\s+(?:BY|OF)|INHERITS|ATTACH\s+PARTITION)\b", re.I)
+#: a dump with table inheritance or partitions, or an event trigger (it would see the
+#: builds in another order): its index builds stay in file order
+_KEEP_INDEX_ORDER_RE = re.compile(rb"\b(?:PARTITION\s+(?:BY|OF)|INHERITS|ATTACH\s+PARTITION|EVENT\s+TRIGGER)\b",
+                                  re.I)
 #: meta-commands every session runs; any other one makes the load serial
 _BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
 _META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
@@ -374,7 +377,7 @@ class _Worker:
                     self._index(data)
                     self.last_kind = kind
                     continue
-                if kind == "sql" and self.share_indexes and _PARTITIONS_RE.search(data, lead):
+                if kind == "sql" and self.share_indexes and _KEEP_INDEX_ORDER_RE.search(data, lead):
                     self.share_indexes = False
                 self._enter_run("sql")
                 if not self.serial and kind == "hazard":

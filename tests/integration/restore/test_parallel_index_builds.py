@@ -18,7 +18,7 @@ import pytest
 from bigskies_ops.jobs.parload import builds_index, load_plain_parallel
 from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
 from tests.fidelity import compare
-from tests.integration.restore.test_parallel_load_edge_cases import _psql_load
+from tests.integration.restore.test_parallel_load_edge_cases import _compare, _psql_load, _rows, _write
 from tests.integration.restore.test_parload import BIN, _access, _fresh
 from tests.pgcheck import db_fingerprint
 
@@ -113,6 +113,40 @@ def test_a_dump_with_partitions_builds_its_indexes_in_file_order(pg, pg_sql, fre
     pg_sql(PARTITIONED, fresh_source)
     stats, _, _ = _load_both(pg, pg_sql, fresh_source, tmp_path)
     assert stats["index_builds"] == [0, 0], stats  # the leader ran them as SQL, in file order
+
+
+# hand-written: an event trigger created before the indexes logs every build in the order
+# the server ran them; psql alone runs them in file order, and so must the loader
+EVENT_LOGGED = r"""
+CREATE TABLE public.build_log (n serial, tag text, what text);
+CREATE FUNCTION public.log_build() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.build_log (tag, what)
+  SELECT command_tag, object_identity FROM pg_catalog.pg_event_trigger_ddl_commands();
+END $$;
+CREATE EVENT TRIGGER log_builds ON ddl_command_end WHEN TAG IN ('CREATE INDEX', 'ALTER TABLE')
+  EXECUTE FUNCTION public.log_build();
+CREATE TABLE public.a (id int, v text);
+CREATE TABLE public.b (id int, v text);
+""" + _rows("public.a", "(id, v)", 20000) + _rows("public.b", "(id, v)", 300) + r"""
+ALTER TABLE ONLY public.a ADD CONSTRAINT a_pkey PRIMARY KEY (id);
+CREATE INDEX a_v ON public.a USING btree (v);
+ALTER TABLE ONLY public.b ADD CONSTRAINT b_pkey PRIMARY KEY (id);
+CREATE INDEX b_v ON public.b USING btree (v);
+CREATE INDEX b_v2 ON public.b USING btree (v, id);
+"""
+
+
+def test_a_dump_with_an_event_trigger_builds_its_indexes_in_file_order(pg, pg_sql, dbname, tmp_path):
+    try:
+        rc, err, _rows_loaded, par, ref = _compare(pg, pg_sql, dbname, tmp_path,
+                                                   _write(tmp_path, "evt.sql.gz", EVENT_LOGGED))
+        assert rc == 0, err
+        assert par == ref  # build_log's rows (n, tag, object) in psql's order
+        assert int(ref["tables"]["public.build_log"].split()[0]) >= 5
+    finally:
+        for suffix in ("_ref", "_par"):
+            pg_sql(f'DROP DATABASE IF EXISTS "{dbname}{suffix}" WITH (FORCE)', "postgres")
 
 
 def test_one_session_builds_in_file_order(pg, pg_sql, fresh_source, tmp_path):
