@@ -30,17 +30,21 @@ dump is loaded by the leader alone (the other sessions stop reading), as psql wo
 load it (:data:`_SERIAL_RE`, :data:`_BROADCAST_META`): a transaction (``BEGIN``: pg_dump's
 large-object data, or a hand-written dump), session state changed by a statement
 other than pg_dump's ``SET`` forms (``set search_path``, ``RESET``, ``set_config`` in a
-query or ``DO`` block, temporary tables), a ``COPY ... FROM stdin`` with options (CSV
+query or ``DO`` block, a ``SELECT``/``CALL``/``DO`` that may call a function of the
+dump, temporary tables), a ``COPY ... FROM stdin`` with options (CSV
 rows may span lines, and the lexer reads such data as SQL), and any meta-command but
 ``\\restrict``/``\\unrestrict`` (``\\i`` would run once per session, ``\\o`` would hide the
 sync replies, ``\\connect`` must follow the leader's ``CREATE DATABASE``). Each of these,
 handled otherwise, loads different rows with exit 0, fails, or hangs.
 
 Index builds are shared too, as ``pg_restore --jobs`` shares them: a run of consecutive
-statements that each build one index of one table (:func:`builds_index`: pg_dump's
+statements that each build one index of one table (:func:`index_build_table`: pg_dump's
 ``ALTER TABLE ONLY ... ADD CONSTRAINT ... PRIMARY KEY/UNIQUE/EXCLUDE`` and ``CREATE
-[UNIQUE] INDEX ... ON`` a table) is claimed statement by statement like COPY segments;
-what follows the run starts only after every statement of it has completed. Nothing in
+[UNIQUE] INDEX ... ON`` a schema-qualified table) is shared table by table, like COPY
+segments: the session that reaches a table's first statement of the run builds all of
+that table's indexes in it, in file order (their OIDs come in psql's order, and a foreign
+key uses the oldest matching unique index). What follows the run starts only after
+every statement of it has completed. Nothing in
 such a run can depend on another statement of it: what uses an index (a foreign key,
 ``CLUSTER ON``, ``REPLICA IDENTITY``, ``ATTACH PARTITION``, a comment) is another
 statement, which ends the run. A dump with partitioned or inheriting tables builds its
@@ -77,30 +81,59 @@ ABORT_GRACE = 2.0
 _SERIAL_RE = re.compile(
     rb"\A(?:BEGIN|START\s+TRANSACTION|SET|RESET|DISCARD|LOAD)\b"
     rb"|\A(?:SELECT|DO|CALL)\b.*(?:\bset_config\b|\bSET\s)"
+    # a function of the dump may change session state (set_config in its body): pg_dump's
+    # own SELECTs call pg_catalog's functions only
+    rb"|\A(?:DO|CALL)\b|\ASELECT\b(?!\s+pg_catalog\s*\.)"
     rb"|\ACREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
+    rb"|\ACREATE\b.*?\bpg_temp\s*\."  # a temporary object made without TEMP
     rb"|\ACOPY\b.*\bFROM\s+STDIN\b", re.I | re.S)
-#: a statement that builds one index of one table: nothing but a session's settings
-#: decides its result (see the module docstring); ``ON ONLY`` (a partitioned table),
-#: ``CONCURRENTLY`` and ``USING INDEX`` (an existing index) are left in file order
+#: an identifier as pg_dump writes it: quoted (quotes doubled inside) or plain
+_IDENT = rb'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_TABLE = rb"(" + _IDENT + rb")\s*\.\s*(" + _IDENT + rb")"  # schema-qualified, as pg_dump writes it
+#: a statement that builds one index of one schema-qualified table: nothing but the
+#: session's settings decides its result (see the module docstring); ``ON ONLY`` (a
+#: partitioned table), ``CONCURRENTLY`` and ``USING INDEX`` (an existing index) are left
+#: in file order, as is an ALTER TABLE with another subcommand (checked by index_build_table)
 _INDEX_RE = re.compile(
-    rb"\A(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)\S+\s+ON\s+(?!ONLY\b)"
-    rb"|ALTER\s+TABLE\s+ONLY\s+\S+\s+ADD\s+CONSTRAINT\s+\S+\s+(?:PRIMARY\s+KEY|UNIQUE|EXCLUDE)\b)"
+    rb"\A(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)" + _IDENT + rb"\s+ON\s+(?!ONLY\b)" + _TABLE
+    + rb"\s*(?:USING\b|\()"
+    rb"|ALTER\s+TABLE\s+ONLY\s+" + _TABLE + rb"\s+ADD\s+CONSTRAINT\s+" + _IDENT
+    + rb"\s+(?:PRIMARY\s+KEY|UNIQUE|EXCLUDE)\b([^;]*))"
     rb"[^;]*;\s*\Z", re.I | re.S)
-#: a dump with table inheritance or partitions, or an event trigger (it would see the
-#: builds in another order): its index builds stay in file order
-_KEEP_INDEX_ORDER_RE = re.compile(rb"\b(?:PARTITION\s+(?:BY|OF)|INHERITS|ATTACH\s+PARTITION|EVENT\s+TRIGGER)\b",
-                                  re.I)
+#: a dump with table inheritance or partitions (a parent's CREATE INDEX adopts a child's
+#: matching index only if it exists already), or an event trigger (it would see the builds
+#: in another order): from such a statement on, index builds stay in file order. Loose on
+#: purpose: a false match only costs the sharing.
+_KEEP_INDEX_ORDER_RE = re.compile(
+    rb"\A(?:CREATE|ALTER)\b"
+    rb"(?!\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MATERIALIZED\s+VIEW|FUNCTION|PROCEDURE|AGGREGATE|RULE)\b)"
+    rb"(?:.*\b(?:PARTITION|INHERITS?)\b|(?=.*\bEVENT\b).*\bTRIGGER\b)", re.I | re.S)
 #: meta-commands every session runs; any other one makes the load serial
 _BROADCAST_META = frozenset({b"restrict", b"unrestrict"})
 _META_NAME = re.compile(rb"\\([A-Za-z_!?]*)")
 
 
-def builds_index(statement: bytes) -> bool:
-    """True when ``statement`` (one SQL statement, comments before it allowed) builds one
-    index of one table and may run beside the other statements of its run
-    (:data:`_INDEX_RE`; the module docstring says why)."""
+def index_build_table(statement: bytes) -> tuple[bytes, bytes] | None:
+    """The table (schema, name; unquoted, folded as PostgreSQL folds them) whose one index
+    ``statement`` (one SQL statement, comments before it allowed) builds, when it may run
+    beside the other statements of its run (:data:`_INDEX_RE`; the module docstring says
+    why); None otherwise."""
     body = statement[OwnerAclFilter.LEADING.match(statement).end():]
-    return bool(_INDEX_RE.match(body)) and not re.search(rb"\bUSING\s+INDEX\b", body, re.I)
+    m = _INDEX_RE.match(body)
+    if m is None or re.search(rb"\bUSING\s+INDEX\b", body, re.I):
+        return None
+    if m.group(5) is not None:  # ALTER TABLE: one subcommand only (no comma outside parentheses)
+        rest = m.group(5)
+        while (shorter := re.sub(rb"\([^()]*\)", b"", rest)) != rest:
+            rest = shorter
+        if b"," in rest or b"(" in rest or b")" in rest:
+            return None
+    schema, name = (_fold(x) for x in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
+    return None if schema.startswith(b"pg_temp") else (schema, name)
+
+
+def _fold(ident: bytes) -> bytes:
+    return ident[1:-1].replace(b'""', b'"') if ident.startswith(b'"') else ident.lower()
 
 
 class _Abort(Exception):
@@ -372,12 +405,13 @@ class _Worker:
                 continue  # a blank piece does not separate a COPY statement from the rest of its line
             elif kind in ("sql", "hazard"):
                 lead = self.flt.LEADING.match(data).end()
-                if kind == "sql" and self.share_indexes and not self.serial and builds_index(data):
+                table = index_build_table(data) if kind == "sql" and self.share_indexes and not self.serial else None
+                if table is not None:
                     self._enter_run("index")
-                    self._index(data)
+                    self._index(data, table)
                     self.last_kind = kind
                     continue
-                if kind == "sql" and self.share_indexes and _KEEP_INDEX_ORDER_RE.search(data, lead):
+                if kind == "sql" and self.share_indexes and _KEEP_INDEX_ORDER_RE.match(data[lead:]):
                     self.share_indexes = False
                 self._enter_run("sql")
                 if not self.serial and kind == "hazard":
@@ -437,10 +471,12 @@ class _Worker:
             self.shared.wait_for(lambda: self.shared.run_done.get(run, 0) >= total)
         self.run_kind = None
 
-    def _index(self, data: bytes) -> None:
-        """One statement of an index run, run by the session that claims it first."""
+    def _index(self, data: bytes, table: tuple[bytes, bytes]) -> None:
+        """One statement of an index run. The session that claims a table's first one in the
+        run builds all of that table's indexes, in file order: their OIDs then come in
+        psql's order, and a foreign key uses the oldest matching unique index."""
         self.segments_in_run += 1
-        if not self.shared.claim(("index", self.run, self.segments_in_run), self.wid):
+        if not self.shared.claim(("index", self.run, table), self.wid):
             return
         if not self.leader:
             self._after_previous_run()

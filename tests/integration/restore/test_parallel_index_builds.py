@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bigskies_ops.jobs.parload import builds_index, load_plain_parallel
+from bigskies_ops.jobs.parload import index_build_table, load_plain_parallel
 from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
 from tests.fidelity import compare
 from tests.integration.restore.test_parallel_load_edge_cases import _compare, _psql_load, _rows, _write
@@ -166,8 +166,11 @@ def test_one_session_builds_in_file_order(pg, pg_sql, fresh_source, tmp_path):
     (b"ALTER TABLE ONLY public.t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES public.u(a);", False),
     (b"ALTER TABLE public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);", False),  # no ONLY: may recurse
     (b"CREATE INDEX t_k ON public.t (k); SELECT 1;", False),  # not one statement
+    (b"CREATE INDEX t_k ON t USING btree (k);", False),  # not schema-qualified: search_path decides
+    (b"CREATE INDEX t_k ON pg_temp.t USING btree (k);", False),  # a temporary table: one session's
+    (b"ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id), ADD COLUMN z int;", False),
     (b"CREATE INDEX t_k ON public.t USING btree (k) WHERE (k <> ';');", False),  # a ; inside: left alone
     (b"ALTER TABLE public.t CLUSTER ON t_k;", False),
 ])
 def test_which_statements_are_shared(sql, shared):
-    assert builds_index(sql) is shared
+    assert (index_build_table(sql) is not None) is shared

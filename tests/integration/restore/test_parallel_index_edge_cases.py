@@ -1,0 +1,493 @@
+"""Edge cases of the shared index builds of the parallel plain loader (bigskies_ops.jobs.parload).
+
+Each case loads a dump (pg_dump's or hand-written) with psql alone (the oracle) and with
+:func:`load_plain_parallel`, and compares catalog, schema and rows (tests/fidelity/compare.py,
+tests/pgcheck.py) plus catalog facts the fidelity snapshot does not cover (which index a
+foreign key depends on).
+"""
+from __future__ import annotations
+
+import gzip
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bigskies_ops.jobs.parload import index_build_table, load_plain_parallel
+from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
+from tests.fidelity import compare
+from tests.integration.restore.test_parallel_load_edge_cases import HEAD, TAIL, _psql_load
+from tests.integration.restore.test_parload import BIN, _access, _children, _fresh
+from tests.pgcheck import db_fingerprint
+
+SRC = "trial_src"
+
+# what the fidelity snapshot does not compare: the index each constraint depends on
+# (a foreign key uses the first matching unique index of the referenced table, by OID)
+CONINDID_Q = ("SELECT string_agg(conrelid::regclass || '.' || conname || ' -> ' || conindid::regclass, E'\\n' "
+              "ORDER BY conrelid::regclass::text, conname) FROM pg_constraint WHERE conindid <> 0 AND oid >= 16384")
+
+
+def _dump(pg, db: str, out: Path) -> Path:
+    sql = subprocess.run([f"{BIN}/pg_dump", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                          "-d", db], check=True, capture_output=True).stdout
+    out.write_bytes(gzip.compress(sql, 1))
+    return out
+
+
+def _write(tmp_path: Path, name: str, body: str) -> Path:
+    p = tmp_path / name
+    p.write_bytes(gzip.compress((HEAD + body + TAIL).encode(), 1))
+    return p
+
+
+@pytest.fixture
+def src(pg, pg_sql):
+    _fresh(pg_sql, SRC)
+    yield SRC
+    for db in (SRC, SRC + "_ref", SRC + "_par"):
+        pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+
+
+def _par(pg, db, tmp_path, archive, jobs, stats, timeout=120):
+    out: dict = {}
+
+    def go():
+        try:
+            with _access(pg, db, tmp_path) as access:
+                out["res"] = load_plain_parallel(access, str(archive), db, jobs=jobs, pgoptions=RESTORE_PGOPTIONS,
+                                                 segment_bytes=1 << 16, stats=stats)
+        except BaseException as e:  # noqa: BLE001
+            out["err"] = e
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"load_plain_parallel still running after {timeout}s: hung")
+    if "err" in out:
+        raise out["err"]
+    return out["res"]
+
+
+def _both(pg, pg_sql, tmp_path, archive: Path, *, jobs: int = 2, ref_ok: bool = True):
+    """(rc, stderr, stats, differences, psql's result) of loading ``archive`` both ways."""
+    ref, par = _fresh(pg_sql, SRC + "_ref"), _fresh(pg_sql, SRC + "_par")
+    r = _psql_load(pg, archive, ref)
+    if ref_ok:
+        assert r.returncode == 0, r.stderr.decode()
+    stats: dict = {}
+    before = _children()
+    rc, _, err, _rows = _par(pg, par, tmp_path, archive, jobs, stats)
+    assert _children() <= before, "a psql was left running"
+    diffs = None
+    if rc == 0 and r.returncode == 0:
+        host = str(pg.socket_dir)
+        diffs = compare.differences(compare.snapshot(host, pg.port, par), compare.snapshot(host, pg.port, ref))
+        if db_fingerprint(pg_sql, par) != db_fingerprint(pg_sql, ref):
+            diffs.append("rows differ")
+        a, b = pg_sql(CONINDID_Q, par).strip(), pg_sql(CONINDID_Q, ref).strip()
+        if a != b:
+            diffs.append(f"constraint indexes differ: parallel\n{a}\npsql\n{b}")
+    return rc, err, stats, diffs, r
+
+
+# ------------------------------------------------------------------ 1. FK on a redundant unique index
+REDUNDANT = r"""
+CREATE TABLE acct (id int NOT NULL, code text NOT NULL, v text);
+INSERT INTO acct SELECT g, 'c' || g, repeat('v', 20) FROM generate_series(1, 20000) g;
+ALTER TABLE acct ADD CONSTRAINT acct_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX acct_id_uidx ON acct (id);
+CREATE UNIQUE INDEX acct_code_a ON acct (code);
+CREATE UNIQUE INDEX acct_code_b ON acct (code);
+CREATE TABLE ledger (acct_id int REFERENCES acct (id), code text REFERENCES acct (code));
+INSERT INTO ledger SELECT g, 'c' || g FROM generate_series(1, 100) g;
+"""
+
+
+def test_fk_depends_on_the_same_unique_index_as_with_psql(pg, pg_sql, src, tmp_path):
+    pg_sql(REDUNDANT, src)
+    archive = _dump(pg, src, tmp_path / "red.sql.gz")
+    seen = []
+    for _ in range(8):
+        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive)
+        assert rc == 0, err
+        seen.append((stats["index_builds"], diffs))
+        if diffs:
+            break
+    assert all(not d for _, d in seen), seen
+
+
+# the same without a primary key: the run starts with the two unique indexes
+REDUNDANT_NO_PK = r"""
+CREATE TABLE acct (id int NOT NULL, code text NOT NULL, v text);
+INSERT INTO acct SELECT g, 'c' || g, repeat('v', 20) FROM generate_series(1, 20000) g;
+CREATE UNIQUE INDEX acct_code_a ON acct (code);
+CREATE UNIQUE INDEX acct_code_b ON acct (code);
+CREATE TABLE ledger (code text REFERENCES acct (code));
+INSERT INTO ledger SELECT 'c' || g FROM generate_series(1, 100) g;
+"""
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_fk_on_one_of_two_unique_indexes_without_pk(pg, pg_sql, src, tmp_path, jobs):
+    pg_sql(REDUNDANT_NO_PK, src)
+    archive = _dump(pg, src, tmp_path / "red2.sql.gz")
+    seen = []
+    for _ in range(12):
+        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
+        assert rc == 0, err
+        seen.append((stats["index_builds"], diffs))
+        if diffs:
+            # what it means: dropping the "redundant" second index works on psql's copy, not on ours
+            # (and DROP INDEX ... CASCADE would drop the foreign key with it)
+            ok_ref = subprocess.run([f"{BIN}/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U",
+                                     "bigskies", "-d", SRC + "_ref", "-c", "DROP INDEX acct_code_b"],
+                                    capture_output=True, text=True)
+            ok_par = subprocess.run([f"{BIN}/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U",
+                                     "bigskies", "-d", SRC + "_par", "-c", "DROP INDEX acct_code_b"],
+                                    capture_output=True, text=True)
+            seen.append((ok_ref.returncode, ok_ref.stderr, ok_par.returncode, ok_par.stderr))
+            break
+    assert all(not d for _, d in seen if isinstance(d, list)) and len(seen[-1]) == 2, seen
+
+
+# ------------------------------------------------------------------ 2. a real-world-like schema by pg_dump
+REALWORLD = r"""
+CREATE SCHEMA app;
+CREATE FUNCTION app.norm(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT lower(trim(t)) $$;
+CREATE FUNCTION app.bucket(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN i % 97; END $$;
+CREATE TABLE app.users (id bigint GENERATED ALWAYS AS IDENTITY, email text NOT NULL, name text COLLATE "C",
+    created timestamptz NOT NULL DEFAULT '2024-01-01', tags text[], doc tsvector, geo point, active bool,
+    org int, nick text);
+INSERT INTO app.users (email, name, tags, doc, geo, active, org, nick)
+SELECT 'U' || g || '@x.org ', 'name ' || g, ARRAY['t' || g % 13, 'u' || g % 7], to_tsvector('simple', 'w' || g % 101),
+       point(g % 100, g % 37), g % 3 = 0, g % 50, CASE WHEN g <= 50 THEN NULL ELSE 'n' || g END
+FROM generate_series(1, 60000) g;
+ALTER TABLE app.users ADD CONSTRAINT users_pkey PRIMARY KEY (id) WITH (fillfactor = 70);
+ALTER TABLE app.users ADD CONSTRAINT users_email_key UNIQUE (email) INCLUDE (name);
+CREATE UNIQUE INDEX users_email_norm ON app.users (app.norm(email));
+CREATE INDEX users_bucket ON app.users (app.bucket(org)) WHERE active;
+CREATE INDEX users_name_pattern ON app.users (name text_pattern_ops);
+CREATE INDEX users_name_c ON app.users (name COLLATE "POSIX" DESC NULLS LAST);
+CREATE INDEX users_tags ON app.users USING gin (tags);
+CREATE INDEX users_doc ON app.users USING gin (doc);
+CREATE INDEX users_geo ON app.users USING gist (geo);
+CREATE INDEX users_created_brin ON app.users USING brin (created) WITH (pages_per_range = 16);
+CREATE INDEX users_org_hash ON app.users USING hash (org);
+CREATE UNIQUE INDEX users_nick_nnd ON app.users (nick, org) NULLS NOT DISTINCT;
+CREATE TABLE app.rooms (id int PRIMARY KEY, during tstzrange, room int, code text);
+INSERT INTO app.rooms SELECT g, tstzrange('2024-01-01'::timestamptz + g * interval '1 hour',
+       '2024-01-01'::timestamptz + g * interval '1 hour' + interval '30 min'), g % 10, 'r' || g
+FROM generate_series(1, 5000) g;
+CREATE EXTENSION IF NOT EXISTS btree_gist;
+ALTER TABLE app.rooms ADD CONSTRAINT rooms_no_overlap EXCLUDE USING gist (room WITH =, during WITH &&);
+ALTER TABLE app.rooms ADD CONSTRAINT rooms_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED;
+ALTER TABLE app.rooms ADD CONSTRAINT rooms_code_imm UNIQUE (code, room);
+CREATE TABLE app.bookings (id serial PRIMARY KEY, user_id bigint REFERENCES app.users, room_code text, room int,
+    FOREIGN KEY (room_code, room) REFERENCES app.rooms (code, room));
+INSERT INTO app.bookings (user_id, room_code, room) SELECT g, 'r' || g, g % 10 FROM generate_series(1, 4000) g;
+CREATE INDEX bookings_user ON app.bookings (user_id);
+ALTER TABLE app.bookings CLUSTER ON bookings_user;
+CREATE UNIQUE INDEX bookings_ri ON app.bookings (id, room);
+ALTER TABLE app.bookings ALTER COLUMN room SET NOT NULL;
+ALTER TABLE app.bookings REPLICA IDENTITY USING INDEX bookings_ri;
+COMMENT ON INDEX app.users_tags IS 'tags; gin';
+COMMENT ON CONSTRAINT rooms_no_overlap ON app.rooms IS 'no double booking';
+ALTER INDEX app.users_email_norm ALTER COLUMN 1 SET STATISTICS 321;
+ALTER INDEX app.users_geo SET (fillfactor = 60);
+CREATE STATISTICS app.users_st (dependencies) ON org, active FROM app.users;
+CREATE MATERIALIZED VIEW app.org_counts AS SELECT org, count(*) AS n FROM app.users GROUP BY org;
+CREATE UNIQUE INDEX org_counts_org ON app.org_counts (org);
+CREATE INDEX org_counts_n ON app.org_counts (n);
+CREATE TABLE app."we ird; ""tab.le" ("a col" int PRIMARY KEY, "b;c" text);
+INSERT INTO app."we ird; ""tab.le" SELECT g, 'x' || g FROM generate_series(1, 500) g;
+CREATE INDEX "idx; with ""quotes"" and .dots" ON app."we ird; ""tab.le" ("b;c");
+CREATE UNIQUE INDEX "Upper Idx" ON app."we ird; ""tab.le" (upper("b;c"));
+CREATE TABLE app.logged (id int, v text);
+INSERT INTO app.logged SELECT g, 'v' FROM generate_series(1, 3000) g;
+CREATE UNIQUE INDEX logged_id ON app.logged (id);
+CREATE INDEX logged_v ON app.logged (v) WHERE (v <> ';');
+"""
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_real_world_schema_with_a_tablespace(pg, pg_sql, src, tmp_path, jobs):
+    ts_dir = Path(pg.base).parent / f"ts_trial_{jobs}"
+    ts_dir.mkdir(exist_ok=True)
+    subprocess.run(["chown", "postgres:postgres", str(ts_dir)], check=True)
+    pg_sql("DROP TABLESPACE IF EXISTS trial_ts", "postgres")
+    pg_sql(f"CREATE TABLESPACE trial_ts LOCATION '{ts_dir}'", "postgres")
+    try:
+        pg_sql(REALWORLD + """
+            CREATE INDEX users_active_ts ON app.users (active, org) TABLESPACE trial_ts;
+            ALTER TABLE app.logged ADD CONSTRAINT logged_pk PRIMARY KEY (id) USING INDEX TABLESPACE trial_ts;
+            CREATE INDEX logged_v_ts ON app.logged (upper(v)) WITH (fillfactor = 50) TABLESPACE trial_ts;
+            """, src)
+        archive = _dump(pg, src, tmp_path / "rw.sql.gz")
+        assert b"SET default_tablespace = trial_ts;" in gzip.decompress(archive.read_bytes())
+        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
+        assert rc == 0, err
+        print(stats)
+        assert diffs == []
+        assert sum(stats["index_builds"]) > 10 and all(n > 0 for n in stats["index_builds"]), stats
+        q = ("SELECT string_agg(c.relname || '@' || coalesce(t.spcname, '-'), ',' ORDER BY c.relname) FROM pg_class c "
+             "LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.relkind = 'i' "
+             "AND c.relnamespace = 'app'::regnamespace")
+        assert pg_sql(q, SRC + "_par") == pg_sql(q, SRC + "_ref")
+        assert "logged_pk@trial_ts" in pg_sql(q, SRC + "_par")
+    finally:
+        for db in (SRC, SRC + "_ref", SRC + "_par"):
+            pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+        pg_sql("DROP TABLESPACE IF EXISTS trial_ts", "postgres")
+
+
+# ------------------------------------------------------------------ 3. partitions and inheritance
+PARTS = r"""
+CREATE TABLE parted (id int NOT NULL, part int NOT NULL, v text) PARTITION BY LIST (part);
+CREATE TABLE parted_a PARTITION OF parted FOR VALUES IN (1);
+CREATE TABLE parted_b (id int NOT NULL, part int NOT NULL, v text);
+ALTER TABLE parted ATTACH PARTITION parted_b FOR VALUES IN (2);
+CREATE TABLE parted_c PARTITION OF parted FOR VALUES IN (3) PARTITION BY RANGE (id);
+CREATE TABLE parted_c1 PARTITION OF parted_c FOR VALUES FROM (0) TO (100000);
+INSERT INTO parted SELECT g, 1 + g % 3, 'v' || g FROM generate_series(1, 9000) g;
+CREATE INDEX parted_b_v_own ON parted_b (v);          -- made before the parent's: adopted
+CREATE INDEX parted_v ON parted (v);
+CREATE INDEX parted_a_v2 ON parted_a (v);             -- made after: a second index
+ALTER TABLE parted ADD CONSTRAINT parted_pkey PRIMARY KEY (id, part);
+CREATE UNIQUE INDEX parted_a_id ON parted_a (id);
+CREATE TABLE base (id int NOT NULL, v text);
+CREATE TABLE kid (extra int) INHERITS (base);
+INSERT INTO base SELECT g, 'b' FROM generate_series(1, 3000) g;
+INSERT INTO kid SELECT g, 'k', g FROM generate_series(1, 3000) g;
+ALTER TABLE base ADD CONSTRAINT base_pkey PRIMARY KEY (id);
+ALTER TABLE kid ADD CONSTRAINT kid_pkey PRIMARY KEY (id);
+CREATE INDEX base_v ON base (v);
+CREATE INDEX kid_v ON kid (v);
+CREATE TABLE plain_t (id int PRIMARY KEY, v text);
+INSERT INTO plain_t SELECT g, 'v' FROM generate_series(1, 2000) g;
+CREATE INDEX plain_t_v ON plain_t (v);
+"""
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_partitions_and_inheritance_by_pg_dump(pg, pg_sql, src, tmp_path, jobs):
+    pg_sql(PARTS, src)
+    archive = _dump(pg, src, tmp_path / "parts.sql.gz")
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
+    assert rc == 0, err
+    assert diffs == []
+    assert stats["index_builds"] == [0] * jobs, stats
+
+
+def test_inheritance_only_is_equal(pg, pg_sql, src, tmp_path):
+    pg_sql(PARTS.split("CREATE TABLE base")[0].split("CREATE TABLE parted ")[0] +
+           "CREATE TABLE base" + PARTS.split("CREATE TABLE base")[1], src)
+    archive = _dump(pg, src, tmp_path / "inh.sql.gz")
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive)
+    assert rc == 0, err
+    assert diffs == []
+
+
+# a hand-written dump: a partitioned table whose keywords are split by a comment
+# (psql reads "PARTITION /**/ BY" as PARTITION BY)
+HIDDEN_PARTS = (
+    "CREATE TABLE public.p (id int, part int, v text) PARTITION /* list */ BY LIST (part);\n"
+    "CREATE TABLE public.p1 PARTITION -- the first\n OF public.p FOR VALUES IN (1);\n"
+    "COPY public.p (id, part, v) FROM stdin;\n" + "".join(f"{i}\t1\tv{i}\n" for i in range(3000)) + "\\.\n"
+    "CREATE TABLE public.p2 PARTITION/**/OF public.p FOR VALUES IN (2);\n"
+    "COPY public.p2 (id, part, v) FROM stdin;\n" + "".join(f"{i}\t2\tw{i}\n" for i in range(300000)) + "\\.\n"
+    "ALTER TABLE ONLY public.p2 ADD CONSTRAINT p2_pk PRIMARY KEY (id);\n"
+    "CREATE INDEX p_v ON public.p USING btree (v);\n"
+    "CREATE INDEX p1_v ON public.p1 USING btree (v);\n"
+    "CREATE INDEX p1_id ON public.p1 USING btree (id);\n")
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_partition_keywords_split_by_a_comment(pg, pg_sql, src, tmp_path, jobs):
+    seen = []
+    for _ in range(6):
+        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "hp.sql.gz", HIDDEN_PARTS), jobs=jobs)
+        seen.append((rc, err, stats["index_builds"], diffs))
+        if rc or diffs:
+            break
+    assert all(rc == 0 and not d for rc, _e, _s, d in seen), seen
+
+
+# ------------------------------------------------------------------ 4. hand-written order and spelling
+HAND = (
+    "CREATE TABLE public.t (id int NOT NULL, k text NOT NULL, n int);\n"
+    'CREATE TABLE public."odd; ""name"".x" ("a b" int NOT NULL, "c;d" text);\n'
+    "CREATE FUNCTION public.f_sql(i int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT i % 7 $$;\n"
+    "CREATE FUNCTION public.f_pl(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN upper(t); END $$;\n"
+    "COPY public.t (id, k, n) FROM stdin;\n" + "".join(f"{i}\tk{i}\t{i % 10}\n" for i in range(20000)) + "\\.\n"
+    'COPY public."odd; ""name"".x" ("a b", "c;d") FROM stdin;\n' + "".join(f"{i}\tc{i}\n" for i in range(3000)) +
+    "\\.\n"
+    "alter table only public.t add constraint t_pkey primary key (id);\n"
+    "create index t_k on public.t using btree (k); -- a trailing comment; with a semicolon\n"
+    "/* a ; comment */ CREATE INDEX t_fsql ON public.t (public.f_sql(n));\n"
+    "CREATE INDEX t_fpl ON public.t (public.f_pl(k)) WHERE n > 2;\n"
+    'CREATE UNIQUE INDEX "odd; ""idx""" ON public."odd; ""name"".x" ("c;d");\n'
+    'ALTER TABLE ONLY public."odd; ""name"".x" ADD CONSTRAINT "odd pk" PRIMARY KEY ("a b");\n'
+    "CREATE UNIQUE INDEX t_k_u ON public.t (k);\n"
+    "ALTER TABLE ONLY public.t ADD CONSTRAINT t_k_key UNIQUE USING INDEX t_k_u;\n"   # needs the run's index
+    "ALTER TABLE public.t CLUSTER ON t_k;\n"
+    "CREATE TABLE public.r (k text REFERENCES public.t (k));\n"
+    "CREATE INDEX t_n ON public.t (n);\n"
+    "ALTER TABLE ONLY public.t REPLICA IDENTITY USING INDEX t_k_key;\n")
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_hand_written_index_runs(pg, pg_sql, src, tmp_path, jobs):
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "hand.sql.gz", HAND), jobs=jobs)
+    assert rc == 0, err
+    assert diffs == [], diffs
+    print(stats)
+    assert sum(stats["index_builds"]) >= 5, stats
+
+
+# ------------------------------------------------------------------ 5. leader-only session state the index statements resolve through
+HIDDEN_STATE = (
+    "CREATE SCHEMA a;\nCREATE SCHEMA b;\n"
+    "CREATE TABLE a.t (id int NOT NULL, v text);\nCREATE TABLE b.t (id int NOT NULL, v text);\n"
+    "CREATE FUNCTION public.use_b() RETURNS text LANGUAGE sql AS "
+    "$$ SELECT pg_catalog.set_config('search_path', 'b, public', false) $$;\n"
+    "SET search_path = a, public;\n"
+    "COPY a.t (id, v) FROM stdin;\n" + "".join(f"{i}\tv{i}\n" for i in range(2000)) + "\\.\n"
+    "COPY b.t (id, v) FROM stdin;\n" + "".join(f"{i}\tv{i}\n" for i in range(2000)) + "\\.\n"
+    "SELECT public.use_b();\n"
+    "CREATE INDEX t_id ON t (id);\nCREATE INDEX t_v ON t (v);\nCREATE INDEX t_iv ON t (id, v);\n"
+    "CREATE INDEX t_vi ON t (v, id);\n")
+
+
+def test_search_path_set_by_a_function_of_the_dump(pg, pg_sql, src, tmp_path):
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "hs.sql.gz", HIDDEN_STATE))
+    assert rc == 0, err
+    assert diffs == [], (stats, diffs)
+
+
+PG_TEMP = (
+    "CREATE TABLE public.t (id int NOT NULL, v text);\n"
+    "SET search_path = public;\n"
+    "COPY public.t (id, v) FROM stdin;\n" + "".join(f"{i}\tv{i}\n" for i in range(2000)) + "\\.\n"
+    "CREATE TABLE pg_temp.t (id int, v text);\n"     # a temporary table without TEMP: shadows public.t
+    "CREATE INDEX t_id ON t (id);\nCREATE INDEX t_v ON t (v);\nCREATE INDEX t_iv ON t (id, v);\n"
+    "CREATE INDEX t_vi ON t (v, id);\n")
+
+
+def test_a_temporary_table_made_without_the_temp_keyword(pg, pg_sql, src, tmp_path):
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "tmp.sql.gz", PG_TEMP))
+    assert rc == 0, err
+    assert diffs == [], (stats, diffs)
+
+
+# ------------------------------------------------------------------ 6. failures
+def _dup_dump(tmp_path: Path, pos: int, big: int = 200000) -> Path:
+    idx = [f"CREATE INDEX t_i{i} ON public.t USING btree (k, id) WHERE id % 5 = {i};\n" for i in range(5)]
+    idx.insert(pos, "CREATE UNIQUE INDEX d_u ON public.d USING btree (k);\n")
+    body = ("CREATE TABLE public.t (id int NOT NULL, k text);\nCREATE TABLE public.d (k text);\n"
+            "COPY public.t (id, k) FROM stdin;\n" + "".join(f"{i}\tk{i % 977}\n" for i in range(big)) + "\\.\n"
+            "COPY public.d (k) FROM stdin;\n" + "".join(f"x{i}\n" for i in range(500)) + "x7\n\\.\n"
+            "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n" + "".join(idx) +
+            "CREATE TABLE public.after_run (id int);\n")
+    return _write(tmp_path, f"dup{pos}.sql.gz", body)
+
+
+@pytest.mark.parametrize("jobs,pos", [(2, 0), (2, 2), (2, 5), (3, 0), (3, 3)])
+def test_a_unique_index_over_duplicates_in_a_run_fails_loudly(pg, pg_sql, src, tmp_path, jobs, pos):
+    archive = _dup_dump(tmp_path, pos)
+    ref = _fresh(pg_sql, SRC + "_ref")
+    r = _psql_load(pg, archive, ref)
+    assert r.returncode == 3 and b"could not create unique index" in r.stderr
+    par = _fresh(pg_sql, SRC + "_par")
+    before = _children()
+    stats: dict = {}
+    t0 = time.monotonic()
+    rc, _, err, rows = _par(pg, par, tmp_path, archive, jobs, stats, timeout=60)
+    took = time.monotonic() - t0
+    assert rc != 0 and rows is None
+    assert 'could not create unique index "d_u"' in err and 'Key (k)=(x7) is duplicated' in err, err
+    assert _children() <= before
+    # nothing after the run ran
+    assert pg_sql("SELECT to_regclass('public.after_run') IS NULL", par).strip() == "t"
+    assert took < 30, took
+    print(jobs, pos, rc, stats, round(took, 1))
+
+
+@pytest.mark.parametrize("jobs", ["2", "3"])
+def test_db_restore_with_a_failing_shared_index_keeps_the_old_database(local_inv, cli_env, pg, pg_sql, dbname,
+                                                                         jobs):
+    import hashlib
+    import json
+    from tests.conftest import cli
+    inv, _bdir = local_inv
+    pg_sql("CREATE TABLE trial_x (id int PRIMARY KEY, k text);"
+           "INSERT INTO trial_x SELECT g, 'k' || (g % 100) FROM generate_series(1, 5000) g;"
+           "CREATE INDEX trial_x_k ON trial_x (k);", dbname)
+    r = cli("db.backup", "-i", str(inv), "--format", "plain", "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    archive = Path(json.loads(r.stdout)["path"])
+    r = cli("db.restore", str(archive), "-i", str(inv), "--yes", "--jobs", jobs, env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = db_fingerprint(pg_sql, dbname)
+    sql = gzip.decompress(archive.read_bytes())
+    stmt = b"CREATE INDEX trial_x_k ON public.trial_x"
+    assert stmt in sql
+    i = sql.index(stmt)
+    # it sits inside a run of index statements
+    assert sql.rfind(b"CREATE INDEX", 0, i) > sql.rfind(b"FOREIGN KEY", 0, i), "not in a run"
+    assert index_build_table(stmt.replace(b"CREATE", b"CREATE UNIQUE") + b" USING btree (k);") is not None
+    bad = archive.with_name(archive.name.replace(".sql.gz", "_9.sql.gz"))
+    bad.write_bytes(gzip.compress(sql.replace(stmt, b"CREATE UNIQUE INDEX trial_x_k ON public.trial_x"), 1))
+    m = json.loads(Path(str(archive) + ".manifest.json").read_text())
+    m.update(archive=bad.name, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(), bytes=bad.stat().st_size)
+    Path(str(bad) + ".manifest.json").write_text(json.dumps(m))
+    before = _children()
+    r = cli("db.restore", str(bad), "-i", str(inv), "--yes", "--jobs", jobs, env=cli_env, timeout=180)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'could not create unique index "trial_x_k"' in r.stderr, r.stderr
+    assert db_fingerprint(pg_sql, dbname) == want
+    assert pg_sql("SELECT to_regclass('public.trial_x_k') IS NOT NULL", dbname).strip() == "t"
+    leftovers = [d for d in pg_sql("SELECT datname FROM pg_database", "postgres").split() if "_restoring_" in d]
+    assert leftovers == []
+    assert _children() <= before
+
+
+# ------------------------------------------------------------------ 7. more
+def test_session_authorization_between_shared_index_statements(pg, pg_sql, src, tmp_path):
+    for r in ("trial_alice", "trial_bob"):  # superusers: the restore runs as them
+        pg_sql(f"DO $$ BEGIN CREATE ROLE {r} SUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+               "postgres")
+    pg_sql("SET ROLE trial_alice; CREATE TABLE ta (id int PRIMARY KEY, v text);"
+           "INSERT INTO ta SELECT g, 'v' || g FROM generate_series(1, 20000) g; CREATE INDEX ta_v ON ta (v);"
+           "RESET ROLE; SET ROLE trial_bob; CREATE TABLE tb (id int PRIMARY KEY, v text);"
+           "INSERT INTO tb SELECT g, 'v' || g FROM generate_series(1, 20000) g; CREATE INDEX tb_v ON tb (v);"
+           "RESET ROLE;", src)
+    sql = subprocess.run([f"{BIN}/pg_dump", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                          "--use-set-session-authorization", "-d", src], check=True, capture_output=True).stdout
+    assert sql.count(b"SET SESSION AUTHORIZATION") > 4
+    archive = tmp_path / "ssa.sql.gz"
+    archive.write_bytes(gzip.compress(sql, 1))
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive)
+    assert rc == 0, err
+    assert diffs == [], diffs
+    assert all(n > 0 for n in stats["index_builds"]), stats
+    for db in (SRC, SRC + "_ref", SRC + "_par"):
+        pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+    pg_sql("DROP ROLE trial_alice; DROP ROLE trial_bob", "postgres")
+
+
+MULTI = (
+    "CREATE TABLE public.t (id int NOT NULL, k text);\n"
+    "COPY public.t (id, k) FROM stdin;\n" + "".join(f"{i}\tk{i}\n" for i in range(50000)) + "\\.\n"
+    "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id), ADD COLUMN z int DEFAULT 1;\n"
+    "CREATE INDEX t_z ON public.t USING btree (z);\n")
+
+
+def test_alter_table_with_a_second_subcommand_in_a_run(pg, pg_sql, src, tmp_path):
+    assert index_build_table(MULTI.splitlines()[-2].encode()) is None  # two subcommands: file order
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "multi.sql.gz", MULTI))
+    assert rc == 0, err
+    assert diffs == [], diffs
+
