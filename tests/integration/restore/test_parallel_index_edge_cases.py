@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -229,7 +228,6 @@ def test_real_world_schema_with_a_tablespace(pg, pg_sql, src, tmp_path, jobs):
         assert b"SET default_tablespace = trial_ts;" in gzip.decompress(archive.read_bytes())
         rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
         assert rc == 0, err
-        print(stats)
         assert diffs == []
         assert sum(stats["index_builds"]) > 10 and all(n > 0 for n in stats["index_builds"]), stats
         q = ("SELECT string_agg(c.relname || '@' || coalesce(t.spcname, '-'), ',' ORDER BY c.relname) FROM pg_class c "
@@ -343,7 +341,6 @@ def test_hand_written_index_runs(pg, pg_sql, src, tmp_path, jobs):
     rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "hand.sql.gz", HAND), jobs=jobs)
     assert rc == 0, err
     assert diffs == [], diffs
-    print(stats)
     assert sum(stats["index_builds"]) >= 5, stats
 
 
@@ -403,16 +400,12 @@ def test_a_unique_index_over_duplicates_in_a_run_fails_loudly(pg, pg_sql, src, t
     par = _fresh(pg_sql, SRC + "_par")
     before = _children()
     stats: dict = {}
-    t0 = time.monotonic()
-    rc, _, err, rows = _par(pg, par, tmp_path, archive, jobs, stats, timeout=60)
-    took = time.monotonic() - t0
+    rc, _, err, rows = _par(pg, par, tmp_path, archive, jobs, stats, timeout=60)  # fails the test if it hangs
     assert rc != 0 and rows is None
     assert 'could not create unique index "d_u"' in err and 'Key (k)=(x7) is duplicated' in err, err
     assert _children() <= before
     # nothing after the run ran
     assert pg_sql("SELECT to_regclass('public.after_run') IS NULL", par).strip() == "t"
-    assert took < 30, took
-    print(jobs, pos, rc, stats, round(took, 1))
 
 
 @pytest.mark.parametrize("jobs", ["2", "3"])
