@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import gzip
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from bigskies_ops.jobs.parload import index_build_table, load_plain_parallel
-from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.parload import index_build_table
 from tests.fidelity import compare
-from tests.integration.restore.test_parallel_load_edge_cases import HEAD, TAIL, _psql_load
-from tests.integration.restore.test_parload import BIN, _access, _children, _fresh
+from tests.integration.restore.test_parallel_load_edge_cases import HEAD, TAIL, _psql_load, load_or_fail
+from tests.integration.restore.test_parload import BIN, _children, _fresh
 from tests.pgcheck import db_fingerprint
 
 SRC = "trial_src"
@@ -51,23 +49,7 @@ def src(pg, pg_sql):
 
 
 def _par(pg, db, tmp_path, archive, jobs, stats, timeout=120):
-    out: dict = {}
-
-    def go():
-        try:
-            with _access(pg, db, tmp_path) as access:
-                out["res"] = load_plain_parallel(access, str(archive), db, jobs=jobs, pgoptions=RESTORE_PGOPTIONS,
-                                                 segment_bytes=1 << 16, stats=stats)
-        except BaseException as e:  # noqa: BLE001
-            out["err"] = e
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        pytest.fail(f"load_plain_parallel still running after {timeout}s: hung")
-    if "err" in out:
-        raise out["err"]
-    return out["res"]
+    return load_or_fail(pg, db, tmp_path, archive, jobs=jobs, segment_bytes=1 << 16, stats=stats, timeout=timeout)
 
 
 def _both(pg, pg_sql, tmp_path, archive: Path, *, jobs: int = 2, ref_ok: bool = True):
@@ -92,6 +74,19 @@ def _both(pg, pg_sql, tmp_path, archive: Path, *, jobs: int = 2, ref_ok: bool = 
     return rc, err, stats, diffs, r
 
 
+def _until_different(pg, pg_sql, tmp_path, archive: Path, times: int, jobs: int = 2) -> list:
+    """Load ``archive`` both ways up to ``times`` times (the sessions race; a difference may
+    show only in some loads); stop at the first failure or difference. Returns every
+    load's ``(rc, stderr, index_builds, differences)``."""
+    seen = []
+    for _ in range(times):
+        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
+        seen.append((rc, err, stats["index_builds"], diffs))
+        if rc or diffs:
+            break
+    return seen
+
+
 # ------------------------------------------------------------------ 1. FK on a redundant unique index
 REDUNDANT = r"""
 CREATE TABLE acct (id int NOT NULL, code text NOT NULL, v text);
@@ -108,14 +103,8 @@ INSERT INTO ledger SELECT g, 'c' || g FROM generate_series(1, 100) g;
 def test_fk_depends_on_the_same_unique_index_as_with_psql(pg, pg_sql, src, tmp_path):
     pg_sql(REDUNDANT, src)
     archive = _dump(pg, src, tmp_path / "red.sql.gz")
-    seen = []
-    for _ in range(8):
-        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive)
-        assert rc == 0, err
-        seen.append((stats["index_builds"], diffs))
-        if diffs:
-            break
-    assert all(not d for _, d in seen), seen
+    seen = _until_different(pg, pg_sql, tmp_path, archive, 8)
+    assert all(rc == 0 and not d for rc, _e, _s, d in seen), seen
 
 
 # the same without a primary key: the run starts with the two unique indexes
@@ -133,23 +122,10 @@ INSERT INTO ledger SELECT 'c' || g FROM generate_series(1, 100) g;
 def test_fk_on_one_of_two_unique_indexes_without_pk(pg, pg_sql, src, tmp_path, jobs):
     pg_sql(REDUNDANT_NO_PK, src)
     archive = _dump(pg, src, tmp_path / "red2.sql.gz")
-    seen = []
-    for _ in range(12):
-        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, archive, jobs=jobs)
-        assert rc == 0, err
-        seen.append((stats["index_builds"], diffs))
-        if diffs:
-            # what it means: dropping the "redundant" second index works on psql's copy, not on ours
-            # (and DROP INDEX ... CASCADE would drop the foreign key with it)
-            ok_ref = subprocess.run([f"{BIN}/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U",
-                                     "bigskies", "-d", SRC + "_ref", "-c", "DROP INDEX acct_code_b"],
-                                    capture_output=True, text=True)
-            ok_par = subprocess.run([f"{BIN}/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U",
-                                     "bigskies", "-d", SRC + "_par", "-c", "DROP INDEX acct_code_b"],
-                                    capture_output=True, text=True)
-            seen.append((ok_ref.returncode, ok_ref.stderr, ok_par.returncode, ok_par.stderr))
-            break
-    assert all(not d for _, d in seen if isinstance(d, list)) and len(seen[-1]) == 2, seen
+    # a difference means: dropping the "redundant" second index works on psql's copy and not on
+    # ours (DROP INDEX ... CASCADE would drop the foreign key with it)
+    seen = _until_different(pg, pg_sql, tmp_path, archive, 12, jobs=jobs)
+    assert all(rc == 0 and not d for rc, _e, _s, d in seen), seen
 
 
 # ------------------------------------------------------------------ 2. a real-world-like schema by pg_dump
@@ -304,12 +280,7 @@ HIDDEN_PARTS = (
 
 @pytest.mark.parametrize("jobs", [2, 3])
 def test_partition_keywords_split_by_a_comment(pg, pg_sql, src, tmp_path, jobs):
-    seen = []
-    for _ in range(6):
-        rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _write(tmp_path, "hp.sql.gz", HIDDEN_PARTS), jobs=jobs)
-        seen.append((rc, err, stats["index_builds"], diffs))
-        if rc or diffs:
-            break
+    seen = _until_different(pg, pg_sql, tmp_path, _write(tmp_path, "hp.sql.gz", HIDDEN_PARTS), 6, jobs=jobs)
     assert all(rc == 0 and not d for rc, _e, _s, d in seen), seen
 
 

@@ -56,17 +56,26 @@ def _compare(pg, pg_sql, dbname, tmp_path, archive: Path, *, jobs: int = 2, segm
     ref, par = _fresh(pg_sql, dbname + "_ref"), _fresh(pg_sql, dbname + "_par")
     r = _psql_load(pg, archive, ref)
     assert r.returncode == 0, r.stderr.decode()  # the trial dump itself is valid for psql
+    rc, _, err, rows = load_or_fail(pg, par, tmp_path, archive, jobs=jobs, segment_bytes=segment_bytes,
+                                    timeout=timeout)
+    return rc, err, rows, (db_fingerprint(pg_sql, par) if rc == 0 else None), db_fingerprint(pg_sql, ref)
+
+
+def load_or_fail(pg, db: str, tmp_path, archive: Path, *, jobs: int, segment_bytes: int, stats: dict | None = None,
+                 timeout: float = 60):
+    """:func:`load_plain_parallel` of ``archive`` into ``db`` in a thread; the test fails if
+    it is still running after ``timeout`` seconds (a hang). Returns its result."""
+    import threading
     out: dict = {}
 
     def go():
         try:
-            with _access(pg, par, tmp_path) as access:
-                out["res"] = load_plain_parallel(access, str(archive), par, jobs=jobs,
-                                                 pgoptions=RESTORE_PGOPTIONS, segment_bytes=segment_bytes)
+            with _access(pg, db, tmp_path) as access:
+                out["res"] = load_plain_parallel(access, str(archive), db, jobs=jobs, pgoptions=RESTORE_PGOPTIONS,
+                                                 segment_bytes=segment_bytes, stats=stats)
         except BaseException as e:  # noqa: BLE001
             out["err"] = e
 
-    import threading
     t = threading.Thread(target=go, daemon=True)
     t.start()
     t.join(timeout)
@@ -74,8 +83,7 @@ def _compare(pg, pg_sql, dbname, tmp_path, archive: Path, *, jobs: int = 2, segm
         pytest.fail(f"load_plain_parallel still running after {timeout}s: hung")
     if "err" in out:
         raise out["err"]
-    rc, _, err, rows = out["res"]
-    return rc, err, rows, (db_fingerprint(pg_sql, par) if rc == 0 else None), db_fingerprint(pg_sql, ref)
+    return out["res"]
 
 
 @pytest.fixture
