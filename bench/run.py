@@ -256,6 +256,10 @@ class Bench:
             what = f"{name}: fidelity sample equals the source (catalog, schema, md5 of {len(self.sample)} tables)"
         diffs = compare.differences(got, want)
         self.check(not diffs, what)
+        self.log_differences(diffs)
+
+    def log_differences(self, diffs: list[str]) -> None:
+        """The first 12 differences of a failed comparison, each cut at 400 characters."""
         for d in diffs[:12]:
             self.log("  differs: " + d[:400].replace("\n", "\n    "))
 
@@ -434,8 +438,7 @@ class Bench:
                 self.timed(name, argv, prepare=prep, ours=is_ours)
                 diffs = compare.differences(compare.snapshot(host, port, db), want)
                 self.check(not diffs, f"{name}: equals the source (catalog, schema, every row's md5)")
-                for d in diffs[:12]:
-                    self.log("  differs: " + d[:400].replace("\n", "\n    "))
+                self.log_differences(diffs)
         self.wait_background_drops()
         self.sh("dropdb --if-exists -f manyidx_guide; dropdb --if-exists -f manyidx_restored; "
                 "dropdb --if-exists -f manyidx")

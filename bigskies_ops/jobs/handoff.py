@@ -81,7 +81,6 @@ class GrowingFile:
             self._queued = 0
             self._cond.notify_all()
 
-
     def finish(self) -> None:
         self._done.set()
         with self._cond:

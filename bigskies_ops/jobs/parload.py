@@ -214,8 +214,8 @@ class _Shared:
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.claims: dict[tuple, int] = {}  # (block, segment) or ("index", run, statement) -> worker
-        self.run_done: dict[int, int] = {}  # COPY run -> segments loaded and confirmed
+        self.claims: dict[tuple, int] = {}  # (block, segment) or ("index", run, table) -> worker
+        self.run_done: dict[int, int] = {}  # COPY or index run -> segments / builds confirmed
         self.sql_done: set[int] = set()  # SQL runs completed by the leader
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
@@ -354,8 +354,8 @@ class _Worker:
         self.serial = False
         self.serial_because: str | None = None
         self.pending: list[bytes] = []  # settings not yet sent (a session other than the leader)
-        # index builds are shared (module docstring) with another session, until a table
-        # with partitions or inheritance is seen
+        # index builds are shared (module docstring) when there is another session, until a
+        # statement on partitions, inheritance or an event trigger (_KEEP_INDEX_ORDER_RE)
         self.share_indexes = len(fanout.queues) > 1
         self.built = 0  # index builds this session ran in shared runs
 
@@ -404,14 +404,14 @@ class _Worker:
                     self.s.send(data)
                 continue  # a blank piece does not separate a COPY statement from the rest of its line
             elif kind in ("sql", "hazard"):
-                lead = self.flt.LEADING.match(data).end()
-                table = index_build_table(data) if kind == "sql" and self.share_indexes and not self.serial else None
+                body = data[self.flt.LEADING.match(data).end():]  # without the comments before it
+                table = index_build_table(body) if kind == "sql" and self.share_indexes and not self.serial else None
                 if table is not None:
                     self._enter_run("index")
                     self._index(data, table)
                     self.last_kind = kind
                     continue
-                if kind == "sql" and self.share_indexes and _KEEP_INDEX_ORDER_RE.match(data[lead:]):
+                if kind == "sql" and self.share_indexes and _KEEP_INDEX_ORDER_RE.match(body):
                     self.share_indexes = False
                 self._enter_run("sql")
                 if not self.serial and kind == "hazard":
@@ -420,7 +420,7 @@ class _Worker:
                     if self.block < 0:
                         self.serial_because = self.flt.facts.load_hazards[0]
                     self._go_serial()
-                if not self.serial and _SERIAL_RE.match(data[lead:]):
+                if not self.serial and _SERIAL_RE.match(body):
                     self._go_serial()
                 if self.leader:
                     self.s.send(data)
