@@ -1,26 +1,24 @@
 """Index builds shared between the sessions of the parallel plain loader (bigskies_ops.jobs.parload).
 
 A run of statements that each build one index of one table (pg_dump's PRIMARY KEY /
-UNIQUE / EXCLUDE constraints and CREATE INDEX) is claimed statement by statement, as
+UNIQUE / EXCLUDE constraints and CREATE INDEX) is shared table by table, as
 ``pg_restore --jobs`` shares index builds. The oracle is psql alone reading the same
 dump: the whole catalog and schema (tests/fidelity/compare.py), every row, sequence and
-large object (tests/pgcheck.py) must be equal, including what depends on the indexes
-(foreign keys, CLUSTER ON, REPLICA IDENTITY, comments, per-column statistics targets).
+large object (tests/pgcheck.py) and the index each constraint uses must be equal,
+including what depends on the indexes (foreign keys, CLUSTER ON, REPLICA IDENTITY,
+comments, per-column statistics targets). The loads and the comparison are those of
+tests/integration/restore/test_parallel_index_edge_cases.py.
 """
 from __future__ import annotations
 
-import gzip
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bigskies_ops.jobs.parload import index_build_table, load_plain_parallel
-from bigskies_ops.jobs.sideload import RESTORE_PGOPTIONS
+from bigskies_ops.jobs.parload import index_build_table
 from tests.fidelity import compare
-from tests.integration.restore.test_parallel_load_edge_cases import _compare, _psql_load, _rows, _write
-from tests.integration.restore.test_parload import BIN, _access, _fresh
-from tests.pgcheck import db_fingerprint
+from tests.integration.restore.test_parallel_index_edge_cases import SRC, _both, _dump, src  # noqa: F401 (fixture)
+from tests.integration.restore.test_parallel_load_edge_cases import _compare, _rows, _write
 
 # many indexes of every kind pg_dump writes, and the statements that use them; the first
 # table is large enough that its primary key keeps one session busy while the other
@@ -64,54 +62,31 @@ CREATE INDEX plain_t_v ON plain_t (v);
 """
 
 
-def _dump(pg, db: str, out: Path) -> Path:
-    sql = subprocess.run([f"{BIN}/pg_dump", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
-                          "-d", db], check=True, capture_output=True).stdout
-    out.write_bytes(gzip.compress(sql, 1))
-    return out
-
-
-@pytest.fixture
-def fresh_source(pg, pg_sql):
-    name = "ix_src"
-    _fresh(pg_sql, name)
-    yield name
-    for db in (name, name + "_ref", name + "_par"):
-        pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
-
-
-def _load_both(pg, pg_sql, source: str, tmp_path: Path, jobs: int = 2) -> tuple[dict, dict, dict]:
-    archive = _dump(pg, source, tmp_path / "ix.sql.gz")
-    ref, par = _fresh(pg_sql, source + "_ref"), _fresh(pg_sql, source + "_par")
-    r = _psql_load(pg, archive, ref)
-    assert r.returncode == 0, r.stderr.decode()
-    stats: dict = {}
-    with _access(pg, par, tmp_path) as access:
-        rc, _, err, _rows = load_plain_parallel(access, str(archive), par, jobs=jobs, pgoptions=RESTORE_PGOPTIONS,
-                                                segment_bytes=1 << 20, stats=stats)
+def _load_both(pg, pg_sql, tmp_path: Path, jobs: int = 2) -> dict:
+    """Dump :data:`SRC`, load the dump with psql alone and with the loader; both must give
+    the same database. Returns the loader's stats."""
+    rc, err, stats, diffs, _r = _both(pg, pg_sql, tmp_path, _dump(pg, SRC, tmp_path / "ix.sql.gz"), jobs=jobs)
     assert rc == 0, err
-    host = str(pg.socket_dir)
-    got, want = compare.snapshot(host, pg.port, par), compare.snapshot(host, pg.port, ref)
-    assert compare.differences(got, want) == []
-    assert db_fingerprint(pg_sql, par) == db_fingerprint(pg_sql, ref)
-    return stats, got, want
+    assert diffs == [], diffs
+    return stats
 
 
-def test_index_builds_are_shared_and_give_psqls_database(pg, pg_sql, fresh_source, tmp_path):
-    pg_sql(INDEXED, fresh_source)
-    stats, got, _ = _load_both(pg, pg_sql, fresh_source, tmp_path)
+def test_index_builds_are_shared_and_give_psqls_database(pg, pg_sql, src, tmp_path):
+    pg_sql(INDEXED, src)
+    stats = _load_both(pg, pg_sql, tmp_path)
     # both sessions built indexes: the shared runs really ran side by side
     assert len(stats["index_builds"]) == 2 and all(n > 0 for n in stats["index_builds"]), stats
     # every index pg_dump wrote as a constraint or CREATE INDEX (10 in all) was built once
     assert sum(stats["index_builds"]) == 10, stats
+    schema = compare.schema_dump(str(pg.socket_dir), pg.port, SRC + "_par")
     for needle in ("CLUSTER ON small_code_key", "REPLICA IDENTITY USING INDEX small_code_key",
                    "SET STATISTICS 500", "COMMENT ON INDEX public.big_k", "FOREIGN KEY (big_id)"):
-        assert needle in got["schema"], needle
+        assert needle in schema, needle
 
 
-def test_a_dump_with_partitions_builds_its_indexes_in_file_order(pg, pg_sql, fresh_source, tmp_path):
-    pg_sql(PARTITIONED, fresh_source)
-    stats, _, _ = _load_both(pg, pg_sql, fresh_source, tmp_path)
+def test_a_dump_with_partitions_builds_its_indexes_in_file_order(pg, pg_sql, src, tmp_path):
+    pg_sql(PARTITIONED, src)
+    stats = _load_both(pg, pg_sql, tmp_path)
     assert stats["index_builds"] == [0, 0], stats  # the leader ran them as SQL, in file order
 
 
@@ -149,9 +124,9 @@ def test_a_dump_with_an_event_trigger_builds_its_indexes_in_file_order(pg, pg_sq
             pg_sql(f'DROP DATABASE IF EXISTS "{dbname}{suffix}" WITH (FORCE)', "postgres")
 
 
-def test_one_session_builds_in_file_order(pg, pg_sql, fresh_source, tmp_path):
-    pg_sql(INDEXED, fresh_source)
-    stats, _, _ = _load_both(pg, pg_sql, fresh_source, tmp_path, jobs=1)
+def test_one_session_builds_in_file_order(pg, pg_sql, src, tmp_path):
+    pg_sql(INDEXED, src)
+    stats = _load_both(pg, pg_sql, tmp_path, jobs=1)
     assert stats["index_builds"] == [0], stats
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from bigskies_ops.jobs.parload import index_build_table
 from tests.fidelity import compare
-from tests.integration.restore.test_parallel_load_edge_cases import HEAD, TAIL, _psql_load, load_or_fail
+from tests.integration.restore.test_parallel_load_edge_cases import _psql_load, _write, load_or_fail
 from tests.integration.restore.test_parload import BIN, _children, _fresh
 from tests.pgcheck import db_fingerprint
 
@@ -32,12 +32,6 @@ def _dump(pg, db: str, out: Path) -> Path:
                           "-d", db], check=True, capture_output=True).stdout
     out.write_bytes(gzip.compress(sql, 1))
     return out
-
-
-def _write(tmp_path: Path, name: str, body: str) -> Path:
-    p = tmp_path / name
-    p.write_bytes(gzip.compress((HEAD + body + TAIL).encode(), 1))
-    return p
 
 
 @pytest.fixture
