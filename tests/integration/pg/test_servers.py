@@ -356,6 +356,33 @@ def test_a_backup_waiting_for_a_lock_says_who_holds_it_then_completes(pg, pg_sql
     assert _manifest(archive)["status"] == "DONE"
 
 
+def test_the_lock_watcher_looks_through_one_session_and_closes_it(pg, pg_sql, local_inv, dbname, cli_env):
+    # each look used to be a psql of its own (over SSH: a channel, the login shell, a
+    # connection every 1.5 s); now one session answers every look, and it ends with the task
+    inv, bdir = local_inv
+    watcher_q = ("SELECT pid, application_name FROM pg_stat_activity WHERE query LIKE '%clock_timestamp() - w.state_change%' "
+                 "AND pid <> pg_backend_pid()")
+    holder = LockHolder(pg, dbname, "users")
+    try:
+        p, lines = _start_backup(inv, cli_env)
+        assert _wait_for(lines, "waiting for a lock", 15) is not None, lines
+        seen: set[str] = set()
+        deadline = time.monotonic() + 4.5  # three looks at least (POLL_S = 1.5)
+        while time.monotonic() < deadline:
+            seen.update(line for line in pg_sql(watcher_q, dbname).splitlines() if line)
+            time.sleep(0.2)
+        assert p.poll() is None, lines
+    finally:
+        holder.release()
+    p.communicate(timeout=120)
+    assert p.returncode == 0, lines
+    assert len(seen) == 1, seen  # one backend pid answered every look
+    (app,) = {line.split("|", 1)[1] for line in seen}
+    assert app.startswith("bigskies-ops "), app
+    left = pg_sql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'", "postgres").strip()
+    assert left == "0", left
+
+
 def test_lock_wait_timeout_ends_the_backup_cleanly(pg, pg_sql, local_inv, dbname, cli_env):
     inv, bdir = local_inv
     before_db = db_fingerprint(pg_sql, dbname)
