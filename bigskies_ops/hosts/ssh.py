@@ -67,13 +67,39 @@ class SSHRunner(Runner):
         self._pending = None  # built by openssh_argv(connect=False) before connect() opens it
         self._transport = None
         self._lock = threading.Lock()
+        self._early: tuple[threading.Thread, list] | None = None  # preconnect(): its thread, its error
+        self._closed_early = False
         self._hostname: str | None = None
         # listdir() brings sizes and manifest contents along in the same round trip (each
         # remote command costs a session start); served for a few seconds, dropped on any write.
         self._cache: dict[str, tuple[float, object]] = {}
 
     # ---- connection -------------------------------------------------------------------
+    def preconnect(self) -> None:
+        """Open the connection on a thread while the caller goes on (its handshake overlaps
+        the caller's work). The first :meth:`connect` of another thread waits for it and
+        raises its error, if any (not a second attempt). Returns None."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.connect()
+            except BaseException as e:  # noqa: BLE001 - raised by the next connect()
+                failed.append(e)
+                return
+            if self._closed_early:  # close() came first and found nothing open yet
+                self.close()
+        t = threading.Thread(target=report.carried(run), daemon=True, name=f"ssh-connect-{self.label}")
+        self._early, self._closed_early = (t, failed), False
+        t.start()
+
     def connect(self):
+        early = self._early
+        if early is not None and early[0] is not threading.current_thread():
+            self._early = None
+            early[0].join()
+            if early[1]:
+                raise early[1][0]
         with self._lock:
             if self._transport is not None and self._transport.is_active():
                 return self._transport
@@ -110,6 +136,8 @@ class SSHRunner(Runner):
         return self._transport is not None and self._transport.is_active()
 
     def close(self) -> None:
+        if self._early is not None:  # a preconnect() still under way closes what it opens
+            self._early, self._closed_early = None, True
         conn, self._conn, self._transport = self._conn, None, None
         if conn is not None:
             try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import posixpath
 import re
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -334,12 +335,13 @@ def size_alert(host: Host, res: BackupResult, runner=None) -> None:
 
 
 @contextmanager
-def host_access(host: Host):
+def host_access(host: Host, runner=None):
     """``with host_access(host) as access``: PostgreSQL of ``host`` reached where it
     runs (an SSH host over one SSH connection, which reports its host key notices);
-    closed on exit."""
-    if not host.is_remote:
-        with PostgresAccess(host) as access:
+    closed on exit. ``runner``: the SSH host's :class:`~bigskies_ops.hosts.ssh.SSHRunner`
+    to use (the caller's: it is not closed here)."""
+    if not host.is_remote or runner is not None:
+        with PostgresAccess(host, runner) as access:
             yield access
         return
     from bigskies_ops.hosts.ssh import SSHRunner
@@ -376,6 +378,14 @@ def archive_lock(writer, bdir: str, origin: str, db: str, task: str, *, what: st
     with host_lock(writer, bdir, origin, db, task):
         settle_interrupted(writer, bdir, db, what, orphans=orphans)
         yield
+
+
+def _quietly(fn, *args) -> None:
+    """``fn(*args)``, its error dropped: a read ahead whose error its real caller raises."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def dump(dest: Destination, spec: DumpSpec, *, progress=None) -> BackupResult:
@@ -443,6 +453,11 @@ class _Run:
         """Snapshot and its facts, pg_dump's argv, the STARTED manifest, the space check."""
         spec, m = self.spec, self.manifest
         self.session = self.access.sql(spec.db).session()
+        # `pg_dump --version` (on an SSH host a channel and the login shell) runs beside the
+        # snapshot's queries; snapshot_facts' own call waits for it (PostgresAccess.tool_version),
+        # and reads it again, raising its error, if this read failed
+        threading.Thread(target=report.carried(_quietly), args=(self.access.tool_version, "pg_dump"), daemon=True,
+                         name="pg_dump-version").start()
         snapshot, self.tables = snapshot_facts(self.session, self.access, m)
         args = pg_dump_args(spec.db, fmt=spec.fmt, compress_level=spec.level, snapshot=snapshot,
                             exclude_table_data=spec.excl, schema_only=spec.schema_only, verbose=spec.verbose,

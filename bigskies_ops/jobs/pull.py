@@ -73,8 +73,8 @@ def _ssh_runner(host: Host):
     return SSHRunner(_require_ssh(host))
 
 
-def _ssh_access(host: Host):
-    return host_access(_require_ssh(host))
+def _ssh_access(host: Host, runner=None):
+    return host_access(_require_ssh(host), runner)
 
 
 # ----------------------------------------------------------------------------- fresh dumps
@@ -83,8 +83,8 @@ def local_pull_dir(dest: Host, origin: Host) -> str:
     return posixpath.join(dest.backup.dir, origin.name)
 
 
-def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None,
-                database: str | None = None, progress=None, growing=None, sql_here: bool = False) -> BackupResult:
+def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None, database: str | None = None,
+                progress=None, growing=None, sql_here: bool = False, runner=None) -> BackupResult:
     """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
     ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
 
@@ -93,6 +93,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed). ``sql_here`` (a
     plain dump with ``growing``): the SQL crosses SSH uncompressed, is compressed here and
     handed over to the reader of ``growing`` (bigskies_ops.jobs.destinations.StreamSqlHere).
+    ``runner``: ``src``'s SSHRunner, if the caller has one (not closed here).
 
     Raises:
         PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
@@ -102,7 +103,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
                     level=src.backup.compress_level, kind="pulled", label=label)
     pdir = local_pull_dir(dest, src)
     with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", what="pull", orphans=True):
-        with _ssh_access(src) as access:
+        with _ssh_access(src, runner) as access:
             dest_ = (StreamSqlHere(access, pdir, growing=growing) if sql_here and spec.fmt == "plain"
                      else StreamHere(access, pdir, growing=growing))
             return dump(dest_, spec, progress=progress)
@@ -144,11 +145,13 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
 
     growing = GrowingFile()
     box: dict = {}
+    runner = _ssh_runner(src)
+    runner.preconnect()  # the SSH handshake overlaps the restore's checks and its side database
 
     def run() -> None:
         try:
             box["res"] = pull_stream(src, dest, fmt="plain", label=label, database=database, progress=progress,
-                                     growing=growing, sql_here=True)
+                                     growing=growing, sql_here=True, runner=runner)
             # the pull's last step ("writing the manifest") would otherwise stay on the display,
             # and "still running after 10 s" would blame it, while the load runs on
             report.step("pulled; loading the rest into the side database")
@@ -181,6 +184,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         if t.ident is not None:
             while t.is_alive():  # a failed restore still lets the pull finish: its archive is a good backup
                 t.join(0.5)
+        runner.close()
     return box["res"], rr
 
 

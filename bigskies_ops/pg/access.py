@@ -104,6 +104,7 @@ class PostgresAccess:
         self._secret_env: dict[str, str] | None = None
         self._bindir: str | None = None
         self._versions: dict[str, PgVersion] = {}
+        self._versions_lock = threading.Lock()  # a version read ahead on a thread is waited for, not read twice
         #: ``application_name`` of every session this access opens (libpq ``PGAPPNAME``):
         #: lets a lock watcher find our own sessions (:mod:`bigskies_ops.pg.lockwait`).
         self.app_name: str | None = new_app_name()
@@ -294,12 +295,13 @@ class PostgresAccess:
 
     def tool_version(self, tool: str) -> PgVersion:
         """Version of the tool that will actually run (recorded in manifests)."""
-        if tool not in self._versions:
-            r = self.runner.run(self._version_argv(tool), env=self.env(), check=False)
-            if r.returncode != 0:
-                raise self.error_for(r.argv, r.returncode, r.stderr + r.text, tool)
-            self._versions[tool] = parse_tool_version(r.text)
-        return self._versions[tool]
+        with self._versions_lock:
+            if tool not in self._versions:
+                r = self.runner.run(self._version_argv(tool), env=self.env(), check=False)
+                if r.returncode != 0:
+                    raise self.error_for(r.argv, r.returncode, r.stderr + r.text, tool)
+                self._versions[tool] = parse_tool_version(r.text)
+            return self._versions[tool]
 
     def _version_argv(self, tool: str) -> list[str]:
         inner = [self.tool_path(tool), "--version"]

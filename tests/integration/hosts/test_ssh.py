@@ -125,6 +125,42 @@ def test_ssh_config_alias_and_jump_host_use_the_same_host_key_policy(tmp_path, s
             r.run(["true"])
 
 
+def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_server):
+    def accepted() -> int:
+        return ssh_server.logfile.read_text(errors="replace").count("Accepted publickey")
+
+    h = _host(ssh_server, tmp_path)
+    before = accepted()
+    r = SSHRunner(h)
+    r.preconnect()
+    t = r.connect()  # waits for the thread's connection instead of opening a second one
+    assert t.is_active() and r.connect() is t and r.run(["echo", "ok"]).text == "ok\n"
+    r.close()
+    assert accepted() == before + 1
+    # the thread's error is the first connect()'s (an unknown host key: exit 3), not a second attempt's
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    bad = SSHRunner(_host(ssh_server, tmp_path, known_hosts_file=str(empty)))
+    bad.preconnect()
+    _join_preconnect(h.name)
+    empty.write_text(ssh_server.known_hosts.read_text())  # a second attempt would now succeed
+    with pytest.raises(HostKeyError, match="unknown") as e:
+        bad.run(["true"])
+    assert e.value.exit_code == 3
+    # closed before its thread has connected: the connection it then opens is closed too
+    c = SSHRunner(h)
+    c.preconnect()
+    c.close()
+    _join_preconnect(h.name)
+    assert not c.alive()
+
+
+def _join_preconnect(name: str) -> None:
+    import threading
+    for th in [th for th in threading.enumerate() if th.name == f"ssh-connect-{name}"]:
+        th.join(10)
+
+
 def test_fetch_told_its_offset_up_front_copies_before_run_and_run_only_watches(tmp_path, ssh_server):
     """start_fetch(offset=0) (a new file): the bytes flow at once, while the caller does
     something else; run() then waits for the end and checks the offset is the same."""
