@@ -195,3 +195,86 @@ def openssh_options(conn, s) -> list[str]:
     elif isinstance(gw, str) and gw:
         opts += ["-o", "ProxyCommand=" + gw]
     return opts + [conn.host]
+
+
+class ControlMaster:
+    """An OpenSSH ControlMaster (ssh_config(5): ControlMaster, ControlPath) to a host,
+    started beside the paramiko connection so that an OpenSSH client started later (a bulk
+    stream) runs its session over it instead of making its own handshake (key exchange
+    and authentication: 0.2 s on the benchmark's loopback). Best effort: until its socket
+    exists, or if it failed, :meth:`client_options` is empty and a client connects by
+    itself. The socket is in a folder of our own (mode 0700); :meth:`stop` ends the master
+    and removes it. A process killed with SIGKILL takes its master with it (``setpriv
+    --pdeathsig``) but leaves the folder: the next master removes it
+    (:func:`sweep_dead_masters`). ``opts``: :func:`openssh_options` of the host (ending
+    with its name)."""
+
+    PREFIX = "bigskies-ssh-"
+
+    def __init__(self, exe: str, opts: list[str]):
+        import subprocess
+        import tempfile
+        sweep_dead_masters(tempfile.gettempdir(), self.PREFIX)
+        self.dir = tempfile.mkdtemp(prefix=self.PREFIX)
+        self.path = os.path.join(self.dir, "master")
+        argv = [exe, *opts[:-1], "-o", "ControlMaster=yes", "-o", "ControlPath=" + self.path,
+                "-o", "ControlPersist=no", "-N", opts[-1]]
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # it must not outlive us
+            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def client_options(self) -> list[str]:
+        """Options that make an OpenSSH client use this master: [] while it is not (yet) up."""
+        if self.proc.poll() is not None or not os.path.exists(self.path):
+            return []
+        return ["-o", "ControlMaster=no", "-o", "ControlPath=" + self.path]
+
+    def stop(self) -> None:
+        """End the master (its sessions end with it) and remove its folder. Returns None."""
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sweep_dead_masters(tmp: str, prefix: str, min_age_s: float = 60.0) -> None:
+    """Remove the folders ``tmp/prefix*`` of :class:`ControlMaster` runs that were killed:
+    ours (owner, mode 0700, not a symlink), older than ``min_age_s`` (a new one has no
+    socket yet), whose socket is gone or refuses a connection (a live master accepts).
+    Returns None; never raises."""
+    import socket as _socket
+    import stat
+    import time
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        d = os.path.join(tmp, n)
+        try:
+            st = os.lstat(d)
+            if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077
+                    or time.time() - st.st_mtime < min_age_s):
+                continue
+            sock = os.path.join(d, "master")
+            if os.path.exists(sock):
+                with _socket.socket(_socket.AF_UNIX) as s:
+                    try:
+                        s.connect(sock)
+                        continue  # a master is alive there
+                    except ConnectionRefusedError:
+                        pass
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue

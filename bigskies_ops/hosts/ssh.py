@@ -36,7 +36,8 @@ import time
 from bigskies_ops import report
 from bigskies_ops.errors import BigskiesError, CommandError, StorageError
 from bigskies_ops.hosts.channels import READ_CHUNK, SSHProcess, StallError
-from bigskies_ops.hosts.connection import SSHError, build_connection, connect_error, openssh_options
+from bigskies_ops.hosts.connection import (ControlMaster, SSHError, build_connection, connect_error,
+                                            openssh_options)
 from bigskies_ops.hosts.runners import Fetch, Result, Runner, redact_argv, tail
 from bigskies_ops.hosts.shell import ENV_MARK, WRAPPER, describe, failure_reason, pipeline_script
 from bigskies_ops.inventory import ENV_NAME_RE  # the variable names the WRAPPER may export
@@ -69,6 +70,7 @@ class SSHRunner(Runner):
         self._lock = threading.Lock()
         self._early: tuple[threading.Thread, list] | None = None  # preconnect(): its thread, its error
         self._closed_early = False
+        self._master: ControlMaster | None = None  # preconnect(): the OpenSSH master beside it
         self._hostname: str | None = None
         # listdir() brings sizes and manifest contents along in the same round trip (each
         # remote command costs a session start); served for a few seconds, dropped on any write.
@@ -78,7 +80,10 @@ class SSHRunner(Runner):
     def preconnect(self) -> None:
         """Open the connection on a thread while the caller goes on (its handshake overlaps
         the caller's work). The first :meth:`connect` of another thread waits for it and
-        raises its error, if any (not a second attempt). Returns None."""
+        raises its error, if any (not a second attempt). With an OpenSSH client here, an
+        OpenSSH :class:`~bigskies_ops.hosts.connection.ControlMaster` starts too: the bulk
+        stream's client (:meth:`pipeline`) then skips its own handshake. :meth:`close`
+        stops both. Returns None."""
         failed: list[BaseException] = []
 
         def run() -> None:
@@ -89,6 +94,12 @@ class SSHRunner(Runner):
                 return
             if self._closed_early:  # close() came first and found nothing open yet
                 self.close()
+        exe = shutil.which("ssh")
+        if exe and self._master is None:  # a bulk stream's OpenSSH client will skip its own handshake
+            try:  # (before the thread: it holds the lock _unopened() takes while it connects)
+                self._master = ControlMaster(exe, openssh_options(self._unopened(), self.host.ssh))
+            except Exception:  # noqa: BLE001 - best effort: the client then connects by itself
+                self._master = None
         t = threading.Thread(target=report.carried(run), daemon=True, name=f"ssh-connect-{self.label}")
         self._early, self._closed_early = (t, failed), False
         t.start()
@@ -138,6 +149,9 @@ class SSHRunner(Runner):
     def close(self) -> None:
         if self._early is not None:  # a preconnect() still under way closes what it opens
             self._early, self._closed_early = None, True
+        master, self._master = self._master, None
+        if master is not None:
+            master.stop()
         conn, self._conn, self._transport = self._conn, None, None
         if conn is not None:
             try:
@@ -276,7 +290,9 @@ class SSHRunner(Runner):
         if connect:
             self.connect()
         conn = self._conn or self._unopened()
-        return [exe, *openssh_options(conn, self.host.ssh), "-T", "--", remote_command]
+        opts = openssh_options(conn, self.host.ssh)
+        mux = self._master.client_options() if self._master is not None else []
+        return [exe, *opts[:-1], *mux, opts[-1], "-T", "--", remote_command]
 
     # The remote side of a fetch: wait for one line giving the first byte (1-based, as
     # `tail -c +N`), then send the file from there; anything else ends it (exit 3).

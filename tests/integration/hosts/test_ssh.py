@@ -135,24 +135,80 @@ def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_ser
     r.preconnect()
     t = r.connect()  # waits for the thread's connection instead of opening a second one
     assert t.is_active() and r.connect() is t and r.run(["echo", "ok"]).text == "ok\n"
+    wait_for(lambda: r._master.client_options() != [], 10, "the OpenSSH master's socket")
     r.close()
-    assert accepted() == before + 1
+    assert accepted() == before + 2  # paramiko's and the OpenSSH master's
     # the thread's error is the first connect()'s (an unknown host key: exit 3), not a second attempt's
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     bad = SSHRunner(_host(ssh_server, tmp_path, known_hosts_file=str(empty)))
     bad.preconnect()
     _join_preconnect(h.name)
+    assert bad._master.proc.wait(10) == 255  # OpenSSH's master refused the key too
     empty.write_text(ssh_server.known_hosts.read_text())  # a second attempt would now succeed
     with pytest.raises(HostKeyError, match="unknown") as e:
         bad.run(["true"])
     assert e.value.exit_code == 3
+    bad.close()
     # closed before its thread has connected: the connection it then opens is closed too
     c = SSHRunner(h)
     c.preconnect()
     c.close()
     _join_preconnect(h.name)
     assert not c.alive()
+
+
+def test_preconnect_starts_an_openssh_master_that_the_bulk_stream_uses(tmp_path, ssh_server):
+    def accepted() -> int:
+        return ssh_server.logfile.read_text(errors="replace").count("Accepted publickey")
+
+    before = accepted()
+    r = SSHRunner(_host(ssh_server, tmp_path))
+    r.preconnect()
+    master = r._master
+    assert master is not None and oct(os.stat(master.dir).st_mode & 0o777) == "0o700"
+    wait_for(lambda: master.client_options() != [], 10, "the master's socket")
+    p = r.pipeline([["sh", "-c", "echo out; echo err >&2; exit 3"]])
+    assert "ControlPath=" + master.path in p.proc.args  # the stream's client goes through the master
+    assert p.stdout.read() == b"out\n" and p.wait() == 0
+    rcs, rest = stage_statuses(p.stderr_text(), 1)
+    assert rcs == [3] and rest == "err"  # the remote side's stderr and statuses come through it
+    r.close()
+    assert master.proc.poll() is not None and not os.path.exists(master.dir)
+    assert accepted() == before + 2  # paramiko and the master: the stream made no connection of its own
+
+
+def test_a_killed_runs_master_folder_is_swept_by_the_next(tmp_path):
+    import socket
+    from bigskies_ops.hosts.connection import sweep_dead_masters
+
+    def folder(name: str, *, listening: bool | None, age: float = 120.0):
+        d = tmp_path / f"bigskies-ssh-{name}"
+        d.mkdir(mode=0o700)
+        s = None
+        if listening is not None:  # a socket file: a live master listens on it, a killed one left it
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(d / "master"))
+            if listening:
+                s.listen(1)
+            else:
+                s.close()
+        os.utime(d, (os.path.getmtime(d) - age,) * 2)
+        return d, s
+
+    dead, _ = folder("dead", listening=False)
+    empty, _ = folder("empty", listening=None)
+    live, sock = folder("live", listening=True)
+    young, _ = folder("young", listening=False, age=0)
+    other = tmp_path / "bigskies-ssh-open"
+    other.mkdir(mode=0o755)  # not private: not one of ours
+    os.utime(other, (os.path.getmtime(other) - 120,) * 2)
+    try:
+        sweep_dead_masters(str(tmp_path), "bigskies-ssh-")
+        assert not dead.exists() and not empty.exists()
+        assert live.exists() and young.exists() and other.exists()
+    finally:
+        sock.close()
 
 
 def _join_preconnect(name: str) -> None:
