@@ -32,7 +32,8 @@ STOP_WAIT_S = 5.0    # stop() lets a look still running finish this long, then k
 
 WAITS_SQL = """
 SELECT w.pid AS pid, round(extract(epoch FROM clock_timestamp() - w.state_change)::numeric, 1)::float AS waited_s,
-       coalesce((SELECT string_agg(DISTINCT coalesce(format('%I.%I', n.nspname, c.relname),
+       coalesce((SELECT string_agg(DISTINCT coalesce(CASE WHEN c.relname IS NOT NULL
+                                                          THEN format('%I.%I', n.nspname, c.relname) END,
                                                     l.locktype || CASE WHEN l.locktype = 'object'
                                                         AND l.classid = 'pg_catalog.pg_database'::regclass
                                                         THEN ' (database ' || coalesce((SELECT quote_ident(datname)
@@ -126,20 +127,22 @@ class Watcher:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _look(self) -> list[dict]:
-        """The waits now (:data:`WAITS_SQL` rows); [] when the session fails (the next look
-        opens a new one)."""
+    def _look(self) -> list[dict] | None:
+        """The waits now (:data:`WAITS_SQL` rows), or None when they could not be read. A
+        session that has ended since the last look (``idle_session_timeout``, terminated)
+        is replaced at once and asked again: its failure says nothing about the waits."""
         app = "'" + self.access.app_name.replace("'", "''") + "'"  # standard_conforming_strings: on
         with self._lock:
-            if self._stop.is_set():
-                return []
-            try:
-                if self._session is None:
-                    self._session = self.access.sql(self.database).session()
-                return self._session.query(WAITS_SQL.replace("{app}", app))
-            except Exception:  # noqa: BLE001 - watching must never break the work it watches
-                self._close()
-                return []
+            for _attempt in range(2):
+                if self._stop.is_set():
+                    return None
+                try:
+                    if self._session is None:
+                        self._session = self.access.sql(self.database).session()
+                    return self._session.query(WAITS_SQL.replace("{app}", app))
+                except Exception:  # noqa: BLE001 - watching must never break the work it watches
+                    self._close()
+            return None
 
     def _run(self) -> None:
         if self._stop.wait(FIRST_LOOK_S):
@@ -149,9 +152,13 @@ class Watcher:
             try:
                 waits = self._look()
             except Exception:  # noqa: BLE001 - watching must never break the work it watches
-                waits = []
+                waits = None
             if self._stop.is_set():
                 return
+            if waits is None:  # not known: neither a new wait nor the end of one
+                if self._stop.wait(POLL_S):
+                    return
+                continue
             now = time.monotonic()
             if waits:
                 self.last = waits

@@ -383,6 +383,57 @@ def test_the_lock_watcher_looks_through_one_session_and_closes_it(pg, pg_sql, lo
     assert left == "0", left
 
 
+def test_a_watcher_session_ended_mid_wait_is_replaced_without_calling_the_wait_over(pg, pg_sql, local_inv, dbname,
+                                                                                     cli_env):
+    # the watcher's session ended between two looks (idle_session_timeout, a DBA's
+    # pg_terminate_backend): its failure says nothing about the wait, which goes on
+    inv, bdir = local_inv
+    watcher_q = ("SELECT pid FROM pg_stat_activity WHERE query LIKE '%clock_timestamp() - w.state_change%' "
+                 "AND pid <> pg_backend_pid()")
+    holder = LockHolder(pg, dbname, "users")
+    try:
+        p, lines = _start_backup(inv, cli_env)
+        assert _wait_for(lines, "waiting for a lock", 15) is not None, lines
+        for _ in range(2):
+            pids = pg_sql(watcher_q, dbname).split()
+            assert pids, lines
+            pg_sql(f"SELECT pg_terminate_backend({pids[0]})", "postgres")
+            time.sleep(2.0)  # a look or more on a new session
+        assert p.poll() is None, lines
+        assert not [ln for _t, ln in lines if "lock wait over" in ln], lines
+        assert pg_sql(watcher_q, dbname).split(), lines  # looking again, on a new session
+    finally:
+        holder.release()
+    p.communicate(timeout=120)
+    assert p.returncode == 0, lines
+
+
+def test_a_wait_on_a_row_not_a_table_is_reported_too(pg, pg_sql, local_inv, dbname, cli_env):
+    # the swap's ALTER DATABASE ... RENAME behind another transaction's ALTER DATABASE of the
+    # same database waits for that transaction (locktype transactionid: no relation to name)
+    inv, bdir = local_inv
+    r = cli("db.backup", "-i", str(inv), env=cli_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    holder = subprocess.Popen([f"{BIN}/psql", "-X", "-q", "-A", "-t", "-h", str(pg.socket_dir), "-p", str(pg.port),
+                               "-U", "bigskies", "-d", "postgres"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PGAPPNAME": "test_locker"})
+    holder.stdin.write(f'BEGIN; ALTER DATABASE "{dbname}" CONNECTION LIMIT 100; SELECT pg_backend_pid();\n')
+    holder.stdin.flush()
+    holder_pid = int(holder.stdout.readline().strip())
+    try:
+        p, lines = _start_task("db.restore", inv, cli_env, "latest", "--yes")
+        hit = _wait_for(lines, "waiting for a lock on transactionid", 30)
+        assert hit is not None, lines
+        assert f"pid {holder_pid}" in hit[1] and "test_locker" in hit[1], hit
+        assert p.poll() is None, lines
+    finally:
+        holder.stdin.write("ROLLBACK;\n\\q\n")
+        holder.stdin.close()
+        holder.wait(10)
+    p.communicate(timeout=120)
+    assert p.returncode == 0, lines
+
+
 def test_lock_wait_timeout_ends_the_backup_cleanly(pg, pg_sql, local_inv, dbname, cli_env):
     inv, bdir = local_inv
     before_db = db_fingerprint(pg_sql, dbname)
