@@ -356,20 +356,33 @@ def test_a_backup_waiting_for_a_lock_says_who_holds_it_then_completes(pg, pg_sql
     assert _manifest(archive)["status"] == "DONE"
 
 
+# the lock watcher's session: "pid|application_name" lines
+WATCHER_SESSIONS = ("SELECT pid, application_name FROM pg_stat_activity "
+                    "WHERE query LIKE '%clock_timestamp() - w.state_change%' AND pid <> pg_backend_pid()")
+
+
+def _backup_behind_a_lock(pg, dbname, inv, env):
+    """A db.backup started behind a :class:`LockHolder` on ``users``, once it says it waits:
+    ``(holder, process, stderr lines)``; the caller releases the holder."""
+    holder = LockHolder(pg, dbname, "users")
+    p, lines = _start_backup(inv, env)
+    if _wait_for(lines, "waiting for a lock", 15) is None:
+        holder.release()
+        p.kill()
+        raise AssertionError(lines)
+    return holder, p, lines
+
+
 def test_the_lock_watcher_looks_through_one_session_and_closes_it(pg, pg_sql, local_inv, dbname, cli_env):
     # each look used to be a psql of its own (over SSH: a channel, the login shell, a
     # connection every 1.5 s); now one session answers every look, and it ends with the task
     inv, bdir = local_inv
-    watcher_q = ("SELECT pid, application_name FROM pg_stat_activity WHERE query LIKE '%clock_timestamp() - w.state_change%' "
-                 "AND pid <> pg_backend_pid()")
-    holder = LockHolder(pg, dbname, "users")
+    holder, p, lines = _backup_behind_a_lock(pg, dbname, inv, cli_env)
     try:
-        p, lines = _start_backup(inv, cli_env)
-        assert _wait_for(lines, "waiting for a lock", 15) is not None, lines
         seen: set[str] = set()
         deadline = time.monotonic() + 4.5  # three looks at least (POLL_S = 1.5)
         while time.monotonic() < deadline:
-            seen.update(line for line in pg_sql(watcher_q, dbname).splitlines() if line)
+            seen.update(line for line in pg_sql(WATCHER_SESSIONS, dbname).splitlines() if line)
             time.sleep(0.2)
         assert p.poll() is None, lines
     finally:
@@ -388,20 +401,16 @@ def test_a_watcher_session_ended_mid_wait_is_replaced_without_calling_the_wait_o
     # the watcher's session ended between two looks (idle_session_timeout, a DBA's
     # pg_terminate_backend): its failure says nothing about the wait, which goes on
     inv, bdir = local_inv
-    watcher_q = ("SELECT pid FROM pg_stat_activity WHERE query LIKE '%clock_timestamp() - w.state_change%' "
-                 "AND pid <> pg_backend_pid()")
-    holder = LockHolder(pg, dbname, "users")
+    holder, p, lines = _backup_behind_a_lock(pg, dbname, inv, cli_env)
     try:
-        p, lines = _start_backup(inv, cli_env)
-        assert _wait_for(lines, "waiting for a lock", 15) is not None, lines
         for _ in range(2):
-            pids = pg_sql(watcher_q, dbname).split()
+            pids = [ln.split("|")[0] for ln in pg_sql(WATCHER_SESSIONS, dbname).split()]
             assert pids, lines
             pg_sql(f"SELECT pg_terminate_backend({pids[0]})", "postgres")
             time.sleep(2.0)  # a look or more on a new session
         assert p.poll() is None, lines
         assert not [ln for _t, ln in lines if "lock wait over" in ln], lines
-        assert pg_sql(watcher_q, dbname).split(), lines  # looking again, on a new session
+        assert pg_sql(WATCHER_SESSIONS, dbname).split(), lines  # looking again, on a new session
     finally:
         holder.release()
     p.communicate(timeout=120)
