@@ -51,7 +51,10 @@ class Browser:
             self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
                                           "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         # its singleton socket's folder (org.chromium.Chromium.*) goes
+                                         # in the profile, which close() removes, not in /tmp
+                                         env={**os.environ, "TMPDIR": self.profile})
         self.events: list[dict] = []
         self._id = 0
         try:

@@ -191,7 +191,7 @@ def test_target_db_creates_a_new_database_and_leaves_the_original_alone(pg, pg_s
 # (or throwaway) database: the statement took effect, yet psql exits 2 as on a dropped connection.
 FLAKY_PSQL = r"""#!/bin/bash
 case " $* " in *" -t "*) exec %(real)s/psql "$@";; esac   # queries (and the pooled session) pass through
-in=$(mktemp); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
+in=$(mktemp -p %(tmp)s); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
 if grep -Eq 'CREATE DATABASE "[^"]*_(restoring|verify)_' "$in"; then
   rm -f "$in"; echo "psql: error: server closed the connection unexpectedly" >&2; exit 2
 fi
@@ -206,7 +206,7 @@ def test_a_side_database_created_before_psql_died_is_dropped(pg, pg_sql, tmp_pat
     for tool in os.listdir(real):
         if tool != "psql":
             os.symlink(os.path.join(real, tool), bindir / tool)
-    (bindir / "psql").write_text(FLAKY_PSQL % {"real": real})
+    (bindir / "psql").write_text(FLAKY_PSQL % {"real": real, "tmp": tmp_path})
     (bindir / "psql").chmod(0o755)
     bdir = tmp_path / "backups"
     good = write_inventory(tmp_path / "good.yaml", {"dev": native_host(pg, dbname, bdir)})
@@ -232,7 +232,7 @@ def test_a_side_database_created_before_psql_died_is_dropped(pg, pg_sql, tmp_pat
 # restore is signalled while its psql runs, after the commit (the case it could not tell)
 SLOW_SWAP_PSQL = r"""#!/bin/bash
 case " $* " in *" -t "*) exec %(real)s/psql "$@";; esac
-in=$(mktemp); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
+in=$(mktemp -p %(tmp)s); cat > "$in"; %(real)s/psql "$@" < "$in"; rc=$?
 if [ $rc = 0 ] && grep -q 'RENAME TO' "$in" && grep -q 'COMMENT ON DATABASE' "$in"; then
   touch %(marker)s; sleep 30
 fi
@@ -253,7 +253,7 @@ def test_an_interrupt_while_the_swap_commits_says_the_restore_is_complete(pg, pg
     for tool in os.listdir(real):
         if tool != "psql":
             os.symlink(os.path.join(real, tool), bindir / tool)
-    (bindir / "psql").write_text(SLOW_SWAP_PSQL % {"real": real, "marker": marker})
+    (bindir / "psql").write_text(SLOW_SWAP_PSQL % {"real": real, "marker": marker, "tmp": tmp_path})
     (bindir / "psql").chmod(0o755)
     bdir = tmp_path / "backups"
     good = write_inventory(tmp_path / "good.yaml", {"dev": native_host(pg, dbname, bdir)})
