@@ -171,11 +171,12 @@ def connect_error(host, conn, e: BaseException) -> BigskiesError:
     return SSHError(f"{label}: SSH connection failed: {type(e).__name__}: {e}")
 
 
-def openssh_options(conn, s) -> list[str]:
+def openssh_options(conn, s, extra: list[str] | tuple = ()) -> list[str]:
     """OpenSSH client options (ending with the target host) that reach the resolved Fabric
     connection ``conn`` as paramiko does (``s``: the host's SSH settings): no ssh_config,
     batch mode, the same port, user, keys, known_hosts and host-key policy, the jump host as
-    a ProxyCommand; :data:`OPENSSH_CIPHERS` first."""
+    a ProxyCommand; :data:`OPENSSH_CIPHERS` first. ``extra``: more options, before the host
+    (not given to the jump host's client)."""
     opts = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(s.connect_timeout))}",
             "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR", "-o", "Ciphers=" + OPENSSH_CIPHERS,
             "-p", str(conn.port), "-l", conn.user]
@@ -194,7 +195,7 @@ def openssh_options(conn, s) -> list[str]:
         opts += ["-o", "ProxyCommand=" + shlex.join(inner)]
     elif isinstance(gw, str) and gw:
         opts += ["-o", "ProxyCommand=" + gw]
-    return opts + [conn.host]
+    return opts + list(extra) + [conn.host]
 
 
 class ControlMaster:
@@ -206,19 +207,18 @@ class ControlMaster:
     itself. The socket is in a folder of our own (mode 0700); :meth:`stop` ends the master
     and removes it. A process killed with SIGKILL takes its master with it (``setpriv
     --pdeathsig``) but leaves the folder: the next master removes it
-    (:func:`sweep_dead_masters`). ``opts``: :func:`openssh_options` of the host (ending
-    with its name)."""
+    (:func:`sweep_dead_masters`). ``conn``, ``s``: as :func:`openssh_options`."""
 
     PREFIX = "bigskies-ssh-"
 
-    def __init__(self, exe: str, opts: list[str]):
+    def __init__(self, exe: str, conn, s):
         import subprocess
         import tempfile
         sweep_dead_masters(tempfile.gettempdir(), self.PREFIX)
         self.dir = tempfile.mkdtemp(prefix=self.PREFIX)
         self.path = os.path.join(self.dir, "master")
-        argv = [exe, *opts[:-1], "-o", "ControlMaster=yes", "-o", "ControlPath=" + self.path,
-                "-o", "ControlPersist=no", "-N", opts[-1]]
+        argv = [exe, "-N", *openssh_options(conn, s, ["-o", "ControlMaster=yes", "-o", "ControlPath=" + self.path,
+                                                      "-o", "ControlPersist=no"])]
         setpriv = shutil.which("setpriv")
         if setpriv:  # it must not outlive us
             argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
@@ -253,7 +253,6 @@ def sweep_dead_masters(tmp: str, prefix: str, min_age_s: float = 60.0) -> None:
     ours (owner, mode 0700, not a symlink), older than ``min_age_s`` (a new one has no
     socket yet), whose socket is gone or refuses a connection (a live master accepts).
     Returns None; never raises."""
-    import socket as _socket
     import stat
     import time
     try:
@@ -269,9 +268,9 @@ def sweep_dead_masters(tmp: str, prefix: str, min_age_s: float = 60.0) -> None:
                 continue
             sock = os.path.join(d, "master")
             if os.path.exists(sock):
-                with _socket.socket(_socket.AF_UNIX) as s:
+                with socket.socket(socket.AF_UNIX) as probe:
                     try:
-                        s.connect(sock)
+                        probe.connect(sock)
                         continue  # a master is alive there
                     except ConnectionRefusedError:
                         pass

@@ -97,7 +97,7 @@ class SSHRunner(Runner):
         exe = shutil.which("ssh")
         if exe and self._master is None:  # a bulk stream's OpenSSH client will skip its own handshake
             try:  # (before the thread: it holds the lock _unopened() takes while it connects)
-                self._master = ControlMaster(exe, openssh_options(self._unopened(), self.host.ssh))
+                self._master = ControlMaster(exe, self._unopened(), self.host.ssh)
             except Exception:  # noqa: BLE001 - best effort: the client then connects by itself
                 self._master = None
         t = threading.Thread(target=report.carried(run), daemon=True, name=f"ssh-connect-{self.label}")
@@ -290,9 +290,8 @@ class SSHRunner(Runner):
         if connect:
             self.connect()
         conn = self._conn or self._unopened()
-        opts = openssh_options(conn, self.host.ssh)
         mux = self._master.client_options() if self._master is not None else []
-        return [exe, *opts[:-1], *mux, opts[-1], "-T", "--", remote_command]
+        return [exe, *openssh_options(conn, self.host.ssh, mux), "-T", "--", remote_command]
 
     # The remote side of a fetch: wait for one line giving the first byte (1-based, as
     # `tail -c +N`), then send the file from there; anything else ends it (exit 3).

@@ -155,10 +155,6 @@ class Watcher:
                 waits = None
             if self._stop.is_set():
                 return
-            if waits is None:  # not known: neither a new wait nor the end of one
-                if self._stop.wait(POLL_S):
-                    return
-                continue
             now = time.monotonic()
             if waits:
                 self.last = waits
@@ -173,7 +169,7 @@ class Watcher:
                         self._say(f"{self.what + ': ' if self.what else ''}{'still ' if again else ''}"
                                   f"{describe_wait(w)} (waited {w.get('waited_s') or 0:g} s, session pid {w['pid']})"
                                   f"{bound}")
-            elif said:
+            elif said and waits is not None:  # None: not known, neither a new wait nor the end of one
                 self._say(f"{self.what + ': ' if self.what else ''}lock wait over, going on")
                 said.clear()
             if self._stop.wait(POLL_S):

@@ -125,19 +125,21 @@ def test_ssh_config_alias_and_jump_host_use_the_same_host_key_policy(tmp_path, s
             r.run(["true"])
 
 
-def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_server):
-    def accepted() -> int:
-        return ssh_server.logfile.read_text(errors="replace").count("Accepted publickey")
+def _accepted(srv) -> int:
+    """Connections the test sshd has authenticated so far."""
+    return srv.logfile.read_text(errors="replace").count("Accepted publickey")
 
+
+def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_server):
     h = _host(ssh_server, tmp_path)
-    before = accepted()
+    before = _accepted(ssh_server)
     r = SSHRunner(h)
     r.preconnect()
     t = r.connect()  # waits for the thread's connection instead of opening a second one
     assert t.is_active() and r.connect() is t and r.run(["echo", "ok"]).text == "ok\n"
     wait_for(lambda: r._master.client_options() != [], 10, "the OpenSSH master's socket")
     r.close()
-    assert accepted() == before + 2  # paramiko's and the OpenSSH master's
+    assert _accepted(ssh_server) == before + 2  # paramiko's and the OpenSSH master's
     # the thread's error is the first connect()'s (an unknown host key: exit 3), not a second attempt's
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
@@ -159,10 +161,7 @@ def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_ser
 
 
 def test_preconnect_starts_an_openssh_master_that_the_bulk_stream_uses(tmp_path, ssh_server):
-    def accepted() -> int:
-        return ssh_server.logfile.read_text(errors="replace").count("Accepted publickey")
-
-    before = accepted()
+    before = _accepted(ssh_server)
     r = SSHRunner(_host(ssh_server, tmp_path))
     r.preconnect()
     master = r._master
@@ -175,7 +174,7 @@ def test_preconnect_starts_an_openssh_master_that_the_bulk_stream_uses(tmp_path,
     assert rcs == [3] and rest == "err"  # the remote side's stderr and statuses come through it
     r.close()
     assert master.proc.poll() is not None and not os.path.exists(master.dir)
-    assert accepted() == before + 2  # paramiko and the master: the stream made no connection of its own
+    assert _accepted(ssh_server) == before + 2  # paramiko and the master: the stream made no connection of its own
 
 
 def test_a_killed_runs_master_folder_is_swept_by_the_next(tmp_path):
