@@ -56,7 +56,7 @@ from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_rol
 from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
-from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql
+from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql, preload_psycopg
 from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_new,
                                    database_properties, db_info, drop_db, locale_differs, restore_space, sessions_on)
 from bigskies_ops.pg.loadcheck import check_extensions, explain_load_error
@@ -489,6 +489,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         LockBusyError: another task holds the (host, database) lock.
     """
     t0 = time.monotonic()
+    preload_psycopg()  # beside the archive's checks
     db = host.postgres.database
     # the maintenance database's queries share one psql, from the checks to the swap's
     # housekeeping (issue 21: a psql each cost 15-80 ms); the DDL runs on psqls of its own

@@ -75,3 +75,23 @@ def test_loading_the_tasks_does_not_import_the_heavy_libraries():
     r = subprocess.run([sys.executable, "-c", "import sys, bigskies_ops.cli, bigskies_ops.jobs.monitoring; "
                         f"print([m for m in {heavy!r} if m in sys.modules])"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_psycopg_is_imported_beside_the_restore_checks():
+    """``preload_psycopg`` (called first by ``db.restore``) imports psycopg on a thread of its own,
+    so the restore's first SQL composition (``pgsql``) finds it loaded instead of importing it
+    on the critical path; a failed import says nothing there, and the first real use raises it."""
+    import subprocess
+    import sys
+    code = ("import sys, threading; from bigskies_ops.pg.access import preload_psycopg, pgsql; "
+            "assert 'psycopg' not in sys.modules; preload_psycopg(); "
+            "t = [t for t in threading.enumerate() if t.name == 'psycopg-import']; "
+            "assert len(t) == 1, t; t[0].join(30); "
+            "print('psycopg.sql' in sys.modules, pgsql.Identifier('x').as_string(None))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["True", '"x"'], r.stdout + r.stderr
+    broken = ("import sys; sys.modules['psycopg'] = None; from bigskies_ops.pg.access import preload_psycopg, pgsql; "
+              "preload_psycopg(); import threading; [t.join(30) for t in threading.enumerate() "
+              "if t.name == 'psycopg-import']\ntry:\n    pgsql.SQL\nexcept ImportError as e:\n    print('raised', e.name)")
+    r = subprocess.run([sys.executable, "-c", broken], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "raised psycopg" and r.stderr == "", r.stdout + r.stderr
