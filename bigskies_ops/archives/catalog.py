@@ -119,12 +119,26 @@ class Backup:
 
     @property
     def status(self) -> str:
+        """The manifest's status (DONE, FAILED, STARTED), ``LEGACY`` without one, ``MISSING``
+        for a DONE manifest whose archive is gone, ``DAMAGED`` for one whose archive's size
+        differs from the manifest's (:attr:`damaged`)."""
         if self.manifest is None:
             return "LEGACY"
         st = self.manifest.get("status", "?")
         if st == "DONE" and self.size is None:
             return "MISSING"
+        if st == "DONE" and self.damaged:
+            return "DAMAGED"
         return st
+
+    @property
+    def damaged(self) -> bool:
+        """The archive's size on disk differs from its manifest's ``bytes``: truncated or
+        changed since it was written. A stat, no read (``db.verify`` checks the sha256).
+        Such a backup is never ``latest``, never counted as a good backup by retention,
+        and never pruned by it: restoring it by name fails the archive check."""
+        want = (self.manifest or {}).get("bytes")
+        return self.size is not None and isinstance(want, int) and self.size != want
 
     @property
     def database(self) -> str | None:
@@ -403,7 +417,8 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
 
 def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
            complete_only: bool = False) -> Backup | None:
-    """Newest DONE backup (by the manifest's UTC start) of (origin_host, database).
+    """Newest DONE backup (by the manifest's UTC start) of (origin_host, database); a
+    newer DAMAGED one (:attr:`Backup.damaged`) is passed over with a warning.
 
     ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
     ``db.restore latest`` wants (restoring a schema-only dump would empty every table).
@@ -413,10 +428,15 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
     hide every real backup after it (and retention would keep it). It is passed over with
     a warning naming it and how to pick it by name (:func:`bigskies_ops.report.note`).
     """
-    cands = [b for b in backups if b.status == "DONE" and (b.complete or not complete_only)
-             and (database is None or b.database == database)
-             and (origin_host is None or b.origin_host == origin_host)]
-    cands.sort(key=lambda b: b.started_at, reverse=True)
+    mine = [b for b in backups if (b.complete or not complete_only)
+            and (database is None or b.database == database)
+            and (origin_host is None or b.origin_host == origin_host)]
+    cands = sorted((b for b in mine if b.status == "DONE"), key=lambda b: b.started_at, reverse=True)
+    newest = cands[0].started_at if cands else None
+    for b in mine:  # a damaged one newer than what is taken: say why it was not
+        if b.status == "DAMAGED" and b.started_at and (newest is None or b.started_at > newest):
+            report.note(f"warning: not taken as latest: {b.name} is damaged: {b.size} bytes on disk, "
+                        f"{b.manifest.get('bytes')} in its manifest (truncated or changed)")
     now = utcnow()
     ahead = [b for b in cands if b.in_future(now)]
     for b in ahead:

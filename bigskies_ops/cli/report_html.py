@@ -62,9 +62,9 @@ dl.facts{grid-template-columns:1fr}dl.facts dt{margin-top:4px}body{font-size:14p
 # chart geometry, in viewBox units (the SVG scales to the page's width)
 W, H = 480, 210
 ML, MR, MT, MB = 64, 14, 14, 40
-POINT_FILL = {"DONE": "#1f6feb", "FAILED": "#cf222e", "MISSING": "#ffffff", "STARTED": "#ffffff",
+POINT_FILL = {"DONE": "#1f6feb", "FAILED": "#cf222e", "MISSING": "#ffffff", "DAMAGED": "#ffffff", "STARTED": "#ffffff",
               "LEGACY": "#8c959f"}
-POINT_STROKE = {"DONE": "#0b3d91", "FAILED": "#82071e", "MISSING": "#bc4c00", "STARTED": "#8c959f",
+POINT_STROKE = {"DONE": "#0b3d91", "FAILED": "#82071e", "MISSING": "#bc4c00", "DAMAGED": "#bc4c00", "STARTED": "#8c959f",
                 "LEGACY": "#57606a"}
 
 
@@ -240,8 +240,9 @@ def _facts(ov: HostOverview, now: datetime) -> str:
                  if ov.next_run_at else "none"))
     n_failed = sum(p.status == "FAILED" for p in ov.points)
     n_missing = sum(p.status == "MISSING" for p in ov.points)
+    n_damaged = sum(p.status == "DAMAGED" for p in ov.points)
     rows.append(("runs", f"{len(ov.points)} backup run(s): {sum(p.status == 'DONE' for p in ov.points)} good, "
-                         f"{n_failed} FAILED, {n_missing} MISSING"))
+                         f"{n_failed} FAILED, {n_missing} MISSING" + (f", {n_damaged} DAMAGED" if n_damaged else "")))
     return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>"
 
 
@@ -261,12 +262,13 @@ def _host(ov: HostOverview, i: int, now: datetime) -> str:
     out.append('<h3>Checks (as db.health decides)</h3><ul class="checks">'
                + "".join(f'<li><span class="st {esc(c.get("state"))}">{esc(c.get("state"))}</span> '
                          f'<b>{esc(c.get("check"))}</b>: {esc(c.get("message"))}</li>' for c in ov.checks) + "</ul>")
-    bad = [p for p in reversed(ov.points) if p.status in ("FAILED", "MISSING", "STARTED")]
+    bad = [p for p in reversed(ov.points) if p.status in ("FAILED", "MISSING", "DAMAGED", "STARTED")]
     if bad:
         out.append('<h3>Runs that need a look</h3><ul class="problems">')
         for p in bad[:20]:
             why = (p.error or "") if p.status == "FAILED" else (
                 "the manifest says DONE but the archive file is gone" if p.status == "MISSING"
+                else "the archive's size differs from its manifest's: truncated or changed" if p.status == "DAMAGED"
                 else "never finished (running, or killed)")
             out.append(f'<li class="{p.status.lower()}" data-status="{esc(p.status)}"><span class="st '
                        f'{p.status.lower()}">{esc(p.status)}</span> {esc(_t(p.started_at))} {esc(p.name)}'

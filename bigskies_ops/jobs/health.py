@@ -190,7 +190,7 @@ def backup_checks(host: Host, backups: list[Backup], now: datetime, *,
 
 def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
     good = [b for b in backups if b.status == "DONE"]
-    runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED")]
+    runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED", "DAMAGED")]
     limit = host.alerts.max_age_hours
     if not good:
         return Check("freshness", CRITICAL, f"no good backup of {host.postgres.database!r} in {host.backup.dir}",
@@ -207,6 +207,11 @@ def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
         return Check("freshness", WARNING, f"the last backup run {last.name} FAILED "
                                            f"({(last.manifest or {}).get('error', '')[:120]}); newest good one is "
                                            f"{age / 3600:.1f} h old", {**facts, "last_failed": last.name})
+    if last.status == "DAMAGED":
+        return Check("freshness", WARNING, f"the newest backup {last.name} is damaged ({last.size} bytes on disk, "
+                                           f"{(last.manifest or {}).get('bytes')} in its manifest: truncated or "
+                                           f"changed); newest good one is {age / 3600:.1f} h old",
+                     {**facts, "last_damaged": last.name})
     return Check("freshness", OK, f"newest good backup {newest.name} is {age / 3600:.1f} h old", facts)
 
 

@@ -54,7 +54,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
                             "(absent while nothing was copied)", ("target",)),
     "failures": ("Backup runs in the folder that left no good backup: FAILED manifests, and DONE manifests whose "
                  "archive is missing (a gauge: pruning lowers it)", ()),
-    "archives": ("Entries of the backup folder of this database, by status (DONE, FAILED, MISSING, STARTED, LEGACY)",
+    "archives": ("Entries of the backup folder of this database, by status (DONE, FAILED, MISSING, DAMAGED, STARTED, LEGACY)",
                  ("status",)),
     "last_failure_timestamp_seconds": ("UTC start (Unix seconds) of the newest FAILED or MISSING run", ()),
     "next_run_timestamp_seconds": ("When the host's schedule (cron, this machine's local time) fires next, Unix "

@@ -21,8 +21,9 @@ from bigskies_ops.jobs.health import EXIT, backup_checks, own_backups, worst
 from bigskies_ops.jobs.schedule import next_run
 
 #: statuses of a run that did not leave a good backup: FAILED (the run failed), MISSING
-#: (a DONE manifest whose archive file is gone), STARTED (running now, or killed)
-BAD_STATUSES = ("FAILED", "MISSING", "STARTED")
+#: (a DONE manifest whose archive file is gone), DAMAGED (its size differs from the
+#: manifest's), STARTED (running now, or killed)
+BAD_STATUSES = ("FAILED", "MISSING", "DAMAGED", "STARTED")
 
 
 def _rows(b: Backup) -> int | None:
@@ -77,7 +78,7 @@ def host_facts(host: Host, *, now: datetime | None = None, runner=None) -> dict:
         ``offsite``: per inventory target ``{"target", "lag_s", "newest_offsite"}``
         (``lag_s`` None when nothing was copied yet);
         ``counts``: backups in the folder per status (``DONE``, ``FAILED``,
-        ``MISSING``, ``STARTED``, ``LEGACY``); ``failures`` (FAILED + MISSING);
+        ``MISSING``, ``DAMAGED``, ``STARTED``, ``LEGACY``); ``failures`` (FAILED + MISSING + DAMAGED);
         ``last_run`` (the newest finished run: ``{"name", "status", "at"}``) and
         ``last_failure_at``;
         ``schedule`` (the cron expression) and ``next_run_at`` (when it fires next,
@@ -104,12 +105,12 @@ def host_facts(host: Host, *, now: datetime | None = None, runner=None) -> dict:
     good = [b for b in backups if b.status == "DONE" and b.started_at and not b.in_future(now)]
     newest = max(good, key=lambda b: b.started_at) if good else None
     nf = backup_facts(newest) if newest else None
-    counts = {s: 0 for s in ("DONE", "FAILED", "MISSING", "STARTED", "LEGACY")}
+    counts = {s: 0 for s in ("DONE", "FAILED", "MISSING", "DAMAGED", "STARTED", "LEGACY")}
     for b in backups:
         counts[b.status] = counts.get(b.status, 0) + 1
-    runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED", "MISSING") and b.started_at]
+    runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED", "MISSING", "DAMAGED") and b.started_at]
     last = max(runs, key=lambda b: b.started_at) if runs else None
-    fails = [b for b in backups if b.status in ("FAILED", "MISSING") and b.started_at]
+    fails = [b for b in backups if b.status in ("FAILED", "MISSING", "DAMAGED") and b.started_at]
     ver = by_name["verification"].facts
     offsite = [{"target": c.facts.get("target"), "lag_s": c.facts.get("lag_s"),
                 "newest_offsite": c.facts.get("newest_offsite")}
@@ -122,7 +123,7 @@ def host_facts(host: Host, *, now: datetime | None = None, runner=None) -> dict:
         "rows": nf["rows"] if nf else None,
         "verification": ({"at": ver["last_verification"], "ok": ver["ok"], "archive": ver["archive"],
                           "restore_test": ver["restore_test"]} if ver.get("last_verification") else None),
-        "offsite": offsite, "counts": counts, "failures": counts["FAILED"] + counts["MISSING"],
+        "offsite": offsite, "counts": counts, "failures": counts["FAILED"] + counts["MISSING"] + counts["DAMAGED"],
         "last_run": {"name": last.name, "status": last.status, "at": iso(last.started_at)} if last else None,
         "last_failure_at": iso(max(b.started_at for b in fails)) if fails else None,
         "state": worst(c.state for c in checks), "checks": [c.to_json() for c in checks],

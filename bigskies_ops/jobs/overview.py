@@ -32,7 +32,7 @@ class Point:
 
     id: str
     name: str
-    status: str                   # DONE, FAILED, MISSING (DONE manifest, archive gone), STARTED, LEGACY
+    status: str                   # DONE, FAILED, MISSING (DONE manifest, archive gone), DAMAGED, STARTED, LEGACY
     kind: str
     series: str                   # format/contents (plain/full): sizes compare only within one series
     label: str | None
@@ -83,6 +83,7 @@ class HostOverview:
                 "size_change_pct": self.size_change_pct, "backups": len(self.points), "good_backups": len(good),
                 "failed_runs": sum(p.status == "FAILED" for p in self.points),
                 "missing_archives": sum(p.status == "MISSING" for p in self.points),
+                "damaged_archives": sum(p.status == "DAMAGED" for p in self.points),
                 "newest_good": fresh.get("newest_good"), "newest_good_at": fresh.get("newest_good_at"),
                 "age_s": fresh.get("age_s"), "error": self.error, "checks": self.checks,
                 "points": [p.to_json() for p in self.points]}
