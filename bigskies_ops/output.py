@@ -136,6 +136,10 @@ def result_line(word: str, host: str, reason: str) -> None:
     say(f"{word}: [{host}] {reason}")
 
 
+#: how a ``--check`` line names a refusal of the real run (bigskies_ops.cli.checks.refusal_lines)
+REFUSE_PREFIX = "  the real run would REFUSE: "
+
+
 def check_report(task: str, host: str, plan: dict, lines: list[str], *, would_change: bool,
                  json: bool = False) -> None:
     """Report a ``--check`` run (a dry run: nothing was changed; CONTRACTS.md section 5, exit 0).
@@ -148,7 +152,9 @@ def check_report(task: str, host: str, plan: dict, lines: list[str], *, would_ch
         lines: one human line per step that would happen, in order (``drop database
             'bigskies_pre_restore_...' (1.2 GB)``).
         would_change: whether the real run would change anything; the result word is then
-            ``changed``, else ``ok`` (Ansible's check mode does the same).
+            ``changed``, else ``ok`` (Ansible's check mode does the same). When ``lines``
+            name refusals (:data:`REFUSE_PREFIX`), the result line says the run would be
+            refused, so the steps listed before them are not read as what would happen.
         json: print one JSON document instead: ``{"result", "check": true, "task", "host",
             "would_change", "plan"}``.
     """
@@ -161,8 +167,10 @@ def check_report(task: str, host: str, plan: dict, lines: list[str], *, would_ch
     for line in lines:
         say(f"  would {line}" if not line.startswith(("would ", "  ")) else f"  {line}")
     steps = sum(1 for line in lines if not line.startswith("  "))  # indented lines are a step's facts
-    result_line(f"{word} (check)", host, "would change nothing" if not would_change
-                else f"{steps} step(s) would run; run again without --check to do them")
+    refused = sum(1 for line in lines if line.startswith(REFUSE_PREFIX))
+    result_line(f"{word} (check)", host, "would change nothing" + (
+        f": the real run would be refused ({refused} reason{'s' if refused > 1 else ''} above)" if refused else "")
+        if not would_change else f"{steps} step(s) would run; run again without --check to do them")
 
 
 def heading(title: str) -> None:

@@ -138,7 +138,9 @@ class Backup:
         Such a backup is never ``latest``, never counted as a good backup by retention,
         and never pruned by it: restoring it by name fails the archive check."""
         want = (self.manifest or {}).get("bytes")
-        return self.size is not None and isinstance(want, int) and self.size != want
+        if self.size is None or want is None:
+            return False
+        return type(want) is not int or self.size != want  # a manifest whose bytes is no count is damaged too
 
     @property
     def database(self) -> str | None:
@@ -432,16 +434,16 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
             and (database is None or b.database == database)
             and (origin_host is None or b.origin_host == origin_host)]
     cands = sorted((b for b in mine if b.status == "DONE"), key=lambda b: b.started_at, reverse=True)
-    newest = cands[0].started_at if cands else None
-    for b in mine:  # a damaged one newer than what is taken: say why it was not
-        if b.status == "DAMAGED" and b.started_at and (newest is None or b.started_at > newest):
-            report.note(f"warning: not taken as latest: {b.name} is damaged: {b.size} bytes on disk, "
-                        f"{b.manifest.get('bytes')} in its manifest (truncated or changed)")
     now = utcnow()
     ahead = [b for b in cands if b.in_future(now)]
     for b in ahead:
         report.note(future_warning(b, now))
     cands = [b for b in cands if not b.in_future(now)]
+    newest = cands[0].started_at if cands else None
+    for b in mine:  # a damaged one newer than what is taken: say why it was not
+        if b.status == "DAMAGED" and b.started_at and (newest is None or b.started_at > newest):
+            report.note(f"warning: not taken as latest: {b.shown_name} is damaged: {b.size} bytes on disk, "
+                        f"{b.manifest.get('bytes')!r} in its manifest (truncated or changed)")
     return cands[0] if cands else None
 
 

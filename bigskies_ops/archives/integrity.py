@@ -135,6 +135,8 @@ def check_against_manifest(runner, path: str) -> dict | None:
         digest, size = runner.sha256(path)
     except StorageError as e:  # unreadable: a failed check of this archive, like any other
         raise ArchiveError(f"{path}: cannot be read ({e})") from e
+    if man.get("bytes") is not None and type(man["bytes"]) is not int:
+        raise ArchiveError(f"{path}: its manifest's size is not a byte count ({man['bytes']!r}): manifest damaged")
     if man.get("bytes") is not None and size != man["bytes"]:
         raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
                            f"(truncated or changed)")

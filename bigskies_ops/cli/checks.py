@@ -61,7 +61,7 @@ def group_refused_report(task: str, inv, selector: str, refusal: str, json: bool
 
 def refusal_lines(refusals: list[str], confirm: str | None = None) -> list[str]:
     """The closing lines: what the real run would refuse (exit 3), or what it would ask."""
-    out = [f"  the real run would REFUSE: {r}" for r in refusals]
+    out = [f"{output.REFUSE_PREFIX}{r}" for r in refusals]
     if not refusals and confirm:
         out.append(f"  the real run asks for confirmation ({confirm}) on a terminal, else needs --yes")
     return out

@@ -45,7 +45,7 @@ def report(c, host=None, inventory=None, out=None, json=False):
         bad = len(o.points) - good
         output.say(f"{o.state.upper()}: [{o.host}] {o.database}: " + (
             o.error if o.error else "no backups yet" if not o.points else
-            f"{good} good backup(s)" + (f", {bad} FAILED/MISSING/unfinished" if bad else "")))
+            f"{good} good backup(s)" + (f", {bad} FAILED/MISSING/DAMAGED/unfinished" if bad else "")))
     output.result_line("changed", host or "all", f"report written to {path} ({human_bytes(len(page))}, "
                                                  f"{len(overviews)} host(s))")
 

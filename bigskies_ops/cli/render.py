@@ -29,6 +29,8 @@ GAP = 3
 def verified_word(b: Backup) -> str:
     """``yes`` (the newest verification passed), ``FAILED`` (it failed), ``never``
     (not verified yet), ``-`` (nothing to verify: a failed run, a missing archive)."""
+    if b.status == "DAMAGED":
+        return "FAILED" if b.verification == "failed" else "-"
     if b.status not in ("DONE", "LEGACY"):
         return "-"
     v = b.verification

@@ -48,7 +48,7 @@ ul.checks,ul.problems{margin:4px 0;padding-left:0;list-style:none}
 ul.checks li,ul.problems li{padding:2px 0;overflow-wrap:anywhere}
 .st{display:inline-block;min-width:5.5em;font-weight:600;font-size:.85rem}
 .st.ok{color:var(--ok)}.st.warning{color:var(--warning)}.st.critical,.st.failed{color:var(--critical)}
-.st.unknown{color:var(--unknown)}.st.missing{color:#bc4c00}
+.st.unknown{color:var(--unknown)}.st.missing,.st.damaged{color:#bc4c00}
 .empty{padding:10px 12px;background:var(--unknown-bg);border-radius:6px;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,360px),1fr));gap:10px 18px}
 figure{margin:0}figcaption{font-weight:600;font-size:.9rem;margin:4px 0}

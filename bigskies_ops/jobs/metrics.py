@@ -53,10 +53,10 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "offsite_lag_seconds": ("Seconds the newest copy on an offsite target trails the newest good backup "
                             "(absent while nothing was copied)", ("target",)),
     "failures": ("Backup runs in the folder that left no good backup: FAILED manifests, and DONE manifests whose "
-                 "archive is missing (a gauge: pruning lowers it)", ()),
+                 "archive is missing or damaged (a gauge: pruning lowers it)", ()),
     "archives": ("Entries of the backup folder of this database, by status (DONE, FAILED, MISSING, DAMAGED, STARTED, LEGACY)",
                  ("status",)),
-    "last_failure_timestamp_seconds": ("UTC start (Unix seconds) of the newest FAILED or MISSING run", ()),
+    "last_failure_timestamp_seconds": ("UTC start (Unix seconds) of the newest FAILED, MISSING or DAMAGED run", ()),
     "next_run_timestamp_seconds": ("When the host's schedule (cron, this machine's local time) fires next, Unix "
                                    "seconds", ()),
     "check_state": ("db.health's verdict per check the manifests answer: 0 ok, 1 warning, 2 critical, 3 unknown",

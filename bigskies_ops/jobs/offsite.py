@@ -153,7 +153,8 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
         store = store_for(t, inv, **({"multipart_threshold": multipart_threshold} if t.scheme == "s3" else {}))
         remote = store.list()
         everything = list_backups(runner, host.backup.dir, include_all=True)
-        backups = [b for b in everything if b.status == "DONE" and b.manifest.get("sha256")]
+        # DAMAGED ones too: the sha256 check below skips them, saying so
+        backups = [b for b in everything if b.status in ("DONE", "DAMAGED") and b.manifest.get("sha256")]
         wanted = _kept_by_retention(host, everything, now) if apply_retention else None
         for b in sorted(backups, key=lambda b: (b.started_at, b.name)):
             if wanted is not None and (b.origin_host or host.name, b.name) not in wanted:

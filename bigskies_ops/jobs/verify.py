@@ -66,7 +66,7 @@ def _sigterm_unwinds():
 
 def select(host: Host, runner, spec: str | None, all_: bool, database: str | None = None,
            origin: str | None = None) -> list[Backup]:
-    """Which backups to verify: ``--all`` (every DONE and legacy archive of the folder and its
+    """Which backups to verify: ``--all`` (every DONE, DAMAGED and legacy archive of the folder and its
     pulled sub-folders; with ``origin`` only that sub-folder's), ``latest`` (default: the
     newest DONE backup of the host, or of ``origin``) or one backup named by id, name or path
     (the lookup ``db.restore`` and ``db.delete`` share: :func:`~bigskies_ops.archives.catalog.named_backup`;
@@ -81,7 +81,9 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
     if all_:
         if spec not in (None, "", "latest"):
             raise UsageError("pass either FILE or --all, not both")
-        return [b for b in backups if b.status in ("DONE", "LEGACY") and (origin is None or b.origin_dir == origin)]
+        # a DAMAGED one too: it fails its check, and --all says so (exit 1) instead of leaving it out
+        return [b for b in backups if b.status in ("DONE", "DAMAGED", "LEGACY")
+                and (origin is None or b.origin_dir == origin)]
     db = database or host.postgres.database
     if spec in (None, "", "latest"):
         b = latest(backups, database=db, origin_host=origin or host.name)

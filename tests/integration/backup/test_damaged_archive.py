@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 from tests.conftest import cli, native_host, write_inventory
@@ -61,6 +62,21 @@ def test_a_truncated_archive_is_damaged_never_latest_and_never_a_good_backup(tmp
     assert reasons[newer] == ("keep", ["status DAMAGED: left alone"])
     assert reasons[older][0] == "keep" and "newest good backup" in reasons[older][1]
 
+    # db.verify --all verifies it too and fails (exit 1) naming it; db.list then says FAILED
+    r = cli("db.verify", "--all", "-i", str(inv), env=cli_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"size {size // 2} bytes differs from the manifest's {size}" in r.stdout + r.stderr
+    listed = {b["name"]: b for b in json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"]}
+    assert listed[newer]["verification"] == "failed" and listed[older]["verification"] == "passed"
+    row = next(line for line in cli("db.list", "-i", str(inv), env=cli_env).stdout.splitlines() if newer in line)
+    assert " damaged " in row and " FAILED " in row
+
+    # --check of a restore of it: the refusal is the last word, not "would swap"
+    r = cli("db.restore", bid, "-i", str(inv), "--check", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"ok \(check\): \[dev\] would change nothing: the real run would be refused "
+                     r"\(\d+ reasons? above\)$", r.stdout.rstrip()), r.stdout
+
     # db.health: the newest run is damaged (a warning naming it), the newest good one is the older
     r = cli("db.health", "-i", str(inv), "--json", env=cli_env)
     fresh = next(c for c in json.loads(r.stdout)["hosts"][0]["checks"] if c["check"] == "freshness")
@@ -86,3 +102,16 @@ def test_health_warns_when_the_newest_run_is_damaged(tmp_path, pg, dbname, cli_e
     assert fresh["state"] == "warning", fresh
     assert fresh["message"].startswith(f"the newest backup {newest} is damaged (")
     assert fresh["newest_good"] == first
+
+
+def test_a_manifest_whose_size_is_not_a_count_is_damaged_and_refused_by_name(tmp_path, pg, dbname, cli_env):
+    inv, bdir, older, newer, size = _two_backups(tmp_path, pg, dbname, cli_env)
+    (bdir / newer).write_bytes((bdir / older).read_bytes())  # intact again
+    mp = bdir / (newer + ".manifest.json")
+    mp.write_text(json.dumps(dict(json.loads(mp.read_text()), bytes=str(size))))  # "6899158": not a count
+    listed = {b["name"]: b for b in json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"]}
+    assert listed[newer]["status"] == "DAMAGED"
+    r = cli("db.verify", "latest", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0 and f"{newer} is damaged: {size} bytes on disk, '{size}' in its manifest" in r.stderr
+    r = cli("db.restore", listed[newer]["id"], "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 1 and f"its manifest's size is not a byte count ('{size}'): manifest damaged" in r.stderr

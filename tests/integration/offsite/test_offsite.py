@@ -319,3 +319,18 @@ def test_offsite_check_names_uploads_and_remote_prunes_and_changes_nothing(tmp_p
     assert any(line.startswith(backup_id(second)) and second in line for line in out.splitlines()), out
     r = cli("db.verify", backup_id(second)[:5], "--offsite", "vault", "-i", str(inv), env=s3env)
     assert r.returncode == 0 and second in r.stdout, r.stdout + r.stderr
+
+
+def test_a_damaged_archive_is_not_copied_offsite_and_the_run_says_so(tmp_path, pg, dbname, s3, s3env):
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, offsite=[_target(s3, "t9")])})
+    assert cli("db.backup", "-i", str(inv), env=s3env).returncode == 0
+    [a] = [n for n in os.listdir(bdir) if n.endswith(".sql.gz")]
+    data = (bdir / a).read_bytes()
+    (bdir / a).write_bytes(data[:-10])  # truncated after the run (DAMAGED)
+    r = cli("db.offsite", "-i", str(inv), env=s3env)
+    assert f"{a}: local archive differs from its manifest; not copied (run db.verify)" in r.stdout + r.stderr
+    # a skip is reported, not a failure of the run (as before DAMAGED existed); db.verify and
+    # db.health are the ones that fail and warn
+    assert r.returncode == 0 and "ok: [dev] offsite vault: 0 backup(s) already there" in r.stdout, r.stdout
+    assert _keys(s3, "t9") == [] and not _manifest(bdir / a).get("offsite")
