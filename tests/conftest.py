@@ -6,6 +6,7 @@ traffic stays on 127.0.0.1 and unix sockets inside the run folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -222,6 +223,17 @@ def cli_env():
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "200"
     return env
+
+
+def backed_up_once(tmp_path: Path, pg, dbname: str, env: dict) -> tuple[Path, Path, str, dict]:
+    """A local host ``dev`` on the test cluster (folder ``tmp_path/backups``), backed up once
+    by the real CLI: (inventory, backup folder, the ``.sql.gz`` archive's name, its manifest)."""
+    bdir = tmp_path / "backups"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
+    r = cli("db.backup", "-i", str(inv), env=env)
+    assert r.returncode == 0, r.stderr
+    [name] = [p for p in os.listdir(bdir) if p.endswith(".sql.gz")]
+    return inv, bdir, name, json.loads((bdir / (name + ".manifest.json")).read_text())
 
 
 def cli(*args: str, env: dict, cwd: str | Path | None = None, input: str | None = None,

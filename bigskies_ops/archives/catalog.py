@@ -418,12 +418,14 @@ def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_
 
 
 def latest(backups: list[Backup], database: str | None = None, origin_host: str | None = None,
-           complete_only: bool = False) -> Backup | None:
+           complete_only: bool = False, damaged_too: bool = False) -> Backup | None:
     """Newest DONE backup (by the manifest's UTC start) of (origin_host, database); a
     newer DAMAGED one (:attr:`Backup.damaged`) is passed over with a warning.
 
     ``complete_only`` skips ``--schema-only`` and ``--exclude-table-data`` backups: what
     ``db.restore latest`` wants (restoring a schema-only dump would empty every table).
+    ``damaged_too`` takes DAMAGED ones like DONE ones: what ``db.verify latest`` wants
+    (finding the damage is its job, and its failure is recorded and notified).
 
     An archive dated in the future (:meth:`Backup.in_future`, by this machine's clock)
     is never ``latest``: it would stay "newest" for as long as the clock error lasts and
@@ -433,7 +435,8 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
     mine = [b for b in backups if (b.complete or not complete_only)
             and (database is None or b.database == database)
             and (origin_host is None or b.origin_host == origin_host)]
-    cands = sorted((b for b in mine if b.status == "DONE"), key=lambda b: b.started_at, reverse=True)
+    ok = ("DONE", "DAMAGED") if damaged_too else ("DONE",)
+    cands = sorted((b for b in mine if b.status in ok), key=lambda b: b.started_at, reverse=True)
     now = utcnow()
     ahead = [b for b in cands if b.in_future(now)]
     for b in ahead:

@@ -68,7 +68,7 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
            origin: str | None = None) -> list[Backup]:
     """Which backups to verify: ``--all`` (every DONE, DAMAGED and legacy archive of the folder and its
     pulled sub-folders; with ``origin`` only that sub-folder's), ``latest`` (default: the
-    newest DONE backup of the host, or of ``origin``) or one backup named by id, name or path
+    newest DONE or DAMAGED backup of the host, or of ``origin``) or one backup named by id, name or path
     (the lookup ``db.restore`` and ``db.delete`` share: :func:`~bigskies_ops.archives.catalog.named_backup`;
     a name that exists only in a pulled ``<origin>/`` sub-folder needs ``origin``).
 
@@ -86,7 +86,7 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
                 and (origin is None or b.origin_dir == origin)]
     db = database or host.postgres.database
     if spec in (None, "", "latest"):
-        b = latest(backups, database=db, origin_host=origin or host.name)
+        b = latest(backups, database=db, origin_host=origin or host.name, damaged_too=True)
         if b is None:
             raise ArchiveError(f"no DONE backup of {db!r} from {origin or host.name} in {host.backup.dir}")
         return [b]

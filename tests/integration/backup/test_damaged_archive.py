@@ -9,18 +9,13 @@ import os
 import re
 import time
 
-from tests.conftest import cli, native_host, write_inventory
+from tests.conftest import backed_up_once, cli, native_host, write_inventory
 from tests.pgcheck import dir_hashes
 
 
 def _two_backups(tmp_path, pg, dbname, cli_env):
     """(inventory, folder, older intact archive name, newer damaged archive name)."""
-    bdir = tmp_path / "backups"
-    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
-    r = cli("db.backup", "-i", str(inv), env=cli_env)
-    assert r.returncode == 0, r.stderr
-    [newer] = [p for p in os.listdir(bdir) if p.endswith(".sql.gz")]
-    man = json.loads((bdir / (newer + ".manifest.json")).read_text())
+    inv, bdir, newer, man = backed_up_once(tmp_path, pg, dbname, cli_env)
     older = f"{dbname}_backup_20260101_020000.sql.gz"  # the same dump, an older run
     (bdir / older).write_bytes((bdir / newer).read_bytes())
     (bdir / (older + ".manifest.json")).write_text(json.dumps(dict(
@@ -42,11 +37,14 @@ def test_a_truncated_archive_is_damaged_never_latest_and_never_a_good_backup(tmp
     row = next(line for line in r.stdout.splitlines() if newer in line)
     assert " damaged " in row and " yes " not in row
 
-    # latest passes over it, naming it; the older intact one is verified
-    r = cli("db.verify", "latest", "-i", str(inv), env=cli_env)
+    # a restore's latest passes over it, naming it, and plans the older intact one
+    r = cli("db.restore", "latest", "-i", str(inv), "--check", env=cli_env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"not taken as latest: {newer} is damaged: {size // 2} bytes on disk, {size} in its manifest" in r.stderr
-    assert older in r.stdout and newer not in r.stdout
+    assert f"would restore {bdir / older} " in r.stdout and newer not in r.stdout
+    # db.verify latest takes it (finding damage is its job): exit 1, both sizes
+    r = cli("db.verify", "latest", "-i", str(inv), env=cli_env)
+    assert r.returncode == 1 and f"size {size // 2} bytes differs from the manifest's {size}" in r.stdout + r.stderr
 
     # asked for by id, it fails the archive check with both sizes; nothing harmed
     bid = next(b["id"] for b in json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"]
@@ -111,7 +109,7 @@ def test_a_manifest_whose_size_is_not_a_count_is_damaged_and_refused_by_name(tmp
     mp.write_text(json.dumps(dict(json.loads(mp.read_text()), bytes=str(size))))  # "6899158": not a count
     listed = {b["name"]: b for b in json.loads(cli("db.list", "-i", str(inv), "--json", env=cli_env).stdout)["backups"]}
     assert listed[newer]["status"] == "DAMAGED"
-    r = cli("db.verify", "latest", "-i", str(inv), env=cli_env)
+    r = cli("db.restore", "latest", "-i", str(inv), "--check", env=cli_env)
     assert r.returncode == 0 and f"{newer} is damaged: {size} bytes on disk, '{size}' in its manifest" in r.stderr
     r = cli("db.restore", listed[newer]["id"], "-i", str(inv), "--yes", env=cli_env)
     assert r.returncode == 1 and f"its manifest's size is not a byte count ('{size}'): manifest damaged" in r.stderr

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from bigskies_ops.inventory import RetentionSettings
 from bigskies_ops.jobs.retention import Entry, plan
-from tests.conftest import cli, native_host, write_inventory
+from tests.conftest import backed_up_once, cli, write_inventory
 from tests.pgcheck import db_fingerprint, dir_hashes
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=timezone.utc)
@@ -170,12 +170,7 @@ def _populate(bdir, man, orig_bytes, db):
 
 
 def test_prune_keeps_exactly_the_right_real_dumps_after_mtimes_were_reset(tmp_path, pg, pg_sql, dbname, cli_env):
-    bdir = tmp_path / "backups"
-    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
-    r = cli("db.backup", "-i", str(inv), env=cli_env)
-    assert r.returncode == 0, r.stderr
-    [orig] = [p for p in os.listdir(bdir) if p.endswith(".sql.gz")]
-    man = json.loads((bdir / (orig + ".manifest.json")).read_text())
+    inv, bdir, orig, man = backed_up_once(tmp_path, pg, dbname, cli_env)
     data = (bdir / orig).read_bytes()
     (bdir / orig).unlink()
     (bdir / (orig + ".manifest.json")).unlink()
