@@ -191,25 +191,30 @@ def backup_checks(host: Host, backups: list[Backup], now: datetime, *,
 def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
     good = [b for b in backups if b.status == "DONE"]
     runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED", "DAMAGED")]
+    damaged = [b for b in runs if b.status == "DAMAGED" and b.started_at is not None
+               and (not good or b.started_at > max(g.started_at for g in good))]
+    # damaged archives newer than the newest good one: named whatever else the check says
+    note = (f"; {len(damaged)} newer archive(s) damaged, newest {max(damaged, key=lambda b: b.started_at).name} "
+            f"(size differs from its manifest)" if damaged else "")
     limit = host.alerts.max_age_hours
     if not good:
-        return Check("freshness", CRITICAL, f"no good backup of {host.postgres.database!r} in {host.backup.dir}",
-                     {"newest_good": None, "age_s": None})
+        return Check("freshness", CRITICAL, f"no good backup of {host.postgres.database!r} in {host.backup.dir}"
+                                            + note, {"newest_good": None, "age_s": None})
     newest = max(good, key=lambda b: b.started_at)
     age = max(0.0, (now - newest.started_at).total_seconds())  # (a few seconds ahead: within the slack)
     facts = {"newest_good": newest.name, "newest_good_at": iso(newest.started_at), "age_s": int(age),
              "max_age_hours": limit}
     if age > limit * 3600:
         return Check("freshness", CRITICAL, f"newest good backup {newest.name} is {age / 3600:.1f} h old "
-                                            f"(max {limit:g} h)", facts)
+                                            f"(max {limit:g} h)" + note, facts)
     last = max(runs, key=lambda b: b.started_at) if runs else newest
     if last.status == "FAILED":
         return Check("freshness", WARNING, f"the last backup run {last.name} FAILED "
                                            f"({(last.manifest or {}).get('error', '')[:120]}); newest good one is "
-                                           f"{age / 3600:.1f} h old", {**facts, "last_failed": last.name})
+                                           f"{age / 3600:.1f} h old" + note, {**facts, "last_failed": last.name})
     if last.status == "DAMAGED":
         return Check("freshness", WARNING, f"the newest backup {last.name} is damaged ({last.size} bytes on disk, "
-                                           f"{(last.manifest or {}).get('bytes')} in its manifest: truncated or "
+                                           f"{(last.manifest or {}).get('bytes')!r} in its manifest: truncated or "
                                            f"changed); newest good one is {age / 3600:.1f} h old",
                      {**facts, "last_damaged": last.name})
     return Check("freshness", OK, f"newest good backup {newest.name} is {age / 3600:.1f} h old", facts)

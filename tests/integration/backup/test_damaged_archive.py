@@ -75,14 +75,22 @@ def test_a_truncated_archive_is_damaged_never_latest_and_never_a_good_backup(tmp
     assert re.search(r"ok \(check\): \[dev\] would change nothing: the real run would be refused "
                      r"\(\d+ reasons? above\)$", r.stdout.rstrip()), r.stdout
 
-    # db.health: the newest run is damaged (a warning naming it), the newest good one is the older
+    # the archives are untouched so far (db.verify recorded its results in the manifests)
+    after = dir_hashes(bdir)
+    assert {k: after[k] for k in after if k.endswith(".gz")} == {k: before[k] for k in before if k.endswith(".gz")}
+
+    # db.health: the newest run is damaged (named), the newest good one is the older
     r = cli("db.health", "-i", str(inv), "--json", env=cli_env)
     fresh = next(c for c in json.loads(r.stdout)["hosts"][0]["checks"] if c["check"] == "freshness")
     assert fresh["state"] == "critical"  # the intact copy is dated 2026-01-01: far beyond max_age_hours
     assert fresh["newest_good"] == older
-    # the archives are untouched (db.verify recorded its result in the older one's manifest)
-    after = dir_hashes(bdir)
-    assert {k: after[k] for k in after if k.endswith(".gz")} == {k: before[k] for k in before if k.endswith(".gz")}
+    assert fresh["message"].endswith(f"; 1 newer archive(s) damaged, newest {newer} (size differs from its manifest)")
+    # nothing intact left: "no good backup" still names the damaged ones
+    (bdir / older).write_bytes(b"")
+    r = cli("db.health", "-i", str(inv), "--json", env=cli_env)
+    fresh = next(c for c in json.loads(r.stdout)["hosts"][0]["checks"] if c["check"] == "freshness")
+    assert r.returncode == 2 and fresh["state"] == "critical" and fresh["message"].startswith("no good backup")
+    assert fresh["message"].endswith(f"; 2 newer archive(s) damaged, newest {newer} (size differs from its manifest)")
 
 
 def test_health_warns_when_the_newest_run_is_damaged(tmp_path, pg, dbname, cli_env):
