@@ -143,6 +143,12 @@ class Backup:
         return type(want) is not int or self.size != want  # a manifest whose bytes is no count is damaged too
 
     @property
+    def damage(self) -> str:
+        """How a DAMAGED archive differs from its manifest, for messages: ``N bytes on disk, M in
+        its manifest``."""
+        return f"{self.size} bytes on disk, {(self.manifest or {}).get('bytes')!r} in its manifest"
+
+    @property
     def database(self) -> str | None:
         if self.manifest:
             return self.manifest.get("database")
@@ -445,8 +451,7 @@ def latest(backups: list[Backup], database: str | None = None, origin_host: str 
     newest = cands[0].started_at if cands else None
     for b in mine:  # a damaged one newer than what is taken: say why it was not
         if b.status == "DAMAGED" and b.started_at and (newest is None or b.started_at > newest):
-            report.note(f"warning: not taken as latest: {b.shown_name} is damaged: {b.size} bytes on disk, "
-                        f"{b.manifest.get('bytes')!r} in its manifest (truncated or changed)")
+            report.note(f"warning: not taken as latest: {b.shown_name} is damaged: {b.damage} (truncated or changed)")
     return cands[0] if cands else None
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from bigskies_ops.archives.catalog import iso
 from bigskies_ops.jobs.health import worst
+from bigskies_ops.jobs.monitoring import BAD_STATUSES
 from bigskies_ops.jobs.overview import HostOverview, Point
 from bigskies_ops.text import human_bytes
 
@@ -262,7 +263,7 @@ def _host(ov: HostOverview, i: int, now: datetime) -> str:
     out.append('<h3>Checks (as db.health decides)</h3><ul class="checks">'
                + "".join(f'<li><span class="st {esc(c.get("state"))}">{esc(c.get("state"))}</span> '
                          f'<b>{esc(c.get("check"))}</b>: {esc(c.get("message"))}</li>' for c in ov.checks) + "</ul>")
-    bad = [p for p in reversed(ov.points) if p.status in ("FAILED", "MISSING", "DAMAGED", "STARTED")]
+    bad = [p for p in reversed(ov.points) if p.status in BAD_STATUSES]
     if bad:
         out.append('<h3>Runs that need a look</h3><ul class="problems">')
         for p in bad[:20]:

@@ -191,16 +191,16 @@ def backup_checks(host: Host, backups: list[Backup], now: datetime, *,
 def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
     good = [b for b in backups if b.status == "DONE"]
     runs = [b for b in backups if not b.legacy and b.status in ("DONE", "FAILED", "DAMAGED")]
-    damaged = [b for b in runs if b.status == "DAMAGED" and b.started_at is not None
-               and (not good or b.started_at > max(g.started_at for g in good))]
+    newest = max(good, key=lambda b: b.started_at) if good else None
     # damaged archives newer than the newest good one: named whatever else the check says
+    damaged = [b for b in runs if b.status == "DAMAGED" and b.started_at is not None
+               and (newest is None or b.started_at > newest.started_at)]
     note = (f"; {len(damaged)} newer archive(s) damaged, newest {max(damaged, key=lambda b: b.started_at).name} "
             f"(size differs from its manifest)" if damaged else "")
     limit = host.alerts.max_age_hours
-    if not good:
+    if newest is None:
         return Check("freshness", CRITICAL, f"no good backup of {host.postgres.database!r} in {host.backup.dir}"
                                             + note, {"newest_good": None, "age_s": None})
-    newest = max(good, key=lambda b: b.started_at)
     age = max(0.0, (now - newest.started_at).total_seconds())  # (a few seconds ahead: within the slack)
     facts = {"newest_good": newest.name, "newest_good_at": iso(newest.started_at), "age_s": int(age),
              "max_age_hours": limit}
@@ -213,9 +213,8 @@ def _freshness(host: Host, backups: list[Backup], now: datetime) -> Check:
                                            f"({(last.manifest or {}).get('error', '')[:120]}); newest good one is "
                                            f"{age / 3600:.1f} h old" + note, {**facts, "last_failed": last.name})
     if last.status == "DAMAGED":
-        return Check("freshness", WARNING, f"the newest backup {last.name} is damaged ({last.size} bytes on disk, "
-                                           f"{(last.manifest or {}).get('bytes')!r} in its manifest: truncated or "
-                                           f"changed); newest good one is {age / 3600:.1f} h old",
+        return Check("freshness", WARNING, f"the newest backup {last.name} is damaged ({last.damage}: truncated "
+                                           f"or changed); newest good one is {age / 3600:.1f} h old",
                      {**facts, "last_damaged": last.name})
     return Check("freshness", OK, f"newest good backup {newest.name} is {age / 3600:.1f} h old", facts)
 
