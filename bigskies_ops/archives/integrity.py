@@ -33,6 +33,19 @@ class ArchiveInfo:
     roles: set | None = None
     facts: StatementFacts | None = None
     extensions: set | None = None
+    #: :func:`check_archive` with ``defer_digest``: the sha256 comparison still running
+    #: (:meth:`confirm_digest` waits for it); None: done before check_archive returned
+    pending_digest: "PendingDigest | None" = None
+
+    def confirm_digest(self) -> None:
+        """Wait for a deferred sha256 comparison (no-op if there is none).
+
+        Raises:
+            ArchiveError: the archive's sha256 or size differs from its manifest, or it
+                could not be read.
+        """
+        if self.pending_digest is not None:
+            self.pending_digest.result()
 
 
 #: bytes of an archive's SQL a check keeps: the header, and the completion trailer
@@ -85,7 +98,8 @@ def run_pg_restore_on(access: PostgresAccess, args: list[str], path: str) -> str
     return out
 
 
-def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None) -> ArchiveInfo:
+def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None,
+                  defer_digest: bool = False) -> ArchiveInfo:
     """Prove ``path`` is a complete dump the host's tools can restore. Touches no database.
 
     Args:
@@ -93,6 +107,11 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         path: archive on the control machine.
         full: force (True) or skip (False) the end-to-end read; default: only when
             there is no manifest sha256 to compare against.
+        defer_digest: compare the file's sha256 with its manifest's on a thread of its
+            own and return before it is done: the caller must call
+            :meth:`ArchiveInfo.confirm_digest` before it uses what it read (a restore
+            does while it creates its side database, before the load: issue 21). The
+            manifest's status and the file's size are still checked here.
 
     Raises:
         ArchiveError: missing, in-progress, FAILED, checksum mismatch, truncated,
@@ -104,22 +123,30 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
     if not lr.exists(path):
         raise ArchiveError(f"{path}: no such file")
-    man = check_against_manifest(lr, path)
+    pending: list[PendingDigest] = []
+    man = check_against_manifest(lr, path, deferred=pending if defer_digest else None)
     if full is None:
         full = man is None or not man.get("sha256")
     head = sniff(lr, path)
     if head.startswith(b"\x1f\x8b"):
-        return _check_plain(access, lr, path, head, man, full)
-    if head.startswith(b"PGDMP"):
-        return _check_custom(access, path, head, man, full)
-    if head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
+        info = _check_plain(access, lr, path, head, man, full)
+    elif head.startswith(b"PGDMP"):
+        info = _check_custom(access, path, head, man, full)
+    elif head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
         raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
-    raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+    else:
+        raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+    info.pending_digest = pending[0] if pending else None
+    return info
 
 
-def check_against_manifest(runner, path: str) -> dict | None:
+def check_against_manifest(runner, path: str, *, deferred: list | None = None) -> dict | None:
     """The manifest of ``path`` (None: there is none), after checking that it says DONE
     and that the file's size (bytes) and sha256 are the ones it records.
+
+    Args:
+        deferred: a list to which the sha256 comparison is appended as a running
+            :class:`PendingDigest` instead of being waited for (None: wait).
 
     Raises:
         ArchiveError: the manifest says the backup did not finish, or the file differs
@@ -131,18 +158,60 @@ def check_against_manifest(runner, path: str) -> dict | None:
     if man.get("status") != "DONE":
         raise ArchiveError(f"{path}: its manifest says {man.get('status')} "
                            f"({man.get('error') or 'backup did not finish'}); refusing to restore it")
+    if man.get("bytes") is not None and type(man["bytes"]) is not int:
+        raise ArchiveError(f"{path}: its manifest's size is not a byte count ({man['bytes']!r}): manifest damaged")
+    if deferred is not None:
+        try:
+            size = runner.size(path)
+        except (OSError, StorageError) as e:
+            raise ArchiveError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from e
+        _compare(path, man, size, None)
+        deferred.append(PendingDigest(runner, path, man))
+        return man
     try:
         digest, size = runner.sha256(path)
     except StorageError as e:  # unreadable: a failed check of this archive, like any other
         raise ArchiveError(f"{path}: cannot be read ({e})") from e
-    if man.get("bytes") is not None and type(man["bytes"]) is not int:
-        raise ArchiveError(f"{path}: its manifest's size is not a byte count ({man['bytes']!r}): manifest damaged")
+    _compare(path, man, size, digest)
+    return man
+
+
+def _compare(path: str, man: dict, size: int, digest: str | None) -> None:
+    """Raise ArchiveError if ``size`` (bytes) or ``digest`` (sha256 hex; None: not known
+    yet) differs from the manifest ``man``'s."""
     if man.get("bytes") is not None and size != man["bytes"]:
         raise ArchiveError(f"{path}: size {size} bytes differs from the manifest's {man['bytes']} "
                            f"(truncated or changed)")
-    if man.get("sha256") and digest != man["sha256"]:
+    if digest is not None and man.get("sha256") and digest != man["sha256"]:
         raise ArchiveError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
-    return man
+
+
+class PendingDigest:
+    """The sha256 of an archive computed on a daemon thread (hashlib releases the GIL),
+    compared with its manifest by :meth:`result`."""
+
+    def __init__(self, runner, path: str, man: dict):
+        self.path, self.man = path, man
+        self._out: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(runner,), daemon=True, name="archive-sha256")
+        self._thread.start()
+
+    def _run(self, runner) -> None:
+        try:
+            self._out = runner.sha256(self.path)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._error = e
+
+    def result(self) -> None:
+        """Wait for the digest. Raises ArchiveError: it differs, or the file could not be read."""
+        self._thread.join()
+        if isinstance(self._error, StorageError):
+            raise ArchiveError(f"{self.path}: cannot be read ({self._error})") from self._error
+        if self._error is not None:
+            raise self._error
+        digest, size = self._out
+        _compare(self.path, self.man, size, digest)
 
 
 def _check_plain(access: PostgresAccess, lr, path: str, head: bytes, man: dict | None, full: bool) -> ArchiveInfo:

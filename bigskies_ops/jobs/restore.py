@@ -1,7 +1,10 @@
 """``db.restore``: replace a database from an archive without ever losing the old one.
 
 1. Before anything is touched the archive is checked: it exists, its manifest (if
-   any) says DONE and its sha256 matches; without a manifest it is read end to end
+   any) says DONE and its size matches; its sha256 is compared with the manifest's
+   while the other checks run and the side database is created, and must match
+   before anything is loaded into it (a mismatch drops the side database, as any
+   failure before step 4 does); without a manifest it is read end to end
    (gzip stream + completion trailer, or ``pg_restore`` of every data block); the
    local tools must be able to read it (a custom archive from a newer pg_dump, or a
    plain dump with ``\\restrict`` lines for an older psql, is refused naming both
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import iso, latest, list_backups, read_manifest, utcnow
-from bigskies_ops.archives.integrity import check_archive, gunzip_chunks, scan_archive
+from bigskies_ops.archives.integrity import ArchiveInfo, check_archive, gunzip_chunks, scan_archive
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.plainsql import RolePolicy
 from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, UsageError
@@ -301,8 +304,11 @@ def _plan_archive(plan: RestorePlan, check: _Checker, access, archive, follow, e
                         "database_bytes": expected_bytes}
         return None
     plan.archive = _archive_facts(archive)
+    # the real run compares the sha256 while it goes on (confirmed before the load, in
+    # _restore_locked): the read of the whole archive no longer delays the other checks
+    # and the side database's CREATE (issue 21); a dry run waits for it here
     info = check("archive (manifest DONE, size and sha256; readable by this host's tools)",
-                 check_archive, access, archive)
+                 check_archive, access, archive, defer_digest=not dry_run)
     for w in getattr(info, "warnings", ()) or ():
         plan.warnings.append(w)
         if not dry_run:
@@ -529,6 +535,8 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         except PostgresError as e:
             ours = "already exists" not in str(e)
             raise
+        if isinstance(info, ArchiveInfo):
+            info.confirm_digest()  # the sha256 read beside the checks and the CREATE: nothing loaded before it
         info, checked, later = _load_and_check(access, maint, info, side, policy, jobs, progress, old is None)
         locale_warning = locale_warning or later
         # the database's own settings, privileges and comment (not in a plain pg_dump): the

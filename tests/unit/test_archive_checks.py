@@ -57,3 +57,42 @@ def test_an_archive_that_cannot_be_read_is_a_failed_check_not_another_error(tmp_
     os.mkdir(path)  # in the archive's place: reading it fails (EISDIR), even as root
     with pytest.raises(ArchiveError, match="cannot be read"):
         check_against_manifest(LocalRunner(), path)
+
+
+@pytest.mark.parametrize("change, at_once, message", [
+    (None, None, None),
+    (lambda p: open(p, "ab").write(b"!"), True, "differs from the manifest's"),  # size: a stat, checked at once
+    (lambda p: open(p, "r+b").write(b"X"), False, "sha256 differs"),  # same size: only the digest tells
+])
+def test_a_deferred_digest_is_compared_when_confirmed(tmp_path, change, at_once, message):
+    """db.restore reads the sha256 beside its other checks (issue 21): the size is still
+    checked before check_against_manifest returns, the digest when it is confirmed."""
+    path = _archive(tmp_path, b"archive bytes" * 100_000)
+    if change:
+        change(path)
+    pending: list = []
+    if at_once:
+        with pytest.raises(ArchiveError, match=message):
+            check_against_manifest(LocalRunner(), path, deferred=pending)
+        assert pending == []
+        return
+    assert check_against_manifest(LocalRunner(), path, deferred=pending)["bytes"] == 1_300_000
+    (digest,) = pending
+    if message is None:
+        digest.result()
+    else:
+        with pytest.raises(ArchiveError, match=message):
+            digest.result()
+
+
+def test_a_deferred_digest_of_an_unreadable_archive_is_a_failed_check(tmp_path):
+    """A folder in the archive's place, with the folder's size in the manifest: the size
+    check passes, the deferred read fails (EISDIR, even as root) as a failed check."""
+    import os
+    path = str(tmp_path / "bigskies_20261203T120000Z_manual.sql.gz")
+    os.mkdir(path)
+    write_manifest(LocalRunner(), path, {"status": "DONE", "bytes": os.stat(path).st_size, "sha256": "0" * 64})
+    pending: list = []
+    check_against_manifest(LocalRunner(), path, deferred=pending)
+    with pytest.raises(ArchiveError, match="cannot be read"):
+        pending[0].result()

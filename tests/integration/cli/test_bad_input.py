@@ -364,6 +364,18 @@ def _make_bad(case: str, archives, bdir: Path) -> tuple[str, str]:
         data[len(data) // 2] ^= 0xFF
         p.write_bytes(bytes(data))
         return str(p), "sha256 differs from the manifest"
+    if case in ("plain, manifest sha of other bytes", "custom, manifest sha of other bytes"):
+        # a whole, loadable archive whose manifest records another sha256 (the file was
+        # replaced by one of the same size): only the digest tells, and it is compared
+        # beside the checks and the side database's CREATE, so it must be confirmed
+        # before the load (without that the restore would succeed)
+        src = plain if case.startswith("plain") else custom
+        p = bdir / src.name
+        shutil.copy2(src, p)
+        m = json.loads(Path(str(src) + ".manifest.json").read_text())
+        m["sha256"] = "0" * 64
+        Path(str(p) + ".manifest.json").write_text(json.dumps(m))
+        return str(p), "sha256 differs from the manifest"
     if case == "truncated custom":
         p = bdir / custom.name
         shutil.copy2(custom, p)
@@ -385,7 +397,7 @@ def _make_bad(case: str, archives, bdir: Path) -> tuple[str, str]:
 
 
 RESTORE_CASES = ["missing file", "truncated gz (legacy)", "truncated gz (manifest)", "corrupt gz (manifest sha)",
-                 "truncated custom", "not a dump", "newer pg_dump", "a folder"]
+                 "plain, manifest sha of other bytes", "custom, manifest sha of other bytes", "truncated custom", "not a dump", "newer pg_dump", "a folder"]
 
 
 @pytest.mark.parametrize("case", RESTORE_CASES)
