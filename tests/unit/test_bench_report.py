@@ -65,3 +65,15 @@ def test_owner_and_acl_statements_left_out_of_the_schema(bench):
             "--\n\nGRANT SELECT ON TABLE public.t TO bench_reader;\n")
     assert bench.without_owners_acls(dump) == ("-- Name: t; Type: TABLE; Schema: public; Owner: -\n"
                                                "CREATE TABLE public.t (i int);")
+
+
+def test_every_contender_takes_every_place_in_the_order(bench):
+    """The restore rows' rounds rotate their order, so a place's cost (what the contender
+    before left behind) is not always charged to the same contender."""
+    seq = ["guide", "plain", "bare", "custom"]
+    rounds = [bench.rotated(seq, i) for i in range(4)]
+    assert rounds[0] == seq
+    for c in seq:
+        assert sorted(r.index(c) for r in rounds) == [0, 1, 2, 3]
+    assert all(sorted(r) == sorted(seq) for r in rounds)
+    assert bench.rotated(seq, 5) == rounds[1]
