@@ -4,7 +4,9 @@ the plain SQL fed through the scanner (:mod:`bigskies_ops.archives.plainsql`).""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import stat
 import threading
 from dataclasses import dataclass, field
 
@@ -36,6 +38,24 @@ class ArchiveInfo:
     #: :func:`check_archive` with ``defer_digest``: the sha256 comparison still running
     #: (:meth:`confirm_digest` waits for it); None: done before check_archive returned
     pending_digest: "PendingDigest | None" = None
+    #: (inode, size, mtime in ns) of the file when check_archive began (None: not a local file)
+    checked_stat: tuple | None = None
+
+    def confirm_unchanged(self) -> None:
+        """Raise ArchiveError if the file at :attr:`path` is no longer the one checked
+        (replaced, or written to, since :func:`check_archive` began): what was hashed
+        must be what was loaded."""
+        if self.checked_stat is None:
+            return
+        try:
+            st = os.stat(self.path)
+            now = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            raise ArchiveError(f"{self.path}: changed while it was restored ({e.strerror or e}); "
+                               f"the restored copy is not swapped in") from e
+        if now != self.checked_stat:
+            raise ArchiveError(f"{self.path}: changed while it was restored (replaced or written to since it was "
+                               f"checked); the restored copy is not swapped in")
 
     def confirm_digest(self) -> None:
         """Wait for a deferred sha256 comparison (no-op if there is none).
@@ -123,20 +143,32 @@ def check_archive(access: PostgresAccess, path: str, *, full: bool | None = None
         raise ArchiveError(f"{path}: an in-progress (.partial) file is never restored")
     if not lr.exists(path):
         raise ArchiveError(f"{path}: no such file")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ArchiveError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a folder: its read says so below
+        raise ArchiveError(f"{path}: not a regular file (a FIFO, socket or device); an archive is a file")
     pending: list[PendingDigest] = []
     man = check_against_manifest(lr, path, deferred=pending if defer_digest else None)
     if full is None:
         full = man is None or not man.get("sha256")
-    head = sniff(lr, path)
-    if head.startswith(b"\x1f\x8b"):
-        info = _check_plain(access, lr, path, head, man, full)
-    elif head.startswith(b"PGDMP"):
-        info = _check_custom(access, path, head, man, full)
-    elif head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
-        raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
-    else:
-        raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+    try:
+        head = sniff(lr, path)
+        if head.startswith(b"\x1f\x8b"):
+            info = _check_plain(access, lr, path, head, man, full)
+        elif head.startswith(b"PGDMP"):
+            info = _check_custom(access, path, head, man, full)
+        elif head.lstrip().startswith(b"--") and b"PostgreSQL database dump" in head[:4096]:
+            raise ArchiveError(f"{path}: uncompressed plain SQL is not a supported archive; gzip it first")
+        else:
+            raise ArchiveError(f"{path}: not a PostgreSQL dump (neither gzip nor custom archive)")
+    except (ArchiveError, OSError):
+        if pending:  # a damaged archive: its sha256 is the cause to name, not a symptom read from its header
+            pending[0].result()
+        raise
     info.pending_digest = pending[0] if pending else None
+    info.checked_stat = (st.st_ino, st.st_size, st.st_mtime_ns)
     return info
 
 

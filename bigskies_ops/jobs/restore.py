@@ -208,21 +208,30 @@ def plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, tar
         ArchiveError, UsageError (``target_db`` exists; unknown coordinator), SafetyError
         (missing roles, too little space, sessions, rights).
     """
+    plan = RestorePlan(host.name, target_db or host.postgres.database, target_db, terminate_sessions)
     with access.pooled_session():
-        return _plan_restore(access, host, archive, target_db=target_db, terminate_sessions=terminate_sessions,
-                             roles=roles, skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
-                             follow=follow, dry_run=dry_run, expected_bytes=expected_bytes)
+        try:
+            return _plan_restore(plan, access, host, archive, target_db=target_db, roles=roles,
+                                 skip_missing_roles=skip_missing_roles, skip_space_check=skip_space_check,
+                                 follow=follow, dry_run=dry_run, expected_bytes=expected_bytes)
+        except (ArchiveError, SafetyError, UsageError):
+            # a damaged archive is said first, whatever else would be refused (as when the
+            # sha256 was read before the other checks): its header, table of contents and
+            # the other refusals could otherwise name a symptom of the damage
+            if isinstance(plan.info, ArchiveInfo):
+                plan.info.confirm_digest()
+            raise
 
 
-def _plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, target_db, terminate_sessions, roles,
+def _plan_restore(plan: RestorePlan, access: PostgresAccess, host: Host, archive: str | None, *, target_db, roles,
                   skip_missing_roles, skip_space_check, follow, dry_run, expected_bytes) -> RestorePlan:
-    """:func:`plan_restore` within its pooled session."""
+    """:func:`plan_restore` within its pooled session, filling ``plan``."""
     db = host.postgres.database
-    name = target_db or db
-    plan = RestorePlan(host.name, name, target_db, terminate_sessions)
+    terminate_sessions = plan.terminate_sessions
     maint = access.sql(host.postgres.maintenance_db)
     check = _Checker(plan, dry_run)
     info = _plan_archive(plan, check, access, archive, follow, expected_bytes, dry_run)
+    plan.info = info if isinstance(info, ArchiveInfo) else None
     if target_db is not None:
         check(f"--target-db {target_db!r} does not exist yet", _target_free, maint, target_db, host)
     if target_db is None and host.coordinators:  # unknown coordinator names: exit 2 before any change
@@ -252,6 +261,8 @@ def _plan_restore(access: PostgresAccess, host: Host, archive: str | None, *, ta
             check("roles the archive names exist here", _refuse_roles, plan.missing_roles, host.name,
                   skip_missing_roles)
         else:
+            if roles and follow is None:
+                info.confirm_digest()  # --roles creates roles in the cluster: only from an archive known whole
             plan.policy = role_policy(access, maint, info, create_roles=roles and follow is None,
                                       skip_missing=skip_missing_roles)
             plan.missing_roles = sorted((_needed(info) or set()) - plan.policy.existing)
@@ -538,6 +549,7 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
         if isinstance(info, ArchiveInfo):
             info.confirm_digest()  # the sha256 read beside the checks and the CREATE: nothing loaded before it
         info, checked, later = _load_and_check(access, maint, info, side, policy, jobs, progress, old is None)
+        info.confirm_unchanged()  # the file loaded is the one hashed: not replaced or written to meanwhile
         locale_warning = locale_warning or later
         # the database's own settings, privileges and comment (not in a plain pg_dump): the
         # backup's, or for an archive without them the current database's

@@ -96,3 +96,33 @@ def test_a_deferred_digest_of_an_unreadable_archive_is_a_failed_check(tmp_path):
     check_against_manifest(LocalRunner(), path, deferred=pending)
     with pytest.raises(ArchiveError, match="cannot be read"):
         pending[0].result()
+
+
+def test_an_archive_replaced_or_written_to_after_its_check_is_not_the_one_checked(tmp_path):
+    """db.restore hashes the file, then its loader opens the path again: a file renamed
+    over it or written to in between is refused before the swap (helper-39)."""
+    import os
+
+    from bigskies_ops.archives.integrity import ArchiveInfo
+    path = _archive(tmp_path, b"archive bytes")
+
+    def checked():
+        st = os.stat(path)
+        return ArchiveInfo(path, "plain", None, None, None, checked_stat=(st.st_ino, st.st_size, st.st_mtime_ns))
+    info = checked()
+    info.confirm_unchanged()
+    other = tmp_path / "other"
+    other.write_bytes(b"archive bytes")  # same size and content: another file all the same
+    os.replace(other, path)
+    with pytest.raises(ArchiveError, match="changed while it was restored"):
+        info.confirm_unchanged()
+    info = checked()
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"A")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a write within the clock's tick: mtime moved
+    with pytest.raises(ArchiveError, match="changed while it was restored"):
+        info.confirm_unchanged()
+    os.remove(path)
+    with pytest.raises(ArchiveError, match="changed while it was restored"):
+        info.confirm_unchanged()
