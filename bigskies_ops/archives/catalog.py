@@ -387,15 +387,25 @@ def scan_dir(runner, directory: str, origin_dir: str | None = None) -> list[Back
                 continue
             if not isinstance(man, dict) or man.get("schema_version") != SCHEMA_VERSION:
                 continue
-            size = runner.size(posixpath.join(directory, arch)) if arch in names else None
-            out.append(Backup(directory, arch, man, size, origin_dir))
+            size = _size(runner, posixpath.join(directory, arch)) if arch in names else None
+            out.append(Backup(directory, arch, man, size, origin_dir))  # size None: MISSING
             seen.add(arch)
     for n in sorted(names):
         if n in seen or n.endswith(MANIFEST_SUFFIX) or n.endswith(PARTIAL_SUFFIX) or n.startswith("."):
             continue
-        if is_archive_file(n):
-            out.append(Backup(directory, n, None, runner.size(posixpath.join(directory, n)), origin_dir))
+        if is_archive_file(n) and (size := _size(runner, posixpath.join(directory, n))) is not None:
+            out.append(Backup(directory, n, None, size, origin_dir))
     return out
+
+
+def _size(runner, path: str) -> int | None:
+    """Bytes of ``path``, or None where there is no file to measure: a dangling symlink in
+    the archive's place, or a file pruned between the folder's listing and this stat
+    (helper-38: either made db.list fail)."""
+    try:
+        return runner.size(path)
+    except (OSError, StorageError):
+        return None
 
 
 def list_backups(runner, backup_dir: str, *, origin: str | None = None, include_all: bool = False) -> list[Backup]:

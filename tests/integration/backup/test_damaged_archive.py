@@ -121,3 +121,21 @@ def test_a_manifest_whose_size_is_not_a_count_is_damaged_and_refused_by_name(tmp
     assert r.returncode == 0 and f"{newer} is damaged: {size} bytes on disk, '{size}' in its manifest" in r.stderr
     r = cli("db.restore", listed[newer]["id"], "-i", str(inv), "--yes", env=cli_env)
     assert r.returncode == 1 and f"its manifest's size is not a byte count ('{size}'): manifest damaged" in r.stderr
+
+
+def test_a_dangling_symlink_in_an_archives_place_is_listed_missing_not_an_error(tmp_path, pg, dbname, cli_env):
+    """helper-38: db.list failed (exit 1) when an archive's name was a symlink to nothing.
+    With its manifest it is MISSING; a legacy-named one is not an archive and not listed."""
+    inv, bdir, newer, _man = backed_up_once(tmp_path, pg, dbname, cli_env)
+    kept = bdir.parent / "moved-away.sql.gz"
+    os.replace(bdir / newer, kept)
+    os.symlink(bdir.parent / "nowhere.sql.gz", bdir / newer)
+    legacy = f"{dbname}_backup_20250101_000000.sql.gz"
+    os.symlink(bdir.parent / "nowhere-either.sql.gz", bdir / legacy)
+    before = dir_hashes(bdir)
+    r = cli("db.list", "-i", str(inv), "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert {b["name"]: b["status"] for b in json.loads(r.stdout)["backups"]} == {newer: "MISSING"}
+    r = cli("db.list", "-i", str(inv), env=cli_env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert dir_hashes(bdir) == before and kept.exists()
