@@ -30,44 +30,25 @@ from bigskies_ops.pg.tools import pg_restore_args, psql_args
 LOAD_COUNT_BATCH = 64  # tables counted per transaction: PostgreSQL's default max_locks_per_transaction
 
 
-#: Session settings of the tools loading the side database (libpq PGOPTIONS), from the
-#: PostgreSQL 15 docs, 14.4 "Populating a Database": a larger maintenance_work_mem makes
-#: CREATE INDEX / ADD PRIMARY KEY sort in memory (the default 64MB spills a 5M-row key
-#: to disk); synchronous_commit=off spares one WAL flush per pg_restore item. Neither
-#: weakens the result: the swap transaction commits synchronously, and WAL is flushed
-#: in order, so every earlier commit of the load is durable before the swap is.
+#: Session settings of the tools loading the side database (libpq PGOPTIONS):
+#: synchronous_commit=off spares one WAL flush per pg_restore item (PostgreSQL 15 docs,
+#: 14.4 "Populating a Database"). It does not weaken the result: the swap transaction
+#: commits synchronously, and WAL is flushed in order, so every earlier commit of the load
+#: is durable before the swap is. maintenance_work_mem is the server's own, as for
+#: pg_restore and psql: a larger one (256MB-1GB per session, until 2026-12-05) sorted the
+#: 5M-row primary key of the benchmark in memory, 1 s faster when that memory had just been
+#: freed, but 1.4-2.1 s slower for the whole 6 s restore when it had not (a VM returning
+#: free memory to its host pays a fault per first touch: bench/run.py, probe_first_touch),
+#: and it took up to 2 GB of a production server's memory unasked.
 #: (backend_flush_after=2MB was tried and dropped: the loading backends' forced
 #: writeback made a 1 GB pg_restore -j 2 about 2.5 s slower on the reference machine.)
-RESTORE_PGOPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
-
-
-#: maintenance_work_mem of a loading session, bytes: at least the 256MB above; up to 1GB
-#: when the database server's machine has the memory (MemAvailable / (4 x sessions)).
-#: Measured on the benchmark's 5M-row primary key (ALTER TABLE ADD PRIMARY KEY): 3.2 s
-#: with 256MB (the sort spills to disk), 2.25 s with 1GB; the build is on the critical
-#: path of a restore (its table's data is the last to finish). Memory is taken as a sort
-#: needs it, so a small database uses no more than before.
-MWM_MIN, MWM_MAX = 256 << 20, 1 << 30
-
-
-def mem_available(runner) -> int | None:
-    """MemAvailable of the machine ``runner`` acts on (bytes, from /proc/meminfo; Linux
-    docs, proc(5)); None where it cannot be read (another OS, a failed remote read)."""
-    try:
-        for line in runner.read_bytes("/proc/meminfo").decode("ascii", "replace").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except Exception:  # noqa: BLE001 - an estimate only; the 256MB floor applies
-        return None
-    return None
+RESTORE_PGOPTIONS = "-c synchronous_commit=off"
 
 
 def restore_pgoptions(access, sessions: int) -> str:
-    """PGOPTIONS of ``sessions`` loading sessions on ``access``'s server: ``RESTORE_PGOPTIONS``
-    with maintenance_work_mem sized by :func:`mem_available` (see :data:`MWM_MIN`)."""
-    mem = mem_available(access.runner)
-    mwm = MWM_MIN if mem is None else max(MWM_MIN, min(MWM_MAX, mem // (4 * max(1, sessions))))
-    return RESTORE_PGOPTIONS.replace("maintenance_work_mem=256MB", f"maintenance_work_mem={mwm >> 20}MB")
+    """PGOPTIONS of ``sessions`` loading sessions on ``access``'s server:
+    :data:`RESTORE_PGOPTIONS`, the same for any number of sessions and any server."""
+    return RESTORE_PGOPTIONS
 
 
 def needed_roles(info: ArchiveInfo) -> set[str] | None:

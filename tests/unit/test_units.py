@@ -353,41 +353,19 @@ def test_copy_terminator_search_agrees_with_the_plain_pattern_search():
         assert OwnerAclFilter._terminator(buf, pos, end) == want, (trial, buf, pos, end)
 
 
-class _MemRunner:
-    """Serves a /proc/meminfo text (a pure-function test of restore_pgoptions' sizing)."""
-
-    def __init__(self, kb):
-        self.kb = kb
-
-    def read_bytes(self, path):
-        assert path == "/proc/meminfo"
-        if self.kb is None:
-            raise OSError("no such file")
-        return f"MemTotal:       32000000 kB\nMemFree:         1000 kB\nMemAvailable:   {self.kb} kB\n".encode()
-
-
-@pytest.mark.parametrize("kb,sessions,mwm", [
-    (20 * 1024 * 1024, 2, "1024MB"),   # plenty: the 1GB cap
-    (6 * 1024 * 1024, 2, "768MB"),     # MemAvailable / (4 x sessions)
-    (6 * 1024 * 1024, 1, "1024MB"),
-    (2 * 1024 * 1024, 2, "256MB"),     # little memory: never below the old fixed 256MB
-    (None, 2, "256MB"),                # unreadable (another OS, a failed remote read)
-])
-def test_restore_sessions_size_maintenance_work_mem_by_available_memory(kb, sessions, mwm):
+@pytest.mark.parametrize("sessions", [1, 2, 8])
+def test_restore_sessions_keep_the_servers_maintenance_work_mem(sessions):
+    """The loading sessions set synchronous_commit=off and nothing else: no
+    maintenance_work_mem of ours (it cost 1.4-2.1 s of a 6 s restore where first touches
+    of memory are dear, and server memory the DBA did not give), and nothing read from the
+    server's machine to size it."""
     from types import SimpleNamespace
     from bigskies_ops.jobs.sideload import restore_pgoptions
-    opts = restore_pgoptions(SimpleNamespace(runner=_MemRunner(kb)), sessions)
-    assert opts == f"-c maintenance_work_mem={mwm} -c synchronous_commit=off"
 
-
-def test_restore_pgoptions_reads_this_machine():
-    from types import SimpleNamespace
-    from bigskies_ops.jobs.sideload import mem_available, restore_pgoptions
-    from bigskies_ops.hosts.local import LocalRunner
-    mem = mem_available(LocalRunner())
-    assert mem is not None and mem > 0
-    mwm = int(restore_pgoptions(SimpleNamespace(runner=LocalRunner()), 2).split("maintenance_work_mem=")[1].split("MB")[0])
-    assert 256 <= mwm <= 1024 and (mwm == 256 or mwm == 1024 or mwm == mem // 8 >> 20)
+    class NoReads:
+        def read_bytes(self, path):
+            raise AssertionError(f"read {path}")
+    assert restore_pgoptions(SimpleNamespace(runner=NoReads()), sessions) == "-c synchronous_commit=off"
 
 
 class _TTY(__import__("io").StringIO):
