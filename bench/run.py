@@ -4,8 +4,12 @@ Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
 observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
 then measures on the same data, interleaving the contenders (ABCD, BCDA, ... for
 the restore rows: each takes each place in the order) and taking the median of
-`--runs` (>= 3) with the spread (min-max) printed. Every contender starts from the
-same state: an untimed CHECKPOINT and sync right before it.
+`--runs` (>= 3) with the spread (min-max) printed, after `--warmup` (2) untimed
+rounds of the restore, 60-index and scenario 4 rows (this VM's first minutes of 1 GB
+loads are its slowest, for every contender). Every contender starts from the same
+state: an untimed CHECKPOINT and sync, then `--settle` seconds (10) of idle, and each
+copy is dropped right after its run, as ours drops its oldest pre-restore copy, so
+that none writes into memory its own preparation just freed (`Bench.probe_first_touch`).
 
 * backup: `pg_dump > /dev/null` (the floor), the guide's `pg_dump | gzip`, and
   `db.backup` in each format;
@@ -228,6 +232,9 @@ class Bench:
         self.want = self.fidelity_snapshot("bigskies")
         self.log(f"fidelity sample: {len(self.want['tables'])} tables hashed whole, catalog and schema")
         self.write_inventory()
+        self.first_touch = self.probe_first_touch()
+        self.log(f"first touch: {self.first_touch['mib']} MiB written into memory freed just before in "
+                 f"{self.first_touch['hot_s']} s, freed {self.args.settle:g} s before in {self.first_touch['cold_s']} s")
 
     # ------------------------------------------------------------ fidelity
     def fidelity_snapshot(self, db: str) -> dict:
@@ -305,7 +312,9 @@ class Bench:
         self.inventory.write_text(yaml.safe_dump({"hosts": hosts}, sort_keys=False))
 
     # ------------------------------------------------------------ measuring
-    def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False) -> dict:
+    def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False, record: bool = True) -> dict:
+        """Run one contender from the common starting state and record its figures under
+        ``name`` (``record=False``: a warm-up round, run and logged but not recorded)."""
         if prepare:
             prepare()
         # Same starting state for every contender: without it, whoever runs right after a
@@ -314,7 +323,14 @@ class Bench:
         self.wait_background_drops()
         self.psql("CHECKPOINT", "postgres")
         os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
+        # And the same memory: on a VM that hands free memory back to its host (free page
+        # reporting), a write into memory freed seconds ago is ~10x as fast as into memory
+        # idle longer (:meth:`probe_first_touch`). Copies are dropped right after their run
+        # (:meth:`drop_copy`; ours drops its oldest pre-restore copy after its swap), and the
+        # settle lets what the previous contender freed cool like the rest of free memory.
+        time.sleep(self.args.settle)
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
+        server0 = self.server_cpu()
         rss_file = self.base / "rss.txt"
         rss_file.unlink(missing_ok=True)  # never a previous run's figure
         if ours:
@@ -325,18 +341,55 @@ class Bench:
         wall = time.perf_counter() - t0
         # rusage of this child and the descendants it waited for
         ru = self._child_rusage_delta()
+        server = [round(b - a, 2) for a, b in zip(server0, self.server_cpu())]
         if p.returncode != 0:
             raise SystemExit(f"bench: {name} failed (exit {p.returncode}): {' '.join(argv)[-300:]}\n"
                              f"{err.decode(errors='replace')[-2000:]}")
-        rec = {"wall_s": round(wall, 3), "cpu_s": round(ru, 3)}
+        rec = {"wall_s": round(wall, 3), "cpu_s": round(ru, 3), "server_user_s": server[0], "server_sys_s": server[1]}
         if ours and not rss_file.exists():
             self.check(False, f"{name}: the peak RSS was not recorded")
         elif ours:
             rec["python_rss_mb"] = round(int(rss_file.read_text()) / 1024, 1)
-        self.results.setdefault(name, []).append(rec)
-        self.log(f"{name:28s} {wall:7.2f} s  cpu {ru:6.2f} s" +
+        if record:
+            self.results.setdefault(name, []).append(rec)
+        self.log(("(warm-up) " if not record else "") + f"{name:28s} {wall:7.2f} s  cpu {ru:6.2f} s  server user {server[0]:5.2f} s sys {server[1]:5.2f} s" +
                  (f"  rss {rec['python_rss_mb']} MB" if "python_rss_mb" in rec else ""))
         return rec
+
+    def probe_first_touch(self, mib: int = 1024) -> dict:
+        """What a write into the page cache costs on this machine when the memory it lands in
+        was freed just before, and when it was freed ``--settle`` seconds before: ``{"hot_s",
+        "cold_s"}``, wall seconds to write ``mib`` MiB (no fsync). Equal on bare metal; on a
+        VM with free page reporting (virtio-balloon; Firecracker's balloon) the second pays a
+        host fault per page (2026-12-05, this VM: 1.5 GB in 0.28 s against 3.7 s)."""
+        scratch, buf = self.base / "first-touch.probe", b"\1" * 2**20
+
+        def write() -> float:
+            t0 = time.perf_counter()
+            with open(scratch, "wb") as f:
+                for _ in range(mib):
+                    f.write(buf)
+            return time.perf_counter() - t0
+        try:
+            write()
+            os.sync()
+            scratch.unlink()
+            hot = write()  # into the pages the unlink just freed
+            scratch.unlink()
+            os.sync()
+            time.sleep(max(self.args.settle, 1))
+            cold = write()
+        finally:
+            scratch.unlink(missing_ok=True)
+            os.sync()
+        return {"mib": mib, "hot_s": round(hot, 2), "cold_s": round(cold, 2)}
+
+    def drop_copy(self, db: str, *files) -> None:
+        """Drop a contender's copy (and scratch ``files``) right after its run and check, as
+        ours drops its oldest pre-restore copy right after its swap: no contender's
+        preparation frees 1 GB of page cache just before its own clock starts
+        (:meth:`probe_first_touch`)."""
+        self.sh(f"dropdb --if-exists -f {shlex.quote(db)}; rm -rf {' '.join(shlex.quote(str(f)) for f in files)}")
 
     def wait_background_drops(self, timeout: float = 300) -> None:
         """Wait for the process a restore leaves dropping old pre-restore copies (it holds
@@ -347,6 +400,30 @@ class Bench:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: a lock in {self.base} is still held after {timeout} s")
             time.sleep(0.1)
+
+    def server_cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far of the bench cluster's server: the postmaster,
+        its live processes and the backends it has reaped (/proc/PID/stat utime, stime,
+        cutime, cstime). A contender's delta shows where its server time went: a write
+        into memory the host took back is system time (:meth:`probe_first_touch`)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        pm = self.cluster.pid
+        user = system = 0
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited since the listing
+            pid, ppid = int(d.name), int(f[1])
+            if pid == pm:
+                user += int(f[11]) + int(f[13])
+                system += int(f[12]) + int(f[14])
+            elif ppid == pm:
+                user += int(f[11])
+                system += int(f[12])
+        return user / tick, system / tick
 
     _last_ru = None
 
@@ -413,10 +490,12 @@ class Bench:
             ("restore ours: custom .dump", self.ours("db.restore", str(custom), "--host", "restore_custom", "--yes"),
              None, True, "restored_custom"),
         ]
-        for i in range(self.args.runs):
+        for i in range(-self.args.warmup, self.args.runs):
             for name, argv, prep, ours, db in rotated(rcontenders, i):
-                self.timed(name, argv, prepare=prep, ours=ours)
+                self.timed(name, argv, prepare=prep, ours=ours, record=i >= 0)
                 self.check_copy(name, db)
+                if not ours:
+                    self.drop_copy(db)
         self.sh("dropdb --if-exists -f bare_restore; dropdb --if-exists -f guide_restore")  # disk for what follows
 
     def run_index_heavy(self) -> None:
@@ -443,12 +522,14 @@ class Bench:
             ("restore ours: plain, 60 indexes", self.ours("db.restore", str(ours), "--host", "manyidx_restore", "--yes"),
              None, True, "manyidx_restored"),
         ]
-        for i in range(self.args.runs):
+        for i in range(-self.args.warmup, self.args.runs):
             for name, argv, prep, is_ours, db in rotated(contenders, i):
-                self.timed(name, argv, prepare=prep, ours=is_ours)
+                self.timed(name, argv, prepare=prep, ours=is_ours, record=i >= 0)
                 diffs = compare.differences(compare.snapshot(host, port, db), want)
                 self.check(not diffs, f"{name}: equals the source (catalog, schema, every row's md5)")
                 self.log_differences(diffs)
+                if not is_ours:
+                    self.drop_copy(db)
         self.wait_background_drops()
         self.sh("dropdb --if-exists -f manyidx_guide; dropdb --if-exists -f manyidx_restored; "
                 "dropdb --if-exists -f manyidx")
@@ -540,10 +621,12 @@ class Bench:
              fresh("pgcopydb_ssh", str(work)), False, "pgcopydb_ssh", False),
         ]
         self._child_rusage_delta()
-        for i in range(self.args.runs):
+        for i in range(-self.args.warmup, self.args.runs):
             for name, argv, prep, ours, db, no_owner_acl in rotated(contenders, i):
-                self.timed(name, argv, prepare=prep, ours=ours)
+                self.timed(name, argv, prepare=prep, ours=ours, record=i >= 0)
                 self.check_copy(name, db, no_owner_acl)
+                if not ours:
+                    self.drop_copy(db, remote, local, work)
         # the copies are ~1 GB each: gone before the pull rows write theirs
         self.sh("dropdb --if-exists -f heroku_local; dropdb --if-exists -f heroku_ssh; "
                 f"dropdb --if-exists -f pgcopydb_ssh; dropdb --if-exists -f bigskies_dev_guide; rm -rf {work}")
@@ -599,6 +682,8 @@ class Bench:
                 "wall_min_s": min(walls), "wall_max_s": max(walls),
                 "spread": round((max(walls) - min(walls)) / med, 3) if med else None,
                 "cpu_median_s": round(statistics.median(r["cpu_s"] for r in recs), 3),
+                "server_user_median_s": round(statistics.median(r["server_user_s"] for r in recs), 2),
+                "server_sys_median_s": round(statistics.median(r["server_sys_s"] for r in recs), 2),
                 "bytes_written": recs[-1].get("bytes_written"),
                 "python_rss_mb_max": max((r.get("python_rss_mb", 0) for r in recs), default=None) or None,
             }
@@ -629,6 +714,7 @@ class Bench:
         return {"when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "db_bytes": getattr(self, "db_bytes", None),
                 "quick": self.args.quick, "scale": self.args.scale, "runs": self.args.runs, "cores": os.cpu_count(),
                 "sample_data_load_s": getattr(self, "sample_data_s", None),
+                "settle_s": self.args.settle, "first_touch": getattr(self, "first_touch", None),
                 "rows": rows, "ratios": ratios, "ratio_status": detail, "warnings": warnings,
                 "checks": self.checks}
 
@@ -638,15 +724,21 @@ class Bench:
         tag = "rss" if self.args.only == "rss" else "latest"
         (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
         runs = "one run each (scale {})".format(s["scale"]) if tag == "rss" else f"{s['runs']} interleaved runs each"
-        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT and sync; {s['cores']} cores; {s['when_utc']}",
-                 "", "| contender | median wall s | min-max s | spread | client CPU s | bytes written | Python RSS MB |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+        ft = s["first_touch"]
+        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT, sync and "
+                 f"{s['settle_s']:g} s settle; {s['cores']} cores; {s['when_utc']}"]
+        if ft:
+            lines.append(f"First touch on this machine: {ft['mib']} MiB written into memory freed just before: "
+                         f"{ft['hot_s']} s; freed {s['settle_s']:g} s before: {ft['cold_s']} s")
+        lines += [
+                  "", "| contender | median wall s | min-max s | spread | client CPU s | server user/sys s | bytes written | Python RSS MB |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in s["rows"].items():
             name = name.replace("|", "\\|")  # a pipe inside a Markdown table cell
             size = f"{r['bytes_written']:,}" if isinstance(r["bytes_written"], int) else "-"
             spread = f"{r['spread']:.0%}" if r["spread"] is not None else "-"
             lines.append(f"| {name} | {r['wall_median_s']:.2f} | {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f} | "
-                         f"{spread} | {r['cpu_median_s']:.2f} | {size} | {r['python_rss_mb_max'] or '-'} |")
+                         f"{spread} | {r['cpu_median_s']:.2f} | {r['server_user_median_s']:.2f}/{r['server_sys_median_s']:.2f} | {size} | {r['python_rss_mb_max'] or '-'} |")
         if tag == "rss":
             lines += self._rss_vs_1x(s)
         else:
@@ -706,6 +798,12 @@ def main() -> int:
     ap.add_argument("--only", choices=("all", "backup", "scenario4", "rss"), default="all")
     ap.add_argument("--workdir", default=None, help="folder for the data (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed rounds of the restore and scenario 4 rows before the timed ones (each checked "
+                         "like the others): the machine's first minutes of 1 GB loads are its slowest")
+    ap.add_argument("--settle", type=float, default=10.0,
+                    help="seconds every contender waits, after its preparation, before its clock starts "
+                         "(memory freed by the preparation cools like any other; 0 = no wait)")
     args = ap.parse_args()
     if args.runs < 3 and not args.quick:
         ap.error("--runs must be >= 3 for a median with a spread")

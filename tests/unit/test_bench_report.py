@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,10 +28,11 @@ def bench():
 
 def summary(bench, walls: dict, quick: bool = False) -> dict:
     b = bench.Bench.__new__(bench.Bench)  # no cluster, no folder: only the report's inputs
-    b.args = argparse.Namespace(quick=quick, scale=1, runs=3)
+    b.args = argparse.Namespace(quick=quick, scale=1, runs=3, settle=10.0)
     b.checks = []
     b.raw_bytes = 800_000_000
-    b.results = {name: [{"wall_s": w, "cpu_s": 0.0} for w in ws] for name, ws in walls.items()}
+    b.results = {name: [{"wall_s": w, "cpu_s": 0.0, "server_user_s": 0.5, "server_sys_s": 0.25} for w in ws]
+                 for name, ws in walls.items()}
     return b.summary()
 
 
@@ -77,3 +82,20 @@ def test_every_contender_takes_every_place_in_the_order(bench):
         assert sorted(r.index(c) for r in rounds) == [0, 1, 2, 3]
     assert all(sorted(r) == sorted(seq) for r in rounds)
     assert bench.rotated(seq, 5) == rounds[1]
+    assert bench.rotated(seq, -1) == rounds[3]  # the warm-up round before round 0
+
+
+def test_server_cpu_counts_the_servers_reaped_and_live_children(bench):
+    """The server's CPU per contender: the postmaster's own and its children's, live or
+    reaped. Here the test's process stands in for the postmaster (a real /proc, a real
+    child burning CPU)."""
+    b = bench.Bench.__new__(bench.Bench)
+    b.cluster = types.SimpleNamespace(pid=os.getpid())
+    user0, sys0 = b.server_cpu()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.3: pass"], check=True)
+    user1, sys1 = b.server_cpu()
+    assert (user1 + sys1) - (user0 + sys0) >= 0.25 and user1 >= user0 and sys1 >= sys0
+    s = summary(bench, {OURS: [10.0, 10.5, 11.0]})
+    assert (s["rows"][OURS]["server_user_median_s"], s["rows"][OURS]["server_sys_median_s"]) == (0.5, 0.25)
+    assert s["settle_s"] == 10.0
