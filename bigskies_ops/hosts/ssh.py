@@ -467,7 +467,7 @@ class SSHRunner(Runner):
         hit = self._cached("size", path)
         if hit is not None:
             return hit
-        r = self.run(["stat", "-c", "%s", "--", path], check=False)
+        r = self.run(["stat", "-L", "-c", "%s", "--", path], check=False)  # a symlink's target, as os.stat locally
         if not r.ok:
             raise FileNotFoundError(f"{self.host.name}:{path}: {tail(r.stderr, 200)}")
         return int(r.text.strip())

@@ -103,7 +103,7 @@ def find_backup(runner, host: Host, spec: str, origin: str | None = None) -> Bac
     b = named_backup(everything, spec, origin, host.name)
     if b is None:
         listing = f"db.list --host {host.name}{' --all' if not origin else ' --origin ' + origin}"
-        raise ArchiveError(f"{spec}: no such backup or backup id in {host.name}:{host.backup.dir}"
+        raise ArchiveError(f"{spec}: no such backup name or id in {host.name}:{host.backup.dir}"
                            f"{'/' + origin if origin else ''}; ids are the first column of `{listing}` "
                            f"{id_rule(spec)}")
     return b

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from bigskies_ops import report
-from bigskies_ops.archives.catalog import iso, latest, list_backups, read_manifest, utcnow
+from bigskies_ops.archives.catalog import MANIFEST_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
 from bigskies_ops.archives.integrity import ArchiveInfo, check_archive, gunzip_chunks, scan_archive
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.plainsql import RolePolicy
@@ -318,7 +318,9 @@ def _plan_archive(plan: RestorePlan, check: _Checker, access, archive, follow, e
     # the real run compares the sha256 while it goes on (confirmed before the load, in
     # _restore_locked): the read of the whole archive no longer delays the other checks
     # and the side database's CREATE (issue 21); a dry run waits for it here
-    info = check("archive (manifest DONE, size and sha256; readable by this host's tools)",
+    what = ("manifest DONE, size and sha256" if os.path.lexists(archive + MANIFEST_SUFFIX)
+            else "no manifest: read to its end")  # check_archive reads a manifest-less archive whole
+    info = check(f"archive ({what}; readable by this host's tools)",
                  check_archive, access, archive, defer_digest=not dry_run)
     for w in getattr(info, "warnings", ()) or ():
         plan.warnings.append(w)

@@ -102,7 +102,7 @@ def select(host: Host, runner, spec: str | None, all_: bool, database: str | Non
         d, n = os.path.split(os.path.abspath(spec))
         man = read_manifest(runner, spec)
         return [Backup(d, n, man, os.path.getsize(spec))]
-    raise ArchiveError(f"{spec}: no such backup or backup id (looked in {host.backup.dir}"
+    raise ArchiveError(f"{spec}: no such file or backup id (looked in {host.backup.dir}"
                        f"{'/' + origin if origin else ''}){id_hint(spec, host.name)}")
 
 

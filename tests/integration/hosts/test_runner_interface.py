@@ -162,6 +162,10 @@ def test_file_operations(runner, tmp_path):
     assert not runner.exists(lock)
     (d / "dangling").symlink_to(d / "nowhere")
     assert runner.exists(str(d / "dangling"))
+    # a symlink's size is its target's on both (an archive linked into the backup folder
+    # is compared with its manifest's byte count; ssh ran `stat` without -L)
+    (d / "link").symlink_to(d / "published")
+    assert runner.size(str(d / "link")) == 1
     with pytest.raises(OSError):
         runner.size(str(d / "nowhere"))
     with pytest.raises(OSError):

@@ -207,7 +207,7 @@ def test_delete_check_then_delete_one_backup_with_its_sidecars(dev, cli_env, pg_
     assert _state(bdir) == {}
     # unknown id / 'latest': clear messages, no traceback
     r = cli("db.delete", "abcdef12", "--yes", "-i", str(inv), env=cli_env)
-    assert r.returncode == 1 and "no such backup or backup id" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "no such backup name or id" in r.stderr and "Traceback" not in r.stderr
     r = cli("db.delete", "latest", "--yes", "-i", str(inv), env=cli_env)
     assert r.returncode == 2 and "'latest' is not accepted" in r.stderr
 

@@ -203,3 +203,20 @@ def test_a_maintenance_db_that_does_not_exist_is_named_as_the_key_to_fix(pg, pg_
                               "(where databases are created, renamed and dropped from); set that key to a database "
                               "this role may connect to")
     assert db_fingerprint(pg_sql, dbname) == before and _state(pg_sql, bdir) == state
+
+
+def test_restore_check_of_an_archive_without_manifest_says_it_reads_it_whole(pg, pg_sql, tmp_path, dbname, cli_env):
+    """A manifest-less archive (a copy from elsewhere) is checked by reading it to its end:
+    the check's line says so instead of "manifest DONE, size and sha256" (helper-37)."""
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
+    archive = _backup(inv, cli_env)
+    bare = tmp_path / "elsewhere.sql.gz"
+    bare.write_bytes(archive.read_bytes())
+    before = _state(pg_sql, bdir)
+    out = _check(inv, cli_env, str(bare)).stdout
+    assert "check ok: archive (no manifest: read to its end; readable by this host's tools)" in out, out
+    assert "manifest DONE" not in out
+    out = _check(inv, cli_env, str(archive)).stdout
+    assert "check ok: archive (manifest DONE, size and sha256; readable by this host's tools)" in out, out
+    assert _state(pg_sql, bdir) == before
