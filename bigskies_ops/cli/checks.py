@@ -88,7 +88,10 @@ def restore_lines(p: dict) -> list[str]:
     for w in p.get("warnings") or []:
         out.append(f"  warning: {w}")
     sp = p.get("space")
-    if sp:
+    if sp and sp.get("needed") is None:
+        out.append(f"  space on the server: {_b(sp.get('free'))} free" + (f" ({sp['where']})" if sp.get("where") else "")
+                   + "; the room needed is not known (the backup did not record its database's size)")
+    elif sp:
         out.append(f"  space on the server: about {_b(sp.get('needed'))} needed, {_b(sp.get('free'))} free"
                    + (f" ({sp['where']})" if sp.get("where") else ""))
     if p.get("roles_created"):

@@ -252,6 +252,8 @@ def _plan_restore(plan: RestorePlan, access: PostgresAccess, host: Host, archive
             plan.space = check("free space on the server", check_space, access, maint, basis)
             if plan.space in (None, True):
                 plan.space = restore_space(access, maint, basis.manifest.get("database_bytes"))
+            if isinstance(plan.space, dict) and plan.space.get("needed") is None and plan.checks[-1]["ok"]:
+                plan.checks[-1]["detail"] = "not checked: the backup did not record its database's size"
     if info is not None:
         if roles and follow is None:
             made = check("roles file beside the archive (--roles)", _roles_to_create, access, info.path)

@@ -306,8 +306,8 @@ def restore_space(access: PostgresAccess, maint: Sql, database_bytes: int | None
         "enough" (bool, or None when not known)}``.
     """
     out = {"database_bytes": database_bytes, "needed": None, "free": None, "where": None, "enough": None}
-    if database_bytes is None:
-        out["where"] = "the backup did not record its database's size"
+    if database_bytes is None:  # the free space is still shown; only the comparison is not made
+        out["free"], out["where"] = server_free_bytes(access, maint)
         return out
     size = int(database_bytes)
     wal = maint.value("SELECT pg_catalog.pg_size_bytes(current_setting('max_wal_size'))") or 0

@@ -207,7 +207,8 @@ def test_a_maintenance_db_that_does_not_exist_is_named_as_the_key_to_fix(pg, pg_
 
 def test_restore_check_of_an_archive_without_manifest_says_it_reads_it_whole(pg, pg_sql, tmp_path, dbname, cli_env):
     """A manifest-less archive (a copy from elsewhere) is checked by reading it to its end:
-    the check's line says so instead of "manifest DONE, size and sha256" (helper-37)."""
+    the check's line says so instead of "manifest DONE, size and sha256" (helper-37); the
+    space is not compared, and the plan says so instead of "ok" and "unknown free" (helper-40)."""
     bdir = tmp_path / "b"
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir)})
     archive = _backup(inv, cli_env)
@@ -217,6 +218,13 @@ def test_restore_check_of_an_archive_without_manifest_says_it_reads_it_whole(pg,
     out = _check(inv, cli_env, str(bare)).stdout
     assert "check ok: archive (no manifest: read to its end; readable by this host's tools)" in out, out
     assert "manifest DONE" not in out
+    # the space: not compared (no database size recorded), said so once, with the free space known
+    assert ("check ok: free space on the server (not checked: the backup did not record its database's size)"
+            in out), out
+    assert "; the room needed is not known (the backup did not record its database's size)" in out
+    assert "unknown free" not in out and "unknown needed" not in out
+    doc = json.loads(_check(inv, cli_env, str(bare), "--json").stdout)
+    assert doc["plan"]["space"]["needed"] is None and doc["plan"]["space"]["free"] > 0
     out = _check(inv, cli_env, str(archive)).stdout
     assert "check ok: archive (manifest DONE, size and sha256; readable by this host's tools)" in out, out
     assert _state(pg_sql, bdir) == before

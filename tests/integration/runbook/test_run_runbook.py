@@ -138,7 +138,7 @@ def test_a_failed_step_stops_the_run_and_later_steps_do_not_run(setup, pg_sql, c
     """)
     r = _run(inv, cli_env, "stop")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "failed: [dev] no_such_backup: no such backup" in r.stdout
+    assert "failed: [dev] no_such_backup: no such file or backup id" in r.stdout
     assert "db.backup on dev" not in r.stdout
     assert "dev : ok=0 changed=0 failed=1 skipped=0 unreachable=0 ignored=0" in r.stdout
     assert not bdir.exists()
