@@ -802,8 +802,10 @@ def main() -> int:
                     help="untimed rounds of the restore and scenario 4 rows before the timed ones (each checked "
                          "like the others): the machine's first minutes of 1 GB loads are its slowest")
     ap.add_argument("--settle", type=float, default=10.0,
-                    help="seconds every contender waits, after its preparation, before its clock starts "
-                         "(memory freed by the preparation cools like any other; 0 = no wait)")
+                    help="seconds every contender waits, after its preparation, before its clock starts: "
+                         "on a VM that returns free memory to its host, a write into memory freed seconds "
+                         "before is up to 10x as fast as into memory idle longer (the report's first-touch "
+                         "line), so no contender should start right after memory was freed (0 = no wait)")
     args = ap.parse_args()
     if args.runs < 3 and not args.quick:
         ap.error("--runs must be >= 3 for a median with a spread")
