@@ -54,8 +54,8 @@ from bigskies_ops.jobs.background_drop import drop_copies_later
 from bigskies_ops.jobs.background_drop import report_previous as report_previous_drop
 from bigskies_ops.jobs.dbnames import database_names, pre_restore_name, side_db_name, unused_name
 from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, report_load_stats,
-                                        restore_pgoptions, role_policy, verify_against_manifest)
+from bigskies_ops.jobs.sideload import (RESTORE_PGOPTIONS, load_archive, missing_roles, missing_roles_refusal,
+                                        report_load_stats, role_policy, verify_against_manifest)
 from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
@@ -639,7 +639,7 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     writer's error (after stopping the load), or ArchiveError."""
     growing = fa.growing
     n = max(1, jobs if jobs is not None else 2)
-    opts = restore_pgoptions(access, n)
+    opts = RESTORE_PGOPTIONS
     fa.start()
     stats: dict = {}
     try:

@@ -6,7 +6,7 @@ and the restore test of ``db.verify`` (its throwaway database, :mod:`bigskies_op
   roles the archive names that this cluster lacks;
 * :func:`load_archive` loads a plain or custom archive with stop-on-error, in
   parallel only where that cannot change the result, with the session settings of
-  :func:`restore_pgoptions`;
+  :data:`RESTORE_PGOPTIONS`;
 * :func:`verify_against_manifest` compares the loaded database with the manifest
   (every table, its row count, schema_migrations); :func:`table_counts` and
   :func:`inserted_rows` are the counts it reads.
@@ -43,12 +43,6 @@ LOAD_COUNT_BATCH = 64  # tables counted per transaction: PostgreSQL's default ma
 #: (backend_flush_after=2MB was tried and dropped: the loading backends' forced
 #: writeback made a 1 GB pg_restore -j 2 about 2.5 s slower on the reference machine.)
 RESTORE_PGOPTIONS = "-c synchronous_commit=off"
-
-
-def restore_pgoptions(access, sessions: int) -> str:
-    """PGOPTIONS of ``sessions`` loading sessions on ``access``'s server:
-    :data:`RESTORE_PGOPTIONS`, the same for any number of sessions and any server."""
-    return RESTORE_PGOPTIONS
 
 
 def needed_roles(info: ArchiveInfo) -> set[str] | None:
@@ -175,8 +169,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         report.note(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
                     f"scheduler: a parallel load could compute other values than a serial one)")
         j = 1
-    parallel = j > 1 and (native_local or (info.format == "plain" and not access.host.is_remote))
-    opts = restore_pgoptions(access, j if parallel else 1)
+    opts = RESTORE_PGOPTIONS
     if info.format == "plain" and not access.host.is_remote and j > 1:
         stats: dict = {}
         res = load_plain_parallel(access, info.path, side, jobs=j, policy=policy, pgoptions=opts,
