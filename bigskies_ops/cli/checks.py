@@ -89,8 +89,9 @@ def restore_lines(p: dict) -> list[str]:
         out.append(f"  warning: {w}")
     sp = p.get("space")
     if sp and sp.get("needed") is None:
+        from bigskies_ops.pg.admin import SIZE_UNKNOWN  # loaded already: the plan was computed with it
         out.append(f"  space on the server: {_b(sp.get('free'))} free" + (f" ({sp['where']})" if sp.get("where") else "")
-                   + "; the room needed is not known (the backup did not record its database's size)")
+                   + f"; the room needed is not known ({SIZE_UNKNOWN})")
     elif sp:
         out.append(f"  space on the server: about {_b(sp.get('needed'))} needed, {_b(sp.get('free'))} free"
                    + (f" ({sp['where']})" if sp.get("where") else ""))

@@ -60,7 +60,7 @@ from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftove
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql, preload_psycopg
-from bigskies_ops.pg.admin import (apply_properties, check_rights, check_space, create_new,
+from bigskies_ops.pg.admin import (SIZE_UNKNOWN, apply_properties, check_rights, check_space, create_new,
                                    database_properties, db_info, drop_db, locale_differs, restore_space, sessions_on)
 from bigskies_ops.pg.loadcheck import check_extensions, explain_load_error
 from bigskies_ops.signals import deferred, left_behind
@@ -253,7 +253,7 @@ def _plan_restore(plan: RestorePlan, access: PostgresAccess, host: Host, archive
             if plan.space in (None, True):
                 plan.space = restore_space(access, maint, basis.manifest.get("database_bytes"))
             if isinstance(plan.space, dict) and plan.space.get("needed") is None and plan.checks[-1]["ok"]:
-                plan.checks[-1]["detail"] = "not checked: the backup did not record its database's size"
+                plan.checks[-1]["detail"] = f"not checked: {SIZE_UNKNOWN}"
     if info is not None:
         if roles and follow is None:
             made = check("roles file beside the archive (--roles)", _roles_to_create, access, info.path)

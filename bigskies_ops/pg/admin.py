@@ -294,6 +294,11 @@ def server_free_bytes(access: PostgresAccess, maint: Sql) -> tuple[int | None, s
     return (free, datadir) if free is not None else (None, f"{datadir} cannot be read here")
 
 
+#: Why a restore's space is not compared (:func:`restore_space`'s ``needed`` is None): the
+#: one wording of the note, the --check line and the plan's check detail.
+SIZE_UNKNOWN = "the backup did not record its database's size"
+
+
 def restore_space(access: PostgresAccess, maint: Sql, database_bytes: int | None) -> dict:
     """The free space a restore needs on the server and what it has (read-only; the one
     computation behind :func:`check_space` and ``db.restore --check``): the backed-up
@@ -332,7 +337,7 @@ def check_space(access: PostgresAccess, maint: Sql, info) -> dict:
     if sp["needed"] is None or sp["free"] is None:
         report.note(f"note: free space on the server not checked: {sp['where']}"
                     if sp["needed"] is not None else
-                    "note: free space on the server not checked (the backup did not record its database's size)")
+                    f"note: free space on the server not checked ({SIZE_UNKNOWN})")
         return sp
     if not sp["enough"]:
         raise SafetyError(f"the restore needs about {human_bytes(sp['needed'])} on the server "
