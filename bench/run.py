@@ -2,10 +2,11 @@
 
 Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
 observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
-then measures on the same data, interleaving the contenders (ABCD, BCDA, ... for
-the restore rows: each takes each place in the order) and taking the median of
-`--runs` (>= 3) with the spread (min-max) printed, after `--warmup` (2) untimed
-rounds of the restore, 60-index and scenario 4 rows (this VM's first minutes of 1 GB
+then measures on the same data, interleaving the contenders (the restore and pull
+rows as two adjacent pairs, ABCD, DCBA, BADC, CDAB; scenario 4 rotated, ABCDE, BCDEA,
+...: each takes each place in the order) and taking the median of `--runs` (>= 3)
+with the spread (min-max) printed, after `--warmup` (2) untimed rounds of the
+restore, 60-index, scenario 4 and pull rows (this VM's first minutes of 1 GB
 loads are its slowest, for every contender). Every contender starts from the same
 state: an untimed CHECKPOINT and sync, then `--settle` seconds (10) of idle, and each
 copy is dropped right after its run, as ours drops its oldest pre-restore copy, so
@@ -866,7 +867,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="folder for the data (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
     ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed rounds of the restore and scenario 4 rows before the timed ones (each checked "
+                    help="untimed rounds of the restore, scenario 4 and pull rows before the timed ones (each checked "
                          "like the others): the machine's first minutes of 1 GB loads are its slowest")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="seconds every contender waits, after its preparation, before its clock starts: "
