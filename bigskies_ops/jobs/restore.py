@@ -639,12 +639,11 @@ def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | 
     writer's error (after stopping the load), or ArchiveError."""
     growing = fa.growing
     n = max(1, jobs if jobs is not None else 2)
-    opts = RESTORE_PGOPTIONS
     fa.start()
     stats: dict = {}
     try:
         rc, _, err, rows = load_plain_parallel(
-            access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=opts, stats=stats,
+            access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=RESTORE_PGOPTIONS, stats=stats,
             open_chunks=lambda: _followed_sql(growing), source_failed=lambda: growing.error)
         report_load_stats(stats.get("serial_because"), stats.get("skipped"))
     except (KeyboardInterrupt, Interrupted):

@@ -169,10 +169,9 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         report.note(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
                     f"scheduler: a parallel load could compute other values than a serial one)")
         j = 1
-    opts = RESTORE_PGOPTIONS
     if info.format == "plain" and not access.host.is_remote and j > 1:
         stats: dict = {}
-        res = load_plain_parallel(access, info.path, side, jobs=j, policy=policy, pgoptions=opts,
+        res = load_plain_parallel(access, info.path, side, jobs=j, policy=policy, pgoptions=RESTORE_PGOPTIONS,
                                   progress=progress, stats=stats)
         report_load_stats(stats.get("serial_because"), stats.get("skipped"))
         return res
@@ -182,7 +181,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         tags = CopyTags()
         source = None if info.format == "plain" else pg_restore_script(access, info.path, [])
         rc, out, err = feed_file(access, "psql", psql_args(side, single_transaction=True, quiet=False), info.path,
-                                 decompress=True, line_filter=flt, progress=progress, pgoptions=opts,
+                                 decompress=True, line_filter=flt, progress=progress, pgoptions=RESTORE_PGOPTIONS,
                                  stdout_sink=tags.feed, source=source)
         report_load_stats(None, flt.skipped)
         return rc, out, err, (tags.by_table(flt.copy_tables) if rc == 0 else None)
@@ -190,12 +189,12 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
         stop = _watch_side_size(access, side, progress)  # pg_restore reads the file itself
         try:
             r = access.run_tool("pg_restore", pg_restore_args(side, jobs=j, no_owner=False, from_file=info.path),
-                                check=False, pgoptions=opts)
+                                check=False, pgoptions=RESTORE_PGOPTIONS)
         finally:
             stop.set()
         return r.returncode, r.text, r.stderr, (inserted_rows(access.sql(side)) if r.returncode == 0 else None)
     rc, out, err = feed_file(access, "pg_restore", pg_restore_args(side, jobs=1, no_owner=False),
-                             info.path, decompress=False, progress=progress, pgoptions=opts)
+                             info.path, decompress=False, progress=progress, pgoptions=RESTORE_PGOPTIONS)
     return rc, out, err, (inserted_rows(access.sql(side)) if rc == 0 else None)
 
 
