@@ -124,8 +124,26 @@ def test_server_cpu_counts_the_servers_reaped_and_live_children(bench):
     assert s["settle_s"] == 10.0
 
 
+def test_carryover_order_shares_out_the_place_after_the_guide(bench):
+    """The restore rows: each pair side by side in every round, and the place right after
+    the guide (whose load slows the next one) taken by bare and custom once each in the
+    default three rounds and in four, never by one of them alone."""
+    def follower(r):
+        k = r.index("guide")
+        return r[k + 1] if k + 1 < len(r) else None
+    rounds = [bench.carryover_order(("guide", "plain"), ("bare", "custom"), i) for i in range(4)]
+    assert rounds == [["plain", "guide", "bare", "custom"], ["custom", "bare", "guide", "plain"],
+                      ["plain", "guide", "custom", "bare"], ["bare", "custom", "guide", "plain"]]
+    assert sorted(map(follower, rounds[:3])) == ["bare", "custom", "plain"]
+    assert sorted(map(follower, rounds)) == ["bare", "custom", "plain", "plain"]
+    for r in rounds:
+        assert sorted(r) == ["bare", "custom", "guide", "plain"]
+        assert abs(r.index("guide") - r.index("plain")) == 1 and abs(r.index("bare") - r.index("custom")) == 1
+    assert bench.carryover_order(("guide", "plain"), ("bare", "custom"), -1) == rounds[3]
+
+
 def test_paired_order_keeps_each_pair_together_and_every_place_taken(bench):
-    """The restore and pull rows run as two pairs: a ratio's two contenders one right after
+    """The pull rows run as two pairs: a ratio's two contenders one right after
     the other, and each contender in each place once per four rounds."""
     pairs = [("guide", "plain"), ("bare", "custom")]
     rounds = [bench.paired_order(pairs, i) for i in range(4)]
