@@ -3,9 +3,10 @@
 Builds a realistic database (default ~1 GB: pgbench scale 50 + 200,000 JSON
 observations + the BIG SKIES schema and sample data; `--quick` for a smoke run),
 then measures on the same data, interleaving the contenders (the pull rows as two
-adjacent pairs, ABCD, DCBA, BADC, CDAB; the restore rows as pairs too, ordered so that
-whoever follows the guide's slow-to-recover load changes, BACD, DCAB, BADC, CDAB; scenario
-4 rotated, ABCDE, BCDEA, ...: over a full cycle each takes each place in the order) and taking the median of `--runs` (>= 3)
+adjacent pairs, ABCD, DCBA, BADC, CDAB, and scenario 4 rotated, ABCDE, BCDEA, ...: over a
+full cycle each takes each place in the order; the restore rows as pairs too, BACD,
+DCAB, BADC, CDAB, so that the place right after the guide's load goes to each of the
+others in turn: `carryover_order`) and taking the median of `--runs` (>= 3)
 with the spread (min-max) printed, after `--warmup` (2) untimed rounds of the
 restore, 60-index, scenario 4 and pull rows (this VM's first minutes of 1 GB
 loads are its slowest, for every contender). Every contender starts from the same
@@ -186,15 +187,18 @@ def paired_order(pairs: list[tuple], i: int) -> list:
 
 
 def carryover_order(heavy_pair: tuple, other_pair: tuple, i: int) -> list:
-    """Round ``i``'s order of two pairs (a ratio's numerator and denominator each) when one
-    contender, ``heavy_pair[0]``, slows whoever runs right after it: the guide's serial
-    ``gunzip | psql`` (over four full runs the custom restore took 1.07x its median right
-    after it, 1.00x elsewhere, though every contender waits for a CHECKPOINT, a sync and the
-    settle). Each pair still runs side by side, and what follows the heavy one is shared out:
-    the other pair's two once each in every three rounds (in four: once each), its own
-    partner once (in four: twice), so the carry-over never falls on one side of the other
-    pair's ratio alone. With ``(A, B), (C, D)``: BACD, DCAB, BADC, CDAB, then again.
-    :func:`paired_order` gave A's place-after to B, B, D and never C."""
+    """Round ``i``'s order of the restore rows, two pairs ``(A, B)`` and ``(C, D)`` (each
+    pair the two contenders of a ratio), for an A that may slow whoever runs right after it:
+    in the 06:53Z, 07:30Z and 08:17Z runs our custom restore's slowest recorded round was
+    each time the one right after the guide's ``gunzip | psql`` (1.17-1.28x its median,
+    though every contender first waits for a CHECKPOINT, a sync and the settle; 0.91-0.96x
+    in a warm-up round where it followed it too), and :func:`paired_order` gave that place
+    to D and never to C. Here each pair still runs side by side, and the place right after
+    A goes to B, C and D in turn: BACD, DCAB, BADC, CDAB, then again (C, D, B in the default
+    three recorded rounds, rounds -2 and -1 being the warm-ups; C, D once each and B twice
+    in four). A carry-over from A then lands once on each side of D/C, and once of three
+    rounds against B in B/A. Balanced for D/C with 3 or 4 recorded rounds, not with 5 or 6
+    (C twice, D once). Across a round's boundary the last contender runs again first."""
     heavy, partner = heavy_pair
     other = list(other_pair) if i % 4 in (0, 3) else list(other_pair[::-1])
     return [partner, heavy, *other] if i % 2 == 0 else [*other, heavy, partner]
