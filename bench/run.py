@@ -188,17 +188,20 @@ def paired_order(pairs: list[tuple], i: int) -> list:
 
 def carryover_order(heavy_pair: tuple, other_pair: tuple, i: int) -> list:
     """Round ``i``'s order of the restore rows, two pairs ``(A, B)`` and ``(C, D)`` (each
-    pair the two contenders of a ratio), for an A that may slow whoever runs right after it:
-    in the 06:53Z, 07:30Z and 08:17Z runs our custom restore's slowest recorded round was
-    each time the one right after the guide's ``gunzip | psql`` (1.17-1.28x its median,
-    though every contender first waits for a CHECKPOINT, a sync and the settle; 0.91-0.96x
-    in a warm-up round where it followed it too), and :func:`paired_order` gave that place
-    to D and never to C. Here each pair still runs side by side, and the place right after
-    A goes to B, C and D in turn: BACD, DCAB, BADC, CDAB, then again (C, D, B in the default
-    three recorded rounds, rounds -2 and -1 being the warm-ups; C, D once each and B twice
-    in four). A carry-over from A then lands once on each side of D/C, and once of three
-    rounds against B in B/A. Balanced for D/C with 3 or 4 recorded rounds, not with 5 or 6
-    (C twice, D once). Across a round's boundary the last contender runs again first."""
+    pair the two contenders of a ratio), A the guide's ``gunzip | psql``, the longest load.
+    In the 06:53Z, 07:30Z and 08:17Z runs our custom restore's slowest recorded round was
+    each time the one right after A (1.17-1.28x its median), and :func:`paired_order` gave
+    that place to D and never to C. A trial of 12-05 10:07Z (A then D, C then D, A then an
+    untimed pg_restore then D, A then 30 s more settle then D; three times each) found no
+    effect of A itself: D after A 7.92-9.83 s, after C 7.25-8.93 s, after the filler
+    7.12-8.91 s, after the longer settle 7.16-9.32 s, D slow exactly when the A before it was
+    (13.3-13.7 s, server system time 6.4-7.3 s): the machine's slow spells last longer than
+    a run, and A, the longest, meets them most. Whoever follows A shares its spell, so here
+    each pair still runs side by side and the place right after A goes to B, C and D in
+    turn: BACD, DCAB, BADC, CDAB, then again (C, D, B in the default three recorded rounds,
+    rounds -2 and -1 being the warm-ups; C, D once each and B twice in four). Balanced for
+    D/C with 3 or 4 recorded rounds, not with 5 or 6 (C twice, D once). Across a round's
+    boundary the last contender runs again first."""
     heavy, partner = heavy_pair
     other = list(other_pair) if i % 4 in (0, 3) else list(other_pair[::-1])
     return [partner, heavy, *other] if i % 2 == 0 else [*other, heavy, partner]
