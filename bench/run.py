@@ -193,12 +193,13 @@ def carryover_order(heavy_pair: tuple, other_pair: tuple, i: int) -> list:
     each time the one right after A (1.17-1.28x its median), and :func:`paired_order` gave
     that place to D and never to C. A trial of 12-05 10:07Z (A then D, C then D, A then an
     untimed pg_restore then D, A then 30 s more settle then D; three times each) found no
-    effect of A itself: D after A 7.92-9.83 s, after C 7.25-8.93 s, after the filler
-    7.12-8.91 s, after the longer settle 7.16-9.32 s, D slow exactly when the A before it was
-    (13.3-13.7 s, server system time 6.4-7.3 s): the machine's slow spells last longer than
+    effect of A it could resolve: D after A 7.92-9.83 s (median 7.96), after C 7.25-8.93 s
+    (7.57), after the filler 7.12-8.91 s, after the longer settle 7.16-9.32 s; D was slow
+    after the two slow A's (13.3-13.7 s, server system time 6.4-7.3 s), one with the longer
+    settle between, and not after the fast ones: the machine's slow spells last longer than
     a run, and A, the longest, meets them most. Whoever follows A shares its spell, so here
-    each pair still runs side by side and the place right after A goes to B, C and D in
-    turn: BACD, DCAB, BADC, CDAB, then again (C, D, B in the default three recorded rounds,
+    each pair still runs side by side and the place right after A goes to the other three in
+    turn: BACD, DCAB, BADC, CDAB, then again (C, B, D in the default three recorded rounds,
     rounds -2 and -1 being the warm-ups; C, D once each and B twice in four). Balanced for
     D/C with 3 or 4 recorded rounds, not with 5 or 6 (C twice, D once). Across a round's
     boundary the last contender runs again first."""
