@@ -188,21 +188,14 @@ def paired_order(pairs: list[tuple], i: int) -> list:
 
 def carryover_order(heavy_pair: tuple, other_pair: tuple, i: int) -> list:
     """Round ``i``'s order of the restore rows, two pairs ``(A, B)`` and ``(C, D)`` (each
-    pair the two contenders of a ratio), A the guide's ``gunzip | psql``, the longest load.
-    In the 06:53Z, 07:30Z and 08:17Z runs our custom restore's slowest recorded round was
-    each time the one right after A (1.17-1.28x its median), and :func:`paired_order` gave
-    that place to D and never to C. A trial of 12-05 10:07Z (A then D, C then D, A then an
-    untimed pg_restore then D, A then 30 s more settle then D; three times each) found no
-    effect of A it could resolve: D after A 7.92-9.83 s (median 7.96), after C 7.25-8.93 s
-    (7.57), after the filler 7.12-8.91 s, after the longer settle 7.16-9.32 s; D was slow
-    after the two slow A's (13.3-13.7 s, server system time 6.4-7.3 s), one with the longer
-    settle between, and not after the fast ones: the machine's slow spells last longer than
-    a run, and A, the longest, meets them most. Whoever follows A shares its spell, so here
-    each pair still runs side by side and the place right after A goes to the other three in
-    turn: BACD, DCAB, BADC, CDAB, then again (C, B, D in the default three recorded rounds,
-    rounds -2 and -1 being the warm-ups; C, D once each and B twice in four). Balanced for
-    D/C with 3 or 4 recorded rounds, not with 5 or 6 (C twice, D once). Across a round's
-    boundary the last contender runs again first."""
+    pair the two contenders of a ratio), A the guide's ``gunzip | psql``, the longest load:
+    BACD, DCAB, BADC, CDAB, then again. Each pair runs side by side, and the place right
+    after A goes to the other three in turn (C, B, D in the default three recorded rounds,
+    rounds -2 and -1 being the warm-ups; C, D once each and B twice in four), since whoever
+    follows A shares the machine's slow spells A meets most (README "make bench": the
+    10:07Z and 11:45Z trials); :func:`paired_order` gave that place to D and never to C.
+    Balanced for D/C with 3 or 4 recorded rounds, not with 5 or 6 (C twice, D once).
+    Across a round's boundary the last contender runs again first."""
     heavy, partner = heavy_pair
     other = list(other_pair) if i % 4 in (0, 3) else list(other_pair[::-1])
     return [partner, heavy, *other] if i % 2 == 0 else [*other, heavy, partner]
@@ -552,8 +545,9 @@ class Bench:
             ("restore ours: custom .dump", self.ours("db.restore", str(custom), "--host", "restore_custom", "--yes"),
              None, True, "restored_custom"),
         ]
+        guide_pair, custom_pair = tuple(rcontenders[:2]), tuple(rcontenders[2:])
         for i in range(-self.args.warmup, self.args.runs):
-            for name, argv, prep, ours, db in carryover_order(tuple(rcontenders[:2]), tuple(rcontenders[2:]), i):
+            for name, argv, prep, ours, db in carryover_order(guide_pair, custom_pair, i):
                 self.timed(name, argv, prepare=prep, ours=ours, record=i >= 0)
                 self.check_copy(name, db)
                 if not ours:
