@@ -10,13 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bigskies_ops.archives.sqltokens import keyword, last_top, qualified_at, tokens, unquote
 from bigskies_ops.errors import ArchiveError
 
 
-#: one token of a DDL statement: a quoted name, a string literal, a dollar-quoted body,
-#: a word, a number, or one other character (whitespace and ``--`` comments are skipped)
-_TOK = re.compile(rb"""\s+|--[^\n]*|"(?:[^"]|"")*"|'(?:[^']|'')*'|\$([A-Za-z_\x80-\xff][A-Za-z_0-9\x80-\xff]*)?\$.*?\$\1\$"""
-                  rb"""|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*|\d+(?:\.\d+)?|\S""", re.S)
 #: role names that are not roles (PostgreSQL docs, GRANT: "PUBLIC"; role specifications)
 _PSEUDO_ROLES = frozenset({b"PUBLIC", b"CURRENT_USER", b"SESSION_USER", b"CURRENT_ROLE"})
 #: statement heads that can name a role (owner, grantee, grantor, policy or mapping role)
@@ -35,37 +32,6 @@ _CAST_HEAD = re.compile(rb"\ACREATE\s+CAST\b.*\bWITH\s+FUNCTION\b", re.I | re.S)
 _FUNC_HEADS = re.compile(rb"\ACREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE|AGGREGATE)\b", re.I)
 
 
-def tokens(stmt: bytes) -> list[bytes]:
-    """The tokens of one SQL statement (see :data:`_TOK`), without its final ``;``."""
-    out = [m.group() for m in _TOK.finditer(stmt)]
-    out = [t for t in out if not t[:1].isspace() and not t.startswith(b"--")]
-    if out and out[-1] == b";":
-        out.pop()
-    return out
-
-
-def _word(t: bytes) -> bytes:
-    """An unquoted token in upper case (keywords), a quoted one as it is."""
-    return t if t[:1] in (b'"', b"'") else t.upper()
-
-
-def unquote(t: bytes, codec: str = "utf-8") -> str:
-    """A name token as PostgreSQL reads it: ``"Ab""c"`` -> ``Ab"c``; ``abc`` -> ``abc``
-    (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``. Bytes that
-    are valid UTF-8 are read as UTF-8 (a role made from a UTF8 database keeps those bytes
-    in a LATIN1 database's dump), others in ``codec``, the dump's client encoding."""
-    if t[:1] == b'"':
-        raw = t[1:-1].replace(b'""', b'"')
-    elif t[:1] == b"'":
-        raw = t[1:-1].replace(b"''", b"'")
-    else:
-        raw = t.lower()
-    try:  # role names are shared by every database: stored in the bytes of the session that made them
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode(codec, "replace")
-
-
 def _role_list(toks: list[bytes], i: int, codec: str = "utf-8") -> list[str]:
     """Role names of a comma-separated list starting at ``toks[i]`` (PUBLIC and the like left out)."""
     out = []
@@ -73,27 +39,13 @@ def _role_list(toks: list[bytes], i: int, codec: str = "utf-8") -> list[str]:
         t = toks[i]
         if t[:1] not in (b'"', b"'") and not (t[:1].isalpha() or t[:1] == b"_" or t[0] >= 0x80):
             break
-        if _word(t) not in _PSEUDO_ROLES:
+        if keyword(t) not in _PSEUDO_ROLES:
             out.append(unquote(t, codec))
         if i + 1 < len(toks) and toks[i + 1] == b",":
             i += 2
             continue
         break
     return out
-
-
-def _last_top(toks: list[bytes], word: bytes, start: int = 0) -> int:
-    """Index of the last ``word`` outside parentheses in ``toks[start:]``, or -1."""
-    depth, found = 0, -1
-    for i in range(start, len(toks)):
-        t = toks[i]
-        if t == b"(":
-            depth += 1
-        elif t == b")":
-            depth -= 1
-        elif depth == 0 and _word(t) == word:
-            found = i
-    return found
 
 
 def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list[str]]:
@@ -109,12 +61,12 @@ def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list
     if not _ROLE_HEADS.match(stmt):
         return None, []
     toks = tokens(stmt)
-    w = [_word(t) for t in toks]
+    w = [keyword(t) for t in toks]
     if w[:1] == [b"GRANT"]:
-        i = _last_top(toks, b"TO")
+        i = last_top(toks, b"TO")
         return ("acl", _role_list(toks, i + 1, codec)) if i > 0 else (None, [])
     if w[:1] == [b"REVOKE"]:
-        i = _last_top(toks, b"FROM")
+        i = last_top(toks, b"FROM")
         return ("acl", _role_list(toks, i + 1, codec)) if i > 0 else (None, [])
     if w[:3] == [b"ALTER", b"DEFAULT", b"PRIVILEGES"]:
         roles: list[str] = []
@@ -122,7 +74,7 @@ def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list
             roles += _role_list(toks, 5, codec)
         for j, x in enumerate(w):
             if x in (b"GRANT", b"REVOKE"):
-                i = _last_top(toks, b"TO" if x == b"GRANT" else b"FROM", j)
+                i = last_top(toks, b"TO" if x == b"GRANT" else b"FROM", j)
                 if i > 0:
                     roles += _role_list(toks, i + 1, codec)
                 break
@@ -145,11 +97,7 @@ def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list
     return None, []
 
 
-def _qualified_at(toks: list[bytes], i: int) -> tuple[str, str] | None:
-    """``schema . name`` starting at ``toks[i]``, or None."""
-    if i + 2 < len(toks) and toks[i + 1] == b"." and toks[i][:1] != b"'" and toks[i + 2][:1] != b"'":
-        return unquote(toks[i]), unquote(toks[i + 2])
-    return None
+
 
 
 class StatementFacts:
@@ -182,17 +130,17 @@ class StatementFacts:
     def feed(self, stmt: bytes) -> None:
         """Read one statement (without the comments before it)."""
         if _EXT_HEAD.match(stmt):
-            toks = [t for t in tokens(stmt)[2:] if _word(t) not in (b"IF", b"NOT", b"EXISTS")]
+            toks = [t for t in tokens(stmt)[2:] if keyword(t) not in (b"IF", b"NOT", b"EXISTS")]
             if toks:
                 self.extensions.add(unquote(toks[0]))
             return
         if _FUNC_HEADS.match(stmt):
             toks = tokens(stmt)
-            i = next((j for j, t in enumerate(toks) if _word(t) in (b"FUNCTION", b"PROCEDURE", b"AGGREGATE")), -1)
-            q = _qualified_at(toks, i + 1) if i >= 0 else None
+            i = next((j for j, t in enumerate(toks) if keyword(t) in (b"FUNCTION", b"PROCEDURE", b"AGGREGATE")), -1)
+            q = qualified_at(toks, i + 1) if i >= 0 else None
             if q:
                 self.functions.add(q)
-                w = [_word(t) for t in toks]
+                w = [keyword(t) for t in toks]
                 if any(w[k:k + 2] == [b"SECURITY", b"DEFINER"] for k in range(len(w) - 1)):
                     self.security_definer.add(q)
             return
@@ -207,10 +155,10 @@ class StatementFacts:
         if not load and not _POST_HEADS.match(stmt):
             return
         toks = tokens(stmt)
-        w = [_word(t) for t in toks]
+        w = [keyword(t) for t in toks]
         if load and w[:2] == [b"CREATE", b"TABLE"] or w[:3] == [b"CREATE", b"UNLOGGED", b"TABLE"]:
-            if _last_top(toks, b"PARTITION") > 0 and b"BY" in w:
-                q = _qualified_at(toks, w.index(b"TABLE") + 1)
+            if last_top(toks, b"PARTITION") > 0 and b"BY" in w:
+                q = qualified_at(toks, w.index(b"TABLE") + 1)
                 if q:
                     self.partitioned.add(q)
         calls = self._calls(toks)
@@ -226,7 +174,7 @@ class StatementFacts:
             self.post_hazards.append(f"{what} calls {uses}")
         else:  # a trigger: only on a partitioned table does it fire while data is loaded
             on = w.index(b"ON") if b"ON" in w else -1
-            q = _qualified_at(toks, on + 1) if on > 0 else None
+            q = qualified_at(toks, on + 1) if on > 0 else None
             if q in self.partitioned:
                 self.post_hazards.append(f"{what} on partitioned table {q[0]}.{q[1]} calls {uses}")
 
@@ -237,11 +185,11 @@ class StatementFacts:
         out = {("operator", (a + b"." + o).decode("utf-8", "replace"))
                for a, o in re.findall(rb"OPERATOR \( (\S+) \. ([^()\s][^()]*?) \)", raw)
                if (a, o.replace(b" ", b"")) in self.operators}
-        if self.user_casts and (b":" in toks or b"CAST" in (_word(t) for t in toks)):
+        if self.user_casts and (b":" in toks or b"CAST" in (keyword(t) for t in toks)):
             out.add(("cast", "of the dump"))
         for i in range(len(toks) - 3):
             if toks[i + 3] == b"(":
-                q = _qualified_at(toks, i)
+                q = qualified_at(toks, i)
                 if q in self.functions:
                     out.add(q)
         return out
@@ -253,7 +201,7 @@ class StatementFacts:
                 j = i + 1
                 while j < len(w) and w[j] in (b"ONLY", b"IF", b"NOT", b"EXISTS", b"CONCURRENTLY"):
                     j += 1
-                q = _qualified_at(toks, j)
+                q = qualified_at(toks, j)
                 return f"{q[0]}.{q[1]}" if q else (unquote(toks[j]) if j < len(toks) else "")
         return ""
 
@@ -416,11 +364,11 @@ class OwnerAclFilter:
         a superuser) or a SECURITY DEFINER function: owned by the restoring user instead of
         a missing role it would give everyone who may use it that user's rights."""
         toks = tokens(stmt)
-        w = [_word(t) for t in toks]
+        w = [keyword(t) for t in toks]
         if w[1:2] == [b"VIEW"] or w[1:3] == [b"MATERIALIZED", b"VIEW"]:
             return True
         if w[1:2] in ([b"FUNCTION"], [b"PROCEDURE"]):
-            return _qualified_at(toks, 2) in self.facts.security_definer
+            return qualified_at(toks, 2) in self.facts.security_definer
         return False
 
     def _put(self, b, kind: str = "sql") -> None:
