@@ -440,13 +440,14 @@ def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
     The backup records them in the manifest (``roles``, ``extensions``, and for a custom
     archive ``parallel_hazards``): a plain dump while it streams through the same
     scanner, a custom archive written here with :func:`custom_schema_facts`. Without
-    them (an older backup, a custom archive written on an SSH host or in a container)
+    them (an older backup or older rules, a custom archive written on an SSH host or in a container)
     a custom archive's schema is read here (``pg_restore --schema-only``: no data is
     read when the TOC has offsets) and a plain dump end to end. Returns ``info``.
     Raises ArchiveError when pg_restore cannot read it.
     """
     man = info.manifest or {}
-    if "roles" in man and "extensions" in man and (info.format == "plain" or "parallel_hazards" in man):
+    if "roles" in man and "extensions" in man and (info.format == "plain" or (
+            "parallel_hazards" in man and man.get("parallel_hazard_rules", 1) >= StatementFacts.RULES)):
         info.roles, info.extensions = set(man["roles"]), set(man["extensions"])
         if info.format == "custom":
             info.facts = StatementFacts()
@@ -471,14 +472,15 @@ def custom_schema_facts(access: PostgresAccess, path: str) -> dict:
     """What a custom archive's schema (``pg_restore --schema-only --file -``, run where
     the host's tools are) tells a restore: ``roles`` it names, ``extensions`` it
     creates, ``parallel_hazards`` (:class:`StatementFacts`: why a parallel
-    ``pg_restore --jobs`` could compute other values than a serial one). Recorded in
+    ``pg_restore --jobs`` could give another result than a serial one). Recorded in
     the manifest of a custom backup; read again for an archive without them."""
     flt = OwnerAclFilter(emit=False)
     for _done, b in pg_restore_script(access, path, ["--schema-only"]):
         flt.feed(b)
     flt.flush()
     return {"roles": sorted(flt.roles), "extensions": sorted(flt.facts.extensions),
-            "parallel_hazards": flt.facts.load_hazards + flt.facts.post_hazards}
+            "parallel_hazards": flt.facts.load_hazards + flt.facts.post_hazards,
+            "parallel_hazard_rules": StatementFacts.RULES}
 
 
 def pg_restore_script(access: PostgresAccess, path: str, args: list[str]):

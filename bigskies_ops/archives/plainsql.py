@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bigskies_ops.archives.fkeys import ForeignKeyIndexes
 from bigskies_ops.archives.sqltokens import keyword, last_top, qualified_at, tokens, unquote
 from bigskies_ops.errors import ArchiveError
 
@@ -117,11 +118,17 @@ class StatementFacts:
     schema (it dumps with an empty search_path), so a call reads ``schema.name(``.
     """
 
+    #: the rules' edition, recorded in a custom backup's manifest beside its hazards
+    #: (``parallel_hazard_rules``): hazards found by older rules are read again (2: foreign
+    #: keys with two candidate indexes, :class:`bigskies_ops.archives.fkeys.ForeignKeyIndexes`)
+    RULES = 2
+
     def __init__(self):
         self.functions: set[tuple[str, str]] = set()
         self.partitioned: set[tuple[str, str]] = set()
         self.load_hazards: list[str] = []
         self.post_hazards: list[str] = []
+        self.foreign_keys = ForeignKeyIndexes(self.post_hazards)  # adds its hazards to post_hazards
         self.extensions: set[str] = set()  # CREATE EXTENSION names
         self.operators: set[tuple[bytes, bytes]] = set()  # (schema, symbol) of CREATE OPERATOR
         self.user_casts = False  # a CREATE CAST ... WITH FUNCTION of the dump's own function
@@ -156,6 +163,7 @@ class StatementFacts:
             return
         toks = tokens(stmt)
         w = [keyword(t) for t in toks]
+        self.foreign_keys.feed(toks, w)
         if load and w[:2] == [b"CREATE", b"TABLE"] or w[:3] == [b"CREATE", b"UNLOGGED", b"TABLE"]:
             if last_top(toks, b"PARTITION") > 0 and b"BY" in w:
                 q = qualified_at(toks, w.index(b"TABLE") + 1)

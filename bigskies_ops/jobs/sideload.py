@@ -167,7 +167,7 @@ def load_archive(access: PostgresAccess, info: ArchiveInfo, side: str, policy: R
     facts = info.facts
     if info.format == "custom" and j > 1 and facts is not None and (facts.load_hazards or facts.post_hazards):
         report.note(f"Loading with one job: {(facts.load_hazards + facts.post_hazards)[0]} (hidden from pg_restore's "
-                    f"scheduler: a parallel load could compute other values than a serial one)")
+                    f"scheduler: a parallel load could give another result than a serial one)")
         j = 1
     if info.format == "plain" and not access.host.is_remote and j > 1:
         stats: dict = {}

@@ -173,3 +173,40 @@ def test_a_utf8_role_name_in_a_latin1_dump_is_read_as_utf8():
     f.feed(dump)
     f.flush()
     assert f.roles == {"Fran\u00e7oise"}
+
+
+PK = b"ALTER TABLE ONLY public.acct\n    ADD CONSTRAINT acct_pkey PRIMARY KEY (id);"
+FK = b"ALTER TABLE ONLY public.ledger\n    ADD CONSTRAINT ledger_fk FOREIGN KEY (acct_id) REFERENCES public.acct(id);"
+
+
+@pytest.mark.parametrize("stmts, hazard", [
+    ([PK, b"CREATE UNIQUE INDEX acct_id_uidx ON public.acct USING btree (id);", FK], True),
+    # the foreign key before the second candidate (not pg_dump's order, but the same hazard)
+    ([PK, FK, b"CREATE UNIQUE INDEX acct_id_uidx ON public.acct USING btree (id);"], True),
+    ([PK, b"ALTER TABLE ONLY public.acct ADD CONSTRAINT acct_u UNIQUE NULLS NOT DISTINCT (id) "
+          b"USING INDEX TABLESPACE x;", FK], True),
+    ([PK, b'CREATE UNIQUE INDEX "Odd ""Name""" ON ONLY public.acct USING btree (id DESC NULLS LAST) '
+          b"INCLUDE (v);", FK], True),
+    # not candidates: partial, an expression, another column set, deferrable, not unique
+    ([PK, b"CREATE UNIQUE INDEX i ON public.acct USING btree (id) WHERE (id > 0);", FK], False),
+    ([PK, b"CREATE UNIQUE INDEX i ON public.acct USING btree (abs(id));", FK], False),
+    ([PK, b"CREATE UNIQUE INDEX i ON public.acct USING btree (id, v);", FK], False),
+    ([PK, b"ALTER TABLE ONLY public.acct ADD CONSTRAINT u UNIQUE (id) DEFERRABLE INITIALLY IMMEDIATE;", FK], False),
+    ([PK, b"CREATE INDEX i ON public.acct USING btree (id);", FK], False),
+    # another table of the same name in another schema
+    ([PK, b"CREATE UNIQUE INDEX i ON other.acct USING btree (id);", FK], False),
+    # two-column keys match in any column order; NOT DEFERRABLE still counts
+    ([b"ALTER TABLE ONLY public.acct ADD CONSTRAINT k PRIMARY KEY (a, b);",
+      b"ALTER TABLE ONLY public.acct ADD CONSTRAINT u UNIQUE (b, a) NOT DEFERRABLE;",
+      b"ALTER TABLE public.ledger ADD CONSTRAINT f FOREIGN KEY (x, y) REFERENCES public.acct(b, a) "
+      b"ON DELETE CASCADE NOT VALID;"], True),
+    ([PK, b"CREATE UNIQUE INDEX acct_id_uidx ON public.acct USING btree (id);"], False),  # no foreign key
+])
+def test_foreign_keys_with_two_candidate_indexes_are_a_parallel_hazard(stmts, hazard):
+    f = StatementFacts()
+    for s in stmts:
+        f.feed(s)
+    assert f.load_hazards == [] and len(f.post_hazards) == int(hazard), f.post_hazards
+    if hazard:
+        assert f.post_hazards[0].startswith("foreign key public.ledger.")
+        assert "pg_restore --jobs may tie it to another one" in f.post_hazards[0]
