@@ -124,6 +124,9 @@ def upload(host: Host, target: str | None = None, *, multipart_threshold: int = 
     and the bytes.
 
     A failing target does not stop the others; its :class:`TargetResult` carries the error.
+    An archive whose sha256 or size differs from its manifest is not copied: the others
+    are, and the target's result fails (exit 1, ``offsite_failed``) naming it, since that
+    backup now has no offsite copy and only ``db.verify`` would otherwise say so.
     """
     tlist = targets(host, target)
     try:
@@ -192,6 +195,11 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             res.uploaded.append(b.name)
         if apply_retention:
             res.pruned = prune_remote(host, t, store, now=now, check=check, coming=coming, result=res)
+        if res.skipped:  # the others are copied; the run still fails: a backup is left without its offsite copy
+            names = [s.split(":", 1)[0] for s in res.skipped]
+            res.error = (f"{len(names)} archive(s) differ from their manifests and were not copied ({', '.join(names)}): "
+                         f"run db.verify, then db.delete or replace them")
+            res.exit_code = 1
     except BigskiesError as e:
         res.error = str(e)
         res.exit_code = e.exit_code

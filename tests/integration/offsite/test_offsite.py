@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import urllib.request
 
 import pytest
@@ -321,16 +322,37 @@ def test_offsite_check_names_uploads_and_remote_prunes_and_changes_nothing(tmp_p
     assert r.returncode == 0 and second in r.stdout, r.stdout + r.stderr
 
 
-def test_a_damaged_archive_is_not_copied_offsite_and_the_run_says_so(tmp_path, pg, dbname, s3, s3env):
+def test_a_damaged_archive_is_not_copied_offsite_the_others_are_and_the_run_fails(tmp_path, pg, dbname, s3, s3env):
+    """An archive changed after its run is not uploaded; the good one is; the run fails (exit 1)
+    naming it, since that backup is left without an offsite copy. A same-size change (status
+    still DONE: only the sha256 sees it) and a truncation (DAMAGED) alike; nothing local is touched."""
     bdir = tmp_path / "b"
     inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, offsite=[_target(s3, "t9")])})
-    assert cli("db.backup", "-i", str(inv), env=s3env).returncode == 0
-    [a] = [n for n in os.listdir(bdir) if n.endswith(".sql.gz")]
-    data = (bdir / a).read_bytes()
-    (bdir / a).write_bytes(data[:-10])  # truncated after the run (DAMAGED)
+    names = []
+    for _ in range(3):
+        r = cli("db.backup", "-i", str(inv), "--json", env=s3env)
+        assert r.returncode == 0, r.stderr
+        names.append(json.loads(r.stdout)["name"])
+        time.sleep(1.1)  # archive names carry the second
+    flipped, truncated, good = names
+    data = bytearray((bdir / flipped).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bdir / flipped).write_bytes(bytes(data))                       # same size: listed DONE
+    (bdir / truncated).write_bytes((bdir / truncated).read_bytes()[:-10])  # DAMAGED
+    local = dir_hashes(bdir)
     r = cli("db.offsite", "-i", str(inv), env=s3env)
-    assert f"{a}: local archive differs from its manifest; not copied (run db.verify)" in r.stdout + r.stderr
-    # a skip is reported, not a failure of the run (as before DAMAGED existed); db.verify and
-    # db.health are the ones that fail and warn
-    assert r.returncode == 0 and "ok: [dev] offsite vault: 0 backup(s) already there" in r.stdout, r.stdout
-    assert _keys(s3, "t9") == [] and not _manifest(bdir / a).get("offsite")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    for n in (flipped, truncated):
+        assert f"{n}: local archive differs from its manifest; not copied (run db.verify)" in out
+    assert (f"failed: [dev] offsite vault: 2 archive(s) differ from their manifests and were not copied "
+            f"({flipped}, {truncated}): run db.verify, then db.delete or replace them") in r.stdout, out
+    assert "Traceback" not in out
+    assert _keys(s3, "t9") == sorted([f"t9/dev/{good}", f"t9/dev/{good}.manifest.json"])
+    assert _manifest(bdir / good).get("offsite")
+    after = dir_hashes(bdir)                                  # only the good one's manifest records a copy
+    assert {k for k in after.keys() | local.keys() if after.get(k) != local.get(k)} == {good + ".manifest.json"}
+    j = json.loads(cli("db.offsite", "--json", "-i", str(inv), env=s3env).stdout)
+    [t] = j["targets"]
+    assert j["result"] == "failed" and t["ok"] is False and len(t["skipped"]) == 2 and t["uploaded"] == []
+    assert t["already_offsite"] == 1
