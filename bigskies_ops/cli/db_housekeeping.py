@@ -66,7 +66,7 @@ def delete(c, backup=None, host=None, inventory=None, origin=None, check=False, 
         lines += ([f"delete {path} ({human_bytes(n)}, pulled copy on {cp.host})" for path, n in cp.files]
                   if pulled_copies else [f"  keep the pulled copy {cp.backup.path} on {cp.host} "
                                          f"(--pulled-copies deletes it too)"])
-    lines.append(f"free {human_bytes(p.bytes)} ({p.bytes} bytes)")
+    lines.append(f"  would free {human_bytes(p.bytes)} ({p.bytes} bytes) in all")  # a fact, not a step
     if check:
         for w in p.warnings:
             lines.append(f"  warning: {w}")
@@ -103,7 +103,7 @@ def _pre_restore(h, which: str, *, check: bool, yes: bool, json: bool, force_pro
     lines = [f"drop database {cp['name']!r} ({human_bytes(cp['bytes'])}; pre-restore copy taken {cp['at']}, "
              f"replaced by {cp['replaced_by']})" for cp in copies]
     if copies:
-        lines.append(f"free {human_bytes(total)} ({total} bytes) on the server; `db.restore --undo` can then "
+        lines.append(f"  would free {human_bytes(total)} ({total} bytes) on the server; `db.restore --undo` can then "
                      f"only go back to the copies left")
     plan = {"database": h.postgres.database, "pre_restore_copies": copies, "bytes": total}
     if check:

@@ -65,7 +65,7 @@ def prune(c, host=None, inventory=None, check=False, dry_run=False, failed=False
             _plan_lines(p)
         lines = [f"delete {f}" for f in files]
         if files:
-            lines.append(f"free {human_bytes(freed)} ({freed} bytes) in {h.backup.dir}")
+            lines.append(f"  would free {human_bytes(freed)} ({freed} bytes) in {h.backup.dir}")  # a fact, not a step
         lines += [f"refuse {g[1]!r} from {g[0]}: {why}" for g, why in p.refused.items()]
         # every refusal of the run: the safety policy's (the run stops before anything) and
         # retention's per group (the run prunes the other groups, then exits 3)

@@ -187,6 +187,7 @@ def test_delete_check_then_delete_one_backup_with_its_sidecars(dev, cli_env, pg_
     assert r.returncode == 0, r.stderr
     assert "CHECK MODE" in r.stdout and f"would delete {bdir / old['name']}" in r.stdout and "free " in r.stdout
     assert ".roles.sql" in r.stdout and _state(bdir) == files
+    assert "3 step(s) would run" in r.stdout, r.stdout   # the three files; the bytes freed are a fact
     j = json.loads(cli("db.delete", old["id"], "--check", "--json", "-i", str(inv), env=cli_env).stdout)
     assert j["check"] is True and j["plan"]["bytes"] >= old["bytes"] and j["plan"]["id"] == old["id"]
     assert _state(bdir) == files
