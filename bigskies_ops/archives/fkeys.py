@@ -1,22 +1,47 @@
 """Foreign keys that ``pg_restore --jobs`` could tie to another index than a serial restore.
 
-PostgreSQL ties a foreign key to the first unique index of the referenced table, in OID
-order, whose key columns are exactly the referenced ones, with no expression, no predicate
-and not deferrable (PostgreSQL 15 source, tablecmds.c ``transformFkeyCheckAttrs``; the index
-is ``pg_constraint.conindid``, and ``DROP INDEX`` of it is refused while the key exists).
+PostgreSQL ties a foreign key to the valid unique index of the referenced table with the
+lowest OID among those that exist when the key is created and whose key columns are, as
+a set, the referenced ones (INCLUDE columns aside), with no expression, no predicate and
+not deferrable (PostgreSQL 15 source, tablecmds.c ``transformFkeyCheckAttrs``; the index is
+``pg_constraint.conindid``, and ``DROP INDEX`` of it is refused while the key exists).
 pg_dump names the referenced columns of every foreign key, so that rule always applies.
-A serial restore creates all indexes before the foreign keys (pg_dump sorts them first), so
-the choice is fixed. ``pg_restore --jobs`` creates a foreign key as soon as the one index it
-used at dump time is built: where two or more unique indexes cover the referenced columns,
-which of them exist by then depends on the schedule (2026-12-05, PostgreSQL 15.x: a primary
-key, then a unique index on the same column, then the key: ``pg_restore -j 2`` tied it to
-the unique index 6 times in 6, one job to the primary key). Such an archive loads with one job.
+Both restores create every index before the foreign keys, but not in the same order: one
+job follows the archive's order (constraints before other indexes, each kind by name);
+``pg_restore --jobs`` starts what is ready in dump-id order, so with two or more candidate
+indexes another one can get the lowest OID. Measured (2026-12-05, PostgreSQL 15, helper
+trials): a primary key ``acct_pkey`` and a unique index ``acct_id_uidx`` on the same column
+(the index's name sorts first): ``pg_restore -j 2`` tied the key to the unique index every
+time (6 of 6), one job to the primary key; with the index named ``t_u`` both agreed. Such an
+archive loads with one job. Two unique constraints alone never differed in those trials
+(pg_restore runs one table's ALTER TABLEs one at a time); they are flagged all the same,
+as is a partitioned table's ``ON ONLY`` index that may still be invalid: the cost of a
+needless flag is a serial load, not another result.
 """
 from __future__ import annotations
 
-from bigskies_ops.archives.sqltokens import last_top, qualified_at, unquote
+from bigskies_ops.archives.sqltokens import last_top
 
-Key = tuple[tuple[str, str], frozenset[str]]  # (schema, table), key columns
+Name = bytes  # an identifier as PostgreSQL stores it (quotes removed; unquoted ones folded)
+Key = tuple[tuple[Name, Name], frozenset[Name]]  # (schema, table), key columns
+
+
+def _name(t: bytes) -> Name:
+    """An identifier's bytes as stored: ``"Ab""c"`` -> ``Ab"c``; unquoted ones fold to lower
+    case (pg_dump quotes every name that is not plain lower-case ASCII). Bytes, not text:
+    names in a dump of a LATIN1 database are not UTF-8 and must not be merged."""
+    return t[1:-1].replace(b'""', b'"') if t[:1] == b'"' else t.lower()
+
+
+def _qualified(toks: list[bytes], i: int) -> tuple[Name, Name] | None:
+    """``schema . name`` at ``toks[i]`` (pg_dump qualifies every name), or None."""
+    if i + 2 < len(toks) and toks[i + 1] == b"." and toks[i][:1] != b"'" and toks[i + 2][:1] != b"'":
+        return _name(toks[i]), _name(toks[i + 2])
+    return None
+
+
+def _shown(n: Name) -> str:
+    return n.decode("utf-8", "replace")
 
 
 def _paren_items(toks: list[bytes], i: int) -> tuple[list[list[bytes]], int] | None:
@@ -41,19 +66,28 @@ def _paren_items(toks: list[bytes], i: int) -> tuple[list[list[bytes]], int] | N
     return None
 
 
-def _columns(items: list[list[bytes]]) -> frozenset[str] | None:
+def _columns(items: list[list[bytes]]) -> frozenset[Name] | None:
     """Key columns of an index's element list; None when one is an expression (a ``(`` in it)."""
     cols = []
     for it in items:
         if not it or b"(" in it:
             return None
-        cols.append(unquote(it[0]))
+        cols.append(_name(it[0]))
     return frozenset(cols)
 
 
+def _skip(toks: list[bytes], w: list[bytes], j: int, *words: bytes) -> int:
+    """Index after the optional keywords ``words`` at ``w[j:]``; a keyword followed by ``.``
+    is a schema's name (``if.t``: IF is not reserved, pg_dump leaves it unquoted)."""
+    n = len(words)
+    if w[j:j + n] == list(words) and toks[j + n:j + n + 1] != [b"."]:
+        return j + n
+    return j
+
+
 class ForeignKeyIndexes:
-    """Read a dump's statements (:meth:`feed`: tokens from
-    :func:`bigskies_ops.archives.sqltokens.tokens`, their :func:`keyword` forms) and add to
+    """Read a dump's statements (:meth:`feed`: the tokens of
+    :func:`bigskies_ops.archives.sqltokens.tokens` and their ``keyword`` forms) and add to
     ``hazards`` (the list given, else a new one) each foreign key whose referenced columns
     have two or more candidate unique indexes: primary key, ``UNIQUE`` constraints, ``CREATE
     UNIQUE INDEX`` without ``WHERE`` or expressions; deferrable constraints do not count."""
@@ -65,19 +99,23 @@ class ForeignKeyIndexes:
         self._said: set[Key] = set()
 
     def feed(self, toks: list[bytes], w: list[bytes]) -> None:
-        if w[:2] == [b"CREATE", b"UNIQUE"] and w[2:3] == [b"INDEX"]:
+        if w[:3] == [b"CREATE", b"UNIQUE", b"INDEX"]:
             self._unique_index(toks, w)
         elif w[:2] == [b"ALTER", b"TABLE"]:
             self._constraint(toks, w)
 
     def _unique_index(self, toks: list[bytes], w: list[bytes]) -> None:
-        if b"ON" not in w or last_top(toks, b"WHERE") > 0:
+        # CREATE UNIQUE INDEX [CONCURRENTLY] [[IF NOT EXISTS] name] ON [ONLY] table [USING m] (cols) ...
+        if last_top(toks, b"WHERE") > 0:
             return
-        name = unquote(toks[3]) if len(toks) > 3 and w[3] not in (b"ON", b"CONCURRENTLY", b"IF") else "?"
-        j = w.index(b"ON") + 1
-        if w[j:j + 1] == [b"ONLY"]:
-            j += 1
-        table = qualified_at(toks, j)
+        j = _skip(toks, w, _skip(toks, w, 3, b"CONCURRENTLY"), b"IF", b"NOT", b"EXISTS")
+        name = "?"
+        if w[j:j + 1] != [b"ON"]:
+            name, j = _shown(_name(toks[j])) if j < len(toks) else "?", j + 1
+        if w[j:j + 1] != [b"ON"]:
+            return
+        j = _skip(toks, w, j + 1, b"ONLY")
+        table = _qualified(toks, j)
         if table is None:
             return
         j += 3
@@ -89,23 +127,22 @@ class ForeignKeyIndexes:
             self._add(self.unique, (table, cols), name)
 
     def _constraint(self, toks: list[bytes], w: list[bytes]) -> None:
-        j = 2
-        while j < len(w) and w[j] in (b"ONLY", b"IF", b"EXISTS"):
-            j += 1
-        table = qualified_at(toks, j)
+        # ALTER TABLE [IF EXISTS] [ONLY] table ADD CONSTRAINT name {PRIMARY KEY | UNIQUE ... | FOREIGN KEY ...}
+        j = _skip(toks, w, _skip(toks, w, 2, b"IF", b"EXISTS"), b"ONLY")
+        table = _qualified(toks, j)
         if table is None or w[j + 3:j + 5] != [b"ADD", b"CONSTRAINT"] or len(toks) <= j + 6:
             return
-        name, k = unquote(toks[j + 5]), j + 6
+        name, k = _shown(_name(toks[j + 5])), j + 6
         kind = w[k:k + 2]
         if kind == [b"FOREIGN", b"KEY"]:
             own = _paren_items(toks, k + 2)
             if not own or w[own[1]:own[1] + 1] != [b"REFERENCES"]:
                 return
-            ref = qualified_at(toks, own[1] + 1)
+            ref = _qualified(toks, own[1] + 1)
             cols = _paren_items(toks, own[1] + 4) if ref else None
             if ref and cols:
-                self._add(self.foreign, (ref, frozenset(unquote(c[0]) for c in cols[0] if c)),
-                          f"{table[0]}.{table[1]}.{name}")
+                self._add(self.foreign, (ref, frozenset(_name(c[0]) for c in cols[0] if c)),
+                          f"{_shown(table[0])}.{_shown(table[1])}.{name}")
             return
         if kind == [b"PRIMARY", b"KEY"]:
             k += 2
@@ -127,6 +164,7 @@ class ForeignKeyIndexes:
             return
         self._said.add(key)
         (s, t), cols = key
-        self.hazards.append(f"foreign key {self.foreign[key][0]} references {s}.{t} ({', '.join(sorted(cols))}), "
-                            f"covered by {len(self.unique[key])} unique indexes "
-                            f"({', '.join(self.unique[key])}): pg_restore --jobs may tie it to another one")
+        self.hazards.append(f"foreign key {self.foreign[key][0]} references {_shown(s)}.{_shown(t)} "
+                            f"({', '.join(sorted(_shown(c) for c in cols))}), covered by {len(self.unique[key])} "
+                            f"unique indexes ({', '.join(self.unique[key])}): pg_restore --jobs may tie it to "
+                            f"another one")

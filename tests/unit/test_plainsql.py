@@ -210,3 +210,21 @@ def test_foreign_keys_with_two_candidate_indexes_are_a_parallel_hazard(stmts, ha
     if hazard:
         assert f.post_hazards[0].startswith("foreign key public.ledger.")
         assert "pg_restore --jobs may tie it to another one" in f.post_hazards[0]
+
+
+def test_foreign_key_rule_reads_names_as_postgresql_stores_them():
+    """A schema named ``if`` (not reserved: pg_dump leaves it unquoted) is a name, not a
+    keyword; names are compared as bytes, so two LATIN1 names are not merged (helper-44)."""
+    f = StatementFacts()
+    for s in (b"ALTER TABLE ONLY if.acct\n    ADD CONSTRAINT acct_pkey PRIMARY KEY (id);",
+              b"CREATE UNIQUE INDEX if ON if.acct USING btree (id);",
+              b"ALTER TABLE ONLY public.ledger\n    ADD CONSTRAINT ledger_a_fkey FOREIGN KEY (a) REFERENCES if.acct(id);"):
+        f.feed(s)
+    assert f.post_hazards == ["foreign key public.ledger.ledger_a_fkey references if.acct (id), covered by 2 unique "
+                              "indexes (acct_pkey, if): pg_restore --jobs may tie it to another one"]
+    g = StatementFacts()
+    for s in (b'ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY ("\xe4");',
+              b'ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_o UNIQUE ("\xf6");',
+              b'ALTER TABLE ONLY public.c\n    ADD CONSTRAINT c_x_fkey FOREIGN KEY (x) REFERENCES public.t("\xe4");'):
+        g.feed(s)
+    assert g.post_hazards == []
