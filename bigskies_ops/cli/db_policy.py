@@ -165,11 +165,11 @@ def report_offsite(h, results, json: bool) -> int:
         for s in r.skipped:
             output.say(f"   skipped: {s}")
         if r.error:
-            output.result_line("failed", h.name, f"offsite {r.target}: {r.error} (retried on the next run)")
+            if r.uploaded or r.pruned:  # done before it failed: the same facts as --json's
+                output.say(f"   {r.copied()}")
+            output.result_line("failed", h.name, f"offsite {r.target}: {r.failure()}")
         elif r.uploaded or r.pruned:
-            output.result_line("changed", h.name, f"offsite {r.target}: copied and verified {len(r.uploaded)}"
-                               f"{' (' + ', '.join(r.uploaded) + ')' if r.uploaded else ''}, "
-                               f"{r.already} already there, pruned {len(r.pruned)} on the target")
+            output.result_line("changed", h.name, f"offsite {r.target}: {r.copied()}")
         else:
             output.result_line("ok", h.name, f"offsite {r.target}: {r.already} backup(s) already there, "
                                              f"nothing to prune")
@@ -195,6 +195,7 @@ def offsite(c, host=None, inventory=None, target=None, json=False, check=False):
                 lines.append(f"  {r.target}: cannot tell, {r.error}")
                 continue
             lines += [f"upload {n} to {r.target}" for n in r.uploaded]
+            lines += [f"  {r.target}: {s}" for s in r.skipped]
             lines += [f"delete {n} on {r.target} (the host's retention)" for n in r.pruned]
             if r.uploaded or r.pruned:
                 lines.append(f"  {r.target}: {human_bytes(r.upload_bytes)} to upload ({r.upload_bytes} bytes), "

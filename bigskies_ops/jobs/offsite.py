@@ -19,7 +19,7 @@ import posixpath
 import tempfile
 from dataclasses import dataclass, field
 
-from bigskies_ops import report
+from bigskies_ops import output, report
 from bigskies_ops.archives.catalog import (MANIFEST_SUFFIX, PARTIAL_SUFFIX, Backup, iso, list_backups, read_manifest,
                                            utcnow, write_manifest)
 from bigskies_ops.archives.locks import host_lock
@@ -47,10 +47,22 @@ class TargetResult:
     check: bool = False                                         # a dry run: uploaded/pruned say "would"
     upload_bytes: int = 0                                       # bytes uploaded (or that would be)
     pruned_bytes: int = 0                                       # bytes deleted on the target (or would be)
+    damaged: list[str] = field(default_factory=list)            # not copied: they differ from their manifests
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def failure(self) -> str:
+        """The error and what the next run does about it: a target's error may pass (it is
+        retried); a damaged archive fails every run until it is deleted."""
+        return f"{self.error}" + ("" if self.damaged else " (retried on the next run)")
+
+    def copied(self) -> str:
+        """What the run did on the target, also when it failed (the human line of ``--json``'s facts)."""
+        names = f" ({', '.join(self.uploaded)})" if self.uploaded else ""
+        return (f"copied and verified {len(self.uploaded)}{names}, {self.already} already there, "
+                f"pruned {len(self.pruned)} on the target")
 
     def to_json(self) -> dict:
         if self.check:
@@ -141,8 +153,9 @@ def upload(host: Host, target: str | None = None, *, multipart_threshold: int = 
             notify.failed(host, "offsite_failed", e, task=task, step="offsite")
         raise
     for r in results:
-        if r.error and not check:
+        if r.error and not check:  # damage is db.verify's to show; --check would list the archive as an upload
             notify.notify(host, "offsite_failed", task=task, step=f"offsite {r.target}", error=r.error,
+                          hint=output.hint(f"db.verify --host {host.name} --all") if r.damaged else None,
                           facts={"target": r.target})
     return results
 
@@ -168,6 +181,11 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             if have and remote.get(key) == b.size and (key + MANIFEST_SUFFIX) in remote:
                 res.already += 1
                 continue
+            if b.status == "DAMAGED":  # its size alone says so (the real run would hash it and fail too)
+                res.skipped.append(f"{b.name}: local archive's size differs from its manifest; not copied "
+                                   f"(run db.verify)")
+                res.damaged.append(b.name)
+                continue
             if check:  # nothing read, written or recorded: the sha256 check runs on the real run
                 res.uploaded.append(b.name)
                 res.upload_bytes += b.size or 0
@@ -176,6 +194,7 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             sha, size = _source_sha(runner, b.path)
             if sha != b.manifest["sha256"] or size != b.manifest.get("bytes", size):
                 res.skipped.append(f"{b.name}: local archive differs from its manifest; not copied (run db.verify)")
+                res.damaged.append(b.name)
                 continue
             report.note(f"Uploading {b.name} ({size} bytes) to {t.name}")
             report.total(progress, size, what=f"offsite {t.name}: {b.name}")
@@ -195,17 +214,18 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             res.uploaded.append(b.name)
         if apply_retention:
             res.pruned = prune_remote(host, t, store, now=now, check=check, coming=coming, result=res)
-        if res.skipped:  # the others are copied; the run still fails: a backup is left without its offsite copy
-            names = [s.split(":", 1)[0] for s in res.skipped]
-            res.error = (f"{len(names)} archive(s) differ from their manifests and were not copied ({', '.join(names)}): "
-                         f"run db.verify, then db.delete or replace them")
-            res.exit_code = 1
     except BigskiesError as e:
         res.error = str(e)
         res.exit_code = e.exit_code
     finally:
         if store is not None:
             store.close()
+    if res.damaged and not check:  # the others were copied; the run still fails: these have no offsite copy
+        msg = (f"{len(res.damaged)} archive(s) differ from their manifests and were not copied "
+               f"({', '.join(res.damaged)}): run db.verify, then db.delete them (a new backup gets its own copy; "
+               f"this fails every run until they are deleted)")
+        res.error = f"{res.error}; also {msg}" if res.error else msg
+        res.exit_code = res.exit_code or 1
     return res
 
 

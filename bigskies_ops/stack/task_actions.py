@@ -542,7 +542,7 @@ def _prune_plan(h: Host, a: dict, ctx: RunContext) -> Plan:
                                                    for g, why in res.plan.refused.items()]
     lines = [f"delete {f}" for f in res.files] or ["  nothing to prune"]
     if res.files:
-        lines.append(f"  frees {human_bytes(res.freed)} in {h.backup.dir}")
+        lines.append(f"  would free {human_bytes(res.freed)} ({res.freed} bytes) in {h.backup.dir}")
     plan = {"would_delete": res.files, "bytes_freed": res.freed, "decisions": [d.to_json() for d in res.plan.decisions],
             "refusals": refusals}
     return Plan(bool(res.files) and not refusals, lines, plan, refusals,
@@ -562,7 +562,8 @@ def _offsite_run(h: Host, a: dict, ctx: RunContext) -> dict:
     results = upload(h, a["target"], inv=ctx.inventory, task=ctx.task)
     bad = [r for r in results if r.error]
     if bad:
-        raise BigskiesError("offsite copy failed: " + "; ".join(f"{r.target}: {r.error}" for r in bad),
+        raise BigskiesError("offsite copy failed: " + "; ".join(
+            f"{r.target}: {r.failure()}" + (f" ({r.copied()})" if r.uploaded or r.pruned else "") for r in bad),
                             exit_code=bad[0].exit_code or 1)
     uploaded = [n for r in results for n in r.uploaded]
     pruned = [n for r in results for n in r.pruned]

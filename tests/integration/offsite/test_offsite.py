@@ -340,13 +340,19 @@ def test_a_damaged_archive_is_not_copied_offsite_the_others_are_and_the_run_fail
     (bdir / flipped).write_bytes(bytes(data))                       # same size: listed DONE
     (bdir / truncated).write_bytes((bdir / truncated).read_bytes()[:-10])  # DAMAGED
     local = dir_hashes(bdir)
+    r = cli("db.offsite", "--check", "-i", str(inv), env=s3env)   # the size is enough to tell; the sha256 is not read
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{truncated}: local archive's size differs from its manifest; not copied (run db.verify)" in r.stdout
+    assert f"would upload {truncated}" not in r.stdout and f"would upload {good}" in r.stdout, r.stdout
     r = cli("db.offsite", "-i", str(inv), env=s3env)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    for n in (flipped, truncated):
-        assert f"{n}: local archive differs from its manifest; not copied (run db.verify)" in out
+    assert f"{flipped}: local archive differs from its manifest; not copied (run db.verify)" in out
+    assert f"{truncated}: local archive's size differs from its manifest; not copied (run db.verify)" in out
+    assert f"   copied and verified 1 ({good}), 0 already there, pruned 0 on the target" in r.stdout, out
     assert (f"failed: [dev] offsite vault: 2 archive(s) differ from their manifests and were not copied "
-            f"({flipped}, {truncated}): run db.verify, then db.delete or replace them") in r.stdout, out
+            f"({flipped}, {truncated}): run db.verify, then db.delete them (a new backup gets its own copy; "
+            f"this fails every run until they are deleted)\n") in r.stdout, out
     assert "Traceback" not in out
     assert _keys(s3, "t9") == sorted([f"t9/dev/{good}", f"t9/dev/{good}.manifest.json"])
     assert _manifest(bdir / good).get("offsite")
