@@ -11,9 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import cli
-from tests.fidelity import compare
-from tests.integration.restore.test_parallel_index_edge_cases import CONINDID_Q, REDUNDANT
-from tests.pgcheck import db_fingerprint
+from tests.integration.restore.test_parallel_index_edge_cases import REDUNDANT, copy_differences
 
 BIN = "/usr/lib/postgresql/15/bin"
 HAZARD = ("Loading with one job: foreign key public.ledger.ledger_acct_id_fkey references public.acct (id), "
@@ -34,17 +32,6 @@ def _serial_copy(pg, pg_sql, archive: Path, db: str) -> None:
                    capture_output=True)
 
 
-def _same_as_serial(pg, pg_sql, restored: str, ref: str) -> list[str]:
-    host = str(pg.socket_dir)
-    diffs = compare.differences(compare.snapshot(host, pg.port, restored), compare.snapshot(host, pg.port, ref))
-    if db_fingerprint(pg_sql, restored) != db_fingerprint(pg_sql, ref):
-        diffs.append("rows differ")
-    a, b = pg_sql(CONINDID_Q, restored).strip(), pg_sql(CONINDID_Q, ref).strip()
-    if a != b:
-        diffs.append(f"constraint indexes differ: db.restore\n{a}\npg_restore\n{b}")
-    return diffs
-
-
 def test_fk_with_two_candidate_indexes_restores_as_serial_pg_restore(local_inv, cli_env, pg, pg_sql, dbname):
     inv, _bdir = local_inv
     pg_sql(REDUNDANT, dbname)
@@ -58,7 +45,7 @@ def test_fk_with_two_candidate_indexes_restores_as_serial_pg_restore(local_inv, 
         r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert HAZARD in r.stdout + r.stderr, r.stdout + r.stderr
-        assert _same_as_serial(pg, pg_sql, dbname, ref) == []
+        assert copy_differences(pg, pg_sql, dbname, ref, "db.restore", "pg_restore") == []
     finally:
         pg_sql(f'DROP DATABASE IF EXISTS "{ref}"', "postgres")
 

@@ -56,16 +56,21 @@ def _both(pg, pg_sql, tmp_path, archive: Path, *, jobs: int = 2, ref_ok: bool = 
     before = _children()
     rc, _, err, _rows = _par(pg, par, tmp_path, archive, jobs, stats)
     assert _children() <= before, "a psql was left running"
-    diffs = None
-    if rc == 0 and r.returncode == 0:
-        host = str(pg.socket_dir)
-        diffs = compare.differences(compare.snapshot(host, pg.port, par), compare.snapshot(host, pg.port, ref))
-        if db_fingerprint(pg_sql, par) != db_fingerprint(pg_sql, ref):
-            diffs.append("rows differ")
-        a, b = pg_sql(CONINDID_Q, par).strip(), pg_sql(CONINDID_Q, ref).strip()
-        if a != b:
-            diffs.append(f"constraint indexes differ: parallel\n{a}\npsql\n{b}")
+    diffs = copy_differences(pg, pg_sql, par, ref) if rc == 0 and r.returncode == 0 else None
     return rc, err, stats, diffs, r
+
+
+def copy_differences(pg, pg_sql, db: str, ref: str, ours: str = "parallel", oracle: str = "psql") -> list[str]:
+    """How ``db`` differs from the oracle's copy ``ref``: catalog and schema (the fidelity
+    snapshot), rows, and the index each constraint depends on."""
+    host = str(pg.socket_dir)
+    diffs = compare.differences(compare.snapshot(host, pg.port, db), compare.snapshot(host, pg.port, ref))
+    if db_fingerprint(pg_sql, db) != db_fingerprint(pg_sql, ref):
+        diffs.append("rows differ")
+    a, b = pg_sql(CONINDID_Q, db).strip(), pg_sql(CONINDID_Q, ref).strip()
+    if a != b:
+        diffs.append(f"constraint indexes differ: {ours}\n{a}\n{oracle}\n{b}")
+    return diffs
 
 
 def _until_different(pg, pg_sql, tmp_path, archive: Path, times: int, jobs: int = 2) -> list:
