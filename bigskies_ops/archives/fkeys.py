@@ -6,13 +6,14 @@ a set, the referenced ones (INCLUDE columns aside), with no expression, no predi
 not deferrable (PostgreSQL 15 source, tablecmds.c ``transformFkeyCheckAttrs``; the index is
 ``pg_constraint.conindid``, and ``DROP INDEX`` of it is refused while the key exists).
 pg_dump names the referenced columns of every foreign key, so that rule always applies.
-Both restores create every index before the foreign keys, but not in the same order: one
-job follows the archive's order (constraints before other indexes, each kind by name);
-``pg_restore --jobs`` starts what is ready in dump-id order, so with two or more candidate
-indexes another one can get the lowest OID. Measured (2026-12-05, PostgreSQL 15, helper
-trials): a primary key ``acct_pkey`` and a unique index ``acct_id_uidx`` on the same column
-(the index's name sorts first): ``pg_restore -j 2`` tied the key to the unique index every
-time (6 of 6), one job to the primary key; with the index named ``t_u`` both agreed. Such an
+A serial restore builds every index before the foreign keys, in the archive's order
+(constraints before other indexes, each kind by name). ``pg_restore --jobs`` starts what
+is ready largest table first, then in dump-id order, and creates a foreign key once the
+index it used at dump time exists: another candidate may have been built first (so holds
+the lowest OID) or not exist yet. Measured (2026-12-05, PostgreSQL 15, helper trials): a
+primary key ``acct_pkey`` and a unique index ``acct_id_uidx`` on the same column (the
+index's name sorts first): ``pg_restore -j 2`` tied the key to the unique index every time
+(6 of 6), one job to the primary key; with the index named ``t_u`` both agreed. Such an
 archive loads with one job. Two unique constraints alone never differed in those trials
 (pg_restore runs one table's ALTER TABLEs one at a time); they are flagged all the same,
 as is a partitioned table's ``ON ONLY`` index that may still be invalid: the cost of a
@@ -20,23 +21,16 @@ needless flag is a serial load, not another result.
 """
 from __future__ import annotations
 
-from bigskies_ops.archives.sqltokens import last_top
+from bigskies_ops.archives.sqltokens import fold_name, last_top
 
 Name = bytes  # an identifier as PostgreSQL stores it (quotes removed; unquoted ones folded)
 Key = tuple[tuple[Name, Name], frozenset[Name]]  # (schema, table), key columns
 
 
-def _name(t: bytes) -> Name:
-    """An identifier's bytes as stored: ``"Ab""c"`` -> ``Ab"c``; unquoted ones fold to lower
-    case (pg_dump quotes every name that is not plain lower-case ASCII). Bytes, not text:
-    names in a dump of a LATIN1 database are not UTF-8 and must not be merged."""
-    return t[1:-1].replace(b'""', b'"') if t[:1] == b'"' else t.lower()
-
-
 def _qualified(toks: list[bytes], i: int) -> tuple[Name, Name] | None:
     """``schema . name`` at ``toks[i]`` (pg_dump qualifies every name), or None."""
     if i + 2 < len(toks) and toks[i + 1] == b"." and toks[i][:1] != b"'" and toks[i + 2][:1] != b"'":
-        return _name(toks[i]), _name(toks[i + 2])
+        return fold_name(toks[i]), fold_name(toks[i + 2])
     return None
 
 
@@ -72,7 +66,7 @@ def _columns(items: list[list[bytes]]) -> frozenset[Name] | None:
     for it in items:
         if not it or b"(" in it:
             return None
-        cols.append(_name(it[0]))
+        cols.append(fold_name(it[0]))
     return frozenset(cols)
 
 
@@ -85,12 +79,13 @@ def _skip(toks: list[bytes], w: list[bytes], j: int, *words: bytes) -> int:
     return j
 
 
-class ForeignKeyIndexes:
-    """Read a dump's statements (:meth:`feed`: the tokens of
-    :func:`bigskies_ops.archives.sqltokens.tokens` and their ``keyword`` forms) and add to
-    ``hazards`` (the list given, else a new one) each foreign key whose referenced columns
-    have two or more candidate unique indexes: primary key, ``UNIQUE`` constraints, ``CREATE
-    UNIQUE INDEX`` without ``WHERE`` or expressions; deferrable constraints do not count."""
+class ReferencedUniqueIndexes:
+    """The candidate unique indexes of each referenced column set, from a dump's statements.
+
+    Adds to ``hazards`` (the list given, else a new one) one line per referenced column set
+    that a foreign key names and that two or more candidates cover (primary key, ``UNIQUE``
+    constraints, ``CREATE UNIQUE INDEX`` without ``WHERE`` or expressions; deferrable
+    constraints do not count), naming the first such foreign key."""
 
     def __init__(self, hazards: list[str] | None = None):
         self.unique: dict[Key, list[str]] = {}
@@ -99,6 +94,8 @@ class ForeignKeyIndexes:
         self._said: set[Key] = set()
 
     def feed(self, toks: list[bytes], w: list[bytes]) -> None:
+        """Read one statement: ``toks`` from :func:`bigskies_ops.archives.sqltokens.tokens`,
+        ``w`` their :func:`bigskies_ops.archives.sqltokens.keyword` forms."""
         if w[:3] == [b"CREATE", b"UNIQUE", b"INDEX"]:
             self._unique_index(toks, w)
         elif w[:2] == [b"ALTER", b"TABLE"]:
@@ -111,7 +108,7 @@ class ForeignKeyIndexes:
         j = _skip(toks, w, _skip(toks, w, 3, b"CONCURRENTLY"), b"IF", b"NOT", b"EXISTS")
         name = "?"
         if w[j:j + 1] != [b"ON"]:
-            name, j = _shown(_name(toks[j])) if j < len(toks) else "?", j + 1
+            name, j = (_shown(fold_name(toks[j])) if j < len(toks) else "?"), j + 1
         if w[j:j + 1] != [b"ON"]:
             return
         j = _skip(toks, w, j + 1, b"ONLY")
@@ -132,7 +129,7 @@ class ForeignKeyIndexes:
         table = _qualified(toks, j)
         if table is None or w[j + 3:j + 5] != [b"ADD", b"CONSTRAINT"] or len(toks) <= j + 6:
             return
-        name, k = _shown(_name(toks[j + 5])), j + 6
+        name, k = _shown(fold_name(toks[j + 5])), j + 6
         kind = w[k:k + 2]
         if kind == [b"FOREIGN", b"KEY"]:
             own = _paren_items(toks, k + 2)
@@ -141,7 +138,7 @@ class ForeignKeyIndexes:
             ref = _qualified(toks, own[1] + 1)
             cols = _paren_items(toks, own[1] + 4) if ref else None
             if ref and cols:
-                self._add(self.foreign, (ref, frozenset(_name(c[0]) for c in cols[0] if c)),
+                self._add(self.foreign, (ref, frozenset(fold_name(c[0]) for c in cols[0] if c)),
                           f"{_shown(table[0])}.{_shown(table[1])}.{name}")
             return
         if kind == [b"PRIMARY", b"KEY"]:

@@ -447,7 +447,7 @@ def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
     """
     man = info.manifest or {}
     if "roles" in man and "extensions" in man and (info.format == "plain" or (
-            "parallel_hazards" in man and man.get("parallel_hazard_rules", 1) >= StatementFacts.RULES)):
+            "parallel_hazards" in man and _hazards_version(man) >= StatementFacts.RULES)):
         info.roles, info.extensions = set(man["roles"]), set(man["extensions"])
         if info.format == "custom":
             info.facts = StatementFacts()
@@ -468,11 +468,19 @@ def scan_archive(access: PostgresAccess, info: ArchiveInfo) -> ArchiveInfo:
     return info
 
 
+def _hazards_version(man: dict) -> int:
+    """The rules' edition a manifest's ``parallel_hazards`` were found with (1 when not
+    recorded or not a whole number: read again)."""
+    v = man.get("parallel_hazards_version")
+    return v if isinstance(v, int) and not isinstance(v, bool) else 1
+
+
 def custom_schema_facts(access: PostgresAccess, path: str) -> dict:
     """What a custom archive's schema (``pg_restore --schema-only --file -``, run where
     the host's tools are) tells a restore: ``roles`` it names, ``extensions`` it
     creates, ``parallel_hazards`` (:class:`StatementFacts`: why a parallel
-    ``pg_restore --jobs`` could give another result than a serial one). Recorded in
+    ``pg_restore --jobs`` could give another result than a serial one) and
+    ``parallel_hazards_version`` (:attr:`StatementFacts.RULES`). Recorded in
     the manifest of a custom backup; read again for an archive without them."""
     flt = OwnerAclFilter(emit=False)
     for _done, b in pg_restore_script(access, path, ["--schema-only"]):
@@ -480,7 +488,7 @@ def custom_schema_facts(access: PostgresAccess, path: str) -> dict:
     flt.flush()
     return {"roles": sorted(flt.roles), "extensions": sorted(flt.facts.extensions),
             "parallel_hazards": flt.facts.load_hazards + flt.facts.post_hazards,
-            "parallel_hazard_rules": StatementFacts.RULES}
+            "parallel_hazards_version": StatementFacts.RULES}
 
 
 def pg_restore_script(access: PostgresAccess, path: str, args: list[str]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bigskies_ops.archives.fkeys import ForeignKeyIndexes
+from bigskies_ops.archives.fkeys import ReferencedUniqueIndexes
 from bigskies_ops.archives.sqltokens import keyword, last_top, qualified_at, tokens, unquote
 from bigskies_ops.errors import ArchiveError
 
@@ -98,9 +98,6 @@ def statement_roles(stmt: bytes, codec: str = "utf-8") -> tuple[str | None, list
     return None, []
 
 
-
-
-
 class StatementFacts:
     """What a dump's DDL tells about loading it in parallel (PostgreSQL docs, pg_restore
     ``--jobs``: dependencies hidden in function bodies are invisible to the scheduler).
@@ -119,8 +116,9 @@ class StatementFacts:
     """
 
     #: the rules' edition, recorded in a custom backup's manifest beside its hazards
-    #: (``parallel_hazard_rules``): hazards found by older rules are read again (2: foreign
-    #: keys with two candidate indexes, :class:`bigskies_ops.archives.fkeys.ForeignKeyIndexes`)
+    #: (``parallel_hazards_version``): hazards found by older rules are read again. Bump it
+    #: whenever a rule can find a hazard the previous edition missed (2: foreign keys with
+    #: two candidate indexes, :class:`bigskies_ops.archives.fkeys.ReferencedUniqueIndexes`)
     RULES = 2
 
     def __init__(self):
@@ -128,7 +126,7 @@ class StatementFacts:
         self.partitioned: set[tuple[str, str]] = set()
         self.load_hazards: list[str] = []
         self.post_hazards: list[str] = []
-        self.foreign_keys = ForeignKeyIndexes(self.post_hazards)  # adds its hazards to post_hazards
+        self.foreign_keys = ReferencedUniqueIndexes(self.post_hazards)  # adds its hazards to post_hazards
         self.extensions: set[str] = set()  # CREATE EXTENSION names
         self.operators: set[tuple[bytes, bytes]] = set()  # (schema, symbol) of CREATE OPERATOR
         self.user_casts = False  # a CREATE CAST ... WITH FUNCTION of the dump's own function

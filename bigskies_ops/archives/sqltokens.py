@@ -41,6 +41,13 @@ def unquote(t: bytes, codec: str = "utf-8") -> str:
         return raw.decode(codec, "replace")
 
 
+def fold_name(t: bytes) -> bytes:
+    """An identifier token's bytes as PostgreSQL stores the name: ``"Ab""c"`` -> ``Ab"c``;
+    unquoted ones fold to lower case (pg_dump quotes every name that is not plain lower-case
+    ASCII). Bytes, not text: names in a dump of a LATIN1 database are not UTF-8."""
+    return t[1:-1].replace(b'""', b'"') if t[:1] == b'"' else t.lower()
+
+
 def last_top(toks: list[bytes], word: bytes, start: int = 0) -> int:
     """Index of the last ``word`` outside parentheses in ``toks[start:]``, or -1."""
     depth, found = 0, -1

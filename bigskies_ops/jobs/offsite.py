@@ -69,9 +69,9 @@ class TargetResult:
             return {"target": self.target, "ok": self.ok, "would_upload": self.uploaded,
                     "would_upload_bytes": self.upload_bytes, "already_offsite": self.already,
                     "would_prune_remote": self.pruned, "would_free_bytes": self.pruned_bytes,
-                    "skipped": self.skipped, "error": self.error}
+                    "skipped": self.skipped, "damaged": self.damaged, "error": self.error}
         return {"target": self.target, "ok": self.ok, "uploaded": self.uploaded, "already_offsite": self.already,
-                "pruned_remote": self.pruned, "skipped": self.skipped, "error": self.error}
+                "pruned_remote": self.pruned, "skipped": self.skipped, "damaged": self.damaged, "error": self.error}
 
 
 def _record_copy(runner, host: Host, b: Backup, rec: dict) -> dict:
@@ -153,7 +153,7 @@ def upload(host: Host, target: str | None = None, *, multipart_threshold: int = 
             notify.failed(host, "offsite_failed", e, task=task, step="offsite")
         raise
     for r in results:
-        if r.error and not check:  # damage is db.verify's to show; --check would list the archive as an upload
+        if r.error and not check:  # a damaged archive: db.verify --all shows every one
             notify.notify(host, "offsite_failed", task=task, step=f"offsite {r.target}", error=r.error,
                           hint=output.hint(f"db.verify --host {host.name} --all") if r.damaged else None,
                           facts={"target": r.target})
@@ -178,8 +178,12 @@ def _upload_one(host, runner, t, inv, multipart_threshold, apply_retention, now,
             origin = b.origin_host or host.name
             key = t.key(origin, b.name)
             have = [c for c in b.manifest.get("offsite") or [] if c.get("target") == t.name]
-            if have and remote.get(key) == b.size and (key + MANIFEST_SUFFIX) in remote:
-                res.already += 1
+            if have and remote.get(key) == b.manifest.get("bytes", b.size) and (key + MANIFEST_SUFFIX) in remote:
+                res.already += 1  # by the manifest's size: a local copy damaged since still has its copy there
+                if b.status == "DAMAGED":
+                    res.skipped.append(f"{b.name}: local archive's size differs from its manifest; the copy on "
+                                       f"{t.name} has the recorded size (check it: db.verify {b.id} --offsite "
+                                       f"{t.name}; restore it: db.restore --from-offsite {t.name} {b.name})")
                 continue
             if b.status == "DAMAGED":  # its size alone says so (the real run would hash it and fail too)
                 res.skipped.append(f"{b.name}: local archive's size differs from its manifest; not copied "

@@ -67,6 +67,7 @@ from bigskies_ops.pg.access import PostgresAccess
 from bigskies_ops.errors import ArchiveError
 from bigskies_ops.pg.tools import psql_args
 from bigskies_ops.archives.plainsql import CopyTags, OwnerAclFilter, RolePolicy
+from bigskies_ops.archives.sqltokens import fold_name
 from bigskies_ops.archives.integrity import gunzip_chunks
 from bigskies_ops.hosts.local import LocalRunner
 
@@ -128,12 +129,8 @@ def index_build_table(statement: bytes) -> tuple[bytes, bytes] | None:
             rest = shorter
         if b"," in rest or b"(" in rest or b")" in rest:
             return None
-    schema, name = (_fold(x) for x in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
+    schema, name = (fold_name(x) for x in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
     return None if schema.startswith(b"pg_temp") else (schema, name)
-
-
-def _fold(ident: bytes) -> bytes:
-    return ident[1:-1].replace(b'""', b'"') if ident.startswith(b'"') else ident.lower()
 
 
 class _Abort(Exception):

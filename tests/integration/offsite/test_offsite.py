@@ -362,3 +362,24 @@ def test_a_damaged_archive_is_not_copied_offsite_the_others_are_and_the_run_fail
     [t] = j["targets"]
     assert j["result"] == "failed" and t["ok"] is False and len(t["skipped"]) == 2 and t["uploaded"] == []
     assert t["already_offsite"] == 1
+
+
+def test_an_archive_damaged_after_its_offsite_copy_counts_as_copied_and_says_where_the_good_one_is(
+        tmp_path, pg, dbname, s3, s3env):
+    """Truncated locally after it went offsite: the copy there has the manifest's size, so the
+    run does not fail (helper-46); it names the copy to check and restore from."""
+    bdir = tmp_path / "b"
+    inv = write_inventory(tmp_path / "inv.yaml", {"dev": native_host(pg, dbname, bdir, offsite=[_target(s3, "t8")])})
+    r = cli("db.backup", "-i", str(inv), "--json", env=s3env)
+    assert r.returncode == 0, r.stderr
+    name = json.loads(r.stdout)["name"]
+    assert cli("db.offsite", "-i", str(inv), env=s3env).returncode == 0
+    keys = _keys(s3, "t8")
+    (bdir / name).write_bytes((bdir / name).read_bytes()[:-10])
+    r = cli("db.offsite", "-i", str(inv), env=s3env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{name}: local archive's size differs from its manifest; the copy on vault has the recorded size" in r.stdout
+    assert "ok: [dev] offsite vault: 1 backup(s) already there" in r.stdout, r.stdout
+    assert _keys(s3, "t8") == keys
+    [t] = json.loads(cli("db.offsite", "--json", "-i", str(inv), env=s3env).stdout)["targets"]
+    assert t["ok"] is True and t["damaged"] == [] and t["already_offsite"] == 1

@@ -37,7 +37,7 @@ def test_fk_with_two_candidate_indexes_restores_as_serial_pg_restore(local_inv, 
     pg_sql(REDUNDANT, dbname)
     archive = _backup_custom(inv, cli_env)
     m = json.loads(Path(str(archive) + ".manifest.json").read_text())
-    assert m["parallel_hazard_rules"] == 2 and len(m["parallel_hazards"]) == 2, m["parallel_hazards"]
+    assert m["parallel_hazards_version"] == 2 and len(m["parallel_hazards"]) == 2, m["parallel_hazards"]
     ref = dbname + "_serial"
     try:
         _serial_copy(pg, pg_sql, archive, ref)
@@ -58,7 +58,7 @@ def test_a_manifest_from_older_rules_is_read_again(local_inv, cli_env, pg, pg_sq
     archive = _backup_custom(inv, cli_env)
     mpath = Path(str(archive) + ".manifest.json")
     m = json.loads(mpath.read_text())
-    m.pop("parallel_hazard_rules")
+    m.pop("parallel_hazards_version")
     m["parallel_hazards"] = []
     mpath.write_text(json.dumps(m))
     r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
