@@ -21,17 +21,10 @@ needless flag is a serial load, not another result.
 """
 from __future__ import annotations
 
-from bigskies_ops.archives.sqltokens import fold_name, last_top
+from bigskies_ops.archives.sqltokens import fold_name, last_top, qualified_at
 
 Name = bytes  # an identifier as PostgreSQL stores it (quotes removed; unquoted ones folded)
 Key = tuple[tuple[Name, Name], frozenset[Name]]  # (schema, table), key columns
-
-
-def _qualified(toks: list[bytes], i: int) -> tuple[Name, Name] | None:
-    """``schema . name`` at ``toks[i]`` (pg_dump qualifies every name), or None."""
-    if i + 2 < len(toks) and toks[i + 1] == b"." and toks[i][:1] != b"'" and toks[i + 2][:1] != b"'":
-        return fold_name(toks[i]), fold_name(toks[i + 2])
-    return None
 
 
 def _shown(n: Name) -> str:
@@ -61,7 +54,8 @@ def _paren_items(toks: list[bytes], i: int) -> tuple[list[list[bytes]], int] | N
 
 
 def _columns(items: list[list[bytes]]) -> frozenset[Name] | None:
-    """Key columns of an index's element list; None when one is an expression (a ``(`` in it)."""
+    """Key columns of an index's (or a foreign key's) element list; None when one is an
+    expression (a ``(`` in it)."""
     cols = []
     for it in items:
         if not it or b"(" in it:
@@ -112,7 +106,7 @@ class ReferencedUniqueIndexes:
         if w[j:j + 1] != [b"ON"]:
             return
         j = _skip(toks, w, j + 1, b"ONLY")
-        table = _qualified(toks, j)
+        table = qualified_at(toks, j, fold_name)
         if table is None:
             return
         j += 3
@@ -126,7 +120,7 @@ class ReferencedUniqueIndexes:
     def _constraint(self, toks: list[bytes], w: list[bytes]) -> None:
         # ALTER TABLE [IF EXISTS] [ONLY] table ADD CONSTRAINT name {PRIMARY KEY | UNIQUE ... | FOREIGN KEY ...}
         j = _skip(toks, w, _skip(toks, w, 2, b"IF", b"EXISTS"), b"ONLY")
-        table = _qualified(toks, j)
+        table = qualified_at(toks, j, fold_name)
         if table is None or w[j + 3:j + 5] != [b"ADD", b"CONSTRAINT"] or len(toks) <= j + 6:
             return
         name, k = _shown(fold_name(toks[j + 5])), j + 6
@@ -135,11 +129,11 @@ class ReferencedUniqueIndexes:
             own = _paren_items(toks, k + 2)
             if not own or w[own[1]:own[1] + 1] != [b"REFERENCES"]:
                 return
-            ref = _qualified(toks, own[1] + 1)
-            cols = _paren_items(toks, own[1] + 4) if ref else None
-            if ref and cols:
-                self._add(self.foreign, (ref, frozenset(fold_name(c[0]) for c in cols[0] if c)),
-                          f"{_shown(table[0])}.{_shown(table[1])}.{name}")
+            ref = qualified_at(toks, own[1] + 1, fold_name)
+            got = _paren_items(toks, own[1] + 4) if ref else None
+            cols = _columns(got[0]) if got else None
+            if cols:
+                self._add(self.foreign, (ref, cols), f"{_shown(table[0])}.{_shown(table[1])}.{name}")
             return
         if kind == [b"PRIMARY", b"KEY"]:
             k += 2

@@ -29,12 +29,7 @@ def unquote(t: bytes, codec: str = "utf-8") -> str:
     (unquoted names fold to lower case); a string literal ``'x'`` -> ``x``. Bytes that
     are valid UTF-8 are read as UTF-8 (a role made from a UTF8 database keeps those bytes
     in a LATIN1 database's dump), others in ``codec``, the dump's client encoding."""
-    if t[:1] == b'"':
-        raw = t[1:-1].replace(b'""', b'"')
-    elif t[:1] == b"'":
-        raw = t[1:-1].replace(b"''", b"'")
-    else:
-        raw = t.lower()
+    raw = t[1:-1].replace(b"''", b"'") if t[:1] == b"'" else fold_name(t)
     try:  # role names are shared by every database: stored in the bytes of the session that made them
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -62,8 +57,9 @@ def last_top(toks: list[bytes], word: bytes, start: int = 0) -> int:
     return found
 
 
-def qualified_at(toks: list[bytes], i: int) -> tuple[str, str] | None:
-    """``schema . name`` starting at ``toks[i]``, or None."""
+def qualified_at(toks: list[bytes], i: int, read=unquote):
+    """``schema . name`` starting at ``toks[i]``, each part read by ``read`` (text by
+    :func:`unquote`; :func:`fold_name` gives the stored bytes), or None."""
     if i + 2 < len(toks) and toks[i + 1] == b"." and toks[i][:1] != b"'" and toks[i + 2][:1] != b"'":
-        return unquote(toks[i]), unquote(toks[i + 2])
+        return read(toks[i]), read(toks[i + 2])
     return None

@@ -167,7 +167,7 @@ def report_offsite(h, results, json: bool) -> int:
         if r.error:
             if r.uploaded or r.pruned:  # done before it failed: the same facts as --json's
                 output.say(f"   {r.copied()}")
-            output.result_line("failed", h.name, f"offsite {r.target}: {r.failure()}")
+            output.result_line("failed", h.name, f"offsite {r.target}: {r.failure(copies=False)}")
         elif r.uploaded or r.pruned:
             output.result_line("changed", h.name, f"offsite {r.target}: {r.copied()}")
         else:

@@ -53,10 +53,12 @@ class TargetResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def failure(self) -> str:
+    def failure(self, copies: bool = True) -> str:
         """The error and what the next run does about it: a target's error may pass (it is
-        retried); a damaged archive fails every run until it is deleted."""
-        return f"{self.error}" + ("" if self.damaged else " (retried on the next run)")
+        retried); a damaged archive fails every run until it is deleted. ``copies``: with
+        what was done before it failed (:meth:`copied`), when anything was."""
+        return (f"{self.error}" + ("" if self.damaged else " (retried on the next run)")
+                + (f"; {self.copied()}" if copies and (self.uploaded or self.pruned) else ""))
 
     def copied(self) -> str:
         """What the run did on the target, also when it failed (the human line of ``--json``'s facts)."""

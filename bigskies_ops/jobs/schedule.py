@@ -370,8 +370,7 @@ def _offsite_steps(inv: Inventory, host: Host) -> list[Step]:
     out = []
     for r in results:
         if r.error:
-            out.append(Step(f"offsite {r.target}", "failed",
-                            r.failure() + (f"; {r.copied()}" if r.uploaded or r.pruned else "")))
+            out.append(Step(f"offsite {r.target}", "failed", r.failure()))
         elif r.uploaded or r.pruned:
             out.append(Step(f"offsite {r.target}", "changed", f"copied and verified {len(r.uploaded)}, "
                                                               f"pruned {len(r.pruned)} on the target"))

@@ -562,8 +562,7 @@ def _offsite_run(h: Host, a: dict, ctx: RunContext) -> dict:
     results = upload(h, a["target"], inv=ctx.inventory, task=ctx.task)
     bad = [r for r in results if r.error]
     if bad:
-        raise BigskiesError("offsite copy failed: " + "; ".join(
-            f"{r.target}: {r.failure()}" + (f" ({r.copied()})" if r.uploaded or r.pruned else "") for r in bad),
+        raise BigskiesError("offsite copy failed: " + "; ".join(f"{r.target}: {r.failure()}" for r in bad),
                             exit_code=bad[0].exit_code or 1)
     uploaded = [n for r in results for n in r.uploaded]
     pruned = [n for r in results for n in r.pruned]
