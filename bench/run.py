@@ -82,6 +82,17 @@ RSS_WRAPPER = (
     "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
     "sys.argv = ['bigskies-ops'] + sys.argv[1:]\n"
     "runpy.run_module('bigskies_ops', run_name='__main__')\n")
+# Holds N bytes of touched anonymous memory until killed, and dies with the bench (PR_SET_PDEATHSIG):
+# see Bench.hold_memory.
+HOLDER = (
+    "import ctypes, mmap, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "m = mmap.mmap(-1, int(sys.argv[1]), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)\n"
+    "print('held', flush=True)\n"
+    "signal.pause()\n")
+# What `--headroom` leaves free before each clock (bytes): above the kernel's high watermark, so
+# that filling does not itself start reclaim, small next to the 2-3 GB a 1 GB restore writes.
+FREE_RESERVE = 256 * 2**20
 
 MKJSON = """
 CREATE TABLE observations_bench (id int PRIMARY KEY, doc jsonb NOT NULL);
@@ -210,6 +221,15 @@ def rotated(seq: list, i: int) -> list:
     return list(seq[k:]) + list(seq[:k])
 
 
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes (``MemFree``, ``MemAvailable``, ...)."""
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -218,6 +238,9 @@ class Bench:
         self.cluster = Cluster(base=self.base / "pg", port=free_port())
         self.ssh = None
         self.tunnel: subprocess.Popen | None = None
+        self.holder: subprocess.Popen | None = None
+        self.held_bytes = 0
+        self.fill_file = self.base / "free-memory.fill"
         self.results: dict[str, list[dict]] = {}
         self.checks: list[str] = []
         self.t_start = time.perf_counter()
@@ -281,6 +304,51 @@ class Bench:
         self.first_touch = self.probe_first_touch()
         self.log(f"first touch: {self.first_touch['mib']} MiB written into memory freed just before in "
                  f"{self.first_touch['hot_s']} s, freed {self.args.settle:g} s before in {self.first_touch['cold_s']} s")
+        self.hold_memory()
+
+    def hold_memory(self) -> None:
+        """Leave ``--headroom`` GiB of memory to the server and the page cache and hold the
+        rest (a helper process with that much anonymous memory touched, killed by
+        :meth:`close`), so that the page cache runs full, as on a server whose memory is in
+        use. Why: on a VM that hands free memory back to its host (free page reporting), a
+        write into free memory pays a host fault per page, and what that costs moves over
+        minutes (:meth:`probe_first_touch`: 0.6 to 5 s per GiB on this VM on 2026-12-05): a
+        1 GB restore writing 2-3 GB into free memory took 4-10 s of the server's system
+        time where the same write after reclaim took 2. With the memory in use, and the free
+        memory filled before each clock (:meth:`fill_free_memory`), every contender's writes
+        reclaim page cache instead. Sets ``held_bytes`` (0: ``--headroom 0``, or too little
+        memory to hold any)."""
+        headroom = getattr(self.args, "headroom", 0) * 2**30
+        if not headroom:
+            return
+        avail = meminfo()["MemAvailable"]
+        size = (avail - int(headroom)) // 2**21 * 2**21
+        if size < 2**30:
+            self.log(f"memory: {avail / 2**30:.1f} GiB available, headroom {self.args.headroom:g} GiB: nothing held")
+            return
+        t0 = time.perf_counter()
+        self.holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(size)], stdout=subprocess.PIPE, text=True)
+        if self.holder.stdout.readline().strip() != "held":
+            raise SystemExit(f"bench: the memory holder ({size / 2**30:.1f} GiB) exited with {self.holder.wait()}")
+        self.held_bytes = size
+        self.log(f"memory: {size / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available held "
+                 f"(in {time.perf_counter() - t0:.0f} s), {self.args.headroom:g} GiB left to the server and the page cache")
+
+    def fill_free_memory(self) -> int:
+        """Before a clock (with :meth:`hold_memory` only): write a scratch file as large as
+        the free memory beyond :data:`FREE_RESERVE`, after removing the previous one, so that
+        every contender starts with its memory full of page cache, none with the 1 GB the
+        previous contender's drop freed (which the host took back). Returns the bytes
+        written."""
+        self.fill_file.unlink(missing_ok=True)
+        if not self.held_bytes:
+            return 0
+        size = max(0, meminfo()["MemFree"] - FREE_RESERVE) // 2**20
+        buf = b"\0" * 2**20
+        with open(self.fill_file, "wb") as f:
+            for _ in range(size):
+                f.write(buf)
+        return size * 2**20
 
     # ------------------------------------------------------------ fidelity
     def fidelity_snapshot(self, db: str) -> dict:
@@ -368,12 +436,15 @@ class Bench:
         # forced by max_wal_size or by DROP DATABASE) - the previous contender's work.
         self.wait_background_drops()
         self.psql("CHECKPOINT", "postgres")
-        os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         # And the same memory: on a VM that hands free memory back to its host (free page
         # reporting), a write into memory freed seconds ago is ~10x as fast as into memory
-        # idle longer (:meth:`probe_first_touch`). Copies are dropped right after their run
-        # (:meth:`drop_copy`; ours drops its oldest pre-restore copy after its swap), and the
-        # settle lets what the previous contender freed cool like the rest of free memory.
+        # idle longer (:meth:`probe_first_touch`). With --headroom the free memory is filled
+        # with page cache, so every contender's writes reclaim (:meth:`hold_memory`); without,
+        # copies are dropped right after their run (:meth:`drop_copy`; ours drops its oldest
+        # pre-restore copy after its swap) and the settle lets what the previous contender
+        # freed cool like the rest of free memory.
+        self.fill_free_memory()
+        os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         time.sleep(self.args.settle)
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         server0 = self.server_cpu()
@@ -782,6 +853,7 @@ class Bench:
                 "quick": self.args.quick, "scale": self.args.scale, "runs": self.args.runs, "cores": os.cpu_count(),
                 "sample_data_load_s": getattr(self, "sample_data_s", None),
                 "settle_s": self.args.settle, "first_touch": getattr(self, "first_touch", None),
+                "headroom_gib": getattr(self.args, "headroom", 0), "held_bytes": getattr(self, "held_bytes", 0),
                 "rows": rows, "ratios": ratios, "ratio_status": detail, "warnings": warnings,
                 "checks": self.checks}
 
@@ -797,6 +869,12 @@ class Bench:
         if ft:
             lines.append(f"First touch on this machine: {ft['mib']} MiB written into memory freed just before: "
                          f"{ft['hot_s']} s; freed {s['settle_s']:g} s before: {ft['cold_s']} s")
+        if s.get("held_bytes"):
+            lines.append(f"Memory in use as on a busy server: {s['held_bytes'] / 2**30:.1f} GiB held by a helper process, "
+                         f"{s['headroom_gib']:g} GiB left to the server and the page cache, free memory filled with page "
+                         "cache before each clock (`--headroom`; 0 = off)")
+        elif s.get("headroom_gib") == 0:
+            lines.append("Memory: nothing held (`--headroom 0`): contenders write into free memory")
         lines += [
                   "", "| contender | median wall s | min-max s | spread | client CPU s | server user/sys s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -853,6 +931,9 @@ class Bench:
             self.tunnel.wait(10)
         if self.ssh:
             self.ssh.stop()
+        if self.holder is not None and self.holder.poll() is None:
+            self.holder.terminate()  # our own helper, by its process
+            self.holder.wait(30)
         self.cluster.stop()
         if not self.args.keep:
             shutil.rmtree(self.base, ignore_errors=True)
@@ -874,6 +955,11 @@ def main() -> int:
                          "on a VM that returns free memory to its host, a write into memory freed seconds "
                          "before is up to 10x as fast as into memory idle longer (the report's first-touch "
                          "line), so no contender should start right after memory was freed (0 = no wait)")
+    ap.add_argument("--headroom", type=float, default=6.0,
+                    help="GiB of memory left to the server and the page cache; the rest is held by a helper "
+                         "process, and free memory is filled with page cache before each clock, so that every "
+                         "contender writes into memory in use as on a busy server, not into free memory a VM "
+                         "handed back to its host (0 = hold nothing)")
     args = ap.parse_args()
     if args.runs < 3 and not args.quick:
         ap.error("--runs must be >= 3 for a median with a spread")
