@@ -47,6 +47,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -221,6 +222,25 @@ def rotated(seq: list, i: int) -> list:
     return list(seq[k:]) + list(seq[:k])
 
 
+def header_lines(s: dict, runs: str) -> list[str]:
+    """The report's opening lines from a :meth:`Bench.summary`: the database, ``runs`` (how
+    many runs of each row, as words), the first-touch probe and the memory the bench held
+    (``--headroom``)."""
+    ft = s["first_touch"]
+    lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT, sync and "
+             f"{s['settle_s']:g} s settle; {s['cores']} cores; {s['when_utc']}"]
+    if ft:
+        lines.append(f"First touch on this machine: {ft['mib']} MiB written into memory freed just before: "
+                     f"{ft['hot_s']} s; freed {s['settle_s']:g} s before: {ft['cold_s']} s")
+    if s.get("held_bytes"):
+        lines.append(f"Memory in use as on a busy server: {s['held_bytes'] / 2**30:.1f} GiB held by a helper process, "
+                     f"{s['headroom_gib']:g} GiB left to the server and the page cache, free memory filled with page "
+                     "cache before each clock (`--headroom`; 0 = off)")
+    elif s.get("headroom_gib") == 0:
+        lines.append("Memory: nothing held (`--headroom 0`): contenders write into free memory")
+    return lines
+
+
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes (``MemFree``, ``MemAvailable``, ...)."""
     out = {}
@@ -334,16 +354,16 @@ class Bench:
         self.log(f"memory: {size / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available held "
                  f"(in {time.perf_counter() - t0:.0f} s), {self.args.headroom:g} GiB left to the server and the page cache")
 
-    def fill_free_memory(self) -> int:
+    def fill_free_memory(self, reserve: int = FREE_RESERVE) -> int:
         """Before a clock (with :meth:`hold_memory` only): write a scratch file as large as
-        the free memory beyond :data:`FREE_RESERVE`, after removing the previous one, so that
+        the free memory beyond ``reserve`` bytes, after removing the previous one, so that
         every contender starts with its memory full of page cache, none with the 1 GB the
         previous contender's drop freed (which the host took back). Returns the bytes
         written."""
         self.fill_file.unlink(missing_ok=True)
         if not self.held_bytes:
             return 0
-        size = max(0, meminfo()["MemFree"] - FREE_RESERVE) // 2**20
+        size = max(0, meminfo()["MemFree"] - reserve) // 2**20
         buf = b"\0" * 2**20
         with open(self.fill_file, "wb") as f:
             for _ in range(size):
@@ -863,18 +883,7 @@ class Bench:
         tag = "rss" if self.args.only == "rss" else "latest"
         (RESULTS / f"{tag}.json").write_text(json.dumps(s, indent=2) + "\n")
         runs = "one run each (scale {})".format(s["scale"]) if tag == "rss" else f"{s['runs']} interleaved runs each"
-        ft = s["first_touch"]
-        lines = [f"Database: {s['db_bytes']:,} bytes; {runs}, each after an untimed CHECKPOINT, sync and "
-                 f"{s['settle_s']:g} s settle; {s['cores']} cores; {s['when_utc']}"]
-        if ft:
-            lines.append(f"First touch on this machine: {ft['mib']} MiB written into memory freed just before: "
-                         f"{ft['hot_s']} s; freed {s['settle_s']:g} s before: {ft['cold_s']} s")
-        if s.get("held_bytes"):
-            lines.append(f"Memory in use as on a busy server: {s['held_bytes'] / 2**30:.1f} GiB held by a helper process, "
-                         f"{s['headroom_gib']:g} GiB left to the server and the page cache, free memory filled with page "
-                         "cache before each clock (`--headroom`; 0 = off)")
-        elif s.get("headroom_gib") == 0:
-            lines.append("Memory: nothing held (`--headroom 0`): contenders write into free memory")
+        lines = header_lines(s, runs)
         lines += [
                   "", "| contender | median wall s | min-max s | spread | client CPU s | server user/sys s | bytes written | Python RSS MB |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -971,6 +980,9 @@ def main() -> int:
               "apt-get install postgresql-15 openssh-server openssh-client pgcopydb", file=sys.stderr)
         return 2
     b = Bench(args)
+    # `kill PID` (and make's, and a background job's, where SIGINT is ignored) ends the bench
+    # through close(): the cluster, sshd, the tunnel and the memory holder stop by process id.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         b.setup()
         if args.only == "rss":

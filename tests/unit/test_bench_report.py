@@ -159,3 +159,74 @@ def test_paired_order_keeps_each_pair_together_and_every_place_taken(bench):
         for a, b in pairs:
             assert abs(r.index(a) - r.index(b)) == 1
     assert bench.paired_order(pairs, -1) == rounds[3] and bench.paired_order(pairs, 6) == rounds[2]
+
+
+def test_the_report_says_what_memory_the_bench_held(bench):
+    s = summary(bench, {OURS: [10.0, 10.5, 11.0]})
+    s.update(held_bytes=17 * 2**30, headroom_gib=6.0, db_bytes=1_111_088_487)
+    lines = bench.header_lines(s, "3 interleaved runs each")
+    assert lines[0].startswith("Database: ") and "3 interleaved runs each" in lines[0]
+    assert lines[-1].startswith("Memory in use as on a busy server: 17.0 GiB held by a helper process, "
+                                "6 GiB left to the server and the page cache")
+    s.update(held_bytes=0, headroom_gib=0)
+    assert bench.header_lines(s, "x")[-1] == "Memory: nothing held (`--headroom 0`): contenders write into free memory"
+
+
+HOLD = """
+import argparse, sys, time, importlib.util
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("bench_run", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+b = mod.Bench.__new__(mod.Bench)
+b.args = argparse.Namespace(headroom=(mod.meminfo()["MemAvailable"] - 1.25 * 2**30) / 2**30)
+b.holder, b.held_bytes, b.fill_file = None, 0, Path(sys.argv[2])
+b.log = lambda msg: None
+b.hold_memory()
+print(b.holder.pid, b.held_bytes, flush=True)
+if sys.argv[3] == "close":
+    print(b.fill_free_memory(reserve=mod.meminfo()["MemFree"] - 32 * 2**20), flush=True)
+    b.holder.terminate(); b.holder.wait(30)
+    print("closed", flush=True)
+else:
+    time.sleep(60)
+"""
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="Linux only")
+def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
+    """A real helper process holding ~1 GiB (touched: its resident size), ended by the
+    bench, and ended too when the bench is killed (PR_SET_PDEATHSIG): a killed bench leaves
+    no process holding memory behind."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(SCRIPT), str(tmp_path / "fill"), "kill"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        pid, held = map(int, p.stdout.readline().split())
+        assert held >= 2**30
+        rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        assert rss >= 0.9 * held
+    finally:
+        p.kill()
+        p.wait()
+    assert _gone(pid)
+    out = subprocess.run([sys.executable, "-c", HOLD, str(SCRIPT), str(tmp_path / "fill"), "close"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    assert out.stdout.split()[-1] == "closed" and _gone(pid)
+    filled = int(out.stdout.split()[2])  # ~32 MiB: the free memory beyond the reserve asked for
+    assert 0 < filled <= 256 * 2**20 and (tmp_path / "fill").stat().st_size == filled
