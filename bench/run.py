@@ -10,9 +10,11 @@ others in turn: `carryover_order`) and taking the median of `--runs` (>= 3)
 with the spread (min-max) printed, after `--warmup` (2) untimed rounds of the
 restore, 60-index, scenario 4 and pull rows (this VM's first minutes of 1 GB
 loads are its slowest, for every contender). Every contender starts from the same
-state: an untimed CHECKPOINT and sync, then `--settle` seconds (10) of idle, and each
-copy is dropped right after its run, as ours drops its oldest pre-restore copy, so
-that none writes into memory its own preparation just freed (`Bench.probe_first_touch`).
+state: an untimed CHECKPOINT, the free memory filled with page cache (`--headroom`:
+the bench holds all memory but 6 GiB, as on a server whose memory is in use;
+`Bench.hold_memory`), a sync, then `--settle` seconds (10) of idle, and each copy is
+dropped right after its run, as ours drops its oldest pre-restore copy, so that none
+writes into memory its own preparation just freed (`Bench.probe_first_touch`).
 
 * backup: `pg_dump > /dev/null` (the floor), the guide's `pg_dump | gzip`, and
   `db.backup` in each format;
@@ -83,16 +85,23 @@ RSS_WRAPPER = (
     "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
     "sys.argv = ['bigskies-ops'] + sys.argv[1:]\n"
     "runpy.run_module('bigskies_ops', run_name='__main__')\n")
-# Holds N bytes of touched anonymous memory until killed, and dies with the bench (PR_SET_PDEATHSIG):
-# see Bench.hold_memory.
+# Holds N bytes of touched anonymous memory until killed (Bench.hold_memory): dies with the bench
+# (PR_SET_PDEATHSIG), is what the OOM killer takes first (the bench then stops: fill_free_memory),
+# and locks its pages where the limits allow (with swap they would otherwise be swapped out).
 HOLDER = (
     "import ctypes, mmap, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(1, signal.SIGTERM) != 0:\n"
+    "    sys.exit('prctl(PR_SET_PDEATHSIG) failed')\n"
+    "open('/proc/self/oom_score_adj', 'w').write('1000')\n"
     "m = mmap.mmap(-1, int(sys.argv[1]), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)\n"
+    "libc.mlockall(1)\n"  # MCL_CURRENT; refused without the rights (RLIMIT_MEMLOCK): not needed without swap
     "print('held', flush=True)\n"
     "signal.pause()\n")
-# What `--headroom` leaves free before each clock (bytes): above the kernel's high watermark, so
-# that filling does not itself start reclaim, small next to the 2-3 GB a 1 GB restore writes.
+# Least free memory left before each clock (bytes), and at least twice the kernel's high watermarks
+# (Bench.free_reserve), so that filling does not itself wake kswapd; small next to the 2-3 GB a
+# 1 GB restore writes.
 FREE_RESERVE = 256 * 2**20
 
 MKJSON = """
@@ -236,18 +245,54 @@ def header_lines(s: dict, runs: str) -> list[str]:
         lines.append(f"Memory in use as on a busy server: {s['held_bytes'] / 2**30:.1f} GiB held by a helper process, "
                      f"{s['headroom_gib']:g} GiB left to the server and the page cache, free memory filled with page "
                      "cache before each clock (`--headroom`; 0 = off)")
-    elif s.get("headroom_gib") == 0:
-        lines.append("Memory: nothing held (`--headroom 0`): contenders write into free memory")
+    else:
+        lines.append(f"Memory: nothing held ({s.get('hold_note') or '--headroom 0'}): contenders write into free memory")
     return lines
 
 
 def meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes (``MemFree``, ``MemAvailable``, ...)."""
+    """/proc/meminfo's kB figures in bytes (``MemFree``, ``MemAvailable``, ``SwapTotal``, ...;
+    the ``HugePages_*`` counts come out multiplied by 1024 too: not used)."""
     out = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
         key, _, rest = line.partition(":")
         out[key] = int(rest.split()[0]) * 1024
     return out
+
+
+def cgroup_memory_left() -> int | None:
+    """Bytes this process's memory cgroup may still take (its limit minus its usage: cgroup
+    v2 ``memory.max`` - ``memory.current``, v1 ``memory.limit_in_bytes`` -
+    ``memory.usage_in_bytes``), or None without a limit. In a container /proc/meminfo shows
+    the host's memory, not the container's."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files = (Path("/sys/fs/cgroup") / path.lstrip("/")) / "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            files = (Path("/sys/fs/cgroup/memory") / path.lstrip("/")) / "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit = files[0].read_text().strip()
+            used = int((files[0].parent / files[1]).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit != "max" and int(limit) < 2**60:
+            return max(0, int(limit) - used)
+    return None
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system ``path`` is on (``ext4``, ``tmpfs``, ...), from
+    /proc/self/mountinfo (the longest mount point that contains it)."""
+    path, best, kind = str(Path(path).resolve()), "", "?"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount, fstype = fields[4], fields[fields.index("-") + 1]
+        if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, fstype
+    return kind
 
 
 class Bench:
@@ -260,7 +305,9 @@ class Bench:
         self.tunnel: subprocess.Popen | None = None
         self.holder: subprocess.Popen | None = None
         self.held_bytes = 0
+        self.hold_note = ""  # why nothing was held, for the report
         self.fill_file = self.base / "free-memory.fill"
+        self._fill_pos = 0
         self.results: dict[str, list[dict]] = {}
         self.checks: list[str] = []
         self.t_start = time.perf_counter()
@@ -285,11 +332,11 @@ class Bench:
     def setup(self) -> None:
         a = self.args
         scale, rows = (2, 10_000) if a.quick else (50 * a.scale, 200_000 * a.scale)
-        need = int((1.1e9 if not a.quick else 5e7) * (a.scale if not a.quick else 1) * 12)
+        need = int((1.1e9 if not a.quick else 5e7) * (a.scale if not a.quick else 1) * 12 + getattr(a, "headroom", 0) * 2**30)
         free = shutil.disk_usage(self.base).free
         if free < need:
             raise SystemExit(f"bench: not enough free disk in {self.base}: {free / 1e9:.1f} GB free, "
-                             f"{need / 1e9:.1f} GB needed (data, archives, restored copies)")
+                             f"{need / 1e9:.1f} GB needed (data, archives, restored copies, the --headroom fill file)")
         self.log(f"cluster in {self.base} (fsync on, default shared_buffers, autovacuum off); pgbench scale {scale}, "
                  f"{rows} JSON rows")
         # autovacuum off: a contender's 1 GB load leaves a VACUUM of its new tables for later (the
@@ -326,49 +373,89 @@ class Bench:
                  f"{self.first_touch['hot_s']} s, freed {self.args.settle:g} s before in {self.first_touch['cold_s']} s")
         self.hold_memory()
 
-    def hold_memory(self) -> None:
+    def hold_memory(self, minimum: int = 2**30) -> None:
         """Leave ``--headroom`` GiB of memory to the server and the page cache and hold the
-        rest (a helper process with that much anonymous memory touched, killed by
+        rest (a helper process with that much anonymous memory touched, stopped by
         :meth:`close`), so that the page cache runs full, as on a server whose memory is in
         use. Why: on a VM that hands free memory back to its host (free page reporting), a
         write into free memory pays a host fault per page, and what that costs moves over
-        minutes (:meth:`probe_first_touch`: 0.6 to 5 s per GiB on this VM on 2026-12-05): a
+        minutes (:meth:`probe_first_touch`: 0.2 to 6 s per GiB on this VM on 2026-12-05): a
         1 GB restore writing 2-3 GB into free memory took 4-10 s of the server's system
-        time where the same write after reclaim took 2. With the memory in use, and the free
+        time where, after reclaim, it took 2.4-3.2 s. With the memory in use, and the free
         memory filled before each clock (:meth:`fill_free_memory`), every contender's writes
-        reclaim page cache instead. Sets ``held_bytes`` (0: ``--headroom 0``, or too little
-        memory to hold any)."""
-        headroom = getattr(self.args, "headroom", 0) * 2**30
+        reclaim page cache instead. Sets ``held_bytes``; 0 with ``--headroom 0``, less than
+        ``minimum`` bytes to hold, or a work folder in memory (tmpfs: the data itself would
+        not be reclaimable), with the reason in ``hold_note``.
+
+        Raises SystemExit when the helper does not start."""
+        headroom = int(getattr(self.args, "headroom", 0) * 2**30)
         if not headroom:
+            self.hold_note = "--headroom 0"
+            return
+        fs = filesystem_type(self.base)
+        if fs in ("tmpfs", "ramfs"):
+            self.hold_note = f"the work folder {self.base} is on {fs}"
+            self.log(f"memory: nothing held: {self.hold_note} (--workdir on a disk holds it)")
             return
         avail = meminfo()["MemAvailable"]
-        size = (avail - int(headroom)) // 2**21 * 2**21
-        if size < 2**30:
-            self.log(f"memory: {avail / 2**30:.1f} GiB available, headroom {self.args.headroom:g} GiB: nothing held")
+        left = cgroup_memory_left()
+        if left is not None:
+            avail = min(avail, left)
+        size = (avail - headroom) // 2**21 * 2**21
+        if size < minimum:
+            self.hold_note = f"{avail / 2**30:.1f} GiB available, headroom {self.args.headroom:g} GiB"
+            self.log(f"memory: nothing held: {self.hold_note}")
             return
         t0 = time.perf_counter()
         self.holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(size)], stdout=subprocess.PIPE, text=True)
         if self.holder.stdout.readline().strip() != "held":
             raise SystemExit(f"bench: the memory holder ({size / 2**30:.1f} GiB) exited with {self.holder.wait()}")
+        self.holder.stdout.close()
         self.held_bytes = size
+        # the file fill_free_memory reads: as large as the headroom, written once (its pages may
+        # be reclaimed at any time and read again: no dirty data before any clock)
+        buf = b"\1" * 2**20
+        with open(self.fill_file, "wb") as f:
+            for _ in range(headroom // 2**20):
+                f.write(buf)
+        os.sync()
+        swap = " (swap is on: held pages may be swapped out where they could not be locked)" if meminfo()["SwapTotal"] else ""
         self.log(f"memory: {size / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available held "
-                 f"(in {time.perf_counter() - t0:.0f} s), {self.args.headroom:g} GiB left to the server and the page cache")
+                 f"(in {time.perf_counter() - t0:.0f} s), {self.args.headroom:g} GiB left to the server and the page cache{swap}")
 
-    def fill_free_memory(self, reserve: int = FREE_RESERVE) -> int:
-        """Before a clock (with :meth:`hold_memory` only): write a scratch file as large as
-        the free memory beyond ``reserve`` bytes, after removing the previous one, so that
-        every contender starts with its memory full of page cache, none with the 1 GB the
-        previous contender's drop freed (which the host took back). Returns the bytes
-        written."""
-        self.fill_file.unlink(missing_ok=True)
+    def free_reserve(self) -> int:
+        """Free memory (bytes) :meth:`fill_free_memory` leaves: :data:`FREE_RESERVE`, or
+        twice the zones' high watermarks (/proc/zoneinfo) where that is more, so that the
+        fill stops before kswapd wakes."""
+        high = sum(int(line.split()[1]) for line in Path("/proc/zoneinfo").read_text().splitlines()
+                   if line.split()[:1] == ["high"])
+        return max(FREE_RESERVE, 2 * high * os.sysconf("SC_PAGE_SIZE"))
+
+    def fill_free_memory(self, reserve: int | None = None) -> int:
+        """Before a clock (with :meth:`hold_memory` only): read the fill file, from where the
+        last fill stopped, until the free memory is down to ``reserve`` bytes (default
+        :meth:`free_reserve`) or the whole file was read, so that every contender starts
+        with its memory full of page cache, none with the 1 GB the previous contender's drop
+        freed (which the host took back). Reading makes no dirty pages and frees nothing.
+        Returns the bytes read.
+
+        Raises SystemExit when the memory holder has died (the OOM killer takes it first):
+        the memory would no longer be in use, and the report would say it was."""
         if not self.held_bytes:
             return 0
-        size = max(0, meminfo()["MemFree"] - reserve) // 2**20
-        buf = b"\0" * 2**20
-        with open(self.fill_file, "wb") as f:
-            for _ in range(size):
-                f.write(buf)
-        return size * 2**20
+        if self.holder is not None and self.holder.poll() is not None:
+            raise SystemExit(f"bench: the memory holder exited ({self.holder.returncode}); "
+                             "out of memory? (--headroom larger, or 0 to hold nothing)")
+        reserve = self.free_reserve() if reserve is None else reserve
+        size, chunk, done = self.fill_file.stat().st_size, 2**20, 0
+        buf = bytearray(chunk)
+        with open(self.fill_file, "rb", buffering=0) as f:
+            while done < size and meminfo()["MemFree"] > reserve:
+                for _ in range(32):  # 32 MiB between looks at /proc/meminfo
+                    n = os.preadv(f.fileno(), [buf], self._fill_pos)
+                    self._fill_pos = (self._fill_pos + chunk) % size if n == chunk else 0
+                    done += chunk
+        return done
 
     # ------------------------------------------------------------ fidelity
     def fidelity_snapshot(self, db: str) -> dict:
@@ -458,13 +545,13 @@ class Bench:
         self.psql("CHECKPOINT", "postgres")
         # And the same memory: on a VM that hands free memory back to its host (free page
         # reporting), a write into memory freed seconds ago is ~10x as fast as into memory
-        # idle longer (:meth:`probe_first_touch`). With --headroom the free memory is filled
-        # with page cache, so every contender's writes reclaim (:meth:`hold_memory`); without,
-        # copies are dropped right after their run (:meth:`drop_copy`; ours drops its oldest
-        # pre-restore copy after its swap) and the settle lets what the previous contender
-        # freed cool like the rest of free memory.
-        self.fill_free_memory()
-        os.sync()  # and the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
+        # idle longer (:meth:`probe_first_touch`). Copies are dropped right after their run
+        # (:meth:`drop_copy`; ours drops its oldest pre-restore copy after its swap); with
+        # --headroom the free memory is then filled with page cache, so every contender's
+        # writes reclaim (:meth:`hold_memory`), and the settle lets what is freed later cool
+        # like the rest of free memory.
+        filled = self.fill_free_memory()
+        os.sync()  # the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         time.sleep(self.args.settle)
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         server0 = self.server_cpu()
@@ -483,7 +570,8 @@ class Bench:
             raise SystemExit(f"bench: {name} failed (exit {p.returncode}): {' '.join(argv)[-300:]}\n"
                              f"{err.decode(errors='replace')[-2000:]}")
         rec = {"wall_s": round(wall, 3), "cpu_s": round(ru, 3), "server_user_s": server[0], "server_sys_s": server[1],
-               "start_s": round(t0 - self.t_start, 1)}  # when, from the bench's start: what ran beside it
+               "start_s": round(t0 - self.t_start, 1),  # when, from the bench's start: what ran beside it
+               "filled_mib": filled // 2**20}
         if ours and not rss_file.exists():
             self.check(False, f"{name}: the peak RSS was not recorded")
         elif ours:
@@ -874,6 +962,7 @@ class Bench:
                 "sample_data_load_s": getattr(self, "sample_data_s", None),
                 "settle_s": self.args.settle, "first_touch": getattr(self, "first_touch", None),
                 "headroom_gib": getattr(self.args, "headroom", 0), "held_bytes": getattr(self, "held_bytes", 0),
+                "hold_note": getattr(self, "hold_note", ""),
                 "rows": rows, "ratios": ratios, "ratio_status": detail, "warnings": warnings,
                 "checks": self.checks}
 
@@ -935,6 +1024,7 @@ class Bench:
         return lines
 
     def close(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the cleanup short
         if self.tunnel is not None and self.tunnel.poll() is None:
             self.tunnel.terminate()  # our own ssh client, by its process
             self.tunnel.wait(10)
@@ -942,7 +1032,12 @@ class Bench:
             self.ssh.stop()
         if self.holder is not None and self.holder.poll() is None:
             self.holder.terminate()  # our own helper, by its process
-            self.holder.wait(30)
+            try:
+                self.holder.wait(30)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait()
+        self.fill_file.unlink(missing_ok=True)  # also with --keep: headroom-sized scratch
         self.cluster.stop()
         if not self.args.keep:
             shutil.rmtree(self.base, ignore_errors=True)
@@ -970,6 +1065,8 @@ def main() -> int:
                          "contender writes into memory in use as on a busy server, not into free memory a VM "
                          "handed back to its host (0 = hold nothing)")
     args = ap.parse_args()
+    if args.headroom < 0:
+        ap.error("--headroom must be >= 0")
     if args.runs < 3 and not args.quick:
         ap.error("--runs must be >= 3 for a median with a spread")
     path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
