@@ -94,7 +94,10 @@ HOLDER = (
     "libc = ctypes.CDLL(None, use_errno=True)\n"
     "if libc.prctl(1, signal.SIGTERM) != 0:\n"
     "    sys.exit('prctl(PR_SET_PDEATHSIG) failed')\n"
-    "open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+    "try:\n"
+    "    open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+    "except OSError:\n"
+    "    pass\n"
     "m = mmap.mmap(-1, int(sys.argv[1]), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)\n"
     "libc.mlockall(1)\n"  # MCL_CURRENT; refused without the rights (RLIMIT_MEMLOCK): not needed without swap
     "print('held', flush=True)\n"
@@ -260,36 +263,54 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def cgroup_memory_left() -> int | None:
-    """Bytes this process's memory cgroup may still take (its limit minus its usage: cgroup
-    v2 ``memory.max`` - ``memory.current``, v1 ``memory.limit_in_bytes`` -
-    ``memory.usage_in_bytes``), or None without a limit. In a container /proc/meminfo shows
-    the host's memory, not the container's."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+def cgroup_memory_left(cgroup: str | None = None, root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes this process's memory cgroups may still take, or None without a limit: the
+    smallest of (limit - usage + file pages) over its cgroup and the cgroup's parents
+    (v2 ``memory.max``, ``memory.current``, ``memory.stat`` ``file``; v1
+    ``memory.limit_in_bytes``, ``memory.usage_in_bytes``, ``memory.stat`` ``total_cache``),
+    page cache being reclaimable. In a container /proc/meminfo shows the host's memory, not
+    the container's. ``cgroup``: the text of /proc/self/cgroup (read when None); ``root``:
+    where the hierarchies are mounted. A path that is not there below the mount (a
+    container seeing its own cgroup as the mount's root) is read at the mount's root."""
+    text = Path("/proc/self/cgroup").read_text() if cgroup is None else cgroup
+    best = None
+    for line in text.splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            files = (Path("/sys/fs/cgroup") / path.lstrip("/")) / "memory.max", "memory.current"
+            base, names = root, ("memory.max", "memory.current", "file")
         elif "memory" in controllers.split(","):
-            files = (Path("/sys/fs/cgroup/memory") / path.lstrip("/")) / "memory.limit_in_bytes", "memory.usage_in_bytes"
+            base, names = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache")
         else:
             continue
-        try:
-            limit = files[0].read_text().strip()
-            used = int((files[0].parent / files[1]).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit != "max" and int(limit) < 2**60:
-            return max(0, int(limit) - used)
-    return None
+        here = base / path.lstrip("/")
+        if not (here / names[0]).exists():
+            here = base
+        while True:
+            try:
+                limit = (here / names[0]).read_text().strip()
+                used = int((here / names[1]).read_text())
+                stat = dict(line.split() for line in (here / "memory.stat").read_text().splitlines())
+                if limit != "max" and int(limit) < 2**60:
+                    left = max(0, int(limit) - used + int(stat.get(names[2], 0)))
+                    best = left if best is None else min(best, left)
+            except (OSError, ValueError):
+                pass
+            if here == base:
+                break
+            here = here.parent
+    return best
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the file system ``path`` is on (``ext4``, ``tmpfs``, ...), from
-    /proc/self/mountinfo (the longest mount point that contains it)."""
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The type of the file system ``path`` is on (``ext4``, ``tmpfs``, ...): the longest
+    mount point that contains it in ``mountinfo`` (the text of /proc/self/mountinfo, read
+    when None; octal escapes such as ``\\040`` for a space decoded)."""
+    text = Path("/proc/self/mountinfo").read_text() if mountinfo is None else mountinfo
     path, best, kind = str(Path(path).resolve()), "", "?"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in text.splitlines():
         fields = line.split()
-        mount, fstype = fields[4], fields[fields.index("-") + 1]
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        fstype = fields[fields.index("-") + 1]
         if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
             best, kind = mount, fstype
     return kind
@@ -423,6 +444,14 @@ class Bench:
         self.log(f"memory: {size / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available held "
                  f"(in {time.perf_counter() - t0:.0f} s), {self.args.headroom:g} GiB left to the server and the page cache{swap}")
 
+    def check_holder(self) -> None:
+        """Raises SystemExit when the memory holder (:meth:`hold_memory`) has died (the OOM
+        killer takes it first): the memory would no longer be in use, and the report would
+        say it was. Checked before each clock and after each run."""
+        if self.holder is not None and self.holder.poll() is not None:
+            raise SystemExit(f"bench: the memory holder exited ({self.holder.returncode}); "
+                             "out of memory? (--headroom larger, or 0 to hold nothing)")
+
     def free_reserve(self) -> int:
         """Free memory (bytes) :meth:`fill_free_memory` leaves: :data:`FREE_RESERVE`, or
         twice the zones' high watermarks (/proc/zoneinfo) where that is more, so that the
@@ -443,18 +472,22 @@ class Bench:
         the memory would no longer be in use, and the report would say it was."""
         if not self.held_bytes:
             return 0
-        if self.holder is not None and self.holder.poll() is not None:
-            raise SystemExit(f"bench: the memory holder exited ({self.holder.returncode}); "
-                             "out of memory? (--headroom larger, or 0 to hold nothing)")
+        self.check_holder()
         reserve = self.free_reserve() if reserve is None else reserve
         size, chunk, done = self.fill_file.stat().st_size, 2**20, 0
         buf = bytearray(chunk)
+
+        def free() -> int:
+            left = cgroup_memory_left()
+            return meminfo()["MemFree"] if left is None else min(meminfo()["MemFree"], left)
         with open(self.fill_file, "rb", buffering=0) as f:
-            while done < size and meminfo()["MemFree"] > reserve:
-                for _ in range(32):  # 32 MiB between looks at /proc/meminfo
+            while done < size and free() > reserve:
+                for _ in range(32):  # 32 MiB between looks at the free memory
                     n = os.preadv(f.fileno(), [buf], self._fill_pos)
-                    self._fill_pos = (self._fill_pos + chunk) % size if n == chunk else 0
-                    done += chunk
+                    self._fill_pos = self._fill_pos + n if n and self._fill_pos + n < size else 0
+                    done += n
+                    if done >= size:
+                        break
         return done
 
     # ------------------------------------------------------------ fidelity
@@ -563,6 +596,7 @@ class Bench:
         p = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = p.communicate()  # small outputs only (archives go to files)
         wall = time.perf_counter() - t0
+        self.check_holder()
         # rusage of this child and the descendants it waited for
         ru = self._child_rusage_delta()
         server = [round(b - a, 2) for a, b in zip(server0, self.server_cpu())]
@@ -928,6 +962,7 @@ class Bench:
                 "server_sys_median_s": round(statistics.median(r["server_sys_s"] for r in recs), 2),
                 "bytes_written": recs[-1].get("bytes_written"),
                 "python_rss_mb_max": max((r.get("python_rss_mb", 0) for r in recs), default=None) or None,
+                "filled_mib": [r.get("filled_mib") for r in recs],  # read by fill_free_memory before each clock
             }
         ratios, detail, warnings = {}, {}, []
         for label, a, b, op, target in RATIOS:

@@ -184,11 +184,11 @@ spec = importlib.util.spec_from_file_location("bench_run", sys.argv[1])
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 # What the machine reports is fixed here, so the sizes are exact: 384 MiB available with a
 # headroom of 128 MiB holds 256 MiB; the free memory falls 32 MiB per look as the fill reads.
-looks = []
+looks, plenty = [], []
 def meminfo():
     looks.append(1)
-    return {"MemAvailable": 384 * 2**20, "SwapTotal": 0,
-            "MemFree": mod.FREE_RESERVE + 64 * 2**20 - 32 * 2**20 * (len(looks) - 1)}
+    free = 2**40 if plenty else mod.FREE_RESERVE + 64 * 2**20 - 32 * 2**20 * (len(looks) - 1)
+    return {"MemAvailable": 384 * 2**20, "SwapTotal": 0, "MemFree": free}
 mod.meminfo, mod.cgroup_memory_left, mod.filesystem_type = meminfo, lambda: None, lambda path: "ext4"
 b = mod.Bench.__new__(mod.Bench)
 b.args = argparse.Namespace(headroom=0.125, keep=True)
@@ -201,7 +201,11 @@ b.hold_memory(minimum=2**26)
 print(b.holder.pid, b.held_bytes, b.fill_file.stat().st_size, flush=True)
 if sys.argv[3] == "close":
     looks.clear()
-    print(b.fill_free_memory(reserve=mod.FREE_RESERVE), flush=True)
+    print(b.fill_free_memory(reserve=mod.FREE_RESERVE), b._fill_pos, flush=True)
+    looks.clear()
+    print(b.fill_free_memory(reserve=mod.FREE_RESERVE), b._fill_pos, flush=True)  # on from 64 MiB, to the end
+    plenty.append(1)
+    print(b.fill_free_memory(reserve=mod.FREE_RESERVE), b._fill_pos, flush=True)  # never below: the file once
     b.close()
     print("closed", b.fill_file.exists(), b.holder.poll(), flush=True)  # stopped by close itself
 else:
@@ -227,7 +231,9 @@ def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
     """A real helper process holding 256 MiB (touched: its resident size), stopped by
     Bench.close, and ended too when the bench is killed (PR_SET_PDEATHSIG): a killed bench
     leaves no process holding memory behind. The fill reads its file until the free memory
-    is down to the reserve (here after two looks of 32 MiB each), and close removes it."""
+    is down to the reserve (here after two looks of 32 MiB each), the next fill goes on
+    where the last stopped and wraps at the end, one never short of memory reads the file
+    once; close removes it."""
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(SCRIPT), str(tmp_path), "kill"],
                          stdout=subprocess.PIPE, text=True)
     try:
@@ -239,20 +245,58 @@ def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
     finally:
         p.kill()
         p.wait()
+        (tmp_path / "fill").unlink(missing_ok=True)
     assert _gone(pid)
     out = subprocess.run([sys.executable, "-c", HOLD, str(SCRIPT), str(tmp_path / "b"), "close"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     pid = int(lines[0].split()[0])
-    assert lines[1:] == [str(64 * 2**20), "closed False -15"]
+    mib = 2**20
+    assert lines[1:] == [f"{64 * mib} {64 * mib}", f"{64 * mib} 0", f"{128 * mib} 0", "closed False -15"]
     assert _gone(pid)
 
 
-def test_the_machine_facts_the_holder_is_sized_by(bench, tmp_path):
-    assert bench.filesystem_type(Path("/proc/self")) == "proc"
-    assert bench.filesystem_type(tmp_path) not in ("?", "proc")
-    left = bench.cgroup_memory_left()
-    assert left is None or left >= 0
+def test_the_file_system_of_the_work_folder(bench, tmp_path):
+    mountinfo = ("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+                 "36 22 0:32 / /mnt/ram\\040disk rw,relatime shared:1 - tmpfs tmpfs rw\n"
+                 "37 22 0:33 / /mnt/ram rw - tmpfs tmpfs rw\n")
+    assert bench.filesystem_type(Path("/mnt/ram disk/bench"), mountinfo) == "tmpfs"
+    assert bench.filesystem_type(Path("/mnt/ramdisk"), mountinfo) == "ext4"  # not below /mnt/ram
+    assert bench.filesystem_type(Path("/mnt/ram"), mountinfo) == "tmpfs"
+    assert bench.filesystem_type(Path("/proc/self")) == "proc"  # this machine's own table
+
+
+def _cgroup(folder: Path, limit: str, used: int, cache_key: str, cache: int, names=("memory.max", "memory.current")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / names[0]).write_text(limit + "\n")
+    (folder / names[1]).write_text(f"{used}\n")
+    (folder / "memory.stat").write_text(f"anon 1\n{cache_key} {cache}\n")
+
+
+def test_the_memory_a_cgroup_leaves(bench, tmp_path):
+    """Limit - usage + page cache, the smallest over the cgroup and its parents (v2); a v1
+    container that sees its cgroup as the mount's root; no limit: None."""
+    mib = 2**20
+    _cgroup(tmp_path / "a" / "b", str(1024 * mib), 900 * mib, "file", 300 * mib)
+    _cgroup(tmp_path / "a", "max", 900 * mib, "file", 300 * mib)
+    assert bench.cgroup_memory_left("0::/a/b\n", tmp_path) == 424 * mib
+    _cgroup(tmp_path / "a", str(500 * mib), 400 * mib, "file", 0)
+    assert bench.cgroup_memory_left("0::/a/b\n", tmp_path) == 100 * mib
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    _cgroup(tmp_path / "memory", str(2048 * mib), 1024 * mib, "total_cache", 512 * mib, v1)
+    assert bench.cgroup_memory_left("4:memory:/docker/abc\n0::/\n", tmp_path) == 1536 * mib
+    _cgroup(tmp_path / "memory", "9223372036854771712", 1024 * mib, "total_cache", 0, v1)
+    assert bench.cgroup_memory_left("4:memory:/docker/abc\n", tmp_path) is None
+    assert bench.cgroup_memory_left("1:cpu:/\n", tmp_path) is None
+
+
+def test_the_reserve_is_twice_the_high_watermarks(bench, monkeypatch):
     b = bench.Bench.__new__(bench.Bench)
-    assert b.free_reserve() >= bench.FREE_RESERVE
+    zoneinfo = {"text": "Node 0, zone   Normal\n  pages free     1\n        min      10\n        high     100000\n"}
+    real = bench.Path.read_text
+    monkeypatch.setattr(bench.Path, "read_text",
+                        lambda self, *a, **k: zoneinfo["text"] if str(self) == "/proc/zoneinfo" else real(self, *a, **k))
+    assert b.free_reserve() == 2 * 100000 * os.sysconf("SC_PAGE_SIZE")  # a large machine: above 256 MiB
+    zoneinfo["text"] = "Node 0, zone   Normal\n        high     100\n"
+    assert b.free_reserve() == bench.FREE_RESERVE
