@@ -253,6 +253,17 @@ def header_lines(s: dict, runs: str) -> list[str]:
     return lines
 
 
+def write_mib(path: Path, mib: int) -> float:
+    """Write ``mib`` MiB (of 0x01 bytes, no fsync) to a new file at ``path``: the seconds it
+    took, that is, what filling the page cache with it cost."""
+    buf = b"\1" * 2**20
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(buf)
+    return time.perf_counter() - t0
+
+
 def meminfo() -> dict[str, int]:
     """/proc/meminfo's kB figures in bytes (``MemFree``, ``MemAvailable``, ``SwapTotal``, ...;
     the ``HugePages_*`` counts come out multiplied by 1024 too: not used)."""
@@ -289,7 +300,7 @@ def cgroup_memory_left(cgroup: str | None = None, root: Path = Path("/sys/fs/cgr
             try:
                 limit = (here / names[0]).read_text().strip()
                 used = int((here / names[1]).read_text())
-                stat = dict(line.split() for line in (here / "memory.stat").read_text().splitlines())
+                stat = dict(row.split() for row in (here / "memory.stat").read_text().splitlines())
                 if limit != "max" and int(limit) < 2**60:
                     left = max(0, int(limit) - used + int(stat.get(names[2], 0)))
                     best = left if best is None else min(best, left)
@@ -435,10 +446,7 @@ class Bench:
         self.held_bytes = size
         # the file fill_free_memory reads: as large as the headroom, written once (its pages may
         # be reclaimed at any time and read again: no dirty data before any clock)
-        buf = b"\1" * 2**20
-        with open(self.fill_file, "wb") as f:
-            for _ in range(headroom // 2**20):
-                f.write(buf)
+        write_mib(self.fill_file, headroom // 2**20)
         os.sync()
         swap = " (swap is on: held pages may be swapped out where they could not be locked)" if meminfo()["SwapTotal"] else ""
         self.log(f"memory: {size / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available held "
@@ -478,8 +486,8 @@ class Bench:
         buf = bytearray(chunk)
 
         def free() -> int:
-            left = cgroup_memory_left()
-            return meminfo()["MemFree"] if left is None else min(meminfo()["MemFree"], left)
+            mem, left = meminfo()["MemFree"], cgroup_memory_left()
+            return mem if left is None else min(mem, left)
         with open(self.fill_file, "rb", buffering=0) as f:
             while done < size and free() > reserve:
                 for _ in range(32):  # 32 MiB between looks at the free memory
@@ -622,14 +630,10 @@ class Bench:
         "cold_s"}``, wall seconds to write ``mib`` MiB (no fsync). Equal on bare metal; on a
         VM with free page reporting (virtio-balloon; Firecracker's balloon) the second pays a
         host fault per page (2026-12-05, this VM: 1.5 GB in 0.28 s against 3.7 s)."""
-        scratch, buf = self.base / "first-touch.probe", b"\1" * 2**20
+        scratch = self.base / "first-touch.probe"
 
         def write() -> float:
-            t0 = time.perf_counter()
-            with open(scratch, "wb") as f:
-                for _ in range(mib):
-                    f.write(buf)
-            return time.perf_counter() - t0
+            return write_mib(scratch, mib)
         try:
             write()
             os.sync()

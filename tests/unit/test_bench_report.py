@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.remote_helpers import process_gone, wait_for
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "run.py"
 
 
@@ -213,20 +215,6 @@ else:
 """
 
 
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
     """A real helper process holding 256 MiB (touched: its resident size), stopped by
     Bench.close, and ended too when the bench is killed (PR_SET_PDEATHSIG): a killed bench
@@ -246,7 +234,7 @@ def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
         p.kill()
         p.wait()
         (tmp_path / "fill").unlink(missing_ok=True)
-    assert _gone(pid)
+    wait_for(lambda: process_gone(pid), 10, f"the memory holder {pid} to end")
     out = subprocess.run([sys.executable, "-c", HOLD, str(SCRIPT), str(tmp_path / "b"), "close"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -254,7 +242,7 @@ def test_the_memory_holder_holds_and_dies_with_the_bench(bench, tmp_path):
     pid = int(lines[0].split()[0])
     mib = 2**20
     assert lines[1:] == [f"{64 * mib} {64 * mib}", f"{64 * mib} 0", f"{128 * mib} 0", "closed False -15"]
-    assert _gone(pid)
+    wait_for(lambda: process_gone(pid), 10, f"the memory holder {pid} to end")
 
 
 def test_the_file_system_of_the_work_folder(bench, tmp_path):
