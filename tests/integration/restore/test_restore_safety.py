@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (REPO, cli, drop_db_and_copies, native_host, new_db_from_template, send_when,
+from tests.conftest import (PASSWORD_ENV, REPO, cli, drop_db_and_copies, native_host, new_db_from_template, send_when,
                             signal_when, wait_unlocked, write_inventory)
 from tests.pgcheck import db_fingerprint
 
@@ -570,3 +570,41 @@ def test_an_interrupt_while_the_side_database_is_created_leaves_none_behind(pg, 
         time.sleep(0.1)
     assert _side_dbs(pg_sql, dbname) == []
     assert db_fingerprint(pg_sql, dbname) == changed
+
+
+def test_a_pulled_archive_is_checked_when_written_and_a_later_change_is_still_caught(local_inv, cli_env,
+                                                                                    monkeypatch):
+    """db.pull --restore checks the pulled file on disk (size, sha256 read back, versions) as
+    soon as the pull has finished it, while the load still builds its indexes (issue 21);
+    its errors and the pull's still stop the restore before any swap, and the file is
+    proved unchanged after the load (restore._CheckWhenWritten on a real plain archive)."""
+    from bigskies_ops.archives.integrity import ArchiveInfo
+    from bigskies_ops.errors import ArchiveError, StorageError
+    from bigskies_ops.inventory import load
+    from bigskies_ops.jobs.restore import FollowedArchive, _CheckWhenWritten
+    from bigskies_ops.pg.access import PostgresAccess
+    inv, _bdir = local_inv
+    monkeypatch.setenv(PASSWORD_ENV, cli_env[PASSWORD_ENV])
+    path = _backup(inv, cli_env)
+    good = path.read_bytes()
+
+    def followed(result):
+        return FollowedArchive(growing=None, start=lambda: None, result=result)
+
+    with PostgresAccess(load(inv).host("dev")) as access:
+        info = _CheckWhenWritten(access, followed(lambda: str(path))).result()
+        assert isinstance(info, ArchiveInfo) and info.format == "plain" and info.path == str(path)
+        info.confirm_unchanged()
+        with open(path, "ab") as f:  # written to after its check, during the load
+            f.write(b"\0")
+        with pytest.raises(ArchiveError, match="changed while it was restored"):
+            info.confirm_unchanged()
+        # damaged before its check: refused, as the check after the load refused it
+        with pytest.raises(ArchiveError, match="differs from the manifest"):
+            _CheckWhenWritten(access, followed(lambda: str(path))).result()
+
+        def failed_pull():
+            raise StorageError("the pull failed: remote pg_dump exit status 1")
+        with pytest.raises(StorageError, match="remote pg_dump exit status 1"):
+            _CheckWhenWritten(access, followed(failed_pull)).result()
+    path.write_bytes(good)
