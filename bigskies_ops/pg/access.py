@@ -96,8 +96,8 @@ class PostgresAccess:
         self.app_name: str | None = new_app_name()
         #: ``lock_timeout`` of the library's own sessions, seconds (0: wait, but visibly)
         self.lock_timeout_s: float = float(getattr(host.backup, "lock_wait_timeout", None) or 0)
-        #: the open :meth:`pooled_session` (None: every query runs its own psql)
-        self._pool: "PooledSession | None" = None
+        #: the open :meth:`pooled_session` blocks' sessions (none: every query runs its own psql)
+        self._pools: "list[PooledSession]" = []
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self):
@@ -107,9 +107,8 @@ class PostgresAccess:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:  # a pool left open by an exception path: no psql outlives us
-            self._pool.close()
-            self._pool = None
+        while self._pools:  # a pool left open by an exception path: no psql outlives us
+            self._pools.pop().close()
         if self._secret_dir:
             try:
                 self.runner.remove_tree(self._secret_dir)
@@ -301,16 +300,19 @@ class PostgresAccess:
         return Sql(self, database or self.host.postgres.database)
 
     @contextmanager
-    def pooled_session(self):
+    def pooled_session(self, database: str | None = None):
         """Within the block, :meth:`Sql.query` and :meth:`Sql.value` on the maintenance
         database (``postgres.maintenance_db``) share ONE psql session (a pooler's
         "session mode"), instead of starting a psql per query: each start costs 15 ms on
         a quiet machine, 30-80 ms under load (issue 21: a restore ran 20 of them).
 
-        Only the maintenance database is pooled: a restore renames and drops the others,
-        and a session left on one would stop that (PostgreSQL docs, ALTER DATABASE:
+        By default only the maintenance database is pooled: a restore renames and drops the
+        others, and a session left on one would stop that (PostgreSQL docs, ALTER DATABASE:
         "the current database cannot be renamed", and other sessions refuse a RENAME).
         Nothing is pooled when the maintenance database is the host's own database.
+        ``database`` pools that database instead, beside the maintenance database's pool:
+        the caller leaves the block before anything renames or drops it (a restore's
+        checks of its side database, before the swap).
         :meth:`Sql.execute` (DDL: CREATE/DROP/ALTER DATABASE, the swap), queries with a
         ``timeout`` and queries from other threads keep their own psql. Queries run in
         autocommit, each seeing the catalogs as they are then, as separate psql runs did.
@@ -320,15 +322,16 @@ class PostgresAccess:
         Yields the :class:`PooledSession` (None when an outer block owns it or nothing
         is pooled).
         """
-        db = self.host.postgres.maintenance_db
-        if self._pool is not None or db == self.host.postgres.database:
+        db = database or self.host.postgres.maintenance_db
+        if any(p.database == db for p in self._pools) or (database is None and db == self.host.postgres.database):
             yield None
             return
-        self._pool = pool = PooledSession(self, db)
+        pool = PooledSession(self, db)
+        self._pools.append(pool)
         try:
             yield pool
         finally:
-            self._pool = None
+            self._pools.remove(pool)
             pool.close()
 
 
@@ -411,8 +414,8 @@ class Sql:
         Raises:
             PostgresError: connection or SQL error (reason classified, stderr tail kept).
         """
-        pool = self.access._pool
-        if timeout is None and pool is not None and pool.serves(self.database):
+        pool = next((p for p in self.access._pools if p.serves(self.database)), None)
+        if timeout is None and pool is not None:
             return pool.query(q)
         return self.query_alone(q, timeout=timeout)
 

@@ -98,3 +98,34 @@ def test_an_exception_or_ctrl_c_leaves_no_psql_behind(pg, tmp_path):
             assert maint.value("SELECT 3") == 3
             assert len(_our_psqls()) == 1
         assert _our_psqls() == set()
+
+
+def test_a_named_database_is_pooled_beside_the_maintenance_database_and_released_by_the_block(pg, tmp_path):
+    """A restore checks its side database over one psql (issue 21) while the maintenance
+    database has its own; the side database's session ends with its block, so the swap
+    that follows can rename it (PostgreSQL refuses while another session is on it)."""
+    with _access(pg, tmp_path) as access:
+        maint = access.sql("postgres")
+        side = access.sql("bigskies_pool_side")
+        maint.execute("DROP DATABASE IF EXISTS bigskies_pool_side")
+        maint.execute("CREATE DATABASE bigskies_pool_side")
+        try:
+            with access.pooled_session() as mpool:
+                m_backend = maint.value("SELECT pg_catalog.pg_backend_pid()")
+                with access.pooled_session("bigskies_pool_side") as spool:
+                    with access.pooled_session("bigskies_pool_side") as inner:
+                        assert inner is None  # re-entrant: the outer block's session serves
+                    s_backend = side.value("SELECT pg_catalog.pg_backend_pid()")
+                    assert side.value("SELECT current_database()") == "bigskies_pool_side"
+                    assert side.value("SELECT pg_catalog.pg_backend_pid()") == s_backend  # one session each
+                    assert maint.value("SELECT pg_catalog.pg_backend_pid()") == m_backend
+                    assert _our_psqls() == {mpool.pid, spool.pid} and spool.spawned == 1
+                    sp = spool.pid
+                assert _gone(sp) and _our_psqls() == {mpool.pid}
+                # the side database's session is gone: a rename goes through (it waits for a backend still exiting)
+                maint.execute("ALTER DATABASE bigskies_pool_side RENAME TO bigskies_pool_side2")
+                maint.execute("ALTER DATABASE bigskies_pool_side2 RENAME TO bigskies_pool_side")
+                assert side.value("SELECT 1") == 1  # a psql of its own again
+            assert _our_psqls() == set()
+        finally:
+            maint.execute("DROP DATABASE IF EXISTS bigskies_pool_side WITH (FORCE)")
