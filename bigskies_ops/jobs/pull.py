@@ -126,7 +126,8 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
     computed while receiving, DONE manifest), the finished file has passed
     :func:`bigskies_ops.archives.integrity.check_archive` and the loaded rows match the manifest;
     until then the old database is untouched (all of ``db.restore``'s safety). The pull
-    starts only once the restore holds its lock and its side database exists.
+    starts only once the restore holds its lock and has made its checks, beside the side
+    database's CREATE DATABASE (a failed CREATE stops it).
 
     Args:
         restore_kwargs: passed to :func:`bigskies_ops.jobs.restore.restore` (terminate_sessions,

@@ -331,6 +331,35 @@ def test_existing_pull_of_a_missing_or_unfinished_archive_leaves_no_trace(raw_pr
 
 
 # ----------------------------------------------------------------------------- bad inputs
+def test_a_side_database_that_cannot_be_created_stops_the_pull_and_keeps_the_old_database(world, pg, pg_sql, env):
+    """The dump starts beside the side database's CREATE DATABASE (issue 21): when that
+    CREATE fails, the pull is stopped (no archive kept, no .partial), no side database is
+    left and dev is untouched. The failure is the server's own: CREATE DATABASE refuses a
+    template another session is connected to (after its 5 s wait)."""
+    w = world
+    before = db_fingerprint(pg_sql, w.dev_db)
+    databases = set(pg_sql("SELECT datname FROM pg_database", "postgres").split())
+    pg_sql("UPDATE pg_database SET datallowconn = true WHERE datname = 'template0'", "postgres")
+    holder = subprocess.Popen([f"{PG_BINDIR}/psql", "-X", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "bigskies",
+                               "-d", "template0"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pg_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'template0'",
+                                "postgres").strip() == "1", 30, "the session on template0")
+        r = cli("db.pull", "-i", str(w.inv), "--from", "prod", "--to", "dev", "--restore", "--yes", env=env)
+    finally:
+        holder.kill()
+        holder.wait()
+        pg_sql("UPDATE pg_database SET datallowconn = false WHERE datname = 'template0'", "postgres")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and 'source database "template0" is being accessed by other users' in r.stderr
+    assert set(pg_sql("SELECT datname FROM pg_database", "postgres").split()) == databases  # no side database
+    assert db_fingerprint(pg_sql, w.dev_db) == before
+    pulled = w.dev_bdir / "prod"
+    assert _archives(pulled) == [] and not list(pulled.glob("*.partial")), sorted(pulled.iterdir())
+    wait_for(lambda: "pg_dump" not in w.prod_sql("SELECT application_name FROM pg_stat_activity", "postgres"), 15,
+             "the dump on prod to stop")
+
+
 def test_pull_to_a_protected_host_without_flags_is_refused_and_pulls_nothing(world, pg_sql, env):
     w = world
     w.hosts["dev"]["protected"] = True
