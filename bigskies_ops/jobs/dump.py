@@ -380,11 +380,17 @@ def archive_lock(writer, bdir: str, origin: str, db: str, task: str, *, what: st
         yield
 
 
+def read_ahead(fn, *args) -> None:
+    """Call ``fn(*args)`` on a daemon thread and drop its error: a read ahead of a cached
+    value (e.g. :meth:`PostgresAccess.tool_version`), whose real caller waits for it and
+    raises the error itself when it reads again. Returns None at once."""
+    threading.Thread(target=report.carried(_quietly), args=(fn, *args), daemon=True, name="read-ahead").start()
+
+
 def _quietly(fn, *args) -> None:
-    """``fn(*args)``, its error dropped: a read ahead whose error its real caller raises."""
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - raised by the real caller's own read
         pass
 
 
@@ -456,8 +462,7 @@ class _Run:
         # `pg_dump --version` (on an SSH host a channel and the login shell) runs beside the
         # snapshot's queries; snapshot_facts' own call waits for it (PostgresAccess.tool_version),
         # and reads it again, raising its error, if this read failed
-        threading.Thread(target=report.carried(_quietly), args=(self.access.tool_version, "pg_dump"), daemon=True,
-                         name="pg_dump-version").start()
+        read_ahead(self.access.tool_version, "pg_dump")
         snapshot, self.tables = snapshot_facts(self.session, self.access, m)
         args = pg_dump_args(spec.db, fmt=spec.fmt, compress_level=spec.level, snapshot=snapshot,
                             exclude_table_data=spec.excl, schema_only=spec.schema_only, verbose=spec.verbose,

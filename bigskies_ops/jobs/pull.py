@@ -45,7 +45,8 @@ from bigskies_ops.hosts.local import LocalRunner
 from bigskies_ops.inventory import Host
 from bigskies_ops.jobs.destinations import StreamHere, StreamSqlHere
 from bigskies_ops.jobs.dump import (BackupResult, DumpSpec, archive_lock, check_format, database_locale, dump,
-                                    host_access)
+                                    host_access, read_ahead)
+from bigskies_ops.pg.access import PostgresAccess
 
 CHUNK = 1 << 20
 
@@ -84,7 +85,7 @@ def local_pull_dir(dest: Host, origin: Host) -> str:
 
 
 def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None, database: str | None = None,
-                progress=None, growing=None, sql_here: bool = False, runner=None) -> BackupResult:
+                progress=None, growing=None, sql_here: bool = False, runner=None, access=None) -> BackupResult:
     """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
     ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
 
@@ -93,7 +94,8 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed). ``sql_here`` (a
     plain dump with ``growing``): the SQL crosses SSH uncompressed, is compressed here and
     handed over to the reader of ``growing`` (bigskies_ops.jobs.destinations.StreamSqlHere).
-    ``runner``: ``src``'s SSHRunner, if the caller has one (not closed here).
+    ``runner``: ``src``'s SSHRunner, if the caller has one (not closed here); ``access``:
+    ``src``'s PostgresAccess over it, if the caller has one (not closed here).
 
     Raises:
         PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
@@ -103,7 +105,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
                     level=src.backup.compress_level, kind="pulled", label=label)
     pdir = local_pull_dir(dest, src)
     with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", what="pull", orphans=True):
-        with _ssh_access(src, runner) as access:
+        with (nullcontext(access) if access is not None else _ssh_access(src, runner)) as access:
             dest_ = (StreamSqlHere(access, pdir, growing=growing) if sql_here and spec.fmt == "plain"
                      else StreamHere(access, pdir, growing=growing))
             return dump(dest_, spec, progress=progress)
@@ -116,22 +118,15 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
     takes the SQL as it arrives here: bigskies_ops.jobs.handoff.GrowingFile).
 
     The SQL is sent as pg_dump writes it and compressed here into the kept ``.sql.gz``
-    (ISA-L, ``compress_level``): on the benchmark (752 MB of SQL, 2 cores, loopback SSH)
-    GNU ``gzip -1`` on the host was the stage every byte waited for, and the readers
-    inflated the archive once each. Over a slow link the uncompressed SQL (~6x the
-    archive's bytes) costs more than it saves: pull without ``--restore`` there, then
-    restore the archive.
+    (:class:`bigskies_ops.jobs.destinations.StreamSqlHere` says why). Over a slow link the
+    uncompressed SQL (~6x the archive's bytes) costs more than it saves: pull without
+    ``--restore`` there, then restore the archive.
 
-    Nothing is swapped before the pull has succeeded (remote exit statuses, sha256
-    computed while receiving, DONE manifest), the finished file has passed
-    :func:`bigskies_ops.archives.integrity.check_archive` and the loaded rows match the manifest;
-    until then the old database is untouched (all of ``db.restore``'s safety). The pull
-    starts only once the restore holds its lock and has made its checks, beside the side
-    database's CREATE DATABASE (a failed CREATE stops it).
-
-    Args:
-        restore_kwargs: passed to :func:`bigskies_ops.jobs.restore.restore` (terminate_sessions,
-            keep_owners, jobs, target_db, ...).
+    Nothing is swapped before the pull has succeeded (remote exit statuses, sha256, DONE
+    manifest), the file has passed :func:`bigskies_ops.archives.integrity.check_archive` and
+    the loaded rows match the manifest: all of ``db.restore``'s safety. The pull starts after
+    the restore's lock and checks, beside its CREATE DATABASE (a failed CREATE stops it).
+    ``restore_kwargs`` go to :func:`bigskies_ops.jobs.restore.restore` (jobs, target_db, ...).
 
     Returns:
         ``(BackupResult of the pull, RestoreResult)``.
@@ -142,17 +137,20 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         complete, checked backup).
     """
     from bigskies_ops.jobs.handoff import GrowingFile
-    from bigskies_ops.jobs.restore import FollowedArchive, restore
+    from bigskies_ops.jobs.followed import FollowedArchive
+    from bigskies_ops.jobs.restore import restore
 
     growing = GrowingFile()
     box: dict = {}
     runner = _ssh_runner(src)
     runner.preconnect()  # the SSH handshake overlaps the restore's checks and its side database
+    access = PostgresAccess(src, runner)
+    read_ahead(access.tool_version, "pg_dump")  # (src's login shell) while the restore checks: ~0.1 s
 
     def run() -> None:
         try:
             box["res"] = pull_stream(src, dest, fmt="plain", label=label, database=database, progress=progress,
-                                     growing=growing, sql_here=True, runner=runner)
+                                     growing=growing, sql_here=True, runner=runner, access=access)
             # the pull's last step ("writing the manifest") would otherwise stay on the display,
             # and "still running after 10 s" would blame it, while the load runs on
             report.step("pulled; loading the rest into the side database")
@@ -185,6 +183,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
         if t.ident is not None:
             while t.is_alive():  # a failed restore still lets the pull finish: its archive is a good backup
                 t.join(0.5)
+        access.close()
         runner.close()
     return box["res"], rr
 

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import os
 import posixpath
-import threading
 import time
 from dataclasses import dataclass, field
 
 from bigskies_ops import report
 from bigskies_ops.archives.catalog import MANIFEST_SUFFIX, iso, latest, list_backups, read_manifest, utcnow
-from bigskies_ops.archives.integrity import ArchiveInfo, check_archive, gunzip_chunks, scan_archive
+from bigskies_ops.archives.integrity import ArchiveInfo, check_archive, scan_archive
 from bigskies_ops.archives.locks import host_lock
 from bigskies_ops.archives.plainsql import RolePolicy
 from bigskies_ops.errors import ArchiveError, BigskiesError, Interrupted, PostgresError, SafetyError, UsageError
@@ -54,9 +53,9 @@ from bigskies_ops.jobs import notify
 from bigskies_ops.jobs.background_drop import drop_copies_later
 from bigskies_ops.jobs.background_drop import report_previous as report_previous_drop
 from bigskies_ops.jobs.dbnames import database_names, pre_restore_name, side_db_name, unused_name
-from bigskies_ops.jobs.parload import load_plain_parallel
-from bigskies_ops.jobs.sideload import (RESTORE_PGOPTIONS, load_archive, missing_roles, missing_roles_refusal,
-                                        report_load_stats, role_policy, verify_against_manifest)
+from bigskies_ops.jobs.followed import FollowedArchive, load_followed
+from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, role_policy,
+                                        verify_against_manifest)
 from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
@@ -415,10 +414,21 @@ def _create_side(maint, side: str, old: dict | None, info, of: str, now, new_nam
 
     A signal waits for the CREATE and the label: psql stopped mid-CREATE, the server could
     finish it after our DROP and leave a database nothing recognises; a second signal
-    does not wait."""
-    with deferred(insist=True):
-        warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old)
-        mark_side_database(maint, side, of, now)
+    does not wait.
+
+    A :class:`FollowedArchive`'s writer (the pull) starts first: the restore's refusals
+    (lock, sessions, roles, space) are behind us, so the dump runs beside the CREATE
+    (~0.2 s of scenario 4 on the benchmark); a CREATE that fails cancels it (nothing kept)."""
+    if isinstance(info, FollowedArchive):
+        info.start()
+    try:
+        with deferred(insist=True):
+            warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old)
+            mark_side_database(maint, side, of, now)
+    except BaseException:
+        if isinstance(info, FollowedArchive):
+            info.growing.cancel()
+        raise
     return warning
 
 
@@ -435,7 +445,7 @@ def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_
     """
     warning = None
     if isinstance(info, FollowedArchive):
-        info, (rc, err, copied) = _load_followed(access, info, side, policy, jobs)
+        info, (rc, err, copied) = load_followed(access, info, side, policy, jobs)
         if new_db:
             warning = locale_differs(maint, side, _archive_locale(info))
     else:
@@ -546,22 +556,13 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
     report.note(f"Restoring into side database {side!r} (the current database is not touched yet)")
     swapped, ours = False, True
     try:
-        followed = isinstance(info, FollowedArchive)
-        if followed:
-            # the refusals (lock, sessions, roles, space) are behind us: the dump starts beside
-            # the CREATE DATABASE (~0.2 s of scenario 4 on the benchmark) and its loaders connect
-            # once the side database exists; a failed CREATE stops the pull (nothing kept)
-            info.start()
         # inside the try: a CREATE the server finished before our psql died is dropped below
         # ("already exists": the name was taken after all, not ours)
         try:
             locale_warning = _create_side(maint, side, old, info, target_db or db, now,
                                           new_name=old is None or target_db is not None)
-        except BaseException as e:
-            if followed:
-                info.growing.cancel()
-            if isinstance(e, PostgresError):
-                ours = "already exists" not in str(e)
+        except PostgresError as e:
+            ours = "already exists" not in str(e)
             raise
         if isinstance(info, ArchiveInfo):
             info.confirm_digest()  # the sha256 read beside the checks and the CREATE: nothing loaded before it
@@ -622,99 +623,3 @@ def _restore_locked(access, host, info, db, target_db, terminate, policy, jobs, 
                 left_behind(f"side database {side!r} is left behind ({str(e).splitlines()[0][:200]}); drop it "
                             f"with: {cmd}")
                 report.note(f"warning: could not drop side database {side!r}: {e}; drop it with: {cmd}")
-
-
-@dataclass
-class FollowedArchive:
-    """A plain archive restored while it is written (``db.pull --restore``).
-
-    Attributes:
-        growing: the file being written (:class:`bigskies_ops.jobs.handoff.GrowingFile`).
-        start: called once, after the restore's checks, beside the side database's
-            CREATE (the writer starts then, so a refusal - lock busy, sessions connected,
-            roles missing - costs no transfer; a failed CREATE cancels ``growing``).
-        result: waits for the writer; returns the finished archive's path or raises
-            the writer's error.
-        locale: called when there is no database to replace: the source database's
-            encoding and locale (a :data:`bigskies_ops.pg.admin.DATABASE_LOCALE_SQL` row)
-            or None, for the new database (the manifest comes only at the end).
-    """
-
-    growing: object
-    start: object
-    result: object
-    locale: object = None
-
-
-def _load_followed(access, fa: FollowedArchive, side: str, policy: RolePolicy | None, jobs: int | None):
-    """Load ``fa`` into ``side`` as it arrives (its writer was started by :func:`_restore_locked`
-    beside the side database's CREATE), then check the finished archive.
-
-    Returns ``(ArchiveInfo of the finished archive, (rc, stderr, rows))``. Raises the
-    writer's error (after stopping the load), or ArchiveError."""
-    growing = fa.growing
-    n = max(1, jobs if jobs is not None else 2)
-    checked = _CheckWhenWritten(access, fa)
-    stats: dict = {}
-    try:
-        rc, _, err, rows = load_plain_parallel(
-            access, "(pull in progress)", side, jobs=n, policy=policy, pgoptions=RESTORE_PGOPTIONS, stats=stats,
-            open_chunks=lambda: _followed_sql(growing), source_failed=lambda: growing.error)
-        report_load_stats(stats.get("serial_because"), stats.get("skipped"))
-    except (KeyboardInterrupt, Interrupted):
-        growing.cancel()  # the pull stops too (its .partial is removed, manifest FAILED)
-        raise
-    except BaseException:
-        growing.detach()  # nothing reads the SQL any more: the pull goes on alone
-        fa.result()  # a failed pull is the cause: its error first; else the pull is kept, and ours raised
-        raise
-    growing.detach()  # a load that stopped early (rc != 0) no longer holds the pull back
-    info = checked.result()
-    for w in info.warnings:
-        report.note(f"warning: {w}")
-    if info.format != "plain":
-        raise ArchiveError(f"{info.path}: expected a plain archive to follow, got {info.format}")
-    return info, (rc, err, rows)
-
-
-class _CheckWhenWritten:
-    """:func:`check_archive` of a followed archive as soon as its writer has finished it
-    (DONE manifest, sha256 computed while receiving), on a thread of its own: the file on
-    disk (size, sha256 read back against the manifest, versions) is checked while the load
-    still builds its indexes, not after it (~0.1 s of the benchmark's scenario 4, issue 21).
-    The restore still swaps nothing before :meth:`result` has returned, and
-    :meth:`ArchiveInfo.confirm_unchanged` after the load proves the file checked is the one
-    that stayed (``checked_stat`` is taken by this check)."""
-
-    def __init__(self, access, fa: FollowedArchive):
-        self._box: dict = {}
-        self._thread = threading.Thread(target=report.carried(self._run), args=(access, fa), daemon=True,
-                                        name="check-pulled-archive")
-        self._thread.start()
-
-    def _run(self, access, fa: FollowedArchive) -> None:
-        try:
-            self._box["info"] = check_archive(access, fa.result())
-        except BaseException as e:  # noqa: BLE001 - raised by result(), in the restore's thread
-            self._box["err"] = e
-
-    def result(self) -> ArchiveInfo:
-        """The finished archive's :class:`ArchiveInfo`, once written and checked.
-
-        Raises:
-            the writer's error (:attr:`FollowedArchive.result`), or ArchiveError (the check's)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)  # short waits: Ctrl-C is still taken meanwhile
-        if "err" in self._box:
-            raise self._box["err"]
-        return self._box["info"]
-
-
-def _followed_sql(growing):
-    """``(bytes read, SQL bytes)`` of a followed pull, once it has started: the SQL it hands
-    over (a plain dump sent uncompressed), else its growing ``.sql.gz`` inflated."""
-    growing.wait_started()
-    if growing.compressed:
-        yield from gunzip_chunks(None, path=growing.path or "pull", raw=growing.raw_chunks())
-    else:
-        yield from growing.raw_chunks()

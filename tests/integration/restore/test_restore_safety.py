@@ -577,11 +577,11 @@ def test_a_pulled_archive_is_checked_when_written_and_a_later_change_is_still_ca
     """db.pull --restore checks the pulled file on disk (size, sha256 read back, versions) as
     soon as the pull has finished it, while the load still builds its indexes (issue 21);
     its errors and the pull's still stop the restore before any swap, and the file is
-    proved unchanged after the load (restore._CheckWhenWritten on a real plain archive)."""
+    proved unchanged after the load (followed.WrittenArchiveCheck on a real plain archive)."""
     from bigskies_ops.archives.integrity import ArchiveInfo
     from bigskies_ops.errors import ArchiveError, StorageError
     from bigskies_ops.inventory import load
-    from bigskies_ops.jobs.restore import FollowedArchive, _CheckWhenWritten
+    from bigskies_ops.jobs.followed import FollowedArchive, WrittenArchiveCheck
     from bigskies_ops.pg.access import PostgresAccess
     inv, _bdir = local_inv
     monkeypatch.setenv(PASSWORD_ENV, cli_env[PASSWORD_ENV])
@@ -592,7 +592,7 @@ def test_a_pulled_archive_is_checked_when_written_and_a_later_change_is_still_ca
         return FollowedArchive(growing=None, start=lambda: None, result=result)
 
     with PostgresAccess(load(inv).host("dev")) as access:
-        info = _CheckWhenWritten(access, followed(lambda: str(path))).result()
+        info = WrittenArchiveCheck(access, followed(lambda: str(path))).result()
         assert isinstance(info, ArchiveInfo) and info.format == "plain" and info.path == str(path)
         info.confirm_unchanged()
         with open(path, "ab") as f:  # written to after its check, during the load
@@ -601,10 +601,10 @@ def test_a_pulled_archive_is_checked_when_written_and_a_later_change_is_still_ca
             info.confirm_unchanged()
         # damaged before its check: refused, as the check after the load refused it
         with pytest.raises(ArchiveError, match="differs from the manifest"):
-            _CheckWhenWritten(access, followed(lambda: str(path))).result()
+            WrittenArchiveCheck(access, followed(lambda: str(path))).result()
 
         def failed_pull():
             raise StorageError("the pull failed: remote pg_dump exit status 1")
         with pytest.raises(StorageError, match="remote pg_dump exit status 1"):
-            _CheckWhenWritten(access, followed(failed_pull)).result()
+            WrittenArchiveCheck(access, followed(failed_pull)).result()
     path.write_bytes(good)
