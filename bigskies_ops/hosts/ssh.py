@@ -79,8 +79,8 @@ class SSHRunner(Runner):
     # ---- connection -------------------------------------------------------------------
     def preconnect(self) -> None:
         """Open the connection on a thread while the caller goes on (its handshake overlaps
-        the caller's work). The first :meth:`connect` of another thread waits for it and
-        raises its error, if any (not a second attempt). With an OpenSSH client here, an
+        the caller's work). :meth:`connect` of any other thread waits for it and raises its
+        error, if any (not a second attempt). With an OpenSSH client here, an
         OpenSSH :class:`~bigskies_ops.hosts.connection.ControlMaster` starts too: the bulk
         stream's client (:meth:`pipeline`) then skips its own handshake. :meth:`close`
         stops both. Returns None."""
@@ -107,7 +107,8 @@ class SSHRunner(Runner):
     def connect(self):
         early = self._early
         if early is not None and early[0] is not threading.current_thread():
-            self._early = None
+            # every thread waits for the preconnect and gets its error (one attempt, not one per
+            # thread); _early stays set until close(), which then has the thread close what it opens
             early[0].join()
             if early[1]:
                 raise early[1][0]

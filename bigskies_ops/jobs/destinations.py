@@ -514,17 +514,26 @@ class StreamHere(_Pipeline):
         return "raw" if spec.fmt == "plain" else "archive"
 
     def start(self, spec, partial, manifest) -> None:
-        self.proc = self.access.runner.pipeline(self.stages, env=self.access.env())
-        if self.growing is not None:
-            self.growing.proc = self.proc
+        self._launch()
         self.f = _open_partial(self.writer, partial)
         if self.growing is not None:
             self.growing.start(partial)
         self.sink = ReceivingSink(self.f, spec.fmt)
 
+    def _launch(self) -> None:
+        """Start the source (pg_dump on the host) unless the restore following the pull has
+        already given up; one that gives up meanwhile kills it (GrowingFile.attach)."""
+        self._cancelled()
+        self.proc = self.access.runner.pipeline(self.stages, env=self.access.env())
+        if self.growing is not None:
+            self.growing.attach(self.proc)
+
+    def stop_if_cancelled(self) -> None:
+        self._cancelled()
+
     def _cancelled(self) -> None:
         if self.growing is not None and self.growing.cancelled.is_set():
-            raise KeyboardInterrupt("the restore following this pull was interrupted")
+            raise KeyboardInterrupt(self.growing.cancel_reason)
 
     def transfer(self, partial, manifest, progress) -> None:
         sink, growing = self.sink, self.growing
@@ -594,8 +603,7 @@ class StreamSqlHere(StreamHere):
         manifest["remote_pipeline"] = shlex.join(redact_argv(dump_argv)) + self.where
 
     def start(self, spec, partial, manifest) -> None:
-        self.proc = self.access.runner.pipeline(self.stages, env=self.access.env())
-        self.growing.proc = self.proc
+        self._launch()
         self.f = _open_partial(self.writer, partial)
         self.growing.start(partial, handed=True)
         self.sink = CompressingSink(self.f, "plain", max(1, spec.level), track_copy=True)

@@ -130,6 +130,11 @@ class Destination:
         stream) or ``"archive"`` (archive bytes): the estimate of the total must be the same."""
         return "archive"
 
+    def stop_if_cancelled(self) -> None:
+        """Raise if whoever follows this dump has given up before it started (a pull whose
+        restore could not create its side database: bigskies_ops.jobs.handoff.GrowingFile.cancel);
+        nothing else can cancel it."""
+
     def prepare(self, spec: DumpSpec, args: list[str], partial: str, manifest: dict) -> None:
         raise NotImplementedError  # pragma: no cover - interface
 
@@ -388,6 +393,7 @@ def read_ahead(fn, *args) -> None:
 
 
 def _quietly(fn, *args) -> None:
+    """``fn(*args)``, its error dropped (:func:`read_ahead`)."""
     try:
         fn(*args)
     except Exception:  # noqa: BLE001 - raised by the real caller's own read
@@ -458,6 +464,7 @@ class _Run:
     def _begin(self) -> None:
         """Snapshot and its facts, pg_dump's argv, the STARTED manifest, the space check."""
         spec, m = self.spec, self.manifest
+        self.dest.stop_if_cancelled()  # no session on the host for a restore that has already failed
         self.session = self.access.sql(spec.db).session()
         # `pg_dump --version` (on an SSH host a channel and the login shell) runs beside the
         # snapshot's queries; snapshot_facts' own call waits for it (PostgresAccess.tool_version),

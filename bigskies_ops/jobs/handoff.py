@@ -36,7 +36,8 @@ class GrowingFile:
         self.path: str | None = None
         self.error: BaseException | None = None
         self.cancelled = threading.Event()  # set by the reading side: the writer should stop
-        self.proc = None  # the writer's source process (kill() stops a read that waits for data)
+        self.cancel_reason = "the restore following this pull was interrupted"  # the writer's error then
+        self.proc = None  # the writer's source process (kill() stops a read that waits for data): attach()
         self._opened = threading.Event()
         self._done = threading.Event()
         self.poll = poll
@@ -86,18 +87,23 @@ class GrowingFile:
         with self._cond:
             self._cond.notify_all()
 
-    def cancel(self) -> None:
-        """The reading side gives up (Ctrl-C, SIGTERM): the writer stops at once, even while
-        its source sends nothing (pg_dump waiting for a lock), and fails."""
+    def cancel(self, reason: str | None = None) -> None:
+        """The reading side gives up (Ctrl-C, SIGTERM; ``reason``: another cause, for the
+        writer's error): the writer stops at once, even while its source sends nothing
+        (pg_dump waiting for a lock), and fails; a source attached later is killed then."""
+        if reason:
+            self.cancel_reason = reason
         self.cancelled.set()
         with self._cond:
             self._cond.notify_all()
-        proc = self.proc
-        if proc is not None:
-            try:
-                proc.kill()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        _kill(self.proc)
+
+    def attach(self, proc) -> None:
+        """The writer's source process (``proc.kill()``, ``proc.poll()``), killed at once if
+        the reading side has already given up (:meth:`cancel` before the source started)."""
+        self.proc = proc
+        if self.cancelled.is_set():
+            _kill(proc)
 
     def fail(self, e: BaseException) -> None:
         self.error = e
@@ -152,3 +158,11 @@ class GrowingFile:
                 self._cond.notify_all()
             done += len(b)
             yield done, b
+
+
+def _kill(proc) -> None:
+    if proc is not None:
+        try:
+            proc.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass

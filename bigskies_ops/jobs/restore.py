@@ -425,9 +425,10 @@ def _create_side(maint, side: str, old: dict | None, info, of: str, now, new_nam
         with deferred(insist=True):
             warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old)
             mark_side_database(maint, side, of, now)
-    except BaseException:
+    except BaseException as e:
         if isinstance(info, FollowedArchive):
-            info.growing.cancel()
+            info.growing.cancel(None if isinstance(e, (KeyboardInterrupt, Interrupted)) else
+                                f"the restore following this pull could not create its side database {side!r}")
         raise
     return warning
 
@@ -509,7 +510,7 @@ def restore(host: Host, archive: str, *, target_db: str | None = None, terminate
         follow: load a plain archive WHILE it is being written (``db.pull --restore``):
             ``archive`` is ignored; the load follows ``follow.growing`` and the archive
             checks (size, sha256, manifest, versions) run on ``follow.result()``'s finished
-            file after the load and before the swap. :class:`FollowedArchive`.
+            file as soon as it is complete, always before the swap. :class:`FollowedArchive`.
 
     Returns:
         :class:`RestoreResult`.

@@ -331,7 +331,8 @@ class PostgresAccess:
         try:
             yield pool
         finally:
-            self._pools.remove(pool)
+            if pool in self._pools:  # (close() inside the block has closed it already)
+                self._pools.remove(pool)
             pool.close()
 
 
@@ -399,8 +400,9 @@ class Sql:
 
     Each call runs psql with ``ON_ERROR_STOP`` and returns rows decoded from JSON,
     so values round-trip exactly whatever the access mode. Within
-    :meth:`PostgresAccess.pooled_session`, :meth:`query` and :meth:`value` on the
-    maintenance database share one psql instead (:class:`PooledSession`). Every identifier is
+    :meth:`PostgresAccess.pooled_session`, :meth:`query` and :meth:`value` on the pooled
+    database (the maintenance database, or the one named) share one psql instead
+    (:class:`PooledSession`). Every identifier is
     composed with ``psycopg.sql.Identifier`` and every value with ``psycopg.sql.Literal``.
     """
 

@@ -288,3 +288,45 @@ def test_the_reserve_is_twice_the_high_watermarks(bench, monkeypatch):
     assert b.free_reserve() == 2 * 100000 * os.sysconf("SC_PAGE_SIZE")  # a large machine: above 256 MiB
     zoneinfo["text"] = "Node 0, zone   Normal\n        high     100\n"
     assert b.free_reserve() == bench.FREE_RESERVE
+
+
+PERF_SCRIPT = """swapper     0/0     100.000000:
+\tffffffff8224215b pv_native_safe_halt ([kernel.kallsyms])
+
+python  7999/8026   100.001000:
+\t7f00 isal_deflate_icf_body_hash_hist_04.loop2 (/x/isal_zlib.cpython-311-x86_64-linux-gnu.so)
+\t7f01 [unknown] ([unknown])
+
+python  7999/8026   100.002000:
+\t7f02 _Py_bytes_count (/usr/lib/libpython3.11.so.1.0)
+
+python  7999/7999   100.600000:
+\t7f03 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
+
+postgres  8031/8031   100.700000:
+\t5602 CopyFrom (/usr/lib/postgresql/15/bin/postgres)
+
+kworker/u8:0-kv  17272/17272   100.800000:
+\tffff81 clear_page_erms ([kernel.kallsyms])
+"""
+
+
+def test_profile_reads_perf_script_per_process_thread_and_half_second(bench):
+    """bench/cpu_profile.py's pure parts on a fixed `perf script` text: samples per process
+    name (idle, kernel threads), per Python thread with its leaf functions, and the
+    timeline's shares (the perf run itself is a trial's, not a test's)."""
+    spec = importlib.util.spec_from_file_location("bench_cpu_profile", SCRIPT.parent / "cpu_profile.py")
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    rows = prof.samples(PERF_SCRIPT)
+    assert [(round(t, 3), c, tid) for t, c, tid, _ in rows] == [
+        (0.0, "swapper", "0"), (0.001, "python", "8026"), (0.002, "python", "8026"), (0.6, "python", "7999"),
+        (0.7, "postgres", "8031"), (0.8, "kworker/u8:0-kv", "17272")]
+    assert prof.by_process(rows) == {"python": 3 / 997, "idle": 1 / 997, "postgres": 1 / 997, "kernel": 1 / 997}
+    threads = prof.python_threads(rows)
+    assert [(tid, round(s * 997)) for tid, s, _ in threads] == [("8026", 2), ("7999", 1)]
+    assert [f for f, _ in threads[0][2]] == ["isal_deflate_icf_body_hash_hist_04.loop2", "_Py_bytes_count"]
+    tl = prof.timeline(rows)
+    assert [t for t, _ in tl] == [0.0, 0.5]
+    assert tl[0][1]["python"] == 2 / 3 and tl[0][1]["idle"] == 1 / 3
+    assert tl[1][1]["python"] == tl[1][1]["postgres"] == tl[1][1]["kernel"] == 1 / 3

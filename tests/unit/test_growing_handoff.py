@@ -100,3 +100,22 @@ def test_a_source_that_has_ended_is_read_to_its_end_past_the_bound(small):
     assert [next(reader)[1] for _ in range(4)] == [CHUNK] * 4
     with pytest.raises(OSError, match="connection was lost"):
         next(reader)
+
+
+def test_a_source_attached_after_the_reader_gave_up_is_killed_at_once():
+    """A restore that fails before the pull's pg_dump has started (its side database's
+    CREATE, helper-50) must not leave that dump running: attach() kills it at once; one
+    attached before the cancel is killed by the cancel, with its reason for the writer."""
+    import subprocess
+    g = GrowingFile()
+    g.cancel("the restore following this pull could not create its side database 'x'")
+    late = subprocess.Popen(["sleep", "60"])
+    g.attach(late)
+    assert late.wait(10) == -9 and g.proc is late
+    assert g.cancel_reason == "the restore following this pull could not create its side database 'x'"
+    g2 = GrowingFile()
+    early = subprocess.Popen(["sleep", "60"])
+    g2.attach(early)
+    assert early.poll() is None  # not cancelled: it runs
+    g2.cancel()
+    assert early.wait(10) == -9 and g2.cancel_reason == "the restore following this pull was interrupted"

@@ -151,6 +151,9 @@ def test_preconnect_hands_over_its_one_connection_or_its_error(tmp_path, ssh_ser
     with pytest.raises(HostKeyError, match="unknown") as e:
         bad.run(["true"])
     assert e.value.exit_code == 3
+    # and every later connect()'s, whichever thread asks (a read ahead took the first: helper-50)
+    with pytest.raises(HostKeyError, match="unknown"):
+        bad.run(["true"])
     bad.close()
     # closed before its thread has connected: the connection it then opens is closed too
     c = SSHRunner(h)

@@ -337,6 +337,7 @@ def test_a_side_database_that_cannot_be_created_stops_the_pull_and_keeps_the_old
     left and dev is untouched. The failure is the server's own: CREATE DATABASE refuses a
     template another session is connected to (after its 5 s wait)."""
     w = world
+    w.prod_sql(_FILLER, w.prod_db)  # more SQL than the hand-off holds: the pull cannot end before the CREATE fails
     before = db_fingerprint(pg_sql, w.dev_db)
     databases = set(pg_sql("SELECT datname FROM pg_database", "postgres").split())
     pg_sql("UPDATE pg_database SET datallowconn = true WHERE datname = 'template0'", "postgres")
@@ -356,6 +357,8 @@ def test_a_side_database_that_cannot_be_created_stops_the_pull_and_keeps_the_old
     assert db_fingerprint(pg_sql, w.dev_db) == before
     pulled = w.dev_bdir / "prod"
     assert _archives(pulled) == [] and not list(pulled.glob("*.partial")), sorted(pulled.iterdir())
+    failed = [json.loads(m.read_text()) for m in pulled.glob("*.manifest.json")]
+    assert [m["status"] for m in failed] == ["FAILED"] and "could not create its side database" in failed[0]["error"]
     wait_for(lambda: "pg_dump" not in w.prod_sql("SELECT application_name FROM pg_stat_activity", "postgres"), 15,
              "the dump on prod to stop")
 
