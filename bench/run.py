@@ -975,7 +975,7 @@ class Bench:
                 detail[label] = {"value": None, "target": target, "op": op, "status": "n/a"}
                 continue
             exact = rows[a]["wall_median_s"] / rows[b]["wall_median_s"]
-            value = round(exact, 2)
+            value = round(exact, 3)  # three places: a 2-place 1.1 read as "<= 1.1" whether it met or not
             # shown, not judged by: what each round's pair of runs gave (paired_ratios)
             rounds = paired_ratios(rows[a]["walls_s"], rows[b]["walls_s"])
             noisy = [n for n in (a, b) if (rows[n]["spread"] or 0) > NOISY_SPREAD]
@@ -1027,7 +1027,7 @@ class Bench:
             lines += ["", "| ratio (medians) | value | round by round | target | status |", "|---|---:|---:|---:|---|"]
             for k, d in s["ratio_status"].items():
                 target = f"{d['op']} {d['target']}" if d["target"] is not None else "-"
-                value = d["value"] if d["value"] is not None else "n/a"
+                value = f"{d['value']:.3f}" if d["value"] is not None else "n/a"
                 rounds = " ".join(f"{r:.2f}" for r in d.get("rounds") or []) or "-"
                 lines.append(f"| {k.replace('|', chr(92) + '|')} | {value} | {rounds} | {target} | {d['status']} |")
             if s["warnings"]:
