@@ -523,15 +523,12 @@ class StreamHere(_Pipeline):
     def _launch(self) -> None:
         """Start the source (pg_dump on the host) unless the restore following the pull has
         already given up; one that gives up meanwhile kills it (GrowingFile.attach)."""
-        self._cancelled()
+        self.stop_if_cancelled()
         self.proc = self.access.runner.pipeline(self.stages, env=self.access.env())
         if self.growing is not None:
             self.growing.attach(self.proc)
 
     def stop_if_cancelled(self) -> None:
-        self._cancelled()
-
-    def _cancelled(self) -> None:
         if self.growing is not None and self.growing.cancelled.is_set():
             raise KeyboardInterrupt(self.growing.cancel_reason)
 
@@ -548,10 +545,10 @@ class StreamHere(_Pipeline):
                         progress(sink.raw_bytes if sink.inflate is not None else sink.out_bytes, sink.out_bytes)
                     if growing is not None:
                         f.flush()  # the follower reads what is in the file
-                        self._cancelled()
+                        self.stop_if_cancelled()
                 f.flush()
                 if growing is not None:
-                    self._cancelled()  # the source was killed: its end is not the dump's
+                    self.stop_if_cancelled()  # the source was killed: its end is not the dump's
                     growing.finish()
                 report.step("fsync")
                 os.fsync(f.fileno())
@@ -620,9 +617,9 @@ class StreamSqlHere(StreamHere):
                     sink.write(chunk)
                     if progress:
                         progress(sink.raw_bytes, sink.out_bytes)  # progress_measure "raw" (StreamHere)
-                    self._cancelled()
+                    self.stop_if_cancelled()
                 sink.finish()
-                self._cancelled()  # the source was killed: its end is not the dump's
+                self.stop_if_cancelled()  # the source was killed: its end is not the dump's
                 growing.finish()
                 f.flush()
                 report.step("fsync")

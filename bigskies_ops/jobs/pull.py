@@ -85,7 +85,7 @@ def local_pull_dir(dest: Host, origin: Host) -> str:
 
 
 def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | None = None, database: str | None = None,
-                progress=None, growing=None, sql_here: bool = False, runner=None, access=None) -> BackupResult:
+                progress=None, growing=None, sql_here: bool = False, access=None) -> BackupResult:
     """Stream a fresh dump of ``src`` (SSH host) into ``dest``'s local backup dir under
     ``<src>/``; nothing is written on ``src``'s disk. Manifest kind ``pulled``.
 
@@ -94,8 +94,8 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
     ``cancelled`` stops the pull (FAILED manifest, ``.partial`` removed). ``sql_here`` (a
     plain dump with ``growing``): the SQL crosses SSH uncompressed, is compressed here and
     handed over to the reader of ``growing`` (bigskies_ops.jobs.destinations.StreamSqlHere).
-    ``runner``: ``src``'s SSHRunner, if the caller has one (not closed here); ``access``:
-    ``src``'s PostgresAccess over it, if the caller has one (not closed here).
+    ``access``: ``src``'s PostgresAccess, if the caller has one (not closed here; else one
+    over an SSH connection of its own).
 
     Raises:
         PostgresError: remote pg_dump/psql failed. StallError: no data for stall_timeout s.
@@ -105,7 +105,7 @@ def pull_stream(src: Host, dest: Host, *, fmt: str | None = None, label: str | N
                     level=src.backup.compress_level, kind="pulled", label=label)
     pdir = local_pull_dir(dest, src)
     with archive_lock(LocalRunner(), pdir, src.name, spec.db, "db.pull", what="pull", orphans=True):
-        with (nullcontext(access) if access is not None else _ssh_access(src, runner)) as access:
+        with (nullcontext(access) if access is not None else _ssh_access(src)) as access:
             dest_ = (StreamSqlHere(access, pdir, growing=growing) if sql_here and spec.fmt == "plain"
                      else StreamHere(access, pdir, growing=growing))
             return dump(dest_, spec, progress=progress)
@@ -150,7 +150,7 @@ def pull_and_restore(src: Host, dest: Host, *, label: str | None = None, databas
     def run() -> None:
         try:
             box["res"] = pull_stream(src, dest, fmt="plain", label=label, database=database, progress=progress,
-                                     growing=growing, sql_here=True, runner=runner, access=access)
+                                     growing=growing, sql_here=True, access=access)
             # the pull's last step ("writing the manifest") would otherwise stay on the display,
             # and "still running after 10 s" would blame it, while the load runs on
             report.step("pulled; loading the rest into the side database")
