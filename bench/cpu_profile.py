@@ -121,11 +121,7 @@ def main() -> int:
         for i in range(args.runs):
             for name, argv, prep in contenders:
                 prep()
-                b.wait_background_drops()
-                b.psql("CHECKPOINT", "postgres")
-                b.fill_free_memory()
-                os.sync()
-                time.sleep(b.args.settle)
+                b.starting_state()
                 data = b.base / f"{name}-{i}.perf"
                 perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", str(RATE), "-a", "-g", "-o",
                                          str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -574,11 +574,9 @@ class Bench:
         self.inventory.write_text(yaml.safe_dump({"hosts": hosts}, sort_keys=False))
 
     # ------------------------------------------------------------ measuring
-    def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False, record: bool = True) -> dict:
-        """Run one contender from the common starting state and record its figures under
-        ``name`` (``record=False``: a warm-up round, run and logged but not recorded)."""
-        if prepare:
-            prepare()
+    def starting_state(self) -> int:
+        """Bring the machine to the common starting state of every clock (below); returns
+        the bytes the free-memory fill read (:meth:`fill_free_memory`)."""
         # Same starting state for every contender: without it, whoever runs right after a
         # 1 GB restore pays for flushing that restore's dirty pages and WAL (a checkpoint
         # forced by max_wal_size or by DROP DATABASE) - the previous contender's work.
@@ -594,6 +592,14 @@ class Bench:
         filled = self.fill_free_memory()
         os.sync()  # the page cache: `ssh cat > FILE` leaves ~780 MB unwritten for whoever runs next
         time.sleep(self.args.settle)
+        return filled
+
+    def timed(self, name: str, argv: list[str], *, prepare=None, ours: bool = False, record: bool = True) -> dict:
+        """Run one contender from the common starting state and record its figures under
+        ``name`` (``record=False``: a warm-up round, run and logged but not recorded)."""
+        if prepare:
+            prepare()
+        filled = self.starting_state()
         self._child_rusage_delta()  # CPU of the preparation is not the contender's
         server0 = self.server_cpu()
         rss_file = self.base / "rss.txt"
