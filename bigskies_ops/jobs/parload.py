@@ -40,11 +40,14 @@ handled otherwise, loads different rows with exit 0, fails, or hangs.
 Index builds are shared too, as ``pg_restore --jobs`` shares them: a run of consecutive
 statements that each build one index of one table (:func:`index_build_table`: pg_dump's
 ``ALTER TABLE ONLY ... ADD CONSTRAINT ... PRIMARY KEY/UNIQUE/EXCLUDE`` and ``CREATE
-[UNIQUE] INDEX ... ON`` a schema-qualified table) is shared table by table, like COPY
-segments: the session that reaches a table's first statement of the run builds all of
-that table's indexes in it, in file order (their OIDs come in psql's order, and a foreign
-key uses the oldest matching unique index). What follows the run starts only after
-every statement of it has completed. Nothing in
+[UNIQUE] INDEX ... ON`` a schema-qualified table) is shared statement by statement, like
+COPY segments, with one rule: a table's builds run one after another in file order (their
+OIDs come in psql's order, and a foreign key uses the oldest matching unique index). A
+session takes a build only once the table's build before it in the run has completed, and
+any session may: a table's later indexes do not wait behind another table's long build in
+the session that built its first one. (A session that passes a build whose predecessor is
+still running leaves it to the session running that predecessor, which reaches it later in
+the same stream.) What follows the run starts only after every statement of it has completed. Nothing in
 such a run can depend on another statement of it: what uses an index (a foreign key,
 ``CLUSTER ON``, ``REPLICA IDENTITY``, ``ATTACH PARTITION``, a comment) is another
 statement, which ends the run. A dump with partitioned or inheriting tables builds its
@@ -211,8 +214,9 @@ class _Shared:
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.claims: dict[tuple, int] = {}  # (block, segment) or ("index", run, table) -> worker
+        self.claims: dict[tuple, int] = {}  # (block, segment) or (("index", run, table), n) -> worker
         self.run_done: dict[int, int] = {}  # COPY or index run -> segments / builds confirmed
+        self.chains: dict[tuple, int] = {}  # ("index", run, table) -> its builds completed
         self.sql_done: set[int] = set()  # SQL runs completed by the leader
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
@@ -220,6 +224,20 @@ class _Shared:
     def claim(self, key: tuple, worker: int) -> bool:
         with self.cond:
             return self.claims.setdefault(key, worker) == worker
+
+    def claim_in_turn(self, chain: tuple, n: int, worker: int) -> bool:
+        """Claim the ``n``-th (0-based) statement of ``chain`` for ``worker``: only when
+        the ``n`` before it have completed (:meth:`chain_step_done`) and no one has it."""
+        with self.cond:
+            if self.chains.get(chain, 0) != n:
+                return False
+            return self.claims.setdefault((chain, n), worker) == worker
+
+    def chain_step_done(self, chain: tuple, run: int) -> None:
+        with self.cond:
+            self.chains[chain] = self.chains.get(chain, 0) + 1
+            self.run_done[run] = self.run_done.get(run, 0) + 1
+            self.cond.notify_all()
 
     def wait_for(self, ready) -> None:
         with self.cond:
@@ -355,6 +373,7 @@ class _Worker:
         # statement on partitions, inheritance or an event trigger (_KEEP_INDEX_ORDER_RE)
         self.share_indexes = len(fanout.queues) > 1
         self.built = 0  # index builds this session ran in shared runs
+        self.chain_pos: dict[tuple, int] = {}  # ("index", run, table) -> its builds this session has passed
 
     @property
     def leader(self) -> bool:
@@ -469,18 +488,23 @@ class _Worker:
         self.run_kind = None
 
     def _index(self, data: bytes, table: tuple[bytes, bytes]) -> None:
-        """One statement of an index run. The session that claims a table's first one in the
-        run builds all of that table's indexes, in file order: their OIDs then come in
-        psql's order, and a foreign key uses the oldest matching unique index."""
+        """One statement of an index run, built by this session if it is the table's next
+        build in file order and the one before has completed (module docstring): the
+        table's indexes get their OIDs in psql's order, and a foreign key uses the oldest
+        matching unique index. Otherwise the session running the one before builds it (it
+        comes to this statement after that one)."""
         self.segments_in_run += 1
-        if not self.shared.claim(("index", self.run, table), self.wid):
+        chain = ("index", self.run, table)
+        n = self.chain_pos.get(chain, 0)  # every session counts a table's builds alike
+        self.chain_pos[chain] = n + 1
+        if not self.shared.claim_in_turn(chain, n, self.wid):
             return
         if not self.leader:
             self._after_previous_run()
         self.s.send(data)
         self.s.sync(self.shared.abort)
         self.built += 1
-        self.shared.segment_done(self.run)
+        self.shared.chain_step_done(chain, self.run)
 
     def _after_previous_run(self) -> None:
         """A session other than the leader, about to load in this run: wait until what came
