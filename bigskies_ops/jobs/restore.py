@@ -56,7 +56,7 @@ from bigskies_ops.jobs.dbnames import database_names, pre_restore_name, side_db_
 from bigskies_ops.jobs.followed import FollowedArchive, load_followed
 from bigskies_ops.jobs.sideload import (load_archive, missing_roles, missing_roles_refusal, role_policy,
                                         verify_against_manifest)
-from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, mark_side_database,
+from bigskies_ops.jobs.swap import (beyond_keep, drop_leftover_side_dbs, leftover_side_dbs, side_database_label,
                                     pre_restore_copies, prune_pre_restore, refuse_unseen_sessions, renamed_away,
                                     sessions_refusal, swap, unseen_processes)
 from bigskies_ops.pg.access import PostgresAccess, ident, lit, pgsql, preload_psycopg
@@ -423,8 +423,8 @@ def _create_side(maint, side: str, old: dict | None, info, of: str, now, new_nam
         info.start()
     try:
         with deferred(insist=True):
-            warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old)
-            mark_side_database(maint, side, of, now)
+            warning = create_new(maint, side, _archive_locale(info) if new_name else None, like=old,
+                                 then=side_database_label(side, of, now))
     except BaseException as e:
         if isinstance(info, FollowedArchive):
             info.growing.cancel(None if isinstance(e, (KeyboardInterrupt, Interrupted)) else
@@ -444,22 +444,24 @@ def _load_and_check(access, maint, info, side: str, policy, jobs, progress, new_
     Raises:
         PostgresError: the load failed (its error explained), or rows differ.
     """
-    warning = None
-    if isinstance(info, FollowedArchive):
-        info, (rc, err, copied) = load_followed(access, info, side, policy, jobs)
-        if new_db:
-            warning = locale_differs(maint, side, _archive_locale(info))
-    else:
-        rc, _out, err, copied = load_archive(access, info, side, policy, jobs, progress)
-    if rc != 0:
-        tool = "pg_restore" if info.format == "custom" else "psql"
-        status = f"{tool} killed by signal {-rc}" if rc < 0 else f"{tool} exit status {rc}"  # not ours (exit codes)
-        why = explain_load_error(err)
-        raise PostgresError(f"restore into the side database failed ({status}): {why + '. ' if why else ''}"
-                            f"{tail(err, 800).strip() or 'no message from the server'}", returncode=rc, stderr=tail(err))
-    # the checks' queries share one psql on the side database (~15-50 ms per psql start
-    # spared four times); the block ends, and its session with it, before any swap renames it
+    # the queries on the side database after the load (the rows the load inserted, the
+    # checks) share one psql, started at the first of them (~15-50 ms per psql start spared
+    # six times); the block ends, and its session with it, before any swap renames it
     with access.pooled_session(side):
+        warning = None
+        if isinstance(info, FollowedArchive):
+            info, (rc, err, copied) = load_followed(access, info, side, policy, jobs)
+            if new_db:
+                warning = locale_differs(maint, side, _archive_locale(info))
+        else:
+            rc, _out, err, copied = load_archive(access, info, side, policy, jobs, progress)
+        if rc != 0:
+            tool = "pg_restore" if info.format == "custom" else "psql"
+            status = f"{tool} killed by signal {-rc}" if rc < 0 else f"{tool} exit status {rc}"  # not ours (exit codes)
+            why = explain_load_error(err)
+            raise PostgresError(f"restore into the side database failed ({status}): {why + '. ' if why else ''}"
+                                f"{tail(err, 800).strip() or 'no message from the server'}", returncode=rc,
+                                stderr=tail(err))
         return info, verify_against_manifest(access.sql(side), info, copied), warning
 
 

@@ -51,11 +51,12 @@ def refuse_if_sessions(maint: Sql, db: str) -> None:
         raise SafetyError(sessions_refusal(db, sess)[1])
 
 
-def mark_side_database(maint: Sql, side: str, of: str, when) -> None:
-    """Comment ``side`` as the side database of a restore of ``of`` started at ``when``
-    (UTC datetime) by this process, for :func:`drop_leftover_side_dbs`."""
-    maint.execute(pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(side), lit(json.dumps(
-        {"tag": SIDE_TAG, "of": of, "pid": os.getpid(), "host": socket.gethostname(), "at": iso(when)}))))
+def side_database_label(side: str, of: str, when) -> "pgsql.Composed":
+    """The statement that comments ``side`` as the side database of a restore of ``of``
+    started at ``when`` (UTC datetime) by this process, for :func:`drop_leftover_side_dbs`
+    (run with the CREATE: :func:`bigskies_ops.pg.admin.create_like`'s ``then``)."""
+    return pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(side), lit(json.dumps(
+        {"tag": SIDE_TAG, "of": of, "pid": os.getpid(), "host": socket.gethostname(), "at": iso(when)})))
 
 
 def drop_leftover_side_dbs(maint: Sql, db: str) -> None:

@@ -46,12 +46,16 @@ def sessions_on(sql: Sql, name: str) -> list[dict]:
         "ORDER BY pid").format(lit(name)))
 
 
-def create_like(sql: Sql, new: str, like: dict | None) -> None:
+def create_like(sql: Sql, new: str, like: dict | None, then: pgsql.Composable | None = None) -> None:
     """CREATE DATABASE ``new`` from template0 with ``like``'s owner, default tablespace,
     encoding and collation (:func:`db_info`; without ``owner``, as an archive's
     :data:`DATABASE_LOCALE_SQL` row, only its encoding and collation).
     Its settings come after the load (:func:`apply_properties`): a setting such as
-    ``default_transaction_read_only = on`` would refuse the load itself."""
+    ``default_transaction_read_only = on`` would refuse the load itself.
+
+    ``then``: a statement run right after the CREATE by the same psql (its own transaction;
+    not run when the CREATE fails: ``ON_ERROR_STOP``), sparing a psql start (a restore
+    labels its side database so)."""
     parts = [pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))]
     if like and like.get("owner"):
         can_own = sql.value(pgsql.SQL(
@@ -71,7 +75,8 @@ def create_like(sql: Sql, new: str, like: dict | None) -> None:
             parts.append(pgsql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(lit(like["icu_locale"])))
         elif like.get("provider") == "c":  # else template0's provider: ICU on a cluster made with it
             parts.append(pgsql.SQL("LOCALE_PROVIDER libc"))
-    sql.execute(pgsql.SQL(" ").join(parts))
+    create = pgsql.SQL(" ").join(parts)
+    sql.execute(create if then is None else pgsql.SQL(";\n").join([create, then]))
 
 
 #: the session's database's encoding and locale, as CREATE DATABASE takes them: the backup
@@ -90,12 +95,13 @@ _LOCALE_REFUSED = re.compile(r"invalid (?:LC_COLLATE |LC_CTYPE )?locale name|is 
                              r"is not supported with ICU provider|ICU locale must be specified")
 
 
-def create_new(sql: Sql, new: str, locale, like: dict | None = None) -> str | None:
+def create_new(sql: Sql, new: str, locale, like: dict | None = None, then: pgsql.Composable | None = None) -> str | None:
     """CREATE DATABASE ``new`` as :func:`create_like` ``like`` (None: the server's
     defaults), with the encoding and locale the archive's database had (``locale``: its
     manifest's ``database_locale``, what ``pg_restore --create`` would give; None: not
     asked for). A server that lacks that locale (or whose ICU does not know it), or a
     ``locale`` that is not a :data:`DATABASE_LOCALE_SQL` row, gives ``like``'s instead.
+    ``then``: as :func:`create_like`'s, run once the database is made.
 
     Returns:
         None, or the warning that says the archive's locale was not used, and why.
@@ -105,23 +111,23 @@ def create_new(sql: Sql, new: str, locale, like: dict | None = None) -> str | No
     """
     fallback = "the server's defaults" if like is None else "the encoding and locale of the host's database"
     if locale is None:
-        create_like(sql, new, like)
+        create_like(sql, new, like, then)
         return None
     if not (isinstance(locale, dict) and all(isinstance(locale.get(k), str) and locale[k]
                                              for k in ("encoding", "collate", "ctype"))):
-        create_like(sql, new, like)
+        create_like(sql, new, like, then)
         return (f"the manifest's database_locale is not understood ({json.dumps(locale)[:200]}); the new database has "
                 f"{fallback}")
     try:
         create_like(sql, new, {**(like or {}), **{k: locale.get(k) for k in
-                                                   ("encoding", "collate", "ctype", "provider", "icu_locale")}})
+                                                   ("encoding", "collate", "ctype", "provider", "icu_locale")}}, then)
         return None
     except PostgresError as e:
         if not _LOCALE_REFUSED.search(str(e)):
             raise
         why = next((ln for ln in str(e).splitlines() if "ERROR:" in ln), str(e).splitlines()[0])
         why = why.split("ERROR:", 1)[-1].split(" | LINE ", 1)[0].strip()
-    create_like(sql, new, like)
+    create_like(sql, new, like, then)
     icu = f", ICU locale {locale['icu_locale']}" if locale.get("provider") == "i" and locale.get("icu_locale") else ""
     return (f"the archive's database had encoding {locale['encoding']}, collation {locale['collate']}{icu}; this "
             f"server refused them ({why}), so the new database has {fallback}: text sorts and compares by it")
