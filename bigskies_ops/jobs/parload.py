@@ -45,9 +45,10 @@ COPY segments, with one rule: a table's builds run one after another in file ord
 OIDs come in psql's order, and a foreign key uses the oldest matching unique index). A
 session takes a build only once the table's build before it in the run has completed, and
 any session may: a table's later indexes do not wait behind another table's long build in
-the session that built its first one. (A session that passes a build whose predecessor is
-still running leaves it to the session running that predecessor, which reaches it later in
-the same stream.) What follows the run starts only after every statement of it has completed. Nothing in
+the session that built its first one. (A session that reaches a build before the table's
+build before it has completed passes it: it is taken by a session that reaches it after
+that one completed, at the latest by the session that ran that one, which reads on from
+there.) What follows the run starts only after every statement of it has completed. Nothing in
 such a run can depend on another statement of it: what uses an index (a foreign key,
 ``CLUSTER ON``, ``REPLICA IDENTITY``, ``ATTACH PARTITION``, a comment) is another
 statement, which ends the run. A dump with partitioned or inheriting tables builds its
@@ -491,8 +492,8 @@ class _Worker:
         """One statement of an index run, built by this session if it is the table's next
         build in file order and the one before has completed (module docstring): the
         table's indexes get their OIDs in psql's order, and a foreign key uses the oldest
-        matching unique index. Otherwise the session running the one before builds it (it
-        comes to this statement after that one)."""
+        matching unique index. Otherwise a session that comes to it later does (at the
+        latest the one that ran the build before it, which reads on from there)."""
         self.segments_in_run += 1
         chain = ("index", self.run, table)
         n = self.chain_pos.get(chain, 0)  # every session counts a table's builds alike

@@ -1,8 +1,8 @@
 """Index builds shared between the sessions of the parallel plain loader (bigskies_ops.jobs.parload).
 
 A run of statements that each build one index of one table (pg_dump's PRIMARY KEY /
-UNIQUE / EXCLUDE constraints and CREATE INDEX) is shared table by table, as
-``pg_restore --jobs`` shares index builds. The oracle is psql alone reading the same
+UNIQUE / EXCLUDE constraints and CREATE INDEX) is shared statement by statement, each
+table's builds one after another in file order, as ``pg_restore --jobs`` shares index builds. The oracle is psql alone reading the same
 dump: the whole catalog and schema (tests/fidelity/compare.py), every row, sequence and
 large object (tests/pgcheck.py) and the index each constraint uses must be equal,
 including what depends on the indexes (foreign keys, CLUSTER ON, REPLICA IDENTITY,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -457,9 +458,96 @@ def test_alter_table_with_a_second_subcommand_in_a_run(pg, pg_sql, src, tmp_path
 
 
 
+
 # blocks an index build on advisory lock k (the test holds it): a build that waits until released
 HOLD_FN = ("CREATE SCHEMA blk; CREATE FUNCTION blk.hold(v integer, k integer) RETURNS integer LANGUAGE plpgsql "
            "IMMUTABLE AS $$BEGIN PERFORM pg_catalog.pg_advisory_xact_lock_shared(k); RETURN v; END$$;")
+
+
+class HeldLoad:
+    """The parallel load of a hand-written dump whose builds calling ``blk.hold(x, k)``
+    wait while the test holds advisory lock k on the target database (a session of its
+    own): the test sees and steers which session builds what, and when. The same dump
+    loaded by psql alone is the oracle (:meth:`finish`)."""
+
+    def __init__(self, pg, pg_sql, tmp_path, body: str, jobs: int, locks: tuple[int, ...]):
+        import psycopg
+        self.pg, self.pg_sql, self.tmp_path, self.jobs = pg, pg_sql, tmp_path, jobs
+        self.archive = _write(tmp_path, "held.sql.gz", body)
+        self.ref, self.par = _fresh(pg_sql, SRC + "_ref"), _fresh(pg_sql, SRC + "_par")
+        for db in (self.ref, self.par):
+            pg_sql(HOLD_FN, db)
+        r = _psql_load(pg, self.archive, self.ref)
+        assert r.returncode == 0, r.stderr.decode()
+        self.conn = psycopg.connect(host=str(pg.socket_dir), port=pg.port, user="bigskies", dbname=self.par,
+                                    autocommit=True)
+        for k in locks:
+            self.conn.execute("SELECT pg_advisory_lock(%s)", (k,))
+        self.stats: dict = {}
+        self.out: dict = {}
+        self.before = _children()
+        self.thread = threading.Thread(target=self._load, daemon=True)
+        self.thread.start()
+
+    def _load(self) -> None:
+        try:
+            self.out["res"] = load_or_fail(self.pg, self.par, self.tmp_path, self.archive, jobs=self.jobs,
+                                           segment_bytes=1 << 16, stats=self.stats)
+        except BaseException as e:  # noqa: BLE001 - reported by until() and finish()
+            self.out["err"] = e
+
+    def ask(self, q: str):
+        return self.conn.execute(q).fetchone()[0]
+
+    def exists(self, name: str) -> bool:
+        return self.ask(f"SELECT to_regclass('public.{name}') IS NOT NULL")
+
+    def until(self, q: str, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ask(q):
+            if not self.thread.is_alive():
+                raise AssertionError(f"{what}: the load ended first: {self.out}")
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def waiting(self, n: int) -> None:
+        """Until ``n`` loading sessions wait for one of the test's advisory locks."""
+        self.until("SELECT count(*) = %d FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                   "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" % n,
+                   f"{n} session(s) wait in a held build")
+
+    def release(self, k: int) -> None:
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", (k,))
+
+    def finish(self) -> list:
+        """Release every lock, wait for the load; returns its index builds per session
+        after checking it ended well, left no psql running and equals psql's load."""
+        self.conn.execute("SELECT pg_advisory_unlock_all()")
+        self.thread.join(90)
+        assert not self.thread.is_alive(), "the load hangs"
+        assert "err" not in self.out, self.out["err"]
+        rc, _, err, _rows_loaded = self.out["res"]
+        assert rc == 0, err
+        assert _children() <= self.before, "a psql was left running"
+        assert copy_differences(self.pg, self.pg_sql, self.par, self.ref) == []
+        # each table's indexes by OID: in psql's order (across tables the order may differ)
+        order = ("SELECT string_agg(i.indrelid::regclass || ':' || i.indexrelid::regclass, ',' "
+                 "ORDER BY i.indrelid::regclass::text, i.indexrelid) FROM pg_index i JOIN pg_class c "
+                 "ON c.oid = i.indrelid WHERE c.relnamespace = 'public'::regnamespace")
+        assert self.pg_sql(order, self.par) == self.pg_sql(order, self.ref)
+        return self.stats["index_builds"]
+
+    def close(self) -> None:
+        self.conn.close()  # its locks go with it: a held build completes
+        self.thread.join(90)
+        for db in (self.ref, self.par):
+            self.pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+
+
+def _tables(*names: str) -> str:
+    one = lambda i: str(i)  # noqa: E731
+    return ("".join(f"CREATE TABLE public.{t} (id integer NOT NULL);\n" for t in names) + "\n"
+            + "".join(_rows(f"public.{t}", "(id)", 50, one) for t in names) + "\n")
 
 
 def test_a_tables_next_build_does_not_wait_behind_another_tables_build(pg, pg_sql, tmp_path):
@@ -468,60 +556,41 @@ def test_a_tables_next_build_does_not_wait_behind_another_tables_build(pg, pg_sq
     session that built the first one (issue 21: the benchmark's observations indexes
     waited 0.19 s behind the 5M-row primary key that way while the other session idled).
 
-    Made certain with advisory locks (the builds of r and p wait until the test lets them
-    go): session A waits in r's build; session B builds q's primary key, then waits in
-    p's build. Released, A must build q's second index while B still waits: with a
+    Session A waits in r's build; session B builds q's primary key, then waits in p's
+    build. Once r's is let go, A must build q's second index while B still waits: with a
     session owning all of a table's builds, it waited for B. The result equals psql's."""
-    import threading
-
-    import psycopg
-
-    one = lambda i: str(i)  # noqa: E731
-    body = ("CREATE TABLE public.q (id integer NOT NULL);\nCREATE TABLE public.r (id integer NOT NULL);\n"
-            "CREATE TABLE public.p (id integer NOT NULL);\n\n"
-            + _rows("public.q", "(id)", 50, one) + _rows("public.r", "(id)", 50, one) + _rows("public.p", "(id)", 50, one)
-            + "\nCREATE INDEX r_held ON public.r USING btree (blk.hold(id, 1));\n\n"
-            "ALTER TABLE ONLY public.q\n    ADD CONSTRAINT q_pkey PRIMARY KEY (id);\n\n"
-            "CREATE INDEX p_held ON public.p USING btree (blk.hold(id, 2));\n\n"
-            "CREATE INDEX q_id_desc ON public.q USING btree (id DESC);\n")
-    archive = _write(tmp_path, "held.sql.gz", body)
-    ref, par = _fresh(pg_sql, SRC + "_ref"), _fresh(pg_sql, SRC + "_par")
+    load = HeldLoad(pg, pg_sql, tmp_path, _tables("q", "r", "p")
+                    + "CREATE INDEX r_held ON public.r USING btree (blk.hold(id, 1));\n\n"
+                    "ALTER TABLE ONLY public.q\n    ADD CONSTRAINT q_pkey PRIMARY KEY (id);\n\n"
+                    "CREATE INDEX p_held ON public.p USING btree (blk.hold(id, 2));\n\n"
+                    "CREATE INDEX q_id_desc ON public.q USING btree (id DESC);\n", jobs=2, locks=(1, 2))
     try:
-        for db in (ref, par):
-            pg_sql(HOLD_FN, db)
-        r = _psql_load(pg, archive, ref)
-        assert r.returncode == 0, r.stderr.decode()
-        stats: dict = {}
-        out: dict = {}
-        with psycopg.connect(host=str(pg.socket_dir), port=pg.port, user="bigskies", dbname=par,
-                             autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(1), pg_advisory_lock(2)")
-
-            def ask(q: str):
-                return conn.execute(q).fetchone()[0]
-
-            def until(q: str, what: str, timeout: float = 30) -> None:
-                deadline = time.monotonic() + timeout
-                while not ask(q):
-                    assert time.monotonic() < deadline, what
-                    time.sleep(0.05)
-            t = threading.Thread(target=lambda: out.update(res=load_or_fail(
-                pg, par, tmp_path, archive, jobs=2, segment_bytes=1 << 16, stats=stats)), daemon=True)
-            t.start()
-            until("SELECT count(*) = 2 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                  "both sessions wait in a held build")
-            assert ask("SELECT to_regclass('public.q_pkey') IS NOT NULL"), "q's primary key was built before p's"
-            conn.execute("SELECT pg_advisory_unlock(1)")  # r's build completes; p's still waits
-            until("SELECT to_regclass('public.q_id_desc') IS NOT NULL",
-                  "q's second index waited behind p's build in the session that built q's first", timeout=20)
-            assert ask("SELECT to_regclass('public.p_held') IS NULL")
-            conn.execute("SELECT pg_advisory_unlock(2)")
-            t.join(60)
-        assert not t.is_alive()
-        rc, _, err, _rows_loaded = out["res"]
-        assert rc == 0, err
-        assert copy_differences(pg, pg_sql, par, ref) == []
-        assert stats["index_builds"] == [2, 2], stats  # one: r, q_id_desc; the other: q_pkey, p_held
+        load.waiting(2)
+        assert load.exists("q_pkey"), "q's primary key was built before p's"
+        load.release(1)  # r's build completes; p's still waits
+        load.until("SELECT to_regclass('public.q_id_desc') IS NOT NULL",
+                   "q's second index waited behind p's build in the session that built q's first", timeout=20)
+        assert not load.exists("p_held")
+        assert load.finish() == [2, 2]  # one session: r_held, q_id_desc; the other: q_pkey, p_held
     finally:
-        for db in (ref, par):
-            pg_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+        load.close()
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_a_tables_next_build_waits_for_the_one_before(pg, pg_sql, tmp_path, jobs):
+    """The other half of the rule: a table's next build never starts before the one before
+    it has completed (its OID, and so the index a foreign key picks, stay psql's). While
+    q's first build waits, the other sessions pass q's second (building s's primary key
+    after it proves they did) and leave it to the session holding q's first, which builds
+    it once let go; the load neither hangs nor builds anything twice."""
+    load = HeldLoad(pg, pg_sql, tmp_path, _tables("q", "s")
+                    + "CREATE UNIQUE INDEX q_held ON public.q USING btree (blk.hold(id, 1));\n\n"
+                    "CREATE UNIQUE INDEX q_id ON public.q USING btree (id);\n\n"
+                    "ALTER TABLE ONLY public.s\n    ADD CONSTRAINT s_pkey PRIMARY KEY (id);\n", jobs=jobs, locks=(1,))
+    try:
+        load.waiting(1)
+        load.until("SELECT to_regclass('public.s_pkey') IS NOT NULL", "another session built s's primary key")
+        assert not load.exists("q_id"), "q's second index was built while its first was still being built"
+        assert sorted(load.finish()) == [0] * (jobs - 2) + [1, 2]  # q_held and q_id in one session, s_pkey in another
+    finally:
+        load.close()

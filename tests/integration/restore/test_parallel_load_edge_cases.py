@@ -310,3 +310,43 @@ def test_a_psql_killed_mid_load_fails_the_restore_and_keeps_the_old_db(local_inv
     assert db_fingerprint(pg_sql, dbname) == want
     dbs = pg_sql("SELECT datname FROM pg_database", "postgres").split()
     assert [d for d in dbs if d.startswith(dbname) and d != dbname] == [], dbs
+
+
+def test_a_restore_killed_mid_load_leaves_a_labelled_side_db_that_the_next_restore_drops(
+        local_inv, cli_env, pg_sql, dbname):
+    """The side database carries its label from its CREATE on (the same psql runs both:
+    bigskies_ops.pg.admin.create_like's ``then``): a restore killed outright (SIGKILL: no
+    cleanup of its own) leaves a side database that names it, and the next restore of the
+    database drops it as left by an interrupted restore, then restores."""
+    inv, _ = local_inv
+    archive = _big_plain_backup(local_inv, cli_env, pg_sql, dbname)
+    pg_sql("DELETE FROM bulk WHERE id % 3 = 0", dbname)
+    p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv), "--yes"],
+                         env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    label_q = (f"SELECT datname || ' ' || shobj_description(oid, 'pg_database') FROM pg_database "
+               f"WHERE datname LIKE '{dbname}_restoring_%'")
+    deadline = time.monotonic() + 60
+    kids: list[int] = []
+    while time.monotonic() < deadline and p.poll() is None:
+        kids = [k for k in (int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
+                                                            text=True).stdout.split())
+                if b"_restoring_" in _cmdline(k)]
+        if kids:
+            break
+        time.sleep(0.02)
+    assert kids, "no loading session seen"
+    side, label = pg_sql(label_q, "postgres").strip().split(" ", 1)
+    for pid in [p.pid, *kids]:  # the restore and its loading psqls, at once: nothing of ours cleans up
+        os.kill(pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    tag = json.loads(label)
+    assert tag["tag"] == "bigskies-ops:restoring" and tag["of"] == dbname and tag["pid"] == p.pid, tag
+    assert side in pg_sql("SELECT datname FROM pg_database", "postgres").split()
+    want = db_fingerprint(pg_sql, dbname)  # the killed restore changed nothing but its side database
+    r = cli("db.restore", str(archive), "-i", str(inv), "--yes", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    assert f"Dropped {side!r}, left by an interrupted restore (pid {p.pid}" in r.stdout + r.stderr, r.stdout + r.stderr
+    dbs = pg_sql("SELECT datname FROM pg_database", "postgres").split()
+    assert side not in dbs and not [d for d in dbs if "_restoring_" in d], dbs
+    assert db_fingerprint(pg_sql, dbname) != want  # restored: the deleted rows are back
+    assert pg_sql("SELECT count(*) FROM bulk", dbname).strip() == "60000"
