@@ -277,6 +277,22 @@ def test_signal_during_parallel_restore_keeps_old_db_drops_side_and_leaves_no_ps
     assert [d for d in dbs if d.startswith(dbname) and d != dbname] == [], dbs
 
 
+def _loading_psqls(p: subprocess.Popen, at_least: int, timeout: float = 60) -> list[int]:
+    """Pids of the restore ``p``'s loading sessions (psql on its side database; not its
+    pooled session on the maintenance database, nor its one-shot DDL there), once
+    ``at_least`` run, or what runs when ``p`` ends or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    kids: list[int] = []
+    while time.monotonic() < deadline and p.poll() is None:
+        kids = [k for k in (int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
+                                                            text=True).stdout.split())
+                if b"_restoring_" in _cmdline(k)]
+        if len(kids) >= at_least:
+            break
+        time.sleep(0.02)
+    return kids
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -291,17 +307,7 @@ def test_a_psql_killed_mid_load_fails_the_restore_and_keeps_the_old_db(local_inv
     want = db_fingerprint(pg_sql, dbname)
     p = subprocess.Popen([sys.executable, "-m", "bigskies_ops", "db.restore", str(archive), "-i", str(inv), "--yes"],
                          env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    kids: list[int] = []
-    while time.monotonic() < deadline and p.poll() is None:
-        # the loading sessions: psql on the side database (not the restore's pooled session
-        # on the maintenance database, nor its one-shot DDL there)
-        kids = [k for k in (int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
-                                                            text=True).stdout.split())
-                if b"_restoring_" in _cmdline(k)]
-        if len(kids) >= 2:
-            break
-        time.sleep(0.02)
+    kids = _loading_psqls(p, 2)
     assert len(kids) >= 2, "no parallel psql sessions seen"
     os.kill(max(kids), signal.SIGKILL)  # the second session
     out, err = p.communicate(timeout=120)
@@ -325,15 +331,7 @@ def test_a_restore_killed_mid_load_leaves_a_labelled_side_db_that_the_next_resto
                          env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     label_q = (f"SELECT datname || ' ' || shobj_description(oid, 'pg_database') FROM pg_database "
                f"WHERE datname LIKE '{dbname}_restoring_%'")
-    deadline = time.monotonic() + 60
-    kids: list[int] = []
-    while time.monotonic() < deadline and p.poll() is None:
-        kids = [k for k in (int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid), "psql"], capture_output=True,
-                                                            text=True).stdout.split())
-                if b"_restoring_" in _cmdline(k)]
-        if kids:
-            break
-        time.sleep(0.02)
+    kids = _loading_psqls(p, 1)
     assert kids, "no loading session seen"
     side, label = pg_sql(label_q, "postgres").strip().split(" ", 1)
     for pid in [p.pid, *kids]:  # the restore and its loading psqls, at once: nothing of ours cleans up
