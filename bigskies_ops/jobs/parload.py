@@ -235,10 +235,9 @@ class _Shared:
             return self.claims.setdefault((chain, n), worker) == worker
 
     def chain_step_done(self, chain: tuple, run: int) -> None:
-        with self.cond:
+        with self.cond:  # (re-entrant: segment_done counts it for the run's barrier)
             self.chains[chain] = self.chains.get(chain, 0) + 1
-            self.run_done[run] = self.run_done.get(run, 0) + 1
-            self.cond.notify_all()
+            self.segment_done(run)
 
     def wait_for(self, ready) -> None:
         with self.cond:

@@ -74,8 +74,8 @@ def _ssh_runner(host: Host):
     return SSHRunner(_require_ssh(host))
 
 
-def _ssh_access(host: Host, runner=None):
-    return host_access(_require_ssh(host), runner)
+def _ssh_access(host: Host):
+    return host_access(_require_ssh(host))
 
 
 # ----------------------------------------------------------------------------- fresh dumps
